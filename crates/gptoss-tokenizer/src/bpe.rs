@@ -2,7 +2,9 @@
 //! adjacent pair of lowest priority (leftmost on ties) until no pair merges. A heap keeps it O(n log n).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 /// How adjacent tokens merge, i.e. which BPE flavour the vocabulary was built for.
 #[derive(Debug)]
@@ -116,7 +118,7 @@ mod tests {
     use super::*;
 
     fn vocab(tokens: &[&str]) -> (HashMap<Vec<u8>, u32>, [u32; 256]) {
-        let mut by_bytes = HashMap::new();
+        let mut by_bytes = HashMap::default();
         let mut byte_ids = [0u32; 256];
         for b in 0..=255u8 {
             byte_ids[b as usize] = u32::from(b);
@@ -156,7 +158,9 @@ mod tests {
         let (by_bytes, byte_ids) = vocab(&["ab", "bc"]);
         let (a, b, c) = (u32::from(b'a'), u32::from(b'b'), u32::from(b'c'));
         // The merges list puts "b c" before "a b", although "ab" has the lower id.
-        let pairs = HashMap::from([((b, c), (0, 257)), ((a, b), (1, 256))]);
+        let pairs = [((b, c), (0, 257)), ((a, b), (1, 256))]
+            .into_iter()
+            .collect();
         let rule = MergeRule::Pairs(pairs);
         assert_eq!(
             merge_piece(b"abc", &byte_ids, &by_bytes, &rule),

@@ -1,7 +1,7 @@
 //! The [`Tokenizer`]: o200k-style pre-tokenization, byte-level BPE, special tokens by name, decoding.
 //! Built from tiktoken-rs's bundled o200k_harmony, an HF `tokenizer.json` or a plain [`Vocab`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::bpe::{merge_piece, MergeRule};
 use crate::error::{Error, Result};
@@ -89,8 +89,8 @@ impl Tokenizer {
                 kinds.len()
             )));
         }
-        let mut by_bytes = HashMap::with_capacity(tokens.len());
-        let mut specials = HashMap::new();
+        let mut by_bytes = HashMap::with_capacity_and_hasher(tokens.len(), Default::default());
+        let mut specials = HashMap::default();
         for (id, (bytes, kind)) in (0u32..).zip(tokens.iter().zip(&kinds)) {
             match kind {
                 TokenKind::Normal => {

@@ -1,7 +1,7 @@
 //! [`Vocab`]: a vocabulary as plain data (token strings, kinds, merges), the form a GGUF file embeds
 //! (`tokenizer.ggml.*`, spec §3.8). The caller converts its own structs into this one.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::bpe::MergeRule;
 use crate::bytes::ByteDecoder;
@@ -105,7 +105,8 @@ impl Tokenizer {
             )));
         }
         let dec = ByteDecoder::new();
-        let mut ids: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
+        let mut ids: HashMap<&str, u32> =
+            HashMap::with_capacity_and_hasher(tokens.len(), Default::default());
         let mut bytes = Vec::with_capacity(tokens.len());
         for (id, (text, kind)) in (0u32..).zip(tokens.iter().zip(&kinds)) {
             match kind {
@@ -138,7 +139,7 @@ fn merge_table(
     merges: &[(String, String)],
     ids: &HashMap<&str, u32>,
 ) -> Result<HashMap<(u32, u32), (u32, u32)>> {
-    let mut table = HashMap::with_capacity(merges.len());
+    let mut table = HashMap::with_capacity_and_hasher(merges.len(), Default::default());
     for (rank, (a, b)) in (0u32..).zip(merges) {
         let lookup = |s: &str| {
             ids.get(s).copied().ok_or_else(|| {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use gptoss_tokenizer::harmony::{Effort, Harmony};
 use gptoss_tokenizer::{TokenKind, Tokenizer, Vocab};
 
 fn check(tok: &Tokenizer, golden: &serde_json::Value) {
@@ -131,4 +132,50 @@ fn bad_inputs_are_clear_errors() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The tiny test model's own tokenizer (tests/fixtures/tiny, specials at ids of its own choosing).
+#[test]
+fn fixture_model_tokenizer_matches_hf_and_renders_harmony() {
+    let golden = common::load("tiny-model-encode.json");
+    let path = common::fixture("../../..").join(golden["file"].as_str().unwrap());
+    let tok = Tokenizer::from_tokenizer_json(&path).unwrap();
+    let hint =
+        "if tests/fixtures/tiny was regenerated, rerun tools/fixtures/harmony/make_goldens.py";
+    assert_eq!(
+        tok.vocab_size() as u64,
+        golden["vocab_size"].as_u64().unwrap(),
+        "{hint}"
+    );
+    for (name, id) in golden["specials"].as_object().unwrap() {
+        assert_eq!(
+            tok.special_id(name).unwrap() as u64,
+            id.as_u64().unwrap(),
+            "{name}; {hint}"
+        );
+    }
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            common::ids(&case["ids"]),
+            "text {text:?}; {hint}"
+        );
+    }
+
+    let harmony = Harmony::new(std::sync::Arc::new(tok)).unwrap();
+    let ids = harmony
+        .render_chat_prompt(None, "Hi there", Effort::High)
+        .unwrap();
+    let start = harmony.tokenizer().special_id("<|start|>").unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == start).count(), 3);
+    let text = harmony.tokenizer().decode(&ids).unwrap();
+    assert!(
+        text.starts_with("<|start|>system<|message|>You are ChatGPT")
+            && text.contains("Reasoning: high")
+    );
+    assert!(
+        text.ends_with("<|end|><|start|>user<|message|>Hi there<|end|><|start|>assistant"),
+        "{text}"
+    );
 }
