@@ -252,3 +252,31 @@ fn stop_tokens_are_return_call_and_endoftext() {
     stops.sort();
     assert_eq!(stops, vec![199999, 200002, 200012]);
 }
+
+#[test]
+fn lenient_skips_ids_outside_the_vocabulary() {
+    let h = harmony();
+    let tok = h.tokenizer();
+    let mut ids = vec![tok.special_id("<|channel|>").unwrap()];
+    ids.extend(tok.encode("final").unwrap());
+    ids.push(tok.special_id("<|message|>").unwrap());
+    ids.push(tok.vocab_size() as u32 + 5);
+    ids.extend(tok.encode("fine").unwrap());
+    ids.push(tok.special_id("<|return|>").unwrap());
+    let mut lenient = StreamParser::new(
+        h.clone(),
+        ParserStart::Header(Role::Assistant),
+        Strictness::Lenient,
+    );
+    for &id in &ids {
+        lenient.push(id).unwrap();
+    }
+    assert_eq!(lenient.messages()[0].text_content(), "fine");
+    let mut strict = StreamParser::new(
+        h.clone(),
+        ParserStart::Header(Role::Assistant),
+        Strictness::Strict,
+    );
+    let results: Vec<bool> = ids.iter().map(|&id| strict.push(id).is_ok()).collect();
+    assert!(results.contains(&false));
+}

@@ -1,6 +1,7 @@
 //! The Harmony chat format of gpt-oss (spec §4): message types (serde-compatible with
 //! openai-harmony's JSON), the [`Harmony`] renderer and the streaming [`StreamParser`].
 
+mod header;
 mod parser;
 mod render;
 mod schema;
