@@ -24,17 +24,7 @@ fn hf_mxfp4_sharded_is_exact_and_zero_copy() {
     let tiny = Tiny::new(1);
     let dir = temp_dir("hf-mxfp4");
     write_config(&dir, &hf_config());
-    let mut ts = tiny.hf_plain();
-    for l in 0..L {
-        for (p, what) in [(0, "gate_up_proj"), (1, "down_proj")] {
-            let m = &tiny.mx[&(l, p)];
-            let pre = format!("model.layers.{l}.mlp.experts.{what}");
-            let g = m.cols / 32;
-            ts.push(t(format!("{pre}_blocks"), "U8", &[E, m.rows, g, 16], m.blocks.clone()));
-            ts.push(t(format!("{pre}_scales"), "U8", &[E, m.rows, g], m.scales.clone()));
-            ts.push(t(format!("{pre}_bias"), "BF16", &[E, m.rows], bf16s(&tiny.bias[&(l, p)])));
-        }
-    }
+    let ts = tiny.hf_mxfp4();
     // Two shards: layer 1 in the second file, plus the index.
     let (second, first): (Vec<T>, Vec<T>) = ts.into_iter().partition(|x| x.name.contains("layers.1."));
     let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
@@ -72,16 +62,7 @@ fn mxfp4_nibble_order_by_hand() {
     assert_eq!((w[0], w[1]), (-2.0, 12.0));
     let dir = temp_dir("nibbles");
     write_config(&dir, &hf_config());
-    let mut ts = tiny.hf_plain();
-    for l in 0..L {
-        for (p, what) in [(0, "gate_up_proj"), (1, "down_proj")] {
-            let m = &tiny.mx[&(l, p)];
-            let pre = format!("model.layers.{l}.mlp.experts.{what}");
-            ts.push(t(format!("{pre}_blocks"), "U8", &[E, m.rows, m.cols / 32, 16], m.blocks.clone()));
-            ts.push(t(format!("{pre}_scales"), "U8", &[E, m.rows, m.cols / 32], m.scales.clone()));
-            ts.push(t(format!("{pre}_bias"), "BF16", &[E, m.rows], bf16s(&tiny.bias[&(l, p)])));
-        }
-    }
+    let ts = tiny.hf_mxfp4();
     write_st(&dir.join("model.safetensors"), &ts);
     let raw = gptoss_formats::read_raw(&dir).unwrap();
     let v = raw.tensors.tensors["layers.0.experts.0.gate_up.weight"].0.to_f32_vec();

@@ -221,6 +221,22 @@ impl Tiny {
         all
     }
 
+    /// The whole model in the HF MXFP4 layout (spec §2a), unsharded.
+    pub fn hf_mxfp4(&self) -> Vec<T> {
+        let mut ts = self.hf_plain();
+        for l in 0..L {
+            for (p, what) in [(0, "gate_up_proj"), (1, "down_proj")] {
+                let m = &self.mx[&(l, p)];
+                let pre = format!("model.layers.{l}.mlp.experts.{what}");
+                let g = m.cols / 32;
+                ts.push(t(format!("{pre}_blocks"), "U8", &[E, m.rows, g, 16], m.blocks.clone()));
+                ts.push(t(format!("{pre}_scales"), "U8", &[E, m.rows, g], m.scales.clone()));
+                ts.push(t(format!("{pre}_bias"), "BF16", &[E, m.rows], bf16s(&self.bias[&(l, p)])));
+            }
+        }
+        ts
+    }
+
     /// The non-expert tensors under HF names, bf16.
     pub fn hf_plain(&self) -> Vec<T> {
         self.plain
