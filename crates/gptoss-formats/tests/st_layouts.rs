@@ -1,5 +1,6 @@
 //! Every float/MXFP4 safetensors layout written from one tiny model and read back: each must decode to
 //! exactly the model's values under canonical names, with the layout detected and zero-copy kept.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod st_util;
 
@@ -26,8 +27,12 @@ fn hf_mxfp4_sharded_is_exact_and_zero_copy() {
     write_config(&dir, &hf_config());
     let ts = tiny.hf_mxfp4();
     // Two shards: layer 1 in the second file, plus the index.
-    let (second, first): (Vec<T>, Vec<T>) = ts.into_iter().partition(|x| x.name.contains("layers.1."));
-    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let (second, first): (Vec<T>, Vec<T>) =
+        ts.into_iter().partition(|x| x.name.contains("layers.1."));
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     let mut map = serde_json::Map::new();
     for (file, part) in names.iter().zip([&first, &second]) {
         for x in part {
@@ -41,13 +46,29 @@ fn hf_mxfp4_sharded_is_exact_and_zero_copy() {
     let raw = check_truth(&dir, &tiny.truth());
     assert_eq!(raw.layout, Layout::HfMxfp4);
     let (w, origin) = &raw.tensors.tensors["layers.1.experts.2.down.weight"];
-    assert!(origin.starts_with("model-00002-of-00002.safetensors: model.layers.1.mlp.experts.down_proj_blocks[2]"), "{origin}");
-    assert!(is_mapped(&w.data), "expert codes must be a window of the mmap");
-    let TensorFormat::Lut4(lut) = &w.format else { panic!("{:?}", w.format) };
-    assert!(matches!(&lut.scales, gptoss_formats::Lut4Scales::Separate { data, .. } if is_mapped(data)));
+    assert!(
+        origin.starts_with(
+            "model-00002-of-00002.safetensors: model.layers.1.mlp.experts.down_proj_blocks[2]"
+        ),
+        "{origin}"
+    );
+    assert!(
+        is_mapped(&w.data),
+        "expert codes must be a window of the mmap"
+    );
+    let TensorFormat::Lut4(lut) = &w.format else {
+        panic!("{:?}", w.format)
+    };
+    assert!(
+        matches!(&lut.scales, gptoss_formats::Lut4Scales::Separate { data, .. } if is_mapped(data))
+    );
     assert_eq!(w.format.describe(), "mxfp4/32");
     assert!(is_mapped(&raw.tensors.tensors["layers.0.q.weight"].0.data));
-    assert!(is_mapped(&raw.tensors.tensors["layers.0.experts.1.gate_up.bias"].0.data));
+    assert!(is_mapped(
+        &raw.tensors.tensors["layers.0.experts.1.gate_up.bias"]
+            .0
+            .data
+    ));
     assert_eq!(raw.source_tensors.len(), 3 + L * (13 + 6));
 }
 
@@ -65,7 +86,9 @@ fn mxfp4_nibble_order_by_hand() {
     let ts = tiny.hf_mxfp4();
     write_st(&dir.join("model.safetensors"), &ts);
     let raw = gptoss_formats::read_raw(&dir).unwrap();
-    let v = raw.tensors.tensors["layers.0.experts.0.gate_up.weight"].0.to_f32_vec();
+    let v = raw.tensors.tensors["layers.0.experts.0.gate_up.weight"]
+        .0
+        .to_f32_vec();
     assert_eq!((v[0], v[1]), (-2.0, 12.0));
 }
 
@@ -84,20 +107,70 @@ fn original_layout_splits_qkv_zero_copy() {
         let n = |w: &str| format!("layers.{l}.{w}");
         let cat = |a: &str, b: &str, c: &str| [p(&n(a)), p(&n(b)), p(&n(c))].concat();
         let b = |w: &str| format!("block.{l}.{w}");
-        ts.push(t(b("attn.norm.scale"), "F32", &[H], f32s(&p(&n("attn_norm")))));
-        ts.push(t(b("attn.qkv.weight"), "BF16", &[Q + 2 * KV, H], bf16s(&cat("q.weight", "k.weight", "v.weight"))));
-        ts.push(t(b("attn.qkv.bias"), "BF16", &[Q + 2 * KV], bf16s(&cat("q.bias", "k.bias", "v.bias"))));
+        ts.push(t(
+            b("attn.norm.scale"),
+            "F32",
+            &[H],
+            f32s(&p(&n("attn_norm"))),
+        ));
+        ts.push(t(
+            b("attn.qkv.weight"),
+            "BF16",
+            &[Q + 2 * KV, H],
+            bf16s(&cat("q.weight", "k.weight", "v.weight")),
+        ));
+        ts.push(t(
+            b("attn.qkv.bias"),
+            "BF16",
+            &[Q + 2 * KV],
+            bf16s(&cat("q.bias", "k.bias", "v.bias")),
+        ));
         ts.push(t(b("attn.sinks"), "BF16", &[4], bf16s(&p(&n("sinks")))));
-        ts.push(t(b("attn.out.weight"), "BF16", &[H, Q], bf16s(&p(&n("o.weight")))));
+        ts.push(t(
+            b("attn.out.weight"),
+            "BF16",
+            &[H, Q],
+            bf16s(&p(&n("o.weight"))),
+        ));
         ts.push(t(b("attn.out.bias"), "BF16", &[H], bf16s(&p(&n("o.bias")))));
-        ts.push(t(b("mlp.norm.scale"), "F32", &[H], f32s(&p(&n("mlp_norm")))));
-        ts.push(t(b("mlp.gate.weight"), "BF16", &[E, H], bf16s(&p(&n("router.weight")))));
-        ts.push(t(b("mlp.gate.bias"), "BF16", &[E], bf16s(&p(&n("router.bias")))));
+        ts.push(t(
+            b("mlp.norm.scale"),
+            "F32",
+            &[H],
+            f32s(&p(&n("mlp_norm"))),
+        ));
+        ts.push(t(
+            b("mlp.gate.weight"),
+            "BF16",
+            &[E, H],
+            bf16s(&p(&n("router.weight"))),
+        ));
+        ts.push(t(
+            b("mlp.gate.bias"),
+            "BF16",
+            &[E],
+            bf16s(&p(&n("router.bias"))),
+        ));
         for (pi, k) in [(0, "mlp1"), (1, "mlp2")] {
             let m = &tiny.mx[&(l, pi)];
-            ts.push(t(b(&format!("mlp.{k}_weight.blocks")), "U8", &[E, m.rows, m.cols / 32, 16], m.blocks.clone()));
-            ts.push(t(b(&format!("mlp.{k}_weight.scales")), "U8", &[E, m.rows, m.cols / 32], m.scales.clone()));
-            ts.push(t(b(&format!("mlp.{k}_bias")), "BF16", &[E, m.rows], bf16s(&tiny.bias[&(l, pi)])));
+            ts.push(t(
+                b(&format!("mlp.{k}_weight.blocks")),
+                "U8",
+                &[E, m.rows, m.cols / 32, 16],
+                m.blocks.clone(),
+            ));
+            ts.push(t(
+                b(&format!("mlp.{k}_weight.scales")),
+                "U8",
+                &[E, m.rows, m.cols / 32],
+                m.scales.clone(),
+            ));
+            ts.push(t(
+                b(&format!("mlp.{k}_bias")),
+                "BF16",
+                &[E, m.rows],
+                bf16s(&tiny.bias[&(l, pi)]),
+            ));
         }
     }
     write_st(&dir.join("model.safetensors"), &ts);
@@ -105,8 +178,15 @@ fn original_layout_splits_qkv_zero_copy() {
     assert_eq!(raw.layout, Layout::OpenAiOriginal);
     let (k, origin) = &raw.tensors.tensors["layers.1.k.weight"];
     assert!(is_mapped(&k.data), "k must be a window of the fused qkv");
-    assert!(origin.contains("block.1.attn.qkv.weight (rows 64..96)"), "{origin}");
-    assert!(raw.notes.iter().any(|n| n.contains("qkv")), "{:?}", raw.notes);
+    assert!(
+        origin.contains("block.1.attn.qkv.weight (rows 64..96)"),
+        "{origin}"
+    );
+    assert!(
+        raw.notes.iter().any(|n| n.contains("qkv")),
+        "{:?}",
+        raw.notes
+    );
 }
 
 fn write_dense(tiny: &Tiny, dir: &std::path::Path, dtype: &'static str) {
@@ -116,15 +196,25 @@ fn write_dense(tiny: &Tiny, dir: &std::path::Path, dtype: &'static str) {
         for (p, what) in [(0, "gate_up_proj"), (1, "down_proj")] {
             let m = &tiny.mx[&(l, p)];
             // [E, in, out]: each expert's canonical [out, in] transposed.
-            let v: Vec<f32> = (0..E).flat_map(|e| transpose(&m.expert(e), m.rows, m.cols)).collect();
+            let v: Vec<f32> = (0..E)
+                .flat_map(|e| transpose(&m.expert(e), m.rows, m.cols))
+                .collect();
             let bytes = match dtype {
                 "BF16" => bf16s(&v),
                 "F32" => f32s(&v),
-                _ => v.iter().map(|x| (half::f16::from_f32(*x).to_bits() >> 8) as u8).collect(),
+                _ => v
+                    .iter()
+                    .map(|x| (half::f16::from_f32(*x).to_bits() >> 8) as u8)
+                    .collect(),
             };
             let pre = format!("model.layers.{l}.mlp.experts.{what}");
             ts.push(t(pre.clone(), dtype, &[E, m.cols, m.rows], bytes));
-            ts.push(t(format!("{pre}_bias"), "BF16", &[E, m.rows], bf16s(&tiny.bias[&(l, p)])));
+            ts.push(t(
+                format!("{pre}_bias"),
+                "BF16",
+                &[E, m.rows],
+                bf16s(&tiny.bias[&(l, p)]),
+            ));
         }
     }
     write_st(&dir.join("model.safetensors"), &ts);
@@ -140,7 +230,11 @@ fn hf_dense_experts_are_transposed_to_out_in() {
         assert_eq!(raw.layout, Layout::HfDense);
         let w = &raw.tensors.tensors["layers.0.experts.0.down.weight"].0;
         assert_eq!(w.format.describe(), dtype.to_lowercase());
-        assert!(raw.notes.iter().any(|n| n.contains("transposed")), "{:?}", raw.notes);
+        assert!(
+            raw.notes.iter().any(|n| n.contains("transposed")),
+            "{:?}",
+            raw.notes
+        );
     }
 }
 
@@ -153,7 +247,11 @@ fn f8_e5m2_experts_widen_exactly() {
     let raw = check_truth(&dir, &tiny.truth());
     let w = &raw.tensors.tensors["layers.1.experts.2.gate_up.weight"].0;
     assert_eq!(w.format.describe(), "bf16");
-    assert!(raw.notes.iter().any(|n| n.contains("F8_E5M2")), "{:?}", raw.notes);
+    assert!(
+        raw.notes.iter().any(|n| n.contains("F8_E5M2")),
+        "{:?}",
+        raw.notes
+    );
 }
 
 /// Writes the per-expert pattern `kind` (0..4 = spec §2d rows 1..4) as bf16 `[out, in]` Linears.
@@ -170,8 +268,14 @@ fn write_split(tiny: &Tiny, dir: &std::path::Path, kind: usize) {
                 ts.push(t(format!("{stem}.bias"), "BF16", &[rows], bf16s(b)));
             };
             let (gate_up_stem, down_stem) = match kind {
-                0 => (format!("{pre}.gate_up_projs.{e}"), format!("{pre}.down_projs.{e}")),
-                1 => (format!("{pre}.gate_up_proj.weights.{e}"), format!("{pre}.down_proj.weights.{e}")),
+                0 => (
+                    format!("{pre}.gate_up_projs.{e}"),
+                    format!("{pre}.down_projs.{e}"),
+                ),
+                1 => (
+                    format!("{pre}.gate_up_proj.weights.{e}"),
+                    format!("{pre}.down_proj.weights.{e}"),
+                ),
                 2 => (String::new(), format!("{pre}.down_proj.weights.{e}")),
                 _ => (String::new(), format!("{pre}.{e}.down_proj")),
             };
@@ -181,12 +285,20 @@ fn write_split(tiny: &Tiny, dir: &std::path::Path, kind: usize) {
                 continue;
             }
             let rows = |v: &[f32], odd: usize, w: usize| -> Vec<f32> {
-                v.chunks(w).skip(odd).step_by(2).flatten().copied().collect()
+                v.chunks(w)
+                    .skip(odd)
+                    .step_by(2)
+                    .flatten()
+                    .copied()
+                    .collect()
             };
             let (gate, up) = (rows(&gu, 0, H), rows(&gu, 1, H));
             let (gate_b, up_b) = (rows(&gub, 0, 1), rows(&gub, 1, 1));
             let (gs, us) = if kind == 2 {
-                (format!("{pre}.gate_proj.weights.{e}"), format!("{pre}.up_proj.weights.{e}"))
+                (
+                    format!("{pre}.gate_proj.weights.{e}"),
+                    format!("{pre}.up_proj.weights.{e}"),
+                )
             } else {
                 (format!("{pre}.{e}.gate_proj"), format!("{pre}.{e}.up_proj"))
             };
@@ -215,7 +327,10 @@ fn per_expert_patterns_all_decode_identically() {
         if kind < 2 {
             assert!(is_mapped(&w.data), "{origin}");
         } else {
-            assert!(origin.contains("gate_proj") && origin.contains("up_proj"), "{origin}");
+            assert!(
+                origin.contains("gate_proj") && origin.contains("up_proj"),
+                "{origin}"
+            );
         }
     }
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::files::{dense, float_dtype, RawTensor};
-use crate::tensor::{DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat};
+use crate::tensor::{
+    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
+};
 
 /// A 4-bit Linear weight rebuilt from its quant-state tensors, named `P.weight`.
 pub(crate) struct BnbWeight {
@@ -36,7 +38,10 @@ const UNPACKED: &[&str] = &[
 
 /// Removes every bitsandbytes group from `tensors` and returns the rebuilt weights; each group's
 /// problem (bad JSON, missing piece, inconsistent sizes) goes to `problems`.
-pub(crate) fn extract(tensors: &mut BTreeMap<String, RawTensor>, problems: &mut Vec<String>) -> Vec<BnbWeight> {
+pub(crate) fn extract(
+    tensors: &mut BTreeMap<String, RawTensor>,
+    problems: &mut Vec<String>,
+) -> Vec<BnbWeight> {
     let weights: Vec<String> = tensors
         .keys()
         .filter_map(|k| {
@@ -54,7 +59,11 @@ pub(crate) fn extract(tensors: &mut BTreeMap<String, RawTensor>, problems: &mut 
         if let Some(t) = tensors.remove(&w) {
             group.insert(String::new(), t);
         }
-        let sub: Vec<String> = tensors.keys().filter(|k| k.starts_with(&format!("{w}."))).cloned().collect();
+        let sub: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with(&format!("{w}.")))
+            .cloned()
+            .collect();
         for k in sub {
             if let Some(t) = tensors.remove(&k) {
                 group.insert(k[w.len() + 1..].to_string(), t);
@@ -78,16 +87,27 @@ struct QuantState {
 }
 
 fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, String> {
-    let any = group.values().next().map_or_else(String::new, |t| t.file.clone());
+    let any = group
+        .values()
+        .next()
+        .map_or_else(String::new, |t| t.file.clone());
     let here = |key: &str| format!("{any}: {w}{}{key}", if key.is_empty() { "" } else { "." });
     for k in group.keys() {
         let known = k.is_empty() || AUX.contains(&k.as_str()) || UNPACKED.contains(&k.as_str());
         if !known && !k.starts_with(&PACKED_PREFIX[1..]) {
-            return Err(format!("{}: not part of a bitsandbytes 4-bit state", here(k)));
+            return Err(format!(
+                "{}: not part of a bitsandbytes 4-bit state",
+                here(k)
+            ));
         }
     }
-    let qs = quant_state(group).map_err(|e| format!("{}: quant_state: {e}", here("quant_state")))?;
-    let get = |key: &str| group.get(key).ok_or_else(|| format!("{}: missing (needed by the 4-bit state)", here(key)));
+    let qs =
+        quant_state(group).map_err(|e| format!("{}: quant_state: {e}", here("quant_state")))?;
+    let get = |key: &str| {
+        group
+            .get(key)
+            .ok_or_else(|| format!("{}: missing (needed by the 4-bit state)", here(key)))
+    };
     let packed = get("")?;
     let n: usize = qs.shape.iter().product();
     let blocks = n.div_ceil(qs.blocksize);
@@ -105,7 +125,12 @@ fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, Stri
     let (scales, expanded) = match qs.nested {
         None => {
             if absmax.dtype != "F32" || absmax.numel() != blocks {
-                return Err(format!("{}: expected F32 [{blocks}], found {} {:?}", absmax.origin(), absmax.dtype, absmax.shape));
+                return Err(format!(
+                    "{}: expected F32 [{blocks}], found {} {:?}",
+                    absmax.origin(),
+                    absmax.dtype,
+                    absmax.shape
+                ));
             }
             (absmax.data.clone(), false)
         }
@@ -116,7 +141,10 @@ fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, Stri
                 blocksize: nested_block,
                 offset,
             };
-            (Storage::owned(expand_absmax(absmax, &nested, blocks)?), true)
+            (
+                Storage::owned(expand_absmax(absmax, &nested, blocks)?),
+                true,
+            )
         }
     };
     let tensor = QuantTensor {
@@ -152,9 +180,18 @@ struct NestedState<'a> {
 
 /// `absmax[b] = nested_quant_map[absmax_u8[b]] * nested_absmax[b / nested_blocksize] + nested_offset`,
 /// each step rounded to f32 as bitsandbytes computes it; returned as little-endian f32 bytes.
-fn expand_absmax(codes: &RawTensor, nested: &NestedState, blocks: usize) -> Result<Vec<u8>, String> {
+fn expand_absmax(
+    codes: &RawTensor,
+    nested: &NestedState,
+    blocks: usize,
+) -> Result<Vec<u8>, String> {
     if codes.dtype != "U8" || codes.numel() != blocks {
-        return Err(format!("{}: expected U8 [{blocks}] (double-quantized), found {} {:?}", codes.origin(), codes.dtype, codes.shape));
+        return Err(format!(
+            "{}: expected U8 [{blocks}] (double-quantized), found {} {:?}",
+            codes.origin(),
+            codes.dtype,
+            codes.shape
+        ));
     }
     let map = quant_map(nested.map, 256)?;
     let nb = blocks.div_ceil(nested.blocksize);
@@ -174,7 +211,11 @@ fn quant_map(t: &RawTensor, len: usize) -> Result<Vec<f32>, String> {
         return Err(t.bad_dtype("F32 (or BF16/F16)"));
     }
     if t.numel() != len {
-        return Err(format!("{}: expected {len} values, found shape {:?}", t.origin(), t.shape));
+        return Err(format!(
+            "{}: expected {len} values, found shape {:?}",
+            t.origin(),
+            t.shape
+        ));
     }
     let mut unused = 0;
     let q = dense(t, &mut unused)?;
@@ -185,22 +226,37 @@ fn quant_map(t: &RawTensor, len: usize) -> Result<Vec<f32>, String> {
 
 /// Reads the quant state: the packed JSON tensor, or the unpacked per-field tensors.
 fn quant_state(group: &BTreeMap<String, RawTensor>) -> Result<QuantState, String> {
-    let packed: Vec<(&String, &RawTensor)> = group.iter().filter(|(k, _)| k.starts_with(&PACKED_PREFIX[1..])).collect();
+    let packed: Vec<(&String, &RawTensor)> = group
+        .iter()
+        .filter(|(k, _)| k.starts_with(&PACKED_PREFIX[1..]))
+        .collect();
     let obj: Map<String, Value> = match packed.as_slice() {
         [(key, t)] => {
-            let v: Value = serde_json::from_slice(t.data.bytes()).map_err(|e| format!("not valid JSON: {e}"))?;
+            let v: Value = serde_json::from_slice(t.data.bytes())
+                .map_err(|e| format!("not valid JSON: {e}"))?;
             let Value::Object(obj) = v else {
                 return Err(format!("expected a JSON object, found {v}"));
             };
             let suffix = &key[PACKED_PREFIX.len() - 1..];
-            let qt = obj.get("quant_type").and_then(Value::as_str).unwrap_or_default();
+            let qt = obj
+                .get("quant_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if qt != suffix {
-                return Err(format!("key says `{suffix}` but quant_type is {:?}", obj.get("quant_type")));
+                return Err(format!(
+                    "key says `{suffix}` but quant_type is {:?}",
+                    obj.get("quant_type")
+                ));
             }
             obj
         }
         [] => unpacked_fields(group)?,
-        _ => return Err(format!("{} packed quant_state tensors; expected one", packed.len())),
+        _ => {
+            return Err(format!(
+                "{} packed quant_state tensors; expected one",
+                packed.len()
+            ))
+        }
     };
     parse_state(&obj)
 }
@@ -213,7 +269,8 @@ fn unpacked_fields(group: &BTreeMap<String, RawTensor>) -> Result<Map<String, Va
         let bytes = t.data.bytes();
         let v = match t.dtype.as_str() {
             "U8" | "I8" => {
-                let s = std::str::from_utf8(bytes).map_err(|_| format!("`{field}` is not UTF-8 text"))?;
+                let s = std::str::from_utf8(bytes)
+                    .map_err(|_| format!("`{field}` is not UTF-8 text"))?;
                 serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
             }
             "I64" | "I32" | "F32" | "F64" => {
@@ -222,7 +279,12 @@ fn unpacked_fields(group: &BTreeMap<String, RawTensor>) -> Result<Map<String, Va
                     ("shape", _) => Value::from(vals.iter().map(|&x| x as u64).collect::<Vec<_>>()),
                     ("nested_offset", [x]) => Value::from(*x),
                     (_, [x]) => Value::from(*x as u64),
-                    _ => return Err(format!("`{field}` should be a scalar, found shape {:?}", t.shape)),
+                    _ => {
+                        return Err(format!(
+                            "`{field}` should be a scalar, found shape {:?}",
+                            t.shape
+                        ))
+                    }
                 }
             }
             other => return Err(format!("`{field}` has unsupported dtype {other}")),
@@ -234,10 +296,16 @@ fn unpacked_fields(group: &BTreeMap<String, RawTensor>) -> Result<Map<String, Va
 
 fn scalars(dtype: &str, bytes: &[u8]) -> Vec<f64> {
     let (size, read): (usize, fn(&[u8]) -> f64) = match dtype {
-        "I64" => (8, |b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64),
+        "I64" => (8, |b| {
+            i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64
+        }),
         "F64" => (8, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
-        "I32" => (4, |b| i32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64),
-        _ => (4, |b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64),
+        "I32" => (4, |b| {
+            i32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64
+        }),
+        _ => (4, |b| {
+            f32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64
+        }),
     };
     bytes.chunks_exact(size).map(read).collect()
 }
@@ -246,34 +314,53 @@ fn parse_state(obj: &Map<String, Value>) -> Result<QuantState, String> {
     let field = |k: &str| obj.get(k).ok_or_else(|| format!("field `{k}` missing"));
     let uint = |k: &str| -> Result<usize, String> {
         let v = field(k)?;
-        v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| format!("field `{k}`: expected a positive integer, found {v}"))
+        v.as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .ok_or_else(|| format!("field `{k}`: expected a positive integer, found {v}"))
     };
     let string = |k: &str| -> Result<String, String> {
         let v = field(k)?;
-        v.as_str().map(str::to_string).ok_or_else(|| format!("field `{k}`: expected a string, found {v}"))
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("field `{k}`: expected a string, found {v}"))
     };
     let quant_type = string("quant_type")?;
     if quant_type != "nf4" && quant_type != "fp4" {
-        return Err(format!("field `quant_type`: expected \"nf4\" or \"fp4\", found {quant_type:?}"));
+        return Err(format!(
+            "field `quant_type`: expected \"nf4\" or \"fp4\", found {quant_type:?}"
+        ));
     }
     let dtype = match string("dtype")?.as_str() {
         "bfloat16" => DType::BF16,
         "float16" => DType::F16,
         "float32" => DType::F32,
-        other => return Err(format!("field `dtype`: expected bfloat16, float16 or float32, found {other:?}")),
+        other => {
+            return Err(format!(
+                "field `dtype`: expected bfloat16, float16 or float32, found {other:?}"
+            ))
+        }
     };
     let shape_v = field("shape")?;
     let shape = shape_v
         .as_array()
-        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+        .and_then(|a| {
+            a.iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<Vec<_>>>()
+        })
         .ok_or_else(|| format!("field `shape`: expected an array of integers, found {shape_v}"))?;
     let nested = if obj.contains_key("nested_blocksize") || obj.contains_key("nested_offset") {
         let nd = string("nested_dtype")?;
         if nd != "float32" {
-            return Err(format!("field `nested_dtype`: expected \"float32\", found {nd:?}"));
+            return Err(format!(
+                "field `nested_dtype`: expected \"float32\", found {nd:?}"
+            ));
         }
         let off = field("nested_offset")?;
-        let off = off.as_f64().ok_or_else(|| format!("field `nested_offset`: expected a number, found {off}"))?;
+        let off = off
+            .as_f64()
+            .ok_or_else(|| format!("field `nested_offset`: expected a number, found {off}"))?;
         Some((uint("nested_blocksize")?, off as f32))
     } else {
         None

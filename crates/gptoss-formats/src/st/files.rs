@@ -65,7 +65,9 @@ pub(crate) fn open(path: &Path) -> Result<Sources> {
     let (dir, files) = if path.is_dir() {
         (path.to_path_buf(), shard_files(path)?)
     } else {
-        let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         (dir, vec![path.to_path_buf()])
     };
     let config_path = dir.join("config.json");
@@ -97,7 +99,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for shard in map.values().collect::<BTreeSet<_>>() {
             let p = dir.join(shard);
             if !p.is_file() {
-                let first = map.iter().find(|(_, s)| *s == shard).map_or("", |(n, _)| n.as_str());
+                let first = map
+                    .iter()
+                    .find(|(_, s)| *s == shard)
+                    .map_or("", |(n, _)| n.as_str());
                 let count = map.values().filter(|s| *s == shard).count();
                 return Err(Error::format(
                     &index,
@@ -126,8 +131,8 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// `weight_map` of an index file: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
     let map = v
         .get("weight_map")
         .and_then(Value::as_object)
@@ -135,7 +140,10 @@ fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     map.iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => Ok((k.clone(), s.to_string())),
-            None => Err(Error::format(index, format!("weight_map[`{k}`]: expected a file name, found {v}"))),
+            None => Err(Error::format(
+                index,
+                format!("weight_map[`{k}`]: expected a file name, found {v}"),
+            )),
         })
         .collect()
 }
@@ -146,11 +154,16 @@ fn check_index(dir: &Path, tensors: &[RawTensor]) -> Result<()> {
     if !index.is_file() {
         return Ok(());
     }
-    let have: BTreeSet<(&str, &str)> = tensors.iter().map(|t| (t.file.as_str(), t.name.as_str())).collect();
+    let have: BTreeSet<(&str, &str)> = tensors
+        .iter()
+        .map(|t| (t.file.as_str(), t.name.as_str()))
+        .collect();
     let problems: Vec<String> = read_index(&index)?
         .iter()
         .filter(|(name, shard)| !have.contains(&(shard.as_str(), name.as_str())))
-        .map(|(name, shard)| format!("{INDEX_FILE} places `{name}` in {shard}, which does not contain it"))
+        .map(|(name, shard)| {
+            format!("{INDEX_FILE} places `{name}` in {shard}, which does not contain it")
+        })
         .collect();
     if problems.is_empty() {
         Ok(())
@@ -178,7 +191,10 @@ fn read_header(path: &Path) -> Result<Vec<RawTensor>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if size < 8 {
-        return Err(Error::format(path, format!("{size} bytes is too short for a safetensors header")));
+        return Err(Error::format(
+            path,
+            format!("{size} bytes is too short for a safetensors header"),
+        ));
     }
     // SAFETY: the map is read-only and lives as long as the tensors that window it; like every
     // mmap-based loader we rely on the checkpoint not being truncated while it is loaded.
@@ -189,17 +205,26 @@ fn read_header(path: &Path) -> Result<Vec<RawTensor>> {
     let data_start = header_len
         .checked_add(8)
         .filter(|&e| e <= map.len())
-        .ok_or_else(|| Error::format(path, format!("header length {header_len} runs past the end of the file")))?;
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("header length {header_len} runs past the end of the file"),
+            )
+        })?;
     let header: serde_json::Map<String, Value> = serde_json::from_slice(&map[8..data_start])
         .map_err(|e| Error::format(path, format!("header is not a JSON object: {e}")))?;
-    let label = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let label = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut out = Vec::with_capacity(header.len());
     for (name, entry) in &header {
         if name == "__metadata__" {
             continue;
         }
-        let (dtype, shape, begin, end) = header_entry(entry)
-            .ok_or_else(|| Error::tensor(&label, name, format!("malformed header entry {entry}")))?;
+        let (dtype, shape, begin, end) = header_entry(entry).ok_or_else(|| {
+            Error::tensor(&label, name, format!("malformed header entry {entry}"))
+        })?;
         let data_len = map.len() - data_start;
         if begin > end || end > data_len {
             return Err(Error::tensor(
@@ -214,7 +239,11 @@ fn read_header(path: &Path) -> Result<Vec<RawTensor>> {
                 return Err(Error::tensor(
                     &label,
                     name,
-                    format!("{dtype} {shape:?} needs {} bytes, header gives {}", numel * sz, end - begin),
+                    format!(
+                        "{dtype} {shape:?} needs {} bytes, header gives {}",
+                        numel * sz,
+                        end - begin
+                    ),
                 ));
             }
         }
@@ -244,7 +273,10 @@ fn header_entry(entry: &Value) -> Option<(String, Vec<usize>, usize, usize)> {
         .map(|d| d.as_u64().map(|d| d as usize))
         .collect::<Option<Vec<_>>>()?;
     let offs = entry.get("data_offsets")?.as_array()?;
-    let (begin, end) = (offs.first()?.as_u64()? as usize, offs.get(1)?.as_u64()? as usize);
+    let (begin, end) = (
+        offs.first()?.as_u64()? as usize,
+        offs.get(1)?.as_u64()? as usize,
+    );
     (offs.len() == 2).then_some((dtype, shape, begin, end))
 }
 
@@ -260,7 +292,10 @@ pub(crate) fn float_dtype(dtype: &str) -> Option<DType> {
 
 /// Dense floats expected: BF16/F16/F32 as a zero-copy window, F8_E5M2 widened to an owned bf16 copy
 /// (exact: every E5M2 value is a bf16 value). Anything else is an error naming file, tensor and dtype.
-pub(crate) fn dense(t: &RawTensor, f8_converted: &mut usize) -> std::result::Result<QuantTensor, String> {
+pub(crate) fn dense(
+    t: &RawTensor,
+    f8_converted: &mut usize,
+) -> std::result::Result<QuantTensor, String> {
     let format = match (float_dtype(&t.dtype), t.dtype.as_str()) {
         (Some(d), _) => TensorFormat::Dense(d),
         (None, "F8_E5M2") => {
@@ -269,7 +304,9 @@ pub(crate) fn dense(t: &RawTensor, f8_converted: &mut usize) -> std::result::Res
                 .data
                 .bytes()
                 .iter()
-                .flat_map(|&b| bf16::from_f32(f16::from_bits(u16::from(b) << 8).to_f32()).to_le_bytes())
+                .flat_map(|&b| {
+                    bf16::from_f32(f16::from_bits(u16::from(b) << 8).to_f32()).to_le_bytes()
+                })
                 .collect();
             return Ok(QuantTensor {
                 shape: t.shape.clone(),

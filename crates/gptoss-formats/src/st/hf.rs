@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use super::names::{Part, Proj};
 use super::{Builder, RawTensor, Src};
-use crate::tensor::{DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat, E2M1_VALUES};
+use crate::tensor::{
+    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
+    E2M1_VALUES,
+};
 use crate::weights::names as canon;
 
 /// Which half of an MXFP4 pair a tensor is.
@@ -27,7 +30,10 @@ const MX_BLOCK: usize = 32;
 impl Builder<'_> {
     pub(super) fn add_mxfp4(&mut self, layer: usize, proj: Proj, piece: Piece, src: Src) {
         let Src::Raw(t) = src else {
-            self.problems.push(format!("{}: MXFP4 blocks/scales cannot be bitsandbytes-quantized", src.origin()));
+            self.problems.push(format!(
+                "{}: MXFP4 blocks/scales cannot be bitsandbytes-quantized",
+                src.origin()
+            ));
             return;
         };
         let entry = self.mxfp4.entry((layer, proj)).or_default();
@@ -45,20 +51,30 @@ impl Builder<'_> {
                         self.counts.mxfp4 += 1;
                         for (e, t) in experts.into_iter().enumerate() {
                             let origin = format!("{}[{e}] (+ {})", b.origin(), s.name);
-                            self.put(canon::expert(layer, e, proj.canonical(Part::Weight)), t, origin);
+                            self.put(
+                                canon::expert(layer, e, proj.canonical(Part::Weight)),
+                                t,
+                                origin,
+                            );
                         }
                     }
                     Err(msg) => self.problems.push(msg),
                 },
-                (Some(t), None) => self.problems.push(format!("{}: no matching MXFP4 scales tensor", t.origin())),
-                (None, Some(t)) => self.problems.push(format!("{}: no matching MXFP4 blocks tensor", t.origin())),
+                (Some(t), None) => self
+                    .problems
+                    .push(format!("{}: no matching MXFP4 scales tensor", t.origin())),
+                (None, Some(t)) => self
+                    .problems
+                    .push(format!("{}: no matching MXFP4 blocks tensor", t.origin())),
                 (None, None) => {}
             }
         }
     }
 
     pub(super) fn stacked_dense(&mut self, layer: usize, proj: Proj, src: Src) {
-        let Some((t, origin)) = self.tensor(src) else { return };
+        let Some((t, origin)) = self.tensor(src) else {
+            return;
+        };
         let (TensorFormat::Dense(d), [n_exp, n_in, n_out]) = (&t.format, t.shape.as_slice()) else {
             self.problems.push(format!(
                 "{origin}: expected a dense [E, in, out] tensor, found {:?} {}",
@@ -71,7 +87,12 @@ impl Builder<'_> {
         let per = n_in * n_out * d.size_bytes();
         let bytes = t.data.bytes();
         if bytes.len() != n_exp * per {
-            self.problems.push(format!("{origin}: {} bytes do not hold {:?} {}", bytes.len(), t.shape, d.name()));
+            self.problems.push(format!(
+                "{origin}: {} bytes do not hold {:?} {}",
+                bytes.len(),
+                t.shape,
+                d.name()
+            ));
             return;
         }
         self.counts.transposed += 1;
@@ -83,19 +104,32 @@ impl Builder<'_> {
                 data: Storage::owned(w),
             };
             let name = canon::expert(layer, e, proj.canonical(Part::Weight));
-            self.put(name, q, format!("{origin}[{e}] (transposed from [in, out])"));
+            self.put(
+                name,
+                q,
+                format!("{origin}[{e}] (transposed from [in, out])"),
+            );
         }
     }
 
     pub(super) fn stacked_bias(&mut self, layer: usize, proj: Proj, src: Src) {
-        let Some((t, origin)) = self.tensor(src) else { return };
+        let Some((t, origin)) = self.tensor(src) else {
+            return;
+        };
         let [n_exp, n_out] = t.shape[..] else {
-            self.problems.push(format!("{origin}: expected [E, out] expert biases, found {:?}", t.shape));
+            self.problems.push(format!(
+                "{origin}: expected [E, out] expert biases, found {:?}",
+                t.shape
+            ));
             return;
         };
         for e in 0..n_exp {
             match super::rows::split_rows(&t, n_out, e, 1, vec![n_out]) {
-                Ok(b) => self.put(canon::expert(layer, e, proj.canonical(Part::Bias)), b, format!("{origin}[{e}]")),
+                Ok(b) => self.put(
+                    canon::expert(layer, e, proj.canonical(Part::Bias)),
+                    b,
+                    format!("{origin}[{e}]"),
+                ),
                 Err(msg) => self.problems.push(format!("{origin}: {msg}")),
             }
         }
@@ -135,7 +169,9 @@ fn mxfp4_experts(blocks: &RawTensor, scales: &RawTensor) -> Result<Vec<QuantTens
         }),
         data: blocks.data.clone(),
     };
-    whole.validate(&blocks.file, &blocks.name).map_err(|e| e.to_string())?;
+    whole
+        .validate(&blocks.file, &blocks.name)
+        .map_err(|e| e.to_string())?;
     Ok((0..n_exp)
         .map(|e| whole.rows(e * rows, rows, vec![rows, groups * MX_BLOCK]))
         .collect())

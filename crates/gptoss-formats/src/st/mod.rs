@@ -40,7 +40,8 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
     let mut raw: BTreeMap<String, RawTensor> = BTreeMap::new();
     for t in src.tensors {
         if let Some(prev) = raw.get(&t.name) {
-            b.problems.push(format!("{} duplicates {}", t.origin(), prev.origin()));
+            b.problems
+                .push(format!("{} duplicates {}", t.origin(), prev.origin()));
         } else {
             raw.insert(t.name.clone(), t);
         }
@@ -62,7 +63,9 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
     for (name, src) in items {
         match names::classify(&name) {
             Some(m) => matched.push((m, src)),
-            None => b.problems.push(format!("{}: not a known gpt-oss tensor name", src.origin())),
+            None => b
+                .problems
+                .push(format!("{}: not a known gpt-oss tensor name", src.origin())),
         }
     }
     let layout = detect(&matched, bnb_present);
@@ -115,7 +118,9 @@ fn detect(matched: &[(Matched, Src)], bnb: bool) -> std::result::Result<Layout, 
         }
     }
     if let [Some(hf), Some(oai)] = &naming {
-        return Err(format!("mixes HF names ({hf}) with OpenAI original/ names ({oai})"));
+        return Err(format!(
+            "mixes HF names ({hf}) with OpenAI original/ names ({oai})"
+        ));
     }
     let all = [
         ExpertLayout::Mxfp4,
@@ -125,18 +130,31 @@ fn detect(matched: &[(Matched, Src)], bnb: bool) -> std::result::Result<Layout, 
         ExpertLayout::GateUpWeights,
         ExpertLayout::Mixtral,
     ];
-    let fits: Vec<ExpertLayout> =
-        all.into_iter().filter(|x| kinds.iter().all(|(k, _)| k.contains(x))).collect();
+    let fits: Vec<ExpertLayout> = all
+        .into_iter()
+        .filter(|x| kinds.iter().all(|(k, _)| k.contains(x)))
+        .collect();
     let Some(&first) = fits.first() else {
         let list: Vec<String> = kinds
             .iter()
-            .map(|(k, ex)| format!("{ex} ({})", k.iter().map(|x| x.describe()).collect::<Vec<_>>().join(" or ")))
+            .map(|(k, ex)| {
+                format!(
+                    "{ex} ({})",
+                    k.iter()
+                        .map(|x| x.describe())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            })
             .collect();
         return Err(format!("mixes expert layouts: {}", list.join("; ")));
     };
     if kinds.is_empty() {
         let looked: Vec<&str> = all.iter().map(|x| x.describe()).collect();
-        return Err(format!("no expert tensors found (looked for {})", looked.join(", ")));
+        return Err(format!(
+            "no expert tensors found (looked for {})",
+            looked.join(", ")
+        ));
     }
     Ok(if naming[1].is_some() {
         Layout::OpenAiOriginal
@@ -194,13 +212,34 @@ impl Counts {
                 n.push(format!("{text}: {count}"));
             }
         };
-        add(self.mxfp4, "stacked MXFP4 expert tensors kept packed, one zero-copy view per expert");
-        add(self.transposed, "dense experts transposed from [E, in, out] to [out, in] at load (owned copy)");
-        add(self.interleaved, "separate gate/up interleaved into gate_up rows at load (owned copy)");
-        add(self.qkv_split, "fused attn.qkv split into q/k/v by rows (zero-copy)");
-        add(self.bnb, "bitsandbytes 4-bit weights kept packed (LUT4, high nibble first, f32 block scales)");
-        add(self.dq_expanded, "bitsandbytes double-quantized absmax expanded to f32 at load");
-        add(self.f8, "F8_E5M2 tensors widened to bf16 at load (exact, owned copy)");
+        add(
+            self.mxfp4,
+            "stacked MXFP4 expert tensors kept packed, one zero-copy view per expert",
+        );
+        add(
+            self.transposed,
+            "dense experts transposed from [E, in, out] to [out, in] at load (owned copy)",
+        );
+        add(
+            self.interleaved,
+            "separate gate/up interleaved into gate_up rows at load (owned copy)",
+        );
+        add(
+            self.qkv_split,
+            "fused attn.qkv split into q/k/v by rows (zero-copy)",
+        );
+        add(
+            self.bnb,
+            "bitsandbytes 4-bit weights kept packed (LUT4, high nibble first, f32 block scales)",
+        );
+        add(
+            self.dq_expanded,
+            "bitsandbytes double-quantized absmax expanded to f32 at load",
+        );
+        add(
+            self.f8,
+            "F8_E5M2 tensors widened to bf16 at load (exact, owned copy)",
+        );
         n
     }
 }
@@ -230,7 +269,8 @@ impl<'a> Builder<'a> {
     /// Adds a canonical tensor; a second tensor for the same name is a problem naming both.
     pub(crate) fn put(&mut self, name: String, tensor: QuantTensor, origin: String) {
         if let Some((_, prev)) = self.map.tensors.get(&name) {
-            self.problems.push(format!("{origin} and {prev} both map to `{name}`"));
+            self.problems
+                .push(format!("{origin} and {prev} both map to `{name}`"));
         } else {
             self.map.insert(name, tensor, origin);
         }

@@ -155,49 +155,249 @@ pub(crate) static PATTERNS: &[Pattern] = &[
     p("model.embed_tokens.weight", Global("embed"), HF, NONE),
     p("model.norm.weight", Global("norm"), HF, NONE),
     p("lm_head.weight", Global("lm_head"), HF, NONE),
-    p("model.layers.{L}.input_layernorm.weight", Layer("attn_norm"), HF, NONE),
-    p("model.layers.{L}.post_attention_layernorm.weight", Layer("mlp_norm"), HF, NONE),
-    p("model.layers.{L}.self_attn.q_proj.weight", Layer("q.weight"), HF, NONE),
-    p("model.layers.{L}.self_attn.q_proj.bias", Layer("q.bias"), HF, NONE),
-    p("model.layers.{L}.self_attn.k_proj.weight", Layer("k.weight"), HF, NONE),
-    p("model.layers.{L}.self_attn.k_proj.bias", Layer("k.bias"), HF, NONE),
-    p("model.layers.{L}.self_attn.v_proj.weight", Layer("v.weight"), HF, NONE),
-    p("model.layers.{L}.self_attn.v_proj.bias", Layer("v.bias"), HF, NONE),
-    p("model.layers.{L}.self_attn.o_proj.weight", Layer("o.weight"), HF, NONE),
-    p("model.layers.{L}.self_attn.o_proj.bias", Layer("o.bias"), HF, NONE),
+    p(
+        "model.layers.{L}.input_layernorm.weight",
+        Layer("attn_norm"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.post_attention_layernorm.weight",
+        Layer("mlp_norm"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.q_proj.weight",
+        Layer("q.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.q_proj.bias",
+        Layer("q.bias"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.k_proj.weight",
+        Layer("k.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.k_proj.bias",
+        Layer("k.bias"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.v_proj.weight",
+        Layer("v.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.v_proj.bias",
+        Layer("v.bias"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.o_proj.weight",
+        Layer("o.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.self_attn.o_proj.bias",
+        Layer("o.bias"),
+        HF,
+        NONE,
+    ),
     p("model.layers.{L}.self_attn.sinks", Layer("sinks"), HF, NONE),
-    p("model.layers.{L}.mlp.router.weight", Layer("router.weight"), HF, NONE),
-    p("model.layers.{L}.mlp.router.bias", Layer("router.bias"), HF, NONE),
-    p("model.layers.{L}.mlp.router.linear.weight", Layer("router.weight"), HF, NONE),
-    p("model.layers.{L}.mlp.router.linear.bias", Layer("router.bias"), HF, NONE),
+    p(
+        "model.layers.{L}.mlp.router.weight",
+        Layer("router.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.mlp.router.bias",
+        Layer("router.bias"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.mlp.router.linear.weight",
+        Layer("router.weight"),
+        HF,
+        NONE,
+    ),
+    p(
+        "model.layers.{L}.mlp.router.linear.bias",
+        Layer("router.bias"),
+        HF,
+        NONE,
+    ),
     // HF stacked experts: MXFP4 (§2a) and dense [E, in, out] (§2b); the biases are common to both.
-    p("model.layers.{L}.mlp.experts.gate_up_proj_blocks", StackedBlocks(GateUp), HF, &[X::Mxfp4]),
-    p("model.layers.{L}.mlp.experts.gate_up_proj_scales", StackedScales(GateUp), HF, &[X::Mxfp4]),
-    p("model.layers.{L}.mlp.experts.down_proj_blocks", StackedBlocks(Down), HF, &[X::Mxfp4]),
-    p("model.layers.{L}.mlp.experts.down_proj_scales", StackedScales(Down), HF, &[X::Mxfp4]),
-    p("model.layers.{L}.mlp.experts.gate_up_proj", StackedDense(GateUp), HF, &[X::Dense]),
-    p("model.layers.{L}.mlp.experts.down_proj", StackedDense(Down), HF, &[X::Dense]),
-    p("model.layers.{L}.mlp.experts.gate_up_proj_bias", StackedBias(GateUp), HF, &[X::Mxfp4, X::Dense]),
-    p("model.layers.{L}.mlp.experts.down_proj_bias", StackedBias(Down), HF, &[X::Mxfp4, X::Dense]),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj_blocks",
+        StackedBlocks(GateUp),
+        HF,
+        &[X::Mxfp4],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj_scales",
+        StackedScales(GateUp),
+        HF,
+        &[X::Mxfp4],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj_blocks",
+        StackedBlocks(Down),
+        HF,
+        &[X::Mxfp4],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj_scales",
+        StackedScales(Down),
+        HF,
+        &[X::Mxfp4],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj",
+        StackedDense(GateUp),
+        HF,
+        &[X::Dense],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj",
+        StackedDense(Down),
+        HF,
+        &[X::Dense],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj_bias",
+        StackedBias(GateUp),
+        HF,
+        &[X::Mxfp4, X::Dense],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj_bias",
+        StackedBias(Down),
+        HF,
+        &[X::Mxfp4, X::Dense],
+    ),
     // Per-expert Linears (§2c, §2d), `[out, in]`.
-    p("model.layers.{L}.mlp.experts.gate_up_projs.{E}.weight", Expert("gate_up.weight"), HF, &[X::Projs]),
-    p("model.layers.{L}.mlp.experts.gate_up_projs.{E}.bias", Expert("gate_up.bias"), HF, &[X::Projs]),
-    p("model.layers.{L}.mlp.experts.down_projs.{E}.weight", Expert("down.weight"), HF, &[X::Projs]),
-    p("model.layers.{L}.mlp.experts.down_projs.{E}.bias", Expert("down.bias"), HF, &[X::Projs]),
-    p("model.layers.{L}.mlp.experts.gate_up_proj.weights.{E}.weight", Expert("gate_up.weight"), HF, &[X::ProjWeights]),
-    p("model.layers.{L}.mlp.experts.gate_up_proj.weights.{E}.bias", Expert("gate_up.bias"), HF, &[X::ProjWeights]),
-    p("model.layers.{L}.mlp.experts.down_proj.weights.{E}.weight", Expert("down.weight"), HF, &[X::ProjWeights, X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.down_proj.weights.{E}.bias", Expert("down.bias"), HF, &[X::ProjWeights, X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.gate_proj.weights.{E}.weight", ExpertHalf(Half::Gate, Weight), HF, &[X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.gate_proj.weights.{E}.bias", ExpertHalf(Half::Gate, Bias), HF, &[X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.up_proj.weights.{E}.weight", ExpertHalf(Half::Up, Weight), HF, &[X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.up_proj.weights.{E}.bias", ExpertHalf(Half::Up, Bias), HF, &[X::GateUpWeights]),
-    p("model.layers.{L}.mlp.experts.{E}.gate_proj.weight", ExpertHalf(Half::Gate, Weight), HF, &[X::Mixtral]),
-    p("model.layers.{L}.mlp.experts.{E}.gate_proj.bias", ExpertHalf(Half::Gate, Bias), HF, &[X::Mixtral]),
-    p("model.layers.{L}.mlp.experts.{E}.up_proj.weight", ExpertHalf(Half::Up, Weight), HF, &[X::Mixtral]),
-    p("model.layers.{L}.mlp.experts.{E}.up_proj.bias", ExpertHalf(Half::Up, Bias), HF, &[X::Mixtral]),
-    p("model.layers.{L}.mlp.experts.{E}.down_proj.weight", Expert("down.weight"), HF, &[X::Mixtral]),
-    p("model.layers.{L}.mlp.experts.{E}.down_proj.bias", Expert("down.bias"), HF, &[X::Mixtral]),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_projs.{E}.weight",
+        Expert("gate_up.weight"),
+        HF,
+        &[X::Projs],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_projs.{E}.bias",
+        Expert("gate_up.bias"),
+        HF,
+        &[X::Projs],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_projs.{E}.weight",
+        Expert("down.weight"),
+        HF,
+        &[X::Projs],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_projs.{E}.bias",
+        Expert("down.bias"),
+        HF,
+        &[X::Projs],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj.weights.{E}.weight",
+        Expert("gate_up.weight"),
+        HF,
+        &[X::ProjWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_up_proj.weights.{E}.bias",
+        Expert("gate_up.bias"),
+        HF,
+        &[X::ProjWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj.weights.{E}.weight",
+        Expert("down.weight"),
+        HF,
+        &[X::ProjWeights, X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.down_proj.weights.{E}.bias",
+        Expert("down.bias"),
+        HF,
+        &[X::ProjWeights, X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_proj.weights.{E}.weight",
+        ExpertHalf(Half::Gate, Weight),
+        HF,
+        &[X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.gate_proj.weights.{E}.bias",
+        ExpertHalf(Half::Gate, Bias),
+        HF,
+        &[X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.up_proj.weights.{E}.weight",
+        ExpertHalf(Half::Up, Weight),
+        HF,
+        &[X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.up_proj.weights.{E}.bias",
+        ExpertHalf(Half::Up, Bias),
+        HF,
+        &[X::GateUpWeights],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.gate_proj.weight",
+        ExpertHalf(Half::Gate, Weight),
+        HF,
+        &[X::Mixtral],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.gate_proj.bias",
+        ExpertHalf(Half::Gate, Bias),
+        HF,
+        &[X::Mixtral],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.up_proj.weight",
+        ExpertHalf(Half::Up, Weight),
+        HF,
+        &[X::Mixtral],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.up_proj.bias",
+        ExpertHalf(Half::Up, Bias),
+        HF,
+        &[X::Mixtral],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.down_proj.weight",
+        Expert("down.weight"),
+        HF,
+        &[X::Mixtral],
+    ),
+    p(
+        "model.layers.{L}.mlp.experts.{E}.down_proj.bias",
+        Expert("down.bias"),
+        HF,
+        &[X::Mixtral],
+    ),
     // OpenAI original/ (§2a').
     p("embedding.weight", Global("embed"), OAI, NONE),
     p("norm.scale", Global("norm"), OAI, NONE),
@@ -209,14 +409,49 @@ pub(crate) static PATTERNS: &[Pattern] = &[
     p("block.{L}.attn.out.weight", Layer("o.weight"), OAI, NONE),
     p("block.{L}.attn.out.bias", Layer("o.bias"), OAI, NONE),
     p("block.{L}.mlp.norm.scale", Layer("mlp_norm"), OAI, NONE),
-    p("block.{L}.mlp.gate.weight", Layer("router.weight"), OAI, NONE),
+    p(
+        "block.{L}.mlp.gate.weight",
+        Layer("router.weight"),
+        OAI,
+        NONE,
+    ),
     p("block.{L}.mlp.gate.bias", Layer("router.bias"), OAI, NONE),
-    p("block.{L}.mlp.mlp1_weight.blocks", StackedBlocks(GateUp), OAI, &[X::Mxfp4]),
-    p("block.{L}.mlp.mlp1_weight.scales", StackedScales(GateUp), OAI, &[X::Mxfp4]),
-    p("block.{L}.mlp.mlp1_bias", StackedBias(GateUp), OAI, &[X::Mxfp4]),
-    p("block.{L}.mlp.mlp2_weight.blocks", StackedBlocks(Down), OAI, &[X::Mxfp4]),
-    p("block.{L}.mlp.mlp2_weight.scales", StackedScales(Down), OAI, &[X::Mxfp4]),
-    p("block.{L}.mlp.mlp2_bias", StackedBias(Down), OAI, &[X::Mxfp4]),
+    p(
+        "block.{L}.mlp.mlp1_weight.blocks",
+        StackedBlocks(GateUp),
+        OAI,
+        &[X::Mxfp4],
+    ),
+    p(
+        "block.{L}.mlp.mlp1_weight.scales",
+        StackedScales(GateUp),
+        OAI,
+        &[X::Mxfp4],
+    ),
+    p(
+        "block.{L}.mlp.mlp1_bias",
+        StackedBias(GateUp),
+        OAI,
+        &[X::Mxfp4],
+    ),
+    p(
+        "block.{L}.mlp.mlp2_weight.blocks",
+        StackedBlocks(Down),
+        OAI,
+        &[X::Mxfp4],
+    ),
+    p(
+        "block.{L}.mlp.mlp2_weight.scales",
+        StackedScales(Down),
+        OAI,
+        &[X::Mxfp4],
+    ),
+    p(
+        "block.{L}.mlp.mlp2_bias",
+        StackedBias(Down),
+        OAI,
+        &[X::Mxfp4],
+    ),
 ];
 
 /// Matches a stored name against the table.
@@ -245,7 +480,8 @@ fn matches(pat: &'static Pattern, name: &str) -> Option<Matched> {
 
 /// A decimal index without sign or leading zeros (so `01` is not silently the same as `1`).
 fn index(s: &str) -> Option<usize> {
-    let ok = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let ok =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if ok {
         s.parse().ok()
     } else {
@@ -254,6 +490,7 @@ fn index(s: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -262,7 +499,11 @@ mod tests {
         for (i, pat) in PATTERNS.iter().enumerate() {
             let name = pat.text.replace("{L}", "3").replace("{E}", "12");
             let m = classify(&name).unwrap();
-            assert!(std::ptr::eq(m.pattern, &PATTERNS[i]), "{name} matched {}", m.pattern.text);
+            assert!(
+                std::ptr::eq(m.pattern, &PATTERNS[i]),
+                "{name} matched {}",
+                m.pattern.text
+            );
             if pat.text.contains("{L}") {
                 assert_eq!(m.layer, 3);
             }

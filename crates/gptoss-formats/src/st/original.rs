@@ -8,8 +8,14 @@ use crate::weights::names as canon;
 
 impl Builder<'_> {
     pub(super) fn split_qkv(&mut self, layer: usize, part: Part, src: Src) {
-        let Some((t, origin)) = self.tensor(src) else { return };
-        let (q, kv, h) = (self.config.q_width(), self.config.kv_width(), self.config.hidden_size);
+        let Some((t, origin)) = self.tensor(src) else {
+            return;
+        };
+        let (q, kv, h) = (
+            self.config.q_width(),
+            self.config.kv_width(),
+            self.config.hidden_size,
+        );
         let rows = q + 2 * kv;
         let (expected, row_len, suffix) = match part {
             Part::Weight => (vec![rows, h], h, "weight"),
@@ -33,7 +39,11 @@ impl Builder<'_> {
             match split_rows(&t, row_len, first, count, shape) {
                 Ok(x) => {
                     let name = canon::layer(layer, &format!("{what}.{suffix}"));
-                    self.put(name, x, format!("{origin} (rows {first}..{})", first + count));
+                    self.put(
+                        name,
+                        x,
+                        format!("{origin} (rows {first}..{})", first + count),
+                    );
                 }
                 Err(msg) => self.problems.push(format!("{origin}: {msg}")),
             }

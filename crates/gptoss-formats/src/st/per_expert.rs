@@ -14,7 +14,14 @@ use crate::weights::names as canon;
 pub(crate) type PendingHalves = BTreeMap<(usize, usize, Part), [Option<(QuantTensor, String)>; 2]>;
 
 impl Builder<'_> {
-    pub(super) fn add_half(&mut self, layer: usize, expert: usize, half: Half, part: Part, src: Src) {
+    pub(super) fn add_half(
+        &mut self,
+        layer: usize,
+        expert: usize,
+        half: Half,
+        part: Part,
+        src: Src,
+    ) {
         let Some(t) = self.tensor(src) else { return };
         let slot = usize::from(half == Half::Up);
         self.halves.entry((layer, expert, part)).or_default()[slot] = Some(t);
@@ -29,10 +36,16 @@ impl Builder<'_> {
                         self.counts.interleaved += 1;
                         self.put(name, t, format!("{go} + {uo} (interleaved)"));
                     }
-                    Err(msg) => self.problems.push(format!("{go} + {uo}: cannot interleave gate and up: {msg}")),
+                    Err(msg) => self
+                        .problems
+                        .push(format!("{go} + {uo}: cannot interleave gate and up: {msg}")),
                 },
-                [Some((_, o)), None] => self.problems.push(format!("{o}: no matching up projection for `{name}`")),
-                [None, Some((_, o))] => self.problems.push(format!("{o}: no matching gate projection for `{name}`")),
+                [Some((_, o)), None] => self
+                    .problems
+                    .push(format!("{o}: no matching up projection for `{name}`")),
+                [None, Some((_, o))] => self
+                    .problems
+                    .push(format!("{o}: no matching gate projection for `{name}`")),
                 [None, None] => {}
             }
         }

@@ -2,16 +2,20 @@
 //! tensors (gate/up → canonical gate_up, an owned copy) and the `[in, out]` → `[out, in]` transpose of a
 //! dense matrix. Quantized rows must hold whole blocks so that no block is split.
 
-use crate::tensor::{DType, Lut4, Lut4Scales, QuantTensor, Storage, TensorFormat, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::tensor::{
+    DType, Lut4, Lut4Scales, QuantTensor, Storage, TensorFormat, Q8_0_BLOCK, Q8_0_BLOCK_BYTES,
+};
 
 /// Bytes of one row of `row_len` elements: `(code/element bytes, separate scale bytes)`, or why rows of
 /// that length cannot be cut out of this format.
 fn row_bytes(format: &TensorFormat, row_len: usize) -> Result<(usize, usize), String> {
     let whole = |block: usize| {
-        if row_len % block == 0 {
+        if row_len.checked_rem(block) == Some(0) {
             Ok(row_len / block)
         } else {
-            Err(format!("rows of {row_len} elements split its {block}-element blocks"))
+            Err(format!(
+                "rows of {row_len} elements split its {block}-element blocks"
+            ))
         }
     };
     match format {
@@ -21,10 +25,12 @@ fn row_bytes(format: &TensorFormat, row_len: usize) -> Result<(usize, usize), St
             let blocks = whole(l.block_elems)?;
             match &l.scales {
                 Lut4Scales::Inline { .. } => Ok((blocks * l.block_bytes(), 0)),
-                Lut4Scales::Separate { format, .. } if row_len % 2 == 0 => {
+                Lut4Scales::Separate { format, .. } if row_len & 1 == 0 => {
                     Ok((row_len / 2, blocks * format.size_bytes()))
                 }
-                Lut4Scales::Separate { .. } => Err(format!("rows of {row_len} 4-bit codes do not end on a byte")),
+                Lut4Scales::Separate { .. } => Err(format!(
+                    "rows of {row_len} 4-bit codes do not end on a byte"
+                )),
             }
         }
     }
@@ -39,9 +45,12 @@ pub(crate) fn split_rows(
     new_shape: Vec<usize>,
 ) -> Result<QuantTensor, String> {
     let (data_row, scale_row) = row_bytes(&t.format, row_len)?;
-    let rows = if row_len == 0 { 0 } else { t.numel() / row_len };
+    let rows = t.numel().checked_div(row_len).unwrap_or(0);
     if first + count > rows || t.data.len() < (first + count) * data_row {
-        return Err(format!("rows {first}..{} are out of range for {rows} rows", first + count));
+        return Err(format!(
+            "rows {first}..{} are out of range for {rows} rows",
+            first + count
+        ));
     }
     let format = match &t.format {
         TensorFormat::Lut4(l) => match &l.scales {
@@ -92,17 +101,28 @@ fn same_format(a: &TensorFormat, b: &TensorFormat) -> bool {
 /// `a[j]`, row `2j+1` is `b[j]`. The result is `[2R, C]` (or `[2R]`) in the same format, owned.
 pub(crate) fn interleave_rows(a: &QuantTensor, b: &QuantTensor) -> Result<QuantTensor, String> {
     if a.shape != b.shape || a.shape.is_empty() || a.shape.len() > 2 {
-        return Err(format!("shapes {:?} and {:?} are not one matrix or vector shape", a.shape, b.shape));
+        return Err(format!(
+            "shapes {:?} and {:?} are not one matrix or vector shape",
+            a.shape, b.shape
+        ));
     }
     if !same_format(&a.format, &b.format) {
-        return Err(format!("formats differ: {} and {}", a.format.describe(), b.format.describe()));
+        return Err(format!(
+            "formats differ: {} and {}",
+            a.format.describe(),
+            b.format.describe()
+        ));
     }
     let row_len = if a.shape.len() == 2 { a.shape[1] } else { 1 };
     let rows = a.shape[0];
     let (data_row, scale_row) = row_bytes(&a.format, row_len)?;
     let weave = |x: &[u8], y: &[u8], per_row: usize| -> Result<Vec<u8>, String> {
         if x.len() != rows * per_row || y.len() != rows * per_row {
-            return Err(format!("stored sizes {} and {} do not hold {rows} rows", x.len(), y.len()));
+            return Err(format!(
+                "stored sizes {} and {} do not hold {rows} rows",
+                x.len(),
+                y.len()
+            ));
         }
         let mut out = Vec::with_capacity(2 * x.len());
         for (rx, ry) in x.chunks(per_row.max(1)).zip(y.chunks(per_row.max(1))) {
@@ -151,6 +171,7 @@ pub(crate) fn transpose(bytes: &[u8], rows: usize, cols: usize, dtype: DType) ->
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::tensor::{NibbleOrder, ScaleFormat};
@@ -179,10 +200,16 @@ mod tests {
         let b = QuantTensor::from_f32(vec![2, 3], &[-1., -2., -3., -4., -5., -6.]);
         let c = interleave_rows(&a, &b).unwrap();
         assert_eq!(c.shape, vec![4, 3]);
-        assert_eq!(c.to_f32_vec(), vec![1., 2., 3., -1., -2., -3., 4., 5., 6., -4., -5., -6.]);
+        assert_eq!(
+            c.to_f32_vec(),
+            vec![1., 2., 3., -1., -2., -3., 4., 5., 6., -4., -5., -6.]
+        );
         let va = QuantTensor::from_f32(vec![2], &[1., 2.]);
         let vb = QuantTensor::from_f32(vec![2], &[3., 4.]);
-        assert_eq!(interleave_rows(&va, &vb).unwrap().to_f32_vec(), vec![1., 3., 2., 4.]);
+        assert_eq!(
+            interleave_rows(&va, &vb).unwrap().to_f32_vec(),
+            vec![1., 3., 2., 4.]
+        );
     }
 
     #[test]
@@ -219,7 +246,10 @@ mod tests {
         let r = split_rows(&a, 4, 1, 1, vec![4]).unwrap();
         assert_eq!(r.to_f32_vec(), vec![50., 60., 70., 80.]);
         let d = QuantTensor::from_f32(vec![6], &[0., 1., 2., 3., 4., 5.]);
-        assert_eq!(split_rows(&d, 1, 2, 3, vec![3]).unwrap().to_f32_vec(), vec![2., 3., 4.]);
+        assert_eq!(
+            split_rows(&d, 1, 2, 3, vec![3]).unwrap().to_f32_vec(),
+            vec![2., 3., 4.]
+        );
         assert!(split_rows(&d, 1, 4, 3, vec![3]).is_err());
     }
 

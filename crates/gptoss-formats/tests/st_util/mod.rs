@@ -39,7 +39,9 @@ pub fn t(name: impl Into<String>, dtype: &'static str, shape: &[usize], bytes: V
 }
 
 pub fn bf16s(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 pub fn f32s(v: &[f32]) -> Vec<u8> {
@@ -82,10 +84,15 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Rng(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
     }
     pub fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
     /// Uniform in [-1, 1), rounded to bf16.
@@ -126,7 +133,11 @@ pub fn original_config() -> serde_json::Value {
 }
 
 pub fn write_config(dir: &Path, cfg: &serde_json::Value) {
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(cfg).unwrap(),
+    )
+    .unwrap();
 }
 
 /// MXFP4 expert weights of one (layer, projection): codes `[E, rows, G, 16]` and scales `[E, rows, G]`.
@@ -199,7 +210,12 @@ impl Tiny {
             for (p, rows, cols) in [(0, 2 * I, H), (1, H, I)] {
                 let nblk = E * rows * cols / 32;
                 let scales = (0..nblk).map(|_| 124 + (rng.next() % 4) as u8).collect();
-                let m = Mx { rows, cols, blocks: rng.bytes(nblk * 16), scales };
+                let m = Mx {
+                    rows,
+                    cols,
+                    blocks: rng.bytes(nblk * 16),
+                    scales,
+                };
                 mx.insert((l, p), m);
                 bias.insert((l, p), rng.vals(E * rows));
             }
@@ -214,8 +230,14 @@ impl Tiny {
             let what = ["gate_up", "down"][*p];
             for e in 0..E {
                 let b = &self.bias[&(*l, *p)][e * m.rows..(e + 1) * m.rows];
-                all.insert(format!("layers.{l}.experts.{e}.{what}.weight"), (vec![m.rows, m.cols], m.expert(e)));
-                all.insert(format!("layers.{l}.experts.{e}.{what}.bias"), (vec![m.rows], b.to_vec()));
+                all.insert(
+                    format!("layers.{l}.experts.{e}.{what}.weight"),
+                    (vec![m.rows, m.cols], m.expert(e)),
+                );
+                all.insert(
+                    format!("layers.{l}.experts.{e}.{what}.bias"),
+                    (vec![m.rows], b.to_vec()),
+                );
             }
         }
         all
@@ -229,9 +251,24 @@ impl Tiny {
                 let m = &self.mx[&(l, p)];
                 let pre = format!("model.layers.{l}.mlp.experts.{what}");
                 let g = m.cols / 32;
-                ts.push(t(format!("{pre}_blocks"), "U8", &[E, m.rows, g, 16], m.blocks.clone()));
-                ts.push(t(format!("{pre}_scales"), "U8", &[E, m.rows, g], m.scales.clone()));
-                ts.push(t(format!("{pre}_bias"), "BF16", &[E, m.rows], bf16s(&self.bias[&(l, p)])));
+                ts.push(t(
+                    format!("{pre}_blocks"),
+                    "U8",
+                    &[E, m.rows, g, 16],
+                    m.blocks.clone(),
+                ));
+                ts.push(t(
+                    format!("{pre}_scales"),
+                    "U8",
+                    &[E, m.rows, g],
+                    m.scales.clone(),
+                ));
+                ts.push(t(
+                    format!("{pre}_bias"),
+                    "BF16",
+                    &[E, m.rows],
+                    bf16s(&self.bias[&(l, p)]),
+                ));
             }
         }
         ts
@@ -284,7 +321,10 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Loads `path` and compares every canonical tensor with `truth` (exact f32 values, shapes, no extras).
-pub fn check_truth(path: &Path, truth: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> gptoss_formats::RawCheckpoint {
+pub fn check_truth(
+    path: &Path,
+    truth: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> gptoss_formats::RawCheckpoint {
     let raw = gptoss_formats::read_raw(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let got: Vec<&String> = raw.tensors.tensors.keys().collect();
     let want: Vec<&String> = truth.keys().collect();
@@ -294,7 +334,10 @@ pub fn check_truth(path: &Path, truth: &BTreeMap<String, (Vec<usize>, Vec<f32>)>
         assert_eq!(&tensor.shape, shape, "{name} from {origin}");
         let dec = tensor.to_f32_vec();
         for (i, (a, b)) in dec.iter().zip(vals).enumerate() {
-            assert!(a.to_bits() == b.to_bits() || a == b, "{name} ({origin}) [{i}]: got {a}, want {b}");
+            assert!(
+                a.to_bits() == b.to_bits() || a == b,
+                "{name} ({origin}) [{i}]: got {a}, want {b}"
+            );
         }
     }
     gptoss_formats::load(path).unwrap_or_else(|e| panic!("assemble {}: {e}", path.display()));
