@@ -86,31 +86,49 @@ struct QuantState {
     nested: Option<(usize, f32)>,
 }
 
-fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, String> {
-    let any = group
+/// The tensors of one weight `P.weight`, keyed by what follows `P.weight.` (`""` for the codes).
+struct Group<'a> {
+    weight: &'a str,
+    file: String,
+    tensors: &'a BTreeMap<String, RawTensor>,
+}
+
+impl Group<'_> {
+    /// `file: P.weight.key`, for messages.
+    fn here(&self, key: &str) -> String {
+        let dot = if key.is_empty() { "" } else { "." };
+        format!("{}: {}{dot}{key}", self.file, self.weight)
+    }
+
+    fn get(&self, key: &str) -> Result<&RawTensor, String> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| format!("{}: missing (needed by the 4-bit state)", self.here(key)))
+    }
+}
+
+fn build(w: &str, tensors: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, String> {
+    let file = tensors
         .values()
         .next()
         .map_or_else(String::new, |t| t.file.clone());
-    let here = |key: &str| format!("{any}: {w}{}{key}", if key.is_empty() { "" } else { "." });
-    for k in group.keys() {
+    let g = Group {
+        weight: w,
+        file,
+        tensors,
+    };
+    for k in tensors.keys() {
         let known = k.is_empty() || AUX.contains(&k.as_str()) || UNPACKED.contains(&k.as_str());
         if !known && !k.starts_with(&PACKED_PREFIX[1..]) {
             return Err(format!(
                 "{}: not part of a bitsandbytes 4-bit state",
-                here(k)
+                g.here(k)
             ));
         }
     }
-    let qs =
-        quant_state(group).map_err(|e| format!("{}: quant_state: {e}", here("quant_state")))?;
-    let get = |key: &str| {
-        group
-            .get(key)
-            .ok_or_else(|| format!("{}: missing (needed by the 4-bit state)", here(key)))
-    };
-    let packed = get("")?;
+    let qs = quant_state(tensors).map_err(|e| format!("{}: {e}", g.here("quant_state")))?;
+    let packed = g.get("")?;
     let n: usize = qs.shape.iter().product();
-    let blocks = n.div_ceil(qs.blocksize);
     if packed.data.len() < n.div_ceil(2) {
         return Err(format!(
             "{}: {} bytes cannot hold {n} 4-bit codes of shape {:?}",
@@ -119,34 +137,9 @@ fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, Stri
             qs.shape
         ));
     }
-    let table = quant_map(get("quant_map")?, 16)?;
+    let table = quant_map(g.get("quant_map")?, 16)?;
     let table: [f32; 16] = std::array::from_fn(|i| table.get(i).copied().unwrap_or(0.0));
-    let absmax = get("absmax")?;
-    let (scales, expanded) = match qs.nested {
-        None => {
-            if absmax.dtype != "F32" || absmax.numel() != blocks {
-                return Err(format!(
-                    "{}: expected F32 [{blocks}], found {} {:?}",
-                    absmax.origin(),
-                    absmax.dtype,
-                    absmax.shape
-                ));
-            }
-            (absmax.data.clone(), false)
-        }
-        Some((nested_block, offset)) => {
-            let nested = NestedState {
-                absmax: get("nested_absmax")?,
-                map: get("nested_quant_map")?,
-                blocksize: nested_block,
-                offset,
-            };
-            (
-                Storage::owned(expand_absmax(absmax, &nested, blocks)?),
-                true,
-            )
-        }
-    };
+    let (scales, expanded) = block_scales(&g, &qs, n.div_ceil(qs.blocksize))?;
     let tensor = QuantTensor {
         shape: qs.shape.clone(),
         format: TensorFormat::Lut4(Lut4 {
@@ -168,6 +161,33 @@ fn build(w: &str, group: &BTreeMap<String, RawTensor>) -> Result<BnbWeight, Stri
         origin: format!("{} (bnb {}{dq})", packed.origin(), qs.quant_type),
         expanded_absmax: expanded,
     })
+}
+
+/// The f32 scale of each block: the stored absmax (zero-copy), or the double-quantized one expanded
+/// (owned; the bool says so).
+fn block_scales(g: &Group, qs: &QuantState, blocks: usize) -> Result<(Storage, bool), String> {
+    let absmax = g.get("absmax")?;
+    let Some((blocksize, offset)) = qs.nested else {
+        if absmax.dtype != "F32" || absmax.numel() != blocks {
+            return Err(format!(
+                "{}: expected F32 [{blocks}], found {} {:?}",
+                absmax.origin(),
+                absmax.dtype,
+                absmax.shape
+            ));
+        }
+        return Ok((absmax.data.clone(), false));
+    };
+    let nested = NestedState {
+        absmax: g.get("nested_absmax")?,
+        map: g.get("nested_quant_map")?,
+        blocksize,
+        offset,
+    };
+    Ok((
+        Storage::owned(expand_absmax(absmax, &nested, blocks)?),
+        true,
+    ))
 }
 
 /// The double-quantization state of an absmax vector.

@@ -218,49 +218,56 @@ fn read_header(path: &Path) -> Result<Vec<RawTensor>> {
         |n| n.to_string_lossy().into_owned(),
     );
     let mut out = Vec::with_capacity(header.len());
-    for (name, entry) in &header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let (dtype, shape, begin, end) = header_entry(entry).ok_or_else(|| {
-            Error::tensor(&label, name, format!("malformed header entry {entry}"))
-        })?;
-        let data_len = map.len() - data_start;
-        if begin > end || end > data_len {
-            return Err(Error::tensor(
-                &label,
-                name,
-                format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data section"),
-            ));
-        }
-        let numel: usize = shape.iter().product();
-        if let Some(sz) = dtype_size(&dtype) {
-            if numel * sz != end - begin {
-                return Err(Error::tensor(
-                    &label,
-                    name,
-                    format!(
-                        "{dtype} {shape:?} needs {} bytes, header gives {}",
-                        numel * sz,
-                        end - begin
-                    ),
-                ));
-            }
-        }
-        out.push(RawTensor {
-            name: name.clone(),
-            dtype,
-            shape,
-            file: label.clone(),
-            data: Storage::Mapped {
-                map: map.clone(),
-                start: data_start + begin,
-                len: end - begin,
-            },
-        });
+    for (name, entry) in header.iter().filter(|(n, _)| *n != "__metadata__") {
+        out.push(header_tensor(&label, name, entry, &map, data_start)?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// One header entry as a window of the mapped file, its offsets and byte size checked.
+fn header_tensor(
+    label: &str,
+    name: &str,
+    entry: &Value,
+    map: &Arc<Mmap>,
+    data_start: usize,
+) -> Result<RawTensor> {
+    let (dtype, shape, begin, end) = header_entry(entry)
+        .ok_or_else(|| Error::tensor(label, name, format!("malformed header entry {entry}")))?;
+    let data_len = map.len() - data_start;
+    if begin > end || end > data_len {
+        return Err(Error::tensor(
+            label,
+            name,
+            format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data section"),
+        ));
+    }
+    if let Some(sz) = dtype_size(&dtype) {
+        let need = shape.iter().try_fold(sz, |a, &d| a.checked_mul(d));
+        if need != Some(end - begin) {
+            let need = need.map_or_else(|| "more than usize".to_string(), |n| n.to_string());
+            return Err(Error::tensor(
+                label,
+                name,
+                format!(
+                    "{dtype} {shape:?} needs {need} bytes, header gives {}",
+                    end - begin
+                ),
+            ));
+        }
+    }
+    Ok(RawTensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        file: label.to_string(),
+        data: Storage::Mapped {
+            map: map.clone(),
+            start: data_start + begin,
+            len: end - begin,
+        },
+    })
 }
 
 /// `(dtype, shape, begin, end)` of a header entry.

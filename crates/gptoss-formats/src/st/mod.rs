@@ -37,37 +37,7 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
         })
         .collect();
     let mut b = Builder::new(&config);
-    let mut raw: BTreeMap<String, RawTensor> = BTreeMap::new();
-    for t in src.tensors {
-        if let Some(prev) = raw.get(&t.name) {
-            b.problems
-                .push(format!("{} duplicates {}", t.origin(), prev.origin()));
-        } else {
-            raw.insert(t.name.clone(), t);
-        }
-    }
-    let bnb = bnb::extract(&mut raw, &mut b.problems);
-    let bnb_present = !bnb.is_empty();
-    let mut items = Vec::with_capacity(raw.len() + bnb.len());
-    for w in bnb {
-        b.counts.bnb += 1;
-        b.counts.dq_expanded += usize::from(w.expanded_absmax);
-        let src = Src::Built {
-            tensor: w.tensor,
-            origin: w.origin,
-        };
-        items.push((w.name, src));
-    }
-    items.extend(raw.into_iter().map(|(n, t)| (n, Src::Raw(t))));
-    let mut matched = Vec::with_capacity(items.len());
-    for (name, src) in items {
-        match names::classify(&name) {
-            Some(m) => matched.push((m, src)),
-            None => b
-                .problems
-                .push(format!("{}: not a known gpt-oss tensor name", src.origin())),
-        }
-    }
+    let (matched, bnb_present) = b.gather(src.tensors);
     let layout = detect(&matched, bnb_present);
     let desc = path.display().to_string();
     let layout = match layout {
@@ -288,6 +258,46 @@ impl<'a> Builder<'a> {
                 }
             },
         }
+    }
+
+    /// Drops duplicates, rebuilds bitsandbytes weights and matches every name; unknown names become
+    /// problems. Returns the matched tensors and whether any bitsandbytes weight was found.
+    fn gather(&mut self, tensors: Vec<RawTensor>) -> (Vec<(Matched, Src)>, bool) {
+        let mut raw: BTreeMap<String, RawTensor> = BTreeMap::new();
+        for t in tensors {
+            match raw.get(&t.name) {
+                Some(prev) => {
+                    self.problems
+                        .push(format!("{} duplicates {}", t.origin(), prev.origin()))
+                }
+                None => {
+                    raw.insert(t.name.clone(), t);
+                }
+            }
+        }
+        let bnb = bnb::extract(&mut raw, &mut self.problems);
+        let bnb_present = !bnb.is_empty();
+        let mut items = Vec::with_capacity(raw.len() + bnb.len());
+        for w in bnb {
+            self.counts.bnb += 1;
+            self.counts.dq_expanded += usize::from(w.expanded_absmax);
+            let src = Src::Built {
+                tensor: w.tensor,
+                origin: w.origin,
+            };
+            items.push((w.name, src));
+        }
+        items.extend(raw.into_iter().map(|(n, t)| (n, Src::Raw(t))));
+        let mut matched = Vec::with_capacity(items.len());
+        for (name, src) in items {
+            match names::classify(&name) {
+                Some(m) => matched.push((m, src)),
+                None => self
+                    .problems
+                    .push(format!("{}: not a known gpt-oss tensor name", src.origin())),
+            }
+        }
+        (matched, bnb_present)
     }
 
     fn apply(&mut self, m: &Matched, src: Src) {
