@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gptoss_formats::{Layout, ModelWeights};
+use gptoss_formats::{Layout, ModelWeights, TensorFormat};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,6 +97,70 @@ fn equal_valued_layouts_decode_identically() {
                 diff.unwrap(),
                 g[diff.unwrap()],
                 w[diff.unwrap()]
+            );
+        }
+    }
+}
+
+/// Canonical names of the weights `w` keeps in a 4-bit LUT format.
+fn lut4_names(w: &ModelWeights) -> Vec<String> {
+    let mut out = Vec::new();
+    w.for_each_tensor(|name, t| {
+        if matches!(t.format, TensorFormat::Lut4(_)) {
+            out.push(format!("{name} {:?}", t.shape));
+        }
+    });
+    out
+}
+
+/// bitsandbytes fixtures hold the same model quantized: unquantized tensors are identical, and each
+/// 4-bit weight is within the code book's largest half-gap (≤ 0.167 of the block absmax for NF4 and
+/// FP4) of the original value. A wrong nibble order or block scale breaks this bound by far.
+#[test]
+fn bnb_fixtures_decode_to_the_quantized_model() {
+    let base = gptoss_formats::load(&fixture("hf-mxfp4")).unwrap();
+    let want = decoded(&base.weights);
+    for (dir, quantized_attn) in [
+        ("bnb-nf4", false),
+        ("bnb-nf4-dq", true),
+        ("bnb-fp4", false),
+        ("bnb-fp4-dq", false),
+    ] {
+        let ck = gptoss_formats::load(&fixture(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(ck.layout, Layout::Bnb4bit, "{dir}");
+        let lut = lut4_names(&ck.weights);
+        let experts = lut.iter().filter(|n| n.contains(".experts.")).count();
+        assert_eq!(experts, 2 * 3 * 4, "{dir}: every expert weight is 4-bit");
+        assert_eq!(
+            lut.iter().any(|n| n.contains(".q.weight")),
+            quantized_attn,
+            "{dir}"
+        );
+        let got = decoded(&ck.weights);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{dir}"
+        );
+        for (name, w) in &want {
+            let g = &got[name];
+            if !lut.contains(name) {
+                assert!(g == w, "{dir}: {name} differs from the unquantized model");
+                continue;
+            }
+            for (blk, (gb, wb)) in g.chunks(64).zip(w.chunks(64)).enumerate() {
+                let absmax = wb.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (i, (a, b)) in gb.iter().zip(wb).enumerate() {
+                    let bound = 0.17 * absmax + a.abs() / 128.0;
+                    assert!(
+                        (a - b).abs() <= bound,
+                        "{dir}: {name} block {blk} [{i}]: {a} vs {b} (absmax {absmax})"
+                    );
+                }
+            }
+            assert!(
+                g.iter().zip(w).filter(|(a, b)| a == b).count() < g.len(),
+                "{dir}: {name} is not quantized?"
             );
         }
     }

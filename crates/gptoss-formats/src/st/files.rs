@@ -122,7 +122,9 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(Error::UnknownLayout {
             path: dir.to_path_buf(),
-            message: "no *.safetensors files and no .gguf given".into(),
+            message:
+                "no *.safetensors files (and no model.safetensors.index.json) in this directory"
+                    .into(),
         });
     }
     Ok(files)
