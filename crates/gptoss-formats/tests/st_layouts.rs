@@ -235,6 +235,9 @@ fn hf_dense_experts_are_transposed_to_out_in() {
             "{:?}",
             raw.notes
         );
+        // A single .safetensors file with config.json beside it reads the same.
+        let file = check_truth(&dir.join("model.safetensors"), &tiny.truth());
+        assert_eq!(file.layout, Layout::HfDense);
     }
 }
 
