@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
-
+use super::bnb_state::{quant_state, QuantState};
 use super::files::{dense, float_dtype, RawTensor};
 use crate::tensor::{
-    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
+    Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
 };
 
 /// A 4-bit Linear weight rebuilt from its quant-state tensors, named `P.weight`.
@@ -24,9 +23,9 @@ pub(crate) struct BnbWeight {
     pub expanded_absmax: bool,
 }
 
-const PACKED_PREFIX: &str = ".quant_state.bitsandbytes__";
+pub(super) const PACKED_PREFIX: &str = ".quant_state.bitsandbytes__";
 const AUX: &[&str] = &["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
-const UNPACKED: &[&str] = &[
+pub(super) const UNPACKED: &[&str] = &[
     "quant_type",
     "blocksize",
     "dtype",
@@ -75,15 +74,6 @@ pub(crate) fn extract(
         }
     }
     out
-}
-
-/// The quant state of one weight, from the packed JSON or the unpacked keys.
-struct QuantState {
-    quant_type: String,
-    blocksize: usize,
-    dtype: DType,
-    shape: Vec<usize>,
-    nested: Option<(usize, f32)>,
 }
 
 /// The tensors of one weight `P.weight`, keyed by what follows `P.weight.` (`""` for the codes).
@@ -242,154 +232,4 @@ fn quant_map(t: &RawTensor, len: usize) -> Result<Vec<f32>, String> {
     let mut v = vec![0.0; len];
     q.dequantize_into(0, &mut v);
     Ok(v)
-}
-
-/// Reads the quant state: the packed JSON tensor, or the unpacked per-field tensors.
-fn quant_state(group: &BTreeMap<String, RawTensor>) -> Result<QuantState, String> {
-    let packed: Vec<(&String, &RawTensor)> = group
-        .iter()
-        .filter(|(k, _)| k.starts_with(&PACKED_PREFIX[1..]))
-        .collect();
-    let obj: Map<String, Value> = match packed.as_slice() {
-        [(key, t)] => {
-            let v: Value = serde_json::from_slice(t.data.bytes())
-                .map_err(|e| format!("not valid JSON: {e}"))?;
-            let Value::Object(obj) = v else {
-                return Err(format!("expected a JSON object, found {v}"));
-            };
-            let suffix = &key[PACKED_PREFIX.len() - 1..];
-            let qt = obj
-                .get("quant_type")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if qt != suffix {
-                return Err(format!(
-                    "key says `{suffix}` but quant_type is {:?}",
-                    obj.get("quant_type")
-                ));
-            }
-            obj
-        }
-        [] => unpacked_fields(group)?,
-        _ => {
-            return Err(format!(
-                "{} packed quant_state tensors; expected one",
-                packed.len()
-            ))
-        }
-    };
-    parse_state(&obj)
-}
-
-/// The unpacked form: each field its own tensor (strings as U8 bytes, numbers as scalars).
-fn unpacked_fields(group: &BTreeMap<String, RawTensor>) -> Result<Map<String, Value>, String> {
-    let mut obj = Map::new();
-    for &field in UNPACKED {
-        let Some(t) = group.get(field) else { continue };
-        let bytes = t.data.bytes();
-        let v = match t.dtype.as_str() {
-            "U8" | "I8" => {
-                let s = std::str::from_utf8(bytes)
-                    .map_err(|_| format!("`{field}` is not UTF-8 text"))?;
-                serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
-            }
-            "I64" | "I32" | "F32" | "F64" => {
-                let vals = scalars(&t.dtype, bytes);
-                match (field, vals.as_slice()) {
-                    ("shape", _) => Value::from(vals.iter().map(|&x| x as u64).collect::<Vec<_>>()),
-                    ("nested_offset", [x]) => Value::from(*x),
-                    (_, [x]) => Value::from(*x as u64),
-                    _ => {
-                        return Err(format!(
-                            "`{field}` should be a scalar, found shape {:?}",
-                            t.shape
-                        ))
-                    }
-                }
-            }
-            other => return Err(format!("`{field}` has unsupported dtype {other}")),
-        };
-        obj.insert(field.to_string(), v);
-    }
-    Ok(obj)
-}
-
-fn scalars(dtype: &str, bytes: &[u8]) -> Vec<f64> {
-    let (size, read): (usize, fn(&[u8]) -> f64) = match dtype {
-        "I64" => (8, |b| {
-            i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64
-        }),
-        "F64" => (8, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
-        "I32" => (4, |b| {
-            i32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64
-        }),
-        _ => (4, |b| {
-            f32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64
-        }),
-    };
-    bytes.chunks_exact(size).map(read).collect()
-}
-
-fn parse_state(obj: &Map<String, Value>) -> Result<QuantState, String> {
-    let field = |k: &str| obj.get(k).ok_or_else(|| format!("field `{k}` missing"));
-    let uint = |k: &str| -> Result<usize, String> {
-        let v = field(k)?;
-        v.as_u64()
-            .filter(|&n| n > 0)
-            .map(|n| n as usize)
-            .ok_or_else(|| format!("field `{k}`: expected a positive integer, found {v}"))
-    };
-    let string = |k: &str| -> Result<String, String> {
-        let v = field(k)?;
-        v.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("field `{k}`: expected a string, found {v}"))
-    };
-    let quant_type = string("quant_type")?;
-    if quant_type != "nf4" && quant_type != "fp4" {
-        return Err(format!(
-            "field `quant_type`: expected \"nf4\" or \"fp4\", found {quant_type:?}"
-        ));
-    }
-    let dtype = match string("dtype")?.as_str() {
-        "bfloat16" => DType::BF16,
-        "float16" => DType::F16,
-        "float32" => DType::F32,
-        other => {
-            return Err(format!(
-                "field `dtype`: expected bfloat16, float16 or float32, found {other:?}"
-            ))
-        }
-    };
-    let shape_v = field("shape")?;
-    let shape = shape_v
-        .as_array()
-        .and_then(|a| {
-            a.iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<Vec<_>>>()
-        })
-        .ok_or_else(|| format!("field `shape`: expected an array of integers, found {shape_v}"))?;
-    let nested = if obj.contains_key("nested_blocksize") || obj.contains_key("nested_offset") {
-        let nd = string("nested_dtype")?;
-        if nd != "float32" {
-            return Err(format!(
-                "field `nested_dtype`: expected \"float32\", found {nd:?}"
-            ));
-        }
-        let off = field("nested_offset")?;
-        let off = off
-            .as_f64()
-            .ok_or_else(|| format!("field `nested_offset`: expected a number, found {off}"))?;
-        Some((uint("nested_blocksize")?, off as f32))
-    } else {
-        None
-    };
-    Ok(QuantState {
-        quant_type,
-        blocksize: uint("blocksize")?,
-        dtype,
-        shape,
-        nested,
-    })
 }

@@ -3,6 +3,7 @@
 //! windows wherever the layout allows; every name that matches no known pattern is reported.
 
 mod bnb;
+mod bnb_state;
 mod files;
 mod hf;
 mod names;
