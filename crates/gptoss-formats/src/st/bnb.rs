@@ -3,7 +3,7 @@
 //! The packed codes stay packed (LUT4, high nibble first); double-quantized absmax is expanded to f32
 //! at load exactly as bitsandbytes does (`functional.dequantize_4bit`, fp32 math).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::bnb_state::{quant_state, QuantState};
 use super::files::{dense, float_dtype, RawTensor};
@@ -41,7 +41,7 @@ pub(crate) fn extract(
     tensors: &mut BTreeMap<String, RawTensor>,
     problems: &mut Vec<String>,
 ) -> Vec<BnbWeight> {
-    let weights: Vec<String> = tensors
+    let weights: BTreeSet<String> = tensors
         .keys()
         .filter_map(|k| {
             k.split_once(PACKED_PREFIX)
@@ -51,21 +51,19 @@ pub(crate) fn extract(
         .collect();
     let mut out = Vec::new();
     for w in weights {
-        if !tensors.contains_key(&w) && !tensors.keys().any(|k| k.starts_with(&format!("{w}."))) {
-            continue; // both a packed and an unpacked key named this weight: already read
-        }
+        let prefix = format!("{w}.");
+        let sub: Vec<String> = tensors
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut group = BTreeMap::new();
         if let Some(t) = tensors.remove(&w) {
             group.insert(String::new(), t);
         }
-        let sub: Vec<String> = tensors
-            .keys()
-            .filter(|k| k.starts_with(&format!("{w}.")))
-            .cloned()
-            .collect();
         for k in sub {
             if let Some(t) = tensors.remove(&k) {
-                group.insert(k[w.len() + 1..].to_string(), t);
+                group.insert(k[prefix.len()..].to_string(), t);
             }
         }
         match build(&w, &group) {
