@@ -56,7 +56,7 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
     if !b.problems.is_empty() {
         return Err(tensors_error(desc, b.problems));
     }
-    let notes = b.counts.notes(&layout);
+    let notes = b.counts.notes();
     let tensors = b.map;
     Ok(RawCheckpoint {
         layout,
@@ -176,8 +176,8 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    fn notes(&self, layout: &Layout) -> Vec<String> {
-        let mut n = vec![format!("layout {layout:?}")];
+    fn notes(&self) -> Vec<String> {
+        let mut n = Vec::new();
         let mut add = |count: usize, text: &str| {
             if count > 0 {
                 n.push(format!("{text}: {count}"));
