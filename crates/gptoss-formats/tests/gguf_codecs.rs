@@ -44,3 +44,35 @@ fn hand_goldens() {
         let _ = GgmlType::F32;
     }
 }
+
+#[test]
+#[ignore = "hand check: GGUF_HAND_PY=/tmp/gguf_hand/py (a .gguf and a .json made by the gguf package)"]
+fn hand_python_written_file() {
+    use gptoss_formats::gguf::{container::GgufFile, read_checkpoint, tensors};
+    let base = std::env::var("GGUF_HAND_PY").unwrap();
+    let path = std::path::PathBuf::from(format!("{base}.gguf"));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{base}.json")).unwrap()).unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    for info in &f.tensors {
+        let t = tensors::load(&f, info).unwrap().tensor;
+        let want: Vec<u32> = v[&info.name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let got = t.to_f32_vec();
+        assert_eq!(got.len(), want.len(), "{}", info.name);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.to_bits() == *w || (*g == 0.0 && f32::from_bits(*w) == 0.0),
+                "{}: {g} vs {}",
+                info.name,
+                f32::from_bits(*w)
+            );
+        }
+    }
+    let raw = read_checkpoint(&path).unwrap();
+    gptoss_formats::ModelWeights::assemble(raw.config, raw.tensors, "py").unwrap();
+}

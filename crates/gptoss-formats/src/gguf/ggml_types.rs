@@ -153,7 +153,8 @@ impl GgmlType {
 
     /// Bytes of a row of `row_len` elements, or `None` when `row_len` is not a whole number of blocks.
     pub fn row_bytes(self, row_len: usize) -> Option<usize> {
-        row_len.is_multiple_of(self.block_elems())
+        row_len
+            .is_multiple_of(self.block_elems())
             .then(|| row_len / self.block_elems() * self.block_bytes())
     }
 }

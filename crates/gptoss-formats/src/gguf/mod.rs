@@ -2,15 +2,19 @@
 //! yields canonical tensors that stay zero-copy windows of the mmap wherever the ggml type is one
 //! the backends read (F32/F16/BF16, Q8_0, Q4_0/IQ4_NL/MXFP4 as LUT4); other types are decoded
 //! losslessly at load and listed in the notes. Split files (`*-00001-of-00003.gguf`) are read whole.
+//! [`write_model`] writes canonical weights back out in llama.cpp's gpt-oss layout.
 
 pub mod codecs;
 pub mod config;
 pub mod container;
+pub mod encode;
 pub mod experts;
 pub mod ggml_types;
 pub mod names;
 pub mod tensors;
+pub mod vocab;
 pub mod write;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,8 @@ use crate::{Layout, RawCheckpoint, SourceTensor};
 use container::{GgufFile, Value};
 use experts::ExpertStacks;
 use names::Mapped;
+
+pub use writer::{write_model, OutType, WriteReport};
 
 /// Reads a GGUF file (or every part of a split GGUF, given any part) into canonical tensors.
 pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {

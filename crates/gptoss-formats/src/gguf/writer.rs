@@ -1,0 +1,424 @@
+//! GGUF v3 writer in llama.cpp's gpt-oss layout (spec §3.2–3.4), for `gptoss convert`: the
+//! `gpt-oss.*` metadata, llama.cpp's tensor names, experts stacked `[E, rows, cols]` with gate and up
+//! split from the canonical interleaved rows, MXFP4 experts repacked byte-for-byte into
+//! `block_mxfp4`, 1-D tensors and the router in F32, other 2-D weights in the chosen type. Tensors
+//! are encoded and written one at a time into `<dest>.tmp`, renamed to `dest` at the end.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{alternating_layer_types, LayerType, ModelConfig};
+use crate::error::{Error, Result};
+use crate::tensor::QuantTensor;
+use crate::weights::{Expert, ModelWeights};
+use crate::EmbeddedVocab;
+
+use super::container::Value;
+use super::encode::{is_mxfp4, RowEncoder};
+use super::ggml_types::GgmlType;
+use super::names::{
+    gguf_expert_name, gguf_layer_name, ExpertProj, Part, OUTPUT, OUTPUT_NORM, TOKEN_EMBD,
+};
+use super::vocab::vocab_metadata;
+use super::write::{PlannedTensor, StreamWriter};
+
+/// The type of 2-D weights other than MXFP4 experts and the router (llama.cpp's `--outtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    /// Exact.
+    F32,
+    /// IEEE half (round to nearest even).
+    F16,
+    /// bfloat16 (round to nearest even).
+    BF16,
+    /// ggml Q8_0 quantized as ggml's reference quantizer does (llama.cpp's default for gpt-oss).
+    Q8_0,
+}
+
+impl OutType {
+    fn ggml(self) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::BF16 => GgmlType::BF16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// llama.cpp's `general.file_type` for a file of this type without MXFP4 experts.
+    fn file_type(self) -> u32 {
+        match self {
+            OutType::F32 => 0,
+            OutType::F16 => 1,
+            OutType::Q8_0 => 7,
+            OutType::BF16 => 32,
+        }
+    }
+}
+
+/// `general.file_type` of a file whose experts are MXFP4 (`LLAMA_FTYPE_MOSTLY_MXFP4_MOE`).
+const FILE_TYPE_MXFP4_MOE: u32 = 38;
+
+/// What was written.
+#[derive(Debug)]
+pub struct WriteReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Each tensor: name, type, row-major shape.
+    pub tensors: Vec<(String, GgmlType, Vec<usize>)>,
+    /// Fallbacks and other decisions worth showing.
+    pub notes: Vec<String>,
+}
+
+/// Where one GGUF tensor's bytes come from.
+enum Source<'a> {
+    /// All rows of a canonical 2-D tensor.
+    Rows(&'a QuantTensor),
+    /// An f32 vector.
+    Vector(&'a [f32]),
+    /// Stacked expert weight rows of one layer.
+    Experts(&'a [Expert], ExpertProj),
+    /// Stacked expert biases of one layer.
+    ExpertBias(&'a [Expert], ExpertProj),
+}
+
+struct Job<'a> {
+    plan: PlannedTensor,
+    source: Source<'a>,
+}
+
+/// Writes `weights` (and `vocab`, if given) to `dest` as a llama.cpp gpt-oss GGUF.
+pub fn write_model(
+    weights: &ModelWeights,
+    vocab: Option<&EmbeddedVocab>,
+    outtype: OutType,
+    dest: &Path,
+) -> Result<WriteReport> {
+    let mut notes = Vec::new();
+    let jobs = plan_jobs(weights, outtype, &mut notes)?;
+    let any_mxfp4 = jobs.iter().any(|j| j.plan.ty == GgmlType::MXFP4);
+    let file_type = if any_mxfp4 {
+        FILE_TYPE_MXFP4_MOE
+    } else {
+        outtype.file_type()
+    };
+    let mut metadata = model_metadata(&weights.config, file_type, &mut notes)?;
+    if let Some(v) = vocab {
+        metadata.extend(vocab_metadata(v));
+    }
+    let plan: Vec<PlannedTensor> = jobs.iter().map(|j| j.plan.clone()).collect();
+    let mut w = StreamWriter::create(dest, &metadata, plan)?;
+    let mut enc = RowEncoder::default();
+    let mut bytes = Vec::new();
+    for job in &jobs {
+        bytes.clear();
+        encode_job(job, &mut enc, &mut bytes)?;
+        w.write_tensor(&job.plan.name, &bytes)?;
+    }
+    let path = w.finish()?;
+    let tensors = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.plan.name.clone(),
+                j.plan.ty,
+                j.plan.ne.iter().rev().map(|&n| n as usize).collect(),
+            )
+        })
+        .collect();
+    Ok(WriteReport {
+        path,
+        tensors,
+        notes,
+    })
+}
+
+/// `ty` if rows of `row_len` fit its blocks, else F16 as llama.cpp falls back (with a note).
+fn fit(ty: GgmlType, row_len: usize, name: &str, notes: &mut Vec<String>) -> GgmlType {
+    if ty.row_bytes(row_len).is_some() {
+        return ty;
+    }
+    notes.push(format!(
+        "{name}: rows of {row_len} are not whole {} blocks; written as F16",
+        ty.name()
+    ));
+    GgmlType::F16
+}
+
+fn plan_jobs<'a>(
+    w: &'a ModelWeights,
+    outtype: OutType,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Job<'a>>> {
+    let mut jobs = Vec::new();
+    let dense = |jobs: &mut Vec<Job<'a>>,
+                 name: String,
+                 t: &'a QuantTensor,
+                 ty: GgmlType,
+                 notes: &mut Vec<String>| {
+        let ty = fit(ty, t.row_len(), &name, notes);
+        jobs.push(Job {
+            plan: PlannedTensor::new(name, &t.shape, ty),
+            source: Source::Rows(t),
+        });
+    };
+    let vector = |jobs: &mut Vec<Job<'a>>, name: String, v: &'a [f32]| {
+        jobs.push(Job {
+            plan: PlannedTensor::new(name, &[v.len()], GgmlType::F32),
+            source: Source::Vector(v),
+        });
+    };
+    dense(
+        &mut jobs,
+        TOKEN_EMBD.into(),
+        &w.embed,
+        outtype.ggml(),
+        notes,
+    );
+    for (l, layer) in w.layers.iter().enumerate() {
+        let name = |canon: &str| gguf_layer_name(l, canon).unwrap_or_default();
+        vector(&mut jobs, name("attn_norm"), &layer.attn_norm);
+        for (what, lin) in [
+            ("q", &layer.q),
+            ("k", &layer.k),
+            ("v", &layer.v),
+            ("o", &layer.o),
+        ] {
+            dense(
+                &mut jobs,
+                name(&format!("{what}.weight")),
+                &lin.weight,
+                outtype.ggml(),
+                notes,
+            );
+            if let Some(b) = &lin.bias {
+                vector(&mut jobs, name(&format!("{what}.bias")), b);
+            }
+        }
+        vector(&mut jobs, name("sinks"), &layer.sinks);
+        vector(&mut jobs, name("mlp_norm"), &layer.mlp_norm);
+        dense(
+            &mut jobs,
+            name("router.weight"),
+            &layer.router.weight,
+            GgmlType::F32,
+            notes,
+        );
+        if let Some(b) = &layer.router.bias {
+            vector(&mut jobs, name("router.bias"), b);
+        }
+        plan_experts(&mut jobs, l, &layer.experts, outtype, notes)?;
+    }
+    vector(&mut jobs, OUTPUT_NORM.into(), &w.norm);
+    dense(&mut jobs, OUTPUT.into(), &w.lm_head, outtype.ggml(), notes);
+    Ok(jobs)
+}
+
+fn plan_experts<'a>(
+    jobs: &mut Vec<Job<'a>>,
+    layer: usize,
+    experts: &'a [Expert],
+    outtype: OutType,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(first) = experts.first() else {
+        return Ok(());
+    };
+    let e = experts.len();
+    let (gu, down) = (&first.gate_up.weight, &first.down.weight);
+    if gu.shape.len() != 2 || gu.shape[0] % 2 != 0 || down.shape.len() != 2 {
+        let msg = format!(
+            "gate_up {:?} / down {:?} are not [2I, H] / [H, I]",
+            gu.shape, down.shape
+        );
+        return Err(Error::tensor(
+            "<gguf writer>",
+            format!("layers.{layer}.experts"),
+            msg,
+        ));
+    }
+    let (i, h) = (gu.shape[0] / 2, gu.shape[1]);
+    for (proj, shape) in [
+        (ExpertProj::Gate, [e, i, h]),
+        (ExpertProj::Up, [e, i, h]),
+        (ExpertProj::Down, down_shape(e, down)),
+    ] {
+        let name = gguf_expert_name(layer, proj, Part::Weight);
+        let all_mxfp4 = experts.iter().all(|x| is_mxfp4(pick(x, proj)));
+        let ty = if all_mxfp4 {
+            GgmlType::MXFP4
+        } else {
+            fit(outtype.ggml(), shape[2], &name, notes)
+        };
+        jobs.push(Job {
+            plan: PlannedTensor::new(name, &shape, ty),
+            source: Source::Experts(experts, proj),
+        });
+        if experts.iter().all(|x| bias_of(x, proj).is_some()) {
+            let rows = if proj == ExpertProj::Down {
+                shape[1]
+            } else {
+                i
+            };
+            let name = gguf_expert_name(layer, proj, Part::Bias);
+            let plan = PlannedTensor::new(name, &[e, rows], GgmlType::F32);
+            jobs.push(Job {
+                plan,
+                source: Source::ExpertBias(experts, proj),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn down_shape(e: usize, down: &QuantTensor) -> [usize; 3] {
+    [e, down.shape[0], down.shape[1]]
+}
+
+fn pick(x: &Expert, proj: ExpertProj) -> &QuantTensor {
+    if proj == ExpertProj::Down {
+        &x.down.weight
+    } else {
+        &x.gate_up.weight
+    }
+}
+
+fn bias_of(x: &Expert, proj: ExpertProj) -> Option<&Vec<f32>> {
+    if proj == ExpertProj::Down {
+        x.down.bias.as_ref()
+    } else {
+        x.gate_up.bias.as_ref()
+    }
+}
+
+/// Canonical row of `proj`'s row `j`: even gate_up rows are gate, odd rows up (spec §1.3).
+fn source_row(proj: ExpertProj, j: usize) -> usize {
+    match proj {
+        ExpertProj::Gate => 2 * j,
+        ExpertProj::Up => 2 * j + 1,
+        ExpertProj::GateUpFused | ExpertProj::Down => j,
+    }
+}
+
+fn encode_job(job: &Job, enc: &mut RowEncoder, out: &mut Vec<u8>) -> Result<()> {
+    let (name, ty) = (&job.plan.name, job.plan.ty);
+    match &job.source {
+        Source::Rows(t) => (0..t.n_rows()).try_for_each(|r| enc.encode_row(t, r, ty, name, out)),
+        Source::Vector(v) => {
+            v.iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            Ok(())
+        }
+        Source::Experts(experts, proj) => {
+            let rows = job.plan.ne.get(1).copied().unwrap_or(0) as usize;
+            for x in experts.iter() {
+                let t = pick(x, *proj);
+                (0..rows)
+                    .try_for_each(|j| enc.encode_row(t, source_row(*proj, j), ty, name, out))?;
+            }
+            Ok(())
+        }
+        Source::ExpertBias(experts, proj) => {
+            let rows = job.plan.ne.first().copied().unwrap_or(0) as usize;
+            for x in experts.iter() {
+                let b = bias_of(x, *proj).map(Vec::as_slice).unwrap_or_default();
+                for j in 0..rows {
+                    let v = b.get(source_row(*proj, j)).ok_or_else(|| {
+                        Error::tensor(
+                            "<gguf writer>",
+                            name,
+                            format!("bias shorter than {rows} rows"),
+                        )
+                    })?;
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The `general.*` and `gpt-oss.*` metadata llama.cpp's converter writes, plus the keys gptoss's
+/// reader understands when the config differs from what llama.cpp hard-codes.
+fn model_metadata(
+    c: &ModelConfig,
+    file_type: u32,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, Value)>> {
+    let u = |n: usize| Value::U32(n as u32);
+    let k = |s: &str| format!("gpt-oss.{s}");
+    let mut m: Vec<(String, Value)> = vec![
+        (
+            "general.architecture".into(),
+            Value::String("gpt-oss".into()),
+        ),
+        ("general.quantization_version".into(), Value::U32(2)),
+        ("general.file_type".into(), Value::U32(file_type)),
+        (k("block_count"), u(c.num_hidden_layers)),
+        (k("context_length"), u(c.max_position_embeddings)),
+        (k("embedding_length"), u(c.hidden_size)),
+        (k("feed_forward_length"), u(c.intermediate_size)),
+        (k("attention.head_count"), u(c.num_attention_heads)),
+        (k("attention.head_count_kv"), u(c.num_key_value_heads)),
+        (k("rope.freq_base"), Value::F32(c.rope_theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        (k("expert_count"), u(c.num_local_experts)),
+        (k("expert_used_count"), u(c.num_experts_per_tok)),
+        (k("attention.key_length"), u(c.head_dim)),
+        (k("attention.value_length"), u(c.head_dim)),
+        (k("attention.sliding_window"), u(c.sliding_window)),
+        (k("expert_feed_forward_length"), u(c.intermediate_size)),
+    ];
+    if let Some(y) = &c.yarn {
+        m.push((k("rope.scaling.type"), Value::String("yarn".into())));
+        m.push((k("rope.scaling.factor"), Value::F32(y.factor as f32)));
+        m.push((
+            k("rope.scaling.original_context_length"),
+            u(y.original_max_position_embeddings),
+        ));
+        if (y.beta_fast, y.beta_slow) != (32.0, 1.0) {
+            m.push((
+                k("rope.scaling.yarn_beta_fast"),
+                Value::F32(y.beta_fast as f32),
+            ));
+            m.push((
+                k("rope.scaling.yarn_beta_slow"),
+                Value::F32(y.beta_slow as f32),
+            ));
+        }
+        if y.truncate {
+            notes.push(
+                "YaRN truncate=true is not expressible in GGUF; readers use their own rule".into(),
+            );
+        }
+    }
+    if c.layer_types != alternating_layer_types(c.num_hidden_layers, 2) {
+        let flags = c
+            .layer_types
+            .iter()
+            .map(|t| Value::Bool(*t == LayerType::Sliding))
+            .collect();
+        m.push((
+            k("attention.sliding_window_pattern"),
+            Value::Array(7, flags),
+        ));
+        notes.push("layer types differ from llama.cpp's default; written as a per-layer sliding_window_pattern".into());
+    }
+    if c.swiglu_limit != 7.0 {
+        m.push((k("swiglu_clamp_exp"), Value::F32(c.swiglu_limit as f32)));
+        notes.push(format!(
+            "swiglu_limit {} written as gpt-oss.swiglu_clamp_exp (llama.cpp uses 7.0)",
+            c.swiglu_limit
+        ));
+    }
+    if c.swiglu_alpha != 1.702 {
+        let msg = format!(
+            "is {}; GGUF has no key for it and llama.cpp hard-codes 1.702",
+            c.swiglu_alpha
+        );
+        return Err(Error::config("<gguf writer>", "swiglu_alpha", msg));
+    }
+    Ok(m)
+}
