@@ -506,3 +506,12 @@ fn split_files_read_as_one_model() {
     let e = err_of(&dir.join("tiny-00001-of-00002.gguf"));
     assert!(e.contains("tiny-00002-of-00002.gguf"), "{e}");
 }
+
+#[test]
+fn crate_load_detects_gguf_and_assembles() {
+    let path = written("load", tiny_metadata(), &tiny_tensors(12));
+    let ckpt = gptoss_formats::load(&path).unwrap();
+    assert_eq!(ckpt.layout, gptoss_formats::Layout::Gguf);
+    assert_eq!(ckpt.weights.layers.len(), TINY.layers);
+    assert!(ckpt.vocab.is_some() && !ckpt.notes.is_empty());
+}
