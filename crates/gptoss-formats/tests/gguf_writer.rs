@@ -307,3 +307,46 @@ fn hand_files_for_the_gguf_package() {
     write_model(&w, Some(&vocab), OutType::F32, &out.join("f32.gguf")).unwrap();
     write_model(&w, Some(&vocab), OutType::Q8_0, &out.join("q8.gguf")).unwrap();
 }
+
+#[test]
+fn write_checkpoint_keeps_or_builds_the_vocabulary() {
+    let dir = scratch_dir("ckpt");
+    let mut meta = tiny_metadata();
+    meta.retain(|(k, _)| !k.starts_with("tokenizer."));
+    let src = dir.join("src.gguf");
+    write_gguf(&src, &meta, &tiny_tensors(31));
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..60).map(|i| (format!("t{i}"), i.into())).collect();
+    let tok = serde_json::json!({"model": {"type": "BPE", "vocab": vocab, "merges": ["t1 t2"]},
+        "added_tokens": [{"id": 62, "content": "<|return|>", "special": true}]});
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "<|return|>"}"#,
+    )
+    .unwrap();
+    let ckpt = gptoss_formats::load(&src).unwrap();
+    assert!(ckpt.vocab.is_none() && ckpt.tokenizer_json.is_some());
+    let out = dir.join("out.gguf");
+    gptoss_formats::gguf::write_checkpoint(&ckpt, OutType::F16, &out).unwrap();
+    let (_, v) = load(&out);
+    let v = v.unwrap();
+    assert_eq!(
+        (
+            v.tokens.len(),
+            v.tokens[62].as_str(),
+            v.tokens[61].as_str(),
+            v.eos
+        ),
+        (64, "<|return|>", "[PAD61]", Some(62))
+    );
+    // Re-writing a GGUF keeps its own vocabulary.
+    let again = dir.join("again.gguf");
+    gptoss_formats::gguf::write_checkpoint(
+        &gptoss_formats::load(&out).unwrap(),
+        OutType::F16,
+        &again,
+    )
+    .unwrap();
+    assert_eq!(load(&again).1.unwrap().tokens, v.tokens);
+}

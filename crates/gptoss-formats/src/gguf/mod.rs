@@ -27,7 +27,7 @@ use container::{GgufFile, Value};
 use experts::ExpertStacks;
 use names::Mapped;
 
-pub use writer::{write_model, OutType, WriteReport};
+pub use writer::{write_checkpoint, write_model, OutType, WriteReport};
 
 /// Reads a GGUF file (or every part of a split GGUF, given any part) into canonical tensors.
 pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {

@@ -10,7 +10,7 @@ use crate::config::{alternating_layer_types, LayerType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::tensor::QuantTensor;
 use crate::weights::{Expert, ModelWeights};
-use crate::EmbeddedVocab;
+use crate::{Checkpoint, EmbeddedVocab};
 
 use super::container::Value;
 use super::encode::{is_mxfp4, RowEncoder};
@@ -18,7 +18,7 @@ use super::ggml_types::GgmlType;
 use super::names::{
     gguf_expert_name, gguf_layer_name, ExpertProj, Part, OUTPUT, OUTPUT_NORM, TOKEN_EMBD,
 };
-use super::vocab::vocab_metadata;
+use super::vocab::{vocab_from_hf_dir, vocab_metadata};
 use super::write::{PlannedTensor, StreamWriter};
 
 /// The type of 2-D weights other than MXFP4 experts and the router (llama.cpp's `--outtype`).
@@ -130,6 +130,26 @@ pub fn write_model(
         tensors,
         notes,
     })
+}
+
+/// Writes a loaded checkpoint (`gptoss convert`): its embedded vocabulary, or else the one built from
+/// the `tokenizer.json` beside it (as llama.cpp's converter does); without either, no vocabulary.
+pub fn write_checkpoint(ckpt: &Checkpoint, outtype: OutType, dest: &Path) -> Result<WriteReport> {
+    let built;
+    let vocab = match (&ckpt.vocab, &ckpt.tokenizer_json) {
+        (Some(v), _) => Some(v),
+        (None, Some(tj)) => {
+            let dir = tj.parent().unwrap_or(Path::new("."));
+            built = vocab_from_hf_dir(dir, ckpt.weights.config.vocab_size)?;
+            Some(&built)
+        }
+        (None, None) => None,
+    };
+    let mut report = write_model(&ckpt.weights, vocab, outtype, dest)?;
+    if vocab.is_none() {
+        report.notes.push("no vocabulary found: the GGUF has no tokenizer.ggml.* keys".into());
+    }
+    Ok(report)
 }
 
 /// `ty` if rows of `row_len` fit its blocks, else F16 as llama.cpp falls back (with a note).
