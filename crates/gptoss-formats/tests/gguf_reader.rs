@@ -515,3 +515,27 @@ fn crate_load_detects_gguf_and_assembles() {
     assert_eq!(ckpt.weights.layers.len(), TINY.layers);
     assert!(ckpt.vocab.is_some() && !ckpt.notes.is_empty());
 }
+
+#[test]
+#[ignore = "hand check: GGUF_HAND_FILE=<any gpt-oss .gguf> prints what the reader makes of it"]
+fn hand_read_any_file() {
+    let path = std::path::PathBuf::from(std::env::var("GGUF_HAND_FILE").unwrap());
+    let f = GgufFile::open(&path).unwrap();
+    for (k, v) in &f.metadata {
+        let shown = match v {
+            Value::Array(t, items) => format!(
+                "array<{t}> x {}: {:?}",
+                items.len(),
+                &items[..items.len().min(4)]
+            ),
+            Value::String(s) => format!("{:?}", &s[..s.len().min(60)]),
+            other => format!("{other:?}"),
+        };
+        println!("{k} = {shown}");
+    }
+    let ckpt = gptoss_formats::load(&path).unwrap();
+    println!("{:#?}\nnotes: {:#?}", ckpt.weights.config, ckpt.notes);
+    for s in &ckpt.source_tensors {
+        println!("{} {} {:?}", s.name, s.dtype, s.shape);
+    }
+}

@@ -179,11 +179,19 @@ mod tests {
     #[test]
     fn conversion_is_f16_only_when_every_value_is_an_f16() {
         // d = 0.25, m = -1: every value is a multiple of 0.25 in [-1, 2.75], all exact in f16.
-        let exact = convert(GgmlType::Q4_1, vec![32], &q4_1_block(0.25, -1.0, [0x5A; 16]));
+        let exact = convert(
+            GgmlType::Q4_1,
+            vec![32],
+            &q4_1_block(0.25, -1.0, [0x5A; 16]),
+        );
         assert!(matches!(exact.format, TensorFormat::Dense(DType::F16)));
         assert_eq!(exact.to_f32_vec()[0], 10.0 * 0.25 - 1.0);
         // d = 0.1 (f16 0.0999755859375), m = 1000: 1000 + 5 * d needs more than f16's 11 bits.
-        let wide = convert(GgmlType::Q4_1, vec![32], &q4_1_block(0.1, 1000.0, [0x55; 16]));
+        let wide = convert(
+            GgmlType::Q4_1,
+            vec![32],
+            &q4_1_block(0.1, 1000.0, [0x55; 16]),
+        );
         assert!(matches!(wide.format, TensorFormat::Dense(DType::F32)));
         let d = half::f16::from_f32(0.1).to_f32();
         assert_eq!(wide.to_f32_vec()[3], d * 5.0 + 1000.0);

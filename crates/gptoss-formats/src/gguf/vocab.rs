@@ -208,6 +208,9 @@ pub fn vocab_metadata(v: &EmbeddedVocab) -> Vec<(String, Value)> {
             m.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(id)));
         }
     }
+    // Harmony never starts with BOS; llama.cpp's converter writes both flags false for gpt-oss too.
+    m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
+    m.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
     if let Some(t) = &v.chat_template {
         m.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
     }

@@ -96,7 +96,9 @@ pub fn write_model(
     let mut notes = Vec::new();
     let jobs = plan_jobs(weights, outtype, &mut notes)?;
     let any_mxfp4 = jobs.iter().any(|j| j.plan.ty == GgmlType::MXFP4);
-    let file_type = if any_mxfp4 {
+    // As llama.cpp's converter: MOSTLY_MXFP4_MOE for float outtypes with MXFP4 experts, else the
+    // outtype's own file type (its q8_0 gpt-oss files say MOSTLY_Q8_0).
+    let file_type = if any_mxfp4 && outtype != OutType::Q8_0 {
         FILE_TYPE_MXFP4_MOE
     } else {
         outtype.file_type()
@@ -147,7 +149,9 @@ pub fn write_checkpoint(ckpt: &Checkpoint, outtype: OutType, dest: &Path) -> Res
     };
     let mut report = write_model(&ckpt.weights, vocab, outtype, dest)?;
     if vocab.is_none() {
-        report.notes.push("no vocabulary found: the GGUF has no tokenizer.ggml.* keys".into());
+        report
+            .notes
+            .push("no vocabulary found: the GGUF has no tokenizer.ggml.* keys".into());
     }
     Ok(report)
 }
@@ -371,6 +375,7 @@ fn model_metadata(
             "general.architecture".into(),
             Value::String("gpt-oss".into()),
         ),
+        ("general.type".into(), Value::String("model".into())),
         ("general.quantization_version".into(), Value::U32(2)),
         ("general.file_type".into(), Value::U32(file_type)),
         (k("block_count"), u(c.num_hidden_layers)),
@@ -398,16 +403,14 @@ fn model_metadata(
             k("rope.scaling.original_context_length"),
             u(y.original_max_position_embeddings),
         ));
-        if (y.beta_fast, y.beta_slow) != (32.0, 1.0) {
-            m.push((
-                k("rope.scaling.yarn_beta_fast"),
-                Value::F32(y.beta_fast as f32),
-            ));
-            m.push((
-                k("rope.scaling.yarn_beta_slow"),
-                Value::F32(y.beta_slow as f32),
-            ));
-        }
+        m.push((
+            k("rope.scaling.yarn_beta_fast"),
+            Value::F32(y.beta_fast as f32),
+        ));
+        m.push((
+            k("rope.scaling.yarn_beta_slow"),
+            Value::F32(y.beta_slow as f32),
+        ));
         if y.truncate {
             notes.push(
                 "YaRN truncate=true is not expressible in GGUF; readers use their own rule".into(),
