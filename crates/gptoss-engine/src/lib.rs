@@ -1,1 +1,31 @@
-//! placeholder
+//! gptoss-engine: the gpt-oss model, written once against the [`Backend`] trait, and the exact CPU
+//! backend it is tested with.
+//!
+//! The engine never sees a file format: it takes [`gptoss_formats::ModelWeights`] and each backend
+//! uploads the packed tensors in the layout its kernels read. The CPU backend keeps activations and
+//! the KV cache in f32 so it matches transformers in f32; the CUDA backend is tested against it.
+//!
+//! ```no_run
+//! use gptoss_engine::{Batch, Capacity, CpuBackend, Model};
+//! let ckpt = gptoss_formats::load(std::path::Path::new("tests/fixtures/tiny/hf-mxfp4"))?;
+//! let cap = Capacity { max_batch_tokens: 64, max_logit_rows: 1, slots: 1, context_tokens: 256 };
+//! let mut model = Model::new(CpuBackend, &ckpt.weights, cap)?;
+//! model.forward(&Batch::single(&[1, 2, 3], 0, 0))?;
+//! let logits = model.logits(1)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod generate;
+pub mod math;
+pub mod model;
+pub mod sampler;
+
+pub use backend::{Backend, Batch, Capacity, SamplingParams};
+pub use cpu::CpuBackend;
+pub use error::{Error, Result};
+pub use generate::{generate, GenerateOptions, StopReason};
+pub use model::Model;

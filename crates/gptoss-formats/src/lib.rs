@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod dummy;
 pub mod error;
 pub mod gguf;
 pub mod st;

@@ -1,0 +1,240 @@
+//! The `Backend` trait: the coarse ops the model's forward pass is written against (DESIGN.md
+//! "Backend"). The CPU backend is the exact reference; the CUDA backend implements the same ops on
+//! the device. A step's batch is flat: tokens of many sequences, each with its position and cache slot.
+
+use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor, Window};
+
+use crate::error::Result;
+
+/// One forward step's input: a flat list of tokens from one or more sequences.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Token ids `[T]`.
+    pub tokens: Vec<u32>,
+    /// Absolute position of each token in its sequence `[T]`.
+    pub positions: Vec<u32>,
+    /// KV cache slot (sequence) of each token `[T]`.
+    pub slots: Vec<u32>,
+    /// Indices into `tokens` whose logits are wanted, in output order (the last token of each sequence,
+    /// or every token for `logits --all-positions`).
+    pub logit_rows: Vec<u32>,
+}
+
+impl Batch {
+    /// A batch of one sequence: `tokens` at positions `start..`, logits of the last token only.
+    pub fn single(tokens: &[u32], start: u32, slot: u32) -> Self {
+        let n = tokens.len() as u32;
+        Batch {
+            tokens: tokens.to_vec(),
+            positions: (start..start + n).collect(),
+            slots: vec![slot; tokens.len()],
+            logit_rows: if n == 0 { vec![] } else { vec![n - 1] },
+        }
+    }
+}
+
+/// How big the step buffers and the KV cache must be.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Most tokens in one step.
+    pub max_batch_tokens: usize,
+    /// Most logit rows in one step.
+    pub max_logit_rows: usize,
+    /// Number of sequences the cache holds at once.
+    pub slots: usize,
+    /// Longest sequence (prompt + generated) a slot holds.
+    pub context_tokens: usize,
+}
+
+/// Sampling parameters of one sequence.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1]; 1 disables.
+    pub top_p: f32,
+    /// Keep only the k most likely; 0 disables.
+    pub top_k: usize,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// RoPE table inputs: per-pair inverse frequencies and the YaRN concentration (spec §1.3).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    /// `[head_dim / 2]`.
+    pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin.
+    pub concentration: f32,
+}
+
+/// Attention shape parameters of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Layer index (selects the cache).
+    pub layer: usize,
+    /// Query heads.
+    pub n_q_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// Which keys are visible.
+    pub window: Window,
+}
+
+/// MoE shape parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct MoeShape {
+    /// Experts per token.
+    pub top_k: usize,
+    /// SwiGLU sigmoid gain.
+    pub swiglu_alpha: f32,
+    /// SwiGLU clamp.
+    pub swiglu_limit: f32,
+}
+
+/// The ops of one forward pass. Every op works on the first `rows` rows of its buffers; buffers are
+/// allocated once at the step capacity and reused.
+pub trait Backend {
+    /// An activation buffer `[rows, cols]` (f32 semantics).
+    type Buf;
+    /// An uploaded linear layer (weight in its packed form + f32 bias).
+    type Linear;
+    /// An uploaded f32 vector (norm weights, sinks).
+    type Vector;
+    /// A layer's uploaded experts.
+    type Experts;
+    /// Per-token expert choices `[rows, top_k]`.
+    type Routing;
+    /// The KV cache of every layer and slot.
+    type Cache;
+    /// The current step's batch, as the device sees it.
+    type Step;
+
+    /// Short name for logs and errors (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// Uploads a linear layer.
+    fn upload_linear(&self, linear: &Linear) -> Result<Self::Linear>;
+    /// Uploads an embedding table `[V, H]` (read by row, not multiplied).
+    fn upload_embedding(&self, table: &QuantTensor) -> Result<Self::Linear>;
+    /// Uploads an f32 vector.
+    fn upload_vector(&self, values: &[f32]) -> Result<Self::Vector>;
+    /// Uploads a layer's experts.
+    fn upload_experts(&self, experts: &[Expert]) -> Result<Self::Experts>;
+
+    /// Allocates a buffer of `rows × cols`.
+    fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buf>;
+    /// Allocates routing storage for `rows` tokens.
+    fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<Self::Routing>;
+    /// Allocates the KV cache.
+    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<Self::Cache>;
+    /// Allocates step metadata for up to `capacity` tokens.
+    fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<Self::Step>;
+    /// Copies a batch into the step metadata.
+    fn begin_step(&self, step: &mut Self::Step, batch: &Batch) -> Result<()>;
+    /// Forgets the cached keys and values of `slot` (its sequence ended).
+    fn clear_slot(&self, cache: &mut Self::Cache, slot: u32) -> Result<()>;
+
+    /// `out[t] = table[token[t]]`.
+    fn embed(&self, step: &Self::Step, table: &Self::Linear, out: &mut Self::Buf) -> Result<()>;
+    /// `out = rms_norm(x) * weight` over the step's rows.
+    fn rms_norm(
+        &self,
+        step: &Self::Step,
+        x: &Self::Buf,
+        weight: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `x += y` over the step's rows.
+    fn add(&self, step: &Self::Step, x: &mut Self::Buf, y: &Self::Buf) -> Result<()>;
+    /// `out = x Wᵀ + b` over the step's rows.
+    fn linear(
+        &self,
+        step: &Self::Step,
+        x: &Self::Buf,
+        w: &Self::Linear,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Applies RoPE to `q` and `k` in place and stores `k`, `v` in the cache at each token's slot and position.
+    fn rope_store_kv(
+        &self,
+        step: &Self::Step,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        cache: &mut Self::Cache,
+    ) -> Result<()>;
+    /// Attention with sinks over the cache for every token of the step: `out` `[rows, n_q_heads * head_dim]`.
+    fn attention(
+        &self,
+        step: &Self::Step,
+        shape: &AttnShape,
+        q: &Self::Buf,
+        sinks: &Self::Vector,
+        cache: &Self::Cache,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Router logits → top-k → softmax over the selected.
+    fn route(
+        &self,
+        step: &Self::Step,
+        h: &Self::Buf,
+        router: &Self::Linear,
+        top_k: usize,
+        out: &mut Self::Routing,
+    ) -> Result<()>;
+    /// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows.
+    fn moe(&self, step: &Self::Step, moe: MoeArgs<'_, Self>, out: &mut Self::Buf) -> Result<()>;
+    /// `out[i] = x[logit_rows[i]] Wᵀ` for the step's logit rows (no bias).
+    fn logits(
+        &self,
+        step: &Self::Step,
+        x: &Self::Buf,
+        lm_head: &Self::Linear,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Reads the first `rows` rows of a buffer back to the host.
+    fn read(&self, buf: &Self::Buf, rows: usize) -> Result<Vec<f32>>;
+    /// Samples one token per logit row with that row's parameters; `counters` advances each row's RNG.
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        params: &[SamplingParams],
+        counters: &[u64],
+    ) -> Result<Vec<u32>>;
+}
+
+/// The three projections handed to [`Backend::rope_store_kv`].
+pub struct QkvBufs<'a, B: Backend + ?Sized> {
+    /// `[rows, q_width]`, rotated in place.
+    pub q: &'a mut B::Buf,
+    /// `[rows, kv_width]`, rotated in place.
+    pub k: &'a mut B::Buf,
+    /// `[rows, kv_width]`.
+    pub v: &'a B::Buf,
+}
+
+/// The inputs of [`Backend::moe`].
+pub struct MoeArgs<'a, B: Backend + ?Sized> {
+    /// Normed hidden states `[rows, H]`.
+    pub h: &'a B::Buf,
+    /// The layer's experts.
+    pub experts: &'a B::Experts,
+    /// The choices made by [`Backend::route`].
+    pub routing: &'a B::Routing,
+    /// Shape and activation constants.
+    pub shape: MoeShape,
+}

@@ -1,0 +1,300 @@
+//! The CPU backend: the exact reference implementation of every [`Backend`] op, f32 activations and
+//! KV, f32 accumulation, weights read in their stored format (rayon across cores).
+
+mod attention;
+mod matmul;
+mod moe;
+
+use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor};
+use rayon::prelude::*;
+
+use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams};
+use crate::error::{Error, Result};
+use crate::math::{rms_norm, router_top_k};
+
+use attention::SlotKv;
+
+/// The CPU backend. Stateless: every buffer lives in the model's workspace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+/// A row-major f32 buffer.
+pub struct CpuBuf {
+    data: Vec<f32>,
+    cols: usize,
+}
+
+/// An uploaded linear layer: the weight stays in its stored format.
+pub struct CpuLinear {
+    weight: QuantTensor,
+    bias: Option<Vec<f32>>,
+}
+
+/// The step's batch and RoPE table.
+pub struct CpuStep {
+    batch: Batch,
+    rope: Rope,
+}
+
+/// Every layer's keys and values by slot.
+pub struct CpuCache {
+    layers: Vec<Vec<SlotKv>>,
+}
+
+impl CpuStep {
+    fn rows(&self) -> usize {
+        self.batch.tokens.len()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = CpuBuf;
+    type Linear = CpuLinear;
+    type Vector = Vec<f32>;
+    type Experts = Vec<Expert>;
+    type Routing = Vec<(usize, f32)>;
+    type Cache = CpuCache;
+    type Step = CpuStep;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload_linear(&self, linear: &Linear) -> Result<CpuLinear> {
+        Ok(CpuLinear {
+            weight: linear.weight.clone(),
+            bias: linear.bias.clone(),
+        })
+    }
+
+    fn upload_embedding(&self, table: &QuantTensor) -> Result<CpuLinear> {
+        Ok(CpuLinear {
+            weight: table.clone(),
+            bias: None,
+        })
+    }
+
+    fn upload_vector(&self, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+
+    fn upload_experts(&self, experts: &[Expert]) -> Result<Vec<Expert>> {
+        Ok(experts.to_vec())
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CpuBuf> {
+        Ok(CpuBuf {
+            data: vec![0.0; rows * cols],
+            cols,
+        })
+    }
+
+    fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<Vec<(usize, f32)>> {
+        Ok(vec![(0, 0.0); rows * top_k])
+    }
+
+    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<CpuCache> {
+        Ok(CpuCache {
+            layers: vec![vec![SlotKv::default(); capacity.slots]; config.num_hidden_layers],
+        })
+    }
+
+    fn alloc_step(&self, _capacity: &Capacity, rope: &Rope) -> Result<CpuStep> {
+        Ok(CpuStep {
+            batch: Batch::default(),
+            rope: rope.clone(),
+        })
+    }
+
+    fn begin_step(&self, step: &mut CpuStep, batch: &Batch) -> Result<()> {
+        step.batch.clone_from(batch);
+        Ok(())
+    }
+
+    fn clear_slot(&self, cache: &mut CpuCache, slot: u32) -> Result<()> {
+        for layer in &mut cache.layers {
+            if let Some(s) = layer.get_mut(slot as usize) {
+                *s = SlotKv::default();
+            }
+        }
+        Ok(())
+    }
+
+    fn embed(&self, step: &CpuStep, table: &CpuLinear, out: &mut CpuBuf) -> Result<()> {
+        let h = out.cols;
+        out.data[..step.rows() * h]
+            .par_chunks_mut(h)
+            .zip(&step.batch.tokens)
+            .for_each(|(row, &tok)| {
+                matmul::decode_row(&table.weight, tok as usize, row);
+            });
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        step: &CpuStep,
+        x: &CpuBuf,
+        weight: &Vec<f32>,
+        eps: f32,
+        out: &mut CpuBuf,
+    ) -> Result<()> {
+        let h = x.cols;
+        let rows = step.rows();
+        out.data[..rows * h]
+            .par_chunks_mut(h)
+            .zip(x.data[..rows * h].par_chunks(h))
+            .for_each(|(o, xr)| {
+                rms_norm(xr, weight, eps, o);
+            });
+        Ok(())
+    }
+
+    fn add(&self, step: &CpuStep, x: &mut CpuBuf, y: &CpuBuf) -> Result<()> {
+        let n = step.rows() * x.cols;
+        x.data[..n]
+            .iter_mut()
+            .zip(&y.data[..n])
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn linear(&self, step: &CpuStep, x: &CpuBuf, w: &CpuLinear, out: &mut CpuBuf) -> Result<()> {
+        matmul::matmul(
+            &x.data,
+            step.rows(),
+            &w.weight,
+            w.bias.as_deref(),
+            &mut out.data,
+        );
+        Ok(())
+    }
+
+    fn rope_store_kv(
+        &self,
+        step: &CpuStep,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        cache: &mut CpuCache,
+    ) -> Result<()> {
+        let slots = cache
+            .layers
+            .get_mut(shape.layer)
+            .ok_or_else(|| cpu_error("cache has no such layer"))?;
+        attention::rope_store(
+            step,
+            shape,
+            &mut qkv.q.data,
+            &mut qkv.k.data,
+            &qkv.v.data,
+            slots,
+        );
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        step: &CpuStep,
+        shape: &AttnShape,
+        q: &CpuBuf,
+        sinks: &Vec<f32>,
+        cache: &CpuCache,
+        out: &mut CpuBuf,
+    ) -> Result<()> {
+        let slots = cache
+            .layers
+            .get(shape.layer)
+            .ok_or_else(|| cpu_error("cache has no such layer"))?;
+        attention::attend(step, shape, &q.data, sinks, slots, &mut out.data);
+        Ok(())
+    }
+
+    fn route(
+        &self,
+        step: &CpuStep,
+        h: &CpuBuf,
+        router: &CpuLinear,
+        top_k: usize,
+        out: &mut Vec<(usize, f32)>,
+    ) -> Result<()> {
+        let rows = step.rows();
+        let n_experts = router.weight.n_rows();
+        let mut logits = vec![0.0; rows * n_experts];
+        matmul::matmul(
+            &h.data,
+            rows,
+            &router.weight,
+            router.bias.as_deref(),
+            &mut logits,
+        );
+        for (t, row) in logits.chunks_exact(n_experts).enumerate() {
+            out[t * top_k..(t + 1) * top_k].copy_from_slice(&router_top_k(row, top_k));
+        }
+        Ok(())
+    }
+
+    fn moe(&self, step: &CpuStep, args: MoeArgs<'_, Self>, out: &mut CpuBuf) -> Result<()> {
+        moe::moe(
+            &args.h.data,
+            step.rows(),
+            args.experts,
+            args.routing,
+            &args.shape,
+            &mut out.data,
+        );
+        Ok(())
+    }
+
+    fn logits(
+        &self,
+        step: &CpuStep,
+        x: &CpuBuf,
+        lm_head: &CpuLinear,
+        out: &mut CpuBuf,
+    ) -> Result<()> {
+        let h = x.cols;
+        let picked: Vec<f32> = step
+            .batch
+            .logit_rows
+            .iter()
+            .flat_map(|&r| x.data[r as usize * h..(r as usize + 1) * h].iter().copied())
+            .collect();
+        matmul::matmul(
+            &picked,
+            step.batch.logit_rows.len(),
+            &lm_head.weight,
+            None,
+            &mut out.data,
+        );
+        Ok(())
+    }
+
+    fn read(&self, buf: &CpuBuf, rows: usize) -> Result<Vec<f32>> {
+        buf.data
+            .get(..rows * buf.cols)
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| cpu_error("read past the end of a buffer"))
+    }
+
+    fn sample(
+        &self,
+        logits: &CpuBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+    ) -> Result<Vec<u32>> {
+        let v = logits.cols;
+        Ok(params
+            .iter()
+            .zip(counters)
+            .enumerate()
+            .map(|(i, (p, &c))| crate::sampler::sample(&logits.data[i * v..(i + 1) * v], p, c))
+            .collect())
+    }
+}
+
+fn cpu_error(message: &str) -> Error {
+    Error::Backend {
+        backend: "cpu",
+        message: message.to_string(),
+    }
+}

@@ -1,0 +1,281 @@
+//! The gpt-oss forward pass, written once against [`Backend`] (spec §1.3): embed, then per layer
+//! attention and MoE (each with its own norm and residual), then the final norm and the logits.
+
+use gptoss_formats::{LayerWeights, ModelConfig, ModelWeights};
+
+use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Rope};
+use crate::error::{Error, Result};
+use crate::math::yarn_inv_freq;
+
+/// One layer's weights on the backend.
+pub struct DeviceLayer<B: Backend> {
+    attn_norm: B::Vector,
+    q: B::Linear,
+    k: B::Linear,
+    v: B::Linear,
+    o: B::Linear,
+    sinks: B::Vector,
+    mlp_norm: B::Vector,
+    router: B::Linear,
+    experts: B::Experts,
+}
+
+/// Every activation buffer of a step, allocated once at the step capacity.
+struct Workspace<B: Backend> {
+    x: B::Buf,
+    h: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    attn: B::Buf,
+    proj: B::Buf,
+    routing: B::Routing,
+    logits: B::Buf,
+    step: B::Step,
+}
+
+/// A model loaded on a backend, with its KV cache and step buffers.
+pub struct Model<B: Backend> {
+    backend: B,
+    config: ModelConfig,
+    capacity: Capacity,
+    embed: B::Linear,
+    layers: Vec<DeviceLayer<B>>,
+    norm: B::Vector,
+    lm_head: B::Linear,
+    cache: B::Cache,
+    ws: Workspace<B>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Uploads `weights` to `backend` and allocates the cache and step buffers for `capacity`.
+    pub fn new(backend: B, weights: &ModelWeights, capacity: Capacity) -> Result<Self> {
+        let config = weights.config.clone();
+        let b = &backend;
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| upload_layer(b, l))
+            .collect::<Result<Vec<_>>>()?;
+        let (inv_freq, concentration) = yarn_inv_freq(&config);
+        let rows = capacity.max_batch_tokens;
+        let ws = Workspace {
+            x: b.alloc(rows, config.hidden_size)?,
+            h: b.alloc(rows, config.hidden_size)?,
+            q: b.alloc(rows, config.q_width())?,
+            k: b.alloc(rows, config.kv_width())?,
+            v: b.alloc(rows, config.kv_width())?,
+            attn: b.alloc(rows, config.q_width())?,
+            proj: b.alloc(rows, config.hidden_size)?,
+            routing: b.alloc_routing(rows, config.num_experts_per_tok)?,
+            logits: b.alloc(capacity.max_logit_rows, config.vocab_size)?,
+            step: b.alloc_step(
+                &capacity,
+                &Rope {
+                    inv_freq,
+                    concentration,
+                },
+            )?,
+        };
+        Ok(Model {
+            embed: b.upload_embedding(&weights.embed)?,
+            norm: b.upload_vector(&weights.norm)?,
+            lm_head: b.upload_linear(&gptoss_formats::Linear {
+                weight: weights.lm_head.clone(),
+                bias: None,
+            })?,
+            cache: b.alloc_cache(&config, &capacity)?,
+            layers,
+            ws,
+            config,
+            capacity,
+            backend,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The step and cache capacity the model was built with.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// Runs one step; the logits of `batch.logit_rows` are left in the logits buffer (see [`Model::logits`]).
+    pub fn forward(&mut self, batch: &Batch) -> Result<()> {
+        self.check_batch(batch)?;
+        let (b, c, ws) = (&self.backend, &self.config, &mut self.ws);
+        b.begin_step(&mut ws.step, batch)?;
+        b.embed(&ws.step, &self.embed, &mut ws.x)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            attention_block(b, c, l, layer, ws, &mut self.cache)?;
+            moe_block(b, c, layer, ws)?;
+        }
+        b.rms_norm(
+            &ws.step,
+            &ws.x,
+            &self.norm,
+            c.rms_norm_eps as f32,
+            &mut ws.h,
+        )?;
+        b.logits(&ws.step, &ws.h, &self.lm_head, &mut ws.logits)
+    }
+
+    /// The logits of the last step's logit rows, `[rows, vocab]` flattened, on the host.
+    pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
+        self.backend.read(&self.ws.logits, rows)
+    }
+
+    /// Samples one token for each of the last step's logit rows.
+    pub fn sample(
+        &self,
+        params: &[crate::backend::SamplingParams],
+        counters: &[u64],
+    ) -> Result<Vec<u32>> {
+        self.backend.sample(&self.ws.logits, params, counters)
+    }
+
+    /// Frees a sequence's cached keys and values.
+    pub fn clear_slot(&mut self, slot: u32) -> Result<()> {
+        self.backend.clear_slot(&mut self.cache, slot)
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let cap = &self.capacity;
+        let n = batch.tokens.len();
+        if n == 0 || n > cap.max_batch_tokens {
+            return Err(Error::invalid(format!(
+                "a step holds 1..={} tokens, got {n}",
+                cap.max_batch_tokens
+            )));
+        }
+        if batch.positions.len() != n || batch.slots.len() != n {
+            return Err(Error::invalid(
+                "batch tokens, positions and slots differ in length",
+            ));
+        }
+        if batch.logit_rows.len() > cap.max_logit_rows
+            || batch.logit_rows.iter().any(|&r| r as usize >= n)
+        {
+            return Err(Error::invalid("batch logit rows out of range"));
+        }
+        if let Some(&t) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(Error::invalid(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        if let Some(&p) = batch
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= cap.context_tokens)
+        {
+            return Err(Error::invalid(format!(
+                "position {p} is beyond the context of {} tokens",
+                cap.context_tokens
+            )));
+        }
+        if let Some(&s) = batch.slots.iter().find(|&&s| s as usize >= cap.slots) {
+            return Err(Error::invalid(format!(
+                "cache slot {s} is beyond the {} slots",
+                cap.slots
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn upload_layer<B: Backend>(b: &B, l: &LayerWeights) -> Result<DeviceLayer<B>> {
+    Ok(DeviceLayer {
+        attn_norm: b.upload_vector(&l.attn_norm)?,
+        q: b.upload_linear(&l.q)?,
+        k: b.upload_linear(&l.k)?,
+        v: b.upload_linear(&l.v)?,
+        o: b.upload_linear(&l.o)?,
+        sinks: b.upload_vector(&l.sinks)?,
+        mlp_norm: b.upload_vector(&l.mlp_norm)?,
+        router: b.upload_linear(&l.router)?,
+        experts: b.upload_experts(&l.experts)?,
+    })
+}
+
+/// `x += o(attention(rope(q), rope(k), v))` with `q, k, v` from `rms_norm(x)`.
+fn attention_block<B: Backend>(
+    b: &B,
+    c: &ModelConfig,
+    l: usize,
+    layer: &DeviceLayer<B>,
+    ws: &mut Workspace<B>,
+    cache: &mut B::Cache,
+) -> Result<()> {
+    let s = &ws.step;
+    b.rms_norm(s, &ws.x, &layer.attn_norm, c.rms_norm_eps as f32, &mut ws.h)?;
+    b.linear(s, &ws.h, &layer.q, &mut ws.q)?;
+    b.linear(s, &ws.h, &layer.k, &mut ws.k)?;
+    b.linear(s, &ws.h, &layer.v, &mut ws.v)?;
+    let shape = AttnShape {
+        layer: l,
+        n_q_heads: c.num_attention_heads,
+        n_kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        window: c.window(l),
+    };
+    b.rope_store_kv(
+        s,
+        &shape,
+        QkvBufs {
+            q: &mut ws.q,
+            k: &mut ws.k,
+            v: &ws.v,
+        },
+        cache,
+    )?;
+    b.attention(s, &shape, &ws.q, &layer.sinks, cache, &mut ws.attn)?;
+    b.linear(s, &ws.attn, &layer.o, &mut ws.proj)?;
+    b.add(s, &mut ws.x, &ws.proj)
+}
+
+/// `x += moe(rms_norm(x))`.
+fn moe_block<B: Backend>(
+    b: &B,
+    c: &ModelConfig,
+    layer: &DeviceLayer<B>,
+    ws: &mut Workspace<B>,
+) -> Result<()> {
+    let s = &ws.step;
+    b.rms_norm(s, &ws.x, &layer.mlp_norm, c.rms_norm_eps as f32, &mut ws.h)?;
+    b.route(
+        s,
+        &ws.h,
+        &layer.router,
+        c.num_experts_per_tok,
+        &mut ws.routing,
+    )?;
+    let shape = MoeShape {
+        top_k: c.num_experts_per_tok,
+        swiglu_alpha: c.swiglu_alpha as f32,
+        swiglu_limit: c.swiglu_limit as f32,
+    };
+    b.moe(
+        s,
+        MoeArgs {
+            h: &ws.h,
+            experts: &layer.experts,
+            routing: &ws.routing,
+            shape,
+        },
+        &mut ws.proj,
+    )?;
+    b.add(s, &mut ws.x, &ws.proj)
+}

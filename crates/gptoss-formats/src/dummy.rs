@@ -1,0 +1,149 @@
+//! Random weights of a real model's shapes (`--dummy gpt-oss-20b`): MXFP4 experts and bf16 dense
+//! tensors with magnitudes that keep activations finite. They cost exactly what real weights cost,
+//! so speed and memory can be measured before downloading anything.
+
+use half::bf16;
+
+use crate::config::ModelConfig;
+use crate::tensor::{
+    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
+    E2M1_VALUES,
+};
+use crate::weights::{Expert, LayerWeights, Linear, ModelWeights};
+
+/// E8M0 byte of the expert scales: 2^-7 keeps an MXFP4 weight's std near 1/sqrt(2880).
+const EXPERT_SCALE_E8M0: u8 = 120;
+
+/// A small fast PRNG (xorshift64*); dummy weights need speed, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn fill_bytes(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    /// Uniform in [-a, a).
+    fn uniform(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+}
+
+/// Builds random weights for `config`; the same seed gives the same weights.
+pub fn dummy_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let c = config;
+    let h = c.hidden_size;
+    let layers = (0..c.num_hidden_layers)
+        .map(|_| LayerWeights {
+            attn_norm: vec![1.0; h],
+            q: dense_linear(&mut rng, c.q_width(), h),
+            k: dense_linear(&mut rng, c.kv_width(), h),
+            v: dense_linear(&mut rng, c.kv_width(), h),
+            o: dense_linear(&mut rng, h, c.q_width()),
+            sinks: (0..c.num_attention_heads)
+                .map(|_| rng.uniform(1.0))
+                .collect(),
+            mlp_norm: vec![1.0; h],
+            router: dense_linear(&mut rng, c.num_local_experts, h),
+            experts: (0..c.num_local_experts)
+                .map(|_| Expert {
+                    gate_up: mxfp4_linear(&mut rng, 2 * c.intermediate_size, h),
+                    down: mxfp4_linear(&mut rng, h, c.intermediate_size),
+                })
+                .collect(),
+        })
+        .collect();
+    ModelWeights {
+        config: config.clone(),
+        embed: bf16_tensor(&mut rng, c.vocab_size, h, 1.0),
+        layers,
+        norm: vec![1.0; h],
+        lm_head: bf16_tensor(&mut rng, c.vocab_size, h, (3.0 / h as f32).sqrt()),
+    }
+}
+
+fn bf16_tensor(rng: &mut Rng, rows: usize, cols: usize, amplitude: f32) -> QuantTensor {
+    // Random sign and mantissa with the exponent of `amplitude / 2`: magnitudes in [a/2, a) at
+    // four values per RNG draw (a per-element float conversion makes 20b's 1.2 G values slow).
+    let exponent = ((bf16::from_f32(amplitude / 2.0).to_bits() >> 7) & 0xFF) << 7;
+    let mut bytes = vec![0u8; rows * cols * 2];
+    for chunk in bytes.chunks_mut(8) {
+        let r = rng.next().to_le_bytes();
+        for (dst, src) in chunk.chunks_mut(2).zip(r.chunks(2)) {
+            let bits = u16::from_le_bytes([src[0], src[1]]);
+            let v = (bits & 0x807F) | exponent;
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    QuantTensor {
+        shape: vec![rows, cols],
+        format: TensorFormat::Dense(DType::BF16),
+        data: Storage::owned(bytes),
+    }
+}
+
+fn small_bias(rng: &mut Rng, n: usize) -> Option<Vec<f32>> {
+    Some((0..n).map(|_| rng.uniform(0.02)).collect())
+}
+
+fn dense_linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
+    Linear {
+        weight: bf16_tensor(rng, out, inp, (3.0 / inp as f32).sqrt()),
+        bias: small_bias(rng, out),
+    }
+}
+
+fn mxfp4_linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
+    let mut codes = vec![0u8; out * inp / 2];
+    rng.fill_bytes(&mut codes);
+    let scales = vec![EXPERT_SCALE_E8M0; out * inp / 32];
+    let weight = QuantTensor {
+        shape: vec![out, inp],
+        format: TensorFormat::Lut4(Lut4 {
+            table: E2M1_VALUES,
+            block_elems: 32,
+            nibbles: NibbleOrder::LowFirst,
+            scales: Lut4Scales::Separate {
+                format: ScaleFormat::E8M0,
+                data: Storage::owned(scales),
+            },
+            round_to: DType::F32,
+        }),
+        data: Storage::owned(codes),
+    };
+    Linear {
+        weight,
+        bias: small_bias(rng, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dummy_has_real_shapes_and_sizes() {
+        let mut cfg = ModelConfig::gpt_oss_20b();
+        cfg.num_hidden_layers = 1;
+        cfg.layer_types.truncate(1);
+        cfg.vocab_size = 1024;
+        let w = dummy_weights(&cfg, 1);
+        let e = &w.layers[0].experts[0];
+        assert_eq!(e.gate_up.weight.shape, vec![5760, 2880]);
+        e.gate_up.weight.validate("dummy", "gate_up").unwrap();
+        assert_eq!(e.gate_up.weight.size_bytes(), 5760 * 2880 / 2 + 5760 * 90);
+        let vals = e.down.weight.to_f32_vec();
+        let std = (vals.iter().map(|v| v * v).sum::<f32>() / vals.len() as f32).sqrt();
+        assert!(std > 0.01 && std < 0.04, "{std}");
+    }
+}
