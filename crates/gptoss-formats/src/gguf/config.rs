@@ -1,4 +1,4 @@
-//! GGUF metadata → [`ModelConfig`] and [`EmbeddedVocab`] (spec §3.2, §3.8). Keys are
+//! GGUF metadata ↔ [`ModelConfig`], and metadata → [`EmbeddedVocab`] (spec §3.2, §3.8). Keys are
 //! `gpt-oss.*` as llama.cpp's converter writes them; values llama.cpp hard-codes for this
 //! architecture (SwiGLU alpha/limit, YaRN betas) get the same defaults here, and the choices that
 //! differ from llama.cpp (un-truncated YaRN) are returned as notes for `inspect`.
@@ -332,4 +332,89 @@ pub fn embedded_vocab(file: &GgufFile) -> Result<Option<EmbeddedVocab>> {
         eos: m.opt_id("tokenizer.ggml.eos_token_id")?,
         pad: m.opt_id("tokenizer.ggml.padding_token_id")?,
     }))
+}
+
+/// The `general.*` and `gpt-oss.*` metadata llama.cpp's converter writes, plus the keys gptoss's
+/// reader understands when the config differs from what llama.cpp hard-codes.
+pub fn config_metadata(
+    c: &ModelConfig,
+    file_type: u32,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, Value)>> {
+    let u = |n: usize| Value::U32(n as u32);
+    let k = |s: &str| format!("gpt-oss.{s}");
+    let mut m: Vec<(String, Value)> = vec![
+        (
+            "general.architecture".into(),
+            Value::String("gpt-oss".into()),
+        ),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.quantization_version".into(), Value::U32(2)),
+        ("general.file_type".into(), Value::U32(file_type)),
+        (k("block_count"), u(c.num_hidden_layers)),
+        (k("context_length"), u(c.max_position_embeddings)),
+        (k("embedding_length"), u(c.hidden_size)),
+        (k("feed_forward_length"), u(c.intermediate_size)),
+        (k("attention.head_count"), u(c.num_attention_heads)),
+        (k("attention.head_count_kv"), u(c.num_key_value_heads)),
+        (k("rope.freq_base"), Value::F32(c.rope_theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        (k("expert_count"), u(c.num_local_experts)),
+        (k("expert_used_count"), u(c.num_experts_per_tok)),
+        (k("attention.key_length"), u(c.head_dim)),
+        (k("attention.value_length"), u(c.head_dim)),
+        (k("attention.sliding_window"), u(c.sliding_window)),
+        (k("expert_feed_forward_length"), u(c.intermediate_size)),
+    ];
+    if let Some(y) = &c.yarn {
+        m.push((k("rope.scaling.type"), Value::String("yarn".into())));
+        m.push((k("rope.scaling.factor"), Value::F32(y.factor as f32)));
+        m.push((
+            k("rope.scaling.original_context_length"),
+            u(y.original_max_position_embeddings),
+        ));
+        m.push((
+            k("rope.scaling.yarn_beta_fast"),
+            Value::F32(y.beta_fast as f32),
+        ));
+        m.push((
+            k("rope.scaling.yarn_beta_slow"),
+            Value::F32(y.beta_slow as f32),
+        ));
+        if y.truncate {
+            notes.push(
+                "YaRN truncate=true is not expressible in GGUF; readers use their own rule".into(),
+            );
+        }
+    }
+    if c.layer_types != alternating_layer_types(c.num_hidden_layers, 2) {
+        let flags = c
+            .layer_types
+            .iter()
+            .map(|t| Value::Bool(*t == LayerType::Sliding))
+            .collect();
+        m.push((
+            k("attention.sliding_window_pattern"),
+            Value::Array(7, flags),
+        ));
+        notes.push("layer types differ from llama.cpp's default; written as a per-layer sliding_window_pattern".into());
+    }
+    if c.swiglu_limit != 7.0 {
+        m.push((k("swiglu_clamp_exp"), Value::F32(c.swiglu_limit as f32)));
+        notes.push(format!(
+            "swiglu_limit {} written as gpt-oss.swiglu_clamp_exp (llama.cpp uses 7.0)",
+            c.swiglu_limit
+        ));
+    }
+    if c.swiglu_alpha != 1.702 {
+        let msg = format!(
+            "is {}; GGUF has no key for it and llama.cpp hard-codes 1.702",
+            c.swiglu_alpha
+        );
+        return Err(Error::config("<gguf writer>", "swiglu_alpha", msg));
+    }
+    Ok(m)
 }

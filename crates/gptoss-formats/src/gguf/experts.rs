@@ -146,87 +146,99 @@ pub fn interleave_rows(gate: &[u8], up: &[u8], unit: usize) -> Vec<u8> {
     out
 }
 
-/// Builds canonical `gate_up` per expert from separate or fused stacks of one layer and part.
-fn gate_up(
+/// One expert's gate and up halves, before interleaving.
+struct Halves {
+    gate: Storage,
+    up: Storage,
+    format: TensorFormat,
+    /// The interleaved result's shape: `[2I, H]` or `[2I]`.
+    shape: Vec<usize>,
+    origin: String,
+}
+
+/// Splits fused or separate gate/up stacks of one layer and part into per-expert halves.
+fn expert_halves(
     layer: usize,
     part: Part,
     mut by: BTreeMap<ExpertProj, Sourced>,
-    out: &mut TensorMap,
-) -> Result<(), String> {
-    let what = format!("gate_up.{}", part.suffix());
-    let (fused, gate, up) = (
-        by.remove(&ExpertProj::GateUpFused),
-        by.remove(&ExpertProj::Gate),
-        by.remove(&ExpertProj::Up),
-    );
-    // Each expert as (gate half, up half, their format, one expert's shape, origin).
-    let halves: Vec<(Storage, Storage, TensorFormat, Vec<usize>, String)> = match (fused, gate, up)
-    {
-        (None, None, None) => return Ok(()),
-        (Some((t, origin)), None, None) => per_expert(&t, part, &origin)?
-            .into_iter()
-            .map(|x| {
+) -> Result<Vec<Halves>, String> {
+    let fused = by.remove(&ExpertProj::GateUpFused);
+    let (gate, up) = (by.remove(&ExpertProj::Gate), by.remove(&ExpertProj::Up));
+    match (fused, gate, up) {
+        (None, None, None) => Ok(Vec::new()),
+        (Some((t, origin)), None, None) => {
+            if t.shape.get(1).is_some_and(|rows| rows % 2 != 0) {
+                return Err(format!(
+                    "{origin}: fused gate/up has an odd row count {:?}",
+                    t.shape
+                ));
+            }
+            let halves = per_expert(&t, part, &origin)?.into_iter().map(|x| {
                 let half = x.data.len() / 2;
-                (
-                    x.data.slice(0, half),
-                    x.data.slice(half, half),
-                    x.format,
-                    x.shape,
-                    origin.clone(),
-                )
-            })
-            .collect(),
+                let (gate, up) = (x.data.slice(0, half), x.data.slice(half, half));
+                Halves {
+                    gate,
+                    up,
+                    format: x.format,
+                    shape: x.shape,
+                    origin: origin.clone(),
+                }
+            });
+            Ok(halves.collect())
+        }
         (None, Some((g, go)), Some((u, uo))) => {
             if g.shape != u.shape || !same_format(&g.format, &u.format) {
+                let (gf, uf) = (g.format.describe(), u.format.describe());
+                let (gs, us) = (&g.shape, &u.shape);
                 return Err(format!(
-                    "{go} is {:?} {} but {uo} is {:?} {}: gate and up must match",
-                    g.shape,
-                    g.format.describe(),
-                    u.shape,
-                    u.format.describe()
+                    "{go} is {gs:?} {gf} but {uo} is {us:?} {uf}: gate and up must match"
                 ));
             }
             let origin = format!("{go} + {uo}");
             let (gs, us) = (per_expert(&g, part, &go)?, per_expert(&u, part, &uo)?);
-            gs.into_iter()
-                .zip(us)
-                .map(|(g, u)| {
-                    let mut shape = g.shape.clone();
-                    shape[0] *= 2;
-                    (g.data, u.data, g.format, shape, origin.clone())
-                })
-                .collect()
+            let halves = gs.into_iter().zip(us).map(|(g, u)| {
+                let mut shape = g.shape.clone();
+                shape[0] *= 2;
+                Halves {
+                    gate: g.data,
+                    up: u.data,
+                    format: g.format,
+                    shape,
+                    origin: origin.clone(),
+                }
+            });
+            Ok(halves.collect())
         }
-        (Some((_, fo)), _, _) => {
-            return Err(format!(
-                "{fo}: layer {layer} has both fused and separate gate/up experts"
-            ))
-        }
-        (None, Some((_, o)), None) | (None, None, Some((_, o))) => {
-            return Err(format!(
-                "{o}: layer {layer} has only one of ffn_gate_exps / ffn_up_exps"
-            ))
-        }
-    };
-    for (e, (g, u, format, shape, origin)) in halves.into_iter().enumerate() {
+        (Some((_, fo)), _, _) => Err(format!(
+            "{fo}: layer {layer} has both fused and separate gate/up experts"
+        )),
+        (None, Some((_, o)), None) | (None, None, Some((_, o))) => Err(format!(
+            "{o}: layer {layer} has only one of ffn_gate_exps / ffn_up_exps"
+        )),
+    }
+}
+
+/// Builds canonical `gate_up` per expert from separate or fused stacks of one layer and part.
+fn gate_up(
+    layer: usize,
+    part: Part,
+    by: BTreeMap<ExpertProj, Sourced>,
+    out: &mut TensorMap,
+) -> Result<(), String> {
+    let what = format!("gate_up.{}", part.suffix());
+    for (e, h) in expert_halves(layer, part, by)?.into_iter().enumerate() {
         // Units are rows of a weight, single elements of a bias: `shape[0] / 2` of each half.
-        if shape[0] % 2 != 0 {
-            return Err(format!(
-                "{origin}: fused gate/up has an odd row count {}",
-                shape[0]
-            ));
-        }
-        let per_unit = g.len() / (shape[0] / 2).max(1);
-        let data = Storage::owned(interleave_rows(g.bytes(), u.bytes(), per_unit));
+        let per_unit = h.gate.len() / (h.shape[0] / 2).max(1);
+        let data = Storage::owned(interleave_rows(h.gate.bytes(), h.up.bytes(), per_unit));
         let t = QuantTensor {
-            shape,
-            format,
+            shape: h.shape,
+            format: h.format,
             data,
         };
         out.insert(
             names::expert(layer, e, &what),
             t,
-            format!("{origin} [expert {e}]"),
+            format!("{} [expert {e}]", h.origin),
         );
     }
     Ok(())

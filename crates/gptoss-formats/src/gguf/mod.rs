@@ -12,6 +12,7 @@ pub mod experts;
 pub mod ggml_types;
 pub mod names;
 pub mod tensors;
+pub mod value;
 pub mod vocab;
 pub mod write;
 pub mod writer;
