@@ -5,6 +5,7 @@ mod inspect;
 mod logits;
 mod run;
 mod source;
+mod vocab;
 
 use clap::{Parser, Subcommand};
 

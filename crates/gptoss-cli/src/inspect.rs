@@ -1,0 +1,154 @@
+//! `gptoss inspect`: a checkpoint's detected layout, config, tensor types and bytes, the conversions
+//! made at load, and the memory the model needs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gptoss_formats::{LayerType, ModelConfig, ModelWeights};
+
+use crate::source::{dummy_config, DummyModel};
+
+/// Arguments of `gptoss inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model directory, .safetensors or .gguf file.
+    #[arg(required_unless_present = "dummy")]
+    path: Option<PathBuf>,
+    /// Inspect a dummy model of real shapes instead.
+    #[arg(long, value_name = "NAME", conflicts_with = "path")]
+    dummy: Option<DummyModel>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Stored types: (type, count, bytes).
+type TypeTable = Vec<(String, usize, usize)>;
+
+/// Prints the report.
+pub fn run(args: InspectArgs) -> Result<()> {
+    let (layout, weights, stored, notes) = match (&args.path, args.dummy) {
+        (_, Some(d)) => {
+            let weights = gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0);
+            let stored = canonical_types(&weights);
+            ("dummy (random weights, MXFP4 experts, bf16 dense)".to_string(), weights, stored, Vec::new())
+        }
+        (Some(path), None) => {
+            let ckpt = gptoss_formats::load(path).with_context(|| format!("inspecting {}", path.display()))?;
+            let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for t in &ckpt.source_tensors {
+                let e = table.entry(t.dtype.clone()).or_default();
+                e.0 += 1;
+                e.1 += t.size_bytes;
+            }
+            let stored = table.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+            (format!("{:?}", ckpt.layout), ckpt.weights, stored, ckpt.notes)
+        }
+        (None, None) => anyhow::bail!("give a PATH or --dummy NAME"),
+    };
+    let load_bytes = weights.size_bytes();
+    let canonical = canonical_types(&weights);
+    if args.json {
+        let c = &weights.config;
+        let out = serde_json::json!({
+            "layout": layout,
+            "config": config_json(c),
+            "stored_types": stored.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
+            "loaded_types": canonical.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
+            "notes": notes,
+            "weights_bytes": load_bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("layout:  {layout}");
+    print_config(&weights.config);
+    println!("\nstored tensors:");
+    print_table(&stored);
+    println!("\nloaded as:");
+    print_table(&canonical);
+    for n in &notes {
+        println!("note: {n}");
+    }
+    println!("\nweights in memory: {}", human_bytes(load_bytes));
+    Ok(())
+}
+
+fn canonical_types(w: &ModelWeights) -> TypeTable {
+    let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    w.for_each_tensor(|_, t| {
+        let e = table.entry(t.format.describe()).or_default();
+        e.0 += 1;
+        e.1 += t.size_bytes();
+    });
+    table.into_iter().map(|(k, (n, b))| (k, n, b)).collect()
+}
+
+fn print_table(rows: &TypeTable) {
+    println!("  {:<12} {:>8} {:>12}", "type", "tensors", "bytes");
+    for (t, n, b) in rows {
+        println!("  {t:<12} {n:>8} {:>12}", human_bytes(*b));
+    }
+}
+
+fn print_config(c: &ModelConfig) {
+    let sliding = c.layer_types.iter().filter(|t| **t == LayerType::Sliding).count();
+    println!(
+        "model:   {} layers ({} sliding window {}, {} full), hidden {}, {} experts (top {}), expert width {}",
+        c.num_hidden_layers,
+        sliding,
+        c.sliding_window,
+        c.num_hidden_layers - sliding,
+        c.hidden_size,
+        c.num_local_experts,
+        c.num_experts_per_tok,
+        c.intermediate_size
+    );
+    println!(
+        "attn:    {} query heads, {} kv heads, head dim {}, vocab {}",
+        c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.vocab_size
+    );
+    match &c.yarn {
+        Some(y) => println!(
+            "rope:    theta {}, YaRN factor {} over {} tokens (beta {}/{}), max context {}",
+            c.rope_theta, y.factor, y.original_max_position_embeddings, y.beta_fast, y.beta_slow, c.max_position_embeddings
+        ),
+        None => println!("rope:    theta {}, no scaling, max context {}", c.rope_theta, c.max_position_embeddings),
+    }
+}
+
+fn config_json(c: &ModelConfig) -> serde_json::Value {
+    serde_json::json!({
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_local_experts": c.num_local_experts,
+        "num_experts_per_tok": c.num_experts_per_tok,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "head_dim": c.head_dim,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "sliding_window": c.sliding_window,
+        "layer_types": c.layer_types.iter().map(|t| match t { LayerType::Sliding => "sliding_attention", LayerType::Full => "full_attention" }).collect::<Vec<_>>(),
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings,
+    })
+}
+
+/// `12.3 GiB`-style sizes.
+pub fn human_bytes(b: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
