@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use gptoss_formats::gguf::container::{GgufFile, Value};
 use gptoss_formats::gguf::tensors::{byte_range, ggml_type};
 use gptoss_formats::gguf::vocab::vocab_from_hf_dir;
-use gptoss_formats::gguf::{read_checkpoint, write_model, OutType};
+use gptoss_formats::gguf::{read_checkpoint, write_checkpoint, write_model, OutType};
 use gptoss_formats::{ModelConfig, ModelWeights, TensorFormat};
 
 fn fixtures() -> PathBuf {
@@ -197,7 +197,27 @@ fn writer_reproduces_llama_cpp_files_byte_for_byte() {
     let src = read_checkpoint(&gguf("tiny-llamacpp-f32.gguf")).unwrap();
     let vocab = src.vocab.clone().unwrap();
     let w = ModelWeights::assemble(src.config, src.tensors, "f32").unwrap();
-    let dir = std::env::temp_dir().join(format!("gptoss-gguf-fixtures-{}", std::process::id()));
+    same_as_llama_cpp("from-gguf", |outtype, dest| {
+        write_model(&w, Some(&vocab), outtype, dest).unwrap();
+    });
+}
+
+/// `gptoss convert` of the HF MXFP4 dir: the same files llama.cpp's converter made from it.
+#[test]
+fn convert_from_hf_mxfp4_reproduces_llama_cpp() {
+    let ckpt = gptoss_formats::load(&fixtures().join("tiny/hf-mxfp4")).unwrap();
+    assert!(ckpt.vocab.is_none() && ckpt.tokenizer_json.is_some());
+    same_as_llama_cpp("from-hf", |outtype, dest| {
+        write_checkpoint(&ckpt, outtype, dest).unwrap();
+    });
+}
+
+/// Writes each outtype with `write` and compares tensors and metadata with llama.cpp's file.
+fn same_as_llama_cpp(test: &str, write: impl Fn(OutType, &Path)) {
+    let dir = std::env::temp_dir().join(format!(
+        "gptoss-gguf-fixtures-{}-{test}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     for (outtype, theirs) in [
         (OutType::F32, "tiny-llamacpp-f32.gguf"),
@@ -205,7 +225,7 @@ fn writer_reproduces_llama_cpp_files_byte_for_byte() {
         (OutType::Q8_0, "tiny-llamacpp-q8_0.gguf"),
     ] {
         let ours = dir.join(theirs);
-        write_model(&w, Some(&vocab), outtype, &ours).unwrap();
+        write(outtype, &ours);
         let (a, b) = (
             GgufFile::open(&ours).unwrap(),
             GgufFile::open(&gguf(theirs)).unwrap(),
@@ -232,5 +252,39 @@ fn writer_reproduces_llama_cpp_files_byte_for_byte() {
             TensorFormat::Dense(_) | TensorFormat::Q8_0
         ));
         let _ = Value::U8(0);
+    }
+}
+
+/// Every safetensors layout converts to a GGUF (F32) that reads back to exactly its own values;
+/// the equal-valued layouts all give the values of llama.cpp's f32 file.
+#[test]
+fn every_layout_converts_and_reads_back_exactly() {
+    let reference = values(&load(&gguf("tiny-llamacpp-f32.gguf")).0);
+    let dir = std::env::temp_dir().join(format!("gptoss-gguf-layouts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for layout in [
+        "hf-mxfp4",
+        "original",
+        "hf-bf16",
+        "split-projs",
+        "split-weights",
+        "split-gate-up",
+        "split-mixtral",
+        "bnb-nf4",
+        "bnb-nf4-dq",
+        "bnb-fp4",
+        "bnb-fp4-dq",
+    ] {
+        let ckpt = gptoss_formats::load(&fixtures().join("tiny").join(layout)).unwrap();
+        let out = dir.join(format!("{layout}.gguf"));
+        write_checkpoint(&ckpt, OutType::F32, &out).unwrap();
+        let (back, _) = load(&out);
+        let own = values(&ckpt.weights);
+        for (k, v) in values(&back) {
+            assert_eq!(v, own[&k], "{layout}: {k}");
+            if !layout.starts_with("bnb") {
+                assert_eq!(v, reference[&k], "{layout}: {k} vs llama.cpp");
+            }
+        }
     }
 }

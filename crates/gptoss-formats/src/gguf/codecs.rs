@@ -325,4 +325,20 @@ mod tests {
         );
         assert_eq!(y[128], -32.0);
     }
+
+    #[test]
+    fn iq4_xs_sub_block_scales_and_codes() {
+        // Not in the committed goldens (the fixtures' gguf package run skips it); checked here by
+        // hand and against gguf.quants.dequantize when this was written.
+        let mut b = vec![0u8; 136];
+        b[0..2].copy_from_slice(&f16b(1.0));
+        b[2..4].copy_from_slice(&0b1010u16.to_le_bytes()); // sub 0 and 1: high bits 2 (+32)
+        b[4] = 0x21; // sub 0 low bits 1, sub 1 low bits 2
+        b[8] = 0xF0; // sub 0: elem 0 code 0, elem 16 code 15
+        b[8 + 16] = 0x08; // sub 1: elem 32 code 8, elem 48 code 0
+        let mut y = [0.0; 256];
+        dequantize(GgmlType::IQ4XS, &b, &mut y);
+        assert_eq!((y[0], y[16], y[32], y[48]), (-127.0, 113.0, 2.0, -254.0));
+        assert_eq!(y[64], -32.0 * -127.0); // sub 2: scale 0 - 32
+    }
 }
