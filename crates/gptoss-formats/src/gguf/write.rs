@@ -130,6 +130,8 @@ pub struct StreamWriter {
     dest: PathBuf,
     plan: Vec<PlannedTensor>,
     next: usize,
+    /// Bytes of the current tensor written so far.
+    part_bytes: u64,
     written: u64,
     align: u64,
 }
@@ -155,6 +157,7 @@ impl StreamWriter {
             dest: dest.to_path_buf(),
             plan,
             next: 0,
+            part_bytes: 0,
             written: 0,
             align,
         })
@@ -167,34 +170,54 @@ impl StreamWriter {
 
     /// Writes the data of the next planned tensor; `bytes` must be exactly its size.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let Some(t) = self.plan.get(self.next) else {
-            return Err(Error::tensor(
-                self.dest.display().to_string(),
-                name,
-                "not in the plan (all tensors written)",
-            ));
-        };
-        let size = t.size_bytes().unwrap_or(0);
-        if t.name != name || size != bytes.len() {
-            let msg = format!(
-                "expected `{}` of {size} bytes next, got `{name}` of {} bytes",
-                t.name,
-                bytes.len()
-            );
+        self.write_part(name, bytes)?;
+        self.end_tensor(name)
+    }
+
+    /// The next planned tensor and its size, checked to be `name`.
+    fn current(&self, name: &str) -> Result<u64> {
+        let fail = |msg: String| Error::tensor(self.dest.display().to_string(), name, msg);
+        match self.plan.get(self.next) {
+            None => Err(fail("not in the plan (all tensors written)".into())),
+            Some(t) if t.name != name => Err(fail(format!("expected `{}` next", t.name))),
+            Some(t) => Ok(t.size_bytes().unwrap_or(0) as u64),
+        }
+    }
+
+    /// Appends bytes of the next planned tensor `name` (a tensor may be written in many parts).
+    pub fn write_part(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let size = self.current(name)?;
+        if self.part_bytes + bytes.len() as u64 > size {
+            let msg = format!("more than its {size} bytes written");
             return Err(Error::tensor(self.dest.display().to_string(), name, msg));
         }
-        let pad = (self.written + size as u64).div_ceil(self.align) * self.align
-            - self.written
-            - size as u64;
         let tmp = &self.tmp;
         let out = self
             .out
             .as_mut()
             .ok_or_else(|| Error::format(tmp, "writer already finished"))?;
         out.write_all(bytes).map_err(|e| Error::io(tmp, e))?;
+        self.part_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends tensor `name`: checks all its bytes were written and pads to the alignment.
+    pub fn end_tensor(&mut self, name: &str) -> Result<()> {
+        let size = self.current(name)?;
+        if self.part_bytes != size {
+            let msg = format!("{} of its {size} bytes written", self.part_bytes);
+            return Err(Error::tensor(self.dest.display().to_string(), name, msg));
+        }
+        let pad = (self.written + size).div_ceil(self.align) * self.align - self.written - size;
+        let tmp = &self.tmp;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| Error::format(tmp, "writer already finished"))?;
         out.write_all(&vec![0u8; pad as usize])
             .map_err(|e| Error::io(tmp, e))?;
-        self.written += size as u64 + pad;
+        self.written += size + pad;
+        self.part_bytes = 0;
         self.next += 1;
         Ok(())
     }
@@ -224,5 +247,50 @@ impl Drop for StreamWriter {
             // Unfinished: the partial file must not be mistaken for a model. Best effort.
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::gguf::container::GgufFile;
+
+    #[test]
+    fn tensors_written_in_parts_are_checked_and_aligned() {
+        let dir = std::env::temp_dir().join(format!("gptoss-gguf-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("parts.gguf");
+        let plan = vec![
+            PlannedTensor::new("a", &[3], GgmlType::F32),
+            PlannedTensor::new("b", &[2, 32], GgmlType::Q8_0),
+        ];
+        let meta = vec![("general.alignment".to_string(), Value::U32(64))];
+        let mut w = StreamWriter::create(&dest, &meta, plan).unwrap();
+        assert!(w.write_part("b", &[0; 4]).is_err()); // not next
+        w.write_part("a", &[1; 8]).unwrap();
+        assert!(w.write_part("a", &[1; 8]).is_err()); // 16 > 12 bytes
+        assert!(w.end_tensor("a").is_err()); // 8 of 12
+        w.write_part("a", &[1; 4]).unwrap();
+        w.end_tensor("a").unwrap();
+        w.write_part("b", &[2; 34]).unwrap();
+        w.write_part("b", &[3; 34]).unwrap();
+        w.end_tensor("b").unwrap();
+        w.finish().unwrap();
+        let f = GgufFile::open(&dest).unwrap();
+        assert_eq!((f.tensors[0].offset, f.tensors[1].offset), (0, 64));
+        let b = &f.map[f.data_start + 64..f.data_start + 64 + 68];
+        assert_eq!((b[0], b[33], b[34], b[67]), (2, 2, 3, 3));
+        assert_eq!(f.len_bytes(), f.data_start + 64 + 128);
+
+        let unfinished = dir.join("unfinished.gguf");
+        let w = StreamWriter::create(
+            &unfinished,
+            &[],
+            vec![PlannedTensor::new("a", &[1], GgmlType::F32)],
+        );
+        let e = w.unwrap().finish().unwrap_err().to_string();
+        assert!(e.contains("0 of 1 tensors written"), "{e}");
+        assert!(!unfinished.exists() && !dir.join("unfinished.gguf.tmp").exists());
     }
 }

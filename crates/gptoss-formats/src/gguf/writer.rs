@@ -109,11 +109,13 @@ pub fn write_model(
     let plan: Vec<PlannedTensor> = jobs.iter().map(|j| j.plan.clone()).collect();
     let mut w = StreamWriter::create(dest, &metadata, plan)?;
     let mut enc = RowEncoder::default();
-    let mut bytes = Vec::new();
     for job in &jobs {
-        bytes.clear();
-        encode_job(job, &mut enc, &mut bytes)?;
-        w.write_tensor(&job.plan.name, &bytes)?;
+        let sink = Sink {
+            w: &mut w,
+            name: &job.plan.name,
+            buf: Vec::new(),
+        };
+        encode_job(job, &mut enc, sink)?;
     }
     let path = w.finish()?;
     let tensors = jobs
@@ -322,23 +324,53 @@ fn source_row(proj: ExpertProj, j: usize) -> usize {
     }
 }
 
-fn encode_job(job: &Job, enc: &mut RowEncoder, out: &mut Vec<u8>) -> Result<()> {
-    let (name, ty) = (&job.plan.name, job.plan.ty);
-    match &job.source {
-        Source::Rows(t) => (0..t.n_rows()).try_for_each(|r| enc.encode_row(t, r, ty, name, out)),
-        Source::Vector(v) => {
-            v.iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            Ok(())
+/// Bytes handed to the file per write while encoding one tensor (keeps memory flat on big tensors).
+const FLUSH_BYTES: usize = 16 << 20;
+
+/// The encoded bytes of the tensor being written, flushed to the file in chunks.
+struct Sink<'w> {
+    w: &'w mut StreamWriter,
+    name: &'w str,
+    buf: Vec<u8>,
+}
+
+impl Sink<'_> {
+    fn flush_if_full(&mut self) -> Result<()> {
+        if self.buf.len() >= FLUSH_BYTES {
+            self.w.write_part(self.name, &self.buf)?;
+            self.buf.clear();
         }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.w.write_part(self.name, &self.buf)?;
+        self.w.end_tensor(self.name)
+    }
+}
+
+/// Encodes one planned tensor row by row into the file.
+fn encode_job(job: &Job, enc: &mut RowEncoder, mut sink: Sink) -> Result<()> {
+    let (name, ty) = (job.plan.name.as_str(), job.plan.ty);
+    match &job.source {
+        Source::Rows(t) => {
+            for r in 0..t.n_rows() {
+                enc.encode_row(t, r, ty, name, &mut sink.buf)?;
+                sink.flush_if_full()?;
+            }
+        }
+        Source::Vector(v) => v
+            .iter()
+            .for_each(|x| sink.buf.extend_from_slice(&x.to_le_bytes())),
         Source::Experts(experts, proj) => {
             let rows = job.plan.ne.get(1).copied().unwrap_or(0) as usize;
             for x in experts.iter() {
                 let t = pick(x, *proj);
-                (0..rows)
-                    .try_for_each(|j| enc.encode_row(t, source_row(*proj, j), ty, name, out))?;
+                for j in 0..rows {
+                    enc.encode_row(t, source_row(*proj, j), ty, name, &mut sink.buf)?;
+                    sink.flush_if_full()?;
+                }
             }
-            Ok(())
         }
         Source::ExpertBias(experts, proj) => {
             let rows = job.plan.ne.first().copied().unwrap_or(0) as usize;
@@ -352,10 +384,10 @@ fn encode_job(job: &Job, enc: &mut RowEncoder, out: &mut Vec<u8>) -> Result<()> 
                             format!("bias shorter than {rows} rows"),
                         )
                     })?;
-                    out.extend_from_slice(&v.to_le_bytes());
+                    sink.buf.extend_from_slice(&v.to_le_bytes());
                 }
             }
-            Ok(())
         }
     }
+    sink.finish()
 }
