@@ -423,10 +423,12 @@ fn alignment_default_and_custom() {
             decode(find(&tensors, "output_norm.weight"))
         );
     }
-    let mut meta = tiny_metadata();
-    meta[1].1 = Value::U32(0);
-    let e = err_of(&written("align0", meta, &tensors));
-    assert!(e.contains("general.alignment"), "{e}");
+    for bad in [0, 48] {
+        let mut meta = tiny_metadata();
+        meta[1].1 = Value::U32(bad);
+        let e = err_of(&written("align-bad", meta, &tensors));
+        assert!(e.contains("general.alignment") && e.contains("power of two"), "{e}");
+    }
 }
 
 #[test]

@@ -176,11 +176,12 @@ fn alignment_of(metadata: &[(String, Value)], path: &Path) -> Result<usize> {
         return Ok(DEFAULT_ALIGNMENT);
     };
     match v {
-        Value::U32(a) if *a > 0 => Ok(*a as usize),
+        // ggml refuses an alignment that is not a power of two, and so do we.
+        Value::U32(a) if a.is_power_of_two() => Ok(*a as usize),
         other => Err(Error::config(
             path.display().to_string(),
             ALIGNMENT_KEY,
-            format!("expected a nonzero u32, found {other:?}"),
+            format!("expected a u32 power of two, found {other:?}"),
         )),
     }
 }

@@ -118,11 +118,10 @@ fn read_tensors(
     let mut notes: Vec<String> = conversions
         .into_iter()
         .map(|((from, to), names)| {
-            format!(
-                "{from} → {to} (decoded exactly at load) for {} tensor(s): {}",
-                names.len(),
-                names.join(", ")
-            )
+            let shown = names.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+            let more = if names.len() > 6 { ", ..." } else { "" };
+            let n = names.len();
+            format!("{from} → {to} (lossless, at load) for {n} tensor(s): {shown}{more}")
         })
         .collect();
     if sources.iter().any(|s| s.name.contains("_exps.")) {
