@@ -33,10 +33,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
         (_, Some(d)) => {
             let weights = gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0);
             let stored = canonical_types(&weights);
-            ("dummy (random weights, MXFP4 experts, bf16 dense)".to_string(), weights, stored, Vec::new())
+            (
+                "dummy (random weights, MXFP4 experts, bf16 dense)".to_string(),
+                weights,
+                stored,
+                Vec::new(),
+            )
         }
         (Some(path), None) => {
-            let ckpt = gptoss_formats::load(path).with_context(|| format!("inspecting {}", path.display()))?;
+            let ckpt = gptoss_formats::load(path)
+                .with_context(|| format!("inspecting {}", path.display()))?;
             let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
             for t in &ckpt.source_tensors {
                 let e = table.entry(t.dtype.clone()).or_default();
@@ -44,7 +50,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 e.1 += t.size_bytes;
             }
             let stored = table.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
-            (format!("{:?}", ckpt.layout), ckpt.weights, stored, ckpt.notes)
+            (
+                format!("{:?}", ckpt.layout),
+                ckpt.weights,
+                stored,
+                ckpt.notes,
+            )
         }
         (None, None) => anyhow::bail!("give a PATH or --dummy NAME"),
     };
@@ -94,7 +105,11 @@ fn print_table(rows: &TypeTable) {
 }
 
 fn print_config(c: &ModelConfig) {
-    let sliding = c.layer_types.iter().filter(|t| **t == LayerType::Sliding).count();
+    let sliding = c
+        .layer_types
+        .iter()
+        .filter(|t| **t == LayerType::Sliding)
+        .count();
     println!(
         "model:   {} layers ({} sliding window {}, {} full), hidden {}, {} experts (top {}), expert width {}",
         c.num_hidden_layers,
@@ -113,9 +128,17 @@ fn print_config(c: &ModelConfig) {
     match &c.yarn {
         Some(y) => println!(
             "rope:    theta {}, YaRN factor {} over {} tokens (beta {}/{}), max context {}",
-            c.rope_theta, y.factor, y.original_max_position_embeddings, y.beta_fast, y.beta_slow, c.max_position_embeddings
+            c.rope_theta,
+            y.factor,
+            y.original_max_position_embeddings,
+            y.beta_fast,
+            y.beta_slow,
+            c.max_position_embeddings
         ),
-        None => println!("rope:    theta {}, no scaling, max context {}", c.rope_theta, c.max_position_embeddings),
+        None => println!(
+            "rope:    theta {}, no scaling, max context {}",
+            c.rope_theta, c.max_position_embeddings
+        ),
     }
 }
 

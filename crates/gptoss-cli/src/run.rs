@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use gptoss_tokenizer::harmony::Effort;
 use gptoss_engine::{generate, GenerateOptions, SamplingParams, StopReason};
+use gptoss_tokenizer::harmony::Effort;
 
 use crate::source::{self, ModelArgs};
 use crate::vocab;
@@ -64,7 +64,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt = match (&args.tokens, &args.prompt) {
         (Some(t), _) => source::parse_tokens(t)?,
         (None, Some(text)) if args.raw => tokenizer.encode(text)?,
-        (None, Some(text)) => vocab::chat_prompt(&tokenizer, args.system.as_deref(), text, args.reasoning_effort.into())?,
+        (None, Some(text)) => vocab::chat_prompt(
+            &tokenizer,
+            args.system.as_deref(),
+            text,
+            args.reasoning_effort.into(),
+        )?,
         (None, None) => bail!("give --prompt TEXT or --tokens 1,2,3"),
     };
     if prompt.is_empty() {
@@ -74,7 +79,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut model = source::cpu_model(&loaded.weights, ctx, args.batch_tokens.max(1), 1)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: args.seed,
+        },
         stop_tokens: vocab::stop_tokens(&tokenizer),
     };
     let started = Instant::now();
@@ -103,7 +113,10 @@ pub fn run(args: RunArgs) -> Result<()> {
 
 fn check_sampling(args: &RunArgs) -> Result<()> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0, got {}", args.temperature);
+        bail!(
+            "--temperature must be a finite number >= 0, got {}",
+            args.temperature
+        );
     }
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
@@ -111,11 +124,21 @@ fn check_sampling(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn report_speed(prompt: usize, generated: usize, started: Instant, first: Option<Instant>, reason: StopReason) {
+fn report_speed(
+    prompt: usize,
+    generated: usize,
+    started: Instant,
+    first: Option<Instant>,
+    reason: StopReason,
+) {
     let Some(first) = first else { return };
     let prefill = first.duration_since(started).as_secs_f64();
     let decode = first.elapsed().as_secs_f64();
-    let decode_rate = if generated > 1 && decode > 0.0 { (generated - 1) as f64 / decode } else { 0.0 };
+    let decode_rate = if generated > 1 && decode > 0.0 {
+        (generated - 1) as f64 / decode
+    } else {
+        0.0
+    };
     tracing::info!(
         prompt_tokens = prompt,
         generated_tokens = generated,

@@ -57,8 +57,6 @@ pub struct Loaded {
 
 /// What the CLI keeps of a checkpoint besides its weights.
 pub struct CheckpointInfo {
-    /// The path given.
-    pub path: PathBuf,
     /// The model directory's tokenizer.json, if any.
     pub tokenizer_json: Option<PathBuf>,
     /// A vocabulary embedded in the file (GGUF).
@@ -68,11 +66,25 @@ pub struct CheckpointInfo {
 /// Reads the checkpoint or builds the dummy weights.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     match (&args.model, args.dummy) {
-        (_, Some(d)) => Ok(Loaded { weights: gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0), checkpoint: None }),
+        (_, Some(d)) => Ok(Loaded {
+            weights: gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0),
+            checkpoint: None,
+        }),
         (Some(path), None) => {
-            let Checkpoint { weights, tokenizer_json, vocab, .. } =
-                gptoss_formats::load(path).with_context(|| format!("loading {}", path.display()))?;
-            Ok(Loaded { weights, checkpoint: Some(CheckpointInfo { path: path.clone(), tokenizer_json, vocab }) })
+            let Checkpoint {
+                weights,
+                tokenizer_json,
+                vocab,
+                ..
+            } = gptoss_formats::load(path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            Ok(Loaded {
+                weights,
+                checkpoint: Some(CheckpointInfo {
+                    tokenizer_json,
+                    vocab,
+                }),
+            })
         }
         (None, None) => bail!("give --model PATH or --dummy gpt-oss-20b"),
     }
@@ -97,8 +109,18 @@ pub fn resolve_device(device: Device) -> Result<Device> {
 }
 
 /// Builds a CPU model with room for one sequence of `ctx` tokens and `max_batch_tokens` per step.
-pub fn cpu_model(weights: &ModelWeights, ctx: usize, max_batch_tokens: usize, logit_rows: usize) -> Result<Model<CpuBackend>> {
-    let capacity = Capacity { max_batch_tokens, max_logit_rows: logit_rows, slots: 1, context_tokens: ctx };
+pub fn cpu_model(
+    weights: &ModelWeights,
+    ctx: usize,
+    max_batch_tokens: usize,
+    logit_rows: usize,
+) -> Result<Model<CpuBackend>> {
+    let capacity = Capacity {
+        max_batch_tokens,
+        max_logit_rows: logit_rows,
+        slots: 1,
+        context_tokens: ctx,
+    };
     Ok(Model::new(CpuBackend, weights, capacity)?)
 }
 
@@ -107,6 +129,9 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().with_context(|| format!("--tokens: `{s}` is not a token id (expected e.g. 1,2,3)")))
+        .map(|s| {
+            s.parse::<u32>()
+                .with_context(|| format!("--tokens: `{s}` is not a token id (expected e.g. 1,2,3)"))
+        })
         .collect()
 }

@@ -13,10 +13,16 @@ use crate::source::Loaded;
 pub fn tokenizer_for(loaded: &Loaded) -> Result<Arc<Tokenizer>> {
     let ckpt = loaded.checkpoint.as_ref();
     let tok = if let Some(path) = ckpt.and_then(|c| c.tokenizer_json.as_ref()) {
-        Tokenizer::from_tokenizer_json(path).with_context(|| format!("reading {}", path.display()))?
+        Tokenizer::from_tokenizer_json(path)
+            .with_context(|| format!("reading {}", path.display()))?
     } else if let Some(v) = ckpt.and_then(|c| c.vocab.as_ref()) {
-        let vocab = Vocab::from_gguf(v.tokens.clone(), &v.token_types, &v.merges, v.pre.as_deref())
-            .context("reading the GGUF's tokenizer.ggml vocabulary")?;
+        let vocab = Vocab::from_gguf(
+            v.tokens.clone(),
+            &v.token_types,
+            &v.merges,
+            v.pre.as_deref(),
+        )
+        .context("reading the GGUF's tokenizer.ggml vocabulary")?;
         Tokenizer::from_vocab(vocab).context("building the GGUF's tokenizer")?
     } else {
         Tokenizer::o200k_harmony().context("building o200k_harmony")?
@@ -25,14 +31,23 @@ pub fn tokenizer_for(loaded: &Loaded) -> Result<Arc<Tokenizer>> {
 }
 
 /// `user` as a Harmony conversation ending in `<|start|>assistant`.
-pub fn chat_prompt(tokenizer: &Arc<Tokenizer>, system: Option<&str>, user: &str, effort: Effort) -> Result<Vec<u32>> {
-    let harmony = Harmony::new(tokenizer.clone()).context("this vocabulary lacks Harmony's special tokens; use --raw")?;
+pub fn chat_prompt(
+    tokenizer: &Arc<Tokenizer>,
+    system: Option<&str>,
+    user: &str,
+    effort: Effort,
+) -> Result<Vec<u32>> {
+    let harmony = Harmony::new(tokenizer.clone())
+        .context("this vocabulary lacks Harmony's special tokens; use --raw")?;
     Ok(harmony.render_chat_prompt(system, user, effort)?)
 }
 
 /// The tokens that end an assistant turn (`<|return|>`, `<|call|>`, `<|endoftext|>`), looked up by name.
 pub fn stop_tokens(tokenizer: &Arc<Tokenizer>) -> Vec<u32> {
-    ["<|return|>", "<|call|>", "<|endoftext|>"].iter().filter_map(|n| tokenizer.find_special(n)).collect()
+    ["<|return|>", "<|call|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|n| tokenizer.find_special(n))
+        .collect()
 }
 
 /// Decodes ids to text; an id the vocabulary lacks (embedding padding rows) shows as `<|id:N|>`.

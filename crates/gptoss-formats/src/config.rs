@@ -251,7 +251,10 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        if self.num_key_value_heads == 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return fail(
                 "num_key_value_heads",
@@ -261,7 +264,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return fail(
                 "head_dim",
                 format!("must be even and nonzero, found {}", self.head_dim),

@@ -298,12 +298,7 @@ impl QuantTensor {
 
     /// Number of rows (product of all dims but the last).
     pub fn n_rows(&self) -> usize {
-        let row = self.row_len();
-        if row == 0 {
-            0
-        } else {
-            self.numel() / row
-        }
+        self.numel().checked_div(self.row_len()).unwrap_or(0)
     }
 
     /// A dense tensor from f32 values (tests, dummy weights, small converted tensors).
@@ -387,7 +382,7 @@ impl QuantTensor {
             TensorFormat::Lut4(l) if matches!(l.scales, Lut4Scales::Inline { .. }) => l.block_elems,
             _ => 1,
         };
-        if self.row_len() % block != 0 {
+        if !self.row_len().is_multiple_of(block) {
             return Err(Error::tensor(
                 file,
                 name,
@@ -476,7 +471,7 @@ impl QuantTensor {
 }
 
 fn dequantize_q8_0(bytes: &[u8], start: usize, out: &mut [f32]) {
-    debug_assert!(start % Q8_0_BLOCK == 0);
+    debug_assert!(start.is_multiple_of(Q8_0_BLOCK));
     for (bi, chunk) in out.chunks_mut(Q8_0_BLOCK).enumerate() {
         let base = (start / Q8_0_BLOCK + bi) * Q8_0_BLOCK_BYTES;
         let d = DType::F16.read(&bytes[base..base + 2], 0);
@@ -492,7 +487,7 @@ fn lut4_code(l: &Lut4, bytes: &[u8], i: usize) -> u8 {
     match (&l.scales, l.nibbles) {
         (Lut4Scales::Separate { .. }, NibbleOrder::LowFirst) => {
             let b = bytes[i / 2];
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 b & 0x0F
             } else {
                 b >> 4
@@ -500,7 +495,7 @@ fn lut4_code(l: &Lut4, bytes: &[u8], i: usize) -> u8 {
         }
         (Lut4Scales::Separate { .. }, NibbleOrder::HighFirst) => {
             let b = bytes[i / 2];
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 b >> 4
             } else {
                 b & 0x0F

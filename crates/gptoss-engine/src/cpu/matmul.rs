@@ -31,7 +31,7 @@ pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
             if l.nibbles == NibbleOrder::LowFirst
                 && l.block_elems == 32
                 && l.table == E2M1_VALUES
-                && n % 32 == 0 =>
+                && n.is_multiple_of(32) =>
         {
             if let Lut4Scales::Separate {
                 format: ScaleFormat::E8M0,
