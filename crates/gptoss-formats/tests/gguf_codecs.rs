@@ -2,7 +2,6 @@
 //! `gguf` package's `dequantize` gives (spec §3.6), decoded both by the reference codecs and, for
 //! types kept native at load, through the canonical [`QuantTensor`] decode the backends must match;
 //! plus the bytes of `gguf.quants.quantize` for the one type the writer quantizes (Q8_0).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 

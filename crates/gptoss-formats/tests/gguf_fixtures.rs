@@ -2,7 +2,6 @@
 //! the `gguf` package): every file reads and assembles into the HF config; equal-valued files give
 //! equal tensors; the vocabulary built from the HF dir equals llama.cpp's; and the writer reproduces
 //! llama.cpp's f32, bf16 and q8_0 files tensor for tensor, byte for byte.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

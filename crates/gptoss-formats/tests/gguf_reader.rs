@@ -1,6 +1,5 @@
 //! GGUF reader: a tiny gpt-oss file with every ggml type and both gate/up forms is read, assembled
 //! and compared value by value with the codec decode of the stored bytes; every error path is hit.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gguf_util;
 
@@ -416,7 +415,10 @@ fn alignment_default_and_custom() {
         let a = align.unwrap_or(32) as usize;
         assert_eq!(f.alignment, a);
         assert_eq!(f.data_start % a, 0);
-        assert!(f.tensors.iter().all(|t| t.offset as usize % a == 0));
+        assert!(f
+            .tensors
+            .iter()
+            .all(|t| (t.offset as usize).is_multiple_of(a)));
         let raw = read_checkpoint(&path).unwrap();
         assert_eq!(
             raw.tensors.tensors["norm"].0.to_f32_vec(),
@@ -427,7 +429,10 @@ fn alignment_default_and_custom() {
         let mut meta = tiny_metadata();
         meta[1].1 = Value::U32(bad);
         let e = err_of(&written("align-bad", meta, &tensors));
-        assert!(e.contains("general.alignment") && e.contains("power of two"), "{e}");
+        assert!(
+            e.contains("general.alignment") && e.contains("power of two"),
+            "{e}"
+        );
     }
 }
 

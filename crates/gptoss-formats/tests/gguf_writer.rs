@@ -1,7 +1,6 @@
 //! GGUF writer: canonical weights written in llama.cpp's gpt-oss layout and read back by the reader
 //! give the same values (exactly, for lossless types); MXFP4 from HF's layout repacks byte-for-byte
 //! into the ggml blocks; metadata and vocabulary round-trip.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gguf_util;
 

@@ -260,7 +260,6 @@ fn iq4_xs(b: &[u8], y: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::tensor::{e8m0_to_f32, E2M1_VALUES};
 

@@ -178,7 +178,6 @@ fn mxfp4_row(t: &QuantTensor, row: usize, name: &str, out: &mut Vec<u8>) -> Resu
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::tensor::Storage;
 

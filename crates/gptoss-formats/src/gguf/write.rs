@@ -252,7 +252,6 @@ impl Drop for StreamWriter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::gguf::container::GgufFile;
 

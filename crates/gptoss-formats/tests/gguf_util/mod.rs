@@ -1,6 +1,6 @@
 //! Builds small gpt-oss GGUF files for the reader and writer tests: a tiny config, random but valid
 //! blocks of every ggml type (finite f16 scales), written with the crate's GGUF stream writer.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
 
 use std::path::Path;
 
