@@ -123,6 +123,7 @@ fn tiny_model_reads_assembles_and_matches_codec_values() {
         (st.dtype.as_str(), st.shape.clone()),
         ("Q6_K", vec![64, 256])
     );
+    assert_eq!(st.size_bytes, 64 * 210); // as stored, not as converted
     let notes = raw.notes.join("\n");
     assert!(
         notes.contains("Q6_K → f32")

@@ -84,7 +84,7 @@ fn read_tensors(
                 name: info.name.clone(),
                 dtype: type_name,
                 shape: info.shape(),
-                size_bytes: loaded.tensor.data.len(),
+                size_bytes: loaded.stored_bytes,
             });
             if let Some(to) = &loaded.converted_to {
                 conversions

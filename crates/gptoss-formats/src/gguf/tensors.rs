@@ -20,6 +20,8 @@ pub struct LoadedTensor {
     pub tensor: QuantTensor,
     /// The type the file stores.
     pub stored: GgmlType,
+    /// Bytes the tensor occupies in the file.
+    pub stored_bytes: usize,
     /// When the stored type was converted, the format it became (`q8_0`, `f16`, `f32`).
     pub converted_to: Option<String>,
 }
@@ -88,6 +90,7 @@ pub fn load(file: &GgufFile, info: &TensorInfo) -> Result<LoadedTensor> {
                 data,
             },
             stored: ty,
+            stored_bytes: len,
             converted_to: None,
         });
     }
@@ -96,6 +99,7 @@ pub fn load(file: &GgufFile, info: &TensorInfo) -> Result<LoadedTensor> {
     Ok(LoadedTensor {
         tensor,
         stored: ty,
+        stored_bytes: len,
         converted_to,
     })
 }
