@@ -5,29 +5,13 @@
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::tensor::{
-    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, TensorFormat, E2M1_VALUES,
-    Q8_0_BLOCK,
-};
+use crate::tensor::{DType, Lut4, Lut4Scales, QuantTensor, TensorFormat, Q8_0_BLOCK};
 
 use super::ggml_types::GgmlType;
 use super::tensors::native_format;
 
-/// True when `t` holds MXFP4 values (E2M1 codes, E8M0 scales per 32), in any nibble/scale layout.
-pub fn is_mxfp4(t: &QuantTensor) -> bool {
-    match &t.format {
-        TensorFormat::Lut4(l) => {
-            let scale = match &l.scales {
-                Lut4Scales::Separate { format, .. } | Lut4Scales::Inline { format } => *format,
-            };
-            l.table == E2M1_VALUES
-                && l.block_elems == 32
-                && scale == ScaleFormat::E8M0
-                && l.round_to != DType::F16
-        }
-        _ => false,
-    }
-}
+use crate::quant::mxfp4;
+pub use crate::quant::mxfp4::is_mxfp4;
 
 /// ggml's `quantize_row_q8_0_ref`: per 32 values `d = amax / 127`, codes `roundf(x / d)` (computed as
 /// `x * (1/d)`, half away from zero), `d` stored as f16. `x.len()` must be a multiple of 32.
@@ -130,48 +114,20 @@ fn short(name: &str) -> Error {
     )
 }
 
-/// Row `row` of an MXFP4 tensor as ggml `block_mxfp4`s: `[e][qs0..qs15]` per 32 elements with
-/// `qs[j] = code(j) | code(j + 16) << 4` and `e` the E8M0 byte unchanged (spec §3.4).
+/// Row `row` of a tensor as ggml `block_mxfp4`s. MXFP4 sources are repacked byte-for-byte:
+/// `[e][qs0..qs15]` per 32 elements with `qs[j] = code(j) | code(j + 16) << 4` and `e` the E8M0 byte
+/// unchanged (spec §3.4); other sources are quantized as llama.cpp's reference quantizer does.
 fn mxfp4_row(t: &QuantTensor, row: usize, name: &str, out: &mut Vec<u8>) -> Result<()> {
-    let TensorFormat::Lut4(l) = &t.format else {
-        return Err(Error::tensor(
-            "<gguf writer>",
-            name,
-            format!("{} is not MXFP4", t.format.describe()),
-        ));
-    };
+    let blocks_per_row = t.row_len() / mxfp4::BLOCK;
     if !is_mxfp4(t) {
-        return Err(Error::tensor(
-            "<gguf writer>",
-            name,
-            format!("{} is not MXFP4", t.format.describe()),
-        ));
+        let mut x = vec![0f32; t.row_len()];
+        t.dequantize_row(row, &mut x);
+        mxfp4::quantize_row_ggml(&x, out);
+        return Ok(());
     }
-    let data = t.data.bytes();
-    let blocks_per_row = t.row_len() / 32;
     for g in 0..blocks_per_row {
-        let block = row * blocks_per_row + g;
-        let (e, codes, order) = match &l.scales {
-            Lut4Scales::Separate { data: scales, .. } => {
-                let e = *scales.bytes().get(block).ok_or_else(|| short(name))?;
-                (e, data.get(block * 16..block * 16 + 16), l.nibbles)
-            }
-            Lut4Scales::Inline { .. } => {
-                let at = block * 17;
-                let e = *data.get(at).ok_or_else(|| short(name))?;
-                (e, data.get(at + 1..at + 17), l.nibbles)
-            }
-        };
-        let codes = codes.ok_or_else(|| short(name))?;
-        let code = |k: usize| -> u8 {
-            match order {
-                NibbleOrder::LowFirst => (codes[k / 2] >> (4 * (k % 2))) & 0x0F,
-                NibbleOrder::HighFirst => (codes[k / 2] >> (4 * (1 - k % 2))) & 0x0F,
-                NibbleOrder::SplitHalves => (codes[k % 16] >> (4 * (k / 16))) & 0x0F,
-            }
-        };
-        out.push(e);
-        out.extend((0..16).map(|j| code(j) | (code(j + 16) << 4)));
+        let block = mxfp4::read_block(t, row * blocks_per_row + g).ok_or_else(|| short(name))?;
+        block.push_ggml(out);
     }
     Ok(())
 }
@@ -179,7 +135,7 @@ fn mxfp4_row(t: &QuantTensor, row: usize, name: &str, out: &mut Vec<u8>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Storage;
+    use crate::tensor::{NibbleOrder, ScaleFormat, Storage, E2M1_VALUES};
 
     #[test]
     fn q8_0_rounds_half_away_from_zero_like_ggml() {

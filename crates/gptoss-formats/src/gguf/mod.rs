@@ -28,7 +28,10 @@ use container::{GgufFile, Value};
 use experts::ExpertStacks;
 use names::Mapped;
 
-pub use writer::{write_checkpoint, write_model, OutType, WriteReport};
+pub use writer::{
+    checkpoint_vocab, plan_model, write_checkpoint, write_model, write_model_with, ExpertType,
+    OutType, PlanEntry, Progress, WriteOptions, WriteReport,
+};
 
 /// Reads a GGUF file (or every part of a split GGUF, given any part) into canonical tensors.
 pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {

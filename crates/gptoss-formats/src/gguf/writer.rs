@@ -80,20 +80,109 @@ enum Source<'a> {
     ExpertBias(&'a [Expert], ExpertProj),
 }
 
+impl Source<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Source::Rows(t) => t.format.describe(),
+            Source::Vector(_) | Source::ExpertBias(..) => "f32".into(),
+            Source::Experts(experts, proj) => experts
+                .first()
+                .map_or_else(String::new, |x| pick(x, *proj).format.describe()),
+        }
+    }
+}
+
 struct Job<'a> {
     plan: PlannedTensor,
     source: Source<'a>,
 }
 
-/// Writes `weights` (and `vocab`, if given) to `dest` as a llama.cpp gpt-oss GGUF.
+/// The type of the expert weight tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertType {
+    /// As llama.cpp's converter: MXFP4 experts repacked, dense experts in the dense type.
+    AsConverter,
+    /// MXFP4: repacked byte-for-byte from MXFP4 sources, quantized from others (`quant::mxfp4`).
+    Mxfp4,
+    /// A dense or Q8_0 type (MXFP4 sources are decoded first).
+    Other(OutType),
+}
+
+/// Called after each tensor is written with its name and bytes; an error aborts the write.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize) -> Result<()>;
+
+/// How to write a model.
+pub struct WriteOptions<'a> {
+    /// Type of 2-D weights other than the experts and the router.
+    pub dense: OutType,
+    /// Type of the expert weights.
+    pub experts: ExpertType,
+    /// Progress (and cancellation) hook.
+    pub progress: Option<Progress<'a>>,
+}
+
+/// One tensor the writer will write, for `--dry-run`.
+#[derive(Clone, Debug)]
+pub struct PlanEntry {
+    /// GGUF name.
+    pub name: String,
+    /// The canonical source format (`describe()` of the source tensor; `f32` for vectors).
+    pub source: String,
+    /// Output type.
+    pub ty: GgmlType,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Bytes in the file.
+    pub bytes: usize,
+}
+
+/// What [`write_model_with`] would write, tensor by tensor, plus its notes (fallbacks).
+pub fn plan_model(
+    weights: &ModelWeights,
+    dense: OutType,
+    experts: ExpertType,
+) -> Result<(Vec<PlanEntry>, Vec<String>)> {
+    let mut notes = Vec::new();
+    let jobs = plan_jobs(weights, dense, experts, &mut notes)?;
+    let entries = jobs
+        .iter()
+        .map(|j| PlanEntry {
+            name: j.plan.name.clone(),
+            source: j.source.describe(),
+            ty: j.plan.ty,
+            shape: j.plan.ne.iter().rev().map(|&n| n as usize).collect(),
+            bytes: j.plan.size_bytes().unwrap_or(0),
+        })
+        .collect();
+    Ok((entries, notes))
+}
+
+/// Writes `weights` (and `vocab`, if given) to `dest` as a llama.cpp gpt-oss GGUF, experts as
+/// llama.cpp's converter writes them.
 pub fn write_model(
     weights: &ModelWeights,
     vocab: Option<&EmbeddedVocab>,
     outtype: OutType,
     dest: &Path,
 ) -> Result<WriteReport> {
+    let opts = WriteOptions {
+        dense: outtype,
+        experts: ExpertType::AsConverter,
+        progress: None,
+    };
+    write_model_with(weights, vocab, opts, dest)
+}
+
+/// Writes `weights` (and `vocab`, if given) to `dest` as a llama.cpp gpt-oss GGUF.
+pub fn write_model_with(
+    weights: &ModelWeights,
+    vocab: Option<&EmbeddedVocab>,
+    mut opts: WriteOptions,
+    dest: &Path,
+) -> Result<WriteReport> {
     let mut notes = Vec::new();
-    let jobs = plan_jobs(weights, outtype, &mut notes)?;
+    let outtype = opts.dense;
+    let jobs = plan_jobs(weights, outtype, opts.experts, &mut notes)?;
     let any_mxfp4 = jobs.iter().any(|j| j.plan.ty == GgmlType::MXFP4);
     // As llama.cpp's converter: MOSTLY_MXFP4_MOE for float outtypes with MXFP4 experts, else the
     // outtype's own file type (its q8_0 gpt-oss files say MOSTLY_Q8_0).
@@ -116,6 +205,9 @@ pub fn write_model(
             buf: Vec::new(),
         };
         encode_job(job, &mut enc, sink)?;
+        if let Some(p) = opts.progress.as_mut() {
+            p(&job.plan.name, job.plan.size_bytes().unwrap_or(0))?;
+        }
     }
     let path = w.finish()?;
     let tensors = jobs
@@ -135,20 +227,23 @@ pub fn write_model(
     })
 }
 
-/// Writes a loaded checkpoint (`gptoss convert`): its embedded vocabulary, or else the one built from
-/// the `tokenizer.json` beside it (as llama.cpp's converter does); without either, no vocabulary.
-pub fn write_checkpoint(ckpt: &Checkpoint, outtype: OutType, dest: &Path) -> Result<WriteReport> {
-    let built;
-    let vocab = match (&ckpt.vocab, &ckpt.tokenizer_json) {
-        (Some(v), _) => Some(v),
+/// The vocabulary `gptoss convert` writes for a checkpoint: its embedded one, or else the one built
+/// from the `tokenizer.json` beside it (as llama.cpp's converter does); `None` when it has neither.
+pub fn checkpoint_vocab(ckpt: &Checkpoint) -> Result<Option<EmbeddedVocab>> {
+    match (&ckpt.vocab, &ckpt.tokenizer_json) {
+        (Some(v), _) => Ok(Some(v.clone())),
         (None, Some(tj)) => {
             let dir = tj.parent().unwrap_or(Path::new("."));
-            built = vocab_from_hf_dir(dir, ckpt.weights.config.vocab_size)?;
-            Some(&built)
+            vocab_from_hf_dir(dir, ckpt.weights.config.vocab_size).map(Some)
         }
-        (None, None) => None,
-    };
-    let mut report = write_model(&ckpt.weights, vocab, outtype, dest)?;
+        (None, None) => Ok(None),
+    }
+}
+
+/// Writes a loaded checkpoint with the vocabulary of [`checkpoint_vocab`] (without one, none).
+pub fn write_checkpoint(ckpt: &Checkpoint, outtype: OutType, dest: &Path) -> Result<WriteReport> {
+    let vocab = checkpoint_vocab(ckpt)?;
+    let mut report = write_model(&ckpt.weights, vocab.as_ref(), outtype, dest)?;
     if vocab.is_none() {
         report
             .notes
@@ -172,6 +267,7 @@ fn fit(ty: GgmlType, row_len: usize, name: &str, notes: &mut Vec<String>) -> Ggm
 fn plan_jobs<'a>(
     w: &'a ModelWeights,
     outtype: OutType,
+    experts: ExpertType,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Job<'a>>> {
     let mut jobs = Vec::new();
@@ -231,7 +327,7 @@ fn plan_jobs<'a>(
         if let Some(b) = &layer.router.bias {
             vector(&mut jobs, name("router.bias"), b);
         }
-        plan_experts(&mut jobs, l, &layer.experts, outtype, notes)?;
+        plan_experts(&mut jobs, l, &layer.experts, (outtype, experts), notes)?;
     }
     vector(&mut jobs, OUTPUT_NORM.into(), &w.norm);
     dense(&mut jobs, OUTPUT.into(), &w.lm_head, outtype.ggml(), notes);
@@ -242,7 +338,7 @@ fn plan_experts<'a>(
     jobs: &mut Vec<Job<'a>>,
     layer: usize,
     experts: &'a [Expert],
-    outtype: OutType,
+    (outtype, want): (OutType, ExpertType),
     notes: &mut Vec<String>,
 ) -> Result<()> {
     let Some(first) = experts.first() else {
@@ -269,10 +365,11 @@ fn plan_experts<'a>(
     ] {
         let name = gguf_expert_name(layer, proj, Part::Weight);
         let all_mxfp4 = experts.iter().all(|x| is_mxfp4(pick(x, proj)));
-        let ty = if all_mxfp4 {
-            GgmlType::MXFP4
-        } else {
-            fit(outtype.ggml(), shape[2], &name, notes)
+        let ty = match want {
+            ExpertType::AsConverter if all_mxfp4 => GgmlType::MXFP4,
+            ExpertType::AsConverter => fit(outtype.ggml(), shape[2], &name, notes),
+            ExpertType::Mxfp4 => fit(GgmlType::MXFP4, shape[2], &name, notes),
+            ExpertType::Other(t) => fit(t.ggml(), shape[2], &name, notes),
         };
         jobs.push(Job {
             plan: PlannedTensor::new(name, &shape, ty),
