@@ -1,10 +1,12 @@
-//! `gptoss`: run, inspect and check gpt-oss models from any checkpoint layout. `main` parses the
+//! `gptoss`: run, inspect, convert and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
+mod convert;
 mod inspect;
 mod logits;
 mod run;
 mod source;
+mod synth;
 mod vocab;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,10 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
     Inspect(inspect::InspectArgs),
+    /// Convert a checkpoint to a GGUF llama.cpp loads, or to HF MXFP4 safetensors (--to hf-mxfp4).
+    Convert(convert::ConvertArgs),
+    /// Write the random weights of --dummy as an HF MXFP4 checkpoint.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +46,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
