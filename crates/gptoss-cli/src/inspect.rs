@@ -1,5 +1,5 @@
 //! `gptoss inspect`: a checkpoint's detected layout, config, tensor types and bytes, the conversions
-//! made at load, and the memory the model needs.
+//! made at load, the memory the model needs, and (`--convert-to`) what a conversion would write.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also show what `gptoss convert` would write (its --dry-run) for this output format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    convert_to: Option<crate::convert::Target>,
 }
 
 /// Stored types: (type, count, bytes).
@@ -84,6 +87,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("note: {n}");
     }
     println!("\nweights in memory: {}", human_bytes(load_bytes));
+    if let Some(target) = args.convert_to {
+        println!();
+        crate::convert::print_default_plan(&weights, target)?;
+    }
     Ok(())
 }
 

@@ -17,6 +17,11 @@ use gptoss_formats::Checkpoint;
 
 pub use plan::print_plan;
 
+/// The plan of `gptoss convert --dry-run` with the default types (for `inspect --convert-to`).
+pub fn print_default_plan(weights: &gptoss_formats::ModelWeights, target: Target) -> Result<()> {
+    print_plan(weights, target, DenseType::Q8_0, ExpertsArg::Mxfp4)
+}
+
 /// Arguments of `gptoss convert`.
 #[derive(Args)]
 pub struct ConvertArgs {

@@ -232,11 +232,18 @@ impl StreamWriter {
             .out
             .take()
             .ok_or_else(|| Error::format(&self.tmp, "writer already finished"))?;
-        let file = out
+        let done = out
             .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))
+            .and_then(|file| file.sync_all().map_err(|e| Error::io(&self.tmp, e)))
+            .and_then(|()| {
+                std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))
+            });
+        if let Err(e) = done {
+            // The last buffered bytes did not reach the disk (e.g. it is full): no partial file.
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(self.dest.clone())
     }
 }
