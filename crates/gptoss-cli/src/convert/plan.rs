@@ -16,6 +16,9 @@ pub fn human(bytes: usize) -> String {
     human_bytes(bytes)
 }
 
+/// A plan row's key: tensor group, source format, output type.
+type GroupKey = (String, String, String);
+
 /// A tensor name with its layer number replaced by `*`.
 fn group(name: &str) -> String {
     name.split('.')
@@ -38,8 +41,8 @@ pub fn print_plan(
     experts: ExpertsArg,
 ) -> Result<()> {
     // (group, source, output) → (tensors, bytes), in first-seen order.
-    let mut rows: Vec<((String, String, String), (usize, usize))> = Vec::new();
-    let mut index: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut rows: Vec<(GroupKey, (usize, usize))> = Vec::new();
+    let mut index: BTreeMap<GroupKey, usize> = BTreeMap::new();
     let mut add = |name: &str, source: String, out: String, bytes: usize| {
         let key = (group(name), source, out);
         let at = *index.entry(key.clone()).or_insert_with(|| {
