@@ -1,7 +1,7 @@
 //! The vocabulary a converted GGUF carries: the checkpoint's own (embedded, or built from its
 //! `tokenizer.json` as llama.cpp's converter does), else o200k_harmony when the model's vocabulary
-//! has its size. o200k's merges are recovered from its ranks the way llama.cpp's converter does for
-//! tiktoken vocabularies: a token's merge is the last step of BPE over its bytes using lower ranks.
+//! has its size. o200k's merges are recovered from its ranks as HF's tiktoken converter does (every
+//! split of a token into two tokens), which gives the 446189 merges of the published files.
 
 use std::collections::HashMap;
 
@@ -85,11 +85,12 @@ fn o200k_vocab(tok: &Tokenizer) -> Result<EmbeddedVocab> {
         let Ok(bytes) = tok.token_bytes(id) else {
             continue;
         };
-        if bytes.len() < 2 || tok.kind(id) != Some(TokenKind::Normal) {
-            continue;
-        }
-        if let Some((a, b)) = last_merge(bytes, id, &rank) {
-            merges.push(format!("{} {}", text(&a), text(&b)));
+        if bytes.len() >= 2 && tok.kind(id) == Some(TokenKind::Normal) {
+            merges.extend(
+                splits(bytes, &rank)
+                    .into_iter()
+                    .map(|(a, b)| format!("{} {}", text(a), text(b))),
+            );
         }
     }
     Ok(EmbeddedVocab {
@@ -105,21 +106,14 @@ fn o200k_vocab(tok: &Tokenizer) -> Result<EmbeddedVocab> {
     })
 }
 
-/// The two parts BPE joins last when it builds `bytes` from single bytes using ranks below `max`.
-fn last_merge(bytes: &[u8], max: u32, rank: &HashMap<Vec<u8>, u32>) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mut parts: Vec<Vec<u8>> = bytes.iter().map(|&b| vec![b]).collect();
-    while parts.len() > 2 {
-        let best = (0..parts.len() - 1)
-            .filter_map(|i| {
-                let joined = [parts[i].as_slice(), parts[i + 1].as_slice()].concat();
-                rank.get(&joined).filter(|&&r| r < max).map(|&r| (r, i))
-            })
-            .min()?;
-        let next = parts.remove(best.1 + 1);
-        parts[best.1].extend(next);
-    }
-    let mut it = parts.into_iter();
-    Some((it.next()?, it.next()?))
+/// Every split of `bytes` into two vocabulary tokens, ordered by the parts' ranks: the merges HF's
+/// tiktoken converter lists for a token (so the list matches published gpt-oss files, §3.8).
+fn splits<'a>(bytes: &'a [u8], rank: &HashMap<Vec<u8>, u32>) -> Vec<(&'a [u8], &'a [u8])> {
+    let mut out: Vec<(u32, u32, usize)> = (1..bytes.len())
+        .filter_map(|i| Some((*rank.get(&bytes[..i])?, *rank.get(&bytes[i..])?, i)))
+        .collect();
+    out.sort_unstable();
+    out.into_iter().map(|(_, _, i)| bytes.split_at(i)).collect()
 }
 
 #[cfg(test)]
@@ -127,22 +121,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merges_come_from_lower_ranks() {
-        let rank: HashMap<Vec<u8>, u32> = [
-            (b"ab".to_vec(), 10),
-            (b"bc".to_vec(), 11),
-            (b"abc".to_vec(), 12),
-        ]
-        .into_iter()
-        .collect();
+    fn merges_are_every_split_into_two_tokens() {
+        let rank: HashMap<Vec<u8>, u32> = [("a", 0), ("b", 1), ("c", 2), ("ab", 10), ("bc", 11)]
+            .into_iter()
+            .map(|(t, r)| (t.as_bytes().to_vec(), r))
+            .collect();
+        let abc: &[u8] = b"abc";
         assert_eq!(
-            last_merge(b"abc", 12, &rank),
-            Some((b"ab".to_vec(), b"c".to_vec()))
+            splits(abc, &rank),
+            vec![(&abc[..1], &abc[1..]), (&abc[..2], &abc[2..])]
+        );
+        assert!(splits(b"xy", &rank).is_empty());
+    }
+
+    #[test]
+    fn o200k_harmony_as_gguf_vocab() {
+        let tok = Tokenizer::o200k_harmony().unwrap();
+        let v = o200k_vocab(&tok).unwrap();
+        assert_eq!(v.tokens.len(), 201_088);
+        // The merge count of published gpt-oss GGUFs (spec §3.8).
+        assert_eq!(v.merges.len(), 446_189);
+        assert_eq!(
+            (v.bos, v.eos, v.pad),
+            (Some(199_998), Some(200_002), Some(199_999))
         );
         assert_eq!(
-            last_merge(b"ab", 10, &rank),
-            Some((b"a".to_vec(), b"b".to_vec()))
+            (v.tokens[200_002].as_str(), v.token_types[200_002]),
+            ("<|return|>", CONTROL)
         );
-        assert_eq!(last_merge(b"abcd", 13, &HashMap::new()), None);
+        // " the" is byte-level BPE text: the space is GPT-2's U+0120.
+        let the = tok.encode(" the").unwrap();
+        assert_eq!(v.tokens[the[0] as usize], "\u{120}the");
+        assert_eq!(v.token_types[the[0] as usize], NORMAL);
     }
 }

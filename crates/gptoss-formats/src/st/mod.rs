@@ -13,6 +13,7 @@ mod per_expert;
 mod rows;
 pub mod writer;
 pub mod writer_config;
+mod writer_encode;
 
 use std::collections::BTreeMap;
 use std::path::Path;

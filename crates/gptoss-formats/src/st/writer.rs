@@ -8,17 +8,17 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use half::bf16;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::gguf::Progress;
 use crate::quant::mxfp4;
-use crate::tensor::{DType, QuantTensor, TensorFormat};
+use crate::tensor::QuantTensor;
 use crate::weights::{Expert, ModelWeights};
 
 use super::files::INDEX_FILE;
 use super::writer_config::{copy_tokenizer_files, hf_config};
+use super::writer_encode::{encode, EncodeError, ScaleCache};
 
 /// What to do when the destination directory exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +46,13 @@ pub const DEFAULT_SHARD_BYTES: usize = 4 << 30;
 
 /// Which expert projection a tensor comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proj {
+pub(super) enum Proj {
     GateUp,
     Down,
 }
 
 /// Where one output tensor's bytes come from.
-enum Source<'a> {
+pub(super) enum Source<'a> {
     /// A 2-D weight, written bf16.
     Dense(&'a QuantTensor),
     /// An f32 vector, written bf16.
@@ -73,7 +73,7 @@ pub struct HfTensor<'a> {
     pub dtype: &'static str,
     /// Shape.
     pub shape: Vec<usize>,
-    source: Source<'a>,
+    pub(super) source: Source<'a>,
 }
 
 impl HfTensor<'_> {
@@ -102,14 +102,14 @@ impl HfTensor<'_> {
     }
 }
 
-fn weight(e: &Expert, p: Proj) -> &QuantTensor {
+pub(super) fn weight(e: &Expert, p: Proj) -> &QuantTensor {
     match p {
         Proj::GateUp => &e.gate_up.weight,
         Proj::Down => &e.down.weight,
     }
 }
 
-fn bias(e: &Expert, p: Proj) -> Option<&[f32]> {
+pub(super) fn bias(e: &Expert, p: Proj) -> Option<&[f32]> {
     match p {
         Proj::GateUp => e.gate_up.bias.as_deref(),
         Proj::Down => e.down.bias.as_deref(),
@@ -387,134 +387,6 @@ fn write_shard(
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(path, e))
-}
-
-enum EncodeError {
-    Io(std::io::Error),
-    Short,
-}
-
-impl From<std::io::Error> for EncodeError {
-    fn from(e: std::io::Error) -> Self {
-        EncodeError::Io(e)
-    }
-}
-
-/// The scales of the last quantized (non-MXFP4) blocks tensor, written right after it.
-#[derive(Default)]
-struct ScaleCache {
-    stem: String,
-    scales: Vec<u8>,
-}
-
-/// Counts bytes passed to a writer.
-struct Counted<'w, W: Write> {
-    w: &'w mut W,
-    n: usize,
-}
-
-impl<W: Write> Counted<'_, W> {
-    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.n += bytes.len();
-        self.w.write_all(bytes)
-    }
-}
-
-fn put_bf16(
-    out: &mut Counted<impl Write>,
-    values: &[f32],
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    buf.clear();
-    buf.extend(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()));
-    out.put(buf)
-}
-
-fn encode(t: &HfTensor, cache: &mut ScaleCache, w: &mut impl Write) -> Result<usize, EncodeError> {
-    let mut out = Counted { w, n: 0 };
-    let mut buf = Vec::new();
-    match &t.source {
-        Source::Dense(q) if matches!(q.format, TensorFormat::Dense(DType::BF16)) => {
-            for chunk in q.data.bytes().chunks(16 << 20) {
-                out.put(chunk)?;
-            }
-        }
-        Source::Dense(q) => {
-            let mut row = vec![0f32; q.row_len()];
-            for r in 0..q.n_rows() {
-                q.dequantize_row(r, &mut row);
-                put_bf16(&mut out, &row, &mut buf)?;
-            }
-        }
-        Source::Vector(v) => put_bf16(&mut out, v, &mut buf)?,
-        Source::Bias(x, p) => {
-            for e in x.iter() {
-                put_bf16(&mut out, bias(e, *p).unwrap_or_default(), &mut buf)?;
-            }
-        }
-        Source::Blocks(x, p) => {
-            let stem = t.name.trim_end_matches("_blocks").to_string();
-            let quantized = !x.iter().all(|e| mxfp4::is_mxfp4(weight(e, *p)));
-            let mut scales = Vec::new();
-            for e in x.iter() {
-                for_each_block(weight(e, *p), |b| {
-                    scales.push(b.e);
-                    b.push_hf_codes(&mut buf);
-                    if buf.len() >= 1 << 20 {
-                        out.put(&buf)?;
-                        buf.clear();
-                    }
-                    Ok(())
-                })?;
-            }
-            out.put(&buf)?;
-            *cache = if quantized {
-                ScaleCache { stem, scales }
-            } else {
-                ScaleCache::default()
-            };
-        }
-        Source::Scales(x, p) => {
-            let stem = t.name.trim_end_matches("_scales");
-            if cache.stem == stem {
-                out.put(&std::mem::take(&mut cache.scales))?;
-            } else {
-                for e in x.iter() {
-                    buf.clear();
-                    for_each_block(weight(e, *p), |b| {
-                        buf.push(b.e);
-                        Ok(())
-                    })?;
-                    out.put(&buf)?;
-                }
-            }
-        }
-    }
-    Ok(out.n)
-}
-
-/// Calls `f` with every MXFP4 block of `t` in order: read from MXFP4 tensors, quantized otherwise.
-fn for_each_block(
-    t: &QuantTensor,
-    mut f: impl FnMut(mxfp4::Block) -> Result<(), EncodeError>,
-) -> Result<(), EncodeError> {
-    let per_row = t.row_len() / mxfp4::BLOCK;
-    if mxfp4::is_mxfp4(t) {
-        for i in 0..t.n_rows() * per_row {
-            f(mxfp4::read_block(t, i).ok_or(EncodeError::Short)?)?;
-        }
-        return Ok(());
-    }
-    let mut row = vec![0f32; t.row_len()];
-    for r in 0..t.n_rows() {
-        t.dequantize_row(r, &mut row);
-        for chunk in row.chunks_exact(mxfp4::BLOCK) {
-            let mut b = [0f32; mxfp4::BLOCK];
-            b.copy_from_slice(chunk);
-            f(mxfp4::quantize_block(&b))?;
-        }
-    }
-    Ok(())
 }
 
 /// `<dest>.tmp/`, removed unless committed.
