@@ -1,1 +1,47 @@
-fn main() {}
+//! `gptoss`: run, inspect and check gpt-oss models from any checkpoint layout. `main` parses the
+//! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
+
+mod inspect;
+mod logits;
+mod run;
+mod source;
+
+use clap::{Parser, Subcommand};
+
+/// gptoss — run OpenAI's gpt-oss models from any checkpoint, exactly, on the CPU or an NVIDIA GPU.
+#[derive(Parser)]
+#[command(name = "gptoss", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text (a Harmony chat prompt unless --raw) or continue token ids.
+    Run(run::RunArgs),
+    /// Print the logits of a token sequence as JSON (for checking a checkpoint against a reference).
+    Logits(logits::LogitsArgs),
+    /// Show a checkpoint's format, config, tensor types and the memory it needs.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GPTOSS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

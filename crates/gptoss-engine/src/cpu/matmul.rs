@@ -10,6 +10,7 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 16;
 
 /// Decodes weight row `row` into `out` (length = row length).
+#[inline(always)]
 pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
     let n = out.len();
     let bytes = w.data.bytes();
@@ -58,15 +59,21 @@ pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociation flags.
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+/// Dot product with 32 independent partial sums, so the loop vectorises and pipelines; `FMA` selects
+/// fused multiply-adds (only where the CPU has them: `mul_add` without hardware FMA is a libm call).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 32;
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+        for i in 0..LANES {
+            acc[i] = if FMA {
+                x[i].mul_add(y[i], acc[i])
+            } else {
+                acc[i] + x[i] * y[i]
+            };
         }
     }
     let mut s = acc.iter().sum::<f32>();
@@ -74,6 +81,37 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// One task of [`matmul`]: decodes weight rows `first..` (one per column of `chunk`) and dots each
+/// with every input row. Inlined into the feature-specific wrappers below.
+#[inline(always)]
+fn matmul_task<const FMA: bool>(job: &Job<'_>, first: usize, chunk: &mut [f32]) {
+    let n_in = job.w.row_len();
+    let mut wrow = vec![0.0f32; n_in];
+    for (r, col) in chunk.chunks_mut(job.rows).enumerate() {
+        let j = first + r;
+        decode_row(job.w, j, &mut wrow);
+        let b = job.bias.map_or(0.0, |b| b[j]);
+        for (t, o) in col.iter_mut().enumerate() {
+            *o = dot::<FMA>(&job.x[t * n_in..(t + 1) * n_in], &wrow) + b;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by the caller).
+unsafe fn matmul_task_avx2(job: &Job<'_>, first: usize, chunk: &mut [f32]) {
+    matmul_task::<true>(job, first, chunk)
+}
+
+struct Job<'a> {
+    x: &'a [f32],
+    rows: usize,
+    w: &'a QuantTensor,
+    bias: Option<&'a [f32]>,
 }
 
 /// `out[t, j] = Σ_i x[t, i] · W[j, i] + bias[j]` for `rows` input rows. `x` is `[rows, in]`, `out` `[rows, out]`.
@@ -84,23 +122,28 @@ pub(crate) fn matmul(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let n_in = w.row_len();
     let n_out = w.n_rows();
-    debug_assert!(x.len() >= rows * n_in && out.len() >= rows * n_out);
+    debug_assert!(x.len() >= rows * w.row_len() && out.len() >= rows * n_out);
+    let job = Job { x, rows, w, bias };
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
     // Column-major result: each task owns a contiguous block of weight rows.
     let mut out_t = vec![0.0f32; n_out * rows];
     out_t
         .par_chunks_mut(ROWS_PER_TASK * rows)
         .enumerate()
         .for_each(|(task, chunk)| {
-            let mut wrow = vec![0.0f32; n_in];
-            for (r, col) in chunk.chunks_mut(rows).enumerate() {
-                let j = task * ROWS_PER_TASK + r;
-                decode_row(w, j, &mut wrow);
-                let b = bias.map_or(0.0, |b| b[j]);
-                for (t, o) in col.iter_mut().enumerate() {
-                    *o = dot(&x[t * n_in..(t + 1) * n_in], &wrow) + b;
+            let first = task * ROWS_PER_TASK;
+            if avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 and FMA were detected on this CPU just above.
+                unsafe {
+                    matmul_task_avx2(&job, first, chunk)
                 }
+            } else {
+                matmul_task::<false>(&job, first, chunk)
             }
         });
     for t in 0..rows {
