@@ -213,3 +213,48 @@ pub fn decode(p: &Packed<'_>, row: usize, i: usize) -> f32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{random_tensor, Rng, TestFormat};
+
+    #[test]
+    fn repack_decodes_to_the_reference_values_in_every_format() {
+        let mut rng = Rng(3);
+        for format in TestFormat::ALL {
+            for (rows, cols) in [(3, 64), (5, 96), (2, 45)] {
+                if cols % 32 != 0 && !matches!(format, TestFormat::Dense(_)) {
+                    continue;
+                }
+                let t = random_tensor(&mut rng, format, rows, cols, 0.3);
+                let want = t.to_f32_vec();
+                let p = pack(&t);
+                assert_eq!(p.ld % 8, 0);
+                assert_eq!(p.size_bytes() as u64, gptoss_engine::memory::tensor_bytes(&t), "{format:?} {rows}x{cols}");
+                for r in 0..rows {
+                    for i in 0..cols {
+                        let got = decode(&p, r, i);
+                        assert_eq!(got.to_bits(), want[r * cols + i].to_bits(), "{format:?} {rows}x{cols} [{r}, {i}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_chosen_per_format() {
+        let mut rng = Rng(4);
+        let kind = |f, cols| pack(&random_tensor(&mut Rng(5), f, 2, cols, 1.0)).kind;
+        assert_eq!(kind(TestFormat::Mxfp4, 64), WeightKind::Lut4E8m0);
+        assert_eq!(kind(TestFormat::GgmlMxfp4, 64), WeightKind::Lut4E8m0);
+        assert_eq!(kind(TestFormat::Q4_0, 64), WeightKind::Lut4F32);
+        assert_eq!(kind(TestFormat::BnbNf4, 64), WeightKind::Lut4F32);
+        // NF4 blocks of 64 straddle rows of 96: stored decoded.
+        assert_eq!(kind(TestFormat::BnbNf4, 96), WeightKind::F32);
+        assert_eq!(kind(TestFormat::Q8_0, 64), WeightKind::Q8);
+        // HF MXFP4 is uploaded straight from the mapping, with no copy.
+        let t = random_tensor(&mut rng, TestFormat::Mxfp4, 4, 64, 1.0);
+        assert!(matches!(pack(&t).data, Cow::Borrowed(_)));
+    }
+}
