@@ -124,8 +124,8 @@ static __device__ void down_impl(const ExpertParams& p) {
 }
 
 #define MOE_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) moe_gate_up_##NAME(const ExpertParams p) { gate_up_impl<F>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) moe_down_##NAME(const ExpertParams p) { down_impl<F>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME(const ExpertParams p) { gate_up_impl<F>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME(const ExpertParams p) { down_impl<F>(p); }
 
 MOE_ENTRY(f32, WF_F32)
 MOE_ENTRY(bf16, WF_BF16)

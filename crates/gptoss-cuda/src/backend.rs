@@ -4,7 +4,9 @@
 
 use std::cell::RefCell;
 
-use gptoss_engine::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams};
+use gptoss_engine::backend::{
+    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
+};
 use gptoss_engine::memory::{KvPrecision, MemoryPlan};
 use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor};
 
@@ -117,10 +119,12 @@ impl CudaBackend {
 
     fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
         let Some((e, i, h)) = *self.expert_dims.borrow() else {
-            return Err(experts_error("the MoE ran before any experts were uploaded".into()));
+            return Err(experts_error(
+                "the MoE ran before any experts were uploaded".into(),
+            ));
         };
         let mut s = self.moe_scratch.borrow_mut();
-        let ok = s.as_ref().is_some_and(|s| s.pairs_capacity() >= pairs);
+        let ok = s.as_ref().is_some_and(|s| s.fits_dims(pairs, (e, i, h)));
         if !ok {
             *s = None;
             *s = Some(MoeScratch::new(&self.dev, pairs, e, i, h)?);
@@ -160,11 +164,17 @@ impl Backend for CudaBackend {
 
     fn upload_embedding(&self, table: &QuantTensor) -> Result<CudaLinear> {
         let d = &self.dev;
-        Ok(CudaLinear { w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)], "the embedding")?, bias: None })
+        Ok(CudaLinear {
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)], "the embedding")?,
+            bias: None,
+        })
     }
 
     fn upload_vector(&self, values: &[f32]) -> Result<CudaVector> {
-        Ok(CudaVector { buf: self.vec(values, "a vector")?, len: values.len() })
+        Ok(CudaVector {
+            buf: self.vec(values, "a vector")?,
+            len: values.len(),
+        })
     }
 
     fn upload_experts(&self, experts: &[Expert]) -> Result<CudaExperts> {
@@ -180,7 +190,12 @@ impl Backend for CudaBackend {
                 match pick(e).bias.as_deref() {
                     Some(b) if b.len() == rows => all.extend_from_slice(b),
                     None => all.extend(std::iter::repeat_n(0.0, rows)),
-                    Some(b) => return Err(experts_error(format!("a bias of {} values for {rows} rows", b.len()))),
+                    Some(b) => {
+                        return Err(experts_error(format!(
+                            "a bias of {} values for {rows} rows",
+                            b.len()
+                        )))
+                    }
                 }
             }
             self.vec(&all, "expert biases").map(Some)
@@ -198,7 +213,11 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CudaBuf> {
         let d = &self.dev;
-        Ok(CudaBuf { buf: DevBuf::zeros(&d.stream, &d.meter, rows * cols, "an activation buffer")?, rows, cols })
+        Ok(CudaBuf {
+            buf: DevBuf::zeros(&d.stream, &d.meter, rows * cols, "an activation buffer")?,
+            rows,
+            cols,
+        })
     }
 
     fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<CudaRouting> {
@@ -247,7 +266,11 @@ impl Backend for CudaBackend {
         }
         let mut meta = vec![0i32; 3 * step.max_rows + batch.logit_rows.len()];
         let as_i32 = |v: &u32| *v as i32;
-        for (dst, src) in [(0, &batch.tokens), (step.max_rows, &batch.positions), (2 * step.max_rows, &batch.slots)] {
+        for (dst, src) in [
+            (0, &batch.tokens),
+            (step.max_rows, &batch.positions),
+            (2 * step.max_rows, &batch.slots),
+        ] {
             for (m, v) in meta[dst..dst + n].iter_mut().zip(src.iter()) {
                 *m = as_i32(v);
             }
@@ -274,21 +297,48 @@ impl Backend for CudaBackend {
         Ok(ops::embed::embed(&self.dev, step, table, out)?)
     }
 
-    fn rms_norm(&self, step: &CudaStep, x: &CudaBuf, weight: &CudaVector, eps: f32, out: &mut CudaBuf) -> Result<()> {
-        Ok(ops::norm::rms_norm(&self.dev, step.rows, x, weight, eps, out)?)
+    fn rms_norm(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        weight: &CudaVector,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::norm::rms_norm(
+            &self.dev, step.rows, x, weight, eps, out,
+        )?)
     }
 
     fn add(&self, step: &CudaStep, x: &mut CudaBuf, y: &CudaBuf) -> Result<()> {
         Ok(ops::norm::add(&self.dev, step.rows, x, y)?)
     }
 
-    fn linear(&self, step: &CudaStep, x: &CudaBuf, w: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+    fn linear(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        w: &CudaLinear,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
         Ok(ops::linear::linear(&self.dev, step, x, w, out)?)
     }
 
-    fn rope_store_kv(&self, step: &CudaStep, shape: &AttnShape, qkv: QkvBufs<'_, Self>, cache: &mut CudaCache) -> Result<()> {
-        let qkv = Qkv { q: qkv.q, k: qkv.k, v: qkv.v };
-        Ok(ops::attention::rope_store_kv(&self.dev, step, shape, qkv, cache)?)
+    fn rope_store_kv(
+        &self,
+        step: &CudaStep,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        cache: &mut CudaCache,
+    ) -> Result<()> {
+        let qkv = Qkv {
+            q: qkv.q,
+            k: qkv.k,
+            v: qkv.v,
+        };
+        Ok(ops::attention::rope_store_kv(
+            &self.dev, step, shape, qkv, cache,
+        )?)
     }
 
     fn attention(
@@ -300,28 +350,56 @@ impl Backend for CudaBackend {
         cache: &CudaCache,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        Ok(ops::attention::attention(&self.dev, step, shape, q, sinks, cache, out)?)
+        Ok(ops::attention::attention(
+            &self.dev, step, shape, q, sinks, cache, out,
+        )?)
     }
 
-    fn route(&self, step: &CudaStep, h: &CudaBuf, router: &CudaLinear, top_k: usize, out: &mut CudaRouting) -> Result<()> {
+    fn route(
+        &self,
+        step: &CudaStep,
+        h: &CudaBuf,
+        router: &CudaLinear,
+        top_k: usize,
+        out: &mut CudaRouting,
+    ) -> Result<()> {
         Ok(ops::moe::route(&self.dev, step, h, router, top_k, out)?)
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {
+        let e = args.experts;
+        *self.expert_dims.borrow_mut() = Some((e.n_experts, e.down.k, e.down.rows));
         self.ensure_moe_scratch(step.rows * args.shape.top_k)?;
         let scratch = self.moe_scratch.borrow();
-        let scratch = scratch.as_ref().ok_or_else(|| experts_error("no MoE scratch".into()))?;
-        let inputs = MoeInputs { h: args.h, experts: args.experts, routing: args.routing, shape: args.shape };
+        let scratch = scratch
+            .as_ref()
+            .ok_or_else(|| experts_error("no MoE scratch".into()))?;
+        let inputs = MoeInputs {
+            h: args.h,
+            experts: args.experts,
+            routing: args.routing,
+            shape: args.shape,
+        };
         Ok(ops::moe::moe(&self.dev, step, inputs, scratch, out)?)
     }
 
-    fn logits(&self, step: &CudaStep, x: &CudaBuf, lm_head: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+    fn logits(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        lm_head: &CudaLinear,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
         Ok(ops::linear::logits(&self.dev, step, x, lm_head, out)?)
     }
 
     fn read(&self, buf: &CudaBuf, rows: usize) -> Result<Vec<f32>> {
         if rows > buf.rows {
-            return Err(CudaError::Unsupported(format!("read of {rows} rows from a buffer of {}", buf.rows)).into());
+            return Err(CudaError::Unsupported(format!(
+                "read of {rows} rows from a buffer of {}",
+                buf.rows
+            ))
+            .into());
         }
         let mut out = vec![0.0f32; rows * buf.cols];
         if out.is_empty() {
@@ -335,14 +413,30 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn sample(&self, logits: &CudaBuf, params: &[SamplingParams], counters: &[u64]) -> Result<Vec<u32>> {
+    fn sample(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+    ) -> Result<Vec<u32>> {
         let mut s = self.sample_scratch.borrow_mut();
-        if !s.as_ref().is_some_and(|s| s.fits(params.len(), logits.cols)) {
+        if !s
+            .as_ref()
+            .is_some_and(|s| s.fits(params.len(), logits.cols))
+        {
             *s = None;
-            *s = Some(SampleScratch::new(&self.dev, logits.rows.max(params.len()), logits.cols)?);
+            *s = Some(SampleScratch::new(
+                &self.dev,
+                logits.rows.max(params.len()),
+                logits.cols,
+            )?);
         }
-        let scratch = s.as_mut().ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
-        Ok(ops::sample::sample(&self.dev, logits, params, counters, scratch)?)
+        let scratch = s
+            .as_mut()
+            .ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
+        Ok(ops::sample::sample(
+            &self.dev, logits, params, counters, scratch,
+        )?)
     }
 }
 

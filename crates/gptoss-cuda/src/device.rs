@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{CudaError, Result};
@@ -52,13 +54,20 @@ impl Device {
     pub fn open(opts: &CudaOptions) -> Result<Self> {
         ensure(CudaLib::Driver, &opts.lib_dirs)?;
         cudarc::driver::result::init().map_err(|e| {
-            CudaError::Device(format!("the CUDA driver is installed but cuInit failed ({e:?}): no usable GPU"))
+            CudaError::Device(format!(
+                "the CUDA driver is installed but cuInit failed ({e:?}): no usable GPU"
+            ))
         })?;
-        let count = CudaContext::device_count().map_err(|e| CudaError::driver("counting devices", e))?;
+        let count =
+            CudaContext::device_count().map_err(|e| CudaError::driver("counting devices", e))?;
         if opts.device as i32 >= count {
-            return Err(CudaError::Device(format!("CUDA device {} requested, {count} visible", opts.device)));
+            return Err(CudaError::Device(format!(
+                "CUDA device {} requested, {count} visible",
+                opts.device
+            )));
         }
-        let ctx = CudaContext::new(opts.device).map_err(|e| CudaError::driver("creating a CUDA context", e))?;
+        let ctx = CudaContext::new(opts.device)
+            .map_err(|e| CudaError::driver("creating a CUDA context", e))?;
         // SAFETY: every buffer and launch of this backend uses the one stream below, so cudarc's
         // cross-stream event tracking has nothing to order; turned off before any allocation.
         unsafe { ctx.disable_event_tracking() };
@@ -73,7 +82,9 @@ impl Device {
         }
         ensure(CudaLib::Nvrtc, &opts.lib_dirs)?;
         let target = choose_target(caps.compute, opts.arch_override, &nvrtc::supported_archs())?;
-        let stream = ctx.new_stream().map_err(|e| CudaError::driver("creating a stream", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::driver("creating a stream", e))?;
         let cap = opts.max_vram_bytes.unwrap_or(caps.total_bytes);
         tracing::info!(
             device = %caps.name, compute = caps.compute, target = %target.describe(), budget = %gib(cap),
@@ -98,9 +109,9 @@ impl Device {
         }
         let module = self.module(f.file())?;
         let name = f.name();
-        let func = module
-            .load_function(&name)
-            .map_err(|e| CudaError::driver(format!("loading kernel {name} from {}", f.file().name()), e))?;
+        let func = module.load_function(&name).map_err(|e| {
+            CudaError::driver(format!("loading kernel {name} from {}", f.file().name()), e)
+        })?;
         self.functions.borrow_mut().insert(f, func.clone());
         Ok(func)
     }
@@ -109,13 +120,25 @@ impl Device {
         if let Some(m) = self.modules.borrow().get(&file) {
             return Ok(m.clone());
         }
-        let compiled = nvrtc::compile(file.name(), &file.source(), self.target, self.cache_dir.as_deref())?;
+        let compiled = nvrtc::compile(
+            file.name(),
+            &file.source(),
+            self.target,
+            self.cache_dir.as_deref(),
+        )?;
         let image = match self.target {
             Target::Cubin(_) => Ptx::from_binary(compiled.image),
             Target::Ptx(_) => Ptx::from_src(String::from_utf8_lossy(&compiled.image).into_owned()),
         };
         let module = self.ctx.load_module(image).map_err(|e| {
-            CudaError::driver(format!("loading {} ({}) into the driver", file.name(), self.target.describe()), e)
+            CudaError::driver(
+                format!(
+                    "loading {} ({}) into the driver",
+                    file.name(),
+                    self.target.describe()
+                ),
+                e,
+            )
         })?;
         self.modules.borrow_mut().insert(file, module.clone());
         Ok(module)
@@ -128,19 +151,24 @@ impl Device {
         b.arg(params);
         // SAFETY: `params` is the #[repr(C)] mirror of the kernel's parameter struct, and every device
         // address in it points into a live buffer of the size the kernel indexes (checked by the op).
-        unsafe { b.launch(cfg) }.map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))?;
         Ok(())
     }
 
     /// Waits for all queued work (reads and tests only; never inside a step).
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| CudaError::driver("synchronizing the stream", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::driver("synchronizing the stream", e))
     }
 }
 
 fn read_caps(ctx: &Arc<CudaContext>) -> Result<Caps> {
     use cudarc::driver::sys::CUdevice_attribute as A;
-    let (major, minor) = ctx.compute_capability().map_err(|e| CudaError::driver("reading the compute capability", e))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| CudaError::driver("reading the compute capability", e))?;
     let sm = ctx
         .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_err(|e| CudaError::driver("reading the SM count", e))?;
@@ -148,7 +176,10 @@ fn read_caps(ctx: &Arc<CudaContext>) -> Result<Caps> {
         name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
         compute: (major * 10 + minor) as u32,
         sm_count: sm as u32,
-        total_bytes: ctx.total_mem().map_err(|e| CudaError::driver("reading device memory", e))? as u64,
+        total_bytes: ctx
+            .total_mem()
+            .map_err(|e| CudaError::driver("reading device memory", e))?
+            as u64,
     })
 }
 
@@ -188,7 +219,13 @@ mod tests {
         assert_eq!(choose_target(86, Some(80), &s).unwrap(), Target::Cubin(80));
         assert_eq!(choose_target(90, Some(80), &s).unwrap(), Target::Ptx(80));
         assert_eq!(choose_target(121, None, &s).unwrap(), Target::Ptx(120));
-        assert!(choose_target(86, Some(90), &s).unwrap_err().to_string().contains("newer than this GPU"));
-        assert!(choose_target(90, Some(75), &s).unwrap_err().to_string().contains("8.0 (Ampere)"));
+        assert!(choose_target(86, Some(90), &s)
+            .unwrap_err()
+            .to_string()
+            .contains("newer than this GPU"));
+        assert!(choose_target(90, Some(75), &s)
+            .unwrap_err()
+            .to_string()
+            .contains("8.0 (Ampere)"));
     }
 }

@@ -84,7 +84,11 @@ pub fn ensure(lib: CudaLib, extra: &[PathBuf]) -> Result<()> {
         detail: format!(
             "{} (searched the loader path and {})",
             lib.hint(),
-            if searched.is_empty() { "no other directory".to_string() } else { searched.join(", ") }
+            if searched.is_empty() {
+                "no other directory".to_string()
+            } else {
+                searched.join(", ")
+            }
         ),
     })
 }
@@ -118,12 +122,19 @@ fn candidate_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     roots.push("/usr/local/cuda".into());
     let mut versioned: Vec<PathBuf> = subdirs(Path::new("/usr/local"))
         .into_iter()
-        .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cuda-")))
+        .filter(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("cuda-"))
+        })
         .collect();
     versioned.reverse();
     roots.extend(versioned);
     for r in &roots {
-        dirs.extend([r.join("lib64"), r.join("lib"), r.join("targets/x86_64-linux/lib")]);
+        dirs.extend([
+            r.join("lib64"),
+            r.join("lib"),
+            r.join("targets/x86_64-linux/lib"),
+        ]);
     }
     for d in [
         "/usr/local/nvidia/lib64",
@@ -159,7 +170,12 @@ fn site_packages() -> Vec<PathBuf> {
         .output();
     if let Ok(o) = probe {
         if o.status.success() {
-            out.extend(String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(PathBuf::from));
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(PathBuf::from),
+            );
         }
     }
     out
@@ -167,7 +183,12 @@ fn site_packages() -> Vec<PathBuf> {
 
 fn subdirs(p: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -186,7 +207,11 @@ fn versioned_files(dir: &Path, stem: &str) -> Vec<PathBuf> {
                         None if rest.is_empty() => "",
                         _ => return None,
                     };
-                    let major = ver.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+                    let major = ver
+                        .split('.')
+                        .next()
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
                     Some((major, e.path()))
                 })
                 .collect()
@@ -204,7 +229,13 @@ mod tests {
     fn versioned_names_newest_first() {
         let dir = std::env::temp_dir().join(format!("gptoss-libs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for n in ["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so", "libnvrtc.alt.so.13", "libnvrtc-builtins.so.13.0"] {
+        for n in [
+            "libnvrtc.so.12",
+            "libnvrtc.so.13",
+            "libnvrtc.so",
+            "libnvrtc.alt.so.13",
+            "libnvrtc-builtins.so.13.0",
+        ] {
             std::fs::write(dir.join(n), b"").unwrap();
         }
         let names: Vec<String> = versioned_files(&dir, "libnvrtc.so")
@@ -220,10 +251,16 @@ mod tests {
     #[test]
     fn missing_library_names_itself() {
         // cuBLASLt is absent on CPU-only CI machines; where it is found there is no error to check.
-        let Err(e) = ensure(CudaLib::CublasLt, &[std::env::temp_dir().join("gptoss-no-such-dir")]) else {
+        let Err(e) = ensure(
+            CudaLib::CublasLt,
+            &[std::env::temp_dir().join("gptoss-no-such-dir")],
+        ) else {
             return;
         };
         let e = e.to_string();
-        assert!(e.starts_with("cuBLASLt (libcublasLt.so) not found: install"), "{e}");
+        assert!(
+            e.starts_with("cuBLASLt (libcublasLt.so) not found: install"),
+            "{e}"
+        );
     }
 }

@@ -62,13 +62,18 @@ pub fn supported_archs() -> Vec<u32> {
         if sys::nvrtcGetSupportedArchs(v.as_mut_ptr()) != sys::nvrtcResult::NVRTC_SUCCESS {
             return Vec::new();
         }
-        v.into_iter().filter_map(|a| u32::try_from(a).ok()).collect()
+        v.into_iter()
+            .filter_map(|a| u32::try_from(a).ok())
+            .collect()
     }
 }
 
 /// The options every kernel is compiled with for `target` (part of the cache key).
 pub fn options(target: Target) -> Vec<String> {
-    let mut o = vec![format!("--gpu-architecture={}", target.describe()), "--std=c++17".to_string()];
+    let mut o = vec![
+        format!("--gpu-architecture={}", target.describe()),
+        "--std=c++17".to_string(),
+    ];
     if let Target::Cubin(_) = target {
         o.push("--ptxas-options=-v".to_string());
     }
@@ -76,7 +81,12 @@ pub fn options(target: Target) -> Vec<String> {
 }
 
 /// Compiles `source` (file name `file`) for `target`, through the cache in `cache_dir`.
-pub fn compile(file: &'static str, source: &str, target: Target, cache_dir: Option<&Path>) -> Result<Compiled> {
+pub fn compile(
+    file: &'static str,
+    source: &str,
+    target: Target,
+    cache_dir: Option<&Path>,
+) -> Result<Compiled> {
     let opts = options(target);
     let (major, minor) = version()?;
     let key = cache_key(source, &opts, (major, minor), &target.describe());
@@ -89,7 +99,11 @@ pub fn compile(file: &'static str, source: &str, target: Target, cache_dir: Opti
     if let Some(p) = &path {
         if let Ok(image) = std::fs::read(p) {
             if !image.is_empty() {
-                return Ok(Compiled { image, log: String::new(), cached: true });
+                return Ok(Compiled {
+                    image,
+                    log: String::new(),
+                    cached: true,
+                });
             }
         }
     }
@@ -102,20 +116,39 @@ pub fn compile(file: &'static str, source: &str, target: Target, cache_dir: Opti
     Ok(compiled)
 }
 
-fn compile_uncached(file: &'static str, source: &str, target: Target, opts: &[String]) -> Result<Compiled> {
-    let fail = |message: String, log: String| CudaError::Compile { file, arch: target.describe(), message, log };
-    let src = CString::new(source).map_err(|_| fail("source holds a NUL byte".into(), String::new()))?;
-    let name = CString::new(file).map_err(|_| fail("file name holds a NUL byte".into(), String::new()))?;
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}"), String::new()))?;
+fn compile_uncached(
+    file: &'static str,
+    source: &str,
+    target: Target,
+    opts: &[String],
+) -> Result<Compiled> {
+    let fail = |message: String, log: String| CudaError::Compile {
+        file,
+        arch: target.describe(),
+        message,
+        log,
+    };
+    let src =
+        CString::new(source).map_err(|_| fail("source holds a NUL byte".into(), String::new()))?;
+    let name =
+        CString::new(file).map_err(|_| fail("file name holds a NUL byte".into(), String::new()))?;
+    let prog = result::create_program(&src, Some(&name))
+        .map_err(|e| fail(format!("{e:?}"), String::new()))?;
     // SAFETY: `prog` is a live program until destroy_program below; buffers are sized by NVRTC's own
     // size queries.
     unsafe {
         let compiled = result::compile_program(prog, opts);
-        let log = result::get_program_log(prog).map(|l| c_chars_to_string(&l)).unwrap_or_default();
+        let log = result::get_program_log(prog)
+            .map(|l| c_chars_to_string(&l))
+            .unwrap_or_default();
         let out = match compiled {
             Err(e) => Err(fail(format!("{e:?}"), log)),
             Ok(()) => get_image(prog, target)
-                .map(|image| Compiled { image, log, cached: false })
+                .map(|image| Compiled {
+                    image,
+                    log,
+                    cached: false,
+                })
                 .map_err(|e| fail(e, String::new())),
         };
         let _ = result::destroy_program(prog);
@@ -125,7 +158,10 @@ fn compile_uncached(file: &'static str, source: &str, target: Target, opts: &[St
 
 /// # Safety
 /// `prog` must be a successfully compiled, live NVRTC program.
-unsafe fn get_image(prog: sys::nvrtcProgram, target: Target) -> std::result::Result<Vec<u8>, String> {
+unsafe fn get_image(
+    prog: sys::nvrtcProgram,
+    target: Target,
+) -> std::result::Result<Vec<u8>, String> {
     if let Target::Ptx(_) = target {
         let ptx = result::get_ptx(prog).map_err(|e| format!("nvrtcGetPTX: {e:?}"))?;
         return Ok(c_chars_to_string(&ptx).into_bytes());
@@ -144,7 +180,11 @@ unsafe fn get_image(prog: sys::nvrtcProgram, target: Target) -> std::result::Res
 }
 
 fn c_chars_to_string(v: &[c_char]) -> String {
-    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = v
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -195,7 +235,11 @@ pub fn parse_resources(log: &str) -> Vec<KernelResources> {
     let mut current: Option<String> = None;
     for line in log.lines() {
         if let Some(i) = line.find("Function properties for ") {
-            current = Some(line[i + "Function properties for ".len()..].trim().to_string());
+            current = Some(
+                line[i + "Function properties for ".len()..]
+                    .trim()
+                    .to_string(),
+            );
         } else if line.contains("bytes spill stores") {
             let nums: Vec<u32> = line
                 .split(|c: char| !c.is_ascii_digit())
@@ -228,7 +272,12 @@ mod tests {
         let r = parse_resources(log);
         assert_eq!(
             r,
-            vec![KernelResources { function: "k".into(), stack_bytes: 16, spill_store_bytes: 8, spill_load_bytes: 4 }]
+            vec![KernelResources {
+                function: "k".into(),
+                stack_bytes: 16,
+                spill_store_bytes: 8,
+                spill_load_bytes: 4
+            }]
         );
     }
 
@@ -237,7 +286,10 @@ mod tests {
         let o = options(Target::Cubin(80));
         let base = cache_key("a", &o, (13, 0), "sm_80");
         assert_ne!(base, cache_key("b", &o, (13, 0), "sm_80"));
-        assert_ne!(base, cache_key("a", &options(Target::Cubin(86)), (13, 0), "sm_86"));
+        assert_ne!(
+            base,
+            cache_key("a", &options(Target::Cubin(86)), (13, 0), "sm_86")
+        );
         assert_ne!(base, cache_key("a", &o, (13, 1), "sm_80"));
         assert_eq!(base, cache_key("a", &o, (13, 0), "sm_80"));
     }

@@ -32,7 +32,12 @@ impl CudaOptions {
             _ => None,
         };
         let lib_dirs = std::env::var("GPTOSS_CUDA_LIB_DIRS")
-            .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|v| {
+                v.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let cache_root = std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
@@ -52,7 +57,10 @@ impl CudaOptions {
 /// Parses `sm_80`, `sm80`, `80` or `8.0` into 80.
 pub fn parse_arch(value: &str) -> Result<u32> {
     let v = value.trim();
-    let digits = v.strip_prefix("sm_").or_else(|| v.strip_prefix("sm")).unwrap_or(v);
+    let digits = v
+        .strip_prefix("sm_")
+        .or_else(|| v.strip_prefix("sm"))
+        .unwrap_or(v);
     let digits: String = digits.chars().filter(|c| *c != '.').collect();
     match digits.parse::<u32>() {
         Ok(n) if (10..=200).contains(&n) => Ok(n),

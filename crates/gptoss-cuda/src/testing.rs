@@ -2,7 +2,9 @@
 //! harness (the same tensor goes to the CPU backend and to the CUDA backend).
 
 use gptoss_formats::tensor::E2M1_VALUES;
-use gptoss_formats::{DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat};
+use gptoss_formats::{
+    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
+};
 
 /// A small deterministic generator (xorshift64*).
 pub struct Rng(pub u64);
@@ -66,30 +68,65 @@ impl TestFormat {
 }
 
 const NF4: [f32; 16] = [
-    -1.0, -0.696_192_8, -0.525_073_05, -0.394_917_5, -0.284_441_38, -0.184_773_43, -0.091_050_036, 0.0,
-    0.079_580_3, 0.160_930_2, 0.246_112_3, 0.337_915_24, 0.440_709_83, 0.562_617, 0.722_956_84, 1.0,
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
 ];
 
 const IQ4NL: [f32; 16] = [
-    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0,
+    89.0, 113.0,
 ];
 
 /// A random `[rows, cols]` weight in `format` whose values are about `scale` in size. Block formats need
 /// `cols` to be a multiple of 32 (64 for NF4 to stay in the 4-bit layout; other widths fall back to f32).
-pub fn random_tensor(rng: &mut Rng, format: TestFormat, rows: usize, cols: usize, scale: f32) -> QuantTensor {
+pub fn random_tensor(
+    rng: &mut Rng,
+    format: TestFormat,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> QuantTensor {
     let n = rows * cols;
     let shape = vec![rows, cols];
     let lut = |table, block_elems, nibbles, scales, round_to| {
-        TensorFormat::Lut4(Lut4 { table, block_elems, nibbles, scales, round_to })
+        TensorFormat::Lut4(Lut4 {
+            table,
+            block_elems,
+            nibbles,
+            scales,
+            round_to,
+        })
     };
-    let f16_scale = |rng: &mut Rng, s: f32| half::f16::from_f32(s * (0.5 + rng.uniform(0.5).abs())).to_le_bytes();
+    let f16_scale = |rng: &mut Rng, s: f32| {
+        half::f16::from_f32(s * (0.5 + rng.uniform(0.5).abs())).to_le_bytes()
+    };
     let (format, data) = match format {
         TestFormat::Dense(d) => {
             let v = rng.vec(n, scale);
             let bytes: Vec<u8> = match d {
                 DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                DType::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-                DType::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                DType::BF16 => v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                DType::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
             };
             (TensorFormat::Dense(d), bytes)
         }
@@ -103,14 +140,30 @@ pub fn random_tensor(rng: &mut Rng, format: TestFormat, rows: usize, cols: usize
         }
         TestFormat::Mxfp4 => {
             let e = (scale.log2().round() as i32 + 126).clamp(1, 254) as u8;
-            let scales: Vec<u8> = (0..n / 32).map(|_| e + (rng.next_u64() % 3) as u8).collect();
-            let sep = Lut4Scales::Separate { format: ScaleFormat::E8M0, data: Storage::owned(scales) };
-            (lut(E2M1_VALUES, 32, NibbleOrder::LowFirst, sep, DType::F32), rng.bytes(n / 2))
+            let scales: Vec<u8> = (0..n / 32)
+                .map(|_| e + (rng.next_u64() % 3) as u8)
+                .collect();
+            let sep = Lut4Scales::Separate {
+                format: ScaleFormat::E8M0,
+                data: Storage::owned(scales),
+            };
+            (
+                lut(E2M1_VALUES, 32, NibbleOrder::LowFirst, sep, DType::F32),
+                rng.bytes(n / 2),
+            )
         }
         TestFormat::BnbNf4 => {
-            let scales: Vec<u8> = (0..n.div_ceil(64)).flat_map(|_| (scale * (1.0 + rng.uniform(0.5))).to_le_bytes()).collect();
-            let sep = Lut4Scales::Separate { format: ScaleFormat::F32, data: Storage::owned(scales) };
-            (lut(NF4, 64, NibbleOrder::HighFirst, sep, DType::BF16), rng.bytes(n.div_ceil(2)))
+            let scales: Vec<u8> = (0..n.div_ceil(64))
+                .flat_map(|_| (scale * (1.0 + rng.uniform(0.5))).to_le_bytes())
+                .collect();
+            let sep = Lut4Scales::Separate {
+                format: ScaleFormat::F32,
+                data: Storage::owned(scales),
+            };
+            (
+                lut(NF4, 64, NibbleOrder::HighFirst, sep, DType::BF16),
+                rng.bytes(n.div_ceil(2)),
+            )
         }
         TestFormat::Q4_0 | TestFormat::Iq4Nl | TestFormat::GgmlMxfp4 => {
             let (table, fmt, size) = match format {
@@ -127,8 +180,21 @@ pub fn random_tensor(rng: &mut Rng, format: TestFormat, rows: usize, cols: usize
                 }
                 bytes.extend(rng.bytes(16));
             }
-            (lut(table, 32, NibbleOrder::SplitHalves, Lut4Scales::Inline { format: fmt }, DType::F32), bytes)
+            (
+                lut(
+                    table,
+                    32,
+                    NibbleOrder::SplitHalves,
+                    Lut4Scales::Inline { format: fmt },
+                    DType::F32,
+                ),
+                bytes,
+            )
         }
     };
-    QuantTensor { shape, format, data: Storage::owned(data) }
+    QuantTensor {
+        shape,
+        format,
+        data: Storage::owned(data),
+    }
 }

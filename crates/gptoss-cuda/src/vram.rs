@@ -66,7 +66,10 @@ impl Meter {
 
 /// `1.50 GiB (1610612736 bytes)`.
 pub fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB ({bytes} bytes)", bytes as f64 / (1u64 << 30) as f64)
+    format!(
+        "{:.2} GiB ({bytes} bytes)",
+        bytes as f64 / (1u64 << 30) as f64
+    )
 }
 
 /// A device buffer counted against a [`Meter`].
@@ -79,21 +82,38 @@ pub struct DevBuf<T> {
 
 impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
     /// Allocates `len` zeroed elements (at least one, so every buffer has an address).
-    pub fn zeros(stream: &Arc<CudaStream>, meter: &Arc<Meter>, len: usize, what: &str) -> Result<Self> {
+    pub fn zeros(
+        stream: &Arc<CudaStream>,
+        meter: &Arc<Meter>,
+        len: usize,
+        what: &str,
+    ) -> Result<Self> {
         let len = len.max(1);
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         meter.reserve(bytes, what)?;
         match stream.alloc_zeros::<T>(len) {
-            Ok(slice) => Ok(DevBuf { slice, meter: meter.clone(), bytes }),
+            Ok(slice) => Ok(DevBuf {
+                slice,
+                meter: meter.clone(),
+                bytes,
+            }),
             Err(e) => {
                 meter.release(bytes);
-                Err(CudaError::driver(format!("allocating {what} ({})", gib(bytes)), e))
+                Err(CudaError::driver(
+                    format!("allocating {what} ({})", gib(bytes)),
+                    e,
+                ))
             }
         }
     }
 
     /// Copies `data` to a new buffer (an empty slice gives a one-element zero buffer).
-    pub fn from_host(stream: &Arc<CudaStream>, meter: &Arc<Meter>, data: &[T], what: &str) -> Result<Self> {
+    pub fn from_host(
+        stream: &Arc<CudaStream>,
+        meter: &Arc<Meter>,
+        data: &[T],
+        what: &str,
+    ) -> Result<Self> {
         let mut b = Self::zeros(stream, meter, data.len(), what)?;
         if !data.is_empty() {
             stream
@@ -140,7 +160,10 @@ mod tests {
         m.reserve(768 << 20, "weights").unwrap();
         let e = m.reserve(512 << 20, "KV cache").unwrap_err().to_string();
         assert!(e.contains("allocating KV cache: 0.50 GiB"), "{e}");
-        assert!(e.contains("0.75 GiB (805306368 bytes) already in use, cap 1.00 GiB"), "{e}");
+        assert!(
+            e.contains("0.75 GiB (805306368 bytes) already in use, cap 1.00 GiB"),
+            "{e}"
+        );
         m.release(768 << 20);
         m.reserve(512 << 20, "KV cache").unwrap();
         assert_eq!((m.used_bytes(), m.peak_bytes()), (512 << 20, 768 << 20));

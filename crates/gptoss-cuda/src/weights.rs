@@ -7,7 +7,9 @@
 use std::borrow::Cow;
 
 use gptoss_formats::tensor::{e8m0_to_f32, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
-use gptoss_formats::{DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, TensorFormat};
+use gptoss_formats::{
+    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, TensorFormat,
+};
 
 use crate::kernels::WeightKind;
 
@@ -47,7 +49,8 @@ impl Packed<'_> {
     /// Whether two packed weights can share one kernel launch (same layout parameters).
     pub fn same_layout(&self, other: &Packed<'_>) -> bool {
         self.kind == other.kind
-            && (self.rows, self.k, self.ld, self.block, self.round) == (other.rows, other.k, other.ld, other.block, other.round)
+            && (self.rows, self.k, self.ld, self.block, self.round)
+                == (other.rows, other.k, other.ld, other.block, other.round)
             && self.table == other.table
             && self.data.len() == other.data.len()
             && self.scales.len() == other.scales.len()
@@ -83,14 +86,18 @@ pub fn pack(t: &QuantTensor) -> Packed<'_> {
                 return p;
             }
             let mut data = vec![0u8; rows * ld * size];
-            for (dst, src) in data.chunks_exact_mut(ld * size).zip(t.data.bytes().chunks_exact(k * size)) {
+            for (dst, src) in data
+                .chunks_exact_mut(ld * size)
+                .zip(t.data.bytes().chunks_exact(k * size))
+            {
                 dst[..k * size].copy_from_slice(src);
             }
             base(kind, ld, Cow::Owned(data))
         }
         TensorFormat::Q8_0 => {
             let blocks = rows * k / Q8_0_BLOCK;
-            let (mut codes, mut scales) = (Vec::with_capacity(rows * k), Vec::with_capacity(blocks * 2));
+            let (mut codes, mut scales) =
+                (Vec::with_capacity(rows * k), Vec::with_capacity(blocks * 2));
             for b in t.data.bytes().chunks_exact(Q8_0_BLOCK_BYTES).take(blocks) {
                 scales.extend_from_slice(&b[..2]);
                 codes.extend_from_slice(&b[2..]);
@@ -99,7 +106,11 @@ pub fn pack(t: &QuantTensor) -> Packed<'_> {
             p.scales = Cow::Owned(scales);
             p
         }
-        TensorFormat::Lut4(l) if l.block_elems % 8 == 0 && k % l.block_elems == 0 => pack_lut4(t, l, rows, k),
+        TensorFormat::Lut4(l)
+            if l.block_elems.is_multiple_of(8) && k.is_multiple_of(l.block_elems) =>
+        {
+            pack_lut4(t, l, rows, k)
+        }
         TensorFormat::Lut4(_) => {
             // Scale blocks straddle rows: store the decoded values (exact) as f32.
             let ld = k.div_ceil(8) * 8;
@@ -119,19 +130,29 @@ pub fn pack(t: &QuantTensor) -> Packed<'_> {
 fn pack_lut4<'a>(t: &'a QuantTensor, l: &'a Lut4, rows: usize, k: usize) -> Packed<'a> {
     let n = rows * k;
     let bytes = t.data.bytes();
-    let (codes, scales, scale_format): (Cow<'a, [u8]>, Cow<'a, [u8]>, ScaleFormat) = match &l.scales {
+    let (codes, scales, scale_format): (Cow<'a, [u8]>, Cow<'a, [u8]>, ScaleFormat) = match &l.scales
+    {
         Lut4Scales::Separate { format, data } => {
             let codes = match l.nibbles {
                 NibbleOrder::LowFirst => Cow::Borrowed(&bytes[..n / 2]),
-                NibbleOrder::HighFirst => Cow::Owned(bytes[..n / 2].iter().map(|b| b.rotate_left(4)).collect()),
+                NibbleOrder::HighFirst => {
+                    Cow::Owned(bytes[..n / 2].iter().map(|b| b.rotate_left(4)).collect())
+                }
                 NibbleOrder::SplitHalves => Cow::Owned(regroup(bytes, l, n, 0)),
             };
             (codes, Cow::Borrowed(data.bytes()), *format)
         }
         Lut4Scales::Inline { format } => {
             let size = format.size_bytes();
-            let scales: Vec<u8> = bytes.chunks_exact(l.block_bytes()).flat_map(|b| b[..size].to_vec()).collect();
-            (Cow::Owned(regroup(bytes, l, n, size)), Cow::Owned(scales), *format)
+            let scales: Vec<u8> = bytes
+                .chunks_exact(l.block_bytes())
+                .flat_map(|b| b[..size].to_vec())
+                .collect();
+            (
+                Cow::Owned(regroup(bytes, l, n, size)),
+                Cow::Owned(scales),
+                *format,
+            )
         }
     };
     let (kind, scales) = match scale_format {
@@ -140,7 +161,11 @@ fn pack_lut4<'a>(t: &'a QuantTensor, l: &'a Lut4, rows: usize, k: usize) -> Pack
         ScaleFormat::F16 => {
             let f: Vec<u8> = scales
                 .chunks_exact(2)
-                .flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes())
+                .flat_map(|c| {
+                    half::f16::from_le_bytes([c[0], c[1]])
+                        .to_f32()
+                        .to_le_bytes()
+                })
                 .collect();
             (WeightKind::Lut4F32, Cow::Owned(f))
         }
@@ -174,9 +199,9 @@ fn regroup(bytes: &[u8], l: &Lut4, n: usize, skip: usize) -> Vec<u8> {
             match l.nibbles {
                 NibbleOrder::SplitHalves if j < be / 2 => src[j] & 0x0F,
                 NibbleOrder::SplitHalves => src[j - be / 2] >> 4,
-                NibbleOrder::LowFirst if j % 2 == 0 => src[j / 2] & 0x0F,
+                NibbleOrder::LowFirst if j.is_multiple_of(2) => src[j / 2] & 0x0F,
                 NibbleOrder::LowFirst => src[j / 2] >> 4,
-                NibbleOrder::HighFirst if j % 2 == 0 => src[j / 2] >> 4,
+                NibbleOrder::HighFirst if j.is_multiple_of(2) => src[j / 2] >> 4,
                 NibbleOrder::HighFirst => src[j / 2] & 0x0F,
             }
         };
@@ -192,17 +217,29 @@ pub fn decode(p: &Packed<'_>, row: usize, i: usize) -> f32 {
     let e = row * p.ld + i;
     let rd16 = |b: &[u8], j: usize| u16::from_le_bytes([b[2 * j], b[2 * j + 1]]);
     match p.kind {
-        WeightKind::F32 => f32::from_le_bytes([p.data[4 * e], p.data[4 * e + 1], p.data[4 * e + 2], p.data[4 * e + 3]]),
+        WeightKind::F32 => f32::from_le_bytes([
+            p.data[4 * e],
+            p.data[4 * e + 1],
+            p.data[4 * e + 2],
+            p.data[4 * e + 3],
+        ]),
         WeightKind::Bf16 => half::bf16::from_bits(rd16(&p.data, e)).to_f32(),
         WeightKind::F16 => half::f16::from_bits(rd16(&p.data, e)).to_f32(),
-        WeightKind::Q8 => (p.data[e] as i8) as f32 * half::f16::from_bits(rd16(&p.scales, e / 32)).to_f32(),
+        WeightKind::Q8 => {
+            (p.data[e] as i8) as f32 * half::f16::from_bits(rd16(&p.scales, e / 32)).to_f32()
+        }
         WeightKind::Lut4E8m0 | WeightKind::Lut4F32 => {
             let code = (p.data[e / 2] >> (4 * (e % 2))) & 0x0F;
             let b = e / p.block;
             let s = if p.kind == WeightKind::Lut4E8m0 {
                 e8m0_to_f32(p.scales[b])
             } else {
-                f32::from_le_bytes([p.scales[4 * b], p.scales[4 * b + 1], p.scales[4 * b + 2], p.scales[4 * b + 3]])
+                f32::from_le_bytes([
+                    p.scales[4 * b],
+                    p.scales[4 * b + 1],
+                    p.scales[4 * b + 2],
+                    p.scales[4 * b + 3],
+                ])
             };
             let v = p.table[code as usize] * s;
             match p.round {
@@ -231,11 +268,19 @@ mod tests {
                 let want = t.to_f32_vec();
                 let p = pack(&t);
                 assert_eq!(p.ld % 8, 0);
-                assert_eq!(p.size_bytes() as u64, gptoss_engine::memory::tensor_bytes(&t), "{format:?} {rows}x{cols}");
+                assert_eq!(
+                    p.size_bytes() as u64,
+                    gptoss_engine::memory::tensor_bytes(&t),
+                    "{format:?} {rows}x{cols}"
+                );
                 for r in 0..rows {
                     for i in 0..cols {
                         let got = decode(&p, r, i);
-                        assert_eq!(got.to_bits(), want[r * cols + i].to_bits(), "{format:?} {rows}x{cols} [{r}, {i}]");
+                        assert_eq!(
+                            got.to_bits(),
+                            want[r * cols + i].to_bits(),
+                            "{format:?} {rows}x{cols} [{r}, {i}]"
+                        );
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! A short benchmark on the GPU (no timing assertions): gpt-oss-20b shapes with random MXFP4 experts under
 //! `--max-vram 16GiB` at 8,192 tokens of context, prefill and decode speed, and peak device memory against
 //! the planner's figure. Run by scripts/gpu-check.sh with `--nocapture`; prints `BENCH` lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 
@@ -17,15 +18,28 @@ fn bench_gpt_oss_20b_under_16_gib() {
     let config = ModelConfig::gpt_oss_20b();
     let t0 = Instant::now();
     let w = gptoss_formats::dummy::dummy_weights(&config, 1);
-    println!("BENCH dummy 20b weights built in {:.1} s", t0.elapsed().as_secs_f64());
-    let cap = Capacity { max_batch_tokens: 256, max_logit_rows: 1, slots: 1, context_tokens: 8192 };
+    println!(
+        "BENCH dummy 20b weights built in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let cap = Capacity {
+        max_batch_tokens: 256,
+        max_logit_rows: 1,
+        slots: 1,
+        context_tokens: 8192,
+    };
     let p = plan(&config, weights_bytes(&w), &cap, KvPrecision::Bf16);
     println!("BENCH plan: {p}");
     let mut o = CudaOptions::from_env().unwrap();
     o.max_vram_bytes = Some(16 * GIB);
     let b = CudaBackend::new(&o).unwrap();
     let dev = b.device();
-    println!("BENCH device {} sm_{} target {}", dev.caps.name, dev.caps.compute, dev.target.describe());
+    println!(
+        "BENCH device {} sm_{} target {}",
+        dev.caps.name,
+        dev.caps.compute,
+        dev.target.describe()
+    );
     b.check_plan(&p).unwrap();
     let t0 = Instant::now();
     let mut m = Model::new(b, &w, cap).unwrap();
@@ -51,9 +65,21 @@ fn bench_gpt_oss_20b_under_16_gib() {
     }
     let decode_s = t0.elapsed().as_secs_f64() / n_decode as f64;
     let (used, peak) = m.backend().memory_in_use();
-    println!("BENCH prefill 256 tokens: {:.1} ms ({:.0} tok/s)", prefill_s * 1e3, 256.0 / prefill_s);
-    println!("BENCH decode (forward + greedy sample): {:.2} ms/token ({:.1} tok/s)", decode_s * 1e3, 1.0 / decode_s);
-    println!("BENCH device memory: in use {:.2} GiB, peak {:.2} GiB, plan {:.2} GiB, cap 16 GiB",
-        used as f64 / GIB as f64, peak as f64 / GIB as f64, p.total_bytes() as f64 / GIB as f64);
+    println!(
+        "BENCH prefill 256 tokens: {:.1} ms ({:.0} tok/s)",
+        prefill_s * 1e3,
+        256.0 / prefill_s
+    );
+    println!(
+        "BENCH decode (forward + greedy sample): {:.2} ms/token ({:.1} tok/s)",
+        decode_s * 1e3,
+        1.0 / decode_s
+    );
+    println!(
+        "BENCH device memory: in use {:.2} GiB, peak {:.2} GiB, plan {:.2} GiB, cap 16 GiB",
+        used as f64 / GIB as f64,
+        peak as f64 / GIB as f64,
+        p.total_bytes() as f64 / GIB as f64
+    );
     assert!(peak <= 16 * GIB && peak <= p.total_bytes());
 }

@@ -1,12 +1,15 @@
 //! Whole-model checks on the GPU: CUDA logits against CPU logits at every prompt position and identical
 //! greedy continuations, for random weights of a tiny config and for every loadable fixture under
 //! tests/fixtures/tiny; the `--max-vram` refusal. Needs a GPU (scripts/gpu-check.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{plan, weights_bytes, KvPrecision};
-use gptoss_engine::{generate, Backend, Batch, Capacity, CpuBackend, GenerateOptions, Model, SamplingParams};
+use gptoss_engine::{
+    generate, Backend, Batch, Capacity, CpuBackend, GenerateOptions, Model, SamplingParams,
+};
 use gptoss_formats::{ModelConfig, ModelWeights};
 
 fn tiny_config() -> ModelConfig {
@@ -32,13 +35,22 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 /// Logits of every prompt position and 16 greedy tokens.
 fn run<B: Backend>(b: B, w: &ModelWeights, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
     let n = prompt.len();
-    let cap = Capacity { max_batch_tokens: n, max_logit_rows: n, slots: 1, context_tokens: 64 };
+    let cap = Capacity {
+        max_batch_tokens: n,
+        max_logit_rows: n,
+        slots: 1,
+        context_tokens: 64,
+    };
     let mut m = Model::new(b, w, cap).unwrap();
     let mut batch = Batch::single(prompt, 0, 0);
     batch.logit_rows = (0..n as u32).collect();
     m.forward(&batch).unwrap();
     let logits = m.logits(n).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 16, sampling: SamplingParams::default(), stop_tokens: vec![] };
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        sampling: SamplingParams::default(),
+        stop_tokens: vec![],
+    };
     let (greedy, _) = generate(&mut m, prompt, &opts, |_| {}).unwrap();
     (logits, greedy)
 }
@@ -76,7 +88,14 @@ fn dummy_tiny_model_matches_cpu() {
 }
 
 fn fixture_paths() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    // From the repo root (scripts/gpu-check.sh), else relative to this crate.
+    let root = [
+        Path::new("tests/fixtures/tiny").to_path_buf(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .unwrap_or_default();
     let mut out = Vec::new();
     for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
         let p = e.path();
@@ -100,7 +119,10 @@ fn every_fixture_matches_cpu() {
     let mut compared = 0;
     let mut failures = Vec::new();
     for path in fixture_paths() {
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let ckpt = match gptoss_formats::load(&path) {
             Ok(c) => c,
             Err(e) => {
@@ -110,7 +132,10 @@ fn every_fixture_matches_cpu() {
         };
         let p = prompt(24, ckpt.weights.config.vocab_size.min(486));
         let (worst, g, c) = compare(&ckpt.weights, &p, KvPrecision::Bf16);
-        println!("fixture {name}: worst rel logit err {worst:.2e}, greedy {}", if g == c { "identical" } else { "DIFFERS" });
+        println!(
+            "fixture {name}: worst rel logit err {worst:.2e}, greedy {}",
+            if g == c { "identical" } else { "DIFFERS" }
+        );
         compared += 1;
         if worst > 1e-2 || g != c {
             failures.push(name);
@@ -124,15 +149,29 @@ fn every_fixture_matches_cpu() {
 #[ignore = "needs GPU"]
 fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
     let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 6);
-    let cap = Capacity { max_batch_tokens: 24, max_logit_rows: 24, slots: 1, context_tokens: 64 };
+    let cap = Capacity {
+        max_batch_tokens: 24,
+        max_logit_rows: 24,
+        slots: 1,
+        context_tokens: 64,
+    };
     let p = plan(&w.config, weights_bytes(&w), &cap, KvPrecision::Bf16);
     let mut o = CudaOptions::from_env().unwrap();
     o.max_vram_bytes = Some(p.total_bytes() / 2);
     let b = CudaBackend::new(&o).unwrap();
     let e = b.check_plan(&p).unwrap_err().to_string();
-    assert!(e.contains("the model needs") && e.contains("KV cache"), "{e}");
-    let e = Model::new(b, &w, cap).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("device memory budget exceeded") && e.contains("cap"), "{e}");
+    assert!(
+        e.contains("the model needs") && e.contains("KV cache"),
+        "{e}"
+    );
+    let e = Model::new(b, &w, cap)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("device memory budget exceeded") && e.contains("cap"),
+        "{e}"
+    );
     o.max_vram_bytes = Some(p.total_bytes());
     let b = CudaBackend::new(&o).unwrap();
     b.check_plan(&p).unwrap();
@@ -141,9 +180,20 @@ fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
     let mut batch = Batch::single(&toks, 0, 0);
     batch.logit_rows = (0..24).collect();
     m.forward(&batch).unwrap();
-    m.sample(&[SamplingParams { temperature: 1.0, ..Default::default() }], &[0]).unwrap();
+    m.sample(
+        &[SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        }],
+        &[0],
+    )
+    .unwrap();
     let (used, peak) = m.backend().memory_in_use();
     println!("tiny model: plan {p}; in use {used} bytes, peak {peak} bytes");
-    assert!(peak <= p.total_bytes(), "peak {peak} above the plan {}", p.total_bytes());
-    assert_eq!(p.weights_bytes + p.kv_cache_bytes <= used, true);
+    assert!(
+        peak <= p.total_bytes(),
+        "peak {peak} above the plan {}",
+        p.total_bytes()
+    );
+    assert!(p.weights_bytes + p.kv_cache_bytes <= used);
 }

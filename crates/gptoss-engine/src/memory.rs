@@ -2,7 +2,9 @@
 //! context length and slot count, computed before anything is loaded so `--max-vram` can refuse early with
 //! the numbers. The weight sizes follow the CUDA backend's packed layout (gptoss-cuda `weights.rs`).
 
-use gptoss_formats::{DType, Lut4Scales, ModelConfig, ModelWeights, QuantTensor, ScaleFormat, TensorFormat};
+use gptoss_formats::{
+    DType, Lut4Scales, ModelConfig, ModelWeights, QuantTensor, ScaleFormat, TensorFormat,
+};
 
 use crate::backend::Capacity;
 use crate::error::{Error, Result};
@@ -74,7 +76,12 @@ fn gib(bytes: u64) -> String {
 }
 
 /// The plan for `config` with `weights_bytes` of weights, at `capacity`, with a `kv` cache.
-pub fn plan(config: &ModelConfig, weights_bytes: u64, capacity: &Capacity, kv: KvPrecision) -> MemoryPlan {
+pub fn plan(
+    config: &ModelConfig,
+    weights_bytes: u64,
+    capacity: &Capacity,
+    kv: KvPrecision,
+) -> MemoryPlan {
     MemoryPlan {
         weights_bytes,
         kv_cache_bytes: kv_cache_bytes(config, capacity, kv),
@@ -85,15 +92,25 @@ pub fn plan(config: &ModelConfig, weights_bytes: u64, capacity: &Capacity, kv: K
 /// K and V for every layer, slot and position.
 pub fn kv_cache_bytes(config: &ModelConfig, capacity: &Capacity, kv: KvPrecision) -> u64 {
     let per_token = 2 * config.kv_width() as u64 * kv.size_bytes();
-    config.num_hidden_layers as u64 * capacity.slots as u64 * capacity.context_tokens as u64 * per_token
+    config.num_hidden_layers as u64
+        * capacity.slots as u64
+        * capacity.context_tokens as u64
+        * per_token
 }
 
 /// One step's buffers: the model's activations, routing and logits, the step metadata, the MoE scratch
 /// (pair lists, activations and outputs of every chosen expert) and the sampler's f64 scratch.
 pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let c = config;
-    let (rows, logit_rows) = (capacity.max_batch_tokens as u64, capacity.max_logit_rows as u64);
-    let (h, qw, kvw) = (c.hidden_size as u64, c.q_width() as u64, c.kv_width() as u64);
+    let (rows, logit_rows) = (
+        capacity.max_batch_tokens as u64,
+        capacity.max_logit_rows as u64,
+    );
+    let (h, qw, kvw) = (
+        c.hidden_size as u64,
+        c.q_width() as u64,
+        c.kv_width() as u64,
+    );
     let (e, i, k, v) = (
         c.num_local_experts as u64,
         c.intermediate_size as u64,
@@ -120,12 +137,17 @@ pub fn tensor_bytes(t: &QuantTensor) -> u64 {
         TensorFormat::Q8_0 => rows * k + rows * k / 32 * 2,
         TensorFormat::Lut4(l) => {
             let block = l.block_elems as u64;
-            if block % 8 != 0 || k % block != 0 {
+            if !block.is_multiple_of(8) || !k.is_multiple_of(block) {
                 return dense(DType::F32.size_bytes() as u64);
             }
             let scale = match &l.scales {
-                Lut4Scales::Separate { format: ScaleFormat::E8M0, .. }
-                | Lut4Scales::Inline { format: ScaleFormat::E8M0 } => 1,
+                Lut4Scales::Separate {
+                    format: ScaleFormat::E8M0,
+                    ..
+                }
+                | Lut4Scales::Inline {
+                    format: ScaleFormat::E8M0,
+                } => 1,
                 _ => 4,
             };
             rows * k / 2 + rows * k / block * scale
@@ -136,14 +158,25 @@ pub fn tensor_bytes(t: &QuantTensor) -> u64 {
 /// Device bytes of a model's weights as the CUDA backend stores them.
 pub fn weights_bytes(w: &ModelWeights) -> u64 {
     let vec = |v: &[f32]| 4 * v.len() as u64;
-    let lin = |l: &gptoss_formats::Linear| tensor_bytes(&l.weight) + l.bias.as_deref().map_or(0, vec);
+    let lin =
+        |l: &gptoss_formats::Linear| tensor_bytes(&l.weight) + l.bias.as_deref().map_or(0, vec);
     let layers: u64 = w
         .layers
         .iter()
         .map(|l| {
-            let experts: u64 = l.experts.iter().map(|e| lin(&e.gate_up) + lin(&e.down)).sum();
-            vec(&l.attn_norm) + vec(&l.mlp_norm) + vec(&l.sinks)
-                + lin(&l.q) + lin(&l.k) + lin(&l.v) + lin(&l.o) + lin(&l.router)
+            let experts: u64 = l
+                .experts
+                .iter()
+                .map(|e| lin(&e.gate_up) + lin(&e.down))
+                .sum();
+            vec(&l.attn_norm)
+                + vec(&l.mlp_norm)
+                + vec(&l.sinks)
+                + lin(&l.q)
+                + lin(&l.k)
+                + lin(&l.v)
+                + lin(&l.o)
+                + lin(&l.router)
                 + experts
         })
         .sum();
@@ -172,13 +205,19 @@ pub fn mxfp4_checkpoint_bytes(config: &ModelConfig) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
 
     fn cap(context_tokens: usize) -> Capacity {
-        Capacity { max_batch_tokens: 512, max_logit_rows: 1, slots: 1, context_tokens }
+        Capacity {
+            max_batch_tokens: 512,
+            max_logit_rows: 1,
+            slots: 1,
+            context_tokens,
+        }
     }
 
     #[test]
@@ -187,8 +226,10 @@ mod tests {
         let w = mxfp4_checkpoint_bytes(&c);
         // Hand count: embed + lm_head 2 × 201088 × 2880 × 2; per layer q/k/v/o bf16 + biases, router,
         // 32 experts × (5760 × 2880 and 2880 × 2880 at 17/32 byte per weight + biases), norms and sinks.
-        let per_layer = (4096 * 2880 + 2 * 512 * 2880 + 2880 * 4096) * 2 + 4 * (4096 + 1024 + 2880)
-            + 32 * 2880 * 2 + 4 * 32
+        let per_layer = (4096 * 2880 + 2 * 512 * 2880 + 2880 * 4096) * 2
+            + 4 * (4096 + 1024 + 2880)
+            + 32 * 2880 * 2
+            + 4 * 32
             + 32 * ((5760 * 2880 + 2880 * 2880) / 32 * 17 + 4 * (5760 + 2880))
             + 4 * (2 * 2880 + 64);
         assert_eq!(w, 2 * 201_088 * 2880 * 2 + 4 * 2880 + 24 * per_layer);
@@ -202,7 +243,10 @@ mod tests {
         p32k.check(24 * GIB).unwrap();
         // 32k context does not fit 14 GiB: the error gives the parts.
         let e = p32k.check(14 * GIB).unwrap_err().to_string();
-        assert!(e.contains("budget is 14.00 GiB") && e.contains("KV cache 1.50 GiB"), "{e}");
+        assert!(
+            e.contains("budget is 14.00 GiB") && e.contains("KV cache 1.50 GiB"),
+            "{e}"
+        );
     }
 
     #[test]

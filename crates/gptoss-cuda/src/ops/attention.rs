@@ -25,7 +25,14 @@ pub struct CudaCache {
 
 impl CudaCache {
     /// Allocates the cache.
-    pub fn new(dev: &Device, kv: KvType, layers: usize, slots: usize, context: usize, kv_width: usize) -> Result<Self> {
+    pub fn new(
+        dev: &Device,
+        kv: KvType,
+        layers: usize,
+        slots: usize,
+        context: usize,
+        kv_width: usize,
+    ) -> Result<Self> {
         let elem = match kv {
             KvType::Bf16 => 2,
             KvType::F32 => 4,
@@ -57,13 +64,27 @@ impl CudaCache {
         if shape.layer >= self.layers || shape.n_kv_heads * shape.head_dim != self.kv_width {
             return Err(shape_error(
                 op,
-                format!("layer {} kv width {} against a cache of {} layers, width {}", shape.layer,
-                    shape.n_kv_heads * shape.head_dim, self.layers, self.kv_width),
+                format!(
+                    "layer {} kv width {} against a cache of {} layers, width {}",
+                    shape.layer,
+                    shape.n_kv_heads * shape.head_dim,
+                    self.layers,
+                    self.kv_width
+                ),
             ));
         }
-        if shape.head_dim > 128 || shape.head_dim % 2 != 0 || shape.n_kv_heads == 0 || shape.n_q_heads % shape.n_kv_heads != 0 {
-            return Err(shape_error(op, format!("head_dim {} (even, <= 128) with {} q / {} kv heads",
-                shape.head_dim, shape.n_q_heads, shape.n_kv_heads)));
+        if shape.head_dim > 128
+            || !shape.head_dim.is_multiple_of(2)
+            || shape.n_kv_heads == 0
+            || !shape.n_q_heads.is_multiple_of(shape.n_kv_heads)
+        {
+            return Err(shape_error(
+                op,
+                format!(
+                    "head_dim {} (even, <= 128) with {} q / {} kv heads",
+                    shape.head_dim, shape.n_q_heads, shape.n_kv_heads
+                ),
+            ));
         }
         Ok(())
     }
@@ -100,12 +121,30 @@ pub struct Qkv<'a> {
 }
 
 /// RoPE on `q` and `k`, then `k` and `v` into the cache at each token's slot and position.
-pub fn rope_store_kv(dev: &Device, step: &CudaStep, shape: &AttnShape, qkv: Qkv<'_>, cache: &mut CudaCache) -> Result<()> {
+pub fn rope_store_kv(
+    dev: &Device,
+    step: &CudaStep,
+    shape: &AttnShape,
+    qkv: Qkv<'_>,
+    cache: &mut CudaCache,
+) -> Result<()> {
     cache.check("rope_store_kv", shape)?;
-    let (qw, kvw) = (shape.n_q_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
-    if qkv.q.cols != qw || qkv.k.cols != kvw || qkv.v.cols != kvw || step.rope_len * 2 != shape.head_dim {
-        return Err(shape_error("rope_store_kv", format!("q [_, {}], k [_, {}], v [_, {}] for widths {qw}/{kvw}",
-            qkv.q.cols, qkv.k.cols, qkv.v.cols)));
+    let (qw, kvw) = (
+        shape.n_q_heads * shape.head_dim,
+        shape.n_kv_heads * shape.head_dim,
+    );
+    if qkv.q.cols != qw
+        || qkv.k.cols != kvw
+        || qkv.v.cols != kvw
+        || step.rope_len * 2 != shape.head_dim
+    {
+        return Err(shape_error(
+            "rope_store_kv",
+            format!(
+                "q [_, {}], k [_, {}], v [_, {}] for widths {qw}/{kvw}",
+                qkv.q.cols, qkv.k.cols, qkv.v.cols
+            ),
+        ));
     }
     let (kc, vc, slot_stride) = cache.layer(shape.layer);
     let p = RopeParams {
@@ -123,7 +162,11 @@ pub fn rope_store_kv(dev: &Device, step: &CudaStep, shape: &AttnShape, qkv: Qkv<
         nkv: shape.n_kv_heads as i32,
         d: shape.head_dim as i32,
     };
-    dev.launch(Func::RopeKv(cache.kv), cfg((step.rows as u32, 1, 1), 128), &p)
+    dev.launch(
+        Func::RopeKv(cache.kv),
+        cfg((step.rows as u32, 1, 1), 128),
+        &p,
+    )
 }
 
 #[repr(C)]
@@ -160,8 +203,13 @@ pub fn attention(
     cache.check("attention", shape)?;
     let qw = shape.n_q_heads * shape.head_dim;
     if q.cols != qw || out.cols != qw || sinks.len != shape.n_q_heads {
-        return Err(shape_error("attention", format!("q [_, {}], out [_, {}], sinks [{}] for {} heads of {}",
-            q.cols, out.cols, sinks.len, shape.n_q_heads, shape.head_dim)));
+        return Err(shape_error(
+            "attention",
+            format!(
+                "q [_, {}], out [_, {}], sinks [{}] for {} heads of {}",
+                q.cols, out.cols, sinks.len, shape.n_q_heads, shape.head_dim
+            ),
+        ));
     }
     let (kc, vc, slot_stride) = cache.layer(shape.layer);
     let p = AttnParams {
@@ -183,5 +231,9 @@ pub fn attention(
         },
         pad: 0,
     };
-    dev.launch(Func::Attention(cache.kv), cfg(((step.rows * shape.n_q_heads) as u32, 1, 1), 128), &p)
+    dev.launch(
+        Func::Attention(cache.kv),
+        cfg(((step.rows * shape.n_q_heads) as u32, 1, 1), 128),
+        &p,
+    )
 }

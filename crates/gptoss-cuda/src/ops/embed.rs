@@ -22,7 +22,10 @@ unsafe impl cudarc::driver::DeviceRepr for EmbedParams {}
 pub fn embed(dev: &Device, step: &CudaStep, table: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
     let w = &table.w;
     if out.cols != w.k || step.rows > out.rows {
-        return Err(shape_error("embed", format!("table rows of {}, out [{}, {}]", w.k, step.rows, out.cols)));
+        return Err(shape_error(
+            "embed",
+            format!("table rows of {}, out [{}, {}]", w.k, step.rows, out.cols),
+        ));
     }
     let p = EmbedParams {
         w: w.as_ref(),

@@ -38,12 +38,22 @@ pub fn choose_linear(n_tok: usize) -> RowTile {
 }
 
 /// `out = x Wᵀ + b` for `n_tok` rows of `x` (or the rows listed at device address `x_rows`).
-fn run(dev: &Device, x: &CudaBuf, x_rows: u64, n_tok: usize, w: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+fn run(
+    dev: &Device,
+    x: &CudaBuf,
+    x_rows: u64,
+    n_tok: usize,
+    w: &CudaLinear,
+    out: &mut CudaBuf,
+) -> Result<()> {
     let wt = &w.w;
     if x.cols != wt.k || out.cols != wt.rows || n_tok > out.rows {
         return Err(shape_error(
             "linear",
-            format!("x [_, {}] · W [{}, {}] into out [{n_tok}, {}]", x.cols, wt.rows, wt.k, out.cols),
+            format!(
+                "x [_, {}] · W [{}, {}] into out [{n_tok}, {}]",
+                x.cols, wt.rows, wt.k, out.cols
+            ),
         ));
     }
     if n_tok == 0 {
@@ -64,18 +74,37 @@ fn run(dev: &Device, x: &CudaBuf, x_rows: u64, n_tok: usize, w: &CudaLinear, out
         out_ld: out.cols as i32,
         pad: 0,
     };
-    dev.launch(Func::Linear(wt.kind, tile), cfg((blocks(wt.rows, WARPS), blocks(n_tok, tt), 1), 256), &p)
+    dev.launch(
+        Func::Linear(wt.kind, tile),
+        cfg((blocks(wt.rows, WARPS), blocks(n_tok, tt), 1), 256),
+        &p,
+    )
 }
 
 /// `out = x Wᵀ + b` over the step's rows.
-pub fn linear(dev: &Device, step: &CudaStep, x: &CudaBuf, w: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+pub fn linear(
+    dev: &Device,
+    step: &CudaStep,
+    x: &CudaBuf,
+    w: &CudaLinear,
+    out: &mut CudaBuf,
+) -> Result<()> {
     if step.rows > x.rows {
-        return Err(shape_error("linear", format!("{} rows in a buffer of {}", step.rows, x.rows)));
+        return Err(shape_error(
+            "linear",
+            format!("{} rows in a buffer of {}", step.rows, x.rows),
+        ));
     }
     run(dev, x, 0, step.rows, w, out)
 }
 
 /// `out[i] = x[logit_rows[i]] Wᵀ` for the step's logit rows.
-pub fn logits(dev: &Device, step: &CudaStep, x: &CudaBuf, w: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+pub fn logits(
+    dev: &Device,
+    step: &CudaStep,
+    x: &CudaBuf,
+    w: &CudaLinear,
+    out: &mut CudaBuf,
+) -> Result<()> {
     run(dev, x, step.logit_rows_ptr(), step.logit_rows, w, out)
 }

@@ -51,8 +51,15 @@ pub struct DevWeight {
 
 impl DevWeight {
     /// Uploads one or more packed tensors of one layout back to back (experts stack this way).
-    pub fn upload(stream: &Arc<CudaStream>, meter: &Arc<Meter>, parts: &[Packed<'_>], what: &str) -> Result<Self> {
-        let first = parts.first().ok_or_else(|| CudaError::Unsupported(format!("{what}: no tensors")))?;
+    pub fn upload(
+        stream: &Arc<CudaStream>,
+        meter: &Arc<Meter>,
+        parts: &[Packed<'_>],
+        what: &str,
+    ) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| CudaError::Unsupported(format!("{what}: no tensors")))?;
         if let Some(bad) = parts.iter().position(|p| !first.same_layout(p)) {
             return Err(CudaError::Unsupported(format!(
                 "{what}: tensor {bad} is stored as {:?} [{}, {}], tensor 0 as {:?} [{}, {}]; one launch needs one layout",
@@ -63,7 +70,12 @@ impl DevWeight {
         let scales = if first.scales.is_empty() {
             None
         } else {
-            Some(concat_upload(stream, meter, parts.iter().map(|p| &*p.scales), what)?)
+            Some(concat_upload(
+                stream,
+                meter,
+                parts.iter().map(|p| &*p.scales),
+                what,
+            )?)
         };
         Ok(DevWeight {
             kind: first.kind,
@@ -121,12 +133,18 @@ pub fn upload_opt(
     values: Option<&[f32]>,
     what: &str,
 ) -> Result<Option<DevBuf<f32>>> {
-    values.map(|v| DevBuf::from_host(stream, meter, v, what)).transpose()
+    values
+        .map(|v| DevBuf::from_host(stream, meter, v, what))
+        .transpose()
 }
 
 /// `grid` blocks of `threads`, no dynamic shared memory.
 pub fn cfg(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// `ceil(a / b)` as a grid dimension.

@@ -59,7 +59,13 @@ pub struct MoeScratch {
 
 impl MoeScratch {
     /// Scratch for up to `pairs` (token, expert) pairs of `n_experts` experts of widths `inter` and `hidden`.
-    pub fn new(dev: &Device, pairs: usize, n_experts: usize, inter: usize, hidden: usize) -> Result<Self> {
+    pub fn new(
+        dev: &Device,
+        pairs: usize,
+        n_experts: usize,
+        inter: usize,
+        hidden: usize,
+    ) -> Result<Self> {
         let (s, m) = (&dev.stream, &dev.meter);
         Ok(MoeScratch {
             counts: DevBuf::zeros(s, m, n_experts, "MoE scratch")?,
@@ -74,14 +80,14 @@ impl MoeScratch {
         })
     }
 
-    /// Most pairs it serves.
-    pub fn pairs_capacity(&self) -> usize {
-        self.pairs
+    /// Whether it serves `pairs` pairs of `(experts, intermediate, hidden)`.
+    pub fn fits_dims(&self, pairs: usize, dims: (usize, usize, usize)) -> bool {
+        pairs <= self.pairs && dims == (self.n_experts, self.inter, self.hidden)
     }
 
     /// Whether it serves `pairs` pairs of these experts.
     pub fn fits(&self, pairs: usize, e: &CudaExperts) -> bool {
-        pairs <= self.pairs && (e.n_experts, e.down.k, e.down.rows) == (self.n_experts, self.inter, self.hidden)
+        self.fits_dims(pairs, (e.n_experts, e.down.k, e.down.rows))
     }
 }
 
@@ -102,10 +108,29 @@ struct RouteParams {
 unsafe impl cudarc::driver::DeviceRepr for RouteParams {}
 
 /// Router logits, top-k, softmax over the selected.
-pub fn route(dev: &Device, step: &CudaStep, h: &CudaBuf, router: &CudaLinear, top_k: usize, out: &mut CudaRouting) -> Result<()> {
+pub fn route(
+    dev: &Device,
+    step: &CudaStep,
+    h: &CudaBuf,
+    router: &CudaLinear,
+    top_k: usize,
+    out: &mut CudaRouting,
+) -> Result<()> {
     let w = &router.w;
-    if h.cols != w.k || top_k != out.top_k || top_k == 0 || top_k > 32 || top_k > w.rows || step.rows > out.rows {
-        return Err(shape_error("route", format!("h [_, {}], router [{}, {}], top_k {top_k} (<= 32)", h.cols, w.rows, w.k)));
+    if h.cols != w.k
+        || top_k != out.top_k
+        || top_k == 0
+        || top_k > 32
+        || top_k > w.rows
+        || step.rows > out.rows
+    {
+        return Err(shape_error(
+            "route",
+            format!(
+                "h [_, {}], router [{}, {}], top_k {top_k} (<= 32)",
+                h.cols, w.rows, w.k
+            ),
+        ));
     }
     let p = RouteParams {
         w: w.as_ref(),
@@ -187,17 +212,30 @@ pub struct MoeInputs<'a> {
 }
 
 /// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows.
-pub fn moe(dev: &Device, step: &CudaStep, m: MoeInputs<'_>, scratch: &MoeScratch, out: &mut CudaBuf) -> Result<()> {
+pub fn moe(
+    dev: &Device,
+    step: &CudaStep,
+    m: MoeInputs<'_>,
+    scratch: &MoeScratch,
+    out: &mut CudaBuf,
+) -> Result<()> {
     let (e, r) = (m.experts, m.routing);
     let (hidden, inter) = (e.down.rows, e.down.k);
     let pairs = step.rows * r.top_k;
-    if m.h.cols != hidden || out.cols != hidden || e.gate_up.k != hidden || e.gate_up.rows != 2 * inter
-        || m.shape.top_k != r.top_k || !scratch.fits(pairs, e)
+    if m.h.cols != hidden
+        || out.cols != hidden
+        || e.gate_up.k != hidden
+        || e.gate_up.rows != 2 * inter
+        || m.shape.top_k != r.top_k
+        || !scratch.fits(pairs, e)
     {
-        return Err(shape_error("moe", format!(
-            "h [_, {}], gate_up [{}, {}], down [{hidden}, {inter}], out [_, {}], {pairs} pairs",
-            m.h.cols, e.gate_up.rows, e.gate_up.k, out.cols
-        )));
+        return Err(shape_error(
+            "moe",
+            format!(
+                "h [_, {}], gate_up [{}, {}], down [{hidden}, {inter}], out [_, {}], {pairs} pairs",
+                m.h.cols, e.gate_up.rows, e.gate_up.k, out.cols
+            ),
+        ));
     }
     let g = GroupParams {
         experts: r.experts.ptr(),
@@ -244,7 +282,11 @@ pub fn moe(dev: &Device, step: &CudaStep, m: MoeInputs<'_>, scratch: &MoeScratch
         h: hidden as i32,
         pad: 0,
     };
-    dev.launch(Func::MoeCombine, cfg((blocks(step.rows * hidden, 256), 1, 1), 256), &c)
+    dev.launch(
+        Func::MoeCombine,
+        cfg((blocks(step.rows * hidden, 256), 1, 1), 256),
+        &c,
+    )
 }
 
 /// An error for experts that cannot be stacked.

@@ -50,7 +50,13 @@ impl SampleScratch {
     /// Allocates for `rows` rows of `vocab` logits.
     pub fn new(dev: &Device, rows: usize, vocab: usize) -> Result<Self> {
         let (s, m) = (&dev.stream, &dev.meter);
-        let zero = SampleRow { u: 0.0, temperature: 0.0, top_p: 1.0, top_k: 0, greedy: 1 };
+        let zero = SampleRow {
+            u: 0.0,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            greedy: 1,
+        };
         Ok(SampleScratch {
             params: DevBuf::from_host(s, m, &vec![zero; rows.max(1)], "sampler scratch")?,
             scratch: DevBuf::zeros(s, m, rows * vocab, "sampler scratch")?,
@@ -79,8 +85,15 @@ pub fn sample(
 ) -> Result<Vec<u32>> {
     let rows = params.len();
     if counters.len() != rows || rows > logits.rows || !scratch.fits(rows, logits.cols) {
-        return Err(shape_error("sample", format!("{rows} rows, {} counters, logits [{}, {}]",
-            counters.len(), logits.rows, logits.cols)));
+        return Err(shape_error(
+            "sample",
+            format!(
+                "{rows} rows, {} counters, logits [{}, {}]",
+                counters.len(),
+                logits.rows,
+                logits.cols
+            ),
+        ));
     }
     if rows == 0 {
         return Ok(Vec::new());
@@ -97,7 +110,9 @@ pub fn sample(
         })
         .collect();
     let mut dst = scratch.params.slice.slice_mut(0..rows);
-    dev.stream.memcpy_htod(&host, &mut dst).map_err(|e| CudaError::driver("copying sampling parameters", e))?;
+    dev.stream
+        .memcpy_htod(&host, &mut dst)
+        .map_err(|e| CudaError::driver("copying sampling parameters", e))?;
     let p = SampleParams {
         logits: logits.buf.ptr(),
         rows: scratch.params.ptr(),
