@@ -5,13 +5,12 @@
 // moe_gate_up_<fmt>: act[p, i] = swiglu_oai(h[t]·gate_up_e[2i] + b[2i], h[t]·gate_up_e[2i+1] + b[2i+1]).
 //   gate_up packed [E*2I, ld] (expert e's rows at e*2I), bias f32 [E*2I] or null; act f32 [n_pairs, I].
 // moe_down_<fmt>: y[p, j] = act[p]·down_e[j] + b_e[j]; down packed [E*H, ld], bias f32 [E*H] or null; y [n_pairs, H].
-//   Both: grid x = ceil(outputs / 8 warps), y = expert, z = tile of TT=8 of the expert's pairs (blocks past
-//   the expert's count exit at once). Block: 256 threads.
+//   Both: grid x = ceil(outputs / 8 warps), y = expert, z = tiles; a block takes tiles z, z + gridDim.z, ...
+//   of TT of the expert's pairs (blocks past the expert's count exit at once). _t1 (decode: one pair per
+//   expert, no wasted accumulators, z = 1) and _t8 (prefill, z = ceil(pairs / 8)). Block: 256 threads.
 // moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend.
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // Minimum arch: sm_80. Launched from src/ops/moe.rs.
-#define MOE_TT 8
-
 struct GroupParams {
     const int* experts;
     int* counts;
@@ -57,13 +56,14 @@ struct ExpertParams {
     float limit;
 };
 
-// Pointers to the x rows of this block's tile of expert `e`'s pairs (unused slots repeat the first live
+// Pointers to the x rows of the tile at `start` of expert `e`'s pairs (unused slots repeat the first live
 // row, their pair is -1); returns how many are live.
-static __device__ __forceinline__ int tile_rows(const ExpertParams& p, int e, const float** xs, int* pairs) {
-    int start = blockIdx.z * MOE_TT, count = p.counts[e] - start;
+template <int TT>
+static __device__ __forceinline__ int tile_rows(const ExpertParams& p, int e, int start, const float** xs, int* pairs) {
+    int count = p.counts[e] - start;
     if (count <= 0) return count;
     #pragma unroll
-    for (int t = 0; t < MOE_TT; t++) {
+    for (int t = 0; t < TT; t++) {
         int pair = p.list[p.offsets[e] + start + min(t, count - 1)];
         pairs[t] = t < count ? pair : -1;
         i64 row = p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
@@ -78,54 +78,62 @@ static __device__ __forceinline__ float swiglu_oai(float gate, float up, float a
     return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
 }
 
-template <int F>
+template <int F, int TT>
 static __device__ void gate_up_impl(const ExpertParams& p) {
     __shared__ float tab[16];
     load_table(p.w, tab);
     int e = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * (blockDim.x >> 5) + warp;
-    const float* xs[MOE_TT];
-    int pairs[MOE_TT];
-    if (tile_rows(p, e, xs, pairs) <= 0 || i >= p.n_out) return;
-    float acc[2][MOE_TT];
-    #pragma unroll
-    for (int t = 0; t < MOE_TT; t++) { acc[0][t] = 0.0f; acc[1][t] = 0.0f; }
+    if (i >= p.n_out) return;
     i64 row = (i64)e * 2 * p.n_out + 2 * i;
-    warp_rowdot<F, MOE_TT, 2>(p.w, tab, row, xs, p.k, acc);
-    if (lane == 0) {
-        float bg = p.bias ? p.bias[row] : 0.0f, bu = p.bias ? p.bias[row + 1] : 0.0f;
+    for (int start = blockIdx.z * TT;; start += gridDim.z * TT) {
+        const float* xs[TT];
+        int pairs[TT];
+        if (tile_rows<TT>(p, e, start, xs, pairs) <= 0) return;
+        float acc[2][TT];
         #pragma unroll
-        for (int t = 0; t < MOE_TT; t++)
-            if (pairs[t] >= 0)
-                p.out[(i64)pairs[t] * p.n_out + i] = swiglu_oai(acc[0][t] + bg, acc[1][t] + bu, p.alpha, p.limit);
+        for (int t = 0; t < TT; t++) { acc[0][t] = 0.0f; acc[1][t] = 0.0f; }
+        warp_rowdot<F, TT, 2>(p.w, tab, row, xs, p.k, acc);
+        if (lane == 0) {
+            float bg = p.bias ? p.bias[row] : 0.0f, bu = p.bias ? p.bias[row + 1] : 0.0f;
+            #pragma unroll
+            for (int t = 0; t < TT; t++)
+                if (pairs[t] >= 0)
+                    p.out[(i64)pairs[t] * p.n_out + i] = swiglu_oai(acc[0][t] + bg, acc[1][t] + bu, p.alpha, p.limit);
+        }
     }
 }
 
-template <int F>
+template <int F, int TT>
 static __device__ void down_impl(const ExpertParams& p) {
     __shared__ float tab[16];
     load_table(p.w, tab);
     int e = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + warp;
-    const float* xs[MOE_TT];
-    int pairs[MOE_TT];
-    if (tile_rows(p, e, xs, pairs) <= 0 || j >= p.n_out) return;
-    float acc[1][MOE_TT];
-    #pragma unroll
-    for (int t = 0; t < MOE_TT; t++) acc[0][t] = 0.0f;
+    if (j >= p.n_out) return;
     i64 row = (i64)e * p.n_out + j;
-    warp_rowdot<F, MOE_TT, 1>(p.w, tab, row, xs, p.k, acc);
-    if (lane == 0) {
-        float b = p.bias ? p.bias[row] : 0.0f;
+    for (int start = blockIdx.z * TT;; start += gridDim.z * TT) {
+        const float* xs[TT];
+        int pairs[TT];
+        if (tile_rows<TT>(p, e, start, xs, pairs) <= 0) return;
+        float acc[1][TT];
         #pragma unroll
-        for (int t = 0; t < MOE_TT; t++)
-            if (pairs[t] >= 0) p.out[(i64)pairs[t] * p.n_out + j] = acc[0][t] + b;
+        for (int t = 0; t < TT; t++) acc[0][t] = 0.0f;
+        warp_rowdot<F, TT, 1>(p.w, tab, row, xs, p.k, acc);
+        if (lane == 0) {
+            float b = p.bias ? p.bias[row] : 0.0f;
+            #pragma unroll
+            for (int t = 0; t < TT; t++)
+                if (pairs[t] >= 0) p.out[(i64)pairs[t] * p.n_out + j] = acc[0][t] + b;
+        }
     }
 }
 
 #define MOE_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME(const ExpertParams p) { gate_up_impl<F>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME(const ExpertParams p) { down_impl<F>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME##_t1(const ExpertParams p) { gate_up_impl<F, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME##_t8(const ExpertParams p) { gate_up_impl<F, 8>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t1(const ExpertParams p) { down_impl<F, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t8(const ExpertParams p) { down_impl<F, 8>(p); }
 
 MOE_ENTRY(f32, WF_F32)
 MOE_ENTRY(bf16, WF_BF16)

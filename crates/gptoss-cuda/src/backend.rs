@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 
+use cudarc::driver::PinnedHostSlice;
 use gptoss_engine::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
 };
@@ -42,10 +43,11 @@ pub struct CudaVector {
     pub(crate) len: usize,
 }
 
-/// The step's batch on the device: `[tokens | positions | slots]` of `max_rows` each, then the logit rows;
-/// and the RoPE table.
+/// The step's batch on the device: `[tokens | positions | slots]` of `max_rows` each, then the logit rows
+/// (copied from a pinned staging buffer, so the copy is truly asynchronous); and the RoPE table.
 pub struct CudaStep {
     meta: DevBuf<i32>,
+    staging: PinnedHostSlice<i32>,
     max_rows: usize,
     max_logit_rows: usize,
     pub(crate) rows: usize,
@@ -241,8 +243,18 @@ impl Backend for CudaBackend {
     fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<CudaStep> {
         let d = &self.dev;
         let (rows, logit_rows) = (capacity.max_batch_tokens, capacity.max_logit_rows);
+        let len = 3 * rows + logit_rows;
+        // SAFETY: the staging buffer is only written through `as_mut_slice`, which waits for the last copy
+        // out of it, and is read only by copies on this backend's stream.
+        let mut staging = unsafe { d.ctx.alloc_pinned::<i32>(len.max(1)) }
+            .map_err(|e| CudaError::driver("allocating pinned step staging", e))?;
+        staging
+            .as_mut_slice()
+            .map_err(|e| CudaError::driver("clearing pinned step staging", e))?
+            .fill(0);
         Ok(CudaStep {
-            meta: DevBuf::zeros(&d.stream, &d.meter, 3 * rows + logit_rows, "step metadata")?,
+            meta: DevBuf::zeros(&d.stream, &d.meter, len, "step metadata")?,
+            staging,
             max_rows: rows,
             max_logit_rows: logit_rows,
             rows: 0,
@@ -264,24 +276,29 @@ impl Backend for CudaBackend {
             ))
             .into());
         }
-        let mut meta = vec![0i32; 3 * step.max_rows + batch.logit_rows.len()];
+        let max_rows = step.max_rows;
+        let meta = step
+            .staging
+            .as_mut_slice()
+            .map_err(|e| CudaError::driver("waiting for the previous step's batch copy", e))?;
         let as_i32 = |v: &u32| *v as i32;
         for (dst, src) in [
             (0, &batch.tokens),
-            (step.max_rows, &batch.positions),
-            (2 * step.max_rows, &batch.slots),
+            (max_rows, &batch.positions),
+            (2 * max_rows, &batch.slots),
         ] {
             for (m, v) in meta[dst..dst + n].iter_mut().zip(src.iter()) {
                 *m = as_i32(v);
             }
         }
-        for (m, v) in meta[3 * step.max_rows..].iter_mut().zip(&batch.logit_rows) {
+        for (m, v) in meta[3 * max_rows..].iter_mut().zip(&batch.logit_rows) {
             *m = as_i32(v);
         }
-        let mut dst = step.meta.slice.slice_mut(0..meta.len());
+        let len = step.staging.len();
+        let mut dst = step.meta.slice.slice_mut(0..len);
         self.dev
             .stream
-            .memcpy_htod(&meta, &mut dst)
+            .memcpy_htod(&step.staging, &mut dst)
             .map_err(|e| CudaError::driver("copying the step's batch", e))?;
         step.rows = n;
         step.logit_rows = batch.logit_rows.len();

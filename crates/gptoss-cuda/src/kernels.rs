@@ -112,13 +112,30 @@ impl WeightKind {
     ];
 }
 
-/// Input rows per warp in the linear kernel.
+/// Input rows per warp in the linear and expert kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowTile {
     /// One row (decode).
     One,
     /// Eight rows (prefill).
     Eight,
+}
+
+impl RowTile {
+    fn suffix(self) -> &'static str {
+        match self {
+            RowTile::One => "t1",
+            RowTile::Eight => "t8",
+        }
+    }
+
+    /// Rows per tile.
+    pub fn rows(self) -> usize {
+        match self {
+            RowTile::One => 1,
+            RowTile::Eight => 8,
+        }
+    }
 }
 
 /// Element type of the KV cache as the kernels see it.
@@ -149,10 +166,10 @@ pub enum Func {
     Route(WeightKind),
     /// `moe_group`
     MoeGroup,
-    /// `moe_gate_up_<fmt>`
-    MoeGateUp(WeightKind),
-    /// `moe_down_<fmt>`
-    MoeDown(WeightKind),
+    /// `moe_gate_up_<fmt>_t{1,8}`
+    MoeGateUp(WeightKind, RowTile),
+    /// `moe_down_<fmt>_t{1,8}`
+    MoeDown(WeightKind, RowTile),
     /// `moe_combine`
     MoeCombine,
     /// `sample_rows`
@@ -169,7 +186,7 @@ impl Func {
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) => KernelFile::Attention,
             Func::Route(_) => KernelFile::Router,
-            Func::MoeGroup | Func::MoeGateUp(_) | Func::MoeDown(_) | Func::MoeCombine => {
+            Func::MoeGroup | Func::MoeGateUp(..) | Func::MoeDown(..) | Func::MoeCombine => {
                 KernelFile::Moe
             }
             Func::Sample => KernelFile::Sample,
@@ -186,14 +203,13 @@ impl Func {
             Func::Embed(w) => format!("embed_{}", w.suffix()),
             Func::RmsNorm => "rmsnorm_f32".into(),
             Func::Add => "add_f32".into(),
-            Func::Linear(w, RowTile::One) => format!("linear_{}_t1", w.suffix()),
-            Func::Linear(w, RowTile::Eight) => format!("linear_{}_t8", w.suffix()),
+            Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::MoeGroup => "moe_group".into(),
-            Func::MoeGateUp(w) => format!("moe_gate_up_{}", w.suffix()),
-            Func::MoeDown(w) => format!("moe_down_{}", w.suffix()),
+            Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
+            Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
         }
@@ -212,14 +228,14 @@ impl Func {
             v.extend([Func::RopeKv(k), Func::Attention(k)]);
         }
         for w in WeightKind::ALL {
-            v.extend([
-                Func::Embed(w),
-                Func::Linear(w, RowTile::One),
-                Func::Linear(w, RowTile::Eight),
-                Func::Route(w),
-                Func::MoeGateUp(w),
-                Func::MoeDown(w),
-            ]);
+            v.extend([Func::Embed(w), Func::Route(w)]);
+            for t in [RowTile::One, RowTile::Eight] {
+                v.extend([
+                    Func::Linear(w, t),
+                    Func::MoeGateUp(w, t),
+                    Func::MoeDown(w, t),
+                ]);
+            }
         }
         v
     }
@@ -245,8 +261,8 @@ mod tests {
             ("linear_", "LINEAR_ENTRY", &["_t1", "_t8"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
             ("route_", "ROUTE_ENTRY", &[""][..]),
-            ("moe_gate_up_", "MOE_ENTRY", &[""][..]),
-            ("moe_down_", "MOE_ENTRY", &[""][..]),
+            ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),
+            ("moe_down_", "MOE_ENTRY", &["_t1", "_t8"][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

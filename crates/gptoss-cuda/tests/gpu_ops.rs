@@ -364,7 +364,7 @@ fn router_and_moe_every_format() {
     let (n_exp, hidden, inter) = (6, 64, 96);
     for format in TestFormat::ALL {
         let ex = experts(&mut rng, format, n_exp, hidden, inter);
-        for (rows, top_k) in [(1, 2), (11, 3), (20, 1)] {
+        for (rows, top_k) in [(1, 2), (3, 2), (11, 3), (20, 1)] {
             let router = Linear {
                 weight: random_tensor(
                     &mut rng,

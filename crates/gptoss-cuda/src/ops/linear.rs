@@ -60,7 +60,6 @@ fn run(
         return Ok(());
     }
     let tile = choose_linear(n_tok);
-    let tt = if tile == RowTile::One { 1 } else { 8 };
     let p = LinearParams {
         w: wt.as_ref(),
         bias: w.bias.as_ref().map_or(0, |b| b.ptr()),
@@ -76,7 +75,7 @@ fn run(
     };
     dev.launch(
         Func::Linear(wt.kind, tile),
-        cfg((blocks(wt.rows, WARPS), blocks(n_tok, tt), 1), 256),
+        cfg((blocks(wt.rows, WARPS), blocks(n_tok, tile.rows()), 1), 256),
         &p,
     )
 }

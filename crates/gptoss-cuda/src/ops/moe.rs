@@ -6,7 +6,7 @@ use gptoss_engine::backend::MoeShape;
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
-use crate::kernels::Func;
+use crate::kernels::{Func, RowTile};
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
 use crate::vram::DevBuf;
 
@@ -196,8 +196,16 @@ struct CombineParams {
 // SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
-/// Pairs of one expert tile in moe.cu (`MOE_TT`).
-const MOE_TILE: usize = 8;
+/// One pair per tile when each expert has at most about one pair (decode: no wasted accumulators, every
+/// block loops over its expert's pairs), eight otherwise (prefill: each weight row decoded once per eight
+/// pairs, one tile per block).
+pub fn choose_moe(pairs: usize, n_experts: usize) -> RowTile {
+    if pairs <= n_experts {
+        RowTile::One
+    } else {
+        RowTile::Eight
+    }
+}
 
 /// What [`moe`] reads.
 pub struct MoeInputs<'a> {
@@ -246,7 +254,11 @@ pub fn moe(
         n_experts: e.n_experts as i32,
     };
     dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
-    let tiles = blocks(pairs, MOE_TILE);
+    let tile = choose_moe(pairs, e.n_experts);
+    let tiles = match tile {
+        RowTile::One => 1,
+        RowTile::Eight => blocks(pairs, tile.rows()),
+    };
     let mut p = ExpertParams {
         w: e.gate_up.as_ref(),
         bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -263,7 +275,11 @@ pub fn moe(
         limit: m.shape.swiglu_limit,
     };
     let grid = |n_out: usize| (blocks(n_out, 8), e.n_experts as u32, tiles);
-    dev.launch(Func::MoeGateUp(e.gate_up.kind), cfg(grid(inter), 256), &p)?;
+    dev.launch(
+        Func::MoeGateUp(e.gate_up.kind, tile),
+        cfg(grid(inter), 256),
+        &p,
+    )?;
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -271,7 +287,7 @@ pub fn moe(
     p.k = inter as i32;
     p.n_out = hidden as i32;
     p.x_per_pair = 1;
-    dev.launch(Func::MoeDown(e.down.kind), cfg(grid(hidden), 256), &p)?;
+    dev.launch(Func::MoeDown(e.down.kind, tile), cfg(grid(hidden), 256), &p)?;
     let c = CombineParams {
         experts: r.experts.ptr(),
         weights: r.weights.ptr(),
