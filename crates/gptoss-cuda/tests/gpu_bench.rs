@@ -64,6 +64,13 @@ fn bench_gpt_oss_20b_under_16_gib() {
         tok = m.sample(&[Default::default()], &[i as u64]).unwrap()[0];
     }
     let decode_s = t0.elapsed().as_secs_f64() / n_decode as f64;
+    let t0 = Instant::now();
+    for i in 0..n_decode {
+        m.forward(&Batch::single(&[tok], 256 + n_decode + i, 0))
+            .unwrap();
+    }
+    m.backend().synchronize().unwrap();
+    let forward_s = t0.elapsed().as_secs_f64() / n_decode as f64;
     let (used, peak) = m.backend().memory_in_use();
     println!(
         "BENCH prefill 256 tokens: {:.1} ms ({:.0} tok/s)",
@@ -74,6 +81,10 @@ fn bench_gpt_oss_20b_under_16_gib() {
         "BENCH decode (forward + greedy sample): {:.2} ms/token ({:.1} tok/s)",
         decode_s * 1e3,
         1.0 / decode_s
+    );
+    println!(
+        "BENCH decode forward only (queued back to back): {:.2} ms/token",
+        forward_s * 1e3
     );
     println!(
         "BENCH device memory: in use {:.2} GiB, peak {:.2} GiB, plan {:.2} GiB, cap 16 GiB",
