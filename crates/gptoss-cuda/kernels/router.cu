@@ -20,6 +20,8 @@ template <int F>
 static __device__ void route_impl(const RouteParams& p) {
     extern __shared__ float logits[];
     __shared__ float tab[16];
+    __shared__ int chosen[32];
+    __shared__ float vals[32];
     load_table(p.w, tab);
     u8* taken = (u8*)(logits + p.n_experts);
     int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -34,8 +36,6 @@ static __device__ void route_impl(const RouteParams& p) {
     }
     __syncthreads();
     if (threadIdx.x != 0) return;
-    int chosen[32];
-    float vals[32];
     for (int s = 0; s < p.top_k; s++) {
         int best = -1;
         for (int e = 0; e < p.n_experts; e++)

@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 
-use cudarc::driver::PinnedHostSlice;
 use gptoss_engine::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
 };
@@ -19,6 +18,7 @@ use crate::ops::moe::{experts_error, CudaExperts, CudaRouting, MoeInputs, MoeScr
 use crate::ops::sample::SampleScratch;
 use crate::ops::{self, upload_opt, DevWeight};
 use crate::options::CudaOptions;
+pub use crate::step::CudaStep;
 use crate::vram::{gib, DevBuf};
 use crate::weights::pack;
 
@@ -41,35 +41,6 @@ pub struct CudaLinear {
 pub struct CudaVector {
     pub(crate) buf: DevBuf<f32>,
     pub(crate) len: usize,
-}
-
-/// The step's batch on the device: `[tokens | positions | slots]` of `max_rows` each, then the logit rows
-/// (copied from a pinned staging buffer, so the copy is truly asynchronous); and the RoPE table.
-pub struct CudaStep {
-    meta: DevBuf<i32>,
-    staging: PinnedHostSlice<i32>,
-    max_rows: usize,
-    max_logit_rows: usize,
-    pub(crate) rows: usize,
-    pub(crate) logit_rows: usize,
-    pub(crate) inv_freq: DevBuf<f32>,
-    pub(crate) rope_len: usize,
-    pub(crate) concentration: f32,
-}
-
-impl CudaStep {
-    pub(crate) fn tokens_ptr(&self) -> u64 {
-        self.meta.ptr()
-    }
-    pub(crate) fn positions_ptr(&self) -> u64 {
-        self.meta.ptr() + 4 * self.max_rows as u64
-    }
-    pub(crate) fn slots_ptr(&self) -> u64 {
-        self.meta.ptr() + 8 * self.max_rows as u64
-    }
-    pub(crate) fn logit_rows_ptr(&self) -> u64 {
-        self.meta.ptr() + 12 * self.max_rows as u64
-    }
 }
 
 /// The CUDA backend: one device, its kernels and its memory budget.
@@ -159,7 +130,7 @@ impl Backend for CudaBackend {
         let d = &self.dev;
         let what = format!("a linear weight {:?}", linear.weight.shape);
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&linear.weight)], &what)?,
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&linear.weight)?], &what)?,
             bias: upload_opt(&d.stream, &d.meter, linear.bias.as_deref(), "a bias")?,
         })
     }
@@ -167,7 +138,7 @@ impl Backend for CudaBackend {
     fn upload_embedding(&self, table: &QuantTensor) -> Result<CudaLinear> {
         let d = &self.dev;
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)], "the embedding")?,
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)?], "the embedding")?,
             bias: None,
         })
     }
@@ -181,8 +152,14 @@ impl Backend for CudaBackend {
 
     fn upload_experts(&self, experts: &[Expert]) -> Result<CudaExperts> {
         let d = &self.dev;
-        let gate_up: Vec<_> = experts.iter().map(|e| pack(&e.gate_up.weight)).collect();
-        let down: Vec<_> = experts.iter().map(|e| pack(&e.down.weight)).collect();
+        let gate_up = experts
+            .iter()
+            .map(|e| pack(&e.gate_up.weight))
+            .collect::<CudaResult<Vec<_>>>()?;
+        let down = experts
+            .iter()
+            .map(|e| pack(&e.down.weight))
+            .collect::<CudaResult<Vec<_>>>()?;
         let bias = |pick: fn(&Expert) -> &Linear, rows: usize| -> CudaResult<Option<DevBuf<f32>>> {
             if experts.iter().all(|e| pick(e).bias.is_none()) {
                 return Ok(None);
@@ -241,68 +218,11 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<CudaStep> {
-        let d = &self.dev;
-        let (rows, logit_rows) = (capacity.max_batch_tokens, capacity.max_logit_rows);
-        let len = 3 * rows + logit_rows;
-        // SAFETY: the staging buffer is only written through `as_mut_slice`, which waits for the last copy
-        // out of it, and is read only by copies on this backend's stream.
-        let mut staging = unsafe { d.ctx.alloc_pinned::<i32>(len.max(1)) }
-            .map_err(|e| CudaError::driver("allocating pinned step staging", e))?;
-        staging
-            .as_mut_slice()
-            .map_err(|e| CudaError::driver("clearing pinned step staging", e))?
-            .fill(0);
-        Ok(CudaStep {
-            meta: DevBuf::zeros(&d.stream, &d.meter, len, "step metadata")?,
-            staging,
-            max_rows: rows,
-            max_logit_rows: logit_rows,
-            rows: 0,
-            logit_rows: 0,
-            inv_freq: self.vec(&rope.inv_freq, "the RoPE table")?,
-            rope_len: rope.inv_freq.len(),
-            concentration: rope.concentration,
-        })
+        Ok(CudaStep::new(&self.dev, capacity, rope)?)
     }
 
     fn begin_step(&self, step: &mut CudaStep, batch: &Batch) -> Result<()> {
-        let n = batch.tokens.len();
-        if n > step.max_rows || batch.logit_rows.len() > step.max_logit_rows {
-            return Err(CudaError::Unsupported(format!(
-                "a step of {n} tokens and {} logit rows exceeds the capacity of {} and {}",
-                batch.logit_rows.len(),
-                step.max_rows,
-                step.max_logit_rows
-            ))
-            .into());
-        }
-        let max_rows = step.max_rows;
-        let meta = step
-            .staging
-            .as_mut_slice()
-            .map_err(|e| CudaError::driver("waiting for the previous step's batch copy", e))?;
-        let as_i32 = |v: &u32| *v as i32;
-        for (dst, src) in [
-            (0, &batch.tokens),
-            (max_rows, &batch.positions),
-            (2 * max_rows, &batch.slots),
-        ] {
-            for (m, v) in meta[dst..dst + n].iter_mut().zip(src.iter()) {
-                *m = as_i32(v);
-            }
-        }
-        for (m, v) in meta[3 * max_rows..].iter_mut().zip(&batch.logit_rows) {
-            *m = as_i32(v);
-        }
-        let len = step.staging.len();
-        let mut dst = step.meta.slice.slice_mut(0..len);
-        self.dev
-            .stream
-            .memcpy_htod(&step.staging, &mut dst)
-            .map_err(|e| CudaError::driver("copying the step's batch", e))?;
-        step.rows = n;
-        step.logit_rows = batch.logit_rows.len();
-        Ok(())
+        Ok(step.load(&self.dev, batch)?)
     }
 
     fn clear_slot(&self, _cache: &mut CudaCache, _slot: u32) -> Result<()> {

@@ -27,6 +27,7 @@ pub mod libs;
 pub mod nvrtc;
 pub mod ops;
 pub mod options;
+pub mod step;
 pub mod testing;
 pub mod vram;
 pub mod weights;

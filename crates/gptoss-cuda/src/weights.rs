@@ -11,6 +11,7 @@ use gptoss_formats::{
     DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, TensorFormat,
 };
 
+use crate::error::{CudaError, Result};
 use crate::kernels::WeightKind;
 
 /// Rounding of each decoded 4-bit weight (mirrors `ROUND_*` in common.cu).
@@ -57,8 +58,15 @@ impl Packed<'_> {
     }
 }
 
-/// Repacks `t` (its last dim is the row) into a kernel layout.
-pub fn pack(t: &QuantTensor) -> Packed<'_> {
+/// Repacks `t` (its last dim is the row) into a kernel layout, after checking its bytes agree with its
+/// shape and format (so every slice below is in range).
+pub fn pack(t: &QuantTensor) -> Result<Packed<'_>> {
+    t.validate("upload", &format!("{:?} tensor", t.shape))
+        .map_err(|e| CudaError::Unsupported(e.to_string()))?;
+    Ok(pack_valid(t))
+}
+
+fn pack_valid(t: &QuantTensor) -> Packed<'_> {
     let (rows, k) = (t.n_rows(), t.row_len());
     let base = |kind, ld, data: Cow<'static, [u8]>| Packed {
         kind,
@@ -266,7 +274,7 @@ mod tests {
                 }
                 let t = random_tensor(&mut rng, format, rows, cols, 0.3);
                 let want = t.to_f32_vec();
-                let p = pack(&t);
+                let p = pack(&t).unwrap();
                 assert_eq!(p.ld % 8, 0);
                 assert_eq!(
                     p.size_bytes() as u64,
@@ -290,7 +298,11 @@ mod tests {
     #[test]
     fn kinds_chosen_per_format() {
         let mut rng = Rng(4);
-        let kind = |f, cols| pack(&random_tensor(&mut Rng(5), f, 2, cols, 1.0)).kind;
+        let kind = |f, cols| {
+            pack(&random_tensor(&mut Rng(5), f, 2, cols, 1.0))
+                .unwrap()
+                .kind
+        };
         assert_eq!(kind(TestFormat::Mxfp4, 64), WeightKind::Lut4E8m0);
         assert_eq!(kind(TestFormat::GgmlMxfp4, 64), WeightKind::Lut4E8m0);
         assert_eq!(kind(TestFormat::Q4_0, 64), WeightKind::Lut4F32);
@@ -300,6 +312,6 @@ mod tests {
         assert_eq!(kind(TestFormat::Q8_0, 64), WeightKind::Q8);
         // HF MXFP4 is uploaded straight from the mapping, with no copy.
         let t = random_tensor(&mut rng, TestFormat::Mxfp4, 4, 64, 1.0);
-        assert!(matches!(pack(&t).data, Cow::Borrowed(_)));
+        assert!(matches!(pack(&t).unwrap().data, Cow::Borrowed(_)));
     }
 }
