@@ -197,3 +197,25 @@ fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
     );
     assert!(p.weights_bytes + p.kv_cache_bytes <= used);
 }
+
+#[test]
+#[ignore = "needs GPU"]
+fn too_old_or_too_new_arch_is_a_clear_error() {
+    let mut o = CudaOptions::from_env().unwrap();
+    o.arch_override = Some(75);
+    let e = CudaBackend::new(&o)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("sm_75") && e.contains("8.0 (Ampere) or newer"),
+        "{e}"
+    );
+    o.arch_override = Some(120);
+    let e = CudaBackend::new(&o)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("newer than this GPU"), "{e}");
+    println!("arch errors: {e}");
+}
