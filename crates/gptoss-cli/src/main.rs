@@ -1,6 +1,7 @@
 //! `gptoss`: run, inspect and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
+mod device;
 mod inspect;
 mod logits;
 mod run;
