@@ -3,11 +3,11 @@
 
 use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
-use gptoss_engine::memory::{self, MemoryPlan};
+use gptoss_engine::memory::{self, KvPrecision, MemoryPlan};
 use gptoss_engine::{Capacity, CpuBackend, Model};
 use gptoss_formats::ModelWeights;
 
-use crate::source::{Device, ModelArgs};
+use crate::source::{Device, KvCache, ModelArgs};
 
 /// A model on whichever backend was chosen.
 pub enum AnyModel {
@@ -55,7 +55,10 @@ pub fn build_model(
         Device::Cuda => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
         Device::Auto => match open_cuda(args) {
             Ok(backend) => Ok(AnyModel::Cuda(Box::new(upload_cuda(
-                backend, weights, capacity,
+                backend,
+                weights,
+                capacity,
+                args.kv_cache,
             )?))),
             Err(e) => {
                 tracing::info!("no usable GPU ({e:#}); running on the CPU");
@@ -85,31 +88,36 @@ fn cuda(
     capacity: Capacity,
 ) -> Result<Model<CudaBackend>> {
     let backend = open_cuda(args).map_err(|e| anyhow::anyhow!("--device cuda: {e:#}"))?;
-    upload_cuda(backend, weights, capacity)
+    upload_cuda(backend, weights, capacity, args.kv_cache)
 }
 
 fn open_cuda(args: &ModelArgs) -> Result<CudaBackend> {
     let mut options = CudaOptions::from_env()?;
     options.max_vram_bytes = args.max_vram;
+    options.kv = kv_precision(args.kv_cache);
     Ok(CudaBackend::new(&options)?)
 }
 
-/// The device memory the model needs at `capacity` with the backend's KV precision.
-pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity) -> MemoryPlan {
-    memory::plan(
-        &weights.config,
-        memory::weights_bytes(weights),
-        capacity,
-        memory::KvPrecision::Bf16,
-    )
+fn kv_precision(kv: KvCache) -> KvPrecision {
+    match kv {
+        KvCache::Bf16 => KvPrecision::Bf16,
+        KvCache::F32 => KvPrecision::F32,
+    }
+}
+
+/// The device memory the model needs at `capacity` with a `kv` cache.
+pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> MemoryPlan {
+    let weights_bytes = memory::weights_bytes(weights);
+    memory::plan(&weights.config, weights_bytes, capacity, kv_precision(kv))
 }
 
 fn upload_cuda(
     backend: CudaBackend,
     weights: &ModelWeights,
     capacity: Capacity,
+    kv: KvCache,
 ) -> Result<Model<CudaBackend>> {
-    let plan = cuda_plan(weights, &capacity);
+    let plan = cuda_plan(weights, &capacity, kv);
     let cap = backend.device().meter.cap_bytes();
     let dev = backend.device();
     eprintln!(

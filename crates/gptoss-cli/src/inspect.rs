@@ -74,7 +74,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         slots: 1,
         context_tokens: args.ctx,
     };
-    let plan = crate::device::cuda_plan(&weights, &capacity);
+    let plan = crate::device::cuda_plan(&weights, &capacity, crate::source::KvCache::Bf16);
     let fits = args.max_vram.map(|cap| plan.total_bytes() <= cap);
     if args.json {
         let c = &weights.config;

@@ -22,6 +22,9 @@ pub struct ModelArgs {
     /// Context length to reserve KV cache for.
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// Element type of the GPU KV cache (the CPU backend always keeps f32).
+    #[arg(long, value_enum, default_value_t = KvCache::Bf16)]
+    pub kv_cache: KvCache,
     /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_vram: Option<u64>,
@@ -36,6 +39,15 @@ pub enum DummyModel {
     /// 36 layers, 128 experts.
     #[value(name = "gpt-oss-120b")]
     GptOss120b,
+}
+
+/// Element type of the GPU KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvCache {
+    /// bfloat16: half the memory.
+    Bf16,
+    /// f32: the CPU reference's precision.
+    F32,
 }
 
 /// The device to run on.

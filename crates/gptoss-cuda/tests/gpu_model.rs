@@ -126,23 +126,34 @@ fn every_fixture_matches_cpu() {
         let ckpt = match gptoss_formats::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                println!("fixture {name}: not loadable by this build's readers ({e}); skipped");
+                failures.push(format!("{name}: does not load: {e}"));
                 continue;
             }
         };
         let p = prompt(24, ckpt.weights.config.vocab_size.min(486));
-        let (worst, g, c) = compare(&ckpt.weights, &p, KvPrecision::Bf16);
+        // The criterion, with the f32 KV cache (the kernels' own error); the bf16 cache's error is
+        // reported beside it (the tiny random fixtures have unusually peaky attention, see bench/NOTES.md).
+        let (worst, g, c) = compare(&ckpt.weights, &p, KvPrecision::F32);
+        let (worst_bf16, g_bf16, _) = compare(&ckpt.weights, &p, KvPrecision::Bf16);
         println!(
-            "fixture {name}: worst rel logit err {worst:.2e}, greedy {}",
-            if g == c { "identical" } else { "DIFFERS" }
+            "fixture {name}: worst rel logit err {worst:.2e} (f32 KV), {worst_bf16:.2e} (bf16 KV); greedy {} (f32 KV), {} (bf16 KV)",
+            if g == c { "identical" } else { "DIFFERS" },
+            if g_bf16 == c { "identical" } else { "differs" }
         );
         compared += 1;
         if worst > 1e-2 || g != c {
-            failures.push(name);
+            failures.push(format!(
+                "{name}: worst {worst:.2e}, greedy {}",
+                if g == c { "same" } else { "differs" }
+            ));
         }
     }
     println!("{compared} fixtures compared");
     assert!(failures.is_empty(), "mismatching fixtures: {failures:?}");
+    assert!(
+        compared >= 21,
+        "expected every fixture (21), compared {compared}"
+    );
 }
 
 #[test]
