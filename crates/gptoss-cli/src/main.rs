@@ -2,6 +2,7 @@
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
 mod convert;
+mod device;
 mod inspect;
 mod logits;
 mod run;
