@@ -23,6 +23,7 @@ pub mod generate;
 pub mod math;
 pub mod model;
 pub mod sampler;
+pub mod scheduler;
 
 pub use backend::{Backend, Batch, Capacity, SamplingParams};
 pub use cpu::CpuBackend;
