@@ -180,6 +180,17 @@ fn stop_tokens_and_context_limit() {
 }
 
 #[test]
+fn long_prompts_prefill_over_several_steps() {
+    let w = weights();
+    // 16 tokens per step: a 100-token prompt alone takes 6 prefill-only steps before its first sample.
+    let handle = spawn(&w, 2, 16, 160, None);
+    let mut reqs = requests(2);
+    reqs[0].prompt = (0..100).map(|j| (j * 13 % 480) as u32 + 1).collect();
+    reqs[1].prompt = (0..70).map(|j| (j * 7 % 480) as u32 + 2).collect();
+    check_against_solo(&w, &handle, &reqs, 160);
+}
+
+#[test]
 fn cancellation_and_bad_requests() {
     let w = weights();
     let handle = spawn(&w, 2, 16, 512, None);
