@@ -1,9 +1,11 @@
 //! `gptoss`: run, inspect and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
+mod batch;
 mod inspect;
 mod logits;
 mod run;
+mod serve;
 mod source;
 mod vocab;
 
@@ -25,6 +27,10 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
     Inspect(inspect::InspectArgs),
+    /// Serve the OpenAI-compatible API (chat, completions, responses) with continuous batching.
+    Serve(serve::ServeArgs),
+    /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
+    Batch(batch::BatchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +46,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Batch(args) => batch::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
