@@ -259,7 +259,7 @@ async fn stream(
     {
         return;
     }
-    while let Some(step) = gen.next().await {
+    while let Some(Some(step)) = tx.next_step(&mut gen).await {
         match step {
             Ok(Step::Deltas(deltas)) => {
                 for d in deltas {

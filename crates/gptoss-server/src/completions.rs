@@ -98,7 +98,7 @@ pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}],
             })
         };
-        while let Some(step) = gen.next().await {
+        while let Some(Some(step)) = tx.next_step(&mut gen).await {
             let sent = match step {
                 Ok(Step::Deltas(d)) => {
                     let text: String = d.iter().filter_map(text_of).collect();

@@ -150,8 +150,13 @@ impl AppState {
         let context = self.context_tokens();
         let n = prompt.tokens.len();
         if n >= context {
+            let param = if mode == OutputMode::Raw {
+                "prompt"
+            } else {
+                "messages"
+            };
             return Err(ApiError::param(
-                "messages",
+                param,
                 format!("the prompt has {n} tokens; this model's context is {context} tokens (prompt + answer)"),
             )
             .with_code("context_length_exceeded"));

@@ -357,7 +357,7 @@ async fn stream_events(state: Arc<AppState>, mut gen: Generation, tx: sse::Event
         "response.created",
         json!({"response": response_json(&state, &id, &[], None)}),
     )];
-    while let Some(step) = gen.next().await {
+    while let Some(Some(step)) = tx.next_step(&mut gen).await {
         match step {
             Ok(Step::Deltas(deltas)) => deltas.iter().for_each(|d| items.push(d, &mut events)),
             Ok(Step::Done(finish, usage)) => {

@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::error::ApiResult;
+use crate::generation::{Generation, Step};
+
 /// The sending side: JSON events, named events and the `[DONE]` marker.
 pub struct EventSender(mpsc::Sender<Event>);
 
@@ -27,6 +30,19 @@ impl EventSender {
     pub async fn named(&self, name: &str, value: &Value) -> bool {
         let event = Event::default().event(name).data(value.to_string());
         self.0.send(event).await.is_ok()
+    }
+
+    /// Resolves when the client is gone (the response body was dropped).
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
+
+    /// The next step of `gen`, or `None` when the client went away first.
+    pub async fn next_step(&self, gen: &mut Generation) -> Option<Option<ApiResult<Step>>> {
+        tokio::select! {
+            step = gen.next() => Some(step),
+            () = self.closed() => None,
+        }
     }
 
     /// Sends `data: [DONE]`.

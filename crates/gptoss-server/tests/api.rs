@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use gptoss_server::conversation::{Conversation, ToolChoice, Turn};
@@ -33,8 +33,12 @@ const ANSWER: &str = "<|channel|>analysis<|message|>Say hi.<|end|><|start|>assis
 fn scripted(prompt: &[u32]) -> Script {
     let text = String::from_utf8_lossy(&tokenizer().decode_bytes(prompt).unwrap()).into_owned();
     let last = text.rsplit("<|start|>user").next().unwrap_or("");
-    if last.contains("hold") {
+    if last.contains("linger") {
+        Script::TokensThenHold(toks("<|channel|>final<|message|>Hel"))
+    } else if last.contains("hold") {
         Script::Hold
+    } else if last.contains("required") {
+        Script::Tokens(toks("get_weather <|constrain|>json<|message|>{}<|call|>"))
     } else if last.contains("forced") {
         Script::Tokens(toks("{\"x\": 1}<|call|>"))
     } else if last.contains("weather") {
@@ -46,7 +50,7 @@ fn scripted(prompt: &[u32]) -> Script {
     }
 }
 
-async fn fake_server(config: gptoss_server::ServerConfig) -> (String, Arc<Mutex<Vec<Vec<u32>>>>) {
+async fn fake_server(config: gptoss_server::ServerConfig) -> (String, Arc<FakeLog>) {
     let (engine, prompts) = fake_engine(2048, scripted);
     (serve(engine, config).await, prompts)
 }
@@ -201,7 +205,7 @@ async fn follow_up_renders_reasoning_and_tool_results_the_harmony_way() {
     };
     let harmony = Harmony::new(tokenizer()).unwrap();
     let want = expected.render(&harmony).unwrap().tokens;
-    assert_eq!(prompts.lock().unwrap().last().unwrap(), &want);
+    assert_eq!(prompts.prompts.lock().unwrap().last().unwrap(), &want);
     // The rendered text keeps the analysis before the tool call and shows the tool result message.
     let text = String::from_utf8_lossy(&tokenizer().decode_bytes(&want).unwrap()).into_owned();
     for piece in [
@@ -232,14 +236,28 @@ async fn named_tool_choice_forces_the_call_header() {
         (Some("get_weather"), Some("{\"x\": 1}"))
     );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
-    let prompt = prompts.lock().unwrap().last().unwrap().clone();
+    let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
     let forced = toks("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>");
     assert!(prompt.ends_with(&forced[..]));
+
+    // tool_choice "required" forces only the start of the header; the model names the function.
+    req["messages"] = json!([{"role": "user", "content": "required"}]);
+    req["tool_choice"] = json!("required");
+    let (status, body) = post(&format!("{base}/v1/chat/completions"), &req).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(
+        (call["name"].as_str(), call["arguments"].as_str()),
+        (Some("get_weather"), Some("{}"))
+    );
+    let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
+    assert!(prompt.ends_with(&toks("<|start|>assistant<|channel|>commentary to=functions.")[..]));
 
     // tool_choice "none" leaves the tools out of the prompt.
     req["tool_choice"] = json!("none");
     post(&format!("{base}/v1/chat/completions"), &req).await;
-    let prompt = prompts.lock().unwrap().last().unwrap().clone();
+    let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
     let text = String::from_utf8_lossy(&tokenizer().decode_bytes(&prompt).unwrap()).into_owned();
     assert!(!text.contains("get_weather"), "{text}");
 }
@@ -263,7 +281,7 @@ async fn completions_and_responses() {
         (Some(want.as_str()), Some("length"))
     );
     assert_eq!(
-        prompts.lock().unwrap().last().unwrap(),
+        prompts.prompts.lock().unwrap().last().unwrap(),
         &tokenizer().encode("raw text").unwrap()
     );
 
@@ -312,7 +330,7 @@ async fn completions_and_responses() {
         done["response"]["output"][1]["content"][0]["text"],
         "Hello world, hello"
     );
-    let prompt = prompts.lock().unwrap().last().unwrap().clone();
+    let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
     let rendered =
         String::from_utf8_lossy(&tokenizer().decode_bytes(&prompt).unwrap()).into_owned();
     assert!(rendered.contains("<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny<|end|>"), "{rendered}");
@@ -630,7 +648,7 @@ async fn full_queue_gets_429_with_retry_after() {
         let url = url.clone();
         async move { post(&url, &chat("hold")).await }
     });
-    while prompts.lock().unwrap().is_empty() {
+    while prompts.prompts.lock().unwrap().is_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let queued = tokio::spawn({
@@ -654,5 +672,35 @@ async fn full_queue_gets_429_with_retry_after() {
     held.abort();
     let (status, _) = queued.await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(prompts.lock().unwrap().len(), 2);
+    assert_eq!(prompts.prompts.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_client_that_disconnects_is_cancelled() {
+    let (base, log) = fake_server(config()).await;
+    let mut req = chat("linger");
+    req["stream"] = json!(true);
+    let mut r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("{\"content\":\"H") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk()).await;
+        let chunk = chunk.unwrap_or_else(|_| panic!("no content chunk; got {seen}"));
+        seen += &String::from_utf8_lossy(&chunk.unwrap().unwrap());
+    }
+    assert_eq!(*log.cancelled.lock().unwrap(), 0);
+    drop(r);
+    let start = std::time::Instant::now();
+    while *log.cancelled.lock().unwrap() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no cancel reached the engine"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

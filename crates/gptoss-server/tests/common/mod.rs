@@ -56,16 +56,27 @@ pub enum Script {
     Tokens(Vec<u32>),
     /// Say nothing until cancelled.
     Hold,
+    /// Emit these tokens, then nothing until cancelled.
+    TokensThenHold(Vec<u32>),
+}
+
+/// What the fake engine saw.
+#[derive(Default)]
+pub struct FakeLog {
+    /// Every submitted prompt.
+    pub prompts: Mutex<Vec<Vec<u32>>>,
+    /// Cancellations of held requests.
+    pub cancelled: Mutex<usize>,
 }
 
 /// A fake engine: `script` picks the output from the prompt; every prompt is recorded.
 pub fn fake_engine(
     context_tokens: usize,
     script: impl Fn(&[u32]) -> Script + Send + 'static,
-) -> (EngineHandle, Arc<Mutex<Vec<Vec<u32>>>>) {
+) -> (EngineHandle, Arc<FakeLog>) {
     let (tx, rx) = mpsc::channel::<Command>();
-    let prompts = Arc::new(Mutex::new(Vec::new()));
-    let seen = prompts.clone();
+    let log = Arc::new(FakeLog::default());
+    let seen = log.clone();
     std::thread::spawn(move || {
         let mut held: Vec<(RequestId, OutputSink)> = Vec::new();
         for cmd in rx {
@@ -75,9 +86,15 @@ pub fn fake_engine(
                     request,
                     mut sink,
                 } => {
-                    seen.lock().unwrap().push(request.prompt.clone());
+                    seen.prompts.lock().unwrap().push(request.prompt.clone());
                     match script(&request.prompt) {
                         Script::Hold => held.push((id, sink)),
+                        Script::TokensThenHold(t) => {
+                            for tok in t {
+                                sink(Output::Token(tok));
+                            }
+                            held.push((id, sink));
+                        }
                         Script::Tokens(t) => {
                             let n = t.len().min(request.max_new_tokens);
                             for &tok in &t[..n] {
@@ -102,6 +119,7 @@ pub fn fake_engine(
                 Command::Cancel(id) => {
                     if let Some(i) = held.iter().position(|(h, _)| *h == id) {
                         let (_, mut sink) = held.remove(i);
+                        *seen.cancelled.lock().unwrap() += 1;
                         sink(Output::Finished(Finish {
                             reason: FinishReason::Cancelled,
                             prompt_tokens: 0,
@@ -119,7 +137,7 @@ pub fn fake_engine(
     };
     (
         EngineHandle::from_parts(tx, Arc::new(EngineStats::default()), info),
-        prompts,
+        log,
     )
 }
 
