@@ -1,11 +1,12 @@
 //! `gptoss inspect`: a checkpoint's detected layout, config, tensor types and bytes, the conversions
-//! made at load, and the memory the model needs.
+//! made at load, the memory the model needs, and (`--convert-to`) what a conversion would write.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use gptoss_engine::Capacity;
 use gptoss_formats::{LayerType, ModelConfig, ModelWeights};
 
 use crate::source::{dummy_config, DummyModel};
@@ -19,9 +20,18 @@ pub struct InspectArgs {
     /// Inspect a dummy model of real shapes instead.
     #[arg(long, value_name = "NAME", conflicts_with = "path")]
     dummy: Option<DummyModel>,
+    /// Context length for the GPU memory plan.
+    #[arg(long, default_value_t = 8192)]
+    ctx: usize,
+    /// Check the GPU memory plan against this cap (e.g. 16GiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::source::parse_size)]
+    max_vram: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also show what `gptoss convert` would write (its --dry-run) for this output format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    convert_to: Option<crate::convert::Target>,
 }
 
 /// Stored types: (type, count, bytes).
@@ -61,6 +71,14 @@ pub fn run(args: InspectArgs) -> Result<()> {
     };
     let load_bytes = weights.size_bytes();
     let canonical = canonical_types(&weights);
+    let capacity = Capacity {
+        max_batch_tokens: 512,
+        max_logit_rows: 1,
+        slots: 1,
+        context_tokens: args.ctx,
+    };
+    let plan = crate::device::cuda_plan(&weights, &capacity, crate::source::KvCache::Bf16);
+    let fits = args.max_vram.map(|cap| plan.total_bytes() <= cap);
     if args.json {
         let c = &weights.config;
         let out = serde_json::json!({
@@ -70,6 +88,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "loaded_types": canonical.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
             "notes": notes,
             "weights_bytes": load_bytes,
+            "gpu_plan": {
+                "context_tokens": args.ctx,
+                "weights_bytes": plan.weights_bytes,
+                "kv_cache_bytes": plan.kv_cache_bytes,
+                "workspace_bytes": plan.workspace_bytes,
+                "total_bytes": plan.total_bytes(),
+                "max_vram_bytes": args.max_vram,
+                "fits": fits,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -83,7 +110,19 @@ pub fn run(args: InspectArgs) -> Result<()> {
     for n in &notes {
         println!("note: {n}");
     }
-    println!("\nweights in memory: {}", human_bytes(load_bytes));
+    println!("\nweights in host memory: {}", human_bytes(load_bytes));
+    println!(
+        "GPU plan at {} tokens of context (bf16 KV): {plan}",
+        args.ctx
+    );
+    if let (Some(cap), Some(fits)) = (args.max_vram, fits) {
+        let verdict = if fits { "fits" } else { "does NOT fit" };
+        println!("  {verdict} in --max-vram {}", human_bytes(cap as usize));
+    }
+    if let Some(target) = args.convert_to {
+        println!();
+        crate::convert::print_default_plan(&weights, target)?;
+    }
     Ok(())
 }
 

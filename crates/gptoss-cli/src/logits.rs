@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use gptoss_engine::Batch;
+use gptoss_engine::{Batch, Capacity};
 
 use crate::source::{self, ModelArgs};
+use crate::{device, with_model};
 
 /// Arguments of `gptoss logits`.
 #[derive(Args)]
@@ -29,18 +30,25 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("--tokens: no token ids given");
     }
-    source::resolve_device(args.model.device)?;
     let loaded = source::load(&args.model)?;
     let n = tokens.len();
     let rows = if args.all_positions { n } else { 1 };
-    let mut model = source::cpu_model(&loaded.weights, n.max(1), n, rows)?;
+    let capacity = Capacity {
+        max_batch_tokens: n,
+        max_logit_rows: rows,
+        slots: 1,
+        context_tokens: n,
+    };
+    let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
     let mut batch = Batch::single(&tokens, 0, 0);
     if args.all_positions {
         batch.logit_rows = (0..n as u32).collect();
     }
-    model.forward(&batch)?;
-    let flat = model.logits(rows)?;
-    let vocab = model.config().vocab_size;
+    let flat = with_model!(&mut model, m => {
+        m.forward(&batch)?;
+        m.logits(rows)?
+    });
+    let vocab = loaded.weights.config.vocab_size;
     let logits: Vec<&[f32]> = flat.chunks_exact(vocab).collect();
     let out = serde_json::json!({ "tokens": tokens, "logits": logits });
     println!("{out}");

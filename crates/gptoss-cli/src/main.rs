@@ -1,12 +1,15 @@
-//! `gptoss`: run, inspect and check gpt-oss models from any checkpoint layout. `main` parses the
+//! `gptoss`: run, inspect, convert and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
 mod batch;
+mod convert;
+mod device;
 mod inspect;
 mod logits;
 mod run;
 mod serve;
 mod source;
+mod synth;
 mod vocab;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
     Batch(batch::BatchArgs),
+    /// Convert a checkpoint to a GGUF llama.cpp loads, or to HF MXFP4 safetensors (--to hf-mxfp4).
+    Convert(convert::ConvertArgs),
+    /// Write the random weights of --dummy as an HF MXFP4 checkpoint.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +55,8 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Batch(args) => batch::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::{generate, GenerateOptions, SamplingParams, StopReason};
+use gptoss_engine::{generate, Capacity, GenerateOptions, SamplingParams, StopReason};
 use gptoss_tokenizer::harmony::Effort;
 
 use crate::source::{self, ModelArgs};
 use crate::vocab;
+use crate::{device, with_model};
 
 /// Arguments of `gptoss run`.
 #[derive(Args)]
@@ -27,10 +28,10 @@ pub struct RunArgs {
     #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Keep only the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
@@ -58,7 +59,6 @@ pub struct RunArgs {
 /// Generates and prints.
 pub fn run(args: RunArgs) -> Result<()> {
     check_sampling(&args)?;
-    source::resolve_device(args.model.device)?;
     let loaded = source::load(&args.model)?;
     let tokenizer = vocab::tokenizer_for(&loaded)?;
     let prompt = match (&args.tokens, &args.prompt) {
@@ -76,7 +76,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("the prompt encodes to no tokens");
     }
     let ctx = args.model.ctx.max(prompt.len() + 1);
-    let mut model = source::cpu_model(&loaded.weights, ctx, args.batch_tokens.max(1), 1)?;
+    let capacity = Capacity {
+        max_batch_tokens: args.batch_tokens.max(1),
+        max_logit_rows: 1,
+        slots: 1,
+        context_tokens: ctx,
+    };
+    let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_tokens,
         sampling: SamplingParams {
@@ -91,14 +97,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut first_token_at = None;
     let mut stream = vocab::TextStream::default();
     let mut stdout = std::io::stdout().lock();
-    let (tokens, reason) = generate(&mut model, &prompt, &options, |tok| {
+    let (tokens, reason) = with_model!(&mut model, m => generate(m, &prompt, &options, |tok| {
         first_token_at.get_or_insert_with(Instant::now);
         if !args.json {
             let piece = stream.push(&tokenizer, tok);
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         }
-    })?;
+    }))?;
     let _ = stdout.write_all(stream.finish().as_bytes());
     drop(stdout);
     let text = vocab::decode_lossy(&tokenizer, &tokens);
@@ -108,6 +114,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!();
     }
     report_speed(prompt.len(), tokens.len(), started, first_token_at, reason);
+    if let Some(peak) = model.peak_device_bytes() {
+        eprintln!(
+            "[peak device memory {}]",
+            crate::inspect::human_bytes(peak as usize)
+        );
+    }
     Ok(())
 }
 

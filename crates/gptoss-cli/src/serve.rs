@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::scheduler::{spawn_engine, EngineConfig, EngineHandle};
-use gptoss_engine::{Capacity, CpuBackend, Model};
+use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
+use gptoss_engine::Capacity;
 use gptoss_server::{AppState, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 
+use crate::device::{self, AnyModel};
 use crate::source::{self, ModelArgs};
 use crate::vocab;
 
@@ -44,7 +45,6 @@ pub struct Started {
 
 /// Loads the model and starts the engine thread.
 pub fn start_engine(args: &EngineArgs) -> Result<Started> {
-    source::resolve_device(args.model.device)?;
     anyhow::ensure!(args.max_seqs >= 1, "--max-seqs must be at least 1");
     anyhow::ensure!(args.batch_tokens >= 1, "--batch-tokens must be at least 1");
     let loaded = source::load(&args.model)?;
@@ -64,8 +64,20 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
         max_batch_tokens: None,
         kv_blocks: args.kv_blocks,
     };
-    let engine = spawn_engine(move || Model::new(CpuBackend, &weights, capacity), config)
-        .context("starting the engine")?;
+    let model_args = args.model.clone();
+    let engine = spawn_engine_with(
+        move |starter| {
+            let model = device::build_model(&model_args, &weights, capacity)
+                .map_err(|e| gptoss_engine::Error::invalid(format!("{e:#}")))?;
+            drop(weights);
+            match model {
+                AnyModel::Cpu(m) => starter.run(*m),
+                AnyModel::Cuda(m) => starter.run(*m),
+            }
+        },
+        config,
+    )
+    .context("starting the engine")?;
     Ok(Started {
         engine,
         tokenizer,

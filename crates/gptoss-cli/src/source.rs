@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::{Capacity, CpuBackend, Model};
 use gptoss_formats::{Checkpoint, ModelConfig, ModelWeights};
 
 /// The model-selection arguments shared by every subcommand that runs a model.
@@ -23,6 +22,12 @@ pub struct ModelArgs {
     /// Context length to reserve KV cache for.
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// Element type of the GPU KV cache (the CPU backend always keeps f32).
+    #[arg(long, value_enum, default_value_t = KvCache::Bf16)]
+    pub kv_cache: KvCache,
+    /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_vram: Option<u64>,
 }
 
 /// A model of real shapes with random weights.
@@ -34,6 +39,15 @@ pub enum DummyModel {
     /// 36 layers, 128 experts.
     #[value(name = "gpt-oss-120b")]
     GptOss120b,
+}
+
+/// Element type of the GPU KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvCache {
+    /// bfloat16: half the memory.
+    Bf16,
+    /// f32: the CPU reference's precision.
+    F32,
 }
 
 /// The device to run on.
@@ -98,32 +112,6 @@ pub fn dummy_config(d: DummyModel) -> ModelConfig {
     }
 }
 
-/// Resolves `auto` and rejects devices this build cannot use.
-pub fn resolve_device(device: Device) -> Result<Device> {
-    match device {
-        Device::Cpu | Device::Auto => Ok(Device::Cpu),
-        Device::Cuda => bail!(
-            "--device cuda: this gptoss has no CUDA backend yet (it is being built); use --device cpu"
-        ),
-    }
-}
-
-/// Builds a CPU model with room for one sequence of `ctx` tokens and `max_batch_tokens` per step.
-pub fn cpu_model(
-    weights: &ModelWeights,
-    ctx: usize,
-    max_batch_tokens: usize,
-    logit_rows: usize,
-) -> Result<Model<CpuBackend>> {
-    let capacity = Capacity {
-        max_batch_tokens,
-        max_logit_rows: logit_rows,
-        slots: 1,
-        context_tokens: ctx,
-    };
-    Ok(Model::new(CpuBackend, weights, capacity)?)
-}
-
 /// Parses `1,2,3` into token ids.
 pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
     text.split(',')
@@ -134,4 +122,37 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
                 .with_context(|| format!("--tokens: `{s}` is not a token id (expected e.g. 1,2,3)"))
         })
         .collect()
+}
+
+/// Parses a memory size: a number with an optional unit (B, KB/MB/GB = 10^3.., KiB/MiB/GiB or K/M/G = 2^10..).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (expected e.g. 16GiB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        return Err(format!("`{text}` must be a positive size"));
+    }
+    Ok(bytes as u64)
 }

@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod math;
+pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod scheduler;

@@ -146,3 +146,38 @@ fn cpu_matches_transformers_on_every_fixture() {
         failures.join("\n")
     );
 }
+
+/// Checkpoints holding the same values in different layouts give bit-identical logits.
+#[test]
+fn equal_valued_layouts_give_identical_logits() {
+    let r = read_reference(&fixtures_dir().join("hf-mxfp4/reference.json"));
+    let n = r.prompt.len();
+    let logits_of = |rel: &str| -> Vec<f32> {
+        let ckpt = gptoss_formats::load(&fixtures_dir().join(rel)).unwrap();
+        let cap = Capacity {
+            max_batch_tokens: n,
+            max_logit_rows: n,
+            slots: 1,
+            context_tokens: n,
+        };
+        let mut model = Model::new(CpuBackend, &ckpt.weights, cap).unwrap();
+        let mut batch = Batch::single(&r.prompt, 0, 0);
+        batch.logit_rows = (0..n as u32).collect();
+        model.forward(&batch).unwrap();
+        model.logits(n).unwrap()
+    };
+    let base = logits_of("hf-mxfp4");
+    for rel in [
+        "original",
+        "hf-bf16",
+        "split-projs",
+        "split-weights",
+        "split-gate-up",
+        "split-mixtral",
+        "gguf/tiny-llamacpp-f32.gguf",
+        "gguf/tiny-llamacpp-bf16.gguf",
+        "gguf/tiny-gguf-fused-gate-up.gguf",
+    ] {
+        assert!(logits_of(rel) == base, "{rel}: logits differ from hf-mxfp4");
+    }
+}

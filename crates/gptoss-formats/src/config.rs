@@ -299,8 +299,8 @@ impl ModelConfig {
     }
 }
 
-/// Sliding on layers `l % pattern < pattern - 1`? No: llama.cpp's `set_swa_pattern(n)` makes every
-/// layer sliding except each n-th (`il % n < n - 1`), which for n = 2 is "sliding on even layers".
+/// llama.cpp's `set_swa_pattern(n)`: every layer slides except each n-th (`l % n < n - 1`), which
+/// for n = 2 is "sliding on even layers" (spec §1.2). Used where a file carries no `layer_types`.
 pub fn alternating_layer_types(layers: usize, pattern: usize) -> Vec<LayerType> {
     (0..layers)
         .map(|l| {

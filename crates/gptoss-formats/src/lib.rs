@@ -20,6 +20,7 @@ pub mod config;
 pub mod dummy;
 pub mod error;
 pub mod gguf;
+pub mod quant;
 pub mod st;
 pub mod tensor;
 pub mod weights;

@@ -340,12 +340,16 @@ fn bad_quant_state_json_names_the_tensor() {
     write_bnb_model(&dir, NF4_DQ);
     let path = dir.join("model.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
-    // Corrupt the first quant state's JSON in place ("quant_type" → "quant_type" with a broken brace).
-    let key = br#"{"blocksize":64"#;
-    let at = bytes
+    // Corrupt a packed quant state's JSON in place: its opening brace becomes '['.
+    let key = br#""blocksize":64"#;
+    let inside = bytes
         .windows(key.len())
         .rposition(|w| w == key)
         .expect("a packed quant state");
+    let at = bytes[..inside]
+        .iter()
+        .rposition(|&b| b == b'{')
+        .expect("the state's opening brace");
     bytes[at] = b'[';
     std::fs::write(&path, bytes).unwrap();
     let e = err_text(&dir);

@@ -2,7 +2,7 @@
 //! for bf16, f32 and MXFP4; the formats crate's reference decode for the rest) and dotted with every
 //! input row. Parallel over blocks of weight rows; f32 accumulation.
 
-use gptoss_formats::tensor::{Lut4Scales, NibbleOrder, ScaleFormat, E2M1_VALUES};
+use gptoss_formats::tensor::{e8m0_to_f32, Lut4Scales, NibbleOrder, ScaleFormat, E2M1_VALUES};
 use gptoss_formats::{DType, QuantTensor, TensorFormat};
 use rayon::prelude::*;
 
@@ -10,8 +10,9 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 16;
 
 /// Decodes weight row `row` into `out` (length = row length).
+/// `SIMD` selects the AVX2 MXFP4 decode; the caller guarantees the CPU has AVX2 when it is set.
 #[inline(always)]
-pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
+pub(crate) fn decode_row<const SIMD: bool>(w: &QuantTensor, row: usize, out: &mut [f32]) {
     let n = out.len();
     let bytes = w.data.bytes();
     match &w.format {
@@ -40,17 +41,7 @@ pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
             {
                 let codes = &bytes[row * n / 2..(row + 1) * n / 2];
                 let scales = &data.bytes()[row * n / 32..(row + 1) * n / 32];
-                for ((chunk, block), &s) in out
-                    .chunks_exact_mut(32)
-                    .zip(codes.chunks_exact(16))
-                    .zip(scales)
-                {
-                    let scale = gptoss_formats::tensor::e8m0_to_f32(s);
-                    for (pair, &b) in chunk.chunks_exact_mut(2).zip(block) {
-                        pair[0] = E2M1_VALUES[(b & 0x0F) as usize] * scale;
-                        pair[1] = E2M1_VALUES[(b >> 4) as usize] * scale;
-                    }
-                }
+                decode_mxfp4::<SIMD>(codes, scales, out);
             } else {
                 w.dequantize_row(row, out);
             }
@@ -59,17 +50,73 @@ pub(crate) fn decode_row(w: &QuantTensor, row: usize, out: &mut [f32]) {
     }
 }
 
-/// Dot product with 32 independent partial sums, so the loop vectorises and pipelines; `FMA` selects
+/// Decodes MXFP4 blocks (16 code bytes, low nibble first, one E8M0 scale per 32) to exact f32 values.
+#[inline(always)]
+fn decode_mxfp4<const SIMD: bool>(codes: &[u8], scales: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD {
+        // SAFETY: AVX2 is only requested by callers that detected it on this CPU.
+        unsafe { decode_mxfp4_avx2(codes, scales, out) };
+        return;
+    }
+    for ((chunk, block), &s) in out
+        .chunks_exact_mut(32)
+        .zip(codes.chunks_exact(16))
+        .zip(scales)
+    {
+        let scale = e8m0_to_f32(s);
+        for (pair, &b) in chunk.chunks_exact_mut(2).zip(block) {
+            pair[0] = E2M1_VALUES[(b & 0x0F) as usize] * scale;
+            pair[1] = E2M1_VALUES[(b >> 4) as usize] * scale;
+        }
+    }
+}
+
+/// The SIMD form of [`decode_mxfp4`]: a byte shuffle looks up twice the E2M1 value of 16 codes at once
+/// as an int8, which converts to f32 exactly; the halved scale (a power of two) keeps every product exact.
+///
+/// # Safety
+/// The CPU must support AVX2; `codes` holds 16 bytes and `scales` one byte per 32 outputs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn decode_mxfp4_avx2(codes: &[u8], scales: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const TWICE_E2M1: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+    let table = _mm_loadu_si128(TWICE_E2M1.as_ptr().cast());
+    let low_mask = _mm_set1_epi8(0x0F);
+    for ((chunk, block), &s) in out
+        .chunks_exact_mut(32)
+        .zip(codes.chunks_exact(16))
+        .zip(scales)
+    {
+        let half_scale = _mm256_set1_ps(e8m0_to_f32(s) * 0.5);
+        let bytes = _mm_loadu_si128(block.as_ptr().cast());
+        let lo = _mm_and_si128(bytes, low_mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_mask);
+        // Element 2i is the low nibble of byte i and 2i+1 the high one.
+        let first = _mm_shuffle_epi8(table, _mm_unpacklo_epi8(lo, hi));
+        let second = _mm_shuffle_epi8(table, _mm_unpackhi_epi8(lo, hi));
+        for (q, v) in [first, second].into_iter().enumerate() {
+            let a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+            let b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+            let dst = chunk.as_mut_ptr().add(16 * q);
+            _mm256_storeu_ps(dst, _mm256_mul_ps(a, half_scale));
+            _mm256_storeu_ps(dst.add(8), _mm256_mul_ps(b, half_scale));
+        }
+    }
+}
+
+/// Dot product with 32 independent partial sums, so the loop vectorises and pipelines; `SIMD` (AVX2 + FMA detected) selects
 /// fused multiply-adds (only where the CPU has them: `mul_add` without hardware FMA is a libm call).
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot<const SIMD: bool>(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 32;
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
-            acc[i] = if FMA {
+            acc[i] = if SIMD {
                 x[i].mul_add(y[i], acc[i])
             } else {
                 acc[i] + x[i] * y[i]
@@ -86,15 +133,15 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 /// One task of [`matmul`]: decodes weight rows `first..` (one per column of `chunk`) and dots each
 /// with every input row. Inlined into the feature-specific wrappers below.
 #[inline(always)]
-fn matmul_task<const FMA: bool>(job: &Job<'_>, first: usize, chunk: &mut [f32]) {
+fn matmul_task<const SIMD: bool>(job: &Job<'_>, first: usize, chunk: &mut [f32]) {
     let n_in = job.w.row_len();
     let mut wrow = vec![0.0f32; n_in];
     for (r, col) in chunk.chunks_mut(job.rows).enumerate() {
         let j = first + r;
-        decode_row(job.w, j, &mut wrow);
+        decode_row::<SIMD>(job.w, j, &mut wrow);
         let b = job.bias.map_or(0.0, |b| b[j]);
         for (t, o) in col.iter_mut().enumerate() {
-            *o = dot::<FMA>(&job.x[t * n_in..(t + 1) * n_in], &wrow) + b;
+            *o = dot::<SIMD>(&job.x[t * n_in..(t + 1) * n_in], &wrow) + b;
         }
     }
 }
@@ -157,6 +204,22 @@ pub(crate) fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_mxfp4_decode_is_exact() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            let codes: Vec<u8> = (0..64u32)
+                .map(|i| (i.wrapping_mul(37) ^ 0x5A) as u8)
+                .collect();
+            let scales = [1u8, 127, 140, 0];
+            let (mut a, mut b) = (vec![0.0; 128], vec![0.0; 128]);
+            decode_mxfp4::<false>(&codes, &scales, &mut a);
+            decode_mxfp4::<true>(&codes, &scales, &mut b);
+            assert_eq!(a, b);
+            assert_eq!(a[0], E2M1_VALUES[(codes[0] & 15) as usize] * e8m0_to_f32(1));
+        }
+    }
 
     #[test]
     fn matmul_matches_naive() {

@@ -126,7 +126,7 @@ impl Backend for CpuBackend {
             .par_chunks_mut(h)
             .zip(&step.batch.tokens)
             .for_each(|(row, &tok)| {
-                matmul::decode_row(&table.weight, tok as usize, row);
+                matmul::decode_row::<false>(&table.weight, tok as usize, row);
             });
         Ok(())
     }

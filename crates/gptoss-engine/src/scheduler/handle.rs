@@ -93,29 +93,56 @@ where
     B: Backend + 'static,
     F: FnOnce() -> Result<Model<B>> + Send + 'static,
 {
+    spawn_engine_with(move |starter| starter.run(make()?), config)
+}
+
+/// Hands the engine thread its model: [`spawn_engine_with`]'s closure builds a model on whichever
+/// backend it picks at run time and calls [`EngineStarter::run`] with it.
+pub struct EngineStarter {
+    rx: Receiver<Command>,
+    ready: Sender<Result<EngineInfo>>,
+    stats: Arc<EngineStats>,
+    config: EngineConfig,
+}
+
+impl EngineStarter {
+    /// Serves requests with `model` until every handle is dropped.
+    pub fn run<B: Backend>(self, model: Model<B>) -> Result<()> {
+        let engine = Engine::new(model, self.config, self.stats);
+        let cap = *engine.model().capacity();
+        let info = EngineInfo {
+            context_tokens: cap.context_tokens,
+            vocab_size: engine.model().config().vocab_size,
+            max_seqs: cap.slots.min(cap.max_logit_rows),
+        };
+        if self.ready.send(Ok(info)).is_ok() {
+            run_loop(engine, self.rx);
+        }
+        Ok(())
+    }
+}
+
+/// Starts the engine thread and runs `start` on it; `start` builds a model (on a backend chosen at
+/// run time) and passes it to [`EngineStarter::run`]. Returns when the model is ready, or with the
+/// error `start` returned.
+pub fn spawn_engine_with<F>(start: F, config: EngineConfig) -> Result<EngineHandle>
+where
+    F: FnOnce(EngineStarter) -> Result<()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let stats = Arc::new(EngineStats::default());
-    let thread_stats = stats.clone();
+    let starter = EngineStarter {
+        rx,
+        ready: ready_tx.clone(),
+        stats: stats.clone(),
+        config,
+    };
     std::thread::Builder::new()
         .name("gptoss-engine".into())
         .spawn(move || {
-            let model = match make() {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let engine = Engine::new(model, config, thread_stats);
-            let cap = *engine.model().capacity();
-            let info = EngineInfo {
-                context_tokens: cap.context_tokens,
-                vocab_size: engine.model().config().vocab_size,
-                max_seqs: cap.slots.min(cap.max_logit_rows),
-            };
-            if ready_tx.send(Ok(info)).is_ok() {
-                run_loop(engine, rx);
+            if let Err(e) = start(starter) {
+                let _ = ready_tx.send(Err(e));
             }
         })
         .map_err(|e| Error::invalid(format!("cannot start the engine thread: {e}")))?;

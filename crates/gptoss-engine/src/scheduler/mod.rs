@@ -25,7 +25,9 @@ mod sequence;
 mod stats;
 
 pub use engine::{Engine, EngineConfig};
-pub use handle::{spawn_engine, Command, EngineHandle, EngineInfo};
+pub use handle::{
+    spawn_engine, spawn_engine_with, Command, EngineHandle, EngineInfo, EngineStarter,
+};
 pub use kv::{BlockShape, KvBlocks, BLOCK_POSITIONS};
 pub use sequence::{
     channel_sink, FailureKind, Finish, FinishReason, GenRequest, Output, OutputSink, RequestId,

@@ -1,6 +1,7 @@
 //! Safetensors layouts (spec §2, §6): HF MXFP4, OpenAI `original/`, HF dense, per-expert splits and
 //! bitsandbytes 4-bit, read into canonical tensors. Files are memory-mapped and tensors stay zero-copy
 //! windows wherever the layout allows; every name that matches no known pattern is reported.
+//! [`write_hf_mxfp4`] writes canonical weights back out in the `openai/gpt-oss` layout.
 
 mod bnb;
 mod bnb_state;
@@ -10,6 +11,9 @@ mod names;
 mod original;
 mod per_expert;
 mod rows;
+pub mod writer;
+pub mod writer_config;
+mod writer_encode;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +25,8 @@ use crate::weights::{names as canon, TensorMap};
 use crate::{Layout, RawCheckpoint, SourceTensor};
 
 use files::RawTensor;
+pub use writer::{write_hf_mxfp4, Existing, HfWriteOptions, HfWriteReport, DEFAULT_SHARD_BYTES};
+
 use names::{Action, ExpertLayout, Matched, Naming};
 
 /// Reads a safetensors checkpoint (directory or file) into canonical tensors.

@@ -1,0 +1,186 @@
+// common.cu — prelude prepended to every kernel file by kernels.rs (no CUDA headers: NVRTC ships none).
+// Scalar types, bf16/f16/e8m0 conversions, warp/block reductions, and the packed-weight decoder that
+// every weight-reading kernel shares. Layout of a packed weight (see src/weights.rs, which writes it):
+//   row r, element i lives at flat index r*ld + i (ld = padded row length, a multiple of 8);
+//   F32/BF16/F16: plain elements; Q8: int8 codes + one f16 scale per 32 elements;
+//   LUT4: 4-bit codes, element 2b in the low nibble of byte b, one scale (E8M0 byte or f32) per `block`
+//   elements, value = round_to(table[code] * scale).
+// Minimum arch: sm_80.
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+#define WF_F32 0
+#define WF_BF16 1
+#define WF_F16 2
+#define WF_Q8 3
+#define WF_LUT4_E8M0 4
+#define WF_LUT4_F32 5
+
+#define ROUND_NONE 0
+#define ROUND_BF16 1
+#define ROUND_F16 2
+
+static __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+// Round-to-nearest-even, NaN kept quiet (as half::bf16::from_f32).
+static __device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+
+static __device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+static __device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// 2^(e-127), exact for e = 0 (subnormal 2^-127) too.
+static __device__ __forceinline__ float e8m0_to_f32(u8 e) {
+    return e == 0 ? __uint_as_float(1u << 22) : __uint_as_float(((u32)e) << 23);
+}
+
+static __device__ __forceinline__ float round_to(float x, int mode) {
+    if (mode == ROUND_BF16) return bf16_to_f32(f32_to_bf16(x));
+    if (mode == ROUND_F16) return f16_to_f32(f32_to_f16(x));
+    return x;
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block; `scratch` holds 32 floats. Every thread gets the result.
+static __device__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(r);
+}
+
+static __device__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = lane < nw ? scratch[lane] : -__int_as_float(0x7f800000);
+    return warp_max(r);
+}
+
+// A packed weight as kernels see it (mirrors WeightRef in src/ops/mod.rs).
+struct WRef {
+    const void* data;
+    const void* scales;
+    float table[16];
+    int ld;
+    int block;
+    int round;
+    int pad_;
+};
+
+// Copies the LUT4 table into shared memory (constant indices only: no local-memory copy of the params).
+static __device__ __forceinline__ void load_table(const WRef& w, float* tab) {
+    if (threadIdx.x == 0) {
+        #pragma unroll
+        for (int i = 0; i < 16; i++) tab[i] = w.table[i];
+    }
+    __syncthreads();
+}
+
+// Decodes the 8 elements [8c, 8c+8) of packed row `row`.
+template <int F>
+static __device__ __forceinline__ void load8(const WRef& w, const float* tab, i64 row, int c, float v[8]) {
+    i64 e0 = row * (i64)w.ld + (i64)c * 8;
+    if constexpr (F == WF_F32) {
+        const float4* p = (const float4*)((const float*)w.data + e0);
+        float4 a = p[0], b = p[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else if constexpr (F == WF_BF16 || F == WF_F16) {
+        uint4 q = *(const uint4*)((const u16*)w.data + e0);
+        u32 r[4] = {q.x, q.y, q.z, q.w};
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u16 lo = (u16)(r[i] & 0xffffu), hi = (u16)(r[i] >> 16);
+            if constexpr (F == WF_BF16) { v[2 * i] = bf16_to_f32(lo); v[2 * i + 1] = bf16_to_f32(hi); }
+            else { v[2 * i] = f16_to_f32(lo); v[2 * i + 1] = f16_to_f32(hi); }
+        }
+    } else if constexpr (F == WF_Q8) {
+        uint2 q = *(const uint2*)((const u8*)w.data + e0);
+        float d = f16_to_f32(((const u16*)w.scales)[e0 / 32]);
+        u32 r[2] = {q.x, q.y};
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = (float)(signed char)((r[i / 4] >> (8 * (i % 4))) & 0xffu) * d;
+    } else {
+        u32 q = *(const u32*)((const u8*)w.data + e0 / 2);
+        float s;
+        if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
+        else s = ((const float*)w.scales)[e0 / w.block];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(tab[(q >> (4 * i)) & 0xfu] * s, w.round);
+    }
+}
+
+// acc[r][t] = Σ_i W[row + r, i] · x_t[i] over i < k, for NR consecutive weight rows and TT input rows;
+// warp-cooperative, every lane returns the full sums. Every xs[t] must be a readable row (callers repeat a
+// live row for unused tile slots and drop those results). x rows are f32, 4-byte aligned at least.
+template <int F, int TT, int NR>
+static __device__ __forceinline__ void warp_rowdot(const WRef& w, const float* tab, i64 row,
+                                                   const float* const* xs, int k, float (*acc)[TT]) {
+    int lane = threadIdx.x & 31;
+    int nchunks = w.ld / 8;
+    int full = (k & 3) == 0 ? k / 8 : 0;
+    for (int c = lane; c < full; c += 32) {
+        float wv[NR][8];
+        #pragma unroll
+        for (int r = 0; r < NR; r++) load8<F>(w, tab, row + r, c, wv[r]);
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4* x4 = (const float4*)(xs[t] + c * 8);
+            float4 a = x4[0], b = x4[1];
+            #pragma unroll
+            for (int r = 0; r < NR; r++)
+                acc[r][t] += wv[r][0] * a.x + wv[r][1] * a.y + wv[r][2] * a.z + wv[r][3] * a.w
+                           + wv[r][4] * b.x + wv[r][5] * b.y + wv[r][6] * b.z + wv[r][7] * b.w;
+        }
+    }
+    for (int c = full + lane; c < nchunks; c += 32) {
+        float wv[NR][8];
+        #pragma unroll
+        for (int r = 0; r < NR; r++) load8<F>(w, tab, row + r, c, wv[r]);
+        #pragma unroll
+        for (int t = 0; t < TT; t++)
+            #pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (c * 8 + i < k) {
+                    float x = xs[t][c * 8 + i];
+                    #pragma unroll
+                    for (int r = 0; r < NR; r++) acc[r][t] += wv[r][i] * x;
+                }
+    }
+    #pragma unroll
+    for (int r = 0; r < NR; r++)
+        #pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = warp_sum(acc[r][t]);
+}

@@ -1,0 +1,115 @@
+// sample.cu — token sampling on the device with the engine's semantics (crates/gptoss-engine/src/sampler.rs):
+// greedy = argmax (lowest index among equals); otherwise keep the top_k most likely, softmax with temperature
+// (exp in f64 of the f32 (l - max) / T), keep the smallest prefix of mass >= top_p, and walk the kept tokens
+// in order with r = u * kept mass, u drawn on the host from the sequence's seed and counter.
+// Order = descending key, key(i) = (monotone bits of logit i) << 32 | (~i): unique keys, ties to the lower
+// index. Every cut is "keys >= K", found by a 64-step bisection over K with block-wide counts or sums.
+// Layout: logits f32 [rows, vocab]; rows SampleRow [rows]; scratch f64 [rows, vocab]; out u32 [rows].
+// Grid: one block of 1024 threads per row. Entry point: sample_rows. Minimum arch: sm_80.
+// Launched from src/ops/sample.rs.
+struct SampleRow {
+    double u;
+    float temperature;
+    float top_p;
+    int top_k;
+    int greedy;
+};
+
+struct SampleParams {
+    const float* logits;
+    const SampleRow* rows;
+    double* scratch;
+    u32* out;
+    int vocab;
+    int pad_;
+};
+
+static __device__ __forceinline__ u64 sort_key(float l, int i) {
+    u32 b = __float_as_uint(l);
+    u32 m = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((u64)m << 32) | (u64)(0xffffffffu - (u32)i);
+}
+
+static __device__ double block_sum_f64(double v, double* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double r = lane < nw ? scratch[lane] : 0.0;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+    return r;
+}
+
+// Largest key of the row (argmax with ties to the lower index).
+static __device__ u64 max_key(const float* l, int vocab, double* scratch) {
+    u64 best = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        u64 k = sort_key(l[i], i);
+        best = k > best ? k : best;
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+    }
+    u64* s = (u64*)scratch;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = best;
+    __syncthreads();
+    u64 r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
+    __syncthreads();
+    return r;
+}
+
+// Σ over keys >= cut of `e` (or of 1 when e is null).
+static __device__ double mass_from(const float* l, const double* e, int vocab, u64 cut, double* scratch) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (sort_key(l[i], i) >= cut) s += e ? e[i] : 1.0;
+    return block_sum_f64(s, scratch);
+}
+
+// Largest K in [lo, hi] with mass_from(K) > target (mass_from(lo) > target must hold), or with
+// mass_from(K) >= target when `inclusive`.
+static __device__ u64 bisect(const float* l, const double* e, int vocab, u64 lo, u64 hi, double target,
+                             int inclusive, double* scratch) {
+    for (int it = 0; it < 64 && lo < hi; it++) {
+        u64 mid = lo + (hi - lo) / 2 + 1;
+        double m = mass_from(l, e, vocab, mid, scratch);
+        bool ok = inclusive ? m >= target : m > target;
+        if (ok) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+extern "C" __global__ void __launch_bounds__(1024) sample_rows(const SampleParams p) {
+    __shared__ double scratch[64];
+    __shared__ float lmax_s;
+    const float* l = p.logits + (i64)blockIdx.x * p.vocab;
+    double* e = p.scratch + (i64)blockIdx.x * p.vocab;
+    SampleRow r = p.rows[blockIdx.x];
+    u64 top = max_key(l, p.vocab, scratch);
+    if (r.greedy) {
+        if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu - (u32)(top & 0xffffffffu);
+        return;
+    }
+    if (threadIdx.x == 0) lmax_s = l[0xffffffffu - (u32)(top & 0xffffffffu)];
+    __syncthreads();
+    float lmax = lmax_s;
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) e[i] = exp((double)((l[i] - lmax) / r.temperature));
+    __syncthreads();
+    u64 cut = 0;
+    if (r.top_k > 0 && r.top_k < p.vocab) cut = bisect(l, nullptr, p.vocab, 0, top, (double)r.top_k, 1, scratch);
+    if (r.top_p < 1.0f) {
+        double z = mass_from(l, e, p.vocab, cut, scratch);
+        cut = bisect(l, e, p.vocab, cut, top, (double)r.top_p * z, 1, scratch);
+    }
+    double kept = mass_from(l, e, p.vocab, cut, scratch);
+    double target = r.u * kept;
+    u64 pick = kept > target ? bisect(l, e, p.vocab, cut, top, target, 0, scratch) : cut;
+    if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu - (u32)(pick & 0xffffffffu);
+}

@@ -1,0 +1,383 @@
+//! [`CudaBackend`]: the engine's [`Backend`] on one NVIDIA GPU. Uploads repack weights (`weights.rs`), every
+//! buffer is counted against the `--max-vram` budget, and ops only queue work on the one stream: nothing in
+//! a forward step waits for the device (reads and sampling do, after the step).
+
+use std::cell::RefCell;
+
+use gptoss_engine::backend::{
+    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
+};
+use gptoss_engine::memory::{KvPrecision, MemoryPlan};
+use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor};
+
+use crate::device::Device;
+use crate::error::{CudaError, Result as CudaResult};
+use crate::kernels::KvType;
+use crate::ops::attention::{CudaCache, Qkv};
+use crate::ops::moe::{experts_error, CudaExperts, CudaRouting, MoeInputs, MoeScratch};
+use crate::ops::sample::SampleScratch;
+use crate::ops::{self, upload_opt, DevWeight};
+use crate::options::CudaOptions;
+pub use crate::step::CudaStep;
+use crate::vram::{gib, DevBuf};
+use crate::weights::pack;
+
+type Result<T> = gptoss_engine::Result<T>;
+
+/// An f32 activation buffer `[rows, cols]`.
+pub struct CudaBuf {
+    pub(crate) buf: DevBuf<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// A linear layer: packed weight and optional f32 bias.
+pub struct CudaLinear {
+    pub(crate) w: DevWeight,
+    pub(crate) bias: Option<DevBuf<f32>>,
+}
+
+/// An f32 vector.
+pub struct CudaVector {
+    pub(crate) buf: DevBuf<f32>,
+    pub(crate) len: usize,
+}
+
+/// The CUDA backend: one device, its kernels and its memory budget.
+pub struct CudaBackend {
+    dev: Device,
+    kv: KvPrecision,
+    /// `(experts, intermediate, hidden)` of the last uploaded experts, to size the MoE scratch at load.
+    expert_dims: RefCell<Option<(usize, usize, usize)>>,
+    moe_scratch: RefCell<Option<MoeScratch>>,
+    sample_scratch: RefCell<Option<SampleScratch>>,
+}
+
+impl CudaBackend {
+    /// Opens the device described by `options` (libraries, GPU, arch, budget).
+    pub fn new(options: &CudaOptions) -> Result<Self> {
+        Ok(CudaBackend {
+            dev: Device::open(options)?,
+            kv: options.kv,
+            expert_dims: RefCell::new(None),
+            moe_scratch: RefCell::new(None),
+            sample_scratch: RefCell::new(None),
+        })
+    }
+
+    /// The opened device (name, arch, target, meter).
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Fails early, with the numbers, when `plan` does not fit the budget (minus what is already in use).
+    pub fn check_plan(&self, plan: &MemoryPlan) -> Result<()> {
+        let m = &self.dev.meter;
+        plan.check(m.cap_bytes().saturating_sub(m.used_bytes()))
+    }
+
+    /// Bytes allocated now and at most so far.
+    pub fn memory_in_use(&self) -> (u64, u64) {
+        (self.dev.meter.used_bytes(), self.dev.meter.peak_bytes())
+    }
+
+    /// Waits for queued work (benchmarks and tests).
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.dev.sync()?)
+    }
+
+    fn vec(&self, v: &[f32], what: &str) -> CudaResult<DevBuf<f32>> {
+        DevBuf::from_host(&self.dev.stream, &self.dev.meter, v, what)
+    }
+
+    fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
+        let Some((e, i, h)) = *self.expert_dims.borrow() else {
+            return Err(experts_error(
+                "the MoE ran before any experts were uploaded".into(),
+            ));
+        };
+        let mut s = self.moe_scratch.borrow_mut();
+        let ok = s.as_ref().is_some_and(|s| s.fits_dims(pairs, (e, i, h)));
+        if !ok {
+            *s = None;
+            *s = Some(MoeScratch::new(&self.dev, pairs, e, i, h)?);
+        }
+        Ok(())
+    }
+}
+
+fn kv_type(kv: KvPrecision) -> KvType {
+    match kv {
+        KvPrecision::Bf16 => KvType::Bf16,
+        KvPrecision::F32 => KvType::F32,
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Linear = CudaLinear;
+    type Vector = CudaVector;
+    type Experts = CudaExperts;
+    type Routing = CudaRouting;
+    type Cache = CudaCache;
+    type Step = CudaStep;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload_linear(&self, linear: &Linear) -> Result<CudaLinear> {
+        let d = &self.dev;
+        let what = format!("a linear weight {:?}", linear.weight.shape);
+        Ok(CudaLinear {
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&linear.weight)?], &what)?,
+            bias: upload_opt(&d.stream, &d.meter, linear.bias.as_deref(), "a bias")?,
+        })
+    }
+
+    fn upload_embedding(&self, table: &QuantTensor) -> Result<CudaLinear> {
+        let d = &self.dev;
+        Ok(CudaLinear {
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)?], "the embedding")?,
+            bias: None,
+        })
+    }
+
+    fn upload_vector(&self, values: &[f32]) -> Result<CudaVector> {
+        Ok(CudaVector {
+            buf: self.vec(values, "a vector")?,
+            len: values.len(),
+        })
+    }
+
+    fn upload_experts(&self, experts: &[Expert]) -> Result<CudaExperts> {
+        let d = &self.dev;
+        let gate_up = experts
+            .iter()
+            .map(|e| pack(&e.gate_up.weight))
+            .collect::<CudaResult<Vec<_>>>()?;
+        let down = experts
+            .iter()
+            .map(|e| pack(&e.down.weight))
+            .collect::<CudaResult<Vec<_>>>()?;
+        let bias = |pick: fn(&Expert) -> &Linear, rows: usize| -> CudaResult<Option<DevBuf<f32>>> {
+            if experts.iter().all(|e| pick(e).bias.is_none()) {
+                return Ok(None);
+            }
+            let mut all = Vec::with_capacity(experts.len() * rows);
+            for e in experts {
+                match pick(e).bias.as_deref() {
+                    Some(b) if b.len() == rows => all.extend_from_slice(b),
+                    None => all.extend(std::iter::repeat_n(0.0, rows)),
+                    Some(b) => {
+                        return Err(experts_error(format!(
+                            "a bias of {} values for {rows} rows",
+                            b.len()
+                        )))
+                    }
+                }
+            }
+            self.vec(&all, "expert biases").map(Some)
+        };
+        let ex = CudaExperts {
+            gate_up: DevWeight::upload(&d.stream, &d.meter, &gate_up, "expert gate_up weights")?,
+            down: DevWeight::upload(&d.stream, &d.meter, &down, "expert down weights")?,
+            gate_up_bias: bias(|e| &e.gate_up, gate_up.first().map_or(0, |p| p.rows))?,
+            down_bias: bias(|e| &e.down, down.first().map_or(0, |p| p.rows))?,
+            n_experts: experts.len(),
+        };
+        *self.expert_dims.borrow_mut() = Some((ex.n_experts, ex.down.k, ex.down.rows));
+        Ok(ex)
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaBuf> {
+        let d = &self.dev;
+        Ok(CudaBuf {
+            buf: DevBuf::zeros(&d.stream, &d.meter, rows * cols, "an activation buffer")?,
+            rows,
+            cols,
+        })
+    }
+
+    fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<CudaRouting> {
+        if self.expert_dims.borrow().is_some() {
+            self.ensure_moe_scratch(rows * top_k)?;
+        }
+        Ok(CudaRouting::new(&self.dev, rows, top_k)?)
+    }
+
+    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<CudaCache> {
+        Ok(CudaCache::new(
+            &self.dev,
+            kv_type(self.kv),
+            config.num_hidden_layers,
+            capacity.slots,
+            capacity.context_tokens,
+            config.kv_width(),
+        )?)
+    }
+
+    fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<CudaStep> {
+        Ok(CudaStep::new(&self.dev, capacity, rope)?)
+    }
+
+    fn begin_step(&self, step: &mut CudaStep, batch: &Batch) -> Result<()> {
+        Ok(step.load(&self.dev, batch)?)
+    }
+
+    fn clear_slot(&self, _cache: &mut CudaCache, _slot: u32) -> Result<()> {
+        // A sequence only reads positions it has written (0..=pos), so stale keys are never visible.
+        Ok(())
+    }
+
+    fn embed(&self, step: &CudaStep, table: &CudaLinear, out: &mut CudaBuf) -> Result<()> {
+        Ok(ops::embed::embed(&self.dev, step, table, out)?)
+    }
+
+    fn rms_norm(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        weight: &CudaVector,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::norm::rms_norm(
+            &self.dev, step.rows, x, weight, eps, out,
+        )?)
+    }
+
+    fn add(&self, step: &CudaStep, x: &mut CudaBuf, y: &CudaBuf) -> Result<()> {
+        Ok(ops::norm::add(&self.dev, step.rows, x, y)?)
+    }
+
+    fn linear(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        w: &CudaLinear,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::linear::linear(&self.dev, step, x, w, out)?)
+    }
+
+    fn rope_store_kv(
+        &self,
+        step: &CudaStep,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        cache: &mut CudaCache,
+    ) -> Result<()> {
+        let qkv = Qkv {
+            q: qkv.q,
+            k: qkv.k,
+            v: qkv.v,
+        };
+        Ok(ops::attention::rope_store_kv(
+            &self.dev, step, shape, qkv, cache,
+        )?)
+    }
+
+    fn attention(
+        &self,
+        step: &CudaStep,
+        shape: &AttnShape,
+        q: &CudaBuf,
+        sinks: &CudaVector,
+        cache: &CudaCache,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::attention::attention(
+            &self.dev, step, shape, q, sinks, cache, out,
+        )?)
+    }
+
+    fn route(
+        &self,
+        step: &CudaStep,
+        h: &CudaBuf,
+        router: &CudaLinear,
+        top_k: usize,
+        out: &mut CudaRouting,
+    ) -> Result<()> {
+        Ok(ops::moe::route(&self.dev, step, h, router, top_k, out)?)
+    }
+
+    fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {
+        let e = args.experts;
+        *self.expert_dims.borrow_mut() = Some((e.n_experts, e.down.k, e.down.rows));
+        self.ensure_moe_scratch(step.rows * args.shape.top_k)?;
+        let scratch = self.moe_scratch.borrow();
+        let scratch = scratch
+            .as_ref()
+            .ok_or_else(|| experts_error("no MoE scratch".into()))?;
+        let inputs = MoeInputs {
+            h: args.h,
+            experts: args.experts,
+            routing: args.routing,
+            shape: args.shape,
+        };
+        Ok(ops::moe::moe(&self.dev, step, inputs, scratch, out)?)
+    }
+
+    fn logits(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        lm_head: &CudaLinear,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::linear::logits(&self.dev, step, x, lm_head, out)?)
+    }
+
+    fn read(&self, buf: &CudaBuf, rows: usize) -> Result<Vec<f32>> {
+        if rows > buf.rows {
+            return Err(CudaError::Unsupported(format!(
+                "read of {rows} rows from a buffer of {}",
+                buf.rows
+            ))
+            .into());
+        }
+        let mut out = vec![0.0f32; rows * buf.cols];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        self.dev
+            .stream
+            .memcpy_dtoh(&buf.buf.slice.slice(0..out.len()), &mut out)
+            .map_err(|e| CudaError::driver("reading a buffer back", e))?;
+        self.dev.sync()?;
+        Ok(out)
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+    ) -> Result<Vec<u32>> {
+        let mut s = self.sample_scratch.borrow_mut();
+        if !s
+            .as_ref()
+            .is_some_and(|s| s.fits(params.len(), logits.cols))
+        {
+            *s = None;
+            *s = Some(SampleScratch::new(
+                &self.dev,
+                logits.rows.max(params.len()),
+                logits.cols,
+            )?);
+        }
+        let scratch = s
+            .as_mut()
+            .ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
+        Ok(ops::sample::sample(
+            &self.dev, logits, params, counters, scratch,
+        )?)
+    }
+}
+
+/// Logs the plan against the budget (the startup log line of `--max-vram`).
+pub fn describe_budget(plan: &MemoryPlan, cap_bytes: u64) -> String {
+    format!("device memory plan: {plan}; budget {}", gib(cap_bytes))
+}

@@ -1,0 +1,231 @@
+//! One opened GPU: the driver context and stream, its capabilities, the code target NVRTC builds for, and
+//! the per-device module table (kernel files compiled and loaded on first use; no global state).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{CudaError, Result};
+use crate::kernels::{Func, KernelFile};
+use crate::libs::{ensure, CudaLib};
+use crate::nvrtc::{self, Target};
+use crate::options::CudaOptions;
+use crate::vram::{gib, Meter};
+
+/// What the device is.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability as `XY` (90 for 9.0).
+    pub compute: u32,
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Device memory.
+    pub total_bytes: u64,
+}
+
+/// An opened device.
+pub struct Device {
+    /// The driver context.
+    pub ctx: Arc<CudaContext>,
+    /// The one stream every op runs on.
+    pub stream: Arc<CudaStream>,
+    /// Capabilities.
+    pub caps: Caps,
+    /// The arch kernels are built for (the device's own, or `GPTOSS_CUDA_ARCH`).
+    pub target: Target,
+    /// Allocation accounting.
+    pub meter: Arc<Meter>,
+    cache_dir: Option<PathBuf>,
+    modules: RefCell<HashMap<KernelFile, Arc<CudaModule>>>,
+    functions: RefCell<HashMap<Func, CudaFunction>>,
+}
+
+impl Device {
+    /// Loads the driver and NVRTC, opens device `opts.device`, checks it is sm_80 or newer and picks the
+    /// code target.
+    pub fn open(opts: &CudaOptions) -> Result<Self> {
+        ensure(CudaLib::Driver, &opts.lib_dirs)?;
+        cudarc::driver::result::init().map_err(|e| {
+            CudaError::Device(format!(
+                "the CUDA driver is installed but cuInit failed ({e:?}): no usable GPU"
+            ))
+        })?;
+        let count =
+            CudaContext::device_count().map_err(|e| CudaError::driver("counting devices", e))?;
+        if opts.device as i32 >= count {
+            return Err(CudaError::Device(format!(
+                "CUDA device {} requested, {count} visible",
+                opts.device
+            )));
+        }
+        let ctx = CudaContext::new(opts.device)
+            .map_err(|e| CudaError::driver("creating a CUDA context", e))?;
+        // SAFETY: every buffer and launch of this backend uses the one stream below, so cudarc's
+        // cross-stream event tracking has nothing to order; turned off before any allocation.
+        unsafe { ctx.disable_event_tracking() };
+        let caps = read_caps(&ctx)?;
+        if caps.compute < 80 {
+            return Err(CudaError::Device(format!(
+                "{} has compute capability {}.{}; gptoss needs 8.0 (Ampere) or newer",
+                caps.name,
+                caps.compute / 10,
+                caps.compute % 10
+            )));
+        }
+        ensure(CudaLib::Nvrtc, &opts.lib_dirs)?;
+        let target = choose_target(caps.compute, opts.arch_override, &nvrtc::supported_archs())?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::driver("creating a stream", e))?;
+        let cap = opts.max_vram_bytes.unwrap_or(caps.total_bytes);
+        tracing::info!(
+            device = %caps.name, compute = caps.compute, target = %target.describe(), budget = %gib(cap),
+            "CUDA device opened"
+        );
+        Ok(Device {
+            ctx,
+            stream,
+            caps,
+            target,
+            meter: Meter::new(cap),
+            cache_dir: opts.cache_dir.clone(),
+            modules: RefCell::new(HashMap::new()),
+            functions: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The entry point `f`, compiling and loading its file on first use.
+    pub fn function(&self, f: Func) -> Result<CudaFunction> {
+        if let Some(func) = self.functions.borrow().get(&f) {
+            return Ok(func.clone());
+        }
+        let module = self.module(f.file())?;
+        let name = f.name();
+        let func = module.load_function(&name).map_err(|e| {
+            CudaError::driver(format!("loading kernel {name} from {}", f.file().name()), e)
+        })?;
+        self.functions.borrow_mut().insert(f, func.clone());
+        Ok(func)
+    }
+
+    fn module(&self, file: KernelFile) -> Result<Arc<CudaModule>> {
+        if let Some(m) = self.modules.borrow().get(&file) {
+            return Ok(m.clone());
+        }
+        let compiled = nvrtc::compile(
+            file.name(),
+            &file.source(),
+            self.target,
+            self.cache_dir.as_deref(),
+        )?;
+        let image = match self.target {
+            Target::Cubin(_) => Ptx::from_binary(compiled.image),
+            Target::Ptx(_) => Ptx::from_src(String::from_utf8_lossy(&compiled.image).into_owned()),
+        };
+        let module = self.ctx.load_module(image).map_err(|e| {
+            CudaError::driver(
+                format!(
+                    "loading {} ({}) into the driver",
+                    file.name(),
+                    self.target.describe()
+                ),
+                e,
+            )
+        })?;
+        self.modules.borrow_mut().insert(file, module.clone());
+        Ok(module)
+    }
+
+    /// Launches `f` with one by-value parameter struct.
+    pub fn launch<P: DeviceRepr>(&self, f: Func, cfg: LaunchConfig, params: &P) -> Result<()> {
+        let func = self.function(f)?;
+        let mut b = self.stream.launch_builder(&func);
+        b.arg(params);
+        // SAFETY: `params` is the #[repr(C)] mirror of the kernel's parameter struct, and every device
+        // address in it points into a live buffer of the size the kernel indexes (checked by the op).
+        unsafe { b.launch(cfg) }
+            .map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))?;
+        Ok(())
+    }
+
+    /// Waits for all queued work (reads and tests only; never inside a step).
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::driver("synchronizing the stream", e))
+    }
+}
+
+fn read_caps(ctx: &Arc<CudaContext>) -> Result<Caps> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| CudaError::driver("reading the compute capability", e))?;
+    let sm = ctx
+        .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| CudaError::driver("reading the SM count", e))?;
+    Ok(Caps {
+        name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+        compute: (major * 10 + minor) as u32,
+        sm_count: sm as u32,
+        total_bytes: ctx
+            .total_mem()
+            .map_err(|e| CudaError::driver("reading device memory", e))?
+            as u64,
+    })
+}
+
+/// Cubin for the wanted arch when it runs natively (same major, not newer); otherwise PTX for the newest
+/// arch NVRTC supports that is not newer than the wanted one, compiled by the driver at load.
+pub fn choose_target(device: u32, wanted: Option<u32>, supported: &[u32]) -> Result<Target> {
+    let want = wanted.unwrap_or(device);
+    if want > device {
+        return Err(CudaError::Config(format!(
+            "GPTOSS_CUDA_ARCH=sm_{want} is newer than this GPU (sm_{device}); its code cannot run here"
+        )));
+    }
+    if want < 80 {
+        return Err(CudaError::Device(format!(
+            "GPTOSS_CUDA_ARCH=sm_{want}: gptoss needs compute capability 8.0 (Ampere) or newer"
+        )));
+    }
+    if want / 10 == device / 10 && supported.contains(&want) {
+        return Ok(Target::Cubin(want));
+    }
+    match supported.iter().copied().filter(|&a| a <= want).max() {
+        Some(a) => Ok(Target::Ptx(a)),
+        None => Err(CudaError::Config(format!(
+            "this NVRTC supports {supported:?}, none at or below sm_{want}; install a matching CUDA toolkit"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let s = [75, 80, 86, 89, 90, 100, 120];
+        assert_eq!(choose_target(90, None, &s).unwrap(), Target::Cubin(90));
+        assert_eq!(choose_target(86, Some(80), &s).unwrap(), Target::Cubin(80));
+        assert_eq!(choose_target(90, Some(80), &s).unwrap(), Target::Ptx(80));
+        assert_eq!(choose_target(121, None, &s).unwrap(), Target::Ptx(120));
+        assert!(choose_target(86, Some(90), &s)
+            .unwrap_err()
+            .to_string()
+            .contains("newer than this GPU"));
+        assert!(choose_target(90, Some(75), &s)
+            .unwrap_err()
+            .to_string()
+            .contains("8.0 (Ampere)"));
+    }
+}

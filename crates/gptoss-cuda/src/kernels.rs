@@ -1,0 +1,290 @@
+//! The kernel table: every `.cu` file (embedded with `include_str!`, each prefixed by `common.cu`) and every
+//! entry point. Kernel-name strings live here and nowhere else; modules are compiled and loaded on first use
+//! by [`crate::device::Device`].
+
+/// The prelude shared by every kernel file (types, conversions, reductions, the weight decoder).
+const COMMON: &str = include_str!("../kernels/common.cu");
+
+/// One kernel file (one op family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFile {
+    /// `embed.cu`
+    Embed,
+    /// `norm.cu`
+    Norm,
+    /// `linear.cu`
+    Linear,
+    /// `rope_kv.cu`
+    RopeKv,
+    /// `attention.cu`
+    Attention,
+    /// `router.cu`
+    Router,
+    /// `moe.cu`
+    Moe,
+    /// `sample.cu`
+    Sample,
+}
+
+impl KernelFile {
+    /// Every file, for the compile check.
+    pub const ALL: [KernelFile; 8] = [
+        KernelFile::Embed,
+        KernelFile::Norm,
+        KernelFile::Linear,
+        KernelFile::RopeKv,
+        KernelFile::Attention,
+        KernelFile::Router,
+        KernelFile::Moe,
+        KernelFile::Sample,
+    ];
+
+    /// The file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFile::Embed => "embed.cu",
+            KernelFile::Norm => "norm.cu",
+            KernelFile::Linear => "linear.cu",
+            KernelFile::RopeKv => "rope_kv.cu",
+            KernelFile::Attention => "attention.cu",
+            KernelFile::Router => "router.cu",
+            KernelFile::Moe => "moe.cu",
+            KernelFile::Sample => "sample.cu",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            KernelFile::Embed => include_str!("../kernels/embed.cu"),
+            KernelFile::Norm => include_str!("../kernels/norm.cu"),
+            KernelFile::Linear => include_str!("../kernels/linear.cu"),
+            KernelFile::RopeKv => include_str!("../kernels/rope_kv.cu"),
+            KernelFile::Attention => include_str!("../kernels/attention.cu"),
+            KernelFile::Router => include_str!("../kernels/router.cu"),
+            KernelFile::Moe => include_str!("../kernels/moe.cu"),
+            KernelFile::Sample => include_str!("../kernels/sample.cu"),
+        }
+    }
+
+    /// The full source NVRTC compiles: the prelude, then the file.
+    pub fn source(self) -> String {
+        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.name(), self.body())
+    }
+}
+
+/// How a packed weight is stored on the device (selects the decoder; see `kernels/common.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    /// f32 elements.
+    F32,
+    /// bf16 elements.
+    Bf16,
+    /// f16 elements.
+    F16,
+    /// int8 codes + f16 scale per 32.
+    Q8,
+    /// 4-bit codes + E8M0 byte scales.
+    Lut4E8m0,
+    /// 4-bit codes + f32 scales.
+    Lut4F32,
+}
+
+impl WeightKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "f32",
+            WeightKind::Bf16 => "bf16",
+            WeightKind::F16 => "f16",
+            WeightKind::Q8 => "q8",
+            WeightKind::Lut4E8m0 => "lut4e8m0",
+            WeightKind::Lut4F32 => "lut4f32",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [WeightKind; 6] = [
+        WeightKind::F32,
+        WeightKind::Bf16,
+        WeightKind::F16,
+        WeightKind::Q8,
+        WeightKind::Lut4E8m0,
+        WeightKind::Lut4F32,
+    ];
+}
+
+/// Input rows per warp in the linear and expert kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowTile {
+    /// One row (decode).
+    One,
+    /// Eight rows (prefill).
+    Eight,
+}
+
+impl RowTile {
+    fn suffix(self) -> &'static str {
+        match self {
+            RowTile::One => "t1",
+            RowTile::Eight => "t8",
+        }
+    }
+
+    /// Rows per tile.
+    pub fn rows(self) -> usize {
+        match self {
+            RowTile::One => 1,
+            RowTile::Eight => 8,
+        }
+    }
+}
+
+/// Element type of the KV cache as the kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// bf16.
+    Bf16,
+    /// f32.
+    F32,
+}
+
+/// One kernel entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    /// `embed_<fmt>`
+    Embed(WeightKind),
+    /// `rmsnorm_f32`
+    RmsNorm,
+    /// `add_f32`
+    Add,
+    /// `linear_<fmt>_t{1,8}`
+    Linear(WeightKind, RowTile),
+    /// `rope_kv_<kv>`
+    RopeKv(KvType),
+    /// `attention_<kv>`
+    Attention(KvType),
+    /// `route_<fmt>`
+    Route(WeightKind),
+    /// `moe_group`
+    MoeGroup,
+    /// `moe_gate_up_<fmt>_t{1,8}`
+    MoeGateUp(WeightKind, RowTile),
+    /// `moe_down_<fmt>_t{1,8}`
+    MoeDown(WeightKind, RowTile),
+    /// `moe_combine`
+    MoeCombine,
+    /// `sample_rows`
+    Sample,
+}
+
+impl Func {
+    /// The file that defines it.
+    pub fn file(self) -> KernelFile {
+        match self {
+            Func::Embed(_) => KernelFile::Embed,
+            Func::RmsNorm | Func::Add => KernelFile::Norm,
+            Func::Linear(..) => KernelFile::Linear,
+            Func::RopeKv(_) => KernelFile::RopeKv,
+            Func::Attention(_) => KernelFile::Attention,
+            Func::Route(_) => KernelFile::Router,
+            Func::MoeGroup | Func::MoeGateUp(..) | Func::MoeDown(..) | Func::MoeCombine => {
+                KernelFile::Moe
+            }
+            Func::Sample => KernelFile::Sample,
+        }
+    }
+
+    /// The `extern "C"` name.
+    pub fn name(self) -> String {
+        let kv = |k: KvType| match k {
+            KvType::Bf16 => "bf16",
+            KvType::F32 => "f32",
+        };
+        match self {
+            Func::Embed(w) => format!("embed_{}", w.suffix()),
+            Func::RmsNorm => "rmsnorm_f32".into(),
+            Func::Add => "add_f32".into(),
+            Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
+            Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
+            Func::Attention(k) => format!("attention_{}", kv(k)),
+            Func::Route(w) => format!("route_{}", w.suffix()),
+            Func::MoeGroup => "moe_group".into(),
+            Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
+            Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
+            Func::MoeCombine => "moe_combine".into(),
+            Func::Sample => "sample_rows".into(),
+        }
+    }
+
+    /// Every entry point, for tests that check each one exists in its cubin.
+    pub fn all() -> Vec<Func> {
+        let mut v = vec![
+            Func::RmsNorm,
+            Func::Add,
+            Func::MoeGroup,
+            Func::MoeCombine,
+            Func::Sample,
+        ];
+        for k in [KvType::Bf16, KvType::F32] {
+            v.extend([Func::RopeKv(k), Func::Attention(k)]);
+        }
+        for w in WeightKind::ALL {
+            v.extend([Func::Embed(w), Func::Route(w)]);
+            for t in [RowTile::One, RowTile::Eight] {
+                v.extend([
+                    Func::Linear(w, t),
+                    Func::MoeGateUp(w, t),
+                    Func::MoeDown(w, t),
+                ]);
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_point_is_defined_in_its_file() {
+        for f in Func::all() {
+            let name = f.name();
+            let body = f.file().body();
+            let defined = body.contains(&format!(" {name}(const ")) || macro_defines(body, &name);
+            assert!(defined, "{name} not found in {}", f.file().name());
+        }
+    }
+
+    /// `LINEAR_ENTRY(bf16, WF_BF16)` defines `linear_bf16_t1` and `_t8`, and so on for the other macros.
+    fn macro_defines(body: &str, name: &str) -> bool {
+        for (prefix, mac, suffixes) in [
+            ("linear_", "LINEAR_ENTRY", &["_t1", "_t8"][..]),
+            ("embed_", "EMBED_ENTRY", &[""][..]),
+            ("route_", "ROUTE_ENTRY", &[""][..]),
+            ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),
+            ("moe_down_", "MOE_ENTRY", &["_t1", "_t8"][..]),
+        ] {
+            for s in suffixes {
+                if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {
+                    if body.contains(&format!("{mac}({fmt}, ")) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn kernel_files_stay_small_and_documented() {
+        for f in KernelFile::ALL {
+            let body = f.body();
+            assert!(body.lines().count() < 800, "{} is too long", f.name());
+            assert!(
+                body.starts_with(&format!("// {} — ", f.name())),
+                "{} lacks its header comment",
+                f.name()
+            );
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Kernel launchers, one module per kernel file. Each op checks shapes on the host, fills the `#[repr(C)]`
+//! mirror of its kernel's parameter struct and launches on the backend's stream; no op synchronizes.
+
+pub mod attention;
+pub mod embed;
+pub mod linear;
+pub mod moe;
+pub mod norm;
+pub mod sample;
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
+
+use crate::error::{CudaError, Result};
+use crate::kernels::WeightKind;
+use crate::vram::{DevBuf, Meter};
+use crate::weights::Packed;
+
+/// A packed weight as the kernels see it (mirror of `WRef` in common.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WeightRef {
+    data: u64,
+    scales: u64,
+    table: [f32; 16],
+    ld: i32,
+    block: i32,
+    round: i32,
+    pad: i32,
+}
+
+// SAFETY: plain #[repr(C)] data with the layout of the kernels' `WRef`.
+unsafe impl DeviceRepr for WeightRef {}
+
+/// A packed weight on the device: one tensor, or every expert of a layer stacked row-wise.
+pub struct DevWeight {
+    /// Decoder selector.
+    pub kind: WeightKind,
+    /// Rows of one tensor (one expert).
+    pub rows: usize,
+    /// Logical row length.
+    pub k: usize,
+    ld: usize,
+    block: usize,
+    round: i32,
+    table: [f32; 16],
+    data: DevBuf<u8>,
+    scales: Option<DevBuf<u8>>,
+}
+
+impl DevWeight {
+    /// Uploads one or more packed tensors of one layout back to back (experts stack this way).
+    pub fn upload(
+        stream: &Arc<CudaStream>,
+        meter: &Arc<Meter>,
+        parts: &[Packed<'_>],
+        what: &str,
+    ) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| CudaError::Unsupported(format!("{what}: no tensors")))?;
+        if let Some(bad) = parts.iter().position(|p| !first.same_layout(p)) {
+            return Err(CudaError::Unsupported(format!(
+                "{what}: tensor {bad} is stored as {:?} [{}, {}], tensor 0 as {:?} [{}, {}]; one launch needs one layout",
+                parts[bad].kind, parts[bad].rows, parts[bad].k, first.kind, first.rows, first.k
+            )));
+        }
+        let data = concat_upload(stream, meter, parts.iter().map(|p| &*p.data), what)?;
+        let scales = if first.scales.is_empty() {
+            None
+        } else {
+            Some(concat_upload(
+                stream,
+                meter,
+                parts.iter().map(|p| &*p.scales),
+                what,
+            )?)
+        };
+        Ok(DevWeight {
+            kind: first.kind,
+            rows: first.rows,
+            k: first.k,
+            ld: first.ld,
+            block: first.block,
+            round: first.round,
+            table: first.table,
+            data,
+            scales,
+        })
+    }
+
+    /// The kernel view.
+    pub fn as_ref(&self) -> WeightRef {
+        WeightRef {
+            data: self.data.ptr(),
+            scales: self.scales.as_ref().map_or(0, DevBuf::ptr),
+            table: self.table,
+            ld: self.ld as i32,
+            block: self.block as i32,
+            round: self.round,
+            pad: 0,
+        }
+    }
+}
+
+fn concat_upload<'a>(
+    stream: &Arc<CudaStream>,
+    meter: &Arc<Meter>,
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+    what: &str,
+) -> Result<DevBuf<u8>> {
+    let total: usize = parts.clone().map(<[u8]>::len).sum();
+    let mut buf = DevBuf::<u8>::zeros(stream, meter, total, what)?;
+    let mut at = 0;
+    for p in parts {
+        if p.is_empty() {
+            continue;
+        }
+        let mut dst = buf.slice.slice_mut(at..at + p.len());
+        stream
+            .memcpy_htod(p, &mut dst)
+            .map_err(|e| CudaError::driver(format!("copying {what} to the device"), e))?;
+        at += p.len();
+    }
+    Ok(buf)
+}
+
+/// An optional f32 vector (bias) on the device.
+pub fn upload_opt(
+    stream: &Arc<CudaStream>,
+    meter: &Arc<Meter>,
+    values: Option<&[f32]>,
+    what: &str,
+) -> Result<Option<DevBuf<f32>>> {
+    values
+        .map(|v| DevBuf::from_host(stream, meter, v, what))
+        .transpose()
+}
+
+/// `grid` blocks of `threads`, no dynamic shared memory.
+pub fn cfg(grid: (u32, u32, u32), threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `ceil(a / b)` as a grid dimension.
+pub fn blocks(a: usize, b: usize) -> u32 {
+    a.div_ceil(b).max(1) as u32
+}
+
+/// A shape mismatch between an op's operands.
+pub fn shape_error(op: &str, detail: String) -> CudaError {
+    CudaError::Unsupported(format!("{op}: {detail}"))
+}

@@ -1,0 +1,311 @@
+//! Launchers of `router.cu` and `moe.cu`: router top-k, then the experts grouped by expert (group, gate_up
+//! with the clamped SwiGLU, down with its bias, weighted combine). The scratch is allocated once.
+
+use gptoss_engine::backend::MoeShape;
+
+use crate::backend::{CudaBuf, CudaLinear, CudaStep};
+use crate::device::Device;
+use crate::error::{CudaError, Result};
+use crate::kernels::{Func, RowTile};
+use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
+use crate::vram::DevBuf;
+
+/// A layer's experts, stacked: `gate_up` `[E × 2I, H]` (interleaved gate/up rows), `down` `[E × H, I]`.
+pub struct CudaExperts {
+    /// Stacked gate_up weights.
+    pub gate_up: DevWeight,
+    /// `[E × 2I]` or none.
+    pub gate_up_bias: Option<DevBuf<f32>>,
+    /// Stacked down weights.
+    pub down: DevWeight,
+    /// `[E × H]` or none.
+    pub down_bias: Option<DevBuf<f32>>,
+    /// `E`.
+    pub n_experts: usize,
+}
+
+/// Per-token expert choices `[rows, top_k]`.
+pub struct CudaRouting {
+    experts: DevBuf<i32>,
+    weights: DevBuf<f32>,
+    rows: usize,
+    top_k: usize,
+}
+
+impl CudaRouting {
+    /// Allocates routing for `rows` tokens.
+    pub fn new(dev: &Device, rows: usize, top_k: usize) -> Result<Self> {
+        Ok(CudaRouting {
+            experts: DevBuf::zeros(&dev.stream, &dev.meter, rows * top_k, "routing (experts)")?,
+            weights: DevBuf::zeros(&dev.stream, &dev.meter, rows * top_k, "routing (weights)")?,
+            rows,
+            top_k,
+        })
+    }
+}
+
+/// The MoE scratch: pair lists and the intermediate activations of every chosen expert.
+pub struct MoeScratch {
+    counts: DevBuf<i32>,
+    offsets: DevBuf<i32>,
+    list: DevBuf<i32>,
+    act: DevBuf<f32>,
+    y: DevBuf<f32>,
+    pairs: usize,
+    n_experts: usize,
+    inter: usize,
+    hidden: usize,
+}
+
+impl MoeScratch {
+    /// Scratch for up to `pairs` (token, expert) pairs of `n_experts` experts of widths `inter` and `hidden`.
+    pub fn new(
+        dev: &Device,
+        pairs: usize,
+        n_experts: usize,
+        inter: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        let (s, m) = (&dev.stream, &dev.meter);
+        Ok(MoeScratch {
+            counts: DevBuf::zeros(s, m, n_experts, "MoE scratch")?,
+            offsets: DevBuf::zeros(s, m, n_experts + 1, "MoE scratch")?,
+            list: DevBuf::zeros(s, m, pairs, "MoE scratch")?,
+            act: DevBuf::zeros(s, m, pairs * inter, "MoE scratch")?,
+            y: DevBuf::zeros(s, m, pairs * hidden, "MoE scratch")?,
+            pairs,
+            n_experts,
+            inter,
+            hidden,
+        })
+    }
+
+    /// Whether it serves `pairs` pairs of `(experts, intermediate, hidden)`.
+    pub fn fits_dims(&self, pairs: usize, dims: (usize, usize, usize)) -> bool {
+        pairs <= self.pairs && dims == (self.n_experts, self.inter, self.hidden)
+    }
+
+    /// Whether it serves `pairs` pairs of these experts.
+    pub fn fits(&self, pairs: usize, e: &CudaExperts) -> bool {
+        self.fits_dims(pairs, (e.n_experts, e.down.k, e.down.rows))
+    }
+}
+
+#[repr(C)]
+struct RouteParams {
+    w: WeightRef,
+    bias: u64,
+    h: u64,
+    experts: u64,
+    weights: u64,
+    k: i32,
+    n_experts: i32,
+    top_k: i32,
+    pad: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `RouteParams` in router.cu.
+unsafe impl cudarc::driver::DeviceRepr for RouteParams {}
+
+/// Router logits, top-k, softmax over the selected.
+pub fn route(
+    dev: &Device,
+    step: &CudaStep,
+    h: &CudaBuf,
+    router: &CudaLinear,
+    top_k: usize,
+    out: &mut CudaRouting,
+) -> Result<()> {
+    let w = &router.w;
+    if h.cols != w.k
+        || top_k != out.top_k
+        || top_k == 0
+        || top_k > 32
+        || top_k > w.rows
+        || step.rows > out.rows
+    {
+        return Err(shape_error(
+            "route",
+            format!(
+                "h [_, {}], router [{}, {}], top_k {top_k} (<= 32)",
+                h.cols, w.rows, w.k
+            ),
+        ));
+    }
+    let p = RouteParams {
+        w: w.as_ref(),
+        bias: router.bias.as_ref().map_or(0, |b| b.ptr()),
+        h: h.buf.ptr(),
+        experts: out.experts.ptr(),
+        weights: out.weights.ptr(),
+        k: w.k as i32,
+        n_experts: w.rows as i32,
+        top_k: top_k as i32,
+        pad: 0,
+    };
+    let mut c = cfg((step.rows as u32, 1, 1), 256);
+    c.shared_mem_bytes = (w.rows * 5) as u32;
+    dev.launch(Func::Route(w.kind), c, &p)
+}
+
+#[repr(C)]
+struct GroupParams {
+    experts: u64,
+    counts: u64,
+    offsets: u64,
+    list: u64,
+    n_pairs: i32,
+    n_experts: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `GroupParams` in moe.cu.
+unsafe impl cudarc::driver::DeviceRepr for GroupParams {}
+
+#[repr(C)]
+struct ExpertParams {
+    w: WeightRef,
+    bias: u64,
+    x: u64,
+    counts: u64,
+    offsets: u64,
+    list: u64,
+    out: u64,
+    k: i32,
+    n_out: i32,
+    x_per_pair: i32,
+    top_k: i32,
+    alpha: f32,
+    limit: f32,
+}
+
+// SAFETY: #[repr(C)] mirror of `ExpertParams` in moe.cu.
+unsafe impl cudarc::driver::DeviceRepr for ExpertParams {}
+
+#[repr(C)]
+struct CombineParams {
+    experts: u64,
+    weights: u64,
+    y: u64,
+    out: u64,
+    n_tok: i32,
+    top_k: i32,
+    h: i32,
+    pad: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
+unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
+
+/// One pair per tile when each expert has at most about one pair (decode: no wasted accumulators, every
+/// block loops over its expert's pairs), eight otherwise (prefill: each weight row decoded once per eight
+/// pairs, one tile per block).
+pub fn choose_moe(pairs: usize, n_experts: usize) -> RowTile {
+    if pairs <= n_experts {
+        RowTile::One
+    } else {
+        RowTile::Eight
+    }
+}
+
+/// What [`moe`] reads.
+pub struct MoeInputs<'a> {
+    /// Normed hidden states `[rows, H]`.
+    pub h: &'a CudaBuf,
+    /// The layer's experts.
+    pub experts: &'a CudaExperts,
+    /// The router's choices.
+    pub routing: &'a CudaRouting,
+    /// Activation constants.
+    pub shape: MoeShape,
+}
+
+/// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows.
+pub fn moe(
+    dev: &Device,
+    step: &CudaStep,
+    m: MoeInputs<'_>,
+    scratch: &MoeScratch,
+    out: &mut CudaBuf,
+) -> Result<()> {
+    let (e, r) = (m.experts, m.routing);
+    let (hidden, inter) = (e.down.rows, e.down.k);
+    let pairs = step.rows * r.top_k;
+    if m.h.cols != hidden
+        || out.cols != hidden
+        || e.gate_up.k != hidden
+        || e.gate_up.rows != 2 * inter
+        || m.shape.top_k != r.top_k
+        || !scratch.fits(pairs, e)
+    {
+        return Err(shape_error(
+            "moe",
+            format!(
+                "h [_, {}], gate_up [{}, {}], down [{hidden}, {inter}], out [_, {}], {pairs} pairs",
+                m.h.cols, e.gate_up.rows, e.gate_up.k, out.cols
+            ),
+        ));
+    }
+    let g = GroupParams {
+        experts: r.experts.ptr(),
+        counts: scratch.counts.ptr(),
+        offsets: scratch.offsets.ptr(),
+        list: scratch.list.ptr(),
+        n_pairs: pairs as i32,
+        n_experts: e.n_experts as i32,
+    };
+    dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
+    let tile = choose_moe(pairs, e.n_experts);
+    let tiles = match tile {
+        RowTile::One => 1,
+        RowTile::Eight => blocks(pairs, tile.rows()),
+    };
+    let mut p = ExpertParams {
+        w: e.gate_up.as_ref(),
+        bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
+        x: m.h.buf.ptr(),
+        counts: scratch.counts.ptr(),
+        offsets: scratch.offsets.ptr(),
+        list: scratch.list.ptr(),
+        out: scratch.act.ptr(),
+        k: hidden as i32,
+        n_out: inter as i32,
+        x_per_pair: 0,
+        top_k: r.top_k as i32,
+        alpha: m.shape.swiglu_alpha,
+        limit: m.shape.swiglu_limit,
+    };
+    let grid = |n_out: usize| (blocks(n_out, 8), e.n_experts as u32, tiles);
+    dev.launch(
+        Func::MoeGateUp(e.gate_up.kind, tile),
+        cfg(grid(inter), 256),
+        &p,
+    )?;
+    p.w = e.down.as_ref();
+    p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
+    p.x = scratch.act.ptr();
+    p.out = scratch.y.ptr();
+    p.k = inter as i32;
+    p.n_out = hidden as i32;
+    p.x_per_pair = 1;
+    dev.launch(Func::MoeDown(e.down.kind, tile), cfg(grid(hidden), 256), &p)?;
+    let c = CombineParams {
+        experts: r.experts.ptr(),
+        weights: r.weights.ptr(),
+        y: scratch.y.ptr(),
+        out: out.buf.ptr(),
+        n_tok: step.rows as i32,
+        top_k: r.top_k as i32,
+        h: hidden as i32,
+        pad: 0,
+    };
+    dev.launch(
+        Func::MoeCombine,
+        cfg((blocks(step.rows * hidden, 256), 1, 1), 256),
+        &c,
+    )
+}
+
+/// An error for experts that cannot be stacked.
+pub fn experts_error(detail: String) -> CudaError {
+    CudaError::Unsupported(format!("experts: {detail}"))
+}

@@ -1,0 +1,85 @@
+//! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
+//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `XDG_CACHE_HOME`, `HOME`).
+
+use std::path::PathBuf;
+
+use gptoss_engine::memory::KvPrecision;
+
+use crate::error::{CudaError, Result};
+
+/// How the backend is set up; build with [`CudaOptions::from_env`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub device: usize,
+    /// Compile kernels for this `sm_XY` (as `XY`) instead of the device's own arch (`GPTOSS_CUDA_ARCH`).
+    pub arch_override: Option<u32>,
+    /// Cap on every device allocation the backend makes (`--max-vram`); `None` = the device's memory.
+    pub max_vram_bytes: Option<u64>,
+    /// Element type of the KV cache.
+    pub kv: KvPrecision,
+    /// Where compiled cubins are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Extra directories searched first for the CUDA libraries (`GPTOSS_CUDA_LIB_DIRS`, `:`-separated).
+    pub lib_dirs: Vec<PathBuf>,
+}
+
+impl CudaOptions {
+    /// Reads the environment once: arch override, library dirs and the cubin cache directory.
+    pub fn from_env() -> Result<Self> {
+        let arch_override = match std::env::var("GPTOSS_CUDA_ARCH") {
+            Ok(v) if !v.trim().is_empty() => Some(parse_arch(&v)?),
+            _ => None,
+        };
+        let lib_dirs = std::env::var("GPTOSS_CUDA_LIB_DIRS")
+            .map(|v| {
+                v.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cache_root = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        Ok(CudaOptions {
+            device: 0,
+            arch_override,
+            max_vram_bytes: None,
+            kv: KvPrecision::Bf16,
+            cache_dir: cache_root.map(|r| r.join("gptoss").join("cubin")),
+            lib_dirs,
+        })
+    }
+}
+
+/// Parses `sm_80`, `sm80`, `80` or `8.0` into 80.
+pub fn parse_arch(value: &str) -> Result<u32> {
+    let v = value.trim();
+    let digits = v
+        .strip_prefix("sm_")
+        .or_else(|| v.strip_prefix("sm"))
+        .unwrap_or(v);
+    let digits: String = digits.chars().filter(|c| *c != '.').collect();
+    match digits.parse::<u32>() {
+        Ok(n) if (10..=200).contains(&n) => Ok(n),
+        _ => Err(CudaError::Config(format!(
+            "GPTOSS_CUDA_ARCH={value:?}: expected an arch like sm_80, sm_86, sm_89 or sm_90"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_forms() {
+        assert_eq!(parse_arch("sm_80").unwrap(), 80);
+        assert_eq!(parse_arch("sm86").unwrap(), 86);
+        assert_eq!(parse_arch("9.0").unwrap(), 90);
+        let e = parse_arch("ampere").unwrap_err().to_string();
+        assert!(e.contains("GPTOSS_CUDA_ARCH=\"ampere\""), "{e}");
+    }
+}

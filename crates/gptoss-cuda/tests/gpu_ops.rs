@@ -1,0 +1,438 @@
+//! The op harness: each CUDA op against the CPU backend's op on random inputs of awkward shapes (T = 1,
+//! partial tiles, rows not a multiple of 8, the sliding-window edge), for every stored weight format.
+//! Needs a GPU: run by `scripts/gpu-check.sh` (natively and with `GPTOSS_CUDA_ARCH=sm_80`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
+use gptoss_cuda::{CudaBackend, CudaOptions};
+use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, QkvBufs, Rope};
+use gptoss_engine::memory::KvPrecision;
+use gptoss_engine::{Backend, Batch, Capacity, CpuBackend, SamplingParams};
+use gptoss_formats::{Expert, Linear, ModelConfig, Window};
+
+fn cuda(kv: KvPrecision) -> CudaBackend {
+    let mut o = CudaOptions::from_env().unwrap();
+    o.kv = kv;
+    CudaBackend::new(&o).unwrap()
+}
+
+/// max |a - b| / max |b| (b is the CPU reference).
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|x| x.is_finite()), "non-finite CUDA output");
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn upload<B: Backend>(b: &B, rows: usize, cols: usize, data: &[f32]) -> B::Buf {
+    // Buffers are filled by embedding rows 0..rows of an f32 table: the one generic way to write a buffer.
+    let src = b
+        .upload_embedding(&gptoss_formats::QuantTensor::from_f32(
+            vec![rows, cols],
+            data,
+        ))
+        .unwrap();
+    let mut step = b
+        .alloc_step(
+            &cap(rows),
+            &Rope {
+                inv_freq: vec![1.0],
+                concentration: 1.0,
+            },
+        )
+        .unwrap();
+    let tokens: Vec<u32> = (0..rows as u32).collect();
+    b.begin_step(
+        &mut step,
+        &Batch {
+            tokens,
+            positions: vec![0; rows],
+            slots: vec![0; rows],
+            logit_rows: vec![],
+        },
+    )
+    .unwrap();
+    let mut out = b.alloc(rows, cols).unwrap();
+    b.embed(&step, &src, &mut out).unwrap();
+    out
+}
+
+fn cap(rows: usize) -> Capacity {
+    Capacity {
+        max_batch_tokens: rows,
+        max_logit_rows: rows,
+        slots: 2,
+        context_tokens: 64,
+    }
+}
+
+fn step_of<B: Backend>(b: &B, batch: &Batch) -> B::Step {
+    let mut s = b
+        .alloc_step(
+            &cap(batch.tokens.len().max(1)),
+            &Rope {
+                inv_freq: vec![1.0],
+                concentration: 1.0,
+            },
+        )
+        .unwrap();
+    b.begin_step(&mut s, batch).unwrap();
+    s
+}
+
+fn plain_batch(rows: usize) -> Batch {
+    Batch {
+        tokens: vec![0; rows],
+        positions: (0..rows as u32).collect(),
+        slots: vec![0; rows],
+        logit_rows: vec![],
+    }
+}
+
+fn linear_out<B: Backend>(b: &B, lin: &Linear, x: &[f32], rows: usize) -> Vec<f32> {
+    let (n_out, k) = (lin.weight.n_rows(), lin.weight.row_len());
+    let w = b.upload_linear(lin).unwrap();
+    let xb = upload(b, rows, k, x);
+    let mut out = b.alloc(rows, n_out).unwrap();
+    b.linear(&step_of(b, &plain_batch(rows)), &xb, &w, &mut out)
+        .unwrap();
+    b.read(&out, rows).unwrap()
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn linear_every_format_and_shape() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(11);
+    for format in TestFormat::ALL {
+        for (rows, n_out, k) in [(1, 37, 64), (5, 45, 96), (19, 64, 128), (9, 8, 45)] {
+            if k % 32 != 0 && !matches!(format, TestFormat::Dense(_)) {
+                continue;
+            }
+            let lin = Linear {
+                weight: random_tensor(&mut rng, format, n_out, k, 0.2),
+                bias: Some(rng.vec(n_out, 0.5)),
+            };
+            let x = rng.vec(rows * k, 1.0);
+            let e = rel_err(
+                &linear_out(&g, &lin, &x, rows),
+                &linear_out(&CpuBackend, &lin, &x, rows),
+            );
+            println!("linear {format:?} T={rows} [{n_out}, {k}]: rel err {e:.2e}");
+            assert!(
+                e < 1e-5,
+                "linear {format:?} T={rows} [{n_out}, {k}]: rel err {e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn embed_and_logits_every_format() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(12);
+    for format in TestFormat::ALL {
+        let table = random_tensor(&mut rng, format, 50, 64, 0.5);
+        let batch = Batch {
+            tokens: vec![3, 0, 49, 3, 17],
+            positions: vec![0; 5],
+            slots: vec![0; 5],
+            logit_rows: vec![4, 0],
+        };
+        let run = |b: &dyn Fn() -> (Vec<f32>, Vec<f32>)| b();
+        let cpu = run(&|| embed_logits(&CpuBackend, &table, &batch));
+        let gpu = run(&|| embed_logits(&g, &table, &batch));
+        assert_eq!(gpu.0, cpu.0, "embed {format:?} must be exact");
+        let e = rel_err(&gpu.1, &cpu.1);
+        println!("embed+logits {format:?}: exact embed, logits rel err {e:.2e}");
+        assert!(e < 1e-5, "logits {format:?}: {e}");
+    }
+}
+
+fn embed_logits<B: Backend>(
+    b: &B,
+    table: &gptoss_formats::QuantTensor,
+    batch: &Batch,
+) -> (Vec<f32>, Vec<f32>) {
+    let t = b.upload_embedding(table).unwrap();
+    let head = b
+        .upload_linear(&Linear {
+            weight: table.clone(),
+            bias: None,
+        })
+        .unwrap();
+    let step = step_of(b, batch);
+    let mut x = b.alloc(batch.tokens.len(), table.row_len()).unwrap();
+    b.embed(&step, &t, &mut x).unwrap();
+    let mut l = b.alloc(batch.logit_rows.len(), table.n_rows()).unwrap();
+    b.logits(&step, &x, &head, &mut l).unwrap();
+    (
+        b.read(&x, batch.tokens.len()).unwrap(),
+        b.read(&l, batch.logit_rows.len()).unwrap(),
+    )
+}
+
+fn norm_add<B: Backend>(b: &B, x: &[f32], y: &[f32], w: &[f32], rows: usize) -> Vec<f32> {
+    let n = w.len();
+    let (mut xb, yb) = (upload(b, rows, n, x), upload(b, rows, n, y));
+    let wv = b.upload_vector(w).unwrap();
+    let step = step_of(b, &plain_batch(rows));
+    b.add(&step, &mut xb, &yb).unwrap();
+    let mut out = b.alloc(rows, n).unwrap();
+    b.rms_norm(&step, &xb, &wv, 1e-5, &mut out).unwrap();
+    b.read(&out, rows).unwrap()
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn rms_norm_and_add() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(13);
+    for (rows, n) in [(1, 100), (7, 2880), (3, 37)] {
+        let (x, y, w) = (
+            rng.vec(rows * n, 2.0),
+            rng.vec(rows * n, 1.0),
+            rng.vec(n, 1.5),
+        );
+        let e = rel_err(
+            &norm_add(&g, &x, &y, &w, rows),
+            &norm_add(&CpuBackend, &x, &y, &w, rows),
+        );
+        println!("add+rms_norm T={rows} n={n}: rel err {e:.2e}");
+        assert!(e < 1e-5, "rms_norm T={rows} n={n}: {e}");
+    }
+}
+
+struct AttnCase {
+    shape: AttnShape,
+    steps: Vec<Batch>,
+}
+
+/// Runs each step's rope+store then attention; returns rotated q and the attention output of every step.
+fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> {
+    let s = &case.shape;
+    let mut rng = Rng(rng_seed);
+    let mut cfg = ModelConfig::gpt_oss_20b();
+    cfg.num_hidden_layers = 2;
+    cfg.num_attention_heads = s.n_q_heads;
+    cfg.num_key_value_heads = s.n_kv_heads;
+    cfg.head_dim = s.head_dim;
+    let capacity = Capacity {
+        max_batch_tokens: 16,
+        max_logit_rows: 1,
+        slots: 2,
+        context_tokens: 40,
+    };
+    let mut cache = b.alloc_cache(&cfg, &capacity).unwrap();
+    let (inv_freq, concentration) = gptoss_engine::math::yarn_inv_freq(&cfg);
+    let sinks = b.upload_vector(&rng.vec(s.n_q_heads, 1.0)).unwrap();
+    let (qw, kvw) = (s.n_q_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+    let mut all = Vec::new();
+    for batch in &case.steps {
+        let mut step = b
+            .alloc_step(
+                &capacity,
+                &Rope {
+                    inv_freq: inv_freq.clone(),
+                    concentration,
+                },
+            )
+            .unwrap();
+        b.begin_step(&mut step, batch).unwrap();
+        let t = batch.tokens.len();
+        let mut q = upload(b, t, qw, &rng.vec(t * qw, 1.0));
+        let mut k = upload(b, t, kvw, &rng.vec(t * kvw, 1.0));
+        let v = upload(b, t, kvw, &rng.vec(t * kvw, 1.0));
+        b.rope_store_kv(
+            &step,
+            s,
+            QkvBufs {
+                q: &mut q,
+                k: &mut k,
+                v: &v,
+            },
+            &mut cache,
+        )
+        .unwrap();
+        let mut out = b.alloc(t, qw).unwrap();
+        b.attention(&step, s, &q, &sinks, &cache, &mut out).unwrap();
+        all.extend(b.read(&q, t).unwrap());
+        all.extend(b.read(&out, t).unwrap());
+    }
+    all
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn rope_and_attention_prefill_decode_window_edge() {
+    let seq = |slot: u32, from: u32, n: u32| Batch {
+        tokens: vec![0; n as usize],
+        positions: (from..from + n).collect(),
+        slots: vec![slot; n as usize],
+        logit_rows: vec![],
+    };
+    let mixed = Batch {
+        tokens: vec![0; 3],
+        positions: vec![7, 13, 0],
+        slots: vec![1, 1, 0],
+        logit_rows: vec![],
+    };
+    for window in [Window::Sliding(4), Window::Full, Window::Sliding(8)] {
+        let shape = AttnShape {
+            layer: 1,
+            n_q_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            window,
+        };
+        // Prefill 13 tokens in slot 1 (crosses the window), decode one, then a mixed step of two slots.
+        let case = AttnCase {
+            shape,
+            steps: vec![
+                seq(1, 0, 7),
+                seq(1, 7, 6),
+                seq(1, 13, 1),
+                seq(0, 0, 5),
+                mixed.clone(),
+            ],
+        };
+        let cpu = attention_run(&CpuBackend, &case, 21);
+        for (kv, tol) in [(KvPrecision::F32, 2e-5), (KvPrecision::Bf16, 1e-2)] {
+            let e = rel_err(&attention_run(&cuda(kv), &case, 21), &cpu);
+            println!("rope+attention {window:?} kv {kv:?}: rel err {e:.2e}");
+            assert!(e < tol, "attention {window:?} {kv:?}: {e}");
+        }
+    }
+}
+
+fn experts(rng: &mut Rng, format: TestFormat, n: usize, h: usize, i: usize) -> Vec<Expert> {
+    (0..n)
+        .map(|_| Expert {
+            gate_up: Linear {
+                weight: random_tensor(rng, format, 2 * i, h, 0.3),
+                bias: Some(rng.vec(2 * i, 0.5)),
+            },
+            down: Linear {
+                weight: random_tensor(rng, format, h, i, 0.3),
+                bias: Some(rng.vec(h, 0.5)),
+            },
+        })
+        .collect()
+}
+
+fn moe_run<B: Backend>(
+    b: &B,
+    router: &Linear,
+    ex: &[Expert],
+    h: &[f32],
+    rows: usize,
+    top_k: usize,
+) -> Vec<f32> {
+    let hidden = router.weight.row_len();
+    let up = b.upload_experts(ex).unwrap();
+    let r = b.upload_linear(router).unwrap();
+    let mut routing = b.alloc_routing(rows, top_k).unwrap();
+    let hb = upload(b, rows, hidden, h);
+    let step = step_of(b, &plain_batch(rows));
+    b.route(&step, &hb, &r, top_k, &mut routing).unwrap();
+    let mut out = b.alloc(rows, hidden).unwrap();
+    let shape = MoeShape {
+        top_k,
+        swiglu_alpha: 1.702,
+        swiglu_limit: 7.0,
+    };
+    b.moe(
+        &step,
+        MoeArgs {
+            h: &hb,
+            experts: &up,
+            routing: &routing,
+            shape,
+        },
+        &mut out,
+    )
+    .unwrap();
+    b.read(&out, rows).unwrap()
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn router_and_moe_every_format() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(14);
+    let (n_exp, hidden, inter) = (6, 64, 96);
+    for format in TestFormat::ALL {
+        let ex = experts(&mut rng, format, n_exp, hidden, inter);
+        for (rows, top_k) in [(1, 2), (3, 2), (11, 3), (20, 1)] {
+            let router = Linear {
+                weight: random_tensor(
+                    &mut rng,
+                    TestFormat::Dense(gptoss_formats::DType::BF16),
+                    n_exp,
+                    hidden,
+                    1.0,
+                ),
+                bias: Some(rng.vec(n_exp, 0.5)),
+            };
+            let h = rng.vec(rows * hidden, 1.0);
+            let e = rel_err(
+                &moe_run(&g, &router, &ex, &h, rows, top_k),
+                &moe_run(&CpuBackend, &router, &ex, &h, rows, top_k),
+            );
+            println!("route+moe {format:?} T={rows} top_k={top_k}: rel err {e:.2e}");
+            assert!(e < 1e-5, "moe {format:?} T={rows} top_k={top_k}: {e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn sampling_matches_the_host_sampler() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(15);
+    let (rows, vocab) = (4, 1000);
+    let logits = rng.vec(rows * vocab, 4.0);
+    let lb = upload(&g, rows, vocab, &logits);
+    let configs = [
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 1,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 2,
+        },
+        SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 0,
+            seed: 3,
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_p: 0.8,
+            top_k: 40,
+            seed: 4,
+        },
+    ];
+    let mut same = 0;
+    let draws = 50u64;
+    for c in 0..draws {
+        let counters = vec![c; rows];
+        let got = g.sample(&lb, &configs, &counters).unwrap();
+        for (r, p) in configs.iter().enumerate() {
+            let want = gptoss_engine::sampler::sample(&logits[r * vocab..(r + 1) * vocab], p, c);
+            same += usize::from(got[r] == want);
+        }
+    }
+    println!(
+        "sampling: {same} of {} draws equal the host sampler",
+        draws as usize * rows
+    );
+    assert_eq!(same, draws as usize * rows);
+}

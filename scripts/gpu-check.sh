@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every GPU test of gptoss-cuda, natively and with GPTOSS_CUDA_ARCH=sm_80 (the Ampere baseline code on
+# any GPU), then the short benchmark, and prints a table. Run from the repo root on the GPU machine.
+#
+#   scripts/gpu-check.sh --stage DIR   (on a build machine) build the test binaries in release mode and copy
+#                                      them to DIR (e.g. .carry/gptoss-cuda, which the device tool carries)
+#   scripts/gpu-check.sh [DIR]         (on the GPU machine) run the binaries in DIR (default .carry/gptoss-cuda;
+#                                      built here with cargo when DIR is missing and cargo exists)
+# Logs go to $OUT (the device tool's output folder) or ./gpu-check-logs.
+set -uo pipefail
+tests=(gpu_ops gpu_model)
+
+stage() {
+    local dest="$1"
+    mkdir -p "$dest"
+    cargo test -p gptoss-cuda --release --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys, shutil
+dest = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        name = m["target"]["name"]
+        shutil.copy(m["executable"], dest + "/" + name)
+        print("staged", name)
+' "$dest"
+}
+
+if [ "${1:-}" = "--stage" ]; then
+    stage "${2:?--stage needs a directory}"
+    exit $?
+fi
+
+bin="${1:-.carry/gptoss-cuda}"
+if [ ! -x "$bin/gpu_ops" ]; then
+    command -v cargo >/dev/null || { echo "no test binaries in $bin and no cargo to build them" >&2; exit 2; }
+    stage "$bin" || exit 2
+fi
+logs="${OUT:-gpu-check-logs}"
+mkdir -p "$logs"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
+
+declare -A result
+status=0
+for arch in native sm_80; do
+    for t in "${tests[@]}"; do
+        log="$logs/$t-$arch.log"
+        if [ "$arch" = native ]; then
+            env -u GPTOSS_CUDA_ARCH "$bin/$t" --ignored --test-threads=1 --nocapture >"$log" 2>&1
+        else
+            GPTOSS_CUDA_ARCH="$arch" "$bin/$t" --ignored --test-threads=1 --nocapture >"$log" 2>&1
+        fi
+        rc=$?
+        summary="$(grep -E '^test result' "$log" | tail -n 1 | sed 's/test result: //; s/; finished.*//')"
+        result["$t/$arch"]="$([ $rc = 0 ] && echo PASS || echo FAIL) ${summary:-no result (rc $rc)}"
+        [ $rc = 0 ] || status=1
+    done
+done
+"$bin/gpu_bench" --ignored --nocapture >"$logs/bench-native.log" 2>&1 || status=1
+GPTOSS_CUDA_ARCH=sm_80 "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-sm_80.log" 2>&1 || status=1
+
+echo
+echo "== measured error (native) =="
+grep -hE 'rel err|fixture|dummy tiny|sampling:|tiny model' "$logs"/gpu_*-native.log | sed 's/^/  /'
+echo
+echo "== failures =="
+grep -hE "panicked|assertion" "$logs"/*.log | head -n 20 | sed 's/^/  /'
+echo
+printf '%-12s | %-60s | %s\n' test native sm_80
+printf '%-12s-+-%-60s-+-%s\n' ------------ ------------------------------------------------------------ ----------
+for t in "${tests[@]}"; do
+    printf '%-12s | %-60s | %s\n' "$t" "${result[$t/native]}" "${result[$t/sm_80]}"
+done
+echo
+for arch in native sm_80; do
+    echo "== benchmark ($arch) =="
+    grep -h '^BENCH' "$logs/bench-$arch.log" | sed 's/^BENCH /  /'
+    grep -hE 'panicked|test result' "$logs/bench-$arch.log" | sed 's/^/  /'
+done
+exit $status
