@@ -207,8 +207,9 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(run_jobs(state, jobs, &args.output, concurrency))?;
-    let summary = summary.finish(skipped);
+    let totals = runtime.block_on(run_jobs(state.clone(), jobs, &args.output, concurrency))?;
+    let device_peak = state.engine_stats().device_peak_bytes;
+    let summary = totals.finish(skipped, (device_peak > 0).then_some(device_peak));
     print_summary(&summary);
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
@@ -284,7 +285,7 @@ async fn run_jobs(
 }
 
 impl Totals {
-    fn finish(mut self, skipped: usize) -> Value {
+    fn finish(mut self, skipped: usize, device_peak_bytes: Option<u64>) -> Value {
         self.latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             let n = self.latencies.len();
@@ -306,17 +307,24 @@ impl Totals {
             "generated_tokens_per_second": self.completion_tokens as f64 / wall.max(1e-9),
             "latency_p50_seconds": pct(0.50),
             "latency_p95_seconds": pct(0.95),
-            "peak_memory_bytes": peak_memory_bytes(),
+            "peak_device_memory_bytes": device_peak_bytes,
+            "peak_host_memory_bytes": peak_host_memory_bytes(),
         })
     }
 }
 
-/// Peak resident memory of this process (the CPU backend's device memory), from /proc.
-fn peak_memory_bytes() -> Option<u64> {
+/// Peak resident memory of this process (where the CPU backend keeps everything), from /proc.
+fn peak_host_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+fn mib(bytes: &Value) -> String {
+    bytes.as_u64().map_or("-".into(), |b| {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    })
 }
 
 fn print_summary(s: &Value) {
@@ -349,14 +357,8 @@ fn print_summary(s: &Value) {
             "latency p95",
             format!("{:.3} s", s["latency_p95_seconds"].as_f64().unwrap_or(0.0)),
         ),
-        (
-            "peak memory",
-            s["peak_memory_bytes"]
-                .as_u64()
-                .map_or("unknown".into(), |b| {
-                    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
-                }),
-        ),
+        ("peak device memory", mib(&s["peak_device_memory_bytes"])),
+        ("peak host memory (RSS)", mib(&s["peak_host_memory_bytes"])),
     ];
     for (name, value) in rows {
         println!("{name:<24} {value}");

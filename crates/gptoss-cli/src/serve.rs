@@ -72,7 +72,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
             drop(weights);
             match model {
                 AnyModel::Cpu(m) => starter.run(*m),
-                AnyModel::Cuda(m) => starter.run(*m),
+                AnyModel::Cuda(m) => starter.run_with_probe(*m, |m| m.backend().memory_in_use().1),
             }
         },
         config,

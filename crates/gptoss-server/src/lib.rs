@@ -116,6 +116,11 @@ impl AppState {
         &self.config
     }
 
+    /// The engine's counters now.
+    pub fn engine_stats(&self) -> gptoss_engine::scheduler::StatsSnapshot {
+        self.engine.stats().snapshot()
+    }
+
     fn context_tokens(&self) -> usize {
         self.engine.info().context_tokens
     }

@@ -165,6 +165,17 @@ impl Metrics {
         }
         metric(
             &mut out,
+            "gptoss_device_memory_peak_bytes",
+            "gauge",
+            "Peak device memory (GPU backends; 0 on the CPU).",
+        );
+        let _ = writeln!(
+            out,
+            "gptoss_device_memory_peak_bytes {}",
+            engine.device_peak_bytes
+        );
+        metric(
+            &mut out,
             "gptoss_engine_steps_total",
             "counter",
             "Forward steps.",

@@ -23,11 +23,15 @@ pub struct EngineConfig {
     pub kv_blocks: Option<usize>,
 }
 
+/// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
+pub type DeviceProbe<B> = fn(&Model<B>) -> u64;
+
 /// A model and the requests it is serving.
 pub struct Engine<B: Backend> {
     model: Model<B>,
     sched: Scheduler,
     stats: Arc<EngineStats>,
+    probe: Option<DeviceProbe<B>>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -48,9 +52,17 @@ impl<B: Backend> Engine<B> {
             model,
             sched,
             stats,
+            probe: None,
         };
         engine.publish();
         engine
+    }
+
+    /// Reports the backend's peak device memory through `probe` after every step.
+    pub fn with_device_probe(mut self, probe: DeviceProbe<B>) -> Self {
+        self.probe = Some(probe);
+        self.publish();
+        self
     }
 
     /// The model.
@@ -109,6 +121,13 @@ impl<B: Backend> Engine<B> {
     /// Cancels a request (no-op when it already ended); its owner is told `Cancelled`.
     pub fn cancel(&mut self, id: RequestId) {
         self.end(id, FinishReason::Cancelled);
+    }
+
+    /// Fails every request (after a backend panic: nothing the engine holds can be trusted).
+    pub fn fail_all(&mut self, message: &str) {
+        for id in self.sched.ids() {
+            self.fail(id, FailureKind::Internal, message);
+        }
     }
 
     /// Runs one step. A backend failure fails the step's requests, not the engine.
@@ -222,6 +241,9 @@ impl<B: Backend> Engine<B> {
     }
 
     fn publish(&self) {
+        if let Some(probe) = self.probe {
+            self.stats.observe_device_bytes(probe(&self.model));
+        }
         let kv = self.sched.kv();
         self.stats.set_gauges(super::stats::Gauges {
             waiting: self.sched.waiting_len(),

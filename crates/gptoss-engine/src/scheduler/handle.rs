@@ -2,6 +2,7 @@
 //! context never crosses threads); everyone else talks to it through [`EngineHandle`] over a std
 //! channel of [`Command`]s. Commands are applied between steps.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-use super::engine::{Engine, EngineConfig};
+use super::engine::{DeviceProbe, Engine, EngineConfig};
 use super::sequence::{GenRequest, OutputSink, RequestId};
 use super::stats::EngineStats;
 
@@ -108,7 +109,17 @@ pub struct EngineStarter {
 impl EngineStarter {
     /// Serves requests with `model` until every handle is dropped.
     pub fn run<B: Backend>(self, model: Model<B>) -> Result<()> {
-        let engine = Engine::new(model, self.config, self.stats);
+        let engine = Engine::new(model, self.config, self.stats.clone());
+        self.serve(engine)
+    }
+
+    /// Like [`EngineStarter::run`], reporting the backend's peak device memory through `probe`.
+    pub fn run_with_probe<B: Backend>(self, model: Model<B>, probe: DeviceProbe<B>) -> Result<()> {
+        let engine = Engine::new(model, self.config, self.stats.clone()).with_device_probe(probe);
+        self.serve(engine)
+    }
+
+    fn serve<B: Backend>(self, engine: Engine<B>) -> Result<()> {
         let cap = *engine.model().capacity();
         let info = EngineInfo {
             context_tokens: cap.context_tokens,
@@ -169,7 +180,16 @@ fn run_loop<B: Backend>(mut engine: Engine<B>, rx: Receiver<Command>) {
                 Err(TryRecvError::Disconnected) => return,
             }
         }
-        engine.step();
+        // A panicking backend (a bug) fails the requests it held; the engine keeps serving.
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| engine.step())) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "engine step panicked; failing every request");
+            engine.fail_all(&format!("the engine failed: {what}"));
+        }
     }
 }
 

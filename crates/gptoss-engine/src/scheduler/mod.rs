@@ -24,7 +24,7 @@ mod policy;
 mod sequence;
 mod stats;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{DeviceProbe, Engine, EngineConfig};
 pub use handle::{
     spawn_engine, spawn_engine_with, Command, EngineHandle, EngineInfo, EngineStarter,
 };

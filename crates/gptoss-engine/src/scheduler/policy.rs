@@ -68,6 +68,11 @@ impl Scheduler {
         self.seqs.is_empty()
     }
 
+    /// Every sequence's id.
+    pub fn ids(&self) -> Vec<RequestId> {
+        self.seqs.keys().copied().collect()
+    }
+
     /// Queues a new sequence.
     pub fn add(&mut self, seq: Sequence) {
         self.waiting.push_back(seq.id);

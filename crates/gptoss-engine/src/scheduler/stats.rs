@@ -15,6 +15,7 @@ pub struct EngineStats {
     batch_tokens: AtomicU64,
     steps: AtomicU64,
     preemptions: AtomicU64,
+    device_peak_bytes: AtomicU64,
 }
 
 /// The engine's current queue and cache use.
@@ -45,6 +46,8 @@ pub struct StatsSnapshot {
     pub steps: u64,
     /// Sequences preempted for lack of KV blocks.
     pub preemptions: u64,
+    /// Peak device memory the backend reported (0 when it reports none, e.g. the CPU).
+    pub device_peak_bytes: u64,
 }
 
 impl EngineStats {
@@ -73,6 +76,10 @@ impl EngineStats {
         self.preemptions.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn observe_device_bytes(&self, peak: u64) {
+        self.device_peak_bytes.fetch_max(peak, Ordering::Relaxed);
+    }
+
     /// Reads every number.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -88,6 +95,7 @@ impl EngineStats {
             batch_tokens: get(&self.batch_tokens),
             steps: get(&self.steps),
             preemptions: get(&self.preemptions),
+            device_peak_bytes: get(&self.device_peak_bytes),
         }
     }
 }
