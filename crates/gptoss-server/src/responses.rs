@@ -77,29 +77,7 @@ fn input_item(conv: &mut Conversation, item: &Value, i: usize) -> ApiResult<()> 
         .and_then(Value::as_str)
         .unwrap_or("message");
     match kind {
-        "message" => {
-            let text = content_text(
-                item.get("content").unwrap_or(&Value::Null),
-                &format!("{field}.content"),
-            )?;
-            match str_of("role")?.as_str() {
-                "user" => conv.turns.push(Turn::User(text)),
-                "assistant" => conv.turns.push(Turn::Answer(text)),
-                "system" | "developer" => {
-                    let joined = conv
-                        .instructions
-                        .take()
-                        .map_or(text.clone(), |i| format!("{i}\n\n{text}"));
-                    conv.instructions = Some(joined);
-                }
-                other => {
-                    return Err(ApiError::param(
-                        "input",
-                        format!("{field}.role: unknown role {other:?}"),
-                    ))
-                }
-            }
-        }
+        "message" => message_item(conv, item, &field, str_of("role")?)?,
         "function_call" => conv.turns.push(Turn::ToolCall {
             id: str_of("call_id")?,
             name: str_of("name")?,
@@ -134,6 +112,30 @@ fn input_item(conv: &mut Conversation, item: &Value, i: usize) -> ApiResult<()> 
             return Err(ApiError::param(
                 "input",
                 format!("{field}.type: unsupported item type {other:?}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A `{"role", "content"}` input item.
+fn message_item(conv: &mut Conversation, item: &Value, field: &str, role: String) -> ApiResult<()> {
+    let content = item.get("content").unwrap_or(&Value::Null);
+    let text = content_text(content, &format!("{field}.content"))?;
+    match role.as_str() {
+        "user" => conv.turns.push(Turn::User(text)),
+        "assistant" => conv.turns.push(Turn::Answer(text)),
+        "system" | "developer" => {
+            let joined = conv
+                .instructions
+                .take()
+                .map_or(text.clone(), |i| format!("{i}\n\n{text}"));
+            conv.instructions = Some(joined);
+        }
+        other => {
+            return Err(ApiError::param(
+                "input",
+                format!("{field}.role: unknown role {other:?}"),
             ))
         }
     }
@@ -190,30 +192,20 @@ impl Items {
             self.close(events);
             self.open_item(d, events);
         }
-        let index = self.items.len() - 1;
-        let (Some(item), text) = (self.items.last_mut(), delta_text(d)) else {
+        let index = self.items.len().saturating_sub(1);
+        let text = delta_text(d);
+        let Some(item) = self.items.last_mut().filter(|_| !text.is_empty()) else {
             return;
         };
         let item_id = item["id"].clone();
-        let (field, name) = match kind {
-            "reasoning" => (
-                &mut item["content"][0]["text"],
-                "response.reasoning_text.delta",
-            ),
-            "message" => (
-                &mut item["content"][0]["text"],
-                "response.output_text.delta",
-            ),
-            _ => (
-                &mut item["arguments"],
-                "response.function_call_arguments.delta",
-            ),
+        let (pointer, name) = match kind {
+            "reasoning" => ("/content/0/text", "response.reasoning_text.delta"),
+            "message" => ("/content/0/text", "response.output_text.delta"),
+            _ => ("/arguments", "response.function_call_arguments.delta"),
         };
-        if text.is_empty() {
-            return;
+        if let Some(field) = item.pointer_mut(pointer) {
+            *field = json!(format!("{}{text}", field.as_str().unwrap_or_default()));
         }
-        let joined = format!("{}{text}", field.as_str().unwrap_or_default());
-        *field = json!(joined);
         events.push((
             name,
             json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text}),
@@ -252,7 +244,7 @@ impl Items {
         if !std::mem::take(&mut self.open) {
             return;
         }
-        let index = self.items.len() - 1;
+        let index = self.items.len().saturating_sub(1);
         let Some(item) = self.items.last_mut() else {
             return;
         };
