@@ -185,6 +185,7 @@ fn assistant_turns(
 fn parse(state: &AppState, body: &Body) -> ApiResult<ChatParams> {
     body.check_model(&state.config.model_name)?;
     body.check_n()?;
+    body.check_unsupported()?;
     let conv = conversation(body)?;
     let prompt = conv.render(&state.harmony)?;
     let sampling = body.sampling(state.fresh_seed())?;

@@ -16,6 +16,7 @@ use crate::{sse, AppState};
 fn parse(state: &AppState, body: &Body) -> ApiResult<(GenSpec, bool)> {
     body.check_model(&state.config.model_name)?;
     body.check_n()?;
+    body.check_unsupported()?;
     let text = match body.get("prompt") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {

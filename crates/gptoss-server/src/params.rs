@@ -111,6 +111,35 @@ impl Body {
         }
     }
 
+    /// Rejects parameters this server does not implement rather than ignoring them: non-zero
+    /// `presence_penalty` / `frequency_penalty`, `logprobs`, `top_logprobs`, and a `response_format`
+    /// other than text.
+    pub fn check_unsupported(&self) -> ApiResult<()> {
+        for key in ["presence_penalty", "frequency_penalty"] {
+            if self.f64(key)?.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::param(
+                    key,
+                    format!("{key}: not supported (only 0)"),
+                ));
+            }
+        }
+        if self.bool("logprobs")? == Some(true) || self.i64("top_logprobs")?.is_some_and(|n| n > 0)
+        {
+            return Err(ApiError::param("logprobs", "logprobs: not supported"));
+        }
+        let format = self
+            .get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str);
+        match format {
+            None | Some("text") => Ok(()),
+            Some(other) => Err(ApiError::param(
+                "response_format",
+                format!("response_format: only \"text\" is supported, got {other:?}"),
+            )),
+        }
+    }
+
     /// `temperature` (0..=2, default 1), `top_p` (0 < p <= 1, default 1) and `seed` (default: fresh).
     pub fn sampling(&self, fresh_seed: u64) -> ApiResult<SamplingParams> {
         let temperature = self.f64("temperature")?.unwrap_or(1.0);

@@ -485,6 +485,24 @@ fn bad_requests() -> Vec<(Value, u16, &'static str, &'static str)> {
             "context_length_exceeded",
             "context",
         ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}),
+            400,
+            "presence_penalty",
+            "not supported",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
+            400,
+            "logprobs",
+            "not supported",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            400,
+            "response_format",
+            "json_object",
+        ),
         (json!([1, 2]), 400, "", "JSON object"),
     ]
 }
