@@ -1,11 +1,13 @@
 //! `gptoss`: run, inspect, convert and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
+mod batch;
 mod convert;
 mod device;
 mod inspect;
 mod logits;
 mod run;
+mod serve;
 mod source;
 mod synth;
 mod vocab;
@@ -28,6 +30,10 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
     Inspect(inspect::InspectArgs),
+    /// Serve the OpenAI-compatible API (chat, completions, responses) with continuous batching.
+    Serve(serve::ServeArgs),
+    /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
+    Batch(batch::BatchArgs),
     /// Convert a checkpoint to a GGUF llama.cpp loads, or to HF MXFP4 safetensors (--to hf-mxfp4).
     Convert(convert::ConvertArgs),
     /// Write the random weights of --dummy as an HF MXFP4 checkpoint.
@@ -47,6 +53,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Batch(args) => batch::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Synth(args) => synth::run(args),
     };

@@ -24,6 +24,7 @@ pub mod math;
 pub mod memory;
 pub mod model;
 pub mod sampler;
+pub mod scheduler;
 
 pub use backend::{Backend, Batch, Capacity, SamplingParams};
 pub use cpu::CpuBackend;

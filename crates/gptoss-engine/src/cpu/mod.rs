@@ -252,6 +252,9 @@ impl Backend for CpuBackend {
         lm_head: &CpuLinear,
         out: &mut CpuBuf,
     ) -> Result<()> {
+        if step.batch.logit_rows.is_empty() {
+            return Ok(()); // a prefill-only step (the scheduler's chunked prefill) wants no logits
+        }
         let h = x.cols;
         let picked: Vec<f32> = step
             .batch

@@ -1,0 +1,159 @@
+//! `gptoss serve`: the OpenAI-compatible server. Also the engine start-up shared with `gptoss batch`:
+//! load the checkpoint, pick its tokenizer, start the engine thread with `--max-seqs` cache slots.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
+use gptoss_engine::Capacity;
+use gptoss_server::{AppState, ServerConfig};
+use gptoss_tokenizer::Tokenizer;
+
+use crate::device::{self, AnyModel};
+use crate::source::{self, ModelArgs};
+use crate::vocab;
+
+/// How the engine batches (shared by `serve` and `batch`).
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sequences run together (KV cache slots).
+    #[arg(long, default_value_t = 16)]
+    pub max_seqs: usize,
+    /// Token budget of one engine step (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 512)]
+    pub batch_tokens: usize,
+    /// KV pool in blocks of 16 positions of one layer (default: every slot at full context).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// The model name clients use (default: the checkpoint's directory or file name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+/// A running engine with its tokenizer and name.
+pub struct Started {
+    /// The engine thread's handle.
+    pub engine: EngineHandle,
+    /// The checkpoint's tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The model name.
+    pub name: String,
+}
+
+/// Loads the model and starts the engine thread.
+pub fn start_engine(args: &EngineArgs) -> Result<Started> {
+    anyhow::ensure!(args.max_seqs >= 1, "--max-seqs must be at least 1");
+    anyhow::ensure!(args.batch_tokens >= 1, "--batch-tokens must be at least 1");
+    let loaded = source::load(&args.model)?;
+    let tokenizer = vocab::tokenizer_for(&loaded)?;
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.model));
+    let capacity = Capacity {
+        max_batch_tokens: args.batch_tokens,
+        max_logit_rows: args.max_seqs,
+        slots: args.max_seqs,
+        context_tokens: args.model.ctx,
+    };
+    let weights = loaded.weights;
+    let config = EngineConfig {
+        max_batch_tokens: None,
+        kv_blocks: args.kv_blocks,
+    };
+    let model_args = args.model.clone();
+    let engine = spawn_engine_with(
+        move |starter| {
+            let model = device::build_model(&model_args, &weights, capacity)
+                .map_err(|e| gptoss_engine::Error::invalid(format!("{e:#}")))?;
+            drop(weights);
+            match model {
+                AnyModel::Cpu(m) => starter.run(*m),
+                AnyModel::Cuda(m) => starter.run_with_probe(*m, |m| m.backend().memory_in_use().1),
+            }
+        },
+        config,
+    )
+    .context("starting the engine")?;
+    Ok(Started {
+        engine,
+        tokenizer,
+        name,
+    })
+}
+
+fn default_name(model: &ModelArgs) -> String {
+    match (&model.model, model.dummy) {
+        (Some(path), _) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "gpt-oss".into()),
+        (None, Some(d)) => d
+            .to_possible_value()
+            .map_or_else(|| "gpt-oss".into(), |v| v.get_name().to_string()),
+        (None, None) => "gpt-oss".into(),
+    }
+}
+
+/// Arguments of `gptoss serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests generating at once (default: 2 × --max-seqs).
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    /// Requests waiting beyond --max-concurrency before the server answers 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+}
+
+/// Serves until Ctrl-C.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let started = start_engine(&args.engine)?;
+    let config = ServerConfig {
+        model_name: started.name.clone(),
+        api_key: args.api_key.clone(),
+        max_concurrency: args
+            .max_concurrency
+            .unwrap_or(2 * args.engine.max_seqs)
+            .max(1),
+        max_queue: args.max_queue,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let state = AppState::new(started.engine, started.tokenizer, config)
+        .context("this vocabulary lacks Harmony's special tokens; the server needs them")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("gptoss: serving {} at http://{local}/v1", started.name);
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        gptoss_server::serve(listener, state, shutdown)
+            .await
+            .context("the server failed")
+    })
+}

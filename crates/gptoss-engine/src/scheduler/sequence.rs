@@ -1,0 +1,129 @@
+//! What crosses the engine boundary: a [`GenRequest`] in, [`Output`]s back through the request's
+//! [`OutputSink`]; and the engine's own record of a sequence (tokens, how many are in the KV cache).
+
+use crate::backend::SamplingParams;
+
+/// Identifies a request for its whole life (also across preemption).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenRequest {
+    /// Prompt token ids (non-empty, shorter than the context).
+    pub prompt: Vec<u32>,
+    /// Sampling parameters; the RNG counter is the request's own generated-token index, so the
+    /// output does not depend on what else is batched with it.
+    pub sampling: SamplingParams,
+    /// Most new tokens.
+    pub max_new_tokens: usize,
+    /// Tokens that end generation (the stop token itself is returned).
+    pub stop_tokens: Vec<u32>,
+}
+
+/// Why a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was sampled.
+    Stop,
+    /// `max_new_tokens` or the context was reached.
+    Length,
+    /// The request was cancelled (or its receiver went away).
+    Cancelled,
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finish {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens (including a stop token).
+    pub generated_tokens: usize,
+}
+
+/// Whose fault a failed request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The request itself is bad (empty prompt, too long, token outside the vocabulary).
+    Invalid,
+    /// The backend failed while running it.
+    Internal,
+}
+
+/// What the engine tells a request's owner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// A new token.
+    Token(u32),
+    /// The request ended normally; nothing follows.
+    Finished(Finish),
+    /// The request failed; nothing follows.
+    Failed {
+        /// Whose fault.
+        kind: FailureKind,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where a request's outputs go. Returns false when the receiver is gone: the engine then cancels
+/// the request (a client that disconnected).
+pub type OutputSink = Box<dyn FnMut(Output) -> bool + Send>;
+
+/// A sink that sends into a std channel.
+pub fn channel_sink(tx: std::sync::mpsc::Sender<Output>) -> OutputSink {
+    Box::new(move |out| tx.send(out).is_ok())
+}
+
+/// The engine's record of one request.
+pub(crate) struct Sequence {
+    pub id: RequestId,
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose keys and values are in the cache (0 after preemption: recompute).
+    pub computed: usize,
+    /// The cache slot while running.
+    pub slot: Option<u32>,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop_tokens: Vec<u32>,
+    pub sink: OutputSink,
+}
+
+impl Sequence {
+    pub fn new(id: RequestId, request: GenRequest, sink: OutputSink) -> Self {
+        Sequence {
+            id,
+            prompt_len: request.prompt.len(),
+            tokens: request.prompt,
+            computed: 0,
+            slot: None,
+            sampling: request.sampling,
+            max_new_tokens: request.max_new_tokens,
+            stop_tokens: request.stop_tokens,
+            sink,
+        }
+    }
+
+    /// Tokens sampled so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens still to run through the model before the next sample.
+    pub fn uncomputed(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    /// The finish record for `reason`.
+    pub fn finish(&self, reason: FinishReason) -> Finish {
+        Finish {
+            reason,
+            prompt_tokens: self.prompt_len,
+            generated_tokens: self.generated(),
+        }
+    }
+}

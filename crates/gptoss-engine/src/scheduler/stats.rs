@@ -1,0 +1,101 @@
+//! Engine counters and gauges, shared with the server's `/metrics` through an `Arc` (atomics: the
+//! engine thread writes, anyone reads).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live numbers of one engine.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    waiting: AtomicU64,
+    running: AtomicU64,
+    kv_used_blocks: AtomicU64,
+    kv_total_blocks: AtomicU64,
+    prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    batch_tokens: AtomicU64,
+    steps: AtomicU64,
+    preemptions: AtomicU64,
+    device_peak_bytes: AtomicU64,
+}
+
+/// The engine's current queue and cache use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Requests queued (including preempted ones).
+    pub waiting: usize,
+    /// Requests holding a cache slot.
+    pub running: usize,
+    /// KV blocks held.
+    pub kv_used_blocks: usize,
+    /// KV blocks in the pool.
+    pub kv_total_blocks: usize,
+}
+
+/// A copy of every number at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Queue and cache use.
+    pub gauges: Gauges,
+    /// Prompt tokens of accepted requests.
+    pub prompt_tokens: u64,
+    /// Sampled tokens.
+    pub generated_tokens: u64,
+    /// Tokens run through the model (prefill, recompute and decode).
+    pub batch_tokens: u64,
+    /// Forward steps.
+    pub steps: u64,
+    /// Sequences preempted for lack of KV blocks.
+    pub preemptions: u64,
+    /// Peak device memory the backend reported (0 when it reports none, e.g. the CPU).
+    pub device_peak_bytes: u64,
+}
+
+impl EngineStats {
+    pub(crate) fn set_gauges(&self, g: Gauges) {
+        self.waiting.store(g.waiting as u64, Ordering::Relaxed);
+        self.running.store(g.running as u64, Ordering::Relaxed);
+        self.kv_used_blocks
+            .store(g.kv_used_blocks as u64, Ordering::Relaxed);
+        self.kv_total_blocks
+            .store(g.kv_total_blocks as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_prompt_tokens(&self, n: usize) {
+        self.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_step(&self, batch_tokens: usize, sampled: usize) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.batch_tokens
+            .fetch_add(batch_tokens as u64, Ordering::Relaxed);
+        self.generated_tokens
+            .fetch_add(sampled as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_preemptions(&self, n: usize) {
+        self.preemptions.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe_device_bytes(&self, peak: u64) {
+        self.device_peak_bytes.fetch_max(peak, Ordering::Relaxed);
+    }
+
+    /// Reads every number.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            gauges: Gauges {
+                waiting: get(&self.waiting) as usize,
+                running: get(&self.running) as usize,
+                kv_used_blocks: get(&self.kv_used_blocks) as usize,
+                kv_total_blocks: get(&self.kv_total_blocks) as usize,
+            },
+            prompt_tokens: get(&self.prompt_tokens),
+            generated_tokens: get(&self.generated_tokens),
+            batch_tokens: get(&self.batch_tokens),
+            steps: get(&self.steps),
+            preemptions: get(&self.preemptions),
+            device_peak_bytes: get(&self.device_peak_bytes),
+        }
+    }
+}

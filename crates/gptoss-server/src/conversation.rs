@@ -1,0 +1,227 @@
+//! The API-neutral conversation both chat and responses requests become, and its Harmony rendering
+//! (spec §4.3): system/developer text → developer instructions, function tools → the `functions`
+//! namespace, earlier reasoning → `analysis`, tool calls → `commentary` to `functions.NAME`, tool
+//! results → `functions.NAME to=assistant`. `tool_choice` forces the start of the assistant header.
+
+use gptoss_tokenizer::harmony::{
+    AnalysisHistory, Content, DeveloperContent, Effort, Harmony, Message, Role, SystemContent,
+    ToolDescription,
+};
+
+use crate::error::{ApiError, ApiResult};
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Turn {
+    /// A user message.
+    User(String),
+    /// Earlier assistant chain of thought.
+    Reasoning(String),
+    /// An earlier assistant answer.
+    Answer(String),
+    /// Assistant text that accompanied tool calls (Harmony's preamble).
+    Preamble(String),
+    /// An earlier tool call.
+    ToolCall {
+        /// Call id (to match results).
+        id: String,
+        /// Function name.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
+    /// A tool's output.
+    ToolResult {
+        /// Function name.
+        name: String,
+        /// The output text.
+        output: String,
+    },
+}
+
+/// Which tool calls the model may make.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// No tool calls: tools are left out of the prompt.
+    None,
+    /// The answer must be a tool call (the header is forced to `commentary to=functions.`).
+    Required,
+    /// The answer must call this function (its whole header is forced).
+    Named(String),
+}
+
+impl ToolChoice {
+    /// Parses `"auto"`, `"none"`, `"required"`.
+    pub fn from_mode(mode: &str, param: &str) -> ApiResult<Self> {
+        match mode {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(ApiError::param(
+                param,
+                format!("{param}: expected \"auto\", \"none\", \"required\" or a named function, got {other:?}"),
+            )),
+        }
+    }
+}
+
+/// A request's conversation, in the order the messages came.
+#[derive(Clone, Debug, Default)]
+pub struct Conversation {
+    /// Developer instructions (the API's system prompt).
+    pub instructions: Option<String>,
+    /// Function tools.
+    pub tools: Vec<ToolDescription>,
+    /// Reasoning effort.
+    pub effort: Effort,
+    /// The turns.
+    pub turns: Vec<Turn>,
+    /// Tool choice.
+    pub tool_choice: ToolChoice,
+}
+
+/// A rendered prompt: `tokens` (ending in `<|start|>assistant` and any forced header) and the forced
+/// header tokens the output parser must see first.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    /// What the model reads.
+    pub tokens: Vec<u32>,
+    /// The tail of `tokens` that belongs to the assistant's answer.
+    pub forced: Vec<u32>,
+}
+
+/// Parses `reasoning_effort` / `reasoning.effort`.
+pub fn parse_effort(value: Option<&str>, param: &str) -> ApiResult<Effort> {
+    match value {
+        None | Some("medium") => Ok(Effort::Medium),
+        Some("low") | Some("minimal") => Ok(Effort::Low),
+        Some("high") => Ok(Effort::High),
+        Some(other) => Err(ApiError::param(
+            param,
+            format!("{param}: expected \"low\", \"medium\" or \"high\", got {other:?}"),
+        )),
+    }
+}
+
+impl Conversation {
+    /// Harmony messages (system, developer, then the turns).
+    pub fn messages(&self) -> Vec<Message> {
+        let system = SystemContent {
+            reasoning_effort: Some(self.effort),
+            ..SystemContent::default()
+        };
+        let mut out = vec![Message::with_content(Role::System, Content::System(system))];
+        let tools = match self.tool_choice {
+            ToolChoice::None => Vec::new(),
+            _ => self.tools.clone(),
+        };
+        let developer = match (tools.is_empty(), &self.instructions) {
+            (true, None) => None,
+            (true, Some(i)) => Some(DeveloperContent {
+                instructions: Some(i.clone()),
+                tools: None,
+            }),
+            (false, i) => Some(DeveloperContent::with_functions(i.clone(), tools)),
+        };
+        if let Some(dev) = developer {
+            out.push(Message::with_content(
+                Role::Developer,
+                Content::Developer(dev),
+            ));
+        }
+        out.extend(self.turns.iter().map(turn_message));
+        out
+    }
+
+    /// Renders the prompt, with the header forced by the tool choice.
+    pub fn render(&self, harmony: &Harmony) -> ApiResult<Prompt> {
+        if let ToolChoice::Named(name) = &self.tool_choice {
+            if !self.tools.iter().any(|t| &t.name == name) {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    format!("tool_choice names function {name:?}, which is not in tools"),
+                ));
+            }
+        }
+        if self.tool_choice == ToolChoice::Required && self.tools.is_empty() {
+            return Err(ApiError::param(
+                "tool_choice",
+                "tool_choice is \"required\" but no tools were given",
+            ));
+        }
+        let mut tokens = harmony
+            .render_for_completion(
+                &self.messages(),
+                Role::Assistant,
+                AnalysisHistory::DropFinished,
+            )
+            .map_err(|e| ApiError::invalid(format!("cannot render the conversation: {e}")))?;
+        let forced = self.forced_header(harmony)?;
+        tokens.extend_from_slice(&forced);
+        Ok(Prompt { tokens, forced })
+    }
+
+    fn forced_header(&self, harmony: &Harmony) -> ApiResult<Vec<u32>> {
+        let tok = harmony.tokenizer();
+        let special = |name: &str| {
+            tok.special_id(name)
+                .map_err(|e| ApiError::internal(format!("the vocabulary lacks {name}: {e}")))
+        };
+        let encode = |text: &str, out: &mut Vec<u32>| {
+            tok.encode_into(text, out)
+                .map_err(|e| ApiError::internal(format!("cannot encode {text:?}: {e}")))
+        };
+        let mut out = Vec::new();
+        match &self.tool_choice {
+            ToolChoice::Auto | ToolChoice::None => {}
+            ToolChoice::Required => {
+                out.push(special("<|channel|>")?);
+                encode("commentary", &mut out)?;
+                encode(" to=functions.", &mut out)?;
+            }
+            ToolChoice::Named(name) => {
+                out.push(special("<|channel|>")?);
+                encode("commentary", &mut out)?;
+                encode(&format!(" to=functions.{name}"), &mut out)?;
+                encode(" ", &mut out)?;
+                out.push(special("<|constrain|>")?);
+                encode("json", &mut out)?;
+                out.push(special("<|message|>")?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn turn_message(turn: &Turn) -> Message {
+    match turn {
+        Turn::User(text) => Message::text(Role::User, text.clone()),
+        Turn::Reasoning(text) => {
+            Message::text(Role::Assistant, text.clone()).on_channel("analysis")
+        }
+        Turn::Answer(text) => Message::text(Role::Assistant, text.clone()).on_channel("final"),
+        Turn::Preamble(text) => {
+            Message::text(Role::Assistant, text.clone()).on_channel("commentary")
+        }
+        Turn::ToolCall {
+            name, arguments, ..
+        } => Message::text(Role::Assistant, arguments.clone())
+            .on_channel("commentary")
+            .to(format!("functions.{name}"))
+            .of_type("<|constrain|>json"),
+        Turn::ToolResult { name, output } => {
+            Message::tool_result(format!("functions.{name}"), output.clone())
+        }
+    }
+}
+
+/// Finds the function name of the call `id` among earlier turns.
+pub fn call_name(turns: &[Turn], id: &str) -> Option<String> {
+    turns.iter().rev().find_map(|t| match t {
+        Turn::ToolCall { id: i, name, .. } if i == id => Some(name.clone()),
+        _ => None,
+    })
+}

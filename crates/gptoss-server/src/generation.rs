@@ -1,0 +1,346 @@
+//! One request's generation as the API sees it: submit the prompt to the engine, turn sampled tokens
+//! into deltas (Harmony: reasoning / content / tool calls through the streaming parser; raw: text),
+//! apply `stop` strings, and finish with a reason and usage. Dropping a [`Generation`] cancels it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gptoss_engine::scheduler::{FailureKind, FinishReason, GenRequest, Output, RequestId};
+use gptoss_engine::SamplingParams;
+use gptoss_tokenizer::harmony::{ParseEvent, ParserStart, Role, StreamParser, Strictness};
+use gptoss_tokenizer::StreamDecoder;
+use tokio::sync::mpsc;
+
+use crate::admission::Permit;
+use crate::error::{ApiError, ApiResult};
+use crate::stop::StopStrings;
+use crate::AppState;
+
+/// How sampled tokens are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Harmony messages after `<|start|>assistant`.
+    Harmony,
+    /// Plain text (`/v1/completions`).
+    Raw,
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenSpec {
+    /// Prompt ids (ending with any forced header).
+    pub prompt: Vec<u32>,
+    /// The forced tail of the prompt that the parser reads as output.
+    pub forced: Vec<u32>,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Stop strings (content is cut before the first one).
+    pub stop: Vec<String>,
+    /// How to read the output.
+    pub mode: OutputMode,
+}
+
+/// A piece of output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delta {
+    /// Chain of thought (`analysis`).
+    Reasoning(String),
+    /// User-visible text (`final`, preambles, or raw text).
+    Content(String),
+    /// A tool call begins.
+    ToolStart {
+        /// 0-based call index within the answer.
+        index: usize,
+        /// Call id.
+        id: String,
+        /// Function name.
+        name: String,
+    },
+    /// Argument text of call `index`.
+    ToolArgs {
+        /// Call index.
+        index: usize,
+        /// Text.
+        text: String,
+    },
+}
+
+/// Why the answer ended, in the API's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// `stop`
+    Stop,
+    /// `length`
+    Length,
+    /// `tool_calls`
+    ToolCalls,
+}
+
+impl Finish {
+    /// The `finish_reason` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
+        }
+    }
+}
+
+/// Token counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// What [`Generation::next`] yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// New output.
+    Deltas(Vec<Delta>),
+    /// The end.
+    Done(Finish, Usage),
+}
+
+enum Reader {
+    Harmony(Box<StreamParser>),
+    Raw(StreamDecoder),
+}
+
+/// A running generation.
+pub struct Generation {
+    state: Arc<AppState>,
+    id: RequestId,
+    rx: mpsc::UnboundedReceiver<Output>,
+    /// Steps ready to hand out.
+    ready: VecDeque<Step>,
+    reader: Reader,
+    stop: StopStrings,
+    tool_calls: usize,
+    prompt_tokens: usize,
+    generated: usize,
+    /// The engine has nothing more to say.
+    ended: bool,
+    started: Instant,
+    _permit: Permit,
+}
+
+impl Generation {
+    /// Submits `spec` and waits for the engine's first answer, so a request the engine rejects is an
+    /// error here rather than in the middle of a stream.
+    pub async fn start(state: Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let request = GenRequest {
+            prompt: spec.prompt.clone(),
+            sampling: spec.sampling,
+            max_new_tokens: spec.max_tokens,
+            stop_tokens: state.harmony.stop_tokens(),
+        };
+        let started = Instant::now();
+        let id = state
+            .engine
+            .submit(request, Box::new(move |out| tx.send(out).is_ok()))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let reader = match spec.mode {
+            OutputMode::Harmony => Reader::Harmony(Box::new(StreamParser::new(
+                state.harmony.clone(),
+                ParserStart::Header(Role::Assistant),
+                Strictness::Lenient,
+            ))),
+            OutputMode::Raw => Reader::Raw(StreamDecoder::new()),
+        };
+        let mut g = Generation {
+            state,
+            id,
+            rx,
+            ready: VecDeque::new(),
+            reader,
+            stop: StopStrings::new(spec.stop),
+            tool_calls: 0,
+            prompt_tokens: spec.prompt.len(),
+            generated: 0,
+            ended: false,
+            started,
+            _permit: permit,
+        };
+        // The forced header is part of the answer: the parser reads it first.
+        let forced: Vec<Delta> = spec.forced.iter().flat_map(|&t| g.read(t)).collect();
+        if !forced.is_empty() {
+            g.ready.push_back(Step::Deltas(forced));
+        }
+        let first =
+            g.rx.recv()
+                .await
+                .ok_or_else(|| ApiError::internal("the engine stopped"))?;
+        if let Output::Failed { kind, message } = first {
+            g.ended = true;
+            return Err(failure(kind, message));
+        }
+        g.state.metrics.first_token(started.elapsed());
+        g.apply(first);
+        Ok(g)
+    }
+
+    /// The next output, or `None` after the end.
+    pub async fn next(&mut self) -> Option<ApiResult<Step>> {
+        loop {
+            if let Some(step) = self.ready.pop_front() {
+                return Some(Ok(step));
+            }
+            if self.ended {
+                return None;
+            }
+            match self.rx.recv().await {
+                Some(Output::Failed { kind, message }) => {
+                    self.ended = true;
+                    return Some(Err(failure(kind, message)));
+                }
+                Some(out) => self.apply(out),
+                None => {
+                    self.ended = true;
+                    return Some(Err(ApiError::internal("the engine stopped")));
+                }
+            }
+        }
+    }
+
+    /// Runs to the end, gathering every delta.
+    pub async fn collect(mut self) -> ApiResult<(Vec<Delta>, Finish, Usage)> {
+        let mut all = Vec::new();
+        while let Some(step) = self.next().await {
+            match step? {
+                Step::Deltas(d) => all.extend(d),
+                Step::Done(finish, usage) => return Ok((all, finish, usage)),
+            }
+        }
+        Err(ApiError::internal("the generation ended without a finish"))
+    }
+
+    /// Turns one engine output into ready steps.
+    fn apply(&mut self, out: Output) {
+        match out {
+            Output::Token(tok) => {
+                self.generated += 1;
+                let deltas = self.read(tok);
+                self.push_deltas(deltas);
+                if self.stop.stopped() {
+                    self.state.engine.cancel(self.id);
+                    self.end(Finish::Stop);
+                }
+            }
+            Output::Finished(f) => {
+                let deltas = self.flush();
+                self.push_deltas(deltas);
+                let finish = match f.reason {
+                    FinishReason::Length => Finish::Length,
+                    _ if self.tool_calls > 0 => Finish::ToolCalls,
+                    _ => Finish::Stop,
+                };
+                self.end(finish);
+            }
+            Output::Failed { .. } => {}
+        }
+    }
+
+    fn push_deltas(&mut self, deltas: Vec<Delta>) {
+        if !deltas.is_empty() {
+            self.ready.push_back(Step::Deltas(deltas));
+        }
+    }
+
+    fn end(&mut self, finish: Finish) {
+        self.ended = true;
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+        };
+        self.state.metrics.finished(usage, self.started.elapsed());
+        self.ready.push_back(Step::Done(finish, usage));
+    }
+
+    /// The deltas of one sampled (or forced) token.
+    fn read(&mut self, tok: u32) -> Vec<Delta> {
+        if self.stop.stopped() {
+            return Vec::new();
+        }
+        let events = match &mut self.reader {
+            Reader::Harmony(parser) => parser.push(tok).unwrap_or_else(|e| {
+                tracing::debug!(token = tok, error = %e, "unparsable output token skipped");
+                Vec::new()
+            }),
+            Reader::Raw(decoder) => {
+                let text = match self.state.harmony.tokenizer().token_bytes(tok) {
+                    Ok(bytes) => decoder.push_bytes(bytes),
+                    Err(_) => String::new(), // an embedding row outside the vocabulary
+                };
+                vec![ParseEvent::Final(text)]
+            }
+        };
+        self.deltas(events)
+    }
+
+    /// The deltas of the end of the stream (a message still open, held-back text).
+    fn flush(&mut self) -> Vec<Delta> {
+        let events = match &mut self.reader {
+            Reader::Harmony(parser) => parser.finish().unwrap_or_default(),
+            Reader::Raw(decoder) => vec![ParseEvent::Final(decoder.finish())],
+        };
+        let mut deltas = self.deltas(events);
+        let held = self.stop.flush();
+        if !held.is_empty() {
+            deltas.push(Delta::Content(held));
+        }
+        deltas
+    }
+
+    fn deltas(&mut self, events: Vec<ParseEvent>) -> Vec<Delta> {
+        let mut out = Vec::new();
+        for event in events {
+            match event {
+                ParseEvent::Reasoning(t) => out.push(Delta::Reasoning(t)),
+                ParseEvent::Final(t) | ParseEvent::Preamble(t) => {
+                    let visible = self.stop.push(&t);
+                    if !visible.is_empty() {
+                        out.push(Delta::Content(visible));
+                    }
+                }
+                ParseEvent::ToolCallStart { recipient, .. } => {
+                    let name = recipient.strip_prefix("functions.").unwrap_or(&recipient);
+                    out.push(Delta::ToolStart {
+                        index: self.tool_calls,
+                        id: format!("call_{}_{}", self.id.0, self.tool_calls),
+                        name: name.to_string(),
+                    });
+                    self.tool_calls += 1;
+                }
+                ParseEvent::ToolCallArgs(text) => out.push(Delta::ToolArgs {
+                    index: self.tool_calls.saturating_sub(1),
+                    text,
+                }),
+                ParseEvent::MessageEnd { .. } => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.state.engine.cancel(self.id);
+        }
+    }
+}
+
+fn failure(kind: FailureKind, message: String) -> ApiError {
+    match kind {
+        FailureKind::Invalid => ApiError::invalid(message),
+        FailureKind::Internal => ApiError::internal(message),
+    }
+}

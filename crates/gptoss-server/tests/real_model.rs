@@ -1,0 +1,169 @@
+//! The server on the real engine (tiny fixture model, CPU backend): 64 concurrent streaming clients,
+//! each asking for a different seeded output, every stream complete, well-formed and equal to the
+//! same request run alone; the engine's queue and KV use back to zero afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gptoss_engine::{generate, GenerateOptions, SamplingParams, StopReason};
+use gptoss_tokenizer::harmony::Harmony;
+use gptoss_tokenizer::StreamDecoder;
+use serde_json::{json, Value};
+
+const CTX: usize = 1024;
+
+/// The text `/v1/completions` should stream for `prompt` with `seed`, computed without the server.
+fn solo_text(
+    w: &gptoss_formats::ModelWeights,
+    prompt: &str,
+    seed: u64,
+    max_tokens: usize,
+) -> (String, usize, StopReason) {
+    let tok = tokenizer();
+    let mut model = tiny_model(w, 1, CTX);
+    let opts = GenerateOptions {
+        max_new_tokens: max_tokens,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed,
+        },
+        stop_tokens: Harmony::new(tok.clone()).unwrap().stop_tokens(),
+    };
+    let ids = tok.encode(prompt).unwrap();
+    let (out, reason) = generate(&mut model, &ids, &opts, |_| {}).unwrap();
+    let mut dec = StreamDecoder::new();
+    let mut text: String = out
+        .iter()
+        .filter_map(|&t| tok.token_bytes(t).ok())
+        .map(|b| dec.push_bytes(b))
+        .collect();
+    text.push_str(&dec.finish());
+    (text, out.len(), reason)
+}
+
+async fn stream_completion(
+    url: String,
+    prompt: String,
+    seed: u64,
+    max_tokens: usize,
+) -> (String, String, u64) {
+    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed, "stream": true});
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let chunks = sse_json(&r.text().await.unwrap());
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    let last = chunks.last().unwrap();
+    let finish = last["choices"][0]["finish_reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (
+        text,
+        finish,
+        last["usage"]["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_concurrent_streams_match_solo_runs() {
+    let w = weights();
+    let base = serve(real_engine(16, CTX), config()).await;
+    let url = format!("{base}/v1/completions");
+    let started = Instant::now();
+    let mut rounds = 0;
+    // Rounds of 64 concurrent clients, for a bounded time (at least one round).
+    while rounds == 0 || (started.elapsed() < Duration::from_secs(8) && rounds < 3) {
+        let clients: Vec<_> = (0..64u64)
+            .map(|i| {
+                let seed = rounds * 1000 + i;
+                let prompt = format!("client {i} says hello number {seed}");
+                let max_tokens = 8 + (i as usize % 17);
+                (
+                    prompt.clone(),
+                    seed,
+                    max_tokens,
+                    tokio::spawn(stream_completion(url.clone(), prompt, seed, max_tokens)),
+                )
+            })
+            .collect();
+        for (prompt, seed, max_tokens, handle) in clients {
+            let (text, finish, n) = handle.await.unwrap();
+            let (want, want_n, reason) = solo_text(&w, &prompt, seed, max_tokens);
+            assert_eq!(text, want, "client seed {seed}");
+            assert_eq!(n as usize, want_n, "client seed {seed}");
+            assert_eq!(
+                finish,
+                if reason == StopReason::Length {
+                    "length"
+                } else {
+                    "stop"
+                }
+            );
+        }
+        rounds += 1;
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for flat in [
+        "gptoss_queue_depth 0",
+        "gptoss_requests_running 0",
+        "gptoss_kv_blocks_used 0",
+        "gptoss_requests_admitted 0",
+    ] {
+        assert!(metrics.contains(flat), "{flat} not in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_on_the_real_model_stream_equals_json() {
+    let base = serve(real_engine(4, CTX), config()).await;
+    let url = format!("{base}/v1/chat/completions");
+    let req = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "seed": 5, "max_tokens": 40});
+    let (status, body) = post(&url, &req).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let msg = &v["choices"][0]["message"];
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let chunks = sse_json(&post(&url, &sreq).await.1);
+    let field = |k: &str| -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"][k].as_str())
+            .collect()
+    };
+    assert_eq!(field("content"), msg["content"].as_str().unwrap_or(""));
+    assert_eq!(
+        field("reasoning_content"),
+        msg["reasoning_content"].as_str().unwrap_or("")
+    );
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+
+    // A prompt longer than the context is a 400 and the server goes on.
+    let long =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "a b ".repeat(1000)}]});
+    let (status, body) = post(&url, &long).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("context_length_exceeded"), "{body}");
+    assert_eq!(post(&url, &req).await.0, 200);
+}
