@@ -3,7 +3,7 @@
 
 /// The character standing for each byte: printable Latin-1 bytes map to themselves, the other 68 bytes
 /// to U+0100.. in byte order (the table of GPT-2's `bytes_to_unicode`).
-pub(crate) fn byte_to_char_table() -> [char; 256] {
+pub fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next_extra = 0u32;
     for (b, slot) in table.iter_mut().enumerate() {

@@ -63,6 +63,7 @@ mod stream;
 mod tokenizer;
 mod vocab;
 
+pub use bytes::byte_to_char_table;
 pub use error::{Error, Result};
 pub use o200k::O200K_HARMONY_VOCAB_SIZE;
 pub use stream::StreamDecoder;

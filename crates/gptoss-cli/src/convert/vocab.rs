@@ -35,27 +35,9 @@ pub fn for_gguf(ckpt: &Checkpoint) -> Result<(Option<EmbeddedVocab>, Option<Stri
     ))
 }
 
-/// GPT-2's byte-to-unicode alphabet (printable Latin-1 bytes stand for themselves).
-fn byte_chars() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut extra = 0u32;
-    for (b, slot) in table.iter_mut().enumerate() {
-        let printable =
-            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
-        let code = if printable {
-            b as u32
-        } else {
-            extra += 1;
-            0xFF + extra
-        };
-        *slot = char::from_u32(code).unwrap_or('\0');
-    }
-    table
-}
-
 /// o200k_harmony as GGUF `gpt2` vocabulary metadata.
 fn o200k_vocab(tok: &Tokenizer) -> Result<EmbeddedVocab> {
-    let chars = byte_chars();
+    let chars = gptoss_tokenizer::byte_to_char_table();
     let text = |bytes: &[u8]| bytes.iter().map(|&b| chars[b as usize]).collect::<String>();
     let n = tok.vocab_size() as u32;
     let mut tokens = Vec::with_capacity(n as usize);
