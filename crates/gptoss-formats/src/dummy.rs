@@ -11,8 +11,17 @@ use crate::tensor::{
 };
 use crate::weights::{Expert, LayerWeights, Linear, ModelWeights};
 
-/// E8M0 byte of the expert scales: 2^-7 keeps an MXFP4 weight's std near 1/sqrt(2880).
+/// E8M0 byte of the gate/up scales: 2^-7 keeps an MXFP4 weight's std near 1/sqrt(2880).
 const EXPERT_SCALE_E8M0: u8 = 120;
+
+/// Output projections (attention `o`, expert `down`) are this much smaller than fan-in scaling, so
+/// each block adds a small update to the residual stream (as in trained models) instead of one as
+/// large as the stream itself. With full-size blocks the random model is chaotic: an f32 rounding
+/// or a near-tie expert choice changes later logits visibly, and engines cannot be compared.
+const OUTPUT_PROJ_GAIN: f32 = 0.25;
+
+/// E8M0 byte of the `down` scales: `EXPERT_SCALE_E8M0` times `OUTPUT_PROJ_GAIN` (2^-2).
+const DOWN_SCALE_E8M0: u8 = EXPERT_SCALE_E8M0 - 2;
 
 /// A small fast PRNG (xorshift64*); dummy weights need speed, not quality.
 struct Rng(u64);
@@ -75,7 +84,15 @@ fn dummy_layer(c: &ModelConfig, rng: &mut Rng) -> LayerWeights {
         q: dense_linear(rng, c.q_width(), h),
         k: dense_linear(rng, c.kv_width(), h),
         v: dense_linear(rng, c.kv_width(), h),
-        o: dense_linear(rng, h, c.q_width()),
+        o: Linear {
+            weight: bf16_tensor(
+                rng,
+                h,
+                c.q_width(),
+                OUTPUT_PROJ_GAIN * (3.0 / c.q_width() as f32).sqrt(),
+            ),
+            bias: small_bias(rng, h),
+        },
         sinks: (0..c.num_attention_heads)
             .map(|_| rng.uniform(1.0))
             .collect(),
@@ -83,8 +100,8 @@ fn dummy_layer(c: &ModelConfig, rng: &mut Rng) -> LayerWeights {
         router: dense_linear(rng, c.num_local_experts, h),
         experts: (0..c.num_local_experts)
             .map(|_| Expert {
-                gate_up: mxfp4_linear(rng, 2 * c.intermediate_size, h),
-                down: mxfp4_linear(rng, h, c.intermediate_size),
+                gate_up: mxfp4_linear(rng, 2 * c.intermediate_size, h, EXPERT_SCALE_E8M0),
+                down: mxfp4_linear(rng, h, c.intermediate_size, DOWN_SCALE_E8M0),
             })
             .collect(),
     }
@@ -121,10 +138,10 @@ fn dense_linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
     }
 }
 
-fn mxfp4_linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
+fn mxfp4_linear(rng: &mut Rng, out: usize, inp: usize, scale_e8m0: u8) -> Linear {
     let mut codes = vec![0u8; out * inp / 2];
     rng.fill_bytes(&mut codes);
-    let scales = vec![EXPERT_SCALE_E8M0; out * inp / 32];
+    let scales = vec![scale_e8m0; out * inp / 32];
     let weight = QuantTensor {
         shape: vec![out, inp],
         format: TensorFormat::Lut4(Lut4 {
@@ -160,8 +177,22 @@ mod tests {
         assert_eq!(e.gate_up.weight.shape, vec![5760, 2880]);
         e.gate_up.weight.validate("dummy", "gate_up").unwrap();
         assert_eq!(e.gate_up.weight.size_bytes(), 5760 * 2880 / 2 + 5760 * 90);
-        let vals = e.down.weight.to_f32_vec();
-        let std = (vals.iter().map(|v| v * v).sum::<f32>() / vals.len() as f32).sqrt();
-        assert!(std > 0.01 && std < 0.04, "{std}");
+        let rms = |t: &QuantTensor| {
+            let vals = t.to_f32_vec();
+            (vals.iter().map(|v| v * v).sum::<f32>() / vals.len() as f32).sqrt()
+        };
+        // E2M1 codes uniform over 16 values have rms sqrt(68.5 / 8) = 2.926; times the block scale 2^-7.
+        let gate_up = rms(&e.gate_up.weight);
+        assert!((gate_up / (2.926 / 128.0) - 1.0).abs() < 0.05, "{gate_up}");
+        // down is OUTPUT_PROJ_GAIN smaller (same codes distribution, scale 2^-9).
+        let down = rms(&e.down.weight);
+        assert!(
+            (down / gate_up / OUTPUT_PROJ_GAIN - 1.0).abs() < 0.05,
+            "{down} vs {gate_up}"
+        );
+        let o = rms(&w.layers[0].o.weight);
+        let fan_in = (3.0 / 4096f32).sqrt() * OUTPUT_PROJ_GAIN;
+        // bf16_tensor draws magnitudes in one binade at or below a/2 .. a: rms between 0.38 a and 0.76 a.
+        assert!(o > 0.35 * fan_in && o < 0.8 * fan_in, "{o} vs {fan_in}");
     }
 }
