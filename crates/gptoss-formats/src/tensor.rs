@@ -301,6 +301,25 @@ impl QuantTensor {
         self.numel().checked_div(self.row_len()).unwrap_or(0)
     }
 
+    /// An MXFP4 tensor in the HF/OpenAI layout (spec §2a): codes low nibble first, one E8M0 scale per
+    /// 32 elements in a separate array.
+    pub fn hf_mxfp4(shape: Vec<usize>, codes: Storage, scales: Storage) -> Self {
+        QuantTensor {
+            shape,
+            format: TensorFormat::Lut4(Lut4 {
+                table: E2M1_VALUES,
+                block_elems: 32,
+                nibbles: NibbleOrder::LowFirst,
+                scales: Lut4Scales::Separate {
+                    format: ScaleFormat::E8M0,
+                    data: scales,
+                },
+                round_to: DType::F32,
+            }),
+            data: codes,
+        }
+    }
+
     /// A dense tensor from f32 values (tests, dummy weights, small converted tensors).
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
         let mut bytes = Vec::with_capacity(values.len() * 4);
@@ -568,20 +587,11 @@ mod tests {
         let mut codes = vec![0u8; 16];
         codes[0] = 0x71; // elem0 = code 1 (+0.5), elem1 = code 7 (+6)
         codes[15] = 0xA2; // elem30 = code 2 (+1), elem31 = code 10 (-1)
-        let t = QuantTensor {
-            shape: vec![1, 32],
-            format: TensorFormat::Lut4(Lut4 {
-                table: E2M1_VALUES,
-                block_elems: 32,
-                nibbles: NibbleOrder::LowFirst,
-                scales: Lut4Scales::Separate {
-                    format: ScaleFormat::E8M0,
-                    data: Storage::owned(vec![128]),
-                },
-                round_to: DType::F32,
-            }),
-            data: Storage::owned(codes),
-        };
+        let t = QuantTensor::hf_mxfp4(
+            vec![1, 32],
+            Storage::owned(codes),
+            Storage::owned(vec![128]),
+        );
         t.validate("t", "w").unwrap();
         let v = t.to_f32_vec();
         assert_eq!((v[0], v[1], v[30], v[31]), (1.0, 12.0, 2.0, -2.0));
@@ -623,20 +633,11 @@ mod tests {
         let codes: Vec<u8> = (0..32)
             .map(|i| (i % 16) as u8 | (((i + 1) % 16) as u8) << 4)
             .collect();
-        let t = QuantTensor {
-            shape: vec![2, 32],
-            format: TensorFormat::Lut4(Lut4 {
-                table: E2M1_VALUES,
-                block_elems: 32,
-                nibbles: NibbleOrder::LowFirst,
-                scales: Lut4Scales::Separate {
-                    format: ScaleFormat::E8M0,
-                    data: Storage::owned(vec![127, 129]),
-                },
-                round_to: DType::F32,
-            }),
-            data: Storage::owned(codes),
-        };
+        let t = QuantTensor::hf_mxfp4(
+            vec![2, 32],
+            Storage::owned(codes),
+            Storage::owned(vec![127, 129]),
+        );
         let all = t.to_f32_vec();
         let second = t.rows(1, 1, vec![32]).to_f32_vec();
         assert_eq!(&all[32..], &second[..]);

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 
 use super::names::{Part, Proj};
 use super::{Builder, RawTensor, Src};
-use crate::tensor::{
-    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
-    E2M1_VALUES,
-};
+use crate::tensor::{QuantTensor, Storage, TensorFormat};
 use crate::weights::names as canon;
 
 /// Which half of an MXFP4 pair a tensor is.
@@ -155,20 +152,11 @@ fn mxfp4_experts(blocks: &RawTensor, scales: &RawTensor) -> Result<Vec<QuantTens
             return Err(t.bad_dtype("U8 (MXFP4 codes / E8M0 scales)"));
         }
     }
-    let whole = QuantTensor {
-        shape: vec![n_exp * rows, groups * MX_BLOCK],
-        format: TensorFormat::Lut4(Lut4 {
-            table: E2M1_VALUES,
-            block_elems: MX_BLOCK,
-            nibbles: NibbleOrder::LowFirst,
-            scales: Lut4Scales::Separate {
-                format: ScaleFormat::E8M0,
-                data: scales.data.clone(),
-            },
-            round_to: DType::F32,
-        }),
-        data: blocks.data.clone(),
-    };
+    let whole = QuantTensor::hf_mxfp4(
+        vec![n_exp * rows, groups * MX_BLOCK],
+        blocks.data.clone(),
+        scales.data.clone(),
+    );
     whole
         .validate(&blocks.file, &blocks.name)
         .map_err(|e| e.to_string())?;
