@@ -5,10 +5,7 @@
 use half::bf16;
 
 use crate::config::ModelConfig;
-use crate::tensor::{
-    DType, Lut4, Lut4Scales, NibbleOrder, QuantTensor, ScaleFormat, Storage, TensorFormat,
-    E2M1_VALUES,
-};
+use crate::tensor::{DType, QuantTensor, Storage, TensorFormat};
 use crate::weights::{Expert, LayerWeights, Linear, ModelWeights};
 
 /// E8M0 byte of the gate/up scales: 2^-7 keeps an MXFP4 weight's std near 1/sqrt(2880).
@@ -142,20 +139,11 @@ fn mxfp4_linear(rng: &mut Rng, out: usize, inp: usize, scale_e8m0: u8) -> Linear
     let mut codes = vec![0u8; out * inp / 2];
     rng.fill_bytes(&mut codes);
     let scales = vec![scale_e8m0; out * inp / 32];
-    let weight = QuantTensor {
-        shape: vec![out, inp],
-        format: TensorFormat::Lut4(Lut4 {
-            table: E2M1_VALUES,
-            block_elems: 32,
-            nibbles: NibbleOrder::LowFirst,
-            scales: Lut4Scales::Separate {
-                format: ScaleFormat::E8M0,
-                data: Storage::owned(scales),
-            },
-            round_to: DType::F32,
-        }),
-        data: Storage::owned(codes),
-    };
+    let weight = QuantTensor::hf_mxfp4(
+        vec![out, inp],
+        Storage::owned(codes),
+        Storage::owned(scales),
+    );
     Linear {
         weight,
         bias: small_bias(rng, out),
