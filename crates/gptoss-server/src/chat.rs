@@ -218,8 +218,7 @@ pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
 }
 
 async fn run_to_end(state: &Arc<AppState>, params: ChatParams) -> ApiResult<Value> {
-    let permit = state.admission.enter().await?;
-    let gen = Generation::start(state.clone(), params.spec, permit).await?;
+    let gen = Generation::start(state.clone(), params.spec).await?;
     let (deltas, finish, usage) = gen.collect().await?;
     Ok(completion_json(state, &deltas, finish, usage))
 }
@@ -232,8 +231,7 @@ pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let permit = state.admission.enter().await?;
-    let gen = Generation::start(state.clone(), params.spec, permit).await?;
+    let gen = Generation::start(state.clone(), params.spec).await?;
     let (tx, response) = sse::channel();
     let id = state.completion_id("chatcmpl");
     tokio::spawn(stream(state, gen, tx, id, params.include_usage));

@@ -57,8 +57,7 @@ pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
 }
 
 async fn run_to_end(state: &Arc<AppState>, spec: GenSpec) -> ApiResult<Value> {
-    let permit = state.admission.enter().await?;
-    let (deltas, finish, usage) = Generation::start(state.clone(), spec, permit)
+    let (deltas, finish, usage) = Generation::start(state.clone(), spec)
         .await?
         .collect()
         .await?;
@@ -88,8 +87,7 @@ pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let permit = state.admission.enter().await?;
-    let mut gen = Generation::start(state.clone(), spec, permit).await?;
+    let mut gen = Generation::start(state.clone(), spec).await?;
     let (tx, response) = sse::channel();
     let id = state.completion_id("cmpl");
     tokio::spawn(async move {

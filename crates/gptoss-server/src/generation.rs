@@ -132,9 +132,11 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Submits `spec` and waits for the engine's first answer, so a request the engine rejects is an
-    /// error here rather than in the middle of a stream.
-    pub async fn start(state: Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Self> {
+    /// Takes an admission permit (429 when the queue is full), submits `spec` and waits for the
+    /// engine's first answer, so a request the engine rejects is an error here rather than in the
+    /// middle of a stream.
+    pub async fn start(state: Arc<AppState>, spec: GenSpec) -> ApiResult<Self> {
+        let permit = state.admission.enter().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let request = GenRequest {
             prompt: spec.prompt.clone(),

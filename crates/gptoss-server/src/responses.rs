@@ -308,8 +308,7 @@ pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
 }
 
 async fn run_to_end(state: &Arc<AppState>, spec: GenSpec) -> ApiResult<Value> {
-    let permit = state.admission.enter().await?;
-    let (deltas, finish, usage) = Generation::start(state.clone(), spec, permit)
+    let (deltas, finish, usage) = Generation::start(state.clone(), spec)
         .await?
         .collect()
         .await?;
@@ -334,8 +333,7 @@ pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let permit = state.admission.enter().await?;
-    let gen = Generation::start(state.clone(), spec, permit).await?;
+    let gen = Generation::start(state.clone(), spec).await?;
     let (tx, response) = sse::channel();
     tokio::spawn(stream_events(state, gen, tx));
     Ok(response)
