@@ -1,9 +1,10 @@
-//! The server on the real engine (tiny fixture model, CPU backend): 64 concurrent streaming clients,
-//! each asking for a different seeded output, every stream complete, well-formed and equal to the
-//! same request run alone; the engine's queue and KV use back to zero afterwards.
+//! The server on the real engine (tiny fixture model, CPU backend): 64 concurrent streaming clients for
+//! 30 seconds, each request asking for a different seeded output, every stream complete, well-formed and
+//! equal to the same request run alone; the engine's queue, KV use and process memory flat afterwards.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -80,44 +81,90 @@ async fn stream_completion(
     )
 }
 
+/// Resident set size of this process (Linux `/proc/self/status`), in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// One client: streams requests back to back until `deadline`, each with its own seed, and checks every
+/// answer against the same request run alone. Returns how many requests it made.
+async fn client_loop(
+    w: Arc<gptoss_formats::ModelWeights>,
+    url: String,
+    client: u64,
+    deadline: Instant,
+) -> u64 {
+    let mut done = 0u64;
+    while done == 0 || Instant::now() < deadline {
+        let seed = client * 1_000_000 + done;
+        let prompt = format!("client {client} request {done} says hello");
+        let max_tokens = 8 + ((client + done) as usize % 17);
+        let (text, finish, n) =
+            stream_completion(url.clone(), prompt.clone(), seed, max_tokens).await;
+        let w = w.clone();
+        let (want, want_n, reason) =
+            tokio::task::spawn_blocking(move || solo_text(&w, &prompt, seed, max_tokens))
+                .await
+                .unwrap();
+        assert_eq!(text, want, "client {client} seed {seed}");
+        assert_eq!(n as usize, want_n, "client {client} seed {seed}");
+        let want_finish = if reason == StopReason::Length {
+            "length"
+        } else {
+            "stop"
+        };
+        assert_eq!(finish, want_finish, "client {client} seed {seed}");
+        done += 1;
+    }
+    done
+}
+
+/// 64 concurrent streaming clients for 30 s (`GPTOSS_LOAD_SECS` overrides): every response complete,
+/// well-formed and equal to its solo run; afterwards the engine is idle with no KV blocks held and the
+/// process's memory is where it was once warmed up.
 #[tokio::test(flavor = "multi_thread")]
-async fn sixty_four_concurrent_streams_match_solo_runs() {
-    let w = weights();
+async fn sixty_four_concurrent_streams_for_thirty_seconds() {
+    let secs: u64 = std::env::var("GPTOSS_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let w = Arc::new(weights());
     let base = serve(real_engine(16, CTX), config()).await;
     let url = format!("{base}/v1/completions");
     let started = Instant::now();
-    let mut rounds = 0;
-    // Rounds of 64 concurrent clients, for a bounded time (at least one round).
-    while rounds == 0 || (started.elapsed() < Duration::from_secs(8) && rounds < 3) {
-        let clients: Vec<_> = (0..64u64)
-            .map(|i| {
-                let seed = rounds * 1000 + i;
-                let prompt = format!("client {i} says hello number {seed}");
-                let max_tokens = 8 + (i as usize % 17);
-                (
-                    prompt.clone(),
-                    seed,
-                    max_tokens,
-                    tokio::spawn(stream_completion(url.clone(), prompt, seed, max_tokens)),
-                )
-            })
-            .collect();
-        for (prompt, seed, max_tokens, handle) in clients {
-            let (text, finish, n) = handle.await.unwrap();
-            let (want, want_n, reason) = solo_text(&w, &prompt, seed, max_tokens);
-            assert_eq!(text, want, "client seed {seed}");
-            assert_eq!(n as usize, want_n, "client seed {seed}");
-            assert_eq!(
-                finish,
-                if reason == StopReason::Length {
-                    "length"
-                } else {
-                    "stop"
-                }
-            );
-        }
-        rounds += 1;
+    let deadline = started + Duration::from_secs(secs);
+    let clients: Vec<_> = (0..64u64)
+        .map(|i| tokio::spawn(client_loop(w.clone(), url.clone(), i, deadline)))
+        .collect();
+    // Memory once every client has been through a few requests (allocator pools and the engine's
+    // buffers at their working size), then at the end.
+    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+    let rss_warm = rss_bytes();
+    let mut requests = 0;
+    for handle in clients {
+        requests += handle.await.unwrap();
     }
+    let elapsed = started.elapsed();
+    let rss_end = rss_bytes();
+    eprintln!(
+        "load: 64 clients, {requests} requests in {:.1} s; RSS {:.1} MiB after warm-up, {:.1} MiB at the end",
+        elapsed.as_secs_f64(),
+        rss_warm as f64 / 1048576.0,
+        rss_end as f64 / 1048576.0
+    );
+    assert!(elapsed >= Duration::from_secs(secs));
+    assert!(requests >= 128, "only {requests} requests in {secs} s");
+    assert!(
+        rss_end <= rss_warm + 64 * 1024 * 1024,
+        "memory grew under steady load: {rss_warm} → {rss_end} bytes"
+    );
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
