@@ -147,7 +147,10 @@ fn batched_equals_solo_greedy_and_seeded() {
     let s = handle.stats().snapshot();
     assert_eq!(s.preemptions, 0);
     assert_eq!(
-        s.gauges.running + s.gauges.waiting + s.gauges.kv_used_blocks,
+        s.gauges.running
+            + s.gauges.waiting
+            + s.gauges.kv_used_blocks
+            + s.gauges.kv_sliding_used_blocks,
         0
     );
     assert!(
@@ -174,7 +177,14 @@ fn preemption_recomputes_to_the_same_tokens() {
         })
         .collect();
     check_against_solo(&w, &handle, &reqs, 96);
-    assert!(handle.stats().snapshot().preemptions > 0);
+    let s = handle.stats().snapshot();
+    assert!(s.preemptions > 0);
+    // Every block came back: finished and preempted sequences alike.
+    assert_eq!(
+        (s.gauges.kv_used_blocks, s.gauges.kv_sliding_used_blocks),
+        (0, 0)
+    );
+    assert_eq!(s.gauges.kv_total_blocks, 8);
 }
 
 #[test]
