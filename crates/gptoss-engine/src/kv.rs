@@ -46,6 +46,10 @@ pub struct KvLayout {
     pub window_tokens: usize,
     /// Key (and value) width of one position of one layer.
     pub kv_width: usize,
+    /// Query heads the pools serve (attention scratch is sized by them).
+    pub n_q_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
     /// Full-table entries a sequence can hold: `ceil(context / BLOCK_POSITIONS)`.
     pub table_blocks: usize,
     /// Sliding-ring entries per sequence (see [`ring_blocks`]).
@@ -99,6 +103,8 @@ impl KvLayout {
             sliding_layers,
             window_tokens,
             kv_width: config.kv_width(),
+            n_q_heads: config.num_attention_heads,
+            head_dim: config.head_dim,
             table_blocks,
             ring_blocks: ring,
             full_blocks,

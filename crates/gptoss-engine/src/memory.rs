@@ -140,6 +140,20 @@ pub fn fit_kv_blocks(
     Ok(blocks)
 }
 
+/// Most tokens of a step whose attention may split its keys across CTAs (long-context decode).
+pub const ATTN_SPLIT_ROWS: usize = 64;
+/// Most key splits of one (token, query head).
+pub const ATTN_MAX_SPLITS: usize = 16;
+
+/// f32 elements of the device attention's split scratch: `(max, sum, acc[head_dim])` per split of each
+/// (token, query head) for up to [`ATTN_SPLIT_ROWS`] tokens.
+pub fn attention_split_floats(config: &ModelConfig, capacity: &Capacity) -> usize {
+    capacity.max_batch_tokens.min(ATTN_SPLIT_ROWS)
+        * config.num_attention_heads
+        * ATTN_MAX_SPLITS
+        * (config.head_dim + 2)
+}
+
 /// One step's buffers: the model's activations, routing and logits, the step metadata, the MoE scratch
 /// (pair lists, activations and outputs of every chosen expert) and the sampler's f64 scratch.
 pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
@@ -166,7 +180,9 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
         Ok(l) => capacity.max_step_seqs() as u64 * (l.table_blocks + l.ring_blocks) as u64,
         Err(_) => 0,
     };
-    let step = 4 * (3 * rows + logit_rows + tables) + 4 * (c.head_dim as u64 / 2);
+    let step = 4 * (3 * rows + logit_rows + tables)
+        + 4 * (c.head_dim as u64 / 2)
+        + 4 * attention_split_floats(config, capacity) as u64;
     let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h);
     let sampler = logit_rows * (8 * v + 24 + 4);
     activations + routing + logits + step + moe + sampler
