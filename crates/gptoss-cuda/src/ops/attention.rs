@@ -249,11 +249,12 @@ const HEADS_PER_CTA: usize = 8;
 /// Keys per split below which splitting does not pay (8 tiles of 32).
 const KEYS_PER_SPLIT: usize = 256;
 
-/// How many CTAs share one (token, head chunk)'s keys: 1 unless few CTAs would each walk a long history
-/// (long-context decode), then enough to give every SM about two CTAs, each at least `KEYS_PER_SPLIT` keys.
+/// How many CTAs share one (token, head chunk)'s keys: 1 unless fewer CTAs than SMs would each walk a long
+/// history (long-context decode), then enough to give every SM about two CTAs, each split at least
+/// `KEYS_PER_SPLIT` keys.
 pub fn choose_attention_splits(rows: usize, ctas: usize, keys: usize, sms: usize) -> usize {
     use gptoss_engine::memory::{ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS};
-    if rows > ATTN_SPLIT_ROWS || keys <= KEYS_PER_SPLIT || ctas >= 2 * sms {
+    if rows > ATTN_SPLIT_ROWS || keys <= KEYS_PER_SPLIT || ctas >= sms {
         return 1;
     }
     let by_keys = keys.div_ceil(KEYS_PER_SPLIT);
