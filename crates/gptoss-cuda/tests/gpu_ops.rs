@@ -270,8 +270,8 @@ fn attn_step(tables: &[BlockTable; 2], parts: &[(usize, u32, u32)]) -> Batch {
     b
 }
 
-/// Runs each step's rope+store then attention; returns rotated q and the attention output of every step.
-fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> {
+/// Runs each step's rope+store then attention; returns the rotated q and the attention outputs of every step.
+fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> (Vec<f32>, Vec<f32>) {
     let s = &case.shape;
     let mut rng = Rng(rng_seed);
     let cfg = attn_config(s);
@@ -285,7 +285,7 @@ fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> 
         concentration,
     };
     let mut step = b.alloc_step(&case.capacity, &layout, &rope).unwrap();
-    let mut all = Vec::new();
+    let (mut qs, mut outs) = (Vec::new(), Vec::new());
     for batch in &case.steps {
         b.begin_step(&mut step, batch).unwrap();
         let t = batch.tokens.len();
@@ -305,10 +305,10 @@ fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> 
         .unwrap();
         let mut out = b.alloc(t, qw).unwrap();
         b.attention(&step, s, &q, &sinks, &cache, &mut out).unwrap();
-        all.extend(b.read(&q, t).unwrap());
-        all.extend(b.read(&out, t).unwrap());
+        qs.extend(b.read(&q, t).unwrap());
+        outs.extend(b.read(&out, t).unwrap());
     }
-    all
+    (qs, outs)
 }
 
 /// Two sequences through scattered, interleaved block tables: chunked prefill (7 + 6 tokens), decode, a
@@ -371,13 +371,18 @@ fn paged_attention_every_kv_type_window_and_group() {
             for (kv, tol) in [
                 (KvPrecision::F32, 2e-5),
                 (KvPrecision::F16, 3e-3),
-                (KvPrecision::Bf16, 1e-2),
+                (KvPrecision::Bf16, 1.5e-2),
             ] {
-                let e = rel_err(&attention_run(&cuda(kv), &case, 21), &cpu);
+                let (q, out) = attention_run(&cuda(kv), &case, 21);
+                // RoPE does not touch the cache: f32 everywhere.
+                let eq = rel_err(&q, &cpu.0);
+                // Attention outputs on their own scale (they are averages, far smaller than q).
+                let e = rel_err(&out, &cpu.1);
                 println!(
-                    "paged rope+attention nq={nq} nkv={nkv} d={d} {window:?} kv {kv:?}: {} steps, rel err {e:.2e}",
+                    "paged rope+attention nq={nq} nkv={nkv} d={d} {window:?} kv {kv:?}: {} steps, rope rel err {eq:.2e}, attention rel err {e:.2e}",
                     case.steps.len()
                 );
+                assert!(eq < 1e-5, "rope {nq}/{nkv}/{d} {window:?} {kv:?}: {eq}");
                 assert!(e < tol, "attention {nq}/{nkv}/{d} {window:?} {kv:?}: {e}");
             }
         }
