@@ -16,10 +16,9 @@ use crate::vram::DevBuf;
 // The kernels address positions as `block * 16 + position % 16`.
 const _: () = assert!(BLOCK_POSITIONS == 16);
 
-/// Keys and values of one pool.
+/// Keys and values of one pool (none when the model has no layer of its kind).
 struct Pool {
-    k: DevBuf<u8>,
-    v: DevBuf<u8>,
+    kv: Option<(DevBuf<u8>, DevBuf<u8>)>,
     blocks: usize,
 }
 
@@ -48,19 +47,17 @@ impl CudaCache {
                 * layout.blocks_of(kind)
                 * layout.block_elems()
                 * kv_elem_bytes(kv);
+            let buf = |part: &str| {
+                let what = format!("the {what} KV pool ({part})");
+                DevBuf::zeros(&dev.stream, &dev.meter, bytes, &what)
+            };
+            let kv = if bytes == 0 {
+                None
+            } else {
+                Some((buf("keys")?, buf("values")?))
+            };
             Ok(Pool {
-                k: DevBuf::zeros(
-                    &dev.stream,
-                    &dev.meter,
-                    bytes,
-                    &format!("the {what} KV pool (keys)"),
-                )?,
-                v: DevBuf::zeros(
-                    &dev.stream,
-                    &dev.meter,
-                    bytes,
-                    &format!("the {what} KV pool (values)"),
-                )?,
+                kv,
                 blocks: layout.blocks_of(kind),
             })
         };
@@ -88,10 +85,16 @@ impl CudaCache {
                 step.ring_blocks,
             ),
         };
+        let Some((k, v)) = &pool.kv else {
+            return Err(shape_error(
+                "attention",
+                format!("layer {layer} has no {kind:?} KV pool"),
+            ));
+        };
         let off = (index * pool.blocks * self.layout.block_elems() * kv_elem_bytes(self.kv)) as u64;
         Ok(LayerView {
-            k: pool.k.ptr() + off,
-            v: pool.v.ptr() + off,
+            k: k.ptr() + off,
+            v: v.ptr() + off,
             table,
             stride: stride as i32,
             ring: ring as i32,
