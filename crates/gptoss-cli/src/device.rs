@@ -101,14 +101,20 @@ fn open_cuda(args: &ModelArgs) -> Result<CudaBackend> {
 fn kv_precision(kv: KvCache) -> KvPrecision {
     match kv {
         KvCache::Bf16 => KvPrecision::Bf16,
+        KvCache::F16 => KvPrecision::F16,
         KvCache::F32 => KvPrecision::F32,
     }
 }
 
 /// The device memory the model needs at `capacity` with a `kv` cache.
-pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> MemoryPlan {
+pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> Result<MemoryPlan> {
     let weights_bytes = memory::weights_bytes(weights);
-    memory::plan(&weights.config, weights_bytes, capacity, kv_precision(kv))
+    Ok(memory::plan(
+        &weights.config,
+        weights_bytes,
+        capacity,
+        kv_precision(kv),
+    )?)
 }
 
 fn upload_cuda(
@@ -117,8 +123,20 @@ fn upload_cuda(
     capacity: Capacity,
     kv: KvCache,
 ) -> Result<Model<CudaBackend>> {
-    let plan = cuda_plan(weights, &capacity, kv);
     let cap = backend.device().meter.cap_bytes();
+    let mut capacity = capacity;
+    if capacity.kv_blocks.is_none() {
+        // The full-attention pool: every slot at full context, or as many blocks as the budget holds.
+        let blocks = memory::fit_kv_blocks(
+            &weights.config,
+            memory::weights_bytes(weights),
+            &capacity,
+            kv_precision(kv),
+            cap.saturating_sub(backend.device().meter.used_bytes()),
+        )?;
+        capacity.kv_blocks = Some(blocks);
+    }
+    let plan = cuda_plan(weights, &capacity, kv)?;
     let dev = backend.device();
     eprintln!(
         "[{} (sm_{}), kernels {} · {}]",

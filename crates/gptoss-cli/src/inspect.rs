@@ -76,8 +76,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
         max_logit_rows: 1,
         slots: 1,
         context_tokens: args.ctx,
+        kv_blocks: None,
     };
-    let plan = crate::device::cuda_plan(&weights, &capacity, crate::source::KvCache::Bf16);
+    let plan = crate::device::cuda_plan(&weights, &capacity, crate::source::KvCache::F32)?;
     let fits = args.max_vram.map(|cap| plan.total_bytes() <= cap);
     if args.json {
         let c = &weights.config;
@@ -92,6 +93,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 "context_tokens": args.ctx,
                 "weights_bytes": plan.weights_bytes,
                 "kv_cache_bytes": plan.kv_cache_bytes,
+                "kv_blocks": plan.kv_blocks,
                 "workspace_bytes": plan.workspace_bytes,
                 "total_bytes": plan.total_bytes(),
                 "max_vram_bytes": args.max_vram,
@@ -112,7 +114,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     println!("\nweights in host memory: {}", human_bytes(load_bytes));
     println!(
-        "GPU plan at {} tokens of context (bf16 KV): {plan}",
+        "GPU plan at {} tokens of context (f32 KV): {plan}",
         args.ctx
     );
     if let (Some(cap), Some(fits)) = (args.max_vram, fits) {

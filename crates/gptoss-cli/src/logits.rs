@@ -37,14 +37,15 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         max_batch_tokens: n,
         max_logit_rows: rows,
         slots: 1,
+        kv_blocks: None,
         context_tokens: n,
     };
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
-    let mut batch = Batch::single(&tokens, 0, 0);
-    if args.all_positions {
-        batch.logit_rows = (0..n as u32).collect();
-    }
     let flat = with_model!(&mut model, m => {
+        let mut batch = Batch::single(&tokens, 0, m.solo_table());
+        if args.all_positions {
+            batch.logit_rows = (0..n as u32).collect();
+        }
         m.forward(&batch)?;
         m.logits(rows)?
     });

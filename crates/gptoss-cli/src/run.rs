@@ -80,6 +80,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_batch_tokens: args.batch_tokens.max(1),
         max_logit_rows: 1,
         slots: 1,
+        kv_blocks: None,
         context_tokens: ctx,
     };
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;

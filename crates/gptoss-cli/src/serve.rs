@@ -25,7 +25,8 @@ pub struct EngineArgs {
     /// Token budget of one engine step (prefill chunks and decodes together).
     #[arg(long, default_value_t = 512)]
     pub batch_tokens: usize,
-    /// KV pool in blocks of 16 positions of one layer (default: every slot at full context).
+    /// Full-attention KV pool in blocks of 16 positions (of every full-attention layer); default: every
+    /// slot at full context, or on a GPU as many as --max-vram holds.
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// The model name clients use (default: the checkpoint's directory or file name).
@@ -58,11 +59,11 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
         max_logit_rows: args.max_seqs,
         slots: args.max_seqs,
         context_tokens: args.model.ctx,
+        kv_blocks: args.kv_blocks,
     };
     let weights = loaded.weights;
     let config = EngineConfig {
         max_batch_tokens: None,
-        kv_blocks: args.kv_blocks,
     };
     let model_args = args.model.clone();
     let engine = spawn_engine_with(

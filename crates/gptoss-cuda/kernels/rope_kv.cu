@@ -1,10 +1,12 @@
 // rope_kv.cu — RoPE (NeoX half-split pairs, YaRN tables; spec §1.3 "RoPE") on q and k in place, then k and v
-// stored into the layer's KV cache at each token's slot and position.
-// Layout: q [n_tok, nq*d] f32, k/v [n_tok, nkv*d] f32; cache (this layer) [slots, ctx, nkv*d] of KV
-//   (bf16 or f32); pos, slots i32 [n_tok]; inv_freq f32 [d/2]. The angle is (float)pos * inv_freq[i], and
-//   cos/sin are scaled by the YaRN concentration, as math::apply_rope.
+// stored into the layer's paged KV pool at each token's position, through its sequence's block table.
+// Layout: q [n_tok, nq*d] f32, k/v [n_tok, nkv*d] f32; pool (this layer) [blocks, 16, nkv*d] of KV (f32, bf16
+//   or f16); pos, seqs i32 [n_tok]; table i32 [n_seqs, table_stride]: position p of sequence s lives in block
+//   table[s][p/16] (full layers, ring = 0) or table[s][(p/16) % ring] (sliding layers), row p % 16.
+//   inv_freq f32 [d/2]. The angle is (float)pos * inv_freq[i], cos/sin scaled by the YaRN concentration, as
+//   math::apply_rope.
 // Grid: one block per token, 128 threads striding over q pairs, k pairs and v elements.
-// Entry points: rope_kv_bf16, rope_kv_f32 (the cache type). Minimum arch: sm_80. Launched from
+// Entry points: rope_kv_f32, rope_kv_bf16, rope_kv_f16 (the cache type). Minimum arch: sm_80. Launched from
 // src/ops/attention.rs.
 struct RopeParams {
     float* q;
@@ -13,21 +15,27 @@ struct RopeParams {
     void* kc;
     void* vc;
     const int* pos;
-    const int* slots;
+    const int* seqs;
+    const int* table;
     const float* inv_freq;
-    i64 slot_stride;
+    int table_stride;
+    int ring;
     float conc;
     int nq;
     int nkv;
     int d;
 };
 
-template <typename KV>
-static __device__ __forceinline__ void kv_store(KV* p, float v);
-template <>
-__device__ __forceinline__ void kv_store<u16>(u16* p, float v) { *p = f32_to_bf16(v); }
-template <>
-__device__ __forceinline__ void kv_store<float>(float* p, float v) { *p = v; }
+#define KV_F32 0
+#define KV_BF16 1
+#define KV_F16 2
+
+template <int KV>
+static __device__ __forceinline__ void kv_store(void* base, i64 i, float v) {
+    if constexpr (KV == KV_F32) ((float*)base)[i] = v;
+    else if constexpr (KV == KV_BF16) ((u16*)base)[i] = f32_to_bf16(v);
+    else ((u16*)base)[i] = f32_to_f16(v);
+}
 
 static __device__ __forceinline__ void rotate(float* head, int i, int half, float pos, const RopeParams& p) {
     float angle = pos * p.inv_freq[i];
@@ -37,11 +45,12 @@ static __device__ __forceinline__ void rotate(float* head, int i, int half, floa
     head[i + half] = x2 * c + x1 * s;
 }
 
-template <typename KV>
+template <int KV>
 static __device__ void rope_kv_impl(const RopeParams& p) {
     int t = blockIdx.x;
     int half = p.d / 2, kvw = p.nkv * p.d;
-    float pos = (float)p.pos[t];
+    int position = p.pos[t];
+    float pos = (float)position;
     float* q = p.q + (i64)t * p.nq * p.d;
     float* k = p.k + (i64)t * kvw;
     for (int w = threadIdx.x; w < p.nq * half; w += blockDim.x)
@@ -49,15 +58,17 @@ static __device__ void rope_kv_impl(const RopeParams& p) {
     for (int w = threadIdx.x; w < p.nkv * half; w += blockDim.x)
         rotate(k + (w / half) * p.d, w % half, half, pos, p);
     __syncthreads();
-    i64 at = (i64)p.slots[t] * p.slot_stride + (i64)p.pos[t] * kvw;
-    KV* kc = (KV*)p.kc + at;
-    KV* vc = (KV*)p.vc + at;
+    int logical = position / 16;
+    int entry = p.ring > 0 ? logical % p.ring : logical;
+    int block = p.table[(i64)p.seqs[t] * p.table_stride + entry];
+    i64 at = ((i64)block * 16 + (position & 15)) * kvw;
     const float* v = p.v + (i64)t * kvw;
     for (int i = threadIdx.x; i < kvw; i += blockDim.x) {
-        kv_store<KV>(kc + i, k[i]);
-        kv_store<KV>(vc + i, v[i]);
+        kv_store<KV>(p.kc, at + i, k[i]);
+        kv_store<KV>(p.vc, at + i, v[i]);
     }
 }
 
-extern "C" __global__ void rope_kv_bf16(const RopeParams p) { rope_kv_impl<u16>(p); }
-extern "C" __global__ void rope_kv_f32(const RopeParams p) { rope_kv_impl<float>(p); }
+extern "C" __global__ void rope_kv_f32(const RopeParams p) { rope_kv_impl<KV_F32>(p); }
+extern "C" __global__ void rope_kv_bf16(const RopeParams p) { rope_kv_impl<KV_BF16>(p); }
+extern "C" __global__ void rope_kv_f16(const RopeParams p) { rope_kv_impl<KV_F16>(p); }

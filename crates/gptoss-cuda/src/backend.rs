@@ -8,7 +8,8 @@ use gptoss_engine::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
 };
 use gptoss_engine::memory::{KvPrecision, MemoryPlan};
-use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor};
+use gptoss_engine::KvLayout;
+use gptoss_formats::{Expert, Linear, QuantTensor};
 
 use crate::device::Device;
 use crate::error::{CudaError, Result as CudaResult};
@@ -109,6 +110,7 @@ impl CudaBackend {
 fn kv_type(kv: KvPrecision) -> KvType {
     match kv {
         KvPrecision::Bf16 => KvType::Bf16,
+        KvPrecision::F16 => KvType::F16,
         KvPrecision::F32 => KvType::F32,
     }
 }
@@ -206,28 +208,18 @@ impl Backend for CudaBackend {
         Ok(CudaRouting::new(&self.dev, rows, top_k)?)
     }
 
-    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<CudaCache> {
-        Ok(CudaCache::new(
-            &self.dev,
-            kv_type(self.kv),
-            config.num_hidden_layers,
-            capacity.slots,
-            capacity.context_tokens,
-            config.kv_width(),
-        )?)
+    fn alloc_cache(&self, layout: &KvLayout) -> Result<CudaCache> {
+        Ok(CudaCache::new(&self.dev, kv_type(self.kv), layout)?)
     }
 
-    fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<CudaStep> {
-        Ok(CudaStep::new(&self.dev, capacity, rope)?)
+    fn alloc_step(&self, capacity: &Capacity, layout: &KvLayout, rope: &Rope) -> Result<CudaStep> {
+        Ok(CudaStep::new(&self.dev, capacity, layout, rope)?)
     }
 
     fn begin_step(&self, step: &mut CudaStep, batch: &Batch) -> Result<()> {
+        // The tables go up with the rest of the batch in one copy; a sequence only reads positions it
+        // has written, so a reused block's stale keys are never visible.
         Ok(step.load(&self.dev, batch)?)
-    }
-
-    fn clear_slot(&self, _cache: &mut CudaCache, _slot: u32) -> Result<()> {
-        // A sequence only reads positions it has written (0..=pos), so stale keys are never visible.
-        Ok(())
     }
 
     fn embed(&self, step: &CudaStep, table: &CudaLinear, out: &mut CudaBuf) -> Result<()> {

@@ -143,6 +143,8 @@ impl RowTile {
 pub enum KvType {
     /// bf16.
     Bf16,
+    /// f16.
+    F16,
     /// f32.
     F32,
 }
@@ -162,6 +164,8 @@ pub enum Func {
     RopeKv(KvType),
     /// `attention_<kv>`
     Attention(KvType),
+    /// `attention_combine` (merges key splits)
+    AttentionCombine,
     /// `route_<fmt>`
     Route(WeightKind),
     /// `moe_group`
@@ -184,7 +188,7 @@ impl Func {
             Func::RmsNorm | Func::Add => KernelFile::Norm,
             Func::Linear(..) => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
-            Func::Attention(_) => KernelFile::Attention,
+            Func::Attention(_) | Func::AttentionCombine => KernelFile::Attention,
             Func::Route(_) => KernelFile::Router,
             Func::MoeGroup | Func::MoeGateUp(..) | Func::MoeDown(..) | Func::MoeCombine => {
                 KernelFile::Moe
@@ -197,6 +201,7 @@ impl Func {
     pub fn name(self) -> String {
         let kv = |k: KvType| match k {
             KvType::Bf16 => "bf16",
+            KvType::F16 => "f16",
             KvType::F32 => "f32",
         };
         match self {
@@ -206,6 +211,7 @@ impl Func {
             Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
+            Func::AttentionCombine => "attention_combine".into(),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
@@ -223,8 +229,9 @@ impl Func {
             Func::MoeGroup,
             Func::MoeCombine,
             Func::Sample,
+            Func::AttentionCombine,
         ];
-        for k in [KvType::Bf16, KvType::F32] {
+        for k in [KvType::Bf16, KvType::F16, KvType::F32] {
             v.extend([Func::RopeKv(k), Func::Attention(k)]);
         }
         for w in WeightKind::ALL {

@@ -12,7 +12,7 @@
 //! use gptoss_engine::{Capacity, Model};
 //! let ckpt = gptoss_formats::load(std::path::Path::new("gpt-oss-20b/"))?;
 //! let backend = CudaBackend::new(&CudaOptions::from_env()?)?;
-//! let cap = Capacity { max_batch_tokens: 512, max_logit_rows: 1, slots: 1, context_tokens: 8192 };
+//! let cap = Capacity { max_batch_tokens: 512, max_logit_rows: 1, slots: 1, context_tokens: 8192, kv_blocks: None };
 //! let model = Model::new(backend, &ckpt.weights, cap)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -47,7 +47,7 @@ impl CudaOptions {
             device: 0,
             arch_override,
             max_vram_bytes: None,
-            kv: KvPrecision::Bf16,
+            kv: KvPrecision::default(),
             cache_dir: cache_root.map(|r| r.join("gptoss").join("cubin")),
             lib_dirs,
         })

@@ -27,8 +27,10 @@ fn bench_gpt_oss_20b_under_16_gib() {
         max_logit_rows: 1,
         slots: 1,
         context_tokens: 8192,
+        kv_blocks: None,
     };
-    let p = plan(&config, weights_bytes(&w), &cap, KvPrecision::Bf16);
+    // The default KV cache (f32).
+    let p = plan(&config, weights_bytes(&w), &cap, KvPrecision::default()).unwrap();
     println!("BENCH plan: {p}");
     let mut o = CudaOptions::from_env().unwrap();
     o.max_vram_bytes = Some(16 * GIB);
@@ -47,12 +49,15 @@ fn bench_gpt_oss_20b_under_16_gib() {
     println!("BENCH upload {:.1} s", t0.elapsed().as_secs_f64());
     drop(w);
     let prompt: Vec<u32> = (0..256u32).map(|i| (i * 7919) % 200_000).collect();
-    m.forward(&Batch::single(&prompt, 0, 0)).unwrap();
+    let table = m.solo_table();
+    m.forward(&Batch::single(&prompt, 0, table.clone()))
+        .unwrap();
     m.backend().synchronize().unwrap();
     let reps = 3;
     let t0 = Instant::now();
     for _ in 0..reps {
-        m.forward(&Batch::single(&prompt, 0, 0)).unwrap();
+        m.forward(&Batch::single(&prompt, 0, table.clone()))
+            .unwrap();
     }
     m.backend().synchronize().unwrap();
     let prefill_s = t0.elapsed().as_secs_f64() / reps as f64;
@@ -60,13 +65,14 @@ fn bench_gpt_oss_20b_under_16_gib() {
     let n_decode = 64;
     let t0 = Instant::now();
     for i in 0..n_decode {
-        m.forward(&Batch::single(&[tok], 256 + i, 0)).unwrap();
+        m.forward(&Batch::single(&[tok], 256 + i, table.clone()))
+            .unwrap();
         tok = m.sample(&[Default::default()], &[i as u64]).unwrap()[0];
     }
     let decode_s = t0.elapsed().as_secs_f64() / n_decode as f64;
     let t0 = Instant::now();
     for i in 0..n_decode {
-        m.forward(&Batch::single(&[tok], 256 + n_decode + i, 0))
+        m.forward(&Batch::single(&[tok], 256 + n_decode + i, table.clone()))
             .unwrap();
     }
     m.backend().synchronize().unwrap();

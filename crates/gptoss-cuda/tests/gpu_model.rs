@@ -1,14 +1,17 @@
 //! Whole-model checks on the GPU: CUDA logits against CPU logits at every prompt position and identical
 //! greedy continuations, for random weights of a tiny config and for every loadable fixture under
-//! tests/fixtures/tiny; the `--max-vram` refusal. Needs a GPU (scripts/gpu-check.sh).
+//! tests/fixtures/tiny (f32 KV is the criterion; f16 and bf16 are reported); the paged cache over a long
+//! decode (rings wrap, full layers split their keys) and two interleaved sequences with scattered block
+//! tables; the `--max-vram` refusal and the pool sized from the budget. Needs a GPU (scripts/gpu-check.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
 use gptoss_cuda::{CudaBackend, CudaOptions};
-use gptoss_engine::memory::{plan, weights_bytes, KvPrecision};
+use gptoss_engine::memory::{fit_kv_blocks, plan, weights_bytes, KvPrecision};
 use gptoss_engine::{
-    generate, Backend, Batch, Capacity, CpuBackend, GenerateOptions, Model, SamplingParams,
+    generate, Backend, Batch, BlockTable, Capacity, CpuBackend, GenerateOptions, Model,
+    SamplingParams,
 };
 use gptoss_formats::{ModelConfig, ModelWeights};
 
@@ -40,9 +43,10 @@ fn run<B: Backend>(b: B, w: &ModelWeights, prompt: &[u32]) -> (Vec<f32>, Vec<u32
         max_logit_rows: n,
         slots: 1,
         context_tokens: 64,
+        kv_blocks: None,
     };
     let mut m = Model::new(b, w, cap).unwrap();
-    let mut batch = Batch::single(prompt, 0, 0);
+    let mut batch = Batch::single(prompt, 0, m.solo_table());
     batch.logit_rows = (0..n as u32).collect();
     m.forward(&batch).unwrap();
     let logits = m.logits(n).unwrap();
@@ -79,7 +83,11 @@ fn compare(w: &ModelWeights, prompt: &[u32], kv: KvPrecision) -> (f32, Vec<u32>,
 fn dummy_tiny_model_matches_cpu() {
     let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 5);
     let p = prompt(24, 512);
-    for (kv, tol) in [(KvPrecision::F32, 1e-4), (KvPrecision::Bf16, 1e-2)] {
+    for (kv, tol) in [
+        (KvPrecision::F32, 1e-4),
+        (KvPrecision::F16, 1e-2),
+        (KvPrecision::Bf16, 1e-2),
+    ] {
         let (worst, g, c) = compare(&w, &p, kv);
         println!("dummy tiny (MXFP4 experts, bf16 dense) kv {kv:?}: worst rel logit err {worst:.2e}, greedy {}", if g == c { "identical" } else { "DIFFERS" });
         assert!(worst <= tol, "{worst}");
@@ -131,14 +139,18 @@ fn every_fixture_matches_cpu() {
             }
         };
         let p = prompt(24, ckpt.weights.config.vocab_size.min(486));
-        // The criterion, with the f32 KV cache (the kernels' own error); the bf16 cache's error is
-        // reported beside it (the tiny random fixtures have unusually peaky attention, see bench/NOTES.md).
+        // The criterion, with the f32 KV cache (the default; the kernels' own error); the f16 and
+        // bf16 caches' errors are reported beside it (the tiny random fixtures have unusually peaky
+        // attention, see bench/NOTES.md).
         let (worst, g, c) = compare(&ckpt.weights, &p, KvPrecision::F32);
+        let (worst_f16, g_f16, _) = compare(&ckpt.weights, &p, KvPrecision::F16);
         let (worst_bf16, g_bf16, _) = compare(&ckpt.weights, &p, KvPrecision::Bf16);
+        let same = |g: &Vec<u32>| if *g == c { "identical" } else { "differs" };
         println!(
-            "fixture {name}: worst rel logit err {worst:.2e} (f32 KV), {worst_bf16:.2e} (bf16 KV); greedy {} (f32 KV), {} (bf16 KV)",
+            "fixture {name}: worst rel logit err {worst:.2e} (f32 KV), {worst_f16:.2e} (f16 KV), {worst_bf16:.2e} (bf16 KV); greedy {} / {} / {}",
             if g == c { "identical" } else { "DIFFERS" },
-            if g_bf16 == c { "identical" } else { "differs" }
+            same(&g_f16),
+            same(&g_bf16)
         );
         compared += 1;
         if worst > 1e-2 || g != c {
@@ -165,9 +177,11 @@ fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
         max_logit_rows: 24,
         slots: 1,
         context_tokens: 64,
+        kv_blocks: None,
     };
-    let p = plan(&w.config, weights_bytes(&w), &cap, KvPrecision::Bf16);
+    let p = plan(&w.config, weights_bytes(&w), &cap, KvPrecision::Bf16).unwrap();
     let mut o = CudaOptions::from_env().unwrap();
+    o.kv = KvPrecision::Bf16;
     o.max_vram_bytes = Some(p.total_bytes() / 2);
     let b = CudaBackend::new(&o).unwrap();
     let e = b.check_plan(&p).unwrap_err().to_string();
@@ -188,7 +202,7 @@ fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
     b.check_plan(&p).unwrap();
     let mut m = Model::new(b, &w, cap).unwrap();
     let toks = prompt(24, 512);
-    let mut batch = Batch::single(&toks, 0, 0);
+    let mut batch = Batch::single(&toks, 0, m.solo_table());
     batch.logit_rows = (0..24).collect();
     m.forward(&batch).unwrap();
     m.sample(
@@ -207,6 +221,168 @@ fn max_vram_refuses_with_numbers_and_plan_bounds_use() {
         p.total_bytes()
     );
     assert!(p.weights_bytes + p.kv_cache_bytes <= used);
+}
+
+/// A budget smaller than every slot at full context: the pool is sized to what fits, the model runs in it,
+/// and peak memory stays inside the budget.
+#[test]
+#[ignore = "needs GPU"]
+fn budget_sizes_the_kv_pool() {
+    let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 6);
+    let want = Capacity {
+        max_batch_tokens: 24,
+        max_logit_rows: 8,
+        slots: 8,
+        context_tokens: 4096,
+        kv_blocks: None,
+    };
+    let full = plan(&w.config, weights_bytes(&w), &want, KvPrecision::F32).unwrap();
+    let one = Capacity {
+        slots: 1,
+        max_logit_rows: 1,
+        ..want
+    };
+    let small = plan(&w.config, weights_bytes(&w), &one, KvPrecision::F32).unwrap();
+    // Room for about three of the eight sequences at full context.
+    let budget = small.total_bytes() + 2 * (small.kv_cache_bytes);
+    let blocks = fit_kv_blocks(
+        &w.config,
+        weights_bytes(&w),
+        &want,
+        KvPrecision::F32,
+        budget,
+    )
+    .unwrap();
+    println!(
+        "tiny model: {} wanted, {blocks} blocks fit {budget} bytes",
+        full.kv_blocks
+    );
+    assert!((256..full.kv_blocks).contains(&blocks), "{blocks}");
+    let cap = Capacity {
+        kv_blocks: Some(blocks),
+        ..want
+    };
+    let mut o = CudaOptions::from_env().unwrap();
+    o.kv = KvPrecision::F32;
+    o.max_vram_bytes = Some(budget);
+    let mut m = Model::new(CudaBackend::new(&o).unwrap(), &w, cap).unwrap();
+    m.forward(&Batch::single(&prompt(24, 512), 0, m.solo_table()))
+        .unwrap();
+    let (_, peak) = m.backend().memory_in_use();
+    assert!(peak <= budget, "peak {peak} above the budget {budget}");
+}
+
+/// Per-step logits of the same batches on both backends: worst max |Δ| / max |logit| over all rows.
+fn paged_steps<B: Backend>(
+    b: B,
+    w: &ModelWeights,
+    cap: Capacity,
+    steps: &[Batch],
+) -> Vec<Vec<f32>> {
+    let mut m = Model::new(b, w, cap).unwrap();
+    steps
+        .iter()
+        .map(|batch| {
+            m.forward(batch).unwrap();
+            m.logits(batch.logit_rows.len()).unwrap()
+        })
+        .collect()
+}
+
+fn worst_rel(gpu: &[Vec<f32>], cpu: &[Vec<f32>], vocab: usize) -> f32 {
+    let (gpu, cpu) = (gpu.concat(), cpu.concat());
+    assert_eq!(gpu.len(), cpu.len());
+    gpu.chunks(vocab)
+        .zip(cpu.chunks(vocab))
+        .map(|(g, c)| {
+            assert!(g.iter().all(|x| x.is_finite()));
+            let scale = c.iter().fold(0f32, |m, x| m.max(x.abs()));
+            g.iter().zip(c).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+        })
+        .fold(0f32, f32::max)
+}
+
+/// One sequence decoded a token at a time to position 299 (the window-8 rings of 2 blocks wrap 17 times;
+/// from 257 keys on, full layers split their keys across CTAs), and two sequences interleaved in mixed
+/// steps through scattered tables: CUDA against CPU, step by step, for every KV type.
+#[test]
+#[ignore = "needs GPU"]
+fn paged_cache_long_decode_and_interleaved_tables_match_cpu() {
+    let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 7);
+    let vocab = w.config.vocab_size;
+    let long = Capacity {
+        max_batch_tokens: 8,
+        max_logit_rows: 8,
+        slots: 1,
+        context_tokens: 320,
+        kv_blocks: None,
+    };
+    let toks = prompt(300, 512);
+    let table = gptoss_engine::KvLayout::new(&w.config, &long)
+        .unwrap()
+        .solo_table();
+    let mut decode: Vec<Batch> = vec![Batch::single(&toks[..8], 0, table.clone())];
+    decode.extend((8..300).map(|p| Batch::single(&toks[p..p + 1], p as u32, table.clone())));
+    let two = Capacity {
+        max_batch_tokens: 8,
+        max_logit_rows: 8,
+        slots: 2,
+        context_tokens: 64,
+        kv_blocks: None,
+    };
+    let ta = BlockTable {
+        full: vec![6, 1, 3, 4],
+        sliding: vec![3, 0],
+    };
+    let tb = BlockTable {
+        full: vec![0, 7, 2, 5],
+        sliding: vec![1, 2],
+    };
+    let (a, b) = (prompt(45, 500), prompt(37, 480));
+    let mut mixed = Vec::new();
+    let (mut pa, mut pb) = (0, 0);
+    while pa < a.len() || pb < b.len() {
+        let (na, nb) = ((a.len() - pa).min(5), (b.len() - pb).min(3));
+        let mut batch = Batch::default();
+        for (toks, start, n, t) in [(&a, pa, na, &ta), (&b, pb, nb, &tb)] {
+            if n > 0 {
+                let row = batch.tables.len() as u32;
+                batch.tokens.extend_from_slice(&toks[start..start + n]);
+                batch.positions.extend(start as u32..(start + n) as u32);
+                batch.seqs.extend(std::iter::repeat_n(row, n));
+                batch.tables.push(t.clone());
+            }
+        }
+        batch.logit_rows = (0..(na + nb) as u32).collect();
+        mixed.push(batch);
+        pa += na;
+        pb += nb;
+    }
+    let cpu_decode = paged_steps(CpuBackend, &w, long, &decode);
+    let cpu_mixed = paged_steps(CpuBackend, &w, two, &mixed);
+    for (kv, tol) in [
+        (KvPrecision::F32, 1e-4),
+        (KvPrecision::F16, 1e-2),
+        (KvPrecision::Bf16, 2e-2),
+    ] {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.kv = kv;
+        let d = worst_rel(
+            &paged_steps(CudaBackend::new(&o).unwrap(), &w, long, &decode),
+            &cpu_decode,
+            vocab,
+        );
+        let m = worst_rel(
+            &paged_steps(CudaBackend::new(&o).unwrap(), &w, two, &mixed),
+            &cpu_mixed,
+            vocab,
+        );
+        println!("paged cache kv {kv:?}: long decode worst rel logit err {d:.2e}, interleaved tables {m:.2e}");
+        assert!(
+            d <= tol && m <= tol,
+            "kv {kv:?}: decode {d}, interleaved {m}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The op harness: each CUDA op against the CPU backend's op on random inputs of awkward shapes (T = 1,
-//! partial tiles, rows not a multiple of 8, the sliding-window edge), for every stored weight format.
+//! partial tiles, rows not a multiple of 8, the sliding-window edge), for every stored weight format; paged
+//! attention through scattered block tables for every KV type (f32, f16, bf16).
 //! Needs a GPU: run by `scripts/gpu-check.sh` (natively and with `GPTOSS_CUDA_ARCH=sm_80`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +8,7 @@ use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, QkvBufs, Rope};
 use gptoss_engine::memory::KvPrecision;
-use gptoss_engine::{Backend, Batch, Capacity, CpuBackend, SamplingParams};
+use gptoss_engine::{Backend, Batch, BlockTable, Capacity, CpuBackend, KvLayout, SamplingParams};
 use gptoss_formats::{Expert, Linear, ModelConfig, Window};
 
 fn cuda(kv: KvPrecision) -> CudaBackend {
@@ -35,6 +36,7 @@ fn upload<B: Backend>(b: &B, rows: usize, cols: usize, data: &[f32]) -> B::Buf {
     let mut step = b
         .alloc_step(
             &cap(rows),
+            &plain_layout(rows),
             &Rope {
                 inv_freq: vec![1.0],
                 concentration: 1.0,
@@ -47,8 +49,9 @@ fn upload<B: Backend>(b: &B, rows: usize, cols: usize, data: &[f32]) -> B::Buf {
         &Batch {
             tokens,
             positions: vec![0; rows],
-            slots: vec![0; rows],
+            seqs: vec![0; rows],
             logit_rows: vec![],
+            tables: vec![],
         },
     )
     .unwrap();
@@ -63,13 +66,21 @@ fn cap(rows: usize) -> Capacity {
         max_logit_rows: rows,
         slots: 2,
         context_tokens: 64,
+        kv_blocks: None,
     }
 }
 
+/// Table widths for ops that read no cache.
+fn plain_layout(rows: usize) -> KvLayout {
+    KvLayout::new(&ModelConfig::gpt_oss_20b(), &cap(rows)).unwrap()
+}
+
 fn step_of<B: Backend>(b: &B, batch: &Batch) -> B::Step {
+    let rows = batch.tokens.len().max(1);
     let mut s = b
         .alloc_step(
-            &cap(batch.tokens.len().max(1)),
+            &cap(rows),
+            &plain_layout(rows),
             &Rope {
                 inv_freq: vec![1.0],
                 concentration: 1.0,
@@ -84,8 +95,9 @@ fn plain_batch(rows: usize) -> Batch {
     Batch {
         tokens: vec![0; rows],
         positions: (0..rows as u32).collect(),
-        slots: vec![0; rows],
+        seqs: vec![0; rows],
         logit_rows: vec![],
+        tables: vec![],
     }
 }
 
@@ -137,8 +149,9 @@ fn embed_and_logits_every_format() {
         let batch = Batch {
             tokens: vec![3, 0, 49, 3, 17],
             positions: vec![0; 5],
-            slots: vec![0; 5],
+            seqs: vec![0; 5],
             logit_rows: vec![4, 0],
+            tables: vec![],
         };
         let run = |b: &dyn Fn() -> (Vec<f32>, Vec<f32>)| b();
         let cpu = run(&|| embed_logits(&CpuBackend, &table, &batch));
@@ -204,41 +217,76 @@ fn rms_norm_and_add() {
     }
 }
 
+/// A sequence of attention steps over a paged cache: the capacity (pool sizes), the tables of the two
+/// sequences (scattered and interleaved blocks) and the steps.
 struct AttnCase {
     shape: AttnShape,
+    capacity: Capacity,
     steps: Vec<Batch>,
 }
 
-/// Runs each step's rope+store then attention; returns rotated q and the attention output of every step.
-fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> {
-    let s = &case.shape;
-    let mut rng = Rng(rng_seed);
+fn attn_config(s: &AttnShape) -> ModelConfig {
     let mut cfg = ModelConfig::gpt_oss_20b();
     cfg.num_hidden_layers = 2;
+    cfg.layer_types = vec![
+        gptoss_formats::LayerType::Full,
+        gptoss_formats::LayerType::Full,
+    ];
+    if let Window::Sliding(w) = s.window {
+        cfg.layer_types[1] = gptoss_formats::LayerType::Sliding;
+        cfg.sliding_window = w;
+    }
     cfg.num_attention_heads = s.n_q_heads;
     cfg.num_key_value_heads = s.n_kv_heads;
     cfg.head_dim = s.head_dim;
-    let capacity = Capacity {
-        max_batch_tokens: 16,
-        max_logit_rows: 1,
-        slots: 2,
-        context_tokens: 40,
+    cfg
+}
+
+/// Block tables of sequences 0 and 1: full blocks spread over the pool by a permutation, interleaved
+/// between the two; ring entries crossed (sequence 0 gets sliding blocks 1, 3, ..., sequence 1 2, 0, ...).
+fn scattered_tables(layout: &KvLayout) -> [BlockTable; 2] {
+    let n = layout.full_blocks as u32;
+    let table = |s: u32| BlockTable {
+        full: (0..layout.table_blocks as u32)
+            .map(|i| ((2 * i + s) * 37 + 11) % n)
+            .collect(),
+        sliding: (0..layout.ring_blocks as u32)
+            .map(|e| (2 * e + s + 1) % layout.sliding_blocks.max(1) as u32)
+            .collect(),
     };
-    let mut cache = b.alloc_cache(&cfg, &capacity).unwrap();
+    [table(0), table(1)]
+}
+
+/// A step of `parts`: (sequence, first position, tokens).
+fn attn_step(tables: &[BlockTable; 2], parts: &[(usize, u32, u32)]) -> Batch {
+    let mut b = Batch::default();
+    for &(seq, from, n) in parts {
+        let row = b.tables.len() as u32;
+        b.tables.push(tables[seq].clone());
+        b.tokens.extend(std::iter::repeat_n(0, n as usize));
+        b.positions.extend(from..from + n);
+        b.seqs.extend(std::iter::repeat_n(row, n as usize));
+    }
+    b
+}
+
+/// Runs each step's rope+store then attention; returns the rotated q and the attention outputs of every step.
+fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let s = &case.shape;
+    let mut rng = Rng(rng_seed);
+    let cfg = attn_config(s);
+    let layout = KvLayout::new(&cfg, &case.capacity).unwrap();
+    let mut cache = b.alloc_cache(&layout).unwrap();
     let (inv_freq, concentration) = gptoss_engine::math::yarn_inv_freq(&cfg);
     let sinks = b.upload_vector(&rng.vec(s.n_q_heads, 1.0)).unwrap();
     let (qw, kvw) = (s.n_q_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-    let mut all = Vec::new();
+    let rope = Rope {
+        inv_freq,
+        concentration,
+    };
+    let mut step = b.alloc_step(&case.capacity, &layout, &rope).unwrap();
+    let (mut qs, mut outs) = (Vec::new(), Vec::new());
     for batch in &case.steps {
-        let mut step = b
-            .alloc_step(
-                &capacity,
-                &Rope {
-                    inv_freq: inv_freq.clone(),
-                    concentration,
-                },
-            )
-            .unwrap();
         b.begin_step(&mut step, batch).unwrap();
         let t = batch.tokens.len();
         let mut q = upload(b, t, qw, &rng.vec(t * qw, 1.0));
@@ -257,51 +305,86 @@ fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> Vec<f32> 
         .unwrap();
         let mut out = b.alloc(t, qw).unwrap();
         b.attention(&step, s, &q, &sinks, &cache, &mut out).unwrap();
-        all.extend(b.read(&q, t).unwrap());
-        all.extend(b.read(&out, t).unwrap());
+        qs.extend(b.read(&q, t).unwrap());
+        outs.extend(b.read(&out, t).unwrap());
     }
-    all
+    (qs, outs)
+}
+
+/// Two sequences through scattered, interleaved block tables: chunked prefill (7 + 6 tokens), decode, a
+/// second sequence, a mixed step of both, then sequence 1 runs on in 8-token chunks to position 600 (sliding
+/// rings of 2 blocks wrap dozens of times) and ends with single-token decodes, where full layers split their
+/// 600 keys across CTAs (attention_combine). Layer 1 is the sliding layer when the window is one.
+fn attn_case(shape: AttnShape) -> (AttnCase, KvLayout) {
+    let capacity = Capacity {
+        max_batch_tokens: 8,
+        max_logit_rows: 1,
+        slots: 2,
+        context_tokens: 640,
+        kv_blocks: None,
+    };
+    let layout = KvLayout::new(&attn_config(&shape), &capacity).unwrap();
+    let t = scattered_tables(&layout);
+    let mut steps = vec![
+        attn_step(&t, &[(1, 0, 7)]),
+        attn_step(&t, &[(1, 7, 6)]),
+        attn_step(&t, &[(1, 13, 1)]),
+        attn_step(&t, &[(0, 0, 5)]),
+        attn_step(&t, &[(1, 14, 1), (0, 5, 3)]),
+    ];
+    let mut p = 15;
+    while p < 598 {
+        let n = (598 - p).min(8);
+        steps.push(attn_step(&t, &[(1, p, n)]));
+        p += n;
+    }
+    steps.push(attn_step(&t, &[(1, 598, 1)]));
+    steps.push(attn_step(&t, &[(1, 599, 1), (0, 8, 1)]));
+    (
+        AttnCase {
+            shape,
+            capacity,
+            steps,
+        },
+        layout,
+    )
 }
 
 #[test]
 #[ignore = "needs GPU"]
-fn rope_and_attention_prefill_decode_window_edge() {
-    let seq = |slot: u32, from: u32, n: u32| Batch {
-        tokens: vec![0; n as usize],
-        positions: (from..from + n).collect(),
-        slots: vec![slot; n as usize],
-        logit_rows: vec![],
-    };
-    let mixed = Batch {
-        tokens: vec![0; 3],
-        positions: vec![7, 13, 0],
-        slots: vec![1, 1, 0],
-        logit_rows: vec![],
-    };
-    for window in [Window::Sliding(4), Window::Full, Window::Sliding(8)] {
-        let shape = AttnShape {
-            layer: 1,
-            n_q_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 16,
-            window,
-        };
-        // Prefill 13 tokens in slot 1 (crosses the window), decode one, then a mixed step of two slots.
-        let case = AttnCase {
-            shape,
-            steps: vec![
-                seq(1, 0, 7),
-                seq(1, 7, 6),
-                seq(1, 13, 1),
-                seq(0, 0, 5),
-                mixed.clone(),
-            ],
-        };
-        let cpu = attention_run(&CpuBackend, &case, 21);
-        for (kv, tol) in [(KvPrecision::F32, 2e-5), (KvPrecision::Bf16, 1e-2)] {
-            let e = rel_err(&attention_run(&cuda(kv), &case, 21), &cpu);
-            println!("rope+attention {window:?} kv {kv:?}: rel err {e:.2e}");
-            assert!(e < tol, "attention {window:?} {kv:?}: {e}");
+fn paged_attention_every_kv_type_window_and_group() {
+    // (q heads, kv heads, head_dim): the tiny fixtures' GQA of 2, and gpt-oss's head_dim 64 with a group
+    // of 12 (two CTAs of 8 and 4 query heads per kv head).
+    for (nq, nkv, d) in [(4, 2, 16), (24, 2, 64)] {
+        for window in [Window::Sliding(4), Window::Full, Window::Sliding(8)] {
+            let shape = AttnShape {
+                layer: 1,
+                n_q_heads: nq,
+                n_kv_heads: nkv,
+                head_dim: d,
+                window,
+            };
+            let (case, layout) = attn_case(shape);
+            let want_ring = if window == Window::Full { 0 } else { 2 };
+            assert_eq!(layout.ring_blocks, want_ring);
+            let cpu = attention_run(&CpuBackend, &case, 21);
+            for (kv, tol) in [
+                (KvPrecision::F32, 2e-5),
+                (KvPrecision::F16, 3e-3),
+                (KvPrecision::Bf16, 1.5e-2),
+            ] {
+                let (q, out) = attention_run(&cuda(kv), &case, 21);
+                // RoPE does not touch the cache: f32 everywhere.
+                let eq = rel_err(&q, &cpu.0);
+                // Attention outputs on their own scale (they are averages, far smaller than q).
+                let e = rel_err(&out, &cpu.1);
+                println!(
+                    "paged rope+attention nq={nq} nkv={nkv} d={d} {window:?} kv {kv:?}: {} steps, rope rel err {eq:.2e}, attention rel err {e:.2e}",
+                    case.steps.len()
+                );
+                assert!(eq < 1e-5, "rope {nq}/{nkv}/{d} {window:?} {kv:?}: {eq}");
+                assert!(e < tol, "attention {nq}/{nkv}/{d} {window:?} {kv:?}: {e}");
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The `Backend` trait: the coarse ops the model's forward pass is written against (DESIGN.md
 //! "Backend"). The CPU backend is the exact reference; the CUDA backend implements the same ops on
-//! the device. A step's batch is flat: tokens of many sequences, each with its position and cache slot.
+//! the device. A step's batch is flat: tokens of many sequences, each with its position and its
+//! sequence's KV block table (`kv.rs`).
 
-use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor, Window};
+use gptoss_formats::{Expert, Linear, QuantTensor, Window};
 
 use crate::error::Result;
+use crate::kv::{BlockTable, KvLayout};
 
 /// One forward step's input: a flat list of tokens from one or more sequences.
 #[derive(Clone, Debug, Default)]
@@ -13,23 +15,38 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     /// Absolute position of each token in its sequence `[T]`.
     pub positions: Vec<u32>,
-    /// KV cache slot (sequence) of each token `[T]`.
-    pub slots: Vec<u32>,
+    /// The sequence of each token: an index into `tables` `[T]`.
+    pub seqs: Vec<u32>,
     /// Indices into `tokens` whose logits are wanted, in output order (the last token of each sequence,
     /// or every token for `logits --all-positions`).
     pub logit_rows: Vec<u32>,
+    /// The KV block table of each sequence of the step.
+    pub tables: Vec<BlockTable>,
 }
 
 impl Batch {
-    /// A batch of one sequence: `tokens` at positions `start..`, logits of the last token only.
-    pub fn single(tokens: &[u32], start: u32, slot: u32) -> Self {
+    /// A batch of one sequence with blocks `table`: `tokens` at positions `start..`, logits of the last
+    /// token only.
+    pub fn single(tokens: &[u32], start: u32, table: BlockTable) -> Self {
         let n = tokens.len() as u32;
         Batch {
             tokens: tokens.to_vec(),
             positions: (start..start + n).collect(),
-            slots: vec![slot; tokens.len()],
+            seqs: vec![0; tokens.len()],
             logit_rows: if n == 0 { vec![] } else { vec![n - 1] },
+            tables: vec![table],
         }
+    }
+
+    /// The highest position of each sequence's tokens in this step (`None` for a sequence without any).
+    pub fn last_positions(&self) -> Vec<Option<u32>> {
+        let mut last = vec![None; self.tables.len()];
+        for (&s, &p) in self.seqs.iter().zip(&self.positions) {
+            if let Some(slot) = last.get_mut(s as usize) {
+                *slot = Some(slot.map_or(p, |q: u32| q.max(p)));
+            }
+        }
+        last
     }
 }
 
@@ -40,10 +57,19 @@ pub struct Capacity {
     pub max_batch_tokens: usize,
     /// Most logit rows in one step.
     pub max_logit_rows: usize,
-    /// Number of sequences the cache holds at once.
+    /// Sequences run at once (each gets a ring of sliding-window blocks).
     pub slots: usize,
-    /// Longest sequence (prompt + generated) a slot holds.
+    /// Longest sequence (prompt + generated).
     pub context_tokens: usize,
+    /// Blocks of the full-attention KV pool (`None`: every slot at full context).
+    pub kv_blocks: Option<usize>,
+}
+
+impl Capacity {
+    /// Most sequences one step can hold (each has at least one token).
+    pub fn max_step_seqs(&self) -> usize {
+        self.slots.min(self.max_batch_tokens).max(1)
+    }
 }
 
 /// Sampling parameters of one sequence.
@@ -82,7 +108,7 @@ pub struct Rope {
 /// Attention shape parameters of one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
-    /// Layer index (selects the cache).
+    /// Layer index (selects the pool and the layer within it).
     pub layer: usize,
     /// Query heads.
     pub n_q_heads: usize,
@@ -118,7 +144,7 @@ pub trait Backend {
     type Experts;
     /// Per-token expert choices `[rows, top_k]`.
     type Routing;
-    /// The KV cache of every layer and slot.
+    /// The paged KV cache: both pools of every layer.
     type Cache;
     /// The current step's batch, as the device sees it.
     type Step;
@@ -139,14 +165,14 @@ pub trait Backend {
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buf>;
     /// Allocates routing storage for `rows` tokens.
     fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<Self::Routing>;
-    /// Allocates the KV cache.
-    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<Self::Cache>;
-    /// Allocates step metadata for up to `capacity` tokens.
-    fn alloc_step(&self, capacity: &Capacity, rope: &Rope) -> Result<Self::Step>;
-    /// Copies a batch into the step metadata.
+    /// Allocates the KV pools of `layout`.
+    fn alloc_cache(&self, layout: &KvLayout) -> Result<Self::Cache>;
+    /// Allocates step metadata for up to `capacity` tokens and block tables of `layout`'s widths.
+    fn alloc_step(&self, capacity: &Capacity, layout: &KvLayout, rope: &Rope)
+        -> Result<Self::Step>;
+    /// Copies a batch (with its block tables) into the step metadata. The model has checked that
+    /// every block a token writes or reads is in its table and inside the pools.
     fn begin_step(&self, step: &mut Self::Step, batch: &Batch) -> Result<()>;
-    /// Forgets the cached keys and values of `slot` (its sequence ended).
-    fn clear_slot(&self, cache: &mut Self::Cache, slot: u32) -> Result<()>;
 
     /// `out[t] = table[token[t]]`.
     fn embed(&self, step: &Self::Step, table: &Self::Linear, out: &mut Self::Buf) -> Result<()>;
@@ -169,7 +195,7 @@ pub trait Backend {
         w: &Self::Linear,
         out: &mut Self::Buf,
     ) -> Result<()>;
-    /// Applies RoPE to `q` and `k` in place and stores `k`, `v` in the cache at each token's slot and position.
+    /// Applies RoPE to `q` and `k` in place and stores `k`, `v` in the block of each token's position.
     fn rope_store_kv(
         &self,
         step: &Self::Step,
@@ -177,7 +203,8 @@ pub trait Backend {
         qkv: QkvBufs<'_, Self>,
         cache: &mut Self::Cache,
     ) -> Result<()>;
-    /// Attention with sinks over the cache for every token of the step: `out` `[rows, n_q_heads * head_dim]`.
+    /// Attention with sinks over the cached keys of each token's window, read through its block table:
+    /// `out` `[rows, n_q_heads * head_dim]`.
     fn attention(
         &self,
         step: &Self::Step,

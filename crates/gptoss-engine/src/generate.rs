@@ -1,5 +1,6 @@
 //! Single-sequence generation: prefill the prompt in chunks (the KV cache keeps it), then decode one
-//! token per step until a stop token or the token limit. The server's scheduler batches many of these.
+//! token per step until a stop token or the token limit. The sequence owns the first blocks of the KV
+//! pools ([`Model::solo_table`]). The server's scheduler batches many of these.
 
 use crate::backend::{Backend, Batch, SamplingParams};
 use crate::error::{Error, Result};
@@ -25,8 +26,8 @@ pub enum StopReason {
     Length,
 }
 
-/// Generates after `prompt` in cache slot 0, calling `on_token` for each new token. The slot is
-/// cleared first. Returns the new tokens and why generation stopped.
+/// Generates after `prompt`, calling `on_token` for each new token. Returns the new tokens and why
+/// generation stopped. Earlier contents of the cache are overwritten, never read.
 pub fn generate<B: Backend>(
     model: &mut Model<B>,
     prompt: &[u32],
@@ -43,8 +44,8 @@ pub fn generate<B: Backend>(
             prompt.len()
         )));
     }
-    model.clear_slot(0)?;
     prefill(model, prompt)?;
+    let table = model.solo_table();
     let mut out = Vec::new();
     let mut pos = prompt.len();
     loop {
@@ -57,17 +58,18 @@ pub fn generate<B: Backend>(
         if out.len() >= options.max_new_tokens || pos + 1 >= context {
             return Ok((out, StopReason::Length));
         }
-        model.forward(&Batch::single(&[tok], pos as u32, 0))?;
+        model.forward(&Batch::single(&[tok], pos as u32, table.clone()))?;
         pos += 1;
     }
 }
 
-/// Runs `prompt` through the model in slot 0 in chunks of the step capacity; the last chunk leaves the
-/// final token's logits ready.
+/// Runs `prompt` through the model (as the sequence of [`Model::solo_table`]) in chunks of the step
+/// capacity; the last chunk leaves the final token's logits ready.
 pub fn prefill<B: Backend>(model: &mut Model<B>, prompt: &[u32]) -> Result<()> {
     let chunk = model.capacity().max_batch_tokens;
+    let table = model.solo_table();
     for (i, part) in prompt.chunks(chunk).enumerate() {
-        model.forward(&Batch::single(part, (i * chunk) as u32, 0))?;
+        model.forward(&Batch::single(part, (i * chunk) as u32, table.clone()))?;
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 //! ```no_run
 //! use gptoss_engine::{Batch, Capacity, CpuBackend, Model};
 //! let ckpt = gptoss_formats::load(std::path::Path::new("tests/fixtures/tiny/hf-mxfp4"))?;
-//! let cap = Capacity { max_batch_tokens: 64, max_logit_rows: 1, slots: 1, context_tokens: 256 };
+//! let cap = Capacity { max_batch_tokens: 64, max_logit_rows: 1, slots: 1, context_tokens: 256, kv_blocks: None };
 //! let mut model = Model::new(CpuBackend, &ckpt.weights, cap)?;
-//! model.forward(&Batch::single(&[1, 2, 3], 0, 0))?;
+//! model.forward(&Batch::single(&[1, 2, 3], 0, model.solo_table()))?;
 //! let logits = model.logits(1)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -20,6 +20,7 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod generate;
+pub mod kv;
 pub mod math;
 pub mod memory;
 pub mod model;
@@ -30,4 +31,5 @@ pub use backend::{Backend, Batch, Capacity, SamplingParams};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions, StopReason};
+pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use model::Model;

@@ -1,6 +1,7 @@
-//! The device memory planner: what a model needs on a GPU (packed weights + KV cache + step workspace) for a
-//! context length and slot count, computed before anything is loaded so `--max-vram` can refuse early with
-//! the numbers. The weight sizes follow the CUDA backend's packed layout (gptoss-cuda `weights.rs`).
+//! The device memory planner: what a model needs on a GPU (packed weights + paged KV pools + step workspace)
+//! for a context length and slot count, computed before anything is loaded so `--max-vram` can size the
+//! full-attention KV pool from the budget ([`fit_kv_blocks`]) or refuse early with the numbers. The weight
+//! sizes follow the CUDA backend's packed layout (gptoss-cuda `weights.rs`).
 
 use gptoss_formats::{
     DType, Lut4Scales, ModelConfig, ModelWeights, QuantTensor, ScaleFormat, TensorFormat,
@@ -8,21 +9,26 @@ use gptoss_formats::{
 
 use crate::backend::Capacity;
 use crate::error::{Error, Result};
+use crate::kv::{KvLayout, BLOCK_POSITIONS};
 
 /// Element type of the device KV cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPrecision {
-    /// bf16 (the default).
-    Bf16,
-    /// f32 (exact against the CPU backend).
+    /// f32 (the default: exact against the CPU backend; the tiny fixtures give ≤ 1.6e-5 relative logit
+    /// error on the GPU, where f16 gives up to 1.1e-2 and bf16 up to 7.6e-2).
+    #[default]
     F32,
+    /// f16: half the memory, 3 more mantissa bits than bf16.
+    F16,
+    /// bf16: half the memory.
+    Bf16,
 }
 
 impl KvPrecision {
     /// Bytes per element.
     pub fn size_bytes(self) -> u64 {
         match self {
-            KvPrecision::Bf16 => 2,
+            KvPrecision::Bf16 | KvPrecision::F16 => 2,
             KvPrecision::F32 => 4,
         }
     }
@@ -33,8 +39,10 @@ impl KvPrecision {
 pub struct MemoryPlan {
     /// Packed weights, biases and vectors.
     pub weights_bytes: u64,
-    /// Keys and values of every layer, slot and position.
+    /// Both KV pools: full-attention blocks and the sliding-window rings.
     pub kv_cache_bytes: u64,
+    /// Blocks in the full-attention pool (each 16 positions of every full layer).
+    pub kv_blocks: usize,
     /// Activations, routing, logits and kernel scratch of one step.
     pub workspace_bytes: u64,
 }
@@ -62,9 +70,11 @@ impl std::fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "weights {}, KV cache {}, workspace {}, total {}",
+            "weights {}, KV cache {} ({} blocks = {} tokens of full attention), workspace {}, total {}",
             gib(self.weights_bytes),
             gib(self.kv_cache_bytes),
+            self.kv_blocks,
+            self.kv_blocks * BLOCK_POSITIONS,
             gib(self.workspace_bytes),
             gib(self.total_bytes())
         )
@@ -81,21 +91,67 @@ pub fn plan(
     weights_bytes: u64,
     capacity: &Capacity,
     kv: KvPrecision,
-) -> MemoryPlan {
-    MemoryPlan {
+) -> Result<MemoryPlan> {
+    let layout = KvLayout::new(config, capacity)?;
+    Ok(MemoryPlan {
         weights_bytes,
-        kv_cache_bytes: kv_cache_bytes(config, capacity, kv),
+        kv_cache_bytes: layout.pool_bytes(kv.size_bytes()),
+        kv_blocks: layout.full_blocks,
         workspace_bytes: workspace_bytes(config, capacity),
-    }
+    })
 }
 
-/// K and V for every layer, slot and position.
-pub fn kv_cache_bytes(config: &ModelConfig, capacity: &Capacity, kv: KvPrecision) -> u64 {
-    let per_token = 2 * config.kv_width() as u64 * kv.size_bytes();
-    config.num_hidden_layers as u64
-        * capacity.slots as u64
-        * capacity.context_tokens as u64
-        * per_token
+/// The full-attention pool for a device budget of `cap_bytes`: as many blocks as fit beside the weights,
+/// the workspace and the sliding rings, at most `capacity`'s own pool (every slot at full context). Fails
+/// with the numbers when not even one sequence at full context fits.
+pub fn fit_kv_blocks(
+    config: &ModelConfig,
+    weights_bytes: u64,
+    capacity: &Capacity,
+    kv: KvPrecision,
+    cap_bytes: u64,
+) -> Result<usize> {
+    let wanted = KvLayout::new(config, capacity)?;
+    let one = Capacity {
+        kv_blocks: Some(1),
+        ..*capacity
+    };
+    let base = plan(config, weights_bytes, &one, kv)?;
+    let block_bytes = wanted.full_block_bytes(kv.size_bytes());
+    if block_bytes == 0 {
+        return Ok(wanted.full_blocks);
+    }
+    let fixed = base.total_bytes() - block_bytes;
+    let fit = cap_bytes.saturating_sub(fixed) / block_bytes;
+    let blocks = (fit as usize).min(wanted.full_blocks);
+    if blocks < wanted.table_blocks {
+        return Err(Error::OutOfMemory(format!(
+            "the budget of {} leaves room for {blocks} KV blocks ({} tokens) beside weights {}, workspace {} and \
+             sliding-window rings; one sequence of {} tokens needs {} blocks (lower --ctx or --kv-cache, or \
+             raise --max-vram)",
+            gib(cap_bytes),
+            blocks * BLOCK_POSITIONS,
+            gib(weights_bytes),
+            gib(base.workspace_bytes),
+            capacity.context_tokens,
+            wanted.table_blocks
+        )));
+    }
+    Ok(blocks)
+}
+
+/// Most tokens of a step whose attention may split its keys across CTAs (long-context decode).
+pub const ATTN_SPLIT_ROWS: usize = 64;
+/// Most key splits of one (token, query head).
+pub const ATTN_MAX_SPLITS: usize = 16;
+
+/// f32 elements of the device attention's split scratch: `(max, sum, acc[head_dim])` per split of each
+/// (token, query head) for up to [`ATTN_SPLIT_ROWS`] tokens.
+pub fn attention_split_floats(config: &ModelConfig, capacity: &Capacity) -> usize {
+    capacity.max_batch_tokens.min(ATTN_SPLIT_ROWS)
+        * config.num_attention_heads
+        * ATTN_MAX_SPLITS
+        * (config.head_dim + 2)
 }
 
 /// One step's buffers: the model's activations, routing and logits, the step metadata, the MoE scratch
@@ -120,7 +176,13 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let activations = 4 * rows * (3 * h + 2 * qw + 2 * kvw);
     let routing = rows * k * 8;
     let logits = 4 * logit_rows * v;
-    let step = 4 * (3 * rows + logit_rows) + 4 * (c.head_dim as u64 / 2);
+    let tables = match KvLayout::new(config, capacity) {
+        Ok(l) => capacity.max_step_seqs() as u64 * (l.table_blocks + l.ring_blocks) as u64,
+        Err(_) => 0,
+    };
+    let step = 4 * (3 * rows + logit_rows + tables)
+        + 4 * (c.head_dim as u64 / 2)
+        + 4 * attention_split_floats(config, capacity) as u64;
     let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h);
     let sampler = logit_rows * (8 * v + 24 + 4);
     activations + routing + logits + step + moe + sampler
@@ -217,6 +279,7 @@ mod tests {
             max_logit_rows: 1,
             slots: 1,
             context_tokens,
+            kv_blocks: None,
         }
     }
 
@@ -234,19 +297,67 @@ mod tests {
             + 4 * (2 * 2880 + 64);
         assert_eq!(w, 2 * 201_088 * 2880 * 2 + 4 * 2880 + 24 * per_layer);
         assert_eq!(w, 13_775_206_656); // 12.83 GiB
-        let p8k = plan(&c, w, &cap(8192), KvPrecision::Bf16);
-        assert_eq!(p8k.kv_cache_bytes, 24 * 8192 * 2 * 512 * 2);
+                                       // 12 full layers × 8192 positions, 12 sliding layers × a ring of (512 + 128 - 2) / 16 + 2 = 41
+                                       // blocks of 16 positions (512-token prefill chunks); K and V of 512 bf16 each.
+        let p8k = plan(&c, w, &cap(8192), KvPrecision::Bf16).unwrap();
+        assert_eq!(p8k.kv_cache_bytes, (12 * 8192 + 12 * 41 * 16) * 2 * 512 * 2);
+        assert_eq!(p8k.kv_blocks, 512);
         assert!(p8k.total_bytes() < 16 * GIB, "{p8k}");
         p8k.check(16 * GIB).unwrap();
-        let p32k = plan(&c, w, &cap(32_768), KvPrecision::Bf16);
-        assert_eq!(p32k.kv_cache_bytes, 1_610_612_736);
+        // f32 doubles the cache; f16 is the size of bf16.
+        let f32_8k = plan(&c, w, &cap(8192), KvPrecision::F32).unwrap();
+        assert_eq!(f32_8k.kv_cache_bytes, 2 * p8k.kv_cache_bytes);
+        let f16_8k = plan(&c, w, &cap(8192), KvPrecision::F16).unwrap();
+        assert_eq!(f16_8k.kv_cache_bytes, p8k.kv_cache_bytes);
+        let p32k = plan(&c, w, &cap(32_768), KvPrecision::Bf16).unwrap();
+        assert_eq!(
+            p32k.kv_cache_bytes,
+            (12 * 32_768 + 12 * 41 * 16) * 2 * 512 * 2
+        );
         p32k.check(24 * GIB).unwrap();
-        // 32k context does not fit 14 GiB: the error gives the parts.
-        let e = p32k.check(14 * GIB).unwrap_err().to_string();
+        // 32k context does not fit 13 GiB: the error gives the parts.
+        let e = p32k.check(13 * GIB).unwrap_err().to_string();
         assert!(
-            e.contains("budget is 14.00 GiB") && e.contains("KV cache 1.50 GiB"),
+            e.contains("budget is 13.00 GiB") && e.contains("KV cache 0.77 GiB (2048 blocks"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn budget_sizes_the_full_pool() {
+        let c = ModelConfig::gpt_oss_20b();
+        let w = mxfp4_checkpoint_bytes(&c);
+        let mut many = cap(8192);
+        many.slots = 16;
+        many.max_logit_rows = 16;
+        // 16 slots at 8k context want 8192 blocks; 16 GiB holds fewer, the plan with them fits.
+        let blocks = fit_kv_blocks(&c, w, &many, KvPrecision::F32, 16 * GIB).unwrap();
+        assert!((512..8192).contains(&blocks), "{blocks}");
+        let sized = Capacity {
+            kv_blocks: Some(blocks),
+            ..many
+        };
+        let p = plan(&c, w, &sized, KvPrecision::F32).unwrap();
+        p.check(16 * GIB).unwrap();
+        let one_more = Capacity {
+            kv_blocks: Some(blocks + 1),
+            ..many
+        };
+        assert!(
+            plan(&c, w, &one_more, KvPrecision::F32)
+                .unwrap()
+                .total_bytes()
+                > 16 * GIB
+        );
+        // A roomy budget keeps the wanted pool; too small a one names the numbers.
+        assert_eq!(
+            fit_kv_blocks(&c, w, &many, KvPrecision::F32, 64 * GIB).unwrap(),
+            8192
+        );
+        let e = fit_kv_blocks(&c, w, &many, KvPrecision::F32, 13 * GIB)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 512 blocks"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use gptoss_formats::{LayerWeights, ModelConfig, ModelWeights};
 
 use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Rope};
 use crate::error::{Error, Result};
+use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
 
 /// One layer's weights on the backend.
@@ -39,6 +40,7 @@ pub struct Model<B: Backend> {
     backend: B,
     config: ModelConfig,
     capacity: Capacity,
+    layout: KvLayout,
     embed: B::Linear,
     layers: Vec<DeviceLayer<B>>,
     norm: B::Vector,
@@ -48,9 +50,10 @@ pub struct Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Uploads `weights` to `backend` and allocates the cache and step buffers for `capacity`.
+    /// Uploads `weights` to `backend` and allocates the paged KV cache and step buffers for `capacity`.
     pub fn new(backend: B, weights: &ModelWeights, capacity: Capacity) -> Result<Self> {
         let config = weights.config.clone();
+        let layout = KvLayout::new(&config, &capacity)?;
         let b = &backend;
         let layers = weights
             .layers
@@ -71,6 +74,7 @@ impl<B: Backend> Model<B> {
             logits: b.alloc(capacity.max_logit_rows, config.vocab_size)?,
             step: b.alloc_step(
                 &capacity,
+                &layout,
                 &Rope {
                     inv_freq,
                     concentration,
@@ -84,7 +88,8 @@ impl<B: Backend> Model<B> {
                 weight: weights.lm_head.clone(),
                 bias: None,
             })?,
-            cache: b.alloc_cache(&config, &capacity)?,
+            cache: b.alloc_cache(&layout)?,
+            layout,
             layers,
             ws,
             config,
@@ -142,9 +147,20 @@ impl<B: Backend> Model<B> {
         self.backend.sample(&self.ws.logits, params, counters)
     }
 
-    /// Frees a sequence's cached keys and values.
-    pub fn clear_slot(&mut self, slot: u32) -> Result<()> {
-        self.backend.clear_slot(&mut self.cache, slot)
+    /// The KV cache (tests look at which blocks were written).
+    pub fn cache(&self) -> &B::Cache {
+        &self.cache
+    }
+
+    /// The paged KV cache's pools and table widths.
+    pub fn kv_layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    /// The block table of a single sequence owning the first blocks of both pools (see
+    /// [`KvLayout::solo_table`]); for runs of one sequence at a time.
+    pub fn solo_table(&self) -> BlockTable {
+        self.layout.solo_table()
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
@@ -156,9 +172,9 @@ impl<B: Backend> Model<B> {
                 cap.max_batch_tokens
             )));
         }
-        if batch.positions.len() != n || batch.slots.len() != n {
+        if batch.positions.len() != n || batch.seqs.len() != n {
             return Err(Error::invalid(
-                "batch tokens, positions and slots differ in length",
+                "batch tokens, positions and sequence indices differ in length",
             ));
         }
         if batch.logit_rows.len() > cap.max_logit_rows
@@ -186,11 +202,60 @@ impl<B: Backend> Model<B> {
                 cap.context_tokens
             )));
         }
-        if let Some(&s) = batch.slots.iter().find(|&&s| s as usize >= cap.slots) {
+        self.check_tables(batch)
+    }
+
+    /// Every block a token writes or reads is in its sequence's table and inside the pools.
+    fn check_tables(&self, batch: &Batch) -> Result<()> {
+        let l = &self.layout;
+        let max_seqs = self.capacity.max_step_seqs();
+        if batch.tables.len() > max_seqs {
             return Err(Error::invalid(format!(
-                "cache slot {s} is beyond the {} slots",
-                cap.slots
+                "a step holds at most {max_seqs} sequences, got {}",
+                batch.tables.len()
             )));
+        }
+        if let Some(&s) = batch
+            .seqs
+            .iter()
+            .find(|&&s| s as usize >= batch.tables.len())
+        {
+            return Err(Error::invalid(format!(
+                "token of sequence {s} in a step of {} block tables",
+                batch.tables.len()
+            )));
+        }
+        for (i, (table, last)) in batch.tables.iter().zip(batch.last_positions()).enumerate() {
+            let Some(last) = last else { continue };
+            let (full, sliding) = l.blocks_for(last as usize + 1);
+            let check = |what: &str, have: usize, need: usize, pool: usize, entries: &[u32]| {
+                let outside = entries.iter().find(|&&b| b as usize >= pool);
+                if have < need || outside.is_some() {
+                    return Err(Error::invalid(format!(
+                        "sequence {i} of the step reaches position {last}: its {what} table needs {need} \
+                         blocks below {pool}, has {have}{}",
+                        outside.map_or(String::new(), |b| format!(" (block {b} is outside the pool)"))
+                    )));
+                }
+                Ok(())
+            };
+            if table.full.len() > l.table_blocks || table.sliding.len() > l.ring_blocks {
+                return Err(Error::invalid(format!(
+                    "sequence {i}: a table of {} full / {} sliding blocks; at most {} / {}",
+                    table.full.len(),
+                    table.sliding.len(),
+                    l.table_blocks,
+                    l.ring_blocks
+                )));
+            }
+            check("full", table.full.len(), full, l.full_blocks, &table.full)?;
+            check(
+                "sliding",
+                table.sliding.len(),
+                sliding,
+                l.sliding_blocks,
+                &table.sliding,
+            )?;
         }
         Ok(())
     }

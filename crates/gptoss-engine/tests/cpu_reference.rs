@@ -85,9 +85,10 @@ fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
         max_logit_rows: n,
         slots: 1,
         context_tokens: n + r.greedy.len() + 1,
+        kv_blocks: None,
     };
     let mut model = Model::new(CpuBackend, &ckpt.weights, cap).map_err(|e| e.to_string())?;
-    let mut batch = Batch::single(&r.prompt, 0, 0);
+    let mut batch = Batch::single(&r.prompt, 0, model.solo_table());
     batch.logit_rows = (0..n as u32).collect();
     model.forward(&batch).map_err(|e| e.to_string())?;
     let vocab = model.config().vocab_size;
@@ -159,9 +160,10 @@ fn equal_valued_layouts_give_identical_logits() {
             max_logit_rows: n,
             slots: 1,
             context_tokens: n,
+            kv_blocks: None,
         };
         let mut model = Model::new(CpuBackend, &ckpt.weights, cap).unwrap();
-        let mut batch = Batch::single(&r.prompt, 0, 0);
+        let mut batch = Batch::single(&r.prompt, 0, model.solo_table());
         batch.logit_rows = (0..n as u32).collect();
         model.forward(&batch).unwrap();
         model.logits(n).unwrap()

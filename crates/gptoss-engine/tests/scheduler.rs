@@ -20,11 +20,21 @@ fn weights() -> ModelWeights {
 }
 
 fn model(w: &ModelWeights, slots: usize, batch: usize, ctx: usize) -> Model<CpuBackend> {
+    model_with_pool(w, (slots, batch, ctx), None)
+}
+
+/// A model of `(slots, step tokens, context)` with a full-attention pool of `kv_blocks`.
+fn model_with_pool(
+    w: &ModelWeights,
+    (slots, batch, ctx): (usize, usize, usize),
+    kv_blocks: Option<usize>,
+) -> Model<CpuBackend> {
     let cap = Capacity {
         max_batch_tokens: batch,
         max_logit_rows: slots,
         slots,
         context_tokens: ctx,
+        kv_blocks,
     };
     Model::new(CpuBackend, w, cap).unwrap()
 }
@@ -100,9 +110,12 @@ fn spawn(
     let w = w.clone();
     let config = EngineConfig {
         max_batch_tokens: None,
-        kv_blocks,
     };
-    spawn_engine(move || Ok(model(&w, slots, batch, ctx)), config).unwrap()
+    spawn_engine(
+        move || Ok(model_with_pool(&w, (slots, batch, ctx), kv_blocks)),
+        config,
+    )
+    .unwrap()
 }
 
 fn check_against_solo(w: &ModelWeights, handle: &EngineHandle, reqs: &[GenRequest], ctx: usize) {
@@ -134,7 +147,10 @@ fn batched_equals_solo_greedy_and_seeded() {
     let s = handle.stats().snapshot();
     assert_eq!(s.preemptions, 0);
     assert_eq!(
-        s.gauges.running + s.gauges.waiting + s.gauges.kv_used_blocks,
+        s.gauges.running
+            + s.gauges.waiting
+            + s.gauges.kv_used_blocks
+            + s.gauges.kv_sliding_used_blocks,
         0
     );
     assert!(
@@ -150,9 +166,9 @@ fn batched_equals_solo_greedy_and_seeded() {
 #[test]
 fn preemption_recomputes_to_the_same_tokens() {
     let w = weights();
-    // Tiny model: 1 full + 2 sliding layers (window 8): a sequence of 17..32 tokens holds 2 + 2*2 blocks.
-    // 14 blocks cannot hold 4 sequences of that length, so running ones get preempted and recomputed.
-    let handle = spawn(&w, 4, 64, 96, Some(14));
+    // Tiny model: 1 full + 2 sliding layers (window 8). These sequences grow to 23..51 tokens, 2..4
+    // full blocks each: 8 blocks cannot hold 4 of them, so running ones get preempted and recomputed.
+    let handle = spawn(&w, 4, 64, 96, Some(8));
     let reqs: Vec<_> = requests(8)
         .into_iter()
         .map(|mut r| {
@@ -161,7 +177,14 @@ fn preemption_recomputes_to_the_same_tokens() {
         })
         .collect();
     check_against_solo(&w, &handle, &reqs, 96);
-    assert!(handle.stats().snapshot().preemptions > 0);
+    let s = handle.stats().snapshot();
+    assert!(s.preemptions > 0);
+    // Every block came back: finished and preempted sequences alike.
+    assert_eq!(
+        (s.gauges.kv_used_blocks, s.gauges.kv_sliding_used_blocks),
+        (0, 0)
+    );
+    assert_eq!(s.gauges.kv_total_blocks, 8);
 }
 
 #[test]

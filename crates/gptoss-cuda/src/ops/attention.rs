@@ -1,7 +1,9 @@
-//! Launchers of `rope_kv.cu` and `attention.cu`, and the KV cache they share: per layer, slot and position
-//! the rotated key and the value, `[layers, slots, context, kv_width]` in bf16 (default) or f32.
+//! Launchers of `rope_kv.cu` and `attention.cu`, and the paged KV cache they share (`gptoss_engine::kv`): two
+//! pools by layer kind, each `[layers of the kind, blocks, 16, kv_width]` of keys and the same of values, in
+//! f32 (default), f16 or bf16; every token reaches its positions through its sequence's block table.
 
 use gptoss_engine::backend::AttnShape;
+use gptoss_engine::{KvLayout, PoolKind, BLOCK_POSITIONS};
 use gptoss_formats::Window;
 
 use crate::backend::{CudaBuf, CudaStep, CudaVector};
@@ -11,83 +13,131 @@ use crate::kernels::{Func, KvType};
 use crate::ops::{cfg, shape_error};
 use crate::vram::DevBuf;
 
-/// Keys and values of every layer, slot and position.
+// The kernels address positions as `block * 16 + position % 16`.
+const _: () = assert!(BLOCK_POSITIONS == 16);
+
+/// Keys and values of one pool (none when the model has no layer of its kind).
+struct Pool {
+    kv: Option<(DevBuf<u8>, DevBuf<u8>)>,
+    blocks: usize,
+}
+
+/// Both KV pools of every layer.
 pub struct CudaCache {
-    k: DevBuf<u8>,
-    v: DevBuf<u8>,
+    full: Pool,
+    sliding: Pool,
     /// Element type.
     pub kv: KvType,
-    layers: usize,
-    slots: usize,
-    context: usize,
-    kv_width: usize,
+    layout: KvLayout,
+}
+
+/// Bytes per cache element.
+pub fn kv_elem_bytes(kv: KvType) -> usize {
+    match kv {
+        KvType::Bf16 | KvType::F16 => 2,
+        KvType::F32 => 4,
+    }
 }
 
 impl CudaCache {
-    /// Allocates the cache.
-    pub fn new(
-        dev: &Device,
-        kv: KvType,
-        layers: usize,
-        slots: usize,
-        context: usize,
-        kv_width: usize,
-    ) -> Result<Self> {
-        let elem = match kv {
-            KvType::Bf16 => 2,
-            KvType::F32 => 4,
+    /// Allocates both pools of `layout`.
+    pub fn new(dev: &Device, kv: KvType, layout: &KvLayout) -> Result<Self> {
+        let pool = |kind: PoolKind, what: &str| -> Result<Pool> {
+            let bytes = layout.layers_of(kind)
+                * layout.blocks_of(kind)
+                * layout.block_elems()
+                * kv_elem_bytes(kv);
+            let buf = |part: &str| {
+                let what = format!("the {what} KV pool ({part})");
+                DevBuf::zeros(&dev.stream, &dev.meter, bytes, &what)
+            };
+            let kv = if bytes == 0 {
+                None
+            } else {
+                Some((buf("keys")?, buf("values")?))
+            };
+            Ok(Pool {
+                kv,
+                blocks: layout.blocks_of(kind),
+            })
         };
-        let bytes = layers * slots * context * kv_width * elem;
         Ok(CudaCache {
-            k: DevBuf::zeros(&dev.stream, &dev.meter, bytes, "the KV cache (keys)")?,
-            v: DevBuf::zeros(&dev.stream, &dev.meter, bytes, "the KV cache (values)")?,
+            full: pool(PoolKind::Full, "full-attention")?,
+            sliding: pool(PoolKind::Sliding, "sliding-window")?,
             kv,
-            layers,
-            slots,
-            context,
-            kv_width,
+            layout: layout.clone(),
         })
     }
 
-    /// Device addresses of `layer`'s keys and values, and the elements between slots.
-    fn layer(&self, layer: usize) -> (u64, u64, i64) {
-        let elem = match self.kv {
-            KvType::Bf16 => 2,
-            KvType::F32 => 4,
+    /// Where `layer` lives: its keys' and values' base addresses, the step's tables of its kind, the
+    /// table width and the ring length (0 for full layers).
+    fn layer(&self, layer: usize, step: &CudaStep) -> Result<LayerView> {
+        let (kind, index) = self
+            .layout
+            .place(layer)
+            .map_err(|e| shape_error("attention", e.to_string()))?;
+        let (pool, table, stride, ring) = match kind {
+            PoolKind::Full => (&self.full, step.full_tables_ptr(), step.table_blocks, 0),
+            PoolKind::Sliding => (
+                &self.sliding,
+                step.sliding_tables_ptr(),
+                step.ring_blocks,
+                step.ring_blocks,
+            ),
         };
-        let slot_stride = self.context * self.kv_width;
-        let off = (layer * self.slots * slot_stride * elem) as u64;
-        (self.k.ptr() + off, self.v.ptr() + off, slot_stride as i64)
+        let Some((k, v)) = &pool.kv else {
+            return Err(shape_error(
+                "attention",
+                format!("layer {layer} has no {kind:?} KV pool"),
+            ));
+        };
+        let off = (index * pool.blocks * self.layout.block_elems() * kv_elem_bytes(self.kv)) as u64;
+        Ok(LayerView {
+            k: k.ptr() + off,
+            v: v.ptr() + off,
+            table,
+            stride: stride as i32,
+            ring: ring as i32,
+        })
     }
 
     fn check(&self, op: &str, shape: &AttnShape) -> Result<()> {
-        if shape.layer >= self.layers || shape.n_kv_heads * shape.head_dim != self.kv_width {
+        let kvw = shape.n_kv_heads * shape.head_dim;
+        if shape.layer >= self.layout.layers.len() || kvw != self.layout.kv_width {
             return Err(shape_error(
                 op,
                 format!(
-                    "layer {} kv width {} against a cache of {} layers, width {}",
+                    "layer {} kv width {kvw} against a cache of {} layers, width {}",
                     shape.layer,
-                    shape.n_kv_heads * shape.head_dim,
-                    self.layers,
-                    self.kv_width
+                    self.layout.layers.len(),
+                    self.layout.kv_width
                 ),
             ));
         }
         if shape.head_dim > 128
-            || !shape.head_dim.is_multiple_of(2)
+            || !shape.head_dim.is_multiple_of(8)
             || shape.n_kv_heads == 0
             || !shape.n_q_heads.is_multiple_of(shape.n_kv_heads)
         {
             return Err(shape_error(
                 op,
                 format!(
-                    "head_dim {} (even, <= 128) with {} q / {} kv heads",
+                    "head_dim {} (a multiple of 8, <= 128) with {} q / {} kv heads",
                     shape.head_dim, shape.n_q_heads, shape.n_kv_heads
                 ),
             ));
         }
         Ok(())
     }
+}
+
+/// One layer's view of its pool and tables.
+struct LayerView {
+    k: u64,
+    v: u64,
+    table: u64,
+    stride: i32,
+    ring: i32,
 }
 
 #[repr(C)]
@@ -98,9 +148,11 @@ struct RopeParams {
     kc: u64,
     vc: u64,
     pos: u64,
-    slots: u64,
+    seqs: u64,
+    table: u64,
     inv_freq: u64,
-    slot_stride: i64,
+    table_stride: i32,
+    ring: i32,
     conc: f32,
     nq: i32,
     nkv: i32,
@@ -120,7 +172,7 @@ pub struct Qkv<'a> {
     pub v: &'a CudaBuf,
 }
 
-/// RoPE on `q` and `k`, then `k` and `v` into the cache at each token's slot and position.
+/// RoPE on `q` and `k`, then `k` and `v` into the block of each token's position.
 pub fn rope_store_kv(
     dev: &Device,
     step: &CudaStep,
@@ -146,17 +198,19 @@ pub fn rope_store_kv(
             ),
         ));
     }
-    let (kc, vc, slot_stride) = cache.layer(shape.layer);
+    let view = cache.layer(shape.layer, step)?;
     let p = RopeParams {
         q: qkv.q.buf.ptr(),
         k: qkv.k.buf.ptr(),
         v: qkv.v.buf.ptr(),
-        kc,
-        vc,
+        kc: view.k,
+        vc: view.v,
         pos: step.positions_ptr(),
-        slots: step.slots_ptr(),
+        seqs: step.seqs_ptr(),
+        table: view.table,
         inv_freq: step.inv_freq.ptr(),
-        slot_stride,
+        table_stride: view.stride,
+        ring: view.ring,
         conc: step.concentration,
         nq: shape.n_q_heads as i32,
         nkv: shape.n_kv_heads as i32,
@@ -177,20 +231,41 @@ struct AttnParams {
     sinks: u64,
     out: u64,
     pos: u64,
-    slots: u64,
-    slot_stride: i64,
+    seqs: u64,
+    table: u64,
+    part: u64,
+    table_stride: i32,
+    ring: i32,
     scale: f32,
     nq: i32,
     nkv: i32,
     d: i32,
     window: i32,
-    pad: i32,
+    splits: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `AttnParams` in attention.cu.
 unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 
-/// Attention with sinks over the cache for every token of the step.
+/// Query heads one attention CTA serves (one warp each; `ATT_WARPS` in attention.cu).
+const HEADS_PER_CTA: usize = 8;
+/// Keys per split below which splitting does not pay (8 tiles of 32).
+const KEYS_PER_SPLIT: usize = 256;
+
+/// How many CTAs share one (token, head chunk)'s keys: 1 unless fewer CTAs than SMs would each walk a long
+/// history (long-context decode), then enough to give every SM about two CTAs, each split at least
+/// `KEYS_PER_SPLIT` keys.
+pub fn choose_attention_splits(rows: usize, ctas: usize, keys: usize, sms: usize) -> usize {
+    use gptoss_engine::memory::{ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS};
+    if rows > ATTN_SPLIT_ROWS || keys <= KEYS_PER_SPLIT || ctas >= sms {
+        return 1;
+    }
+    let by_keys = keys.div_ceil(KEYS_PER_SPLIT);
+    let by_sms = (2 * sms).div_ceil(ctas.max(1));
+    by_keys.min(by_sms).clamp(1, ATTN_MAX_SPLITS)
+}
+
+/// Attention with sinks over each token's window, read through its block table.
 pub fn attention(
     dev: &Device,
     step: &CudaStep,
@@ -211,29 +286,68 @@ pub fn attention(
             ),
         ));
     }
-    let (kc, vc, slot_stride) = cache.layer(shape.layer);
+    let view = cache.layer(shape.layer, step)?;
+    let group = shape.n_q_heads / shape.n_kv_heads;
+    let chunks = group.div_ceil(HEADS_PER_CTA);
+    let (window, keys) = match shape.window {
+        Window::Sliding(w) => (w.max(1), step.max_keys.min(w.max(1))),
+        Window::Full => (0, step.max_keys),
+    };
+    let ctas = step.rows * shape.n_kv_heads * chunks;
+    let mut splits = choose_attention_splits(step.rows, ctas, keys, dev.caps.sm_count as usize);
+    if step.rows > step.split_rows {
+        splits = 1;
+    }
     let p = AttnParams {
         q: q.buf.ptr(),
-        kc,
-        vc,
+        kc: view.k,
+        vc: view.v,
         sinks: sinks.buf.ptr(),
         out: out.buf.ptr(),
         pos: step.positions_ptr(),
-        slots: step.slots_ptr(),
-        slot_stride,
+        seqs: step.seqs_ptr(),
+        table: view.table,
+        part: step.split_part.ptr(),
+        table_stride: view.stride,
+        ring: view.ring,
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
         nq: shape.n_q_heads as i32,
         nkv: shape.n_kv_heads as i32,
         d: shape.head_dim as i32,
-        window: match shape.window {
-            Window::Sliding(w) => w.max(1) as i32,
-            Window::Full => 0,
-        },
-        pad: 0,
+        window: window as i32,
+        splits: splits as i32,
     };
-    dev.launch(
-        Func::Attention(cache.kv),
-        cfg(((step.rows * shape.n_q_heads) as u32, 1, 1), 128),
-        &p,
-    )
+    let threads = 32 * group.min(HEADS_PER_CTA) as u32;
+    let grid = (
+        step.rows as u32,
+        (shape.n_kv_heads * chunks) as u32,
+        splits as u32,
+    );
+    dev.launch(Func::Attention(cache.kv), cfg(grid, threads), &p)?;
+    if splits > 1 {
+        let grid = ((step.rows * shape.n_q_heads) as u32, 1, 1);
+        dev.launch(Func::AttentionCombine, cfg(grid, 128), &p)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_only_for_few_long_rows() {
+        // Decode of one sequence on 132 SMs, 8 kv heads: 8 CTAs; 4096 keys → 16 splits of 256.
+        assert_eq!(choose_attention_splits(1, 8, 4096, 132), 16);
+        // Short history: no split.
+        assert_eq!(choose_attention_splits(1, 8, 200, 132), 1);
+        // 600 keys: 3 splits of at least 256.
+        assert_eq!(choose_attention_splits(1, 8, 600, 132), 3);
+        // 32 sequences decoding: 256 CTAs already fill 132 SMs.
+        assert_eq!(choose_attention_splits(32, 256, 4096, 132), 1);
+        // 16 sequences: 128 CTAs, room for 3 splits.
+        assert_eq!(choose_attention_splits(16, 128, 4096, 132), 3);
+        // Prefill chunks never split.
+        assert_eq!(choose_attention_splits(512, 4096, 4096, 132), 1);
+    }
 }

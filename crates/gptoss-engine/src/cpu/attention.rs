@@ -1,30 +1,54 @@
 //! RoPE + KV store and attention with sinks and sliding window on the CPU (spec §1.3), f32 throughout.
-//! The cache keeps, per layer and slot, every position's rotated key and value.
+//! Keys and values live in the paged pools (`kv.rs`): each token reaches its positions through its
+//! sequence's block table; a block's memory is allocated on its first write and reused after.
 
 use rayon::prelude::*;
 
 use crate::backend::AttnShape;
+use crate::error::{Error, Result};
+use crate::kv::{BlockTable, PoolKind, BLOCK_POSITIONS};
 use crate::math::{apply_rope, softmax_with_sink};
 
 use super::CpuStep;
 use gptoss_formats::Window;
 
-/// Keys and values of one slot of one layer, `[positions, kv_width]` each.
+/// Keys and values of 16 positions of one layer, `[16, kv_width]` each (empty until first written).
 #[derive(Default, Clone)]
-pub(crate) struct SlotKv {
+pub(crate) struct KvBlock {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
 }
 
-/// Rotates `q` and `k` of every token and writes `k`, `v` into the cache.
+/// One layer's pool: its kind and its blocks.
+pub(crate) struct LayerPool {
+    pub kind: PoolKind,
+    pub blocks: Vec<KvBlock>,
+}
+
+fn missing(t: usize, pos: usize, kind: PoolKind) -> Error {
+    Error::Backend {
+        backend: "cpu",
+        message: format!("token {t}: no {kind:?} KV block holds position {pos}"),
+    }
+}
+
+/// The table of token `t`'s sequence.
+fn table_of(step: &CpuStep, t: usize) -> Result<&BlockTable> {
+    step.batch
+        .seqs
+        .get(t)
+        .and_then(|&s| step.batch.tables.get(s as usize))
+        .ok_or_else(|| Error::invalid(format!("token {t} has no block table")))
+}
+
+/// Rotates `q` and `k` of every token and writes `k`, `v` into the block of its position.
 pub(crate) fn rope_store(
     step: &CpuStep,
     shape: &AttnShape,
-    q: &mut [f32],
-    k: &mut [f32],
-    v: &[f32],
-    slots: &mut [SlotKv],
-) {
+    qkv: (&mut [f32], &mut [f32], &[f32]),
+    pool: &mut LayerPool,
+) -> Result<()> {
+    let (q, k, v) = qkv;
     let (d, kvw) = (shape.head_dim, shape.n_kv_heads * shape.head_dim);
     let qw = shape.n_q_heads * d;
     let rows = step.batch.tokens.len();
@@ -36,22 +60,50 @@ pub(crate) fn rope_store(
                 apply_rope(head, pos, &step.rope.inv_freq, step.rope.concentration);
             }
         });
-    for t in 0..rows {
-        let pos = step.batch.positions[t];
+    for (t, &pos) in step.batch.positions.iter().enumerate().take(rows) {
         let krow = &mut k[t * kvw..(t + 1) * kvw];
         for head in krow.chunks_exact_mut(d) {
             apply_rope(head, pos, &step.rope.inv_freq, step.rope.concentration);
         }
-        let slot = &mut slots[step.batch.slots[t] as usize];
-        let need = (pos as usize + 1) * kvw;
-        if slot.k.len() < need {
-            slot.k.resize(need, 0.0);
-            slot.v.resize(need, 0.0);
+        let pos = pos as usize;
+        let block = table_of(step, t)?
+            .block_of(pool.kind, pos, step.ring_blocks)
+            .and_then(|b| pool.blocks.get_mut(b as usize))
+            .ok_or_else(|| missing(t, pos, pool.kind))?;
+        if block.k.is_empty() {
+            block.k = vec![0.0; BLOCK_POSITIONS * kvw];
+            block.v = vec![0.0; BLOCK_POSITIONS * kvw];
         }
-        let at = pos as usize * kvw;
-        slot.k[at..at + kvw].copy_from_slice(krow);
-        slot.v[at..at + kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+        let at = (pos % BLOCK_POSITIONS) * kvw;
+        block.k[at..at + kvw].copy_from_slice(krow);
+        block.v[at..at + kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
     }
+    Ok(())
+}
+
+/// The key and value rows (head `g`) of positions `first..=pos` of token `t`, through its block table.
+fn window_rows<'a>(
+    step: &CpuStep,
+    t: usize,
+    (first, pos): (usize, usize),
+    g: usize,
+    pool: &'a LayerPool,
+    d: usize,
+) -> Result<Vec<(&'a [f32], &'a [f32])>> {
+    let table = table_of(step, t)?;
+    (first..=pos)
+        .map(|j| {
+            let block = table
+                .block_of(pool.kind, j, step.ring_blocks)
+                .and_then(|b| pool.blocks.get(b as usize))
+                .ok_or_else(|| missing(t, j, pool.kind))?;
+            let at = (j % BLOCK_POSITIONS) * (block.k.len() / BLOCK_POSITIONS) + g * d;
+            match (block.k.get(at..at + d), block.v.get(at..at + d)) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(missing(t, j, pool.kind)),
+            }
+        })
+        .collect()
 }
 
 /// `out[t, h] = Σ_j softmax_with_sink(q·k_j / √d)_j v_j` over the visible keys of each token.
@@ -60,40 +112,37 @@ pub(crate) fn attend(
     shape: &AttnShape,
     q: &[f32],
     sinks: &[f32],
-    slots: &[SlotKv],
+    pool: &LayerPool,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let d = shape.head_dim;
-    let (qw, kvw) = (shape.n_q_heads * d, shape.n_kv_heads * d);
+    let qw = shape.n_q_heads * d;
     let group = shape.n_q_heads / shape.n_kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let rows = step.batch.tokens.len();
     out[..rows * qw]
         .par_chunks_mut(d)
         .enumerate()
-        .for_each(|(i, o)| {
+        .try_for_each(|(i, o)| -> Result<()> {
             let (t, h) = (i / shape.n_q_heads, i % shape.n_q_heads);
             let pos = step.batch.positions[t] as usize;
             let first = match shape.window {
                 Window::Sliding(w) => (pos + 1).saturating_sub(w),
                 Window::Full => 0,
             };
-            let slot = &slots[step.batch.slots[t] as usize];
-            let g = h / group;
+            let kv = window_rows(step, t, (first, pos), h / group, pool, d)?;
             let qh = &q[t * qw + h * d..t * qw + (h + 1) * d];
-            let mut w: Vec<f32> = (first..=pos)
-                .map(|j| {
-                    let kj = &slot.k[j * kvw + g * d..j * kvw + (g + 1) * d];
-                    qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
+            let mut w: Vec<f32> = kv
+                .iter()
+                .map(|(kj, _)| qh.iter().zip(*kj).map(|(a, b)| a * b).sum::<f32>() * scale)
                 .collect();
             softmax_with_sink(&mut w, sinks[h]);
             o.fill(0.0);
-            for (wj, j) in w.iter().zip(first..=pos) {
-                let vj = &slot.v[j * kvw + g * d..j * kvw + (g + 1) * d];
-                for (acc, x) in o.iter_mut().zip(vj) {
+            for (wj, (_, vj)) in w.iter().zip(&kv) {
+                for (acc, x) in o.iter_mut().zip(*vj) {
                     *acc += wj * x;
                 }
             }
-        });
+            Ok(())
+        })
 }

@@ -1,18 +1,19 @@
 //! The CPU backend: the exact reference implementation of every [`Backend`] op, f32 activations and
-//! KV, f32 accumulation, weights read in their stored format (rayon across cores).
+//! paged f32 KV, f32 accumulation, weights read in their stored format (rayon across cores).
 
 mod attention;
 mod matmul;
 mod moe;
 
-use gptoss_formats::{Expert, Linear, ModelConfig, QuantTensor};
+use gptoss_formats::{Expert, Linear, QuantTensor};
 use rayon::prelude::*;
 
 use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams};
 use crate::error::{Error, Result};
+use crate::kv::{KvLayout, PoolKind};
 use crate::math::{rms_norm, router_top_k};
 
-use attention::SlotKv;
+use attention::{KvBlock, LayerPool};
 
 /// The CPU backend. Stateless: every buffer lives in the model's workspace.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,15 +31,26 @@ pub struct CpuLinear {
     bias: Option<Vec<f32>>,
 }
 
-/// The step's batch and RoPE table.
+/// The step's batch (with its block tables) and RoPE table.
 pub struct CpuStep {
     batch: Batch,
     rope: Rope,
+    ring_blocks: usize,
 }
 
-/// Every layer's keys and values by slot.
+/// Every layer's pool of KV blocks (`kv.rs`); a block's memory is allocated on its first write.
 pub struct CpuCache {
-    layers: Vec<Vec<SlotKv>>,
+    layers: Vec<LayerPool>,
+}
+
+impl CpuCache {
+    /// Blocks of `kind` whose memory has been allocated (written at least once), counted in one layer.
+    pub fn touched_blocks(&self, kind: PoolKind) -> usize {
+        self.layers
+            .iter()
+            .find(|l| l.kind == kind)
+            .map_or(0, |l| l.blocks.iter().filter(|b| !b.k.is_empty()).count())
+    }
 }
 
 impl CpuStep {
@@ -93,30 +105,28 @@ impl Backend for CpuBackend {
         Ok(vec![(0, 0.0); rows * top_k])
     }
 
-    fn alloc_cache(&self, config: &ModelConfig, capacity: &Capacity) -> Result<CpuCache> {
-        Ok(CpuCache {
-            layers: vec![vec![SlotKv::default(); capacity.slots]; config.num_hidden_layers],
-        })
+    fn alloc_cache(&self, layout: &KvLayout) -> Result<CpuCache> {
+        let layers = layout
+            .layers
+            .iter()
+            .map(|&(kind, _)| LayerPool {
+                kind,
+                blocks: vec![KvBlock::default(); layout.blocks_of(kind)],
+            })
+            .collect();
+        Ok(CpuCache { layers })
     }
 
-    fn alloc_step(&self, _capacity: &Capacity, rope: &Rope) -> Result<CpuStep> {
+    fn alloc_step(&self, _capacity: &Capacity, layout: &KvLayout, rope: &Rope) -> Result<CpuStep> {
         Ok(CpuStep {
             batch: Batch::default(),
             rope: rope.clone(),
+            ring_blocks: layout.ring_blocks,
         })
     }
 
     fn begin_step(&self, step: &mut CpuStep, batch: &Batch) -> Result<()> {
         step.batch.clone_from(batch);
-        Ok(())
-    }
-
-    fn clear_slot(&self, cache: &mut CpuCache, slot: u32) -> Result<()> {
-        for layer in &mut cache.layers {
-            if let Some(s) = layer.get_mut(slot as usize) {
-                *s = SlotKv::default();
-            }
-        }
         Ok(())
     }
 
@@ -177,19 +187,16 @@ impl Backend for CpuBackend {
         qkv: QkvBufs<'_, Self>,
         cache: &mut CpuCache,
     ) -> Result<()> {
-        let slots = cache
+        let pool = cache
             .layers
             .get_mut(shape.layer)
             .ok_or_else(|| cpu_error("cache has no such layer"))?;
         attention::rope_store(
             step,
             shape,
-            &mut qkv.q.data,
-            &mut qkv.k.data,
-            &qkv.v.data,
-            slots,
-        );
-        Ok(())
+            (&mut qkv.q.data, &mut qkv.k.data, &qkv.v.data),
+            pool,
+        )
     }
 
     fn attention(
@@ -201,12 +208,11 @@ impl Backend for CpuBackend {
         cache: &CpuCache,
         out: &mut CpuBuf,
     ) -> Result<()> {
-        let slots = cache
+        let pool = cache
             .layers
             .get(shape.layer)
             .ok_or_else(|| cpu_error("cache has no such layer"))?;
-        attention::attend(step, shape, &q.data, sinks, slots, &mut out.data);
-        Ok(())
+        attention::attend(step, shape, &q.data, sinks, pool, &mut out.data)
     }
 
     fn route(

@@ -7,20 +7,18 @@ use crate::backend::{Backend, Batch};
 use crate::error::Result;
 use crate::model::Model;
 
-use super::kv::{BlockShape, KvBlocks};
+use super::kv::KvBlocks;
 use super::policy::{Plan, Scheduler};
 use super::sequence::{
     FailureKind, FinishReason, GenRequest, Output, OutputSink, RequestId, Sequence,
 };
 use super::stats::EngineStats;
 
-/// How the engine uses the model's capacity.
+/// How the engine uses the model's capacity (the KV pools are the model's: [`crate::Capacity`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EngineConfig {
     /// Token budget of one step (at most the model's `max_batch_tokens`; `None`: all of it).
     pub max_batch_tokens: Option<usize>,
-    /// KV pool size in layer-blocks (`None`: enough for every slot at full context).
-    pub kv_blocks: Option<usize>,
 }
 
 /// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
@@ -35,19 +33,17 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// An engine over `model`: one sequence per cache slot, its step budget and KV pool from `config`.
+    /// An engine over `model`: at most one running sequence per cache slot, blocks from the model's
+    /// KV pools, the step budget from `config`.
     pub fn new(model: Model<B>, config: EngineConfig, stats: Arc<EngineStats>) -> Self {
         let cap = *model.capacity();
-        let shape = BlockShape::of(model.config());
-        let total = config
-            .kv_blocks
-            .unwrap_or(cap.slots * shape.blocks_for(cap.context_tokens));
         let budget = config
             .max_batch_tokens
             .map_or(cap.max_batch_tokens, |b| b.clamp(1, cap.max_batch_tokens));
         // A step samples at most one row per running sequence.
-        let slots = cap.slots.min(cap.max_logit_rows);
-        let sched = Scheduler::new(budget, slots, KvBlocks::new(shape, total));
+        let max_running = cap.slots.min(cap.max_logit_rows);
+        let kv = KvBlocks::new(model.kv_layout().clone());
+        let sched = Scheduler::new(budget, max_running, kv);
         let engine = Engine {
             model,
             sched,
@@ -108,7 +104,7 @@ impl<B: Backend> Engine<B> {
             return Err(format!("token id {t} is outside the vocabulary of {vocab}"));
         }
         let longest = (n + request.max_new_tokens).min(context);
-        let need = self.sched.kv().shape().blocks_for(longest);
+        let need = self.sched.kv().full_blocks_for(longest);
         if need > self.sched.kv().total_blocks() {
             return Err(format!(
                 "{longest} tokens need {need} KV blocks; the pool has {}",
@@ -134,9 +130,6 @@ impl<B: Backend> Engine<B> {
     pub fn step(&mut self) {
         let plan = self.sched.schedule();
         self.stats.add_preemptions(plan.preempted);
-        for &slot in &plan.freed_slots {
-            self.clear(slot);
-        }
         if plan.items.is_empty() {
             return;
         }
@@ -153,10 +146,10 @@ impl<B: Backend> Engine<B> {
         let mut batch = Batch::default();
         let (mut params, mut counters, mut sampled_ids) = (Vec::new(), Vec::new(), Vec::new());
         for item in &plan.items {
+            let table = self.sched.kv().table(item.id).cloned().unwrap_or_default();
             let Some(seq) = self.sched.get_mut(item.id) else {
                 continue;
             };
-            let slot = seq.slot.unwrap_or(0);
             let part = seq
                 .tokens
                 .get(item.start..item.start + item.len)
@@ -165,7 +158,9 @@ impl<B: Backend> Engine<B> {
             batch
                 .positions
                 .extend((item.start..item.start + part.len()).map(|p| p as u32));
-            batch.slots.extend(std::iter::repeat_n(slot, part.len()));
+            let row = batch.tables.len() as u32;
+            batch.seqs.extend(std::iter::repeat_n(row, part.len()));
+            batch.tables.push(table);
             if item.sample {
                 batch.logit_rows.push(batch.tokens.len() as u32 - 1);
                 params.push(seq.sampling);
@@ -224,20 +219,11 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Removes a sequence and clears its cache slot.
+    /// Removes a sequence, returning its blocks to the pools.
     fn take(&mut self, id: RequestId) -> Option<Sequence> {
         let seq = self.sched.remove(id)?;
-        if let Some(slot) = seq.slot {
-            self.clear(slot);
-        }
         self.publish();
         Some(seq)
-    }
-
-    fn clear(&mut self, slot: u32) {
-        if let Err(e) = self.model.clear_slot(slot) {
-            tracing::error!(slot, error = %e, "clearing a cache slot failed");
-        }
     }
 
     fn publish(&self) {
@@ -250,6 +236,7 @@ impl<B: Backend> Engine<B> {
             running: self.sched.running_len(),
             kv_used_blocks: kv.used_blocks(),
             kv_total_blocks: kv.total_blocks(),
+            kv_sliding_used_blocks: kv.sliding_used_blocks(),
         });
     }
 }

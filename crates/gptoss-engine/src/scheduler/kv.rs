@@ -1,106 +1,100 @@
-//! KV capacity accounting in blocks of [`BLOCK_POSITIONS`] positions of one layer. Full-attention
-//! layers need a block for every 16 positions of a sequence; sliding-window layers never need more
-//! than `ceil(window / 16) + 1` (the window can straddle one extra block). Answers "fits or not";
-//! only the scheduler admits or preempts.
+//! The KV block allocator, the single source of truth of which physical blocks each sequence holds: a
+//! free list per pool (`crate::kv`) and a block table per sequence. Full blocks are the shared resource
+//! admission and preemption are decided on; a sequence's sliding blocks form a ring of at most
+//! `ring_blocks` (blocks that left the window are reused in place). Answers "fits or not"; only the
+//! scheduler admits or preempts.
 
 use std::collections::HashMap;
 
-use gptoss_formats::{ModelConfig, Window};
+use crate::kv::{BlockTable, KvLayout};
 
 use super::sequence::RequestId;
 
-/// Positions per KV block.
-pub const BLOCK_POSITIONS: usize = 16;
-
-/// How many blocks a sequence of a given length holds, by layer kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockShape {
-    /// Layers that attend to the whole history.
-    pub full_layers: usize,
-    /// Layers with a sliding window.
-    pub sliding_layers: usize,
-    /// The sliding window in positions (0 when there are no sliding layers).
-    pub window_tokens: usize,
+/// Free blocks of one pool (a stack: the most recently freed block is handed out first).
+#[derive(Debug)]
+struct FreeList {
+    free: Vec<u32>,
+    total: usize,
 }
 
-impl BlockShape {
-    /// The layer kinds of `config` (spec §1.2).
-    pub fn of(config: &ModelConfig) -> Self {
-        let mut shape = BlockShape {
-            full_layers: 0,
-            sliding_layers: 0,
-            window_tokens: 0,
-        };
-        for layer in 0..config.num_hidden_layers {
-            match config.window(layer) {
-                Window::Full => shape.full_layers += 1,
-                Window::Sliding(w) => {
-                    shape.sliding_layers += 1;
-                    shape.window_tokens = shape.window_tokens.max(w);
-                }
-            }
+impl FreeList {
+    fn new(total: usize) -> Self {
+        FreeList {
+            free: (0..total as u32).rev().collect(),
+            total,
         }
-        shape
     }
 
-    /// Layer-blocks a sequence of `len_tokens` positions needs.
-    pub fn blocks_for(&self, len_tokens: usize) -> usize {
-        let per_layer = len_tokens.div_ceil(BLOCK_POSITIONS);
-        let window_cap = self.window_tokens.div_ceil(BLOCK_POSITIONS) + 1;
-        self.full_layers * per_layer + self.sliding_layers * per_layer.min(window_cap)
+    fn used(&self) -> usize {
+        self.total - self.free.len()
     }
 }
 
-/// The block pool: a total, and what each sequence holds.
-///
-/// This is accounting only. Today's backends store each sequence's keys and values in one contiguous
-/// region per cache slot (the CPU cache grows a slot to its longest position, every layer, and does not
-/// return sliding-window positions that left the window), so the blocks counted here are a budget the
-/// scheduler keeps, not pages in memory. A physical paged cache with per-sequence block tables is a
-/// later step; it will take over these numbers unchanged.
+/// Both pools' free lists and every sequence's block table.
 #[derive(Debug)]
 pub struct KvBlocks {
-    shape: BlockShape,
-    total_blocks: usize,
-    used_blocks: usize,
-    held: HashMap<RequestId, usize>,
+    layout: KvLayout,
+    full: FreeList,
+    sliding: FreeList,
+    tables: HashMap<RequestId, BlockTable>,
 }
 
 impl KvBlocks {
-    /// A pool of `total_blocks` layer-blocks for sequences of `shape`.
-    pub fn new(shape: BlockShape, total_blocks: usize) -> Self {
+    /// Every block of `layout`'s pools free.
+    pub fn new(layout: KvLayout) -> Self {
         KvBlocks {
-            shape,
-            total_blocks,
-            used_blocks: 0,
-            held: HashMap::new(),
+            full: FreeList::new(layout.full_blocks),
+            sliding: FreeList::new(layout.sliding_blocks),
+            layout,
+            tables: HashMap::new(),
         }
     }
 
-    /// The layer kinds blocks are counted for.
-    pub fn shape(&self) -> BlockShape {
-        self.shape
+    /// The pools and table widths.
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
     }
 
-    /// Blocks in the pool.
+    /// Blocks in the full pool (the budget admission is decided on).
     pub fn total_blocks(&self) -> usize {
-        self.total_blocks
+        self.full.total
     }
 
-    /// Blocks held by sequences.
+    /// Full blocks held by sequences.
     pub fn used_blocks(&self) -> usize {
-        self.used_blocks
+        self.full.used()
     }
 
-    /// Extra blocks `id` needs to cover `len_tokens` positions.
-    fn extra_for(&self, id: RequestId, len_tokens: usize) -> usize {
-        let held = self.held.get(&id).copied().unwrap_or(0);
-        self.shape.blocks_for(len_tokens).saturating_sub(held)
+    /// Sliding blocks held by sequences.
+    pub fn sliding_used_blocks(&self) -> usize {
+        self.sliding.used()
+    }
+
+    /// Full blocks a sequence of `len_tokens` positions needs.
+    pub fn full_blocks_for(&self, len_tokens: usize) -> usize {
+        self.layout.blocks_for(len_tokens).0
+    }
+
+    /// The blocks `id` holds.
+    pub fn table(&self, id: RequestId) -> Option<&BlockTable> {
+        self.tables.get(&id)
+    }
+
+    /// Extra (full, sliding) blocks `id` needs to cover `len_tokens` positions.
+    fn extra_for(&self, id: RequestId, len_tokens: usize) -> (usize, usize) {
+        let (full, sliding) = self.layout.blocks_for(len_tokens);
+        let held = self.tables.get(&id);
+        let have = |f: fn(&BlockTable) -> usize| held.map_or(0, f);
+        (
+            full.saturating_sub(have(|t| t.full.len())),
+            sliding.saturating_sub(have(|t| t.sliding.len())),
+        )
     }
 
     /// Whether `id` can grow to `len_tokens` positions with the blocks now free.
     pub fn fits(&self, id: RequestId, len_tokens: usize) -> bool {
-        self.used_blocks + self.extra_for(id, len_tokens) <= self.total_blocks
+        let (full, sliding) = self.extra_for(id, len_tokens);
+        full <= self.full.free.len() && sliding <= self.sliding.free.len()
     }
 
     /// Grows `id` to `len_tokens` positions; returns false (and changes nothing) when it does not fit.
@@ -108,74 +102,90 @@ impl KvBlocks {
         if !self.fits(id, len_tokens) {
             return false;
         }
-        let extra = self.extra_for(id, len_tokens);
-        self.used_blocks += extra;
-        *self.held.entry(id).or_insert(0) += extra;
+        let (full, sliding) = self.extra_for(id, len_tokens);
+        let table = self.tables.entry(id).or_default();
+        let cut_full = self.full.free.len() - full;
+        table.full.extend(self.full.free.drain(cut_full..).rev());
+        let cut_sliding = self.sliding.free.len() - sliding;
+        table
+            .sliding
+            .extend(self.sliding.free.drain(cut_sliding..).rev());
         true
     }
 
     /// Returns every block `id` holds.
     pub fn free(&mut self, id: RequestId) {
-        if let Some(n) = self.held.remove(&id) {
-            self.used_blocks -= n;
+        if let Some(t) = self.tables.remove(&id) {
+            self.full.free.extend(t.full.iter().rev());
+            self.sliding.free.extend(t.sliding.iter().rev());
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::backend::Capacity;
+    use gptoss_formats::ModelConfig;
 
-    fn shape() -> BlockShape {
-        // gpt-oss-20b: 12 full + 12 sliding layers, window 128.
-        BlockShape {
-            full_layers: 12,
-            sliding_layers: 12,
-            window_tokens: 128,
-        }
-    }
-
-    #[test]
-    fn sliding_layers_cap_at_window_blocks() {
-        let s = shape();
-        assert_eq!(s.blocks_for(0), 0);
-        assert_eq!(s.blocks_for(1), 24);
-        assert_eq!(s.blocks_for(16), 24);
-        assert_eq!(s.blocks_for(17), 48);
-        // 128 / 16 + 1 = 9 sliding blocks at most.
-        assert_eq!(s.blocks_for(160), 12 * 10 + 12 * 9);
-        assert_eq!(s.blocks_for(4096), 12 * 256 + 12 * 9);
-    }
-
-    #[test]
-    fn of_config_counts_layer_kinds() {
-        let s = BlockShape::of(&ModelConfig::gpt_oss_20b());
-        assert_eq!(
-            (s.full_layers, s.sliding_layers, s.window_tokens),
-            (12, 12, 128)
-        );
+    /// gpt-oss-20b's layer kinds with a window of 16 and one-token steps: rings of 2 blocks.
+    fn layout(full_blocks: usize, slots: usize) -> KvLayout {
+        let mut c = ModelConfig::gpt_oss_20b();
+        c.sliding_window = 16;
+        let cap = Capacity {
+            max_batch_tokens: 1,
+            max_logit_rows: 1,
+            slots,
+            context_tokens: 256,
+            kv_blocks: Some(full_blocks),
+        };
+        KvLayout::new(&c, &cap).unwrap()
     }
 
     #[test]
     fn grow_and_free_keep_the_count() {
-        let s = BlockShape {
-            full_layers: 1,
-            sliding_layers: 1,
-            window_tokens: 16,
-        };
-        let mut kv = KvBlocks::new(s, 6);
+        let mut kv = KvBlocks::new(layout(6, 2));
+        assert_eq!(kv.layout().ring_blocks, 2);
         let (a, b) = (RequestId(1), RequestId(2));
-        assert!(kv.grow(a, 16)); // 1 + 1
-        assert!(kv.grow(a, 40)); // 3 + 2
+        assert!(kv.grow(a, 16)); // 1 full, 1 sliding
+        assert!(kv.grow(a, 40)); // 3 full, 2 sliding (the ring)
+        assert_eq!((kv.used_blocks(), kv.sliding_used_blocks()), (3, 2));
+        assert!(kv.grow(a, 80)); // 5 full, still 2 sliding: the ring is reused
+        assert_eq!((kv.used_blocks(), kv.sliding_used_blocks()), (5, 2));
+        assert!(!kv.fits(b, 17)); // needs 2 full, 1 free
+        assert!(!kv.grow(b, 17));
         assert_eq!(kv.used_blocks(), 5);
-        assert!(!kv.fits(b, 1)); // needs 2, 1 free
-        assert!(!kv.grow(b, 1));
-        assert_eq!(kv.used_blocks(), 5);
-        assert!(kv.grow(a, 48)); // 3 + 2: no change
-        assert!(kv.fits(a, 49)); // 4 + 2 = 6
+        assert!(kv.grow(a, 80)); // no change
+        assert!(kv.fits(a, 96)); // 6 full
+        let t = kv.table(a).unwrap().clone();
+        assert_eq!(t.full, [0, 1, 2, 3, 4]);
+        assert_eq!(t.sliding, [0, 1]);
         kv.free(a);
-        assert_eq!(kv.used_blocks(), 0);
+        assert_eq!((kv.used_blocks(), kv.sliding_used_blocks()), (0, 0));
+        assert!(kv.table(a).is_none());
         assert!(kv.grow(b, 1));
-        assert_eq!(kv.used_blocks(), 2);
+        assert_eq!((kv.used_blocks(), kv.sliding_used_blocks()), (1, 1));
+    }
+
+    #[test]
+    fn interleaved_sequences_get_scattered_blocks_that_are_reused() {
+        let mut kv = KvBlocks::new(layout(8, 3));
+        let (a, b, c) = (RequestId(1), RequestId(2), RequestId(3));
+        for len in [16, 32, 48] {
+            assert!(kv.grow(a, len));
+            assert!(kv.grow(b, len));
+        }
+        assert_eq!(kv.table(a).unwrap().full, [0, 2, 4]);
+        assert_eq!(kv.table(b).unwrap().full, [1, 3, 5]);
+        kv.free(a);
+        // c takes a's blocks back (most recently freed first), then the never-used ones.
+        assert!(kv.grow(c, 80));
+        assert_eq!(kv.table(c).unwrap().full, [0, 2, 4, 6, 7]);
+        assert_eq!(kv.table(c).unwrap().sliding, [0, 2]);
+        assert!(!kv.fits(a, 1));
+        kv.free(b);
+        kv.free(c);
+        assert_eq!((kv.used_blocks(), kv.sliding_used_blocks()), (0, 0));
     }
 }

@@ -1,8 +1,9 @@
 //! Which tokens run in the next step (vLLM v1 style): no prefill or decode phase, each sequence has
 //! computed and total token counts; the step's token budget goes to running sequences first (oldest
-//! first), then to waiting ones (admitted while a cache slot and KV blocks are free). A running
-//! sequence that cannot get blocks preempts the newest running one (recompute: it goes back to the
-//! front of the queue with nothing computed, keeping the tokens it generated).
+//! first), then to waiting ones (admitted while fewer than `max_running` run and KV blocks are free).
+//! A running sequence that cannot get blocks preempts the newest running one (recompute: its blocks
+//! are freed and it goes back to the front of the queue with nothing computed, keeping the tokens it
+//! generated).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -21,31 +22,31 @@ pub(crate) struct Scheduled {
     pub sample: bool,
 }
 
-/// The next step: slices to run, and cache slots to clear first (of preempted sequences).
+/// The next step: slices to run, and how many sequences were preempted to make room.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub items: Vec<Scheduled>,
-    pub freed_slots: Vec<u32>,
     pub preempted: usize,
 }
 
-/// The waiting queue, the running set, the cache slots and the KV block pool.
+/// The waiting queue, the running set and the KV block allocator.
 pub(crate) struct Scheduler {
     max_batch_tokens: usize,
+    max_running: usize,
     kv: KvBlocks,
-    free_slots: Vec<u32>,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     seqs: HashMap<RequestId, Sequence>,
 }
 
 impl Scheduler {
-    /// A scheduler of `slots` cache slots, `max_batch_tokens` per step, over the block pool `kv`.
-    pub fn new(max_batch_tokens: usize, slots: usize, kv: KvBlocks) -> Self {
+    /// A scheduler running at most `max_running` sequences, `max_batch_tokens` per step, over the
+    /// block allocator `kv`.
+    pub fn new(max_batch_tokens: usize, max_running: usize, kv: KvBlocks) -> Self {
         Scheduler {
             max_batch_tokens,
+            max_running,
             kv,
-            free_slots: (0..slots as u32).rev().collect(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
@@ -83,16 +84,12 @@ impl Scheduler {
         self.seqs.get_mut(&id)
     }
 
-    /// Removes a sequence wherever it is, returning it; its blocks are freed and its slot (which the
-    /// caller must clear) returned to the pool.
+    /// Removes a sequence wherever it is, returning it; its blocks are freed.
     pub fn remove(&mut self, id: RequestId) -> Option<Sequence> {
         let seq = self.seqs.remove(&id)?;
         self.waiting.retain(|&w| w != id);
         self.running.retain(|&r| r != id);
         self.kv.free(id);
-        if let Some(slot) = seq.slot {
-            self.free_slots.push(slot);
-        }
         Some(seq)
     }
 
@@ -150,10 +147,6 @@ impl Scheduler {
         self.kv.free(id);
         if let Some(seq) = self.seqs.get_mut(&id) {
             seq.computed = 0;
-            if let Some(slot) = seq.slot.take() {
-                self.free_slots.push(slot);
-                plan.freed_slots.push(slot);
-            }
         }
         self.waiting.push_front(id);
         plan.preempted += 1;
@@ -163,7 +156,7 @@ impl Scheduler {
         );
     }
 
-    /// Admits waiting sequences in order while a slot, blocks and budget remain.
+    /// Admits waiting sequences in order while running room, blocks and budget remain.
     fn admit(&mut self, budget: &mut usize, plan: &mut Plan) {
         while *budget > 0 {
             let Some(&id) = self.waiting.front() else {
@@ -173,17 +166,10 @@ impl Scheduler {
                 self.waiting.pop_front(); // a stale id: its sequence was removed
                 continue;
             };
-            let Some(&slot) = self.free_slots.last() else {
-                break;
-            };
-            if !self.kv.grow(id, item.start + item.len) {
+            if self.running.len() >= self.max_running || !self.kv.grow(id, item.start + item.len) {
                 break;
             }
-            self.free_slots.pop();
             self.waiting.pop_front();
-            if let Some(seq) = self.seqs.get_mut(&id) {
-                seq.slot = Some(slot);
-            }
             self.running.push(id);
             plan.items.push(item);
             *budget -= item.len;
@@ -194,9 +180,8 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::kv::BlockShape;
     use crate::scheduler::sequence::GenRequest;
-    use crate::SamplingParams;
+    use crate::{Capacity, KvLayout, SamplingParams};
 
     fn seq(id: u64, prompt_len: usize) -> Sequence {
         let request = GenRequest {
@@ -210,12 +195,17 @@ mod tests {
 
     /// One full layer: a block per 16 positions.
     fn kv(total_blocks: usize) -> KvBlocks {
-        let shape = BlockShape {
-            full_layers: 1,
-            sliding_layers: 0,
-            window_tokens: 0,
+        let mut c = gptoss_formats::ModelConfig::gpt_oss_20b();
+        c.num_hidden_layers = 1;
+        c.layer_types = vec![gptoss_formats::config::LayerType::Full];
+        let cap = Capacity {
+            max_batch_tokens: 100,
+            max_logit_rows: 4,
+            slots: 4,
+            context_tokens: 1024,
+            kv_blocks: Some(total_blocks),
         };
-        KvBlocks::new(shape, total_blocks)
+        KvBlocks::new(KvLayout::new(&c, &cap).unwrap())
     }
 
     /// Marks the plan's slices as run and appends a sampled token where one was sampled.
@@ -322,10 +312,11 @@ mod tests {
                 sample: true
             }]
         );
-        assert_eq!(p.freed_slots.len(), 1);
         assert_eq!(s.waiting_len(), 1);
+        assert!(s.kv().table(RequestId(2)).is_none());
+        assert_eq!(s.kv().used_blocks(), 2);
         let seq2 = s.get_mut(RequestId(2)).unwrap();
-        assert_eq!((seq2.computed, seq2.tokens.len(), seq2.slot), (0, 16, None));
+        assert_eq!((seq2.computed, seq2.tokens.len()), (0, 16));
         run(&mut s, &p);
         s.remove(RequestId(1));
         // Seq 2 comes back and recomputes its prompt and its sampled token.

@@ -85,8 +85,6 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// Tokens whose keys and values are in the cache (0 after preemption: recompute).
     pub computed: usize,
-    /// The cache slot while running.
-    pub slot: Option<u32>,
     pub sampling: SamplingParams,
     pub max_new_tokens: usize,
     pub stop_tokens: Vec<u32>,
@@ -100,7 +98,6 @@ impl Sequence {
             prompt_len: request.prompt.len(),
             tokens: request.prompt,
             computed: 0,
-            slot: None,
             sampling: request.sampling,
             max_new_tokens: request.max_new_tokens,
             stop_tokens: request.stop_tokens,

@@ -10,6 +10,7 @@ pub struct EngineStats {
     running: AtomicU64,
     kv_used_blocks: AtomicU64,
     kv_total_blocks: AtomicU64,
+    kv_sliding_used_blocks: AtomicU64,
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     batch_tokens: AtomicU64,
@@ -25,10 +26,12 @@ pub struct Gauges {
     pub waiting: usize,
     /// Requests holding a cache slot.
     pub running: usize,
-    /// KV blocks held.
+    /// Full-attention KV blocks held (16 positions of every full layer).
     pub kv_used_blocks: usize,
-    /// KV blocks in the pool.
+    /// Full-attention KV blocks in the pool.
     pub kv_total_blocks: usize,
+    /// Sliding-window KV blocks held (at most a ring per running sequence).
+    pub kv_sliding_used_blocks: usize,
 }
 
 /// A copy of every number at one moment.
@@ -58,6 +61,8 @@ impl EngineStats {
             .store(g.kv_used_blocks as u64, Ordering::Relaxed);
         self.kv_total_blocks
             .store(g.kv_total_blocks as u64, Ordering::Relaxed);
+        self.kv_sliding_used_blocks
+            .store(g.kv_sliding_used_blocks as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn add_prompt_tokens(&self, n: usize) {
@@ -89,6 +94,7 @@ impl EngineStats {
                 running: get(&self.running) as usize,
                 kv_used_blocks: get(&self.kv_used_blocks) as usize,
                 kv_total_blocks: get(&self.kv_total_blocks) as usize,
+                kv_sliding_used_blocks: get(&self.kv_sliding_used_blocks) as usize,
             },
             prompt_tokens: get(&self.prompt_tokens),
             generated_tokens: get(&self.generated_tokens),

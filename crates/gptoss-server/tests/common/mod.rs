@@ -36,6 +36,7 @@ pub fn tiny_model(w: &gptoss_formats::ModelWeights, slots: usize, ctx: usize) ->
         max_logit_rows: slots,
         slots,
         context_tokens: ctx,
+        kv_blocks: None,
     };
     Model::new(CpuBackend, w, cap).unwrap()
 }
