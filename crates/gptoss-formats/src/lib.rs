@@ -22,6 +22,7 @@ pub mod error;
 pub mod gguf;
 pub mod quant;
 pub mod st;
+pub mod storage;
 pub mod tensor;
 pub mod weights;
 

@@ -421,8 +421,9 @@ fn source_row(proj: ExpertProj, j: usize) -> usize {
     }
 }
 
-/// Bytes handed to the file per write while encoding one tensor (keeps memory flat on big tensors).
-const FLUSH_BYTES: usize = 16 << 20;
+/// Bytes handed to the file per write while encoding one tensor: memory stays flat on big tensors
+/// (the file's own buffer is 1 MiB too, so larger chunks would only add to the peak).
+const FLUSH_BYTES: usize = 1 << 20;
 
 /// The encoded bytes of the tensor being written, flushed to the file in chunks.
 struct Sink<'w> {
@@ -451,8 +452,10 @@ fn encode_job(job: &Job, enc: &mut RowEncoder, mut sink: Sink) -> Result<()> {
     let (name, ty) = (job.plan.name.as_str(), job.plan.ty);
     match &job.source {
         Source::Rows(t) => {
+            // Lazy bytes (a transpose, an interleave) are built for this tensor only, then dropped.
+            let t = t.materialized();
             for r in 0..t.n_rows() {
-                enc.encode_row(t, r, ty, name, &mut sink.buf)?;
+                enc.encode_row(&t, r, ty, name, &mut sink.buf)?;
                 sink.flush_if_full()?;
             }
         }
@@ -462,9 +465,9 @@ fn encode_job(job: &Job, enc: &mut RowEncoder, mut sink: Sink) -> Result<()> {
         Source::Experts(experts, proj) => {
             let rows = job.plan.ne.get(1).copied().unwrap_or(0) as usize;
             for x in experts.iter() {
-                let t = pick(x, *proj);
+                let t = pick(x, *proj).materialized();
                 for j in 0..rows {
-                    enc.encode_row(t, source_row(*proj, j), ty, name, &mut sink.buf)?;
+                    enc.encode_row(&t, source_row(*proj, j), ty, name, &mut sink.buf)?;
                     sink.flush_if_full()?;
                 }
             }
