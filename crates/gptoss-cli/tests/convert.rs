@@ -272,6 +272,32 @@ fn hf_mxfp4_from_a_split_layout_copies_the_tokenizer_files() {
     );
 }
 
+/// `--type mxfp4` is llama-quantize's MXFP4_MOE mix: Q8_0 dense weights, MXFP4 experts, and the file
+/// typed `LLAMA_FTYPE_MOSTLY_MXFP4_MOE` (38), not `MOSTLY_Q8_0` (7) as `--type q8_0` is.
+#[test]
+fn type_mxfp4_writes_the_mxfp4_moe_file_type() {
+    use gptoss_formats::gguf::container::{GgufFile, Value};
+    let dir = scratch("file-type");
+    for (ty, want) in [("mxfp4", 38), ("q8_0", 7)] {
+        let out = dir.join(format!("{ty}.gguf"));
+        ok(&[
+            "convert",
+            s(&fixture("split-weights")),
+            s(&out),
+            "--type",
+            ty,
+        ]);
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(f.get("general.file_type"), Some(&Value::U32(want)), "{ty}");
+        let q = f
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.0.attn_q.weight")
+            .unwrap();
+        assert_eq!(q.type_id, 8, "{ty}: attn_q is Q8_0");
+    }
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let dir = scratch("dry");

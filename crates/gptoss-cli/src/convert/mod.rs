@@ -33,7 +33,7 @@ pub struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Target::Gguf)]
     to: Target,
     /// GGUF type of dense 2-D weights (embeddings, attention, lm_head). `mxfp4` is llama.cpp's
-    /// MXFP4_MOE mix: dense Q8_0, experts MXFP4.
+    /// MXFP4_MOE mix: dense Q8_0, experts MXFP4, file type MOSTLY_MXFP4_MOE (38).
     #[arg(long = "type", value_enum, default_value_t = DenseType::Q8_0)]
     dense: DenseType,
     /// GGUF type of the expert weights: MXFP4 sources are repacked byte-for-byte, dense ones quantized.
@@ -96,7 +96,8 @@ impl DenseType {
     /// The GGUF writer's type for dense weights.
     pub fn out_type(self) -> OutType {
         match self {
-            DenseType::Mxfp4 | DenseType::Q8_0 => OutType::Q8_0,
+            DenseType::Mxfp4 => OutType::Mxfp4Moe,
+            DenseType::Q8_0 => OutType::Q8_0,
             DenseType::Bf16 => OutType::BF16,
             DenseType::F16 => OutType::F16,
             DenseType::F32 => OutType::F32,
