@@ -25,7 +25,10 @@ use crate::weights::{names as canon, TensorMap};
 use crate::{Layout, RawCheckpoint, SourceTensor};
 
 use files::RawTensor;
-pub use writer::{write_hf_mxfp4, Existing, HfWriteOptions, HfWriteReport, DEFAULT_SHARD_BYTES};
+pub use writer::{
+    write_hf_mxfp4, write_hf_mxfp4_with_files, Existing, HfWriteOptions, HfWriteReport,
+    DEFAULT_SHARD_BYTES,
+};
 
 use names::{Action, ExpertLayout, Matched, Naming};
 
