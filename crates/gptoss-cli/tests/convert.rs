@@ -237,6 +237,22 @@ fn hf_mxfp4_to_gguf_and_back_keeps_every_expert_byte() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(back.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization_config"]["quant_method"], "mxfp4");
+    // The GGUF's vocabulary comes back as the tokenizer files, tokenizer.json field for field.
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(
+        json(back.join("tokenizer.json")),
+        json(fixture("hf-mxfp4/tokenizer.json"))
+    );
+    assert_eq!(
+        json(back.join("tokenizer_config.json"))["eos_token"],
+        "<|return|>"
+    );
+    assert_eq!(
+        json(back.join("special_tokens_map.json"))["pad_token"]["content"],
+        "<|endoftext|>"
+    );
     // All three load to identical logits.
     let l = logits(&fixture("hf-mxfp4"));
     assert_eq!(logits(&gguf), l);
@@ -270,6 +286,32 @@ fn hf_mxfp4_from_a_split_layout_copies_the_tokenizer_files() {
         (dtype.as_str(), shape.as_slice()),
         ("U8", &[4, 192, 2, 16][..])
     );
+}
+
+/// `--type mxfp4` is llama-quantize's MXFP4_MOE mix: Q8_0 dense weights, MXFP4 experts, and the file
+/// typed `LLAMA_FTYPE_MOSTLY_MXFP4_MOE` (38), not `MOSTLY_Q8_0` (7) as `--type q8_0` is.
+#[test]
+fn type_mxfp4_writes_the_mxfp4_moe_file_type() {
+    use gptoss_formats::gguf::container::{GgufFile, Value};
+    let dir = scratch("file-type");
+    for (ty, want) in [("mxfp4", 38), ("q8_0", 7)] {
+        let out = dir.join(format!("{ty}.gguf"));
+        ok(&[
+            "convert",
+            s(&fixture("split-weights")),
+            s(&out),
+            "--type",
+            ty,
+        ]);
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(f.get("general.file_type"), Some(&Value::U32(want)), "{ty}");
+        let q = f
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.0.attn_q.weight")
+            .unwrap();
+        assert_eq!(q.type_id, 8, "{ty}: attn_q is Q8_0");
+    }
 }
 
 #[test]
@@ -306,7 +348,22 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         "--convert-to",
         "gguf",
     ]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("conversion plan"));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("conversion plan"), "{text}");
+    // split-weights stores gate_up as such: nothing is built; split-gate-up interleaves 24 gate_up
+    // tensors of [192, 64] bf16 (24 KiB each).
+    assert!(text.contains("no tensor is built in memory"), "{text}");
+    let o = ok(&[
+        "convert",
+        s(&fixture("split-gate-up")),
+        s(&out),
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.contains("memory: 12 tensors are built") && text.contains("24.00 KiB"),
+        "{text}"
+    );
 }
 
 fn fails_with(args: &[&str], needle: &str) {

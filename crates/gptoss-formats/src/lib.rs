@@ -3,8 +3,10 @@
 //! This crate does I/O and codecs only; it knows nothing of compute. A reader maps a file's tensor
 //! names to canonical names (`layers.3.q.weight`, `layers.3.experts.7.down.weight`, ...) and yields
 //! [`QuantTensor`]s that keep the file's packed format (MXFP4, bitsandbytes NF4/FP4, Q8_0, ...),
-//! zero-copy from the mmap where the layout allows. [`ModelWeights::assemble`] then checks every
-//! tensor against the [`ModelConfig`] and reports every problem at once.
+//! zero-copy from the mmap where the layout allows; where the file stores a tensor another way (dense
+//! `[E, in, out]` experts, gate and up apart) the tensor is a lazy [`Storage`] recipe over mmap windows,
+//! built only when read, so a converter holds one tensor at a time. [`ModelWeights::assemble`] then
+//! checks every tensor against the [`ModelConfig`] and reports every problem at once.
 //!
 //! Key decision: quantized weights are never expanded to 16 bits at load. The reference decode in
 //! [`tensor`] defines each format's values; backends read the packed bytes directly.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod gguf;
 pub mod quant;
 pub mod st;
+pub mod storage;
 pub mod tensor;
 pub mod weights;
 

@@ -2,78 +2,12 @@
 //! where the layout allows). Every reader produces these; every backend consumes them. The reference
 //! decode here (`dequantize_row`) is the definition of each format's values that the kernels must match.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use half::{bf16, f16};
-use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-
-/// Bytes of a tensor: a window into a memory-mapped file, or an owned buffer made at load.
-#[derive(Clone)]
-pub enum Storage {
-    /// `len` bytes at `start` of a mapped file.
-    Mapped {
-        /// The whole mapped file.
-        map: Arc<Mmap>,
-        /// Byte offset of the tensor in the map.
-        start: usize,
-        /// Byte length of the tensor.
-        len: usize,
-    },
-    /// Bytes produced at load (a conversion, a transpose, a gate/up interleave).
-    Owned(Arc<Vec<u8>>),
-}
-
-impl std::fmt::Debug for Storage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Storage::Mapped { start, len, .. } => write!(f, "Mapped({start}..+{len})"),
-            Storage::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
-        }
-    }
-}
-
-impl Storage {
-    /// Wraps an owned buffer.
-    pub fn owned(bytes: Vec<u8>) -> Self {
-        Storage::Owned(Arc::new(bytes))
-    }
-
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped { map, start, len } => &map[*start..*start + *len],
-            Storage::Owned(v) => v,
-        }
-    }
-
-    /// Byte length.
-    pub fn len(&self) -> usize {
-        match self {
-            Storage::Mapped { len, .. } => *len,
-            Storage::Owned(v) => v.len(),
-        }
-    }
-
-    /// True when there are no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A zero-copy window `[offset, offset + len)` of these bytes. The caller guarantees the range.
-    pub fn slice(&self, offset: usize, len: usize) -> Storage {
-        debug_assert!(offset + len <= self.len(), "storage slice out of range");
-        match self {
-            Storage::Mapped { map, start, .. } => Storage::Mapped {
-                map: map.clone(),
-                start: start + offset,
-                len,
-            },
-            Storage::Owned(v) => Storage::owned(v[offset..offset + len].to_vec()),
-        }
-    }
-}
+pub use crate::storage::Storage;
 
 /// A plain floating-point element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -331,6 +265,34 @@ impl QuantTensor {
             format: TensorFormat::Dense(DType::F32),
             data: Storage::owned(bytes),
         }
+    }
+
+    /// The same tensor with lazy bytes (a transpose, an interleave: see [`Storage`]) built now, for a
+    /// consumer that reads each tensor once and drops it; without lazy bytes, `self` unchanged.
+    pub fn materialized(&self) -> Cow<'_, QuantTensor> {
+        let lazy_scales = match &self.format {
+            TensorFormat::Lut4(Lut4 {
+                scales: Lut4Scales::Separate { data, .. },
+                ..
+            }) => data.is_lazy(),
+            _ => false,
+        };
+        if !self.data.is_lazy() && !lazy_scales {
+            return Cow::Borrowed(self);
+        }
+        let mut format = self.format.clone();
+        if let TensorFormat::Lut4(Lut4 {
+            scales: Lut4Scales::Separate { data, .. },
+            ..
+        }) = &mut format
+        {
+            *data = data.materialized().into_owned();
+        }
+        Cow::Owned(QuantTensor {
+            shape: self.shape.clone(),
+            format,
+            data: self.data.materialized().into_owned(),
+        })
     }
 
     /// Bytes the tensor occupies as stored, scales included.

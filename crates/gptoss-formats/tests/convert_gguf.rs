@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gptoss_formats::gguf::container::GgufFile;
+use gptoss_formats::gguf::container::{GgufFile, Value};
 use gptoss_formats::gguf::ggml_types::GgmlType;
 use gptoss_formats::gguf::{self, ExpertType, OutType, WriteOptions};
 use gptoss_formats::quant::mxfp4;
@@ -184,6 +184,45 @@ fn experts_bf16_and_q8_0_keep_the_dense_values() {
         .iter()
         .filter(|(n, _, _)| n.contains("_exps.weight"))
         .all(|(_, ty, _)| *ty == GgmlType::Q8_0));
+}
+
+/// `--type mxfp4` (llama-quantize's MXFP4_MOE mix): the tensors of llama.cpp's q8_0 conversion byte
+/// for byte, in a file typed `LLAMA_FTYPE_MOSTLY_MXFP4_MOE` (38 in llama.h and gguf-py's
+/// `LlamaFileType`) as llama.cpp's converter types its files with MXFP4 experts; `--type q8_0`
+/// keeps the `MOSTLY_Q8_0` (7) of llama.cpp's q8_0 conversion.
+#[test]
+fn mxfp4_moe_mix_is_typed_as_llamacpp_types_mxfp4_files() {
+    let dir = scratch("file-type");
+    let q8 = GgufFile::open(&fixture("gguf/tiny-llamacpp-q8_0.gguf")).unwrap();
+    let bf16 = GgufFile::open(&fixture("gguf/tiny-llamacpp-bf16.gguf")).unwrap();
+    let file_type = |f: &GgufFile| f.get("general.file_type").cloned();
+    assert_eq!(file_type(&bf16), Some(Value::U32(38)));
+    assert_eq!(file_type(&q8), Some(Value::U32(7)));
+    let cases = [
+        (OutType::Mxfp4Moe, ExpertType::Mxfp4, file_type(&bf16)),
+        (OutType::Q8_0, ExpertType::Mxfp4, file_type(&q8)),
+        // No MXFP4 tensor in the file: not an MXFP4_MOE file.
+        (
+            OutType::Mxfp4Moe,
+            ExpertType::Other(OutType::BF16),
+            file_type(&q8),
+        ),
+    ];
+    for (i, (dense, experts, want)) in cases.into_iter().enumerate() {
+        let out = dir.join(format!("{i}.gguf"));
+        convert(&fixture("hf-mxfp4"), &out, dense, experts);
+        let ours = GgufFile::open(&out).unwrap();
+        assert_eq!(file_type(&ours), want, "{dense:?} / {experts:?}");
+        if experts == ExpertType::Mxfp4 {
+            for t in &q8.tensors {
+                assert!(
+                    tensor_bytes(&ours, &t.name) == tensor_bytes(&q8, &t.name),
+                    "{dense:?}: {}",
+                    t.name
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -155,7 +155,7 @@ fn tiny_model_reads_assembles_and_matches_codec_values() {
     );
     assert!(matches!(
         get("layers.0.experts.0.gate_up.weight").data,
-        Storage::Owned(_)
+        Storage::Lazy(_)
     ));
 
     for (canon, gguf) in [

@@ -3,6 +3,7 @@
 //! directory (`--to hf-mxfp4`). Output is streamed to a temporary name and renamed at the end;
 //! an error or Ctrl-C leaves nothing under the target name. `--dry-run` prints the plan only.
 
+mod hf_tokenizer;
 mod plan;
 mod progress;
 mod vocab;
@@ -33,7 +34,7 @@ pub struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Target::Gguf)]
     to: Target,
     /// GGUF type of dense 2-D weights (embeddings, attention, lm_head). `mxfp4` is llama.cpp's
-    /// MXFP4_MOE mix: dense Q8_0, experts MXFP4.
+    /// MXFP4_MOE mix: dense Q8_0, experts MXFP4, file type MOSTLY_MXFP4_MOE (38).
     #[arg(long = "type", value_enum, default_value_t = DenseType::Q8_0)]
     dense: DenseType,
     /// GGUF type of the expert weights: MXFP4 sources are repacked byte-for-byte, dense ones quantized.
@@ -96,7 +97,8 @@ impl DenseType {
     /// The GGUF writer's type for dense weights.
     pub fn out_type(self) -> OutType {
         match self {
-            DenseType::Mxfp4 | DenseType::Q8_0 => OutType::Q8_0,
+            DenseType::Mxfp4 => OutType::Mxfp4Moe,
+            DenseType::Q8_0 => OutType::Q8_0,
             DenseType::Bf16 => OutType::BF16,
             DenseType::F16 => OutType::F16,
             DenseType::F32 => OutType::F32,
@@ -197,6 +199,12 @@ fn to_gguf(ckpt: &Checkpoint, args: &ConvertArgs, interrupt: &progress::Interrup
 }
 
 fn to_hf(ckpt: &Checkpoint, args: &ConvertArgs, interrupt: &progress::Interrupt) -> Result<()> {
+    // A GGUF carries its vocabulary: write it as the HF tokenizer files (nothing is copied then).
+    let extra = match &ckpt.vocab {
+        Some(v) => hf_tokenizer::tokenizer_files(v, ckpt.weights.config.max_position_embeddings)
+            .with_context(|| format!("{}: the embedded vocabulary", args.input.display()))?,
+        None => Vec::new(),
+    };
     let tensors = st::writer::plan(&ckpt.weights)?;
     let total: usize = tensors.iter().map(|t| t.size_bytes()).sum();
     let mut bar = progress::Bar::new(total, &args.output, interrupt);
@@ -216,20 +224,20 @@ fn to_hf(ckpt: &Checkpoint, args: &ConvertArgs, interrupt: &progress::Interrupt)
         },
         progress: Some(&mut hook),
     };
-    let report = st::write_hf_mxfp4(&ckpt.weights, opts, &args.output)
+    let report = st::write_hf_mxfp4_with_files(&ckpt.weights, opts, &extra, &args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish();
+    let tokenizer = match (report.copied.is_empty(), report.generated.is_empty()) {
+        (true, true) => "no tokenizer files".to_string(),
+        (false, _) => format!("copied: {}", report.copied.join(", ")),
+        (true, false) => format!("from the GGUF vocabulary: {}", report.generated.join(", ")),
+    };
     eprintln!(
-        "wrote {} ({} tensors in {} shard(s), {}; copied: {})",
+        "wrote {} ({} tensors in {} shard(s), {}; {tokenizer})",
         report.path.display(),
         report.tensors,
         report.shards.len(),
         plan::human(report.data_bytes),
-        if report.copied.is_empty() {
-            "no tokenizer files".to_string()
-        } else {
-            report.copied.join(", ")
-        }
     );
     Ok(())
 }

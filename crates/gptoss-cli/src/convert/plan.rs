@@ -88,8 +88,36 @@ pub fn print_plan(
     for ((g, src, out), (n, b)) in &rows {
         println!("  {g:<width$} {n:>7}  {src:<24} {out:<6} {:>12}", human(*b));
     }
+    println!("{}", memory_line(weights));
     for n in notes {
         println!("note: {n}");
     }
     Ok(())
+}
+
+/// What the conversion holds in memory: tensors stream one at a time, and only those the source
+/// does not store as such (a transpose, a gate/up interleave) are built, one at a time.
+fn memory_line(weights: &ModelWeights) -> String {
+    let (mut built, mut largest) = (0usize, 0usize);
+    weights.for_each_tensor(|_, t| {
+        let lazy = match &t.format {
+            gptoss_formats::TensorFormat::Lut4(gptoss_formats::Lut4 {
+                scales: gptoss_formats::Lut4Scales::Separate { data, .. },
+                ..
+            }) => t.data.is_lazy() || data.is_lazy(),
+            _ => t.data.is_lazy(),
+        };
+        if lazy {
+            built += 1;
+            largest = largest.max(t.size_bytes());
+        }
+    });
+    if built == 0 {
+        return "memory: every tensor is streamed from the source files (no tensor is built in memory)"
+            .into();
+    }
+    format!(
+        "memory: {built} tensors are built from the source's layout one at a time; peak ≈ {} (the largest) + ~2 MiB of buffers",
+        human(largest)
+    )
 }

@@ -36,7 +36,7 @@ pub fn for_gguf(ckpt: &Checkpoint) -> Result<(Option<EmbeddedVocab>, Option<Stri
 }
 
 /// o200k_harmony as GGUF `gpt2` vocabulary metadata.
-fn o200k_vocab(tok: &Tokenizer) -> Result<EmbeddedVocab> {
+pub(super) fn o200k_vocab(tok: &Tokenizer) -> Result<EmbeddedVocab> {
     let chars = gptoss_tokenizer::byte_to_char_table();
     let text = |bytes: &[u8]| bytes.iter().map(|&b| chars[b as usize]).collect::<String>();
     let n = tok.vocab_size() as u32;

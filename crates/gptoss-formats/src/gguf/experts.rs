@@ -1,6 +1,7 @@
 //! Stacked GGUF expert tensors → canonical per-expert tensors (spec §3.3, §3.4). `down` is split
 //! per expert zero-copy; gate and up (separate, or fused as [all gate rows; all up rows]) become the
-//! canonical interleaved gate_up (row 2j = gate_j, row 2j+1 = up_j), which needs an owned copy.
+//! canonical interleaved gate_up (row 2j = gate_j, row 2j+1 = up_j), a lazy interleave of the two
+//! mmap windows that is built only when a consumer reads it.
 
 use std::collections::BTreeMap;
 
@@ -136,16 +137,6 @@ fn same_format(a: &TensorFormat, b: &TensorFormat) -> bool {
     }
 }
 
-/// Alternates `unit`-byte rows of `gate` and `up`: gate row 0, up row 0, gate row 1, ...
-pub fn interleave_rows(gate: &[u8], up: &[u8], unit: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(gate.len() + up.len());
-    for (g, u) in gate.chunks(unit.max(1)).zip(up.chunks(unit.max(1))) {
-        out.extend_from_slice(g);
-        out.extend_from_slice(u);
-    }
-    out
-}
-
 /// One expert's gate and up halves, before interleaving.
 struct Halves {
     gate: Storage,
@@ -229,7 +220,8 @@ fn gate_up(
     for (e, h) in expert_halves(layer, part, by)?.into_iter().enumerate() {
         // Units are rows of a weight, single elements of a bias: `shape[0] / 2` of each half.
         let per_unit = h.gate.len() / (h.shape[0] / 2).max(1);
-        let data = Storage::owned(interleave_rows(h.gate.bytes(), h.up.bytes(), per_unit));
+        let data = Storage::interleaved(h.gate, h.up, per_unit)
+            .map_err(|msg| format!("{} [expert {e}]: gate/up: {msg}", h.origin))?;
         let t = QuantTensor {
             shape: h.shape,
             format: h.format,

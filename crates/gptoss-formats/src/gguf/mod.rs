@@ -129,7 +129,7 @@ fn read_tensors(
         .collect();
     if sources.iter().any(|s| s.name.contains("_exps.")) {
         notes.push(
-            "expert gate/up rows interleaved into canonical gate_up at load (owned copy)".into(),
+            "expert gate/up rows interleaved into canonical gate_up (lazily, one tensor at a time when read)".into(),
         );
     }
     Ok((map, sources, notes))

@@ -31,6 +31,9 @@ pub enum OutType {
     BF16,
     /// ggml Q8_0 quantized as ggml's reference quantizer does (llama.cpp's default for gpt-oss).
     Q8_0,
+    /// llama-quantize's `MXFP4_MOE` mix: dense weights Q8_0 as [`OutType::Q8_0`], and a file with
+    /// MXFP4 experts typed `LLAMA_FTYPE_MOSTLY_MXFP4_MOE` (38) instead of `MOSTLY_Q8_0` (7).
+    Mxfp4Moe,
 }
 
 impl OutType {
@@ -39,7 +42,7 @@ impl OutType {
             OutType::F32 => GgmlType::F32,
             OutType::F16 => GgmlType::F16,
             OutType::BF16 => GgmlType::BF16,
-            OutType::Q8_0 => GgmlType::Q8_0,
+            OutType::Q8_0 | OutType::Mxfp4Moe => GgmlType::Q8_0,
         }
     }
 
@@ -48,7 +51,7 @@ impl OutType {
         match self {
             OutType::F32 => 0,
             OutType::F16 => 1,
-            OutType::Q8_0 => 7,
+            OutType::Q8_0 | OutType::Mxfp4Moe => 7,
             OutType::BF16 => 32,
         }
     }
@@ -185,7 +188,8 @@ pub fn write_model_with(
     let jobs = plan_jobs(weights, outtype, opts.experts, &mut notes)?;
     let any_mxfp4 = jobs.iter().any(|j| j.plan.ty == GgmlType::MXFP4);
     // As llama.cpp's converter: MOSTLY_MXFP4_MOE for float outtypes with MXFP4 experts, else the
-    // outtype's own file type (its q8_0 gpt-oss files say MOSTLY_Q8_0).
+    // outtype's own file type (its q8_0 gpt-oss files say MOSTLY_Q8_0); llama-quantize's MXFP4_MOE
+    // mix says MOSTLY_MXFP4_MOE.
     let file_type = if any_mxfp4 && outtype != OutType::Q8_0 {
         FILE_TYPE_MXFP4_MOE
     } else {
@@ -421,8 +425,9 @@ fn source_row(proj: ExpertProj, j: usize) -> usize {
     }
 }
 
-/// Bytes handed to the file per write while encoding one tensor (keeps memory flat on big tensors).
-const FLUSH_BYTES: usize = 16 << 20;
+/// Bytes handed to the file per write while encoding one tensor: memory stays flat on big tensors
+/// (the file's own buffer is 1 MiB too, so larger chunks would only add to the peak).
+const FLUSH_BYTES: usize = 1 << 20;
 
 /// The encoded bytes of the tensor being written, flushed to the file in chunks.
 struct Sink<'w> {
@@ -451,8 +456,10 @@ fn encode_job(job: &Job, enc: &mut RowEncoder, mut sink: Sink) -> Result<()> {
     let (name, ty) = (job.plan.name.as_str(), job.plan.ty);
     match &job.source {
         Source::Rows(t) => {
+            // Lazy bytes (a transpose, an interleave) are built for this tensor only, then dropped.
+            let t = t.materialized();
             for r in 0..t.n_rows() {
-                enc.encode_row(t, r, ty, name, &mut sink.buf)?;
+                enc.encode_row(&t, r, ty, name, &mut sink.buf)?;
                 sink.flush_if_full()?;
             }
         }
@@ -462,9 +469,9 @@ fn encode_job(job: &Job, enc: &mut RowEncoder, mut sink: Sink) -> Result<()> {
         Source::Experts(experts, proj) => {
             let rows = job.plan.ne.get(1).copied().unwrap_or(0) as usize;
             for x in experts.iter() {
-                let t = pick(x, *proj);
+                let t = pick(x, *proj).materialized();
                 for j in 0..rows {
-                    enc.encode_row(t, source_row(*proj, j), ty, name, &mut sink.buf)?;
+                    enc.encode_row(&t, source_row(*proj, j), ty, name, &mut sink.buf)?;
                     sink.flush_if_full()?;
                 }
             }

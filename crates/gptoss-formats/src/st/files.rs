@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use half::{bf16, f16};
 use memmap2::Mmap;
 use serde_json::Value;
 
@@ -299,8 +298,8 @@ pub(crate) fn float_dtype(dtype: &str) -> Option<DType> {
     }
 }
 
-/// Dense floats expected: BF16/F16/F32 as a zero-copy window, F8_E5M2 widened to an owned bf16 copy
-/// (exact: every E5M2 value is a bf16 value). Anything else is an error naming file, tensor and dtype.
+/// Dense floats expected: BF16/F16/F32 as a zero-copy window, F8_E5M2 widened to bf16 on demand
+/// (lazily; exact: every E5M2 value is a bf16 value). Anything else is an error naming file, tensor and dtype.
 pub(crate) fn dense(
     t: &RawTensor,
     f8_converted: &mut usize,
@@ -309,18 +308,10 @@ pub(crate) fn dense(
         (Some(d), _) => TensorFormat::Dense(d),
         (None, "F8_E5M2") => {
             *f8_converted += 1;
-            let bytes = t
-                .data
-                .bytes()
-                .iter()
-                .flat_map(|&b| {
-                    bf16::from_f32(f16::from_bits(u16::from(b) << 8).to_f32()).to_le_bytes()
-                })
-                .collect();
             return Ok(QuantTensor {
                 shape: t.shape.clone(),
                 format: TensorFormat::Dense(DType::BF16),
-                data: Storage::owned(bytes),
+                data: Storage::widened_f8e5m2(t.data.clone()),
             });
         }
         _ => return Err(t.bad_dtype("BF16, F16, F32 or F8_E5M2")),

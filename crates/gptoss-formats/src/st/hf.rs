@@ -1,6 +1,7 @@
 //! Stacked expert tensors `[E, ...]` of the HF layouts (and `original/`'s identical MXFP4): MXFP4
 //! `_blocks` + `_scales` become one zero-copy LUT4 view per expert (spec §2a), dense `[E, in, out]`
-//! experts are transposed to `[out, in]` (spec §2b), and `[E, out]` biases are split per expert.
+//! experts become lazy `[out, in]` transposes of their mmap windows (spec §2b), built only when a
+//! consumer reads them, and `[E, out]` biases are split per expert.
 
 use std::collections::BTreeMap;
 
@@ -82,11 +83,10 @@ impl Builder<'_> {
         };
         let (d, n_exp, n_in, n_out) = (*d, *n_exp, *n_in, *n_out);
         let per = n_in * n_out * d.size_bytes();
-        let bytes = t.data.bytes();
-        if bytes.len() != n_exp * per {
+        if t.data.len() != n_exp * per {
             self.problems.push(format!(
                 "{origin}: {} bytes do not hold {:?} {}",
-                bytes.len(),
+                t.data.len(),
                 t.shape,
                 d.name()
             ));
@@ -94,11 +94,18 @@ impl Builder<'_> {
         }
         self.counts.transposed += 1;
         for e in 0..n_exp {
-            let w = super::rows::transpose(&bytes[e * per..(e + 1) * per], n_in, n_out, d);
+            let window = t.data.slice(e * per, per);
+            let data = match Storage::transposed(window, n_in, n_out, d.size_bytes()) {
+                Ok(data) => data,
+                Err(msg) => {
+                    self.problems.push(format!("{origin}[{e}]: {msg}"));
+                    return;
+                }
+            };
             let q = QuantTensor {
                 shape: vec![n_out, n_in],
                 format: TensorFormat::Dense(d),
-                data: Storage::owned(w),
+                data,
             };
             let name = canon::expert(layer, e, proj.canonical(Part::Weight));
             self.put(

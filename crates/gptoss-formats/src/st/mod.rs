@@ -25,7 +25,10 @@ use crate::weights::{names as canon, TensorMap};
 use crate::{Layout, RawCheckpoint, SourceTensor};
 
 use files::RawTensor;
-pub use writer::{write_hf_mxfp4, Existing, HfWriteOptions, HfWriteReport, DEFAULT_SHARD_BYTES};
+pub use writer::{
+    write_hf_mxfp4, write_hf_mxfp4_with_files, Existing, HfWriteOptions, HfWriteReport,
+    DEFAULT_SHARD_BYTES,
+};
 
 use names::{Action, ExpertLayout, Matched, Naming};
 
@@ -195,11 +198,11 @@ impl Counts {
         );
         add(
             self.transposed,
-            "dense experts transposed from [E, in, out] to [out, in] at load (owned copy)",
+            "dense experts transposed from [E, in, out] to [out, in] (lazily, one tensor at a time when read)",
         );
         add(
             self.interleaved,
-            "separate gate/up interleaved into gate_up rows at load (owned copy)",
+            "separate gate/up interleaved into gate_up rows (lazily, one tensor at a time when read)",
         );
         add(
             self.qkv_split,
@@ -215,7 +218,7 @@ impl Counts {
         );
         add(
             self.f8,
-            "F8_E5M2 tensors widened to bf16 at load (exact, owned copy)",
+            "F8_E5M2 tensors widened to bf16 (exact; lazily, when read)",
         );
         n
     }

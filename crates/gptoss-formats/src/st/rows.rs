@@ -1,9 +1,9 @@
-//! Row operations on stored tensors, format-preserving: row windows (zero-copy), row interleave of two
-//! tensors (gate/up → canonical gate_up, an owned copy) and the `[in, out]` → `[out, in]` transpose of a
-//! dense matrix. Quantized rows must hold whole blocks so that no block is split.
+//! Row operations on stored tensors, format-preserving: row windows (zero-copy) and the row interleave
+//! of two tensors (gate/up → canonical gate_up, lazy: built when a consumer reads it). Quantized rows
+//! must hold whole blocks so that no block is split.
 
 use crate::tensor::{
-    DType, Lut4, Lut4Scales, QuantTensor, Storage, TensorFormat, Q8_0_BLOCK, Q8_0_BLOCK_BYTES,
+    Lut4, Lut4Scales, QuantTensor, Storage, TensorFormat, Q8_0_BLOCK, Q8_0_BLOCK_BYTES,
 };
 
 /// Bytes of one row of `row_len` elements: `(code/element bytes, separate scale bytes)`, or why rows of
@@ -98,7 +98,7 @@ fn same_format(a: &TensorFormat, b: &TensorFormat) -> bool {
 }
 
 /// Interleaves the rows of `a` and `b` (both `[R, C]`, or `[R]` for a bias): row `2j` of the result is
-/// `a[j]`, row `2j+1` is `b[j]`. The result is `[2R, C]` (or `[2R]`) in the same format, owned.
+/// `a[j]`, row `2j+1` is `b[j]`. The result is `[2R, C]` (or `[2R]`) in the same format, lazy.
 pub(crate) fn interleave_rows(a: &QuantTensor, b: &QuantTensor) -> Result<QuantTensor, String> {
     if a.shape != b.shape || a.shape.is_empty() || a.shape.len() > 2 {
         return Err(format!(
@@ -116,7 +116,7 @@ pub(crate) fn interleave_rows(a: &QuantTensor, b: &QuantTensor) -> Result<QuantT
     let row_len = if a.shape.len() == 2 { a.shape[1] } else { 1 };
     let rows = a.shape[0];
     let (data_row, scale_row) = row_bytes(&a.format, row_len)?;
-    let weave = |x: &[u8], y: &[u8], per_row: usize| -> Result<Vec<u8>, String> {
+    let weave = |x: &Storage, y: &Storage, per_row: usize| -> Result<Storage, String> {
         if x.len() != rows * per_row || y.len() != rows * per_row {
             return Err(format!(
                 "stored sizes {} and {} do not hold {rows} rows",
@@ -124,21 +124,16 @@ pub(crate) fn interleave_rows(a: &QuantTensor, b: &QuantTensor) -> Result<QuantT
                 y.len()
             ));
         }
-        let mut out = Vec::with_capacity(2 * x.len());
-        for (rx, ry) in x.chunks(per_row.max(1)).zip(y.chunks(per_row.max(1))) {
-            out.extend_from_slice(rx);
-            out.extend_from_slice(ry);
-        }
-        Ok(out)
+        Storage::interleaved(x.clone(), y.clone(), per_row)
     };
-    let data = weave(a.data.bytes(), b.data.bytes(), data_row)?;
+    let data = weave(&a.data, &b.data, data_row)?;
     let format = match (&a.format, &b.format) {
         (TensorFormat::Lut4(la), TensorFormat::Lut4(lb)) => match (&la.scales, &lb.scales) {
             (Lut4Scales::Separate { format, data: sa }, Lut4Scales::Separate { data: sb, .. }) => {
                 TensorFormat::Lut4(Lut4 {
                     scales: Lut4Scales::Separate {
                         format: *format,
-                        data: Storage::owned(weave(sa.bytes(), sb.bytes(), scale_row)?),
+                        data: weave(sa, sb, scale_row)?,
                     },
                     ..la.clone()
                 })
@@ -152,29 +147,15 @@ pub(crate) fn interleave_rows(a: &QuantTensor, b: &QuantTensor) -> Result<QuantT
     Ok(QuantTensor {
         shape,
         format,
-        data: Storage::owned(data),
+        data,
     })
-}
-
-/// Transposes a dense row-major `[rows, cols]` matrix of `dtype` elements into `[cols, rows]`.
-pub(crate) fn transpose(bytes: &[u8], rows: usize, cols: usize, dtype: DType) -> Vec<u8> {
-    let es = dtype.size_bytes();
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * es;
-            let dst = (c * rows + r) * es;
-            out[dst..dst + es].copy_from_slice(&bytes[src..src + es]);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::tensor::{NibbleOrder, ScaleFormat};
+    use crate::tensor::{DType, NibbleOrder, ScaleFormat};
 
     fn lut4(shape: Vec<usize>, codes: Vec<u8>, scales: Vec<f32>) -> QuantTensor {
         let table = std::array::from_fn(|i| i as f32);
@@ -219,6 +200,17 @@ mod tests {
         let b = lut4(vec![2, 4], vec![0x9A, 0xBC, 0xDE, 0xF0], vec![2.0, 100.0]);
         let c = interleave_rows(&a, &b).unwrap();
         c.validate("t", "c").unwrap();
+        // Codes and scales are lazy until read; materialized() builds both without keeping them.
+        let m = c.materialized();
+        let TensorFormat::Lut4(Lut4 {
+            scales: Lut4Scales::Separate { data, .. },
+            ..
+        }) = &m.format
+        else {
+            panic!("{:?}", m.format)
+        };
+        assert!(c.data.is_lazy() && !m.data.is_lazy() && !data.is_lazy());
+        assert_eq!(m.to_f32_vec(), c.to_f32_vec());
         assert_eq!(
             c.to_f32_vec(),
             vec![
@@ -251,13 +243,5 @@ mod tests {
             vec![2., 3., 4.]
         );
         assert!(split_rows(&d, 1, 4, 3, vec![3]).is_err());
-    }
-
-    #[test]
-    fn transpose_bf16_matrix() {
-        let m: Vec<u8> = (0u8..6).flat_map(|v| [v, 0]).collect(); // [2, 3]
-        let t = transpose(&m, 2, 3, DType::BF16);
-        let vals: Vec<u8> = t.chunks(2).map(|c| c[0]).collect();
-        assert_eq!(vals, vec![0, 3, 1, 4, 2, 5]);
     }
 }

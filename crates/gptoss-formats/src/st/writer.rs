@@ -274,12 +274,25 @@ pub struct HfWriteReport {
     pub data_bytes: usize,
     /// Tokenizer and other files copied from the source directory.
     pub copied: Vec<String>,
+    /// Files written from the caller's contents (e.g. a tokenizer built from a GGUF vocabulary).
+    pub generated: Vec<String>,
 }
 
 /// Writes `weights` to the directory `dest` as an HF MXFP4 checkpoint.
 pub fn write_hf_mxfp4(
     weights: &ModelWeights,
+    opts: HfWriteOptions,
+    dest: &Path,
+) -> Result<HfWriteReport> {
+    write_hf_mxfp4_with_files(weights, opts, &[], dest)
+}
+
+/// [`write_hf_mxfp4`] with extra files `(name, contents)` written beside the tensors. When any are
+/// given they stand for the tokenizer: nothing is copied from the source directory.
+pub fn write_hf_mxfp4_with_files(
+    weights: &ModelWeights,
     mut opts: HfWriteOptions,
+    extra: &[(String, Vec<u8>)],
     dest: &Path,
 ) -> Result<HfWriteReport> {
     let tensors = plan(weights)?;
@@ -315,9 +328,21 @@ pub fn write_hf_mxfp4(
     let config = hf_config(&weights.config, source_config.as_deref())?;
     write_json(&tmp.path.join("config.json"), &config)?;
     let copied = match &opts.source_dir {
-        Some(dir) => copy_tokenizer_files(dir, &tmp.path)?,
-        None => Vec::new(),
+        Some(dir) if extra.is_empty() => copy_tokenizer_files(dir, &tmp.path)?,
+        _ => Vec::new(),
     };
+    let mut generated = Vec::with_capacity(extra.len());
+    for (name, contents) in extra {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(Error::format(
+                dest,
+                format!("{name:?} is not a plain file name"),
+            ));
+        }
+        let path = tmp.path.join(name);
+        std::fs::write(&path, contents).map_err(|e| Error::io(&path, e))?;
+        generated.push(name.clone());
+    }
     tmp.commit(dest, opts.existing)?;
     Ok(HfWriteReport {
         path: dest.to_path_buf(),
@@ -325,6 +350,7 @@ pub fn write_hf_mxfp4(
         tensors: tensors.len(),
         data_bytes,
         copied,
+        generated,
     })
 }
 

@@ -64,11 +64,12 @@ pub(super) fn encode(
     let mut buf = Vec::new();
     match &t.source {
         Source::Dense(q) if matches!(q.format, TensorFormat::Dense(DType::BF16)) => {
-            for chunk in q.data.bytes().chunks(16 << 20) {
+            for chunk in q.data.materialized().bytes().chunks(16 << 20) {
                 out.put(chunk)?;
             }
         }
         Source::Dense(q) => {
+            let q = q.materialized();
             let mut row = vec![0f32; q.row_len()];
             for r in 0..q.n_rows() {
                 q.dequantize_row(r, &mut row);
@@ -127,6 +128,8 @@ fn for_each_block(
     t: &QuantTensor,
     mut f: impl FnMut(mxfp4::Block) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
+    // Lazy bytes (a transpose, an interleave) are built for this tensor only, then dropped.
+    let t = &*t.materialized();
     let per_row = t.row_len() / mxfp4::BLOCK;
     if mxfp4::is_mxfp4(t) {
         for i in 0..t.n_rows() * per_row {
