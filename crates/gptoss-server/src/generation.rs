@@ -277,7 +277,11 @@ impl Generation {
                 Vec::new()
             }),
             Reader::Raw(decoder) => {
-                let text = match self.state.harmony.tokenizer().token_bytes(tok) {
+                let tokenizer = self.state.harmony.tokenizer();
+                // Special tokens (the stop token among them) are not text, as in OpenAI's and vLLM's
+                // completions (`skip_special_tokens`).
+                let text = match tokenizer.token_bytes(tok) {
+                    Ok(_) if tokenizer.is_special(tok) => String::new(),
                     Ok(bytes) => decoder.push_bytes(bytes),
                     Err(_) => String::new(), // an embedding row outside the vocabulary
                 };

@@ -39,6 +39,7 @@ fn solo_text(
     let mut dec = StreamDecoder::new();
     let mut text: String = out
         .iter()
+        .filter(|&&t| !tok.is_special(t))
         .filter_map(|&t| tok.token_bytes(t).ok())
         .map(|b| dec.push_bytes(b))
         .collect();
