@@ -184,3 +184,153 @@ static __device__ __forceinline__ void warp_rowdot(const WRef& w, const float* t
         #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = warp_sum(acc[r][t]);
 }
+
+// ---- Split-K row dots for few input rows (decode, T <= 8) ----
+// A chunk is one 16-byte weight load (32 bytes for f32) of CE elements: 8 for dense, 16 for Q8, 32 for
+// 4-bit weights whose rows and scale blocks are multiples of 32 ("wide"), else 8 (4 bytes). The block's
+// threads form G groups (a group is whole warps); group g takes rows rows0 + g*NR .. +NR and splits their
+// chunks over its threads, so each thread keeps NR independent 16-byte loads in flight.
+struct Raw {
+    uint4 a;
+    uint4 b;
+    float s;
+};
+
+template <int F, int CE>
+static __device__ __forceinline__ void load_raw(const WRef& w, i64 row, int c, Raw& r) {
+    i64 e0 = row * (i64)w.ld + (i64)c * CE;
+    if constexpr (F == WF_F32) {
+        const uint4* p = (const uint4*)((const float*)w.data + e0);
+        r.a = p[0];
+        r.b = p[1];
+    } else if constexpr (F == WF_BF16 || F == WF_F16) {
+        r.a = *(const uint4*)((const u16*)w.data + e0);
+    } else if constexpr (F == WF_Q8) {
+        r.a = *(const uint4*)((const u8*)w.data + e0);
+        r.s = f16_to_f32(((const u16*)w.scales)[e0 / 32]);
+    } else {
+        if constexpr (CE == 32) r.a = *(const uint4*)((const u8*)w.data + e0 / 2);
+        else r.a.x = *(const u32*)((const u8*)w.data + e0 / 2);
+        if constexpr (F == WF_LUT4_E8M0) r.s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
+        else r.s = ((const float*)w.scales)[e0 / w.block];
+    }
+}
+
+static __device__ __forceinline__ u32 raw_word(const Raw& r, int i) {
+    u32 w[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
+    return w[i];
+}
+
+// The first 8 elements of a loaded chunk; next_sub moves the following 8 to the front (Q8, 4-bit).
+template <int F>
+static __device__ __forceinline__ void next_sub(Raw& r) {
+    if constexpr (F == WF_Q8) r.a = make_uint4(r.a.z, r.a.w, 0u, 0u);
+    else r.a = make_uint4(r.a.y, r.a.z, r.a.w, 0u);
+}
+
+template <int F>
+static __device__ __forceinline__ void decode_sub(const WRef& w, const float* tab, const Raw& r, float v[8]) {
+    const int s = 0;
+    if constexpr (F == WF_F32) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = __uint_as_float(raw_word(r, i));
+    } else if constexpr (F == WF_BF16 || F == WF_F16) {
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 x = raw_word(r, i);
+            u16 lo = (u16)(x & 0xffffu), hi = (u16)(x >> 16);
+            if constexpr (F == WF_BF16) { v[2 * i] = bf16_to_f32(lo); v[2 * i + 1] = bf16_to_f32(hi); }
+            else { v[2 * i] = f16_to_f32(lo); v[2 * i + 1] = f16_to_f32(hi); }
+        }
+    } else if constexpr (F == WF_Q8) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[i] = (float)(signed char)((raw_word(r, 2 * s + i / 4) >> (8 * (i % 4))) & 0xffu) * r.s;
+    } else {
+        u32 q = raw_word(r, s);
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(tab[(q >> (4 * i)) & 0xfu] * r.s, w.round);
+    }
+}
+
+// acc[r][t] += Σ_{i<8} W_r[base + i] x_t[base + i] (base + i < k) for the front 8 elements of raw[r], then
+// moves the chunk's next 8 to the front.
+template <int F, int TT, int NR>
+static __device__ __forceinline__ void sub_dot(const WRef& w, const float* tab, Raw* raw, int base,
+                                               const float* const* xs, int k, float (*acc)[TT]) {
+    float wv[NR][8];
+    #pragma unroll
+    for (int r = 0; r < NR; r++) {
+        decode_sub<F>(w, tab, raw[r], wv[r]);
+        next_sub<F>(raw[r]);
+    }
+    if ((k & 3) == 0 && base + 8 <= k) {
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4* x4 = (const float4*)(xs[t] + base);
+            float4 a = x4[0], b = x4[1];
+            #pragma unroll
+            for (int r = 0; r < NR; r++)
+                acc[r][t] += wv[r][0] * a.x + wv[r][1] * a.y + wv[r][2] * a.z + wv[r][3] * a.w
+                           + wv[r][4] * b.x + wv[r][5] * b.y + wv[r][6] * b.z + wv[r][7] * b.w;
+        }
+    } else {
+        #pragma unroll
+        for (int t = 0; t < TT; t++)
+            #pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (base + i < k) {
+                    float x = xs[t][base + i];
+                    #pragma unroll
+                    for (int r = 0; r < NR; r++) acc[r][t] += wv[r][i] * x;
+                }
+    }
+}
+
+// res[(g*NR + r)*TT + t] = Σ_i W[rows0 + g*NR + r, i] · x_t[i] (i < k) for every group g of `groups`; rows
+// past `last_row` repeat it (callers drop those). Ends with a barrier; res and scratch are shared arrays of
+// at least groups*NR*TT and (blockDim/32)*NR*TT floats.
+template <int F, int CE, int TT, int NR>
+static __device__ void block_rowdot(const WRef& w, const float* tab, i64 rows0, i64 last_row, int groups,
+                                    const float* const* xs, int k, float* scratch, float* res) {
+    int gsize = blockDim.x / groups, g = threadIdx.x / gsize, gt = threadIdx.x % gsize;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i64 rows[NR];
+    #pragma unroll
+    for (int r = 0; r < NR; r++) rows[r] = min(rows0 + (i64)(g * NR + r), last_row);
+    float acc[NR][TT];
+    #pragma unroll
+    for (int r = 0; r < NR; r++)
+        #pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
+    int nch = (k + CE - 1) / CE;
+    for (int c = gt; c < nch; c += gsize) {
+        Raw raw[NR];
+        #pragma unroll
+        for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], c, raw[r]);
+        if constexpr (CE == 32) {
+            // 4-bit: one sub-chunk at a time keeps its decoded weights and x loads within the registers.
+            #pragma unroll 1
+            for (int s = 0; s < CE / 8; s++) sub_dot<F, TT, NR>(w, tab, raw, c * CE + s * 8, xs, k, acc);
+        } else {
+            #pragma unroll
+            for (int s = 0; s < CE / 8; s++) sub_dot<F, TT, NR>(w, tab, raw, c * CE + s * 8, xs, k, acc);
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < NR; r++)
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            float v = warp_sum(acc[r][t]);
+            if (lane == 0) scratch[warp * NR * TT + r * TT + t] = v;
+        }
+    __syncthreads();
+    int wpg = gsize >> 5;
+    for (int o = threadIdx.x; o < groups * NR * TT; o += blockDim.x) {
+        int og = o / (NR * TT), ri = o % (NR * TT);
+        float v = 0.0f;
+        for (int q = 0; q < wpg; q++) v += scratch[(og * wpg + q) * NR * TT + ri];
+        res[o] = v;
+    }
+    __syncthreads();
+}

@@ -5,6 +5,9 @@
 /// The prelude shared by every kernel file (types, conversions, reductions, the weight decoder).
 const COMMON: &str = include_str!("../kernels/common.cu");
 
+/// The tensor-core tile GEMM core, a second prelude of the files that run prefill GEMMs.
+const MMA: &str = include_str!("../kernels/mma.cu");
+
 /// One kernel file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFile {
@@ -68,7 +71,15 @@ impl KernelFile {
 
     /// The full source NVRTC compiles: the prelude, then the file.
     pub fn source(self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.name(), self.body())
+        let mma = match self {
+            KernelFile::Linear | KernelFile::Moe => format!("#line 1 \"mma.cu\"\n{MMA}\n"),
+            _ => String::new(),
+        };
+        format!(
+            "{COMMON}\n{mma}#line 1 \"{}\"\n{}",
+            self.name(),
+            self.body()
+        )
     }
 }
 
@@ -101,6 +112,9 @@ impl WeightKind {
         }
     }
 
+    /// The kinds with tensor-core (`_mma`) entry points: those whose values can decode exactly to bf16.
+    pub const MMA: [WeightKind; 3] = [WeightKind::Bf16, WeightKind::Lut4E8m0, WeightKind::Lut4F32];
+
     /// Every kind.
     pub const ALL: [WeightKind; 6] = [
         WeightKind::F32,
@@ -112,19 +126,30 @@ impl WeightKind {
     ];
 }
 
-/// Input rows per warp in the linear and expert kernels.
+/// Input rows per block in the split-K linear and expert kernels (every weight row is decoded once per tile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowTile {
-    /// One row (decode).
+    /// One row (decode of one sequence).
     One,
-    /// Eight rows (prefill).
+    /// Two rows (linear only).
+    Two,
+    /// Four rows (linear only).
+    Four,
+    /// Eight rows.
     Eight,
 }
 
 impl RowTile {
+    /// The tiles of the linear kernels.
+    pub const LINEAR: [RowTile; 4] = [RowTile::One, RowTile::Two, RowTile::Four, RowTile::Eight];
+    /// The tiles of the expert kernels.
+    pub const EXPERTS: [RowTile; 2] = [RowTile::One, RowTile::Eight];
+
     fn suffix(self) -> &'static str {
         match self {
             RowTile::One => "t1",
+            RowTile::Two => "t2",
+            RowTile::Four => "t4",
             RowTile::Eight => "t8",
         }
     }
@@ -133,6 +158,8 @@ impl RowTile {
     pub fn rows(self) -> usize {
         match self {
             RowTile::One => 1,
+            RowTile::Two => 2,
+            RowTile::Four => 4,
             RowTile::Eight => 8,
         }
     }
@@ -156,8 +183,10 @@ pub enum Func {
     RmsNorm,
     /// `add_f32`
     Add,
-    /// `linear_<fmt>_t{1,8}`
+    /// `linear_<fmt>_t{1,2,4,8}`
     Linear(WeightKind, RowTile),
+    /// `linear_mma_<fmt>`
+    LinearMma(WeightKind),
     /// `rope_kv_<kv>`
     RopeKv(KvType),
     /// `attention_<kv>`
@@ -170,6 +199,10 @@ pub enum Func {
     MoeGateUp(WeightKind, RowTile),
     /// `moe_down_<fmt>_t{1,8}`
     MoeDown(WeightKind, RowTile),
+    /// `moe_gate_up_mma_<fmt>`
+    MoeGateUpMma(WeightKind),
+    /// `moe_down_mma_<fmt>`
+    MoeDownMma(WeightKind),
     /// `moe_combine`
     MoeCombine,
     /// `sample_rows`
@@ -182,13 +215,16 @@ impl Func {
         match self {
             Func::Embed(_) => KernelFile::Embed,
             Func::RmsNorm | Func::Add => KernelFile::Norm,
-            Func::Linear(..) => KernelFile::Linear,
+            Func::Linear(..) | Func::LinearMma(_) => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) => KernelFile::Attention,
             Func::Route(_) => KernelFile::Router,
-            Func::MoeGroup | Func::MoeGateUp(..) | Func::MoeDown(..) | Func::MoeCombine => {
-                KernelFile::Moe
-            }
+            Func::MoeGroup
+            | Func::MoeGateUp(..)
+            | Func::MoeDown(..)
+            | Func::MoeGateUpMma(_)
+            | Func::MoeDownMma(_)
+            | Func::MoeCombine => KernelFile::Moe,
             Func::Sample => KernelFile::Sample,
         }
     }
@@ -204,12 +240,15 @@ impl Func {
             Func::RmsNorm => "rmsnorm_f32".into(),
             Func::Add => "add_f32".into(),
             Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
+            Func::LinearMma(w) => format!("linear_mma_{}", w.suffix()),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
+            Func::MoeGateUpMma(w) => format!("moe_gate_up_mma_{}", w.suffix()),
+            Func::MoeDownMma(w) => format!("moe_down_mma_{}", w.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
         }
@@ -229,13 +268,17 @@ impl Func {
         }
         for w in WeightKind::ALL {
             v.extend([Func::Embed(w), Func::Route(w)]);
-            for t in [RowTile::One, RowTile::Eight] {
-                v.extend([
-                    Func::Linear(w, t),
-                    Func::MoeGateUp(w, t),
-                    Func::MoeDown(w, t),
-                ]);
+            v.extend(RowTile::LINEAR.map(|t| Func::Linear(w, t)));
+            for t in RowTile::EXPERTS {
+                v.extend([Func::MoeGateUp(w, t), Func::MoeDown(w, t)]);
             }
+        }
+        for w in WeightKind::MMA {
+            v.extend([
+                Func::LinearMma(w),
+                Func::MoeGateUpMma(w),
+                Func::MoeDownMma(w),
+            ]);
         }
         v
     }
@@ -258,11 +301,14 @@ mod tests {
     /// `LINEAR_ENTRY(bf16, WF_BF16)` defines `linear_bf16_t1` and `_t8`, and so on for the other macros.
     fn macro_defines(body: &str, name: &str) -> bool {
         for (prefix, mac, suffixes) in [
-            ("linear_", "LINEAR_ENTRY", &["_t1", "_t8"][..]),
+            ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4", "_t8"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
             ("route_", "ROUTE_ENTRY", &[""][..]),
             ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),
             ("moe_down_", "MOE_ENTRY", &["_t1", "_t8"][..]),
+            ("moe_gate_up_mma_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_down_mma_", "MOE_MMA_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

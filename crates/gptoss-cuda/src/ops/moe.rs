@@ -7,6 +7,7 @@ use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::kernels::{Func, RowTile};
+use crate::ops::linear::split_rows;
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
 use crate::vram::DevBuf;
 
@@ -176,6 +177,8 @@ struct ExpertParams {
     top_k: i32,
     alpha: f32,
     limit: f32,
+    n_experts: i32,
+    groups: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe.cu.
@@ -196,15 +199,40 @@ struct CombineParams {
 // SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
-/// One pair per tile when each expert has at most about one pair (decode: no wasted accumulators, every
-/// block loops over its expert's pairs), eight otherwise (prefill: each weight row decoded once per eight
-/// pairs, one tile per block).
-pub fn choose_moe(pairs: usize, n_experts: usize) -> RowTile {
-    if pairs <= n_experts {
-        RowTile::One
+/// How the experts of a step run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoePath {
+    /// Split-K GEMV over tiles of this many pairs of one expert.
+    Split(RowTile),
+    /// Tensor-core tiles of 64 pairs of one expert.
+    Mma,
+}
+
+/// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
+const MAX_EXPERTS: usize = 256;
+/// Pairs per tensor-core tile (`MMA_BM` in mma.cu) and weight rows per tile (`MMA_BN`).
+const MMA_TILE: (usize, usize) = (64, 128);
+/// Fewest pairs for the tensor-core path: with fewer, most experts hold a handful of pairs, a 64-pair tile
+/// is mostly empty, and the split-K kernels (bound by reading each chosen expert once) are as fast.
+pub const MMA_MIN_PAIRS: usize = 128;
+
+/// One pair per tile when each expert has at most about one pair (decode: no wasted accumulators), eight
+/// otherwise; tensor-core tiles for many pairs of weights that decode exactly to bf16.
+pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts) -> MoePath {
+    if pairs >= MMA_MIN_PAIRS && e.gate_up.mma_exact() && e.down.mma_exact() {
+        MoePath::Mma
+    } else if pairs <= n_experts {
+        MoePath::Split(RowTile::One)
     } else {
-        RowTile::Eight
+        MoePath::Split(RowTile::Eight)
     }
+}
+
+/// Rows of blocks that cover every tile of `bm` pairs: `sum_e ceil(c_e / bm) <= pairs / bm + (experts used)`.
+fn tile_rows(pairs: usize, n_experts: usize, bm: usize) -> u32 {
+    (pairs.div_ceil(bm) + n_experts.min(pairs))
+        .min(pairs)
+        .max(1) as u32
 }
 
 /// What [`moe`] reads.
@@ -245,6 +273,12 @@ pub fn moe(
             ),
         ));
     }
+    if e.n_experts > MAX_EXPERTS {
+        return Err(experts_error(format!(
+            "{} experts per layer; the CUDA MoE handles at most {MAX_EXPERTS}",
+            e.n_experts
+        )));
+    }
     let g = GroupParams {
         experts: r.experts.ptr(),
         counts: scratch.counts.ptr(),
@@ -254,11 +288,6 @@ pub fn moe(
         n_experts: e.n_experts as i32,
     };
     dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
-    let tile = choose_moe(pairs, e.n_experts);
-    let tiles = match tile {
-        RowTile::One => 1,
-        RowTile::Eight => blocks(pairs, tile.rows()),
-    };
     let mut p = ExpertParams {
         w: e.gate_up.as_ref(),
         bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -273,13 +302,11 @@ pub fn moe(
         top_k: r.top_k as i32,
         alpha: m.shape.swiglu_alpha,
         limit: m.shape.swiglu_limit,
+        n_experts: e.n_experts as i32,
+        groups: e.gate_up.split_groups(),
     };
-    let grid = |n_out: usize| (blocks(n_out, 8), e.n_experts as u32, tiles);
-    dev.launch(
-        Func::MoeGateUp(e.gate_up.kind, tile),
-        cfg(grid(inter), 256),
-        &p,
-    )?;
+    let path = choose_moe(pairs, e.n_experts, e);
+    launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -287,7 +314,8 @@ pub fn moe(
     p.k = inter as i32;
     p.n_out = hidden as i32;
     p.x_per_pair = 1;
-    dev.launch(Func::MoeDown(e.down.kind, tile), cfg(grid(hidden), 256), &p)?;
+    p.groups = e.down.split_groups();
+    launch_experts(dev, path, (&e.down, hidden, pairs, e.n_experts), &p)?;
     let c = CombineParams {
         experts: r.experts.ptr(),
         weights: r.weights.ptr(),
@@ -303,6 +331,39 @@ pub fn moe(
         cfg((blocks(step.rows * hidden, 256), 1, 1), 256),
         &c,
     )
+}
+
+/// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;
+/// `(w, weight rows per expert, pairs, experts)`.
+fn launch_experts(
+    dev: &Device,
+    path: MoePath,
+    (w, rows, pairs, n_experts): (&DevWeight, usize, usize, usize),
+    p: &ExpertParams,
+) -> Result<()> {
+    let gate_up = p.x_per_pair == 0;
+    let (func, grid) = match path {
+        MoePath::Mma => {
+            let f = if gate_up {
+                Func::MoeGateUpMma(w.kind)
+            } else {
+                Func::MoeDownMma(w.kind)
+            };
+            let y = tile_rows(pairs, n_experts, MMA_TILE.0);
+            (f, (blocks(rows, MMA_TILE.1), y, 1))
+        }
+        MoePath::Split(tile) => {
+            let f = if gate_up {
+                Func::MoeGateUp(w.kind, tile)
+            } else {
+                Func::MoeDown(w.kind, tile)
+            };
+            let per_block = p.groups as usize * split_rows(tile);
+            let y = tile_rows(pairs, n_experts, tile.rows());
+            (f, (blocks(rows, per_block), y, 1))
+        }
+    };
+    dev.launch(func, cfg(grid, 256), p)
 }
 
 /// An error for experts that cannot be stacked.
