@@ -97,8 +97,24 @@ struct WRef {
     int ld;
     int block;
     int round;
-    int pad_;
+    int row_scales;  // 4-bit kinds: scales per row (ld / block; rows hold whole blocks), else 0
 };
+
+// Index of the scale of element `col` of row `row` (4-bit kinds): 32-bit division only, no 64-bit call.
+static __device__ __forceinline__ i64 scale_index(const WRef& w, i64 row, int col) {
+    return row * (i64)w.row_scales + (i64)((unsigned)col / (unsigned)w.block);
+}
+
+// round_to over 8 values, the mode tested once.
+static __device__ __forceinline__ void round8(float v[8], int mode) {
+    if (mode == ROUND_BF16) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(v[i], ROUND_BF16);
+    } else if (mode == ROUND_F16) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(v[i], ROUND_F16);
+    }
+}
 
 // Copies the LUT4 table into shared memory (constant indices only: no local-memory copy of the params).
 static __device__ __forceinline__ void load_table(const WRef& w, float* tab) {
@@ -135,10 +151,12 @@ static __device__ __forceinline__ void load8(const WRef& w, const float* tab, i6
     } else {
         u32 q = *(const u32*)((const u8*)w.data + e0 / 2);
         float s;
-        if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
-        else s = ((const float*)w.scales)[e0 / w.block];
+        i64 si = scale_index(w, row, c * 8);
+        if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[si]);
+        else s = ((const float*)w.scales)[si];
         #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = round_to(tab[(q >> (4 * i)) & 0xfu] * s, w.round);
+        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu] * s;
+        round8(v, w.round);
     }
 }
 
@@ -211,8 +229,9 @@ static __device__ __forceinline__ void load_raw(const WRef& w, i64 row, int c, R
     } else {
         if constexpr (CE == 32) r.a = *(const uint4*)((const u8*)w.data + e0 / 2);
         else r.a.x = *(const u32*)((const u8*)w.data + e0 / 2);
-        if constexpr (F == WF_LUT4_E8M0) r.s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
-        else r.s = ((const float*)w.scales)[e0 / w.block];
+        i64 si = scale_index(w, row, c * CE);
+        if constexpr (F == WF_LUT4_E8M0) r.s = e8m0_to_f32(((const u8*)w.scales)[si]);
+        else r.s = ((const float*)w.scales)[si];
     }
 }
 
@@ -249,7 +268,8 @@ static __device__ __forceinline__ void decode_sub(const WRef& w, const float* ta
     } else {
         u32 q = raw_word(r, s);
         #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = round_to(tab[(q >> (4 * i)) & 0xfu] * r.s, w.round);
+        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu] * r.s;
+        round8(v, w.round);
     }
 }
 
@@ -288,11 +308,12 @@ static __device__ __forceinline__ void sub_dot(const WRef& w, const float* tab, 
 }
 
 // res[(g*NR + r)*TT + t] = Σ_i W[rows0 + g*NR + r, i] · x_t[i] (i < k) for every group g of `groups`; rows
-// past `last_row` repeat it (callers drop those). Ends with a barrier; res and scratch are shared arrays of
-// at least groups*NR*TT and (blockDim/32)*NR*TT floats.
-template <int F, int CE, int TT, int NR>
+// past `last_row` repeat it (callers drop those). `xrows(xs)` fills the TT x row pointers; it runs after the
+// first weight loads are issued, so its own loads (pair lists) overlap them. Ends with a barrier; res and scratch are shared arrays of at least
+// groups*NR*TT and (blockDim/32)*NR*TT floats.
+template <int F, int CE, int TT, int NR, typename X>
 static __device__ void block_rowdot(const WRef& w, const float* tab, i64 rows0, i64 last_row, int groups,
-                                    const float* const* xs, int k, float* scratch, float* res) {
+                                    const X& xrows, int k, float* scratch, float* res) {
     int gsize = blockDim.x / groups, g = threadIdx.x / gsize, gt = threadIdx.x % gsize;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     i64 rows[NR];
@@ -304,10 +325,18 @@ static __device__ void block_rowdot(const WRef& w, const float* tab, i64 rows0, 
         #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
     int nch = (k + CE - 1) / CE;
-    for (int c = gt; c < nch; c += gsize) {
-        Raw raw[NR];
+    Raw raw[NR];
+    if (gt < nch) {
         #pragma unroll
-        for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], c, raw[r]);
+        for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], gt, raw[r]);
+    }
+    const float* xs[TT];
+    xrows(xs);
+    for (int c = gt; c < nch; c += gsize) {
+        if (c != gt) {
+            #pragma unroll
+            for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], c, raw[r]);
+        }
         if constexpr (CE == 32) {
             // 4-bit: one sub-chunk at a time keeps its decoded weights and x loads within the registers.
             #pragma unroll 1

@@ -27,15 +27,16 @@ struct LinearParams {
 template <int F, int CE, int TT>
 static __device__ void linear_rows(const LinearParams& p, const float* tab, float* scratch, float* res) {
     int t0 = blockIdx.y * TT;
-    const float* xs[TT];
-    #pragma unroll
-    for (int t = 0; t < TT; t++) {
-        int tt = min(t0 + t, p.n_tok - 1);
-        i64 r = p.x_rows ? (i64)p.x_rows[tt] : (i64)tt;
-        xs[t] = p.x + r * p.x_ld;
-    }
+    auto xrows = [&](const float** xs) {
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            int tt = min(t0 + t, p.n_tok - 1);
+            i64 r = p.x_rows ? (i64)p.x_rows[tt] : (i64)tt;
+            xs[t] = p.x + r * p.x_ld;
+        }
+    };
     i64 rows0 = (i64)blockIdx.x * p.groups * LIN_NR(TT);
-    block_rowdot<F, CE, TT, LIN_NR(TT)>(p.w, tab, rows0, (i64)p.n_out - 1, p.groups, xs, p.k, scratch, res);
+    block_rowdot<F, CE, TT, LIN_NR(TT)>(p.w, tab, rows0, (i64)p.n_out - 1, p.groups, xrows, p.k, scratch, res);
     for (int o = threadIdx.x; o < p.groups * LIN_NR(TT) * TT; o += blockDim.x) {
         i64 row = rows0 + o / TT;
         int t = t0 + o % TT;
@@ -85,13 +86,15 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
 }
 
 #define LINEAR_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256, 3) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t2(const LinearParams p) { linear_impl<F, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) linear_##NAME##_t8(const LinearParams p) { linear_impl<F, 8>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t8(const LinearParams p) { linear_impl<F, 8>(p); }
 
-#define LINEAR_MMA_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) linear_mma_##NAME(const LinearParams p) { linear_mma_impl<F>(p); }
+// MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
+// larger; 3 = 80 registers).
+#define LINEAR_MMA_ENTRY(NAME, F, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { linear_mma_impl<F>(p); }
 
 LINEAR_ENTRY(f32, WF_F32)
 LINEAR_ENTRY(bf16, WF_BF16)
@@ -99,6 +102,6 @@ LINEAR_ENTRY(f16, WF_F16)
 LINEAR_ENTRY(q8, WF_Q8)
 LINEAR_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 LINEAR_ENTRY(lut4f32, WF_LUT4_F32)
-LINEAR_MMA_ENTRY(bf16, WF_BF16)
-LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0)
-LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32)
+LINEAR_MMA_ENTRY(bf16, WF_BF16, 2)
+LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 3)
+LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 3)

@@ -86,8 +86,9 @@ static __device__ __forceinline__ void mma_load_w(const WRef& w, i64 wrow0, int 
         if (r < n_valid && c < w.ld) {
             i64 e0 = (wrow0 + r) * (i64)w.ld + c;
             v = *(const uint2*)((const u8*)w.data + e0 / 2);
-            if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
-            else s = ((const float*)w.scales)[e0 / w.block];
+            i64 si = scale_index(w, wrow0 + r, c);
+            if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[si]);
+            else s = ((const float*)w.scales)[si];
         }
         st.w[0] = make_uint4(v.x, v.y, 0u, 0u);
         st.s = s;
@@ -124,12 +125,15 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
         // Exact products: the bf16 is the f32's top half.
         u32 o[8];
         #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            u32 q = i < 4 ? st.w[0].x : st.w[0].y;
-            int sh = 8 * (i & 3);
-            float a = round_to(sm.tab[(q >> sh) & 0xfu] * st.s, w.round);
-            float b = round_to(sm.tab[(q >> (sh + 4)) & 0xfu] * st.s, w.round);
-            o[i] = (__float_as_uint(a) >> 16) | (__float_as_uint(b) & 0xffff0000u);
+        for (int h = 0; h < 2; h++) {
+            u32 q = h == 0 ? st.w[0].x : st.w[0].y;
+            float v[8];
+            #pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = sm.tab[(q >> (4 * i)) & 0xfu] * st.s;
+            round8(v, w.round);
+            #pragma unroll
+            for (int i = 0; i < 4; i++)
+                o[4 * h + i] = (__float_as_uint(v[2 * i]) >> 16) | (__float_as_uint(v[2 * i + 1]) & 0xffff0000u);
         }
         int r = threadIdx.x >> 1, c2 = (threadIdx.x & 1) * 16;
         *(uint4*)&sm.w[r * MMA_LDS + c2] = make_uint4(o[0], o[1], o[2], o[3]);

@@ -128,12 +128,13 @@ static __device__ void expert_rows(const ExpertParams& p, const float* tab, floa
     int e, start;
     if (!find_tile(p.counts, p.n_experts, TT, blockIdx.y, e, start)) return;
     int count = min(p.counts[e] - start, TT);
-    const float* xs[TT];
-    #pragma unroll
-    for (int t = 0; t < TT; t++) xs[t] = pair_x(p, e, start + min(t, count - 1));
+    auto xrows = [&](const float** xs) {
+        #pragma unroll
+        for (int t = 0; t < TT; t++) xs[t] = pair_x(p, e, start + min(t, count - 1));
+    };
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out;
     i64 base = (i64)e * n_rows, r0 = (i64)blockIdx.x * p.groups * MOE_NR(TT);
-    block_rowdot<F, CE, TT, MOE_NR(TT)>(p.w, tab, base + r0, base + n_rows - 1, p.groups, xs, p.k, scratch, res);
+    block_rowdot<F, CE, TT, MOE_NR(TT)>(p.w, tab, base + r0, base + n_rows - 1, p.groups, xrows, p.k, scratch, res);
     int step = GATE_UP ? 2 : 1;
     for (int o = threadIdx.x; o < p.groups * MOE_NR(TT) / step * TT; o += blockDim.x) {
         int ro = o / TT * step, t = o % TT;
@@ -190,26 +191,27 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
             }
 }
 
-// MINB: blocks per SM the decode (t1) kernels are register-limited for (3 = 80 registers).
-#define MOE_ENTRY(NAME, F, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) moe_gate_up_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 0>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) moe_down_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 0>(p); }
+#define MOE_ENTRY(NAME, F) \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) moe_gate_up_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 0>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) moe_down_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 0>(p); }
 
-#define MOE_MMA_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0>(p); }
+// MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
+// larger; 3 = 80 registers).
+#define MOE_MMA_ENTRY(NAME, F, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0>(p); }
 
-MOE_ENTRY(f32, WF_F32, 3)
-MOE_ENTRY(bf16, WF_BF16, 3)
-MOE_ENTRY(f16, WF_F16, 3)
-MOE_ENTRY(q8, WF_Q8, 2)
-MOE_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
-MOE_ENTRY(lut4f32, WF_LUT4_F32, 2)
-MOE_MMA_ENTRY(bf16, WF_BF16)
-MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0)
-MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32)
+MOE_ENTRY(f32, WF_F32)
+MOE_ENTRY(bf16, WF_BF16)
+MOE_ENTRY(f16, WF_F16)
+MOE_ENTRY(q8, WF_Q8)
+MOE_ENTRY(lut4e8m0, WF_LUT4_E8M0)
+MOE_ENTRY(lut4f32, WF_LUT4_F32)
+MOE_MMA_ENTRY(bf16, WF_BF16, 2)
+MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 3)
+MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 3)
 
 struct CombineParams {
     const int* experts;

@@ -1,7 +1,7 @@
 // router.cu — MoE router (spec §1.3 "MoE block"): logits = h Wᵀ + b, top-k (descending, ties to the lower
 // index), softmax over the selected k. Layout: h [n_tok, k] f32, W packed [n_experts, ld], bias f32 or null;
 //   out experts i32 [n_tok, top_k], weights f32 [n_tok, top_k].
-// Grid: one block per token, 256 threads (8 warps, one expert row per warp at a time); the logits sit in
+// Grid: one block per token, 1024 threads (32 warps, one expert row per warp at a time); the logits sit in
 //   dynamic shared memory (n_experts floats + n_experts bytes), and thread 0 selects. top_k <= 32.
 // Entry points: route_<fmt>. Minimum arch: sm_80. Launched from src/ops/moe.rs.
 struct RouteParams {
@@ -53,7 +53,7 @@ static __device__ void route_impl(const RouteParams& p) {
 }
 
 #define ROUTE_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) route_##NAME(const RouteParams p) { route_impl<F>(p); }
+    extern "C" __global__ void __launch_bounds__(1024) route_##NAME(const RouteParams p) { route_impl<F>(p); }
 
 ROUTE_ENTRY(f32, WF_F32)
 ROUTE_ENTRY(bf16, WF_BF16)

@@ -27,7 +27,8 @@ pub struct WeightRef {
     ld: i32,
     block: i32,
     round: i32,
-    pad: i32,
+    /// 4-bit kinds: scales per row (`ld / block`), else 0.
+    row_scales: i32,
 }
 
 // SAFETY: plain #[repr(C)] data with the layout of the kernels' `WRef`.
@@ -138,7 +139,10 @@ impl DevWeight {
             ld: self.ld as i32,
             block: self.block as i32,
             round: self.round,
-            pad: 0,
+            row_scales: match self.kind {
+                WeightKind::Lut4E8m0 | WeightKind::Lut4F32 => (self.ld / self.block) as i32,
+                _ => 0,
+            },
         }
     }
 }

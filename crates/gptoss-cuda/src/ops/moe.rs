@@ -144,7 +144,7 @@ pub fn route(
         top_k: top_k as i32,
         pad: 0,
     };
-    let mut c = cfg((step.rows as u32, 1, 1), 256);
+    let mut c = cfg((step.rows as u32, 1, 1), 1024);
     c.shared_mem_bytes = (w.rows * 5) as u32;
     dev.launch(Func::Route(w.kind), c, &p)
 }
