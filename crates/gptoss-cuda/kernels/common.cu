@@ -266,44 +266,56 @@ static __device__ __forceinline__ void decode_sub(const WRef& w, const float* ta
         for (int i = 0; i < 8; i++)
             v[i] = (float)(signed char)((raw_word(r, 2 * s + i / 4) >> (8 * (i % 4))) & 0xffu) * r.s;
     } else {
+        // Unrounded 4-bit values stay unscaled: sub_dot applies the block's scale to the partial sum.
         u32 q = raw_word(r, s);
         #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu] * r.s;
-        round8(v, w.round);
+        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu];
+        if (w.round != ROUND_NONE) {
+            #pragma unroll
+            for (int i = 0; i < 8; i++) v[i] *= r.s;
+            round8(v, w.round);
+        }
     }
 }
 
+// The factor sub_dot applies to a partial sum of decode_sub's values: the 4-bit scale when they are unscaled.
+template <int F>
+static __device__ __forceinline__ float sub_scale(const WRef& w, const Raw& r) {
+    if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) return w.round == ROUND_NONE ? r.s : 1.0f;
+    else return 1.0f;
+}
+
 // acc[r][t] += Σ_{i<8} W_r[base + i] x_t[base + i] (base + i < k) for the front 8 elements of raw[r], then
-// moves the chunk's next 8 to the front.
+// moves the chunk's next 8 to the front. x is loaded first and each row decoded just before its FMAs, so
+// only one row's 8 decoded values are live at a time.
 template <int F, int TT, int NR>
 static __device__ __forceinline__ void sub_dot(const WRef& w, const float* tab, Raw* raw, int base,
                                                const float* const* xs, int k, float (*acc)[TT]) {
-    float wv[NR][8];
-    #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        decode_sub<F>(w, tab, raw[r], wv[r]);
-        next_sub<F>(raw[r]);
-    }
+    float x[TT][8];
     if ((k & 3) == 0 && base + 8 <= k) {
         #pragma unroll
         for (int t = 0; t < TT; t++) {
             const float4* x4 = (const float4*)(xs[t] + base);
             float4 a = x4[0], b = x4[1];
-            #pragma unroll
-            for (int r = 0; r < NR; r++)
-                acc[r][t] += wv[r][0] * a.x + wv[r][1] * a.y + wv[r][2] * a.z + wv[r][3] * a.w
-                           + wv[r][4] * b.x + wv[r][5] * b.y + wv[r][6] * b.z + wv[r][7] * b.w;
+            x[t][0] = a.x; x[t][1] = a.y; x[t][2] = a.z; x[t][3] = a.w;
+            x[t][4] = b.x; x[t][5] = b.y; x[t][6] = b.z; x[t][7] = b.w;
         }
     } else {
         #pragma unroll
         for (int t = 0; t < TT; t++)
             #pragma unroll
-            for (int i = 0; i < 8; i++)
-                if (base + i < k) {
-                    float x = xs[t][base + i];
-                    #pragma unroll
-                    for (int r = 0; r < NR; r++) acc[r][t] += wv[r][i] * x;
-                }
+            for (int i = 0; i < 8; i++) x[t][i] = base + i < k ? xs[t][base + i] : 0.0f;
+    }
+    #pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float wv[8];
+        decode_sub<F>(w, tab, raw[r], wv);
+        float sc = sub_scale<F>(w, raw[r]);
+        next_sub<F>(raw[r]);
+        #pragma unroll
+        for (int t = 0; t < TT; t++)
+            acc[r][t] += sc * (wv[0] * x[t][0] + wv[1] * x[t][1] + wv[2] * x[t][2] + wv[3] * x[t][3]
+                               + wv[4] * x[t][4] + wv[5] * x[t][5] + wv[6] * x[t][6] + wv[7] * x[t][7]);
     }
 }
 

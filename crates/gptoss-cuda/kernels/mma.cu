@@ -44,8 +44,6 @@ static __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ u32 pack_bf16(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
-
 // Thread tid loads X rows tid/8 and tid/8 + 32 (xrow[j], null = zero row), 4 floats at column 4*(tid%8).
 static __device__ __forceinline__ void mma_load_x(const float* const* xrow, int k, int k0, MmaStage& st) {
     int c = k0 + (threadIdx.x & 7) * 4;
@@ -95,9 +93,17 @@ static __device__ __forceinline__ void mma_load_w(const WRef& w, i64 wrow0, int 
     }
 }
 
-static __device__ __forceinline__ void split_bf16(float x, u16& hi, u16& lo) {
-    hi = f32_to_bf16(x);
-    lo = f32_to_bf16(x - bf16_to_f32(hi));
+// Two f32 as packed bf16 (RNE), `lo` in the low half: one cvt.rn.bf16x2.f32.
+static __device__ __forceinline__ u32 bf16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+// a = hi.a + lo.a + O(2^-17 |a|), likewise b; hi and lo packed as bf16x2.
+static __device__ __forceinline__ void split_bf16x2(float a, float b, u32& hi, u32& lo) {
+    hi = bf16x2(a, b);
+    lo = bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 
 template <int F>
@@ -107,13 +113,11 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
     for (int j = 0; j < 2; j++) {
         int r = (threadIdx.x >> 3) + 32 * j;
         float4 v = st.x[j];
-        u16 h0, l0, h1, l1, h2, l2, h3, l3;
-        split_bf16(v.x, h0, l0);
-        split_bf16(v.y, h1, l1);
-        split_bf16(v.z, h2, l2);
-        split_bf16(v.w, h3, l3);
-        *(uint2*)&sm.xh[r * MMA_LDS + c] = make_uint2(pack_bf16(h0, h1), pack_bf16(h2, h3));
-        *(uint2*)&sm.xl[r * MMA_LDS + c] = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
+        u32 h01, l01, h23, l23;
+        split_bf16x2(v.x, v.y, h01, l01);
+        split_bf16x2(v.z, v.w, h23, l23);
+        *(uint2*)&sm.xh[r * MMA_LDS + c] = make_uint2(h01, h23);
+        *(uint2*)&sm.xl[r * MMA_LDS + c] = make_uint2(l01, l23);
     }
     if constexpr (F == WF_BF16) {
         #pragma unroll
@@ -122,7 +126,7 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
             *(uint4*)&sm.w[r * MMA_LDS + (threadIdx.x & 3) * 8] = st.w[j];
         }
     } else {
-        // Exact products: the bf16 is the f32's top half.
+        // Exact products (mma_exact): the bf16 conversion is exact.
         u32 o[8];
         #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -132,8 +136,7 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
             for (int i = 0; i < 8; i++) v[i] = sm.tab[(q >> (4 * i)) & 0xfu] * st.s;
             round8(v, w.round);
             #pragma unroll
-            for (int i = 0; i < 4; i++)
-                o[4 * h + i] = (__float_as_uint(v[2 * i]) >> 16) | (__float_as_uint(v[2 * i + 1]) & 0xffff0000u);
+            for (int i = 0; i < 4; i++) o[4 * h + i] = bf16x2(v[2 * i], v[2 * i + 1]);
         }
         int r = threadIdx.x >> 1, c2 = (threadIdx.x & 1) * 16;
         *(uint4*)&sm.w[r * MMA_LDS + c2] = make_uint4(o[0], o[1], o[2], o[3]);

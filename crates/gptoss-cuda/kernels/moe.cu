@@ -14,8 +14,9 @@
 // moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend.
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // Minimum arch: sm_80. Launched from src/ops/moe.rs.
-// Weight rows per thread group of the split-K kernels: 4, or 2 for tiles of 8 pairs (registers).
-#define MOE_NR(TT) ((TT) >= 8 ? 2 : 4)
+// Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
+// tiles of 8 pairs (registers).
+#define MOE_NR(TT) ((TT) == 1 ? 8 : 2)
 #define MOE_MAX_EXPERTS 256
 
 struct GroupParams {
