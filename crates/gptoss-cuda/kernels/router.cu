@@ -3,7 +3,10 @@
 //   out experts i32 [n_tok, top_k], weights f32 [n_tok, top_k].
 // Grid: one block per token, 512 threads (256 for f32 and 4-bit weights; the logits by block_rowdot); the logits sit in
 //   dynamic shared memory (n_experts floats + n_experts bytes), and thread 0 selects. top_k <= 32.
-// Entry points: route_<fmt>. Minimum arch: sm_80. Launched from src/ops/moe.rs.
+// route_topk: the same selection from logits already computed (f32 [n_tok, n_experts], bias included; the
+//   split-K linear computes them over many blocks for small steps). Grid: ceil(n_tok / 8) blocks of 256, one
+//   warp per token; n_experts <= 256.
+// Entry points: route_<fmt>, route_topk. Minimum arch: sm_80. Launched from src/ops/moe.rs.
 // The logits' split-K dot (block_rowdot) runs groups of 128 threads, 4 experts each per pass; at most 4 groups.
 #define ROUTE_GROUP_THREADS 128
 #define ROUTE_MAX_GROUPS 4
@@ -78,3 +81,53 @@ ROUTE_ENTRY(f16, WF_F16, 512)
 ROUTE_ENTRY(q8, WF_Q8, 512)
 ROUTE_ENTRY(lut4e8m0, WF_LUT4_E8M0, 256)
 ROUTE_ENTRY(lut4f32, WF_LUT4_F32, 256)
+
+struct TopkParams {
+    const float* logits;
+    int* experts;
+    float* weights;
+    int n_tok;
+    int n_experts;
+    int top_k;
+    int pad_;
+};
+
+extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p) {
+    int lane = threadIdx.x & 31, t = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (t >= p.n_tok) return;
+    const float* l = p.logits + (i64)t * p.n_experts;
+    const float ninf = -__int_as_float(0x7f800000);
+    float v[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = lane + 32 * j < p.n_experts ? l[lane + 32 * j] : ninf;
+    u32 taken = 0;
+    int my_e = 0;
+    float my_v = 0.0f;
+    for (int s = 0; s < p.top_k; s++) {
+        float bv = ninf;
+        int be = p.n_experts;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int e = lane + 32 * j;
+            if (e < p.n_experts && !((taken >> j) & 1u) && (be == p.n_experts || v[j] > bv)) { bv = v[j]; be = e; }
+        }
+        // The larger logit wins, ties go to the lower expert (as the CPU backend).
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (oe < p.n_experts && (be == p.n_experts || ov > bv || (ov == bv && oe < be))) { bv = ov; be = oe; }
+        }
+        be = be < p.n_experts ? be : 0;
+        if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        if (lane == s) { my_e = be; my_v = bv; }
+    }
+    float mx = __shfl_sync(0xffffffffu, my_v, 0);
+    float ex = lane < p.top_k ? expf(my_v - mx) : 0.0f;
+    float sum = 0.0f;
+    for (int s = 0; s < p.top_k; s++) sum += __shfl_sync(0xffffffffu, ex, s);
+    if (lane < p.top_k) {
+        p.experts[t * p.top_k + lane] = my_e;
+        p.weights[t * p.top_k + lane] = ex / sum;
+    }
+}

@@ -300,7 +300,12 @@ impl Backend for CudaBackend {
         top_k: usize,
         out: &mut CudaRouting,
     ) -> Result<()> {
-        Ok(ops::moe::route(&self.dev, step, h, router, top_k, out)?)
+        if self.expert_dims.borrow().is_some() {
+            self.ensure_moe_scratch(step.rows * top_k)?;
+        }
+        let scratch = self.moe_scratch.borrow();
+        let with = (top_k, scratch.as_ref());
+        Ok(ops::moe::route(&self.dev, step, h, router, with, out)?)
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {

@@ -193,6 +193,8 @@ pub enum Func {
     Attention(KvType),
     /// `route_<fmt>`
     Route(WeightKind),
+    /// `route_topk`
+    RouteTopk,
     /// `moe_group`
     MoeGroup,
     /// `moe_gate_up_<fmt>_t{1,8}`
@@ -218,7 +220,7 @@ impl Func {
             Func::Linear(..) | Func::LinearMma(_) => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) => KernelFile::Attention,
-            Func::Route(_) => KernelFile::Router,
+            Func::Route(_) | Func::RouteTopk => KernelFile::Router,
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)
@@ -244,6 +246,7 @@ impl Func {
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::Route(w) => format!("route_{}", w.suffix()),
+            Func::RouteTopk => "route_topk".into(),
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
@@ -261,6 +264,7 @@ impl Func {
             Func::Add,
             Func::MoeGroup,
             Func::MoeCombine,
+            Func::RouteTopk,
             Func::Sample,
         ];
         for k in [KvType::Bf16, KvType::F32] {

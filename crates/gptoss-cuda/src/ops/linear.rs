@@ -68,6 +68,54 @@ pub fn choose_linear(n_tok: usize, w: &DevWeight) -> LinearPath {
     }
 }
 
+/// Device rows a linear reads and writes: `n_tok` rows of `x` (row `t`, or row `x_rows[t]` when `x_rows` is
+/// not 0) of stride `x_ld`, into `out` rows of stride `out_ld`.
+pub(crate) struct Rows {
+    pub x: u64,
+    pub x_ld: usize,
+    pub x_rows: u64,
+    pub n_tok: usize,
+    pub out: u64,
+    pub out_ld: usize,
+}
+
+/// Launches `out = x Wᵀ + b` over `r` (shapes already checked by the caller).
+pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
+    let wt = &w.w;
+    if r.n_tok == 0 {
+        return Ok(());
+    }
+    let mut p = LinearParams {
+        w: wt.as_ref(),
+        bias: w.bias.as_ref().map_or(0, |b| b.ptr()),
+        x: r.x,
+        x_rows: r.x_rows,
+        out: r.out,
+        k: wt.k as i32,
+        n_out: wt.rows as i32,
+        n_tok: r.n_tok as i32,
+        x_ld: r.x_ld as i32,
+        out_ld: r.out_ld as i32,
+        groups: 1,
+    };
+    match choose_linear(r.n_tok, wt) {
+        LinearPath::Mma => {
+            let grid = (blocks(wt.rows, MMA_TILE.1), blocks(r.n_tok, MMA_TILE.0), 1);
+            dev.launch(Func::LinearMma(wt.kind), cfg(grid, 256), &p)
+        }
+        LinearPath::Split(tile) => {
+            p.groups = wt.split_groups();
+            let rows_per_block = p.groups as usize * split_rows(tile);
+            let grid = (
+                blocks(wt.rows, rows_per_block),
+                blocks(r.n_tok, tile.rows()),
+                1,
+            );
+            dev.launch(Func::Linear(wt.kind, tile), cfg(grid, 256), &p)
+        }
+    }
+}
+
 /// `out = x Wᵀ + b` for `n_tok` rows of `x` (or the rows listed at device address `x_rows`).
 fn run(
     dev: &Device,
@@ -87,38 +135,15 @@ fn run(
             ),
         ));
     }
-    if n_tok == 0 {
-        return Ok(());
-    }
-    let mut p = LinearParams {
-        w: wt.as_ref(),
-        bias: w.bias.as_ref().map_or(0, |b| b.ptr()),
+    let rows = Rows {
         x: x.buf.ptr(),
+        x_ld: x.cols,
         x_rows,
+        n_tok,
         out: out.buf.ptr(),
-        k: wt.k as i32,
-        n_out: wt.rows as i32,
-        n_tok: n_tok as i32,
-        x_ld: x.cols as i32,
-        out_ld: out.cols as i32,
-        groups: 1,
+        out_ld: out.cols,
     };
-    match choose_linear(n_tok, wt) {
-        LinearPath::Mma => {
-            let grid = (blocks(wt.rows, MMA_TILE.1), blocks(n_tok, MMA_TILE.0), 1);
-            dev.launch(Func::LinearMma(wt.kind), cfg(grid, 256), &p)
-        }
-        LinearPath::Split(tile) => {
-            p.groups = wt.split_groups();
-            let rows_per_block = p.groups as usize * split_rows(tile);
-            let grid = (
-                blocks(wt.rows, rows_per_block),
-                blocks(n_tok, tile.rows()),
-                1,
-            );
-            dev.launch(Func::Linear(wt.kind, tile), cfg(grid, 256), &p)
-        }
-    }
+    launch(dev, w, rows)
 }
 
 /// `out = x Wᵀ + b` over the step's rows.
