@@ -1,14 +1,14 @@
 // linear.cu — y = x Wᵀ + b for every packed weight format (see common.cu), and the logits projection.
 // Layout: x [n_tok, x_ld] f32 (row t, or row x_rows[t] when x_rows is set: the logits' selected rows),
 //   W packed [n_out, ld], bias f32 [n_out] or null, out [n_tok, out_ld] f32.
-// linear_<fmt>_t{1,2,4,8} (few rows: decode): split-K GEMV, block_rowdot in common.cu. Grid: x =
+// linear_<fmt>_t{1,2,4} (few rows: decode): split-K GEMV, block_rowdot in common.cu. Grid: x =
 //   ceil(n_out / (groups * LIN_NR)) (each of the block's `groups` thread groups takes LIN_NR weight rows), y =
 //   ceil(n_tok / TT). Block: 256 threads.
 // linear_mma_<fmt> (many rows: prefill; bf16 and bf16-exact 4-bit weights): tensor-core tiles, mma.cu.
 //   Grid: x = ceil(n_out / 128), y = ceil(n_tok / 64). Block: 256 threads.
 // Minimum arch: sm_80. Launched from src/ops/linear.rs.
-// Weight rows per thread group of the split-K kernel: 4, or 2 for tiles of 8 rows (registers).
-#define LIN_NR(TT) ((TT) >= 8 ? 2 : 4)
+// Weight rows per thread group of the split-K kernel.
+#define LIN_NR 4
 
 struct LinearParams {
     WRef w;
@@ -35,9 +35,9 @@ static __device__ void linear_rows(const LinearParams& p, const float* tab, floa
             xs[t] = p.x + r * p.x_ld;
         }
     };
-    i64 rows0 = (i64)blockIdx.x * p.groups * LIN_NR(TT);
-    block_rowdot<F, CE, TT, LIN_NR(TT)>(p.w, tab, rows0, (i64)p.n_out - 1, p.groups, xrows, p.k, scratch, res);
-    for (int o = threadIdx.x; o < p.groups * LIN_NR(TT) * TT; o += blockDim.x) {
+    i64 rows0 = (i64)blockIdx.x * p.groups * LIN_NR;
+    block_rowdot<F, CE, TT, LIN_NR>(p.w, tab, rows0, (i64)p.n_out - 1, p.groups, xrows, p.k, scratch, res);
+    for (int o = threadIdx.x; o < p.groups * LIN_NR * TT; o += blockDim.x) {
         i64 row = rows0 + o / TT;
         int t = t0 + o % TT;
         if (row < p.n_out && t < p.n_tok)
@@ -48,8 +48,8 @@ static __device__ void linear_rows(const LinearParams& p, const float* tab, floa
 template <int F, int TT>
 static __device__ void linear_impl(const LinearParams& p) {
     __shared__ float tab[16];
-    __shared__ float scratch[8 * LIN_NR(TT) * TT];
-    __shared__ float res[8 * LIN_NR(TT) * TT];
+    __shared__ float scratch[8 * LIN_NR * TT];
+    __shared__ float res[8 * LIN_NR * TT];
     load_table(p.w, tab);
     if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) {
         if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT>(p, tab, scratch, res);
@@ -88,8 +88,7 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
 #define LINEAR_ENTRY(NAME, F) \
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t2(const LinearParams p) { linear_impl<F, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t8(const LinearParams p) { linear_impl<F, 8>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); }
 
 // MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
 // larger; 3 = 80 registers).

@@ -135,13 +135,13 @@ pub enum RowTile {
     Two,
     /// Four rows (linear only).
     Four,
-    /// Eight rows.
+    /// Eight rows (experts only).
     Eight,
 }
 
 impl RowTile {
     /// The tiles of the linear kernels.
-    pub const LINEAR: [RowTile; 4] = [RowTile::One, RowTile::Two, RowTile::Four, RowTile::Eight];
+    pub const LINEAR: [RowTile; 3] = [RowTile::One, RowTile::Two, RowTile::Four];
     /// The tiles of the expert kernels.
     pub const EXPERTS: [RowTile; 2] = [RowTile::One, RowTile::Eight];
 
@@ -183,7 +183,7 @@ pub enum Func {
     RmsNorm,
     /// `add_f32`
     Add,
-    /// `linear_<fmt>_t{1,2,4,8}`
+    /// `linear_<fmt>_t{1,2,4}`
     Linear(WeightKind, RowTile),
     /// `linear_mma_<fmt>`
     LinearMma(WeightKind),
@@ -306,7 +306,7 @@ mod tests {
     fn macro_defines(body: &str, name: &str) -> bool {
         for (prefix, mac, suffixes) in [
             ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
-            ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4", "_t8"][..]),
+            ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
             ("route_", "ROUTE_ENTRY", &[""][..]),
             ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),
