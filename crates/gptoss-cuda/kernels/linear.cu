@@ -70,7 +70,7 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
         xrow[j] = m < p.n_tok ? p.x + (p.x_rows ? (i64)p.x_rows[m] : (i64)m) * p.x_ld : nullptr;
     }
     float acc[2][4][4];
-    mma_tile<F>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, sm, acc);
+    mma_tile<F, 2>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, sm, acc);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
     for (int mt = 0; mt < 2; mt++)

@@ -1,5 +1,5 @@
 // mma.cu — tensor-core tile GEMM core (prelude of linear.cu and moe.cu, after common.cu): acc = X · Wᵀ for
-// a tile of 64 input rows × 128 weight rows, K in steps of 32, with mma.sync m16n8k16 bf16 (sm_80+).
+// a tile of 64 (or 32) input rows × 128 weight rows, K in steps of 32, with mma.sync m16n8k16 bf16 (sm_80+).
 // X is f32; each value is split into bf16 hi + bf16 lo (x = hi + lo + O(2^-17 |x|)) and both halves go
 // through the tensor cores, so the products keep about 16 mantissa bits. W must decode exactly to bf16
 // (dense bf16; 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
@@ -44,11 +44,13 @@ static __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Thread tid loads X rows tid/8 and tid/8 + 32 (xrow[j], null = zero row), 4 floats at column 4*(tid%8).
+// Thread tid loads X rows tid/8 (and tid/8 + 32 when MT = 2; xrow[j], null = zero row), 4 floats at column
+// 4*(tid%8).
+template <int MT>
 static __device__ __forceinline__ void mma_load_x(const float* const* xrow, int k, int k0, MmaStage& st) {
     int c = k0 + (threadIdx.x & 7) * 4;
     #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < MT; j++) {
         float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         const float* r = xrow[j];
         if (r) {
@@ -106,11 +108,11 @@ static __device__ __forceinline__ void split_bf16x2(float a, float b, u32& hi, u
     lo = bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 
-template <int F>
+template <int F, int MT>
 static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& st, MmaSmem& sm) {
     int c = (threadIdx.x & 7) * 4;
     #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < MT; j++) {
         int r = (threadIdx.x >> 3) + 32 * j;
         float4 v = st.x[j];
         u32 h01, l01, h23, l23;
@@ -144,15 +146,16 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
     }
 }
 
-// One K step (32) of the warp's 32 × 32 outputs from the smem tiles.
+// One K step (32) of the warp's (16*MT) × 32 outputs from the smem tiles.
+template <int MT>
 static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*acc)[4][4]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
     for (int kk = 0; kk < MMA_BK; kk += 16) {
-        u32 ah[2][4], al[2][4], b[4][2];
+        u32 ah[MT][4], al[MT][4], b[4][2];
         #pragma unroll
-        for (int mt = 0; mt < 2; mt++) {
-            int off = (wm * 32 + mt * 16 + (lane & 15)) * MMA_LDS + kk + (lane >> 4) * 8;
+        for (int mt = 0; mt < MT; mt++) {
+            int off = (wm * 16 * MT + mt * 16 + (lane & 15)) * MMA_LDS + kk + (lane >> 4) * 8;
             ldsm_x4(smem_addr(&sm.xh[off]), ah[mt]);
             ldsm_x4(smem_addr(&sm.xl[off]), al[mt]);
         }
@@ -167,7 +170,7 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
             b[2 * np + 1][1] = r[3];
         }
         #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
+        for (int mt = 0; mt < MT; mt++)
             #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
                 mma_bf16(acc[mt][nt], ah[mt], b[nt][0], b[nt][1]);
@@ -176,9 +179,10 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
     }
 }
 
-// acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k], row = wm*32 + mt*16 + lane/4 (+8 for i >= 2),
-// col = wn*32 + nt*8 + 2*(lane%4) + (i & 1); weight rows at or past n_valid read as zero.
-template <int F>
+// acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k], row = wm*16*MT + mt*16 + lane/4 (+8 for i >= 2),
+// col = wn*32 + nt*8 + 2*(lane%4) + (i & 1); weight rows at or past n_valid read as zero. MT = 2: tiles of
+// 64 rows; MT = 1: 32 rows (half the MMAs when most rows would be empty).
+template <int F, int MT>
 static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wrow0, int n_valid, int k,
                                 MmaSmem& sm, float (*acc)[4][4]) {
     if (threadIdx.x == 0) {
@@ -186,28 +190,28 @@ static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wro
         for (int i = 0; i < 16; i++) sm.tab[i] = w.table[i];
     }
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nt = 0; nt < 4; nt++)
             #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
     int nk = (k + MMA_BK - 1) / MMA_BK;
     MmaStage st;
-    mma_load_x(xrow, k, 0, st);
+    mma_load_x<MT>(xrow, k, 0, st);
     mma_load_w<F>(w, wrow0, n_valid, 0, st);
     __syncthreads();
-    mma_store<F>(w, st, sm);
+    mma_store<F, MT>(w, st, sm);
     __syncthreads();
     for (int ks = 0; ks < nk; ks++) {
         bool more = ks + 1 < nk;
         if (more) {
-            mma_load_x(xrow, k, (ks + 1) * MMA_BK, st);
+            mma_load_x<MT>(xrow, k, (ks + 1) * MMA_BK, st);
             mma_load_w<F>(w, wrow0, n_valid, (ks + 1) * MMA_BK, st);
         }
-        mma_compute(sm, acc);
+        mma_compute<MT>(sm, acc);
         __syncthreads();
         if (more) {
-            mma_store<F>(w, st, sm);
+            mma_store<F, MT>(w, st, sm);
             __syncthreads();
         }
     }

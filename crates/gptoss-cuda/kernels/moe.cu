@@ -10,7 +10,7 @@
 // moe_down_<fmt>_t{1,8}: y[p, j] = act[p]·down_e[j] + b_e[j]; down packed [E*H, ld], bias [E*H] or null.
 //   Split-K over tiles of TT pairs (bm = TT): grid x = ceil(rows / (groups*MOE_NR)), y = tiles. Block: 256.
 // moe_gate_up_mma_<fmt>, moe_down_mma_<fmt>: tensor-core tiles (mma.cu) of 64 pairs × 128 weight rows,
-//   bm = 64: grid x = ceil(rows / 128), y = tiles. Block: 256.
+//   bm = 64 (the _mma32_ entries: 32 pairs, bm = 32): grid x = ceil(rows / 128), y = tiles. Block: 256.
 // moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend.
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // Minimum arch: sm_80. Launched from src/ops/moe.rs.
@@ -158,29 +158,30 @@ static __device__ void expert_impl(const ExpertParams& p) {
     }
 }
 
-template <int F, int GATE_UP>
+template <int F, int GATE_UP, int MT>
 static __device__ void expert_mma_impl(const ExpertParams& p) {
     __shared__ MmaSmem sm;
+    const int bm = 32 * MT;
     int e, start;
-    if (!find_tile(p.counts, p.n_experts, MMA_BM, blockIdx.y, e, start)) return;
-    int count = min(p.counts[e] - start, MMA_BM);
-    const float* xrow[2];
+    if (!find_tile(p.counts, p.n_experts, bm, blockIdx.y, e, start)) return;
+    int count = min(p.counts[e] - start, bm);
+    const float* xrow[2] = {nullptr, nullptr};
     #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < MT; j++) {
         int m = (threadIdx.x >> 3) + 32 * j;
         xrow[j] = m < count ? pair_x(p, e, start + m) : nullptr;
     }
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, n0 = blockIdx.x * MMA_BN;
-    float acc[2][4][4];
-    mma_tile<F>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, sm, acc);
+    float acc[MT][4][4];
+    mma_tile<F, MT>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, sm, acc);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nt = 0; nt < 4; nt++)
             #pragma unroll
             for (int h = 0; h < 2; h++) {
-                int m = wm * 32 + mt * 16 + (lane >> 2) + h * 8;
+                int m = wm * 16 * MT + mt * 16 + (lane >> 2) + h * 8;
                 int n = n0 + wn * 32 + nt * 8 + 2 * (lane & 3);
                 if (m >= count || n >= n_rows) continue;
                 if constexpr (GATE_UP) {
@@ -201,8 +202,10 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
 // MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
 // larger; 3 = 80 registers).
 #define MOE_MMA_ENTRY(NAME, F, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0>(p); }
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma32_##NAME(const ExpertParams p) { expert_mma_impl<F, 1, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma32_##NAME(const ExpertParams p) { expert_mma_impl<F, 0, 1>(p); }
 
 MOE_ENTRY(f32, WF_F32)
 MOE_ENTRY(bf16, WF_BF16)

@@ -165,6 +165,32 @@ impl RowTile {
     }
 }
 
+/// Pairs per tensor-core expert tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmaRows {
+    /// 32 (`_mma32_`).
+    R32,
+    /// 64 (`_mma_`).
+    R64,
+}
+
+impl MmaRows {
+    fn infix(self) -> &'static str {
+        match self {
+            MmaRows::R32 => "mma32",
+            MmaRows::R64 => "mma",
+        }
+    }
+
+    /// Pairs per tile.
+    pub fn rows(self) -> usize {
+        match self {
+            MmaRows::R32 => 32,
+            MmaRows::R64 => 64,
+        }
+    }
+}
+
 /// Element type of the KV cache as the kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KvType {
@@ -201,10 +227,10 @@ pub enum Func {
     MoeGateUp(WeightKind, RowTile),
     /// `moe_down_<fmt>_t{1,8}`
     MoeDown(WeightKind, RowTile),
-    /// `moe_gate_up_mma_<fmt>`
-    MoeGateUpMma(WeightKind),
-    /// `moe_down_mma_<fmt>`
-    MoeDownMma(WeightKind),
+    /// `moe_gate_up_mma_<fmt>` / `moe_gate_up_mma32_<fmt>`
+    MoeGateUpMma(WeightKind, MmaRows),
+    /// `moe_down_mma_<fmt>` / `moe_down_mma32_<fmt>`
+    MoeDownMma(WeightKind, MmaRows),
     /// `moe_combine`
     MoeCombine,
     /// `sample_rows`
@@ -224,8 +250,8 @@ impl Func {
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)
-            | Func::MoeGateUpMma(_)
-            | Func::MoeDownMma(_)
+            | Func::MoeGateUpMma(..)
+            | Func::MoeDownMma(..)
             | Func::MoeCombine => KernelFile::Moe,
             Func::Sample => KernelFile::Sample,
         }
@@ -250,8 +276,8 @@ impl Func {
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
-            Func::MoeGateUpMma(w) => format!("moe_gate_up_mma_{}", w.suffix()),
-            Func::MoeDownMma(w) => format!("moe_down_mma_{}", w.suffix()),
+            Func::MoeGateUpMma(w, r) => format!("moe_gate_up_{}_{}", r.infix(), w.suffix()),
+            Func::MoeDownMma(w, r) => format!("moe_down_{}_{}", r.infix(), w.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
         }
@@ -278,11 +304,10 @@ impl Func {
             }
         }
         for w in WeightKind::MMA {
-            v.extend([
-                Func::LinearMma(w),
-                Func::MoeGateUpMma(w),
-                Func::MoeDownMma(w),
-            ]);
+            v.push(Func::LinearMma(w));
+            for r in [MmaRows::R32, MmaRows::R64] {
+                v.extend([Func::MoeGateUpMma(w, r), Func::MoeDownMma(w, r)]);
+            }
         }
         v
     }
@@ -313,6 +338,8 @@ mod tests {
             ("moe_down_", "MOE_ENTRY", &["_t1", "_t8"][..]),
             ("moe_gate_up_mma_", "MOE_MMA_ENTRY", &[""][..]),
             ("moe_down_mma_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_gate_up_mma32_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_down_mma32_", "MOE_MMA_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

@@ -6,7 +6,7 @@ use gptoss_engine::backend::MoeShape;
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
-use crate::kernels::{Func, RowTile, WeightKind};
+use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
 use crate::ops::{blocks, cfg, linear, shape_error, DevWeight, WeightRef};
 use crate::vram::DevBuf;
 
@@ -258,23 +258,28 @@ unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 pub enum MoePath {
     /// Split-K GEMV over tiles of this many pairs of one expert.
     Split(RowTile),
-    /// Tensor-core tiles of 64 pairs of one expert.
-    Mma,
+    /// Tensor-core tiles of 32 or 64 pairs of one expert.
+    Mma(MmaRows),
 }
 
 /// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
 const MAX_EXPERTS: usize = 256;
-/// Pairs per tensor-core tile (`MMA_BM` in mma.cu) and weight rows per tile (`MMA_BN`).
-const MMA_TILE: (usize, usize) = (64, 128);
+/// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
+const MMA_WEIGHT_ROWS: usize = 128;
 /// One pair per tile while the pairs are at most twice the experts (decode and small batches: each chosen
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
-/// decode exactly to bf16, tiles of 8 pairs otherwise.
+/// decode exactly to bf16 (32 pairs while the experts average at most 32, else 64), tiles of 8 pairs otherwise.
 pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts) -> MoePath {
     if pairs <= 2 * n_experts {
         MoePath::Split(RowTile::One)
     } else if e.gate_up.mma_exact() && e.down.mma_exact() {
-        MoePath::Mma
+        // Tiles of 32 while the experts average at most 32 pairs: a 64-pair tile would be mostly empty.
+        if pairs <= 32 * n_experts {
+            MoePath::Mma(MmaRows::R32)
+        } else {
+            MoePath::Mma(MmaRows::R64)
+        }
     } else {
         MoePath::Split(RowTile::Eight)
     }
@@ -404,14 +409,14 @@ fn launch_experts(
 ) -> Result<()> {
     let gate_up = p.x_per_pair == 0;
     let (func, grid) = match path {
-        MoePath::Mma => {
+        MoePath::Mma(r) => {
             let f = if gate_up {
-                Func::MoeGateUpMma(w.kind)
+                Func::MoeGateUpMma(w.kind, r)
             } else {
-                Func::MoeDownMma(w.kind)
+                Func::MoeDownMma(w.kind, r)
             };
-            let y = tile_rows(pairs, n_experts, MMA_TILE.0);
-            (f, (blocks(rows, MMA_TILE.1), y, 1))
+            let y = tile_rows(pairs, n_experts, r.rows());
+            (f, (blocks(rows, MMA_WEIGHT_ROWS), y, 1))
         }
         MoePath::Split(tile) => {
             let f = if gate_up {
