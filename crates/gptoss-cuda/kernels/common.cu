@@ -97,8 +97,24 @@ struct WRef {
     int ld;
     int block;
     int round;
-    int pad_;
+    int row_scales;  // 4-bit kinds: scales per row (ld / block; rows hold whole blocks), else 0
 };
+
+// Index of the scale of element `col` of row `row` (4-bit kinds): 32-bit division only, no 64-bit call.
+static __device__ __forceinline__ i64 scale_index(const WRef& w, i64 row, int col) {
+    return row * (i64)w.row_scales + (i64)((unsigned)col / (unsigned)w.block);
+}
+
+// round_to over 8 values, the mode tested once.
+static __device__ __forceinline__ void round8(float v[8], int mode) {
+    if (mode == ROUND_BF16) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(v[i], ROUND_BF16);
+    } else if (mode == ROUND_F16) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = round_to(v[i], ROUND_F16);
+    }
+}
 
 // Copies the LUT4 table into shared memory (constant indices only: no local-memory copy of the params).
 static __device__ __forceinline__ void load_table(const WRef& w, float* tab) {
@@ -135,10 +151,12 @@ static __device__ __forceinline__ void load8(const WRef& w, const float* tab, i6
     } else {
         u32 q = *(const u32*)((const u8*)w.data + e0 / 2);
         float s;
-        if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[e0 / w.block]);
-        else s = ((const float*)w.scales)[e0 / w.block];
+        i64 si = scale_index(w, row, c * 8);
+        if constexpr (F == WF_LUT4_E8M0) s = e8m0_to_f32(((const u8*)w.scales)[si]);
+        else s = ((const float*)w.scales)[si];
         #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = round_to(tab[(q >> (4 * i)) & 0xfu] * s, w.round);
+        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu] * s;
+        round8(v, w.round);
     }
 }
 
@@ -183,4 +201,177 @@ static __device__ __forceinline__ void warp_rowdot(const WRef& w, const float* t
     for (int r = 0; r < NR; r++)
         #pragma unroll
         for (int t = 0; t < TT; t++) acc[r][t] = warp_sum(acc[r][t]);
+}
+
+// ---- Split-K row dots for few input rows (decode, T <= 8) ----
+// A chunk is one 16-byte weight load (32 bytes for f32) of CE elements: 8 for dense, 16 for Q8, 32 for
+// 4-bit weights whose rows and scale blocks are multiples of 32 ("wide"), else 8 (4 bytes). The block's
+// threads form G groups (a group is whole warps); group g takes rows rows0 + g*NR .. +NR and splits their
+// chunks over its threads, so each thread keeps NR independent 16-byte loads in flight.
+struct Raw {
+    uint4 a;
+    uint4 b;
+    float s;
+};
+
+template <int F, int CE>
+static __device__ __forceinline__ void load_raw(const WRef& w, i64 row, int c, Raw& r) {
+    i64 e0 = row * (i64)w.ld + (i64)c * CE;
+    if constexpr (F == WF_F32) {
+        const uint4* p = (const uint4*)((const float*)w.data + e0);
+        r.a = p[0];
+        r.b = p[1];
+    } else if constexpr (F == WF_BF16 || F == WF_F16) {
+        r.a = *(const uint4*)((const u16*)w.data + e0);
+    } else if constexpr (F == WF_Q8) {
+        r.a = *(const uint4*)((const u8*)w.data + e0);
+        r.s = f16_to_f32(((const u16*)w.scales)[e0 / 32]);
+    } else {
+        if constexpr (CE == 32) r.a = *(const uint4*)((const u8*)w.data + e0 / 2);
+        else r.a.x = *(const u32*)((const u8*)w.data + e0 / 2);
+        i64 si = scale_index(w, row, c * CE);
+        if constexpr (F == WF_LUT4_E8M0) r.s = e8m0_to_f32(((const u8*)w.scales)[si]);
+        else r.s = ((const float*)w.scales)[si];
+    }
+}
+
+static __device__ __forceinline__ u32 raw_word(const Raw& r, int i) {
+    u32 w[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
+    return w[i];
+}
+
+// The first 8 elements of a loaded chunk; next_sub moves the following 8 to the front (Q8, 4-bit).
+template <int F>
+static __device__ __forceinline__ void next_sub(Raw& r) {
+    if constexpr (F == WF_Q8) r.a = make_uint4(r.a.z, r.a.w, 0u, 0u);
+    else r.a = make_uint4(r.a.y, r.a.z, r.a.w, 0u);
+}
+
+template <int F>
+static __device__ __forceinline__ void decode_sub(const WRef& w, const float* tab, const Raw& r, float v[8]) {
+    const int s = 0;
+    if constexpr (F == WF_F32) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = __uint_as_float(raw_word(r, i));
+    } else if constexpr (F == WF_BF16 || F == WF_F16) {
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 x = raw_word(r, i);
+            u16 lo = (u16)(x & 0xffffu), hi = (u16)(x >> 16);
+            if constexpr (F == WF_BF16) { v[2 * i] = bf16_to_f32(lo); v[2 * i + 1] = bf16_to_f32(hi); }
+            else { v[2 * i] = f16_to_f32(lo); v[2 * i + 1] = f16_to_f32(hi); }
+        }
+    } else if constexpr (F == WF_Q8) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[i] = (float)(signed char)((raw_word(r, 2 * s + i / 4) >> (8 * (i % 4))) & 0xffu) * r.s;
+    } else {
+        // Unrounded 4-bit values stay unscaled: sub_dot applies the block's scale to the partial sum.
+        u32 q = raw_word(r, s);
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = tab[(q >> (4 * i)) & 0xfu];
+        if (w.round != ROUND_NONE) {
+            #pragma unroll
+            for (int i = 0; i < 8; i++) v[i] *= r.s;
+            round8(v, w.round);
+        }
+    }
+}
+
+// The factor sub_dot applies to a partial sum of decode_sub's values: the 4-bit scale when they are unscaled.
+template <int F>
+static __device__ __forceinline__ float sub_scale(const WRef& w, const Raw& r) {
+    if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) return w.round == ROUND_NONE ? r.s : 1.0f;
+    else return 1.0f;
+}
+
+// acc[r][t] += Σ_{i<8} W_r[base + i] x_t[base + i] (base + i < k) for the front 8 elements of raw[r], then
+// moves the chunk's next 8 to the front. x is loaded first and each row decoded just before its FMAs, so
+// only one row's 8 decoded values are live at a time.
+template <int F, int TT, int NR>
+static __device__ __forceinline__ void sub_dot(const WRef& w, const float* tab, Raw* raw, int base,
+                                               const float* const* xs, int k, float (*acc)[TT]) {
+    float x[TT][8];
+    if ((k & 3) == 0 && base + 8 <= k) {
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            const float4* x4 = (const float4*)(xs[t] + base);
+            float4 a = x4[0], b = x4[1];
+            x[t][0] = a.x; x[t][1] = a.y; x[t][2] = a.z; x[t][3] = a.w;
+            x[t][4] = b.x; x[t][5] = b.y; x[t][6] = b.z; x[t][7] = b.w;
+        }
+    } else {
+        #pragma unroll
+        for (int t = 0; t < TT; t++)
+            #pragma unroll
+            for (int i = 0; i < 8; i++) x[t][i] = base + i < k ? xs[t][base + i] : 0.0f;
+    }
+    #pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float wv[8];
+        decode_sub<F>(w, tab, raw[r], wv);
+        float sc = sub_scale<F>(w, raw[r]);
+        next_sub<F>(raw[r]);
+        #pragma unroll
+        for (int t = 0; t < TT; t++)
+            acc[r][t] += sc * (wv[0] * x[t][0] + wv[1] * x[t][1] + wv[2] * x[t][2] + wv[3] * x[t][3]
+                               + wv[4] * x[t][4] + wv[5] * x[t][5] + wv[6] * x[t][6] + wv[7] * x[t][7]);
+    }
+}
+
+// res[(g*NR + r)*TT + t] = Σ_i W[rows0 + g*NR + r, i] · x_t[i] (i < k) for every group g of `groups`; rows
+// past `last_row` repeat it (callers drop those). `xrows(xs)` fills the TT x row pointers; it runs after the
+// first weight loads are issued, so its own loads (pair lists) overlap them. Ends with a barrier; res and scratch are shared arrays of at least
+// groups*NR*TT and (blockDim/32)*NR*TT floats.
+template <int F, int CE, int TT, int NR, typename X>
+static __device__ void block_rowdot(const WRef& w, const float* tab, i64 rows0, i64 last_row, int groups,
+                                    const X& xrows, int k, float* scratch, float* res) {
+    int gsize = blockDim.x / groups, g = threadIdx.x / gsize, gt = threadIdx.x % gsize;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i64 rows[NR];
+    #pragma unroll
+    for (int r = 0; r < NR; r++) rows[r] = min(rows0 + (i64)(g * NR + r), last_row);
+    float acc[NR][TT];
+    #pragma unroll
+    for (int r = 0; r < NR; r++)
+        #pragma unroll
+        for (int t = 0; t < TT; t++) acc[r][t] = 0.0f;
+    int nch = (k + CE - 1) / CE;
+    Raw raw[NR];
+    if (gt < nch) {
+        #pragma unroll
+        for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], gt, raw[r]);
+    }
+    const float* xs[TT];
+    xrows(xs);
+    for (int c = gt; c < nch; c += gsize) {
+        if (c != gt) {
+            #pragma unroll
+            for (int r = 0; r < NR; r++) load_raw<F, CE>(w, rows[r], c, raw[r]);
+        }
+        if constexpr (CE == 32) {
+            // 4-bit: one sub-chunk at a time keeps its decoded weights and x loads within the registers.
+            #pragma unroll 1
+            for (int s = 0; s < CE / 8; s++) sub_dot<F, TT, NR>(w, tab, raw, c * CE + s * 8, xs, k, acc);
+        } else {
+            #pragma unroll
+            for (int s = 0; s < CE / 8; s++) sub_dot<F, TT, NR>(w, tab, raw, c * CE + s * 8, xs, k, acc);
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < NR; r++)
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            float v = warp_sum(acc[r][t]);
+            if (lane == 0) scratch[warp * NR * TT + r * TT + t] = v;
+        }
+    __syncthreads();
+    int wpg = gsize >> 5;
+    for (int o = threadIdx.x; o < groups * NR * TT; o += blockDim.x) {
+        int og = o / (NR * TT), ri = o % (NR * TT);
+        float v = 0.0f;
+        for (int q = 0; q < wpg; q++) v += scratch[(og * wpg + q) * NR * TT + ri];
+        res[o] = v;
+    }
+    __syncthreads();
 }

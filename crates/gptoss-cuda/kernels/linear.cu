@@ -1,10 +1,15 @@
 // linear.cu — y = x Wᵀ + b for every packed weight format (see common.cu), and the logits projection.
 // Layout: x [n_tok, x_ld] f32 (row t, or row x_rows[t] when x_rows is set: the logits' selected rows),
 //   W packed [n_out, ld], bias f32 [n_out] or null, out [n_tok, out_ld] f32.
-// Grid: x = ceil(n_out / warps per block) (one warp per output feature), y = ceil(n_tok / TT) (TT input rows
-//   per warp, so each weight row is decoded once per TT tokens). Block: 256 threads.
-// Entry points: linear_<fmt>_t1 (decode) and linear_<fmt>_t8 (prefill). Minimum arch: sm_80.
-// Launched from src/ops/linear.rs.
+// linear_<fmt>_t{1,2,4} (few rows: decode): split-K GEMV, block_rowdot in common.cu. Grid: x =
+//   ceil(n_out / (groups * LIN_NR)) (each of the block's `groups` thread groups takes LIN_NR weight rows), y =
+//   ceil(n_tok / TT). Block: 256 threads.
+// linear_mma_<fmt> (many rows: prefill; bf16 and bf16-exact 4-bit weights): tensor-core tiles, mma.cu.
+//   Grid: x = ceil(n_out / 128), y = ceil(n_tok / 64). Block: 256 threads.
+// Minimum arch: sm_80. Launched from src/ops/linear.rs.
+// Weight rows per thread group of the split-K kernel.
+#define LIN_NR 4
+
 struct LinearParams {
     WRef w;
     const float* bias;
@@ -16,38 +21,79 @@ struct LinearParams {
     int n_tok;
     int x_ld;
     int out_ld;
-    int pad_;
+    int groups;
 };
+
+template <int F, int CE, int TT>
+static __device__ void linear_rows(const LinearParams& p, const float* tab, float* scratch, float* res) {
+    int t0 = blockIdx.y * TT;
+    auto xrows = [&](const float** xs) {
+        #pragma unroll
+        for (int t = 0; t < TT; t++) {
+            int tt = min(t0 + t, p.n_tok - 1);
+            i64 r = p.x_rows ? (i64)p.x_rows[tt] : (i64)tt;
+            xs[t] = p.x + r * p.x_ld;
+        }
+    };
+    i64 rows0 = (i64)blockIdx.x * p.groups * LIN_NR;
+    block_rowdot<F, CE, TT, LIN_NR>(p.w, tab, rows0, (i64)p.n_out - 1, p.groups, xrows, p.k, scratch, res);
+    for (int o = threadIdx.x; o < p.groups * LIN_NR * TT; o += blockDim.x) {
+        i64 row = rows0 + o / TT;
+        int t = t0 + o % TT;
+        if (row < p.n_out && t < p.n_tok)
+            p.out[(i64)t * p.out_ld + row] = res[o] + (p.bias ? p.bias[row] : 0.0f);
+    }
+}
 
 template <int F, int TT>
 static __device__ void linear_impl(const LinearParams& p) {
     __shared__ float tab[16];
+    __shared__ float scratch[8 * LIN_NR * TT];
+    __shared__ float res[8 * LIN_NR * TT];
     load_table(p.w, tab);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int j = blockIdx.x * (blockDim.x >> 5) + warp;
-    int t0 = blockIdx.y * TT;
-    if (j >= p.n_out) return;
-    const float* xs[TT];
-    float acc[1][TT];
-    #pragma unroll
-    for (int t = 0; t < TT; t++) {
-        int tt = min(t0 + t, p.n_tok - 1);
-        acc[0][t] = 0.0f;
-        i64 r = p.x_rows ? (i64)p.x_rows[tt] : (i64)tt;
-        xs[t] = p.x + r * p.x_ld;
-    }
-    warp_rowdot<F, TT, 1>(p.w, tab, (i64)j, xs, p.k, acc);
-    if (lane == 0) {
-        float b = p.bias ? p.bias[j] : 0.0f;
-        #pragma unroll
-        for (int t = 0; t < TT; t++)
-            if (t0 + t < p.n_tok) p.out[(i64)(t0 + t) * p.out_ld + j] = acc[0][t] + b;
+    if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) {
+        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT>(p, tab, scratch, res);
+        else linear_rows<F, 8, TT>(p, tab, scratch, res);
+    } else {
+        linear_rows<F, F == WF_Q8 ? 16 : 8, TT>(p, tab, scratch, res);
     }
 }
 
+template <int F>
+static __device__ void linear_mma_impl(const LinearParams& p) {
+    __shared__ MmaSmem sm;
+    int m0 = blockIdx.y * MMA_BM, n0 = blockIdx.x * MMA_BN;
+    const float* xrow[2];
+    #pragma unroll
+    for (int j = 0; j < 2; j++) {
+        int m = m0 + (threadIdx.x >> 3) + 32 * j;
+        xrow[j] = m < p.n_tok ? p.x + (p.x_rows ? (i64)p.x_rows[m] : (i64)m) * p.x_ld : nullptr;
+    }
+    float acc[2][4][4];
+    mma_tile<F, 2>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, sm, acc);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
+    #pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int m = m0 + wm * 32 + mt * 16 + (lane >> 2) + (i >> 1) * 8;
+                int n = n0 + wn * 32 + nt * 8 + 2 * (lane & 3) + (i & 1);
+                if (m < p.n_tok && n < p.n_out)
+                    p.out[(i64)m * p.out_ld + n] = acc[mt][nt][i] + (p.bias ? p.bias[n] : 0.0f);
+            }
+}
+
 #define LINEAR_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256) linear_##NAME##_t8(const LinearParams p) { linear_impl<F, 8>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t2(const LinearParams p) { linear_impl<F, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); }
+
+// MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
+// larger; 3 = 80 registers).
+#define LINEAR_MMA_ENTRY(NAME, F, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { linear_mma_impl<F>(p); }
 
 LINEAR_ENTRY(f32, WF_F32)
 LINEAR_ENTRY(bf16, WF_BF16)
@@ -55,3 +101,6 @@ LINEAR_ENTRY(f16, WF_F16)
 LINEAR_ENTRY(q8, WF_Q8)
 LINEAR_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 LINEAR_ENTRY(lut4f32, WF_LUT4_F32)
+LINEAR_MMA_ENTRY(bf16, WF_BF16, 2)
+LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 3)
+LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 3)

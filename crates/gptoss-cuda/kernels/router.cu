@@ -1,9 +1,16 @@
 // router.cu — MoE router (spec §1.3 "MoE block"): logits = h Wᵀ + b, top-k (descending, ties to the lower
 // index), softmax over the selected k. Layout: h [n_tok, k] f32, W packed [n_experts, ld], bias f32 or null;
 //   out experts i32 [n_tok, top_k], weights f32 [n_tok, top_k].
-// Grid: one block per token, 256 threads (8 warps, one expert row per warp at a time); the logits sit in
+// Grid: one block per token, 512 threads (256 for f32 and 4-bit weights; the logits by block_rowdot); the logits sit in
 //   dynamic shared memory (n_experts floats + n_experts bytes), and thread 0 selects. top_k <= 32.
-// Entry points: route_<fmt>. Minimum arch: sm_80. Launched from src/ops/moe.rs.
+// route_topk: the same selection from logits already computed (f32 [n_tok, n_experts], bias included; the
+//   split-K linear computes them over many blocks for small steps). Grid: ceil(n_tok / 8) blocks of 256, one
+//   warp per token; n_experts <= 256.
+// Entry points: route_<fmt>, route_topk. Minimum arch: sm_80. Launched from src/ops/moe.rs.
+// The logits' split-K dot (block_rowdot) runs groups of 128 threads, 4 experts each per pass; at most 4 groups.
+#define ROUTE_GROUP_THREADS 128
+#define ROUTE_MAX_GROUPS 4
+
 struct RouteParams {
     WRef w;
     const float* bias;
@@ -16,24 +23,36 @@ struct RouteParams {
     int pad_;
 };
 
+template <int F, int CE>
+static __device__ void route_logits(const RouteParams& p, const float* tab, float* logits, float* scratch, float* res) {
+    int t = blockIdx.x;
+    auto xrows = [&](const float** xs) { xs[0] = p.h + (i64)t * p.k; };
+    int groups = blockDim.x / ROUTE_GROUP_THREADS;
+    for (int r0 = 0; r0 < p.n_experts; r0 += groups * 4) {
+        block_rowdot<F, CE, 1, 4>(p.w, tab, (i64)r0, (i64)p.n_experts - 1, groups, xrows, p.k, scratch, res);
+        for (int o = threadIdx.x; o < groups * 4 && r0 + o < p.n_experts; o += blockDim.x)
+            logits[r0 + o] = res[o] + (p.bias ? p.bias[r0 + o] : 0.0f);
+    }
+}
+
 template <int F>
 static __device__ void route_impl(const RouteParams& p) {
     extern __shared__ float logits[];
     __shared__ float tab[16];
     __shared__ int chosen[32];
     __shared__ float vals[32];
+    __shared__ float scratch[ROUTE_MAX_GROUPS * ROUTE_GROUP_THREADS / 32 * 4];
+    __shared__ float res[ROUTE_MAX_GROUPS * 4];
     load_table(p.w, tab);
+    int t = blockIdx.x;
     u8* taken = (u8*)(logits + p.n_experts);
-    int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const float* xs[1] = {p.h + (i64)t * p.k};
-    for (int e = warp; e < p.n_experts; e += nw) {
-        float acc[1][1] = {{0.0f}};
-        warp_rowdot<F, 1, 1>(p.w, tab, (i64)e, xs, p.k, acc);
-        if (lane == 0) {
-            logits[e] = acc[0][0] + (p.bias ? p.bias[e] : 0.0f);
-            taken[e] = 0;
-        }
+    if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) {
+        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) route_logits<F, 32>(p, tab, logits, scratch, res);
+        else route_logits<F, 8>(p, tab, logits, scratch, res);
+    } else {
+        route_logits<F, F == WF_Q8 ? 16 : 8>(p, tab, logits, scratch, res);
     }
+    for (int e = threadIdx.x; e < p.n_experts; e += blockDim.x) taken[e] = 0;
     __syncthreads();
     if (threadIdx.x != 0) return;
     for (int s = 0; s < p.top_k; s++) {
@@ -52,12 +71,63 @@ static __device__ void route_impl(const RouteParams& p) {
     }
 }
 
-#define ROUTE_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256) route_##NAME(const RouteParams p) { route_impl<F>(p); }
+// THREADS: the block size src/ops/moe.rs launches (256 for f32 and 4-bit weights: 512 would spill).
+#define ROUTE_ENTRY(NAME, F, THREADS) \
+    extern "C" __global__ void __launch_bounds__(THREADS) route_##NAME(const RouteParams p) { route_impl<F>(p); }
 
-ROUTE_ENTRY(f32, WF_F32)
-ROUTE_ENTRY(bf16, WF_BF16)
-ROUTE_ENTRY(f16, WF_F16)
-ROUTE_ENTRY(q8, WF_Q8)
-ROUTE_ENTRY(lut4e8m0, WF_LUT4_E8M0)
-ROUTE_ENTRY(lut4f32, WF_LUT4_F32)
+ROUTE_ENTRY(f32, WF_F32, 256)
+ROUTE_ENTRY(bf16, WF_BF16, 512)
+ROUTE_ENTRY(f16, WF_F16, 512)
+ROUTE_ENTRY(q8, WF_Q8, 512)
+ROUTE_ENTRY(lut4e8m0, WF_LUT4_E8M0, 256)
+ROUTE_ENTRY(lut4f32, WF_LUT4_F32, 256)
+
+struct TopkParams {
+    const float* logits;
+    int* experts;
+    float* weights;
+    int n_tok;
+    int n_experts;
+    int top_k;
+    int pad_;
+};
+
+extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p) {
+    int lane = threadIdx.x & 31, t = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (t >= p.n_tok) return;
+    const float* l = p.logits + (i64)t * p.n_experts;
+    const float ninf = -__int_as_float(0x7f800000);
+    float v[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = lane + 32 * j < p.n_experts ? l[lane + 32 * j] : ninf;
+    u32 taken = 0;
+    int my_e = 0;
+    float my_v = 0.0f;
+    for (int s = 0; s < p.top_k; s++) {
+        float bv = ninf;
+        int be = p.n_experts;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int e = lane + 32 * j;
+            if (e < p.n_experts && !((taken >> j) & 1u) && (be == p.n_experts || v[j] > bv)) { bv = v[j]; be = e; }
+        }
+        // The larger logit wins, ties go to the lower expert (as the CPU backend).
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (oe < p.n_experts && (be == p.n_experts || ov > bv || (ov == bv && oe < be))) { bv = ov; be = oe; }
+        }
+        be = be < p.n_experts ? be : 0;
+        if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        if (lane == s) { my_e = be; my_v = bv; }
+    }
+    float mx = __shfl_sync(0xffffffffu, my_v, 0);
+    float ex = lane < p.top_k ? expf(my_v - mx) : 0.0f;
+    float sum = 0.0f;
+    for (int s = 0; s < p.top_k; s++) sum += __shfl_sync(0xffffffffu, ex, s);
+    if (lane < p.top_k) {
+        p.experts[t * p.top_k + lane] = my_e;
+        p.weights[t * p.top_k + lane] = ex / sum;
+    }
+}

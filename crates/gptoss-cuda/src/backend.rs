@@ -131,16 +131,20 @@ impl Backend for CudaBackend {
     fn upload_linear(&self, linear: &Linear) -> Result<CudaLinear> {
         let d = &self.dev;
         let what = format!("a linear weight {:?}", linear.weight.shape);
+        // Tensors a reader builds on demand (transposes, interleaves) are built here for the upload and
+        // dropped after it, so host memory holds at most one layer's worth of them.
+        let weight = linear.weight.materialized();
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&linear.weight)?], &what)?,
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&weight)?], &what)?,
             bias: upload_opt(&d.stream, &d.meter, linear.bias.as_deref(), "a bias")?,
         })
     }
 
     fn upload_embedding(&self, table: &QuantTensor) -> Result<CudaLinear> {
         let d = &self.dev;
+        let table = table.materialized();
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(table)?], "the embedding")?,
+            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&table)?], "the embedding")?,
             bias: None,
         })
     }
@@ -154,13 +158,21 @@ impl Backend for CudaBackend {
 
     fn upload_experts(&self, experts: &[Expert]) -> Result<CudaExperts> {
         let d = &self.dev;
-        let gate_up = experts
+        let gate_up_src: Vec<_> = experts
             .iter()
-            .map(|e| pack(&e.gate_up.weight))
+            .map(|e| e.gate_up.weight.materialized())
+            .collect();
+        let down_src: Vec<_> = experts
+            .iter()
+            .map(|e| e.down.weight.materialized())
+            .collect();
+        let gate_up = gate_up_src
+            .iter()
+            .map(|t| pack(t))
             .collect::<CudaResult<Vec<_>>>()?;
-        let down = experts
+        let down = down_src
             .iter()
-            .map(|e| pack(&e.down.weight))
+            .map(|t| pack(t))
             .collect::<CudaResult<Vec<_>>>()?;
         let bias = |pick: fn(&Expert) -> &Linear, rows: usize| -> CudaResult<Option<DevBuf<f32>>> {
             if experts.iter().all(|e| pick(e).bias.is_none()) {
@@ -292,7 +304,12 @@ impl Backend for CudaBackend {
         top_k: usize,
         out: &mut CudaRouting,
     ) -> Result<()> {
-        Ok(ops::moe::route(&self.dev, step, h, router, top_k, out)?)
+        if self.expert_dims.borrow().is_some() {
+            self.ensure_moe_scratch(step.rows * top_k)?;
+        }
+        let scratch = self.moe_scratch.borrow();
+        let with = (top_k, scratch.as_ref());
+        Ok(ops::moe::route(&self.dev, step, h, router, with, out)?)
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {

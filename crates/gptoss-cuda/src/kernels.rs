@@ -5,6 +5,9 @@
 /// The prelude shared by every kernel file (types, conversions, reductions, the weight decoder).
 const COMMON: &str = include_str!("../kernels/common.cu");
 
+/// The tensor-core tile GEMM core, a second prelude of the files that run prefill GEMMs.
+const MMA: &str = include_str!("../kernels/mma.cu");
+
 /// One kernel file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelFile {
@@ -68,7 +71,15 @@ impl KernelFile {
 
     /// The full source NVRTC compiles: the prelude, then the file.
     pub fn source(self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.name(), self.body())
+        let mma = match self {
+            KernelFile::Linear | KernelFile::Moe => format!("#line 1 \"mma.cu\"\n{MMA}\n"),
+            _ => String::new(),
+        };
+        format!(
+            "{COMMON}\n{mma}#line 1 \"{}\"\n{}",
+            self.name(),
+            self.body()
+        )
     }
 }
 
@@ -101,6 +112,9 @@ impl WeightKind {
         }
     }
 
+    /// The kinds with tensor-core (`_mma`) entry points: those whose values can decode exactly to bf16.
+    pub const MMA: [WeightKind; 3] = [WeightKind::Bf16, WeightKind::Lut4E8m0, WeightKind::Lut4F32];
+
     /// Every kind.
     pub const ALL: [WeightKind; 6] = [
         WeightKind::F32,
@@ -112,19 +126,30 @@ impl WeightKind {
     ];
 }
 
-/// Input rows per warp in the linear and expert kernels.
+/// Input rows per block in the split-K linear and expert kernels (every weight row is decoded once per tile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RowTile {
-    /// One row (decode).
+    /// One row (decode of one sequence).
     One,
-    /// Eight rows (prefill).
+    /// Two rows (linear only).
+    Two,
+    /// Four rows (linear only).
+    Four,
+    /// Eight rows (experts only).
     Eight,
 }
 
 impl RowTile {
+    /// The tiles of the linear kernels.
+    pub const LINEAR: [RowTile; 3] = [RowTile::One, RowTile::Two, RowTile::Four];
+    /// The tiles of the expert kernels.
+    pub const EXPERTS: [RowTile; 2] = [RowTile::One, RowTile::Eight];
+
     fn suffix(self) -> &'static str {
         match self {
             RowTile::One => "t1",
+            RowTile::Two => "t2",
+            RowTile::Four => "t4",
             RowTile::Eight => "t8",
         }
     }
@@ -133,7 +158,35 @@ impl RowTile {
     pub fn rows(self) -> usize {
         match self {
             RowTile::One => 1,
+            RowTile::Two => 2,
+            RowTile::Four => 4,
             RowTile::Eight => 8,
+        }
+    }
+}
+
+/// Pairs per tensor-core expert tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmaRows {
+    /// 32 (`_mma32_`).
+    R32,
+    /// 64 (`_mma_`).
+    R64,
+}
+
+impl MmaRows {
+    fn infix(self) -> &'static str {
+        match self {
+            MmaRows::R32 => "mma32",
+            MmaRows::R64 => "mma",
+        }
+    }
+
+    /// Pairs per tile.
+    pub fn rows(self) -> usize {
+        match self {
+            MmaRows::R32 => 32,
+            MmaRows::R64 => 64,
         }
     }
 }
@@ -158,8 +211,10 @@ pub enum Func {
     RmsNorm,
     /// `add_f32`
     Add,
-    /// `linear_<fmt>_t{1,8}`
+    /// `linear_<fmt>_t{1,2,4}`
     Linear(WeightKind, RowTile),
+    /// `linear_mma_<fmt>`
+    LinearMma(WeightKind),
     /// `rope_kv_<kv>`
     RopeKv(KvType),
     /// `attention_<kv>`
@@ -168,12 +223,18 @@ pub enum Func {
     AttentionCombine,
     /// `route_<fmt>`
     Route(WeightKind),
+    /// `route_topk`
+    RouteTopk,
     /// `moe_group`
     MoeGroup,
     /// `moe_gate_up_<fmt>_t{1,8}`
     MoeGateUp(WeightKind, RowTile),
     /// `moe_down_<fmt>_t{1,8}`
     MoeDown(WeightKind, RowTile),
+    /// `moe_gate_up_mma_<fmt>` / `moe_gate_up_mma32_<fmt>`
+    MoeGateUpMma(WeightKind, MmaRows),
+    /// `moe_down_mma_<fmt>` / `moe_down_mma32_<fmt>`
+    MoeDownMma(WeightKind, MmaRows),
     /// `moe_combine`
     MoeCombine,
     /// `sample_rows`
@@ -186,13 +247,16 @@ impl Func {
         match self {
             Func::Embed(_) => KernelFile::Embed,
             Func::RmsNorm | Func::Add => KernelFile::Norm,
-            Func::Linear(..) => KernelFile::Linear,
+            Func::Linear(..) | Func::LinearMma(_) => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) | Func::AttentionCombine => KernelFile::Attention,
-            Func::Route(_) => KernelFile::Router,
-            Func::MoeGroup | Func::MoeGateUp(..) | Func::MoeDown(..) | Func::MoeCombine => {
-                KernelFile::Moe
-            }
+            Func::Route(_) | Func::RouteTopk => KernelFile::Router,
+            Func::MoeGroup
+            | Func::MoeGateUp(..)
+            | Func::MoeDown(..)
+            | Func::MoeGateUpMma(..)
+            | Func::MoeDownMma(..)
+            | Func::MoeCombine => KernelFile::Moe,
             Func::Sample => KernelFile::Sample,
         }
     }
@@ -209,13 +273,17 @@ impl Func {
             Func::RmsNorm => "rmsnorm_f32".into(),
             Func::Add => "add_f32".into(),
             Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
+            Func::LinearMma(w) => format!("linear_mma_{}", w.suffix()),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::AttentionCombine => "attention_combine".into(),
             Func::Route(w) => format!("route_{}", w.suffix()),
+            Func::RouteTopk => "route_topk".into(),
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
+            Func::MoeGateUpMma(w, r) => format!("moe_gate_up_{}_{}", r.infix(), w.suffix()),
+            Func::MoeDownMma(w, r) => format!("moe_down_{}_{}", r.infix(), w.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
         }
@@ -228,6 +296,7 @@ impl Func {
             Func::Add,
             Func::MoeGroup,
             Func::MoeCombine,
+            Func::RouteTopk,
             Func::Sample,
             Func::AttentionCombine,
         ];
@@ -236,12 +305,15 @@ impl Func {
         }
         for w in WeightKind::ALL {
             v.extend([Func::Embed(w), Func::Route(w)]);
-            for t in [RowTile::One, RowTile::Eight] {
-                v.extend([
-                    Func::Linear(w, t),
-                    Func::MoeGateUp(w, t),
-                    Func::MoeDown(w, t),
-                ]);
+            v.extend(RowTile::LINEAR.map(|t| Func::Linear(w, t)));
+            for t in RowTile::EXPERTS {
+                v.extend([Func::MoeGateUp(w, t), Func::MoeDown(w, t)]);
+            }
+        }
+        for w in WeightKind::MMA {
+            v.push(Func::LinearMma(w));
+            for r in [MmaRows::R32, MmaRows::R64] {
+                v.extend([Func::MoeGateUpMma(w, r), Func::MoeDownMma(w, r)]);
             }
         }
         v
@@ -265,11 +337,16 @@ mod tests {
     /// `LINEAR_ENTRY(bf16, WF_BF16)` defines `linear_bf16_t1` and `_t8`, and so on for the other macros.
     fn macro_defines(body: &str, name: &str) -> bool {
         for (prefix, mac, suffixes) in [
-            ("linear_", "LINEAR_ENTRY", &["_t1", "_t8"][..]),
+            ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
             ("route_", "ROUTE_ENTRY", &[""][..]),
             ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),
             ("moe_down_", "MOE_ENTRY", &["_t1", "_t8"][..]),
+            ("moe_gate_up_mma_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_down_mma_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_gate_up_mma32_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_down_mma32_", "MOE_MMA_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

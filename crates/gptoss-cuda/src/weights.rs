@@ -16,7 +16,7 @@ use crate::kernels::WeightKind;
 
 /// Rounding of each decoded 4-bit weight (mirrors `ROUND_*` in common.cu).
 pub const ROUND_NONE: i32 = 0;
-const ROUND_BF16: i32 = 1;
+pub(crate) const ROUND_BF16: i32 = 1;
 const ROUND_F16: i32 = 2;
 
 /// A weight in a kernel layout, on the host, ready to upload.

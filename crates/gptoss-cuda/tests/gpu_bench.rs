@@ -1,14 +1,18 @@
-//! A short benchmark on the GPU (no timing assertions): gpt-oss-20b shapes with random MXFP4 experts under
-//! `--max-vram 16GiB` at 8,192 tokens of context, prefill and decode speed, and peak device memory against
-//! the planner's figure. Run by scripts/gpu-check.sh with `--nocapture`; prints `BENCH` lines.
+//! Short benchmarks on the GPU (no timing assertions), run by scripts/gpu-check.sh with `--nocapture`; they
+//! print `BENCH` lines. The model bench: gpt-oss-20b shapes with random MXFP4 experts under `--max-vram 16GiB`
+//! at 8,192 tokens of context, prefill (256 and 2,048 tokens) and decode speed, and peak device memory
+//! against the planner's figure. The op bench: each linear and MoE shape of a 20b layer alone, with the
+//! bandwidth (decode) or arithmetic rate (prefill) it reaches.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 
+use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
 use gptoss_cuda::{CudaBackend, CudaOptions};
+use gptoss_engine::backend::{MoeArgs, MoeShape, Rope};
 use gptoss_engine::memory::{plan, weights_bytes, KvPrecision};
-use gptoss_engine::{Batch, Capacity, Model};
-use gptoss_formats::ModelConfig;
+use gptoss_engine::{Backend, Batch, Capacity, KvLayout, Model};
+use gptoss_formats::{DType, Expert, Linear, ModelConfig};
 
 const GIB: u64 = 1 << 30;
 
@@ -23,7 +27,7 @@ fn bench_gpt_oss_20b_under_16_gib() {
         t0.elapsed().as_secs_f64()
     );
     let cap = Capacity {
-        max_batch_tokens: 256,
+        max_batch_tokens: 2048,
         max_logit_rows: 1,
         slots: 1,
         context_tokens: 8192,
@@ -48,19 +52,28 @@ fn bench_gpt_oss_20b_under_16_gib() {
     m.backend().synchronize().unwrap();
     println!("BENCH upload {:.1} s", t0.elapsed().as_secs_f64());
     drop(w);
-    let prompt: Vec<u32> = (0..256u32).map(|i| (i * 7919) % 200_000).collect();
+    let prompt: Vec<u32> = (0..2048u32).map(|i| (i * 7919) % 200_000).collect();
     let table = m.solo_table();
-    m.forward(&Batch::single(&prompt, 0, table.clone()))
-        .unwrap();
-    m.backend().synchronize().unwrap();
-    let reps = 3;
-    let t0 = Instant::now();
-    for _ in 0..reps {
-        m.forward(&Batch::single(&prompt, 0, table.clone()))
+    for n in [256usize, 2048] {
+        m.forward(&Batch::single(&prompt[..n], 0, table.clone()))
             .unwrap();
+        m.backend().synchronize().unwrap();
+        let reps = 3;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            m.forward(&Batch::single(&prompt[..n], 0, table.clone()))
+                .unwrap();
+        }
+        m.backend().synchronize().unwrap();
+        let s = t0.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "BENCH prefill {n} tokens: {:.1} ms ({:.0} tok/s)",
+            s * 1e3,
+            n as f64 / s
+        );
     }
-    m.backend().synchronize().unwrap();
-    let prefill_s = t0.elapsed().as_secs_f64() / reps as f64;
+    m.forward(&Batch::single(&prompt[..256], 0, table.clone()))
+        .unwrap();
     let mut tok = m.sample(&[Default::default()], &[0]).unwrap()[0];
     let n_decode = 64;
     let t0 = Instant::now();
@@ -79,11 +92,6 @@ fn bench_gpt_oss_20b_under_16_gib() {
     let forward_s = t0.elapsed().as_secs_f64() / n_decode as f64;
     let (used, peak) = m.backend().memory_in_use();
     println!(
-        "BENCH prefill 256 tokens: {:.1} ms ({:.0} tok/s)",
-        prefill_s * 1e3,
-        256.0 / prefill_s
-    );
-    println!(
         "BENCH decode (forward + greedy sample): {:.2} ms/token ({:.1} tok/s)",
         decode_s * 1e3,
         1.0 / decode_s
@@ -99,4 +107,159 @@ fn bench_gpt_oss_20b_under_16_gib() {
         p.total_bytes() as f64 / GIB as f64
     );
     assert!(peak <= 16 * GIB && peak <= p.total_bytes());
+}
+
+/// A `[rows, cols]` buffer holding `data`, written by embedding rows of an f32 table (the one generic way
+/// to fill a buffer through the Backend trait).
+fn filled(
+    b: &CudaBackend,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+) -> <CudaBackend as Backend>::Buf {
+    let src = b
+        .upload_embedding(&gptoss_formats::QuantTensor::from_f32(
+            vec![rows, cols],
+            data,
+        ))
+        .unwrap();
+    let step = step_of(b, rows);
+    let mut out = b.alloc(rows, cols).unwrap();
+    b.embed(&step, &src, &mut out).unwrap();
+    out
+}
+
+fn step_of(b: &CudaBackend, rows: usize) -> <CudaBackend as Backend>::Step {
+    let cap = Capacity {
+        max_batch_tokens: rows,
+        max_logit_rows: rows,
+        slots: 1,
+        context_tokens: rows,
+        kv_blocks: None,
+    };
+    let rope = Rope {
+        inv_freq: vec![1.0],
+        concentration: 1.0,
+    };
+    let layout = KvLayout::new(&ModelConfig::gpt_oss_20b(), &cap).unwrap();
+    let mut s = b.alloc_step(&cap, &layout, &rope).unwrap();
+    let batch = Batch {
+        tokens: (0..rows as u32).collect(),
+        positions: (0..rows as u32).collect(),
+        seqs: vec![0; rows],
+        logit_rows: vec![],
+        tables: vec![],
+    };
+    b.begin_step(&mut s, &batch).unwrap();
+    s
+}
+
+/// Seconds per call of `f`, after one warm-up call, over `reps` calls queued back to back.
+fn time(b: &CudaBackend, reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    b.synchronize().unwrap();
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    b.synchronize().unwrap();
+    t0.elapsed().as_secs_f64() / reps as f64
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn bench_ops_20b_shapes() {
+    let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let mut rng = Rng(7);
+    let bf16 = TestFormat::Dense(DType::BF16);
+    for (name, n_out, k) in [
+        ("q", 4096, 2880),
+        ("k", 512, 2880),
+        ("o", 2880, 4096),
+        ("lm_head", 201_088, 2880),
+    ] {
+        let w = b
+            .upload_linear(&Linear {
+                weight: random_tensor(&mut rng, bf16, n_out, k, 0.05),
+                bias: Some(rng.vec(n_out, 0.1)),
+            })
+            .unwrap();
+        let tokens: &[usize] = if name == "lm_head" {
+            &[1]
+        } else {
+            &[1, 2, 4, 8, 2048]
+        };
+        for &t in tokens {
+            let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
+            let mut out = b.alloc(t, n_out).unwrap();
+            let step = step_of(&b, t);
+            let reps = if t > 8 { 10 } else { 50 };
+            let s = time(&b, reps, || b.linear(&step, &x, &w, &mut out).unwrap());
+            let gbs = (n_out * k * 2) as f64 / s / 1e9;
+            let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
+            println!(
+                "BENCH op linear bf16 {name} [{n_out}, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s, {tflops:.2} TFLOP/s",
+                s * 1e6
+            );
+        }
+    }
+    bench_moe(&b, &mut rng);
+}
+
+fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
+    let (n_exp, hidden, inter, top_k) = (32, 2880, 2880, 4);
+    let experts: Vec<Expert> = (0..n_exp)
+        .map(|_| Expert {
+            gate_up: Linear {
+                weight: random_tensor(rng, TestFormat::Mxfp4, 2 * inter, hidden, 0.05),
+                bias: Some(rng.vec(2 * inter, 0.1)),
+            },
+            down: Linear {
+                weight: random_tensor(rng, TestFormat::Mxfp4, hidden, inter, 0.05),
+                bias: Some(rng.vec(hidden, 0.1)),
+            },
+        })
+        .collect();
+    let expert_bytes = (3 * hidden * inter) as f64 * (0.5 + 1.0 / 32.0);
+    let ex = b.upload_experts(&experts).unwrap();
+    drop(experts);
+    let router = b
+        .upload_linear(&Linear {
+            weight: random_tensor(rng, TestFormat::Dense(DType::BF16), n_exp, hidden, 1.0),
+            bias: Some(rng.vec(n_exp, 0.5)),
+        })
+        .unwrap();
+    let shape = MoeShape {
+        top_k,
+        swiglu_alpha: 1.702,
+        swiglu_limit: 7.0,
+    };
+    for t in [1usize, 2, 8, 16, 32, 64, 256, 2048] {
+        let h = filled(b, t, hidden, &rng.vec(t * hidden, 1.0));
+        let mut routing = b.alloc_routing(t, top_k).unwrap();
+        let mut out = b.alloc(t, hidden).unwrap();
+        let step = step_of(b, t);
+        let reps = if t > 8 { 10 } else { 50 };
+        let route_s = time(b, reps, || {
+            b.route(&step, &h, &router, top_k, &mut routing).unwrap()
+        });
+        let s = time(b, reps, || {
+            let args = MoeArgs {
+                h: &h,
+                experts: &ex,
+                routing: &routing,
+                shape,
+            };
+            b.moe(&step, args, &mut out).unwrap()
+        });
+        let used = (t * top_k).min(n_exp) as f64;
+        let tflops = 2.0 * (t * top_k * 3 * hidden * inter) as f64 / s / 1e12;
+        println!(
+            "BENCH op moe mxfp4 32 experts top-4 T={t}: route {:.1} us, experts {:.1} us, \
+             weights of <= {used} experts {:.0} GB/s, {tflops:.2} TFLOP/s",
+            route_s * 1e6,
+            s * 1e6,
+            used * expert_bytes / s / 1e9
+        );
+    }
 }

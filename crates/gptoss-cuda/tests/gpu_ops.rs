@@ -139,6 +139,82 @@ fn linear_every_format_and_shape() {
     }
 }
 
+/// Token counts that hit every edge of the split-K tiles (1, 2, 4, 8 rows) and of the tensor-core tiles
+/// (16 rows and up, 64 per tile).
+const TILE_EDGES: [usize; 9] = [1, 2, 7, 16, 17, 63, 64, 65, 300];
+
+#[test]
+#[ignore = "needs GPU"]
+fn linear_tile_edges_every_path() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(16);
+    // bf16, MXFP4 and NF4 take the tensor cores from 16 rows; Q8_0 and f32 stay on the split-K kernel.
+    // 130 and 67 output rows leave partial 128-row tiles; k = 45 leaves a partial K step and unaligned rows.
+    let cases = [
+        (TestFormat::Dense(gptoss_formats::DType::BF16), 130, 96),
+        (TestFormat::Dense(gptoss_formats::DType::BF16), 67, 45),
+        (TestFormat::Mxfp4, 130, 160),
+        (TestFormat::BnbNf4, 67, 128),
+        (TestFormat::Q8_0, 130, 96),
+        (TestFormat::Dense(gptoss_formats::DType::F32), 67, 45),
+    ];
+    for (format, n_out, k) in cases {
+        let lin = Linear {
+            weight: random_tensor(&mut rng, format, n_out, k, 0.2),
+            bias: Some(rng.vec(n_out, 0.5)),
+        };
+        for rows in TILE_EDGES {
+            let x = rng.vec(rows * k, 1.0);
+            let e = rel_err(
+                &linear_out(&g, &lin, &x, rows),
+                &linear_out(&CpuBackend, &lin, &x, rows),
+            );
+            println!("linear edges {format:?} T={rows} [{n_out}, {k}]: rel err {e:.2e}");
+            assert!(
+                e < 1e-5,
+                "linear {format:?} T={rows} [{n_out}, {k}]: rel err {e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn moe_tile_edges_every_path() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(17);
+    // 160 hidden and 2 × 96 gate_up rows leave partial 128-row tiles; with top_k 2 of 6 experts, 64 tokens and
+    // more (128 pairs) take the tensor cores for MXFP4, bf16 and NF4, in tiles of 64 pairs per expert.
+    let (n_exp, hidden, inter, top_k) = (6, 160, 96, 2);
+    for format in [
+        TestFormat::Mxfp4,
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+        TestFormat::BnbNf4,
+        TestFormat::Q8_0,
+    ] {
+        let ex = experts(&mut rng, format, n_exp, hidden, inter);
+        let router = Linear {
+            weight: random_tensor(
+                &mut rng,
+                TestFormat::Dense(gptoss_formats::DType::BF16),
+                n_exp,
+                hidden,
+                1.0,
+            ),
+            bias: Some(rng.vec(n_exp, 0.5)),
+        };
+        for rows in TILE_EDGES {
+            let h = rng.vec(rows * hidden, 1.0);
+            let e = rel_err(
+                &moe_run(&g, &router, &ex, &h, rows, top_k),
+                &moe_run(&CpuBackend, &router, &ex, &h, rows, top_k),
+            );
+            println!("moe edges {format:?} T={rows} top_k={top_k}: rel err {e:.2e}");
+            assert!(e < 1e-5, "moe {format:?} T={rows}: {e}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn embed_and_logits_every_format() {

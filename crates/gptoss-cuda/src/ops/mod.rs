@@ -15,7 +15,7 @@ use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
 use crate::error::{CudaError, Result};
 use crate::kernels::WeightKind;
 use crate::vram::{DevBuf, Meter};
-use crate::weights::Packed;
+use crate::weights::{Packed, ROUND_BF16, ROUND_NONE};
 
 /// A packed weight as the kernels see it (mirror of `WRef` in common.cu).
 #[repr(C)]
@@ -27,7 +27,8 @@ pub struct WeightRef {
     ld: i32,
     block: i32,
     round: i32,
-    pad: i32,
+    /// 4-bit kinds: scales per row (`ld / block`), else 0.
+    row_scales: i32,
 }
 
 // SAFETY: plain #[repr(C)] data with the layout of the kernels' `WRef`.
@@ -90,6 +91,45 @@ impl DevWeight {
         })
     }
 
+    /// Whether every decoded value is exactly a bf16 and rows come in whole 32-element steps: the condition of
+    /// the tensor-core (`_mma`) kernels, which feed the weights to the tensor cores as bf16. Dense bf16; 4-bit
+    /// codes whose table values are bf16 times an E8M0 power of two; 4-bit values rounded to bf16 at decode.
+    pub fn mma_exact(&self) -> bool {
+        let steps = self.ld.is_multiple_of(32) && self.block.is_multiple_of(32);
+        let bf16_table = self
+            .table
+            .iter()
+            .all(|v| half::bf16::from_f32(*v).to_f32() == *v);
+        match self.kind {
+            WeightKind::Bf16 => true,
+            WeightKind::Lut4E8m0 => {
+                steps && (self.round == ROUND_BF16 || (self.round == ROUND_NONE && bf16_table))
+            }
+            WeightKind::Lut4F32 => steps && self.round == ROUND_BF16,
+            _ => false,
+        }
+    }
+
+    /// Thread groups per 256-thread block of the split-K kernels (`block_rowdot` in common.cu): groups of
+    /// 256, 128, 64 or 32 threads, the largest not above the row's 16-byte chunks, so few threads idle.
+    pub fn split_groups(&self) -> i32 {
+        let chunk_elems = match self.kind {
+            WeightKind::Q8 => 16,
+            WeightKind::Lut4E8m0 | WeightKind::Lut4F32
+                if self.ld.is_multiple_of(32) && self.block.is_multiple_of(32) =>
+            {
+                32
+            }
+            _ => 8,
+        };
+        let chunks = self.k.div_ceil(chunk_elems);
+        let mut size = 256;
+        while size > 32 && size > chunks {
+            size /= 2;
+        }
+        (256 / size) as i32
+    }
+
     /// The kernel view.
     pub fn as_ref(&self) -> WeightRef {
         WeightRef {
@@ -99,7 +139,10 @@ impl DevWeight {
             ld: self.ld as i32,
             block: self.block as i32,
             round: self.round,
-            pad: 0,
+            row_scales: match self.kind {
+                WeightKind::Lut4E8m0 | WeightKind::Lut4F32 => (self.ld / self.block) as i32,
+                _ => 0,
+            },
         }
     }
 }

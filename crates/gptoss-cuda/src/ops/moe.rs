@@ -6,8 +6,8 @@ use gptoss_engine::backend::MoeShape;
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
-use crate::kernels::{Func, RowTile};
-use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
+use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
+use crate::ops::{blocks, cfg, linear, shape_error, DevWeight, WeightRef};
 use crate::vram::DevBuf;
 
 /// A layer's experts, stacked: `gate_up` `[E × 2I, H]` (interleaved gate/up rows), `down` `[E × H, I]`.
@@ -80,6 +80,12 @@ impl MoeScratch {
         })
     }
 
+    /// Floats of its expert-output buffer, which the router borrows for its logits (they are consumed before
+    /// the experts run).
+    fn logits_room(&self) -> usize {
+        self.pairs * self.hidden
+    }
+
     /// Whether it serves `pairs` pairs of `(experts, intermediate, hidden)`.
     pub fn fits_dims(&self, pairs: usize, dims: (usize, usize, usize)) -> bool {
         pairs <= self.pairs && dims == (self.n_experts, self.inter, self.hidden)
@@ -107,13 +113,34 @@ struct RouteParams {
 // SAFETY: #[repr(C)] mirror of `RouteParams` in router.cu.
 unsafe impl cudarc::driver::DeviceRepr for RouteParams {}
 
-/// Router logits, top-k, softmax over the selected.
+#[repr(C)]
+struct TopkParams {
+    logits: u64,
+    experts: u64,
+    weights: u64,
+    n_tok: i32,
+    n_experts: i32,
+    top_k: i32,
+    pad: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `TopkParams` in router.cu.
+unsafe impl cudarc::driver::DeviceRepr for TopkParams {}
+
+/// Most rows routed in two launches (logits by the split-K linear over many blocks, then a top-k kernel);
+/// more rows fill the GPU with the one-block-per-token kernel. Measured on the H100 with 20b's 32 × 2880
+/// router: T = 1 8.7 µs in two launches vs 14.1 µs in one block (which reads the router from one SM); at
+/// T = 2 and 8 the one-block kernel is as fast or faster (13.7 µs vs 20.3 and 14.7 µs).
+const SPLIT_ROUTE_MAX_ROWS: usize = 1;
+
+/// Router logits, top-k, softmax over the selected. `scratch` (the MoE scratch, when allocated) holds the
+/// logits of small steps.
 pub fn route(
     dev: &Device,
     step: &CudaStep,
     h: &CudaBuf,
     router: &CudaLinear,
-    top_k: usize,
+    (top_k, scratch): (usize, Option<&MoeScratch>),
     out: &mut CudaRouting,
 ) -> Result<()> {
     let w = &router.w;
@@ -122,15 +149,38 @@ pub fn route(
         || top_k == 0
         || top_k > 32
         || top_k > w.rows
+        || w.rows > MAX_EXPERTS
         || step.rows > out.rows
     {
         return Err(shape_error(
             "route",
             format!(
-                "h [_, {}], router [{}, {}], top_k {top_k} (<= 32)",
+                "h [_, {}], router [{}, {}] (<= {MAX_EXPERTS} experts), top_k {top_k} (<= 32)",
                 h.cols, w.rows, w.k
             ),
         ));
+    }
+    let room = scratch.filter(|s| s.logits_room() >= step.rows * w.rows);
+    if let (Some(s), true) = (room, step.rows <= SPLIT_ROUTE_MAX_ROWS) {
+        let rows = linear::Rows {
+            x: h.buf.ptr(),
+            x_ld: h.cols,
+            x_rows: 0,
+            n_tok: step.rows,
+            out: s.y.ptr(),
+            out_ld: w.rows,
+        };
+        linear::launch(dev, router, rows)?;
+        let p = TopkParams {
+            logits: s.y.ptr(),
+            experts: out.experts.ptr(),
+            weights: out.weights.ptr(),
+            n_tok: step.rows as i32,
+            n_experts: w.rows as i32,
+            top_k: top_k as i32,
+            pad: 0,
+        };
+        return dev.launch(Func::RouteTopk, cfg((blocks(step.rows, 8), 1, 1), 256), &p);
     }
     let p = RouteParams {
         w: w.as_ref(),
@@ -143,7 +193,12 @@ pub fn route(
         top_k: top_k as i32,
         pad: 0,
     };
-    let mut c = cfg((step.rows as u32, 1, 1), 256);
+    // `ROUTE_ENTRY`'s THREADS in router.cu.
+    let threads = match w.kind {
+        WeightKind::F32 | WeightKind::Lut4E8m0 | WeightKind::Lut4F32 => 256,
+        _ => 512,
+    };
+    let mut c = cfg((step.rows as u32, 1, 1), threads);
     c.shared_mem_bytes = (w.rows * 5) as u32;
     dev.launch(Func::Route(w.kind), c, &p)
 }
@@ -176,6 +231,8 @@ struct ExpertParams {
     top_k: i32,
     alpha: f32,
     limit: f32,
+    n_experts: i32,
+    groups: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe.cu.
@@ -196,15 +253,54 @@ struct CombineParams {
 // SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
-/// One pair per tile when each expert has at most about one pair (decode: no wasted accumulators, every
-/// block loops over its expert's pairs), eight otherwise (prefill: each weight row decoded once per eight
-/// pairs, one tile per block).
-pub fn choose_moe(pairs: usize, n_experts: usize) -> RowTile {
-    if pairs <= n_experts {
-        RowTile::One
+/// How the experts of a step run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoePath {
+    /// Split-K GEMV over tiles of this many pairs of one expert.
+    Split(RowTile),
+    /// Tensor-core tiles of 32 or 64 pairs of one expert.
+    Mma(MmaRows),
+}
+
+/// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
+const MAX_EXPERTS: usize = 256;
+/// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
+const MMA_WEIGHT_ROWS: usize = 128;
+/// One pair per tile while the pairs are at most twice the experts (decode and small batches: each chosen
+/// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
+/// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
+/// decode exactly to bf16 (32 pairs while the experts average at most 16, else 64), tiles of 8 pairs otherwise.
+pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts) -> MoePath {
+    if pairs <= 2 * n_experts {
+        MoePath::Split(RowTile::One)
+    } else if e.gate_up.mma_exact() && e.down.mma_exact() {
+        // Tiles of 32 while the experts average at most 16 pairs (a 64-pair tile would be mostly empty).
+        // Measured on the H100, 32 experts top-4: T = 32 and 64 0.75 ms (32-pair tiles) vs 1.01 ms (64);
+        // T = 256 (32 pairs per expert) 1.14 ms vs 1.05 ms.
+        if pairs <= 16 * n_experts {
+            MoePath::Mma(MmaRows::R32)
+        } else {
+            MoePath::Mma(MmaRows::R64)
+        }
     } else {
-        RowTile::Eight
+        MoePath::Split(RowTile::Eight)
     }
+}
+
+/// Weight rows per thread group of the split-K expert kernels for a tile (`MOE_NR` in moe.cu).
+fn expert_split_rows(tile: RowTile) -> usize {
+    if tile == RowTile::One {
+        8
+    } else {
+        2
+    }
+}
+
+/// Rows of blocks that cover every tile of `bm` pairs: `sum_e ceil(c_e / bm) <= pairs / bm + (experts used)`.
+fn tile_rows(pairs: usize, n_experts: usize, bm: usize) -> u32 {
+    (pairs.div_ceil(bm) + n_experts.min(pairs))
+        .min(pairs)
+        .max(1) as u32
 }
 
 /// What [`moe`] reads.
@@ -245,6 +341,12 @@ pub fn moe(
             ),
         ));
     }
+    if e.n_experts > MAX_EXPERTS {
+        return Err(experts_error(format!(
+            "{} experts per layer; the CUDA MoE handles at most {MAX_EXPERTS}",
+            e.n_experts
+        )));
+    }
     let g = GroupParams {
         experts: r.experts.ptr(),
         counts: scratch.counts.ptr(),
@@ -254,11 +356,6 @@ pub fn moe(
         n_experts: e.n_experts as i32,
     };
     dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
-    let tile = choose_moe(pairs, e.n_experts);
-    let tiles = match tile {
-        RowTile::One => 1,
-        RowTile::Eight => blocks(pairs, tile.rows()),
-    };
     let mut p = ExpertParams {
         w: e.gate_up.as_ref(),
         bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -273,13 +370,11 @@ pub fn moe(
         top_k: r.top_k as i32,
         alpha: m.shape.swiglu_alpha,
         limit: m.shape.swiglu_limit,
+        n_experts: e.n_experts as i32,
+        groups: e.gate_up.split_groups(),
     };
-    let grid = |n_out: usize| (blocks(n_out, 8), e.n_experts as u32, tiles);
-    dev.launch(
-        Func::MoeGateUp(e.gate_up.kind, tile),
-        cfg(grid(inter), 256),
-        &p,
-    )?;
+    let path = choose_moe(pairs, e.n_experts, e);
+    launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -287,7 +382,8 @@ pub fn moe(
     p.k = inter as i32;
     p.n_out = hidden as i32;
     p.x_per_pair = 1;
-    dev.launch(Func::MoeDown(e.down.kind, tile), cfg(grid(hidden), 256), &p)?;
+    p.groups = e.down.split_groups();
+    launch_experts(dev, path, (&e.down, hidden, pairs, e.n_experts), &p)?;
     let c = CombineParams {
         experts: r.experts.ptr(),
         weights: r.weights.ptr(),
@@ -303,6 +399,39 @@ pub fn moe(
         cfg((blocks(step.rows * hidden, 256), 1, 1), 256),
         &c,
     )
+}
+
+/// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;
+/// `(w, weight rows per expert, pairs, experts)`.
+fn launch_experts(
+    dev: &Device,
+    path: MoePath,
+    (w, rows, pairs, n_experts): (&DevWeight, usize, usize, usize),
+    p: &ExpertParams,
+) -> Result<()> {
+    let gate_up = p.x_per_pair == 0;
+    let (func, grid) = match path {
+        MoePath::Mma(r) => {
+            let f = if gate_up {
+                Func::MoeGateUpMma(w.kind, r)
+            } else {
+                Func::MoeDownMma(w.kind, r)
+            };
+            let y = tile_rows(pairs, n_experts, r.rows());
+            (f, (blocks(rows, MMA_WEIGHT_ROWS), y, 1))
+        }
+        MoePath::Split(tile) => {
+            let f = if gate_up {
+                Func::MoeGateUp(w.kind, tile)
+            } else {
+                Func::MoeDown(w.kind, tile)
+            };
+            let per_block = p.groups as usize * expert_split_rows(tile);
+            let y = tile_rows(pairs, n_experts, tile.rows());
+            (f, (blocks(rows, per_block), y, 1))
+        }
+    };
+    dev.launch(func, cfg(grid, 256), p)
 }
 
 /// An error for experts that cannot be stacked.
