@@ -34,6 +34,8 @@ model = AutoModelForCausalLM.from_pretrained(
     quantization_config=Mxfp4Config(dequantize=True),
     attn_implementation="eager",
 )
+# The MXFP4 dequantizer leaves the experts in bf16 whatever `dtype` asks (see transformers_logits.py): cast.
+model = model.to(load_dtype)
 if args.dtype == "f64":
     for layer in model.model.layers:
         layer.double()
