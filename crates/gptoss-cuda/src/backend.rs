@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use gptoss_engine::backend::{
-    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams,
+    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Recording, Rope, SamplingParams,
 };
 use gptoss_engine::memory::{KvPrecision, MemoryPlan};
 use gptoss_engine::KvLayout;
@@ -13,6 +13,7 @@ use gptoss_formats::{Expert, Linear, QuantTensor};
 
 use crate::device::Device;
 use crate::error::{CudaError, Result as CudaResult};
+use crate::graphs::Graphs;
 use crate::kernels::KvType;
 use crate::ops::attention::{CudaCache, Qkv};
 use crate::ops::moe::{experts_error, CudaExperts, CudaRouting, MoeInputs, MoeScratch};
@@ -52,6 +53,7 @@ pub struct CudaBackend {
     expert_dims: RefCell<Option<(usize, usize, usize)>>,
     moe_scratch: RefCell<Option<MoeScratch>>,
     sample_scratch: RefCell<Option<SampleScratch>>,
+    graphs: RefCell<Graphs>,
 }
 
 impl CudaBackend {
@@ -63,6 +65,7 @@ impl CudaBackend {
             expert_dims: RefCell::new(None),
             moe_scratch: RefCell::new(None),
             sample_scratch: RefCell::new(None),
+            graphs: RefCell::new(Graphs::new(options.graphs)),
         })
     }
 
@@ -80,6 +83,11 @@ impl CudaBackend {
     /// Bytes allocated now and at most so far.
     pub fn memory_in_use(&self) -> (u64, u64) {
         (self.dev.meter.used_bytes(), self.dev.meter.peak_bytes())
+    }
+
+    /// Steps recorded as CUDA graphs and steps replayed from them so far.
+    pub fn graph_counts(&self) -> (usize, u64) {
+        self.graphs.borrow().counts()
     }
 
     /// Waits for queued work (benchmarks and tests).
@@ -100,6 +108,14 @@ impl CudaBackend {
         let mut s = self.moe_scratch.borrow_mut();
         let ok = s.as_ref().is_some_and(|s| s.fits_dims(pairs, (e, i, h)));
         if !ok {
+            let mut graphs = self.graphs.borrow_mut();
+            if graphs.recording() {
+                // Fails the recording; the step is then issued unrecorded and allocates here.
+                return Err(CudaError::Unsupported(
+                    "the MoE scratch grows inside a recorded step".into(),
+                ));
+            }
+            graphs.clear();
             *s = None;
             *s = Some(MoeScratch::new(&self.dev, pairs, e, i, h)?);
         }
@@ -232,6 +248,14 @@ impl Backend for CudaBackend {
         // The tables go up with the rest of the batch in one copy; a sequence only reads positions it
         // has written, so a reused block's stale keys are never visible.
         Ok(step.load(&self.dev, batch)?)
+    }
+
+    fn recording(&self, step: &CudaStep) -> Result<Recording> {
+        Ok(self.graphs.borrow_mut().begin(&self.dev, step)?)
+    }
+
+    fn finish_recording(&self, _step: &CudaStep, issued: bool) -> Result<bool> {
+        Ok(self.graphs.borrow_mut().finish(&self.dev, issued)?)
     }
 
     fn embed(&self, step: &CudaStep, table: &CudaLinear, out: &mut CudaBuf) -> Result<()> {

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod device;
 pub mod error;
+mod graphs;
 pub mod kernels;
 pub mod libs;
 pub mod nvrtc;

@@ -1,5 +1,5 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
-//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `XDG_CACHE_HOME`, `HOME`).
+//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -22,6 +22,8 @@ pub struct CudaOptions {
     pub cache_dir: Option<PathBuf>,
     /// Extra directories searched first for the CUDA libraries (`GPTOSS_CUDA_LIB_DIRS`, `:`-separated).
     pub lib_dirs: Vec<PathBuf>,
+    /// Record small steps as CUDA graphs and replay them (`GPTOSS_CUDA_GRAPHS=0` turns it off).
+    pub graphs: bool,
 }
 
 impl CudaOptions {
@@ -50,6 +52,7 @@ impl CudaOptions {
             kv: KvPrecision::default(),
             cache_dir: cache_root.map(|r| r.join("gptoss").join("cubin")),
             lib_dirs,
+            graphs: std::env::var("GPTOSS_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0"),
         })
     }
 }

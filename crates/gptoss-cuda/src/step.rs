@@ -31,6 +31,10 @@ pub struct CudaStep {
     /// `(max, sum, acc[d])` per key split of each (token, q head), for up to `ATTN_SPLIT_ROWS` tokens.
     pub(crate) split_part: DevBuf<f32>,
     pub(crate) split_rows: usize,
+    /// Query and key/value heads and the sliding window of the model (what key splits depend on).
+    pub(crate) n_q_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) window_tokens: usize,
 }
 
 impl CudaStep {
@@ -65,6 +69,9 @@ impl CudaStep {
             concentration: rope.concentration,
             split_part: DevBuf::zeros(&d.stream, &d.meter, split_len, "attention split scratch")?,
             split_rows,
+            n_q_heads: layout.n_q_heads,
+            n_kv_heads: layout.kv_width / layout.head_dim.max(1),
+            window_tokens: layout.window_tokens,
         })
     }
 

@@ -91,6 +91,8 @@ fn bench_gpt_oss_20b_under_16_gib() {
     m.backend().synchronize().unwrap();
     let forward_s = t0.elapsed().as_secs_f64() / n_decode as f64;
     let (used, peak) = m.backend().memory_in_use();
+    let (graphs, replays) = m.backend().graph_counts();
+    println!("BENCH cuda graphs: {graphs} recorded step shapes, {replays} steps replayed");
     println!(
         "BENCH decode (forward + greedy sample): {:.2} ms/token ({:.1} tok/s)",
         decode_s * 1e3,

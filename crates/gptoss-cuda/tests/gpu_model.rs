@@ -385,6 +385,53 @@ fn paged_cache_long_decode_and_interleaved_tables_match_cpu() {
     }
 }
 
+/// Decode steps replayed from CUDA graphs give bit-identical logits to the same steps issued one launch
+/// at a time, and the replay path is really taken (300 one-token steps: a few recordings, ~300 replays).
+#[test]
+#[ignore = "needs GPU"]
+fn recorded_steps_replay_bit_identical() {
+    let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 11);
+    let cap = Capacity {
+        max_batch_tokens: 8,
+        max_logit_rows: 8,
+        slots: 1,
+        context_tokens: 320,
+        kv_blocks: None,
+    };
+    let toks = prompt(300, 512);
+    let table = gptoss_engine::KvLayout::new(&w.config, &cap)
+        .unwrap()
+        .solo_table();
+    let mut steps: Vec<Batch> = vec![Batch::single(&toks[..8], 0, table.clone())];
+    steps.extend((8..300).map(|p| Batch::single(&toks[p..p + 1], p as u32, table.clone())));
+    let run = |graphs: bool| {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.graphs = graphs;
+        let mut m = Model::new(CudaBackend::new(&o).unwrap(), &w, cap).unwrap();
+        let logits: Vec<Vec<f32>> = steps
+            .iter()
+            .map(|batch| {
+                m.forward(batch).unwrap();
+                m.logits(batch.logit_rows.len()).unwrap()
+            })
+            .collect();
+        (logits, m.backend().graph_counts())
+    };
+    let (plain, plain_counts) = run(false);
+    let (replayed, counts) = run(true);
+    println!(
+        "cuda graphs: {} recordings, {} of {} steps replayed",
+        counts.0,
+        counts.1,
+        steps.len()
+    );
+    assert_eq!(plain_counts, (0, 0));
+    assert!(counts.0 >= 1 && counts.1 >= 250, "{counts:?}");
+    for (i, (a, b)) in plain.iter().zip(&replayed).enumerate() {
+        assert!(a == b, "step {i}: replayed logits differ from issued ones");
+    }
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn too_old_or_too_new_arch_is_a_clear_error() {

@@ -173,6 +173,16 @@ pub trait Backend {
     /// Copies a batch (with its block tables) into the step metadata. The model has checked that
     /// every block a token writes or reads is in its table and inside the pools.
     fn begin_step(&self, step: &mut Self::Step, batch: &Batch) -> Result<()>;
+    /// Whether the ops of the step just begun run from a recording of an earlier step of the same shape
+    /// (a CUDA graph), get recorded while issued, or are simply issued. The default never records.
+    fn recording(&self, _step: &Self::Step) -> Result<Recording> {
+        Ok(Recording::Off)
+    }
+    /// Ends the recording [`Backend::recording`] began and runs it; `issued` says whether every op was
+    /// issued without error. `false` means nothing ran and the ops must be issued again, unrecorded.
+    fn finish_recording(&self, _step: &Self::Step, _issued: bool) -> Result<bool> {
+        Ok(true)
+    }
 
     /// `out[t] = table[token[t]]`.
     fn embed(&self, step: &Self::Step, table: &Self::Linear, out: &mut Self::Buf) -> Result<()>;
@@ -242,6 +252,17 @@ pub trait Backend {
         params: &[SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>>;
+}
+
+/// What [`Backend::recording`] decided for a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recording {
+    /// Issue the ops as usual.
+    Off,
+    /// A recording of this step's shape already ran: issue nothing.
+    Replayed,
+    /// Issue the ops; they are recorded (not run) until [`Backend::finish_recording`].
+    Recording,
 }
 
 /// The three projections handed to [`Backend::rope_store_kv`].

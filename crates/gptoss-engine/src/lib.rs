@@ -27,7 +27,7 @@ pub mod model;
 pub mod sampler;
 pub mod scheduler;
 
-pub use backend::{Backend, Batch, Capacity, SamplingParams};
+pub use backend::{Backend, Batch, Capacity, Recording, SamplingParams};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions, StopReason};

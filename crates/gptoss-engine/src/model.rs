@@ -3,7 +3,9 @@
 
 use gptoss_formats::{LayerWeights, ModelConfig, ModelWeights};
 
-use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Rope};
+use crate::backend::{
+    AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Recording, Rope,
+};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
@@ -116,8 +118,27 @@ impl<B: Backend> Model<B> {
     /// Runs one step; the logits of `batch.logit_rows` are left in the logits buffer (see [`Model::logits`]).
     pub fn forward(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
+        self.backend.begin_step(&mut self.ws.step, batch)?;
+        match self.backend.recording(&self.ws.step)? {
+            Recording::Replayed => Ok(()),
+            Recording::Off => self.issue_ops(),
+            Recording::Recording => {
+                let issued = self.issue_ops();
+                if self
+                    .backend
+                    .finish_recording(&self.ws.step, issued.is_ok())?
+                {
+                    issued
+                } else {
+                    self.issue_ops()
+                }
+            }
+        }
+    }
+
+    /// Queues every op of the step begun by `forward`.
+    fn issue_ops(&mut self) -> Result<()> {
         let (b, c, ws) = (&self.backend, &self.config, &mut self.ws);
-        b.begin_step(&mut ws.step, batch)?;
         b.embed(&ws.step, &self.embed, &mut ws.x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             attention_block(b, c, l, layer, ws, &mut self.cache)?;

@@ -252,6 +252,25 @@ const HEADS_PER_CTA: usize = 8;
 /// Keys per split below which splitting does not pay (8 tiles of 32).
 const KEYS_PER_SPLIT: usize = 256;
 
+/// Key splits of a layer's attention launch in this step: a function of the step's tokens, its longest
+/// reach and the layer's window only (CUDA graphs are keyed on it).
+pub(crate) fn splits_for(
+    step: &CudaStep,
+    window: Window,
+    (n_q_heads, n_kv_heads): (usize, usize),
+    sms: usize,
+) -> usize {
+    if step.rows > step.split_rows {
+        return 1;
+    }
+    let chunks = (n_q_heads / n_kv_heads.max(1)).div_ceil(HEADS_PER_CTA);
+    let keys = match window {
+        Window::Sliding(w) => step.max_keys.min(w.max(1)),
+        Window::Full => step.max_keys,
+    };
+    choose_attention_splits(step.rows, step.rows * n_kv_heads * chunks, keys, sms)
+}
+
 /// How many CTAs share one (token, head chunk)'s keys: 1 unless fewer CTAs than SMs would each walk a long
 /// history (long-context decode), then enough to give every SM about two CTAs, each split at least
 /// `KEYS_PER_SPLIT` keys.
@@ -289,15 +308,16 @@ pub fn attention(
     let view = cache.layer(shape.layer, step)?;
     let group = shape.n_q_heads / shape.n_kv_heads;
     let chunks = group.div_ceil(HEADS_PER_CTA);
-    let (window, keys) = match shape.window {
-        Window::Sliding(w) => (w.max(1), step.max_keys.min(w.max(1))),
-        Window::Full => (0, step.max_keys),
+    let window = match shape.window {
+        Window::Sliding(w) => w.max(1),
+        Window::Full => 0,
     };
-    let ctas = step.rows * shape.n_kv_heads * chunks;
-    let mut splits = choose_attention_splits(step.rows, ctas, keys, dev.caps.sm_count as usize);
-    if step.rows > step.split_rows {
-        splits = 1;
-    }
+    let splits = splits_for(
+        step,
+        shape.window,
+        (shape.n_q_heads, shape.n_kv_heads),
+        dev.caps.sm_count as usize,
+    );
     let p = AttnParams {
         q: q.buf.ptr(),
         kc: view.k,
