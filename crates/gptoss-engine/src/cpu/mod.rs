@@ -2,6 +2,7 @@
 //! paged f32 KV, f32 accumulation, weights read in their stored format (rayon across cores).
 
 mod attention;
+mod fused;
 mod matmul;
 mod moe;
 
