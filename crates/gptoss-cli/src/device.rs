@@ -35,6 +35,15 @@ macro_rules! with_model {
 }
 
 impl AnyModel {
+    /// The backend's short name (`cpu`, `cuda`).
+    pub fn device_name(&self) -> &'static str {
+        use gptoss_engine::Backend;
+        match self {
+            AnyModel::Cpu(m) => m.backend().name(),
+            AnyModel::Cuda(m) => m.backend().name(),
+        }
+    }
+
     /// Peak device memory so far, for the GPU backend.
     pub fn peak_device_bytes(&self) -> Option<u64> {
         match self {

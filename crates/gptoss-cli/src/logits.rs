@@ -1,9 +1,12 @@
 //! `gptoss logits`: the logits of a token sequence as JSON, for checking a checkpoint or a conversion
 //! against a reference implementation.
 
-use anyhow::{bail, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use gptoss_engine::{Batch, Capacity};
+use gptoss_engine::{Batch, Capacity, TraceRecord, TraceSpec};
 
 use crate::source::{self, ModelArgs};
 use crate::{device, with_model};
@@ -19,9 +22,24 @@ pub struct LogitsArgs {
     /// Logits of every position, not only the last.
     #[arg(long)]
     all_positions: bool,
-    /// Print JSON (the only output form; accepted for symmetry with other commands).
+    /// Print JSON (the default output form; accepted for symmetry with other commands).
     #[arg(long)]
     json: bool,
+    /// Write the logits to this file as a float32 `.npy` array `[positions, vocab]` instead of printing
+    /// them (numpy.load reads it; large comparisons stay fast).
+    #[arg(long, value_name = "FILE")]
+    npy: Option<PathBuf>,
+    /// Dump every intermediate of every layer (attn_norm, q, k, v, q_rope, k_rope, attn_out, attn_proj,
+    /// attn_resid, mlp_norm, router_logits, experts, expert_weights, moe_out, layer_out) at these
+    /// positions (0-based, comma-separated, or `all`) to `--dump-out`, to diff two backends node by node.
+    #[arg(long, value_name = "POSITIONS", requires = "dump_out")]
+    dump_layers: Option<String>,
+    /// Only these nodes of `--dump-layers` (comma-separated names).
+    #[arg(long, value_name = "NODES", requires = "dump_layers")]
+    dump_nodes: Option<String>,
+    /// The JSON file `--dump-layers` writes.
+    #[arg(long, value_name = "FILE", requires = "dump_layers")]
+    dump_out: Option<PathBuf>,
 }
 
 /// Runs the sequence in one step and prints `{"tokens": [...], "logits": [[...], ...]}`.
@@ -40,18 +58,72 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         kv_blocks: None,
         context_tokens: n,
     };
+    let traced = match args.dump_layers.as_deref() {
+        Some("all") => (0..n as u32).collect(),
+        Some(list) => source::parse_tokens(list).context("--dump-layers")?,
+        None => Vec::new(),
+    };
+    let nodes: Vec<&str> = args
+        .dump_nodes
+        .as_deref()
+        .map_or(Vec::new(), |s| s.split(',').map(str::trim).collect());
+    if let Some(&p) = traced.iter().find(|&&p| p as usize >= n) {
+        bail!("--dump-layers: position {p} is beyond the {n} tokens given");
+    }
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
-    let flat = with_model!(&mut model, m => {
+    let device_name = model.device_name();
+    let (flat, records) = with_model!(&mut model, m => {
         let mut batch = Batch::single(&tokens, 0, m.solo_table());
         if args.all_positions {
             batch.logit_rows = (0..n as u32).collect();
         }
-        m.forward(&batch)?;
-        m.logits(rows)?
+        let records = if traced.is_empty() {
+            m.forward(&batch)?;
+            Vec::new()
+        } else {
+            m.forward_traced(&batch, TraceSpec { rows: &traced, nodes: &nodes })?
+        };
+        (m.logits(rows)?, records)
     });
+    if let Some(path) = &args.dump_out {
+        write_dump(path, device_name, &traced, &records)?;
+    }
     let vocab = loaded.weights.config.vocab_size;
+    if let Some(path) = &args.npy {
+        return write_npy(path, &flat, rows, vocab);
+    }
     let logits: Vec<&[f32]> = flat.chunks_exact(vocab).collect();
     let out = serde_json::json!({ "tokens": tokens, "logits": logits });
     println!("{out}");
     Ok(())
+}
+
+/// `{"device": ..., "positions": [...], "nodes": [{"layer": l|null, "node": name, "rows": [[...], ...]}]}`.
+fn write_dump(path: &Path, device: &str, positions: &[u32], records: &[TraceRecord]) -> Result<()> {
+    let nodes: Vec<_> = records
+        .iter()
+        .map(|r| serde_json::json!({ "layer": r.layer, "node": r.node, "rows": r.rows }))
+        .collect();
+    let out = serde_json::json!({ "device": device, "positions": positions, "nodes": nodes });
+    crate::output::write_atomically(path, out.to_string().as_bytes())
+        .with_context(|| format!("--dump-out {}", path.display()))
+}
+
+/// A float32 little-endian `.npy` (format 1.0) of shape `[rows, vocab]`.
+fn write_npy(path: &Path, logits: &[f32], rows: usize, vocab: usize) -> Result<()> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {vocab}), }}");
+    // The header (magic, version, length, dict, padding, newline) is a multiple of 64 bytes.
+    let unpadded = 10 + dict.len() + 1;
+    let header_len = unpadded.div_ceil(64) * 64 - 10;
+    let mut bytes = Vec::with_capacity(header_len + 10 + logits.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header_len as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    bytes.resize(10 + header_len - 1, b' ');
+    bytes.push(b'\n');
+    for v in logits {
+        bytes.write_all(&v.to_le_bytes())?;
+    }
+    crate::output::write_atomically(path, &bytes)
+        .with_context(|| format!("--npy {}", path.display()))
 }

@@ -6,6 +6,7 @@ mod convert;
 mod device;
 mod inspect;
 mod logits;
+mod output;
 mod run;
 mod serve;
 mod source;

@@ -87,6 +87,96 @@ fn logits_json_matches_transformers() {
     assert_eq!(got["logits"].as_array().unwrap().len(), 1);
 }
 
+/// `--npy` writes the same logits as the JSON output, as a float32 array numpy can read; `--dump-layers`
+/// writes each layer's nodes at the positions asked for, and its last `layer_out` row leads to those logits.
+#[test]
+fn logits_npy_and_layer_dump() {
+    let r = reference("hf-mxfp4");
+    let prompt = csv(&ids(&r["prompt"]));
+    let model = fixture("hf-mxfp4");
+    let model = model.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("gptoss-npy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (npy, dump) = (dir.join("l.npy"), dir.join("d.json"));
+    let json = gptoss(&[
+        "logits",
+        "--model",
+        model,
+        "--tokens",
+        &prompt,
+        "--all-positions",
+    ]);
+    let out = gptoss(&[
+        "logits",
+        "--model",
+        model,
+        "--tokens",
+        &prompt,
+        "--all-positions",
+        "--npy",
+        npy.to_str().unwrap(),
+        "--dump-layers",
+        "0,2",
+        "--dump-out",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let rows = r["prompt"].as_array().unwrap().len();
+    assert!(
+        header.contains(&format!("'shape': ({rows}, 512)")),
+        "{header}"
+    );
+    let values: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let want: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let want: Vec<f32> = want["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    assert_eq!(values, want);
+    let dump: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    assert_eq!(dump["device"], "cpu");
+    assert_eq!(dump["positions"], serde_json::json!([0, 2]));
+    let nodes = dump["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2 + 3 * 15, "tiny has 3 layers of 15 nodes");
+    assert!(nodes
+        .iter()
+        .all(|n| n["rows"].as_array().unwrap().len() == 2));
+    let bad = gptoss(&[
+        "logits",
+        "--model",
+        model,
+        "--tokens",
+        "1,2",
+        "--dump-layers",
+        "5",
+        "--dump-out",
+        "x.json",
+    ]);
+    assert!(
+        stderr(&bad).contains("position 5 is beyond the 2 tokens"),
+        "{}",
+        stderr(&bad)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn run_json_greedy_matches_transformers() {
     for dir in ["hf-mxfp4", "split-weights"] {

@@ -90,8 +90,8 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t2(const LinearParams p) { linear_impl<F, 2>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p); }
 
-// MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
-// larger; 3 = 80 registers).
+// MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
+// X split of mma.cu needs more than the 80 registers of 3 blocks).
 #define LINEAR_MMA_ENTRY(NAME, F, MINB) \
     extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { linear_mma_impl<F>(p); }
 
@@ -102,5 +102,5 @@ LINEAR_ENTRY(q8, WF_Q8)
 LINEAR_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 LINEAR_ENTRY(lut4f32, WF_LUT4_F32)
 LINEAR_MMA_ENTRY(bf16, WF_BF16, 2)
-LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 3)
-LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 3)
+LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
+LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)

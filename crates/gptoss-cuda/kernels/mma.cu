@@ -1,9 +1,11 @@
 // mma.cu — tensor-core tile GEMM core (prelude of linear.cu and moe.cu, after common.cu): acc = X · Wᵀ for
 // a tile of 64 (or 32) input rows × 128 weight rows, K in steps of 32, with mma.sync m16n8k16 bf16 (sm_80+).
-// X is f32; each value is split into bf16 hi + bf16 lo (x = hi + lo + O(2^-17 |x|)) and both halves go
-// through the tensor cores, so the products keep about 16 mantissa bits. W must decode exactly to bf16
-// (dense bf16; 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
-// Smem: X hi/lo and W tiles, rows padded to 40 bf16 (80 bytes: conflict-free ldmatrix), refilled from
+// X is f32; each value is split into three bf16 parts (x = hi + mid + lo + O(2^-27 |x|)) and all three go
+// through the tensor cores, so the products keep the full 24 mantissa bits of f32 and the result matches an
+// f32 CUDA-core dot product to rounding (two parts, 16 bits, left 1e-5 relative errors that flipped router
+// near-ties of a full-size model: issue 16, bench/NOTES.md). W must decode exactly to bf16 (dense bf16;
+// 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
+// Smem: X hi/mid/lo and W tiles, rows padded to 40 bf16 (80 bytes: conflict-free ldmatrix), refilled from
 // registers loaded one K step ahead. Block: 256 threads = 8 warps as 2 (rows) × 4 (weight rows), each warp
 // 32 × 32 outputs. Minimum arch: sm_80.
 #define MMA_BM 64
@@ -11,9 +13,10 @@
 #define MMA_BK 32
 #define MMA_LDS 40
 
+#define MMA_XPARTS 3
+
 struct MmaSmem {
-    u16 xh[MMA_BM * MMA_LDS];
-    u16 xl[MMA_BM * MMA_LDS];
+    u16 x[MMA_XPARTS][MMA_BM * MMA_LDS];
     u16 w[MMA_BN * MMA_LDS];
     float tab[16];
 };
@@ -102,10 +105,15 @@ static __device__ __forceinline__ u32 bf16x2(float lo, float hi) {
     return d;
 }
 
-// a = hi.a + lo.a + O(2^-17 |a|), likewise b; hi and lo packed as bf16x2.
-static __device__ __forceinline__ void split_bf16x2(float a, float b, u32& hi, u32& lo) {
-    hi = bf16x2(a, b);
-    lo = bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+// a = part[0].a + part[1].a + part[2].a + O(2^-27 |a|), likewise b; each part packed as bf16x2. Every
+// remainder is exact in f32 (Sterbenz), so only the last rounding loses anything.
+static __device__ __forceinline__ void split_bf16x2(float a, float b, u32 part[MMA_XPARTS]) {
+    #pragma unroll
+    for (int i = 0; i < MMA_XPARTS; i++) {
+        part[i] = bf16x2(a, b);
+        a -= __uint_as_float(part[i] << 16);
+        b -= __uint_as_float(part[i] & 0xffff0000u);
+    }
 }
 
 template <int F, int MT>
@@ -115,11 +123,11 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
     for (int j = 0; j < MT; j++) {
         int r = (threadIdx.x >> 3) + 32 * j;
         float4 v = st.x[j];
-        u32 h01, l01, h23, l23;
-        split_bf16x2(v.x, v.y, h01, l01);
-        split_bf16x2(v.z, v.w, h23, l23);
-        *(uint2*)&sm.xh[r * MMA_LDS + c] = make_uint2(h01, h23);
-        *(uint2*)&sm.xl[r * MMA_LDS + c] = make_uint2(l01, l23);
+        u32 p01[MMA_XPARTS], p23[MMA_XPARTS];
+        split_bf16x2(v.x, v.y, p01);
+        split_bf16x2(v.z, v.w, p23);
+        #pragma unroll
+        for (int i = 0; i < MMA_XPARTS; i++) *(uint2*)&sm.x[i][r * MMA_LDS + c] = make_uint2(p01[i], p23[i]);
     }
     if constexpr (F == WF_BF16) {
         #pragma unroll
@@ -152,13 +160,7 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
     for (int kk = 0; kk < MMA_BK; kk += 16) {
-        u32 ah[MT][4], al[MT][4], b[4][2];
-        #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            int off = (wm * 16 * MT + mt * 16 + (lane & 15)) * MMA_LDS + kk + (lane >> 4) * 8;
-            ldsm_x4(smem_addr(&sm.xh[off]), ah[mt]);
-            ldsm_x4(smem_addr(&sm.xl[off]), al[mt]);
-        }
+        u32 b[4][2];
         #pragma unroll
         for (int np = 0; np < 2; np++) {
             int off = (wn * 32 + np * 16 + (lane & 7) + (lane >> 4) * 8) * MMA_LDS + kk + ((lane >> 3) & 1) * 8;
@@ -170,12 +172,18 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
             b[2 * np + 1][1] = r[3];
         }
         #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+        for (int part = MMA_XPARTS - 1; part >= 0; part--) {
+            u32 a[MT][4];
             #pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                mma_bf16(acc[mt][nt], ah[mt], b[nt][0], b[nt][1]);
-                mma_bf16(acc[mt][nt], al[mt], b[nt][0], b[nt][1]);
+            for (int mt = 0; mt < MT; mt++) {
+                int off = (wm * 16 * MT + mt * 16 + (lane & 15)) * MMA_LDS + kk + (lane >> 4) * 8;
+                ldsm_x4(smem_addr(&sm.x[part][off]), a[mt]);
             }
+            #pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                #pragma unroll
+                for (int nt = 0; nt < 4; nt++) mma_bf16(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
+        }
     }
 }
 

@@ -199,8 +199,8 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
     extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 0>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 1) moe_down_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 0>(p); }
 
-// MINB: blocks per SM the tensor-core kernel is register-limited for (bf16 keeps 2: its staged loads are
-// larger; 3 = 80 registers).
+// MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
+// X split of mma.cu needs more than the 80 registers of 3 blocks).
 #define MOE_MMA_ENTRY(NAME, F, MINB) \
     extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1, 2>(p); } \
     extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0, 2>(p); } \
@@ -214,8 +214,8 @@ MOE_ENTRY(q8, WF_Q8)
 MOE_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 MOE_ENTRY(lut4f32, WF_LUT4_F32)
 MOE_MMA_ENTRY(bf16, WF_BF16, 2)
-MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 3)
-MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 3)
+MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
+MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
 
 struct CombineParams {
     const int* experts;

@@ -383,6 +383,15 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn read_routing(
+        &self,
+        routing: &CudaRouting,
+        rows: usize,
+        top_k: usize,
+    ) -> Result<Vec<(u32, f32)>> {
+        Ok(routing.read(&self.dev, rows, top_k)?)
+    }
+
     fn sample(
         &self,
         logits: &CudaBuf,

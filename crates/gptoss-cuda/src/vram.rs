@@ -124,6 +124,29 @@ impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
     }
 }
 
+impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone> DevBuf<T> {
+    /// Copies the first `len` elements back to the host and waits for them.
+    pub fn to_host(&self, stream: &Arc<CudaStream>, len: usize, what: &str) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); len];
+        if len == 0 {
+            return Ok(out);
+        }
+        if len > self.slice.len() {
+            return Err(CudaError::Unsupported(format!(
+                "reading {len} elements of {what}, which holds {}",
+                self.slice.len()
+            )));
+        }
+        stream
+            .memcpy_dtoh(&self.slice.slice(0..len), &mut out)
+            .map_err(|e| CudaError::driver(format!("reading {what} back"), e))?;
+        stream
+            .synchronize()
+            .map_err(|e| CudaError::driver(format!("reading {what} back"), e))?;
+        Ok(out)
+    }
+}
+
 impl<T> DevBuf<T> {
     /// The raw device address (kernel parameter structs carry these).
     pub fn ptr(&self) -> u64 {

@@ -178,6 +178,46 @@ fn linear_tile_edges_every_path() {
     }
 }
 
+/// The tensor-core path keeps every bit of an f32 activation: with a bf16 permutation matrix as the weight,
+/// each output is one product `x · 1.0`, so it must come back as `x` itself (to one rounding of the f32
+/// accumulator). Splitting x into two bf16 parts kept 16 mantissa bits (errors up to 2^-18 ≈ 3.8e-6), which
+/// flipped a router near-tie of a full-size random 20b (issue 16); three parts keep 24.
+#[test]
+#[ignore = "needs GPU"]
+fn tensor_core_products_keep_f32_precision() {
+    let g = cuda(KvPrecision::F32);
+    let mut rng = Rng(23);
+    let (n, rows) = (160, 64);
+    let perm: Vec<usize> = (0..n).map(|j| (j * 37 + 11) % n).collect();
+    let mut bytes = vec![0u8; n * n * 2];
+    for (j, &src) in perm.iter().enumerate() {
+        let at = (j * n + src) * 2;
+        bytes[at..at + 2].copy_from_slice(&half::bf16::ONE.to_le_bytes());
+    }
+    let lin = Linear {
+        weight: gptoss_formats::QuantTensor {
+            shape: vec![n, n],
+            format: gptoss_formats::TensorFormat::Dense(gptoss_formats::DType::BF16),
+            data: gptoss_formats::Storage::owned(bytes),
+        },
+        bias: None,
+    };
+    // Values with full 24-bit mantissas over several binades.
+    let x: Vec<f32> = (0..rows * n)
+        .map(|_| rng.uniform(1.0) * (1.0 + 1.0 / 3.0) * 2f32.powi((rng.uniform(8.0)) as i32))
+        .collect();
+    let out = linear_out(&g, &lin, &x, rows);
+    let worst = (0..rows * n)
+        .map(|i| {
+            let (t, j) = (i / n, i % n);
+            let want = x[t * n + perm[j]];
+            ((out[i] - want) / want.abs().max(f32::MIN_POSITIVE)).abs()
+        })
+        .fold(0f32, f32::max);
+    println!("tensor-core linear, permutation weight, T={rows}: worst rel err {worst:.2e}");
+    assert!(worst <= 2.0 * f32::EPSILON, "rel err {worst:.2e}");
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn moe_tile_edges_every_path() {

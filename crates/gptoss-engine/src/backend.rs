@@ -245,6 +245,14 @@ pub trait Backend {
     ) -> Result<()>;
     /// Reads the first `rows` rows of a buffer back to the host.
     fn read(&self, buf: &Self::Buf, rows: usize) -> Result<Vec<f32>>;
+    /// Reads the `(expert, weight)` choices of the first `rows` tokens back to the host, `top_k` per
+    /// token in the order the route op chose them (for traces and tests).
+    fn read_routing(
+        &self,
+        routing: &Self::Routing,
+        rows: usize,
+        top_k: usize,
+    ) -> Result<Vec<(u32, f32)>>;
     /// Samples one token per logit row with that row's parameters; `counters` advances each row's RNG.
     fn sample(
         &self,

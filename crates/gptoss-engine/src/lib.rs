@@ -26,6 +26,7 @@ pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod scheduler;
+pub mod trace;
 
 pub use backend::{Backend, Batch, Capacity, Recording, SamplingParams};
 pub use cpu::CpuBackend;
@@ -33,3 +34,4 @@ pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions, StopReason};
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use model::Model;
+pub use trace::{TraceRecord, TraceSpec, TRACE_NODES};

@@ -9,6 +9,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
+use crate::trace::{TraceRecord, TraceSpec, Tracer};
 
 /// One layer's weights on the backend.
 pub struct DeviceLayer<B: Backend> {
@@ -35,6 +36,8 @@ struct Workspace<B: Backend> {
     routing: B::Routing,
     logits: B::Buf,
     step: B::Step,
+    /// Set only during [`Model::forward_traced`].
+    trace: Option<Tracer<B>>,
 }
 
 /// A model loaded on a backend, with its KV cache and step buffers.
@@ -82,6 +85,7 @@ impl<B: Backend> Model<B> {
                     concentration,
                 },
             )?,
+            trace: None,
         };
         Ok(Model {
             embed: b.upload_embedding(&weights.embed)?,
@@ -136,13 +140,37 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Runs one step like [`Model::forward`], unrecorded, and returns the intermediates `spec` asks for
+    /// under their canonical names, in the order the ops ran; the logits of `batch.logit_rows` are left
+    /// as `forward` leaves them.
+    pub fn forward_traced(
+        &mut self,
+        batch: &Batch,
+        spec: TraceSpec<'_>,
+    ) -> Result<Vec<TraceRecord>> {
+        self.check_batch(batch)?;
+        let tracer = Tracer::new(
+            &self.backend,
+            spec,
+            batch.tokens.len(),
+            self.config.num_local_experts,
+        )?;
+        self.backend.begin_step(&mut self.ws.step, batch)?;
+        self.ws.trace = Some(tracer);
+        let issued = self.issue_ops();
+        let tracer = self.ws.trace.take();
+        issued?;
+        Ok(tracer.map(Tracer::into_records).unwrap_or_default())
+    }
+
     /// Queues every op of the step begun by `forward`.
     fn issue_ops(&mut self) -> Result<()> {
         let (b, c, ws) = (&self.backend, &self.config, &mut self.ws);
         b.embed(&ws.step, &self.embed, &mut ws.x)?;
+        tap(b, &mut ws.trace, None, "embed", &ws.x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             attention_block(b, c, l, layer, ws, &mut self.cache)?;
-            moe_block(b, c, layer, ws)?;
+            moe_block(b, c, l, layer, ws)?;
         }
         b.rms_norm(
             &ws.step,
@@ -151,6 +179,7 @@ impl<B: Backend> Model<B> {
             c.rms_norm_eps as f32,
             &mut ws.h,
         )?;
+        tap(b, &mut ws.trace, None, "norm", &ws.h)?;
         b.logits(&ws.step, &ws.h, &self.lm_head, &mut ws.logits)
     }
 
@@ -306,10 +335,15 @@ fn attention_block<B: Backend>(
     cache: &mut B::Cache,
 ) -> Result<()> {
     let s = &ws.step;
+    let at = Some(l);
     b.rms_norm(s, &ws.x, &layer.attn_norm, c.rms_norm_eps as f32, &mut ws.h)?;
+    tap(b, &mut ws.trace, at, "attn_norm", &ws.h)?;
     b.linear(s, &ws.h, &layer.q, &mut ws.q)?;
     b.linear(s, &ws.h, &layer.k, &mut ws.k)?;
     b.linear(s, &ws.h, &layer.v, &mut ws.v)?;
+    tap(b, &mut ws.trace, at, "q", &ws.q)?;
+    tap(b, &mut ws.trace, at, "k", &ws.k)?;
+    tap(b, &mut ws.trace, at, "v", &ws.v)?;
     let shape = AttnShape {
         layer: l,
         n_q_heads: c.num_attention_heads,
@@ -327,20 +361,30 @@ fn attention_block<B: Backend>(
         },
         cache,
     )?;
+    tap(b, &mut ws.trace, at, "q_rope", &ws.q)?;
+    tap(b, &mut ws.trace, at, "k_rope", &ws.k)?;
     b.attention(s, &shape, &ws.q, &layer.sinks, cache, &mut ws.attn)?;
+    tap(b, &mut ws.trace, at, "attn_out", &ws.attn)?;
     b.linear(s, &ws.attn, &layer.o, &mut ws.proj)?;
-    b.add(s, &mut ws.x, &ws.proj)
+    tap(b, &mut ws.trace, at, "attn_proj", &ws.proj)?;
+    b.add(s, &mut ws.x, &ws.proj)?;
+    tap(b, &mut ws.trace, at, "attn_resid", &ws.x)
 }
 
 /// `x += moe(rms_norm(x))`.
 fn moe_block<B: Backend>(
     b: &B,
     c: &ModelConfig,
+    l: usize,
     layer: &DeviceLayer<B>,
     ws: &mut Workspace<B>,
 ) -> Result<()> {
     let s = &ws.step;
     b.rms_norm(s, &ws.x, &layer.mlp_norm, c.rms_norm_eps as f32, &mut ws.h)?;
+    tap(b, &mut ws.trace, Some(l), "mlp_norm", &ws.h)?;
+    if let Some(t) = ws.trace.as_mut() {
+        t.tap_router(b, s, l, &ws.h, &layer.router)?;
+    }
     b.route(
         s,
         &ws.h,
@@ -348,6 +392,9 @@ fn moe_block<B: Backend>(
         c.num_experts_per_tok,
         &mut ws.routing,
     )?;
+    if let Some(t) = ws.trace.as_mut() {
+        t.tap_routing(b, l, &ws.routing, c.num_experts_per_tok)?;
+    }
     let shape = MoeShape {
         top_k: c.num_experts_per_tok,
         swiglu_alpha: c.swiglu_alpha as f32,
@@ -363,5 +410,21 @@ fn moe_block<B: Backend>(
         },
         &mut ws.proj,
     )?;
-    b.add(s, &mut ws.x, &ws.proj)
+    tap(b, &mut ws.trace, Some(l), "moe_out", &ws.proj)?;
+    b.add(s, &mut ws.x, &ws.proj)?;
+    tap(b, &mut ws.trace, Some(l), "layer_out", &ws.x)
+}
+
+/// Records `buf` under `node` when the step is traced.
+fn tap<B: Backend>(
+    b: &B,
+    trace: &mut Option<Tracer<B>>,
+    layer: Option<usize>,
+    node: &'static str,
+    buf: &B::Buf,
+) -> Result<()> {
+    match trace {
+        Some(t) => t.tap(b, layer, node, buf),
+        None => Ok(()),
+    }
 }

@@ -42,6 +42,26 @@ impl CudaRouting {
             top_k,
         })
     }
+
+    /// The `(expert, weight)` choices of the first `rows` tokens, `top_k` each.
+    pub fn read(&self, dev: &Device, rows: usize, top_k: usize) -> Result<Vec<(u32, f32)>> {
+        if rows > self.rows || top_k != self.top_k {
+            return Err(shape_error(
+                "read_routing",
+                format!(
+                    "{rows} rows of top-{top_k} from routing of {} rows of top-{}",
+                    self.rows, self.top_k
+                ),
+            ));
+        }
+        let experts = self
+            .experts
+            .to_host(&dev.stream, rows * top_k, "the routing")?;
+        let weights = self
+            .weights
+            .to_host(&dev.stream, rows * top_k, "the routing")?;
+        Ok(experts.into_iter().map(|e| e as u32).zip(weights).collect())
+    }
 }
 
 /// The MoE scratch: pair lists and the intermediate activations of every chosen expert.

@@ -279,6 +279,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn read_routing(
+        &self,
+        routing: &Vec<(usize, f32)>,
+        rows: usize,
+        top_k: usize,
+    ) -> Result<Vec<(u32, f32)>> {
+        routing
+            .get(..rows * top_k)
+            .map(|c| c.iter().map(|&(e, w)| (e as u32, w)).collect())
+            .ok_or_else(|| cpu_error("read past the end of the routing"))
+    }
+
     fn read(&self, buf: &CpuBuf, rows: usize) -> Result<Vec<f32>> {
         buf.data
             .get(..rows * buf.cols)
