@@ -40,9 +40,14 @@ pub struct LogitsArgs {
     /// The JSON file `--dump-layers` writes.
     #[arg(long, value_name = "FILE", requires = "dump_layers")]
     dump_out: Option<PathBuf>,
+    /// Run the sequence in steps of at most N tokens (default: one step), through the KV cache as a
+    /// generation would; small steps take the backend's decode paths.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    step_tokens: Option<u32>,
 }
 
-/// Runs the sequence in one step and prints `{"tokens": [...], "logits": [[...], ...]}`.
+/// Runs the sequence (in one step, or steps of `--step-tokens`) and prints
+/// `{"tokens": [...], "logits": [[...], ...]}`.
 pub fn run(args: LogitsArgs) -> Result<()> {
     let tokens = source::parse_tokens(&args.tokens)?;
     if tokens.is_empty() {
@@ -50,19 +55,21 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     let loaded = source::load(&args.model)?;
     let n = tokens.len();
-    let rows = if args.all_positions { n } else { 1 };
+    let step = args.step_tokens.map_or(n, |s| (s as usize).min(n));
     let capacity = Capacity {
-        max_batch_tokens: n,
-        max_logit_rows: rows,
+        max_batch_tokens: step,
+        max_logit_rows: if args.all_positions { step } else { 1 },
         slots: 1,
         kv_blocks: None,
         context_tokens: n,
     };
-    let traced = match args.dump_layers.as_deref() {
+    let mut traced = match args.dump_layers.as_deref() {
         Some("all") => (0..n as u32).collect(),
         Some(list) => source::parse_tokens(list).context("--dump-layers")?,
         None => Vec::new(),
     };
+    traced.sort_unstable();
+    traced.dedup();
     let nodes: Vec<&str> = args
         .dump_nodes
         .as_deref()
@@ -72,19 +79,34 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
     let device_name = model.device_name();
-    let (flat, records) = with_model!(&mut model, m => {
-        let mut batch = Batch::single(&tokens, 0, m.solo_table());
-        if args.all_positions {
-            batch.logit_rows = (0..n as u32).collect();
+    let mut flat = Vec::new();
+    let mut records: Vec<TraceRecord> = Vec::new();
+    with_model!(&mut model, m => {
+        let table = m.solo_table();
+        for (i, chunk) in tokens.chunks(step).enumerate() {
+            let start = (i * step) as u32;
+            let mut batch = Batch::single(chunk, start, table.clone());
+            let rows = if args.all_positions { chunk.len() } else { 1 };
+            if args.all_positions {
+                batch.logit_rows = (0..chunk.len() as u32).collect();
+            }
+            let here: Vec<u32> = traced
+                .iter()
+                .filter(|&&p| p >= start && ((p - start) as usize) < chunk.len())
+                .map(|&p| p - start)
+                .collect();
+            if here.is_empty() {
+                m.forward(&batch)?;
+            } else {
+                let step_records = m.forward_traced(&batch, TraceSpec { rows: &here, nodes: &nodes })?;
+                merge_records(&mut records, step_records);
+            }
+            if args.all_positions || start as usize + chunk.len() == n {
+                flat.extend(m.logits(rows)?);
+            }
         }
-        let records = if traced.is_empty() {
-            m.forward(&batch)?;
-            Vec::new()
-        } else {
-            m.forward_traced(&batch, TraceSpec { rows: &traced, nodes: &nodes })?
-        };
-        (m.logits(rows)?, records)
     });
+    let rows = if args.all_positions { n } else { 1 };
     if let Some(path) = &args.dump_out {
         write_dump(path, device_name, &traced, &records)?;
     }
@@ -96,6 +118,18 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     let out = serde_json::json!({ "tokens": tokens, "logits": logits });
     println!("{out}");
     Ok(())
+}
+
+/// Appends the rows of one step's records to those of earlier steps (every step records the same nodes in
+/// the same order).
+fn merge_records(all: &mut Vec<TraceRecord>, step: Vec<TraceRecord>) {
+    if all.is_empty() {
+        *all = step;
+        return;
+    }
+    for (a, s) in all.iter_mut().zip(step) {
+        a.rows.extend(s.rows);
+    }
 }
 
 /// `{"device": ..., "positions": [...], "nodes": [{"layer": l|null, "node": name, "rows": [[...], ...]}]}`.

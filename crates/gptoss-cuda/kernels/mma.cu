@@ -1,10 +1,10 @@
 // mma.cu — tensor-core tile GEMM core (prelude of linear.cu and moe.cu, after common.cu): acc = X · Wᵀ for
 // a tile of 64 (or 32) input rows × 128 weight rows, K in steps of 32, with mma.sync m16n8k16 bf16 (sm_80+).
 // X is f32; each value is split into three bf16 parts (x = hi + mid + lo + O(2^-27 |x|)) and all three go
-// through the tensor cores, so the products keep the full 24 mantissa bits of f32 and the result matches an
-// f32 CUDA-core dot product to rounding (two parts, 16 bits, left 1e-5 relative errors that flipped router
-// near-ties of a full-size model: issue 16, bench/NOTES.md). W must decode exactly to bf16 (dense bf16;
-// 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
+// through the tensor cores, so the products keep the full 24 mantissa bits of f32; each K step's partial
+// sum is added to the running sum in f32 (mma_compute says why), so the result matches an f32 CUDA-core dot
+// product to rounding (issue 16, bench/NOTES.md). W must decode exactly to bf16 (dense bf16; 4-bit tables ×
+// E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
 // Smem: X hi/mid/lo and W tiles, rows padded to 40 bf16 (80 bytes: conflict-free ldmatrix), refilled from
 // registers loaded one K step ahead. Block: 256 threads = 8 warps as 2 (rows) × 4 (weight rows), each warp
 // 32 × 32 outputs. Minimum arch: sm_80.
@@ -154,10 +154,21 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
     }
 }
 
-// One K step (32) of the warp's (16*MT) × 32 outputs from the smem tiles.
+// One K step (32) of the warp's (16*MT) × 32 outputs from the smem tiles. The tensor cores add each product
+// into their accumulator truncated to its exponent (not rounded), so a long chain of MMAs into one running
+// sum drifts by ~2^-23 per step, always towards zero: over K = 2880 that was 1e-5 relative (issue 16). So
+// every K step (6 MMAs) starts a fresh partial sum, smallest X parts first, and adds it to `acc` with an
+// ordinary f32 add.
 template <int MT>
 static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*acc)[4][4]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
+    float part[MT][4][4];
+    #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int i = 0; i < 4; i++) part[mt][nt][i] = 0.0f;
     #pragma unroll
     for (int kk = 0; kk < MMA_BK; kk += 16) {
         u32 b[4][2];
@@ -171,20 +182,27 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
             b[2 * np + 1][0] = r[2];
             b[2 * np + 1][1] = r[3];
         }
-        #pragma unroll
-        for (int part = MMA_XPARTS - 1; part >= 0; part--) {
+        // Not unrolled: one part's fragments live at a time (the bf16 gate_up kernel stays within 128 registers).
+        #pragma unroll 1
+        for (int xp = MMA_XPARTS - 1; xp >= 0; xp--) {
             u32 a[MT][4];
             #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
                 int off = (wm * 16 * MT + mt * 16 + (lane & 15)) * MMA_LDS + kk + (lane >> 4) * 8;
-                ldsm_x4(smem_addr(&sm.x[part][off]), a[mt]);
+                ldsm_x4(smem_addr(&sm.x[xp][off]), a[mt]);
             }
             #pragma unroll
             for (int mt = 0; mt < MT; mt++)
                 #pragma unroll
-                for (int nt = 0; nt < 4; nt++) mma_bf16(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < 4; nt++) mma_bf16(part[mt][nt], a[mt], b[nt][0], b[nt][1]);
         }
     }
+    #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] += part[mt][nt][i];
 }
 
 // acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k], row = wm*16*MT + mt*16 + lane/4 (+8 for i >= 2),

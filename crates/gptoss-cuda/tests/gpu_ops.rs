@@ -218,6 +218,66 @@ fn tensor_core_products_keep_f32_precision() {
     assert!(worst <= 2.0 * f32::EPSILON, "rel err {worst:.2e}");
 }
 
+/// Long dot products on the tensor cores stay at f32 accuracy: a linear of 20b's width (K = 2880) against
+/// an f64 reference, and an MoE of that width against the CPU backend. The tensor cores truncate each
+/// product into their accumulator, so one running MMA chain over K = 2880 drifted by ~1e-5 relative and
+/// flipped a router near-tie of a full-size random 20b (issue 16); partial sums per K step keep it at 1e-7.
+#[test]
+#[ignore = "needs GPU"]
+fn tensor_core_long_dot_products_match_f64() {
+    let g = cuda(KvPrecision::F32);
+    let mut rng = Rng(29);
+    let (rows, n_out, k) = (64, 256, 2880);
+    for format in [
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+        TestFormat::Mxfp4,
+    ] {
+        let lin = Linear {
+            weight: random_tensor(&mut rng, format, n_out, k, 1.0 / (k as f32).sqrt()),
+            bias: None,
+        };
+        let dense = lin.weight.to_f32_vec();
+        let x = rng.vec(rows * k, 1.0);
+        let got = linear_out(&g, &lin, &x, rows);
+        let want: Vec<f64> = (0..rows * n_out)
+            .map(|i| {
+                let (t, j) = (i / n_out, i % n_out);
+                (0..k)
+                    .map(|c| x[t * k + c] as f64 * dense[j * k + c] as f64)
+                    .sum()
+            })
+            .collect();
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+            / scale;
+        println!("tensor-core linear {format:?} T={rows} [{n_out}, {k}] vs f64: rel err {err:.2e}");
+        assert!(err < 1e-6, "linear {format:?}: rel err {err:.2e}");
+    }
+    // An MoE of 20b's hidden width: 64 tokens, top-2 of 4 experts, 32 pairs per expert (tensor-core tiles).
+    let (n_exp, hidden, inter, top_k) = (4, 2880, 256, 2);
+    let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
+    let router = Linear {
+        weight: random_tensor(
+            &mut rng,
+            TestFormat::Dense(gptoss_formats::DType::BF16),
+            n_exp,
+            hidden,
+            0.05,
+        ),
+        bias: None,
+    };
+    let h = rng.vec(rows * hidden, 1.0);
+    let e = rel_err(
+        &moe_run(&g, &router, &ex, &h, rows, top_k),
+        &moe_run(&CpuBackend, &router, &ex, &h, rows, top_k),
+    );
+    println!("tensor-core moe Mxfp4 T={rows} hidden {hidden}: rel err vs CPU {e:.2e}");
+    assert!(e < 2e-6, "moe: rel err {e:.2e}");
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn moe_tile_edges_every_path() {
