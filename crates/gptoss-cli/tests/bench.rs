@@ -132,6 +132,8 @@ fn one_repetition_has_no_sd() {
 
 #[test]
 fn table_lists_the_tests_and_the_memory() {
+    let json_out = std::env::temp_dir().join(format!("gptoss-bench-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&json_out);
     let out = bench(&[
         "-p",
         "8",
@@ -143,6 +145,8 @@ fn table_lists_the_tests_and_the_memory() {
         "4",
         "-r",
         "1",
+        "--json-out",
+        json_out.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
@@ -163,11 +167,25 @@ fn table_lists_the_tests_and_the_memory() {
         .iter()
         .all(|l| l.chars().count() == lines[0].chars().count()));
     assert!(text.contains("peak host memory (RSS)"), "{text}");
+    // --json-out writes the same rows beside the table.
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    let names: Vec<&str> = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pp8", "tg4", "batch2"]);
+    std::fs::remove_file(&json_out).unwrap();
 }
 
 #[test]
 fn bad_flags_are_clear_errors() {
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["--json-out", "/no/such/dir/rows.json"],
+            &["--json-out", "/no/such/dir", "does not exist"],
+        ),
         (&["-p", "0"], &["-p", "at least 1"]),
         (&["--streams", ""], &["--streams", "got nothing"]),
         (&["--streams", "4,x"], &["--streams", "`x` is not a count"]),

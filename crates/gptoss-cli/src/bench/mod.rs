@@ -8,6 +8,7 @@ mod measure;
 mod prompts;
 mod report;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -16,6 +17,7 @@ use gptoss_engine::scheduler::EngineConfig;
 use gptoss_engine::{Capacity, BLOCK_POSITIONS};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::output;
 use crate::serve;
 use crate::source::{self, ModelArgs};
 use crate::vocab;
@@ -68,6 +70,9 @@ pub struct BenchArgs {
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON rows to this file (whole or not at all), whatever stdout shows.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
     // Speculative decoding (`--speculative ngram`, on its own branch) belongs here: the flag goes
     // into `engine_config` below, so every test measures the engine with it, as `serve` would run.
 }
@@ -246,6 +251,12 @@ fn engine_config(_args: &BenchArgs) -> EngineConfig {
 /// Runs every test and prints the table (or the JSON rows).
 pub fn run(args: BenchArgs) -> Result<()> {
     let tests = plan(&args)?;
+    // Checked before the minutes of measuring, not after.
+    if let Some(dir) = args.json_out.as_ref().and_then(|p| p.parent()) {
+        if !(dir.as_os_str().is_empty() || dir.is_dir()) {
+            bail!("--json-out: the directory {} does not exist", dir.display());
+        }
+    }
     let largest_streams = tests.iter().map(|t| t.shape().0).max().unwrap_or(1);
     let slots = args.max_seqs.unwrap_or(largest_streams);
     let kv_blocks = args
@@ -296,8 +307,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&rows)?;
+    if let Some(path) = &args.json_out {
+        output::write_atomically(path, format!("{json}\n").as_bytes())?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{json}");
     } else {
         report::print_table(&rows, &setup, &args);
     }
