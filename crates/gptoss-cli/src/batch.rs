@@ -313,8 +313,8 @@ impl Totals {
     }
 }
 
-/// Peak resident memory of this process (where the CPU backend keeps everything), from /proc.
-fn peak_host_memory_bytes() -> Option<u64> {
+/// Peak resident memory of this process (where the CPU backend keeps everything): VmHWM from /proc.
+pub(crate) fn peak_host_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -2,6 +2,7 @@
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
 mod batch;
+mod bench;
 mod convert;
 mod device;
 mod inspect;
@@ -35,6 +36,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
     Batch(batch::BatchArgs),
+    /// Measure prefill, decode and batched-decode throughput through the serving engine (like llama-bench).
+    Bench(bench::BenchArgs),
     /// Convert a checkpoint to a GGUF llama.cpp loads, or to HF MXFP4 safetensors (--to hf-mxfp4).
     Convert(convert::ConvertArgs),
     /// Write the random weights of --dummy as an HF MXFP4 checkpoint.
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Batch(args) => batch::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Synth(args) => synth::run(args),
     };

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
 use gptoss_engine::Capacity;
+use gptoss_formats::ModelWeights;
 use gptoss_server::{AppState, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 
@@ -65,12 +66,38 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let config = EngineConfig {
         max_batch_tokens: None,
     };
-    let model_args = args.model.clone();
+    let engine = spawn_on_device(&args.model, weights, capacity, config)?.engine;
+    Ok(Started {
+        engine,
+        tokenizer,
+        name,
+    })
+}
+
+/// An engine thread serving a model, and the device the model went to.
+pub struct OnDevice {
+    /// The engine thread's handle.
+    pub engine: EngineHandle,
+    /// The backend's short name (`cpu`, `cuda`): what `--device auto` chose.
+    pub device: &'static str,
+}
+
+/// Starts the engine thread with the model built at `capacity` on the device `model` asks for; the
+/// engine reports the CUDA backend's peak device memory. `serve`, `batch` and `bench` all start here.
+pub fn spawn_on_device(
+    model: &ModelArgs,
+    weights: ModelWeights,
+    capacity: Capacity,
+    config: EngineConfig,
+) -> Result<OnDevice> {
+    let model_args = model.clone();
+    let (device_tx, device_rx) = std::sync::mpsc::channel();
     let engine = spawn_engine_with(
         move |starter| {
             let model = device::build_model(&model_args, &weights, capacity)
                 .map_err(|e| gptoss_engine::Error::invalid(format!("{e:#}")))?;
             drop(weights);
+            let _ = device_tx.send(model.device_name());
             match model {
                 AnyModel::Cpu(m) => starter.run(*m),
                 AnyModel::Cuda(m) => starter.run_with_probe(*m, |m| m.backend().memory_in_use().1),
@@ -79,14 +106,13 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
         config,
     )
     .context("starting the engine")?;
-    Ok(Started {
-        engine,
-        tokenizer,
-        name,
-    })
+    // Sent before the engine reported ready, so it is there once `spawn_engine_with` returns.
+    let device = device_rx.try_recv().unwrap_or("unknown");
+    Ok(OnDevice { engine, device })
 }
 
-fn default_name(model: &ModelArgs) -> String {
+/// The model's name: the checkpoint's directory or file name, or the dummy's name.
+pub fn default_name(model: &ModelArgs) -> String {
     match (&model.model, model.dummy) {
         (Some(path), _) => path
             .file_name()
