@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use gptoss_engine::{generate, Capacity, GenerateOptions, SamplingParams, StopReason};
 use gptoss_tokenizer::harmony::Effort;
 
+use crate::serve::DEFAULT_BATCH_TOKENS;
 use crate::source::{self, ModelArgs};
 use crate::vocab;
 use crate::{device, with_model};
@@ -52,7 +53,7 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Tokens per prefill step.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
 }
 

@@ -81,7 +81,7 @@ fn json_rows_have_every_test_and_consistent_numbers() {
         assert_eq!(row["device"], "cpu");
         assert_eq!(row["model"], "hf-mxfp4");
         assert_eq!(row["seed"], 3);
-        assert_eq!(row["batch_tokens"], 512);
+        assert_eq!(row["batch_tokens"], 2048);
         assert_eq!(row["max_seqs"], 3, "the largest --streams");
         assert_eq!(row["preemptions"], 0, "the default pool holds every test");
         assert!(

@@ -18,7 +18,7 @@ use gptoss_engine::{Capacity, BLOCK_POSITIONS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output;
-use crate::serve;
+use crate::serve::{self, DEFAULT_BATCH_TOKENS};
 use crate::source::{self, ModelArgs};
 use crate::vocab;
 
@@ -54,7 +54,7 @@ pub struct BenchArgs {
     reps: usize,
     /// Token budget of one engine step, as `serve --batch-tokens`: a longer prompt is prefilled in
     /// chunks of this many tokens.
-    #[arg(long, value_parser = at_least_one, default_value_t = 512)]
+    #[arg(long, value_parser = at_least_one, default_value_t = DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
     /// Sequences the engine runs at once, as `serve --max-seqs` (default: the largest --streams, so
     /// every stream of a batched test runs at once).
