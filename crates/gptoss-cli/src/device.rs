@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{self, KvPrecision, MemoryPlan};
-use gptoss_engine::{Capacity, CpuBackend, Model};
+use gptoss_engine::{Capacity, CpuBackend, ExpertPlacement, Model};
 use gptoss_formats::ModelWeights;
 
 use crate::source::{Device, KvCache, ModelArgs};
@@ -64,10 +64,7 @@ pub fn build_model(
         Device::Cuda => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
         Device::Auto => match open_cuda(args) {
             Ok(backend) => Ok(AnyModel::Cuda(Box::new(upload_cuda(
-                backend,
-                weights,
-                capacity,
-                args.kv_cache,
+                backend, weights, capacity, args,
             )?))),
             Err(e) => {
                 tracing::info!("no usable GPU ({e:#}); running on the CPU");
@@ -86,6 +83,9 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
     if args.max_vram.is_some() {
         bail!("--max-vram caps GPU memory; it has no meaning with --device cpu");
     }
+    if args.cpu_moe || args.n_cpu_moe.is_some() {
+        bail!("--cpu-moe / --n-cpu-moe keep experts on the host beside a GPU; with --device cpu everything runs on the host");
+    }
     Ok(AnyModel::Cpu(Box::new(Model::new(
         CpuBackend, weights, capacity,
     )?)))
@@ -97,7 +97,7 @@ fn cuda(
     capacity: Capacity,
 ) -> Result<Model<CudaBackend>> {
     let backend = open_cuda(args).map_err(|e| anyhow::anyhow!("--device cuda: {e:#}"))?;
-    upload_cuda(backend, weights, capacity, args.kv_cache)
+    upload_cuda(backend, weights, capacity, args)
 }
 
 fn open_cuda(args: &ModelArgs) -> Result<CudaBackend> {
@@ -115,7 +115,7 @@ fn kv_precision(kv: KvCache) -> KvPrecision {
     }
 }
 
-/// The device memory the model needs at `capacity` with a `kv` cache.
+/// The device memory the model needs at `capacity` with a `kv` cache, all experts on the device.
 pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> Result<MemoryPlan> {
     let weights_bytes = memory::weights_bytes(weights);
     Ok(memory::plan(
@@ -126,34 +126,81 @@ pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> Re
     )?)
 }
 
+/// Where the experts go: as `--cpu-moe` / `--n-cpu-moe` say, else on the device when they fit beside one
+/// sequence's KV cache in the budget, else the experts of as few leading layers as needed on the host.
+fn place_experts(
+    args: &ModelArgs,
+    weights: &ModelWeights,
+    capacity: &Capacity,
+    budget_bytes: u64,
+) -> Result<ExpertPlacement> {
+    let layers = weights.config.num_hidden_layers;
+    if args.cpu_moe {
+        return Ok(ExpertPlacement::first_on_host(layers, layers));
+    }
+    if let Some(n) = args.n_cpu_moe {
+        if n > layers {
+            bail!("--n-cpu-moe {n}: the model has {layers} layers");
+        }
+        return Ok(ExpertPlacement::first_on_host(layers, n));
+    }
+    let kv = kv_precision(args.kv_cache);
+    let fits = |p: &ExpertPlacement| {
+        let on_device = memory::weights_bytes(weights) - memory::host_experts_bytes(weights, p);
+        memory::fit_kv_blocks(&weights.config, on_device, capacity, kv, budget_bytes).is_ok()
+    };
+    let all = ExpertPlacement::all_on_device();
+    if fits(&all) {
+        return Ok(all);
+    }
+    (1..=layers)
+        .map(|n| ExpertPlacement::first_on_host(layers, n))
+        .find(|p| fits(p))
+        .map_or(Ok(all), Ok)
+}
+
 fn upload_cuda(
     backend: CudaBackend,
     weights: &ModelWeights,
     capacity: Capacity,
-    kv: KvCache,
+    args: &ModelArgs,
 ) -> Result<Model<CudaBackend>> {
+    let kv = args.kv_cache;
     let cap = backend.device().meter.cap_bytes();
+    let budget = cap.saturating_sub(backend.device().meter.used_bytes());
+    let placement = place_experts(args, weights, &capacity, budget)?;
+    let host_bytes = memory::host_experts_bytes(weights, &placement);
+    let device_weights = memory::weights_bytes(weights) - host_bytes;
     let mut capacity = capacity;
     if capacity.kv_blocks.is_none() {
         // The full-attention pool: every slot at full context, or as many blocks as the budget holds.
         let blocks = memory::fit_kv_blocks(
             &weights.config,
-            memory::weights_bytes(weights),
+            device_weights,
             &capacity,
             kv_precision(kv),
-            cap.saturating_sub(backend.device().meter.used_bytes()),
+            budget,
         )?;
         capacity.kv_blocks = Some(blocks);
     }
-    let plan = cuda_plan(weights, &capacity, kv)?;
+    let plan = memory::plan(&weights.config, device_weights, &capacity, kv_precision(kv))?;
     let dev = backend.device();
+    let offload = match placement.host_layers() {
+        0 => String::new(),
+        n => format!(
+            "; experts of layers 0..{n} in host memory ({}), run on the CPU",
+            gptoss_cuda::vram::gib(host_bytes)
+        ),
+    };
     eprintln!(
-        "[{} (sm_{}), kernels {} · {}]",
+        "[{} (sm_{}), kernels {} · {}{offload}]",
         dev.caps.name,
         dev.caps.compute,
         dev.target.describe(),
         gptoss_cuda::backend::describe_budget(&plan, cap)
     );
     backend.check_plan(&plan)?;
-    Ok(Model::new(backend, weights, capacity)?)
+    Ok(Model::with_placement(
+        backend, weights, capacity, &placement,
+    )?)
 }

@@ -27,9 +27,19 @@ pub struct ModelArgs {
     /// logit error, f32 ≤ 1.6e-5.
     #[arg(long, value_enum, default_value_t = KvCache::F32)]
     pub kv_cache: KvCache,
-    /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB).
+    /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB). When the weights and one
+    /// sequence's KV cache do not fit, the experts of as many layers as needed stay in host memory and run
+    /// on the CPU (the plan printed at start says how many).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_vram: Option<u64>,
+    /// Keep every layer's experts in host memory and run them on the CPU, everything else on the GPU
+    /// (llama.cpp's --cpu-moe).
+    #[arg(long, conflicts_with = "n_cpu_moe")]
+    pub cpu_moe: bool,
+    /// Keep the experts of the first N layers in host memory and run them on the CPU (llama.cpp's
+    /// --n-cpu-moe).
+    #[arg(long, value_name = "N")]
+    pub n_cpu_moe: Option<usize>,
 }
 
 /// A model of real shapes with random weights.

@@ -256,7 +256,7 @@ fn cuda_device_is_a_clear_error() {
 fn bad_inputs_name_the_culprit() {
     let model = fixture("hf-mxfp4");
     let m = model.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["run", "--model", "/no/such/model", "--tokens", "1"],
             "/no/such/model",
@@ -276,6 +276,32 @@ fn bad_inputs_name_the_culprit() {
         (
             &["run", "--model", m, "--tokens", "1", "--temperature", "-1"],
             "--temperature must be",
+        ),
+        (
+            &[
+                "run",
+                "--model",
+                m,
+                "--tokens",
+                "1",
+                "--device",
+                "cpu",
+                "--cpu-moe",
+            ],
+            "with --device cpu everything runs on the host",
+        ),
+        (
+            &[
+                "run",
+                "--model",
+                m,
+                "--tokens",
+                "1",
+                "--cpu-moe",
+                "--n-cpu-moe",
+                "2",
+            ],
+            "cannot be used with",
         ),
     ];
     for (args, needle) in cases {

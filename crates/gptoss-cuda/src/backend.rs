@@ -383,6 +383,27 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn write(&self, buf: &mut CudaBuf, rows: usize, values: &[f32]) -> Result<()> {
+        if rows > buf.rows || values.len() != rows * buf.cols {
+            return Err(CudaError::Unsupported(format!(
+                "write of {} values as {rows} rows into a buffer of [{}, {}]",
+                values.len(),
+                buf.rows,
+                buf.cols
+            ))
+            .into());
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        let mut dst = buf.buf.slice.slice_mut(0..values.len());
+        self.dev
+            .stream
+            .memcpy_htod(values, &mut dst)
+            .map_err(|e| CudaError::driver("writing a buffer", e))?;
+        Ok(())
+    }
+
     fn read_routing(
         &self,
         routing: &CudaRouting,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{fit_kv_blocks, plan, weights_bytes, KvPrecision};
 use gptoss_engine::{
-    generate, Backend, Batch, BlockTable, Capacity, CpuBackend, GenerateOptions, Model,
-    SamplingParams,
+    generate, Backend, Batch, BlockTable, Capacity, CpuBackend, ExpertPlacement, GenerateOptions,
+    Model, SamplingParams,
 };
 use gptoss_formats::{ModelConfig, ModelWeights};
 
@@ -92,6 +92,59 @@ fn dummy_tiny_model_matches_cpu() {
         println!("dummy tiny (MXFP4 experts, bf16 dense) kv {kv:?}: worst rel logit err {worst:.2e}, greedy {}", if g == c { "identical" } else { "DIFFERS" });
         assert!(worst <= tol, "{worst}");
         assert_eq!(g, c);
+    }
+}
+
+/// Logits of the last prompt position and of 12 greedy decode steps, with the experts where `placement`
+/// puts them.
+fn placed_run<B: Backend>(
+    b: B,
+    w: &ModelWeights,
+    prompt: &[u32],
+    placement: &ExpertPlacement,
+) -> (Vec<Vec<f32>>, Vec<u32>) {
+    let cap = Capacity {
+        max_batch_tokens: prompt.len(),
+        max_logit_rows: 1,
+        slots: 1,
+        context_tokens: 64,
+        kv_blocks: None,
+    };
+    let mut m = Model::with_placement(b, w, cap, placement).unwrap();
+    let table = m.solo_table();
+    m.forward(&Batch::single(prompt, 0, table.clone())).unwrap();
+    let (mut logits, mut tokens) = (vec![m.logits(1).unwrap()], vec![]);
+    for pos in prompt.len() as u32..prompt.len() as u32 + 12 {
+        let last = logits.last().unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        tokens.push(next);
+        m.forward(&Batch::single(&[next], pos, table.clone()))
+            .unwrap();
+        logits.push(m.logits(1).unwrap());
+    }
+    (logits, tokens)
+}
+
+/// Experts of some layers in host memory, run by the CPU backend between the GPU's ops (`--n-cpu-moe`,
+/// `--cpu-moe`): the logits of the all-GPU model to f32 rounding and the same greedy tokens, through a
+/// prefill and decode steps.
+#[test]
+#[ignore = "needs GPU"]
+fn host_experts_match_device_experts() {
+    let w = gptoss_formats::dummy::dummy_weights(&tiny_config(), 7);
+    let p = prompt(20, 512);
+    let cuda = || CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let (want, want_tokens) = placed_run(cuda(), &w, &p, &ExpertPlacement::all_on_device());
+    for n in [1, 3] {
+        let placement = ExpertPlacement::first_on_host(3, n);
+        let (got, tokens) = placed_run(cuda(), &w, &p, &placement);
+        let worst = worst_rel(&got, &want, 512);
+        println!("host experts, {n} of 3 layers: worst rel logit err vs all on the GPU {worst:.2e}, greedy {}",
+            if tokens == want_tokens { "identical" } else { "DIFFERS" });
+        assert!(worst <= 1e-5, "{worst}");
+        assert_eq!(tokens, want_tokens);
     }
 }
 

@@ -245,6 +245,9 @@ pub trait Backend {
     ) -> Result<()>;
     /// Reads the first `rows` rows of a buffer back to the host.
     fn read(&self, buf: &Self::Buf, rows: usize) -> Result<Vec<f32>>;
+    /// Writes `values` (`rows` rows) into the first rows of a buffer (results computed elsewhere, such as
+    /// experts run on the host).
+    fn write(&self, buf: &mut Self::Buf, rows: usize, values: &[f32]) -> Result<()>;
     /// Reads the `(expert, weight)` choices of the first `rows` tokens back to the host, `top_k` per
     /// token in the order the route op chose them (for traces and tests).
     fn read_routing(

@@ -217,6 +217,20 @@ pub fn tensor_bytes(t: &QuantTensor) -> u64 {
     }
 }
 
+/// Bytes of the experts `placement` keeps in host memory (not on the device).
+pub fn host_experts_bytes(w: &ModelWeights, placement: &crate::ExpertPlacement) -> u64 {
+    let lin = |l: &gptoss_formats::Linear| {
+        tensor_bytes(&l.weight) + 4 * l.bias.as_ref().map_or(0, |b| b.len() as u64)
+    };
+    w.layers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| placement.on_host(*i))
+        .flat_map(|(_, l)| &l.experts)
+        .map(|e| lin(&e.gate_up) + lin(&e.down))
+        .sum()
+}
+
 /// Device bytes of a model's weights as the CUDA backend stores them.
 pub fn weights_bytes(w: &ModelWeights) -> u64 {
     let vec = |v: &[f32]| 4 * v.len() as u64;

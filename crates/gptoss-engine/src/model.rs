@@ -9,6 +9,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
+use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, LayerExperts};
 use crate::trace::{TraceRecord, TraceSpec, Tracer};
 
 /// One layer's weights on the backend.
@@ -21,7 +22,7 @@ pub struct DeviceLayer<B: Backend> {
     sinks: B::Vector,
     mlp_norm: B::Vector,
     router: B::Linear,
-    experts: B::Experts,
+    experts: LayerExperts<B>,
 }
 
 /// Every activation buffer of a step, allocated once at the step capacity.
@@ -38,6 +39,10 @@ struct Workspace<B: Backend> {
     step: B::Step,
     /// Set only during [`Model::forward_traced`].
     trace: Option<Tracer<B>>,
+    /// The CPU side of layers whose experts live in host memory (none when all are on the device).
+    host: Option<HostMoe>,
+    /// Tokens of the step being issued.
+    rows: usize,
 }
 
 /// A model loaded on a backend, with its KV cache and step buffers.
@@ -57,15 +62,45 @@ pub struct Model<B: Backend> {
 impl<B: Backend> Model<B> {
     /// Uploads `weights` to `backend` and allocates the paged KV cache and step buffers for `capacity`.
     pub fn new(backend: B, weights: &ModelWeights, capacity: Capacity) -> Result<Self> {
+        Self::with_placement(
+            backend,
+            weights,
+            capacity,
+            &ExpertPlacement::all_on_device(),
+        )
+    }
+
+    /// As [`Model::new`], with the experts of the layers `placement` names kept in host memory and run by
+    /// the CPU backend (see `offload.rs`).
+    pub fn with_placement(
+        backend: B,
+        weights: &ModelWeights,
+        capacity: Capacity,
+        placement: &ExpertPlacement,
+    ) -> Result<Self> {
         let config = weights.config.clone();
         let layout = KvLayout::new(&config, &capacity)?;
         let b = &backend;
         let layers = weights
             .layers
             .iter()
-            .map(|l| upload_layer(b, l))
+            .enumerate()
+            .map(|(i, l)| upload_layer(b, l, placement.on_host(i)))
             .collect::<Result<Vec<_>>>()?;
         let (inv_freq, concentration) = yarn_inv_freq(&config);
+        let rope = Rope {
+            inv_freq,
+            concentration,
+        };
+        let host = match placement.host_layers() {
+            0 => None,
+            _ => Some(HostMoe::new(
+                &capacity,
+                &layout,
+                &rope,
+                (config.hidden_size, config.num_experts_per_tok),
+            )?),
+        };
         let rows = capacity.max_batch_tokens;
         let ws = Workspace {
             x: b.alloc(rows, config.hidden_size)?,
@@ -77,15 +112,10 @@ impl<B: Backend> Model<B> {
             proj: b.alloc(rows, config.hidden_size)?,
             routing: b.alloc_routing(rows, config.num_experts_per_tok)?,
             logits: b.alloc(capacity.max_logit_rows, config.vocab_size)?,
-            step: b.alloc_step(
-                &capacity,
-                &layout,
-                &Rope {
-                    inv_freq,
-                    concentration,
-                },
-            )?,
+            step: b.alloc_step(&capacity, &layout, &rope)?,
             trace: None,
+            host,
+            rows: 0,
         };
         Ok(Model {
             embed: b.upload_embedding(&weights.embed)?,
@@ -122,7 +152,11 @@ impl<B: Backend> Model<B> {
     /// Runs one step; the logits of `batch.logit_rows` are left in the logits buffer (see [`Model::logits`]).
     pub fn forward(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
-        self.backend.begin_step(&mut self.ws.step, batch)?;
+        self.begin_step(batch)?;
+        if self.ws.host.is_some() {
+            // Host experts read the device mid-step: nothing to record.
+            return self.issue_ops();
+        }
         match self.backend.recording(&self.ws.step)? {
             Recording::Replayed => Ok(()),
             Recording::Off => self.issue_ops(),
@@ -155,12 +189,21 @@ impl<B: Backend> Model<B> {
             batch.tokens.len(),
             self.config.num_local_experts,
         )?;
-        self.backend.begin_step(&mut self.ws.step, batch)?;
+        self.begin_step(batch)?;
         self.ws.trace = Some(tracer);
         let issued = self.issue_ops();
         let tracer = self.ws.trace.take();
         issued?;
         Ok(tracer.map(Tracer::into_records).unwrap_or_default())
+    }
+
+    fn begin_step(&mut self, batch: &Batch) -> Result<()> {
+        self.backend.begin_step(&mut self.ws.step, batch)?;
+        self.ws.rows = batch.tokens.len();
+        match &mut self.ws.host {
+            Some(host) => host.begin(batch),
+            None => Ok(()),
+        }
     }
 
     /// Queues every op of the step begun by `forward`.
@@ -311,7 +354,7 @@ impl<B: Backend> Model<B> {
     }
 }
 
-fn upload_layer<B: Backend>(b: &B, l: &LayerWeights) -> Result<DeviceLayer<B>> {
+fn upload_layer<B: Backend>(b: &B, l: &LayerWeights, on_host: bool) -> Result<DeviceLayer<B>> {
     Ok(DeviceLayer {
         attn_norm: b.upload_vector(&l.attn_norm)?,
         q: b.upload_linear(&l.q)?,
@@ -321,7 +364,11 @@ fn upload_layer<B: Backend>(b: &B, l: &LayerWeights) -> Result<DeviceLayer<B>> {
         sinks: b.upload_vector(&l.sinks)?,
         mlp_norm: b.upload_vector(&l.mlp_norm)?,
         router: b.upload_linear(&l.router)?,
-        experts: b.upload_experts(&l.experts)?,
+        experts: if on_host {
+            LayerExperts::Host(l.experts.clone())
+        } else {
+            LayerExperts::Device(b.upload_experts(&l.experts)?)
+        },
     })
 }
 
@@ -400,16 +447,29 @@ fn moe_block<B: Backend>(
         swiglu_alpha: c.swiglu_alpha as f32,
         swiglu_limit: c.swiglu_limit as f32,
     };
-    b.moe(
-        s,
-        MoeArgs {
-            h: &ws.h,
-            experts: &layer.experts,
-            routing: &ws.routing,
-            shape,
-        },
-        &mut ws.proj,
-    )?;
+    match (&layer.experts, ws.host.as_mut()) {
+        (LayerExperts::Device(experts), _) => {
+            let args = MoeArgs {
+                h: &ws.h,
+                experts,
+                routing: &ws.routing,
+                shape,
+            };
+            b.moe(s, args, &mut ws.proj)?;
+        }
+        (LayerExperts::Host(experts), Some(host)) => {
+            let io = HostMoeIo {
+                h: &ws.h,
+                routing: &ws.routing,
+                experts,
+                shape,
+            };
+            host.run(b, io, ws.rows, &mut ws.proj)?;
+        }
+        (LayerExperts::Host(_), None) => {
+            return Err(Error::invalid("host experts without host buffers"));
+        }
+    }
     tap(b, &mut ws.trace, Some(l), "moe_out", &ws.proj)?;
     b.add(s, &mut ws.x, &ws.proj)?;
     tap(b, &mut ws.trace, Some(l), "layer_out", &ws.x)

@@ -279,6 +279,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn write(&self, buf: &mut CpuBuf, rows: usize, values: &[f32]) -> Result<()> {
+        let n = rows * buf.cols;
+        if values.len() != n {
+            return Err(cpu_error("write: values do not fill the rows"));
+        }
+        buf.data
+            .get_mut(..n)
+            .ok_or_else(|| cpu_error("write past the end of a buffer"))?
+            .copy_from_slice(values);
+        Ok(())
+    }
+
     fn read_routing(
         &self,
         routing: &Vec<(usize, f32)>,

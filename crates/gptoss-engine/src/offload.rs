@@ -1,0 +1,127 @@
+//! Experts kept in host memory and computed by the CPU backend (what llama.cpp's `--cpu-moe` and
+//! `--n-cpu-moe N` do), so a model larger than the GPU still runs: attention, router, norms, lm_head and
+//! the KV cache stay on the model's backend; for a layer whose experts live on the host, the normed hidden
+//! states and the router's choices are read back, the CPU backend runs the experts, and their sum is
+//! written back before the residual add. The math is the CPU backend's, so results match it exactly.
+
+use gptoss_formats::Expert;
+
+use crate::backend::{Backend, Batch, Capacity, MoeArgs, MoeShape, Rope};
+use crate::cpu::{CpuBackend, CpuBuf, CpuStep};
+use crate::error::{Error, Result};
+use crate::kv::KvLayout;
+
+/// Where each layer's experts live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpertPlacement {
+    /// `host[l]`: layer `l`'s experts are in host memory (an empty list: all on the device).
+    host: Vec<bool>,
+}
+
+impl ExpertPlacement {
+    /// Every layer's experts on the model's backend.
+    pub fn all_on_device() -> Self {
+        ExpertPlacement::default()
+    }
+
+    /// The experts of the first `n` of `layers` layers in host memory (llama.cpp's `--n-cpu-moe N`;
+    /// `n >= layers` is `--cpu-moe`).
+    pub fn first_on_host(layers: usize, n: usize) -> Self {
+        ExpertPlacement {
+            host: (0..layers).map(|l| l < n).collect(),
+        }
+    }
+
+    /// Whether layer `l`'s experts are in host memory.
+    pub fn on_host(&self, l: usize) -> bool {
+        self.host.get(l).copied().unwrap_or(false)
+    }
+
+    /// How many layers keep their experts in host memory.
+    pub fn host_layers(&self) -> usize {
+        self.host.iter().filter(|&&h| h).count()
+    }
+}
+
+/// A layer's experts: uploaded to the model's backend, or kept on the host for the CPU backend.
+pub(crate) enum LayerExperts<B: Backend> {
+    /// On the model's backend.
+    Device(B::Experts),
+    /// In host memory (the checkpoint's tensors, memory-mapped where the file allows).
+    Host(Vec<Expert>),
+}
+
+/// The CPU backend's buffers for host-side experts, sized once for the step capacity.
+pub(crate) struct HostMoe {
+    step: CpuStep,
+    h: CpuBuf,
+    routing: Vec<(usize, f32)>,
+    out: CpuBuf,
+}
+
+/// What one host-side MoE reads and writes on the model's backend.
+pub(crate) struct HostMoeIo<'a, B: Backend> {
+    /// Normed hidden states `[rows, H]`.
+    pub h: &'a B::Buf,
+    /// The router's choices.
+    pub routing: &'a B::Routing,
+    /// The layer's host experts.
+    pub experts: &'a Vec<Expert>,
+    /// Shape and activation constants.
+    pub shape: MoeShape,
+}
+
+impl HostMoe {
+    /// Buffers for steps of up to `capacity.max_batch_tokens` tokens of width `hidden`.
+    pub(crate) fn new(
+        capacity: &Capacity,
+        layout: &KvLayout,
+        rope: &Rope,
+        (hidden, top_k): (usize, usize),
+    ) -> Result<Self> {
+        let cpu = CpuBackend;
+        let rows = capacity.max_batch_tokens;
+        Ok(HostMoe {
+            step: cpu.alloc_step(capacity, layout, rope)?,
+            h: cpu.alloc(rows, hidden)?,
+            routing: cpu.alloc_routing(rows, top_k)?,
+            out: cpu.alloc(rows, hidden)?,
+        })
+    }
+
+    /// Takes the step's batch (its row count sizes every host MoE of the step).
+    pub(crate) fn begin(&mut self, batch: &Batch) -> Result<()> {
+        CpuBackend.begin_step(&mut self.step, batch)
+    }
+
+    /// `out = moe(h)` with the experts on the host; `rows` is the step's token count.
+    pub(crate) fn run<B: Backend>(
+        &mut self,
+        b: &B,
+        io: HostMoeIo<'_, B>,
+        rows: usize,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        let cpu = CpuBackend;
+        let top_k = io.shape.top_k;
+        let h = b.read(io.h, rows)?;
+        cpu.write(&mut self.h, rows, &h)?;
+        let chosen = b.read_routing(io.routing, rows, top_k)?;
+        let slots = self
+            .routing
+            .get_mut(..chosen.len())
+            .ok_or_else(|| Error::invalid("host experts: more routed pairs than the step holds"))?;
+        for (slot, &(e, w)) in slots.iter_mut().zip(&chosen) {
+            *slot = (e as usize, w);
+        }
+        let args = MoeArgs {
+            h: &self.h,
+            experts: io.experts,
+            routing: &self.routing,
+            shape: io.shape,
+        };
+        cpu.moe(&self.step, args, &mut self.out)?;
+        let y = cpu.read(&self.out, rows)?;
+        b.write(out, rows, &y)
+    }
+}
