@@ -11,7 +11,7 @@
 #                                      built here with cargo when DIR is missing and cargo exists)
 # Logs go to $OUT (the device tool's output folder) or ./gpu-check-logs.
 set -uo pipefail
-tests=(gpu_ops gpu_model)
+tests=(gpu_ops gpu_model gpu_upload)
 
 stage() {
     local dest="$1"

@@ -200,7 +200,32 @@ fn upload_cuda(
         gptoss_cuda::backend::describe_budget(&plan, cap)
     );
     backend.check_plan(&plan)?;
-    Ok(Model::with_placement(
-        backend, weights, capacity, &placement,
-    )?)
+    let started = std::time::Instant::now();
+    let model = Model::with_placement(backend, weights, capacity, &placement)?;
+    let took = started.elapsed().as_secs_f64();
+    match host_rss() {
+        Some((rss, file)) => eprintln!(
+            "[weights on the GPU in {took:.2} s; host memory after upload {} (file pages {})]",
+            gib_str(rss),
+            gib_str(file)
+        ),
+        None => eprintln!("[weights on the GPU in {took:.2} s]"),
+    }
+    Ok(model)
+}
+
+/// This process's resident memory and the file-backed part of it (`VmRSS`, `RssFile` of
+/// /proc/self/status, Linux only): what the weights' file mapping still holds after the upload.
+fn host_rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let value = status.lines().find_map(|l| l.strip_prefix(name))?;
+        let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib << 10)
+    };
+    Some((field("VmRSS:")?, field("RssFile:")?))
+}
+
+fn gib_str(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

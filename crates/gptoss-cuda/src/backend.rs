@@ -20,9 +20,10 @@ use crate::ops::moe::{experts_error, CudaExperts, CudaRouting, MoeInputs, MoeScr
 use crate::ops::sample::SampleScratch;
 use crate::ops::{self, upload_opt, DevWeight};
 use crate::options::CudaOptions;
+use crate::staging::{Stager, SLOTS, SLOT_BYTES};
 pub use crate::step::CudaStep;
 use crate::vram::{gib, DevBuf};
-use crate::weights::pack;
+use crate::weights::PackPlan;
 
 type Result<T> = gptoss_engine::Result<T>;
 
@@ -54,6 +55,8 @@ pub struct CudaBackend {
     moe_scratch: RefCell<Option<MoeScratch>>,
     sample_scratch: RefCell<Option<SampleScratch>>,
     graphs: RefCell<Graphs>,
+    /// Pinned buffers weights are staged through; made at the first upload, freed by `finish_upload`.
+    stager: RefCell<Option<Stager>>,
 }
 
 impl CudaBackend {
@@ -66,6 +69,7 @@ impl CudaBackend {
             moe_scratch: RefCell::new(None),
             sample_scratch: RefCell::new(None),
             graphs: RefCell::new(Graphs::new(options.graphs)),
+            stager: RefCell::new(None),
         })
     }
 
@@ -97,6 +101,19 @@ impl CudaBackend {
 
     fn vec(&self, v: &[f32], what: &str) -> CudaResult<DevBuf<f32>> {
         DevBuf::from_host(&self.dev.stream, &self.dev.meter, v, what)
+    }
+
+    /// Uploads tensors of one layout back to back through the staging buffers (made on first use).
+    fn upload_weights(&self, parts: &[PackPlan<'_>], what: &str) -> CudaResult<DevWeight> {
+        let d = &self.dev;
+        let mut stager = self.stager.borrow_mut();
+        if stager.is_none() {
+            *stager = Some(Stager::new(&d.ctx, SLOT_BYTES, SLOTS)?);
+        }
+        let stager = stager
+            .as_mut()
+            .ok_or_else(|| CudaError::Unsupported("no staging buffers".into()))?;
+        DevWeight::upload(&d.stream, &d.meter, stager, parts, what)
     }
 
     fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
@@ -145,22 +162,17 @@ impl Backend for CudaBackend {
     }
 
     fn upload_linear(&self, linear: &Linear) -> Result<CudaLinear> {
-        let d = &self.dev;
         let what = format!("a linear weight {:?}", linear.weight.shape);
-        // Tensors a reader builds on demand (transposes, interleaves) are built here for the upload and
-        // dropped after it, so host memory holds at most one layer's worth of them.
-        let weight = linear.weight.materialized();
+        let d = &self.dev;
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&weight)?], &what)?,
+            w: self.upload_weights(&[PackPlan::new(&linear.weight)?], &what)?,
             bias: upload_opt(&d.stream, &d.meter, linear.bias.as_deref(), "a bias")?,
         })
     }
 
     fn upload_embedding(&self, table: &QuantTensor) -> Result<CudaLinear> {
-        let d = &self.dev;
-        let table = table.materialized();
         Ok(CudaLinear {
-            w: DevWeight::upload(&d.stream, &d.meter, &[pack(&table)?], "the embedding")?,
+            w: self.upload_weights(&[PackPlan::new(table)?], "the embedding")?,
             bias: None,
         })
     }
@@ -173,23 +185,13 @@ impl Backend for CudaBackend {
     }
 
     fn upload_experts(&self, experts: &[Expert]) -> Result<CudaExperts> {
-        let d = &self.dev;
-        let gate_up_src: Vec<_> = experts
-            .iter()
-            .map(|e| e.gate_up.weight.materialized())
-            .collect();
-        let down_src: Vec<_> = experts
-            .iter()
-            .map(|e| e.down.weight.materialized())
-            .collect();
-        let gate_up = gate_up_src
-            .iter()
-            .map(|t| pack(t))
-            .collect::<CudaResult<Vec<_>>>()?;
-        let down = down_src
-            .iter()
-            .map(|t| pack(t))
-            .collect::<CudaResult<Vec<_>>>()?;
+        let plans = |pick: fn(&Expert) -> &Linear| {
+            experts
+                .iter()
+                .map(|e| PackPlan::new(&pick(e).weight))
+                .collect::<CudaResult<Vec<_>>>()
+        };
+        let (gate_up, down) = (plans(|e| &e.gate_up)?, plans(|e| &e.down)?);
         let bias = |pick: fn(&Expert) -> &Linear, rows: usize| -> CudaResult<Option<DevBuf<f32>>> {
             if experts.iter().all(|e| pick(e).bias.is_none()) {
                 return Ok(None);
@@ -210,14 +212,22 @@ impl Backend for CudaBackend {
             self.vec(&all, "expert biases").map(Some)
         };
         let ex = CudaExperts {
-            gate_up: DevWeight::upload(&d.stream, &d.meter, &gate_up, "expert gate_up weights")?,
-            down: DevWeight::upload(&d.stream, &d.meter, &down, "expert down weights")?,
-            gate_up_bias: bias(|e| &e.gate_up, gate_up.first().map_or(0, |p| p.rows))?,
-            down_bias: bias(|e| &e.down, down.first().map_or(0, |p| p.rows))?,
+            gate_up: self.upload_weights(&gate_up, "expert gate_up weights")?,
+            down: self.upload_weights(&down, "expert down weights")?,
+            gate_up_bias: bias(|e| &e.gate_up, gate_up.first().map_or(0, |p| p.layout.rows))?,
+            down_bias: bias(|e| &e.down, down.first().map_or(0, |p| p.layout.rows))?,
             n_experts: experts.len(),
         };
         *self.expert_dims.borrow_mut() = Some((ex.n_experts, ex.down.k, ex.down.rows));
         Ok(ex)
+    }
+
+    fn finish_upload(&self) -> Result<()> {
+        // Dropping the stager waits for its last copies, then frees the pinned memory.
+        if let Some(stager) = self.stager.borrow_mut().take() {
+            stager.finish()?;
+        }
+        Ok(())
     }
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CudaBuf> {

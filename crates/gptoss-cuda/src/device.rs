@@ -1,7 +1,7 @@
 //! One opened GPU: the driver context and stream, its capabilities, the code target NVRTC builds for, and
 //! the per-device module table (kernel files compiled and loaded on first use; no global state).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KernelFile};
 use crate::libs::{ensure, CudaLib};
 use crate::nvrtc::{self, Target};
-use crate::options::CudaOptions;
+use crate::options::{compile_notice_line, CompileNotice, CudaOptions};
 use crate::vram::{gib, Meter};
 
 /// What the device is.
@@ -44,6 +44,9 @@ pub struct Device {
     /// Allocation accounting.
     pub meter: Arc<Meter>,
     cache_dir: Option<PathBuf>,
+    compile_notice: CompileNotice,
+    /// Whether the first compile (a cache miss) was announced.
+    announced: Cell<bool>,
     modules: RefCell<HashMap<KernelFile, Arc<CudaModule>>>,
     functions: RefCell<HashMap<Func, CudaFunction>>,
 }
@@ -97,6 +100,8 @@ impl Device {
             target,
             meter: Meter::new(cap),
             cache_dir: opts.cache_dir.clone(),
+            compile_notice: opts.compile_notice,
+            announced: Cell::new(false),
             modules: RefCell::new(HashMap::new()),
             functions: RefCell::new(HashMap::new()),
         })
@@ -120,12 +125,14 @@ impl Device {
         if let Some(m) = self.modules.borrow().get(&file) {
             return Ok(m.clone());
         }
-        let compiled = nvrtc::compile(
-            file.name(),
-            &file.source(),
-            self.target,
-            self.cache_dir.as_deref(),
-        )?;
+        let (source, dir) = (file.source(), self.cache_dir.as_deref());
+        let compiled = match nvrtc::cached(file.name(), &source, self.target, dir)? {
+            Some(c) => c,
+            None => {
+                self.announce_compile();
+                nvrtc::compile_fresh(file.name(), &source, self.target, dir)?
+            }
+        };
         let image = match self.target {
             Target::Cubin(_) => Ptx::from_binary(compiled.image),
             Target::Ptx(_) => Ptx::from_src(String::from_utf8_lossy(&compiled.image).into_owned()),
@@ -142,6 +149,19 @@ impl Device {
         })?;
         self.modules.borrow_mut().insert(file, module.clone());
         Ok(module)
+    }
+
+    /// Says once, before the first NVRTC compile, what is compiled and where it is kept: the only slow
+    /// start-up of a backend (seconds per kernel file), which later runs skip.
+    fn announce_compile(&self) {
+        if self.announced.replace(true) {
+            return;
+        }
+        let line = compile_notice_line(&self.target.describe(), self.cache_dir.as_deref());
+        tracing::info!("{line}");
+        if self.compile_notice == CompileNotice::Stderr {
+            eprintln!("{line}");
+        }
     }
 
     /// Launches `f` with one by-value parameter struct.

@@ -4,7 +4,8 @@
 //! GPU fails `--device cuda` with a clear message (libraries are found and checked before cudarc touches
 //! them, see [`libs`]); header-free `.cu` kernels compiled at first use by NVRTC to a cubin for the exact
 //! device (or PTX for a forced older arch: `GPTOSS_CUDA_ARCH=sm_80`) and cached on disk; weights repacked at
-//! upload into one layout per kind ([`weights`]); every allocation counted against `--max-vram`.
+//! upload into one layout per kind ([`weights`]), on all cores, into pinned buffers copied while the next is
+//! filled ([`repack`], [`staging`]); every allocation counted against `--max-vram`.
 //! This crate knows nothing of file formats beyond the canonical [`gptoss_formats::QuantTensor`].
 //!
 //! ```no_run
@@ -28,6 +29,8 @@ pub mod libs;
 pub mod nvrtc;
 pub mod ops;
 pub mod options;
+pub mod repack;
+pub mod staging;
 pub mod step;
 pub mod testing;
 pub mod vram;
@@ -35,4 +38,4 @@ pub mod weights;
 
 pub use backend::CudaBackend;
 pub use error::{CudaError, Result};
-pub use options::CudaOptions;
+pub use options::{CompileNotice, CudaOptions};

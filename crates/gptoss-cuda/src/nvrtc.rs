@@ -87,33 +87,69 @@ pub fn compile(
     target: Target,
     cache_dir: Option<&Path>,
 ) -> Result<Compiled> {
-    let opts = options(target);
-    let (major, minor) = version()?;
-    let key = cache_key(source, &opts, (major, minor), &target.describe());
+    match cached(file, source, target, cache_dir)? {
+        Some(c) => Ok(c),
+        None => compile_fresh(file, source, target, cache_dir),
+    }
+}
+
+/// The cached image of `source` for `target` in `cache_dir`, if there is one.
+pub fn cached(
+    file: &'static str,
+    source: &str,
+    target: Target,
+    cache_dir: Option<&Path>,
+) -> Result<Option<Compiled>> {
+    let Some(path) = cache_path(file, source, target, cache_dir)? else {
+        return Ok(None);
+    };
+    Ok(match std::fs::read(path) {
+        Ok(image) if !image.is_empty() => Some(Compiled {
+            image,
+            log: String::new(),
+            cached: true,
+        }),
+        _ => None,
+    })
+}
+
+/// Compiles `source` for `target` with NVRTC and stores the image in `cache_dir` (a failed store is
+/// logged: the compile still counts).
+pub fn compile_fresh(
+    file: &'static str,
+    source: &str,
+    target: Target,
+    cache_dir: Option<&Path>,
+) -> Result<Compiled> {
+    let compiled = compile_uncached(file, source, target, &options(target))?;
+    if let Some(p) = cache_path(file, source, target, cache_dir)? {
+        if let Err(e) = write_atomic(&p, &compiled.image) {
+            tracing::warn!(path = %p.display(), "could not cache a cubin: {e}");
+        }
+    }
+    Ok(compiled)
+}
+
+/// Where the image of `source` for `target` is cached (key: source, options, NVRTC version, arch).
+fn cache_path(
+    file: &'static str,
+    source: &str,
+    target: Target,
+    cache_dir: Option<&Path>,
+) -> Result<Option<PathBuf>> {
+    let Some(dir) = cache_dir else {
+        return Ok(None);
+    };
+    let key = cache_key(source, &options(target), version()?, &target.describe());
     let ext = match target {
         Target::Cubin(_) => "cubin",
         Target::Ptx(_) => "ptx",
     };
     let stem = file.trim_end_matches(".cu");
-    let path = cache_dir.map(|d| d.join(format!("{stem}-{}-{key:016x}.{ext}", target.describe())));
-    if let Some(p) = &path {
-        if let Ok(image) = std::fs::read(p) {
-            if !image.is_empty() {
-                return Ok(Compiled {
-                    image,
-                    log: String::new(),
-                    cached: true,
-                });
-            }
-        }
-    }
-    let compiled = compile_uncached(file, source, target, &opts)?;
-    if let Some(p) = &path {
-        if let Err(e) = write_atomic(p, &compiled.image) {
-            tracing::warn!(path = %p.display(), "could not cache a cubin: {e}");
-        }
-    }
-    Ok(compiled)
+    Ok(Some(dir.join(format!(
+        "{stem}-{}-{key:016x}.{ext}",
+        target.describe()
+    ))))
 }
 
 fn compile_uncached(

@@ -1,5 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
-//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `XDG_CACHE_HOME`, `HOME`).
+//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CACHE_DIR`,
+//! `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -18,8 +19,11 @@ pub struct CudaOptions {
     pub max_vram_bytes: Option<u64>,
     /// Element type of the KV cache.
     pub kv: KvPrecision,
-    /// Where compiled cubins are cached; `None` disables the disk cache.
+    /// Where compiled cubins are cached (`$GPTOSS_CACHE_DIR/cubin`, else `$XDG_CACHE_HOME/gptoss/cubin`,
+    /// else `~/.cache/gptoss/cubin`); `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Whether the first kernel compile of a backend (a cache miss) is announced on stderr.
+    pub compile_notice: CompileNotice,
     /// Extra directories searched first for the CUDA libraries (`GPTOSS_CUDA_LIB_DIRS`, `:`-separated).
     pub lib_dirs: Vec<PathBuf>,
     /// Record small steps as CUDA graphs and replay them (`GPTOSS_CUDA_GRAPHS=0` turns it off).
@@ -41,19 +45,46 @@ impl CudaOptions {
                     .collect()
             })
             .unwrap_or_default();
-        let cache_root = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        let nonempty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        let cache_root = nonempty("GPTOSS_CACHE_DIR").map(PathBuf::from).or_else(|| {
+            nonempty("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|c| c.join("gptoss"))
+        });
         Ok(CudaOptions {
             device: 0,
             arch_override,
             max_vram_bytes: None,
             kv: KvPrecision::default(),
-            cache_dir: cache_root.map(|r| r.join("gptoss").join("cubin")),
+            cache_dir: cache_root.map(|r| r.join("cubin")),
+            compile_notice: CompileNotice::Stderr,
             lib_dirs,
             graphs: std::env::var("GPTOSS_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0"),
         })
+    }
+}
+
+/// Whether a backend says on stderr that it is compiling its kernels (the first run on a GPU, or after
+/// an upgrade, spends seconds in NVRTC; later runs load the cached cubins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompileNotice {
+    /// One line on the first compile: `compiling CUDA kernels for sm_90 (once; cached in DIR)`.
+    Stderr,
+    /// Nothing (tests, embedders that report progress their own way).
+    Quiet,
+}
+
+/// The line a backend prints before its first compile for `target` (`sm_90`, `compute_80`).
+pub fn compile_notice_line(target: &str, cache_dir: Option<&std::path::Path>) -> String {
+    match cache_dir {
+        Some(d) => format!(
+            "compiling CUDA kernels for {target} (once; cached in {})",
+            d.display()
+        ),
+        None => format!(
+            "compiling CUDA kernels for {target} (no cache directory: set GPTOSS_CACHE_DIR to keep them)"
+        ),
     }
 }
 
@@ -84,5 +115,15 @@ mod tests {
         assert_eq!(parse_arch("9.0").unwrap(), 90);
         let e = parse_arch("ampere").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_CUDA_ARCH=\"ampere\""), "{e}");
+    }
+
+    #[test]
+    fn compile_notice_names_the_arch_and_the_cache() {
+        let dir = std::path::Path::new("/fast/gptoss/cubin");
+        assert_eq!(
+            compile_notice_line("sm_86", Some(dir)),
+            "compiling CUDA kernels for sm_86 (once; cached in /fast/gptoss/cubin)"
+        );
+        assert!(compile_notice_line("sm_90", None).contains("set GPTOSS_CACHE_DIR"));
     }
 }

@@ -160,6 +160,11 @@ pub trait Backend {
     fn upload_vector(&self, values: &[f32]) -> Result<Self::Vector>;
     /// Uploads a layer's experts.
     fn upload_experts(&self, experts: &[Expert]) -> Result<Self::Experts>;
+    /// Called once the model's last weight is uploaded: waits for the uploads and frees what was kept
+    /// only for them (the CUDA backend's pinned staging buffers). Uploads after it still work.
+    fn finish_upload(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Allocates a buffer of `rows × cols`.
     fn alloc(&self, rows: usize, cols: usize) -> Result<Self::Buf>;

@@ -117,13 +117,17 @@ impl<B: Backend> Model<B> {
             host,
             rows: 0,
         };
+        let embed = b.upload_embedding(&weights.embed)?;
+        let norm = b.upload_vector(&weights.norm)?;
+        let lm_head = b.upload_linear(&gptoss_formats::Linear {
+            weight: weights.lm_head.clone(),
+            bias: None,
+        })?;
+        b.finish_upload()?;
         Ok(Model {
-            embed: b.upload_embedding(&weights.embed)?,
-            norm: b.upload_vector(&weights.norm)?,
-            lm_head: b.upload_linear(&gptoss_formats::Linear {
-                weight: weights.lm_head.clone(),
-                bias: None,
-            })?,
+            embed,
+            norm,
+            lm_head,
             cache: b.alloc_cache(&layout)?,
             layout,
             layers,

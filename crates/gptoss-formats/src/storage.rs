@@ -181,6 +181,85 @@ impl Storage {
         }
     }
 
+    /// Bytes `[offset, offset + len)`, borrowed where they exist as such, else built (not kept);
+    /// `None` when the range is not within the storage. Building a window of an interleave or a
+    /// widening reads only the source bytes it needs; see [`Storage::reads_windows_cheaply`].
+    pub fn read_range(&self, offset: usize, len: usize) -> Option<Cow<'_, [u8]>> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len()).then(|| self.read(offset, len))
+    }
+
+    /// Whether [`Storage::read_range`] of a window costs only that window: false when a lazy
+    /// transpose is involved (every window of it builds the whole matrix), so a consumer reading
+    /// piecewise builds it once first.
+    pub fn reads_windows_cheaply(&self) -> bool {
+        match self {
+            Storage::Mapped { .. } | Storage::Owned(_) => true,
+            Storage::Lazy(l) => {
+                l.cache.get().is_some()
+                    || match &l.recipe {
+                        Recipe::Transpose { .. } => false,
+                        Recipe::Interleave { a, b, .. } => {
+                            a.reads_windows_cheaply() && b.reads_windows_cheaply()
+                        }
+                        Recipe::Window { src, .. } | Recipe::WidenF8E5M2 { src } => {
+                            src.reads_windows_cheaply()
+                        }
+                    }
+            }
+        }
+    }
+
+    /// Tells the kernel the mapped file pages behind these bytes will be read soon (asynchronous
+    /// read-ahead of a cold file). Best effort: a refusal is logged and otherwise ignored.
+    pub fn prefetch(&self) {
+        self.for_each_window(&mut |map, start, len| {
+            if let Err(e) = map.advise_range(memmap2::Advice::WillNeed, start, len) {
+                tracing::debug!("madvise(WILLNEED) of {len} mapped bytes failed: {e}");
+            }
+        });
+    }
+
+    /// Drops the mapped file pages behind these bytes from this process (`MADV_DONTNEED`), so a
+    /// consumer that has copied them elsewhere (a GPU upload) no longer holds them in its resident
+    /// set. The bytes stay readable: a later read maps them again from the page cache or the file.
+    /// Pages shared with a neighbouring tensor are dropped too and come back the same way.
+    pub fn release_pages(&self) {
+        self.for_each_window(&mut |map, start, len| {
+            // SAFETY: `Mmap` maps the file read-only and shared (memmap2 `Mmap::map`), so no page holds
+            // private changes that MADV_DONTNEED could discard: a later access faults the same file
+            // bytes back in. Borrows handed out by `bytes()` stay valid for the same reason.
+            let r = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+            if let Err(e) = r {
+                tracing::debug!("madvise(DONTNEED) of {len} mapped bytes failed: {e}");
+            }
+        });
+    }
+
+    /// Calls `f(map, start, len)` for every mapped window these bytes are read from (none for owned
+    /// bytes or a lazy storage already built).
+    fn for_each_window(&self, f: &mut dyn FnMut(&Mmap, usize, usize)) {
+        match self {
+            Storage::Mapped { map, start, len } if *len > 0 => f(map, *start, *len),
+            Storage::Mapped { .. } | Storage::Owned(_) => {}
+            Storage::Lazy(l) if l.cache.get().is_some() => {}
+            Storage::Lazy(l) => match &l.recipe {
+                Recipe::Transpose { src, .. } | Recipe::WidenF8E5M2 { src } => {
+                    src.for_each_window(f)
+                }
+                // A window of a lazy storage may touch only part of its source; the whole source
+                // is an upper bound, and the only cost of advising more is a later page fault.
+                Recipe::Window { src, .. } => src.for_each_window(f),
+                Recipe::Interleave { a, b, .. } => {
+                    a.for_each_window(f);
+                    b.for_each_window(f);
+                }
+            },
+        }
+    }
+
     /// Byte length.
     pub fn len(&self) -> usize {
         match self {
@@ -255,23 +334,26 @@ fn widen_f8e5m2(b: u8) -> bf16 {
     bf16::from_f32(f16::from_bits(u16::from(b) << 8).to_f32())
 }
 
-/// Bytes `[offset, offset + len)` of `a` and `b` interleaved in `unit`-byte rows.
+/// Bytes `[offset, offset + len)` of `a` and `b` interleaved in `unit`-byte rows, copied once.
 fn interleave(a: &Storage, b: &Storage, unit: usize, offset: usize, len: usize) -> Vec<u8> {
     // Output row k is row k / 2 of `a` (k even) or `b` (k odd); read the source rows covering the range.
-    let (first_row, end_row) = (offset / unit, (offset + len).div_ceil(unit));
+    let end = offset + len;
+    let (first_row, end_row) = (offset / unit, end.div_ceil(unit));
     let (src_first, src_end) = (first_row / 2, end_row.div_ceil(2));
     let (from, count) = (src_first * unit, (src_end - src_first) * unit);
     let (ra, rb) = (a.read(from, count), b.read(from, count));
-    let mut woven = Vec::with_capacity(2 * count);
-    for (x, y) in ra.chunks(unit).zip(rb.chunks(unit)) {
-        woven.extend_from_slice(x);
-        woven.extend_from_slice(y);
+    let mut woven = Vec::with_capacity(len);
+    for row in first_row..end_row {
+        let src = if row.is_multiple_of(2) { &ra } else { &rb };
+        let at = (row / 2 - src_first) * unit;
+        let row_start = row * unit;
+        let (lo, hi) = (
+            offset.max(row_start) - row_start,
+            end.min(row_start + unit) - row_start,
+        );
+        woven.extend_from_slice(&src[at + lo..at + hi]);
     }
-    let skip = offset - 2 * from;
-    if skip == 0 && woven.len() == len {
-        return woven;
-    }
-    woven[skip..skip + len].to_vec()
+    woven
 }
 
 /// Transposes a row-major `[rows, cols]` matrix of `es`-byte elements into `[cols, rows]`, in
@@ -368,6 +450,69 @@ mod tests {
             .collect();
         assert_eq!(vals, vec![1.0, -2.0, 2f32.powi(-16), 57344.0]);
         check_ranges(&s, s.bytes());
+    }
+
+    /// The `Rss` in KiB of the mapping that starts at `addr`, from /proc/self/smaps.
+    fn mapped_rss_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        while let Some(line) = lines.next() {
+            let start = line.split(['-', ' ']).next().unwrap_or("");
+            if usize::from_str_radix(start, 16).ok() != Some(addr) {
+                continue;
+            }
+            let rss = lines.find_map(|l| l.strip_prefix("Rss:")).unwrap();
+            return rss.trim().trim_end_matches("kB").trim().parse().unwrap();
+        }
+        panic!("no mapping at {addr:#x}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn released_pages_leave_the_resident_set_and_stay_readable() {
+        let bytes: Vec<u8> = (0..8usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let path = std::env::temp_dir().join(format!("gptoss-release-{}.bin", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
+        let addr = map.as_ptr() as usize;
+        let whole = Storage::Mapped {
+            map: map.clone(),
+            start: 0,
+            len: bytes.len(),
+        };
+        // Through a lazy interleave of two windows, as the GGUF reader builds gate_up.
+        let half = bytes.len() / 2;
+        let woven =
+            Storage::interleaved(whole.slice(0, half), whole.slice(half, half), 4096).unwrap();
+        assert_eq!(woven.materialized().len(), bytes.len());
+        woven.prefetch();
+        let before = mapped_rss_kib(addr);
+        woven.release_pages();
+        let after = mapped_rss_kib(addr);
+        assert!(
+            before >= 8 << 10,
+            "{before} KiB resident after reading 8 MiB"
+        );
+        assert!(after < 64, "{after} KiB still resident after the release");
+        assert!(whole.bytes() == &bytes[..], "the bytes read back unchanged");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn read_range_checks_bounds_and_transposes_are_not_windowed() {
+        let s = Storage::interleaved(seq(8), seq(8), 2).unwrap();
+        assert_eq!(
+            s.read_range(14, 2).unwrap().as_ref(),
+            s.bytes()[14..16].to_vec()
+        );
+        assert!(s.read_range(15, 2).is_none());
+        assert!(s.read_range(usize::MAX, 2).is_none());
+        assert!(s.reads_windows_cheaply() && s.slice(2, 4).reads_windows_cheaply());
+        let t = Storage::transposed(seq(6), 2, 3, 1).unwrap();
+        assert!(!t.reads_windows_cheaply() && !t.slice(1, 2).reads_windows_cheaply());
+        t.bytes();
+        assert!(t.reads_windows_cheaply(), "built once, windows are cheap");
     }
 
     #[test]

@@ -14,8 +14,9 @@ use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
 
 use crate::error::{CudaError, Result};
 use crate::kernels::WeightKind;
+use crate::staging::Stager;
 use crate::vram::{DevBuf, Meter};
-use crate::weights::{Packed, ROUND_BF16, ROUND_NONE};
+use crate::weights::{PackPlan, ROUND_BF16, ROUND_NONE};
 
 /// A packed weight as the kernels see it (mirror of `WRef` in common.cu).
 #[repr(C)]
@@ -51,44 +52,66 @@ pub struct DevWeight {
 }
 
 impl DevWeight {
-    /// Uploads one or more packed tensors of one layout back to back (experts stack this way).
+    /// Builds one or more tensors of one layout back to back on the device (experts stack this way),
+    /// through `stager`'s pinned buffers. Each tensor's mapped file pages are dropped from this process
+    /// once its bytes are staged (see [`PackPlan::release_pages`]), so host memory does not keep a copy
+    /// of what is now on the GPU.
     pub fn upload(
         stream: &Arc<CudaStream>,
         meter: &Arc<Meter>,
-        parts: &[Packed<'_>],
+        stager: &mut Stager,
+        parts: &[PackPlan<'_>],
         what: &str,
     ) -> Result<Self> {
         let first = parts
             .first()
             .ok_or_else(|| CudaError::Unsupported(format!("{what}: no tensors")))?;
         if let Some(bad) = parts.iter().position(|p| !first.same_layout(p)) {
+            let (b, f) = (&parts[bad].layout, &first.layout);
             return Err(CudaError::Unsupported(format!(
                 "{what}: tensor {bad} is stored as {:?} [{}, {}], tensor 0 as {:?} [{}, {}]; one launch needs one layout",
-                parts[bad].kind, parts[bad].rows, parts[bad].k, first.kind, first.rows, first.k
+                b.kind, b.rows, b.k, f.kind, f.rows, f.k
             )));
         }
-        let data = concat_upload(stream, meter, parts.iter().map(|p| &*p.data), what)?;
-        let scales = if first.scales.is_empty() {
-            None
-        } else {
-            Some(concat_upload(
-                stream,
-                meter,
-                parts.iter().map(|p| &*p.scales),
-                what,
-            )?)
+        parts.iter().for_each(PackPlan::prefetch);
+        let total = |m: fn(&PackPlan<'_>) -> usize| parts.iter().map(m).sum::<usize>();
+        let data_bytes = total(|p| p.data.len_bytes());
+        let scale_bytes = total(|p| p.scales.as_ref().map_or(0, |s| s.len_bytes()));
+        let mut data = DevBuf::<u8>::zeros(stream, meter, data_bytes, what)?;
+        let mut scales = match first.scales {
+            Some(_) => Some(DevBuf::<u8>::zeros(stream, meter, scale_bytes, what)?),
+            None => None,
         };
+        let (mut at_data, mut at_scales) = (0, 0);
+        for p in parts {
+            at_data = stager.copy(stream, &p.data, &mut data.slice, at_data)?;
+            if let (Some(map), Some(buf)) = (&p.scales, scales.as_mut()) {
+                at_scales = stager.copy(stream, map, &mut buf.slice, at_scales)?;
+            }
+            p.release_pages();
+        }
+        let l = first.layout;
         Ok(DevWeight {
-            kind: first.kind,
-            rows: first.rows,
-            k: first.k,
-            ld: first.ld,
-            block: first.block,
-            round: first.round,
-            table: first.table,
+            kind: l.kind,
+            rows: l.rows,
+            k: l.k,
+            ld: l.ld,
+            block: l.block,
+            round: l.round,
+            table: l.table,
             data,
             scales,
         })
+    }
+
+    /// The device bytes (codes or elements, then scales), copied back (tests).
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<(Vec<u8>, Vec<u8>)> {
+        let data = self.data.to_host(stream, self.data.len(), "a weight")?;
+        let scales = match &self.scales {
+            Some(s) => s.to_host(stream, s.len(), "a weight's scales")?,
+            None => Vec::new(),
+        };
+        Ok((data, scales))
     }
 
     /// Whether every decoded value is exactly a bf16 and rows come in whole 32-element steps: the condition of
@@ -145,28 +168,6 @@ impl DevWeight {
             },
         }
     }
-}
-
-fn concat_upload<'a>(
-    stream: &Arc<CudaStream>,
-    meter: &Arc<Meter>,
-    parts: impl Iterator<Item = &'a [u8]> + Clone,
-    what: &str,
-) -> Result<DevBuf<u8>> {
-    let total: usize = parts.clone().map(<[u8]>::len).sum();
-    let mut buf = DevBuf::<u8>::zeros(stream, meter, total, what)?;
-    let mut at = 0;
-    for p in parts {
-        if p.is_empty() {
-            continue;
-        }
-        let mut dst = buf.slice.slice_mut(at..at + p.len());
-        stream
-            .memcpy_htod(p, &mut dst)
-            .map_err(|e| CudaError::driver(format!("copying {what} to the device"), e))?;
-        at += p.len();
-    }
-    Ok(buf)
 }
 
 /// An optional f32 vector (bias) on the device.
