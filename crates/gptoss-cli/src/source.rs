@@ -32,6 +32,12 @@ pub struct ModelArgs {
     /// on the CPU (the plan printed at start says how many).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_vram: Option<u64>,
+    /// Dense weights (attention projections, embedding, lm_head) as stored, or `q8_0`: quantized to
+    /// 8 bits at load as the ggml-org GGUFs store them, half the bytes a decoded token reads. Opt-in: on a
+    /// full-size random 20b it changes the logits measurably (top-1 agreement and KL against the bf16
+    /// weights are in bench/BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = DenseWeights::Stored)]
+    pub dense: DenseWeights,
     /// Keep every layer's experts in host memory and run them on the CPU, everything else on the GPU
     /// (llama.cpp's --cpu-moe).
     #[arg(long, conflicts_with = "n_cpu_moe")]
@@ -40,6 +46,16 @@ pub struct ModelArgs {
     /// --n-cpu-moe).
     #[arg(long, value_name = "N")]
     pub n_cpu_moe: Option<usize>,
+}
+
+/// How the dense weights (attention projections, embedding, lm_head) are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenseWeights {
+    /// As the checkpoint stores them (bf16 in HF checkpoints).
+    Stored,
+    /// Quantized to ggml Q8_0 at load, as the ggml-org GGUFs store them.
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 /// A model of real shapes with random weights.
@@ -93,6 +109,16 @@ pub struct CheckpointInfo {
 
 /// Reads the checkpoint or builds the dummy weights.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    let mut loaded = load_stored(args)?;
+    if args.dense == DenseWeights::Q8_0 {
+        loaded.weights = loaded.weights.with_dense_q8_0();
+        eprintln!("[--dense q8_0: attention projections, embedding and lm_head quantized to Q8_0 at load]");
+    }
+    Ok(loaded)
+}
+
+/// The weights as the checkpoint stores them (or random ones of a real model's shapes).
+fn load_stored(args: &ModelArgs) -> Result<Loaded> {
     match (&args.model, args.dummy) {
         (_, Some(d)) => Ok(Loaded {
             weights: gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0),

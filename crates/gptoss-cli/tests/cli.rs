@@ -177,6 +177,40 @@ fn logits_npy_and_layer_dump() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--dense q8_0` quantizes the dense weights exactly as llama.cpp's converter does: the HF MXFP4 fixture
+/// with it gives bit for bit the logits of the fixture llama.cpp's own converter wrote with `--outtype
+/// q8_0` (dense Q8_0, MXFP4 experts, f32 router).
+#[test]
+fn dense_q8_0_equals_llama_cpp_q8_0_gguf() {
+    let dir = std::env::temp_dir().join(format!("gptoss-dense-q8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let logits = |model: &Path, extra: &[&str], name: &str| -> Vec<u8> {
+        let npy = dir.join(name);
+        let mut args = vec![
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            "1,2,3,4,5,6,7,8,9,10",
+            "--all-positions",
+            "--device",
+            "cpu",
+            "--npy",
+            npy.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = gptoss(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read(&npy).unwrap()
+    };
+    let ours = logits(&fixture("hf-mxfp4"), &["--dense", "q8_0"], "ours.npy");
+    let llama = logits(&fixture("gguf/tiny-llamacpp-q8_0.gguf"), &[], "llama.npy");
+    let stored = logits(&fixture("hf-mxfp4"), &[], "stored.npy");
+    assert_eq!(ours, llama);
+    assert_ne!(ours, stored);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn run_json_greedy_matches_transformers() {
     for dir in ["hf-mxfp4", "split-weights"] {

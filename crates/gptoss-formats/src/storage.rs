@@ -10,6 +10,8 @@ use std::sync::{Arc, OnceLock};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
+use crate::tensor::{DType, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+
 /// Bytes of a tensor.
 #[derive(Clone)]
 pub enum Storage {
@@ -44,6 +46,8 @@ enum Recipe {
     Window { src: Storage, start: usize },
     /// F8_E5M2 bytes widened to little-endian bf16 (exact: every E5M2 value is a bf16 value).
     WidenF8E5M2 { src: Storage },
+    /// Dense elements of `dtype` quantized to ggml Q8_0 blocks (32 elements → 34 bytes).
+    QuantizeQ8_0 { src: Storage, dtype: DType },
 }
 
 /// Bytes described by a recipe over other storages, built when first needed.
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Lazy {
             Recipe::Interleave { unit, .. } => format!("interleave of {unit}-byte rows"),
             Recipe::Window { start, .. } => format!("window at {start}"),
             Recipe::WidenF8E5M2 { .. } => "f8_e5m2 → bf16".to_string(),
+            Recipe::QuantizeQ8_0 { dtype, .. } => format!("{} → q8_0", dtype.name()),
         };
         let cached = if self.cache.get().is_some() {
             ", built"
@@ -141,6 +146,22 @@ impl Storage {
         Storage::lazy(Recipe::WidenF8E5M2 { src }, len)
     }
 
+    /// Dense `dtype` elements (a whole number of 32-element blocks) quantized to ggml Q8_0 as
+    /// llama.cpp's reference quantizer does, built on demand. Fails when the elements do not fill
+    /// whole blocks.
+    pub fn quantized_q8_0(src: Storage, dtype: DType) -> Result<Self, String> {
+        let block_src = Q8_0_BLOCK * dtype.size_bytes();
+        if !src.len().is_multiple_of(block_src) {
+            return Err(format!(
+                "{} bytes of {} are not whole blocks of {Q8_0_BLOCK} elements",
+                src.len(),
+                dtype.name()
+            ));
+        }
+        let len = src.len() / block_src * Q8_0_BLOCK_BYTES;
+        Ok(Storage::lazy(Recipe::QuantizeQ8_0 { src, dtype }, len))
+    }
+
     /// True when the bytes are built on demand (not a window of a file or an owned buffer).
     pub fn is_lazy(&self) -> bool {
         matches!(self, Storage::Lazy(_))
@@ -202,9 +223,9 @@ impl Storage {
                         Recipe::Interleave { a, b, .. } => {
                             a.reads_windows_cheaply() && b.reads_windows_cheaply()
                         }
-                        Recipe::Window { src, .. } | Recipe::WidenF8E5M2 { src } => {
-                            src.reads_windows_cheaply()
-                        }
+                        Recipe::Window { src, .. }
+                        | Recipe::WidenF8E5M2 { src }
+                        | Recipe::QuantizeQ8_0 { src, .. } => src.reads_windows_cheaply(),
                     }
             }
         }
@@ -246,9 +267,9 @@ impl Storage {
             Storage::Mapped { .. } | Storage::Owned(_) => {}
             Storage::Lazy(l) if l.cache.get().is_some() => {}
             Storage::Lazy(l) => match &l.recipe {
-                Recipe::Transpose { src, .. } | Recipe::WidenF8E5M2 { src } => {
-                    src.for_each_window(f)
-                }
+                Recipe::Transpose { src, .. }
+                | Recipe::WidenF8E5M2 { src }
+                | Recipe::QuantizeQ8_0 { src, .. } => src.for_each_window(f),
                 // A window of a lazy storage may touch only part of its source; the whole source
                 // is an upper bound, and the only cost of advising more is a later page fault.
                 Recipe::Window { src, .. } => src.for_each_window(f),
@@ -325,6 +346,19 @@ impl Lazy {
                 let skip = offset - 2 * first;
                 wide[skip..skip + len].to_vec()
             }
+            Recipe::QuantizeQ8_0 { src, dtype } => {
+                let (first, last) = (
+                    offset / Q8_0_BLOCK_BYTES,
+                    (offset + len).div_ceil(Q8_0_BLOCK_BYTES),
+                );
+                let es = dtype.size_bytes();
+                let raw = src.read(first * Q8_0_BLOCK * es, (last - first) * Q8_0_BLOCK * es);
+                let values: Vec<f32> = (0..raw.len() / es).map(|i| dtype.read(&raw, i)).collect();
+                let mut blocks = Vec::with_capacity((last - first) * Q8_0_BLOCK_BYTES);
+                crate::gguf::encode::quantize_q8_0(&values, &mut blocks);
+                let skip = offset - first * Q8_0_BLOCK_BYTES;
+                blocks[skip..skip + len].to_vec()
+            }
         }
     }
 }
@@ -377,6 +411,35 @@ fn transpose(bytes: &[u8], rows: usize, cols: usize, es: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_0_quantization_matches_the_ggml_quantizer_in_every_window() {
+        let values: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut want = Vec::new();
+        crate::gguf::encode::quantize_q8_0(&values, &mut want);
+        for dtype in [DType::F32, DType::BF16] {
+            // bf16 sources are quantized from their bf16 values.
+            let vals: Vec<f32> = values.iter().map(|&v| dtype.round(v)).collect();
+            let mut expect = Vec::new();
+            crate::gguf::encode::quantize_q8_0(&vals, &mut expect);
+            let bytes: Vec<u8> = match dtype {
+                DType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                _ => vals
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+            };
+            let q = Storage::quantized_q8_0(Storage::owned(bytes), dtype).unwrap();
+            assert_eq!(q.len(), 3 * Q8_0_BLOCK_BYTES);
+            assert_eq!(q.bytes(), &expect[..]);
+            check_ranges(&q, &expect);
+        }
+        assert_eq!(want.len(), 102);
+        let short = Storage::quantized_q8_0(Storage::owned(vec![0; 4 * 33]), DType::F32);
+        assert!(short.unwrap_err().contains("not whole blocks of 32"));
+    }
 
     fn seq(n: usize) -> Storage {
         Storage::owned((0..n).map(|i| i as u8).collect())
