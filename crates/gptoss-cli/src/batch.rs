@@ -208,8 +208,14 @@ pub fn run(args: BatchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let totals = runtime.block_on(run_jobs(state.clone(), jobs, &args.output, concurrency))?;
-    let device_peak = state.engine_stats().device_peak_bytes;
-    let summary = totals.finish(skipped, (device_peak > 0).then_some(device_peak));
+    let engine = state.engine_stats();
+    let device_peak = engine.device_peak_bytes;
+    let drafts = args
+        .engine
+        .spec
+        .speculative
+        .map(|_| (engine.drafted_tokens, engine.accepted_tokens));
+    let summary = totals.finish(skipped, (device_peak > 0).then_some(device_peak), drafts);
     print_summary(&summary);
     if let Some(path) = &args.summary_json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
@@ -285,7 +291,13 @@ async fn run_jobs(
 }
 
 impl Totals {
-    fn finish(mut self, skipped: usize, device_peak_bytes: Option<u64>) -> Value {
+    /// The summary; `drafts` is (drafted, accepted) when speculating.
+    fn finish(
+        mut self,
+        skipped: usize,
+        device_peak_bytes: Option<u64>,
+        drafts: Option<(u64, u64)>,
+    ) -> Value {
         self.latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             let n = self.latencies.len();
@@ -309,6 +321,8 @@ impl Totals {
             "latency_p95_seconds": pct(0.95),
             "peak_device_memory_bytes": device_peak_bytes,
             "peak_host_memory_bytes": peak_host_memory_bytes(),
+            "drafted_tokens": drafts.map(|d| d.0),
+            "accepted_tokens": drafts.map(|d| d.1),
         })
     }
 }
@@ -362,5 +376,12 @@ fn print_summary(s: &Value) {
     ];
     for (name, value) in rows {
         println!("{name:<24} {value}");
+    }
+    if let (Some(drafted), Some(accepted)) =
+        (s["drafted_tokens"].as_u64(), s["accepted_tokens"].as_u64())
+    {
+        let rate = 100.0 * accepted as f64 / drafted.max(1) as f64;
+        println!("{:<24} {drafted}", "drafted tokens");
+        println!("{:<24} {accepted} ({rate:.1}%)", "accepted tokens");
     }
 }

@@ -11,6 +11,7 @@ mod output;
 mod run;
 mod serve;
 mod source;
+mod spec;
 mod synth;
 mod vocab;
 

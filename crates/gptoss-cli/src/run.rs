@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::{generate, Capacity, GenerateOptions, SamplingParams, StopReason};
+use gptoss_engine::scheduler::{EngineConfig, GenRequest, StatsSnapshot};
+use gptoss_engine::{generate_with, Capacity, SamplingParams, StopReason};
 use gptoss_tokenizer::harmony::Effort;
 
 use crate::serve::DEFAULT_BATCH_TOKENS;
 use crate::source::{self, ModelArgs};
+use crate::spec::SpecArgs;
 use crate::vocab;
 use crate::{device, with_model};
 
@@ -55,6 +57,8 @@ pub struct RunArgs {
     /// Tokens per prefill step.
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 /// Generates and prints.
@@ -76,30 +80,38 @@ pub fn run(args: RunArgs) -> Result<()> {
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
+    let speculative = args.spec.speculative()?;
     let ctx = args.model.ctx.max(prompt.len() + 1);
+    let batch_tokens = args.batch_tokens.max(1);
     let capacity = Capacity {
-        max_batch_tokens: args.batch_tokens.max(1),
-        max_logit_rows: 1,
+        max_batch_tokens: batch_tokens,
+        max_logit_rows: speculative.logit_rows(1, batch_tokens),
         slots: 1,
         kv_blocks: None,
         context_tokens: ctx,
     };
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
-    let options = GenerateOptions {
-        max_new_tokens: args.max_tokens,
+    let request = GenRequest {
+        prompt,
         sampling: SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,
             top_k: args.top_k,
             seed: args.seed,
         },
+        max_new_tokens: args.max_tokens,
         stop_tokens: vocab::stop_tokens(&tokenizer),
+    };
+    let prompt_len = request.prompt.len();
+    let config = EngineConfig {
+        max_batch_tokens: None,
+        speculative,
     };
     let started = Instant::now();
     let mut first_token_at = None;
     let mut stream = vocab::TextStream::default();
     let mut stdout = std::io::stdout().lock();
-    let (tokens, reason) = with_model!(&mut model, m => generate(m, &prompt, &options, |tok| {
+    let done = with_model!(&mut model, m => generate_with(m, request, config, |tok| {
         first_token_at.get_or_insert_with(Instant::now);
         if !args.json {
             let piece = stream.push(&tokenizer, tok);
@@ -109,13 +121,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     }))?;
     let _ = stdout.write_all(stream.finish().as_bytes());
     drop(stdout);
-    let text = vocab::decode_lossy(&tokenizer, &tokens);
+    let tokens = &done.tokens;
+    let text = vocab::decode_lossy(&tokenizer, tokens);
     if args.json {
         println!("{}", serde_json::json!({ "tokens": tokens, "text": text }));
     } else {
         println!();
     }
-    report_speed(prompt.len(), tokens.len(), started, first_token_at, reason);
+    let spec = args.spec.speculative.map(|_| done.stats);
+    let timing = Timing {
+        started,
+        first: first_token_at,
+    };
+    report_speed(prompt_len, tokens.len(), timing, done.reason, spec);
     if let Some(peak) = model.peak_device_bytes() {
         eprintln!(
             "[peak device memory {}]",
@@ -135,18 +153,29 @@ fn check_sampling(args: &RunArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
+    if args.max_tokens == 0 {
+        bail!("-n/--max-tokens must be at least 1");
+    }
     Ok(())
 }
 
+/// When generation started and when its first token came.
+struct Timing {
+    started: Instant,
+    first: Option<Instant>,
+}
+
+/// The stats line on stderr (scripts read it): `[N prompt tokens in Xs (P tok/s); M generated,
+/// D tok/s decode; stop: R]`, with `; drafted X, accepted Y (Z%)` before the `]` when speculating.
 fn report_speed(
     prompt: usize,
     generated: usize,
-    started: Instant,
-    first: Option<Instant>,
+    timing: Timing,
     reason: StopReason,
+    spec: Option<StatsSnapshot>,
 ) {
-    let Some(first) = first else { return };
-    let prefill = first.duration_since(started).as_secs_f64();
+    let Some(first) = timing.first else { return };
+    let prefill = first.duration_since(timing.started).as_secs_f64();
     let decode = first.elapsed().as_secs_f64();
     let decode_rate = if generated > 1 && decode > 0.0 {
         (generated - 1) as f64 / decode
@@ -161,8 +190,15 @@ fn report_speed(
         stop = ?reason,
         "done"
     );
+    let drafts = spec.map_or(String::new(), |s| {
+        let rate = 100.0 * s.accepted_tokens as f64 / s.drafted_tokens.max(1) as f64;
+        format!(
+            "; drafted {}, accepted {} ({rate:.1}%)",
+            s.drafted_tokens, s.accepted_tokens
+        )
+    });
     eprintln!(
-        "[{prompt} prompt tokens in {prefill:.2}s ({:.1} tok/s); {generated} generated, {decode_rate:.2} tok/s decode; stop: {reason:?}]",
+        "[{prompt} prompt tokens in {prefill:.2}s ({:.1} tok/s); {generated} generated, {decode_rate:.2} tok/s decode; stop: {reason:?}{drafts}]",
         prompt as f64 / prefill.max(1e-9)
     );
 }

@@ -13,6 +13,7 @@ use gptoss_tokenizer::Tokenizer;
 
 use crate::device::{self, AnyModel};
 use crate::source::{self, ModelArgs};
+use crate::spec::SpecArgs;
 use crate::vocab;
 
 /// Default token budget of one engine step. Each step reads every weight once, so a long prompt goes faster
@@ -38,6 +39,8 @@ pub struct EngineArgs {
     /// The model name clients use (default: the checkpoint's directory or file name).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
 }
 
 /// A running engine with its tokenizer and name.
@@ -54,6 +57,7 @@ pub struct Started {
 pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     anyhow::ensure!(args.max_seqs >= 1, "--max-seqs must be at least 1");
     anyhow::ensure!(args.batch_tokens >= 1, "--batch-tokens must be at least 1");
+    let speculative = args.spec.speculative()?;
     let loaded = source::load(&args.model)?;
     let tokenizer = vocab::tokenizer_for(&loaded)?;
     let name = args
@@ -62,7 +66,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
         .unwrap_or_else(|| default_name(&args.model));
     let capacity = Capacity {
         max_batch_tokens: args.batch_tokens,
-        max_logit_rows: args.max_seqs,
+        max_logit_rows: speculative.logit_rows(args.max_seqs, args.batch_tokens),
         slots: args.max_seqs,
         context_tokens: args.model.ctx,
         kv_blocks: args.kv_blocks,
@@ -70,6 +74,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let weights = loaded.weights;
     let config = EngineConfig {
         max_batch_tokens: None,
+        speculative,
     };
     let engine = spawn_on_device(&args.model, weights, capacity, config)?.engine;
     Ok(Started {

@@ -144,3 +144,66 @@ fn interrupted_job_resumes_to_one_line_per_custom_id() {
     assert!(s["generated_tokens"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--speculative ngram` leaves every result as it is without it and reports the drafts in the
+/// summary.
+#[test]
+fn speculative_batch_gives_the_same_results() {
+    let dir = std::env::temp_dir().join(format!("gptoss-batch-spec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for i in 0..12 {
+        let prompt = format!("{i} apples, {i} apples, {i} apples, {i}");
+        let temperature = if i % 2 == 0 { 0.0 } else { 0.8 };
+        text.push_str(&json!({"custom_id": format!("c{i}"), "prompt": prompt, "max_tokens": 40, "temperature": temperature, "seed": i}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(dir.join("in.jsonl"), text).unwrap();
+    let mut results = Vec::new();
+    for extra in [
+        &[][..],
+        &["--speculative", "ngram", "--prompt-lookup-min", "1"],
+    ] {
+        let _ = std::fs::remove_file(dir.join("out.jsonl"));
+        let summary = dir.join("summary.json");
+        let args = [extra, &["--summary-json", summary.to_str().unwrap()]].concat();
+        let out = batch(&dir, &args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut by_id: Vec<(String, Value)> = lines(&dir.join("out.jsonl"))
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let body = &v["response"]["body"];
+                (
+                    v["custom_id"].as_str().unwrap().to_string(),
+                    json!([
+                        body["choices"][0]["text"],
+                        body["usage"]["completion_tokens"]
+                    ]),
+                )
+            })
+            .collect();
+        by_id.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(by_id.len(), 12);
+        let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if extra.is_empty() {
+            assert!(s["drafted_tokens"].is_null(), "{s}");
+        } else {
+            let (d, a) = (
+                s["drafted_tokens"].as_u64().unwrap(),
+                s["accepted_tokens"].as_u64().unwrap(),
+            );
+            assert!(d > 0 && a <= d, "{s}");
+            assert!(stdout.contains("drafted tokens"), "{stdout}");
+        }
+        results.push(by_id);
+    }
+    assert_eq!(results[0], results[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -253,6 +253,104 @@ fn run_chat_prompt_streams_text() {
     assert!(stderr(&out).contains("4 generated"), "{}", stderr(&out));
 }
 
+/// The numbers of run's stats line, `[N prompt tokens in Xs (P tok/s); M generated, D tok/s decode;
+/// stop: R]` with `; drafted X, accepted Y (Z%)` when speculating.
+fn stats_line(stderr: &str) -> (usize, usize, Option<(usize, usize)>) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with('[') && l.contains(" prompt tokens in "))
+        .unwrap_or_else(|| panic!("no stats line in {stderr}"));
+    let num = |s: &str| s.trim().parse::<usize>().unwrap();
+    let prompt = num(line[1..].split(' ').next().unwrap());
+    let generated = num(line.split("; ").nth(1).unwrap().split(' ').next().unwrap());
+    assert!(line.contains(" tok/s decode; stop: "), "{line}");
+    let drafts = line.split("; drafted ").nth(1).map(|rest| {
+        let (d, rest) = rest.split_once(", accepted ").unwrap();
+        let (a, pct) = rest.split_once(" (").unwrap();
+        assert!(pct.ends_with("%)]"), "{line}");
+        (num(d), num(a))
+    });
+    (prompt, generated, drafts)
+}
+
+#[test]
+fn run_speculative_gives_the_same_tokens_and_reports_drafts() {
+    let r = reference("hf-mxfp4");
+    let model = fixture("hf-mxfp4");
+    let prompt = csv(&ids(&r["prompt"]));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            &prompt,
+            "-n",
+            "48",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = gptoss(&args);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (ids(&v["tokens"]), stats_line(&stderr(&out)))
+    };
+    for sampling in [&[][..], &["--temperature", "0.7", "--seed", "9"]] {
+        let (plain, (p, g, drafts)) = run(sampling);
+        assert_eq!((p, g, drafts), (24, 48, None));
+        let spec_args = [
+            sampling,
+            &["--speculative", "ngram", "--prompt-lookup-min", "1"],
+        ]
+        .concat();
+        let (spec, (p, g, drafts)) = run(&spec_args);
+        assert_eq!(spec, plain, "{sampling:?}");
+        let (drafted, accepted) = drafts.unwrap();
+        assert_eq!((p, g), (24, 48));
+        assert!(drafted > 0 && accepted <= drafted, "{drafted} {accepted}");
+    }
+    // The transformers reference still holds with drafts.
+    let (spec, _) = run(&["--speculative", "ngram", "--draft-tokens", "7"]);
+    assert_eq!(spec[..16], ids(&r["greedy"]));
+}
+
+#[test]
+fn speculative_flags_are_checked() {
+    let model = fixture("hf-mxfp4");
+    let m = model.to_str().unwrap();
+    let base = ["run", "--model", m, "--tokens", "1,2,3"];
+    let cases: [(&[&str], &str); 4] = [
+        (&["--draft-tokens", "4"], "--speculative"),
+        (
+            &["--speculative", "ngram", "--draft-tokens", "0"],
+            "draft tokens must be at least 1",
+        ),
+        (
+            &[
+                "--speculative",
+                "ngram",
+                "--prompt-lookup-min",
+                "3",
+                "--prompt-lookup-max",
+                "2",
+            ],
+            "min 3, max 2",
+        ),
+        (&["--speculative", "eagle"], "ngram"),
+    ];
+    for (extra, needle) in cases {
+        let out = gptoss(&[&base[..], extra].concat());
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
+    }
+    let out = gptoss(&[&base[..], &["-n", "0"]].concat());
+    assert!(
+        stderr(&out).contains("-n/--max-tokens must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn inspect_reports_layout_and_types() {
     let out = gptoss(&["inspect", fixture("hf-mxfp4").to_str().unwrap()]);

@@ -2,7 +2,9 @@
 //! print `BENCH` lines. The model bench: gpt-oss-20b shapes with random MXFP4 experts under `--max-vram 16GiB`
 //! at 8,192 tokens of context, prefill (256 and 2,048 tokens) and decode speed, and peak device memory
 //! against the planner's figure. The op bench: each linear and MoE shape of a 20b layer alone, with the
-//! bandwidth (decode) or arithmetic rate (prefill) it reaches.
+//! bandwidth (decode) or arithmetic rate (prefill) it reaches. The verification bench: what a speculative
+//! step of T = 1..=9 tokens of one sequence costs against a one-token decode step, and the acceptance
+//! rate a draft of T - 1 tokens needs to pay for itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -11,7 +13,7 @@ use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::backend::{MoeArgs, MoeShape, Rope};
 use gptoss_engine::memory::{plan, weights_bytes, KvPrecision};
-use gptoss_engine::{Backend, Batch, Capacity, KvLayout, Model};
+use gptoss_engine::{Backend, Batch, Capacity, KvLayout, Model, SamplingParams};
 use gptoss_formats::{DType, Expert, Linear, ModelConfig};
 
 const GIB: u64 = 1 << 30;
@@ -109,6 +111,90 @@ fn bench_gpt_oss_20b_under_16_gib() {
         p.total_bytes() as f64 / GIB as f64
     );
     assert!(peak <= 16 * GIB && peak <= p.total_bytes());
+}
+
+/// The per-token acceptance rate `a` at which a draft of `k` tokens, accepted token by token with
+/// probability `a`, emits `ratio` tokens per step on average: `(1 - a^(k+1)) / (1 - a) = ratio`.
+fn break_even(k: usize, ratio: f64) -> Option<f64> {
+    let tokens = |a: f64| (0..=k).map(|i| a.powi(i as i32)).sum::<f64>();
+    if tokens(1.0) < ratio {
+        return None;
+    }
+    let (mut lo, mut hi) = (0.0, 1.0);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if tokens(mid) < ratio {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// Speculative verification at gpt-oss-20b's shapes: one sequence at 512 positions of context, steps of
+/// T = 1..=9 tokens, each with T logit rows and a greedy sample per row (what the engine runs for a
+/// draft of T - 1), recorded as CUDA graphs like decode steps. Prints ms per step, the ratio to T = 1
+/// and the break-even acceptance rate.
+#[test]
+#[ignore = "needs GPU"]
+fn bench_verification_steps_20b() {
+    let config = ModelConfig::gpt_oss_20b();
+    let w = gptoss_formats::dummy::dummy_weights(&config, 1);
+    let cap = Capacity {
+        max_batch_tokens: 512,
+        max_logit_rows: 9,
+        slots: 1,
+        context_tokens: 1024,
+        kv_blocks: None,
+    };
+    let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let mut m = Model::new(b, &w, cap).unwrap();
+    drop(w);
+    let context = 512u32;
+    let tokens: Vec<u32> = (0..context + 9)
+        .map(|i| (i * 7919 + 17) % 200_000)
+        .collect();
+    let table = m.solo_table();
+    m.forward(&Batch::single(
+        &tokens[..context as usize],
+        0,
+        table.clone(),
+    ))
+    .unwrap();
+    let mut base = 0.0;
+    for t in 1..=9usize {
+        let mut batch = Batch::single(&tokens[..t], context, table.clone());
+        batch.logit_rows = (0..t as u32).collect();
+        let params = vec![SamplingParams::default(); t];
+        let counters = vec![0; t];
+        let mut step = || {
+            m.forward(&batch).unwrap();
+            m.sample(&params, &counters).unwrap();
+        };
+        // The second run of a shape records it; later runs replay.
+        for _ in 0..3 {
+            step();
+        }
+        let reps = 50;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            step();
+        }
+        let s = t0.elapsed().as_secs_f64() / reps as f64;
+        if t == 1 {
+            base = s;
+            println!("BENCH verify T=1 (plain decode step): {:.2} ms", s * 1e3);
+            continue;
+        }
+        let ratio = s / base;
+        let even = break_even(t - 1, ratio).map_or("never".into(), |a| format!("{a:.2}"));
+        println!(
+            "BENCH verify T={t}: {:.2} ms = {ratio:.2}x T=1; a draft of {} pays at acceptance > {even}",
+            s * 1e3,
+            t - 1
+        );
+    }
 }
 
 /// A `[rows, cols]` buffer holding `data`, written by embedding rows of an f32 table (the one generic way

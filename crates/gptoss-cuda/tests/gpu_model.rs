@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{fit_kv_blocks, plan, weights_bytes, KvPrecision};
+use gptoss_engine::scheduler::{EngineConfig, GenRequest, NgramConfig, Speculative};
 use gptoss_engine::{
-    generate, Backend, Batch, BlockTable, Capacity, CpuBackend, ExpertPlacement, GenerateOptions,
-    Model, SamplingParams,
+    generate, generate_with, Backend, Batch, BlockTable, Capacity, CpuBackend, ExpertPlacement,
+    GenerateOptions, Model, SamplingParams,
 };
 use gptoss_formats::{ModelConfig, ModelWeights};
 
@@ -146,6 +147,88 @@ fn host_experts_match_device_experts() {
         assert!(worst <= 1e-5, "{worst}");
         assert_eq!(tokens, want_tokens);
     }
+}
+
+/// Generates 64 tokens after `prompt` on a fresh CUDA model: (tokens, drafted, accepted).
+fn cuda_generate(
+    w: &ModelWeights,
+    prompt: &[u32],
+    spec: Speculative,
+    seed: u64,
+) -> (Vec<u32>, u64, u64) {
+    let cap = Capacity {
+        max_batch_tokens: 64,
+        max_logit_rows: spec.logit_rows(1, 64),
+        slots: 1,
+        context_tokens: 256,
+        kv_blocks: None,
+    };
+    let backend = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let mut m = Model::new(backend, w, cap).unwrap();
+    let sampling = SamplingParams {
+        temperature: if seed == 0 { 0.0 } else { 0.7 },
+        seed,
+        ..SamplingParams::default()
+    };
+    let request = GenRequest {
+        prompt: prompt.to_vec(),
+        sampling,
+        max_new_tokens: 64,
+        stop_tokens: vec![],
+    };
+    let config = EngineConfig {
+        max_batch_tokens: None,
+        speculative: spec,
+    };
+    let done = generate_with(&mut m, request, config, |_| {}).unwrap();
+    (
+        done.tokens,
+        done.stats.drafted_tokens,
+        done.stats.accepted_tokens,
+    )
+}
+
+/// Prompt lookup on CUDA: greedy (and seeded) speculative decoding gives the plain tokens, with drafts
+/// both accepted and rejected (random weights of the tiny config and the hf-mxfp4 fixture; a prompt
+/// that repeats a block, as code editing does, and one that does not). A failure here with a CPU pass
+/// (`cargo test -p gptoss-engine --test speculative`) means a step of 1 + k tokens of one sequence
+/// rounds differently from k + 1 one-token steps on the GPU.
+#[test]
+#[ignore = "needs GPU"]
+fn speculative_decoding_equals_plain_on_cuda() {
+    let fixture = fixture_paths()
+        .into_iter()
+        .find(|p| p.ends_with("hf-mxfp4"))
+        .expect("tests/fixtures/tiny/hf-mxfp4");
+    let models = [
+        (
+            "dummy tiny",
+            gptoss_formats::dummy::dummy_weights(&tiny_config(), 5),
+        ),
+        ("hf-mxfp4", gptoss_formats::load(&fixture).unwrap().weights),
+    ];
+    let block = prompt(20, 480);
+    let mut edit = block.clone();
+    edit.extend([490, 491]);
+    edit.extend(&block[..5]);
+    let ngram = Speculative::Ngram(NgramConfig::new(5, 1, 3).unwrap());
+    let (mut drafted, mut accepted) = (0, 0);
+    for (name, w) in &models {
+        for p in [&edit, &prompt(30, 500)] {
+            for seed in [0, 7] {
+                let (plain, _, _) = cuda_generate(w, p, Speculative::Off, seed);
+                let (spec, d, a) = cuda_generate(w, p, ngram, seed);
+                println!("{name} seed {seed}: {d} drafted, {a} accepted");
+                assert_eq!(spec, plain, "{name}, seed {seed}, prompt {p:?}");
+                drafted += d;
+                accepted += a;
+            }
+        }
+    }
+    assert!(
+        accepted > 0 && accepted < drafted,
+        "{accepted} of {drafted}"
+    );
 }
 
 fn fixture_paths() -> Vec<PathBuf> {

@@ -1,10 +1,17 @@
-//! Single-sequence generation: prefill the prompt in chunks (the KV cache keeps it), then decode one
-//! token per step until a stop token or the token limit. The sequence owns the first blocks of the KV
-//! pools ([`Model::solo_table`]). The server's scheduler batches many of these.
+//! One request on a caller's model, through the scheduler every command uses ([`Engine`]): chunked
+//! prefill, then decoding (speculative when asked) until a stop token or the token limit. For
+//! `gptoss run`, tests and tools; the server drives the same engine on its own thread.
 
-use crate::backend::{Backend, Batch, SamplingParams};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::backend::{Backend, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::scheduler::{
+    channel_sink, Engine, EngineConfig, EngineStats, FailureKind, FinishReason, GenRequest, Output,
+    RequestId, StatsSnapshot,
+};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -26,50 +33,82 @@ pub enum StopReason {
     Length,
 }
 
-/// Generates after `prompt`, calling `on_token` for each new token. Returns the new tokens and why
-/// generation stopped. Earlier contents of the cache are overwritten, never read.
+/// A finished request.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The new tokens.
+    pub tokens: Vec<u32>,
+    /// Why generation ended.
+    pub reason: StopReason,
+    /// The engine's counters for this request alone (steps, drafted and accepted tokens, ...).
+    pub stats: StatsSnapshot,
+}
+
+/// Generates after `prompt` without speculation, calling `on_token` for each new token. Returns the
+/// new tokens and why generation stopped. Earlier contents of the cache are overwritten, never read.
 pub fn generate<B: Backend>(
     model: &mut Model<B>,
     prompt: &[u32],
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, StopReason)> {
-    if prompt.is_empty() {
-        return Err(Error::invalid("the prompt has no tokens"));
-    }
-    let context = model.capacity().context_tokens;
-    if prompt.len() >= context {
-        return Err(Error::invalid(format!(
-            "the prompt has {} tokens; the context holds {context}",
-            prompt.len()
-        )));
-    }
-    prefill(model, prompt)?;
-    let table = model.solo_table();
-    let mut out = Vec::new();
-    let mut pos = prompt.len();
-    loop {
-        let tok = model.sample(&[options.sampling], &[out.len() as u64])?[0];
-        out.push(tok);
-        on_token(tok);
-        if options.stop_tokens.contains(&tok) {
-            return Ok((out, StopReason::Stop));
-        }
-        if out.len() >= options.max_new_tokens || pos + 1 >= context {
-            return Ok((out, StopReason::Length));
-        }
-        model.forward(&Batch::single(&[tok], pos as u32, table.clone()))?;
-        pos += 1;
-    }
+    let request = GenRequest {
+        prompt: prompt.to_vec(),
+        sampling: options.sampling,
+        max_new_tokens: options.max_new_tokens,
+        stop_tokens: options.stop_tokens.clone(),
+    };
+    let done = generate_with(model, request, EngineConfig::default(), on_token)?;
+    Ok((done.tokens, done.reason))
 }
 
-/// Runs `prompt` through the model (as the sequence of [`Model::solo_table`]) in chunks of the step
-/// capacity; the last chunk leaves the final token's logits ready.
-pub fn prefill<B: Backend>(model: &mut Model<B>, prompt: &[u32]) -> Result<()> {
-    let chunk = model.capacity().max_batch_tokens;
-    let table = model.solo_table();
-    for (i, part) in prompt.chunks(chunk).enumerate() {
-        model.forward(&Batch::single(part, (i * chunk) as u32, table.clone()))?;
+/// Runs `request` alone on `model` through an engine configured by `config` (step budget,
+/// speculation), calling `on_token` for each new token as its step ends.
+pub fn generate_with<B: Backend>(
+    model: &mut Model<B>,
+    request: GenRequest,
+    config: EngineConfig,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let stats = Arc::new(EngineStats::default());
+    let mut engine = Engine::new(model, config, stats.clone());
+    let (tx, rx) = mpsc::channel();
+    engine.submit(RequestId(0), request, channel_sink(tx));
+    let mut tokens = Vec::new();
+    loop {
+        for out in rx.try_iter() {
+            match out {
+                Output::Token(t) => {
+                    tokens.push(t);
+                    on_token(t);
+                }
+                Output::Finished(f) => {
+                    let reason = match f.reason {
+                        FinishReason::Stop => StopReason::Stop,
+                        FinishReason::Length => StopReason::Length,
+                        FinishReason::Cancelled => {
+                            return Err(Error::invalid("the request was cancelled"))
+                        }
+                    };
+                    let stats = stats.snapshot();
+                    return Ok(Generation {
+                        tokens,
+                        reason,
+                        stats,
+                    });
+                }
+                // A backend failure comes back from `try_step` with its own error.
+                Output::Failed {
+                    kind: FailureKind::Invalid | FailureKind::Internal,
+                    message,
+                } => return Err(Error::invalid(message)),
+            }
+        }
+        if !engine.has_work() {
+            return Err(Error::invalid(
+                "the engine ended the request without a result",
+            ));
+        }
+        engine.try_step()?;
     }
-    Ok(())
 }

@@ -4,6 +4,8 @@
 //! sequence and returns every block when requests finish, are cancelled or preempted; bad tables are
 //! errors, not panics.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
@@ -129,7 +131,7 @@ fn interleaved_scattered_tables_equal_solo_runs() {
 /// Runs the engine synchronously until idle; after every step, checks the block counts against the
 /// running sequences. Returns each request's tokens.
 fn drive(
-    engine: &mut Engine<CpuBackend>,
+    engine: &mut Engine<'_, CpuBackend>,
     stats: &EngineStats,
     rxs: &[mpsc::Receiver<Output>],
 ) -> Vec<Vec<u32>> {
@@ -167,7 +169,8 @@ fn engine_holds_a_ring_per_sequence_and_returns_every_block() {
     let w = weights();
     let stats = Arc::new(EngineStats::default());
     // 3 running sequences, 6 tokens a step: rings of floor((6 + 8 - 2) / 16) + 2 = 2 blocks.
-    let mut engine = Engine::new(model(&w, 3, 6, 200), EngineConfig::default(), stats.clone());
+    let mut m = model(&w, 3, 6, 200);
+    let mut engine = Engine::new(&mut m, EngineConfig::default(), stats.clone());
     assert_eq!(engine.model().kv_layout().ring_blocks, 2);
     let req = |n: usize, salt: usize, new: usize| GenRequest {
         prompt: tokens(n, salt),
@@ -201,12 +204,7 @@ fn engine_holds_a_ring_per_sequence_and_returns_every_block() {
     // Each finished request equals its solo run (the longest one wraps its ring many times).
     for (i, r) in reqs.iter().enumerate().filter(|(i, _)| *i != 1) {
         let mut solo = model(&w, 1, 6, 200);
-        let opts = gptoss_engine::GenerateOptions {
-            max_new_tokens: r.max_new_tokens,
-            sampling: r.sampling,
-            stop_tokens: vec![],
-        };
-        let (want, _) = gptoss_engine::generate(&mut solo, &r.prompt, &opts, |_| {}).unwrap();
+        let (want, _) = common::plain_decode(&mut solo, r);
         assert_eq!(got[i], want, "request {i}");
     }
 }

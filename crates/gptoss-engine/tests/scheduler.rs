@@ -1,6 +1,8 @@
 //! Continuous batching on the tiny fixture model: many requests batched together (with chunked
 //! prefill, preemption and cancellation) give exactly the tokens each gives when run alone.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -9,9 +11,7 @@ use gptoss_engine::scheduler::{
     channel_sink, spawn_engine, EngineConfig, EngineHandle, FailureKind, FinishReason, GenRequest,
     Output,
 };
-use gptoss_engine::{
-    generate, Capacity, CpuBackend, GenerateOptions, Model, SamplingParams, StopReason,
-};
+use gptoss_engine::{Capacity, CpuBackend, Model, SamplingParams, StopReason};
 use gptoss_formats::ModelWeights;
 
 fn weights() -> ModelWeights {
@@ -68,13 +68,7 @@ fn requests(n: usize) -> Vec<GenRequest> {
 }
 
 fn solo(w: &ModelWeights, r: &GenRequest, ctx: usize) -> (Vec<u32>, StopReason) {
-    let mut m = model(w, 1, 8, ctx);
-    let opts = GenerateOptions {
-        max_new_tokens: r.max_new_tokens,
-        sampling: r.sampling,
-        stop_tokens: r.stop_tokens.clone(),
-    };
-    generate(&mut m, &r.prompt, &opts, |_| {}).unwrap()
+    common::plain_decode(&mut model(w, 1, 8, ctx), r)
 }
 
 /// Submits every request, then collects (tokens, final output) of each.
@@ -108,9 +102,7 @@ fn spawn(
     kv_blocks: Option<usize>,
 ) -> EngineHandle {
     let w = w.clone();
-    let config = EngineConfig {
-        max_batch_tokens: None,
-    };
+    let config = EngineConfig::default();
     spawn_engine(
         move || Ok(model_with_pool(&w, (slots, batch, ctx), kv_blocks)),
         config,

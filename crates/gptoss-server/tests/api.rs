@@ -649,6 +649,8 @@ async fn auth_limits_models_health_metrics() {
         "gptoss_generation_tokens_total",
         "gptoss_time_to_first_token_seconds_count 1",
         "gptoss_kv_blocks_used",
+        "gptoss_spec_draft_tokens_total 0",
+        "gptoss_spec_accepted_tokens_total 0",
     ] {
         assert!(metrics.contains(name), "{name} not in\n{metrics}");
     }

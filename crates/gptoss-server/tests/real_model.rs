@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use gptoss_engine::scheduler::{NgramConfig, Speculative};
 use gptoss_engine::{generate, GenerateOptions, SamplingParams, StopReason};
 use gptoss_tokenizer::harmony::Harmony;
 use gptoss_tokenizer::StreamDecoder;
@@ -22,12 +23,22 @@ fn solo_text(
     seed: u64,
     max_tokens: usize,
 ) -> (String, usize, StopReason) {
+    solo_text_at(w, prompt, (1.0, seed), max_tokens)
+}
+
+/// Like [`solo_text`] at `(temperature, seed)`.
+fn solo_text_at(
+    w: &gptoss_formats::ModelWeights,
+    prompt: &str,
+    (temperature, seed): (f32, u64),
+    max_tokens: usize,
+) -> (String, usize, StopReason) {
     let tok = tokenizer();
     let mut model = tiny_model(w, 1, CTX);
     let opts = GenerateOptions {
         max_new_tokens: max_tokens,
         sampling: SamplingParams {
-            temperature: 1.0,
+            temperature,
             top_p: 1.0,
             top_k: 0,
             seed,
@@ -214,4 +225,65 @@ async fn chat_on_the_real_model_stream_equals_json() {
     assert_eq!(status, 400);
     assert!(body.contains("context_length_exceeded"), "{body}");
     assert_eq!(post(&url, &req).await.0, 200);
+}
+
+/// The value of an unlabelled series in a `/metrics` text.
+fn metric_value(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+}
+
+/// With prompt lookup drafts, concurrent completions (greedy and seeded) are exactly the plain
+/// decoder's, `/metrics` counts the drafts, and every KV block comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn speculative_engine_serves_the_plain_tokens_and_counts_drafts() {
+    let w = Arc::new(weights());
+    let config_ngram = gptoss_engine::scheduler::EngineConfig {
+        max_batch_tokens: None,
+        speculative: Speculative::Ngram(NgramConfig::new(4, 1, 3).unwrap()),
+    };
+    let base = serve(real_engine_with(4, CTX, config_ngram), config()).await;
+    let url = format!("{base}/v1/completions");
+    let prompt = "fn add(a: u32, b: u32) -> u32 { a + b }\nfn add(a: u32, b: u32) -> u32 {";
+    let runs = [(0.0, 0), (0.5, 1), (0.5, 2), (1.0, 3), (0.0, 4)];
+    let tasks: Vec<_> = runs
+        .iter()
+        .map(|&(temperature, seed)| {
+            let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 120, "temperature": temperature, "seed": seed});
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, &body).await })
+        })
+        .collect();
+    for (task, (temperature, seed)) in tasks.into_iter().zip(runs) {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let w = w.clone();
+        let (want, n, _) =
+            tokio::task::spawn_blocking(move || solo_text_at(&w, prompt, (temperature, seed), 120))
+                .await
+                .unwrap();
+        assert_eq!(
+            v["choices"][0]["text"], want,
+            "temperature {temperature}, seed {seed}"
+        );
+        assert_eq!(v["usage"]["completion_tokens"], n);
+    }
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let drafted = metric_value(&metrics, "gptoss_spec_draft_tokens_total");
+    let accepted = metric_value(&metrics, "gptoss_spec_accepted_tokens_total");
+    // Random weights rarely copy the prompt: 423 drafted, 1 accepted when written.
+    assert!(
+        accepted > 0 && accepted < drafted,
+        "{drafted} drafted, {accepted} accepted"
+    );
+    assert_eq!(metric_value(&metrics, "gptoss_kv_blocks_used"), 0);
 }

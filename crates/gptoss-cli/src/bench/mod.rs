@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::scheduler::EngineConfig;
+use gptoss_engine::scheduler::{EngineConfig, Speculative};
 use gptoss_engine::{Capacity, BLOCK_POSITIONS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output;
 use crate::serve::{self, DEFAULT_BATCH_TOKENS};
 use crate::source::{self, ModelArgs};
+use crate::spec::SpecArgs;
 use crate::vocab;
 
 use prompts::TokenPool;
@@ -73,8 +74,9 @@ pub struct BenchArgs {
     /// Also write the JSON rows to this file (whole or not at all), whatever stdout shows.
     #[arg(long, value_name = "FILE")]
     json_out: Option<PathBuf>,
-    // Speculative decoding (`--speculative ngram`, on its own branch) belongs here: the flag goes
-    // into `engine_config` below, so every test measures the engine with it, as `serve` would run.
+    /// Speculative decoding, as `serve` runs it.
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 /// A kind of test.
@@ -242,9 +244,10 @@ fn plan(args: &BenchArgs) -> Result<Vec<Test>> {
 }
 
 /// The engine's settings; the same as `serve` would use for these flags.
-fn engine_config(_args: &BenchArgs) -> EngineConfig {
+fn engine_config(speculative: Speculative) -> EngineConfig {
     EngineConfig {
         max_batch_tokens: None,
+        speculative,
     }
 }
 
@@ -262,9 +265,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let kv_blocks = args
         .kv_blocks
         .unwrap_or_else(|| tests.iter().map(|t| t.kv_blocks(slots)).max().unwrap_or(1));
+    let speculative = args.spec.speculative()?;
     let capacity = Capacity {
         max_batch_tokens: args.batch_tokens,
-        max_logit_rows: slots,
+        max_logit_rows: speculative.logit_rows(slots, args.batch_tokens),
         slots,
         context_tokens: args.model.ctx,
         kv_blocks: Some(kv_blocks),
@@ -277,8 +281,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tokenizer = vocab::tokenizer_for(&loaded)?;
     let pool = TokenPool::new(&tokenizer, loaded.weights.config.vocab_size)?;
     let build_start = Instant::now();
-    let started =
-        serve::spawn_on_device(&args.model, loaded.weights, capacity, engine_config(&args))?;
+    let started = serve::spawn_on_device(
+        &args.model,
+        loaded.weights,
+        capacity,
+        engine_config(speculative),
+    )?;
     let setup = Setup {
         model: serve::default_name(&args.model),
         device: started.device,

@@ -1,14 +1,16 @@
-//! The engine loop body: schedule, forward, sample, update. [`Engine`] owns the [`Model`] and the
-//! [`Scheduler`]; requests and cancellations are applied between steps.
+//! The engine loop body: schedule, forward, sample, update (verifying speculative drafts, see
+//! `draft.rs`). [`Engine`] drives the [`Model`] through the [`Scheduler`]; requests and
+//! cancellations are applied between steps.
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, Batch, SamplingParams};
 use crate::error::Result;
 use crate::model::Model;
 
+use super::draft::{accepted_len, Speculative};
 use super::kv::KvBlocks;
-use super::policy::{Plan, Scheduler};
+use super::policy::{Limits, Plan, Scheduler};
 use super::sequence::{
     FailureKind, FinishReason, GenRequest, Output, OutputSink, RequestId, Sequence,
 };
@@ -19,36 +21,54 @@ use super::stats::EngineStats;
 pub struct EngineConfig {
     /// Token budget of one step (at most the model's `max_batch_tokens`; `None`: all of it).
     pub max_batch_tokens: Option<usize>,
+    /// Speculative decoding: drafts verified in each sequence's step (bounded by the model's
+    /// `max_logit_rows`; size it with [`Speculative::logit_rows`]).
+    pub speculative: Speculative,
 }
 
 /// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
 pub type DeviceProbe<B> = fn(&Model<B>) -> u64;
 
-/// A model and the requests it is serving.
-pub struct Engine<B: Backend> {
-    model: Model<B>,
+/// A model and the requests it is serving. The engine borrows the model: the engine thread owns
+/// it, and [`crate::generate`] runs one request on a caller's model.
+pub struct Engine<'m, B: Backend> {
+    model: &'m mut Model<B>,
     sched: Scheduler,
     stats: Arc<EngineStats>,
     probe: Option<DeviceProbe<B>>,
+    speculative: Speculative,
 }
 
-impl<B: Backend> Engine<B> {
+/// Where each sampled slice's logit rows are in the step's output.
+struct Verify {
+    id: RequestId,
+    /// The slice's rows: its last token's, then one per draft token.
+    rows: usize,
+}
+
+impl<'m, B: Backend> Engine<'m, B> {
     /// An engine over `model`: at most one running sequence per cache slot, blocks from the model's
-    /// KV pools, the step budget from `config`.
-    pub fn new(model: Model<B>, config: EngineConfig, stats: Arc<EngineStats>) -> Self {
+    /// KV pools, the step budget and speculation from `config`.
+    pub fn new(model: &'m mut Model<B>, config: EngineConfig, stats: Arc<EngineStats>) -> Self {
         let cap = *model.capacity();
         let budget = config
             .max_batch_tokens
             .map_or(cap.max_batch_tokens, |b| b.clamp(1, cap.max_batch_tokens));
-        // A step samples at most one row per running sequence.
-        let max_running = cap.slots.min(cap.max_logit_rows);
+        let limits = Limits {
+            max_batch_tokens: budget,
+            // A step samples at least one row per running sequence.
+            max_running: cap.slots.min(cap.max_logit_rows),
+            max_logit_rows: cap.max_logit_rows,
+            context_tokens: cap.context_tokens,
+            max_draft: config.speculative.draft_tokens(),
+        };
         let kv = KvBlocks::new(model.kv_layout().clone());
-        let sched = Scheduler::new(budget, max_running, kv);
         let engine = Engine {
             model,
-            sched,
+            sched: Scheduler::new(limits, kv),
             stats,
             probe: None,
+            speculative: config.speculative,
         };
         engine.publish();
         engine
@@ -63,7 +83,7 @@ impl<B: Backend> Engine<B> {
 
     /// The model.
     pub fn model(&self) -> &Model<B> {
-        &self.model
+        self.model
     }
 
     /// Whether any request is waiting or running.
@@ -81,7 +101,8 @@ impl<B: Backend> Engine<B> {
             return;
         }
         self.stats.add_prompt_tokens(request.prompt.len());
-        self.sched.add(Sequence::new(id, request, sink));
+        let proposer = self.speculative.proposer();
+        self.sched.add(Sequence::new(id, request, sink, proposer));
         self.publish();
     }
 
@@ -103,6 +124,8 @@ impl<B: Backend> Engine<B> {
         if let Some(t) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(format!("token id {t} is outside the vocabulary of {vocab}"));
         }
+        // Drafts never reach past the last position a request can generate (see the scheduler),
+        // so they need no blocks beyond these.
         let longest = (n + request.max_new_tokens).min(context);
         let need = self.sched.kv().full_blocks_for(longest);
         if need > self.sched.kv().total_blocks() {
@@ -128,70 +151,116 @@ impl<B: Backend> Engine<B> {
 
     /// Runs one step. A backend failure fails the step's requests, not the engine.
     pub fn step(&mut self) {
+        if let Err(e) = self.try_step() {
+            tracing::error!(error = %e, "engine step failed");
+        }
+    }
+
+    /// Runs one step; on a backend failure the step's requests are failed and the error returned.
+    pub fn try_step(&mut self) -> Result<()> {
         let plan = self.sched.schedule();
         self.stats.add_preemptions(plan.preempted);
         if plan.items.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.run(&plan) {
-            tracing::error!(error = %e, "engine step failed");
+        let ran = self.run(&plan);
+        if let Err(e) = &ran {
             for item in &plan.items {
                 self.fail(item.id, FailureKind::Internal, &e.to_string());
             }
         }
         self.publish();
+        ran
     }
 
     fn run(&mut self, plan: &Plan) -> Result<()> {
         let mut batch = Batch::default();
-        let (mut params, mut counters, mut sampled_ids) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut params, mut counters, mut verify) = (Vec::new(), Vec::new(), Vec::new());
         for item in &plan.items {
             let table = self.sched.kv().table(item.id).cloned().unwrap_or_default();
             let Some(seq) = self.sched.get_mut(item.id) else {
                 continue;
             };
-            let part = seq
+            let own = seq
                 .tokens
-                .get(item.start..item.start + item.len)
+                .get(item.start..item.start + item.len - item.draft)
                 .unwrap_or(&[]);
-            batch.tokens.extend_from_slice(part);
+            let draft = seq.draft.get(..item.draft).unwrap_or(&[]);
+            let (own_len, n) = (own.len(), own.len() + draft.len());
+            batch.tokens.extend_from_slice(own);
+            batch.tokens.extend_from_slice(draft);
             batch
                 .positions
-                .extend((item.start..item.start + part.len()).map(|p| p as u32));
+                .extend((item.start..item.start + n).map(|p| p as u32));
             let row = batch.tables.len() as u32;
-            batch.seqs.extend(std::iter::repeat_n(row, part.len()));
+            batch.seqs.extend(std::iter::repeat_n(row, n));
             batch.tables.push(table);
             if item.sample {
-                batch.logit_rows.push(batch.tokens.len() as u32 - 1);
-                params.push(seq.sampling);
-                counters.push(seq.generated() as u64);
-                sampled_ids.push(item.id);
+                // Row j predicts generated token `generated + j`: the counter plain decoding gives
+                // that token, so verification draws exactly what plain decoding would.
+                let rows = 1 + draft.len();
+                let (first, generated) = (batch.tokens.len() - rows, seq.generated() as u64);
+                for j in 0..rows {
+                    batch.logit_rows.push((first + j) as u32);
+                    params.push(seq.sampling);
+                    counters.push(generated + j as u64);
+                }
+                verify.push(Verify { id: item.id, rows });
             }
-            seq.computed += item.len;
+            seq.computed += own_len;
         }
         self.model.forward(&batch)?;
-        let tokens = if params.is_empty() {
-            Vec::new()
-        } else {
-            self.model.sample(&params, &counters)?
-        };
-        self.stats.add_step(batch.tokens.len(), tokens.len());
-        for (id, tok) in sampled_ids.into_iter().zip(tokens) {
-            self.accept(id, tok);
+        let samples = sample(self.model, &params, &counters)?;
+        self.stats.add_step(batch.tokens.len());
+        let mut at = 0;
+        for v in verify {
+            let rows = samples.get(at..at + v.rows).unwrap_or(&[]);
+            at += v.rows;
+            self.verify(v.id, rows);
         }
         Ok(())
     }
 
-    /// Appends a sampled token, tells the owner, and ends the request when it is done.
-    fn accept(&mut self, id: RequestId, tok: u32) {
-        let context = self.model.capacity().context_tokens;
+    /// Emits the target's samples up to and including the first that disagrees with the draft
+    /// (`samples[j]` follows the draft's first `j` tokens); the accepted draft tokens are computed.
+    fn verify(&mut self, id: RequestId, samples: &[u32]) {
         let Some(seq) = self.sched.get_mut(id) else {
             return;
         };
+        let draft = std::mem::take(&mut seq.draft);
+        let drafted = samples.len().saturating_sub(1).min(draft.len());
+        let accepted = accepted_len(draft.get(..drafted).unwrap_or(&[]), samples);
+        if let Some(p) = seq.proposer.as_mut() {
+            if drafted > 0 {
+                p.verified(drafted, accepted);
+            }
+        }
+        self.stats.add_draft(drafted, accepted);
+        for (j, &tok) in samples.iter().take(accepted + 1).enumerate() {
+            if !self.accept(id, tok) {
+                return;
+            }
+            if j < accepted {
+                // `tok` is draft token j, whose keys and values this step wrote.
+                if let Some(seq) = self.sched.get_mut(id) {
+                    seq.computed += 1;
+                }
+            }
+        }
+    }
+
+    /// Appends a generated token, tells the owner, and ends the request when it is done. Returns
+    /// whether the request goes on.
+    fn accept(&mut self, id: RequestId, tok: u32) -> bool {
+        let context = self.model.capacity().context_tokens;
+        let Some(seq) = self.sched.get_mut(id) else {
+            return false;
+        };
         seq.tokens.push(tok);
+        self.stats.add_generated(1);
         if !(seq.sink)(Output::Token(tok)) {
             self.end(id, FinishReason::Cancelled);
-            return;
+            return false;
         }
         let reason = if seq.stop_tokens.contains(&tok) {
             Some(FinishReason::Stop)
@@ -200,8 +269,12 @@ impl<B: Backend> Engine<B> {
         } else {
             None
         };
-        if let Some(reason) = reason {
-            self.end(id, reason);
+        match reason {
+            Some(reason) => {
+                self.end(id, reason);
+                false
+            }
+            None => true,
         }
     }
 
@@ -228,7 +301,7 @@ impl<B: Backend> Engine<B> {
 
     fn publish(&self) {
         if let Some(probe) = self.probe {
-            self.stats.observe_device_bytes(probe(&self.model));
+            self.stats.observe_device_bytes(probe(self.model));
         }
         let kv = self.sched.kv();
         self.stats.set_gauges(super::stats::Gauges {
@@ -239,4 +312,16 @@ impl<B: Backend> Engine<B> {
             kv_sliding_used_blocks: kv.sliding_used_blocks(),
         });
     }
+}
+
+/// Samples every logit row of the step (none: nothing to read back).
+fn sample<B: Backend>(
+    model: &Model<B>,
+    params: &[SamplingParams],
+    counters: &[u64],
+) -> Result<Vec<u32>> {
+    if params.is_empty() {
+        return Ok(Vec::new());
+    }
+    model.sample(params, counters)
 }

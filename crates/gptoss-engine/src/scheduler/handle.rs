@@ -108,18 +108,23 @@ pub struct EngineStarter {
 
 impl EngineStarter {
     /// Serves requests with `model` until every handle is dropped.
-    pub fn run<B: Backend>(self, model: Model<B>) -> Result<()> {
-        let engine = Engine::new(model, self.config, self.stats.clone());
+    pub fn run<B: Backend>(self, mut model: Model<B>) -> Result<()> {
+        let engine = Engine::new(&mut model, self.config, self.stats.clone());
         self.serve(engine)
     }
 
     /// Like [`EngineStarter::run`], reporting the backend's peak device memory through `probe`.
-    pub fn run_with_probe<B: Backend>(self, model: Model<B>, probe: DeviceProbe<B>) -> Result<()> {
-        let engine = Engine::new(model, self.config, self.stats.clone()).with_device_probe(probe);
+    pub fn run_with_probe<B: Backend>(
+        self,
+        mut model: Model<B>,
+        probe: DeviceProbe<B>,
+    ) -> Result<()> {
+        let engine =
+            Engine::new(&mut model, self.config, self.stats.clone()).with_device_probe(probe);
         self.serve(engine)
     }
 
-    fn serve<B: Backend>(self, engine: Engine<B>) -> Result<()> {
+    fn serve<B: Backend>(self, engine: Engine<'_, B>) -> Result<()> {
         let cap = *engine.model().capacity();
         let info = EngineInfo {
             context_tokens: cap.context_tokens,
@@ -164,7 +169,7 @@ where
 }
 
 /// Applies commands between steps; blocks while there is nothing to do.
-fn run_loop<B: Backend>(mut engine: Engine<B>, rx: Receiver<Command>) {
+fn run_loop<B: Backend>(mut engine: Engine<'_, B>, rx: Receiver<Command>) {
     loop {
         if !engine.has_work() {
             match rx.recv() {
@@ -193,7 +198,7 @@ fn run_loop<B: Backend>(mut engine: Engine<B>, rx: Receiver<Command>) {
     }
 }
 
-fn apply<B: Backend>(engine: &mut Engine<B>, cmd: Command) {
+fn apply<B: Backend>(engine: &mut Engine<'_, B>, cmd: Command) {
     match cmd {
         Command::Submit { id, request, sink } => engine.submit(id, request, sink),
         Command::Cancel(id) => engine.cancel(id),

@@ -17,7 +17,14 @@
 //! are decided on; sliding-window layers use a per-sequence ring of blocks, reused as positions leave
 //! the window. Finishing, cancelling or preempting a sequence returns all its blocks. Prefix sharing
 //! (reference-counted full blocks) fits this design and is not built yet.
+//!
+//! Speculative decoding (`draft.rs`): a sequence's [`DraftProposer`] guesses its next tokens, the
+//! scheduler adds them to the sequence's step, and the engine keeps the prefix the model agrees
+//! with; the tokens are exactly plain decoding's (greedy or seeded). Positions written for rejected
+//! drafts are rewritten before any token reads them (a token reads only positions up to its own),
+//! and the blocks they took stay in the sequence's table for the positions that follow.
 
+mod draft;
 mod engine;
 mod handle;
 pub mod kv;
@@ -25,6 +32,7 @@ mod policy;
 mod sequence;
 mod stats;
 
+pub use draft::{DraftProposer, NgramConfig, NgramProposer, Speculative};
 pub use engine::{DeviceProbe, Engine, EngineConfig};
 pub use handle::{
     spawn_engine, spawn_engine_with, Command, EngineHandle, EngineInfo, EngineStarter,

@@ -4,11 +4,31 @@
 //! A running sequence that cannot get blocks preempts the newest running one (recompute: its blocks
 //! are freed and it goes back to the front of the queue with nothing computed, keeping the tokens it
 //! generated).
+//!
+//! Speculative drafts ride on a running sequence's sampled slice: they count in the token budget and
+//! take a logit row each, but only from what is left after one token and one row for every later
+//! running sequence (drafts never starve a sequence), and a draft that does not fit the KV pool is
+//! dropped rather than preempting anyone.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::kv::KvBlocks;
 use super::sequence::{RequestId, Sequence};
+
+/// What bounds a step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Tokens per step.
+    pub max_batch_tokens: usize,
+    /// Sequences holding a cache slot.
+    pub max_running: usize,
+    /// Logit rows per step (a sampled slice takes one, plus one per draft token).
+    pub max_logit_rows: usize,
+    /// Longest sequence.
+    pub context_tokens: usize,
+    /// Most draft tokens a sequence adds to its step.
+    pub max_draft: usize,
+}
 
 /// A slice of one sequence's tokens to run in this step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,10 +36,12 @@ pub(crate) struct Scheduled {
     pub id: RequestId,
     /// First position of the slice.
     pub start: usize,
-    /// Tokens in the slice.
+    /// Tokens in the slice, draft tokens included.
     pub len: usize,
     /// Whether the slice reaches the end of the sequence (its last token's logits are sampled).
     pub sample: bool,
+    /// Draft tokens (the sequence's `draft`) after the slice's own tokens, each with a logit row.
+    pub draft: usize,
 }
 
 /// The next step: slices to run, and how many sequences were preempted to make room.
@@ -29,10 +51,25 @@ pub(crate) struct Plan {
     pub preempted: usize,
 }
 
+/// Tokens and logit rows left in the step being planned.
+#[derive(Clone, Copy, Debug)]
+struct Room {
+    tokens: usize,
+    rows: usize,
+}
+
+impl Room {
+    fn take(&mut self, item: &Scheduled) {
+        self.tokens -= item.len;
+        if item.sample {
+            self.rows -= 1 + item.draft;
+        }
+    }
+}
+
 /// The waiting queue, the running set and the KV block allocator.
 pub(crate) struct Scheduler {
-    max_batch_tokens: usize,
-    max_running: usize,
+    limits: Limits,
     kv: KvBlocks,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
@@ -40,12 +77,10 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler running at most `max_running` sequences, `max_batch_tokens` per step, over the
-    /// block allocator `kv`.
-    pub fn new(max_batch_tokens: usize, max_running: usize, kv: KvBlocks) -> Self {
+    /// A scheduler within `limits` over the block allocator `kv`.
+    pub fn new(limits: Limits, kv: KvBlocks) -> Self {
         Scheduler {
-            max_batch_tokens,
-            max_running,
+            limits,
             kv,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -96,27 +131,37 @@ impl Scheduler {
     /// Decides the next step.
     pub fn schedule(&mut self) -> Plan {
         let mut plan = Plan::default();
-        let mut budget = self.max_batch_tokens;
+        let mut room = Room {
+            tokens: self.limits.max_batch_tokens,
+            rows: self.limits.max_logit_rows,
+        };
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        while i < self.running.len() && room.tokens > 0 {
             let id = self.running[i];
-            let Some(item) = self.slice(id, budget) else {
+            let later = self.running.len() - i - 1;
+            let Some(mut item) = self.slice(id, room.tokens) else {
                 break;
             };
-            if !self.reserve(item, &mut plan) {
+            if item.sample && room.rows == 0 {
+                break;
+            }
+            if item.sample {
+                self.add_draft(&mut item, room, later);
+            }
+            if !self.reserve(&mut item, &mut plan) {
                 break; // `id` itself was the newest and got preempted
             }
+            room.take(&item);
             plan.items.push(item);
-            budget -= item.len;
             i += 1;
         }
         if plan.preempted == 0 {
-            self.admit(&mut budget, &mut plan);
+            self.admit(&mut room, &mut plan);
         }
         plan
     }
 
-    /// The next slice of `id` within `budget`.
+    /// The next slice of `id` within `budget`, without a draft.
     fn slice(&self, id: RequestId, budget: usize) -> Option<Scheduled> {
         let seq = self.seqs.get(&id)?;
         let len = seq.uncomputed().min(budget);
@@ -125,12 +170,45 @@ impl Scheduler {
             start: seq.computed,
             len,
             sample: seq.computed + len == seq.tokens.len(),
+            draft: 0,
         })
     }
 
+    /// Asks the sequence's proposer for a draft to follow `item`, within what `room` leaves after a
+    /// token and a row for each of `later` running sequences, what the request may still generate
+    /// (the step emits up to one token more than it drafts) and the context.
+    fn add_draft(&mut self, item: &mut Scheduled, room: Room, later: usize) {
+        let context = self.limits.context_tokens;
+        let Some(seq) = self.seqs.get_mut(&item.id) else {
+            return;
+        };
+        seq.draft.clear();
+        let max = (room.tokens - item.len)
+            .saturating_sub(later)
+            .min(self.limits.max_draft)
+            .min(room.rows.saturating_sub(1 + later))
+            .min(seq.remaining().saturating_sub(1))
+            .min(context.saturating_sub(seq.tokens.len() + 1));
+        let Some(proposer) = seq.proposer.as_mut().filter(|_| max > 0) else {
+            return;
+        };
+        let mut draft = proposer.propose(&seq.tokens, max);
+        draft.truncate(max);
+        item.draft = draft.len();
+        item.len += draft.len();
+        seq.draft = draft;
+    }
+
     /// Reserves blocks for a running slice, preempting the newest running sequences until it fits.
-    /// False when the slice's own sequence had to go.
-    fn reserve(&mut self, item: Scheduled, plan: &mut Plan) -> bool {
+    /// A draft that does not fit is dropped first. False when the slice's own sequence had to go.
+    fn reserve(&mut self, item: &mut Scheduled, plan: &mut Plan) -> bool {
+        if item.draft > 0 && !self.kv.grow(item.id, item.start + item.len) {
+            item.len -= item.draft;
+            item.draft = 0;
+            if let Some(seq) = self.seqs.get_mut(&item.id) {
+                seq.draft.clear();
+            }
+        }
         while !self.kv.grow(item.id, item.start + item.len) {
             let Some(victim) = self.running.pop() else {
                 return false;
@@ -156,23 +234,26 @@ impl Scheduler {
         );
     }
 
-    /// Admits waiting sequences in order while running room, blocks and budget remain.
-    fn admit(&mut self, budget: &mut usize, plan: &mut Plan) {
-        while *budget > 0 {
+    /// Admits waiting sequences in order while running room, blocks, budget and rows remain.
+    fn admit(&mut self, room: &mut Room, plan: &mut Plan) {
+        while room.tokens > 0 {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let Some(item) = self.slice(id, *budget) else {
+            let Some(item) = self.slice(id, room.tokens) else {
                 self.waiting.pop_front(); // a stale id: its sequence was removed
                 continue;
             };
-            if self.running.len() >= self.max_running || !self.kv.grow(id, item.start + item.len) {
+            if self.running.len() >= self.limits.max_running
+                || (item.sample && room.rows == 0)
+                || !self.kv.grow(id, item.start + item.len)
+            {
                 break;
             }
             self.waiting.pop_front();
             self.running.push(id);
+            room.take(&item);
             plan.items.push(item);
-            *budget -= item.len;
         }
     }
 }
@@ -190,7 +271,18 @@ mod tests {
             max_new_tokens: 100,
             stop_tokens: vec![],
         };
-        Sequence::new(RequestId(id), request, Box::new(|_| true))
+        Sequence::new(RequestId(id), request, Box::new(|_| true), None)
+    }
+
+    /// `max_batch_tokens` and `max_running` with a logit row per running sequence.
+    fn limits(max_batch_tokens: usize, max_running: usize) -> Limits {
+        Limits {
+            max_batch_tokens,
+            max_running,
+            max_logit_rows: max_running,
+            context_tokens: 1024,
+            max_draft: 0,
+        }
     }
 
     /// One full layer: a block per 16 positions.
@@ -221,7 +313,7 @@ mod tests {
 
     #[test]
     fn chunked_prefill_running_first_then_waiting() {
-        let mut s = Scheduler::new(10, 4, kv(100));
+        let mut s = Scheduler::new(limits(10, 4), kv(100));
         s.add(seq(1, 25));
         s.add(seq(2, 3));
         let p = s.schedule();
@@ -230,6 +322,7 @@ mod tests {
             start: 0,
             len: 10,
             sample: false,
+            draft: 0,
         }];
         assert_eq!(p.items, want);
         run(&mut s, &p);
@@ -240,7 +333,8 @@ mod tests {
                 id: RequestId(1),
                 start: 10,
                 len: 10,
-                sample: false
+                sample: false,
+                draft: 0,
             }
         );
         assert_eq!(p.items.len(), 1);
@@ -254,13 +348,15 @@ mod tests {
                     id: RequestId(1),
                     start: 20,
                     len: 5,
-                    sample: true
+                    sample: true,
+                    draft: 0,
                 },
                 Scheduled {
                     id: RequestId(2),
                     start: 0,
                     len: 3,
-                    sample: true
+                    sample: true,
+                    draft: 0,
                 },
             ]
         );
@@ -275,7 +371,7 @@ mod tests {
 
     #[test]
     fn admission_waits_for_slots_and_blocks() {
-        let mut s = Scheduler::new(100, 1, kv(100));
+        let mut s = Scheduler::new(limits(100, 1), kv(100));
         s.add(seq(1, 4));
         s.add(seq(2, 4));
         let p = s.schedule();
@@ -284,7 +380,7 @@ mod tests {
         s.remove(RequestId(1));
         assert_eq!(s.schedule().items[0].id, RequestId(2));
 
-        let mut s = Scheduler::new(100, 4, kv(2));
+        let mut s = Scheduler::new(limits(100, 4), kv(2));
         s.add(seq(1, 20)); // 2 blocks
         s.add(seq(2, 4));
         let p = s.schedule();
@@ -294,7 +390,7 @@ mod tests {
 
     #[test]
     fn out_of_blocks_preempts_the_newest_and_recomputes() {
-        let mut s = Scheduler::new(100, 4, kv(2));
+        let mut s = Scheduler::new(limits(100, 4), kv(2));
         s.add(seq(1, 16));
         s.add(seq(2, 15));
         let p = s.schedule();
@@ -309,7 +405,8 @@ mod tests {
                 id: RequestId(1),
                 start: 16,
                 len: 1,
-                sample: true
+                sample: true,
+                draft: 0,
             }]
         );
         assert_eq!(s.waiting_len(), 1);
@@ -327,8 +424,162 @@ mod tests {
                 id: RequestId(2),
                 start: 0,
                 len: 16,
-                sample: true
+                sample: true,
+                draft: 0,
             }]
         );
+    }
+
+    /// Proposes its tokens, as many as allowed.
+    struct Fixed(Vec<u32>);
+
+    impl crate::scheduler::draft::DraftProposer for Fixed {
+        fn propose(&mut self, _tokens: &[u32], max: usize) -> Vec<u32> {
+            self.0.iter().copied().take(max).collect()
+        }
+    }
+
+    fn drafting(id: u64, prompt_len: usize, max_new_tokens: usize, draft: &[u32]) -> Sequence {
+        let request = GenRequest {
+            prompt: vec![1; prompt_len],
+            sampling: SamplingParams::default(),
+            max_new_tokens,
+            stop_tokens: vec![],
+        };
+        let proposer = Box::new(Fixed(draft.to_vec()));
+        Sequence::new(RequestId(id), request, Box::new(|_| true), Some(proposer))
+    }
+
+    /// Runs the plan as the engine does when the target accepts `accepted` tokens of each draft:
+    /// the accepted drafts and one more token are appended, the accepted ones count as computed.
+    fn run_spec(s: &mut Scheduler, plan: &Plan, accepted: usize) {
+        for item in &plan.items {
+            let seq = s.get_mut(item.id).unwrap();
+            seq.computed += item.len - item.draft;
+            if item.sample {
+                let a = accepted.min(item.draft);
+                let kept: Vec<u32> = seq.draft[..a].to_vec();
+                seq.tokens.extend(kept);
+                seq.tokens.push(7);
+                seq.computed += a;
+            }
+        }
+    }
+
+    fn shape(p: &Plan) -> Vec<(u64, usize, usize, usize)> {
+        p.items
+            .iter()
+            .map(|i| (i.id.0, i.start, i.len, i.draft))
+            .collect()
+    }
+
+    #[test]
+    fn drafts_share_the_budget_and_leave_each_later_sequence_a_token_and_a_row() {
+        let limits = Limits {
+            max_batch_tokens: 8,
+            max_running: 3,
+            max_logit_rows: 15,
+            context_tokens: 1024,
+            max_draft: 16,
+        };
+        let mut s = Scheduler::new(limits, kv(100));
+        for id in 1..=3 {
+            s.add(drafting(id, 2, 100, &[5; 6]));
+        }
+        let p = s.schedule();
+        // Admission carries no drafts.
+        assert_eq!(shape(&p), [(1, 0, 2, 0), (2, 0, 2, 0), (3, 0, 2, 0)]);
+        run_spec(&mut s, &p, 0);
+        // 8 tokens: the oldest drafts 5, leaving one token each for the two after it.
+        let p = s.schedule();
+        assert_eq!(shape(&p), [(1, 2, 6, 5), (2, 2, 1, 0), (3, 2, 1, 0)]);
+        assert_eq!(s.get_mut(RequestId(1)).unwrap().draft, [5; 5]);
+        run_spec(&mut s, &p, 2);
+        assert_eq!(s.get_mut(RequestId(1)).unwrap().tokens.len(), 3 + 3);
+        assert_eq!(s.get_mut(RequestId(1)).unwrap().computed, 5);
+
+        // Rows bound drafts too: 4 rows for 3 running sequences leave one draft token.
+        let limits = Limits {
+            max_logit_rows: 4,
+            ..limits
+        };
+        let mut s = Scheduler::new(limits, kv(100));
+        for id in 1..=3 {
+            s.add(drafting(id, 2, 100, &[5; 6]));
+        }
+        let p = s.schedule();
+        run_spec(&mut s, &p, 0);
+        assert_eq!(
+            shape(&s.schedule()),
+            [(1, 2, 2, 1), (2, 2, 1, 0), (3, 2, 1, 0)]
+        );
+    }
+
+    #[test]
+    fn drafts_stop_at_the_token_limit_and_the_context() {
+        let limits = Limits {
+            max_batch_tokens: 64,
+            max_running: 2,
+            max_logit_rows: 20,
+            context_tokens: 20,
+            max_draft: 16,
+        };
+        let mut s = Scheduler::new(limits, kv(100));
+        s.add(drafting(1, 4, 3, &[5; 8])); // 3 new tokens: after the first, a draft of 1 at most
+        s.add(drafting(2, 16, 100, &[5; 8])); // 17 tokens of 20: a draft of 2 at most
+        let p = s.schedule();
+        run_spec(&mut s, &p, 0);
+        assert_eq!(shape(&s.schedule()), [(1, 4, 2, 1), (2, 16, 3, 2)]);
+    }
+
+    #[test]
+    fn a_draft_that_does_not_fit_is_dropped_without_preempting() {
+        let limits = Limits {
+            max_batch_tokens: 64,
+            max_running: 2,
+            max_logit_rows: 10,
+            context_tokens: 1024,
+            max_draft: 16,
+        };
+        let mut s = Scheduler::new(limits, kv(2));
+        s.add(drafting(1, 15, 100, &[5; 4]));
+        s.add(drafting(2, 15, 100, &[5; 4]));
+        let p = s.schedule();
+        run_spec(&mut s, &p, 0);
+        assert_eq!(s.kv().used_blocks(), 2);
+        // Position 15 fits each one's block; a draft would need a third block.
+        let p = s.schedule();
+        assert_eq!(p.preempted, 0);
+        assert_eq!(shape(&p), [(1, 15, 1, 0), (2, 15, 1, 0)]);
+        assert!(s.get_mut(RequestId(1)).unwrap().draft.is_empty());
+    }
+
+    #[test]
+    fn blocks_of_rejected_positions_are_reused_then_returned() {
+        let limits = Limits {
+            max_batch_tokens: 64,
+            max_running: 1,
+            max_logit_rows: 5,
+            context_tokens: 1024,
+            max_draft: 16,
+        };
+        let mut s = Scheduler::new(limits, kv(10));
+        s.add(drafting(1, 14, 100, &[5; 4]));
+        let p = s.schedule();
+        run_spec(&mut s, &p, 0); // 15 tokens, 14 computed
+        let p = s.schedule();
+        assert_eq!(shape(&p), [(1, 14, 5, 4)]); // positions 14..=18: two blocks
+        assert_eq!(s.kv().used_blocks(), 2);
+        run_spec(&mut s, &p, 0); // all rejected: 16 tokens, 15 computed
+                                 // The next draft writes positions 15..=19 into the blocks it already holds.
+        let p = s.schedule();
+        assert_eq!(shape(&p), [(1, 15, 5, 4)]);
+        assert_eq!(s.kv().used_blocks(), 2);
+        run_spec(&mut s, &p, 4); // all accepted: 21 tokens, 20 computed
+        let p = s.schedule();
+        assert_eq!(shape(&p), [(1, 20, 5, 4)]);
+        assert_eq!(s.kv().used_blocks(), 2); // positions up to 24
+        s.remove(RequestId(1));
+        assert_eq!(s.kv().used_blocks(), 0);
     }
 }

@@ -3,6 +3,8 @@
 
 use crate::backend::SamplingParams;
 
+use super::draft::DraftProposer;
+
 /// Identifies a request for its whole life (also across preemption).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -89,10 +91,19 @@ pub(crate) struct Sequence {
     pub max_new_tokens: usize,
     pub stop_tokens: Vec<u32>,
     pub sink: OutputSink,
+    /// Guesses the next tokens (speculative decoding); `None` decodes one token per step.
+    pub proposer: Option<Box<dyn DraftProposer>>,
+    /// Tokens drafted for the step being run (after `tokens`, not part of them until accepted).
+    pub draft: Vec<u32>,
 }
 
 impl Sequence {
-    pub fn new(id: RequestId, request: GenRequest, sink: OutputSink) -> Self {
+    pub fn new(
+        id: RequestId,
+        request: GenRequest,
+        sink: OutputSink,
+        proposer: Option<Box<dyn DraftProposer>>,
+    ) -> Self {
         Sequence {
             id,
             prompt_len: request.prompt.len(),
@@ -102,12 +113,19 @@ impl Sequence {
             max_new_tokens: request.max_new_tokens,
             stop_tokens: request.stop_tokens,
             sink,
+            proposer,
+            draft: Vec::new(),
         }
     }
 
     /// Tokens sampled so far.
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens the request may still generate.
+    pub fn remaining(&self) -> usize {
+        self.max_new_tokens.saturating_sub(self.generated())
     }
 
     /// Tokens still to run through the model before the next sample.

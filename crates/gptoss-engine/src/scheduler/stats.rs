@@ -17,6 +17,8 @@ pub struct EngineStats {
     steps: AtomicU64,
     preemptions: AtomicU64,
     device_peak_bytes: AtomicU64,
+    drafted_tokens: AtomicU64,
+    accepted_tokens: AtomicU64,
 }
 
 /// The engine's current queue and cache use.
@@ -41,7 +43,7 @@ pub struct StatsSnapshot {
     pub gauges: Gauges,
     /// Prompt tokens of accepted requests.
     pub prompt_tokens: u64,
-    /// Sampled tokens.
+    /// Tokens generated (delivered to requests).
     pub generated_tokens: u64,
     /// Tokens run through the model (prefill, recompute and decode).
     pub batch_tokens: u64,
@@ -51,6 +53,10 @@ pub struct StatsSnapshot {
     pub preemptions: u64,
     /// Peak device memory the backend reported (0 when it reports none, e.g. the CPU).
     pub device_peak_bytes: u64,
+    /// Speculative draft tokens run through the model for verification.
+    pub drafted_tokens: u64,
+    /// Draft tokens the target model accepted.
+    pub accepted_tokens: u64,
 }
 
 impl EngineStats {
@@ -69,12 +75,21 @@ impl EngineStats {
         self.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_step(&self, batch_tokens: usize, sampled: usize) {
+    pub(crate) fn add_step(&self, batch_tokens: usize) {
         self.steps.fetch_add(1, Ordering::Relaxed);
         self.batch_tokens
             .fetch_add(batch_tokens as u64, Ordering::Relaxed);
-        self.generated_tokens
-            .fetch_add(sampled as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_generated(&self, n: usize) {
+        self.generated_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_draft(&self, drafted: usize, accepted: usize) {
+        self.drafted_tokens
+            .fetch_add(drafted as u64, Ordering::Relaxed);
+        self.accepted_tokens
+            .fetch_add(accepted as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn add_preemptions(&self, n: usize) {
@@ -102,6 +117,8 @@ impl EngineStats {
             steps: get(&self.steps),
             preemptions: get(&self.preemptions),
             device_peak_bytes: get(&self.device_peak_bytes),
+            drafted_tokens: get(&self.drafted_tokens),
+            accepted_tokens: get(&self.accepted_tokens),
         }
     }
 }

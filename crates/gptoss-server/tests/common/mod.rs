@@ -43,10 +43,25 @@ pub fn tiny_model(w: &gptoss_formats::ModelWeights, slots: usize, ctx: usize) ->
 
 /// A real engine on the tiny model.
 pub fn real_engine(slots: usize, ctx: usize) -> EngineHandle {
+    real_engine_with(slots, ctx, EngineConfig::default())
+}
+
+/// A real engine on the tiny model with `config` (logit rows for its drafts).
+pub fn real_engine_with(slots: usize, ctx: usize, config: EngineConfig) -> EngineHandle {
     let w = weights();
+    let rows = config.speculative.logit_rows(slots, 64);
     spawn_engine(
-        move || Ok(tiny_model(&w, slots, ctx)),
-        EngineConfig::default(),
+        move || {
+            let cap = Capacity {
+                max_batch_tokens: 64,
+                max_logit_rows: rows,
+                slots,
+                context_tokens: ctx,
+                kv_blocks: None,
+            };
+            Model::new(CpuBackend, &w, cap)
+        },
+        config,
     )
     .unwrap()
 }
