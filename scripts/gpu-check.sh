@@ -9,7 +9,9 @@
 #                                      device tool carries)
 #   scripts/gpu-check.sh [DIR]         (on the GPU machine) run the binaries in DIR (default .carry/gptoss-cuda;
 #                                      built here with cargo when DIR is missing and cargo exists)
-# Logs go to $OUT (the device tool's output folder) or ./gpu-check-logs.
+# Logs go to $OUT (the device tool's output folder) or ./gpu-check-logs. GPTOSS_SKIP_FULL=1 skips the
+# full-size comparison; GPTOSS_RANDOM_20B=DIR reuses a checkpoint already written there; GPTOSS_BENCH=native|none
+# limits the benchmark.
 set -uo pipefail
 tests=(gpu_ops gpu_model gpu_upload)
 
@@ -84,8 +86,16 @@ else
     full+=("SKIPPED: no python3 with torch, safetensors and numpy (or GPTOSS_SKIP_FULL=1)")
 fi
 
-"$bin/gpu_bench" --ignored --nocapture >"$logs/bench-native.log" 2>&1 || status=1
-GPTOSS_CUDA_ARCH=sm_80 "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-sm_80.log" 2>&1 || status=1
+# GPTOSS_BENCH=native runs the benchmark natively only (both by default; none skips it).
+bench_archs=(native sm_80)
+case "${GPTOSS_BENCH:-both}" in native) bench_archs=(native) ;; none) bench_archs=() ;; esac
+for arch in "${bench_archs[@]}"; do
+    if [ "$arch" = native ]; then
+        env -u GPTOSS_CUDA_ARCH "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-native.log" 2>&1 || status=1
+    else
+        GPTOSS_CUDA_ARCH="$arch" "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-$arch.log" 2>&1 || status=1
+    fi
+done
 
 echo
 echo "== measured error (native) =="
@@ -103,7 +113,7 @@ echo
 echo "== full-size random 20b, CUDA vs CPU (tools/peer/cuda_vs_cpu.py) =="
 printf '  %s\n' "${full[@]}"
 echo
-for arch in native sm_80; do
+for arch in "${bench_archs[@]}"; do
     echo "== benchmark ($arch) =="
     grep -h '^BENCH' "$logs/bench-$arch.log" | sed 's/^BENCH /  /'
     grep -hE 'panicked|test result' "$logs/bench-$arch.log" | sed 's/^/  /'
