@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 use crate::EmbeddedVocab;
 
-use super::container::Value;
+use super::container::{Array, Value};
 
 /// ggml token types.
 const NORMAL: i32 = 1;
@@ -184,8 +184,7 @@ fn special_ids(dir: &Path, added: &[Json], v: &mut EmbeddedVocab) -> Result<()> 
 
 /// The `tokenizer.*` metadata for a vocabulary, in llama.cpp's key order.
 pub fn vocab_metadata(v: &EmbeddedVocab) -> Vec<(String, Value)> {
-    let strings =
-        |xs: &[String]| Value::Array(8, xs.iter().map(|s| Value::String(s.clone())).collect());
+    let strings = |xs: &[String]| Value::Array(Array::String(xs.to_vec()));
     let mut m = vec![(
         "tokenizer.ggml.model".to_string(),
         Value::String(v.model.clone()),
@@ -197,7 +196,7 @@ pub fn vocab_metadata(v: &EmbeddedVocab) -> Vec<(String, Value)> {
     if !v.token_types.is_empty() {
         m.push((
             "tokenizer.ggml.token_type".into(),
-            Value::Array(5, v.token_types.iter().map(|&t| Value::I32(t)).collect()),
+            Value::Array(Array::I32(v.token_types.clone())),
         ));
     }
     if !v.merges.is_empty() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-use super::container::{Value, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC};
+use super::container::{Array, Value, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC};
 use super::ggml_types::GgmlType;
 
 /// A tensor to be written: its name, ggml dims (`ne[0]` innermost) and type.
@@ -52,16 +52,20 @@ pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
         Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => out.push(u8::from(*x)),
         Value::String(s) => encode_str(out, s),
-        Value::Array(ty, items) => {
-            out.extend_from_slice(&ty.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for i in items {
-                encode_value(out, i);
-            }
-        }
+        Value::Array(items) => encode_array(out, items),
         Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Appends an array: element type, count, elements.
+fn encode_array(out: &mut Vec<u8>, items: &Array) {
+    out.extend_from_slice(&items.elem_type().to_le_bytes());
+    out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    match items {
+        Array::Array(nested) => nested.iter().for_each(|a| encode_array(out, a)),
+        _ => items.values().for_each(|v| encode_value(out, &v)),
     }
 }
 
