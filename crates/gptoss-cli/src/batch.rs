@@ -29,7 +29,7 @@ pub struct BatchArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Requests in flight at once (default: 2 × --max-seqs).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::source::size_in(1, 1 << 16))]
     concurrency: Option<usize>,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
@@ -212,8 +212,8 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let summary = totals.finish(skipped, (device_peak > 0).then_some(device_peak));
     print_summary(&summary);
     if let Some(path) = &args.summary_json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        let text = serde_json::to_string_pretty(&summary)? + "\n";
+        crate::output::write_atomically(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
-use gptoss_engine::Capacity;
+use gptoss_engine::{Capacity, MAX_BATCH_TOKENS, MAX_KV_BLOCKS, MAX_SLOTS};
 use gptoss_server::{AppState, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 
 use crate::device::{self, AnyModel};
-use crate::source::{self, ModelArgs};
+use crate::source::{self, size_in, ModelArgs};
 use crate::vocab;
 
 /// How the engine batches (shared by `serve` and `batch`).
@@ -20,14 +20,14 @@ pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Sequences run together (KV cache slots).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = size_in(1, MAX_SLOTS))]
     pub max_seqs: usize,
     /// Token budget of one engine step (prefill chunks and decodes together).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = size_in(1, MAX_BATCH_TOKENS))]
     pub batch_tokens: usize,
     /// Full-attention KV pool in blocks of 16 positions (of every full-attention layer); default: every
     /// slot at full context, or on a GPU as many as --max-vram holds.
-    #[arg(long)]
+    #[arg(long, value_parser = size_in(1, MAX_KV_BLOCKS))]
     pub kv_blocks: Option<usize>,
     /// The model name clients use (default: the checkpoint's directory or file name).
     #[arg(long)]

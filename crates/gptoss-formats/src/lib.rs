@@ -18,6 +18,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod atomic;
 pub mod config;
 pub mod dummy;
 pub mod error;

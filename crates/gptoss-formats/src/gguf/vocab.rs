@@ -114,8 +114,23 @@ fn looks_special(text: &str) -> bool {
 
 /// Merges as `"a b"`; the pair-list form has spaces inside parts encoded as U+0120 as gguf-py does.
 fn merges(model: &Json, file: &str) -> Result<Vec<String>> {
-    let Some(list) = model.get("merges").and_then(Json::as_array) else {
-        return Ok(Vec::new());
+    // Refused, not read as "no merges": a GGUF without them tokenizes differently (issue 13).
+    let list = match model.get("merges") {
+        Some(Json::Array(list)) => list,
+        Some(other) => {
+            let kind = match other {
+                Json::Null => "null",
+                Json::Object(_) => "an object",
+                Json::String(_) => "a string",
+                _ => "a scalar",
+            };
+            return Err(Error::config(
+                file,
+                "model.merges",
+                format!("expected an array of merges, found {kind}"),
+            ));
+        }
+        None => return Err(Error::config(file, "model.merges", "missing")),
     };
     list.iter()
         .map(|m| match m {
@@ -124,13 +139,17 @@ fn merges(model: &Json, file: &str) -> Result<Vec<String>> {
                 let part = |p: &Json| p.as_str().map(|s| s.replace(' ', "\u{0120}"));
                 match (part(&pair[0]), part(&pair[1])) {
                     (Some(a), Some(b)) => Ok(format!("{a} {b}")),
-                    _ => Err(Error::config(file, "model.merges", format!("bad pair {m}"))),
+                    _ => Err(Error::config(
+                        file,
+                        "model.merges",
+                        "a pair of two strings expected",
+                    )),
                 }
             }
-            other => Err(Error::config(
+            _ => Err(Error::config(
                 file,
                 "model.merges",
-                format!("unknown merge form {other}"),
+                "unknown merge form (expected \"a b\" or [\"a\", \"b\"])",
             )),
         })
         .collect()
