@@ -136,8 +136,10 @@ impl Conversation {
         out
     }
 
-    /// Renders the prompt, with the header forced by the tool choice.
-    pub fn render(&self, harmony: &Harmony) -> ApiResult<Prompt> {
+    /// Renders the prompt, with the header forced by the tool choice. Rendering stops as soon as the
+    /// prompt passes `cap` tokens (the context less one), so its cost is bounded by the cap whatever
+    /// the messages and tool schemas hold.
+    pub fn render(&self, harmony: &Harmony, cap: usize) -> ApiResult<Prompt> {
         if let ToolChoice::Named(name) = &self.tool_choice {
             if !self.tools.iter().any(|t| &t.name == name) {
                 return Err(ApiError::param(
@@ -153,12 +155,18 @@ impl Conversation {
             ));
         }
         let mut tokens = harmony
-            .render_for_completion(
+            .render_for_completion_capped(
                 &self.messages(),
                 Role::Assistant,
                 AnalysisHistory::DropFinished,
+                cap,
             )
-            .map_err(|e| ApiError::invalid(format!("cannot render the conversation: {e}")))?;
+            .map_err(|e| match e {
+                gptoss_tokenizer::Error::TooManyTokens { cap } => {
+                    ApiError::context_exceeded("messages", format!("more than {cap}"), cap + 1)
+                }
+                e => ApiError::invalid(format!("cannot render the conversation: {e}")),
+            })?;
         let forced = self.forced_header(harmony)?;
         tokens.extend_from_slice(&forced);
         Ok(Prompt { tokens, forced })

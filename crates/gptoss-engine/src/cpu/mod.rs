@@ -97,7 +97,7 @@ impl Backend for CpuBackend {
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CpuBuf> {
         // Fallible: a size the machine cannot hold is an error, not an abort.
-        let n = rows.checked_mul(cols).unwrap_or(usize::MAX);
+        let n = rows.saturating_mul(cols);
         let mut data = Vec::new();
         data.try_reserve_exact(n).map_err(|_| Error::Backend {
             backend: "cpu",
