@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn values_that_make_logits_nan_are_refused_by_name() {
-        let cases: [(&str, fn(&mut ModelConfig)); 7] = [
+        type Break = fn(&mut ModelConfig);
+        let cases: [(&str, Break); 7] = [
             ("rope_theta", |c| c.rope_theta = 0.0),
             ("rope_theta", |c| c.rope_theta = -150000.0),
             ("rms_norm_eps", |c| c.rms_norm_eps = -1e-5),
