@@ -35,19 +35,34 @@ fn s(p: &Path) -> &str {
 fn size_flags_out_of_range_are_refused_by_name() {
     let model = fixture("hf-mxfp4");
     for (args, flag) in [
-        (vec!["run", "--prompt", "hi", "--ctx", "100000000000"], "--ctx"),
-        (vec!["run", "--prompt", "hi", "--batch-tokens", "0"], "--batch-tokens"),
+        (
+            vec!["run", "--prompt", "hi", "--ctx", "100000000000"],
+            "--ctx",
+        ),
+        (
+            vec!["run", "--prompt", "hi", "--batch-tokens", "0"],
+            "--batch-tokens",
+        ),
         (vec!["serve", "--max-seqs", "1000000000"], "--max-seqs"),
-        (vec!["serve", "--kv-blocks", "10000000000000"], "--kv-blocks"),
+        (
+            vec!["serve", "--kv-blocks", "10000000000000"],
+            "--kv-blocks",
+        ),
         (vec!["serve", "--max-connections", "0"], "--max-connections"),
-        (vec!["batch", "in.jsonl", "-o", "out", "--concurrency", "0"], "--concurrency"),
+        (
+            vec!["batch", "in.jsonl", "-o", "out", "--concurrency", "0"],
+            "--concurrency",
+        ),
     ] {
         let mut all = args.clone();
         all.extend(["--model", s(&model)]);
         let o = gptoss(&all);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(flag) && err.contains("is not in"), "{args:?}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("is not in"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -70,7 +85,9 @@ fn with_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Path
 #[test]
 fn convert_refuses_a_tokenizer_json_that_run_refuses() {
     let dir = scratch("tokenizer");
-    let model = with_tokenizer(&dir, |t| t["model"]["merges"] = serde_json::json!({"a": "b"}));
+    let model = with_tokenizer(&dir, |t| {
+        t["model"]["merges"] = serde_json::json!({"a": "b"})
+    });
     let out = dir.join("m.gguf");
     let o = gptoss(&["convert", s(&model), s(&out)]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -118,7 +135,10 @@ fn convert_killed_at_any_moment_leaves_whole_or_nothing() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().all(|n| n == "m.gguf"), "{delay_ms} ms: {names:?}");
+        assert!(
+            names.iter().all(|n| n == "m.gguf"),
+            "{delay_ms} ms: {names:?}"
+        );
         if out.exists() {
             let bytes = std::fs::read(&out).unwrap();
             gptoss_formats::gguf::container::GgufFile::open(&out).unwrap();

@@ -29,11 +29,16 @@ impl Tokenizer {
     /// list order, `ignore_merges` honoured). Added tokens become specials: they are never produced by
     /// encoding text and are looked up by name.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let root: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        Self::from_tokenizer_json_bytes(&bytes, path)
+    }
+
+    /// Like [`Tokenizer::from_tokenizer_json`], from the file's bytes; `path` names it in errors.
+    pub fn from_tokenizer_json_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let root: Value = serde_json::from_slice(bytes).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
         })?;

@@ -76,13 +76,28 @@ impl GgufFile {
         // loader (llama.cpp, safetensors) can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = parse(&map, path)?;
+        Ok(Self::assemble(path, header, map))
+    }
+
+    /// Parses a GGUF held in memory (a copy goes to an anonymous map); `name` names it in errors. For
+    /// tests and fuzzing: files are opened with [`GgufFile::open`].
+    pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Self> {
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        let header = parse(&map[..bytes.len()], name)?;
+        Ok(Self::assemble(name, header, map))
+    }
+
+    fn assemble(path: &Path, header: Header, map: Mmap) -> Self {
         let index = header
             .metadata
             .iter()
             .enumerate()
             .map(|(i, (k, _))| (k.clone(), i))
             .collect();
-        Ok(GgufFile {
+        GgufFile {
             path: path.to_path_buf(),
             version: header.version,
             metadata: header.metadata,
@@ -91,7 +106,7 @@ impl GgufFile {
             data_start: header.data_start,
             map: Arc::new(map),
             index,
-        })
+        }
     }
 
     /// The value of metadata `key`, if present.
