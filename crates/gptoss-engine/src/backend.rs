@@ -90,7 +90,7 @@ impl Capacity {
                 self.max_batch_tokens,
                 MAX_BATCH_TOKENS,
             ),
-            ("max_logit_rows", self.max_logit_rows, MAX_SLOTS),
+            ("max_logit_rows", self.max_logit_rows, MAX_BATCH_TOKENS),
         ];
         for (what, v, max) in bounded {
             if v == 0 || v > max {
