@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gptoss_server::{ApiError, AppState, Body, ServerConfig};
+use gptoss_server::{ApiError, AppState, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -29,18 +29,19 @@ pub struct BatchArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Requests in flight at once (default: 2 × --max-seqs).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::source::size_in(1, 1 << 16))]
     concurrency: Option<usize>,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
 }
 
-/// One input line, ready to run (or already failed).
+/// One input line, ready to run (or already failed). The body stays its JSON bytes until its turn:
+/// a large batch file is not held as parsed values.
 struct Job {
     custom_id: String,
     url: String,
-    body: Result<Body, ApiError>,
+    body: Result<Vec<u8>, ApiError>,
 }
 
 /// What a finished line reports for the summary.
@@ -52,8 +53,9 @@ struct Done {
     completion_tokens: u64,
 }
 
-/// Parses one input line; `n` is its 1-based number (the custom_id of lines that give none).
-fn job(line: &str, n: usize) -> Job {
+/// Parses one input line; `n` is its 1-based number (the custom_id of lines that give none); `model`
+/// is the served model's name.
+fn job(line: &str, n: usize, model: &str) -> Job {
     let fallback = format!("line-{n}");
     let value: Value = match serde_json::from_str(line) {
         Ok(v) => v,
@@ -95,8 +97,18 @@ fn job(line: &str, n: usize) -> Job {
     Job {
         custom_id,
         url,
-        body: Body::from_value(body),
+        body: request_bytes(body, model),
     }
+}
+
+/// The body as the server will read it: the served model (the job runs on `--model`), no streaming.
+fn request_bytes(body: Value, model: &str) -> Result<Vec<u8>, ApiError> {
+    let Value::Object(mut map) = body else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    map.insert("model".into(), json!(model));
+    map.remove("stream");
+    serde_json::to_vec(&map).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn failed(custom_id: String, e: ApiError) -> Job {
@@ -111,12 +123,7 @@ fn failed(custom_id: String, e: ApiError) -> Job {
 async fn run_job(state: Arc<AppState>, job: Job, index: usize) -> Done {
     let started = Instant::now();
     let result = match job.body {
-        Ok(mut body) => {
-            body.0
-                .insert("model".into(), json!(state.config().model_name));
-            body.0.remove("stream");
-            gptoss_server::run_endpoint(&state, &job.url, body).await
-        }
+        Ok(body) => gptoss_server::run_endpoint(&state, &job.url, body).await,
         Err(e) => Err(e),
     };
     let latency = started.elapsed();
@@ -187,11 +194,12 @@ pub fn run(args: BatchArgs) -> Result<()> {
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("reading {}", args.input.display()))?;
     let done_ids = finished_ids(&args.output)?;
+    let name = crate::serve::served_name(&args.engine);
     let jobs: Vec<(usize, Job)> = lines
         .iter()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, job(l, i + 1)))
+        .map(|(i, l)| (i + 1, job(l, i + 1, &name)))
         .filter(|(_, j)| !done_ids.contains(&j.custom_id))
         .collect();
     let skipped = lines.iter().filter(|l| !l.trim().is_empty()).count() - jobs.len();
@@ -218,8 +226,8 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let summary = totals.finish(skipped, (device_peak > 0).then_some(device_peak), drafts);
     print_summary(&summary);
     if let Some(path) = &args.summary_json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        let text = serde_json::to_string_pretty(&summary)? + "\n";
+        crate::output::write_atomically(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "path")]
     dummy: Option<DummyModel>,
     /// Context length for the GPU memory plan.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = crate::source::size_in(1, gptoss_engine::MAX_CONTEXT_TOKENS))]
     ctx: usize,
     /// Check the GPU memory plan against this cap (e.g. 16GiB).
     #[arg(long, value_name = "SIZE", value_parser = crate::source::parse_size)]

@@ -1,32 +1,14 @@
-//! Writing result files whole or not at all: the bytes go to a new temporary file beside the destination
-//! (created exclusively, so a planted file or link there is never followed), which is renamed over it.
+//! Writing result files whole or not at all, never through a planted link: the CLI's face of
+//! `gptoss_formats::atomic` (an anonymous temporary file in the destination's folder, renamed over it).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to `path` through `<path>.tmp-<pid>` and a rename; on failure nothing is left behind.
+/// Writes `bytes` to `path` through a temporary file and a rename; on failure nothing is left behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            Ok(())
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).context("renaming into place"));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", path.display()))
+    gptoss_formats::atomic::write_atomically(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

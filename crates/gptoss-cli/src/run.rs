@@ -28,7 +28,7 @@ pub struct RunArgs {
     #[arg(long)]
     tokens: Option<String>,
     /// Most tokens to generate.
-    #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 256, value_parser = source::size_in(0, gptoss_engine::MAX_CONTEXT_TOKENS))]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -37,7 +37,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = source::size_in(0, gptoss_formats::limits::MAX_VOCAB))]
     top_k: usize,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
@@ -55,7 +55,7 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Tokens per prefill step.
-    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS, value_parser = source::size_in(1, gptoss_engine::MAX_BATCH_TOKENS))]
     batch_tokens: usize,
     #[command(flatten)]
     spec: SpecArgs,

@@ -2,17 +2,18 @@
 //! load the checkpoint, pick its tokenizer, start the engine thread with `--max-seqs` cache slots.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
-use gptoss_engine::Capacity;
+use gptoss_engine::{Capacity, MAX_BATCH_TOKENS, MAX_KV_BLOCKS, MAX_SLOTS};
 use gptoss_formats::ModelWeights;
-use gptoss_server::{AppState, ServerConfig};
+use gptoss_server::{AppState, ConnLimits, MetricsAccess, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 
 use crate::device::{self, AnyModel};
-use crate::source::{self, ModelArgs};
+use crate::source::{self, size_in, ModelArgs};
 use crate::spec::SpecArgs;
 use crate::vocab;
 
@@ -27,14 +28,14 @@ pub struct EngineArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Sequences run together (KV cache slots).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = size_in(1, MAX_SLOTS))]
     pub max_seqs: usize,
     /// Token budget of one engine step (prefill chunks and decodes together).
-    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS, value_parser = size_in(1, MAX_BATCH_TOKENS))]
     pub batch_tokens: usize,
     /// Full-attention KV pool in blocks of 16 positions (of every full-attention layer); default: every
     /// slot at full context, or on a GPU as many as --max-vram holds.
-    #[arg(long)]
+    #[arg(long, value_parser = size_in(1, MAX_KV_BLOCKS))]
     pub kv_blocks: Option<usize>,
     /// The model name clients use (default: the checkpoint's directory or file name).
     #[arg(long)]
@@ -60,10 +61,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let speculative = args.spec.speculative()?;
     let loaded = source::load(&args.model)?;
     let tokenizer = vocab::tokenizer_for(&loaded)?;
-    let name = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| default_name(&args.model));
+    let name = served_name(args);
     let capacity = Capacity {
         max_batch_tokens: args.batch_tokens,
         max_logit_rows: speculative.logit_rows(args.max_seqs, args.batch_tokens),
@@ -121,6 +119,13 @@ pub fn spawn_on_device(
     Ok(OnDevice { engine, device })
 }
 
+/// The model name clients use: `--served-model-name`, else the checkpoint's name.
+pub fn served_name(args: &EngineArgs) -> String {
+    args.served_model_name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.model))
+}
+
 /// The model's name: the checkpoint's directory or file name, or the dummy's name.
 pub fn default_name(model: &ModelArgs) -> String {
     match (&model.model, model.dummy) {
@@ -146,32 +151,81 @@ pub struct ServeArgs {
     /// Port to bind (0: any free port, printed at start).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1/* (401 otherwise).
+    /// Require `Authorization: Bearer KEY` on /v1/* and /metrics (401 otherwise; see --metrics-access).
     #[arg(long)]
     api_key: Option<String>,
-    /// Requests generating at once (default: 2 × --max-seqs).
-    #[arg(long)]
-    max_concurrency: Option<usize>,
-    /// Requests waiting beyond --max-concurrency before the server answers 429.
-    #[arg(long, default_value_t = 256)]
-    max_queue: usize,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 4 << 20)]
-    max_body_bytes: usize,
+    /// Who may read /metrics when --api-key is set.
+    #[arg(long, value_enum, default_value_t = MetricsArg::ApiKey)]
+    metrics_access: MetricsArg,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
-/// Serves until Ctrl-C.
+/// `--metrics-access`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsArg {
+    /// Only with the API key.
+    ApiKey,
+    /// Anyone who can reach the server.
+    Public,
+}
+
+/// The server's limits on clients (each with a default; see README "Security").
+#[derive(Args)]
+struct LimitArgs {
+    /// Requests generating at once (default: 2 × --max-seqs).
+    #[arg(long, value_parser = size_in(1, 1 << 16))]
+    max_concurrency: Option<usize>,
+    /// Requests admitted beyond --max-concurrency (reading, rendering or waiting) before 429.
+    #[arg(long, default_value_t = 256, value_parser = size_in(0, 1 << 20))]
+    max_queue: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 4 << 20, value_parser = size_in(1, 1 << 30))]
+    max_body_bytes: usize,
+    /// Connections open at once (more are answered 503 and closed).
+    #[arg(long, default_value_t = 512, value_parser = size_in(1, 1 << 16))]
+    max_connections: usize,
+    /// Seconds a client has to send a request head (also the longest a kept-alive connection waits).
+    #[arg(long, default_value_t = 10, value_parser = size_in(1, 3600))]
+    header_timeout: usize,
+    /// Seconds a client has to send a whole request body (408 beyond).
+    #[arg(long, default_value_t = 30, value_parser = size_in(1, 3600))]
+    body_timeout: usize,
+    /// Seconds an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 5, value_parser = size_in(1, 3600))]
+    keep_alive_timeout: usize,
+    /// Seconds requests in progress may take to finish after Ctrl-C / SIGTERM.
+    #[arg(long, default_value_t = 10, value_parser = size_in(0, 3600))]
+    shutdown_timeout: usize,
+    /// Requests parsed and rendered at once, off the async workers (default: half the cores).
+    #[arg(long, value_parser = size_in(1, 256))]
+    render_threads: Option<usize>,
+}
+
+/// Serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
     let started = start_engine(&args.engine)?;
+    let l = &args.limits;
+    let secs = |s: usize| Duration::from_secs(s as u64);
+    let defaults = ServerConfig::new(started.name.clone());
     let config = ServerConfig {
-        model_name: started.name.clone(),
         api_key: args.api_key.clone(),
-        max_concurrency: args
-            .max_concurrency
-            .unwrap_or(2 * args.engine.max_seqs)
-            .max(1),
-        max_queue: args.max_queue,
-        max_body_bytes: args.max_body_bytes,
+        max_concurrency: l.max_concurrency.unwrap_or(2 * args.engine.max_seqs),
+        max_queue: l.max_queue,
+        max_body_bytes: l.max_body_bytes,
+        render_threads: l.render_threads.unwrap_or(defaults.render_threads),
+        metrics_access: match args.metrics_access {
+            MetricsArg::ApiKey => MetricsAccess::ApiKey,
+            MetricsArg::Public => MetricsAccess::Public,
+        },
+        connections: ConnLimits {
+            header_timeout: secs(l.header_timeout),
+            body_timeout: secs(l.body_timeout),
+            keep_alive_timeout: secs(l.keep_alive_timeout),
+            max_connections: l.max_connections,
+            shutdown_timeout: secs(l.shutdown_timeout),
+        },
+        ..defaults
     };
     let state = AppState::new(started.engine, started.tokenizer, config)
         .context("this vocabulary lacks Harmony's special tokens; the server needs them")?;
@@ -186,11 +240,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         eprintln!("gptoss: serving {} at http://{local}/v1", started.name);
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        gptoss_server::serve(listener, state, shutdown)
+        gptoss_server::serve(listener, state, stop_signal())
             .await
-            .context("the server failed")
+            .context("the server failed")?;
+        eprintln!("gptoss: stopped");
+        Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use gptoss_engine::MAX_CONTEXT_TOKENS;
 use gptoss_formats::{Checkpoint, ModelConfig, ModelWeights};
 
 /// The model-selection arguments shared by every subcommand that runs a model.
@@ -20,7 +21,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// Context length to reserve KV cache for.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = size_in(1, MAX_CONTEXT_TOKENS))]
     pub ctx: usize,
     /// Element type of the GPU KV cache (the CPU backend always keeps f32). f16 and bf16 halve the
     /// cache at some accuracy: on the tiny fixtures up to 1.1e-2 (f16) and 7.6e-2 (bf16) relative
@@ -151,6 +152,12 @@ pub fn dummy_config(d: DummyModel) -> ModelConfig {
         DummyModel::GptOss20b => ModelConfig::gpt_oss_20b(),
         DummyModel::GptOss120b => ModelConfig::gpt_oss_120b(),
     }
+}
+
+/// A flag's parser for a count in `min..=max` (out of range: clap's error naming the flag and the range,
+/// before anything is sized by it).
+pub fn size_in(min: usize, max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min as u64..=max as u64)
 }
 
 /// Parses `1,2,3` into token ids.

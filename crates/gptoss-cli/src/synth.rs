@@ -24,10 +24,10 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Keep only this many layers.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = crate::source::size_in(1, gptoss_formats::limits::MAX_LAYERS))]
     layers: Option<usize>,
     /// Largest safetensors shard in bytes.
-    #[arg(long, hide = true, default_value_t = DEFAULT_SHARD_BYTES)]
+    #[arg(long, hide = true, default_value_t = DEFAULT_SHARD_BYTES, value_parser = crate::source::size_in(1, 1 << 40))]
     shard_bytes: usize,
     /// Replace an existing output.
     #[arg(long)]

@@ -65,7 +65,54 @@ pub struct Capacity {
     pub kv_blocks: Option<usize>,
 }
 
+/// Longest context a model is built for (gpt-oss was trained to 131,072).
+pub const MAX_CONTEXT_TOKENS: usize = 1 << 20;
+/// Most sequences run at once (KV cache slots).
+pub const MAX_SLOTS: usize = 1024;
+/// Most tokens of one step.
+pub const MAX_BATCH_TOKENS: usize = 1 << 16;
+/// Most blocks of the full-attention KV pool (16 positions each: 268M positions).
+pub const MAX_KV_BLOCKS: usize = 1 << 24;
+
 impl Capacity {
+    /// Checks every size against its bound (and that the pool they imply is countable) before anything
+    /// is sized by them; names the flag each comes from.
+    pub fn check(&self) -> crate::Result<()> {
+        let bounded = [
+            (
+                "context_tokens (--ctx)",
+                self.context_tokens,
+                MAX_CONTEXT_TOKENS,
+            ),
+            ("slots (--max-seqs)", self.slots, MAX_SLOTS),
+            (
+                "max_batch_tokens (--batch-tokens)",
+                self.max_batch_tokens,
+                MAX_BATCH_TOKENS,
+            ),
+            ("max_logit_rows", self.max_logit_rows, MAX_BATCH_TOKENS),
+        ];
+        for (what, v, max) in bounded {
+            if v == 0 || v > max {
+                return Err(crate::Error::invalid(format!(
+                    "{what} is {v}; it must be in 1..={max}"
+                )));
+            }
+        }
+        let table_blocks = self.context_tokens.div_ceil(crate::kv::BLOCK_POSITIONS);
+        let pool = match self.kv_blocks {
+            Some(n) => n,
+            None => self.slots.saturating_mul(table_blocks),
+        };
+        if pool > MAX_KV_BLOCKS {
+            return Err(crate::Error::invalid(format!(
+                "the full-attention KV pool would hold {pool} blocks of 16 positions, over {MAX_KV_BLOCKS} \
+                 (lower --ctx or --max-seqs, or give --kv-blocks)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Most sequences one step can hold (each has at least one token).
     pub fn max_step_seqs(&self) -> usize {
         self.slots.min(self.max_batch_tokens).max(1)

@@ -75,6 +75,7 @@ pub fn ring_blocks(window_tokens: usize, max_step_tokens: usize, table_blocks: u
 impl KvLayout {
     /// The layout of `config` at `capacity`; fails when the pools cannot hold one sequence.
     pub fn new(config: &ModelConfig, capacity: &Capacity) -> Result<Self> {
+        capacity.check()?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (mut full_layers, mut sliding_layers, mut window_tokens) = (0, 0, 0);
         for layer in 0..config.num_hidden_layers {

@@ -29,7 +29,10 @@ pub mod sampler;
 pub mod scheduler;
 pub mod trace;
 
-pub use backend::{Backend, Batch, Capacity, Recording, SamplingParams};
+pub use backend::{
+    Backend, Batch, Capacity, Recording, SamplingParams, MAX_BATCH_TOKENS, MAX_CONTEXT_TOKENS,
+    MAX_KV_BLOCKS, MAX_SLOTS,
+};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{generate, generate_with, GenerateOptions, Generation, StopReason};

@@ -7,6 +7,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::limits::{
+    MAX_CONTEXT, MAX_EXPERTS, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH,
+};
 
 /// Attention kind of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,8 +160,8 @@ impl ModelConfig {
         if obj.contains_key("num_experts") && !obj.contains_key("num_local_experts") {
             return Self::from_original(&f);
         }
-        let layers = f.usize("num_hidden_layers")?;
-        let sliding_window = f.usize("sliding_window")?;
+        let layers = f.size("num_hidden_layers", MAX_LAYERS)?;
+        let sliding_window = f.size("sliding_window", MAX_CONTEXT)?;
         let layer_types = match obj.get("layer_types") {
             Some(v) => parse_layer_types(v, file, layers)?,
             None => {
@@ -170,30 +173,22 @@ impl ModelConfig {
             }
         };
         let (rope_theta, yarn) = parse_rope(&f)?;
-        let eos_token_ids = match obj.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|n| n as u32)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let eos_token_ids = eos_ids(obj.get("eos_token_id"), file)?;
         let cfg = ModelConfig {
             num_hidden_layers: layers,
-            num_local_experts: f.usize("num_local_experts")?,
+            num_local_experts: f.size("num_local_experts", MAX_EXPERTS)?,
             num_experts_per_tok: f.usize_any(&["num_experts_per_tok", "experts_per_token"])?,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("hidden_size")?,
-            intermediate_size: f.usize("intermediate_size")?,
-            head_dim: f.usize("head_dim")?,
-            num_attention_heads: f.usize("num_attention_heads")?,
-            num_key_value_heads: f.usize("num_key_value_heads")?,
+            vocab_size: f.size("vocab_size", MAX_VOCAB)?,
+            hidden_size: f.size("hidden_size", MAX_WIDTH)?,
+            intermediate_size: f.size("intermediate_size", MAX_WIDTH)?,
+            head_dim: f.size("head_dim", MAX_HEAD_DIM)?,
+            num_attention_heads: f.size("num_attention_heads", MAX_HEADS)?,
+            num_key_value_heads: f.size("num_key_value_heads", MAX_HEADS)?,
             sliding_window,
             layer_types,
             rope_theta,
             yarn,
-            max_position_embeddings: f.usize("max_position_embeddings")?,
+            max_position_embeddings: f.size("max_position_embeddings", MAX_CONTEXT)?,
             rms_norm_eps: f.f64_or("rms_norm_eps", 1e-5)?,
             swiglu_limit: f.f64_or("swiglu_limit", 7.0)?,
             swiglu_alpha: f.f64_or("swiglu_alpha", 1.702)?,
@@ -204,20 +199,28 @@ impl ModelConfig {
     }
 
     fn from_original(f: &Fields) -> Result<Self> {
-        let layers = f.usize("num_hidden_layers")?;
-        let initial = f.usize("initial_context_length")?;
+        let layers = f.size("num_hidden_layers", MAX_LAYERS)?;
+        let initial = f.size("initial_context_length", MAX_CONTEXT)?;
         let factor = f.f64("rope_scaling_factor")?;
+        let longest = initial as f64 * factor;
+        if !(factor.is_finite() && factor >= 1.0 && longest <= MAX_CONTEXT as f64) {
+            return Err(Error::config(
+                f.file,
+                "rope_scaling_factor",
+                format!("must be at least 1 and keep initial_context_length × factor within {MAX_CONTEXT} positions, found {factor}"),
+            ));
+        }
         let cfg = ModelConfig {
             num_hidden_layers: layers,
-            num_local_experts: f.usize("num_experts")?,
-            num_experts_per_tok: f.usize("experts_per_token")?,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("hidden_size")?,
-            intermediate_size: f.usize("intermediate_size")?,
-            head_dim: f.usize("head_dim")?,
-            num_attention_heads: f.usize("num_attention_heads")?,
-            num_key_value_heads: f.usize("num_key_value_heads")?,
-            sliding_window: f.usize("sliding_window")?,
+            num_local_experts: f.size("num_experts", MAX_EXPERTS)?,
+            num_experts_per_tok: f.size("experts_per_token", MAX_EXPERTS)?,
+            vocab_size: f.size("vocab_size", MAX_VOCAB)?,
+            hidden_size: f.size("hidden_size", MAX_WIDTH)?,
+            intermediate_size: f.size("intermediate_size", MAX_WIDTH)?,
+            head_dim: f.size("head_dim", MAX_HEAD_DIM)?,
+            num_attention_heads: f.size("num_attention_heads", MAX_HEADS)?,
+            num_key_value_heads: f.size("num_key_value_heads", MAX_HEADS)?,
+            sliding_window: f.size("sliding_window", MAX_CONTEXT)?,
             // The OpenAI reference hard-codes sliding attention on even layers (spec §1.2).
             layer_types: alternating_layer_types(layers, 2),
             rope_theta: f.f64("rope_theta")?,
@@ -228,7 +231,7 @@ impl ModelConfig {
                 original_max_position_embeddings: initial,
                 truncate: false,
             }),
-            max_position_embeddings: (initial as f64 * factor) as usize,
+            max_position_embeddings: longest as usize,
             rms_norm_eps: 1e-5,
             swiglu_limit: f.f64_or("swiglu_limit", 7.0)?,
             swiglu_alpha: 1.702,
@@ -240,6 +243,7 @@ impl ModelConfig {
 
     /// Checks the fields against each other; `file` names the source in errors.
     pub fn check(&self, file: &str) -> Result<()> {
+        crate::limits::check_config(self, file)?;
         let fail = |field: &str, msg: String| Err(Error::config(file, field, msg));
         if self.layer_types.len() != self.num_hidden_layers {
             return fail(
@@ -396,14 +400,14 @@ fn parse_rope(f: &Fields) -> Result<(f64, Option<Yarn>)> {
         }
     };
     let original = match s.get("original_max_position_embeddings") {
-        Some(v) => v.as_u64().ok_or_else(|| {
-            Error::config(
-                f.file,
-                field("original_max_position_embeddings"),
-                format!("expected an integer, found {v}"),
-            )
-        })? as usize,
-        None => f.usize("initial_context_length")?,
+        Some(v) => {
+            let name = field("original_max_position_embeddings");
+            let n = v.as_u64().ok_or_else(|| {
+                Error::config(f.file, &name, format!("expected an integer, found {v}"))
+            })?;
+            crate::limits::size(f.file, &name, n, MAX_CONTEXT)?
+        }
+        None => f.size("initial_context_length", MAX_CONTEXT)?,
     };
     let yarn = Yarn {
         factor: num("factor", None)?,
@@ -415,21 +419,50 @@ fn parse_rope(f: &Fields) -> Result<(f64, Option<Yarn>)> {
     Ok((theta, Some(yarn)))
 }
 
+/// `eos_token_id`: one id or a list; every id must fit a u32 token id (a larger one is refused, not
+/// truncated to some other token).
+fn eos_ids(v: Option<&Value>, file: &str) -> Result<Vec<u32>> {
+    let one = |v: &Value, field: String| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::config(
+                    file,
+                    field,
+                    format!("expected a token id (0..2^32), found {v}"),
+                )
+            })
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| one(v, format!("eos_token_id[{i}]")))
+            .collect(),
+        Some(v) => Ok(vec![one(v, "eos_token_id".into())?]),
+    }
+}
+
 struct Fields<'a> {
     obj: &'a serde_json::Map<String, Value>,
     file: &'a str,
 }
 
 impl Fields<'_> {
-    fn usize(&self, name: &str) -> Result<usize> {
+    /// A non-negative integer of at most `max` (checked here, before anything is sized by it).
+    fn size(&self, name: &str, max: usize) -> Result<usize> {
         match self.obj.get(name) {
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                Error::config(
-                    self.file,
-                    name,
-                    format!("expected a non-negative integer, found {v}"),
-                )
-            }),
+            Some(v) => {
+                let n = v.as_u64().ok_or_else(|| {
+                    Error::config(
+                        self.file,
+                        name,
+                        format!("expected a non-negative integer, found {v}"),
+                    )
+                })?;
+                crate::limits::size(self.file, name, n, max)
+            }
             None => Err(Error::config(self.file, name, "missing")),
         }
     }
@@ -438,7 +471,7 @@ impl Fields<'_> {
         let found: Vec<usize> = names
             .iter()
             .filter(|n| self.obj.contains_key(**n))
-            .map(|n| self.usize(n))
+            .map(|n| self.size(n, MAX_EXPERTS))
             .collect::<Result<_>>()?;
         match found.as_slice() {
             [] => Err(Error::config(self.file, names.join(" / "), "missing")),
@@ -570,6 +603,55 @@ mod tests {
         });
         let cfg = ModelConfig::from_json(&v, "original/config.json").unwrap();
         assert_eq!(cfg, ModelConfig::gpt_oss_20b());
+    }
+
+    /// Sizes that once aborted the process or made every logit NaN: each is refused at the field.
+    #[test]
+    fn hostile_values_are_refused_where_they_enter() {
+        let cases = [
+            ("num_local_experts", json!(1_000_000_000u64)),
+            ("num_hidden_layers", json!(2_000_000_000u64)),
+            ("vocab_size", json!(u64::MAX)),
+            ("rope_theta", json!(0)),
+            ("rope_theta", json!(-1.5)),
+            ("rms_norm_eps", json!(-1e-5)),
+            ("eos_token_id", json!(4_294_967_296u64)),
+        ];
+        for (field, value) in cases {
+            let mut v = hf_20b();
+            v[field] = value.clone();
+            let e = ModelConfig::from_json(&v, "cfg.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field} = {value}: {e}");
+        }
+        let mut v = hf_20b();
+        v["rope_scaling"]["factor"] = json!(0.0);
+        let e = ModelConfig::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("factor"), "{e}");
+        let mut v = hf_20b();
+        v["eos_token_id"] = json!([200002, 4_294_967_297u64]);
+        let e = ModelConfig::from_json(&v, "cfg.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eos_token_id[1]"), "{e}");
+        // The original layout builds its layer list from the count: the bound comes first.
+        let original = json!({
+            "num_hidden_layers": 2_000_000_000u64, "num_experts": 32, "experts_per_token": 4,
+            "vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880, "head_dim": 64,
+            "num_attention_heads": 64, "num_key_value_heads": 8, "sliding_window": 128,
+            "initial_context_length": 4096, "rope_theta": 150000, "rope_scaling_factor": 32.0,
+            "rope_ntk_alpha": 1.0, "rope_ntk_beta": 32.0
+        });
+        let e = ModelConfig::from_json(&original, "original/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`num_hidden_layers`") && e.contains("at most"),
+            "{e}"
+        );
     }
 
     #[test]

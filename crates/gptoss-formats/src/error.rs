@@ -45,7 +45,7 @@ pub enum Error {
         message: String,
     },
     /// Several tensors are unknown, missing or of the wrong shape; each line names one.
-    #[error("{source_desc}: {} problem(s) with tensors:\n  {}", problems.len(), problems.join("\n  "))]
+    #[error("{}", tensors_message(source_desc, problems))]
     Tensors {
         /// The checkpoint (file or directory).
         source_desc: String,
@@ -60,6 +60,30 @@ pub enum Error {
         /// What was looked for.
         message: String,
     },
+}
+
+/// Problems listed in full in an [`Error::Tensors`] message; the rest are counted (a corrupt file can
+/// yield one problem per tensor, and a message must stay readable).
+pub const SHOWN_PROBLEMS: usize = 40;
+
+fn tensors_message(source_desc: &str, problems: &[String]) -> String {
+    let mut msg = format!("{source_desc}: {} problem(s) with tensors:", problems.len());
+    for p in problems.iter().take(SHOWN_PROBLEMS) {
+        msg.push_str("\n  ");
+        // One problem names one tensor: a line longer than this comes from a corrupt name.
+        let cut = (0..=p.len().min(400))
+            .rev()
+            .find(|&i| p.is_char_boundary(i))
+            .unwrap_or(0);
+        msg.push_str(&p[..cut]);
+    }
+    if problems.len() > SHOWN_PROBLEMS {
+        msg.push_str(&format!(
+            "\n  ... and {} more",
+            problems.len() - SHOWN_PROBLEMS
+        ));
+    }
+    msg
 }
 
 impl Error {

@@ -18,10 +18,12 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod atomic;
 pub mod config;
 pub mod dummy;
 pub mod error;
 pub mod gguf;
+pub mod limits;
 pub mod quant;
 pub mod st;
 pub mod storage;
@@ -158,7 +160,12 @@ pub fn read_raw(path: &Path) -> Result<RawCheckpoint> {
             message: "no such file or directory".into(),
         });
     }
-    if path.is_file() && is_gguf(path)? {
+    // A `.gguf` name goes to the GGUF reader even when its magic is wrong, so a corrupt file is
+    // reported as one ("not a GGUF file: magic is ...") rather than as a folder without config.json.
+    let named_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if path.is_file() && (named_gguf || is_gguf(path)?) {
         return gguf::read_checkpoint(path);
     }
     st::read_checkpoint(path)

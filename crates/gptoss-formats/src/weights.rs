@@ -180,6 +180,7 @@ impl ModelWeights {
     /// Builds the canonical weights from a reader's map, checking each tensor against `config`.
     /// Every unknown, missing or misshapen tensor is reported in one error; `source` names the checkpoint.
     pub fn assemble(config: ModelConfig, map: TensorMap, source: &str) -> Result<Self> {
+        check_counts(&config, &map, source)?;
         let mut a = Assembler {
             map: map.tensors,
             problems: Vec::new(),
@@ -251,6 +252,55 @@ impl ModelWeights {
             lm_head,
         })
     }
+}
+
+/// Checks the config's layer and expert counts against the tensors present, before assembly loops over
+/// them: a config that claims a billion experts of a small file is one clear error, not a billion
+/// "missing" lines.
+fn check_counts(config: &ModelConfig, map: &TensorMap, source: &str) -> Result<()> {
+    let mut layers = std::collections::BTreeSet::new();
+    let mut experts = 0usize;
+    for name in map.tensors.keys() {
+        let Some((layer, rest)) = name.strip_prefix("layers.").and_then(|r| r.split_once('.'))
+        else {
+            continue;
+        };
+        let Ok(layer) = layer.parse::<usize>() else {
+            continue;
+        };
+        layers.insert(layer);
+        let expert = rest
+            .strip_prefix("experts.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(e, _)| e.parse::<usize>().ok());
+        if let Some(e) = expert {
+            experts = experts.max(e.saturating_add(1));
+        }
+    }
+    let fail = |field: &str, claimed: usize, found: usize, what: &str| {
+        Err(Error::config(
+            source,
+            field,
+            format!("is {claimed}, but the checkpoint holds tensors of {found} {what}"),
+        ))
+    };
+    if config.num_hidden_layers > layers.len() {
+        return fail(
+            "num_hidden_layers",
+            config.num_hidden_layers,
+            layers.len(),
+            "layers",
+        );
+    }
+    if config.num_local_experts > experts {
+        return fail(
+            "num_local_experts",
+            config.num_local_experts,
+            experts,
+            "experts",
+        );
+    }
+    Ok(())
 }
 
 struct Assembler {

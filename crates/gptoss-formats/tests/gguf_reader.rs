@@ -7,7 +7,7 @@ use std::path::Path;
 
 use gguf_util::{scratch_dir, tiny_metadata, tiny_tensors, write_gguf, TensorData, TINY};
 use gptoss_formats::gguf::codecs::dequantize;
-use gptoss_formats::gguf::container::{GgufFile, Value};
+use gptoss_formats::gguf::container::{Array, GgufFile, Value};
 use gptoss_formats::gguf::read_checkpoint;
 use gptoss_formats::{weights::names, DType, LayerType, ModelWeights, Storage, TensorFormat};
 
@@ -452,13 +452,7 @@ fn metadata_value_types_round_trip() {
         ("x.f64", Value::F64(0.1)),
         (
             "x.nested",
-            Value::Array(
-                9,
-                vec![
-                    Value::Array(4, vec![Value::U32(1)]),
-                    Value::Array(4, vec![]),
-                ],
-            ),
+            Value::Array(Array::Array(vec![Array::U32(vec![1]), Array::U32(vec![])])),
         ),
     ];
     meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
@@ -531,10 +525,11 @@ fn hand_read_any_file() {
     let f = GgufFile::open(&path).unwrap();
     for (k, v) in &f.metadata {
         let shown = match v {
-            Value::Array(t, items) => format!(
-                "array<{t}> x {}: {:?}",
+            Value::Array(items) => format!(
+                "array<{}> x {}: {:?}",
+                items.elem_type(),
                 items.len(),
-                &items[..items.len().min(4)]
+                items.values().take(4).collect::<Vec<_>>()
             ),
             Value::String(s) => format!("{:?}", &s[..s.len().min(60)]),
             other => format!("{other:?}"),

@@ -126,7 +126,11 @@ fn hf_mxfp4_golden_decodes_exactly() {
     let (n_exp, rows, groups) = (bs[0], bs[1], bs[2]);
     let scales: Vec<u8> = usizes(&g["scales"]).iter().map(|&s| s as u8).collect();
     let dir = temp_dir("codec-mxfp4");
-    write_config(&dir, &hf_config());
+    // The golden stacks its own expert count; the reader holds stacks to the config's.
+    let mut cfg = hf_config();
+    cfg["num_local_experts"] = n_exp.into();
+    cfg["num_experts_per_tok"] = n_exp.min(2).into();
+    write_config(&dir, &cfg);
     let pre = "model.layers.0.mlp.experts.gate_up_proj";
     let ts = vec![
         t(

@@ -1,5 +1,9 @@
-//! `--max-concurrency` and the queue limit: at most `max_concurrency` requests generate at once, at
-//! most `max_queue` more wait for a turn, and anything beyond gets 429 with `Retry-After`.
+//! Admission and the render pool. A request is counted from the moment its handler starts
+//! ([`Admission::admit`]: 429 with `Retry-After` beyond `max_concurrency + max_queue`) through reading
+//! its body, rendering and waiting, until its generation ends; at most `max_concurrency` generate at
+//! once ([`Ticket::turn`]). Parsing, rendering and tokenizing run on the blocking pool, at most
+//! `render_threads` at a time ([`RenderPool`]), so no body's CPU work runs on the async workers that
+//! answer `/health` and stream tokens.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +18,13 @@ pub struct Admission {
     max_queue: usize,
     max_concurrency: usize,
     in_system: Arc<AtomicUsize>,
+    slots: Arc<Semaphore>,
+}
+
+/// A request counted against admission, not yet generating.
+#[derive(Debug)]
+pub struct Ticket {
+    counted: Counted,
     slots: Arc<Semaphore>,
 }
 
@@ -45,34 +56,77 @@ impl Admission {
         }
     }
 
-    /// Waits for a turn, or fails at once with 429 when the queue is full.
-    pub async fn enter(&self) -> ApiResult<Permit> {
+    /// Counts a request in, or fails at once with 429 when the system is full.
+    pub fn admit(&self) -> ApiResult<Ticket> {
         let before = self.in_system.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(self.in_system.clone());
         if before >= self.max_concurrency + self.max_queue {
             return Err(ApiError::overloaded(1));
         }
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("the server is shutting down"))?;
-        Ok(Permit {
-            _slot: slot,
-            _counted: counted,
+        Ok(Ticket {
+            counted,
+            slots: self.slots.clone(),
         })
     }
 
-    /// Requests waiting for a turn.
+    /// Requests admitted but not generating (reading, rendering or waiting for a turn).
     pub fn queued(&self) -> usize {
         let inside = self.in_system.load(Ordering::Acquire);
-        let running = self.max_concurrency - self.slots.available_permits();
-        inside.saturating_sub(running)
+        inside.saturating_sub(self.running())
     }
 
     /// Requests generating.
     pub fn running(&self) -> usize {
         self.max_concurrency - self.slots.available_permits()
+    }
+}
+
+impl Ticket {
+    /// Waits for a generation slot.
+    pub async fn turn(self) -> ApiResult<Permit> {
+        let slot = self
+            .slots
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        Ok(Permit {
+            _slot: slot,
+            _counted: self.counted,
+        })
+    }
+}
+
+/// At most `threads` renders at once, each on the blocking pool.
+#[derive(Debug)]
+pub struct RenderPool {
+    slots: Arc<Semaphore>,
+}
+
+impl RenderPool {
+    /// A pool of `threads` (at least 1).
+    pub fn new(threads: usize) -> Self {
+        RenderPool {
+            slots: Arc::new(Semaphore::new(threads.max(1))),
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a render slot is free. The slot is held until the work
+    /// ends, even if the caller stops waiting (a disconnected client), so the bound always holds.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("rendering the request failed: {e}")))?
     }
 }

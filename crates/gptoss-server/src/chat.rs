@@ -6,69 +6,47 @@ use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
 use gptoss_tokenizer::harmony::ToolDescription;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::admission::Permit;
 use crate::conversation::{call_name, parse_effort, Conversation, ToolChoice, Turn};
 use crate::error::{ApiError, ApiResult};
 use crate::generation::{Delta, Finish, GenSpec, Generation, OutputMode, Step, Usage};
-use crate::params::{content_text, Body};
+use crate::params::{self, check_model, check_n, check_unsupported};
+use crate::request::{self, ChatRequest, FunctionIn, Text, ToolCallIn};
 use crate::{sse, AppState};
 
-#[derive(Deserialize)]
-struct ChatMessage {
-    role: String,
-    #[serde(default)]
-    content: Value,
-    reasoning_content: Option<String>,
-    reasoning: Option<String>,
-    tool_calls: Option<Vec<ToolCallIn>>,
-    tool_call_id: Option<String>,
-    name: Option<String>,
+/// A function tool for the renderer; the schema's raw JSON is parsed here, on the render pool, with
+/// its keys in the order given. `field` names the tool in errors.
+pub(crate) fn function_tool(
+    field: &str,
+    name: &str,
+    description: Option<&Text>,
+    parameters: Option<&serde_json::value::RawValue>,
+) -> ApiResult<ToolDescription> {
+    let parameters = parameters
+        .map(|p| serde_json::from_str(p.get()))
+        .transpose()
+        .map_err(|e| ApiError::param("tools", format!("{field}.parameters: {e}")))?;
+    Ok(ToolDescription {
+        name: name.to_string(),
+        description: description.map(|d| d.0.clone()).unwrap_or_default(),
+        parameters,
+    })
 }
 
-#[derive(Deserialize)]
-struct ToolCallIn {
-    id: Option<String>,
-    function: FunctionCallIn,
+fn chat_tool(i: usize, f: &FunctionIn) -> ApiResult<ToolDescription> {
+    let field = format!("tools[{i}].function");
+    function_tool(
+        &field,
+        &f.name.0,
+        f.description.as_ref(),
+        f.parameters.as_deref(),
+    )
 }
 
-#[derive(Deserialize)]
-struct FunctionCallIn {
-    name: String,
-    arguments: String,
-}
-
-/// A function tool as chat requests send it: `{"type": "function", "function": {...}}`.
-#[derive(Deserialize)]
-struct ToolSpec {
-    #[serde(rename = "type")]
-    kind: String,
-    function: FunctionSpec,
-}
-
-/// A function's name, description and JSON-schema parameters.
-#[derive(Deserialize)]
-pub(crate) struct FunctionSpec {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub parameters: Option<Value>,
-}
-
-impl FunctionSpec {
-    pub fn into_tool(self) -> ToolDescription {
-        ToolDescription {
-            name: self.name,
-            description: self.description.unwrap_or_default(),
-            parameters: self.parameters,
-        }
-    }
-}
-
-/// A validated chat request.
-struct ChatParams {
+/// A chat request ready to generate.
+pub struct ChatParams {
     spec: GenSpec,
     stream: bool,
     include_usage: bool,
@@ -76,9 +54,9 @@ struct ChatParams {
 
 /// Parses `tool_choice`: a mode string or `{"type": "function", "function": {"name"}}` (chat) /
 /// `{"type": "function", "name"}` (responses).
-pub(crate) fn tool_choice(body: &Body) -> ApiResult<ToolChoice> {
-    match body.get("tool_choice") {
-        None => Ok(ToolChoice::Auto),
+pub(crate) fn tool_choice(choice: Option<&Value>) -> ApiResult<ToolChoice> {
+    match choice {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
         Some(Value::String(mode)) => ToolChoice::from_mode(mode, "tool_choice"),
         Some(v) => {
             let name = v
@@ -97,43 +75,49 @@ pub(crate) fn tool_choice(body: &Body) -> ApiResult<ToolChoice> {
     }
 }
 
-fn conversation(body: &Body) -> ApiResult<Conversation> {
-    let messages: Vec<ChatMessage> = body
-        .list("messages")?
+fn conversation(req: &ChatRequest) -> ApiResult<Conversation> {
+    let messages = req
+        .messages
+        .as_ref()
         .ok_or_else(|| ApiError::param("messages", "messages: required"))?;
-    if messages.is_empty() {
+    if messages.0.is_empty() {
         return Err(ApiError::param("messages", "messages: must not be empty"));
     }
+    let effort = req.reasoning_effort.as_ref().map(|e| e.0.as_str());
     let mut conv = Conversation {
-        effort: parse_effort(body.str("reasoning_effort")?, "reasoning_effort")?,
-        tool_choice: tool_choice(body)?,
+        effort: parse_effort(effort, "reasoning_effort")?,
+        tool_choice: tool_choice(req.tool_choice.as_ref())?,
         ..Conversation::default()
     };
-    for spec in body.list::<ToolSpec>("tools")?.unwrap_or_default() {
-        if spec.kind != "function" {
+    for (i, spec) in req.tools.iter().flat_map(|t| &t.0).enumerate() {
+        if spec.kind.0 != "function" {
             return Err(ApiError::param(
                 "tools",
                 format!(
-                    "tools: only function tools are supported, got {:?}",
-                    spec.kind
+                    "tools[{i}]: only function tools are supported, got {:?}",
+                    spec.kind.0
                 ),
             ));
         }
-        conv.tools.push(spec.function.into_tool());
+        conv.tools.push(chat_tool(i, &spec.function)?);
     }
     let mut instructions: Vec<String> = Vec::new();
-    for (i, m) in messages.into_iter().enumerate() {
-        let text = content_text(&m.content, &format!("messages[{i}].content"))?;
-        match m.role.as_str() {
+    for (i, m) in messages.0.iter().enumerate() {
+        let text = m.content.text(&format!("messages[{i}].content"))?;
+        match m.role.0.as_str() {
             "system" | "developer" => instructions.push(text),
             "user" => conv.turns.push(Turn::User(text)),
-            "assistant" => assistant_turns(&mut conv.turns, m.reasoning_content.or(m.reasoning), text, m.tool_calls),
+            "assistant" => {
+                let reasoning = m.reasoning_content.as_ref().or(m.reasoning.as_ref());
+                let calls = m.tool_calls.as_ref().map_or(&[][..], |c| &c.0);
+                assistant_turns(&mut conv.turns, reasoning.map(|r| r.0.clone()), text, calls)
+            }
             "tool" => {
                 let name = m
                     .tool_call_id
-                    .as_deref()
-                    .and_then(|id| call_name(&conv.turns, id))
-                    .or(m.name)
+                    .as_ref()
+                    .and_then(|id| call_name(&conv.turns, &id.0))
+                    .or_else(|| m.name.as_ref().map(|n| n.0.clone()))
                     .ok_or_else(|| {
                         ApiError::param("messages", format!(
                             "messages[{i}]: a tool message needs a tool_call_id of an earlier assistant tool call (or a name)"
@@ -160,12 +144,11 @@ fn assistant_turns(
     turns: &mut Vec<Turn>,
     reasoning: Option<String>,
     text: String,
-    calls: Option<Vec<ToolCallIn>>,
+    calls: &[ToolCallIn],
 ) {
     if let Some(r) = reasoning.filter(|r| !r.is_empty()) {
         turns.push(Turn::Reasoning(r));
     }
-    let calls = calls.unwrap_or_default();
     if !text.is_empty() {
         turns.push(if calls.is_empty() {
             Turn::Answer(text)
@@ -173,65 +156,76 @@ fn assistant_turns(
             Turn::Preamble(text)
         });
     }
-    for (j, c) in calls.into_iter().enumerate() {
+    for (j, c) in calls.iter().enumerate() {
         turns.push(Turn::ToolCall {
-            id: c.id.unwrap_or_else(|| format!("call_{j}")),
-            name: c.function.name,
-            arguments: c.function.arguments,
+            id: c
+                .id
+                .as_ref()
+                .map_or_else(|| format!("call_{j}"), |i| i.0.clone()),
+            name: c.function.name.0.clone(),
+            arguments: c.function.arguments.0.clone(),
         });
     }
 }
 
-fn parse(state: &AppState, body: &Body) -> ApiResult<ChatParams> {
-    body.check_model(&state.config.model_name)?;
-    body.check_n()?;
-    body.check_unsupported()?;
-    let conv = conversation(body)?;
-    let prompt = conv.render(&state.harmony)?;
-    let sampling = body.sampling(state.fresh_seed())?;
-    let max_tokens = body.max_tokens(
-        &["max_completion_tokens", "max_tokens"],
+/// Parses, checks and renders a chat body (CPU work: run on the render pool). The body and the typed
+/// request are dropped here; what comes out is the prompt's tokens and the answer's settings.
+pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ChatParams> {
+    let req: ChatRequest = request::parse(bytes)?;
+    let common = req.common();
+    check_model(&common, &state.config.model_name)?;
+    check_n(&common)?;
+    check_unsupported(&common)?;
+    let sampling = params::sampling(&common, state.fresh_seed())?;
+    let max_tokens = params::max_tokens(
+        &[
+            ("max_completion_tokens", req.max_completion_tokens.as_ref()),
+            ("max_tokens", req.max_tokens.as_ref()),
+        ],
         state.context_tokens(),
     )?;
-    let spec = state.gen_spec(
-        prompt,
-        sampling,
-        max_tokens,
-        body.stop()?,
-        OutputMode::Harmony,
-    )?;
-    let include_usage = body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let stop = req.stop.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+    let prompt = conversation(&req)?.render(&state.harmony, state.prompt_cap())?;
+    let spec = state.gen_spec(prompt, sampling, max_tokens, stop, OutputMode::Harmony)?;
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage.as_ref())
+        .is_some_and(|f| f.0);
     Ok(ChatParams {
         spec,
-        stream: body.bool("stream")?.unwrap_or(false),
+        stream: params::stream(&common),
         include_usage,
     })
 }
 
 /// Runs a chat request to the end and returns the `chat.completion` object (used by the batch runner).
-pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
-    run_to_end(state, parse(state, body)?).await
+pub async fn complete(
+    state: &Arc<AppState>,
+    params: ChatParams,
+    permit: Permit,
+) -> ApiResult<Value> {
+    run_to_end(state, params, permit).await
 }
 
-async fn run_to_end(state: &Arc<AppState>, params: ChatParams) -> ApiResult<Value> {
-    let gen = Generation::start(state.clone(), params.spec).await?;
+async fn run_to_end(state: &Arc<AppState>, params: ChatParams, permit: Permit) -> ApiResult<Value> {
+    let gen = Generation::start(state.clone(), params.spec, permit).await?;
     let (deltas, finish, usage) = gen.collect().await?;
     Ok(completion_json(state, &deltas, finish, usage))
 }
 
-/// The HTTP handler.
-pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
-    let params = parse(&state, &body)?;
+/// The HTTP answer: the whole completion, or an SSE stream of chunks.
+pub async fn respond(
+    state: Arc<AppState>,
+    params: ChatParams,
+    permit: Permit,
+) -> ApiResult<Response> {
     if !params.stream {
-        return run_to_end(&state, params)
+        return run_to_end(&state, params, permit)
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let gen = Generation::start(state.clone(), params.spec).await?;
+    let gen = Generation::start(state.clone(), params.spec, permit).await?;
     let (tx, response) = sse::channel();
     let id = state.completion_id("chatcmpl");
     tokio::spawn(stream(state, gen, tx, id, params.include_usage));

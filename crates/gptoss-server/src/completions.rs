@@ -6,58 +6,70 @@ use std::sync::Arc;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::admission::Permit;
 use crate::chat::usage_json;
 use crate::conversation::Prompt;
 use crate::error::{ApiError, ApiResult};
 use crate::generation::{Delta, Finish, GenSpec, Generation, OutputMode, Step};
-use crate::params::Body;
+use crate::params::{self, check_model, check_n, check_unsupported};
+use crate::request::{self, CompletionRequest};
 use crate::{sse, AppState};
 
-fn parse(state: &AppState, body: &Body) -> ApiResult<(GenSpec, bool)> {
-    body.check_model(&state.config.model_name)?;
-    body.check_n()?;
-    body.check_unsupported()?;
-    let text = match body.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().to_string()
-        }
-        None => return Err(ApiError::param("prompt", "prompt: required")),
-        Some(_) => {
-            return Err(ApiError::param(
-                "prompt",
-                "prompt: expected a string (or an array of one string)",
-            ))
-        }
-    };
-    if text.is_empty() {
+/// A completion request ready to generate.
+pub struct CompletionParams {
+    spec: GenSpec,
+    stream: bool,
+}
+
+/// Parses, checks and encodes a completion body (CPU work: run on the render pool).
+pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<CompletionParams> {
+    let req: CompletionRequest = request::parse(bytes)?;
+    let common = req.common();
+    check_model(&common, &state.config.model_name)?;
+    check_n(&common)?;
+    check_unsupported(&common)?;
+    let text = req
+        .prompt
+        .as_ref()
+        .ok_or_else(|| ApiError::param("prompt", "prompt: required"))?;
+    if text.0.is_empty() {
         return Err(ApiError::param("prompt", "prompt: must not be empty"));
     }
-    let tokens = state
+    let mut tokens = Vec::new();
+    state
         .harmony
         .tokenizer()
-        .encode(&text)
-        .map_err(|e| ApiError::param("prompt", format!("prompt: cannot encode: {e}")))?;
-    let sampling = body.sampling(state.fresh_seed())?;
-    let max_tokens = body
-        .max_tokens(&["max_tokens"], state.context_tokens())?
-        .or(Some(16));
+        .encode_capped(&text.0, &mut tokens, state.prompt_cap())
+        .map_err(|e| state.prompt_error(e, "prompt"))?;
+    let sampling = params::sampling(&common, state.fresh_seed())?;
+    let max_tokens = params::max_tokens(
+        &[("max_tokens", req.max_tokens.as_ref())],
+        state.context_tokens(),
+    )?
+    .or(Some(16));
     let prompt = Prompt {
         tokens,
         forced: Vec::new(),
     };
-    let spec = state.gen_spec(prompt, sampling, max_tokens, body.stop()?, OutputMode::Raw)?;
-    Ok((spec, body.bool("stream")?.unwrap_or(false)))
+    let stop = req.stop.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+    let spec = state.gen_spec(prompt, sampling, max_tokens, stop, OutputMode::Raw)?;
+    Ok(CompletionParams {
+        spec,
+        stream: params::stream(&common),
+    })
 }
 
 /// Runs a completion request to the end and returns the `text_completion` object.
-pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
-    let (spec, _) = parse(state, body)?;
-    run_to_end(state, spec).await
+pub async fn complete(
+    state: &Arc<AppState>,
+    params: CompletionParams,
+    permit: Permit,
+) -> ApiResult<Value> {
+    run_to_end(state, params.spec, permit).await
 }
 
-async fn run_to_end(state: &Arc<AppState>, spec: GenSpec) -> ApiResult<Value> {
-    let (deltas, finish, usage) = Generation::start(state.clone(), spec)
+async fn run_to_end(state: &Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Value> {
+    let (deltas, finish, usage) = Generation::start(state.clone(), spec, permit)
         .await?
         .collect()
         .await?;
@@ -79,15 +91,19 @@ fn text_of(d: &Delta) -> Option<&str> {
     }
 }
 
-/// The HTTP handler.
-pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
-    let (spec, stream) = parse(&state, &body)?;
+/// The HTTP answer: the whole completion, or an SSE stream of chunks.
+pub async fn respond(
+    state: Arc<AppState>,
+    params: CompletionParams,
+    permit: Permit,
+) -> ApiResult<Response> {
+    let CompletionParams { spec, stream } = params;
     if !stream {
-        return run_to_end(&state, spec)
+        return run_to_end(&state, spec, permit)
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let mut gen = Generation::start(state.clone(), spec).await?;
+    let mut gen = Generation::start(state.clone(), spec, permit).await?;
     let (tx, response) = sse::channel();
     let id = state.completion_id("cmpl");
     tokio::spawn(async move {

@@ -109,6 +109,12 @@ pub fn parse_effort(value: Option<&str>, param: &str) -> ApiResult<Effort> {
 impl Conversation {
     /// Harmony messages (system, developer, then the turns).
     pub fn messages(&self) -> Vec<Message> {
+        self.clone().into_messages()
+    }
+
+    /// Harmony messages, moving the texts and schemas rather than copying them (a request's turns
+    /// and tools can be megabytes).
+    fn into_messages(self) -> Vec<Message> {
         let system = SystemContent {
             reasoning_effort: Some(self.effort),
             ..SystemContent::default()
@@ -116,15 +122,15 @@ impl Conversation {
         let mut out = vec![Message::with_content(Role::System, Content::System(system))];
         let tools = match self.tool_choice {
             ToolChoice::None => Vec::new(),
-            _ => self.tools.clone(),
+            _ => self.tools,
         };
-        let developer = match (tools.is_empty(), &self.instructions) {
+        let developer = match (tools.is_empty(), self.instructions) {
             (true, None) => None,
             (true, Some(i)) => Some(DeveloperContent {
-                instructions: Some(i.clone()),
+                instructions: Some(i),
                 tools: None,
             }),
-            (false, i) => Some(DeveloperContent::with_functions(i.clone(), tools)),
+            (false, i) => Some(DeveloperContent::with_functions(i, tools)),
         };
         if let Some(dev) = developer {
             out.push(Message::with_content(
@@ -132,12 +138,14 @@ impl Conversation {
                 Content::Developer(dev),
             ));
         }
-        out.extend(self.turns.iter().map(turn_message));
+        out.extend(self.turns.into_iter().map(turn_message));
         out
     }
 
-    /// Renders the prompt, with the header forced by the tool choice.
-    pub fn render(&self, harmony: &Harmony) -> ApiResult<Prompt> {
+    /// Renders the prompt, with the header forced by the tool choice. Rendering stops as soon as the
+    /// prompt passes `cap` tokens (the context less one), so its cost is bounded by the cap whatever
+    /// the messages and tool schemas hold.
+    pub fn render(self, harmony: &Harmony, cap: usize) -> ApiResult<Prompt> {
         if let ToolChoice::Named(name) = &self.tool_choice {
             if !self.tools.iter().any(|t| &t.name == name) {
                 return Err(ApiError::param(
@@ -152,14 +160,20 @@ impl Conversation {
                 "tool_choice is \"required\" but no tools were given",
             ));
         }
+        let forced = self.forced_header(harmony)?;
         let mut tokens = harmony
-            .render_for_completion(
-                &self.messages(),
+            .render_for_completion_capped(
+                &self.into_messages(),
                 Role::Assistant,
                 AnalysisHistory::DropFinished,
+                cap,
             )
-            .map_err(|e| ApiError::invalid(format!("cannot render the conversation: {e}")))?;
-        let forced = self.forced_header(harmony)?;
+            .map_err(|e| match e {
+                gptoss_tokenizer::Error::TooManyTokens { cap } => {
+                    ApiError::context_exceeded("messages", format!("more than {cap}"), cap + 1)
+                }
+                e => ApiError::invalid(format!("cannot render the conversation: {e}")),
+            })?;
         tokens.extend_from_slice(&forced);
         Ok(Prompt { tokens, forced })
     }
@@ -196,24 +210,20 @@ impl Conversation {
     }
 }
 
-fn turn_message(turn: &Turn) -> Message {
+fn turn_message(turn: Turn) -> Message {
     match turn {
-        Turn::User(text) => Message::text(Role::User, text.clone()),
-        Turn::Reasoning(text) => {
-            Message::text(Role::Assistant, text.clone()).on_channel("analysis")
-        }
-        Turn::Answer(text) => Message::text(Role::Assistant, text.clone()).on_channel("final"),
-        Turn::Preamble(text) => {
-            Message::text(Role::Assistant, text.clone()).on_channel("commentary")
-        }
+        Turn::User(text) => Message::text(Role::User, text),
+        Turn::Reasoning(text) => Message::text(Role::Assistant, text).on_channel("analysis"),
+        Turn::Answer(text) => Message::text(Role::Assistant, text).on_channel("final"),
+        Turn::Preamble(text) => Message::text(Role::Assistant, text).on_channel("commentary"),
         Turn::ToolCall {
             name, arguments, ..
-        } => Message::text(Role::Assistant, arguments.clone())
+        } => Message::text(Role::Assistant, arguments)
             .on_channel("commentary")
             .to(format!("functions.{name}"))
             .of_type("<|constrain|>json"),
         Turn::ToolResult { name, output } => {
-            Message::tool_result(format!("functions.{name}"), output.clone())
+            Message::tool_result(format!("functions.{name}"), output)
         }
     }
 }

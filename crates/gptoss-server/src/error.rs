@@ -74,6 +74,32 @@ impl ApiError {
         )
     }
 
+    /// 400 `context_length_exceeded`: the prompt has `tokens` tokens (a count or "more than N") and
+    /// the context is `context` tokens.
+    pub fn context_exceeded(param: &str, tokens: String, context: usize) -> Self {
+        Self::param(
+            param,
+            format!("the prompt has {tokens} tokens; this model's context is {context} tokens (prompt + answer)"),
+        )
+        .with_code("context_length_exceeded")
+    }
+
+    /// 408: the request body did not arrive in time.
+    pub fn body_timeout(secs: f64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within {secs} s"),
+        )
+    }
+
+    /// 503: the server is at its connection limit or shutting down.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message);
+        e.retry_after_secs = Some(1);
+        e
+    }
+
     /// 429: the queue is full.
     pub fn overloaded(retry_after_secs: u64) -> Self {
         let mut e = Self::new(

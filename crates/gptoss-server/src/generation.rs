@@ -132,11 +132,10 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Takes an admission permit (429 when the queue is full), submits `spec` and waits for the
+    /// Submits `spec` under an admission `permit` (held until the generation ends) and waits for the
     /// engine's first answer, so a request the engine rejects is an error here rather than in the
     /// middle of a stream.
-    pub async fn start(state: Arc<AppState>, spec: GenSpec) -> ApiResult<Self> {
-        let permit = state.admission.enter().await?;
+    pub async fn start(state: Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let request = GenRequest {
             prompt: spec.prompt.clone(),

@@ -10,9 +10,12 @@
 //! (continuous batching, `gptoss_engine::scheduler`).
 //!
 //! Key decisions: every error is an [`ApiError`] mapped to an OpenAI error object in one place; bad
-//! input fails that request only. A request is admitted through a gate (`--max-concurrency`, queue
-//! limit → 429 with `Retry-After`). A client that disconnects drops its generation, which cancels
-//! it in the engine. Request JSON keeps key order so tool schemas render in the order given.
+//! input fails that request only. No client can exhaust the server: connections are capped and timed
+//! (head, body, idle), a request is counted against admission before its body is read (429 with
+//! `Retry-After` beyond the queue), bodies are parsed into compact typed requests and rendered with a
+//! token cap on a bounded blocking pool, and only the prompt's tokens wait for a generation slot. A
+//! client that disconnects drops its generation, which cancels it in the engine. Tool schemas keep
+//! their key order so they render in the order given.
 //!
 //! ```no_run
 //! # async fn demo(engine: gptoss_engine::scheduler::EngineHandle, tok: std::sync::Arc<gptoss_tokenizer::Tokenizer>) -> std::io::Result<()> {
@@ -27,11 +30,14 @@
 mod admission;
 pub mod chat;
 pub mod completions;
+mod conn;
 pub mod conversation;
 pub mod error;
 pub mod generation;
 mod metrics;
 pub mod params;
+mod pipeline;
+pub mod request;
 pub mod responses;
 mod routes;
 mod sse;
@@ -40,45 +46,94 @@ mod stop;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gptoss_engine::scheduler::EngineHandle;
 use gptoss_engine::SamplingParams;
 use gptoss_tokenizer::harmony::Harmony;
 use gptoss_tokenizer::Tokenizer;
 
-use admission::Admission;
+use admission::{Admission, RenderPool};
 use conversation::Prompt;
 pub use error::{ApiError, ApiResult};
 use generation::{GenSpec, OutputMode};
 use metrics::Metrics;
-pub use params::Body;
+pub use pipeline::{run_endpoint, Endpoint};
 pub use routes::router;
+
+/// Who may read `/metrics` when an API key is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Only with the API key (the default: labels and counts describe the traffic).
+    ApiKey,
+    /// Anyone who can reach the server (for scrapers that cannot send a key).
+    Public,
+}
+
+/// Connection limits: how long a client may take, how many may be connected, how long shutdown waits.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Longest wait for a request's head (its first byte included; an idle kept-alive connection waits
+    /// for its next head under the same limit).
+    pub header_timeout: Duration,
+    /// Longest time to receive a whole request body once its head is in (408 beyond).
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request in progress is closed after this long without a byte.
+    pub keep_alive_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// On shutdown, how long requests in progress may finish before their connections are dropped.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    /// 10 s for a head, 30 s for a body, 5 s idle, 512 connections, 10 s to shut down.
+    fn default() -> Self {
+        ConnLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_connections: 512,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Server settings, fixed at start.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// The `model` name requests must use (and `/v1/models` lists).
     pub model_name: String,
-    /// Required bearer token for `/v1/*`, if any.
+    /// Required bearer token for `/v1/*` (and `/metrics` unless [`MetricsAccess::Public`]), if any.
     pub api_key: Option<String>,
     /// Requests generating at once.
     pub max_concurrency: usize,
-    /// Requests waiting beyond that before 429.
+    /// Requests admitted beyond that (reading, rendering or waiting) before 429.
     pub max_queue: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Requests parsed and rendered at once, on the blocking pool.
+    pub render_threads: usize,
+    /// Who may read `/metrics` when `api_key` is set.
+    pub metrics_access: MetricsAccess,
+    /// Connection limits.
+    pub connections: ConnLimits,
 }
 
 impl ServerConfig {
-    /// Defaults: no key, 64 concurrent, 256 queued, 4 MiB bodies.
+    /// Defaults: no key, 64 concurrent, 256 queued, 4 MiB bodies, half the cores rendering, `/metrics`
+    /// behind the key, [`ConnLimits::default`].
     pub fn new(model_name: impl Into<String>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         ServerConfig {
             model_name: model_name.into(),
             api_key: None,
             max_concurrency: 64,
             max_queue: 256,
             max_body_bytes: 4 << 20,
+            render_threads: (cores / 2).max(1),
+            metrics_access: MetricsAccess::ApiKey,
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -89,6 +144,7 @@ pub struct AppState {
     harmony: Harmony,
     config: ServerConfig,
     admission: Admission,
+    render: RenderPool,
     metrics: Metrics,
     next_id: AtomicU64,
 }
@@ -103,6 +159,7 @@ impl AppState {
         let harmony = Harmony::new(tokenizer)?;
         Ok(Arc::new(AppState {
             admission: Admission::new(config.max_concurrency, config.max_queue),
+            render: RenderPool::new(config.render_threads),
             engine,
             harmony,
             config,
@@ -123,6 +180,21 @@ impl AppState {
 
     fn context_tokens(&self) -> usize {
         self.engine.info().context_tokens
+    }
+
+    /// Most prompt tokens rendering may produce: the context less one token to generate.
+    fn prompt_cap(&self) -> usize {
+        self.context_tokens().saturating_sub(1)
+    }
+
+    /// The API error of a prompt that cannot be encoded (`param` names it).
+    fn prompt_error(&self, e: gptoss_tokenizer::Error, param: &str) -> ApiError {
+        match e {
+            gptoss_tokenizer::Error::TooManyTokens { cap } => {
+                ApiError::context_exceeded(param, format!("more than {cap}"), self.context_tokens())
+            }
+            e => ApiError::param(param, format!("{param}: cannot encode: {e}")),
+        }
     }
 
     fn created(&self) -> u64 {
@@ -160,11 +232,7 @@ impl AppState {
             } else {
                 "messages"
             };
-            return Err(ApiError::param(
-                param,
-                format!("the prompt has {n} tokens; this model's context is {context} tokens (prompt + answer)"),
-            )
-            .with_code("context_length_exceeded"));
+            return Err(ApiError::context_exceeded(param, n.to_string(), context));
         }
         let room = context - n;
         Ok(GenSpec {
@@ -178,31 +246,12 @@ impl AppState {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in progress finish for
+/// at most the configured shutdown deadline (see [`ConnLimits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Runs one request body against an endpoint without HTTP (the batch runner): `url` is
-/// `/v1/chat/completions`, `/v1/completions` or `/v1/responses`; streaming is ignored.
-pub async fn run_endpoint(
-    state: &Arc<AppState>,
-    url: &str,
-    body: Body,
-) -> ApiResult<serde_json::Value> {
-    match url {
-        "/v1/chat/completions" => chat::complete(state, &body).await,
-        "/v1/completions" => completions::complete(state, &body).await,
-        "/v1/responses" => responses::complete(state, &body).await,
-        other => Err(ApiError::param(
-            "url",
-            format!("url: expected /v1/chat/completions, /v1/completions or /v1/responses, got {other:?}"),
-        )),
-    }
+    conn::serve(listener, state, shutdown).await
 }

@@ -34,8 +34,8 @@ pub struct ServerGauges {
 }
 
 impl Metrics {
-    /// Counts a finished HTTP request.
-    pub fn request(&self, endpoint: &str, status: u16) {
+    /// Counts a finished HTTP request under its route (a fixed set: one series per route and status).
+    pub fn request(&self, endpoint: &'static str, status: u16) {
         if let Ok(mut map) = self.requests.lock() {
             *map.entry((endpoint.to_string(), status)).or_insert(0) += 1;
         }
@@ -66,6 +66,7 @@ impl Metrics {
         metric(&mut out, name, kind, help);
         if let Ok(map) = self.requests.lock() {
             for ((endpoint, status), n) in map.iter() {
+                let endpoint = label_value(endpoint);
                 let _ = writeln!(
                     out,
                     "{name}{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
@@ -139,6 +140,14 @@ const SERIES: [Series; 18] = [
     ("gptoss_spec_draft_tokens_total", "counter", "Speculative draft tokens verified (0 without --speculative)."),
     ("gptoss_spec_accepted_tokens_total", "counter", "Speculative draft tokens accepted."),
 ];
+
+/// A label value escaped as the exposition format requires (backslash, quote, newline). Endpoints are
+/// route templates, never client paths; this keeps a scrape valid whatever a label holds.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -9,82 +9,79 @@ use std::sync::Arc;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::chat::{tool_choice, FunctionSpec};
+use crate::admission::Permit;
+use crate::chat::{function_tool, tool_choice};
 use crate::conversation::{call_name, parse_effort, Conversation, Turn};
 use crate::error::{ApiError, ApiResult};
 use crate::generation::{Delta, Finish, GenSpec, Generation, OutputMode, Step, Usage};
-use crate::params::{content_text, type_name, Body};
+use crate::params::{self, check_model};
+use crate::request::{self, Input, InputItem, ResponsesRequest, Text};
 use crate::{sse, AppState};
 
-fn conversation(body: &Body) -> ApiResult<Conversation> {
-    let effort = body
-        .get("reasoning")
-        .and_then(|r| r.get("effort"))
-        .and_then(Value::as_str);
+fn conversation(req: &ResponsesRequest) -> ApiResult<Conversation> {
+    let effort = req
+        .reasoning
+        .as_ref()
+        .and_then(|r| r.effort.as_ref())
+        .map(|e| e.0.as_str());
     let mut conv = Conversation {
-        instructions: body.str("instructions")?.map(str::to_string),
+        instructions: req.instructions.as_ref().map(|i| i.0.clone()),
         effort: parse_effort(effort, "reasoning.effort")?,
-        tool_choice: tool_choice(body)?,
+        tool_choice: tool_choice(req.tool_choice.as_ref())?,
         ..Conversation::default()
     };
-    for (i, tool) in body
-        .list::<Value>("tools")?
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        if tool.get("type").and_then(Value::as_str) != Some("function") {
+    for (i, tool) in req.tools.iter().flat_map(|t| &t.0).enumerate() {
+        if tool.kind.as_ref().map(|k| k.0.as_str()) != Some("function") {
             return Err(ApiError::param(
                 "tools",
                 format!("tools[{i}]: only {{\"type\": \"function\"}} tools are supported"),
             ));
         }
-        let f: FunctionSpec = serde_json::from_value(tool)
-            .map_err(|e| ApiError::param("tools", format!("tools[{i}]: {e}")))?;
-        conv.tools.push(f.into_tool());
+        let name = tool
+            .name
+            .as_ref()
+            .ok_or_else(|| ApiError::param("tools", format!("tools[{i}]: missing field `name`")))?;
+        let params = tool.parameters.as_deref();
+        let field = format!("tools[{i}]");
+        let description = tool.description.as_ref();
+        conv.tools
+            .push(function_tool(&field, &name.0, description, params)?);
     }
-    match body.get("input") {
-        Some(Value::String(s)) if !s.is_empty() => conv.turns.push(Turn::User(s.clone())),
-        Some(Value::Array(items)) if !items.is_empty() => {
+    match &req.input {
+        Some(Input::Text(s)) if !s.is_empty() => conv.turns.push(Turn::User(s.clone())),
+        Some(Input::Items(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 input_item(&mut conv, item, i)?;
             }
         }
         None => return Err(ApiError::param("input", "input: required")),
-        Some(v) => {
+        Some(_) => {
             return Err(ApiError::param(
                 "input",
-                format!(
-                    "input: expected a non-empty string or array, got {}",
-                    type_name(v)
-                ),
+                "input: expected a non-empty string or array",
             ))
         }
     }
     Ok(conv)
 }
 
-fn input_item(conv: &mut Conversation, item: &Value, i: usize) -> ApiResult<()> {
+fn input_item(conv: &mut Conversation, item: &InputItem, i: usize) -> ApiResult<()> {
     let field = format!("input[{i}]");
-    let str_of = |key: &str| {
-        item.get(key)
-            .and_then(Value::as_str)
-            .map(str::to_string)
+    let str_of = |key: &str, v: &Option<Text>| {
+        v.as_ref()
+            .map(|t| t.0.clone())
             .ok_or_else(|| ApiError::param("input", format!("{field}.{key}: expected a string")))
     };
-    let kind = item
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("message");
+    let kind = item.kind.as_ref().map_or("message", |k| k.0.as_str());
     match kind {
-        "message" => message_item(conv, item, &field, str_of("role")?)?,
+        "message" => message_item(conv, item, &field, str_of("role", &item.role)?)?,
         "function_call" => conv.turns.push(Turn::ToolCall {
-            id: str_of("call_id")?,
-            name: str_of("name")?,
-            arguments: str_of("arguments")?,
+            id: str_of("call_id", &item.call_id)?,
+            name: str_of("name", &item.name)?,
+            arguments: str_of("arguments", &item.arguments)?,
         }),
         "function_call_output" => {
-            let id = str_of("call_id")?;
+            let id = str_of("call_id", &item.call_id)?;
             let name = call_name(&conv.turns, &id).ok_or_else(|| {
                 ApiError::param(
                     "input",
@@ -93,19 +90,18 @@ fn input_item(conv: &mut Conversation, item: &Value, i: usize) -> ApiResult<()> 
             })?;
             conv.turns.push(Turn::ToolResult {
                 name,
-                output: str_of("output")?,
+                output: str_of("output", &item.output)?,
             });
         }
         "reasoning" => {
-            let parts = item
-                .get("content")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let text: String = parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
+            let text: String = match &item.content {
+                request::Content::Parts(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.text.as_ref())
+                    .map(|t| t.0.as_str())
+                    .collect(),
+                _ => String::new(),
+            };
             conv.turns.push(Turn::Reasoning(text));
         }
         other => {
@@ -119,9 +115,13 @@ fn input_item(conv: &mut Conversation, item: &Value, i: usize) -> ApiResult<()> 
 }
 
 /// A `{"role", "content"}` input item.
-fn message_item(conv: &mut Conversation, item: &Value, field: &str, role: String) -> ApiResult<()> {
-    let content = item.get("content").unwrap_or(&Value::Null);
-    let text = content_text(content, &format!("{field}.content"))?;
+fn message_item(
+    conv: &mut Conversation,
+    item: &InputItem,
+    field: &str,
+    role: String,
+) -> ApiResult<()> {
+    let text = item.content.text(&format!("{field}.content"))?;
     match role.as_str() {
         "user" => conv.turns.push(Turn::User(text)),
         "assistant" => conv.turns.push(Turn::Answer(text)),
@@ -142,12 +142,23 @@ fn message_item(conv: &mut Conversation, item: &Value, field: &str, role: String
     Ok(())
 }
 
-fn parse(state: &AppState, body: &Body) -> ApiResult<(GenSpec, bool)> {
-    body.check_model(&state.config.model_name)?;
-    let conv = conversation(body)?;
-    let prompt = conv.render(&state.harmony)?;
-    let sampling = body.sampling(state.fresh_seed())?;
-    let max_tokens = body.max_tokens(&["max_output_tokens"], state.context_tokens())?;
+/// A responses request ready to generate.
+pub struct ResponsesParams {
+    spec: GenSpec,
+    stream: bool,
+}
+
+/// Parses, checks and renders a responses body (CPU work: run on the render pool).
+pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ResponsesParams> {
+    let req: ResponsesRequest = request::parse(bytes)?;
+    let common = req.common();
+    check_model(&common, &state.config.model_name)?;
+    let sampling = params::sampling(&common, state.fresh_seed())?;
+    let max_tokens = params::max_tokens(
+        &[("max_output_tokens", req.max_output_tokens.as_ref())],
+        state.context_tokens(),
+    )?;
+    let prompt = conversation(&req)?.render(&state.harmony, state.prompt_cap())?;
     let spec = state.gen_spec(
         prompt,
         sampling,
@@ -155,7 +166,10 @@ fn parse(state: &AppState, body: &Body) -> ApiResult<(GenSpec, bool)> {
         Vec::new(),
         OutputMode::Harmony,
     )?;
-    Ok((spec, body.bool("stream")?.unwrap_or(false)))
+    Ok(ResponsesParams {
+        spec,
+        stream: params::stream(&common),
+    })
 }
 
 /// Output items built from deltas, with the stream events each delta causes.
@@ -302,13 +316,16 @@ fn response_json(
 }
 
 /// Runs a responses request to the end and returns the `response` object.
-pub async fn complete(state: &Arc<AppState>, body: &Body) -> ApiResult<Value> {
-    let (spec, _) = parse(state, body)?;
-    run_to_end(state, spec).await
+pub async fn complete(
+    state: &Arc<AppState>,
+    params: ResponsesParams,
+    permit: Permit,
+) -> ApiResult<Value> {
+    run_to_end(state, params.spec, permit).await
 }
 
-async fn run_to_end(state: &Arc<AppState>, spec: GenSpec) -> ApiResult<Value> {
-    let (deltas, finish, usage) = Generation::start(state.clone(), spec)
+async fn run_to_end(state: &Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Value> {
+    let (deltas, finish, usage) = Generation::start(state.clone(), spec, permit)
         .await?
         .collect()
         .await?;
@@ -325,15 +342,18 @@ async fn run_to_end(state: &Arc<AppState>, spec: GenSpec) -> ApiResult<Value> {
     ))
 }
 
-/// The HTTP handler.
-pub async fn handle(state: Arc<AppState>, body: Body) -> ApiResult<Response> {
-    let (spec, stream) = parse(&state, &body)?;
-    if !stream {
-        return run_to_end(&state, spec)
+/// The HTTP answer: the whole response object, or its typed SSE events.
+pub async fn respond(
+    state: Arc<AppState>,
+    params: ResponsesParams,
+    permit: Permit,
+) -> ApiResult<Response> {
+    if !params.stream {
+        return run_to_end(&state, params.spec, permit)
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let gen = Generation::start(state.clone(), spec).await?;
+    let gen = Generation::start(state.clone(), params.spec, permit).await?;
     let (tx, response) = sse::channel();
     tokio::spawn(stream_events(state, gen, tx));
     Ok(response)

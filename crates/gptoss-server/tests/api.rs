@@ -204,7 +204,7 @@ async fn follow_up_renders_reasoning_and_tool_results_the_harmony_way() {
         tool_choice: ToolChoice::Auto,
     };
     let harmony = Harmony::new(tokenizer()).unwrap();
-    let want = expected.render(&harmony).unwrap().tokens;
+    let want = expected.render(&harmony, usize::MAX).unwrap().tokens;
     assert_eq!(prompts.prompts.lock().unwrap().last().unwrap(), &want);
     // The rendered text keeps the analysis before the tool call and shows the tool result message.
     let text = String::from_utf8_lossy(&tokenizer().decode_bytes(&want).unwrap()).into_owned();
@@ -635,8 +635,12 @@ async fn auth_limits_models_health_metrics() {
             .status(),
         200
     );
+    // With a key set, /metrics is behind it too (MetricsAccess::ApiKey, the default).
+    let r = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let metrics = client
         .get(format!("{base}/metrics"))
+        .bearer_auth("sekret")
         .send()
         .await
         .unwrap()

@@ -38,6 +38,12 @@ pub enum Error {
     /// The pre-tokenizer regex does not compile or failed on an input.
     #[error("pre-tokenizer regex: {0}")]
     Regex(String),
+    /// Encoding or rendering would produce more tokens than the caller allows.
+    #[error("the text encodes to more than {cap} tokens")]
+    TooManyTokens {
+        /// The limit.
+        cap: usize,
+    },
     /// A token id outside the vocabulary.
     #[error("token id {id} is not in the vocabulary (size {size})")]
     UnknownId {

@@ -29,11 +29,16 @@ impl Tokenizer {
     /// list order, `ignore_merges` honoured). Added tokens become specials: they are never produced by
     /// encoding text and are looked up by name.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let root: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        Self::from_tokenizer_json_bytes(&bytes, path)
+    }
+
+    /// Like [`Tokenizer::from_tokenizer_json`], from the file's bytes; `path` names it in errors.
+    pub fn from_tokenizer_json_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let root: Value = serde_json::from_slice(bytes).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
         })?;
@@ -68,8 +73,18 @@ fn vocab_from_json(root: &Value, j: &Json) -> Result<Vocab> {
         Some(true) => WholePiece::Lookup,
         _ => WholePiece::Merge,
     };
-    let (mut tokens, mut kinds) = model_vocab(model, j)?;
-    add_special_tokens(root, &mut tokens, &mut kinds, j)?;
+    // Ids must be contiguous, so none can reach the number of entries: that bounds every id (and the
+    // table sized by the largest) by the file's own size.
+    let entries = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
+        + root
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+    let (mut tokens, mut kinds) = model_vocab(model, entries, j)?;
+    add_special_tokens(root, &mut tokens, &mut kinds, (entries, j))?;
     let (tokens, kinds) = fill(tokens, kinds, j)?;
     Ok(Vocab {
         tokens,
@@ -81,7 +96,11 @@ fn vocab_from_json(root: &Value, j: &Json) -> Result<Vocab> {
 }
 
 /// `model.vocab` as `(id -> string)` slots (holes are filled by added tokens or refused later).
-fn model_vocab(model: &Value, j: &Json) -> Result<(Vec<Option<String>>, Vec<TokenKind>)> {
+fn model_vocab(
+    model: &Value,
+    entries: usize,
+    j: &Json,
+) -> Result<(Vec<Option<String>>, Vec<TokenKind>)> {
     let map = model
         .get("vocab")
         .and_then(Value::as_object)
@@ -91,22 +110,28 @@ fn model_vocab(model: &Value, j: &Json) -> Result<(Vec<Option<String>>, Vec<Toke
         let id = id
             .as_u64()
             .ok_or_else(|| j.err(&format!("model.vocab[{text:?}]"), "expected an integer id"))?;
-        let slot = slot(&mut tokens, id, j)?;
+        let slot = slot(&mut tokens, id, (entries, j))?;
         *slot = Some(text.clone());
     }
     let kinds = vec![TokenKind::Normal; tokens.len()];
     Ok((tokens, kinds))
 }
 
+/// The slot of `id`, growing the table to it; `entries` (vocab + added tokens) bounds the ids.
 fn slot<'v>(
     tokens: &'v mut Vec<Option<String>>,
     id: u64,
-    j: &Json,
+    (entries, j): (usize, &Json),
 ) -> Result<&'v mut Option<String>> {
     let i = usize::try_from(id)
         .ok()
-        .filter(|&i| i < u32::MAX as usize)
-        .ok_or_else(|| j.err("id", format!("{id} is too large")))?;
+        .filter(|&i| i < entries && i < u32::MAX as usize)
+        .ok_or_else(|| {
+            j.err(
+                "id",
+                format!("{id} is not below the {entries} entries (ids must be contiguous)"),
+            )
+        })?;
     if tokens.len() <= i {
         tokens.resize(i + 1, None);
     }
@@ -119,7 +144,7 @@ fn add_special_tokens(
     root: &Value,
     tokens: &mut Vec<Option<String>>,
     kinds: &mut Vec<TokenKind>,
-    j: &Json,
+    (entries, j): (usize, &Json),
 ) -> Result<()> {
     let Some(added) = root.get("added_tokens").and_then(Value::as_array) else {
         return Ok(());
@@ -134,7 +159,7 @@ fn add_special_tokens(
             .get("content")
             .and_then(Value::as_str)
             .ok_or_else(|| j.err(&field, "missing `content`"))?;
-        *slot(tokens, id, j)? = Some(content.to_string());
+        *slot(tokens, id, (entries, j))? = Some(content.to_string());
         kinds.resize(tokens.len(), TokenKind::Normal);
         if let Some(k) = kinds.get_mut(id as usize) {
             *k = TokenKind::Special;

@@ -61,6 +61,8 @@ pub struct Tokenizer {
     whole_piece: WholePiece,
     specials: HashMap<String, u32>,
     pattern: fancy_regex::Regex,
+    /// Bytes of the longest normal token: a text of `n` bytes encodes to at least `n / longest` tokens.
+    longest: usize,
 }
 
 /// Everything needed to build a [`Tokenizer`], with token bytes already decoded.
@@ -113,7 +115,9 @@ impl Tokenizer {
         }
         let pattern = fancy_regex::Regex::new(&pattern)
             .map_err(|e| Error::Regex(format!("{pattern:?}: {e}")))?;
+        let longest = by_bytes.keys().map(Vec::len).max().unwrap_or(1).max(1);
         Ok(Self {
+            longest,
             tokens,
             kinds,
             by_bytes,
@@ -139,20 +143,52 @@ impl Tokenizer {
 
     /// Like [`Tokenizer::encode`], appending to `out`.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        self.encode_capped(text, out, usize::MAX)
+    }
+
+    /// Like [`Tokenizer::encode_into`], but fails with [`Error::TooManyTokens`] as soon as `out` would
+    /// hold more than `cap` tokens. The work is bounded by the cap, not by the text: a piece (or the
+    /// whole text) too long to fit is refused from its length before it is merged.
+    pub fn encode_capped(&self, text: &str, out: &mut Vec<u32>, cap: usize) -> Result<()> {
+        let over = || Error::TooManyTokens { cap };
+        if out.len() + text.len() / self.longest > cap {
+            return Err(over());
+        }
+        // Text between matches is a piece of its own, as Hugging Face's `Split` (Isolated) keeps it:
+        // a pattern that does not cover the text must not drop any of it.
+        let mut covered = 0;
         for m in self.pattern.find_iter(text) {
-            let piece = m.map_err(|e| {
+            let m = m.map_err(|e| {
                 Error::Regex(format!("while splitting {} bytes of text: {e}", text.len()))
             })?;
-            let bytes = piece.as_str().as_bytes();
-            match (self.whole_piece, self.by_bytes.get(bytes)) {
-                (WholePiece::Lookup, Some(&id)) => out.push(id),
-                _ => out.extend(merge_piece(
-                    bytes,
-                    &self.byte_ids,
-                    &self.by_bytes,
-                    &self.rule,
-                )),
+            if let Some(gap) = text.get(covered..m.start()).filter(|g| !g.is_empty()) {
+                self.encode_piece(gap.as_bytes(), out, cap)?;
             }
+            self.encode_piece(m.as_str().as_bytes(), out, cap)?;
+            covered = m.end();
+        }
+        if let Some(tail) = text.get(covered..).filter(|t| !t.is_empty()) {
+            self.encode_piece(tail.as_bytes(), out, cap)?;
+        }
+        Ok(())
+    }
+
+    fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>, cap: usize) -> Result<()> {
+        let over = || Error::TooManyTokens { cap };
+        if out.len() + bytes.len().div_ceil(self.longest) > cap {
+            return Err(over());
+        }
+        match (self.whole_piece, self.by_bytes.get(bytes)) {
+            (WholePiece::Lookup, Some(&id)) => out.push(id),
+            _ => out.extend(merge_piece(
+                bytes,
+                &self.byte_ids,
+                &self.by_bytes,
+                &self.rule,
+            )),
+        }
+        if out.len() > cap {
+            return Err(over());
         }
         Ok(())
     }

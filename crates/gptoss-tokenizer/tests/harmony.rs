@@ -280,3 +280,44 @@ fn lenient_skips_ids_outside_the_vocabulary() {
     let results: Vec<bool> = ids.iter().map(|&id| strict.push(id).is_ok()).collect();
     assert!(results.contains(&false));
 }
+
+/// A tool schema nested deep renders to far more text than its JSON (each level indents every line
+/// below it): capped rendering refuses it at the cap, and gives the uncapped ids whenever they fit.
+#[test]
+fn capped_rendering_bounds_tool_schemas() {
+    use gptoss_tokenizer::harmony::{Content, DeveloperContent, SystemContent, ToolDescription};
+    let h = harmony();
+    let mut schema = serde_json::json!({"type": "string"});
+    for i in 0..100 {
+        schema = serde_json::json!({"type": "object", "properties": {
+            format!("p{i}"): schema, "a": {"type": "number"}, "b": {"type": "number"}}});
+    }
+    let tool = ToolDescription {
+        name: "deep".into(),
+        description: "nested".into(),
+        parameters: Some(schema),
+    };
+    let messages = vec![
+        Message::with_content(Role::System, Content::System(SystemContent::default())),
+        Message::with_content(
+            Role::Developer,
+            Content::Developer(DeveloperContent::with_functions(None, vec![tool])),
+        ),
+        Message::text(Role::User, "hi"),
+    ];
+    let drop = AnalysisHistory::DropFinished;
+    let full = h
+        .render_for_completion(&messages, Role::Assistant, drop)
+        .unwrap();
+    let capped = h.render_for_completion_capped(&messages, Role::Assistant, drop, full.len());
+    assert_eq!(capped.unwrap(), full);
+    for cap in [full.len() - 1, full.len() / 4] {
+        let e = h
+            .render_for_completion_capped(&messages, Role::Assistant, drop, cap)
+            .unwrap_err();
+        assert!(
+            matches!(e, gptoss_tokenizer::Error::TooManyTokens { cap: c } if c == cap),
+            "{e}"
+        );
+    }
+}

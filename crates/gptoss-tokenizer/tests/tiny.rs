@@ -179,3 +179,59 @@ fn fixture_model_tokenizer_matches_hf_and_renders_harmony() {
         "{text}"
     );
 }
+
+/// A `tokenizer.json` whose pre-tokenizer regex does not cover the text keeps the text between matches
+/// as pieces, as HF tokenizers does (it was silently dropped before issue 13).
+#[test]
+fn text_between_regex_matches_is_kept_like_hf() {
+    let golden = common::load("uncovered-split.json");
+    let mut doc = common::load("tokenizer.json");
+    doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = golden["pattern"].clone();
+    let path = std::env::temp_dir().join(format!("gptoss-uncovered-{}.json", std::process::id()));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let tok = Tokenizer::from_tokenizer_json(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, common::ids(&case["ids"]), "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+}
+
+/// Ids must be contiguous: one far past the number of entries is refused before any table is sized by
+/// it (an id of 4e9 once sized a 96 GB table).
+#[test]
+fn a_token_id_past_the_entries_is_refused() {
+    let mut doc = common::load("tokenizer.json");
+    doc["model"]["vocab"]["zzz"] = serde_json::json!(4_000_000_000u64);
+    let path = std::env::temp_dir().join(format!("gptoss-bigid-{}.json", std::process::id()));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let e = Tokenizer::from_tokenizer_json(&path)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(e.contains("4000000000") && e.contains("contiguous"), "{e}");
+}
+
+/// Capped encoding: the same tokens as uncapped below the cap; past it an error, decided from the
+/// length of the text before any merging (10 MB of one letter is refused without merging it).
+#[test]
+fn capped_encoding_stops_at_the_cap() {
+    let tok = Tokenizer::from_tokenizer_json(&common::fixture("tokenizer.json")).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    let all = tok.encode(&text).unwrap();
+    let mut out = Vec::new();
+    tok.encode_capped(&text, &mut out, all.len()).unwrap();
+    assert_eq!(out, all);
+    let mut out = Vec::new();
+    let e = tok
+        .encode_capped(&text, &mut out, all.len() - 1)
+        .unwrap_err();
+    assert!(matches!(e, gptoss_tokenizer::Error::TooManyTokens { cap } if cap == all.len() - 1));
+    let huge = "a".repeat(10_000_000);
+    assert!(matches!(
+        tok.encode_capped(&huge, &mut Vec::new(), 4096),
+        Err(gptoss_tokenizer::Error::TooManyTokens { cap: 4096 })
+    ));
+}

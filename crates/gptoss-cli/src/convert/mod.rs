@@ -47,7 +47,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     dry_run: bool,
     /// Largest safetensors shard in bytes (--to hf-mxfp4).
-    #[arg(long, hide = true, default_value_t = DEFAULT_SHARD_BYTES)]
+    #[arg(long, hide = true, default_value_t = DEFAULT_SHARD_BYTES, value_parser = crate::source::size_in(1, 1 << 40))]
     shard_bytes: usize,
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use gptoss_formats::{gguf, Checkpoint, EmbeddedVocab};
-use gptoss_tokenizer::{TokenKind, Tokenizer, O200K_HARMONY_VOCAB_SIZE};
+use gptoss_tokenizer::{TokenKind, Tokenizer, Vocab, O200K_HARMONY_VOCAB_SIZE};
 
 /// ggml token types.
 const NORMAL: i32 = 1;
@@ -17,6 +17,7 @@ const UNUSED: i32 = 5;
 /// The vocabulary to write and a note saying where it came from when that is worth telling.
 pub fn for_gguf(ckpt: &Checkpoint) -> Result<(Option<EmbeddedVocab>, Option<String>)> {
     if let Some(v) = gguf::checkpoint_vocab(ckpt).context("building the GGUF vocabulary")? {
+        check_vocab(ckpt, &v)?;
         return Ok((Some(v), None));
     }
     let n = ckpt.weights.config.vocab_size;
@@ -33,6 +34,47 @@ pub fn for_gguf(ckpt: &Checkpoint) -> Result<(Option<EmbeddedVocab>, Option<Stri
         Some(v),
         Some("no tokenizer.json beside the model: wrote o200k_harmony (no chat template)".into()),
     ))
+}
+
+/// Text that exercises every o200k pre-tokenizer branch (letters with and without case, digits,
+/// punctuation runs, newlines, space runs, other scripts).
+const PROBE: &str = "Hello, World! The quick brown fox's 12345 jumps—over \"lazy\" dogs...\n\n\tÜnïcödé 日本語のテキスト   spaces  end.\r\n{\"k\": [1, 2.5e-3]}";
+
+/// The vocabulary about to be written must load the way `gptoss run` will load the GGUF, and when it
+/// was built from `tokenizer.json`, that file must load as `run` loads it and both must tokenize alike:
+/// a file `run` refuses is refused here too, and nothing is silently dropped (issue 13: a
+/// `model.merges` that was not a list gave a GGUF without merges).
+fn check_vocab(ckpt: &Checkpoint, v: &EmbeddedVocab) -> Result<()> {
+    let vocab = Vocab::from_gguf(
+        v.tokens.clone(),
+        &v.token_types,
+        &v.merges,
+        v.pre.as_deref(),
+    )
+    .context("the vocabulary to write does not load as a GGUF vocabulary")?;
+    let written = Tokenizer::from_vocab(vocab)
+        .context("the vocabulary to write does not build a tokenizer")?;
+    let Some(path) = ckpt
+        .vocab
+        .is_none()
+        .then_some(())
+        .and(ckpt.tokenizer_json.as_ref())
+    else {
+        return Ok(());
+    };
+    let source = Tokenizer::from_tokenizer_json(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let (a, b) = (source.encode(PROBE)?, written.encode(PROBE)?);
+    if a != b {
+        anyhow::bail!(
+            "{}: the GGUF vocabulary built from it tokenizes a probe text into {} tokens, the file itself into {}; \
+             refusing to write a GGUF that tokenizes differently",
+            path.display(),
+            b.len(),
+            a.len()
+        );
+    }
+    Ok(())
 }
 
 /// o200k_harmony as GGUF `gpt2` vocabulary metadata.

@@ -19,10 +19,12 @@ pub(crate) struct KvBlock {
     pub v: Vec<f32>,
 }
 
-/// One layer's pool: its kind and its blocks.
+/// One layer's pool: its kind, its blocks up to the highest written so far, and how many it may have
+/// (the table grows on first write, so an unused pool costs nothing however large it is declared).
 pub(crate) struct LayerPool {
     pub kind: PoolKind,
     pub blocks: Vec<KvBlock>,
+    pub capacity: usize,
 }
 
 fn missing(t: usize, pos: usize, kind: PoolKind) -> Error {
@@ -66,9 +68,17 @@ pub(crate) fn rope_store(
             apply_rope(head, pos, &step.rope.inv_freq, step.rope.concentration);
         }
         let pos = pos as usize;
-        let block = table_of(step, t)?
+        let b = table_of(step, t)?
             .block_of(pool.kind, pos, step.ring_blocks)
-            .and_then(|b| pool.blocks.get_mut(b as usize))
+            .map(|b| b as usize)
+            .filter(|&b| b < pool.capacity)
+            .ok_or_else(|| missing(t, pos, pool.kind))?;
+        if pool.blocks.len() <= b {
+            pool.blocks.resize_with(b + 1, KvBlock::default);
+        }
+        let block = pool
+            .blocks
+            .get_mut(b)
             .ok_or_else(|| missing(t, pos, pool.kind))?;
         if block.k.is_empty() {
             block.k = vec![0.0; BLOCK_POSITIONS * kvw];

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kv::{KvLayout, PoolKind};
 use crate::math::{rms_norm, router_top_k};
 
-use attention::{KvBlock, LayerPool};
+use attention::LayerPool;
 
 /// The CPU backend. Stateless: every buffer lives in the model's workspace.
 #[derive(Clone, Copy, Debug, Default)]
@@ -96,10 +96,18 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf {
-            data: vec![0.0; rows * cols],
-            cols,
-        })
+        // Fallible: a size the machine cannot hold is an error, not an abort.
+        let n = rows.saturating_mul(cols);
+        let mut data = Vec::new();
+        data.try_reserve_exact(n).map_err(|_| Error::Backend {
+            backend: "cpu",
+            message: format!(
+                "cannot allocate a [{rows}, {cols}] f32 buffer ({} bytes)",
+                n.saturating_mul(4)
+            ),
+        })?;
+        data.resize(n, 0.0);
+        Ok(CpuBuf { data, cols })
     }
 
     fn alloc_routing(&self, rows: usize, top_k: usize) -> Result<Vec<(usize, f32)>> {
@@ -112,7 +120,8 @@ impl Backend for CpuBackend {
             .iter()
             .map(|&(kind, _)| LayerPool {
                 kind,
-                blocks: vec![KvBlock::default(); layout.blocks_of(kind)],
+                blocks: Vec::new(),
+                capacity: layout.blocks_of(kind),
             })
             .collect();
         Ok(CpuCache { layers })

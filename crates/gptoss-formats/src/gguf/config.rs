@@ -5,9 +5,12 @@
 
 use crate::config::{alternating_layer_types, LayerType, ModelConfig, Yarn};
 use crate::error::{Error, Result};
+use crate::limits::{
+    MAX_CONTEXT, MAX_EXPERTS, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH,
+};
 use crate::EmbeddedVocab;
 
-use super::container::{GgufFile, Value};
+use super::container::{Array, GgufFile, Value};
 
 /// The only architecture this reader accepts.
 pub const ARCH: &str = "gpt-oss";
@@ -33,25 +36,26 @@ impl Meta<'_> {
         Error::config(
             self.name(),
             key,
-            format!("expected {expected}, found {} {v:?}", v.type_name()),
+            format!("expected {expected}, found {}", shown(v)),
         )
     }
 
-    /// An unsigned integer key, if present.
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    /// An unsigned integer key of at most `max`, if present (checked here, before anything is sized by it).
+    pub fn opt_usize(&self, key: &str, max: usize) -> Result<Option<usize>> {
         self.file
             .get(key)
             .map(|v| {
-                v.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| self.wrong(key, "an unsigned integer", v))
+                let n = v
+                    .as_u64()
+                    .ok_or_else(|| self.wrong(key, "an unsigned integer", v))?;
+                crate::limits::size(&self.name(), key, n, max)
             })
             .transpose()
     }
 
-    /// A required unsigned integer key.
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
+    /// A required unsigned integer key of at most `max`.
+    pub fn usize(&self, key: &str, max: usize) -> Result<usize> {
+        self.opt_usize(key, max)?.ok_or_else(|| self.missing(key))
     }
 
     /// A float key (either width, or an integer), if present.
@@ -72,7 +76,7 @@ impl Meta<'_> {
 
     /// A u32 token id key, if present.
     fn opt_id(&self, key: &str) -> Result<Option<u32>> {
-        self.opt_usize(key)?
+        self.opt_usize(key, u32::MAX as usize)?
             .map(|n| {
                 u32::try_from(n)
                     .map_err(|_| Error::config(self.name(), key, format!("token id {n} too large")))
@@ -85,15 +89,25 @@ impl Meta<'_> {
         let Some(v) = self.file.get(key) else {
             return Ok(None);
         };
-        let Value::Array(_, items) = v else {
-            return Err(self.wrong(key, "an array of strings", v));
-        };
-        let strings = items.iter().map(|i| {
-            i.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| self.wrong(key, "strings", i))
-        });
-        Ok(Some(strings.collect::<Result<Vec<_>>>()?))
+        match v {
+            Value::Array(items) => items
+                .as_strings()
+                .map(|s| Some(s.to_vec()))
+                .ok_or_else(|| self.wrong(key, "an array of strings", v)),
+            _ => Err(self.wrong(key, "an array of strings", v)),
+        }
+    }
+
+    /// A head count (one number, or one per layer that all agree) in `0..=MAX_HEADS`.
+    fn head_count(&self, key: &str) -> Result<usize> {
+        let n = self
+            .per_layer_number(key)?
+            .ok_or_else(|| self.missing(key))?;
+        if n.fract() != 0.0 || !(0.0..=MAX_HEADS as f64).contains(&n) {
+            let msg = format!("expected a whole number of heads in 0..={MAX_HEADS}, found {n}");
+            return Err(Error::config(self.name(), key, msg));
+        }
+        Ok(n as usize)
     }
 
     /// A number that may also be stored per layer as an array whose entries must all agree.
@@ -101,23 +115,46 @@ impl Meta<'_> {
         let Some(v) = self.file.get(key) else {
             return Ok(None);
         };
-        if let Value::Array(_, items) = v {
-            let nums = items
-                .iter()
-                .map(|i| i.as_f64().ok_or_else(|| self.wrong(key, "numbers", i)));
-            let nums = nums.collect::<Result<Vec<_>>>()?;
-            return match nums.first() {
-                Some(&first) if nums.iter().all(|&n| n == first) => Ok(Some(first)),
-                _ => Err(Error::config(
-                    self.name(),
-                    key,
-                    format!("per-layer values differ or are empty: {nums:?}"),
-                )),
-            };
+        if let Value::Array(items) = v {
+            let mut first = None;
+            for (i, item) in items.values().enumerate() {
+                let n = item
+                    .as_f64()
+                    .ok_or_else(|| self.wrong(key, "numbers", &item))?;
+                match first {
+                    None => first = Some(n),
+                    Some(f) if f == n => {}
+                    Some(f) => {
+                        let msg =
+                            format!("per-layer values differ: entry 0 is {f}, entry {i} is {n}");
+                        return Err(Error::config(self.name(), key, msg));
+                    }
+                }
+            }
+            return first
+                .map(Some)
+                .ok_or_else(|| Error::config(self.name(), key, "per-layer array is empty"));
         }
         v.as_f64()
             .map(Some)
             .ok_or_else(|| self.wrong(key, "a number", v))
+    }
+}
+
+/// A value for an error message: its type and, for arrays, the element type and count rather than
+/// every element; long strings are cut (a message must stay readable whatever the file holds).
+pub(crate) fn shown(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!(
+            "an array of {} {} elements",
+            a.len(),
+            super::value::type_name(a.elem_type())
+        ),
+        Value::String(s) if s.len() > 80 => {
+            let cut = (0..=80).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            format!("string {:?}... ({} bytes)", &s[..cut], s.len())
+        }
+        other => format!("{} {other:?}", other.type_name()),
     }
 }
 
@@ -147,9 +184,9 @@ pub fn model_config(
 ) -> Result<(ModelConfig, Vec<String>)> {
     let m = Meta { file };
     let mut notes = Vec::new();
-    let layers = m.usize(&key("block_count"))?;
-    let head_dim = m.usize(&key("attention.key_length"))?;
-    if let Some(v) = m.opt_usize(&key("attention.value_length"))? {
+    let layers = m.usize(&key("block_count"), MAX_LAYERS)?;
+    let head_dim = m.usize(&key("attention.key_length"), MAX_HEAD_DIM)?;
+    if let Some(v) = m.opt_usize(&key("attention.value_length"), MAX_HEAD_DIM)? {
         if v != head_dim {
             let msg = format!(
                 "is {v}, but attention.key_length is {head_dim}; gpt-oss uses one head size"
@@ -158,22 +195,18 @@ pub fn model_config(
         }
     }
     let intermediate_key = key("expert_feed_forward_length");
-    let intermediate = match m.opt_usize(&intermediate_key)? {
+    let intermediate = match m.opt_usize(&intermediate_key, MAX_WIDTH)? {
         Some(n) => n,
         None => m
-            .opt_usize(&key("feed_forward_length"))?
+            .opt_usize(&key("feed_forward_length"), MAX_WIDTH)?
             .ok_or_else(|| m.missing(&intermediate_key))?,
     };
-    let vocab_size = match (m.opt_usize(&key("vocab_size"))?, vocab_rows) {
+    let vocab_size = match (m.opt_usize(&key("vocab_size"), MAX_VOCAB)?, vocab_rows) {
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => return Err(m.missing(&key("vocab_size"))),
     };
-    let heads = m
-        .per_layer_number(&key("attention.head_count"))?
-        .ok_or_else(|| m.missing(&key("attention.head_count")))?;
-    let kv_heads = m
-        .per_layer_number(&key("attention.head_count_kv"))?
-        .ok_or_else(|| m.missing(&key("attention.head_count_kv")))?;
+    let heads = m.head_count(&key("attention.head_count"))?;
+    let kv_heads = m.head_count(&key("attention.head_count_kv"))?;
     let rope_theta = m
         .opt_f64(&key("rope.freq_base"))?
         .ok_or_else(|| m.missing(&key("rope.freq_base")))?;
@@ -195,19 +228,19 @@ pub fn model_config(
     };
     let cfg = ModelConfig {
         num_hidden_layers: layers,
-        num_local_experts: m.usize(&key("expert_count"))?,
-        num_experts_per_tok: m.usize(&key("expert_used_count"))?,
+        num_local_experts: m.usize(&key("expert_count"), MAX_EXPERTS)?,
+        num_experts_per_tok: m.usize(&key("expert_used_count"), MAX_EXPERTS)?,
         vocab_size,
-        hidden_size: m.usize(&key("embedding_length"))?,
+        hidden_size: m.usize(&key("embedding_length"), MAX_WIDTH)?,
         intermediate_size: intermediate,
         head_dim,
-        num_attention_heads: heads as usize,
-        num_key_value_heads: kv_heads as usize,
-        sliding_window: m.usize(&key("attention.sliding_window"))?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        sliding_window: m.usize(&key("attention.sliding_window"), MAX_CONTEXT)?,
         layer_types: layer_types(&m, layers)?,
         rope_theta,
         yarn: yarn(&m, &mut notes)?,
-        max_position_embeddings: m.usize(&key("context_length"))?,
+        max_position_embeddings: m.usize(&key("context_length"), MAX_CONTEXT)?,
         rms_norm_eps: m
             .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
             .ok_or_else(|| m.missing(&key("attention.layer_norm_rms_epsilon")))?,
@@ -225,17 +258,17 @@ fn layer_types(m: &Meta, layers: usize) -> Result<Vec<LayerType>> {
     let k = key("attention.sliding_window_pattern");
     match m.file.get(&k) {
         None => Ok(alternating_layer_types(layers, 2)),
-        Some(Value::Array(_, items)) => {
+        Some(Value::Array(items)) => {
             if items.len() != layers {
                 let msg = format!("has {} entries, block_count is {layers}", items.len());
                 return Err(Error::config(m.name(), k, msg));
             }
-            let pick = |v: &Value| match v {
+            let pick = |v: Value| match v {
                 Value::Bool(true) => Ok(LayerType::Sliding),
                 Value::Bool(false) => Ok(LayerType::Full),
-                other => Err(m.wrong(&k, "bools", other)),
+                other => Err(m.wrong(&k, "bools", &other)),
             };
-            items.iter().map(pick).collect()
+            items.values().map(pick).collect()
         }
         Some(v) => match v.as_u64() {
             Some(p) if p > 0 => Ok(alternating_layer_types(layers, p as usize)),
@@ -258,7 +291,7 @@ fn yarn(m: &Meta, notes: &mut Vec<String>) -> Result<Option<Yarn>> {
     let factor = m
         .opt_f64(&key("rope.scaling.factor"))?
         .ok_or_else(|| m.missing(&key("rope.scaling.factor")))?;
-    let original = m.usize(&key("rope.scaling.original_context_length"))?;
+    let original = m.usize(&key("rope.scaling.original_context_length"), MAX_CONTEXT)?;
     let beta_fast = m.opt_f64(&key("rope.scaling.yarn_beta_fast"))?;
     let beta_slow = m.opt_f64(&key("rope.scaling.yarn_beta_slow"))?;
     if beta_fast.is_none() || beta_slow.is_none() {
@@ -303,12 +336,12 @@ pub fn embedded_vocab(file: &GgufFile) -> Result<Option<EmbeddedVocab>> {
         .ok_or_else(|| m.missing("tokenizer.ggml.model"))?;
     let token_types = match file.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
-        Some(Value::Array(_, items)) => items
-            .iter()
+        Some(Value::Array(items)) => items
+            .values()
             .map(|v| {
                 v.as_i64()
                     .and_then(|n| i32::try_from(n).ok())
-                    .ok_or_else(|| m.wrong("tokenizer.ggml.token_type", "i32", v))
+                    .ok_or_else(|| m.wrong("tokenizer.ggml.token_type", "i32", &v))
             })
             .collect::<Result<Vec<_>>>()?,
         Some(v) => return Err(m.wrong("tokenizer.ggml.token_type", "an array of i32", v)),
@@ -394,11 +427,11 @@ pub fn config_metadata(
         let flags = c
             .layer_types
             .iter()
-            .map(|t| Value::Bool(*t == LayerType::Sliding))
+            .map(|t| *t == LayerType::Sliding)
             .collect();
         m.push((
             k("attention.sliding_window_pattern"),
-            Value::Array(7, flags),
+            Value::Array(Array::Bool(flags)),
         ));
         notes.push("layer types differ from llama.cpp's default; written as a per-layer sliding_window_pattern".into());
     }

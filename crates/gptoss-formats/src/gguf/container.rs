@@ -10,7 +10,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
-pub use super::value::{type_name, Value};
+pub use super::value::{type_name, Array, Value};
 
 /// The file magic, `GGUF` in ASCII.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -20,6 +20,10 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// Arrays nested deeper than this are refused (GGUF allows nesting; no real file goes past 1).
 const MAX_ARRAY_DEPTH: usize = 4;
+/// Most metadata keys (llama.cpp's converter writes about 40).
+pub const MAX_METADATA_KEYS: usize = 1 << 16;
+/// Most tensor infos (gpt-oss-120b has about 700; a model at every bound of `limits` about 20k).
+pub const MAX_TENSORS: usize = 1 << 17;
 /// ggml tensors have at most 4 dimensions.
 pub const MAX_DIMS: usize = 4;
 
@@ -72,13 +76,28 @@ impl GgufFile {
         // loader (llama.cpp, safetensors) can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = parse(&map, path)?;
+        Ok(Self::assemble(path, header, map))
+    }
+
+    /// Parses a GGUF held in memory (a copy goes to an anonymous map); `name` names it in errors. For
+    /// tests and fuzzing: files are opened with [`GgufFile::open`].
+    pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Self> {
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        let header = parse(&map[..bytes.len()], name)?;
+        Ok(Self::assemble(name, header, map))
+    }
+
+    fn assemble(path: &Path, header: Header, map: Mmap) -> Self {
         let index = header
             .metadata
             .iter()
             .enumerate()
             .map(|(i, (k, _))| (k.clone(), i))
             .collect();
-        Ok(GgufFile {
+        GgufFile {
             path: path.to_path_buf(),
             version: header.version,
             metadata: header.metadata,
@@ -87,7 +106,7 @@ impl GgufFile {
             data_start: header.data_start,
             map: Arc::new(map),
             index,
-        })
+        }
     }
 
     /// The value of metadata `key`, if present.
@@ -145,6 +164,17 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Header> {
     // Each KV needs at least 12 bytes and each tensor info at least 24: refuse absurd counts up front.
     c.check_count(n_kv, 12, "metadata_kv_count")?;
     c.check_count(n_tensors, 24, "tensor_count")?;
+    for (count, max, what) in [
+        (n_kv, MAX_METADATA_KEYS, "metadata_kv_count"),
+        (n_tensors, MAX_TENSORS, "tensor_count"),
+    ] {
+        if count > max as u64 {
+            return Err(Error::format(
+                path,
+                format!("{what} is {count}; at most {max} are accepted"),
+            ));
+        }
+    }
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
     let mut seen = BTreeMap::new();
     for i in 0..n_kv {
@@ -342,6 +372,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn array_value(&mut self, key: &str, depth: usize) -> Result<Value> {
+        Ok(Value::Array(self.elements(key, depth)?))
+    }
+
+    /// An array's element type, count and elements, read straight into a vector of the element type.
+    fn elements(&mut self, key: &str, depth: usize) -> Result<Array> {
         if depth >= MAX_ARRAY_DEPTH {
             return Err(Error::config(
                 self.file(),
@@ -358,10 +393,70 @@ impl<'a> Cursor<'a> {
             8 | 10..=12 => 8,
             _ => 12,
         };
+        // Every element needs at least `min` bytes of the file: this bounds every vector below by the
+        // file's size before it is allocated.
         self.check_count(count, min, &format!("element count of `{key}`"))?;
-        let items = (0..count)
-            .map(|_| self.value(elem, key, depth + 1))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Value::Array(elem, items))
+        let n = count as usize;
+        Ok(match elem {
+            0 => Array::U8(self.fixed(n, key, |b: [u8; 1]| b[0])?),
+            1 => Array::I8(self.fixed(n, key, i8::from_le_bytes)?),
+            2 => Array::U16(self.fixed(n, key, u16::from_le_bytes)?),
+            3 => Array::I16(self.fixed(n, key, i16::from_le_bytes)?),
+            4 => Array::U32(self.fixed(n, key, u32::from_le_bytes)?),
+            5 => Array::I32(self.fixed(n, key, i32::from_le_bytes)?),
+            6 => Array::F32(self.fixed(n, key, f32::from_le_bytes)?),
+            7 => Array::Bool(
+                self.fixed(n, key, |b: [u8; 1]| b[0])?
+                    .into_iter()
+                    .map(|b| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        b => Err(Error::config(
+                            self.file(),
+                            key,
+                            format!("bool value must be 0 or 1, found {b}"),
+                        )),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            8 => Array::String(
+                (0..n)
+                    .map(|_| self.string(&format!("value of `{key}`")))
+                    .collect::<Result<_>>()?,
+            ),
+            9 => Array::Array(
+                (0..n)
+                    .map(|_| self.elements(key, depth + 1))
+                    .collect::<Result<_>>()?,
+            ),
+            10 => Array::U64(self.fixed(n, key, u64::from_le_bytes)?),
+            11 => Array::I64(self.fixed(n, key, i64::from_le_bytes)?),
+            12 => Array::F64(self.fixed(n, key, f64::from_le_bytes)?),
+            other => {
+                return Err(Error::config(
+                    self.file(),
+                    key,
+                    format!("unknown GGUF array element type {other} (expected 0..=12)"),
+                ))
+            }
+        })
+    }
+
+    /// `n` fixed-size little-endian elements.
+    fn fixed<const N: usize, T>(
+        &mut self,
+        n: usize,
+        key: &str,
+        decode: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>> {
+        let bytes = self.take(n.saturating_mul(N), key)?;
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                decode(a)
+            })
+            .collect())
     }
 }

@@ -42,9 +42,26 @@ impl ExpertStacks {
             .insert(proj, (tensor, origin));
     }
 
-    /// Splits every stack into canonical per-expert tensors in `out`; problems go to `problems`.
-    pub fn split_into(self, out: &mut TensorMap, problems: &mut Vec<String>) {
+    /// Splits every stack into canonical per-expert tensors in `out`; problems go to `problems`. Each
+    /// stack must hold the config's `experts` (checked before any per-expert entry is made, so the
+    /// outer dimension of a file's tensor never sizes a loop by itself).
+    pub fn split_into(self, out: &mut TensorMap, problems: &mut Vec<String>, experts: usize) {
         for ((layer, part), mut s) in self.stacks {
+            let wrong: Vec<String> = s
+                .by_proj
+                .values()
+                .filter(|(t, _)| t.shape.first() != Some(&experts))
+                .map(|(t, origin)| {
+                    format!(
+                        "{origin}: stacks {:?} experts, the config has {experts}",
+                        t.shape.first()
+                    )
+                })
+                .collect();
+            if !wrong.is_empty() {
+                problems.extend(wrong);
+                continue;
+            }
             if let Some((t, origin)) = s.by_proj.remove(&ExpertProj::Down) {
                 let what = format!("down.{}", part.suffix());
                 match per_expert(&t, part, &origin) {

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_SPLIT_PARTS;
 use crate::weights::TensorMap;
 use crate::{Layout, RawCheckpoint, SourceTensor};
 
@@ -47,7 +48,8 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
         .and_then(|t| t.ne.get(1).map(|&n| n as usize));
     let (config, mut notes) = config::model_config(first, vocab_rows)?;
     let vocab = config::embedded_vocab(first)?;
-    let (tensors, source_tensors, conversion_notes) = read_tensors(&files, path)?;
+    let (tensors, source_tensors, conversion_notes) =
+        read_tensors(&files, path, config.num_local_experts)?;
     notes.extend(conversion_notes);
     Ok(RawCheckpoint {
         layout: Layout::Gguf,
@@ -63,6 +65,7 @@ pub fn read_checkpoint(path: &Path) -> Result<RawCheckpoint> {
 fn read_tensors(
     files: &[GgufFile],
     path: &Path,
+    experts: usize,
 ) -> Result<(TensorMap, Vec<SourceTensor>, Vec<String>)> {
     let mut problems = Vec::new();
     let mut map = TensorMap::default();
@@ -111,7 +114,7 @@ fn read_tensors(
             }
         }
     }
-    stacks.split_into(&mut map, &mut problems);
+    stacks.split_into(&mut map, &mut problems, experts);
     if !problems.is_empty() {
         return Err(Error::Tensors {
             source_desc: path.display().to_string(),
@@ -138,7 +141,7 @@ fn read_tensors(
 /// Opens `path`, and when it is one part of a split GGUF, every part in order.
 fn open_all(path: &Path) -> Result<Vec<GgufFile>> {
     let file = GgufFile::open(path)?;
-    let count = split_key(&file, "split.count")?.unwrap_or(1);
+    let count = split_key(&file, "split.count", MAX_SPLIT_PARTS)?.unwrap_or(1);
     if count <= 1 {
         return Ok(vec![file]);
     }
@@ -146,8 +149,8 @@ fn open_all(path: &Path) -> Result<Vec<GgufFile>> {
     let mut files = Vec::with_capacity(count);
     for (i, p) in paths.iter().enumerate() {
         let f = GgufFile::open(p)?;
-        let no = split_key(&f, "split.no")?;
-        let c = split_key(&f, "split.count")?;
+        let no = split_key(&f, "split.no", MAX_SPLIT_PARTS)?;
+        let c = split_key(&f, "split.count", MAX_SPLIT_PARTS)?;
         if no != Some(i) || c != Some(count) {
             return Err(Error::format(
                 p,
@@ -161,7 +164,7 @@ fn open_all(path: &Path) -> Result<Vec<GgufFile>> {
     }
     let total: usize = files.iter().map(|f| f.tensors.len()).sum();
     if let Some(first) = files.first() {
-        if let Some(expected) = split_key(first, "split.tensors.count")? {
+        if let Some(expected) = split_key(first, "split.tensors.count", usize::MAX)? {
             if expected != total {
                 let msg =
                     format!("split.tensors.count is {expected}, the {count} parts hold {total}");
@@ -172,16 +175,16 @@ fn open_all(path: &Path) -> Result<Vec<GgufFile>> {
     Ok(files)
 }
 
-fn split_key(file: &GgufFile, key: &str) -> Result<Option<usize>> {
+/// A `split.*` key, at most `max` (checked before it sizes the list of part names).
+fn split_key(file: &GgufFile, key: &str, max: usize) -> Result<Option<usize>> {
+    let name = file.path.display().to_string();
     file.get(key)
         .map(|v: &Value| {
-            v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                Error::config(
-                    file.path.display().to_string(),
-                    key,
-                    format!("expected an integer, found {v:?}"),
-                )
-            })
+            let n = v.as_u64().ok_or_else(|| {
+                let msg = format!("expected an integer, found {}", config::shown(v));
+                Error::config(&name, key, msg)
+            })?;
+            crate::limits::size(&name, key, n, max)
         })
         .transpose()
 }

@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 use crate::EmbeddedVocab;
 
-use super::container::Value;
+use super::container::{Array, Value};
 
 /// ggml token types.
 const NORMAL: i32 = 1;
@@ -114,8 +114,23 @@ fn looks_special(text: &str) -> bool {
 
 /// Merges as `"a b"`; the pair-list form has spaces inside parts encoded as U+0120 as gguf-py does.
 fn merges(model: &Json, file: &str) -> Result<Vec<String>> {
-    let Some(list) = model.get("merges").and_then(Json::as_array) else {
-        return Ok(Vec::new());
+    // Refused, not read as "no merges": a GGUF without them tokenizes differently (issue 13).
+    let list = match model.get("merges") {
+        Some(Json::Array(list)) => list,
+        Some(other) => {
+            let kind = match other {
+                Json::Null => "null",
+                Json::Object(_) => "an object",
+                Json::String(_) => "a string",
+                _ => "a scalar",
+            };
+            return Err(Error::config(
+                file,
+                "model.merges",
+                format!("expected an array of merges, found {kind}"),
+            ));
+        }
+        None => return Err(Error::config(file, "model.merges", "missing")),
     };
     list.iter()
         .map(|m| match m {
@@ -124,13 +139,17 @@ fn merges(model: &Json, file: &str) -> Result<Vec<String>> {
                 let part = |p: &Json| p.as_str().map(|s| s.replace(' ', "\u{0120}"));
                 match (part(&pair[0]), part(&pair[1])) {
                     (Some(a), Some(b)) => Ok(format!("{a} {b}")),
-                    _ => Err(Error::config(file, "model.merges", format!("bad pair {m}"))),
+                    _ => Err(Error::config(
+                        file,
+                        "model.merges",
+                        "a pair of two strings expected",
+                    )),
                 }
             }
-            other => Err(Error::config(
+            _ => Err(Error::config(
                 file,
                 "model.merges",
-                format!("unknown merge form {other}"),
+                "unknown merge form (expected \"a b\" or [\"a\", \"b\"])",
             )),
         })
         .collect()
@@ -184,8 +203,7 @@ fn special_ids(dir: &Path, added: &[Json], v: &mut EmbeddedVocab) -> Result<()> 
 
 /// The `tokenizer.*` metadata for a vocabulary, in llama.cpp's key order.
 pub fn vocab_metadata(v: &EmbeddedVocab) -> Vec<(String, Value)> {
-    let strings =
-        |xs: &[String]| Value::Array(8, xs.iter().map(|s| Value::String(s.clone())).collect());
+    let strings = |xs: &[String]| Value::Array(Array::String(xs.to_vec()));
     let mut m = vec![(
         "tokenizer.ggml.model".to_string(),
         Value::String(v.model.clone()),
@@ -197,7 +215,7 @@ pub fn vocab_metadata(v: &EmbeddedVocab) -> Vec<(String, Value)> {
     if !v.token_types.is_empty() {
         m.push((
             "tokenizer.ggml.token_type".into(),
-            Value::Array(5, v.token_types.iter().map(|&t| Value::I32(t)).collect()),
+            Value::Array(Array::I32(v.token_types.clone())),
         ));
     }
     if !v.merges.is_empty() {

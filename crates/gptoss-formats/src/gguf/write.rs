@@ -6,9 +6,10 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::atomic::TempFile;
 use crate::error::{Error, Result};
 
-use super::container::{Value, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC};
+use super::container::{Array, Value, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC};
 use super::ggml_types::GgmlType;
 
 /// A tensor to be written: its name, ggml dims (`ne[0]` innermost) and type.
@@ -52,16 +53,20 @@ pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
         Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => out.push(u8::from(*x)),
         Value::String(s) => encode_str(out, s),
-        Value::Array(ty, items) => {
-            out.extend_from_slice(&ty.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for i in items {
-                encode_value(out, i);
-            }
-        }
+        Value::Array(items) => encode_array(out, items),
         Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
         Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Appends an array: element type, count, elements.
+fn encode_array(out: &mut Vec<u8>, items: &Array) {
+    out.extend_from_slice(&items.elem_type().to_le_bytes());
+    out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    match items {
+        Array::Array(nested) => nested.iter().for_each(|a| encode_array(out, a)),
+        _ => items.values().for_each(|v| encode_value(out, &v)),
     }
 }
 
@@ -126,6 +131,7 @@ pub fn encode_header(
 /// A writer dropped before [`StreamWriter::finish`] removes its temporary file.
 pub struct StreamWriter {
     out: Option<BufWriter<File>>,
+    temp: Option<TempFile>,
     tmp: PathBuf,
     dest: PathBuf,
     plan: Vec<PlannedTensor>,
@@ -137,22 +143,22 @@ pub struct StreamWriter {
 }
 
 impl StreamWriter {
-    /// Creates `<dest>.tmp` and writes the header for `plan`.
+    /// Creates a temporary file for `dest` (see [`crate::atomic`]) and writes the header for `plan`.
     pub fn create(
         dest: &Path,
         metadata: &[(String, Value)],
         plan: Vec<PlannedTensor>,
     ) -> Result<Self> {
         let (header, _) = encode_header(metadata, &plan)?;
-        let mut tmp = dest.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let temp = TempFile::create(dest)?;
+        // Errors name the destination: the temporary file may have no name at all.
+        let tmp = dest.to_path_buf();
+        let mut out = BufWriter::with_capacity(1 << 20, temp.handle()?);
         out.write_all(&header).map_err(|e| Error::io(&tmp, e))?;
         let align = alignment(metadata) as u64;
         Ok(StreamWriter {
             out: Some(out),
+            temp: Some(temp),
             tmp,
             dest: dest.to_path_buf(),
             plan,
@@ -232,28 +238,16 @@ impl StreamWriter {
             .out
             .take()
             .ok_or_else(|| Error::format(&self.tmp, "writer already finished"))?;
-        let done = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))
-            .and_then(|file| file.sync_all().map_err(|e| Error::io(&self.tmp, e)))
-            .and_then(|()| {
-                std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))
-            });
-        if let Err(e) = done {
-            // The last buffered bytes did not reach the disk (e.g. it is full): no partial file.
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(e);
-        }
+        let temp = self
+            .temp
+            .take()
+            .ok_or_else(|| Error::format(&self.tmp, "writer already finished"))?;
+        // If the last buffered bytes do not reach the disk (e.g. it is full), the temporary file is
+        // dropped unpersisted: no partial file.
+        out.into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        temp.persist()?;
         Ok(self.dest.clone())
-    }
-}
-
-impl Drop for StreamWriter {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            // Unfinished: the partial file must not be mistaken for a model. Best effort.
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -297,6 +291,10 @@ mod tests {
         );
         let e = w.unwrap().finish().unwrap_err().to_string();
         assert!(e.contains("0 of 1 tensors written"), "{e}");
-        assert!(!unfinished.exists() && !dir.join("unfinished.gguf.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("parts.gguf")]);
     }
 }

@@ -24,6 +24,9 @@ pub(crate) struct QuantState {
     pub nested: Option<(usize, f32)>,
 }
 
+/// Largest packed quant_state JSON read (bitsandbytes writes a few hundred bytes).
+const MAX_STATE_BYTES: usize = 1 << 16;
+
 /// Reads the quant state: the packed JSON tensor, or the unpacked per-field tensors.
 pub(crate) fn quant_state(group: &BTreeMap<String, RawTensor>) -> Result<QuantState, String> {
     let packed: Vec<(&String, &RawTensor)> = group
@@ -31,6 +34,12 @@ pub(crate) fn quant_state(group: &BTreeMap<String, RawTensor>) -> Result<QuantSt
         .filter(|(k, _)| k.starts_with(&PACKED_PREFIX[1..]))
         .collect();
     let obj: Map<String, Value> = match packed.as_slice() {
+        [(_, t)] if t.data.len() > MAX_STATE_BYTES => {
+            return Err(format!(
+                "packed quant_state is {} bytes; a real one is a few hundred (at most {MAX_STATE_BYTES})",
+                t.data.len()
+            ))
+        }
         [(key, t)] => {
             let v: Value = serde_json::from_slice(t.data.bytes())
                 .map_err(|e| format!("not valid JSON: {e}"))?;

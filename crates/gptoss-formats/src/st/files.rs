@@ -140,13 +140,30 @@ fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
         .ok_or_else(|| Error::format(index, "has no `weight_map` object"))?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
-            Some(s) => Ok((k.clone(), s.to_string())),
+            Some(s) if is_plain_file_name(s) => Ok((k.clone(), s.to_string())),
+            Some(s) => Err(Error::format(
+                index,
+                format!(
+                    "weight_map[`{k}`]: {s:?} is not a file name in the model folder \
+                     (shards are named without directories, `..` or absolute paths)"
+                ),
+            )),
             None => Err(Error::format(
                 index,
                 format!("weight_map[`{k}`]: expected a file name, found {v}"),
             )),
         })
         .collect()
+}
+
+/// True for a name that stays in the folder it is joined to: one normal path component, so no
+/// separator, no `..`, no root or drive prefix.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains(['/', '\\'])
 }
 
 /// Every tensor the index places in a shard must be in that shard.
@@ -176,116 +193,33 @@ fn check_index(dir: &Path, tensors: &[RawTensor]) -> Result<()> {
     }
 }
 
-/// Bytes per element of a safetensors dtype, when known.
-fn dtype_size(dtype: &str) -> Option<usize> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
-        "U16" | "I16" | "F16" | "BF16" => 2,
-        "U32" | "I32" | "F32" => 4,
-        "U64" | "I64" | "F64" => 8,
-        _ => return None,
-    })
-}
-
-/// Maps one file and parses its header.
+/// Maps one file and parses its header into zero-copy windows of the map.
 fn read_header(path: &Path) -> Result<Vec<RawTensor>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if size < 8 {
-        return Err(Error::format(
-            path,
-            format!("{size} bytes is too short for a safetensors header"),
-        ));
-    }
     // SAFETY: the map is read-only and lives as long as the tensors that window it; like every
     // mmap-based loader we rely on the checkpoint not being truncated while it is loaded.
     let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(map.get(..8).unwrap_or(&[0; 8]));
-    let header_len = u64::from_le_bytes(len_bytes) as usize;
-    let data_start = header_len
-        .checked_add(8)
-        .filter(|&e| e <= map.len())
-        .ok_or_else(|| {
-            Error::format(
-                path,
-                format!("header length {header_len} runs past the end of the file"),
-            )
-        })?;
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(&map[8..data_start])
-        .map_err(|e| Error::format(path, format!("header is not a JSON object: {e}")))?;
     let label = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let mut out = Vec::with_capacity(header.len());
-    for (name, entry) in header.iter().filter(|(n, _)| *n != "__metadata__") {
-        out.push(header_tensor(&label, name, entry, &map, data_start)?);
-    }
+    let entries = super::header::parse_header(&map).map_err(|e| Error::format(path, e))?;
+    let mut out: Vec<RawTensor> = entries
+        .into_iter()
+        .map(|e| RawTensor {
+            name: e.name,
+            dtype: e.dtype,
+            shape: e.shape,
+            file: label.clone(),
+            data: Storage::Mapped {
+                map: map.clone(),
+                start: e.start,
+                len: e.len,
+            },
+        })
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// One header entry as a window of the mapped file, its offsets and byte size checked.
-fn header_tensor(
-    label: &str,
-    name: &str,
-    entry: &Value,
-    map: &Arc<Mmap>,
-    data_start: usize,
-) -> Result<RawTensor> {
-    let (dtype, shape, begin, end) = header_entry(entry)
-        .ok_or_else(|| Error::tensor(label, name, format!("malformed header entry {entry}")))?;
-    let data_len = map.len() - data_start;
-    if begin > end || end > data_len {
-        return Err(Error::tensor(
-            label,
-            name,
-            format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data section"),
-        ));
-    }
-    if let Some(sz) = dtype_size(&dtype) {
-        let need = shape.iter().try_fold(sz, |a, &d| a.checked_mul(d));
-        if need != Some(end - begin) {
-            let need = need.map_or_else(|| "more than usize".to_string(), |n| n.to_string());
-            return Err(Error::tensor(
-                label,
-                name,
-                format!(
-                    "{dtype} {shape:?} needs {need} bytes, header gives {}",
-                    end - begin
-                ),
-            ));
-        }
-    }
-    Ok(RawTensor {
-        name: name.to_string(),
-        dtype,
-        shape,
-        file: label.to_string(),
-        data: Storage::Mapped {
-            map: map.clone(),
-            start: data_start + begin,
-            len: end - begin,
-        },
-    })
-}
-
-/// `(dtype, shape, begin, end)` of a header entry.
-fn header_entry(entry: &Value) -> Option<(String, Vec<usize>, usize, usize)> {
-    let dtype = entry.get("dtype")?.as_str()?.to_string();
-    let shape = entry
-        .get("shape")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_u64().map(|d| d as usize))
-        .collect::<Option<Vec<_>>>()?;
-    let offs = entry.get("data_offsets")?.as_array()?;
-    let (begin, end) = (
-        offs.first()?.as_u64()? as usize,
-        offs.get(1)?.as_u64()? as usize,
-    );
-    (offs.len() == 2).then_some((dtype, shape, begin, end))
 }
 
 /// The dense element type of a stored float dtype.

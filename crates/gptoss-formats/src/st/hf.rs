@@ -44,6 +44,7 @@ impl Builder<'_> {
     pub(super) fn finish_mxfp4(&mut self) {
         for ((layer, proj), pair) in std::mem::take(&mut self.mxfp4) {
             match pair {
+                (Some(b), Some(_)) if !self.experts_match(b.shape.first(), &b.origin()) => {}
                 (Some(b), Some(s)) => match mxfp4_experts(&b, &s) {
                     Ok(experts) => {
                         self.counts.mxfp4 += 1;
@@ -69,6 +70,19 @@ impl Builder<'_> {
         }
     }
 
+    /// True when a stacked tensor's outer dimension is the config's expert count; otherwise records the
+    /// problem (checked before any per-expert entry is made).
+    fn experts_match(&mut self, n_exp: Option<&usize>, origin: &str) -> bool {
+        let want = self.config.num_local_experts;
+        if n_exp == Some(&want) {
+            return true;
+        }
+        self.problems.push(format!(
+            "{origin}: stacks {n_exp:?} experts, the config has {want}"
+        ));
+        false
+    }
+
     pub(super) fn stacked_dense(&mut self, layer: usize, proj: Proj, src: Src) {
         let Some((t, origin)) = self.tensor(src) else {
             return;
@@ -82,8 +96,11 @@ impl Builder<'_> {
             return;
         };
         let (d, n_exp, n_in, n_out) = (*d, *n_exp, *n_in, *n_out);
+        if !self.experts_match(Some(&n_exp), &origin) {
+            return;
+        }
         let per = n_in * n_out * d.size_bytes();
-        if t.data.len() != n_exp * per {
+        if Some(t.data.len()) != n_exp.checked_mul(per) {
             self.problems.push(format!(
                 "{origin}: {} bytes do not hold {:?} {}",
                 t.data.len(),
@@ -127,6 +144,9 @@ impl Builder<'_> {
             ));
             return;
         };
+        if !self.experts_match(Some(&n_exp), &origin) {
+            return;
+        }
         for e in 0..n_exp {
             match super::rows::split_rows(&t, n_out, e, 1, vec![n_out]) {
                 Ok(b) => self.put(

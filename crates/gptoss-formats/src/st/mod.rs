@@ -6,6 +6,7 @@
 mod bnb;
 mod bnb_state;
 mod files;
+mod header;
 mod hf;
 mod names;
 mod original;
@@ -25,6 +26,7 @@ use crate::weights::{names as canon, TensorMap};
 use crate::{Layout, RawCheckpoint, SourceTensor};
 
 use files::RawTensor;
+pub use header::{parse_header, HeaderEntry, MAX_DIMS, MAX_HEADER_BYTES};
 pub use writer::{
     write_hf_mxfp4, write_hf_mxfp4_with_files, Existing, HfWriteOptions, HfWriteReport,
     DEFAULT_SHARD_BYTES,

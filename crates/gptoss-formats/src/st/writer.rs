@@ -2,7 +2,8 @@
 //! `*_blocks`/`*_scales` u8 (MXFP4 sources repacked byte-for-byte, others quantized as
 //! `quant::mxfp4` does), every other tensor bf16, sharded safetensors plus
 //! `model.safetensors.index.json`, `config.json` and the source's tokenizer files. Tensors are
-//! encoded one at a time into `<dest>.tmp/`, which is renamed to `dest` only when all is written.
+//! encoded one at a time into anonymous temporary shard files ([`crate::atomic`]: a crash leaves
+//! nothing), which are linked into a fresh staging folder renamed to `dest` only when all is written.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::atomic::{self, TempFile};
 use crate::error::{Error, Result};
 use crate::gguf::Progress;
 use crate::quant::mxfp4;
@@ -303,19 +305,29 @@ pub fn write_hf_mxfp4_with_files(
             "already exists (give --force to replace it)",
         ));
     }
-    let tmp = TempDir::create(dest)?;
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
     let mut files = Vec::new();
+    let mut written = Vec::with_capacity(n);
     let mut cache = ScaleCache::default();
     for (i, range) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
         let part = &tensors[range.clone()];
-        write_shard(&tmp.path.join(&file), part, &mut cache, &mut opts.progress)?;
+        let temp = TempFile::create(dest)?;
+        let shard = Shard {
+            path: dest.join(&file),
+            tensors: part,
+        };
+        write_shard(temp.handle()?, &shard, &mut cache, &mut opts.progress)?;
         for t in part {
             weight_map.insert(t.name.clone(), Value::String(file.clone()));
         }
+        written.push(temp);
         files.push(file);
+    }
+    let tmp = TempDir::create(dest)?;
+    for (temp, file) in written.into_iter().zip(&files) {
+        temp.persist_as(&tmp.path.join(file))?;
     }
     let data_bytes: usize = tensors.iter().map(HfTensor::size_bytes).sum();
     let index = json!({"metadata": {"total_size": data_bytes}, "weight_map": weight_map});
@@ -379,13 +391,19 @@ fn header(tensors: &[HfTensor]) -> Vec<u8> {
     text
 }
 
+/// One shard's tensors and the path it will have (for messages).
+struct Shard<'s, 'a> {
+    path: PathBuf,
+    tensors: &'s [HfTensor<'a>],
+}
+
 fn write_shard(
-    path: &Path,
-    tensors: &[HfTensor],
+    file: File,
+    shard: &Shard,
     cache: &mut ScaleCache,
     progress: &mut Option<Progress>,
 ) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let (path, tensors) = (shard.path.as_path(), shard.tensors);
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let head = header(tensors);
     let io = |e| Error::io(path, e);
@@ -409,13 +427,12 @@ fn write_shard(
             p(&t.name, written)?;
         }
     }
-    let file = out
-        .into_inner()
+    out.into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(path, e))
+    Ok(())
 }
 
-/// `<dest>.tmp/`, removed unless committed.
+/// A fresh staging folder `<dest>.tmp-<pid>-<n>/`, removed unless committed.
 struct TempDir {
     path: PathBuf,
     committed: bool,
@@ -423,13 +440,10 @@ struct TempDir {
 
 impl TempDir {
     fn create(dest: &Path) -> Result<Self> {
-        let mut name = dest.as_os_str().to_owned();
-        name.push(".tmp");
-        let path = PathBuf::from(name);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        }
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        atomic::sweep_stale(dest);
+        let path = atomic::temp_name(dest);
+        // Created here and now (fails if anything is at that name): nothing planted is written into.
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
         Ok(TempDir {
             path,
             committed: false,
@@ -446,9 +460,8 @@ impl TempDir {
                     "already exists (give --force to replace it)",
                 ));
             }
-            let mut name = dest.as_os_str().to_owned();
-            name.push(".old");
-            let o = PathBuf::from(name);
+            // The old one moves to a temporary name (swept if a crash leaves it) and goes last.
+            let o = atomic::temp_name(dest);
             std::fs::rename(dest, &o).map_err(|e| Error::io(dest, e))?;
             old = Some(o);
         }

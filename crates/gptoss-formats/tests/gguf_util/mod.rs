@@ -126,11 +126,17 @@ pub fn tiny_metadata() -> Vec<(String, Value)> {
         ),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("gpt-4o")),
-        ("tokenizer.ggml.tokens".into(), Value::Array(8, tokens)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(5, types)),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::array(8, tokens).unwrap(),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::array(5, types).unwrap(),
+        ),
         (
             "tokenizer.ggml.merges".into(),
-            Value::Array(8, vec![s("t1 t2"), s("t3 t4")]),
+            Value::array(8, vec![s("t1 t2"), s("t3 t4")]).unwrap(),
         ),
         ("tokenizer.ggml.bos_token_id".into(), u(61)),
         ("tokenizer.ggml.eos_token_id".into(), u(62)),

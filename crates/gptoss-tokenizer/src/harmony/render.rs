@@ -14,6 +14,17 @@ impl Harmony {
         messages: &[Message],
         history: AnalysisHistory,
     ) -> Result<Vec<u32>> {
+        self.render_conversation_capped(messages, history, usize::MAX)
+    }
+
+    /// Like [`Harmony::render_conversation`], failing with [`Error::TooManyTokens`] once the prompt
+    /// would pass `cap` tokens (the work is bounded by the cap, whatever the messages hold).
+    pub fn render_conversation_capped(
+        &self,
+        messages: &[Message],
+        history: AnalysisHistory,
+        cap: usize,
+    ) -> Result<Vec<u32>> {
         let has_functions = messages.iter().flat_map(|m| &m.content).any(|c| match c {
             Content::Developer(d) => d
                 .tools
@@ -37,7 +48,8 @@ impl Harmony {
                 && first_final.is_some_and(|f| i < f)
                 && msg.channel.as_deref() == Some("analysis");
             if !dropped {
-                self.render_message_into(msg, FunctionTools::from_flag(has_functions), &mut out)?;
+                let functions = FunctionTools::from_flag(has_functions);
+                self.render_message_into(msg, functions, &mut out, cap)?;
             }
         }
         Ok(out)
@@ -50,9 +62,25 @@ impl Harmony {
         next: Role,
         history: AnalysisHistory,
     ) -> Result<Vec<u32>> {
-        let mut out = self.render_conversation(messages, history)?;
+        self.render_for_completion_capped(messages, next, history, usize::MAX)
+    }
+
+    /// Like [`Harmony::render_for_completion`], failing with [`Error::TooManyTokens`] once the prompt
+    /// would pass `cap` tokens.
+    pub fn render_for_completion_capped(
+        &self,
+        messages: &[Message],
+        next: Role,
+        history: AnalysisHistory,
+        cap: usize,
+    ) -> Result<Vec<u32>> {
+        let mut out = self.render_conversation_capped(messages, history, cap)?;
         out.push(self.ids().start);
-        self.tokenizer().encode_into(next.as_str(), &mut out)?;
+        self.tokenizer()
+            .encode_capped(next.as_str(), &mut out, cap)?;
+        if out.len() > cap {
+            return Err(Error::TooManyTokens { cap });
+        }
         Ok(out)
     }
 
@@ -75,7 +103,7 @@ impl Harmony {
     /// Renders one message on its own (the system message then omits the functions line).
     pub fn render_message(&self, message: &Message) -> Result<Vec<u32>> {
         let mut out = Vec::new();
-        self.render_message_into(message, FunctionTools::Absent, &mut out)?;
+        self.render_message_into(message, FunctionTools::Absent, &mut out, usize::MAX)?;
         Ok(out)
     }
 
@@ -111,46 +139,48 @@ impl Harmony {
         msg: &Message,
         functions: FunctionTools,
         out: &mut Vec<u32>,
+        cap: usize,
     ) -> Result<()> {
         let tok = self.tokenizer();
         let ids = self.ids();
+        let encode = |text: &str, out: &mut Vec<u32>| tok.encode_capped(text, out, cap);
         out.push(ids.start);
         match (msg.role, &msg.name) {
-            (Role::Tool, Some(name)) => tok.encode_into(name, out)?,
+            (Role::Tool, Some(name)) => encode(name, out)?,
             (Role::Tool, None) => {
                 return Err(Error::Render(
                     "a tool message needs the tool's name as author name".into(),
                 ))
             }
             (role, name) => {
-                tok.encode_into(role.as_str(), out)?;
+                encode(role.as_str(), out)?;
                 if let Some(name) = name {
-                    tok.encode_into(&format!(":{name}"), out)?;
+                    encode(&format!(":{name}"), out)?;
                 }
             }
         }
         if let Some(r) = msg.recipient.as_deref().filter(|r| *r != "all") {
-            tok.encode_into(&format!(" to={r}"), out)?;
+            encode(&format!(" to={r}"), out)?;
         }
         if let Some(channel) = &msg.channel {
             out.push(ids.channel);
-            tok.encode_into(channel, out)?;
+            encode(channel, out)?;
         }
         if let Some(ct) = &msg.content_type {
             match ct.strip_prefix("<|constrain|>") {
                 Some(rest) => {
-                    tok.encode_into(" ", out)?;
+                    encode(" ", out)?;
                     out.push(ids.constrain);
                     if !rest.is_empty() {
-                        tok.encode_into(rest, out)?;
+                        encode(rest, out)?;
                     }
                 }
-                None => tok.encode_into(&format!(" {ct}"), out)?,
+                None => encode(&format!(" {ct}"), out)?,
             }
         }
         out.push(ids.message);
         for content in &msg.content {
-            self.render_content(msg.role, content, functions, out)?;
+            self.render_content(msg.role, content, functions, (out, cap))?;
         }
         let to_tool = msg.role == Role::Assistant && msg.recipient.is_some();
         out.push(if to_tool { ids.call } else { ids.end });
@@ -162,7 +192,7 @@ impl Harmony {
         role: Role,
         content: &Content,
         functions: FunctionTools,
-        out: &mut Vec<u32>,
+        (out, cap): (&mut Vec<u32>, usize),
     ) -> Result<()> {
         let text = match content {
             Content::Text { text } => text.clone(),
@@ -175,7 +205,7 @@ impl Harmony {
                 )));
             }
         };
-        self.tokenizer().encode_into(&text, out)
+        self.tokenizer().encode_capped(&text, out, cap)
     }
 }
 

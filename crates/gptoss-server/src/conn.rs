@@ -1,0 +1,258 @@
+//! The accept loop: HTTP/1.1 connections served by hyper with the limits of [`ConnLimits`]. A
+//! connection past `max_connections` gets a 503 with an OpenAI error body and is closed at once; a
+//! request head must arrive within `header_timeout` (hyper's timer, which also runs while a kept-alive
+//! connection waits for its next request); a connection with no request in progress and no byte moved
+//! for `keep_alive_timeout` is shut down. Shutdown stops accepting, asks every connection to finish
+//! its current response and close, and drops whatever is left after `shutdown_timeout`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tower_service::Service;
+
+use crate::error::ApiError;
+use crate::{AppState, ConnLimits};
+
+/// Serves `listener` until `shutdown`, then drains (see the module doc).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.config.connections.clone();
+    let app = crate::router(state.clone());
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors (or a connection reset before accept): wait a little
+                        // rather than spin; never stop serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let conn = Conn { limits: limits.clone(), stop: stop_rx.clone(), _slot: slot };
+                        conns.spawn(conn.run(stream, app.clone()));
+                    }
+                    Err(_) => refuse(&stream, limits.max_connections),
+                }
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::sleep(limits.shutdown_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = conns.join_next() => if next.is_none() { break },
+            () = &mut deadline => {
+                tracing::warn!(open = conns.len(), "shutdown deadline: dropping connections still open");
+                conns.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers a connection past the cap with 503 and closes it, without waiting on the client: the
+/// response is small enough for the socket buffer, and what does not fit is dropped.
+fn refuse(stream: &TcpStream, max: usize) {
+    let body = ApiError::unavailable(format!(
+        "the server has its maximum of {max} connections open; retry later"
+    ))
+    .to_json()
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
+/// One accepted connection and what it needs.
+struct Conn {
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    async fn run(mut self, stream: TcpStream, app: Router) {
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let service = Counting {
+            app,
+            activity: activity.clone(),
+        };
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .keep_alive(true)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        let keep_alive = self.limits.keep_alive_timeout;
+        let mut closing = false;
+        loop {
+            // The next look at idleness: when the keep-alive runs out, or (while a request is in
+            // progress past it) one keep-alive from now.
+            let now = Instant::now();
+            let idle_check = (activity.last() + keep_alive).max(now + Duration::from_millis(1));
+            let idle_check = if idle_check <= now + Duration::from_millis(1) {
+                now + keep_alive
+            } else {
+                idle_check
+            };
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = self.stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(idle_check.into()), if !closing => {
+                    if activity.idle(keep_alive) {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When the connection last moved a byte, and how many requests it has in progress.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// No request in progress and nothing moved for `limit`.
+    fn idle(&self, limit: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.last().elapsed() >= limit
+    }
+}
+
+/// Counts a request in progress from its head to its response (a streamed body then moves bytes).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+/// The router as a hyper service, counting requests in progress.
+#[derive(Clone)]
+struct Counting {
+    app: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Counting {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self.activity.clone());
+        let mut app = self.app.clone();
+        Box::pin(async move {
+            let response = app.call(request.map(axum::body::Body::new)).await;
+            drop(guard);
+            response
+        })
+    }
+}
+
+/// The socket, noting every byte read or written.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
