@@ -32,7 +32,9 @@ pub mod trace;
 pub use backend::{Backend, Batch, Capacity, Recording, SamplingParams};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, GenerateOptions, Generation, StopReason};
+pub use generate::{
+    generate, generate_until, generate_with, Flow, GenerateOptions, Generation, StopReason,
+};
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use model::Model;
 pub use offload::ExpertPlacement;
