@@ -218,6 +218,15 @@ fn plan(files: &[String], quant: Option<&str>, hf_file: Option<&str>) -> Result<
     }
 }
 
+/// `snapshot/load`, or the snapshot itself for an empty `load`.
+fn within(snapshot: &Path, load: &str) -> PathBuf {
+    if load.is_empty() {
+        snapshot.to_path_buf()
+    } else {
+        snapshot.join(load)
+    }
+}
+
 fn list(files: &[&String]) -> String {
     files.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
 }
@@ -272,7 +281,7 @@ pub fn resolve(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<P
         0 => eprintln!("[{}@{short}: in the cache at {}]", spec.repo, snapshot.display()),
         n => eprintln!("[{}@{short}: {n} file(s) downloaded into {}]", spec.repo, snapshot.display()),
     }
-    Ok(snapshot.join(&plan.load))
+    Ok(within(&snapshot, &plan.load))
 }
 
 /// Fetches the plan's files at `commit` that the snapshot lacks; returns how many were downloaded.
@@ -401,7 +410,7 @@ fn cached(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<PathBu
     if let Some(missing) = plan.files.iter().find(|f| !snapshot.join(f).is_file()) {
         bail!("{}: the cached snapshot lacks {missing}", snapshot.display());
     }
-    Ok(snapshot.join(&plan.load))
+    Ok(within(&snapshot, &plan.load))
 }
 
 /// Every file under `dir` (links followed), as paths relative to `root` with `/` separators.
