@@ -223,3 +223,82 @@ impl<O: Write, E: Write> AnswerPrinter<O, E> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptoss_tokenizer::Tokenizer;
+    use std::sync::Arc;
+
+    fn harmony() -> Harmony {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny/hf-mxfp4/tokenizer.json");
+        Harmony::new(Arc::new(Tokenizer::from_tokenizer_json(&path).unwrap())).unwrap()
+    }
+
+    /// The ids of `text`, with Harmony's special tokens written as themselves.
+    fn ids(h: &Harmony, text: &str) -> Vec<u32> {
+        let tok = h.tokenizer();
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match rest.find("<|") {
+                Some(0) => {
+                    let end = rest.find("|>").unwrap() + 2;
+                    out.push(tok.find_special(&rest[..end]).unwrap());
+                    rest = &rest[end..];
+                }
+                Some(i) => {
+                    out.extend(tok.encode(&rest[..i]).unwrap());
+                    rest = &rest[i..];
+                }
+                None => {
+                    out.extend(tok.encode(rest).unwrap());
+                    rest = "";
+                }
+            }
+        }
+        out
+    }
+
+    fn show(text: &str, to: ReasoningTo, paint: Paint) -> (String, String, Answer) {
+        let h = harmony();
+        let tokens = ids(&h, text);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut p = AnswerPrinter::new(h, (&mut out, &mut err), to, (paint, paint));
+        for t in tokens {
+            p.push(t).unwrap();
+        }
+        let answer = p.finish().unwrap();
+        let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (s(out), s(err), answer)
+    }
+
+    const ANSWER: &str = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi!<|return|>";
+
+    #[test]
+    fn reasoning_goes_where_asked_and_the_answer_to_the_output() {
+        let (out, err, a) = show(ANSWER, ReasoningTo::ErrorStream, Paint::Plain);
+        assert_eq!((out.as_str(), err.as_str()), ("Hi!", "Think.\n"));
+        assert_eq!((a.reasoning.as_str(), a.content.as_str(), a.messages.len()), ("Think.", "Hi!", 2));
+        let (out, err, _) = show(ANSWER, ReasoningTo::Output, Paint::Dim);
+        assert_eq!((out.as_str(), err.as_str()), ("\x1b[2mThink.\x1b[0m\nHi!", ""));
+        let (out, err, a) = show(ANSWER, ReasoningTo::Hidden, Paint::Dim);
+        assert_eq!((out.as_str(), err.as_str(), a.reasoning.as_str()), ("Hi!", "", "Think."));
+    }
+
+    #[test]
+    fn tool_calls_show_as_they_are_parsed() {
+        let call = "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>";
+        let (out, err, a) = show(call, ReasoningTo::ErrorStream, Paint::Plain);
+        assert_eq!(out, "[tool call functions.get_weather: {\"city\":\"Paris\"}]");
+        assert_eq!(err, "Need weather.\n");
+        assert_eq!(
+            a.tool_calls,
+            [ToolCall { recipient: "functions.get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]
+        );
+        // An answer cut short inside its reasoning still ends the paint.
+        let (out, _, a) = show("<|channel|>analysis<|message|>Hmm", ReasoningTo::Output, Paint::Dim);
+        assert_eq!((out.as_str(), a.content.as_str()), ("\x1b[2mHmm\x1b[0m", ""));
+    }
+}

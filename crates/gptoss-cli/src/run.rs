@@ -187,6 +187,9 @@ fn prompt_text(args: &RunArgs) -> Result<String> {
         .lock()
         .read_to_string(&mut text)
         .context("reading the prompt from stdin")?;
+    if text.trim().is_empty() {
+        bail!("no prompt: stdin was empty (give -p TEXT, --file FILE or --tokens 1,2,3)");
+    }
     Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
