@@ -100,7 +100,12 @@ pub struct AnswerPrinter<O: Write, E: Write> {
 impl<O: Write, E: Write> AnswerPrinter<O, E> {
     /// A printer for an answer whose prompt ended in `<|start|>assistant`. `paint` is how the reasoning
     /// is painted on `out` and on `err`.
-    pub fn new(harmony: Harmony, streams: (O, E), reasoning_to: ReasoningTo, paint: (Paint, Paint)) -> Self {
+    pub fn new(
+        harmony: Harmony,
+        streams: (O, E),
+        reasoning_to: ReasoningTo,
+        paint: (Paint, Paint),
+    ) -> Self {
         Self {
             parser: StreamParser::new(
                 harmony,
@@ -280,25 +285,47 @@ mod tests {
     fn reasoning_goes_where_asked_and_the_answer_to_the_output() {
         let (out, err, a) = show(ANSWER, ReasoningTo::ErrorStream, Paint::Plain);
         assert_eq!((out.as_str(), err.as_str()), ("Hi!", "Think.\n"));
-        assert_eq!((a.reasoning.as_str(), a.content.as_str(), a.messages.len()), ("Think.", "Hi!", 2));
+        assert_eq!(
+            (a.reasoning.as_str(), a.content.as_str(), a.messages.len()),
+            ("Think.", "Hi!", 2)
+        );
         let (out, err, _) = show(ANSWER, ReasoningTo::Output, Paint::Dim);
-        assert_eq!((out.as_str(), err.as_str()), ("\x1b[2mThink.\x1b[0m\nHi!", ""));
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            ("\x1b[2mThink.\x1b[0m\nHi!", "")
+        );
         let (out, err, a) = show(ANSWER, ReasoningTo::Hidden, Paint::Dim);
-        assert_eq!((out.as_str(), err.as_str(), a.reasoning.as_str()), ("Hi!", "", "Think."));
+        assert_eq!(
+            (out.as_str(), err.as_str(), a.reasoning.as_str()),
+            ("Hi!", "", "Think.")
+        );
     }
 
     #[test]
     fn tool_calls_show_as_they_are_parsed() {
         let call = "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>";
         let (out, err, a) = show(call, ReasoningTo::ErrorStream, Paint::Plain);
-        assert_eq!(out, "[tool call functions.get_weather: {\"city\":\"Paris\"}]");
+        assert_eq!(
+            out,
+            "[tool call functions.get_weather: {\"city\":\"Paris\"}]"
+        );
         assert_eq!(err, "Need weather.\n");
         assert_eq!(
             a.tool_calls,
-            [ToolCall { recipient: "functions.get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]
+            [ToolCall {
+                recipient: "functions.get_weather".into(),
+                arguments: "{\"city\":\"Paris\"}".into()
+            }]
         );
         // An answer cut short inside its reasoning still ends the paint.
-        let (out, _, a) = show("<|channel|>analysis<|message|>Hmm", ReasoningTo::Output, Paint::Dim);
-        assert_eq!((out.as_str(), a.content.as_str()), ("\x1b[2mHmm\x1b[0m", ""));
+        let (out, _, a) = show(
+            "<|channel|>analysis<|message|>Hmm",
+            ReasoningTo::Output,
+            Paint::Dim,
+        );
+        assert_eq!(
+            (out.as_str(), a.content.as_str()),
+            ("\x1b[2mHmm\x1b[0m", "")
+        );
     }
 }

@@ -69,7 +69,10 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let stop = Interrupt::install()?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("gptoss chat on {}. /help for commands; Ctrl-C stops an answer, Ctrl-D or /exit quits.", model.device_name());
+        eprintln!(
+            "gptoss chat on {}. /help for commands; Ctrl-C stops an answer, Ctrl-D or /exit quits.",
+            model.device_name()
+        );
     }
     let mut session = Session {
         conv: Conversation {
@@ -98,7 +101,10 @@ pub fn run(args: ChatArgs) -> Result<()> {
                 eprintln!("[conversation cleared]");
             }
             Command::System(s) => {
-                eprintln!("[developer instructions {}]", if s.is_some() { "set" } else { "cleared" });
+                eprintln!(
+                    "[developer instructions {}]",
+                    if s.is_some() { "set" } else { "cleared" }
+                );
                 session.conv.instructions = s;
             }
             Command::Effort(Ok(e)) => {
@@ -121,7 +127,13 @@ struct Session {
 
 impl Session {
     /// Adds the user's message, streams the answer and adds it to the history.
-    fn answer(&mut self, model: &mut AnyModel, args: &ChatArgs, msg: String, stop: &Interrupt) -> Result<()> {
+    fn answer(
+        &mut self,
+        model: &mut AnyModel,
+        args: &ChatArgs,
+        msg: String,
+        stop: &Interrupt,
+    ) -> Result<()> {
         self.conv.turns.push(Turn::User(msg));
         let prompt = self
             .conv
@@ -135,7 +147,11 @@ impl Session {
             return Ok(());
         }
         if args.verbose_prompt {
-            eprintln!("[prompt, {} tokens]\n{}", prompt.len(), vocab::decode_lossy(self.harmony.tokenizer(), &prompt));
+            eprintln!(
+                "[prompt, {} tokens]\n{}",
+                prompt.len(),
+                vocab::decode_lossy(self.harmony.tokenizer(), &prompt)
+            );
         }
         let prompt_len = prompt.len();
         let request = GenRequest {
@@ -164,7 +180,9 @@ impl Session {
         let generated = done.tokens.len();
         match done.reason {
             StopReason::Cancelled => eprintln!("[stopped]"),
-            StopReason::Length if prompt_len + generated >= ctx => eprintln!("[the context is full ({ctx} tokens): /reset, or restart with a larger -c/--ctx]"),
+            StopReason::Length if prompt_len + generated >= ctx => eprintln!(
+                "[the context is full ({ctx} tokens): /reset, or restart with a larger -c/--ctx]"
+            ),
             StopReason::Length => eprintln!("[answer cut at -n {generated} tokens]"),
             StopReason::Stop => {}
         }
@@ -173,7 +191,10 @@ impl Session {
 }
 
 /// Reasoning dimmed before the answer on a terminal, else on stderr so stdout holds only answers.
-fn answer_printer(harmony: &Harmony, hide: bool) -> AnswerPrinter<std::io::Stdout, std::io::Stderr> {
+fn answer_printer(
+    harmony: &Harmony,
+    hide: bool,
+) -> AnswerPrinter<std::io::Stdout, std::io::Stderr> {
     let to = match (hide, std::io::stdout().is_terminal()) {
         (true, _) => ReasoningTo::Hidden,
         (false, true) => ReasoningTo::Output,
@@ -183,7 +204,12 @@ fn answer_printer(harmony: &Harmony, hide: bool) -> AnswerPrinter<std::io::Stdou
         Paint::for_stream(&std::io::stdout()),
         Paint::for_stream(&std::io::stderr()),
     );
-    AnswerPrinter::new(harmony.clone(), (std::io::stdout(), std::io::stderr()), to, paint)
+    AnswerPrinter::new(
+        harmony.clone(),
+        (std::io::stdout(), std::io::stderr()),
+        to,
+        paint,
+    )
 }
 
 /// The answer's messages as conversation turns (earlier reasoning is dropped by the renderer once a
@@ -240,7 +266,9 @@ impl Command {
                 "low" => Ok(Effort::Low),
                 "medium" => Ok(Effort::Medium),
                 "high" => Ok(Effort::High),
-                other => Err(format!("/effort: expected low, medium or high, got {other:?}")),
+                other => Err(format!(
+                    "/effort: expected low, medium or high, got {other:?}"
+                )),
             }),
             other => Command::Unknown(format!("unknown command /{other}; /help lists them")),
         }
@@ -255,7 +283,10 @@ struct Input<R: BufRead> {
 
 impl<R: BufRead> Input<R> {
     fn new(reader: R, interactive: bool) -> Self {
-        Self { reader, interactive }
+        Self {
+            reader,
+            interactive,
+        }
     }
 
     fn prompt(&self, text: &str) -> Result<()> {
@@ -373,7 +404,9 @@ mod tests {
 
     #[test]
     fn reads_lines_continuations_and_blocks() {
-        let got = messages("hi\n\n  \nfirst \\\nsecond\n\"\"\"\na\n\nb\n\"\"\"\n\"\"\"one line\"\"\"\nlast");
+        let got = messages(
+            "hi\n\n  \nfirst \\\nsecond\n\"\"\"\na\n\nb\n\"\"\"\n\"\"\"one line\"\"\"\nlast",
+        );
         assert_eq!(got, ["hi", "first \nsecond", "a\n\nb", "one line", "last"]);
         // A block left open at the end of input is taken whole.
         assert_eq!(messages("\"\"\"x\ny"), ["x\ny"]);
@@ -381,13 +414,23 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        assert_eq!(Command::parse("/effort high"), Command::Effort(Ok(Effort::High)));
-        assert!(matches!(Command::parse("/effort max"), Command::Effort(Err(e)) if e.contains("\"max\"")));
-        assert_eq!(Command::parse("/system Be brief. "), Command::System(Some("Be brief.".into())));
+        assert_eq!(
+            Command::parse("/effort high"),
+            Command::Effort(Ok(Effort::High))
+        );
+        assert!(
+            matches!(Command::parse("/effort max"), Command::Effort(Err(e)) if e.contains("\"max\""))
+        );
+        assert_eq!(
+            Command::parse("/system Be brief. "),
+            Command::System(Some("Be brief.".into()))
+        );
         assert_eq!(Command::parse("/system"), Command::System(None));
         assert_eq!(Command::parse(" /exit"), Command::Exit);
         assert_eq!(Command::parse("/reset"), Command::Reset);
-        assert!(matches!(Command::parse("/frobnicate"), Command::Unknown(e) if e.contains("/frobnicate")));
+        assert!(
+            matches!(Command::parse("/frobnicate"), Command::Unknown(e) if e.contains("/frobnicate"))
+        );
         assert_eq!(Command::parse("a/b"), Command::Say("a/b".into()));
     }
 }

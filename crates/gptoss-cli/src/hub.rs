@@ -44,7 +44,10 @@ pub fn pull(args: PullArgs) -> Result<()> {
 pub fn model_path(model: &Path, hf_file: Option<&str>) -> Result<PathBuf> {
     if model.exists() {
         if hf_file.is_some() {
-            bail!("--hf-file picks a file of a Hub repo, but --model {} is a local path", model.display());
+            bail!(
+                "--hf-file picks a file of a Hub repo, but --model {} is a local path",
+                model.display()
+            );
         }
         return Ok(model.to_path_buf());
     }
@@ -75,9 +78,9 @@ impl HubEnv {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let cache = var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(var("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
+            let cache = var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(var("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+            });
             cache.join("huggingface")
         });
         let cache = var("HF_HUB_CACHE")
@@ -90,8 +93,9 @@ impl HubEnv {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
         });
-        let offline = var("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
         Self {
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
             cache,
@@ -121,18 +125,23 @@ impl RepoSpec {
         };
         let (repo, revision, quant) = match rest {
             Some(rest) => {
-                let (rev, quant) = rest.split_once(':').map_or((rest, None), |(r, q)| (r, Some(q)));
+                let (rev, quant) = rest
+                    .split_once(':')
+                    .map_or((rest, None), |(r, q)| (r, Some(q)));
                 (repo, rev, quant)
             }
             None => {
-                let (repo, quant) = repo.split_once(':').map_or((repo, None), |(r, q)| (r, Some(q)));
+                let (repo, quant) = repo
+                    .split_once(':')
+                    .map_or((repo, None), |(r, q)| (r, Some(q)));
                 (repo, "main", quant)
             }
         };
         let ok_word = |w: &str| {
             !w.is_empty()
                 && !w.starts_with(['.', '-'])
-                && w.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         };
         let (org, name) = repo.split_once('/')?;
         let ok_rev = !revision.is_empty() && !revision.contains("..");
@@ -166,24 +175,39 @@ fn plan(files: &[String], quant: Option<&str>, hf_file: Option<&str>) -> Result<
     };
     if let Some(f) = hf_file {
         if !files.iter().any(|x| x == f) {
-            bail!("--hf-file {f}: the repo has no such file (it has: {})", files.join(", "));
+            bail!(
+                "--hf-file {f}: the repo has no such file (it has: {})",
+                files.join(", ")
+            );
         }
         return Ok(one(f));
     }
     let ggufs: Vec<&String> = files.iter().filter(|f| f.ends_with(".gguf")).collect();
     if let Some(q) = quant {
         let q = q.to_ascii_lowercase();
-        let hits: Vec<&&String> = ggufs.iter().filter(|f| f.to_ascii_lowercase().contains(&q)).collect();
+        let hits: Vec<&&String> = ggufs
+            .iter()
+            .filter(|f| f.to_ascii_lowercase().contains(&q))
+            .collect();
         return match hits.as_slice() {
             [f] => Ok(one(f)),
-            [] => bail!(":{q}: no GGUF of the repo matches (its GGUFs: {})", list(&ggufs)),
-            _ => bail!(":{q} matches several GGUFs ({}); name one with --hf-file", list(&hits.iter().map(|f| **f).collect::<Vec<_>>())),
+            [] => bail!(
+                ":{q}: no GGUF of the repo matches (its GGUFs: {})",
+                list(&ggufs)
+            ),
+            _ => bail!(
+                ":{q} matches several GGUFs ({}); name one with --hf-file",
+                list(&hits.iter().map(|f| **f).collect::<Vec<_>>())
+            ),
         };
     }
     for dir in ["", "original/"] {
         let shards: Vec<&String> = files
             .iter()
-            .filter(|f| f.strip_prefix(dir).is_some_and(|r| !r.contains('/') && r.ends_with(".safetensors")))
+            .filter(|f| {
+                f.strip_prefix(dir)
+                    .is_some_and(|r| !r.contains('/') && r.ends_with(".safetensors"))
+            })
             .collect();
         if shards.is_empty() {
             continue;
@@ -207,12 +231,21 @@ fn plan(files: &[String], quant: Option<&str>, hf_file: Option<&str>) -> Result<
     }
     match ggufs.as_slice() {
         [f] => Ok(one(f)),
-        [] => bail!("the repo has neither safetensors nor GGUF files (it has: {})", files.join(", ")),
+        [] => bail!(
+            "the repo has neither safetensors nor GGUF files (it has: {})",
+            files.join(", ")
+        ),
         _ => {
-            let native: Vec<&&String> = ggufs.iter().filter(|f| f.to_ascii_lowercase().contains("mxfp4")).collect();
+            let native: Vec<&&String> = ggufs
+                .iter()
+                .filter(|f| f.to_ascii_lowercase().contains("mxfp4"))
+                .collect();
             match native.as_slice() {
                 [f] => Ok(one(f)),
-                _ => bail!("the repo holds several GGUFs ({}); pick one with ORG/NAME:QUANT or --hf-file", list(&ggufs)),
+                _ => bail!(
+                    "the repo holds several GGUFs ({}); pick one with ORG/NAME:QUANT or --hf-file",
+                    list(&ggufs)
+                ),
             }
         }
     }
@@ -228,12 +261,17 @@ fn within(snapshot: &Path, load: &str) -> PathBuf {
 }
 
 fn list(files: &[&String]) -> String {
-    files.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+    files
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The cache folder of a model repo.
 fn repo_dir(env: &HubEnv, repo: &str) -> PathBuf {
-    env.cache.join(format!("models--{}", repo.replace('/', "--")))
+    env.cache
+        .join(format!("models--{}", repo.replace('/', "--")))
 }
 
 fn is_commit(revision: &str) -> bool {
@@ -244,7 +282,8 @@ fn is_commit(revision: &str) -> bool {
 /// returns the path to load. Offline, or when the Hub cannot be reached, the cached snapshot is used.
 pub fn resolve(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<PathBuf> {
     if env.offline {
-        return cached(env, spec, hf_file).context("HF_HUB_OFFLINE is set, so only the cache is used");
+        return cached(env, spec, hf_file)
+            .context("HF_HUB_OFFLINE is set, so only the cache is used");
     }
     let api = ApiBuilder::new()
         .with_endpoint(env.endpoint.clone())
@@ -253,11 +292,18 @@ pub fn resolve(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<P
         .with_progress(false)
         .build()
         .context("setting up the Hub client")?;
-    let repo = api.repo(Repo::with_revision(spec.repo.clone(), RepoType::Model, spec.revision.clone()));
+    let repo = api.repo(Repo::with_revision(
+        spec.repo.clone(),
+        RepoType::Model,
+        spec.revision.clone(),
+    ));
     let info = match repo.info() {
         Ok(info) => info,
         Err(e) => {
-            let why = format!("{}@{}: asking {} for the repo's files: {e}", spec.repo, spec.revision, env.endpoint);
+            let why = format!(
+                "{}@{}: asking {} for the repo's files: {e}",
+                spec.repo, spec.revision, env.endpoint
+            );
             return match cached(env, spec, hf_file) {
                 Ok(path) => {
                     eprintln!("[{why}; using the cached snapshot {}]", path.display());
@@ -268,7 +314,12 @@ pub fn resolve(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<P
         }
     };
     if !is_commit(&info.sha) {
-        bail!("{}: the Hub gave `{}` as the commit of {}, not a commit hash", env.endpoint, info.sha, spec.revision);
+        bail!(
+            "{}: the Hub gave `{}` as the commit of {}, not a commit hash",
+            env.endpoint,
+            info.sha,
+            spec.revision
+        );
     }
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let plan = plan(&files, spec.quant.as_deref(), hf_file)?;
@@ -278,15 +329,27 @@ pub fn resolve(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<P
     let snapshot = dir.join("snapshots").join(&info.sha);
     let short = &info.sha[..12];
     match fetched {
-        0 => eprintln!("[{}@{short}: in the cache at {}]", spec.repo, snapshot.display()),
-        n => eprintln!("[{}@{short}: {n} file(s) downloaded into {}]", spec.repo, snapshot.display()),
+        0 => eprintln!(
+            "[{}@{short}: in the cache at {}]",
+            spec.repo,
+            snapshot.display()
+        ),
+        n => eprintln!(
+            "[{}@{short}: {n} file(s) downloaded into {}]",
+            spec.repo,
+            snapshot.display()
+        ),
     }
     Ok(within(&snapshot, &plan.load))
 }
 
 /// Fetches the plan's files at `commit` that the snapshot lacks; returns how many were downloaded.
 fn fetch(api: &Api, env: &HubEnv, spec: &RepoSpec, commit: &str, plan: &Plan) -> Result<usize> {
-    let pinned = api.repo(Repo::with_revision(spec.repo.clone(), RepoType::Model, commit.to_string()));
+    let pinned = api.repo(Repo::with_revision(
+        spec.repo.clone(),
+        RepoType::Model,
+        commit.to_string(),
+    ));
     let dir = repo_dir(env, &spec.repo);
     let snapshot = dir.join("snapshots").join(commit);
     let mut files = plan.files.clone();
@@ -302,7 +365,9 @@ fn fetch(api: &Api, env: &HubEnv, spec: &RepoSpec, commit: &str, plan: &Plan) ->
         if plan.index.as_deref() == Some(file.as_str()) {
             // The index names the shards the loader reads: fetch those rather than every *.safetensors.
             let listed = index_shards(&have)?;
-            let prefix = file.rsplit_once('/').map_or(String::new(), |(d, _)| format!("{d}/"));
+            let prefix = file
+                .rsplit_once('/')
+                .map_or(String::new(), |(d, _)| format!("{d}/"));
             files.retain(|f| !f.ends_with(".safetensors"));
             files.extend(listed.into_iter().map(|s| format!("{prefix}{s}")));
         }
@@ -316,15 +381,23 @@ fn fetch(api: &Api, env: &HubEnv, spec: &RepoSpec, commit: &str, plan: &Plan) ->
 
 /// The shard file names a `model.safetensors.index.json` lists.
 fn index_shards(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
         bail!("{}: no `weight_map` object", path.display());
     };
-    let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
     shards.sort();
     shards.dedup();
-    if shards.iter().any(|s| s.contains("..") || s.starts_with('/')) {
+    if shards
+        .iter()
+        .any(|s| s.contains("..") || s.starts_with('/'))
+    {
         bail!("{}: a shard name leaves the repo", path.display());
     }
     Ok(shards)
@@ -344,8 +417,13 @@ fn download(repo: &ApiRepo, file: &str) -> Result<()> {
 /// Checks a cached file against the ETag its blob is named by: sha256 of the content for LFS files, the
 /// git blob sha1 for the others. A mismatch removes the blob and its link, so a rerun fetches it anew.
 fn verify(pointer: &Path) -> Result<()> {
-    let blob = pointer.canonicalize().with_context(|| format!("resolving {}", pointer.display()))?;
-    let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let blob = pointer
+        .canonicalize()
+        .with_context(|| format!("resolving {}", pointer.display()))?;
+    let etag = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let got = match etag.len() {
         64 => hex(&hash_file::<Sha256>(&blob, None)?),
@@ -387,7 +465,8 @@ fn write_ref(dir: &Path, revision: &str, commit: &str) -> Result<()> {
     }
     let path = dir.join("refs").join(revision);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(&path, commit).with_context(|| format!("writing {}", path.display()))
 }
@@ -401,14 +480,30 @@ fn cached(env: &HubEnv, spec: &RepoSpec, hf_file: Option<&str>) -> Result<PathBu
         let r = dir.join("refs").join(&spec.revision);
         std::fs::read_to_string(&r)
             .map(|s| s.trim().to_string())
-            .map_err(|_| anyhow::anyhow!("{}@{} is not in the cache (no {})", spec.repo, spec.revision, r.display()))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}@{} is not in the cache (no {})",
+                    spec.repo,
+                    spec.revision,
+                    r.display()
+                )
+            })?
     };
     let snapshot = dir.join("snapshots").join(&commit);
-    let files = list_files(&snapshot, &snapshot)
-        .with_context(|| format!("{}@{} is not in the cache (no {})", spec.repo, spec.revision, snapshot.display()))?;
+    let files = list_files(&snapshot, &snapshot).with_context(|| {
+        format!(
+            "{}@{} is not in the cache (no {})",
+            spec.repo,
+            spec.revision,
+            snapshot.display()
+        )
+    })?;
     let plan = plan(&files, spec.quant.as_deref(), hf_file)?;
     if let Some(missing) = plan.files.iter().find(|f| !snapshot.join(f).is_file()) {
-        bail!("{}: the cached snapshot lacks {missing}", snapshot.display());
+        bail!(
+            "{}: the cached snapshot lacks {missing}",
+            snapshot.display()
+        );
     }
     Ok(within(&snapshot, &plan.load))
 }
@@ -438,7 +533,9 @@ struct Bar {
 
 impl hf_hub::api::Progress for Bar {
     fn init(&mut self, size: usize, filename: &str) {
-        let bar = self.bar.get_or_insert_with(|| ProgressBar::new(size as u64));
+        let bar = self
+            .bar
+            .get_or_insert_with(|| ProgressBar::new(size as u64));
         bar.set_length(size as u64);
         bar.set_position(0);
         if let Ok(style) = ProgressStyle::with_template(
@@ -476,11 +573,33 @@ mod tests {
 
     #[test]
     fn parses_model_names() {
-        assert_eq!(RepoSpec::parse("openai/gpt-oss-20b"), spec("openai/gpt-oss-20b", "main", None));
-        assert_eq!(RepoSpec::parse("ggml-org/gpt-oss-20b-GGUF:Q8_0"), spec("ggml-org/gpt-oss-20b-GGUF", "main", Some("Q8_0")));
-        assert_eq!(RepoSpec::parse("a/b@v1.0:mxfp4"), spec("a/b", "v1.0", Some("mxfp4")));
-        assert_eq!(RepoSpec::parse("a/b@refs/pr/3"), spec("a/b", "refs/pr/3", None));
-        for bad in ["gpt-oss-20b", "a/b/c", "/abs/path", "./a/b", "a/", "a/b@", "a/b:", "a/b@../x", "a b/c"] {
+        assert_eq!(
+            RepoSpec::parse("openai/gpt-oss-20b"),
+            spec("openai/gpt-oss-20b", "main", None)
+        );
+        assert_eq!(
+            RepoSpec::parse("ggml-org/gpt-oss-20b-GGUF:Q8_0"),
+            spec("ggml-org/gpt-oss-20b-GGUF", "main", Some("Q8_0"))
+        );
+        assert_eq!(
+            RepoSpec::parse("a/b@v1.0:mxfp4"),
+            spec("a/b", "v1.0", Some("mxfp4"))
+        );
+        assert_eq!(
+            RepoSpec::parse("a/b@refs/pr/3"),
+            spec("a/b", "refs/pr/3", None)
+        );
+        for bad in [
+            "gpt-oss-20b",
+            "a/b/c",
+            "/abs/path",
+            "./a/b",
+            "a/",
+            "a/b@",
+            "a/b:",
+            "a/b@../x",
+            "a b/c",
+        ] {
             assert_eq!(RepoSpec::parse(bad), None, "{bad}");
         }
     }
@@ -492,27 +611,76 @@ mod tests {
     #[test]
     fn plans_only_what_the_loader_reads() {
         let hf = names(&[
-            ".gitattributes", "README.md", "config.json", "generation_config.json", "tokenizer.json",
-            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-            "model.safetensors.index.json", "original/config.json", "original/model.safetensors", "metal/model.bin",
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "original/config.json",
+            "original/model.safetensors",
+            "metal/model.bin",
         ]);
         let p = plan(&hf, None, None).unwrap();
         assert_eq!(p.index.as_deref(), Some("model.safetensors.index.json"));
-        assert_eq!(p.files, names(&["model.safetensors.index.json", "config.json", "tokenizer.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]));
+        assert_eq!(
+            p.files,
+            names(&[
+                "model.safetensors.index.json",
+                "config.json",
+                "tokenizer.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ])
+        );
         assert_eq!(p.load, "");
-        let orig = names(&["tokenizer.json", "original/config.json", "original/model.safetensors"]);
+        let orig = names(&[
+            "tokenizer.json",
+            "original/config.json",
+            "original/model.safetensors",
+        ]);
         let p = plan(&orig, None, None).unwrap();
-        assert_eq!((p.files, p.load.as_str()), (names(&["original/config.json", "original/model.safetensors"]), "original"));
-        let gguf = names(&["README.md", "gpt-oss-20b-mxfp4.gguf", "gpt-oss-20b-Q8_0.gguf", "gpt-oss-20b-F16.gguf"]);
-        assert_eq!(plan(&gguf, None, None).unwrap().files, ["gpt-oss-20b-mxfp4.gguf"]);
-        assert_eq!(plan(&gguf, Some("q8_0"), None).unwrap().load, "gpt-oss-20b-Q8_0.gguf");
-        assert_eq!(plan(&gguf, None, Some("gpt-oss-20b-F16.gguf")).unwrap().load, "gpt-oss-20b-F16.gguf");
+        assert_eq!(
+            (p.files, p.load.as_str()),
+            (
+                names(&["original/config.json", "original/model.safetensors"]),
+                "original"
+            )
+        );
+        let gguf = names(&[
+            "README.md",
+            "gpt-oss-20b-mxfp4.gguf",
+            "gpt-oss-20b-Q8_0.gguf",
+            "gpt-oss-20b-F16.gguf",
+        ]);
+        assert_eq!(
+            plan(&gguf, None, None).unwrap().files,
+            ["gpt-oss-20b-mxfp4.gguf"]
+        );
+        assert_eq!(
+            plan(&gguf, Some("q8_0"), None).unwrap().load,
+            "gpt-oss-20b-Q8_0.gguf"
+        );
+        assert_eq!(
+            plan(&gguf, None, Some("gpt-oss-20b-F16.gguf"))
+                .unwrap()
+                .load,
+            "gpt-oss-20b-F16.gguf"
+        );
         let e = plan(&gguf, Some("Q4_K_M"), None).unwrap_err().to_string();
-        assert!(e.contains("no GGUF") && e.contains("gpt-oss-20b-F16.gguf"), "{e}");
+        assert!(
+            e.contains("no GGUF") && e.contains("gpt-oss-20b-F16.gguf"),
+            "{e}"
+        );
         let e = plan(&gguf, None, Some("x.gguf")).unwrap_err().to_string();
         assert!(e.contains("--hf-file x.gguf"), "{e}");
         let two = names(&["a-Q8_0.gguf", "a-F16.gguf"]);
-        assert!(plan(&two, None, None).unwrap_err().to_string().contains("several GGUFs"));
+        assert!(plan(&two, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("several GGUFs"));
     }
 
     #[test]

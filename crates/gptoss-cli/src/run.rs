@@ -116,10 +116,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut shown = match (args.json, chat) {
         (true, _) => Shown::Quiet,
-        (false, true) => Shown::Chat(Box::new(answer_printer(
-            &tokenizer,
-            args.show_reasoning,
-        )?)),
+        (false, true) => Shown::Chat(Box::new(answer_printer(&tokenizer, args.show_reasoning)?)),
         (false, false) => Shown::Raw(vocab::TextStream::default()),
     };
     let started = Instant::now();
@@ -307,4 +304,3 @@ fn report_speed(
         prompt as f64 / prefill.max(1e-9)
     );
 }
-

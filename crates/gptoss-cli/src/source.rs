@@ -12,7 +12,12 @@ use gptoss_formats::{Checkpoint, ModelConfig, ModelWeights};
 pub struct ModelArgs {
     /// Model directory, .safetensors file or .gguf file, or a Hugging Face repo
     /// `ORG/NAME[@REVISION][:QUANT]` (downloaded once into the Hugging Face cache; `:QUANT` picks a GGUF).
-    #[arg(short = 'm', long, required_unless_present = "dummy", conflicts_with = "dummy")]
+    #[arg(
+        short = 'm',
+        long,
+        required_unless_present = "dummy",
+        conflicts_with = "dummy"
+    )]
     pub model: Option<PathBuf>,
     /// The file of a Hub repo to load when it holds several GGUFs (llama.cpp's --hf-file).
     #[arg(long, value_name = "FILE", requires = "model")]

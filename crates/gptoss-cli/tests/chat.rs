@@ -28,9 +28,17 @@ fn chat_piped(args: &[&str], input: &str) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(out.status.success(), "{stderr}");
     (stdout, stderr)
 }
@@ -57,22 +65,55 @@ fn piped_conversation_keeps_history_and_obeys_commands() {
     assert_eq!(p.len(), 3, "{stderr}");
     // The first answer is exactly what `run` gives for the same prompt and flags.
     let run = Command::new(env!("CARGO_BIN_EXE_gptoss"))
-        .args(["run", "-m", &m(), "--device", "cpu", "-p", "Hello", "-n", "8", "--json"])
+        .args([
+            "run",
+            "-m",
+            &m(),
+            "--device",
+            "cpu",
+            "-p",
+            "Hello",
+            "-n",
+            "8",
+            "--json",
+        ])
         .output()
         .unwrap();
     let run: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let first = run["content"].as_str().unwrap();
-    assert!(stdout.starts_with(&format!("{first}\n")), "chat: {stdout:?}\nrun: {first:?}");
-    assert!(p[0].contains("Reasoning: medium") && p[0].ends_with("<|start|>user<|message|>Hello<|end|><|start|>assistant"), "{}", p[0]);
+    assert!(
+        stdout.starts_with(&format!("{first}\n")),
+        "chat: {stdout:?}\nrun: {first:?}"
+    );
+    assert!(
+        p[0].contains("Reasoning: medium")
+            && p[0].ends_with("<|start|>user<|message|>Hello<|end|><|start|>assistant"),
+        "{}",
+        p[0]
+    );
     // Turn two: effort low, the first exchange kept (the answer on the final channel).
     assert!(p[1].contains("Reasoning: low"), "{}", p[1]);
     let history = format!("<|start|>user<|message|>Hello<|end|><|start|>assistant<|channel|>final<|message|>{first}<|end|><|start|>user<|message|>Second<|end|><|start|>assistant");
     assert!(p[1].ends_with(&history), "{}\nwant the end {history}", p[1]);
     // After /reset and /system: no history, developer instructions, a message of two lines.
-    assert!(!p[2].contains("Hello") && p[2].contains("Reasoning: low"), "{}", p[2]);
-    assert!(p[2].contains("<|start|>developer<|message|># Instructions\n\nBe terse.<|end|>"), "{}", p[2]);
-    assert!(p[2].ends_with("<|start|>user<|message|>line one\nline two<|end|><|start|>assistant"), "{}", p[2]);
-    assert!(stderr.contains("[conversation cleared]") && stderr.contains("[answer cut at -n 8 tokens]"));
+    assert!(
+        !p[2].contains("Hello") && p[2].contains("Reasoning: low"),
+        "{}",
+        p[2]
+    );
+    assert!(
+        p[2].contains("<|start|>developer<|message|># Instructions\n\nBe terse.<|end|>"),
+        "{}",
+        p[2]
+    );
+    assert!(
+        p[2].ends_with("<|start|>user<|message|>line one\nline two<|end|><|start|>assistant"),
+        "{}",
+        p[2]
+    );
+    assert!(
+        stderr.contains("[conversation cleared]") && stderr.contains("[answer cut at -n 8 tokens]")
+    );
     // Without a terminal there is no prompt marker on stdout.
     assert!(!stdout.contains(">>>"));
 }
@@ -80,10 +121,16 @@ fn piped_conversation_keeps_history_and_obeys_commands() {
 #[test]
 fn piped_errors_name_the_command_and_the_full_context() {
     let (_, stderr) = chat_piped(&["-n", "4", "-c", "64"], "/effort extreme\n/bogus\nHello\n");
-    assert!(stderr.contains("/effort: expected low, medium or high, got \"extreme\""), "{stderr}");
+    assert!(
+        stderr.contains("/effort: expected low, medium or high, got \"extreme\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown command /bogus"), "{stderr}");
     // The Harmony system message alone is longer than 64 tokens: the message is refused, not cut.
-    assert!(stderr.contains("the context holds 64: /reset, or restart with a larger -c/--ctx"), "{stderr}");
+    assert!(
+        stderr.contains("the context holds 64: /reset, or restart with a larger -c/--ctx"),
+        "{stderr}"
+    );
 }
 
 /// A child on a new pseudo-terminal and everything it wrote there.
@@ -138,7 +185,11 @@ impl Pty {
                 s.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Pty { master, seen, child }
+        Pty {
+            master,
+            seen,
+            child,
+        }
     }
 
     fn text(&self) -> String {
@@ -149,7 +200,11 @@ impl Pty {
     fn wait_for(&self, needle: &str, count: usize) {
         let started = Instant::now();
         while self.text().matches(needle).count() < count {
-            assert!(started.elapsed() < Duration::from_secs(120), "no {needle:?} (x{count}) in {:?}", self.text());
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no {needle:?} (x{count}) in {:?}",
+                self.text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,13 +218,25 @@ impl Pty {
 fn on_a_terminal_ctrl_c_stops_the_answer_not_the_program() {
     // A long message prefilled a token a step keeps the answer busy for seconds (the tiny model's own
     // answers end on a stop token within milliseconds), so Ctrl-C surely lands inside it.
-    let args = ["chat", "-m", &m(), "--device", "cpu", "-c", "8192", "--batch-tokens", "1"];
+    let args = [
+        "chat",
+        "-m",
+        &m(),
+        "--device",
+        "cpu",
+        "-c",
+        "8192",
+        "--batch-tokens",
+        "1",
+    ];
     let mut pty = Pty::spawn(&args);
     pty.wait_for(">>> ", 1);
     assert!(pty.text().contains("/help for commands"), "{}", pty.text());
     pty.send(b"\"\"\"\r");
     for _ in 0..200 {
-        pty.send(b"the quick brown fox jumps over the lazy dog again and again and again and again\r");
+        pty.send(
+            b"the quick brown fox jumps over the lazy dog again and again and again and again\r",
+        );
     }
     pty.send(b"\"\"\"\r");
     std::thread::sleep(Duration::from_millis(300));
@@ -186,7 +253,11 @@ fn on_a_terminal_ctrl_c_stops_the_answer_not_the_program() {
         if let Some(s) = pty.child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "chat did not exit: {}", pty.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "chat did not exit: {}",
+            pty.text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}: {}", pty.text());

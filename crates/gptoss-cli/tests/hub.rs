@@ -89,10 +89,16 @@ impl Hub {
         let mut gg = BTreeMap::new();
         for q in ["q8_0", "f32"] {
             let p = fixtures().join(format!("gguf/tiny-llamacpp-{q}.gguf"));
-            gg.insert(format!("tiny-{}.gguf", q.to_uppercase()), file(std::fs::read(p).unwrap(), true));
+            gg.insert(
+                format!("tiny-{}.gguf", q.to_uppercase()),
+                file(std::fs::read(p).unwrap(), true),
+            );
         }
         repos.insert("tiny/gpt-oss-GGUF".to_string(), gg);
-        let state = Arc::new(Mutex::new(State { repos, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            repos,
+            ..State::default()
+        }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let s = state.clone();
@@ -129,7 +135,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         return;
     }
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
     let (mut range, mut auth) = (None, None);
     loop {
         let mut h = String::new();
@@ -146,26 +155,55 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     }
     let mut out = conn;
     let mut st = state.lock().unwrap();
-    st.seen.push(Seen { path: path.clone(), range: range.clone(), auth });
+    st.seen.push(Seen {
+        path: path.clone(),
+        range: range.clone(),
+        auth,
+    });
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let (repo, rev) = rest.split_once("/revision/").unwrap_or((rest, "main"));
-        let Some(files) = st.repos.get(repo).filter(|_| rev == "main" || rev == COMMIT) else {
-            return respond(&mut out, "404 Not Found", &[("X-Error-Code", "RepoNotFound")], b"{\"error\":\"Repository not found\"}");
+        let Some(files) = st
+            .repos
+            .get(repo)
+            .filter(|_| rev == "main" || rev == COMMIT)
+        else {
+            return respond(
+                &mut out,
+                "404 Not Found",
+                &[("X-Error-Code", "RepoNotFound")],
+                b"{\"error\":\"Repository not found\"}",
+            );
         };
-        let siblings: Vec<_> = files.keys().map(|f| serde_json::json!({ "rfilename": f })).collect();
-        let body = serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings }).to_string();
-        return respond(&mut out, "200 OK", &[("Content-Type", "application/json")], body.as_bytes());
+        let siblings: Vec<_> = files
+            .keys()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let body =
+            serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings }).to_string();
+        return respond(
+            &mut out,
+            "200 OK",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
     }
     // /ORG/NAME/resolve/REV/PATH
     let segs: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     let found = match segs.as_slice() {
-        [org, name, "resolve", rev, file] if *rev == "main" || *rev == COMMIT => {
-            st.repos.get(&format!("{org}/{name}")).and_then(|r| r.get(*file)).map(|f| (f.bytes.clone(), f.etag.clone(), file.to_string()))
-        }
+        [org, name, "resolve", rev, file] if *rev == "main" || *rev == COMMIT => st
+            .repos
+            .get(&format!("{org}/{name}"))
+            .and_then(|r| r.get(*file))
+            .map(|f| (f.bytes.clone(), f.etag.clone(), file.to_string())),
         _ => None,
     };
     let Some((mut bytes, etag, name)) = found else {
-        return respond(&mut out, "404 Not Found", &[("X-Error-Code", "EntryNotFound")], b"not found");
+        return respond(
+            &mut out,
+            "404 Not Found",
+            &[("X-Error-Code", "EntryNotFound")],
+            b"not found",
+        );
     };
     if st.corrupt.as_deref() == Some(name.as_str()) {
         bytes[0] ^= 1;
@@ -175,7 +213,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         Some(r) => {
             let (a, b) = r.split_once('-').unwrap();
             let a: usize = a.parse().unwrap();
-            let b: usize = if b.is_empty() { size - 1 } else { b.parse().unwrap() };
+            let b: usize = if b.is_empty() {
+                size - 1
+            } else {
+                b.parse().unwrap()
+            };
             (a, b.min(size - 1))
         }
         None => (0, size - 1),
@@ -191,14 +233,22 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     drop(st);
     let etag_h = format!("\"{etag}\"");
     let cr = format!("bytes {start}-{end}/{size}");
-    let mut headers = vec![("ETag", etag_h.as_str()), ("X-Repo-Commit", COMMIT), ("Accept-Ranges", "bytes")];
+    let mut headers = vec![
+        ("ETag", etag_h.as_str()),
+        ("X-Repo-Commit", COMMIT),
+        ("Accept-Ranges", "bytes"),
+    ];
     let status = if range.is_some() {
         headers.push(("Content-Range", cr.as_str()));
         "206 Partial Content"
     } else {
         "200 OK"
     };
-    let body: &[u8] = if method == "HEAD" { &[] } else { &bytes[start..=end] };
+    let body: &[u8] = if method == "HEAD" {
+        &[]
+    } else {
+        &bytes[start..=end]
+    };
     match stall {
         Some(n) => {
             let head = head(status, &headers, end + 1 - start);
@@ -237,11 +287,26 @@ fn scratch(name: &str) -> PathBuf {
 /// `gptoss ARGS` with the Hub at `endpoint` and the HF home at `home` (no other HF or proxy settings).
 fn gptoss(endpoint: &str, home: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gptoss"));
-    c.args(args).env("HF_ENDPOINT", endpoint).env("HF_HOME", home);
-    for k in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE"] {
+    c.args(args)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", home);
+    for k in [
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_OFFLINE",
+    ] {
         c.env_remove(k);
     }
-    for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
+    for k in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         c.env_remove(k);
     }
     c
@@ -255,11 +320,18 @@ fn ok(mut c: Command) -> Output {
 }
 
 fn repo_dir(home: &Path, repo: &str) -> PathBuf {
-    home.join("hub").join(format!("models--{}", repo.replace('/', "--")))
+    home.join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")))
 }
 
 fn tokens_json(endpoint: &str, home: &Path, model: &str) -> serde_json::Value {
-    let o = ok(gptoss(endpoint, home, &["run", "-m", model, "--tokens", "1,2,3,4", "-n", "4", "--json", "--device", "cpu"]));
+    let o = ok(gptoss(
+        endpoint,
+        home,
+        &[
+            "run", "-m", model, "--tokens", "1,2,3,4", "-n", "4", "--json", "--device", "cpu",
+        ],
+    ));
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -270,38 +342,87 @@ fn first_run_downloads_what_the_loader_reads_and_the_second_nothing() {
     let mut c = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"]);
     c.env("HF_TOKEN", "hf_secret");
     let o = ok(c);
-    let snapshot = repo_dir(&home, "tiny/gpt-oss").join("snapshots").join(COMMIT);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), snapshot.to_str().unwrap());
-    let mut got: Vec<String> = hub.downloads().iter().map(|s| s.path.rsplit('/').next().unwrap().to_string()).collect();
+    let snapshot = repo_dir(&home, "tiny/gpt-oss")
+        .join("snapshots")
+        .join(COMMIT);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        snapshot.to_str().unwrap()
+    );
+    let mut got: Vec<String> = hub
+        .downloads()
+        .iter()
+        .map(|s| s.path.rsplit('/').next().unwrap().to_string())
+        .collect();
     got.sort();
     assert_eq!(
         got,
-        ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"]
+        [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.json"
+        ]
     );
-    assert!(hub.seen().iter().all(|s| s.auth.as_deref() == Some("Bearer hf_secret")), "HF_TOKEN is sent");
+    assert!(
+        hub.seen()
+            .iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer hf_secret")),
+        "HF_TOKEN is sent"
+    );
     // The huggingface_hub layout: refs/main holds the commit, snapshot entries link into blobs/ETAG.
     let dir = repo_dir(&home, "tiny/gpt-oss");
-    assert_eq!(std::fs::read_to_string(dir.join("refs/main")).unwrap(), COMMIT);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("refs/main")).unwrap(),
+        COMMIT
+    );
     let link = std::fs::read_link(snapshot.join("config.json")).unwrap();
-    let etag = hub.state.lock().unwrap().repos["tiny/gpt-oss"]["config.json"].etag.clone();
+    let etag = hub.state.lock().unwrap().repos["tiny/gpt-oss"]["config.json"]
+        .etag
+        .clone();
     assert_eq!(link, Path::new("../../blobs").join(&etag));
-    assert_eq!(std::fs::read_dir(dir.join("refs")).unwrap().count(), 1, "no ref named after the commit");
+    assert_eq!(
+        std::fs::read_dir(dir.join("refs")).unwrap().count(),
+        1,
+        "no ref named after the commit"
+    );
     // Loaded by name it is the fixture.
     hub.clear();
     let by_name = tokens_json(&hub.url, &home, "tiny/gpt-oss");
-    let by_path = tokens_json(&hub.url, &home, fixtures().join("hf-mxfp4").to_str().unwrap());
+    let by_path = tokens_json(
+        &hub.url,
+        &home,
+        fixtures().join("hf-mxfp4").to_str().unwrap(),
+    );
     assert_eq!(by_name["tokens"], by_path["tokens"]);
-    assert!(hub.downloads().is_empty(), "second run downloaded {:?}", hub.downloads());
+    assert!(
+        hub.downloads().is_empty(),
+        "second run downloaded {:?}",
+        hub.downloads()
+    );
     // Offline, the cache alone serves it; an uncached repo is a clear error.
     let mut c = gptoss("http://127.0.0.1:9", &home, &["pull", "tiny/gpt-oss"]);
     c.env("HF_HUB_OFFLINE", "1");
-    assert_eq!(String::from_utf8_lossy(&ok(c).stdout).trim(), snapshot.to_str().unwrap());
+    assert_eq!(
+        String::from_utf8_lossy(&ok(c).stdout).trim(),
+        snapshot.to_str().unwrap()
+    );
     let mut c = gptoss("http://127.0.0.1:9", &home, &["pull", "tiny/other"]);
     let o = c.env("HF_HUB_OFFLINE", "1").output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("HF_HUB_OFFLINE") && err.contains("tiny/other@main is not in the cache"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("HF_HUB_OFFLINE")
+            && err.contains("tiny/other@main is not in the cache"),
+        "{err}"
+    );
     // Unreachable Hub: the cached snapshot is used, with a note.
-    let o = ok(gptoss("http://127.0.0.1:9", &home, &["pull", "tiny/gpt-oss"]));
+    let o = ok(gptoss(
+        "http://127.0.0.1:9",
+        &home,
+        &["pull", "tiny/gpt-oss"],
+    ));
     assert!(String::from_utf8_lossy(&o.stderr).contains("using the cached snapshot"));
     let _ = std::fs::remove_dir_all(&home);
 }
@@ -318,11 +439,20 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     };
     let half = size / 2;
     hub.state.lock().unwrap().stall = Some((shard.to_string(), half));
-    let mut child = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let part = repo_dir(&home, "tiny/gpt-oss").join("blobs").join(format!("{etag}.part"));
+    let mut child = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let part = repo_dir(&home, "tiny/gpt-oss")
+        .join("blobs")
+        .join(format!("{etag}.part"));
     let started = Instant::now();
     while std::fs::metadata(&part).map_or(0, |m| m.len()) < half as u64 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the partial blob never reached {half} bytes");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the partial blob never reached {half} bytes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -330,9 +460,16 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     assert_eq!(std::fs::metadata(&part).unwrap().len(), half as u64);
     hub.clear();
     ok(gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"]));
-    let fetched: Vec<Seen> = hub.downloads().into_iter().filter(|s| s.path.ends_with(shard)).collect();
+    let fetched: Vec<Seen> = hub
+        .downloads()
+        .into_iter()
+        .filter(|s| s.path.ends_with(shard))
+        .collect();
     assert_eq!(fetched.len(), 1, "{fetched:?}");
-    assert_eq!(fetched[0].range.as_deref(), Some(format!("bytes={half}-").as_str()));
+    assert_eq!(
+        fetched[0].range.as_deref(),
+        Some(format!("bytes={half}-").as_str())
+    );
     let blob = repo_dir(&home, "tiny/gpt-oss").join("blobs").join(&etag);
     assert_eq!(hex(&Sha256::digest(std::fs::read(blob).unwrap())), etag);
     assert!(!part.exists());
@@ -344,10 +481,19 @@ fn a_corrupt_download_is_caught_and_removed() {
     let hub = Hub::start();
     let home = scratch("corrupt");
     hub.state.lock().unwrap().corrupt = Some("model-00001-of-00002.safetensors".into());
-    let o = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"]).output().unwrap();
+    let o = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("checksum mismatch") && err.contains("model-00001-of-00002.safetensors"), "{err}");
-    let snapshot = repo_dir(&home, "tiny/gpt-oss").join("snapshots").join(COMMIT);
+    assert!(
+        !o.status.success()
+            && err.contains("checksum mismatch")
+            && err.contains("model-00001-of-00002.safetensors"),
+        "{err}"
+    );
+    let snapshot = repo_dir(&home, "tiny/gpt-oss")
+        .join("snapshots")
+        .join(COMMIT);
     assert!(!snapshot.join("model-00001-of-00002.safetensors").exists());
     // Served correctly, the next run completes.
     hub.state.lock().unwrap().corrupt = None;
@@ -360,20 +506,55 @@ fn quant_suffix_and_hf_file_pick_one_gguf() {
     let hub = Hub::start();
     let home = scratch("gguf");
     let o = ok(gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss-GGUF:q8_0"]));
-    assert!(String::from_utf8_lossy(&o.stdout).trim().ends_with("tiny-Q8_0.gguf"));
-    let names: Vec<String> = hub.downloads().iter().map(|s| s.path.rsplit('/').next().unwrap().to_string()).collect();
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .ends_with("tiny-Q8_0.gguf"));
+    let names: Vec<String> = hub
+        .downloads()
+        .iter()
+        .map(|s| s.path.rsplit('/').next().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["tiny-Q8_0.gguf"]);
-    let o = ok(gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss-GGUF", "--hf-file", "tiny-F32.gguf"]));
-    assert!(String::from_utf8_lossy(&o.stdout).trim().ends_with("tiny-F32.gguf"));
+    let o = ok(gptoss(
+        &hub.url,
+        &home,
+        &["pull", "tiny/gpt-oss-GGUF", "--hf-file", "tiny-F32.gguf"],
+    ));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .ends_with("tiny-F32.gguf"));
     let by_name = tokens_json(&hub.url, &home, "tiny/gpt-oss-GGUF:Q8_0");
-    let by_path = tokens_json(&hub.url, &home, fixtures().join("gguf/tiny-llamacpp-q8_0.gguf").to_str().unwrap());
+    let by_path = tokens_json(
+        &hub.url,
+        &home,
+        fixtures()
+            .join("gguf/tiny-llamacpp-q8_0.gguf")
+            .to_str()
+            .unwrap(),
+    );
     assert_eq!(by_name["tokens"], by_path["tokens"]);
-    let o = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss-GGUF"]).output().unwrap();
+    let o = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss-GGUF"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("several GGUFs") && err.contains("tiny-F32.gguf"), "{err}");
-    let o = gptoss(&hub.url, &home, &["run", "-m", "tiny/no-such-repo", "-p", "hi"]).output().unwrap();
+    assert!(
+        !o.status.success() && err.contains("several GGUFs") && err.contains("tiny-F32.gguf"),
+        "{err}"
+    );
+    let o = gptoss(
+        &hub.url,
+        &home,
+        &["run", "-m", "tiny/no-such-repo", "-p", "hi"],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--model tiny/no-such-repo: no such file or directory") && err.contains("404"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("--model tiny/no-such-repo: no such file or directory")
+            && err.contains("404"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -396,7 +577,8 @@ fn a_cache_filled_by_huggingface_hub_is_reused() {
                 continue;
             }
             std::fs::write(dir.join("blobs").join(&f.etag), &f.bytes).unwrap();
-            std::os::unix::fs::symlink(Path::new("../../blobs").join(&f.etag), snapshot.join(name)).unwrap();
+            std::os::unix::fs::symlink(Path::new("../../blobs").join(&f.etag), snapshot.join(name))
+                .unwrap();
         }
     }
     let o = ok(gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss"]));

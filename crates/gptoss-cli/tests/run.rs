@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn model() -> String {
-    let p: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
+    let p: PathBuf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
     p.to_str().unwrap().to_string()
 }
 
@@ -16,13 +17,22 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
         .arg("run")
         .args(["-m", &model(), "--device", "cpu"])
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     child.wait_with_output().unwrap()
 }
@@ -49,14 +59,25 @@ fn the_prompt_comes_from_p_file_or_stdin_alike() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("prompt.txt");
     std::fs::write(&file, "Hello").unwrap();
-    let by_file = json(&["--file", file.to_str().unwrap(), "-n", "8", "--json"], None);
+    let by_file = json(
+        &["--file", file.to_str().unwrap(), "-n", "8", "--json"],
+        None,
+    );
     assert_eq!(by_flag, by_stdin);
     assert_eq!(by_flag, by_file);
     std::fs::remove_dir_all(&dir).unwrap();
     let o = run(&["-n", "8"], Some(""));
-    assert!(!o.status.success() && err(&o).contains("stdin was empty"), "{}", err(&o));
+    assert!(
+        !o.status.success() && err(&o).contains("stdin was empty"),
+        "{}",
+        err(&o)
+    );
     let o = run(&["--file", "/no/such/prompt.txt"], None);
-    assert!(!o.status.success() && err(&o).contains("--file /no/such/prompt.txt"), "{}", err(&o));
+    assert!(
+        !o.status.success() && err(&o).contains("--file /no/such/prompt.txt"),
+        "{}",
+        err(&o)
+    );
 }
 
 #[test]
@@ -70,20 +91,51 @@ fn stdout_holds_the_parsed_answer_and_json_says_what_it_was() {
     let content = v["content"].as_str().unwrap();
     assert!(!content.is_empty());
     let streamed = ok(&["-p", "Hello", "-n", "12"], None);
-    assert_eq!(String::from_utf8_lossy(&streamed.stdout), format!("{content}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout),
+        format!("{content}\n")
+    );
     // A raw prompt has no Harmony answer: the raw text streams, and --json says null.
     let raw = json(&["-p", "Hello", "--raw", "-n", "6", "--json"], None);
-    assert!(raw["content"].is_null() && raw["reasoning"].is_null() && raw["text"].is_string(), "{raw}");
+    assert!(
+        raw["content"].is_null() && raw["reasoning"].is_null() && raw["text"].is_string(),
+        "{raw}"
+    );
     let raw_out = ok(&["-p", "Hello", "--raw", "-n", "6"], None);
-    assert_eq!(String::from_utf8_lossy(&raw_out.stdout), format!("{}\n", raw["text"].as_str().unwrap()));
+    assert_eq!(
+        String::from_utf8_lossy(&raw_out.stdout),
+        format!("{}\n", raw["text"].as_str().unwrap())
+    );
 }
 
 #[test]
 fn short_flags_and_the_stats_line() {
-    let o = ok(&["-p", "Hello", "-n", "3", "-c", "512", "-t", "1", "--temperature", "0.7", "--seed", "5"], None);
+    let o = ok(
+        &[
+            "-p",
+            "Hello",
+            "-n",
+            "3",
+            "-c",
+            "512",
+            "-t",
+            "1",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "5",
+        ],
+        None,
+    );
     let e = err(&o);
-    let line = e.lines().find(|l| l.starts_with('[') && l.contains(" prompt tokens in ")).unwrap_or_else(|| panic!("{e}"));
-    assert!(line.contains("; 3 generated, ") && line.ends_with(" tok/s decode; stop: Length]"), "{line}");
+    let line = e
+        .lines()
+        .find(|l| l.starts_with('[') && l.contains(" prompt tokens in "))
+        .unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        line.contains("; 3 generated, ") && line.ends_with(" tok/s decode; stop: Length]"),
+        "{line}"
+    );
     let o = run(&["-p", "Hello", "-t", "0"], None);
     assert!(!o.status.success() && err(&o).contains("-t"), "{}", err(&o));
 }
@@ -93,7 +145,11 @@ fn a_full_context_is_reported() {
     // The prompt is 166 tokens; a context of 170 leaves room for 4 of the 100 asked for.
     let o = ok(&["-p", "Hello", "-n", "100", "-c", "170"], None);
     let e = err(&o);
-    assert!(e.contains("; 4 generated, ") && e.contains("[the context is full: 170 tokens (prompt 166 + 4 generated)"), "{e}");
+    assert!(
+        e.contains("; 4 generated, ")
+            && e.contains("[the context is full: 170 tokens (prompt 166 + 4 generated)"),
+        "{e}"
+    );
     let o = ok(&["-p", "Hello", "-n", "3", "-c", "512"], None);
     assert!(!err(&o).contains("context is full"));
 }

@@ -123,9 +123,7 @@ pub fn generate_until<B: Backend>(
                 FinishReason::Stop => StopReason::Stop,
                 FinishReason::Length => StopReason::Length,
                 FinishReason::Cancelled if stop_asked => StopReason::Cancelled,
-                FinishReason::Cancelled => {
-                    return Err(Error::invalid("the request was cancelled"))
-                }
+                FinishReason::Cancelled => return Err(Error::invalid("the request was cancelled")),
             };
             let stats = stats.snapshot();
             return Ok(Generation {

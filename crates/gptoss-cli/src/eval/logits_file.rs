@@ -125,17 +125,26 @@ impl Reader {
             .read_exact(&mut fixed)
             .with_context(|| format!("{}: too short for a logits file", path.display()))?;
         if &fixed[..8] != MAGIC {
-            bail!("{}: not a gptoss logits file (written by `gptoss eval --save-logits`)", path.display());
+            bail!(
+                "{}: not a gptoss logits file (written by `gptoss eval --save-logits`)",
+                path.display()
+            );
         }
         let version = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
         if version != VERSION {
-            bail!("{}: logits file version {version}, expected {VERSION}", path.display());
+            bail!(
+                "{}: logits file version {version}, expected {VERSION}",
+                path.display()
+            );
         }
         let mut len = [0u8; 8];
         len.copy_from_slice(&fixed[12..20]);
         let len = u64::from_le_bytes(len);
         if len > size {
-            bail!("{}: header length {len} exceeds the file's {size} bytes", path.display());
+            bail!(
+                "{}: header length {len} exceeds the file's {size} bytes",
+                path.display()
+            );
         }
         let mut json = vec![0u8; len as usize];
         input.read_exact(&mut json)?;
@@ -143,7 +152,12 @@ impl Reader {
             .with_context(|| format!("{}: unreadable header", path.display()))?;
         let want = 20 + len + (header.rows as u64) * (header.vocab as u64) * 4;
         if size != want {
-            bail!("{}: {size} bytes, but its header ({} rows of {} logits) needs {want}", path.display(), header.rows, header.vocab);
+            bail!(
+                "{}: {size} bytes, but its header ({} rows of {} logits) needs {want}",
+                path.display(),
+                header.rows,
+                header.vocab
+            );
         }
         Ok(Reader {
             input,
@@ -177,11 +191,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gptoss-lg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("base.logits");
-        let header = Header { tokens: vec![5, 6, 7], ctx: 8, vocab: 3, rows: 2, model: "m".into() };
+        let header = Header {
+            tokens: vec![5, 6, 7],
+            ctx: 8,
+            vocab: 3,
+            rows: 2,
+            model: "m".into(),
+        };
         let mut w = Writer::create(&path, &header).unwrap();
         w.row(&[1.0, 2.0, 3.0]).unwrap();
         drop(w);
-        assert!(!path.exists() && std::fs::read_dir(&dir).unwrap().count() == 0, "an unfinished file leaves nothing");
+        assert!(
+            !path.exists() && std::fs::read_dir(&dir).unwrap().count() == 0,
+            "an unfinished file leaves nothing"
+        );
         let mut w = Writer::create(&path, &header).unwrap();
         w.row(&[1.0, 2.0, 3.0]).unwrap();
         w.row(&[-1.0, 0.5, f32::MIN]).unwrap();

@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use gptoss_engine::{Batch, Capacity};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -120,7 +120,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 
 fn ppl(args: PplArgs) -> Result<()> {
     let loaded = source::load(&args.model)?;
-    let tokens = text_tokens(&args.text, &loaded)?.context("give the text with --file FILE or --tokens IDS")?;
+    let tokens = text_tokens(&args.text, &loaded)?
+        .context("give the text with --file FILE or --tokens IDS")?;
     let ctx = args.model.ctx;
     let name = model_name(&args.model);
     let mut writer = match &args.save_logits {
@@ -128,7 +129,13 @@ fn ppl(args: PplArgs) -> Result<()> {
         None => None,
     };
     let mut score = Perplexity::default();
-    let pass = Pass { args: &args.model, loaded: &loaded, tokens: &tokens, ctx, step: args.batch_tokens };
+    let pass = Pass {
+        args: &args.model,
+        loaded: &loaded,
+        tokens: &tokens,
+        ctx,
+        step: args.batch_tokens,
+    };
     pass.run(|row, target| {
         score.add(row, target);
         writer.as_mut().map_or(Ok(()), |w| w.row(row))
@@ -154,15 +161,24 @@ fn ppl(args: PplArgs) -> Result<()> {
 fn kld(args: KldArgs) -> Result<()> {
     // The base's rows go to a file first (a temporary one unless --save-logits), so only one model is
     // loaded at a time.
-    let temp = TempFile(std::env::temp_dir().join(format!("gptoss-kld-{}.logits", std::process::id())));
+    let temp =
+        TempFile(std::env::temp_dir().join(format!("gptoss-kld-{}.logits", std::process::id())));
     let (path, base_ppl) = match (&args.base.base_logits, base_model_args(&args)) {
         (Some(path), _) => (path.clone(), None),
         (None, Some(base_args)) => {
             let path = args.save_logits.clone().unwrap_or_else(|| temp.0.clone());
-            let ppl = save_base(&base_args, &args.text, args.model.ctx, args.batch_tokens, &path)?;
+            let ppl = save_base(
+                &base_args,
+                &args.text,
+                args.model.ctx,
+                args.batch_tokens,
+                &path,
+            )?;
             (path, Some(ppl))
         }
-        (None, None) => bail!("give the base with --base MODEL, --base-dummy NAME or --base-logits FILE"),
+        (None, None) => {
+            bail!("give the base with --base MODEL, --base-dummy NAME or --base-logits FILE")
+        }
     };
     let mut base = Reader::open(&path)?;
     let header = base.header.clone();
@@ -176,12 +192,21 @@ fn kld(args: KldArgs) -> Result<()> {
         bail!("the base's vocabulary has {} entries, --model's {}: the distributions cannot be compared", header.vocab, loaded.weights.config.vocab_size);
     }
     if args.model.ctx != header.ctx {
-        eprintln!("[windows of {} tokens, as the base logits were computed]", header.ctx);
+        eprintln!(
+            "[windows of {} tokens, as the base logits were computed]",
+            header.ctx
+        );
     }
     let mut stats = KlStats::default();
     let mut base_row = Vec::with_capacity(header.vocab);
     let mut base_score = Perplexity::default();
-    let pass = Pass { args: &args.model, loaded: &loaded, tokens: &header.tokens, ctx: header.ctx, step: args.batch_tokens };
+    let pass = Pass {
+        args: &args.model,
+        loaded: &loaded,
+        tokens: &header.tokens,
+        ctx: header.ctx,
+        step: args.batch_tokens,
+    };
     pass.run(|row, target| {
         base.row(&mut base_row)?;
         base_score.add(&base_row, target);
@@ -216,13 +241,26 @@ fn base_model_args(args: &KldArgs) -> Option<ModelArgs> {
 }
 
 /// Runs the base over the text, writing its rows to `path`; returns its perplexity.
-fn save_base(base: &ModelArgs, text: &TextArgs, ctx: usize, step: usize, path: &Path) -> Result<f64> {
+fn save_base(
+    base: &ModelArgs,
+    text: &TextArgs,
+    ctx: usize,
+    step: usize,
+    path: &Path,
+) -> Result<f64> {
     let loaded = source::load(base).context("loading the base model")?;
-    let tokens = text_tokens(text, &loaded)?.context("give the text with --file FILE or --tokens IDS")?;
+    let tokens =
+        text_tokens(text, &loaded)?.context("give the text with --file FILE or --tokens IDS")?;
     let name = model_name(base);
     let mut writer = Writer::create(path, &header(&tokens, ctx, &loaded, &name))?;
     let mut score = Perplexity::default();
-    let pass = Pass { args: base, loaded: &loaded, tokens: &tokens, ctx, step };
+    let pass = Pass {
+        args: base,
+        loaded: &loaded,
+        tokens: &tokens,
+        ctx,
+        step,
+    };
     pass.run(|row, target| {
         score.add(row, target);
         writer.row(row)
@@ -290,8 +328,11 @@ fn report_kld(args: &KldArgs, header: &Header, stats: &KlStats, ppl_base: f64) {
 fn text_tokens(text: &TextArgs, loaded: &Loaded) -> Result<Option<Vec<u32>>> {
     let mut tokens = match (&text.file, &text.tokens) {
         (Some(path), _) => {
-            let s = std::fs::read_to_string(path).with_context(|| format!("--file {}", path.display()))?;
-            vocab::tokenizer_for(loaded)?.encode(&s).with_context(|| format!("tokenizing {}", path.display()))?
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("--file {}", path.display()))?;
+            vocab::tokenizer_for(loaded)?
+                .encode(&s)
+                .with_context(|| format!("tokenizing {}", path.display()))?
         }
         (None, Some(ids)) => source::parse_tokens(ids)?,
         (None, None) => return Ok(None),
@@ -300,7 +341,10 @@ fn text_tokens(text: &TextArgs, loaded: &Loaded) -> Result<Option<Vec<u32>>> {
         tokens.truncate(n as usize);
     }
     if tokens.len() < 2 {
-        bail!("the text is {} token(s); perplexity needs at least 2", tokens.len());
+        bail!(
+            "the text is {} token(s); perplexity needs at least 2",
+            tokens.len()
+        );
     }
     let vocab = loaded.weights.config.vocab_size;
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -312,7 +356,11 @@ fn text_tokens(text: &TextArgs, loaded: &Loaded) -> Result<Option<Vec<u32>>> {
 fn model_name(args: &ModelArgs) -> String {
     let mut name = match (&args.model, args.dummy) {
         (Some(p), _) => p.display().to_string(),
-        (None, Some(d)) => format!("--dummy {d:?}"),
+        (None, Some(d)) => format!(
+            "--dummy {}",
+            d.to_possible_value()
+                .map_or_else(|| format!("{d:?}"), |v| v.get_name().to_string())
+        ),
         (None, None) => "?".into(),
     };
     if args.dense == DenseWeights::Q8_0 {
@@ -382,7 +430,9 @@ fn progress(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("scoring [{bar:30}] {pos}/{len} positions, eta {eta}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("scoring [{bar:30}] {pos}/{len} positions, eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar

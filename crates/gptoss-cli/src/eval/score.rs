@@ -58,7 +58,10 @@ pub fn argmax(row: &[f32]) -> usize {
 
 /// `-log p(target)` under `softmax(row)`.
 pub fn nll(row: &[f32], target: u32) -> f64 {
-    let x = row.get(target as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+    let x = row
+        .get(target as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY) as f64;
     log_sum_exp(row) - x
 }
 
@@ -141,8 +144,18 @@ mod tests {
         }
         assert_eq!(
             windows(24, 8),
-            [(0, 8, 1), (4, 12, 8), (8, 16, 12), (12, 20, 16), (16, 24, 20)]
-                .map(|(begin, end, first_target)| Window { begin, end, first_target })
+            [
+                (0, 8, 1),
+                (4, 12, 8),
+                (8, 16, 12),
+                (12, 20, 16),
+                (16, 24, 20)
+            ]
+            .map(|(begin, end, first_target)| Window {
+                begin,
+                end,
+                first_target
+            })
         );
         assert!(windows(1, 8).is_empty());
     }
@@ -160,6 +173,9 @@ mod tests {
         assert!((nll(&q, 1) - (4.0f64 / 3.0).ln()).abs() < 1e-7);
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
         let v: Vec<f64> = (1..=200).map(f64::from).collect();
-        assert_eq!((quantile(&v, 0.99), quantile(&v, 0.5), quantile(&[], 0.99)), (198.0, 100.0, 0.0));
+        assert_eq!(
+            (quantile(&v, 0.99), quantile(&v, 0.5), quantile(&[], 0.99)),
+            (198.0, 100.0, 0.0)
+        );
     }
 }
