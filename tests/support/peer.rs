@@ -11,6 +11,8 @@ pub fn skipped(test: &str, why: &str, require: &str) {
         std::env::var_os(require).is_none(),
         "{test}: {why} ({require} is set, so a missing peer is a failure)"
     );
+    // One line per skipped test in the summary.
+    let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
     println!("SKIPPED {test}: {why}");
     if let Some(path) = std::env::var_os("GPTOSS_SKIP_LOG") {
         if let Ok(mut f) = std::fs::OpenOptions::new()

@@ -387,6 +387,15 @@ fn first_run_downloads_what_the_loader_reads_and_the_second_nothing() {
         1,
         "no ref named after the commit"
     );
+    let blobs: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(blobs.len(), 5, "only blobs named by ETag: {blobs:?}");
+    assert!(
+        blobs.iter().all(|b| b.len() == 40 || b.len() == 64),
+        "{blobs:?}"
+    );
     // Loaded by name it is the fixture.
     hub.clear();
     let by_name = tokens_json(&hub.url, &home, "tiny/gpt-oss");

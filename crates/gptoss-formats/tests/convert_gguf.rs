@@ -283,7 +283,7 @@ fn python_with_gguf(test: &str) -> Option<String> {
     {
         Ok(o) if o.status.success() => Some(py),
         Ok(o) => {
-            let why = format!("`{py} -c 'import gguf, numpy'` failed ({}); pip install -r tools/test-requirements.txt, or set GPTOSS_PYTHON", String::from_utf8_lossy(&o.stderr).trim());
+            let why = format!("`{py} -c 'import gguf, numpy'` failed ({}); pip install -r tools/test-requirements.txt, or set GPTOSS_PYTHON", String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""));
             peer::skipped(test, &why, "GPTOSS_REQUIRE_PEERS");
             None
         }

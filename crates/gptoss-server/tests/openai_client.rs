@@ -46,7 +46,14 @@ async fn official_openai_python_client() {
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         let why = probe.map_or_else(
             |e| e.to_string(),
-            |o| String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            |o| {
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string()
+            },
         );
         let why = format!("`{python} -c 'import openai'` failed ({why}); pip install -r tools/test-requirements.txt, or set GPTOSS_PYTHON");
         peer::skipped(

@@ -150,6 +150,14 @@ impl Reader {
         input.read_exact(&mut json)?;
         let header: Header = serde_json::from_slice(&json)
             .with_context(|| format!("{}: unreadable header", path.display()))?;
+        if header.tokens.len() < 2 || header.rows != header.tokens.len() - 1 {
+            bail!(
+                "{}: {} rows for {} tokens (expected one row per token after the first)",
+                path.display(),
+                header.rows,
+                header.tokens.len()
+            );
+        }
         let want = 20 + len + (header.rows as u64) * (header.vocab as u64) * 4;
         if size != want {
             bail!(

@@ -398,7 +398,7 @@ impl Pass<'_> {
         };
         let mut model = device::build_model(self.args, &self.loaded.weights, capacity)?;
         let vocab = self.loaded.weights.config.vocab_size;
-        let bar = progress(self.tokens.len() as u64 - 1);
+        let bar = progress(self.tokens.len().saturating_sub(1) as u64);
         with_model!(&mut model, m => {
             let table = m.solo_table();
             for w in &ws {

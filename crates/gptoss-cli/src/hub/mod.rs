@@ -253,7 +253,12 @@ fn download(repo: &ApiRepo, file: &str) -> Result<()> {
     let pointer = repo
         .download_with_progress(file, Bar::default())
         .with_context(|| format!("downloading {}", repo.url(file)))?;
-    verify(&pointer).with_context(|| format!("checking {file}"))
+    verify(&pointer).with_context(|| format!("checking {file}"))?;
+    // hf-hub leaves its lock file beside the blob; huggingface_hub keeps locks out of blobs/.
+    if let Ok(blob) = pointer.canonicalize() {
+        let _ = std::fs::remove_file(blob.with_extension("lock"));
+    }
+    Ok(())
 }
 
 /// Checks a cached file against the ETag its blob is named by: sha256 of the content for LFS files, the
