@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gptoss_engine::scheduler::{EngineConfig, GenRequest, Speculative};
+use gptoss_engine::scheduler::{EngineConfig, GenRequest};
 use gptoss_engine::{generate_until, Capacity, Flow, StopReason};
 use gptoss_server::conversation::{Conversation, Turn};
 use gptoss_tokenizer::harmony::{Effort, Harmony, Message};
@@ -20,6 +20,7 @@ use crate::device::AnyModel;
 use crate::sampling::{SamplingArgs, TemplateArgs};
 use crate::serve::DEFAULT_BATCH_TOKENS;
 use crate::source::{self, ModelArgs};
+use crate::spec::SpecArgs;
 use crate::{device, vocab, with_model};
 
 /// Arguments of `gptoss chat`.
@@ -40,6 +41,8 @@ pub struct ChatArgs {
     /// Tokens per prefill step (Ctrl-C is seen between steps).
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 const HELP: &str = "\
@@ -58,17 +61,22 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let harmony = Harmony::new(tokenizer.clone())
         .context("this vocabulary lacks Harmony's special tokens, so it cannot chat")?;
     let batch_tokens = args.batch_tokens.max(1);
+    let speculative = args.spec.speculative()?;
     let capacity = Capacity {
         max_batch_tokens: batch_tokens,
-        max_logit_rows: 1,
+        max_logit_rows: speculative.logit_rows(1, batch_tokens),
         slots: 1,
         kv_blocks: None,
         context_tokens: args.model.ctx,
     };
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
     let stop = Interrupt::install()?;
-    let interactive = std::io::stdin().is_terminal();
-    if interactive {
+    let echo = if std::io::stdin().is_terminal() {
+        Echo::Prompts
+    } else {
+        Echo::Silent
+    };
+    if echo == Echo::Prompts {
         eprintln!(
             "gptoss chat on {}. /help for commands; Ctrl-C stops an answer, Ctrl-D or /exit quits.",
             model.device_name()
@@ -89,7 +97,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             stop_tokens: Vec::new(),
         },
     };
-    let mut input = Input::new(std::io::stdin().lock(), interactive);
+    let mut input = Input::new(std::io::stdin().lock(), echo);
     while let Some(text) = input.message()? {
         stop.clear();
         match Command::parse(&text) {
@@ -159,11 +167,17 @@ impl Session {
             stop_tokens: self.stop_tokens.clone(),
             ..self.request.clone()
         };
-        let mut printer = answer_printer(&self.harmony, args.hide_reasoning);
+        // Reasoning dimmed before the answer on a terminal, else on stderr so stdout holds only answers.
+        let to = match (args.hide_reasoning, std::io::stdout().is_terminal()) {
+            (true, _) => ReasoningTo::Hidden,
+            (false, true) => ReasoningTo::Output,
+            (false, false) => ReasoningTo::ErrorStream,
+        };
+        let mut printer = answer_printer(&self.harmony, to);
         let mut shown: Result<()> = Ok(());
         let config = EngineConfig {
             max_batch_tokens: None,
-            speculative: Speculative::Off,
+            speculative: args.spec.speculative()?,
         };
         let done = with_model!(model, m => generate_until(m, request, config, |tokens| {
             for &t in tokens {
@@ -190,16 +204,11 @@ impl Session {
     }
 }
 
-/// Reasoning dimmed before the answer on a terminal, else on stderr so stdout holds only answers.
+/// The answer on stdout, the reasoning where `to` says (dimmed where it lands on a terminal).
 fn answer_printer(
     harmony: &Harmony,
-    hide: bool,
+    to: ReasoningTo,
 ) -> AnswerPrinter<std::io::Stdout, std::io::Stderr> {
-    let to = match (hide, std::io::stdout().is_terminal()) {
-        (true, _) => ReasoningTo::Hidden,
-        (false, true) => ReasoningTo::Output,
-        (false, false) => ReasoningTo::ErrorStream,
-    };
     let paint = (
         Paint::for_stream(&std::io::stdout()),
         Paint::for_stream(&std::io::stderr()),
@@ -275,22 +284,26 @@ impl Command {
     }
 }
 
+/// Whether the input prompts (`>>> `, `... `) are printed: only when a person types at a terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Echo {
+    Prompts,
+    Silent,
+}
+
 /// Messages from stdin: a line, lines joined by a trailing `\`, or a `"""` block.
 struct Input<R: BufRead> {
     reader: R,
-    interactive: bool,
+    echo: Echo,
 }
 
 impl<R: BufRead> Input<R> {
-    fn new(reader: R, interactive: bool) -> Self {
-        Self {
-            reader,
-            interactive,
-        }
+    fn new(reader: R, echo: Echo) -> Self {
+        Self { reader, echo }
     }
 
     fn prompt(&self, text: &str) -> Result<()> {
-        if self.interactive {
+        if self.echo == Echo::Prompts {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())?;
             out.flush()?;
@@ -398,7 +411,7 @@ mod tests {
     use super::*;
 
     fn messages(input: &str) -> Vec<String> {
-        let mut i = Input::new(input.as_bytes(), false);
+        let mut i = Input::new(input.as_bytes(), Echo::Silent);
         std::iter::from_fn(|| i.message().unwrap()).collect()
     }
 

@@ -116,7 +116,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut shown = match (args.json, chat) {
         (true, _) => Shown::Quiet,
-        (false, true) => Shown::Chat(Box::new(answer_printer(&tokenizer, args.show_reasoning)?)),
+        (false, true) => {
+            let to = if args.show_reasoning {
+                ReasoningTo::Output
+            } else {
+                ReasoningTo::ErrorStream
+            };
+            Shown::Chat(Box::new(answer_printer(&tokenizer, to)?))
+        }
         (false, false) => Shown::Raw(vocab::TextStream::default()),
     };
     let started = Instant::now();
@@ -199,13 +206,8 @@ fn harmony(tokenizer: &Arc<Tokenizer>) -> Result<Harmony> {
 /// `--show-reasoning`), dimmed where it lands on a terminal.
 fn answer_printer(
     tokenizer: &Arc<Tokenizer>,
-    show_reasoning: bool,
+    to: ReasoningTo,
 ) -> Result<AnswerPrinter<std::io::Stdout, std::io::Stderr>> {
-    let to = if show_reasoning {
-        ReasoningTo::Output
-    } else {
-        ReasoningTo::ErrorStream
-    };
     let paint = (
         Paint::for_stream(&std::io::stdout()),
         Paint::for_stream(&std::io::stderr()),
