@@ -524,6 +524,20 @@ fn quant_suffix_and_hf_file_pick_one_gguf() {
         .map(|s| s.path.rsplit('/').next().unwrap().to_string())
         .collect();
     assert_eq!(names, ["tiny-Q8_0.gguf"]);
+    // HF_HUB_CACHE moves the cache away from $HF_HOME/hub.
+    let elsewhere = home.join("elsewhere");
+    let mut c = gptoss(&hub.url, &home, &["pull", "tiny/gpt-oss-GGUF:f32"]);
+    c.env("HF_HUB_CACHE", &elsewhere);
+    let o = ok(c);
+    let want = elsewhere
+        .join("models--tiny--gpt-oss-GGUF/snapshots")
+        .join(COMMIT)
+        .join("tiny-F32.gguf");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        want.to_str().unwrap()
+    );
+    assert!(want.is_file());
     let o = ok(gptoss(
         &hub.url,
         &home,
