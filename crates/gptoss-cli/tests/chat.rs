@@ -214,6 +214,14 @@ impl Pty {
     }
 }
 
+impl Drop for Pty {
+    /// A failed test leaves no chat running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn on_a_terminal_ctrl_c_stops_the_answer_not_the_program() {
     // A long message prefilled a token a step keeps the answer busy for seconds (the tiny model's own
