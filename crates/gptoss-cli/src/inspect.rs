@@ -14,7 +14,7 @@ use crate::source::{dummy_config, DummyModel};
 /// Arguments of `gptoss inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model directory, .safetensors or .gguf file.
+    /// Model directory, .safetensors or .gguf file, or a Hub name ORG/NAME[@REVISION][:QUANT].
     #[arg(required_unless_present = "dummy")]
     path: Option<PathBuf>,
     /// Inspect a dummy model of real shapes instead.
@@ -51,6 +51,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             )
         }
         (Some(path), None) => {
+            let path = &crate::hub::model_path(path, None)?;
             let ckpt = gptoss_formats::load(path)
                 .with_context(|| format!("inspecting {}", path.display()))?;
             let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();

@@ -1,14 +1,19 @@
 //! `gptoss`: run, inspect, convert and check gpt-oss models from any checkpoint layout. `main` parses the
 //! command line, runs the subcommand and maps errors to a message and a non-zero exit code.
 
+mod answer;
 mod batch;
 mod bench;
+mod chat;
 mod convert;
 mod device;
+mod eval;
+mod hub;
 mod inspect;
 mod logits;
 mod output;
 mod run;
+mod sampling;
 mod serve;
 mod source;
 mod spec;
@@ -29,6 +34,13 @@ struct Cli {
 enum Command {
     /// Generate text (a Harmony chat prompt unless --raw) or continue token ids.
     Run(run::RunArgs),
+    /// Talk with a model: an interactive Harmony conversation (reads stdin when it is piped).
+    Chat(chat::ChatArgs),
+    /// Perplexity of a text, or KL divergence of a model's distributions from a base model's.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Download a model from the Hugging Face Hub into its cache (as `--model ORG/NAME` does).
+    Pull(hub::PullArgs),
     /// Print the logits of a token sequence as JSON (for checking a checkpoint against a reference).
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
@@ -56,6 +68,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Eval(cmd) => eval::run(cmd),
+        Command::Pull(args) => hub::pull(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),

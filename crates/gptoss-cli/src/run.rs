@@ -1,15 +1,21 @@
-//! `gptoss run`: generate from a prompt (rendered as a Harmony chat unless `--raw`) or from token ids,
-//! streaming text to stdout, or printing `{"tokens", "text"}` with `--json`.
+//! `gptoss run`: generate from a prompt (`-p`, `--file` or stdin; rendered as a Harmony chat unless
+//! `--raw`) or from token ids. A chat answer streams its final channel to stdout and its reasoning to
+//! stderr; `--raw` and `--tokens` stream the raw text; `--json` prints tokens, text, reasoning and content.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use gptoss_engine::scheduler::{EngineConfig, GenRequest, StatsSnapshot};
-use gptoss_engine::{generate_with, Capacity, SamplingParams, StopReason};
-use gptoss_tokenizer::harmony::Effort;
+use gptoss_engine::{generate_with, Capacity, StopReason};
+use gptoss_tokenizer::harmony::Harmony;
+use gptoss_tokenizer::Tokenizer;
 
+use crate::answer::{Answer, AnswerPrinter, Paint, ReasoningTo};
+use crate::sampling::{SamplingArgs, TemplateArgs};
 use crate::serve::DEFAULT_BATCH_TOKENS;
 use crate::source::{self, ModelArgs};
 use crate::spec::SpecArgs;
@@ -21,37 +27,27 @@ use crate::{device, with_model};
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The user's message (or raw text with --raw).
-    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    /// The user's message (or raw text with --raw). Without -p, --file or --tokens the prompt is read
+    /// from stdin.
+    #[arg(short = 'p', long, conflicts_with_all = ["tokens", "file"])]
     prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(short = 'f', long, value_name = "FILE", conflicts_with = "tokens")]
+    file: Option<PathBuf>,
     /// Token ids to continue, comma-separated (no template).
     #[arg(long)]
     tokens: Option<String>,
-    /// Most tokens to generate.
-    #[arg(short = 'n', long = "max-tokens", default_value_t = 256, value_parser = source::size_in(0, gptoss_engine::MAX_CONTEXT_TOKENS))]
-    max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    top_p: f32,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0, value_parser = source::size_in(0, gptoss_formats::limits::MAX_VOCAB))]
-    top_k: usize,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Developer instructions (the "system prompt") for the chat template.
-    #[arg(long)]
-    system: Option<String>,
-    /// Reasoning effort written into the Harmony system message.
-    #[arg(long, value_enum, default_value_t = EffortArg::Medium)]
-    reasoning_effort: EffortArg,
-    /// Encode the prompt as plain text, without the Harmony chat template.
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
+    /// Encode the prompt as plain text, without the Harmony chat template, and print the raw tokens.
     #[arg(long)]
     raw: bool,
-    /// Print `{"tokens": [...], "text": ...}` instead of streaming.
+    /// Print the reasoning on stdout (dimmed on a terminal) before the answer, instead of on stderr.
+    #[arg(long, conflicts_with = "raw")]
+    show_reasoning: bool,
+    /// Print `{"tokens", "text", "reasoning", "content", "tool_calls"}` instead of streaming.
     #[arg(long)]
     json: bool,
     /// Tokens per prefill step.
@@ -61,21 +57,37 @@ pub struct RunArgs {
     spec: SpecArgs,
 }
 
+/// How the generated tokens are shown.
+enum Shown {
+    /// Harmony-parsed: the answer on stdout, the reasoning as asked.
+    Chat(Box<AnswerPrinter<std::io::Stdout, std::io::Stderr>>),
+    /// Decoded as they come (`--raw`, `--tokens`).
+    Raw(vocab::TextStream),
+    /// Nothing until the end (`--json`).
+    Quiet,
+}
+
 /// Generates and prints.
 pub fn run(args: RunArgs) -> Result<()> {
-    check_sampling(&args)?;
+    let sampling = args.sampling.params()?;
     let loaded = source::load(&args.model)?;
     let tokenizer = vocab::tokenizer_for(&loaded)?;
-    let prompt = match (&args.tokens, &args.prompt) {
-        (Some(t), _) => source::parse_tokens(t)?,
-        (None, Some(text)) if args.raw => tokenizer.encode(text)?,
-        (None, Some(text)) => vocab::chat_prompt(
-            &tokenizer,
-            args.system.as_deref(),
-            text,
-            args.reasoning_effort.into(),
-        )?,
-        (None, None) => bail!("give --prompt TEXT or --tokens 1,2,3"),
+    let chat = args.tokens.is_none() && !args.raw;
+    let prompt = match &args.tokens {
+        Some(t) => source::parse_tokens(t)?,
+        None => {
+            let text = prompt_text(&args)?;
+            if args.raw {
+                tokenizer.encode(&text)?
+            } else {
+                vocab::chat_prompt(
+                    &tokenizer,
+                    args.template.system.as_deref(),
+                    &text,
+                    args.template.reasoning_effort.into(),
+                )?
+            }
+        }
     };
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
@@ -93,13 +105,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut model = device::build_model(&args.model, &loaded.weights, capacity)?;
     let request = GenRequest {
         prompt,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: args.top_k,
-            seed: args.seed,
-        },
-        max_new_tokens: args.max_tokens,
+        sampling,
+        max_new_tokens: args.sampling.max_tokens,
         stop_tokens: vocab::stop_tokens(&tokenizer),
     };
     let prompt_len = request.prompt.len();
@@ -107,24 +114,41 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_batch_tokens: None,
         speculative,
     };
+    let mut shown = match (args.json, chat) {
+        (true, _) => Shown::Quiet,
+        (false, true) => {
+            let to = if args.show_reasoning {
+                ReasoningTo::Output
+            } else {
+                ReasoningTo::ErrorStream
+            };
+            Shown::Chat(Box::new(answer_printer(&tokenizer, to)?))
+        }
+        (false, false) => Shown::Raw(vocab::TextStream::default()),
+    };
     let started = Instant::now();
     let mut first_token_at = None;
-    let mut stream = vocab::TextStream::default();
-    let mut stdout = std::io::stdout().lock();
+    let mut shown_ok: Result<()> = Ok(());
     let done = with_model!(&mut model, m => generate_with(m, request, config, |tok| {
         first_token_at.get_or_insert_with(Instant::now);
-        if !args.json {
-            let piece = stream.push(&tokenizer, tok);
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
+        if shown_ok.is_ok() {
+            shown_ok = show_token(&mut shown, &tokenizer, tok);
         }
     }))?;
-    let _ = stdout.write_all(stream.finish().as_bytes());
-    drop(stdout);
+    shown_ok?;
     let tokens = &done.tokens;
-    let text = vocab::decode_lossy(&tokenizer, tokens);
+    let answer = match shown {
+        Shown::Chat(printer) => Some(printer.finish()?),
+        Shown::Raw(mut stream) => {
+            print!("{}", stream.finish());
+            None
+        }
+        Shown::Quiet if chat => Some(parse_quietly(&tokenizer, tokens)?),
+        Shown::Quiet => None,
+    };
     if args.json {
-        println!("{}", serde_json::json!({ "tokens": tokens, "text": text }));
+        let text = vocab::decode_lossy(&tokenizer, tokens);
+        println!("{}", json_result(tokens, &text, answer.as_ref()));
     } else {
         println!();
     }
@@ -134,6 +158,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         first: first_token_at,
     };
     report_speed(prompt_len, tokens.len(), timing, done.reason, spec);
+    if done.reason == StopReason::Length && prompt_len + tokens.len() >= ctx {
+        eprintln!(
+            "[the context is full: {ctx} tokens (prompt {prompt_len} + {} generated); raise -c/--ctx for a longer answer]",
+            tokens.len()
+        );
+    }
     if let Some(peak) = model.peak_device_bytes() {
         eprintln!(
             "[peak device memory {}]",
@@ -143,20 +173,94 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_sampling(args: &RunArgs) -> Result<()> {
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!(
-            "--temperature must be a finite number >= 0, got {}",
-            args.temperature
-        );
+/// The prompt text: `-p`, `--file`, else stdin (when it is not a terminal).
+fn prompt_text(args: &RunArgs) -> Result<String> {
+    if let Some(p) = &args.prompt {
+        return Ok(p.clone());
     }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    if let Some(path) = &args.file {
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("--file {}: cannot read the prompt", path.display()));
     }
-    if args.max_tokens == 0 {
-        bail!("-n/--max-tokens must be at least 1");
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("give the prompt with -p TEXT, --file FILE or --tokens 1,2,3, or pipe it on stdin");
     }
-    Ok(())
+    let mut text = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut text)
+        .context("reading the prompt from stdin")?;
+    if text.trim().is_empty() {
+        bail!("no prompt: stdin was empty (give -p TEXT, --file FILE or --tokens 1,2,3)");
+    }
+    Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+}
+
+fn harmony(tokenizer: &Arc<Tokenizer>) -> Result<Harmony> {
+    Harmony::new(tokenizer.clone())
+        .context("this vocabulary lacks Harmony's special tokens; use --raw")
+}
+
+/// The printer of a chat answer: the answer on stdout, the reasoning on stderr (or before the answer with
+/// `--show-reasoning`), dimmed where it lands on a terminal.
+fn answer_printer(
+    tokenizer: &Arc<Tokenizer>,
+    to: ReasoningTo,
+) -> Result<AnswerPrinter<std::io::Stdout, std::io::Stderr>> {
+    let paint = (
+        Paint::for_stream(&std::io::stdout()),
+        Paint::for_stream(&std::io::stderr()),
+    );
+    Ok(AnswerPrinter::new(
+        harmony(tokenizer)?,
+        (std::io::stdout(), std::io::stderr()),
+        to,
+        paint,
+    ))
+}
+
+fn show_token(shown: &mut Shown, tokenizer: &Tokenizer, tok: u32) -> Result<()> {
+    match shown {
+        Shown::Chat(printer) => printer.push(tok),
+        Shown::Raw(stream) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(stream.push(tokenizer, tok).as_bytes())?;
+            Ok(stdout.flush()?)
+        }
+        Shown::Quiet => Ok(()),
+    }
+}
+
+/// The answer of `--json`, parsed without printing.
+fn parse_quietly(tokenizer: &Arc<Tokenizer>, tokens: &[u32]) -> Result<Answer> {
+    let mut printer = AnswerPrinter::new(
+        harmony(tokenizer)?,
+        (std::io::sink(), std::io::sink()),
+        ReasoningTo::Hidden,
+        (Paint::Plain, Paint::Plain),
+    );
+    for &t in tokens {
+        printer.push(t)?;
+    }
+    printer.finish()
+}
+
+/// `{"tokens", "text", "reasoning", "content", "tool_calls"}`; the last three are null for a raw prompt.
+fn json_result(tokens: &[u32], text: &str, answer: Option<&Answer>) -> serde_json::Value {
+    let calls = answer.map(|a| {
+        a.tool_calls
+            .iter()
+            .map(|c| serde_json::json!({ "recipient": c.recipient, "arguments": c.arguments }))
+            .collect::<Vec<_>>()
+    });
+    serde_json::json!({
+        "tokens": tokens,
+        "text": text,
+        "reasoning": answer.map(|a| a.reasoning.as_str()),
+        "content": answer.map(|a| a.content.as_str()),
+        "tool_calls": calls,
+    })
 }
 
 /// When generation started and when its first token came.
@@ -201,22 +305,4 @@ fn report_speed(
         "[{prompt} prompt tokens in {prefill:.2}s ({:.1} tok/s); {generated} generated, {decode_rate:.2} tok/s decode; stop: {reason:?}{drafts}]",
         prompt as f64 / prefill.max(1e-9)
     );
-}
-
-/// `--reasoning-effort` values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum EffortArg {
-    Low,
-    Medium,
-    High,
-}
-
-impl From<EffortArg> for Effort {
-    fn from(e: EffortArg) -> Self {
-        match e {
-            EffortArg::Low => Effort::Low,
-            EffortArg::Medium => Effort::Medium,
-            EffortArg::High => Effort::High,
-        }
-    }
 }

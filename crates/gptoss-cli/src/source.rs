@@ -11,9 +11,18 @@ use gptoss_formats::{Checkpoint, ModelConfig, ModelWeights};
 /// The model-selection arguments shared by every subcommand that runs a model.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model directory, .safetensors file or .gguf file.
-    #[arg(long, required_unless_present = "dummy", conflicts_with = "dummy")]
+    /// Model directory, .safetensors file or .gguf file, or a Hugging Face repo
+    /// `ORG/NAME[@REVISION][:QUANT]` (downloaded once into the Hugging Face cache; `:QUANT` picks a GGUF).
+    #[arg(
+        short = 'm',
+        long,
+        required_unless_present = "dummy",
+        conflicts_with = "dummy"
+    )]
     pub model: Option<PathBuf>,
+    /// The file of a Hub repo to load when it holds several GGUFs (llama.cpp's --hf-file).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    pub hf_file: Option<String>,
     /// Random weights of a real model's shapes instead of a file: gpt-oss-20b or gpt-oss-120b.
     #[arg(long, value_name = "NAME")]
     pub dummy: Option<DummyModel>,
@@ -21,8 +30,11 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// Context length to reserve KV cache for.
-    #[arg(long, default_value_t = 4096, value_parser = size_in(1, MAX_CONTEXT_TOKENS))]
+    #[arg(short = 'c', long, default_value_t = 4096, value_parser = size_in(1, MAX_CONTEXT_TOKENS))]
     pub ctx: usize,
+    /// CPU threads (default: one per core).
+    #[arg(short = 't', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
     /// Element type of the GPU KV cache (the CPU backend always keeps f32). f16 and bf16 halve the
     /// cache at some accuracy: on the tiny fixtures up to 1.1e-2 (f16) and 7.6e-2 (bf16) relative
     /// logit error, f32 ≤ 1.6e-5.
@@ -111,6 +123,12 @@ pub struct CheckpointInfo {
 
 /// Reads the checkpoint or builds the dummy weights.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    if let Some(n) = args.threads {
+        // Fails only when the pool already exists (a second model in `eval kld`): it has these threads.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build_global();
+    }
     let mut loaded = load_stored(args)?;
     if args.dense == DenseWeights::Q8_0 {
         loaded.weights = loaded.weights.with_dense_q8_0();
@@ -126,7 +144,8 @@ fn load_stored(args: &ModelArgs) -> Result<Loaded> {
             weights: gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0),
             checkpoint: None,
         }),
-        (Some(path), None) => {
+        (Some(name), None) => {
+            let path = &crate::hub::model_path(name, args.hf_file.as_deref())?;
             let Checkpoint {
                 weights,
                 tokenizer_json,

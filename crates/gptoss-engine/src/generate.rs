@@ -31,6 +31,17 @@ pub enum StopReason {
     Stop,
     /// `max_new_tokens` (or the context) was reached.
     Length,
+    /// The caller asked to stop ([`Flow::Stop`] from [`generate_until`]'s callback).
+    Cancelled,
+}
+
+/// What the caller of [`generate_until`] wants after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on generating.
+    Continue,
+    /// Cancel the request now (an interactive user pressed Ctrl-C); what was generated is kept.
+    Stop,
 }
 
 /// A finished request.
@@ -70,39 +81,61 @@ pub fn generate_with<B: Backend>(
     config: EngineConfig,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
+    generate_until(model, request, config, |tokens| {
+        tokens.iter().for_each(|&t| on_token(t));
+        Flow::Continue
+    })
+}
+
+/// [`generate_with`] that the caller can stop: `on_step` gets the tokens of each engine step (none
+/// for a prefill chunk) and may answer [`Flow::Stop`], which cancels the request between steps and
+/// returns what was generated with [`StopReason::Cancelled`].
+pub fn generate_until<B: Backend>(
+    model: &mut Model<B>,
+    request: GenRequest,
+    config: EngineConfig,
+    mut on_step: impl FnMut(&[u32]) -> Flow,
+) -> Result<Generation> {
     let stats = Arc::new(EngineStats::default());
     let mut engine = Engine::new(model, config, stats.clone());
     let (tx, rx) = mpsc::channel();
-    engine.submit(RequestId(0), request, channel_sink(tx));
+    let id = RequestId(0);
+    engine.submit(id, request, channel_sink(tx));
     let mut tokens = Vec::new();
+    let mut stop_asked = false;
     loop {
+        let before = tokens.len();
+        let mut finished = None;
         for out in rx.try_iter() {
             match out {
-                Output::Token(t) => {
-                    tokens.push(t);
-                    on_token(t);
-                }
-                Output::Finished(f) => {
-                    let reason = match f.reason {
-                        FinishReason::Stop => StopReason::Stop,
-                        FinishReason::Length => StopReason::Length,
-                        FinishReason::Cancelled => {
-                            return Err(Error::invalid("the request was cancelled"))
-                        }
-                    };
-                    let stats = stats.snapshot();
-                    return Ok(Generation {
-                        tokens,
-                        reason,
-                        stats,
-                    });
-                }
+                Output::Token(t) => tokens.push(t),
+                Output::Finished(f) => finished = Some(f.reason),
                 // A backend failure comes back from `try_step` with its own error.
                 Output::Failed {
                     kind: FailureKind::Invalid | FailureKind::Internal,
                     message,
                 } => return Err(Error::invalid(message)),
             }
+        }
+        let flow = on_step(&tokens[before..]);
+        if let Some(reason) = finished {
+            let reason = match reason {
+                FinishReason::Stop => StopReason::Stop,
+                FinishReason::Length => StopReason::Length,
+                FinishReason::Cancelled if stop_asked => StopReason::Cancelled,
+                FinishReason::Cancelled => return Err(Error::invalid("the request was cancelled")),
+            };
+            let stats = stats.snapshot();
+            return Ok(Generation {
+                tokens,
+                reason,
+                stats,
+            });
+        }
+        if flow == Flow::Stop && !stop_asked {
+            stop_asked = true;
+            engine.cancel(id);
+            continue;
         }
         if !engine.has_work() {
             return Err(Error::invalid(

@@ -35,7 +35,9 @@ pub use backend::{
 };
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
-pub use generate::{generate, generate_with, GenerateOptions, Generation, StopReason};
+pub use generate::{
+    generate, generate_until, generate_with, Flow, GenerateOptions, Generation, StopReason,
+};
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use model::Model;
 pub use offload::ExpertPlacement;

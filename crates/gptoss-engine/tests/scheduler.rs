@@ -121,6 +121,7 @@ fn check_against_solo(w: &ModelWeights, handle: &EngineHandle, reqs: &[GenReques
         let want_reason = match reason {
             StopReason::Stop => FinishReason::Stop,
             StopReason::Length => FinishReason::Length,
+            StopReason::Cancelled => FinishReason::Cancelled,
         };
         assert_eq!(
             (f.reason, f.prompt_tokens, f.generated_tokens),
@@ -254,4 +255,32 @@ fn cancellation_and_bad_requests() {
         assert!(message.contains(msg), "{message}");
     }
     assert_eq!(handle.stats().snapshot().gauges.running, 0);
+}
+
+/// `generate_until` stops when its caller says so (as chat's Ctrl-C does): the tokens before the stop
+/// are exactly the first tokens of the uninterrupted run, the reason is `Cancelled`, and the model
+/// serves the next request as if nothing happened.
+#[test]
+fn generate_until_stops_between_steps_and_keeps_the_tokens() {
+    use gptoss_engine::{generate_until, Flow};
+    let w = weights();
+    let mut m = model(&w, 1, 8, 96);
+    let mut r = requests(1).remove(0);
+    r.max_new_tokens = 10;
+    let (full, reason) = solo(&w, &r, 96);
+    assert_eq!((full.len(), reason), (10, StopReason::Length));
+    let mut seen = 0;
+    let done = generate_until(&mut m, r.clone(), EngineConfig::default(), |toks| {
+        seen += toks.len();
+        if seen >= 4 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    })
+    .unwrap();
+    assert_eq!(done.reason, StopReason::Cancelled);
+    assert_eq!(done.tokens, full[..4]);
+    let again = generate_until(&mut m, r, EngineConfig::default(), |_| Flow::Continue).unwrap();
+    assert_eq!((again.tokens, again.reason), (full, StopReason::Length));
 }

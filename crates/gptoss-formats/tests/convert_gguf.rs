@@ -4,6 +4,9 @@
 //! layouts (whose values are exactly MXFP4-representable); the MXFP4 quantizer byte-identical to the
 //! `gguf` package's; and the same files read back by the `gguf` Python package when it is installed.
 
+#[path = "../../../tests/support/peer.rs"]
+mod peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -272,7 +275,7 @@ fn plan_matches_what_is_written() {
 }
 
 /// The Python interpreter with `gguf` and `numpy`, or `None` (with the reason printed).
-fn python_with_gguf() -> Option<String> {
+fn python_with_gguf(test: &str) -> Option<String> {
     let py = std::env::var("GPTOSS_PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&py)
         .args(["-c", "import gguf, numpy"])
@@ -280,11 +283,15 @@ fn python_with_gguf() -> Option<String> {
     {
         Ok(o) if o.status.success() => Some(py),
         Ok(o) => {
-            eprintln!("SKIP: `{py} -c 'import gguf, numpy'` failed ({}); pip install gguf numpy, or set GPTOSS_PYTHON", String::from_utf8_lossy(&o.stderr).trim());
+            let why = format!("`{py} -c 'import gguf, numpy'` failed ({}); pip install -r tools/test-requirements.txt, or set GPTOSS_PYTHON", String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""));
+            peer::skipped(test, &why, "GPTOSS_REQUIRE_PEERS");
             None
         }
         Err(e) => {
-            eprintln!("SKIP: cannot run `{py}` ({e}); set GPTOSS_PYTHON to a Python with the gguf package");
+            let why = format!(
+                "cannot run `{py}` ({e}); set GPTOSS_PYTHON to a Python with the gguf package"
+            );
+            peer::skipped(test, &why, "GPTOSS_REQUIRE_PEERS");
             None
         }
     }
@@ -326,7 +333,9 @@ print("ok", len(sys.argv) - 2)
 
 #[test]
 fn gguf_python_package_reads_every_conversion() {
-    let Some(py) = python_with_gguf() else { return };
+    let Some(py) = python_with_gguf("gguf_python_package_reads_every_conversion") else {
+        return;
+    };
     let dir = scratch("python");
     let mut paths = Vec::new();
     for (layout, _) in LAYOUTS {
@@ -379,7 +388,9 @@ fn quantizer_inputs() -> Vec<f32> {
 
 #[test]
 fn mxfp4_quantizer_matches_gguf_package() {
-    let Some(py) = python_with_gguf() else { return };
+    let Some(py) = python_with_gguf("mxfp4_quantizer_matches_gguf_package") else {
+        return;
+    };
     let dir = scratch("quantizer");
     let x = quantizer_inputs();
     let mut ours = Vec::new();

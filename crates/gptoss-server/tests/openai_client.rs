@@ -1,9 +1,11 @@
 //! The official `openai` Python client (pinned in tools/fixtures/openai_client/requirements.txt)
 //! against the server with a scripted engine: chat, streaming, a tool-call round trip, models,
 //! errors. Runs only when `python3 -c 'import openai'` works (`GPTOSS_PYTHON` picks another
-//! interpreter); otherwise it prints why it was skipped.
+//! interpreter); otherwise scripts/test.sh lists it as SKIPPED (and CI, which installs the client, fails).
 
 mod common;
+#[path = "../../../tests/support/peer.rs"]
+mod peer;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,9 +46,21 @@ async fn official_openai_python_client() {
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         let why = probe.map_or_else(
             |e| e.to_string(),
-            |o| String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            |o| {
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string()
+            },
         );
-        println!("SKIPPED official_openai_python_client: `{python} -c 'import openai'` failed ({why}); pip install -r tools/fixtures/openai_client/requirements.txt");
+        let why = format!("`{python} -c 'import openai'` failed ({why}); pip install -r tools/test-requirements.txt, or set GPTOSS_PYTHON");
+        peer::skipped(
+            "official_openai_python_client",
+            &why,
+            "GPTOSS_REQUIRE_PEERS",
+        );
         return;
     }
     let mut cfg = config();
