@@ -1,10 +1,10 @@
-//! Picking the backend (`--device cpu|cuda|auto`) and building the model on it, with the CUDA memory
-//! plan checked against `--max-vram` before any weight is uploaded.
+//! Picking the backend (`--device cpu|cuda|auto`, `--exact` for the f32 CPU reference) and building the
+//! model on it, with the CUDA memory plan checked against `--max-vram` before any weight is uploaded.
 
 use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{self, KvPrecision, MemoryPlan};
-use gptoss_engine::{Capacity, CpuBackend, Model};
+use gptoss_engine::{Capacity, CpuBackend, CpuKernels, Model};
 use gptoss_formats::ModelWeights;
 
 use crate::source::{Device, KvCache, ModelArgs};
@@ -59,10 +59,13 @@ pub fn build_model(
     weights: &ModelWeights,
     capacity: Capacity,
 ) -> Result<AnyModel> {
-    match args.device {
-        Device::Cpu => cpu(args, weights, capacity),
-        Device::Cuda => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
-        Device::Auto => match open_cuda(args) {
+    match (args.device, args.exact) {
+        (Device::Cpu, _) | (Device::Auto, true) => cpu(args, weights, capacity),
+        (Device::Cuda, true) => {
+            bail!("--exact runs the exact CPU reference; it cannot be combined with --device cuda")
+        }
+        (Device::Cuda, false) => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
+        (Device::Auto, false) => match open_cuda(args) {
             Ok(backend) => Ok(AnyModel::Cuda(Box::new(upload_cuda(
                 backend,
                 weights,
@@ -75,11 +78,27 @@ pub fn build_model(
                     eprintln!("warning: --max-vram ignored: running on the CPU ({e:#})");
                 }
                 Ok(AnyModel::Cpu(Box::new(Model::new(
-                    CpuBackend, weights, capacity,
+                    cpu_backend(args),
+                    weights,
+                    capacity,
                 )?)))
             }
         },
     }
+}
+
+/// The CPU backend `args` asks for: the fast path unless `--exact`.
+fn cpu_backend(args: &ModelArgs) -> CpuBackend {
+    let backend = if args.exact {
+        CpuBackend::exact()
+    } else {
+        CpuBackend::fast()
+    };
+    match backend.kernels() {
+        CpuKernels::Exact => tracing::info!("CPU: exact f32 reference"),
+        CpuKernels::Fast(isa) => tracing::info!("CPU: fast int8 kernels ({})", isa.name()),
+    }
+    backend
 }
 
 fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<AnyModel> {
@@ -87,7 +106,9 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
         bail!("--max-vram caps GPU memory; it has no meaning with --device cpu");
     }
     Ok(AnyModel::Cpu(Box::new(Model::new(
-        CpuBackend, weights, capacity,
+        cpu_backend(args),
+        weights,
+        capacity,
     )?)))
 }
 

@@ -4,6 +4,8 @@
 mod batch;
 mod convert;
 mod device;
+mod fit;
+mod gpus;
 mod inspect;
 mod logits;
 mod output;
@@ -31,6 +33,9 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
     Inspect(inspect::InspectArgs),
+    /// Will a model fit a GPU, and how fast will it decode? (Sizes only: nothing is downloaded or
+    /// loaded; the speed is an estimate.)
+    Fit(fit::FitArgs),
     /// Serve the OpenAI-compatible API (chat, completions, responses) with continuous batching.
     Serve(serve::ServeArgs),
     /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
@@ -54,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Fit(args) => fit::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Batch(args) => batch::run(args),
         Command::Convert(args) => convert::run(args),

@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_vram: Option<u64>,
+    /// Run the exact f32 CPU reference (what the GPU is tested against) instead of the fast CPU path
+    /// (int8-quantized activations, within 1e-2 of the largest logit). Implies the CPU.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// A model of real shapes with random weights.
@@ -59,7 +63,7 @@ pub enum KvCache {
 pub enum Device {
     /// A GPU when one is usable, else the CPU.
     Auto,
-    /// The exact f32 CPU backend.
+    /// The CPU: the fast path, or the exact f32 reference with --exact.
     Cpu,
     /// An NVIDIA GPU (compute capability 8.0 or newer).
     Cuda,

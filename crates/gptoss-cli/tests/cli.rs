@@ -51,6 +51,7 @@ fn logits_json_matches_transformers() {
         &csv(&prompt),
         "--all-positions",
         "--json",
+        "--exact",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -2,8 +2,9 @@
 //! backend it is tested with.
 //!
 //! The engine never sees a file format: it takes [`gptoss_formats::ModelWeights`] and each backend
-//! uploads the packed tensors in the layout its kernels read. The CPU backend keeps activations and
-//! the KV cache in f32 so it matches transformers in f32; the CUDA backend is tested against it.
+//! uploads the packed tensors in the layout its kernels read. The exact CPU backend ([`CpuBackend`])
+//! keeps activations and the KV cache in f32 so it matches transformers in f32; the CUDA backend and
+//! the fast CPU path ([`CpuBackend::fast`], int8 activations) are tested against it.
 //!
 //! ```no_run
 //! use gptoss_engine::{Batch, Capacity, CpuBackend, Model};
@@ -24,12 +25,13 @@ pub mod kv;
 pub mod math;
 pub mod memory;
 pub mod model;
+pub mod placement;
 pub mod sampler;
 pub mod scheduler;
 pub mod trace;
 
 pub use backend::{Backend, Batch, Capacity, Recording, SamplingParams};
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, CpuIsa, CpuKernels};
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions, StopReason};
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
