@@ -15,9 +15,6 @@ use super::weights::{scale_bytes, BlockScale, IntWeight, RowBytes, BLOCK};
 use super::{OutRows, TILE_COLS};
 use gptoss_formats::tensor::Q8_0_BLOCK_BYTES;
 
-/// Weight rows of one tile.
-const TILE_ROWS: usize = 4;
-
 /// One weight row's bytes: inline blocks, or codes plus separate scales.
 #[derive(Clone, Copy)]
 struct RowPtr {
@@ -27,9 +24,26 @@ struct RowPtr {
 
 #[cfg(test)]
 #[test]
-fn e8m0_table_is_exact() {
+fn e8m0_decodes_are_exact() {
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+    unsafe fn pair(e0: u8, e1: u8) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), e8m0_pair(e0, e1, 0.5));
+        out
+    }
+    let avx512 = super::CpuIsa::Avx512.supported();
     for e in 0..=255u8 {
-        assert_eq!(E8M0[usize::from(e)], gptoss_formats::tensor::e8m0_to_f32(e));
+        let want = gptoss_formats::tensor::e8m0_to_f32(e);
+        assert_eq!(E8M0[usize::from(e)], want);
+        if avx512 {
+            // SAFETY: AVX-512 was detected.
+            let v = unsafe { pair(e, 255 - e) };
+            let other = gptoss_formats::tensor::e8m0_to_f32(255 - e) * 0.5;
+            assert!(
+                v[..8].iter().all(|&x| x == want * 0.5) && v[8..].iter().all(|&x| x == other),
+                "{e}"
+            );
+        }
     }
 }
 
@@ -66,6 +80,39 @@ static E8M0: [f32; 256] = {
 unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Lanes 0 and 1 of `v` spread to lanes 0–7 and 8–15.
+#[inline(always)]
+unsafe fn spread_pair(v: __m128) -> __m512 {
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// The IEEE halves at `p0` and `p1` as 8-lane halves (one conversion for both).
+#[inline(always)]
+unsafe fn f16_pair(p0: *const u8, p1: *const u8) -> __m512 {
+    let a = i32::from(p0.cast::<u16>().read_unaligned());
+    let v = _mm_insert_epi16(
+        _mm_cvtsi32_si128(a),
+        i32::from(p1.cast::<u16>().read_unaligned()),
+        1,
+    );
+    spread_pair(_mm_cvtph_ps(v))
+}
+
+/// The E8M0 bytes `e0`, `e1` times `unit` as 8-lane halves: `2^(e - 127)` is the float with exponent
+/// field `e` (the maximum with `2^-127`'s bits covers `e = 0`), so the pair needs no table.
+#[inline(always)]
+unsafe fn e8m0_pair(e0: u8, e1: u8, unit: f32) -> __m512 {
+    // Lanes 2 and 3 get 127 (1.0), not 0: a subnormal there would make the multiply take a slow
+    // microcode path on every call.
+    let v = _mm_cvtsi32_si128(i32::from(e0) | i32::from(e1) << 8 | 127 << 16 | 127 << 24);
+    let bits = _mm_max_epu32(
+        _mm_slli_epi32(_mm_cvtepu8_epi32(v), 23),
+        _mm_set1_epi32(1 << 22),
+    );
+    spread_pair(_mm_mul_ps(_mm_castsi128_ps(bits), _mm_set1_ps(unit)))
 }
 
 /// Two 8-lane halves: `a` in lanes 0–7, `b` in 8–15.
@@ -139,7 +186,10 @@ impl Decode for Ggml4<'_> {
         let p1 = p0.add(bb);
         let sb = scale_bytes(self.scale);
         let q = _mm256_loadu2_m128i(p1.add(sb).cast(), p0.add(sb).cast());
-        let s = halves(self.scale_at(p0), self.scale_at(p1));
+        let s = match self.scale {
+            BlockScale::E8M0 => e8m0_pair(*p0, *p1, self.unit),
+            BlockScale::F16 => _mm512_mul_ps(f16_pair(p0, p1), _mm512_set1_ps(self.unit)),
+        };
         (nibbles_zmm(q, tbl), s)
     }
 }
@@ -174,10 +224,7 @@ impl Decode for Hf4<'_> {
     #[inline(always)]
     unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512) {
         let q = _mm256_loadu_si256(r.data.add(16 * b).cast());
-        let s = halves(
-            E8M0[usize::from(*r.scales.add(b))] * self.unit,
-            E8M0[usize::from(*r.scales.add(b + 1))] * self.unit,
-        );
+        let s = e8m0_pair(*r.scales.add(b), *r.scales.add(b + 1), self.unit);
         (nibbles_zmm(q, tbl), s)
     }
 }
@@ -211,7 +258,7 @@ impl Decode for Q8<'_> {
         let hi = _mm256_loadu_si256(p1.add(2).cast());
         (
             _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
-            halves(f16_at(p0), f16_at(p1)),
+            f16_pair(p0, p1),
         )
     }
 }
@@ -295,27 +342,31 @@ unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
     }
 }
 
+// Tile shapes (weight rows × activation rows) that keep every accumulator in a register: AVX2 has 16
+// vector registers (8 accumulators, 2 rows × (w, |w|), temporaries), AVX-512 32 (12 accumulators, 3
+// rows × (w, offset, scale), temporaries); 4 × 4 spilled accumulators to the stack.
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
-    sweep::<D, Avx2Tile>(&d, job);
+    sweep::<D, Avx2Tile, 2>(&d, job);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_vnni<D: Decode>(d: D, job: &Job<'_>) {
-    sweep::<D, VnniTile>(&d, job);
+    sweep::<D, VnniTile, 3>(&d, job);
 }
 
-/// Walks the task's weight rows in groups of [`TILE_ROWS`] for each group of [`TILE_COLS`] activation
-/// rows. (No closures on this path: a closure does not inherit its function's target features, and the
+/// Walks the task's weight rows in groups of `R` for each group of [`TILE_COLS`] activation rows. (No
+/// closures on this path: a closure does not inherit its function's target features, and the
 /// intrinsics inside it would become calls.)
 #[inline(always)]
-unsafe fn sweep<D: Decode, T: Tile>(d: &D, job: &Job<'_>) {
+unsafe fn sweep<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>) {
     let mut c0 = 0;
     while c0 < job.acts.rows {
         let mut r0 = job.rows.start;
         while r0 < job.rows.end {
-            let r1 = (r0 + TILE_ROWS).min(job.rows.end);
-            tiles::<D, T>(d, job, r0..r1, c0);
+            let r1 = (r0 + R).min(job.rows.end);
+            tiles::<D, T, R>(d, job, r0..r1, c0);
             r0 = r1;
         }
         c0 += TILE_COLS;
@@ -332,15 +383,22 @@ trait Tile {
     ) -> [[f32; C]; R];
 }
 
-/// Runs the tile shape that fits rows `rows` × activation rows `c0..`, and stores the results.
+/// Runs the tile shape that fits rows `rows` (`R` or fewer) × activation rows `c0..`, and stores the
+/// results.
 #[inline(always)]
-unsafe fn tiles<D: Decode, T: Tile>(d: &D, job: &Job<'_>, rows: std::ops::Range<usize>, c0: usize) {
+unsafe fn tiles<D: Decode, T: Tile, const R: usize>(
+    d: &D,
+    job: &Job<'_>,
+    rows: std::ops::Range<usize>,
+    c0: usize,
+) {
     let cols = (job.acts.rows - c0).min(TILE_COLS);
-    match (rows.len(), cols) {
-        (TILE_ROWS, 4) => store(job, &rows, c0, one::<D, T, TILE_ROWS, 4>(d, job, &rows, c0)),
-        (TILE_ROWS, 3) => store(job, &rows, c0, one::<D, T, TILE_ROWS, 3>(d, job, &rows, c0)),
-        (TILE_ROWS, 2) => store(job, &rows, c0, one::<D, T, TILE_ROWS, 2>(d, job, &rows, c0)),
-        (TILE_ROWS, _) => store(job, &rows, c0, one::<D, T, TILE_ROWS, 1>(d, job, &rows, c0)),
+    let full = rows.len() == R;
+    match (full, cols) {
+        (true, 4) => store(job, &rows, c0, one::<D, T, R, 4>(d, job, &rows, c0)),
+        (true, 3) => store(job, &rows, c0, one::<D, T, R, 3>(d, job, &rows, c0)),
+        (true, 2) => store(job, &rows, c0, one::<D, T, R, 2>(d, job, &rows, c0)),
+        (true, _) => store(job, &rows, c0, one::<D, T, R, 1>(d, job, &rows, c0)),
         _ => {
             for j in rows {
                 for c in c0..c0 + cols {
@@ -451,7 +509,10 @@ impl Tile for VnniTile {
         nb: usize,
     ) -> [[f32; C]; R] {
         let tbl = _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast()));
-        // Activations enter vpdpbusd as unsigned x + 128; each weight row's -128 Σw starts its sums.
+        // Activations enter vpdpbusd as unsigned q + 128 and r + 128; each weight row's
+        // -257 · 128 Σw cancels both offsets of 256 Σ (q + 128) w + Σ (r + 128) w. The q sums start
+        // from a zeroed register and the r sums accumulate onto the shifted q sums, so no register
+        // needs copying.
         let k128 = _mm512_set1_epi8(-128);
         let zero = _mm512_setzero_si512();
         let mut acc = [[_mm512_setzero_ps(); C]; R];
@@ -464,7 +525,8 @@ impl Tile for VnniTile {
                 let (v, s) = d.zmm(rows[r], b, tbl);
                 w[r] = v;
                 sw[r] = s;
-                neg[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k128, v));
+                let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, v);
+                neg[r] = _mm512_sub_epi32(zero, _mm512_add_epi32(_mm512_slli_epi32(c, 8), c));
             }
             for (c, x) in xs.iter().enumerate() {
                 let q = _mm512_loadu_si512(x.codes.as_ptr().add(BLOCK * b).cast());
@@ -472,9 +534,9 @@ impl Tile for VnniTile {
                 let (qu, ru) = (_mm512_xor_si512(q, k128), _mm512_xor_si512(rem, k128));
                 let sx = halves(*x.scales.get_unchecked(b), *x.scales.get_unchecked(b + 1));
                 for r in 0..R {
-                    let dq = _mm512_dpbusd_epi32(neg[r], qu, w[r]);
-                    let dr = _mm512_dpbusd_epi32(neg[r], ru, w[r]);
-                    let dot = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), dr);
+                    let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qu, w[r]);
+                    let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), neg[r]);
+                    let dot = _mm512_dpbusd_epi32(t, ru, w[r]);
                     let s = _mm512_mul_ps(sw[r], sx);
                     acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][c]);
                 }

@@ -22,8 +22,8 @@ use weights::{Bf16Weight, IntWeight};
 
 /// Activation rows of one tile of the SIMD kernels.
 const TILE_COLS: usize = 4;
-/// Weight rows per parallel task (a multiple of the kernels' 4-row tiles).
-const TASK_ROWS: usize = 16;
+/// Weight rows per parallel task (a multiple of the kernels' 2-, 3- and 4-row tiles).
+const TASK_ROWS: usize = 24;
 
 /// The instruction set of the fast CPU kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
