@@ -110,12 +110,28 @@ impl Matmul<'_> {
             Matmul::Fast(f) => f.run(x, rows, w, bias, out),
         }
     }
+
+    /// Each segment's weight on its rows of `x` (`[rows, in]`) into the same rows of `out`.
+    pub(crate) fn run_segments(&mut self, x: &[f32], segs: &[fast::Segment<'_>], out: &mut [f32]) {
+        match self {
+            Matmul::Fast(f) => f.run_segments(x, segs, out),
+            Matmul::Exact => {
+                for s in segs {
+                    let (n, n_out) = (s.w.row_len(), s.w.n_rows());
+                    let (a, b) = (s.rows.start, s.rows.end);
+                    let (xs, os) = (&x[a * n..b * n], &mut out[a * n_out..b * n_out]);
+                    matmul::matmul(xs, b - a, s.w, s.bias, os);
+                }
+            }
+        }
+    }
 }
 
-/// Buffers a step's ops reuse: the fast matmul's and the MoE's.
+/// Buffers a step's ops reuse: the fast matmul's, the router logits and the MoE's.
 #[derive(Default)]
 pub(crate) struct StepScratch {
     matmul: fast::Scratch,
+    router: Vec<f32>,
     moe: moe::MoeBufs,
 }
 
@@ -335,15 +351,21 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let rows = step.rows();
         let n_experts = router.weight.n_rows();
-        let mut logits = vec![0.0; rows * n_experts];
+        let mut scratch = step.scratch()?;
+        let logits = &mut scratch.router;
+        logits.resize(rows * n_experts, 0.0);
+        // The router stays exact on every path (DESIGN.md: router in f32): a near-tie decides experts.
         matmul::matmul(
             &h.data,
             rows,
             &router.weight,
             router.bias.as_deref(),
-            &mut logits,
+            logits,
         );
-        for (t, row) in logits.chunks_exact(n_experts).enumerate() {
+        for (t, row) in logits[..rows * n_experts]
+            .chunks_exact(n_experts)
+            .enumerate()
+        {
             out[t * top_k..(t + 1) * top_k].copy_from_slice(&router_top_k(row, top_k));
         }
         Ok(())
@@ -351,7 +373,9 @@ impl Backend for CpuBackend {
 
     fn moe(&self, step: &CpuStep, args: MoeArgs<'_, Self>, out: &mut CpuBuf) -> Result<()> {
         let mut guard = step.scratch()?;
-        let StepScratch { matmul, moe: bufs } = &mut *guard;
+        let StepScratch {
+            matmul, moe: bufs, ..
+        } = &mut *guard;
         let input = moe::MoeInput {
             h: &args.h.data,
             rows: step.rows(),
@@ -375,7 +399,9 @@ impl Backend for CpuBackend {
         }
         let h = x.cols;
         let mut guard = step.scratch()?;
-        let StepScratch { matmul, moe: bufs } = &mut *guard;
+        let StepScratch {
+            matmul, moe: bufs, ..
+        } = &mut *guard;
         let picked = &mut bufs.x;
         picked.clear();
         for &r in &step.batch.logit_rows {

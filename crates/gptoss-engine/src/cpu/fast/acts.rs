@@ -72,9 +72,35 @@ impl QuantActs {
         }
     }
 
+    /// Rows `rows` of what was quantized.
+    pub(crate) fn view(&self, rows: std::ops::Range<usize>) -> QuantView<'_> {
+        let (n, nb) = (self.n, self.n / BLOCK);
+        QuantView {
+            codes: &self.codes[rows.start * n..rows.end * n],
+            rems: &self.rems[rows.start * n..rows.end * n],
+            scales: &self.scales[rows.start * nb..rows.end * nb],
+            n,
+            rows: rows.len(),
+        }
+    }
+}
+
+/// Some consecutive quantized rows.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantView<'a> {
+    codes: &'a [i8],
+    rems: &'a [i8],
+    scales: &'a [f32],
+    /// Row length.
+    pub n: usize,
+    /// Rows.
+    pub rows: usize,
+}
+
+impl<'a> QuantView<'a> {
     /// Row `t`'s codes, remainders and units.
     #[inline(always)]
-    pub(crate) fn row(&self, t: usize) -> QuantRef<'_> {
+    pub(crate) fn row(&self, t: usize) -> QuantRef<'a> {
         let nb = self.n / BLOCK;
         QuantRef {
             codes: &self.codes[t * self.n..(t + 1) * self.n],
@@ -202,7 +228,7 @@ mod tests {
         let mut q = QuantActs::default();
         for layout in [ActLayout::Natural, ActLayout::EvensOdds] {
             q.quantize(&x, 1, 64, layout);
-            let r = q.row(0);
+            let r = q.view(0..1).row(0);
             for b in 0..2 {
                 let amax = x[b * 32..(b + 1) * 32]
                     .iter()
@@ -221,7 +247,7 @@ mod tests {
         }
         // An all-zero block quantizes to zeros with a zero unit.
         q.quantize(&[0.0; 32], 1, 32, ActLayout::Natural);
-        let r = q.row(0);
+        let r = q.view(0..1).row(0);
         assert_eq!(
             (r.codes, r.rems, r.scales),
             (&[0i8; 32][..], &[0i8; 32][..], &[0.0][..])

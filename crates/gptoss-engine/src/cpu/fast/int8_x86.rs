@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::acts::{QuantActs, QuantRef};
+use super::acts::{QuantRef, QuantView};
 use super::weights::{scale_bytes, BlockScale, IntWeight, RowBytes, BLOCK};
 use super::{OutRows, TILE_COLS};
 use gptoss_formats::tensor::Q8_0_BLOCK_BYTES;
@@ -280,7 +280,7 @@ pub(crate) enum X86Level {
 pub(crate) unsafe fn task(
     level: X86Level,
     w: &IntWeight<'_>,
-    acts: &QuantActs,
+    acts: &QuantView<'_>,
     rows: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: OutRows,
@@ -329,7 +329,7 @@ pub(crate) unsafe fn task(
 }
 
 struct Job<'a> {
-    acts: &'a QuantActs,
+    acts: &'a QuantView<'a>,
     rows: std::ops::Range<usize>,
     bias: Option<&'a [f32]>,
     out: OutRows,

@@ -17,7 +17,7 @@ mod weights;
 use gptoss_formats::QuantTensor;
 use rayon::prelude::*;
 
-use acts::{Bf16Acts, QuantActs};
+use acts::{Bf16Acts, QuantActs, QuantView};
 use weights::{Bf16Weight, IntWeight};
 
 /// Activation rows of one tile of the SIMD kernels.
@@ -121,6 +121,18 @@ impl OutRows {
         *self.ptr.add(t * self.n_out + j) = v;
     }
 
+    /// The same buffer starting at row `t`.
+    ///
+    /// # Safety
+    /// Row `t` is inside the buffer.
+    #[inline(always)]
+    pub(crate) unsafe fn at_row(&self, t: usize) -> OutRows {
+        OutRows {
+            ptr: self.ptr.add(t * self.n_out),
+            n_out: self.n_out,
+        }
+    }
+
     /// `out[t, j] += v`.
     ///
     /// # Safety
@@ -163,7 +175,7 @@ impl FastMatmul<'_> {
         };
         if let Some(iw) = IntWeight::of(w) {
             self.scratch.quant.quantize(x, rows, n, iw.layout());
-            let acts = &self.scratch.quant;
+            let acts = &self.scratch.quant.view(0..rows);
             let isa = self.isa;
             for_tasks(n_out, |r| {
                 // SAFETY: `isa` is supported (checked where the backend was made), `out` holds
@@ -189,6 +201,75 @@ impl FastMatmul<'_> {
     }
 }
 
+/// One weight applied to a run of rows of a shared input and output (one expert of a MoE layer).
+pub(crate) struct Segment<'a> {
+    /// Rows of the input and of the output.
+    pub rows: std::ops::Range<usize>,
+    /// `[n_out, n_in]`, the same shape in every segment.
+    pub w: &'a QuantTensor,
+    /// `[n_out]`.
+    pub bias: Option<&'a [f32]>,
+}
+
+impl FastMatmul<'_> {
+    /// `out[t] = x[t] W_sᵀ + b_s` for the rows `t` of each segment `s`: one quantization of the input
+    /// and one parallel region for all segments when every weight has an int8 view in one layout (fewer
+    /// joins than a call per segment: a MoE decode step has 8 expert matmuls per layer); segment by
+    /// segment otherwise. `x` is `[rows, n_in]`, `out` `[rows, n_out]`.
+    pub(crate) fn run_segments(&mut self, x: &[f32], segs: &[Segment<'_>], out: &mut [f32]) {
+        let Some(first) = segs.first() else { return };
+        let (n, n_out) = (first.w.row_len(), first.w.n_rows());
+        let rows = segs.iter().map(|s| s.rows.end).max().unwrap_or(0);
+        let views: Option<Vec<IntWeight<'_>>> = segs
+            .iter()
+            .map(|s| {
+                IntWeight::of(s.w).filter(|iw| {
+                    (s.w.row_len(), s.w.n_rows()) == (n, n_out)
+                        && s.bias.is_none_or(|b| b.len() >= n_out)
+                        && iw.layout() == IntWeight::of(first.w).map_or(iw.layout(), |f| f.layout())
+                })
+            })
+            .collect();
+        let sized = x.len() >= rows * n && out.len() >= rows * n_out;
+        let (Some(views), true) = (views, sized) else {
+            for s in segs {
+                let (a, b) = (s.rows.start, s.rows.end);
+                self.run(
+                    &x[a * n..b * n],
+                    b - a,
+                    s.w,
+                    s.bias,
+                    &mut out[a * n_out..b * n_out],
+                );
+            }
+            return;
+        };
+        let layout = views
+            .first()
+            .map(IntWeight::layout)
+            .unwrap_or(weights::ActLayout::Natural);
+        self.scratch.quant.quantize(x, rows, n, layout);
+        let quant = &self.scratch.quant;
+        let base = OutRows {
+            ptr: out.as_mut_ptr(),
+            n_out,
+        };
+        let per_seg = n_out.div_ceil(TASK_ROWS);
+        let isa = self.isa;
+        (0..segs.len() * per_seg).into_par_iter().for_each(|i| {
+            let (s, task) = (i / per_seg, i % per_seg);
+            let (seg, iw) = (&segs[s], &views[s]);
+            let r = task * TASK_ROWS..((task + 1) * TASK_ROWS).min(n_out);
+            let acts = quant.view(seg.rows.clone());
+            // SAFETY: `out` holds `[rows, n_out]` (checked) and the segment's rows are inside it.
+            let sink = unsafe { base.at_row(seg.rows.start) };
+            // SAFETY: `isa` is supported; each (segment, task) owns its rows × columns of `out`
+            // (segments' rows do not overlap).
+            unsafe { int8_task(isa, iw, &acts, r, seg.bias, sink) }
+        });
+    }
+}
+
 /// Runs `f` on tasks of [`TASK_ROWS`] weight rows across the cores.
 fn for_tasks(n_out: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     (0..n_out.div_ceil(TASK_ROWS))
@@ -203,7 +284,7 @@ fn for_tasks(n_out: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
 unsafe fn int8_task(
     isa: CpuIsa,
     w: &IntWeight<'_>,
-    acts: &QuantActs,
+    acts: &QuantView<'_>,
     rows: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: OutRows,

@@ -2,7 +2,7 @@
 //! `256 Σ w q + Σ w r` of the weight's int8 values with the activation's codes and remainders, times
 //! the weight's scale and the activation's unit, summed in f32), and the path for CPUs without AVX2.
 
-use super::acts::QuantActs;
+use super::acts::QuantView;
 use super::weights::{IntWeight, BLOCK};
 use super::OutRows;
 
@@ -25,7 +25,7 @@ pub(crate) fn block_dot(w: &[i8; BLOCK], q: &[i8], r: &[i8]) -> i32 {
 /// columns.
 pub(crate) unsafe fn task(
     w: &IntWeight<'_>,
-    acts: &QuantActs,
+    acts: &QuantView<'_>,
     rows: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: OutRows,

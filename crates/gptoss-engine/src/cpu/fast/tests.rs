@@ -28,7 +28,7 @@ fn inputs(rows: usize, n: usize, seed: u64) -> Vec<f32> {
 /// `Σ_b d_w d_x (exact int dot)` in f64, from the scalar decode.
 fn reference(w: &IntWeight<'_>, acts: &QuantActs, j: usize, t: usize, bias: f32) -> f64 {
     let mut codes = [0i8; BLOCK];
-    let x = acts.row(t);
+    let x = acts.view(0..acts.rows).row(t);
     (0..acts.n / BLOCK)
         .map(|b| {
             let s = w.block(j, b, &mut codes);
@@ -43,7 +43,7 @@ fn reference(w: &IntWeight<'_>, acts: &QuantActs, j: usize, t: usize, bias: f32)
 /// `Σ_i |w_i| · unit(i) / 2`: how far rounding the activations can move a dot product (the remainders'
 /// clamp at ±127 can add one unit more, which these inputs never reach).
 fn rounding_bound(w: &[f32], acts: &QuantActs, t: usize) -> f32 {
-    let units = acts.row(t).scales;
+    let units = acts.view(0..acts.rows).row(t).scales;
     w.iter()
         .enumerate()
         .map(|(i, v)| v.abs() * units[i / BLOCK] * 0.5)
@@ -246,4 +246,52 @@ fn rows_that_are_not_whole_blocks_take_the_exact_path() {
     };
     quantize_row(&[1.0; 32], weights::ActLayout::Natural, out);
     assert_eq!((codes, rems), ([127; 32], [0; 32]));
+}
+
+/// Segments (the experts of a MoE step) in one call give bit for bit what one call per segment gives,
+/// int8 formats in one region and anything else segment by segment.
+#[test]
+fn segments_equal_separate_calls() {
+    let (n_out, n) = (29, 64);
+    let all = int_weights(n_out + 1, n);
+    let shaped: Vec<_> = all
+        .iter()
+        .map(|w| w.rows(0, n_out, vec![n_out, n]))
+        .collect();
+    let dense = gptoss_formats::QuantTensor::from_f32(vec![n_out, n], &inputs(n_out, n, 4));
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.1).collect();
+    let x = inputs(7, n, 8);
+    for group in [
+        vec![&shaped[1], &shaped[1], &shaped[6]],
+        vec![&shaped[0], &dense, &shaped[4]],
+    ] {
+        let segs: Vec<Segment<'_>> = [0..2, 2..3, 3..7]
+            .into_iter()
+            .zip(&group)
+            .map(|(rows, w)| Segment {
+                rows,
+                w,
+                bias: Some(&bias),
+            })
+            .collect();
+        for isa in isas() {
+            let mut s = Scratch::default();
+            let mut together = vec![0.0; 7 * n_out];
+            FastMatmul {
+                isa,
+                scratch: &mut s,
+            }
+            .run_segments(&x, &segs, &mut together);
+            for seg in &segs {
+                let (a, b) = (seg.rows.start, seg.rows.end);
+                let mut alone = vec![0.0; (b - a) * n_out];
+                FastMatmul {
+                    isa,
+                    scratch: &mut s,
+                }
+                .run(&x[a * n..b * n], b - a, seg.w, seg.bias, &mut alone);
+                assert_eq!(&together[a * n_out..b * n_out], &alone[..], "{isa:?}");
+            }
+        }
+    }
 }
