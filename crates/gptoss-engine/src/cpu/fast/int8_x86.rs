@@ -58,7 +58,12 @@ trait Decode: Copy {
     /// Blocks `b` and `b + 1` (128-bit lanes 0–1 and 2–3) and their scales in 8-lane halves. Needs
     /// AVX-512 F/BW.
     unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512);
+    /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
 }
+
+/// How far ahead in a row the VNNI tile prefetches, in blocks.
+const PREFETCH_BLOCKS: usize = 24;
 
 /// `2^(e - 127)` for every E8M0 byte (a load instead of the branch-free bit assembly per block).
 static E8M0: [f32; 256] = {
@@ -167,6 +172,10 @@ impl Decode for Ggml4<'_> {
         self.table
     }
     #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(b * self.block_bytes()).cast()
+    }
+    #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {
         RowPtr {
             data: self.blocks.row(j).as_ptr(),
@@ -207,6 +216,10 @@ impl Decode for Hf4<'_> {
         self.table
     }
     #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(16 * b).cast()
+    }
+    #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {
         RowPtr {
             data: self.codes.row(j).as_ptr(),
@@ -237,6 +250,10 @@ struct Q8<'a> {
 impl Decode for Q8<'_> {
     fn table(&self) -> [i8; 16] {
         [0; 16]
+    }
+    #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(b * Q8_0_BLOCK_BYTES).cast()
     }
     #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {
@@ -522,6 +539,9 @@ impl Tile for VnniTile {
             let mut neg = [zero; R];
             let mut sw = [_mm512_setzero_ps(); R];
             for r in 0..R {
+                // Rows are short (1.5–3 KB) and read R at a time: ask for the blocks ahead early so
+                // the stream does not wait on the hardware prefetcher at every row start.
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(rows[r], b + PREFETCH_BLOCKS));
                 let (v, s) = d.zmm(rows[r], b, tbl);
                 w[r] = v;
                 sw[r] = s;
