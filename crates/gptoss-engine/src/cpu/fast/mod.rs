@@ -8,6 +8,7 @@
 
 mod acts;
 mod bf16_x86;
+mod decode_x86;
 mod int8_x86;
 mod portable;
 #[cfg(test)]
