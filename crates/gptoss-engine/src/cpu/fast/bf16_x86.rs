@@ -14,10 +14,6 @@ use super::{OutRows, TILE_COLS};
 /// Weight rows of one tile.
 const TILE_ROWS: usize = 4;
 
-/// How far ahead in a row the tile prefetches, in elements (768 bytes, as the int8 tiles' 24 Q8_0
-/// blocks are ≈ 800).
-const PREFETCH_ELEMS: usize = 384;
-
 /// One task: weight rows `rows` against every activation row, results (plus bias) into `out`.
 ///
 /// # Safety
@@ -38,15 +34,16 @@ pub(crate) unsafe fn task(
         while r0 < rows.end {
             let r1 = (r0 + TILE_ROWS).min(rows.end);
             let put = Put { out, bias };
+            let last = rows.end - 1;
             match (r1 - r0, cols) {
-                (TILE_ROWS, 4) => put.all(&tile::<TILE_ROWS, 4>(w, acts, r0, c0), r0, c0),
-                (TILE_ROWS, 3) => put.all(&tile::<TILE_ROWS, 3>(w, acts, r0, c0), r0, c0),
-                (TILE_ROWS, 2) => put.all(&tile::<TILE_ROWS, 2>(w, acts, r0, c0), r0, c0),
-                (TILE_ROWS, _) => put.all(&tile::<TILE_ROWS, 1>(w, acts, r0, c0), r0, c0),
+                (TILE_ROWS, 4) => put.all(&tile::<TILE_ROWS, 4>(w, acts, (r0, last), c0), r0, c0),
+                (TILE_ROWS, 3) => put.all(&tile::<TILE_ROWS, 3>(w, acts, (r0, last), c0), r0, c0),
+                (TILE_ROWS, 2) => put.all(&tile::<TILE_ROWS, 2>(w, acts, (r0, last), c0), r0, c0),
+                (TILE_ROWS, _) => put.all(&tile::<TILE_ROWS, 1>(w, acts, (r0, last), c0), r0, c0),
                 _ => {
                     for j in r0..r1 {
                         for c in c0..c0 + cols {
-                            put.all(&tile::<1, 1>(w, acts, j, c), j, c);
+                            put.all(&tile::<1, 1>(w, acts, (j, last), c), j, c);
                         }
                     }
                 }
@@ -91,11 +88,13 @@ unsafe fn load32(p: *const u16, len: usize) -> __m512bh {
 unsafe fn tile<const R: usize, const C: usize>(
     w: &Bf16Weight<'_>,
     acts: &Bf16Acts,
-    r0: usize,
+    (r0, last): (usize, usize),
     c0: usize,
 ) -> [[f32; C]; R] {
     let n = acts.n;
     let wp: [*const u16; R] = std::array::from_fn(|r| w.rows.row(r0 + r).as_ptr().cast());
+    let ahead: [*const u16; R] =
+        std::array::from_fn(|r| w.rows.row((r0 + R + r).min(last)).as_ptr().cast());
     let xp: [(*const u16, *const u16); C] = std::array::from_fn(|c| {
         let (hi, lo) = acts.row(c0 + c);
         (hi.as_ptr(), lo.as_ptr())
@@ -108,9 +107,9 @@ unsafe fn tile<const R: usize, const C: usize>(
         for r in 1..R {
             wv[r] = load32(wp[r].add(k), len);
         }
-        for p in wp {
-            // As the int8 tiles do: the next blocks of short rows, before the prefetcher would.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(k + PREFETCH_ELEMS).cast());
+        for p in ahead {
+            // As the int8 tiles do: the next tile's rows while this one runs.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(k).cast());
         }
         for c in 0..C {
             let hi = load32(xp[c].0.add(k), len);

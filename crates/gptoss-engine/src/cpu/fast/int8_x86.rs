@@ -15,9 +15,6 @@ use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
 
-/// How far ahead in a row the VNNI tile prefetches, in blocks.
-const PREFETCH_BLOCKS: usize = 24;
-
 /// Which instruction set a task runs with.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum X86Level {
@@ -109,9 +106,10 @@ unsafe fn sweep<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>) {
 
 /// A tile kernel over `R` weight rows × `C` activation rows.
 trait Tile {
+    /// `rows` with every activation row of `xs`; `ahead` are the next tile's rows (to prefetch).
     unsafe fn run<D: Decode, const R: usize, const C: usize>(
         d: &D,
-        rows: [RowPtr; R],
+        rows_ahead: ([RowPtr; R], [RowPtr; R]),
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R];
@@ -159,7 +157,12 @@ unsafe fn one<D: Decode, T: Tile, const R: usize, const C: usize>(
     for (c, x) in xs.iter_mut().enumerate() {
         *x = job.acts.row(c0 + c);
     }
-    T::run::<D, R, C>(d, ptrs, xs, job.acts.n / BLOCK)
+    // The rows of the next tile, prefetched block by block while this one runs.
+    let mut ahead = ptrs;
+    for (r, p) in ahead.iter_mut().enumerate() {
+        *p = d.row((rows.start + R + r).min(job.rows.end - 1));
+    }
+    T::run::<D, R, C>(d, (ptrs, ahead), xs, job.acts.n / BLOCK)
 }
 
 #[inline(always)]
@@ -193,7 +196,7 @@ impl Tile for Avx2Tile {
     #[inline(always)]
     unsafe fn run<D: Decode, const R: usize, const C: usize>(
         d: &D,
-        rows: [RowPtr; R],
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
@@ -205,6 +208,9 @@ impl Tile for Avx2Tile {
             let mut aw = [_mm256_setzero_si256(); R];
             let mut sw = [0.0f32; R];
             for r in 0..R {
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                }
                 let (v, s) = d.ymm(rows[r], b, tbl);
                 (w[r], aw[r], sw[r]) = (v, _mm256_abs_epi8(v), s);
             }
@@ -238,7 +244,7 @@ impl Tile for VnniTile {
     #[inline(always)]
     unsafe fn run<D: Decode, const R: usize, const C: usize>(
         d: &D,
-        rows: [RowPtr; R],
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
@@ -256,9 +262,9 @@ impl Tile for VnniTile {
             let mut neg = [zero; R];
             let mut sw = [_mm512_setzero_ps(); R];
             for r in 0..R {
-                // Rows are short (1.5–3 KB) and read R at a time: ask for the blocks ahead early so
-                // the stream does not wait on the hardware prefetcher at every row start.
-                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(rows[r], b + PREFETCH_BLOCKS));
+                // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
+                // this one runs, so no row starts cold.
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
                 let (v, s) = d.zmm(rows[r], b, tbl);
                 w[r] = v;
                 sw[r] = s;

@@ -7,6 +7,8 @@
 //! quantized activations live in a buffer reused from call to call.
 
 mod acts;
+#[cfg(test)]
+mod bench;
 mod bf16_x86;
 mod decode_x86;
 mod int8_x86;
