@@ -13,7 +13,10 @@ use super::weights::{ActLayout, BLOCK};
 const PARALLEL_ROWS: usize = 16;
 
 /// One row's outputs (codes, remainders, units) and input, as the row iterators zip them.
-type RowJob<'a> = (((&'a mut [i8], &'a mut [i8]), &'a mut [f32]), &'a [f32]);
+type RowJob<'a> = (
+    (((&'a mut [i8], &'a mut [i8]), &'a mut [f32]), &'a mut [i32]),
+    &'a [f32],
+);
 
 /// Quantized activation rows `[rows, n]`, reused across calls.
 #[derive(Default)]
@@ -24,6 +27,9 @@ pub(crate) struct QuantActs {
     pub rems: Vec<i8>,
     /// One unit per block (`max |x| / (127 × 256)`), `n / 32` per row.
     pub scales: Vec<f32>,
+    /// `-128 · Σ (256 q + r)` over each group of 4 codes, `n / 4` per row: what offsetting the weights
+    /// by +128 (to enter `vpdpbusd` unsigned) adds to each lane of a dot product.
+    pub offsets: Vec<i32>,
     /// Row length.
     pub n: usize,
     /// Rows held.
@@ -37,22 +43,22 @@ impl QuantActs {
         self.codes.resize(rows * n, 0);
         self.rems.resize(rows * n, 0);
         self.scales.resize(rows * nb, 0.0);
+        self.offsets.resize(rows * n / 4, 0);
         (self.n, self.rows) = (n, rows);
-        let work = |(((codes, rems), scales), row): RowJob<'_>| {
-            quantize_row(
-                row,
-                layout,
-                QuantRow {
-                    codes,
-                    rems,
-                    scales,
-                },
-            );
+        let work = |((((codes, rems), scales), offsets), row): RowJob<'_>| {
+            let out = QuantRow {
+                codes,
+                rems,
+                scales,
+                offsets,
+            };
+            quantize_row(row, layout, out);
         };
-        let (codes, rems, scales, x) = (
+        let (codes, rems, scales, offsets, x) = (
             &mut self.codes[..rows * n],
             &mut self.rems[..rows * n],
             &mut self.scales[..rows * nb],
+            &mut self.offsets[..rows * n / 4],
             &x[..rows * n],
         );
         if rows >= PARALLEL_ROWS {
@@ -60,6 +66,7 @@ impl QuantActs {
                 .par_chunks_mut(n)
                 .zip(rems.par_chunks_mut(n))
                 .zip(scales.par_chunks_mut(nb))
+                .zip(offsets.par_chunks_mut(n / 4))
                 .zip(x.par_chunks(n))
                 .for_each(work);
         } else {
@@ -67,6 +74,7 @@ impl QuantActs {
                 .chunks_mut(n)
                 .zip(rems.chunks_mut(n))
                 .zip(scales.chunks_mut(nb))
+                .zip(offsets.chunks_mut(n / 4))
                 .zip(x.chunks(n))
                 .for_each(work);
         }
@@ -79,6 +87,7 @@ impl QuantActs {
             codes: &self.codes[rows.start * n..rows.end * n],
             rems: &self.rems[rows.start * n..rows.end * n],
             scales: &self.scales[rows.start * nb..rows.end * nb],
+            offsets: &self.offsets[rows.start * n / 4..rows.end * n / 4],
             n,
             rows: rows.len(),
         }
@@ -91,6 +100,7 @@ pub(crate) struct QuantView<'a> {
     codes: &'a [i8],
     rems: &'a [i8],
     scales: &'a [f32],
+    offsets: &'a [i32],
     /// Row length.
     pub n: usize,
     /// Rows.
@@ -106,6 +116,7 @@ impl<'a> QuantView<'a> {
             codes: &self.codes[t * self.n..(t + 1) * self.n],
             rems: &self.rems[t * self.n..(t + 1) * self.n],
             scales: &self.scales[t * nb..(t + 1) * nb],
+            offsets: &self.offsets[t * self.n / 4..(t + 1) * self.n / 4],
         }
     }
 }
@@ -119,6 +130,8 @@ pub(crate) struct QuantRef<'a> {
     pub rems: &'a [i8],
     /// Units.
     pub scales: &'a [f32],
+    /// Offset corrections, one per 4 codes.
+    pub offsets: &'a [i32],
 }
 
 /// One quantized row, written.
@@ -129,6 +142,8 @@ pub(crate) struct QuantRow<'a> {
     pub rems: &'a mut [i8],
     /// Units.
     pub scales: &'a mut [f32],
+    /// Offset corrections, one per 4 codes.
+    pub offsets: &'a mut [i32],
 }
 
 /// Quantizes one row (`n % 32 == 0`) into `out` (layout order).
@@ -178,6 +193,19 @@ fn quantize_row_body(x: &[f32], layout: ActLayout, out: QuantRow<'_>) {
             *c = q as i8;
             *r = ((v - q) * 256.0).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
+    }
+    for ((o, c), r) in out
+        .offsets
+        .iter_mut()
+        .zip(out.codes.chunks_exact(4))
+        .zip(out.rems.chunks_exact(4))
+    {
+        let sum: i32 = c
+            .iter()
+            .zip(r)
+            .map(|(&q, &r)| 256 * i32::from(q) + i32::from(r))
+            .sum();
+        *o = -128 * sum;
     }
 }
 

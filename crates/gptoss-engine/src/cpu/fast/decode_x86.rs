@@ -29,6 +29,16 @@ pub(super) trait Decode: Copy {
     /// Blocks `b` and `b + 1` (128-bit lanes 0–1 and 2–3) and their scales in 8-lane halves. Needs
     /// AVX-512 F/BW.
     unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512);
+    /// [`Decode::zmm`] with every value offset by +128 (unsigned), given the table offset likewise.
+    #[inline(always)]
+    unsafe fn zmm_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> (__m512i, __m512) {
+        self.zmm(r, b, tbl_u)
+    }
+    /// [`Decode::ymm`] with every value offset by +128 (unsigned), given the table offset likewise.
+    #[inline(always)]
+    unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
+        self.ymm(r, b, tbl_u)
+    }
     /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
 }
@@ -218,6 +228,16 @@ pub(super) struct Q8<'a> {
 impl Decode for Q8<'_> {
     fn table(&self) -> [i8; 16] {
         [0; 16]
+    }
+    #[inline(always)]
+    unsafe fn zmm_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> (__m512i, __m512) {
+        let (v, s) = self.zmm(r, b, tbl_u);
+        (_mm512_xor_si512(v, _mm512_set1_epi8(-128)), s)
+    }
+    #[inline(always)]
+    unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
+        let (v, s) = self.ymm(r, b, tbl_u);
+        (_mm256_xor_si256(v, _mm256_set1_epi8(-128)), s)
     }
     #[inline(always)]
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {

@@ -248,38 +248,35 @@ impl Tile for VnniTile {
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
-        let tbl = _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast()));
-        // Activations enter vpdpbusd as unsigned q + 128 and r + 128; each weight row's
-        // -257 · 128 Σw cancels both offsets of 256 Σ (q + 128) w + Σ (r + 128) w. The q sums start
-        // from a zeroed register and the r sums accumulate onto the shifted q sums, so no register
-        // needs copying.
-        let k128 = _mm512_set1_epi8(-128);
-        let zero = _mm512_setzero_si512();
+        // Weights enter vpdpbusd unsigned (w + 128: the table shifted, or Q8_0 bytes with the top bit
+        // flipped); the activation row carries -128 Σ (256 q + r) per 4 codes, which cancels the shift
+        // in 256 Σ (w + 128) q + Σ (w + 128) r. The q sums start from a zeroed register and the r sums
+        // accumulate onto the shifted q sums plus that correction: no register copies, and no
+        // per-row correction.
+        let tbl_u = _mm512_add_epi8(
+            _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast())),
+            _mm512_set1_epi8(-128),
+        );
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut b = 0;
         while b + 2 <= nb {
-            let mut w = [zero; R];
-            let mut neg = [zero; R];
+            let mut w = [_mm512_setzero_si512(); R];
             let mut sw = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
                 // this one runs, so no row starts cold.
                 _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
-                let (v, s) = d.zmm(rows[r], b, tbl);
-                w[r] = v;
-                sw[r] = s;
-                let c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, v);
-                neg[r] = _mm512_sub_epi32(zero, _mm512_add_epi32(_mm512_slli_epi32(c, 8), c));
+                (w[r], sw[r]) = d.zmm_u(rows[r], b, tbl_u);
             }
             for (c, x) in xs.iter().enumerate() {
                 let q = _mm512_loadu_si512(x.codes.as_ptr().add(BLOCK * b).cast());
                 let rem = _mm512_loadu_si512(x.rems.as_ptr().add(BLOCK * b).cast());
-                let (qu, ru) = (_mm512_xor_si512(q, k128), _mm512_xor_si512(rem, k128));
+                let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * b).cast());
                 let sx = halves(*x.scales.get_unchecked(b), *x.scales.get_unchecked(b + 1));
                 for r in 0..R {
-                    let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qu, w[r]);
-                    let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), neg[r]);
-                    let dot = _mm512_dpbusd_epi32(t, ru, w[r]);
+                    let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], q);
+                    let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), off);
+                    let dot = _mm512_dpbusd_epi32(t, w[r], rem);
                     let s = _mm512_mul_ps(sw[r], sx);
                     acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][c]);
                 }
@@ -294,17 +291,16 @@ impl Tile for VnniTile {
         }
         if b < nb {
             // An odd last block: the 256-bit form of the same sums.
-            let tbl = _mm512_castsi512_si256(tbl);
-            let (k128, zero) = (_mm256_set1_epi8(-128), _mm256_setzero_si256());
+            let tbl_u = _mm512_castsi512_si256(tbl_u);
             for r in 0..R {
-                let (v, s) = d.ymm(rows[r], b, tbl);
-                let neg = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, k128, v));
+                let (v, s) = d.ymm_u(rows[r], b, tbl_u);
                 for (c, x) in xs.iter().enumerate() {
                     let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
                     let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
-                    let dq = _mm256_dpbusd_epi32(neg, _mm256_xor_si256(q, k128), v);
-                    let dr = _mm256_dpbusd_epi32(neg, _mm256_xor_si256(rem, k128), v);
-                    let dot = _mm256_add_epi32(_mm256_slli_epi32(dq, 8), dr);
+                    let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
+                    let dq = _mm256_dpbusd_epi32(_mm256_setzero_si256(), v, q);
+                    let t = _mm256_add_epi32(_mm256_slli_epi32(dq, 8), off);
+                    let dot = _mm256_dpbusd_epi32(t, v, rem);
                     let sum = hsum256(_mm256_cvtepi32_ps(dot));
                     out[r][c] += sum * (s * *x.scales.get_unchecked(b));
                 }

@@ -238,14 +238,16 @@ fn rows_that_are_not_whole_blocks_take_the_exact_path() {
     }
     .run(&x, 2, &w, None, &mut out);
     assert_eq!(out, vec![20.0; 6]);
-    let (mut codes, mut rems, mut scales) = ([0i8; 32], [0i8; 32], [0f32; 1]);
+    let (mut codes, mut rems, mut scales, mut offsets) = ([0i8; 32], [0i8; 32], [0f32; 1], [0; 8]);
     let out = QuantRow {
         codes: &mut codes,
         rems: &mut rems,
         scales: &mut scales,
+        offsets: &mut offsets,
     };
     quantize_row(&[1.0; 32], weights::ActLayout::Natural, out);
     assert_eq!((codes, rems), ([127; 32], [0; 32]));
+    assert_eq!(offsets, [-128 * 4 * 256 * 127; 8]);
 }
 
 /// Segments (the experts of a MoE step) in one call give bit for bit what one call per segment gives,
