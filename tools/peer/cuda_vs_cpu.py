@@ -38,6 +38,8 @@ def run(gptoss, ckpt, ids, device, work, env_extra):
     cmd = [gptoss, "logits", "--model", ckpt, "--tokens", ",".join(map(str, ids)), "--all-positions",
            "--device", device, "--npy", npy, "--dump-layers", "all", "--dump-nodes",
            "router_logits,experts", "--dump-out", dump]
+    if device == "cpu":
+        cmd.append("--exact")  # the f32 reference, not the fast CPU path
     t = time.time()
     subprocess.run(cmd, check=True, env={**os.environ, **env_extra})
     print(f"  gptoss {device}: {time.time() - t:.0f} s", flush=True)

@@ -1,10 +1,11 @@
-//! Picking the backend (`--device cpu|cuda|auto`) and building the model on it, with the CUDA memory
-//! plan checked against `--max-vram` before any weight is uploaded.
+//! Picking the backend (`--device cpu|cuda|auto`, `--exact` for the f32 CPU reference) and building the
+//! model on it, with the CUDA memory plan checked against `--max-vram` before any weight is uploaded.
 
 use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
-use gptoss_engine::memory::{self, KvPrecision, MemoryPlan};
-use gptoss_engine::{Capacity, CpuBackend, ExpertPlacement, Model};
+use gptoss_engine::memory::{self, KvPrecision};
+use gptoss_engine::placement::WeightSplit;
+use gptoss_engine::{Capacity, CpuBackend, CpuKernels, ExpertPlacement, Model};
 use gptoss_formats::ModelWeights;
 
 use crate::source::{Device, KvCache, ModelArgs};
@@ -59,10 +60,15 @@ pub fn build_model(
     weights: &ModelWeights,
     capacity: Capacity,
 ) -> Result<AnyModel> {
-    match args.device {
-        Device::Cpu => cpu(args, weights, capacity),
-        Device::Cuda => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
-        Device::Auto => match open_cuda(args) {
+    match (args.device, args.exact) {
+        (Device::Cpu, _) | (Device::Auto, true) => cpu(args, weights, capacity),
+        (Device::Cuda, true)
+            if !(args.cpu_moe || args.n_cpu_moe.is_some() || args.max_vram.is_some()) =>
+        {
+            bail!("--exact runs the exact CPU reference: with --device cuda it only applies to experts kept in host memory (--cpu-moe, --n-cpu-moe, --max-vram); the GPU always runs exact math")
+        }
+        (Device::Cuda, _) => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
+        (Device::Auto, false) => match open_cuda(args) {
             Ok(backend) => Ok(AnyModel::Cuda(Box::new(upload_cuda(
                 backend, weights, capacity, args,
             )?))),
@@ -72,11 +78,27 @@ pub fn build_model(
                     eprintln!("warning: --max-vram ignored: running on the CPU ({e:#})");
                 }
                 Ok(AnyModel::Cpu(Box::new(Model::new(
-                    CpuBackend, weights, capacity,
+                    cpu_backend(args),
+                    weights,
+                    capacity,
                 )?)))
             }
         },
     }
+}
+
+/// The CPU backend `args` asks for: the fast path unless `--exact`.
+fn cpu_backend(args: &ModelArgs) -> CpuBackend {
+    let backend = if args.exact {
+        CpuBackend::exact()
+    } else {
+        CpuBackend::fast()
+    };
+    match backend.kernels() {
+        CpuKernels::Exact => tracing::info!("CPU: exact f32 reference"),
+        CpuKernels::Fast(isa) => tracing::info!("CPU: fast int8 kernels ({})", isa.name()),
+    }
+    backend
 }
 
 fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<AnyModel> {
@@ -87,7 +109,9 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
         bail!("--cpu-moe / --n-cpu-moe keep experts on the host beside a GPU; with --device cpu everything runs on the host");
     }
     Ok(AnyModel::Cpu(Box::new(Model::new(
-        CpuBackend, weights, capacity,
+        cpu_backend(args),
+        weights,
+        capacity,
     )?)))
 }
 
@@ -115,48 +139,39 @@ fn kv_precision(kv: KvCache) -> KvPrecision {
     }
 }
 
-/// The device memory the model needs at `capacity` with a `kv` cache, all experts on the device.
-pub fn cuda_plan(weights: &ModelWeights, capacity: &Capacity, kv: KvCache) -> Result<MemoryPlan> {
-    let weights_bytes = memory::weights_bytes(weights);
-    Ok(memory::plan(
-        &weights.config,
-        weights_bytes,
-        capacity,
-        kv_precision(kv),
-    )?)
-}
-
-/// Where the experts go: as `--cpu-moe` / `--n-cpu-moe` say, else on the device when they fit beside one
-/// sequence's KV cache in the budget, else the experts of as few leading layers as needed on the host.
-fn place_experts(
+/// How many leading layers keep their experts in host memory: as `--cpu-moe` / `--n-cpu-moe` say, else
+/// none when everything fits beside one sequence's KV cache in the budget, else as few as that needs (the
+/// KV pool then takes what is left: experts on the GPU are worth more than cache for more streams).
+fn host_expert_layers(
     args: &ModelArgs,
     weights: &ModelWeights,
+    split: &WeightSplit,
     capacity: &Capacity,
     budget_bytes: u64,
-) -> Result<ExpertPlacement> {
+) -> Result<usize> {
     let layers = weights.config.num_hidden_layers;
     if args.cpu_moe {
-        return Ok(ExpertPlacement::first_on_host(layers, layers));
+        return Ok(layers);
     }
     if let Some(n) = args.n_cpu_moe {
         if n > layers {
             bail!("--n-cpu-moe {n}: the model has {layers} layers");
         }
-        return Ok(ExpertPlacement::first_on_host(layers, n));
+        return Ok(n);
     }
     let kv = kv_precision(args.kv_cache);
-    let fits = |p: &ExpertPlacement| {
-        let on_device = memory::weights_bytes(weights) - memory::host_experts_bytes(weights, p);
-        memory::fit_kv_blocks(&weights.config, on_device, capacity, kv, budget_bytes).is_ok()
+    let fits = |n: usize| {
+        memory::fit_kv_blocks(
+            &weights.config,
+            split.device_bytes(n),
+            capacity,
+            kv,
+            budget_bytes,
+        )
+        .is_ok()
     };
-    let all = ExpertPlacement::all_on_device();
-    if fits(&all) {
-        return Ok(all);
-    }
-    (1..=layers)
-        .map(|n| ExpertPlacement::first_on_host(layers, n))
-        .find(|p| fits(p))
-        .map_or(Ok(all), Ok)
+    // None fitting: all on the device, and the plan check below refuses with the numbers.
+    Ok((0..=layers).find(|&n| fits(n)).unwrap_or(0))
 }
 
 fn upload_cuda(
@@ -168,9 +183,17 @@ fn upload_cuda(
     let kv = args.kv_cache;
     let cap = backend.device().meter.cap_bytes();
     let budget = cap.saturating_sub(backend.device().meter.used_bytes());
-    let placement = place_experts(args, weights, &capacity, budget)?;
-    let host_bytes = memory::host_experts_bytes(weights, &placement);
-    let device_weights = memory::weights_bytes(weights) - host_bytes;
+    let split = WeightSplit::of_weights(weights);
+    let host_layers = host_expert_layers(args, weights, &split, &capacity, budget)?;
+    let host_cpu = if args.exact {
+        CpuBackend::exact()
+    } else {
+        CpuBackend::fast()
+    };
+    let placement = ExpertPlacement::first_on_host(weights.config.num_hidden_layers, host_layers)
+        .run_by(host_cpu);
+    let device_weights = split.device_bytes(host_layers);
+    let host_bytes = split.total_bytes() - device_weights;
     let mut capacity = capacity;
     if capacity.kv_blocks.is_none() {
         // The full-attention pool: every slot at full context, or as many blocks as the budget holds.

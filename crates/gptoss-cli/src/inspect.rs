@@ -1,5 +1,6 @@
 //! `gptoss inspect`: a checkpoint's detected layout, config, tensor types and bytes, the conversions
 //! made at load, the memory the model needs, and (`--convert-to`) what a conversion would write.
+//! Tensors are mapped, never read; `--dummy` computes everything from the config without building weights.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +30,8 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Also show what `gptoss convert` would write (its --dry-run) for this output format.
+    /// Also show what `gptoss convert` would write (its --dry-run) for this output format (with --dummy
+    /// this builds the random weights, which takes their full size in memory).
     #[arg(long, value_enum, value_name = "FORMAT")]
     convert_to: Option<crate::convert::Target>,
 }
@@ -37,41 +39,68 @@ pub struct InspectArgs {
 /// Stored types: (type, count, bytes).
 type TypeTable = Vec<(String, usize, usize)>;
 
+/// What `inspect` reports, gathered from a checkpoint's headers or from a dummy model's config.
+struct Report {
+    layout: String,
+    config: ModelConfig,
+    stored: TypeTable,
+    canonical: TypeTable,
+    notes: Vec<String>,
+    /// Bytes of the canonical weights in host memory.
+    load_bytes: usize,
+    /// Bytes of the weights on the GPU.
+    device_bytes: u64,
+    /// The loaded weights (a checkpoint's, mapped from its files; none for a dummy model).
+    weights: Option<ModelWeights>,
+}
+
+/// The report of a dummy model, from its config alone: no weight is built.
+fn dummy_report(d: DummyModel) -> Report {
+    let config = dummy_config(d);
+    let sizes = gptoss_formats::dummy::dummy_sizes(&config);
+    Report {
+        layout: "dummy (random weights, MXFP4 experts, bf16 dense)".to_string(),
+        stored: sizes.types.clone(),
+        canonical: sizes.types,
+        notes: Vec::new(),
+        load_bytes: sizes.size_bytes,
+        device_bytes: gptoss_engine::memory::mxfp4_checkpoint_bytes(&config),
+        config,
+        weights: None,
+    }
+}
+
+/// The report of a checkpoint: its tensors are mapped, not read.
+fn checkpoint_report(path: &std::path::Path) -> Result<Report> {
+    let path = &crate::hub::model_path(path, None)?;
+    let ckpt =
+        gptoss_formats::load(path).with_context(|| format!("inspecting {}", path.display()))?;
+    let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for t in &ckpt.source_tensors {
+        let e = table.entry(t.dtype.clone()).or_default();
+        e.0 += 1;
+        e.1 += t.size_bytes;
+    }
+    let w = ckpt.weights;
+    Ok(Report {
+        layout: format!("{:?}", ckpt.layout),
+        config: w.config.clone(),
+        stored: table.into_iter().map(|(k, (n, b))| (k, n, b)).collect(),
+        canonical: canonical_types(&w),
+        notes: ckpt.notes,
+        load_bytes: w.size_bytes(),
+        device_bytes: gptoss_engine::memory::weights_bytes(&w),
+        weights: Some(w),
+    })
+}
+
 /// Prints the report.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let (layout, weights, stored, notes) = match (&args.path, args.dummy) {
-        (_, Some(d)) => {
-            let weights = gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0);
-            let stored = canonical_types(&weights);
-            (
-                "dummy (random weights, MXFP4 experts, bf16 dense)".to_string(),
-                weights,
-                stored,
-                Vec::new(),
-            )
-        }
-        (Some(path), None) => {
-            let path = &crate::hub::model_path(path, None)?;
-            let ckpt = gptoss_formats::load(path)
-                .with_context(|| format!("inspecting {}", path.display()))?;
-            let mut table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-            for t in &ckpt.source_tensors {
-                let e = table.entry(t.dtype.clone()).or_default();
-                e.0 += 1;
-                e.1 += t.size_bytes;
-            }
-            let stored = table.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
-            (
-                format!("{:?}", ckpt.layout),
-                ckpt.weights,
-                stored,
-                ckpt.notes,
-            )
-        }
+    let r = match (&args.path, args.dummy) {
+        (_, Some(d)) => dummy_report(d),
+        (Some(path), None) => checkpoint_report(path)?,
         (None, None) => anyhow::bail!("give a PATH or --dummy NAME"),
     };
-    let load_bytes = weights.size_bytes();
-    let canonical = canonical_types(&weights);
     let capacity = Capacity {
         max_batch_tokens: 512,
         max_logit_rows: 1,
@@ -79,17 +108,22 @@ pub fn run(args: InspectArgs) -> Result<()> {
         context_tokens: args.ctx,
         kv_blocks: None,
     };
-    let plan = crate::device::cuda_plan(&weights, &capacity, crate::source::KvCache::F32)?;
+    let plan = gptoss_engine::memory::plan(
+        &r.config,
+        r.device_bytes,
+        &capacity,
+        gptoss_engine::memory::KvPrecision::F32,
+    )?;
     let fits = args.max_vram.map(|cap| plan.total_bytes() <= cap);
     if args.json {
-        let c = &weights.config;
+        let c = &r.config;
         let out = serde_json::json!({
-            "layout": layout,
+            "layout": r.layout,
             "config": config_json(c),
-            "stored_types": stored.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
-            "loaded_types": canonical.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
-            "notes": notes,
-            "weights_bytes": load_bytes,
+            "stored_types": r.stored.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
+            "loaded_types": r.canonical.iter().map(|(t, n, b)| serde_json::json!({"type": t, "tensors": n, "bytes": b})).collect::<Vec<_>>(),
+            "notes": r.notes,
+            "weights_bytes": r.load_bytes,
             "gpu_plan": {
                 "context_tokens": args.ctx,
                 "weights_bytes": plan.weights_bytes,
@@ -104,16 +138,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("layout:  {layout}");
-    print_config(&weights.config);
+    println!("layout:  {}", r.layout);
+    print_config(&r.config);
     println!("\nstored tensors:");
-    print_table(&stored);
+    print_table(&r.stored);
     println!("\nloaded as:");
-    print_table(&canonical);
-    for n in &notes {
+    print_table(&r.canonical);
+    for n in &r.notes {
         println!("note: {n}");
     }
-    println!("\nweights in host memory: {}", human_bytes(load_bytes));
+    println!("\nweights in host memory: {}", human_bytes(r.load_bytes));
     println!(
         "GPU plan at {} tokens of context (f32 KV): {plan}",
         args.ctx
@@ -124,7 +158,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     if let Some(target) = args.convert_to {
         println!();
-        crate::convert::print_default_plan(&weights, target)?;
+        match (&r.weights, args.dummy) {
+            (Some(w), _) => crate::convert::print_default_plan(w, target)?,
+            (None, Some(d)) => {
+                // The conversion plan walks real tensors: build the random weights for it.
+                let w = gptoss_formats::dummy::dummy_weights(&dummy_config(d), 0);
+                crate::convert::print_default_plan(&w, target)?
+            }
+            (None, None) => {}
+        }
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ mod chat;
 mod convert;
 mod device;
 mod eval;
+mod fit;
+mod gpus;
 mod hub;
 mod inspect;
 mod logits;
@@ -45,6 +47,9 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Show a checkpoint's format, config, tensor types and the memory it needs.
     Inspect(inspect::InspectArgs),
+    /// Will a model fit a GPU, and how fast will it decode? (Sizes only: nothing is downloaded or
+    /// loaded; the speed is an estimate.)
+    Fit(fit::FitArgs),
     /// Serve the OpenAI-compatible API (chat, completions, responses) with continuous batching.
     Serve(serve::ServeArgs),
     /// Run a JSONL batch job (OpenAI Batch API lines or {"messages"} / {"prompt"} lines).
@@ -73,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Pull(args) => hub::pull(args),
         Command::Logits(args) => logits::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Fit(args) => fit::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Batch(args) => batch::run(args),
         Command::Bench(args) => bench::run(args),

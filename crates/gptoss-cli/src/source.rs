@@ -60,6 +60,11 @@ pub struct ModelArgs {
     /// --n-cpu-moe).
     #[arg(long, value_name = "N")]
     pub n_cpu_moe: Option<usize>,
+    /// Run the exact f32 CPU reference (what the GPU is tested against) instead of the fast CPU path
+    /// (int8-quantized activations, within 1e-2 of the largest logit). With --device cuda it applies to
+    /// the experts kept in host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// How the dense weights (attention projections, embedding, lm_head) are kept.
@@ -99,7 +104,7 @@ pub enum KvCache {
 pub enum Device {
     /// A GPU when one is usable, else the CPU.
     Auto,
-    /// The exact f32 CPU backend.
+    /// The CPU: the fast path, or the exact f32 reference with --exact.
     Cpu,
     /// An NVIDIA GPU (compute capability 8.0 or newer).
     Cuda,

@@ -51,6 +51,7 @@ fn logits_json_matches_transformers() {
         &csv(&prompt),
         "--all-positions",
         "--json",
+        "--exact",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -179,7 +180,7 @@ fn logits_npy_and_layer_dump() {
 
 /// `--dense q8_0` quantizes the dense weights exactly as llama.cpp's converter does: the HF MXFP4 fixture
 /// with it gives bit for bit the logits of the fixture llama.cpp's own converter wrote with `--outtype
-/// q8_0` (dense Q8_0, MXFP4 experts, f32 router).
+/// q8_0` (dense Q8_0, MXFP4 experts, f32 router), on the exact CPU reference.
 #[test]
 fn dense_q8_0_equals_llama_cpp_q8_0_gguf() {
     let dir = std::env::temp_dir().join(format!("gptoss-dense-q8-{}", std::process::id()));
@@ -195,6 +196,7 @@ fn dense_q8_0_equals_llama_cpp_q8_0_gguf() {
             "--all-positions",
             "--device",
             "cpu",
+            "--exact",
             "--npy",
             npy.to_str().unwrap(),
         ];

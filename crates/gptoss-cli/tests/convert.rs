@@ -85,6 +85,7 @@ fn logits(model: &Path) -> Vec<Vec<f64>> {
         "--all-positions",
         "--device",
         "cpu",
+        "--exact",
     ]);
     rows(&serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["logits"])
 }
@@ -481,6 +482,7 @@ fn synth_checkpoint_loads_in_transformers_with_our_logits() {
         "--all-positions",
         "--device",
         "cpu",
+        "--exact",
     ]);
     let got = rows(&serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["logits"]);
     let d = rel_diff(&got, &want);

@@ -2,8 +2,9 @@
 //! backend it is tested with.
 //!
 //! The engine never sees a file format: it takes [`gptoss_formats::ModelWeights`] and each backend
-//! uploads the packed tensors in the layout its kernels read. The CPU backend keeps activations and
-//! the KV cache in f32 so it matches transformers in f32; the CUDA backend is tested against it.
+//! uploads the packed tensors in the layout its kernels read. The exact CPU backend ([`CpuBackend`])
+//! keeps activations and the KV cache in f32 so it matches transformers in f32; the CUDA backend and
+//! the fast CPU path ([`CpuBackend::fast`], int8 activations) are tested against it.
 //!
 //! ```no_run
 //! use gptoss_engine::{Batch, Capacity, CpuBackend, Model};
@@ -25,6 +26,7 @@ pub mod math;
 pub mod memory;
 pub mod model;
 pub mod offload;
+pub mod placement;
 pub mod sampler;
 pub mod scheduler;
 pub mod trace;
@@ -33,7 +35,7 @@ pub use backend::{
     Backend, Batch, Capacity, Recording, SamplingParams, MAX_BATCH_TOKENS, MAX_CONTEXT_TOKENS,
     MAX_KV_BLOCKS, MAX_SLOTS,
 };
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, CpuIsa, CpuKernels};
 pub use error::{Error, Result};
 pub use generate::{
     generate, generate_until, generate_with, Flow, GenerateOptions, Generation, StopReason,

@@ -217,20 +217,6 @@ pub fn tensor_bytes(t: &QuantTensor) -> u64 {
     }
 }
 
-/// Bytes of the experts `placement` keeps in host memory (not on the device).
-pub fn host_experts_bytes(w: &ModelWeights, placement: &crate::ExpertPlacement) -> u64 {
-    let lin = |l: &gptoss_formats::Linear| {
-        tensor_bytes(&l.weight) + 4 * l.bias.as_ref().map_or(0, |b| b.len() as u64)
-    };
-    w.layers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| placement.on_host(*i))
-        .flat_map(|(_, l)| &l.experts)
-        .map(|e| lin(&e.gate_up) + lin(&e.down))
-        .sum()
-}
-
 /// Device bytes of a model's weights as the CUDA backend stores them.
 pub fn weights_bytes(w: &ModelWeights) -> u64 {
     let vec = |v: &[f32]| 4 * v.len() as u64;
@@ -262,22 +248,7 @@ pub fn weights_bytes(w: &ModelWeights) -> u64 {
 /// Device bytes of the official checkpoint of `config` (spec §2a): bf16 embedding, attention, router and
 /// lm_head, MXFP4 experts with E8M0 scales, f32 biases, sinks and norms. For planning without the files.
 pub fn mxfp4_checkpoint_bytes(config: &ModelConfig) -> u64 {
-    let c = config;
-    let (h, qw, kvw, e, i, v) = (
-        c.hidden_size as u64,
-        c.q_width() as u64,
-        c.kv_width() as u64,
-        c.num_local_experts as u64,
-        c.intermediate_size as u64,
-        c.vocab_size as u64,
-    );
-    let bf16 = |rows: u64, cols: u64| rows * cols.div_ceil(8) * 8 * 2;
-    let mxfp4 = |rows: u64, cols: u64| rows * cols / 2 + rows * cols / 32;
-    let attention = bf16(qw, h) + 2 * bf16(kvw, h) + bf16(h, qw) + 4 * (qw + 2 * kvw + h);
-    let router = bf16(e, h) + 4 * e;
-    let experts = e * (mxfp4(2 * i, h) + 4 * 2 * i + mxfp4(h, i) + 4 * h);
-    let small = 4 * (2 * h + c.num_attention_heads as u64);
-    2 * bf16(v, h) + 4 * h + c.num_hidden_layers as u64 * (attention + router + experts + small)
+    crate::placement::WeightSplit::mxfp4_checkpoint(config).total_bytes()
 }
 
 #[cfg(test)]

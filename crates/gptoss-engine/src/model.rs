@@ -95,6 +95,7 @@ impl<B: Backend> Model<B> {
         let host = match placement.host_layers() {
             0 => None,
             _ => Some(HostMoe::new(
+                placement,
                 &capacity,
                 &layout,
                 &rope,

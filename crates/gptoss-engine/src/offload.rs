@@ -11,11 +11,13 @@ use crate::cpu::{CpuBackend, CpuBuf, CpuStep};
 use crate::error::{Error, Result};
 use crate::kv::KvLayout;
 
-/// Where each layer's experts live.
+/// Where each layer's experts live, and which CPU kernels run those kept in host memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpertPlacement {
     /// `host[l]`: layer `l`'s experts are in host memory (an empty list: all on the device).
     host: Vec<bool>,
+    /// The CPU backend that runs them (the exact reference unless [`ExpertPlacement::run_by`] says).
+    cpu: CpuBackend,
 }
 
 impl ExpertPlacement {
@@ -29,7 +31,13 @@ impl ExpertPlacement {
     pub fn first_on_host(layers: usize, n: usize) -> Self {
         ExpertPlacement {
             host: (0..layers).map(|l| l < n).collect(),
+            cpu: CpuBackend,
         }
+    }
+
+    /// The same placement, its host experts run by `cpu` (e.g. [`CpuBackend::fast`]).
+    pub fn run_by(self, cpu: CpuBackend) -> Self {
+        ExpertPlacement { cpu, ..self }
     }
 
     /// Whether layer `l`'s experts are in host memory.
@@ -53,6 +61,7 @@ pub(crate) enum LayerExperts<B: Backend> {
 
 /// The CPU backend's buffers for host-side experts, sized once for the step capacity.
 pub(crate) struct HostMoe {
+    cpu: CpuBackend,
     step: CpuStep,
     h: CpuBuf,
     routing: Vec<(usize, f32)>,
@@ -72,16 +81,19 @@ pub(crate) struct HostMoeIo<'a, B: Backend> {
 }
 
 impl HostMoe {
-    /// Buffers for steps of up to `capacity.max_batch_tokens` tokens of width `hidden`.
+    /// Buffers for steps of up to `capacity.max_batch_tokens` tokens of width `hidden`, for the host
+    /// experts of `placement`.
     pub(crate) fn new(
+        placement: &ExpertPlacement,
         capacity: &Capacity,
         layout: &KvLayout,
         rope: &Rope,
         (hidden, top_k): (usize, usize),
     ) -> Result<Self> {
-        let cpu = CpuBackend;
+        let cpu = placement.cpu;
         let rows = capacity.max_batch_tokens;
         Ok(HostMoe {
+            cpu,
             step: cpu.alloc_step(capacity, layout, rope)?,
             h: cpu.alloc(rows, hidden)?,
             routing: cpu.alloc_routing(rows, top_k)?,
@@ -91,7 +103,7 @@ impl HostMoe {
 
     /// Takes the step's batch (its row count sizes every host MoE of the step).
     pub(crate) fn begin(&mut self, batch: &Batch) -> Result<()> {
-        CpuBackend.begin_step(&mut self.step, batch)
+        self.cpu.begin_step(&mut self.step, batch)
     }
 
     /// `out = moe(h)` with the experts on the host; `rows` is the step's token count.
@@ -102,7 +114,7 @@ impl HostMoe {
         rows: usize,
         out: &mut B::Buf,
     ) -> Result<()> {
-        let cpu = CpuBackend;
+        let cpu = self.cpu;
         let top_k = io.shape.top_k;
         let h = b.read(io.h, rows)?;
         cpu.write(&mut self.h, rows, &h)?;

@@ -1,11 +1,13 @@
 //! The CPU backend against HF transformers: every fixture checkpoint in `tests/fixtures/tiny` (every
 //! layout) must give transformers' float32 logits at every prompt position (max |Δ| ≤ 1e-3 × max |logit|)
-//! and the same 16-token greedy continuation.
+//! and the same 16-token greedy continuation. The fast CPU path (int8 activations) must stay within
+//! 1e-2 × max |logit| of the exact path and give the same greedy continuation, on every instruction set.
 
 use std::path::{Path, PathBuf};
 
 use gptoss_engine::{
-    generate, Batch, Capacity, CpuBackend, GenerateOptions, Model, SamplingParams,
+    generate, Batch, Capacity, CpuBackend, CpuIsa, CpuKernels, GenerateOptions, Model,
+    SamplingParams,
 };
 
 struct Reference {
@@ -76,9 +78,12 @@ fn fixture_cases() -> Vec<(PathBuf, PathBuf)> {
     cases
 }
 
-fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
-    let r = read_reference(reference_path);
-    let ckpt = gptoss_formats::load(model_path).map_err(|e| format!("load: {e}"))?;
+/// Logits at every prompt position `[n, vocab]` and the 16-token greedy continuation on `backend`.
+fn run_case(
+    weights: &gptoss_formats::ModelWeights,
+    r: &Reference,
+    backend: CpuBackend,
+) -> Result<(Vec<f32>, Vec<u32>), String> {
     let n = r.prompt.len();
     let cap = Capacity {
         max_batch_tokens: n,
@@ -87,25 +92,11 @@ fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
         context_tokens: n + r.greedy.len() + 1,
         kv_blocks: None,
     };
-    let mut model = Model::new(CpuBackend, &ckpt.weights, cap).map_err(|e| e.to_string())?;
+    let mut model = Model::new(backend, weights, cap).map_err(|e| e.to_string())?;
     let mut batch = Batch::single(&r.prompt, 0, model.solo_table());
     batch.logit_rows = (0..n as u32).collect();
     model.forward(&batch).map_err(|e| e.to_string())?;
-    let vocab = model.config().vocab_size;
     let got = model.logits(n).map_err(|e| e.to_string())?;
-    for (pos, want) in r.logits.iter().enumerate() {
-        let row = &got[pos * vocab..(pos + 1) * vocab];
-        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let diff = row
-            .iter()
-            .zip(want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        if diff.is_nan() || diff > 1e-3 * scale {
-            return Err(format!(
-                "position {pos}: max |Δ| {diff:e} > 1e-3 × max |logit| {scale}"
-            ));
-        }
-    }
     let options = GenerateOptions {
         max_new_tokens: r.greedy.len(),
         sampling: SamplingParams::default(),
@@ -113,6 +104,36 @@ fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
     };
     let (tokens, _) =
         generate(&mut model, &r.prompt, &options, |_| {}).map_err(|e| e.to_string())?;
+    Ok((got, tokens))
+}
+
+/// The largest `max |a - b| / max |b|` over positions.
+fn worst_ratio<'a>(a: &[f32], b: impl Iterator<Item = &'a [f32]>, vocab: usize) -> f32 {
+    b.zip(a.chunks_exact(vocab))
+        .map(|(want, row)| {
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = row
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            if diff.is_nan() {
+                f32::INFINITY
+            } else {
+                diff / scale
+            }
+        })
+        .fold(0f32, f32::max)
+}
+
+fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
+    let r = read_reference(reference_path);
+    let ckpt = gptoss_formats::load(model_path).map_err(|e| format!("load: {e}"))?;
+    let (got, tokens) = run_case(&ckpt.weights, &r, CpuBackend)?;
+    let vocab = ckpt.weights.config.vocab_size;
+    let ratio = worst_ratio(&got, r.logits.iter().map(Vec::as_slice), vocab);
+    if ratio > 1e-3 {
+        return Err(format!("max |Δ| / max |logit| {ratio:e} > 1e-3"));
+    }
     if tokens != r.greedy {
         return Err(format!(
             "greedy continuation {tokens:?}, transformers gives {:?}",
@@ -120,6 +141,55 @@ fn check_case(model_path: &Path, reference_path: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The fast path on each instruction set against the exact path: the worst ratio over its runs.
+fn check_fast_case(model_path: &Path, reference_path: &Path) -> Result<f32, String> {
+    let r = read_reference(reference_path);
+    let ckpt = gptoss_formats::load(model_path).map_err(|e| format!("load: {e}"))?;
+    let vocab = ckpt.weights.config.vocab_size;
+    let (exact, exact_tokens) = run_case(&ckpt.weights, &r, CpuBackend)?;
+    let mut worst = 0f32;
+    for isa in [CpuIsa::Avx512, CpuIsa::Avx2, CpuIsa::Portable] {
+        if !isa.supported() {
+            continue;
+        }
+        let backend = CpuBackend::with_kernels(CpuKernels::Fast(isa)).map_err(|e| e.to_string())?;
+        let (fast, tokens) = run_case(&ckpt.weights, &r, backend)?;
+        let ratio = worst_ratio(&fast, exact.chunks_exact(vocab), vocab);
+        if ratio > 1e-2 {
+            return Err(format!(
+                "{isa:?}: max |Δ| / max |logit| {ratio:e} > 1e-2 against the exact path"
+            ));
+        }
+        if tokens != exact_tokens {
+            return Err(format!(
+                "{isa:?}: greedy {tokens:?}, the exact path gives {exact_tokens:?}"
+            ));
+        }
+        worst = worst.max(ratio);
+    }
+    Ok(worst)
+}
+
+#[test]
+fn fast_path_matches_exact_on_every_fixture() {
+    let cases = fixture_cases();
+    assert!(cases.len() >= 10, "expected the full fixture set");
+    let mut failures = Vec::new();
+    for (m, r) in &cases {
+        match check_fast_case(m, r) {
+            Ok(worst) => eprintln!("{}: worst {worst:.2e}", m.display()),
+            Err(e) => failures.push(format!("{}: {e}", m.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

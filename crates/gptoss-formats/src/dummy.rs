@@ -74,6 +74,42 @@ pub fn dummy_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
     }
 }
 
+/// What [`dummy_weights`] would build for `config`, without building it: per storage format (as
+/// [`crate::TensorFormat::describe`] names it) the tensor count and bytes, and the bytes of everything
+/// (tensors plus f32 norms, sinks and biases, as [`ModelWeights::size_bytes`] counts them).
+pub fn dummy_sizes(config: &ModelConfig) -> DummySizes {
+    let c = config;
+    let (h, qw, kvw, e, i, v, l) = (
+        c.hidden_size,
+        c.q_width(),
+        c.kv_width(),
+        c.num_local_experts,
+        c.intermediate_size,
+        c.vocab_size,
+        c.num_hidden_layers,
+    );
+    let bf16 = 2 * (2 * v * h + l * (qw * h + 2 * kvw * h + h * qw + e * h));
+    let mxfp4 = |rows: usize, cols: usize| rows * cols / 2 + rows * cols / 32;
+    let experts = l * e * (mxfp4(2 * i, h) + mxfp4(h, i));
+    let floats = h + l * (2 * h + c.num_attention_heads + qw + 2 * kvw + h + e + e * (2 * i + h));
+    DummySizes {
+        types: vec![
+            ("bf16".to_string(), 2 + 5 * l, bf16),
+            ("mxfp4/32".to_string(), 2 * e * l, experts),
+        ],
+        size_bytes: bf16 + experts + 4 * floats,
+    }
+}
+
+/// The sizes [`dummy_sizes`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DummySizes {
+    /// `(format, tensors, bytes)`, formats in name order.
+    pub types: Vec<(String, usize, usize)>,
+    /// Bytes of every weight, vectors included.
+    pub size_bytes: usize,
+}
+
 fn dummy_layer(c: &ModelConfig, rng: &mut Rng) -> LayerWeights {
     let h = c.hidden_size;
     LayerWeights {
@@ -153,6 +189,28 @@ fn mxfp4_linear(rng: &mut Rng, out: usize, inp: usize, scale_e8m0: u8) -> Linear
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_without_building_match_the_built_weights() {
+        let mut cfg = ModelConfig::gpt_oss_20b();
+        cfg.num_hidden_layers = 2;
+        cfg.layer_types.truncate(2);
+        cfg.vocab_size = 1000;
+        let w = dummy_weights(&cfg, 3);
+        let mut types = std::collections::BTreeMap::<String, (usize, usize)>::new();
+        w.for_each_tensor(|_, t| {
+            let e = types.entry(t.format.describe()).or_default();
+            e.0 += 1;
+            e.1 += t.size_bytes();
+        });
+        let built: Vec<_> = types.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+        let sizes = dummy_sizes(&cfg);
+        assert_eq!(sizes.types, built);
+        assert_eq!(sizes.size_bytes, w.size_bytes());
+        // 120b at full size: 36 layers of 128 experts, nothing built.
+        let big = dummy_sizes(&ModelConfig::gpt_oss_120b());
+        assert_eq!(big.types[1].1, 2 * 128 * 36);
+    }
 
     #[test]
     fn dummy_has_real_shapes_and_sizes() {

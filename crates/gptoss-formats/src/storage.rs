@@ -162,6 +162,18 @@ impl Storage {
         Ok(Storage::lazy(Recipe::QuantizeQ8_0 { src, dtype }, len))
     }
 
+    /// The two sources and the row size of a [`Storage::interleaved`] recipe, so a consumer that reads
+    /// whole rows (the CPU kernels) can read them in place instead of building the woven copy.
+    pub fn interleaved_parts(&self) -> Option<(&Storage, &Storage, usize)> {
+        match self {
+            Storage::Lazy(l) => match &l.recipe {
+                Recipe::Interleave { a, b, unit } => Some((a, b, *unit)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// True when the bytes are built on demand (not a window of a file or an owned buffer).
     pub fn is_lazy(&self) -> bool {
         matches!(self, Storage::Lazy(_))
@@ -488,6 +500,12 @@ mod tests {
         let want = [1, 2, 11, 12, 3, 4, 13, 14, 5, 6, 15, 16];
         check_ranges(&s, &want);
         assert_eq!(s.bytes(), &want);
+        let (pa, pb, unit) = s.interleaved_parts().unwrap();
+        assert_eq!(
+            (pa.bytes(), pb.bytes(), unit),
+            (&[1, 2, 3, 4, 5, 6][..], &[11, 12, 13, 14, 15, 16][..], 2)
+        );
+        assert!(seq(4).interleaved_parts().is_none());
         let e = Storage::interleaved(seq(6), seq(4), 2).unwrap_err();
         assert!(e.contains("6 and 4"), "{e}");
         assert!(Storage::interleaved(seq(6), seq(6), 4).is_err());

@@ -91,29 +91,30 @@ pub(crate) fn rope_store(
     Ok(())
 }
 
-/// The key and value rows (head `g`) of positions `first..=pos` of token `t`, through its block table.
+/// The key and value rows (head `g`) of positions `first..=pos` of token `t`, through its block table,
+/// into `rows` (cleared first).
 fn window_rows<'a>(
     step: &CpuStep,
-    t: usize,
-    (first, pos): (usize, usize),
+    (t, first, pos): (usize, usize, usize),
     g: usize,
     pool: &'a LayerPool,
     d: usize,
-) -> Result<Vec<(&'a [f32], &'a [f32])>> {
+    rows: &mut Vec<(&'a [f32], &'a [f32])>,
+) -> Result<()> {
     let table = table_of(step, t)?;
-    (first..=pos)
-        .map(|j| {
-            let block = table
-                .block_of(pool.kind, j, step.ring_blocks)
-                .and_then(|b| pool.blocks.get(b as usize))
-                .ok_or_else(|| missing(t, j, pool.kind))?;
-            let at = (j % BLOCK_POSITIONS) * (block.k.len() / BLOCK_POSITIONS) + g * d;
-            match (block.k.get(at..at + d), block.v.get(at..at + d)) {
-                (Some(k), Some(v)) => Ok((k, v)),
-                _ => Err(missing(t, j, pool.kind)),
-            }
-        })
-        .collect()
+    rows.clear();
+    for j in first..=pos {
+        let block = table
+            .block_of(pool.kind, j, step.ring_blocks)
+            .and_then(|b| pool.blocks.get(b as usize))
+            .ok_or_else(|| missing(t, j, pool.kind))?;
+        let at = (j % BLOCK_POSITIONS) * (block.k.len() / BLOCK_POSITIONS) + g * d;
+        match (block.k.get(at..at + d), block.v.get(at..at + d)) {
+            (Some(k), Some(v)) => rows.push((k, v)),
+            _ => return Err(missing(t, j, pool.kind)),
+        }
+    }
+    Ok(())
 }
 
 /// `out[t, h] = Σ_j softmax_with_sink(q·k_j / √d)_j v_j` over the visible keys of each token.
@@ -130,29 +131,34 @@ pub(crate) fn attend(
     let group = shape.n_q_heads / shape.n_kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let rows = step.batch.tokens.len();
+    // Each split of the parallel loop reuses its key/value list and score buffers across heads.
     out[..rows * qw]
         .par_chunks_mut(d)
         .enumerate()
-        .try_for_each(|(i, o)| -> Result<()> {
-            let (t, h) = (i / shape.n_q_heads, i % shape.n_q_heads);
-            let pos = step.batch.positions[t] as usize;
-            let first = match shape.window {
-                Window::Sliding(w) => (pos + 1).saturating_sub(w),
-                Window::Full => 0,
-            };
-            let kv = window_rows(step, t, (first, pos), h / group, pool, d)?;
-            let qh = &q[t * qw + h * d..t * qw + (h + 1) * d];
-            let mut w: Vec<f32> = kv
-                .iter()
-                .map(|(kj, _)| qh.iter().zip(*kj).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            softmax_with_sink(&mut w, sinks[h]);
-            o.fill(0.0);
-            for (wj, (_, vj)) in w.iter().zip(&kv) {
-                for (acc, x) in o.iter_mut().zip(*vj) {
-                    *acc += wj * x;
+        .try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(kv, w), (i, o)| -> Result<()> {
+                let (t, h) = (i / shape.n_q_heads, i % shape.n_q_heads);
+                let pos = step.batch.positions[t] as usize;
+                let first = match shape.window {
+                    Window::Sliding(w) => (pos + 1).saturating_sub(w),
+                    Window::Full => 0,
+                };
+                window_rows(step, (t, first, pos), h / group, pool, d, kv)?;
+                let qh = &q[t * qw + h * d..t * qw + (h + 1) * d];
+                w.clear();
+                w.extend(
+                    kv.iter()
+                        .map(|(kj, _)| qh.iter().zip(*kj).map(|(a, b)| a * b).sum::<f32>() * scale),
+                );
+                softmax_with_sink(w, sinks[h]);
+                o.fill(0.0);
+                for (wj, (_, vj)) in w.iter().zip(kv.iter()) {
+                    for (acc, x) in o.iter_mut().zip(*vj) {
+                        *acc += wj * x;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
 }

@@ -1,10 +1,16 @@
-//! The CPU backend: the exact reference implementation of every [`Backend`] op, f32 activations and
-//! paged f32 KV, f32 accumulation, weights read in their stored format (rayon across cores).
+//! The CPU backend. Two kinds of arithmetic: the exact reference (f32 activations and accumulation,
+//! weights read in their stored format; what the GPU is tested against) and the fast path (the
+//! default of the CLI): linear layers and experts on int8-quantized activations with integer dot
+//! products, bf16 weights on bf16-rounded activations (`fast/`). Both keep the router, norms,
+//! attention, softmax and SwiGLU in f32 and the KV cache paged in f32; rayon spreads work over cores.
 
 mod attention;
+mod fast;
 mod fused;
 mod matmul;
 mod moe;
+
+use std::sync::{Mutex, MutexGuard};
 
 use gptoss_formats::{Expert, Linear, QuantTensor};
 use rayon::prelude::*;
@@ -16,9 +22,118 @@ use crate::math::{rms_norm, router_top_k};
 
 use attention::LayerPool;
 
-/// The CPU backend. Stateless: every buffer lives in the model's workspace.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+pub use fast::CpuIsa;
+
+/// The CPU backend: its arithmetic ([`CpuKernels`]). Every buffer lives in the model's workspace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuBackend {
+    kernels: CpuKernels,
+}
+
+/// The exact reference backend, as a value: `Model::new(CpuBackend, ..)` builds the reference that
+/// tests compare every other path with. [`CpuBackend::fast`] builds the fast one.
+#[allow(non_upper_case_globals)]
+pub const CpuBackend: CpuBackend = CpuBackend {
+    kernels: CpuKernels::Exact,
+};
+
+/// Which arithmetic the CPU backend runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuKernels {
+    /// f32 activations and accumulation throughout (the reference; `--exact`).
+    #[default]
+    Exact,
+    /// Quantized activations with integer (or bf16) dot products on this instruction set.
+    Fast(CpuIsa),
+}
+
+impl CpuBackend {
+    /// The exact reference backend (the same as the value [`CpuBackend`]).
+    pub fn exact() -> Self {
+        CpuBackend
+    }
+
+    /// The fast backend on the best instruction set this CPU has.
+    pub fn fast() -> Self {
+        CpuBackend {
+            kernels: CpuKernels::Fast(CpuIsa::best()),
+        }
+    }
+
+    /// The backend with `kernels`; fails when this CPU lacks the instruction set asked for.
+    pub fn with_kernels(kernels: CpuKernels) -> Result<Self> {
+        if let CpuKernels::Fast(isa) = kernels {
+            if !isa.supported() {
+                return Err(cpu_error(&format!(
+                    "this CPU does not support the {} kernels",
+                    isa.name()
+                )));
+            }
+        }
+        Ok(CpuBackend { kernels })
+    }
+
+    /// The arithmetic this backend runs.
+    pub fn kernels(&self) -> CpuKernels {
+        self.kernels
+    }
+
+    /// The matmul of this backend's arithmetic, with `scratch` for its buffers.
+    fn matmul<'a>(&self, scratch: &'a mut fast::Scratch) -> Matmul<'a> {
+        match self.kernels {
+            CpuKernels::Exact => Matmul::Exact,
+            CpuKernels::Fast(isa) => Matmul::Fast(fast::FastMatmul { isa, scratch }),
+        }
+    }
+}
+
+/// `y = x Wᵀ + b` in the backend's arithmetic.
+pub(crate) enum Matmul<'a> {
+    /// `matmul.rs`.
+    Exact,
+    /// `fast/`.
+    Fast(fast::FastMatmul<'a>),
+}
+
+impl Matmul<'_> {
+    /// `out[t, j] = Σ_i x[t, i] · W[j, i] + bias[j]` for `rows` rows.
+    pub(crate) fn run(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        w: &QuantTensor,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        match self {
+            Matmul::Exact => matmul::matmul(x, rows, w, bias, out),
+            Matmul::Fast(f) => f.run(x, rows, w, bias, out),
+        }
+    }
+
+    /// Each segment's weight on its rows of `x` (`[rows, in]`) into the same rows of `out`.
+    pub(crate) fn run_segments(&mut self, x: &[f32], segs: &[fast::Segment<'_>], out: &mut [f32]) {
+        match self {
+            Matmul::Fast(f) => f.run_segments(x, segs, out),
+            Matmul::Exact => {
+                for s in segs {
+                    let (n, n_out) = (s.w.row_len(), s.w.n_rows());
+                    let (a, b) = (s.rows.start, s.rows.end);
+                    let (xs, os) = (&x[a * n..b * n], &mut out[a * n_out..b * n_out]);
+                    matmul::matmul(xs, b - a, s.w, s.bias, os);
+                }
+            }
+        }
+    }
+}
+
+/// Buffers a step's ops reuse: the fast matmul's, the router logits and the MoE's.
+#[derive(Default)]
+pub(crate) struct StepScratch {
+    matmul: fast::Scratch,
+    router: Vec<f32>,
+    moe: moe::MoeBufs,
+}
 
 /// A row-major f32 buffer.
 pub struct CpuBuf {
@@ -32,11 +147,12 @@ pub struct CpuLinear {
     bias: Option<Vec<f32>>,
 }
 
-/// The step's batch (with its block tables) and RoPE table.
+/// The step's batch (with its block tables), RoPE table and reusable buffers.
 pub struct CpuStep {
     batch: Batch,
     rope: Rope,
     ring_blocks: usize,
+    scratch: Mutex<StepScratch>,
 }
 
 /// Every layer's pool of KV blocks (`kv.rs`); a block's memory is allocated on its first write.
@@ -57,6 +173,13 @@ impl CpuCache {
 impl CpuStep {
     fn rows(&self) -> usize {
         self.batch.tokens.len()
+    }
+
+    /// The step's buffers (one op at a time uses them).
+    fn scratch(&self) -> Result<MutexGuard<'_, StepScratch>> {
+        self.scratch
+            .lock()
+            .map_err(|_| cpu_error("a previous op panicked while holding the step buffers"))
     }
 }
 
@@ -132,6 +255,7 @@ impl Backend for CpuBackend {
             batch: Batch::default(),
             rope: rope.clone(),
             ring_blocks: layout.ring_blocks,
+            scratch: Mutex::default(),
         })
     }
 
@@ -180,7 +304,8 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, step: &CpuStep, x: &CpuBuf, w: &CpuLinear, out: &mut CpuBuf) -> Result<()> {
-        matmul::matmul(
+        let mut scratch = step.scratch()?;
+        self.matmul(&mut scratch.matmul).run(
             &x.data,
             step.rows(),
             &w.weight,
@@ -235,29 +360,39 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let rows = step.rows();
         let n_experts = router.weight.n_rows();
-        let mut logits = vec![0.0; rows * n_experts];
+        let mut scratch = step.scratch()?;
+        let logits = &mut scratch.router;
+        logits.resize(rows * n_experts, 0.0);
+        // The router stays exact on every path (DESIGN.md: router in f32): a near-tie decides experts.
         matmul::matmul(
             &h.data,
             rows,
             &router.weight,
             router.bias.as_deref(),
-            &mut logits,
+            logits,
         );
-        for (t, row) in logits.chunks_exact(n_experts).enumerate() {
+        for (t, row) in logits[..rows * n_experts]
+            .chunks_exact(n_experts)
+            .enumerate()
+        {
             out[t * top_k..(t + 1) * top_k].copy_from_slice(&router_top_k(row, top_k));
         }
         Ok(())
     }
 
     fn moe(&self, step: &CpuStep, args: MoeArgs<'_, Self>, out: &mut CpuBuf) -> Result<()> {
-        moe::moe(
-            &args.h.data,
-            step.rows(),
-            args.experts,
-            args.routing,
-            &args.shape,
-            &mut out.data,
-        );
+        let mut guard = step.scratch()?;
+        let StepScratch {
+            matmul, moe: bufs, ..
+        } = &mut *guard;
+        let input = moe::MoeInput {
+            h: &args.h.data,
+            rows: step.rows(),
+            experts: args.experts,
+            routing: args.routing,
+            shape: &args.shape,
+        };
+        moe::moe(&input, &mut self.matmul(matmul), bufs, &mut out.data);
         Ok(())
     }
 
@@ -272,14 +407,21 @@ impl Backend for CpuBackend {
             return Ok(()); // a prefill-only step (the scheduler's chunked prefill) wants no logits
         }
         let h = x.cols;
-        let picked: Vec<f32> = step
-            .batch
-            .logit_rows
-            .iter()
-            .flat_map(|&r| x.data[r as usize * h..(r as usize + 1) * h].iter().copied())
-            .collect();
-        matmul::matmul(
-            &picked,
+        let mut guard = step.scratch()?;
+        let StepScratch {
+            matmul, moe: bufs, ..
+        } = &mut *guard;
+        let picked = &mut bufs.x;
+        picked.clear();
+        for &r in &step.batch.logit_rows {
+            let row = x
+                .data
+                .get(r as usize * h..(r as usize + 1) * h)
+                .ok_or_else(|| cpu_error("a logit row is past the end of the buffer"))?;
+            picked.extend_from_slice(row);
+        }
+        self.matmul(matmul).run(
+            picked,
             step.batch.logit_rows.len(),
             &lm_head.weight,
             None,

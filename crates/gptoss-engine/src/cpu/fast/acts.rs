@@ -1,0 +1,284 @@
+//! Activations for the fast kernels: each row in int8 blocks of 32, in the element order of the weight it
+//! meets. A block is two int8 codes per element and one f32 unit: `x ≈ unit × (256 q + r)` with
+//! `q = round(127 x / max |x|)` and `r` the rounded remainder in 1/256 steps, so the error is at most
+//! `max |x| / 65024` (16-bit precision: plain int8 codes move the tiny fixtures' logits by up to 8% of
+//! the largest, see bench/NOTES.md). bf16 weights get their activations split into two bf16 parts
+//! instead. The buffers are reused from call to call.
+
+use rayon::prelude::*;
+
+use super::weights::{ActLayout, BLOCK};
+
+/// Rows at or above which quantization runs on every core.
+const PARALLEL_ROWS: usize = 16;
+
+/// One row's outputs (codes, remainders, units) and input, as the row iterators zip them.
+type RowJob<'a> = (
+    (((&'a mut [i8], &'a mut [i8]), &'a mut [f32]), &'a mut [i32]),
+    &'a [f32],
+);
+
+/// Quantized activation rows `[rows, n]`, reused across calls.
+#[derive(Default)]
+pub(crate) struct QuantActs {
+    /// The leading int8 codes `q`, `n` per row, each block in the weight's [`ActLayout`].
+    pub codes: Vec<i8>,
+    /// The remainders `r` in the same order.
+    pub rems: Vec<i8>,
+    /// One unit per block (`max |x| / (127 × 256)`), `n / 32` per row.
+    pub scales: Vec<f32>,
+    /// `-128 · Σ (256 q + r)` over each group of 4 codes, `n / 4` per row: what offsetting the weights
+    /// by +128 (to enter `vpdpbusd` unsigned) adds to each lane of a dot product.
+    pub offsets: Vec<i32>,
+    /// Row length.
+    pub n: usize,
+    /// Rows held.
+    pub rows: usize,
+}
+
+impl QuantActs {
+    /// Quantizes `rows` rows of `x` (`n` each, `n % 32 == 0`) in `layout`.
+    pub(crate) fn quantize(&mut self, x: &[f32], rows: usize, n: usize, layout: ActLayout) {
+        let nb = n / BLOCK;
+        self.codes.resize(rows * n, 0);
+        self.rems.resize(rows * n, 0);
+        self.scales.resize(rows * nb, 0.0);
+        self.offsets.resize(rows * n / 4, 0);
+        (self.n, self.rows) = (n, rows);
+        let work = |((((codes, rems), scales), offsets), row): RowJob<'_>| {
+            let out = QuantRow {
+                codes,
+                rems,
+                scales,
+                offsets,
+            };
+            quantize_row(row, layout, out);
+        };
+        let (codes, rems, scales, offsets, x) = (
+            &mut self.codes[..rows * n],
+            &mut self.rems[..rows * n],
+            &mut self.scales[..rows * nb],
+            &mut self.offsets[..rows * n / 4],
+            &x[..rows * n],
+        );
+        if rows >= PARALLEL_ROWS {
+            codes
+                .par_chunks_mut(n)
+                .zip(rems.par_chunks_mut(n))
+                .zip(scales.par_chunks_mut(nb))
+                .zip(offsets.par_chunks_mut(n / 4))
+                .zip(x.par_chunks(n))
+                .for_each(work);
+        } else {
+            codes
+                .chunks_mut(n)
+                .zip(rems.chunks_mut(n))
+                .zip(scales.chunks_mut(nb))
+                .zip(offsets.chunks_mut(n / 4))
+                .zip(x.chunks(n))
+                .for_each(work);
+        }
+    }
+
+    /// Rows `rows` of what was quantized.
+    pub(crate) fn view(&self, rows: std::ops::Range<usize>) -> QuantView<'_> {
+        let (n, nb) = (self.n, self.n / BLOCK);
+        QuantView {
+            codes: &self.codes[rows.start * n..rows.end * n],
+            rems: &self.rems[rows.start * n..rows.end * n],
+            scales: &self.scales[rows.start * nb..rows.end * nb],
+            offsets: &self.offsets[rows.start * n / 4..rows.end * n / 4],
+            n,
+            rows: rows.len(),
+        }
+    }
+}
+
+/// Some consecutive quantized rows.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantView<'a> {
+    codes: &'a [i8],
+    rems: &'a [i8],
+    scales: &'a [f32],
+    offsets: &'a [i32],
+    /// Row length.
+    pub n: usize,
+    /// Rows.
+    pub rows: usize,
+}
+
+impl<'a> QuantView<'a> {
+    /// Row `t`'s codes, remainders and units.
+    #[inline(always)]
+    pub(crate) fn row(&self, t: usize) -> QuantRef<'a> {
+        let nb = self.n / BLOCK;
+        QuantRef {
+            codes: &self.codes[t * self.n..(t + 1) * self.n],
+            rems: &self.rems[t * self.n..(t + 1) * self.n],
+            scales: &self.scales[t * nb..(t + 1) * nb],
+            offsets: &self.offsets[t * self.n / 4..(t + 1) * self.n / 4],
+        }
+    }
+}
+
+/// One quantized row, read.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantRef<'a> {
+    /// Leading codes.
+    pub codes: &'a [i8],
+    /// Remainders.
+    pub rems: &'a [i8],
+    /// Units.
+    pub scales: &'a [f32],
+    /// Offset corrections, one per 4 codes.
+    pub offsets: &'a [i32],
+}
+
+/// One quantized row, written.
+pub(crate) struct QuantRow<'a> {
+    /// Leading codes.
+    pub codes: &'a mut [i8],
+    /// Remainders.
+    pub rems: &'a mut [i8],
+    /// Units.
+    pub scales: &'a mut [f32],
+    /// Offset corrections, one per 4 codes.
+    pub offsets: &'a mut [i32],
+}
+
+/// Quantizes one row (`n % 32 == 0`) into `out` (layout order).
+pub(crate) fn quantize_row(x: &[f32], layout: ActLayout, out: QuantRow<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { quantize_row_avx2(x, layout, out) };
+    }
+    quantize_row_body(x, layout, out)
+}
+
+/// [`quantize_row`] compiled for AVX2 (so rounding is one instruction, not a libm call).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], layout: ActLayout, out: QuantRow<'_>) {
+    quantize_row_body(x, layout, out)
+}
+
+#[inline(always)]
+fn quantize_row_body(x: &[f32], layout: ActLayout, out: QuantRow<'_>) {
+    let mut permuted = [0f32; BLOCK];
+    for (((xb, cb), rb), unit) in x
+        .chunks_exact(BLOCK)
+        .zip(out.codes.chunks_exact_mut(BLOCK))
+        .zip(out.rems.chunks_exact_mut(BLOCK))
+        .zip(out.scales.iter_mut())
+    {
+        let xs: &[f32] = match layout {
+            ActLayout::Natural => xb,
+            ActLayout::EvensOdds => {
+                for (k, p) in permuted.iter_mut().enumerate() {
+                    *p = xb[layout.element(k)];
+                }
+                &permuted
+            }
+        };
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *unit = amax / (127.0 * 256.0);
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for ((c, r), &xv) in cb.iter_mut().zip(rb.iter_mut()).zip(xs) {
+            let v = xv * inv;
+            let q = v.round_ties_even();
+            *c = q as i8;
+            *r = ((v - q) * 256.0).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    for ((o, c), r) in out
+        .offsets
+        .iter_mut()
+        .zip(out.codes.chunks_exact(4))
+        .zip(out.rems.chunks_exact(4))
+    {
+        let sum: i32 = c
+            .iter()
+            .zip(r)
+            .map(|(&q, &r)| 256 * i32::from(q) + i32::from(r))
+            .sum();
+        *o = -128 * sum;
+    }
+}
+
+/// Activation rows as two bf16 parts each (`x ≈ hi + lo`, 16 significant bits), reused across calls.
+#[derive(Default)]
+pub(crate) struct Bf16Acts {
+    /// `[rows, n]` bf16 bits of `hi = bf16(x)`.
+    pub hi: Vec<u16>,
+    /// `[rows, n]` bf16 bits of `lo = bf16(x - hi)`.
+    pub lo: Vec<u16>,
+    /// Row length.
+    pub n: usize,
+}
+
+impl Bf16Acts {
+    /// Splits `rows` rows of `x` (`n` each), rounding to nearest even.
+    pub(crate) fn split(&mut self, x: &[f32], rows: usize, n: usize) {
+        self.hi.resize(rows * n, 0);
+        self.lo.resize(rows * n, 0);
+        self.n = n;
+        for ((h, l), &v) in self
+            .hi
+            .iter_mut()
+            .zip(self.lo.iter_mut())
+            .zip(&x[..rows * n])
+        {
+            let hi = half::bf16::from_f32(v);
+            *h = hi.to_bits();
+            *l = half::bf16::from_f32(v - hi.to_f32()).to_bits();
+        }
+    }
+
+    /// Row `t`: `(hi, lo)`.
+    #[inline(always)]
+    pub(crate) fn row(&self, t: usize) -> (&[u16], &[u16]) {
+        let r = t * self.n..(t + 1) * self.n;
+        (&self.hi[r.clone()], &self.lo[r])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantized_blocks_round_trip_to_16_bits() {
+        let x: Vec<f32> = (0..64).map(|i| ((i * 37) % 23) as f32 - 11.3).collect();
+        let mut q = QuantActs::default();
+        for layout in [ActLayout::Natural, ActLayout::EvensOdds] {
+            q.quantize(&x, 1, 64, layout);
+            let r = q.view(0..1).row(0);
+            for b in 0..2 {
+                let amax = x[b * 32..(b + 1) * 32]
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                assert_eq!(r.scales[b], amax / 127.0 / 256.0);
+                for k in 0..32 {
+                    let e = b * 32 + layout.element(k);
+                    let i = b * 32 + k;
+                    let back = (256.0 * r.codes[i] as f32 + r.rems[i] as f32) * r.scales[b];
+                    assert!((back - x[e]).abs() <= amax / 65024.0 * 1.01, "{layout:?}");
+                }
+                assert!(r.codes[b * 32..(b + 1) * 32]
+                    .iter()
+                    .any(|&c| c.unsigned_abs() == 127));
+            }
+        }
+        // An all-zero block quantizes to zeros with a zero unit.
+        q.quantize(&[0.0; 32], 1, 32, ActLayout::Natural);
+        let r = q.view(0..1).row(0);
+        assert_eq!(
+            (r.codes, r.rems, r.scales),
+            (&[0i8; 32][..], &[0i8; 32][..], &[0.0][..])
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! A measurement harness, not a test (ignored; nothing asserted): throughput of the fast matmul on
+//! 20b-sized weights, per CPU-second so that other processes on a shared machine count less. Run with
+//! `cargo test --release -p gptoss-engine --lib kernel_throughput -- --ignored --nocapture`
+//! (`KB=mxfp4|q8_0|bf16`, `KT=1|8|64`, `KI=avx512|avx2` pick one case). bench/NOTES.md has the figures.
+
+use std::time::Instant;
+
+use gptoss_formats::tensor::{Lut4Scales, NibbleOrder, ScaleFormat, E2M1_VALUES};
+use gptoss_formats::{DType, Lut4, QuantTensor, Storage, TensorFormat};
+
+use super::{CpuIsa, FastMatmul, Scratch};
+
+/// User + system CPU seconds of this process so far (from /proc/self/stat, in clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
+}
+
+fn skip(var: &str, value: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v != value)
+}
+
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn kernel_throughput() {
+    // A 20b expert's gate_up [5760, 2880]: ggml MXFP4 (17 bytes per 32), Q8_0 (34) and bf16.
+    let (rows, n) = (5760usize, 2880usize);
+    let nb = rows * n / 32;
+    let mut mx = vec![0x37u8; nb * 17];
+    for (i, blk) in mx.chunks_exact_mut(17).enumerate() {
+        blk[0] = 120 + (i % 3) as u8;
+    }
+    let mut q8 = vec![0x11u8; nb * 34];
+    for blk in q8.chunks_exact_mut(34) {
+        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+    }
+    let weights = [
+        (
+            "mxfp4",
+            TensorFormat::Lut4(Lut4 {
+                table: E2M1_VALUES,
+                block_elems: 32,
+                nibbles: NibbleOrder::SplitHalves,
+                scales: Lut4Scales::Inline {
+                    format: ScaleFormat::E8M0,
+                },
+                round_to: DType::F32,
+            }),
+            mx,
+        ),
+        ("q8_0", TensorFormat::Q8_0, q8),
+        (
+            "bf16",
+            TensorFormat::Dense(DType::BF16),
+            vec![0x3fu8; rows * n * 2],
+        ),
+    ]
+    .map(|(name, format, bytes)| {
+        let t = QuantTensor {
+            shape: vec![rows, n],
+            format,
+            data: Storage::owned(bytes),
+        };
+        (name, t)
+    });
+    for isa in [CpuIsa::Avx512, CpuIsa::Avx2] {
+        if !isa.supported() || skip("KI", isa.name()) {
+            continue;
+        }
+        for (name, w) in &weights {
+            if skip("KB", name) {
+                continue;
+            }
+            for t in [1usize, 8, 64] {
+                if skip("KT", &t.to_string()) {
+                    continue;
+                }
+                let x: Vec<f32> = (0..t * n).map(|i| (i % 13) as f32 - 6.0).collect();
+                let mut out = vec![0f32; t * rows];
+                let mut scratch = Scratch::default();
+                let mut mm = FastMatmul {
+                    isa,
+                    scratch: &mut scratch,
+                };
+                mm.run(&x, t, w, None, &mut out);
+                let (start, cpu0) = (Instant::now(), cpu_seconds());
+                let mut reps = 0;
+                while start.elapsed().as_secs_f64() < 1.5 {
+                    mm.run(&x, t, w, None, &mut out);
+                    reps += 1;
+                }
+                let cpu = (cpu_seconds() - cpu0) / reps as f64;
+                let wall = start.elapsed().as_secs_f64() / reps as f64;
+                eprintln!(
+                    "{isa:?} {name} T={t}: wall {:.2} ms, cpu {:.2} ms; per CPU-second {:.1} GB/s, {:.1} GMAC/s",
+                    wall * 1e3,
+                    cpu * 1e3,
+                    w.data.len() as f64 / cpu / 1e9,
+                    (rows * n * t) as f64 / cpu / 1e9
+                );
+            }
+        }
+    }
+}

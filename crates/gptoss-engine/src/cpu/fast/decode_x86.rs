@@ -1,0 +1,339 @@
+//! How the x86 int8 kernels read each weight format: a block (or two, for 512-bit registers) as int8
+//! values in the order the activations are quantized in, and its scale (E8M0 or f16 times the table's
+//! unit). Every method is `#[inline(always)]` so it compiles into the target-feature kernels of
+//! `int8_x86.rs`; the scalar definition they must equal is `IntWeight::block`.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use gptoss_formats::tensor::Q8_0_BLOCK_BYTES;
+
+use super::weights::{scale_bytes, BlockScale, IntWeight, RowBytes};
+
+/// One weight row's bytes: inline blocks, or codes plus separate scales.
+#[derive(Clone, Copy)]
+pub(super) struct RowPtr {
+    pub(super) data: *const u8,
+    pub(super) scales: *const u8,
+}
+
+/// A weight format as the SIMD kernels decode it. Methods are inlined into the target-feature kernels.
+pub(super) trait Decode: Copy {
+    /// The 16-entry int8 table (zeros for Q8_0).
+    fn table(&self) -> [i8; 16];
+    /// Row `j`'s pointers.
+    fn row(&self, j: usize) -> RowPtr;
+    /// Block `b` of a row as 32 int8 (layout order) and its scale. Needs AVX2 + F16C.
+    unsafe fn ymm(&self, r: RowPtr, b: usize, tbl: __m256i) -> (__m256i, f32);
+    /// Blocks `b` and `b + 1` (128-bit lanes 0–1 and 2–3) and their scales in 8-lane halves. Needs
+    /// AVX-512 F/BW.
+    unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512);
+    /// [`Decode::zmm`] with every value offset by +128 (unsigned), given the table offset likewise.
+    #[inline(always)]
+    unsafe fn zmm_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> (__m512i, __m512) {
+        self.zmm(r, b, tbl_u)
+    }
+    /// [`Decode::ymm`] with every value offset by +128 (unsigned), given the table offset likewise.
+    #[inline(always)]
+    unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
+        self.ymm(r, b, tbl_u)
+    }
+    /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
+}
+
+/// `2^(e - 127)` for every E8M0 byte (a load instead of the branch-free bit assembly per block).
+static E8M0: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut e = 0;
+    while e < 256 {
+        t[e] = if e == 0 {
+            f32::from_bits(1 << 22)
+        } else {
+            f32::from_bits((e as u32) << 23)
+        };
+        e += 1;
+    }
+    t
+};
+
+/// An IEEE half to f32 (F16C).
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Lanes 0 and 1 of `v` spread to lanes 0–7 and 8–15.
+#[inline(always)]
+unsafe fn spread_pair(v: __m128) -> __m512 {
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+/// The IEEE halves at `p0` and `p1` as 8-lane halves (one conversion for both).
+#[inline(always)]
+unsafe fn f16_pair(p0: *const u8, p1: *const u8) -> __m512 {
+    let a = i32::from(p0.cast::<u16>().read_unaligned());
+    let v = _mm_insert_epi16(
+        _mm_cvtsi32_si128(a),
+        i32::from(p1.cast::<u16>().read_unaligned()),
+        1,
+    );
+    spread_pair(_mm_cvtph_ps(v))
+}
+
+/// The E8M0 bytes `e0`, `e1` times `unit` as 8-lane halves: `2^(e - 127)` is the float with exponent
+/// field `e` (the maximum with `2^-127`'s bits covers `e = 0`), so the pair needs no table.
+#[inline(always)]
+unsafe fn e8m0_pair(e0: u8, e1: u8, unit: f32) -> __m512 {
+    // Lanes 2 and 3 get 127 (1.0), not 0: a subnormal there would make the multiply take a slow
+    // microcode path on every call.
+    let v = _mm_cvtsi32_si128(i32::from(e0) | i32::from(e1) << 8 | 127 << 16 | 127 << 24);
+    let bits = _mm_max_epu32(
+        _mm_slli_epi32(_mm_cvtepu8_epi32(v), 23),
+        _mm_set1_epi32(1 << 22),
+    );
+    spread_pair(_mm_mul_ps(_mm_castsi128_ps(bits), _mm_set1_ps(unit)))
+}
+
+/// Two 8-lane halves: `a` in lanes 0–7, `b` in 8–15.
+#[inline(always)]
+pub(super) unsafe fn halves(a: f32, b: f32) -> __m512 {
+    _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1)
+}
+
+/// 16 code bytes → 32 table values: low nibbles first, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles_ymm(q: __m128i, tbl: __m256i) -> __m256i {
+    let m4 = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(q, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+    _mm256_shuffle_epi8(tbl, _mm256_set_m128i(hi, lo))
+}
+
+/// 2 × 16 code bytes (block `b` in the low half) → lanes [b lo, b hi, b+1 lo, b+1 hi] of table values.
+#[inline(always)]
+unsafe fn nibbles_zmm(q: __m256i, tbl: __m512i) -> __m512i {
+    let z = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+    let z = _mm512_shuffle_i64x2(z, z, 0b11_01_10_00);
+    _mm512_shuffle_epi8(tbl, _mm512_and_si512(z, _mm512_set1_epi8(0x0F)))
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Ggml4<'a> {
+    blocks: RowBytes<'a>,
+    table: [i8; 16],
+    unit: f32,
+    scale: BlockScale,
+}
+
+impl Ggml4<'_> {
+    #[inline(always)]
+    fn block_bytes(&self) -> usize {
+        scale_bytes(self.scale) + 16
+    }
+
+    #[inline(always)]
+    unsafe fn scale_at(&self, p: *const u8) -> f32 {
+        let s = match self.scale {
+            BlockScale::E8M0 => E8M0[usize::from(*p)],
+            BlockScale::F16 => f16_at(p),
+        };
+        s * self.unit
+    }
+}
+
+impl Decode for Ggml4<'_> {
+    fn table(&self) -> [i8; 16] {
+        self.table
+    }
+    #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(b * self.block_bytes()).cast()
+    }
+    #[inline(always)]
+    fn row(&self, j: usize) -> RowPtr {
+        RowPtr {
+            data: self.blocks.row(j).as_ptr(),
+            scales: std::ptr::null(),
+        }
+    }
+    #[inline(always)]
+    unsafe fn ymm(&self, r: RowPtr, b: usize, tbl: __m256i) -> (__m256i, f32) {
+        let p = r.data.add(b * self.block_bytes());
+        let q = _mm_loadu_si128(p.add(scale_bytes(self.scale)).cast());
+        (nibbles_ymm(q, tbl), self.scale_at(p))
+    }
+    #[inline(always)]
+    unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512) {
+        let bb = self.block_bytes();
+        let p0 = r.data.add(b * bb);
+        let p1 = p0.add(bb);
+        let sb = scale_bytes(self.scale);
+        let q = _mm256_loadu2_m128i(p1.add(sb).cast(), p0.add(sb).cast());
+        let s = match self.scale {
+            BlockScale::E8M0 => e8m0_pair(*p0, *p1, self.unit),
+            BlockScale::F16 => _mm512_mul_ps(f16_pair(p0, p1), _mm512_set1_ps(self.unit)),
+        };
+        (nibbles_zmm(q, tbl), s)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Hf4<'a> {
+    codes: RowBytes<'a>,
+    scales: RowBytes<'a>,
+    table: [i8; 16],
+    unit: f32,
+}
+
+impl Decode for Hf4<'_> {
+    fn table(&self) -> [i8; 16] {
+        self.table
+    }
+    #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(16 * b).cast()
+    }
+    #[inline(always)]
+    fn row(&self, j: usize) -> RowPtr {
+        RowPtr {
+            data: self.codes.row(j).as_ptr(),
+            scales: self.scales.row(j).as_ptr(),
+        }
+    }
+    #[inline(always)]
+    unsafe fn ymm(&self, r: RowPtr, b: usize, tbl: __m256i) -> (__m256i, f32) {
+        let q = _mm_loadu_si128(r.data.add(16 * b).cast());
+        (
+            nibbles_ymm(q, tbl),
+            E8M0[usize::from(*r.scales.add(b))] * self.unit,
+        )
+    }
+    #[inline(always)]
+    unsafe fn zmm(&self, r: RowPtr, b: usize, tbl: __m512i) -> (__m512i, __m512) {
+        let q = _mm256_loadu_si256(r.data.add(16 * b).cast());
+        let s = e8m0_pair(*r.scales.add(b), *r.scales.add(b + 1), self.unit);
+        (nibbles_zmm(q, tbl), s)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Q8<'a> {
+    blocks: RowBytes<'a>,
+}
+
+impl Decode for Q8<'_> {
+    fn table(&self) -> [i8; 16] {
+        [0; 16]
+    }
+    #[inline(always)]
+    unsafe fn zmm_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> (__m512i, __m512) {
+        let (v, s) = self.zmm(r, b, tbl_u);
+        (_mm512_xor_si512(v, _mm512_set1_epi8(-128)), s)
+    }
+    #[inline(always)]
+    unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
+        let (v, s) = self.ymm(r, b, tbl_u);
+        (_mm256_xor_si256(v, _mm256_set1_epi8(-128)), s)
+    }
+    #[inline(always)]
+    fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
+        r.data.wrapping_add(b * Q8_0_BLOCK_BYTES).cast()
+    }
+    #[inline(always)]
+    fn row(&self, j: usize) -> RowPtr {
+        RowPtr {
+            data: self.blocks.row(j).as_ptr(),
+            scales: std::ptr::null(),
+        }
+    }
+    #[inline(always)]
+    unsafe fn ymm(&self, r: RowPtr, b: usize, _tbl: __m256i) -> (__m256i, f32) {
+        let p = r.data.add(b * Q8_0_BLOCK_BYTES);
+        (_mm256_loadu_si256(p.add(2).cast()), f16_at(p))
+    }
+    #[inline(always)]
+    unsafe fn zmm(&self, r: RowPtr, b: usize, _tbl: __m512i) -> (__m512i, __m512) {
+        let p0 = r.data.add(b * Q8_0_BLOCK_BYTES);
+        let p1 = p0.add(Q8_0_BLOCK_BYTES);
+        let lo = _mm256_loadu_si256(p0.add(2).cast());
+        let hi = _mm256_loadu_si256(p1.add(2).cast());
+        (
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+            f16_pair(p0, p1),
+        )
+    }
+}
+
+/// Something to do with a weight's decoder, whatever its format.
+pub(super) trait WithDecoder {
+    /// The result.
+    type Out;
+    /// Does it with decoder `d`.
+    ///
+    /// # Safety
+    /// As the implementation requires (the kernels need their CPU features).
+    unsafe fn with<D: Decode>(self, d: D) -> Self::Out;
+}
+
+/// Runs `f` with the decoder of `w`.
+///
+/// # Safety
+/// As `f` requires.
+pub(super) unsafe fn with_decoder<F: WithDecoder>(w: &IntWeight<'_>, f: F) -> F::Out {
+    match *w {
+        IntWeight::Ggml4 {
+            blocks,
+            table,
+            scale,
+        } => f.with(Ggml4 {
+            blocks,
+            table: table.values,
+            unit: table.unit,
+            scale,
+        }),
+        IntWeight::Hf4 {
+            codes,
+            scales,
+            table,
+        } => f.with(Hf4 {
+            codes,
+            scales,
+            table: table.values,
+            unit: table.unit,
+        }),
+        IntWeight::Q8_0 { blocks } => f.with(Q8 { blocks }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e8m0_decodes_are_exact() {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+        unsafe fn pair(e0: u8, e1: u8) -> [f32; 16] {
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), e8m0_pair(e0, e1, 0.5));
+            out
+        }
+        let avx512 = super::super::CpuIsa::Avx512.supported();
+        for e in 0..=255u8 {
+            let want = gptoss_formats::tensor::e8m0_to_f32(e);
+            assert_eq!(E8M0[usize::from(e)], want);
+            if avx512 {
+                // SAFETY: AVX-512 was detected.
+                let v = unsafe { pair(e, 255 - e) };
+                let other = gptoss_formats::tensor::e8m0_to_f32(255 - e) * 0.5;
+                assert!(
+                    v[..8].iter().all(|&x| x == want * 0.5) && v[8..].iter().all(|&x| x == other),
+                    "{e}"
+                );
+            }
+        }
+    }
+}

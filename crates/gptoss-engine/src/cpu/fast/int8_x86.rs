@@ -1,0 +1,362 @@
+//! The x86 int8 kernels: a tile of up to 3 weight rows × 4 activation rows, each weight block decoded to
+//! int8 once (a nibble byte shuffle for 4-bit tables, a load for Q8_0) and dotted with every activation
+//! row's codes and remainders; the exact int32 `256 Σ w q + Σ w r` per lane (≤ 2^24, so its f32 is
+//! exact) is scaled by the weight's scale × the activation's unit into f32 lanes. AVX-512 VNNI
+//! (`vpdpbusd`, two blocks per 512-bit op, activations offset to unsigned with the offset cancelled in
+//! the accumulator's initial value) where present, else AVX2 (`vpmaddubsw` on |w| and sign(x, w), as
+//! llama.cpp does). Both give exactly the integer block dots of the scalar path (`portable.rs`).
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::acts::{QuantRef, QuantView};
+use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
+use super::weights::{IntWeight, BLOCK};
+use super::{OutRows, TILE_COLS};
+
+/// Which instruction set a task runs with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum X86Level {
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL + VNNI (plus AVX2, FMA, F16C).
+    Avx512Vnni,
+}
+
+/// One task: weight rows `rows` against every activation row, results (plus bias) into `out`.
+///
+/// # Safety
+/// The CPU must support `level`'s features; `out` must hold `[acts.rows, n_out]` with `rows` inside
+/// `n_out`, and no other thread may write those columns.
+pub(crate) unsafe fn task(
+    level: X86Level,
+    w: &IntWeight<'_>,
+    acts: &QuantView<'_>,
+    rows: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: OutRows,
+) {
+    let job = Job {
+        acts,
+        rows,
+        bias,
+        out,
+    };
+    with_decoder(w, Sweep { level, job: &job })
+}
+
+/// A task with its instruction set, run on whichever decoder the weight has.
+struct Sweep<'a, 'b> {
+    level: X86Level,
+    job: &'a Job<'b>,
+}
+
+impl WithDecoder for Sweep<'_, '_> {
+    type Out = ();
+    unsafe fn with<D: Decode>(self, d: D) {
+        run(self.level, d, self.job)
+    }
+}
+
+struct Job<'a> {
+    acts: &'a QuantView<'a>,
+    rows: std::ops::Range<usize>,
+    bias: Option<&'a [f32]>,
+    out: OutRows,
+}
+
+unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
+    match level {
+        X86Level::Avx2 => run_avx2(d, job),
+        X86Level::Avx512Vnni => run_vnni(d, job),
+    }
+}
+
+// Tile shapes (weight rows × activation rows) that keep every accumulator in a register: AVX2 has 16
+// vector registers (8 accumulators, 2 rows × (w, |w|), temporaries), AVX-512 32 (12 accumulators, 3
+// rows × (w, offset, scale), temporaries); 4 × 4 spilled accumulators to the stack.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
+    sweep::<D, Avx2Tile, 2>(&d, job);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn run_vnni<D: Decode>(d: D, job: &Job<'_>) {
+    sweep::<D, VnniTile, 3>(&d, job);
+}
+
+/// Walks the task's weight rows in groups of `R` for each group of [`TILE_COLS`] activation rows. (No
+/// closures on this path: a closure does not inherit its function's target features, and the
+/// intrinsics inside it would become calls.)
+#[inline(always)]
+unsafe fn sweep<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>) {
+    let mut c0 = 0;
+    while c0 < job.acts.rows {
+        let mut r0 = job.rows.start;
+        while r0 < job.rows.end {
+            let r1 = (r0 + R).min(job.rows.end);
+            tiles::<D, T, R>(d, job, r0..r1, c0);
+            r0 = r1;
+        }
+        c0 += TILE_COLS;
+    }
+}
+
+/// A tile kernel over `R` weight rows × `C` activation rows.
+trait Tile {
+    /// `rows` with every activation row of `xs`; `ahead` are the next tile's rows (to prefetch).
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        rows_ahead: ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R];
+}
+
+/// Runs the tile shape that fits rows `rows` (`R` or fewer) × activation rows `c0..`, and stores the
+/// results.
+#[inline(always)]
+unsafe fn tiles<D: Decode, T: Tile, const R: usize>(
+    d: &D,
+    job: &Job<'_>,
+    rows: std::ops::Range<usize>,
+    c0: usize,
+) {
+    let cols = (job.acts.rows - c0).min(TILE_COLS);
+    let full = rows.len() == R;
+    match (full, cols) {
+        (true, 4) => store(job, &rows, c0, one::<D, T, R, 4>(d, job, &rows, c0)),
+        (true, 3) => store(job, &rows, c0, one::<D, T, R, 3>(d, job, &rows, c0)),
+        (true, 2) => store(job, &rows, c0, one::<D, T, R, 2>(d, job, &rows, c0)),
+        (true, _) => store(job, &rows, c0, one::<D, T, R, 1>(d, job, &rows, c0)),
+        _ => {
+            for j in rows {
+                for c in c0..c0 + cols {
+                    let r = one::<D, T, 1, 1>(d, job, &(j..j + 1), c);
+                    store(job, &(j..j + 1), c, r);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn one<D: Decode, T: Tile, const R: usize, const C: usize>(
+    d: &D,
+    job: &Job<'_>,
+    rows: &std::ops::Range<usize>,
+    c0: usize,
+) -> [[f32; C]; R] {
+    let mut ptrs = [d.row(rows.start); R];
+    for (r, p) in ptrs.iter_mut().enumerate() {
+        *p = d.row(rows.start + r);
+    }
+    let mut xs = [job.acts.row(c0); C];
+    for (c, x) in xs.iter_mut().enumerate() {
+        *x = job.acts.row(c0 + c);
+    }
+    // The rows of the next tile, prefetched block by block while this one runs.
+    let mut ahead = ptrs;
+    for (r, p) in ahead.iter_mut().enumerate() {
+        *p = d.row((rows.start + R + r).min(job.rows.end - 1));
+    }
+    T::run::<D, R, C>(d, (ptrs, ahead), xs, job.acts.n / BLOCK)
+}
+
+#[inline(always)]
+unsafe fn store<const R: usize, const C: usize>(
+    job: &Job<'_>,
+    rows: &std::ops::Range<usize>,
+    c0: usize,
+    v: [[f32; C]; R],
+) {
+    for (r, vr) in v.iter().enumerate() {
+        let j = rows.start + r;
+        let b = job.bias.map_or(0.0, |b| b[j]);
+        for (c, &x) in vr.iter().enumerate() {
+            job.out.set(c0 + c, j, x + b);
+        }
+    }
+}
+
+/// Sum of 8 lanes.
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+struct Avx2Tile;
+
+impl Tile for Avx2Tile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
+        let (ones, k256) = (_mm256_set1_epi16(1), _mm256_set1_epi16(256));
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut w = [_mm256_setzero_si256(); R];
+            let mut aw = [_mm256_setzero_si256(); R];
+            let mut sw = [0.0f32; R];
+            for r in 0..R {
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                }
+                let (v, s) = d.ymm(rows[r], b, tbl);
+                (w[r], aw[r], sw[r]) = (v, _mm256_abs_epi8(v), s);
+            }
+            for (c, x) in xs.iter().enumerate() {
+                let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
+                let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
+                let dx = *x.scales.get_unchecked(b);
+                for r in 0..R {
+                    let pq = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, w[r]));
+                    let pr = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(rem, w[r]));
+                    let p32 =
+                        _mm256_add_epi32(_mm256_madd_epi16(pq, k256), _mm256_madd_epi16(pr, ones));
+                    let s = _mm256_set1_ps(sw[r] * dx);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc[r][c]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum256(acc[r][c]);
+            }
+        }
+        out
+    }
+}
+
+struct VnniTile;
+
+impl Tile for VnniTile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        // Weights enter vpdpbusd unsigned (w + 128: the table shifted, or Q8_0 bytes with the top bit
+        // flipped); the activation row carries -128 Σ (256 q + r) per 4 codes, which cancels the shift
+        // in 256 Σ (w + 128) q + Σ (w + 128) r. The q sums start from a zeroed register and the r sums
+        // accumulate onto the shifted q sums plus that correction: no register copies, and no
+        // per-row correction.
+        let tbl_u = _mm512_add_epi8(
+            _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast())),
+            _mm512_set1_epi8(-128),
+        );
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let mut w = [_mm512_setzero_si512(); R];
+            let mut sw = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
+                // this one runs, so no row starts cold.
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                (w[r], sw[r]) = d.zmm_u(rows[r], b, tbl_u);
+            }
+            for (c, x) in xs.iter().enumerate() {
+                let q = _mm512_loadu_si512(x.codes.as_ptr().add(BLOCK * b).cast());
+                let rem = _mm512_loadu_si512(x.rems.as_ptr().add(BLOCK * b).cast());
+                let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * b).cast());
+                let sx = halves(*x.scales.get_unchecked(b), *x.scales.get_unchecked(b + 1));
+                for r in 0..R {
+                    let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], q);
+                    let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), off);
+                    let dot = _mm512_dpbusd_epi32(t, w[r], rem);
+                    let s = _mm512_mul_ps(sw[r], sx);
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][c]);
+                }
+            }
+            b += 2;
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+            }
+        }
+        if b < nb {
+            // An odd last block: the 256-bit form of the same sums.
+            let tbl_u = _mm512_castsi512_si256(tbl_u);
+            for r in 0..R {
+                let (v, s) = d.ymm_u(rows[r], b, tbl_u);
+                for (c, x) in xs.iter().enumerate() {
+                    let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
+                    let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
+                    let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
+                    let dq = _mm256_dpbusd_epi32(_mm256_setzero_si256(), v, q);
+                    let t = _mm256_add_epi32(_mm256_slli_epi32(dq, 8), off);
+                    let dot = _mm256_dpbusd_epi32(t, v, rem);
+                    let sum = hsum256(_mm256_cvtepi32_ps(dot));
+                    out[r][c] += sum * (s * *x.scales.get_unchecked(b));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The int8 block values and scales the SIMD decode gives for block `b` of row `j` (tests compare
+/// them with the scalar decode exactly).
+///
+/// # Safety
+/// The CPU must support AVX2 + F16C (and AVX-512 F/BW/VL for `level == Avx512Vnni`); `b + 1` must be a
+/// block of the row for the 512-bit decode.
+#[cfg(test)]
+pub(crate) unsafe fn decoded(
+    level: X86Level,
+    w: &IntWeight<'_>,
+    j: usize,
+    b: usize,
+) -> (Vec<i8>, Vec<f32>) {
+    unsafe fn get<D: Decode>(level: X86Level, d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
+        match level {
+            X86Level::Avx2 => ymm_of(d, j, b),
+            X86Level::Avx512Vnni => zmm_of(d, j, b),
+        }
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn ymm_of<D: Decode>(d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
+        let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
+        let (v, s) = d.ymm(d.row(j), b, tbl);
+        let mut out = vec![0i8; 32];
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), v);
+        (out, vec![s])
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+    unsafe fn zmm_of<D: Decode>(d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
+        let tbl = _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast()));
+        let (v, s) = d.zmm(d.row(j), b, tbl);
+        let mut out = vec![0i8; 64];
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+        let mut sc = vec![0f32; 16];
+        _mm512_storeu_ps(sc.as_mut_ptr(), s);
+        (out, sc)
+    }
+    struct Get {
+        level: X86Level,
+        j: usize,
+        b: usize,
+    }
+    impl WithDecoder for Get {
+        type Out = (Vec<i8>, Vec<f32>);
+        unsafe fn with<D: Decode>(self, d: D) -> Self::Out {
+            get(self.level, d, self.j, self.b)
+        }
+    }
+    with_decoder(w, Get { level, j, b })
+}

@@ -1,0 +1,299 @@
+//! The fast kernels against scalar references: SIMD weight decode equal to the scalar decode bit for bit,
+//! every instruction set's matmul equal (to f32 summation order) to the f64 sum of the exact integer
+//! block dots, and within the quantization error of the exact f32 matmul.
+
+use super::acts::{quantize_row, QuantActs, QuantRow};
+use super::portable::block_dot;
+use super::testing::{bytes, int_weights};
+use super::weights::{Bf16Weight, IntWeight, BLOCK};
+use super::*;
+use gptoss_formats::{DType, Storage, TensorFormat};
+
+fn isas() -> Vec<CpuIsa> {
+    [CpuIsa::Avx512, CpuIsa::Avx2, CpuIsa::Portable]
+        .into_iter()
+        .filter(|i| i.supported())
+        .collect()
+}
+
+fn inputs(rows: usize, n: usize, seed: u64) -> Vec<f32> {
+    bytes(rows * n, seed)
+        .iter()
+        .enumerate()
+        // A few large channels, as hidden states have.
+        .map(|(i, &b)| (b as f32 - 127.5) / 64.0 * if i % 37 == 5 { 8.0 } else { 1.0 })
+        .collect()
+}
+
+/// `Σ_b d_w d_x (exact int dot)` in f64, from the scalar decode.
+fn reference(w: &IntWeight<'_>, acts: &QuantActs, j: usize, t: usize, bias: f32) -> f64 {
+    let mut codes = [0i8; BLOCK];
+    let x = acts.view(0..acts.rows).row(t);
+    (0..acts.n / BLOCK)
+        .map(|b| {
+            let s = w.block(j, b, &mut codes);
+            let blk = b * BLOCK..(b + 1) * BLOCK;
+            let dot = block_dot(&codes, &x.codes[blk.clone()], &x.rems[blk]);
+            f64::from(dot) * f64::from(s) * f64::from(x.scales[b])
+        })
+        .sum::<f64>()
+        + f64::from(bias)
+}
+
+/// `Σ_i |w_i| · unit(i) / 2`: how far rounding the activations can move a dot product (the remainders'
+/// clamp at ±127 can add one unit more, which these inputs never reach).
+fn rounding_bound(w: &[f32], acts: &QuantActs, t: usize) -> f32 {
+    let units = acts.view(0..acts.rows).row(t).scales;
+    w.iter()
+        .enumerate()
+        .map(|(i, v)| v.abs() * units[i / BLOCK] * 0.5)
+        .sum()
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn simd_decode_is_the_scalar_decode() {
+    use super::int8_x86::{decoded, X86Level};
+    for w in int_weights(6, 128) {
+        let iw = IntWeight::of(&w).unwrap();
+        let mut codes = [0i8; BLOCK];
+        for (level, isa) in [
+            (X86Level::Avx2, CpuIsa::Avx2),
+            (X86Level::Avx512Vnni, CpuIsa::Avx512),
+        ] {
+            if !isa.supported() {
+                continue;
+            }
+            for j in 0..6 {
+                for b in [0, 2] {
+                    // SAFETY: the level is supported and blocks b, b + 1 exist (4 per row).
+                    let (v, s) = unsafe { decoded(level, &iw, j, b) };
+                    let blocks = v.len() / BLOCK;
+                    for k in 0..blocks {
+                        let want_s = iw.block(j, b + k, &mut codes);
+                        assert_eq!(&v[k * BLOCK..(k + 1) * BLOCK], &codes, "{level:?}");
+                        let lanes = s.len() / blocks;
+                        assert!(s[k * lanes..(k + 1) * lanes].iter().all(|&x| x == want_s));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every format, flat and woven, on every instruction set: T = 1..=9 input rows (partial tiles),
+/// 37 output rows (a partial 4-row tile and task), 96 and 128 columns (an odd and an even block count).
+#[test]
+fn int8_matmul_matches_the_integer_reference() {
+    for n in [96, 128] {
+        for w in int_weights(38, n) {
+            let (n_out, iw) = (38, IntWeight::of(&w).unwrap());
+            let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+            for rows in [1, 2, 3, 4, 5, 9] {
+                let x = inputs(rows, n, rows as u64 + n as u64);
+                let mut acts = QuantActs::default();
+                acts.quantize(&x, rows, n, iw.layout());
+                let mut exact = vec![0.0; rows * n_out];
+                crate::cpu::matmul::matmul(&x, rows, &w, Some(&bias), &mut exact);
+                for isa in isas() {
+                    let mut scratch = Scratch::default();
+                    let mut out = vec![f32::NAN; rows * n_out];
+                    FastMatmul {
+                        isa,
+                        scratch: &mut scratch,
+                    }
+                    .run(&x, rows, &w, Some(&bias), &mut out);
+                    let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for t in 0..rows {
+                        for j in 0..n_out {
+                            let got = out[t * n_out + j];
+                            let want = reference(&iw, &acts, j, t, bias[j]);
+                            let what =
+                                format!("{} {isa:?} T={rows} n={n} [{t},{j}]", w.format.describe());
+                            assert!(
+                                (f64::from(got) - want).abs() <= 1e-6 * f64::from(scale),
+                                "{what}: {got} vs {want}"
+                            );
+                            // Rounding each activation moves it by at most half its block's step.
+                            let bound =
+                                rounding_bound(&w.to_f32_vec()[j * n..(j + 1) * n], &acts, t);
+                            let off = (got - exact[t * n_out + j]).abs();
+                            assert!(
+                                off <= bound * 1.001 + 1e-5 * scale,
+                                "{what}: {off} vs exact, bound {bound}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The same block dots whichever of the two layouts the activations are quantized in, since each
+/// matches its weight's element order: the HF MXFP4 codes of a ggml MXFP4 tensor give the same results.
+#[test]
+fn hf_and_ggml_mxfp4_agree() {
+    let (rows, n) = (8, 64);
+    let ggml = &int_weights(rows, n)[1];
+    // The same values in HF's layout: codes low nibble first, scales apart.
+    let raw = ggml.data.bytes();
+    let (mut codes, mut scales) = (Vec::new(), Vec::new());
+    for blk in raw.chunks_exact(17) {
+        scales.push(blk[0]);
+        let q = &blk[1..];
+        for k in 0..16 {
+            let code = |e: usize| if e < 16 { q[e] & 15 } else { q[e - 16] >> 4 };
+            codes.push(code(2 * k) | code(2 * k + 1) << 4);
+        }
+    }
+    let hf = gptoss_formats::QuantTensor::hf_mxfp4(
+        vec![rows, n],
+        Storage::owned(codes),
+        Storage::owned(scales),
+    );
+    assert_eq!(hf.to_f32_vec(), ggml.to_f32_vec());
+    let x = inputs(3, n, 5);
+    for isa in isas() {
+        let mut s = Scratch::default();
+        let (mut a, mut b) = (vec![0.0; 3 * rows], vec![0.0; 3 * rows]);
+        FastMatmul {
+            isa,
+            scratch: &mut s,
+        }
+        .run(&x, 3, ggml, None, &mut a);
+        FastMatmul {
+            isa,
+            scratch: &mut s,
+        }
+        .run(&x, 3, &hf, None, &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert!(
+                (p - q).abs() <= 1e-6 * p.abs().max(1.0),
+                "{isa:?}: {p} vs {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_matmul_matches_rounded_reference() {
+    let (n_out, n) = (37, 72); // a partial last 32 of each row
+    let raw: Vec<u8> = bytes(n_out * n, 3)
+        .iter()
+        .flat_map(|&b| half::bf16::from_f32((b as f32 - 127.0) / 300.0).to_le_bytes())
+        .collect();
+    let w = gptoss_formats::QuantTensor {
+        shape: vec![n_out, n],
+        format: TensorFormat::Dense(DType::BF16),
+        data: Storage::owned(raw),
+    };
+    assert!(Bf16Weight::of(&w).is_some());
+    let wf = w.to_f32_vec();
+    for rows in [1, 3, 6] {
+        let x = inputs(rows, n, 9);
+        for isa in isas() {
+            let mut s = Scratch::default();
+            let mut out = vec![0.0; rows * n_out];
+            FastMatmul {
+                isa,
+                scratch: &mut s,
+            }
+            .run(&x, rows, &w, None, &mut out);
+            let rounded = isa.bf16_dot();
+            for t in 0..rows {
+                for j in 0..n_out {
+                    let want: f64 = (0..n)
+                        .map(|i| {
+                            let xi = x[t * n + i];
+                            let xi = if rounded {
+                                let hi = half::bf16::from_f32(xi).to_f32();
+                                hi + half::bf16::from_f32(xi - hi).to_f32()
+                            } else {
+                                xi
+                            };
+                            f64::from(xi) * f64::from(wf[j * n + i])
+                        })
+                        .sum();
+                    let got = f64::from(out[t * n_out + j]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{isa:?}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_that_are_not_whole_blocks_take_the_exact_path() {
+    let w = gptoss_formats::QuantTensor::from_f32(vec![3, 40], &[0.5; 120]);
+    assert!(IntWeight::of(&w).is_none());
+    let x = vec![1.0; 80];
+    let mut out = vec![0.0; 6];
+    FastMatmul {
+        isa: CpuIsa::best(),
+        scratch: &mut Scratch::default(),
+    }
+    .run(&x, 2, &w, None, &mut out);
+    assert_eq!(out, vec![20.0; 6]);
+    let (mut codes, mut rems, mut scales, mut offsets) = ([0i8; 32], [0i8; 32], [0f32; 1], [0; 8]);
+    let out = QuantRow {
+        codes: &mut codes,
+        rems: &mut rems,
+        scales: &mut scales,
+        offsets: &mut offsets,
+    };
+    quantize_row(&[1.0; 32], weights::ActLayout::Natural, out);
+    assert_eq!((codes, rems), ([127; 32], [0; 32]));
+    assert_eq!(offsets, [-128 * 4 * 256 * 127; 8]);
+}
+
+/// Segments (the experts of a MoE step) in one call give bit for bit what one call per segment gives,
+/// int8 formats in one region and anything else segment by segment.
+#[test]
+fn segments_equal_separate_calls() {
+    let (n_out, n) = (29, 64);
+    let all = int_weights(n_out + 1, n);
+    let shaped: Vec<_> = all
+        .iter()
+        .map(|w| w.rows(0, n_out, vec![n_out, n]))
+        .collect();
+    let dense = gptoss_formats::QuantTensor::from_f32(vec![n_out, n], &inputs(n_out, n, 4));
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.1).collect();
+    let x = inputs(7, n, 8);
+    for group in [
+        vec![&shaped[1], &shaped[1], &shaped[6]],
+        vec![&shaped[0], &dense, &shaped[4]],
+    ] {
+        let segs: Vec<Segment<'_>> = [0..2, 2..3, 3..7]
+            .into_iter()
+            .zip(&group)
+            .map(|(rows, w)| Segment {
+                rows,
+                w,
+                bias: Some(&bias),
+            })
+            .collect();
+        for isa in isas() {
+            let mut s = Scratch::default();
+            let mut together = vec![0.0; 7 * n_out];
+            FastMatmul {
+                isa,
+                scratch: &mut s,
+            }
+            .run_segments(&x, &segs, &mut together);
+            for seg in &segs {
+                let (a, b) = (seg.rows.start, seg.rows.end);
+                let mut alone = vec![0.0; (b - a) * n_out];
+                FastMatmul {
+                    isa,
+                    scratch: &mut s,
+                }
+                .run(&x[a * n..b * n], b - a, seg.w, seg.bias, &mut alone);
+                assert_eq!(&together[a * n_out..b * n_out], &alone[..], "{isa:?}");
+            }
+        }
+    }
+}
