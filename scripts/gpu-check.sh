@@ -91,9 +91,9 @@ bench_archs=(native sm_80)
 case "${GPTOSS_BENCH:-both}" in native) bench_archs=(native) ;; none) bench_archs=() ;; esac
 for arch in "${bench_archs[@]}"; do
     if [ "$arch" = native ]; then
-        env -u GPTOSS_CUDA_ARCH "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-native.log" 2>&1 || status=1
+        env -u GPTOSS_CUDA_ARCH "$bin/gpu_bench" --ignored --test-threads=1 --nocapture >"$logs/bench-native.log" 2>&1 || status=1
     else
-        GPTOSS_CUDA_ARCH="$arch" "$bin/gpu_bench" --ignored --nocapture >"$logs/bench-$arch.log" 2>&1 || status=1
+        GPTOSS_CUDA_ARCH="$arch" "$bin/gpu_bench" --ignored --test-threads=1 --nocapture >"$logs/bench-$arch.log" 2>&1 || status=1
     fi
 done
 

@@ -112,13 +112,23 @@ fn uploaded_file_pages_leave_the_resident_set() {
     let before = mapped_rss_kib(map.as_ptr() as usize);
     let dev = device();
     let mut stager = Stager::new(&dev.ctx, SLOT_BYTES, SLOTS).unwrap();
-    check(
-        &dev,
+    let plans = [PackPlan::new(&t).unwrap()];
+    let w = DevWeight::upload(
+        &dev.stream,
+        &dev.meter,
         &mut stager,
-        std::slice::from_ref(&t),
-        "a mapped bf16 tensor",
-    );
+        &plans,
+        "a mapped tensor",
+    )
+    .unwrap();
+    // Measured before anything reads the mapping again (the comparison below faults it back in).
     let after = mapped_rss_kib(map.as_ptr() as usize);
+    let (data, _) = w.to_host(&dev.stream).unwrap();
+    assert_eq!(
+        data[..src.data.len()],
+        *pack(&t).unwrap().data,
+        "the uploaded bytes"
+    );
     std::fs::remove_file(&path).unwrap();
     println!("mapped tensor resident: {before} KiB before the upload, {after} KiB after");
     assert!(
