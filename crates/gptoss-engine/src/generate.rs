@@ -102,6 +102,7 @@ pub fn generate_with<B: Backend>(
                     kind: FailureKind::Invalid | FailureKind::Internal,
                     message,
                 } => return Err(Error::invalid(message)),
+                Output::Logprobs(_) => {}
             }
         }
         if !engine.has_work() {

@@ -25,6 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_route))
         .route("/v1/completions", post(completions_route))
         .route("/v1/responses", post(responses_route))
+        .route("/v1/responses/{id}", get(stored_response))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model));
     let v1 = if state.config.api_key.is_some() {
@@ -81,10 +82,11 @@ async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) 
 
 /// The `/metrics` label of a matched route: one of a fixed set.
 fn route_label(route: &str) -> &'static str {
-    const ROUTES: [&str; 6] = [
+    const ROUTES: [&str; 7] = [
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/responses",
+        "/v1/responses/{id}",
         "/v1/models",
         "/v1/models/{id}",
         "/metrics",
@@ -153,6 +155,20 @@ async fn responses_route(State(state): State<Arc<AppState>>, request: Request) -
     generate(state, Endpoint::Responses, request).await
 }
 
+async fn stored_response(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let response = match crate::responses::stored(&state, &id) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .request("/v1/responses/{id}", response.status().as_u16());
+    response
+}
+
 fn model_json(state: &AppState) -> serde_json::Value {
     json!({"id": state.config.model_name, "object": "model", "created": state.created(), "owned_by": "gptoss"})
 }
@@ -189,6 +205,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let gauges = ServerGauges {
         queued: state.admission.queued(),
         running: state.admission.running(),
+        stored_responses: state.responses.len(),
     };
     let text = state
         .metrics

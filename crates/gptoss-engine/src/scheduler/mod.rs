@@ -39,6 +39,7 @@ pub use handle::{
 };
 pub use kv::KvBlocks;
 pub use sequence::{
-    channel_sink, FailureKind, Finish, FinishReason, GenRequest, Output, OutputSink, RequestId,
+    channel_sink, FailureKind, Finish, FinishReason, ForkGroup, GenRequest, Output, OutputSink,
+    RequestId, RequestOptions,
 };
 pub use stats::{EngineStats, Gauges, StatsSnapshot};

@@ -115,6 +115,10 @@ impl Scheduler {
         self.seqs.insert(seq.id, seq);
     }
 
+    pub fn get(&self, id: RequestId) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+
     pub fn get_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
         self.seqs.get_mut(&id)
     }
