@@ -1,6 +1,7 @@
 //! Structured outputs by constrained decoding with `llguidance` (the grammar engine llama.cpp and
 //! vLLM use). A request's constraint is one Lark grammar over the whole Harmony answer: the model may
-//! reason first (`analysis` messages and `commentary` preambles run free: any non-special token),
+//! reason first (`analysis` messages, and `commentary` preambles before a tool call when the answer
+//! has no schema, run free: any non-special token),
 //! and the constraint bites where the answer begins: after `<|channel|>final<|message|>` the text must
 //! match `response_format`'s JSON schema (then `<|return|>`), and after a tool call's `<|message|>`
 //! the arguments must match the tool's `parameters` (then `<|call|>`). `tool_choice` "required" or a
@@ -190,9 +191,16 @@ impl Grammars {
                 "tool_choice: the function it names is not in tools",
             ));
         }
+        // Preambles (commentary shown to the user) come before tool calls; with a schema on the answer
+        // they would land in front of the JSON, so then only reasoning may come first.
+        let channels = if schema.answer.is_none() && !schema.tools.is_empty() {
+            "(\"analysis\" | \"commentary\")"
+        } else {
+            "\"analysis\""
+        };
         Ok(format!(
             "start: prelude* answer\n\
-             prelude: <|channel|> (\"analysis\" | \"commentary\") <|message|> free <|end|> <|start|> \"assistant\"\n\
+             prelude: <|channel|> {channels} <|message|> free <|end|> <|start|> \"assistant\"\n\
              free: {text}*\n\
              answer: {}\n{rules}",
             answers.join(" | ")
