@@ -72,6 +72,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let weights = loaded.weights;
     let config = EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: Default::default(),
         speculative,
     };
     let engine = spawn_on_device(&args.model, weights, capacity, config)?.engine;

@@ -13,7 +13,7 @@ use crate::logits::{HostSample, LogitsState, RowContext, TokenLogprobs};
 use crate::model::Model;
 
 use super::draft::{accepted_len, Speculative};
-use super::kv::KvBlocks;
+use super::kv::{BlockCopy, KvBlocks, PrefixCaching};
 use super::policy::{Limits, Plan, Scheduler};
 use super::sequence::{
     FailureKind, FinishReason, GenRequest, Output, OutputSink, RequestId, RequestOptions, Sequence,
@@ -28,6 +28,8 @@ pub struct EngineConfig {
     /// Speculative decoding: drafts verified in each sequence's step (bounded by the model's
     /// `max_logit_rows`; size it with [`Speculative::logit_rows`]).
     pub speculative: Speculative,
+    /// Keep computed prompts' KV blocks and share them with later prompts that start the same way.
+    pub prefix_caching: PrefixCaching,
 }
 
 /// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
@@ -66,7 +68,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             context_tokens: cap.context_tokens,
             max_draft: config.speculative.draft_tokens(),
         };
-        let kv = KvBlocks::new(model.kv_layout().clone());
+        let kv = KvBlocks::with_caching(model.kv_layout().clone(), config.prefix_caching);
         let engine = Engine {
             model,
             sched: Scheduler::new(limits, kv),
@@ -193,10 +195,12 @@ impl<'m, B: Backend> Engine<'m, B> {
     pub fn try_step(&mut self) -> Result<()> {
         let plan = self.sched.schedule();
         self.stats.add_preemptions(plan.preempted);
+        self.stats
+            .add_prefix_hits(plan.prefix_hits, plan.prefix_tokens);
         if plan.items.is_empty() {
             return Ok(());
         }
-        let ran = self.run(&plan);
+        let ran = copy_blocks(self.model, &plan.copies).and_then(|()| self.run(&plan));
         if let Err(e) = &ran {
             for item in &plan.items {
                 self.fail(item.id, FailureKind::Internal, &e.to_string());
@@ -248,6 +252,13 @@ impl<'m, B: Backend> Engine<'m, B> {
             seq.computed += own_len;
         }
         self.model.forward(&batch)?;
+        // Prompts just computed are registered with the prefix cache; their rings are copied now,
+        // before the next step writes them (and before a sequence that ends here frees them).
+        let mut copies = Vec::new();
+        for item in plan.items.iter().filter(|i| i.sample) {
+            copies.extend(self.sched.register_prefix(item.id));
+        }
+        copy_blocks(self.model, &copies)?;
         let mut samples = sample(self.model, &params, &counters)?;
         let logprobs = self.sample_on_host(&host, &params, &counters, &mut samples)?;
         self.stats.add_step(batch.tokens.len());
@@ -425,6 +436,21 @@ impl<'m, B: Backend> Engine<'m, B> {
             kv_sliding_used_blocks: kv.sliding_used_blocks(),
         });
     }
+}
+
+/// Makes the KV block copies of a plan (prefix-cache restores and ring copies), pool by pool.
+fn copy_blocks<B: Backend>(model: &mut Model<B>, copies: &[BlockCopy]) -> Result<()> {
+    for kind in [crate::kv::PoolKind::Full, crate::kv::PoolKind::Sliding] {
+        let pairs: Vec<(u32, u32)> = copies
+            .iter()
+            .filter(|c| c.0 == kind)
+            .map(|&(_, s, d)| (s, d))
+            .collect();
+        if !pairs.is_empty() {
+            model.copy_kv_blocks(kind, &pairs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Samples every logit row of the step (none: nothing to read back).

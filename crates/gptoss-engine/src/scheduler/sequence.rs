@@ -121,6 +121,8 @@ pub(crate) struct Sequence {
     pub cached_tokens: usize,
     /// The request's choice group (`n`).
     pub fork: Option<ForkGroup>,
+    /// Whether its prompt's blocks were registered with the prefix cache.
+    pub registered: bool,
 }
 
 impl Sequence {
@@ -156,6 +158,7 @@ impl Sequence {
             logits,
             cached_tokens: 0,
             fork: None,
+            registered: false,
         }
     }
 
