@@ -47,6 +47,7 @@ mod sse;
 mod stop;
 mod store;
 pub mod structured;
+mod tokenize;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -27,6 +27,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/responses", post(responses_route))
         .route("/v1/responses/{id}", get(stored_response))
         .route("/v1/models", get(models))
+        // vLLM's paths, behind the API key like /v1/*.
+        .route("/tokenize", post(tokenize_route))
+        .route("/detokenize", post(detokenize_route))
         .route("/v1/models/{id}", get(model));
     let v1 = if state.config.api_key.is_some() {
         v1.route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -82,7 +85,9 @@ async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) 
 
 /// The `/metrics` label of a matched route: one of a fixed set.
 fn route_label(route: &str) -> &'static str {
-    const ROUTES: [&str; 7] = [
+    const ROUTES: [&str; 9] = [
+        "/tokenize",
+        "/detokenize",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/responses",
@@ -153,6 +158,32 @@ async fn completions_route(State(state): State<Arc<AppState>>, request: Request)
 
 async fn responses_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
     generate(state, Endpoint::Responses, request).await
+}
+
+/// `/tokenize` and `/detokenize`: small CPU work, done inline under the body limit.
+async fn tokens_route(
+    state: Arc<AppState>,
+    request: Request,
+    route: &'static str,
+    f: fn(&AppState, &[u8]) -> ApiResult<serde_json::Value>,
+) -> Response {
+    let response = match read_body(&state, request).await {
+        Ok(body) => match f(&state, &body) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    };
+    state.metrics.request(route, response.status().as_u16());
+    response
+}
+
+async fn tokenize_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    tokens_route(state, request, "/tokenize", crate::tokenize::tokenize).await
+}
+
+async fn detokenize_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    tokens_route(state, request, "/detokenize", crate::tokenize::detokenize).await
 }
 
 async fn stored_response(
