@@ -309,6 +309,15 @@ impl Generation {
             cached_tokens: self.cached_tokens,
         };
         self.state.metrics.finished(usage, self.started.elapsed());
+        tracing::info!(
+            request = self.id.0,
+            prompt_tokens = usage.prompt_tokens,
+            cached_tokens = usage.cached_tokens,
+            completion_tokens = usage.completion_tokens,
+            finish = finish.as_str(),
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "generation finished"
+        );
         self.ready.push_back(Step::Done(finish, usage));
     }
 

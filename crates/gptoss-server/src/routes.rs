@@ -135,6 +135,7 @@ async fn read_body(state: &AppState, request: Request) -> ApiResult<Vec<u8>> {
 
 /// A generating endpoint: admitted (counted before the body is read), body read, rendered, answered.
 async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let result = async {
         let ticket = state.admission.admit()?;
         let body = read_body(&state, request).await?;
@@ -142,9 +143,15 @@ async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) ->
     }
     .await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .request(endpoint.path(), response.status().as_u16());
+    let status = response.status().as_u16();
+    state.metrics.request(endpoint.path(), status);
+    // One line per request (a stream's line is written when its headers go out).
+    tracing::info!(
+        endpoint = endpoint.path(),
+        status,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
     response
 }
 
