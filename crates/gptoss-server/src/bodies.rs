@@ -46,11 +46,11 @@ macro_rules! request {
             pub ignore_eos: Option<Flag>,
             /// The stop tokens cannot end the output before this many tokens (vLLM).
             pub min_tokens: Option<Integer>,
-            /// End-user id (logged with the request).
+            /// End-user id (accepted; it does not change the answer).
             pub user: Option<Text>,
-            /// A caching hint (prefix caching works by content; accepted, logged).
+            /// A caching hint (accepted; prefix caching works by content).
             pub prompt_cache_key: Option<Text>,
-            /// End-user id for abuse monitoring (logged).
+            /// End-user id for abuse monitoring (accepted; it does not change the answer).
             pub safety_identifier: Option<Text>,
             /// Only `auto` or `default`.
             pub service_tier: Option<Text>,

@@ -108,6 +108,13 @@ pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<CompletionParams> {
         .as_ref()
         .and_then(|o| o.include_usage.as_ref())
         .is_some_and(|f| f.0);
+    params::refuse_true(
+        "stream_options",
+        req.stream_options
+            .as_ref()
+            .and_then(|o| o.continuous_usage_stats.as_ref()),
+        "stream_options.continuous_usage_stats: usage comes in the last chunk (include_usage)",
+    )?;
     Ok(CompletionParams {
         logprobs: spec.logits.logprobs.is_some(),
         spec,

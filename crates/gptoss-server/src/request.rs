@@ -345,7 +345,7 @@ pub struct ChatMessage {
 pub struct StreamOptions {
     /// A last chunk with usage.
     pub include_usage: Option<Flag>,
-    /// Usage in every chunk (vLLM).
+    /// Usage in every chunk (vLLM): only false is supported.
     pub continuous_usage_stats: Option<Flag>,
 }
 
