@@ -13,7 +13,7 @@
 # full-size comparison; GPTOSS_RANDOM_20B=DIR reuses a checkpoint already written there; GPTOSS_BENCH=native|none
 # limits the benchmark.
 set -uo pipefail
-tests=(gpu_ops gpu_model gpu_upload)
+tests=(gpu_ops gpu_model gpu_upload gpu_prefix)
 
 stage() {
     local dest="$1"

@@ -108,6 +108,8 @@ fn request_bytes(body: Value, model: &str) -> Result<Vec<u8>, ApiError> {
     };
     map.insert("model".into(), json!(model));
     map.remove("stream");
+    // A plain line carries its `custom_id` beside the request's fields: it is the job's, not the body's.
+    map.remove("custom_id");
     serde_json::to_vec(&map).map_err(|e| ApiError::internal(e.to_string()))
 }
 

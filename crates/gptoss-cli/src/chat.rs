@@ -180,6 +180,7 @@ impl Session {
         let config = EngineConfig {
             max_batch_tokens: None,
             speculative: args.spec.speculative()?,
+            prefix_caching: Default::default(),
         };
         let done = with_model!(model, m => generate_until(m, request, config, |tokens| {
             for &t in tokens {

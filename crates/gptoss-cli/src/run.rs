@@ -112,6 +112,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt_len = request.prompt.len();
     let config = EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: Default::default(),
         speculative,
     };
     let mut shown = match (args.json, chat) {

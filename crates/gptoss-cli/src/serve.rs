@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle};
+use gptoss_engine::scheduler::{spawn_engine_with, EngineConfig, EngineHandle, PrefixCaching};
 use gptoss_engine::{Capacity, MAX_BATCH_TOKENS, MAX_KV_BLOCKS, MAX_SLOTS};
 use gptoss_formats::ModelWeights;
 use gptoss_server::{AppState, ConnLimits, MetricsAccess, ServerConfig};
@@ -40,6 +40,10 @@ pub struct EngineArgs {
     /// The model name clients use (default: the checkpoint's directory or file name).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// Compute every prompt from scratch: no KV blocks are kept and shared between requests
+    /// (prefix caching is on by default; outputs are the same either way).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     #[command(flatten)]
     pub spec: SpecArgs,
 }
@@ -72,6 +76,11 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let weights = loaded.weights;
     let config = EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: if args.no_prefix_cache {
+            PrefixCaching::Off
+        } else {
+            PrefixCaching::On
+        },
         speculative,
     };
     let engine = spawn_on_device(&args.model, weights, capacity, config)?.engine;
@@ -200,6 +209,10 @@ struct LimitArgs {
     /// Requests parsed and rendered at once, off the async workers (default: half the cores).
     #[arg(long, value_parser = size_in(1, 256))]
     render_threads: Option<usize>,
+    /// Responses kept in memory for `previous_response_id` and GET /v1/responses/{id} (the oldest
+    /// is dropped beyond; 0 keeps none).
+    #[arg(long, default_value_t = 1024, value_parser = size_in(0, 1 << 20))]
+    responses_store: usize,
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -214,6 +227,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queue: l.max_queue,
         max_body_bytes: l.max_body_bytes,
         render_threads: l.render_threads.unwrap_or(defaults.render_threads),
+        responses_store: l.responses_store,
         metrics_access: match args.metrics_access {
             MetricsArg::ApiKey => MetricsAccess::ApiKey,
             MetricsArg::Public => MetricsAccess::Public,

@@ -55,10 +55,11 @@ fn twenty_b_fits_16_gib_and_needs_offload_at_8() {
     let v = fit_json(&["--dummy", "gpt-oss-20b", "--vram", "16GiB"]);
     assert_eq!(v["fits"], true);
     assert_eq!(v["weights_bytes"], 13_775_206_656u64);
-    // 12 full layers × 8192 positions and 12 sliding rings of 41 blocks × 16, K and V of 512 f32.
+    // 12 full layers × 8192 positions, and 12 sliding layers of a ring of 41 blocks plus the prefix
+    // cache's 4 ring copies of 8 blocks (kv::PREFIX_SNAPSHOTS), × 16 positions; K and V of 512 f32.
     assert_eq!(
         v["kv_cache_bytes"],
-        (12 * 8192 + 12 * 41 * 16) * 2 * 512 * 4u64
+        (12 * 8192 + 12 * (41 + 4 * 8) * 16) * 2 * 512 * 4u64
     );
     assert_eq!(v["n_cpu_moe"], 0);
     let ctx = v["max_context_tokens"].as_u64().unwrap() as usize;

@@ -8,7 +8,7 @@ use gptoss_engine::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Recording, Rope, SamplingParams,
 };
 use gptoss_engine::memory::{KvPrecision, MemoryPlan};
-use gptoss_engine::KvLayout;
+use gptoss_engine::{KvLayout, PoolKind};
 use gptoss_formats::{Expert, Linear, QuantTensor};
 
 use crate::device::Device;
@@ -412,6 +412,15 @@ impl Backend for CudaBackend {
             .memcpy_htod(values, &mut dst)
             .map_err(|e| CudaError::driver("writing a buffer", e))?;
         Ok(())
+    }
+
+    fn copy_blocks(
+        &self,
+        cache: &mut CudaCache,
+        kind: PoolKind,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        Ok(cache.copy_blocks(&self.dev, kind, pairs)?)
     }
 
     fn read_routing(

@@ -178,6 +178,7 @@ fn cuda_generate(
     };
     let config = EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: Default::default(),
         speculative: spec,
     };
     let done = generate_with(&mut m, request, config, |_| {}).unwrap();

@@ -6,7 +6,7 @@
 use gptoss_formats::{Expert, Linear, QuantTensor, Window};
 
 use crate::error::Result;
-use crate::kv::{BlockTable, KvLayout};
+use crate::kv::{BlockTable, KvLayout, PoolKind};
 
 /// One forward step's input: a flat list of tokens from one or more sequences.
 #[derive(Clone, Debug, Default)]
@@ -294,6 +294,15 @@ pub trait Backend {
         x: &Self::Buf,
         lm_head: &Self::Linear,
         out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Copies whole KV blocks within the pool of `kind`, in every layer of that kind: each `(src,
+    /// dst)` pair copies block `src`'s keys and values over block `dst` (prefix caching saves and
+    /// restores a sliding-window ring at a block boundary this way). Pairs are applied in order.
+    fn copy_blocks(
+        &self,
+        cache: &mut Self::Cache,
+        kind: PoolKind,
+        pairs: &[(u32, u32)],
     ) -> Result<()>;
     /// Reads the first `rows` rows of a buffer back to the host.
     fn read(&self, buf: &Self::Buf, rows: usize) -> Result<Vec<f32>>;

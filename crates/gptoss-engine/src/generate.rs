@@ -115,6 +115,7 @@ pub fn generate_until<B: Backend>(
                     kind: FailureKind::Invalid | FailureKind::Internal,
                     message,
                 } => return Err(Error::invalid(message)),
+                Output::Logprobs(_) => {}
             }
         }
         let flow = on_step(&tokens[before..]);

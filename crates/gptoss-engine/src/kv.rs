@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 /// Positions per KV block.
 pub const BLOCK_POSITIONS: usize = 16;
 
+/// Ring copies (one window each) the sliding pool holds beyond the rings, for the prefix cache
+/// (idle rings of unused slots hold more).
+pub const PREFIX_SNAPSHOTS: usize = 4;
+
 /// Which pool a layer's keys and values live in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -56,7 +60,8 @@ pub struct KvLayout {
     pub ring_blocks: usize,
     /// Blocks in the full pool.
     pub full_blocks: usize,
-    /// Blocks in the sliding pool: one ring per cache slot.
+    /// Blocks in the sliding pool: one ring per cache slot, plus room for [`PREFIX_SNAPSHOTS`] copies of
+    /// a window (the prefix cache's ring copies).
     pub sliding_blocks: usize,
 }
 
@@ -109,7 +114,8 @@ impl KvLayout {
             table_blocks,
             ring_blocks: ring,
             full_blocks,
-            sliding_blocks: capacity.slots * ring,
+            sliding_blocks: capacity.slots * ring
+                + PREFIX_SNAPSHOTS * window_tokens.div_ceil(BLOCK_POSITIONS).min(ring),
         })
     }
 
@@ -230,7 +236,7 @@ mod tests {
         assert_eq!(l.layers[23], (PoolKind::Full, 11));
         // Decode: the window of 128 positions straddles at most 9 blocks.
         assert_eq!((l.table_blocks, l.ring_blocks), (256, 9));
-        assert_eq!((l.full_blocks, l.sliding_blocks), (512, 18));
+        assert_eq!((l.full_blocks, l.sliding_blocks), (512, 18 + 4 * 8));
         assert_eq!(l.blocks_for(1), (1, 1));
         assert_eq!(l.blocks_for(160), (10, 9));
         assert_eq!(l.blocks_for(4096), (256, 9));

@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod kv;
+pub mod logits;
 pub mod math;
 pub mod memory;
 pub mod model;
@@ -41,6 +42,7 @@ pub use generate::{
     generate, generate_until, generate_with, Flow, GenerateOptions, Generation, StopReason,
 };
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
+pub use logits::{ConstraintSpec, LogitsOptions, TokenConstraint, TokenLogprobs};
 pub use model::Model;
 pub use offload::ExpertPlacement;
 pub use trace::{TraceRecord, TraceSpec, TRACE_NODES};

@@ -285,7 +285,11 @@ mod tests {
                                        // 12 full layers × 8192 positions, 12 sliding layers × a ring of (512 + 128 - 2) / 16 + 2 = 41
                                        // blocks of 16 positions (512-token prefill chunks); K and V of 512 bf16 each.
         let p8k = plan(&c, w, &cap(8192), KvPrecision::Bf16).unwrap();
-        assert_eq!(p8k.kv_cache_bytes, (12 * 8192 + 12 * 41 * 16) * 2 * 512 * 2);
+        // Plus the prefix cache's 4 ring copies of 8 blocks (kv::PREFIX_SNAPSHOTS).
+        assert_eq!(
+            p8k.kv_cache_bytes,
+            (12 * 8192 + 12 * (41 + 4 * 8) * 16) * 2 * 512 * 2
+        );
         assert_eq!(p8k.kv_blocks, 512);
         assert!(p8k.total_bytes() < 16 * GIB, "{p8k}");
         p8k.check(16 * GIB).unwrap();
@@ -297,13 +301,13 @@ mod tests {
         let p32k = plan(&c, w, &cap(32_768), KvPrecision::Bf16).unwrap();
         assert_eq!(
             p32k.kv_cache_bytes,
-            (12 * 32_768 + 12 * 41 * 16) * 2 * 512 * 2
+            (12 * 32_768 + 12 * (41 + 4 * 8) * 16) * 2 * 512 * 2
         );
         p32k.check(24 * GIB).unwrap();
         // 32k context does not fit 13 GiB: the error gives the parts.
         let e = p32k.check(13 * GIB).unwrap_err().to_string();
         assert!(
-            e.contains("budget is 13.00 GiB") && e.contains("KV cache 0.77 GiB (2048 blocks"),
+            e.contains("budget is 13.00 GiB") && e.contains("KV cache 0.78 GiB (2048 blocks"),
             "{e}"
         );
     }

@@ -245,6 +245,21 @@ impl<B: Backend> Model<B> {
         self.backend.sample(&self.ws.logits, params, counters)
     }
 
+    /// Copies whole KV blocks within a pool (prefix caching; see [`Backend::copy_blocks`]).
+    pub fn copy_kv_blocks(
+        &mut self,
+        kind: crate::kv::PoolKind,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        let pool = self.layout.blocks_of(kind) as u32;
+        if let Some(&(s, d)) = pairs.iter().find(|&&(s, d)| s >= pool || d >= pool) {
+            return Err(Error::invalid(format!(
+                "KV block copy {s} -> {d} outside the {kind:?} pool of {pool} blocks"
+            )));
+        }
+        self.backend.copy_blocks(&mut self.cache, kind, pairs)
+    }
+
     /// The KV cache (tests look at which blocks were written).
     pub fn cache(&self) -> &B::Cache {
         &self.cache

@@ -1,5 +1,6 @@
-//! Token sampling on the host: greedy, or temperature with top-k and top-p, from a seeded counter-based
-//! RNG so a sequence's draws depend only on its seed and step (reproducible under batching).
+//! Token sampling on the host: greedy, or temperature with top-k, min-p and top-p, from a seeded
+//! counter-based RNG so a sequence's draws depend only on its seed and step (reproducible under
+//! batching); and the log-softmax of a row with its most likely tokens (`logprobs`).
 
 use crate::backend::SamplingParams;
 
@@ -28,6 +29,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Samples one token from `logits` with `params`; `counter` is the sequence's step number.
 pub fn sample(logits: &[f32], params: &SamplingParams, counter: u64) -> u32 {
+    sample_min_p(logits, params, 0.0, counter)
+}
+
+/// [`sample`] that also drops tokens less likely than `min_p` times the most likely one (after
+/// temperature, before top-p; 0 keeps all), as vLLM's `min_p`.
+pub fn sample_min_p(logits: &[f32], params: &SamplingParams, min_p: f32, counter: u64) -> u32 {
     if params.temperature <= 0.0 || params.top_k == 1 {
         return argmax(logits);
     }
@@ -47,6 +54,16 @@ pub fn sample(logits: &[f32], params: &SamplingParams, counter: u64) -> u32 {
         .iter()
         .map(|&i| (((logits[i as usize] - max) / params.temperature) as f64).exp())
         .collect();
+    if min_p > 0.0 {
+        // `probs` are relative to the most likely token (its value is 1), before normalising.
+        let keep = probs
+            .iter()
+            .take_while(|&&p| p >= min_p as f64)
+            .count()
+            .max(1);
+        probs.truncate(keep);
+        order.truncate(keep);
+    }
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if params.top_p < 1.0 {
@@ -70,6 +87,31 @@ pub fn sample(logits: &[f32], params: &SamplingParams, counter: u64) -> u32 {
         r -= p;
     }
     order.last().copied().unwrap_or(0)
+}
+
+/// The log-sum-exp of `logits` and its `n` most likely tokens with their log-probabilities, most
+/// likely first (ties: the lower id first). Computed in f64 from the f32 logits.
+pub fn log_softmax_top(logits: &[f32], n: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let n = n.min(order.len());
+    if n > 0 && n < order.len() {
+        order.select_nth_unstable_by(n - 1, by_logit);
+    }
+    order.truncate(n);
+    order.sort_by(by_logit);
+    let top = order
+        .into_iter()
+        .map(|t| (t, (logits[t as usize] as f64 - lse) as f32))
+        .collect();
+    (lse as f32, top)
 }
 
 #[cfg(test)]
@@ -118,5 +160,39 @@ mod tests {
                 "{counts:?}"
             );
         }
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_near_the_most_likely() {
+        // Probabilities relative to the best: 1, e^-1 = 0.37, e^-3 = 0.05.
+        let logits = [2.0f32, 1.0, -1.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 9,
+        };
+        let drawn: Vec<u32> = (0..400)
+            .map(|c| sample_min_p(&logits, &p, 0.3, c))
+            .collect();
+        assert!(drawn.contains(&0) && drawn.contains(&1) && !drawn.contains(&2));
+        assert!((0..400).all(|c| sample_min_p(&logits, &p, 0.5, c) == 0));
+        // min_p 0 is plain sampling.
+        assert!((0..2000).any(|c| sample_min_p(&logits, &p, 0.0, c) == 2));
+    }
+
+    #[test]
+    fn log_softmax_top_matches_the_formula() {
+        let logits = [1.0f32, 3.0, 3.0, -2.0];
+        let (lse, top) = log_softmax_top(&logits, 3);
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((lse as f64 - z.ln()).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
+        for (t, lp) in top {
+            let want = (logits[t as usize] as f64).exp() / z;
+            assert!((lp as f64 - want.ln()).abs() < 1e-6);
+        }
+        assert!(log_softmax_top(&logits, 0).1.is_empty());
+        assert_eq!(log_softmax_top(&logits, 9).1.len(), 4);
     }
 }

@@ -81,7 +81,7 @@ fn interleaved_scattered_tables_equal_solo_runs() {
     // Two sequences in one model, blocks deliberately scattered and interleaved in both pools.
     let mut m = model(&w, 2, 8, 64);
     let l = m.kv_layout().clone();
-    assert_eq!((l.ring_blocks, l.full_blocks, l.sliding_blocks), (2, 8, 4));
+    assert_eq!((l.ring_blocks, l.full_blocks, l.sliding_blocks), (2, 8, 8));
     let ta = BlockTable {
         full: vec![6, 1, 3],
         sliding: vec![3, 0],

@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions`: messages (with earlier reasoning, tool calls and tool results) →
-//! Harmony conversation → generation → `message` {content, reasoning_content, tool_calls} or SSE
-//! `chat.completion.chunk` deltas, with `finish_reason` and `usage`.
+//! Harmony conversation → `n` generations → per choice a `message` {content, reasoning_content,
+//! tool_calls} and `logprobs`, or SSE `chat.completion.chunk` deltas tagged with the choice index,
+//! with `finish_reason` and `usage`. `response_format` and strict tools constrain the answer
+//! (`structured.rs`).
 
 use std::sync::Arc;
 
@@ -9,11 +11,14 @@ use gptoss_tokenizer::harmony::ToolDescription;
 use serde_json::{json, Map, Value};
 
 use crate::admission::Permit;
+use crate::bodies::ChatRequest;
+use crate::choices::{total_usage, Answer, Choices};
 use crate::conversation::{call_name, parse_effort, Conversation, ToolChoice, Turn};
 use crate::error::{ApiError, ApiResult};
-use crate::generation::{Delta, Finish, GenSpec, Generation, OutputMode, Step, Usage};
-use crate::params::{self, check_model, check_n, check_unsupported};
-use crate::request::{self, ChatRequest, FunctionIn, Text, ToolCallIn};
+use crate::generation::{Delta, Finish, GenSpec, OutputMode, Step, Usage};
+use crate::outputs::{answer_schema, chat_logprob, chat_logprobs, output_schema};
+use crate::params::{self, check_model, refuse_present, refuse_true};
+use crate::request::{self, FunctionIn, Text, ToolCallIn};
 use crate::{sse, AppState};
 
 /// A function tool for the renderer; the schema's raw JSON is parsed here, on the render pool, with
@@ -48,8 +53,10 @@ fn chat_tool(i: usize, f: &FunctionIn) -> ApiResult<ToolDescription> {
 /// A chat request ready to generate.
 pub struct ChatParams {
     spec: GenSpec,
+    n: usize,
     stream: bool,
     include_usage: bool,
+    logprobs: bool,
 }
 
 /// Parses `tool_choice`: a mode string or `{"type": "function", "function": {"name"}}` (chat) /
@@ -75,7 +82,8 @@ pub(crate) fn tool_choice(choice: Option<&Value>) -> ApiResult<ToolChoice> {
     }
 }
 
-fn conversation(req: &ChatRequest) -> ApiResult<Conversation> {
+/// The conversation and each tool's `strict` flag.
+fn conversation(req: &ChatRequest) -> ApiResult<(Conversation, Vec<bool>)> {
     let messages = req
         .messages
         .as_ref()
@@ -89,6 +97,7 @@ fn conversation(req: &ChatRequest) -> ApiResult<Conversation> {
         tool_choice: tool_choice(req.tool_choice.as_ref())?,
         ..Conversation::default()
     };
+    let mut strict = Vec::new();
     for (i, spec) in req.tools.iter().flat_map(|t| &t.0).enumerate() {
         if spec.kind.0 != "function" {
             return Err(ApiError::param(
@@ -100,6 +109,7 @@ fn conversation(req: &ChatRequest) -> ApiResult<Conversation> {
             ));
         }
         conv.tools.push(chat_tool(i, &spec.function)?);
+        strict.push(spec.function.strict.as_ref().is_some_and(|f| f.0));
     }
     let mut instructions: Vec<String> = Vec::new();
     for (i, m) in messages.0.iter().enumerate() {
@@ -135,7 +145,7 @@ fn conversation(req: &ChatRequest) -> ApiResult<Conversation> {
     if !instructions.is_empty() {
         conv.instructions = Some(instructions.join("\n\n"));
     }
-    Ok(conv)
+    Ok((conv, strict))
 }
 
 /// An earlier assistant message: its reasoning (analysis), then its text (a preamble when it came
@@ -168,15 +178,81 @@ fn assistant_turns(
     }
 }
 
+/// Refuses the chat fields this server does not implement, by name.
+fn refuse_unsupported(req: &ChatRequest) -> ApiResult<()> {
+    refuse_present("audio", req.audio.as_deref(), "text output only")?;
+    refuse_present(
+        "prediction",
+        req.prediction.as_deref(),
+        "no predicted outputs",
+    )?;
+    refuse_present(
+        "web_search_options",
+        req.web_search_options.as_deref(),
+        "no web search",
+    )?;
+    refuse_present("functions", req.functions.as_deref(), "use `tools`")?;
+    refuse_present(
+        "function_call",
+        req.function_call.as_deref(),
+        "use `tool_choice`",
+    )?;
+    refuse_true(
+        "store",
+        req.store.as_ref(),
+        "chat completions are not stored",
+    )?;
+    refuse_present(
+        "metadata",
+        req.metadata.as_deref(),
+        "kept only with `store`",
+    )?;
+    if let Some(v) = &req.verbosity {
+        return Err(ApiError::param(
+            "verbosity",
+            format!("verbosity: not supported, got {:?}", v.0),
+        ));
+    }
+    if let Some(m) = req
+        .modalities
+        .as_ref()
+        .and_then(|m| m.0.iter().find(|m| m.0 != "text"))
+    {
+        return Err(ApiError::param(
+            "modalities",
+            format!("modalities: only [\"text\"] is supported, got {:?}", m.0),
+        ));
+    }
+    Ok(())
+}
+
+/// `logprobs` / `top_logprobs`: the count of top tokens per position, `None` when not asked.
+pub(crate) fn chat_logprobs_asked(
+    logprobs: Option<&request::Flag>,
+    top: Option<&request::Integer>,
+) -> ApiResult<Option<usize>> {
+    let top = params::top_logprobs("top_logprobs", top)?;
+    match (logprobs.is_some_and(|f| f.0), top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(n)) if n > 0 => Err(ApiError::param(
+            "top_logprobs",
+            "top_logprobs: needs `logprobs: true`",
+        )),
+        (false, _) => Ok(None),
+    }
+}
+
 /// Parses, checks and renders a chat body (CPU work: run on the render pool). The body and the typed
 /// request are dropped here; what comes out is the prompt's tokens and the answer's settings.
 pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ChatParams> {
     let req: ChatRequest = request::parse(bytes)?;
     let common = req.common();
     check_model(&common, &state.config.model_name)?;
-    check_n(&common)?;
-    check_unsupported(&common)?;
-    let sampling = params::sampling(&common, state.fresh_seed())?;
+    refuse_unsupported(&req)?;
+    let n = params::choices(req.n.as_ref())?;
+    let mut sampling = params::sampling(&common, state.fresh_seed(), state.vocab_size())?;
+    sampling.logits.logprobs =
+        chat_logprobs_asked(req.logprobs.as_ref(), req.top_logprobs.as_ref())?;
     let max_tokens = params::max_tokens(
         &[
             ("max_completion_tokens", req.max_completion_tokens.as_ref()),
@@ -185,15 +261,35 @@ pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ChatParams> {
         state.context_tokens(),
     )?;
     let stop = req.stop.as_ref().map(|s| s.0.clone()).unwrap_or_default();
-    let prompt = conversation(&req)?.render(&state.harmony, state.prompt_cap())?;
+    let format = req.response_format.as_ref();
+    let answer = answer_schema(
+        format.and_then(|f| f.kind.as_ref()).map(|k| k.0.as_str()),
+        format
+            .and_then(|f| f.json_schema.as_ref())
+            .and_then(|j| j.schema.as_deref()),
+        "response_format.json_schema",
+    )?;
+    let (conv, strict) = conversation(&req)?;
+    let schema = output_schema(&conv, &strict, answer);
+    let prompt = conv.render(&state.harmony, state.prompt_cap())?;
+    sampling.logits.constraint = state.constraint(&schema)?;
     let spec = state.gen_spec(prompt, sampling, max_tokens, stop, OutputMode::Harmony)?;
     let include_usage = req
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage.as_ref())
         .is_some_and(|f| f.0);
+    params::refuse_true(
+        "stream_options",
+        req.stream_options
+            .as_ref()
+            .and_then(|o| o.continuous_usage_stats.as_ref()),
+        "stream_options.continuous_usage_stats: usage comes in the last chunk (include_usage)",
+    )?;
     Ok(ChatParams {
+        logprobs: spec.logits.logprobs.is_some(),
         spec,
+        n,
         stream: params::stream(&common),
         include_usage,
     })
@@ -209,9 +305,12 @@ pub async fn complete(
 }
 
 async fn run_to_end(state: &Arc<AppState>, params: ChatParams, permit: Permit) -> ApiResult<Value> {
-    let gen = Generation::start(state.clone(), params.spec, permit).await?;
-    let (deltas, finish, usage) = gen.collect().await?;
-    Ok(completion_json(state, &deltas, finish, usage))
+    let logprobs = params.logprobs;
+    let answers = Choices::start(state.clone(), params.spec, params.n, permit)
+        .await?
+        .collect()
+        .await?;
+    Ok(completion_json(state, &answers, logprobs))
 }
 
 /// The HTTP answer: the whole completion, or an SSE stream of chunks.
@@ -225,55 +324,96 @@ pub async fn respond(
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let gen = Generation::start(state.clone(), params.spec, permit).await?;
+    let choices = Choices::start(state.clone(), params.spec, params.n, permit).await?;
     let (tx, response) = sse::channel();
     let id = state.completion_id("chatcmpl");
-    tokio::spawn(stream(state, gen, tx, id, params.include_usage));
+    let opts = StreamOpts {
+        include_usage: params.include_usage,
+        logprobs: params.logprobs,
+        n: params.n,
+    };
+    tokio::spawn(stream(state, choices, tx, id, opts));
     Ok(response)
+}
+
+struct StreamOpts {
+    include_usage: bool,
+    logprobs: bool,
+    n: usize,
 }
 
 async fn stream(
     state: Arc<AppState>,
-    mut gen: Generation,
+    mut choices: Choices,
     tx: sse::EventSender,
     id: String,
-    include_usage: bool,
+    opts: StreamOpts,
 ) {
     let created = state.created();
-    let chunk = |delta: Value, finish: Option<Finish>| {
+    let tok = state.harmony.tokenizer();
+    let chunk = |index: usize, delta: Value, logprobs: Value, finish: Option<Finish>| {
         json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish.map(Finish::as_str)}],
         })
     };
-    if !tx
-        .json(&chunk(json!({"role": "assistant", "content": ""}), None))
-        .await
-    {
-        return;
+    for i in 0..opts.n {
+        let first = chunk(
+            i,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            None,
+        );
+        if !tx.json(&first).await {
+            return;
+        }
     }
-    while let Some(Some(step)) = tx.next_step(&mut gen).await {
+    let mut usages = Vec::new();
+    loop {
+        let next = tokio::select! {
+            next = choices.next() => next,
+            () = tx.closed() => return,
+        };
+        let Some((i, step)) = next else { break };
         match step {
             Ok(Step::Deltas(deltas)) => {
-                for d in deltas {
-                    if !tx.json(&chunk(delta_json(&d), None)).await {
+                for d in &deltas {
+                    let sent = match d {
+                        Delta::Logprob {
+                            content: true,
+                            logprobs,
+                        } if opts.logprobs => {
+                            let lp =
+                                json!({"content": [chat_logprob(tok, logprobs)], "refusal": null});
+                            tx.json(&chunk(i, json!({}), lp, None)).await
+                        }
+                        Delta::Logprob { .. } => true,
+                        d => tx.json(&chunk(i, delta_json(d), Value::Null, None)).await,
+                    };
+                    if !sent {
                         return;
                     }
                 }
             }
             Ok(Step::Done(finish, usage)) => {
-                let _ = tx.json(&chunk(json!({}), Some(finish))).await;
-                if include_usage {
-                    let mut last = chunk(json!({}), None);
-                    last["choices"] = json!([]);
-                    last["usage"] = usage_json(usage);
-                    let _ = tx.json(&last).await;
+                usages.push(usage);
+                if !tx
+                    .json(&chunk(i, json!({}), Value::Null, Some(finish)))
+                    .await
+                {
+                    return;
                 }
             }
             Err(e) => {
                 let _ = tx.json(&e.to_json()).await;
             }
         }
+    }
+    if opts.include_usage {
+        let mut last = chunk(0, json!({}), Value::Null, None);
+        last["choices"] = json!([]);
+        last["usage"] = usage_json(total_usage(usages));
+        let _ = tx.json(&last).await;
     }
     let _ = tx.done().await;
 }
@@ -288,6 +428,7 @@ fn delta_json(d: &Delta) -> Value {
         Delta::ToolArgs { index, text } => {
             json!({ "tool_calls": [{"index": index, "function": {"arguments": text}}] })
         }
+        Delta::Logprob { .. } => json!({}),
     }
 }
 
@@ -297,6 +438,7 @@ pub(crate) fn usage_json(u: Usage) -> Value {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     })
 }
 
@@ -323,13 +465,13 @@ pub(crate) fn gather(deltas: &[Delta]) -> Gathered {
                     call.2.push_str(text);
                 }
             }
+            Delta::Logprob { .. } => {}
         }
     }
     g
 }
 
-fn completion_json(state: &AppState, deltas: &[Delta], finish: Finish, usage: Usage) -> Value {
-    let g = gather(deltas);
+fn message_json(g: &Gathered) -> Value {
     let mut message = Map::new();
     message.insert("role".into(), json!("assistant"));
     let content = if g.content.is_empty() && !g.calls.is_empty() {
@@ -352,12 +494,25 @@ fn completion_json(state: &AppState, deltas: &[Delta], finish: Finish, usage: Us
             .collect();
         message.insert("tool_calls".into(), json!(calls));
     }
+    Value::Object(message)
+}
+
+fn completion_json(state: &AppState, answers: &[Answer], logprobs: bool) -> Value {
+    let tok = state.harmony.tokenizer();
+    let choices: Vec<Value> = answers
+        .iter()
+        .enumerate()
+        .map(|(i, (deltas, finish, _))| {
+            json!({"index": i, "message": message_json(&gather(deltas)),
+                   "logprobs": chat_logprobs(tok, deltas, logprobs), "finish_reason": finish.as_str()})
+        })
+        .collect();
     json!({
         "id": state.completion_id("chatcmpl"),
         "object": "chat.completion",
         "created": state.created(),
         "model": state.config.model_name,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish.as_str()}],
-        "usage": usage_json(usage),
+        "choices": choices,
+        "usage": usage_json(total_usage(answers.iter().map(|a| a.2))),
     })
 }

@@ -1,7 +1,8 @@
 //! The API-neutral conversation both chat and responses requests become, and its Harmony rendering
 //! (spec §4.3): system/developer text → developer instructions, function tools → the `functions`
 //! namespace, earlier reasoning → `analysis`, tool calls → `commentary` to `functions.NAME`, tool
-//! results → `functions.NAME to=assistant`. `tool_choice` forces the start of the assistant header.
+//! results → `functions.NAME to=assistant`. `tool_choice` "required" or a named function is enforced
+//! by the output grammar (`structured.rs`), which lets the model reason before the call.
 
 use gptoss_tokenizer::harmony::{
     AnalysisHistory, Content, DeveloperContent, Effort, Harmony, Message, Role, SystemContent,
@@ -47,9 +48,9 @@ pub enum ToolChoice {
     Auto,
     /// No tool calls: tools are left out of the prompt.
     None,
-    /// The answer must be a tool call (the header is forced to `commentary to=functions.`).
+    /// The answer must be a tool call (enforced by the output grammar).
     Required,
-    /// The answer must call this function (its whole header is forced).
+    /// The answer must call this function (enforced by the output grammar).
     Named(String),
 }
 
@@ -83,14 +84,11 @@ pub struct Conversation {
     pub tool_choice: ToolChoice,
 }
 
-/// A rendered prompt: `tokens` (ending in `<|start|>assistant` and any forced header) and the forced
-/// header tokens the output parser must see first.
+/// A rendered prompt, ending in `<|start|>assistant`.
 #[derive(Clone, Debug)]
 pub struct Prompt {
     /// What the model reads.
     pub tokens: Vec<u32>,
-    /// The tail of `tokens` that belongs to the assistant's answer.
-    pub forced: Vec<u32>,
 }
 
 /// Parses `reasoning_effort` / `reasoning.effort`.
@@ -142,7 +140,7 @@ impl Conversation {
         out
     }
 
-    /// Renders the prompt, with the header forced by the tool choice. Rendering stops as soon as the
+    /// Renders the prompt (the tool choice is checked against the tools). Rendering stops as soon as the
     /// prompt passes `cap` tokens (the context less one), so its cost is bounded by the cap whatever
     /// the messages and tool schemas hold.
     pub fn render(self, harmony: &Harmony, cap: usize) -> ApiResult<Prompt> {
@@ -160,8 +158,7 @@ impl Conversation {
                 "tool_choice is \"required\" but no tools were given",
             ));
         }
-        let forced = self.forced_header(harmony)?;
-        let mut tokens = harmony
+        let tokens = harmony
             .render_for_completion_capped(
                 &self.into_messages(),
                 Role::Assistant,
@@ -174,39 +171,7 @@ impl Conversation {
                 }
                 e => ApiError::invalid(format!("cannot render the conversation: {e}")),
             })?;
-        tokens.extend_from_slice(&forced);
-        Ok(Prompt { tokens, forced })
-    }
-
-    fn forced_header(&self, harmony: &Harmony) -> ApiResult<Vec<u32>> {
-        let tok = harmony.tokenizer();
-        let special = |name: &str| {
-            tok.special_id(name)
-                .map_err(|e| ApiError::internal(format!("the vocabulary lacks {name}: {e}")))
-        };
-        let encode = |text: &str, out: &mut Vec<u32>| {
-            tok.encode_into(text, out)
-                .map_err(|e| ApiError::internal(format!("cannot encode {text:?}: {e}")))
-        };
-        let mut out = Vec::new();
-        match &self.tool_choice {
-            ToolChoice::Auto | ToolChoice::None => {}
-            ToolChoice::Required => {
-                out.push(special("<|channel|>")?);
-                encode("commentary", &mut out)?;
-                encode(" to=functions.", &mut out)?;
-            }
-            ToolChoice::Named(name) => {
-                out.push(special("<|channel|>")?);
-                encode("commentary", &mut out)?;
-                encode(&format!(" to=functions.{name}"), &mut out)?;
-                encode(" ", &mut out)?;
-                out.push(special("<|constrain|>")?);
-                encode("json", &mut out)?;
-                out.push(special("<|message|>")?);
-            }
-        }
-        Ok(out)
+        Ok(Prompt { tokens })
     }
 }
 

@@ -6,8 +6,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gptoss_engine::scheduler::{FailureKind, FinishReason, GenRequest, Output, RequestId};
-use gptoss_engine::SamplingParams;
+use gptoss_engine::scheduler::{
+    FailureKind, FinishReason, ForkGroup, GenRequest, Output, RequestId, RequestOptions,
+};
+use gptoss_engine::{LogitsOptions, SamplingParams, TokenLogprobs};
 use gptoss_tokenizer::harmony::{ParseEvent, ParserStart, Role, StreamParser, Strictness};
 use gptoss_tokenizer::StreamDecoder;
 use tokio::sync::mpsc;
@@ -29,10 +31,8 @@ pub enum OutputMode {
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct GenSpec {
-    /// Prompt ids (ending with any forced header).
+    /// Prompt ids.
     pub prompt: Vec<u32>,
-    /// The forced tail of the prompt that the parser reads as output.
-    pub forced: Vec<u32>,
     /// Sampling.
     pub sampling: SamplingParams,
     /// Most new tokens.
@@ -41,6 +41,12 @@ pub struct GenSpec {
     pub stop: Vec<String>,
     /// How to read the output.
     pub mode: OutputMode,
+    /// Host-side logit processing (bias, penalties, constraint, log-probabilities).
+    pub logits: LogitsOptions,
+    /// Generation runs past the stop tokens, to the token limit.
+    pub ignore_eos: bool,
+    /// The choice group of an `n > 1` request.
+    pub fork: Option<ForkGroup>,
 }
 
 /// A piece of output.
@@ -65,6 +71,14 @@ pub enum Delta {
         index: usize,
         /// Text.
         text: String,
+    },
+    /// The log-probabilities of a sampled token (after the deltas it produced).
+    Logprob {
+        /// Whether the token is part of the user-visible content (`final` text, preambles, or raw
+        /// completion text), as OpenAI reports logprobs for content only.
+        content: bool,
+        /// The token and its top alternatives.
+        logprobs: TokenLogprobs,
     },
 }
 
@@ -97,6 +111,8 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// What [`Generation::next`] yields.
@@ -124,29 +140,50 @@ pub struct Generation {
     stop: StopStrings,
     tool_calls: usize,
     prompt_tokens: usize,
+    cached_tokens: usize,
     generated: usize,
     /// The engine has nothing more to say.
     ended: bool,
     started: Instant,
-    _permit: Permit,
+    /// Log-probabilities of the next token (they arrive just before it).
+    pending_logprobs: Option<TokenLogprobs>,
+    /// Whether the last token read was user-visible content.
+    in_content: bool,
+    _permit: Arc<Permit>,
 }
 
 impl Generation {
     /// Submits `spec` under an admission `permit` (held until the generation ends) and waits for the
     /// engine's first answer, so a request the engine rejects is an error here rather than in the
     /// middle of a stream.
-    pub async fn start(state: Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Self> {
+    pub async fn start(
+        state: Arc<AppState>,
+        spec: GenSpec,
+        permit: Arc<Permit>,
+    ) -> ApiResult<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let stop_tokens = if spec.ignore_eos {
+            Vec::new()
+        } else {
+            state.harmony.stop_tokens()
+        };
         let request = GenRequest {
             prompt: spec.prompt.clone(),
             sampling: spec.sampling,
             max_new_tokens: spec.max_tokens,
-            stop_tokens: state.harmony.stop_tokens(),
+            stop_tokens,
         };
         let started = Instant::now();
         let id = state
             .engine
-            .submit(request, Box::new(move |out| tx.send(out).is_ok()))
+            .submit_with(
+                request,
+                RequestOptions {
+                    logits: spec.logits.clone(),
+                    fork: spec.fork,
+                },
+                Box::new(move |out| tx.send(out).is_ok()),
+            )
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let reader = match spec.mode {
             OutputMode::Harmony => Reader::Harmony(Box::new(StreamParser::new(
@@ -165,16 +202,14 @@ impl Generation {
             stop: StopStrings::new(spec.stop),
             tool_calls: 0,
             prompt_tokens: spec.prompt.len(),
+            cached_tokens: 0,
             generated: 0,
             ended: false,
             started,
+            pending_logprobs: None,
+            in_content: spec.mode == OutputMode::Raw,
             _permit: permit,
         };
-        // The forced header is part of the answer: the parser reads it first.
-        let forced: Vec<Delta> = spec.forced.iter().flat_map(|&t| g.read(t)).collect();
-        if !forced.is_empty() {
-            g.ready.push_back(Step::Deltas(forced));
-        }
         let first =
             g.rx.recv()
                 .await
@@ -183,7 +218,9 @@ impl Generation {
             g.ended = true;
             return Err(failure(kind, message));
         }
-        g.state.metrics.first_token(started.elapsed());
+        if matches!(first, Output::Token(_) | Output::Logprobs(_)) {
+            g.state.metrics.first_token(started.elapsed());
+        }
         g.apply(first);
         Ok(g)
     }
@@ -226,9 +263,17 @@ impl Generation {
     /// Turns one engine output into ready steps.
     fn apply(&mut self, out: Output) {
         match out {
+            Output::Logprobs(lp) => self.pending_logprobs = Some(lp),
             Output::Token(tok) => {
                 self.generated += 1;
-                let deltas = self.read(tok);
+                let mut deltas = self.read(tok);
+                if let Some(logprobs) = self.pending_logprobs.take() {
+                    let special = self.state.harmony.tokenizer().is_special(tok);
+                    deltas.push(Delta::Logprob {
+                        content: self.in_content && !special,
+                        logprobs,
+                    });
+                }
                 self.push_deltas(deltas);
                 if self.stop.stopped() {
                     self.state.engine.cancel(self.id);
@@ -236,6 +281,7 @@ impl Generation {
                 }
             }
             Output::Finished(f) => {
+                self.cached_tokens = f.cached_tokens;
                 let deltas = self.flush();
                 self.push_deltas(deltas);
                 let finish = match f.reason {
@@ -260,12 +306,22 @@ impl Generation {
         let usage = Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
         };
         self.state.metrics.finished(usage, self.started.elapsed());
+        tracing::info!(
+            request = self.id.0,
+            prompt_tokens = usage.prompt_tokens,
+            cached_tokens = usage.cached_tokens,
+            completion_tokens = usage.completion_tokens,
+            finish = finish.as_str(),
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "generation finished"
+        );
         self.ready.push_back(Step::Done(finish, usage));
     }
 
-    /// The deltas of one sampled (or forced) token.
+    /// The deltas of one sampled token.
     fn read(&mut self, tok: u32) -> Vec<Delta> {
         if self.stop.stopped() {
             return Vec::new();
@@ -307,6 +363,11 @@ impl Generation {
     fn deltas(&mut self, events: Vec<ParseEvent>) -> Vec<Delta> {
         let mut out = Vec::new();
         for event in events {
+            match &event {
+                ParseEvent::Final(_) | ParseEvent::Preamble(_) => self.in_content = true,
+                _ if self.mode_raw() => {}
+                _ => self.in_content = false,
+            }
             match event {
                 ParseEvent::Reasoning(t) => out.push(Delta::Reasoning(t)),
                 ParseEvent::Final(t) | ParseEvent::Preamble(t) => {
@@ -332,6 +393,12 @@ impl Generation {
             }
         }
         out
+    }
+}
+
+impl Generation {
+    fn mode_raw(&self) -> bool {
+        matches!(self.reader, Reader::Raw(_))
     }
 }
 

@@ -28,13 +28,16 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;
+pub mod bodies;
 pub mod chat;
+mod choices;
 pub mod completions;
 mod conn;
 pub mod conversation;
 pub mod error;
 pub mod generation;
 mod metrics;
+mod outputs;
 pub mod params;
 mod pipeline;
 pub mod request;
@@ -42,14 +45,16 @@ pub mod responses;
 mod routes;
 mod sse;
 mod stop;
+mod store;
+pub mod structured;
+mod tokenize;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gptoss_engine::scheduler::EngineHandle;
-use gptoss_engine::SamplingParams;
 use gptoss_tokenizer::harmony::Harmony;
 use gptoss_tokenizer::Tokenizer;
 
@@ -58,8 +63,10 @@ use conversation::Prompt;
 pub use error::{ApiError, ApiResult};
 use generation::{GenSpec, OutputMode};
 use metrics::Metrics;
+use params::Sampling;
 pub use pipeline::{run_endpoint, Endpoint};
 pub use routes::router;
+use structured::{Grammars, OutputSchema};
 
 /// Who may read `/metrics` when an API key is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,11 +125,13 @@ pub struct ServerConfig {
     pub metrics_access: MetricsAccess,
     /// Connection limits.
     pub connections: ConnLimits,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}` (oldest dropped).
+    pub responses_store: usize,
 }
 
 impl ServerConfig {
     /// Defaults: no key, 64 concurrent, 256 queued, 4 MiB bodies, half the cores rendering, `/metrics`
-    /// behind the key, [`ConnLimits::default`].
+    /// behind the key, [`ConnLimits::default`], 1024 stored responses.
     pub fn new(model_name: impl Into<String>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         ServerConfig {
@@ -134,6 +143,7 @@ impl ServerConfig {
             render_threads: (cores / 2).max(1),
             metrics_access: MetricsAccess::ApiKey,
             connections: ConnLimits::default(),
+            responses_store: 1024,
         }
     }
 }
@@ -147,6 +157,10 @@ pub struct AppState {
     render: RenderPool,
     metrics: Metrics,
     next_id: AtomicU64,
+    /// The vocabulary as the grammar engine sees it, built on the first constrained request.
+    grammars: OnceLock<Result<Grammars, String>>,
+    /// Stored responses.
+    responses: store::ResponseStore,
 }
 
 impl AppState {
@@ -157,6 +171,7 @@ impl AppState {
         config: ServerConfig,
     ) -> gptoss_tokenizer::Result<Arc<Self>> {
         let harmony = Harmony::new(tokenizer)?;
+        let responses = store::ResponseStore::new(config.responses_store);
         Ok(Arc::new(AppState {
             admission: Admission::new(config.max_concurrency, config.max_queue),
             render: RenderPool::new(config.render_threads),
@@ -165,6 +180,8 @@ impl AppState {
             config,
             metrics: Metrics::default(),
             next_id: AtomicU64::new(1),
+            grammars: OnceLock::new(),
+            responses,
         }))
     }
 
@@ -215,11 +232,34 @@ impl AppState {
         nanos ^ self.next_id.fetch_add(1, Ordering::Relaxed).rotate_left(32)
     }
 
+    fn vocab_size(&self) -> usize {
+        self.engine.info().vocab_size
+    }
+
+    /// Compiles the constraint of `schema` (none when nothing is constrained).
+    fn constraint(
+        &self,
+        schema: &OutputSchema,
+    ) -> ApiResult<Option<Arc<dyn gptoss_engine::ConstraintSpec>>> {
+        if !schema.is_active() {
+            return Ok(None);
+        }
+        let grammars = self
+            .grammars
+            .get_or_init(|| Grammars::new(self.harmony.tokenizer(), self.vocab_size()));
+        match grammars {
+            Ok(g) => g.compile(schema).map(Some),
+            Err(e) => Err(ApiError::internal(format!(
+                "structured outputs are unavailable: {e}"
+            ))),
+        }
+    }
+
     /// Checks the prompt against the context and bounds the new tokens by what is left of it.
     fn gen_spec(
         &self,
         prompt: Prompt,
-        sampling: SamplingParams,
+        sampling: Sampling,
         max_tokens: Option<usize>,
         stop: Vec<String>,
         mode: OutputMode,
@@ -235,13 +275,25 @@ impl AppState {
             return Err(ApiError::context_exceeded(param, n.to_string(), context));
         }
         let room = context - n;
+        let max_tokens = max_tokens.map_or(room, |m| m.min(room));
+        if sampling.logits.min_tokens > max_tokens {
+            return Err(ApiError::param(
+                "min_tokens",
+                format!(
+                    "min_tokens: {} is more than the token limit {max_tokens}",
+                    sampling.logits.min_tokens
+                ),
+            ));
+        }
         Ok(GenSpec {
             prompt: prompt.tokens,
-            forced: prompt.forced,
-            sampling,
-            max_tokens: max_tokens.map_or(room, |m| m.min(room)),
+            sampling: sampling.params,
+            max_tokens,
             stop,
             mode,
+            logits: sampling.logits,
+            ignore_eos: sampling.ignore_eos,
+            fork: None,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! a tool's JSON schema stays its raw text until it is rendered, and no `serde_json::Value` tree of the
 //! whole body is ever built (one costs 10–35× the body). Errors name the field by its path
 //! (`messages[2].content: ...`) through `serde_path_to_error`; scalars have wrapper types so that a
-//! wrong type reads "expected a number", "expected an array". Unknown fields are ignored, as OpenAI's
-//! clients send many; a field is added by adding it to its struct.
+//! wrong type reads "expected a number", "expected an array". An unknown top-level field is a 400
+//! naming it (`crate::bodies` lists every field of each endpoint): a field is either honoured or
+//! refused, never ignored.
 
 use std::fmt;
 
@@ -42,20 +43,38 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         if inner.classify() != serde_json::error::Category::Data {
             return ApiError::invalid(format!("the body is not valid JSON: {inner}"));
         }
+        // serde_json appends "at line L column C"; the path already says where.
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg);
+        if let Some(field) = unknown_field(msg) {
+            let at = path.trim_end_matches(|c| c != '.').trim_end_matches('.');
+            let full = if at.is_empty() || at == "." {
+                field.to_string()
+            } else {
+                format!("{at}.{field}")
+            };
+            let param = full.split(['.', '[']).next().unwrap_or(field).to_string();
+            return ApiError::param(
+                &param,
+                format!("{full}: not a field this server supports (see the README's field list)"),
+            );
+        }
         let param = path
             .split(['.', '['])
             .next()
             .filter(|p| !p.is_empty())
             .unwrap_or("body")
             .to_string();
-        // serde_json appends "at line L column C"; the path already says where.
-        let msg = inner.to_string();
-        let msg = msg.split(" at line ").next().unwrap_or(&msg);
         ApiError::param(&param, format!("{path}: {msg}"))
     })?;
     de.end()
         .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
     Ok(value)
+}
+
+/// The field named by serde's "unknown field `x`, expected ..." message.
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("unknown field `")?.split('`').next()
 }
 
 /// Declares a scalar wrapper whose type errors read "expected {what}".
@@ -250,96 +269,6 @@ impl<'de> Deserialize<'de> for Stop {
     }
 }
 
-/// Declares a request struct with the sampling and limit fields every generating endpoint shares (not
-/// `#[serde(flatten)]`: that buffers every unknown field as a value tree and loses error paths).
-macro_rules! request {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: $t:ty,)* }) => {
-        $(#[$m])*
-        #[derive(Clone, Debug, Default, Deserialize)]
-        #[serde(default)]
-        pub struct $name {
-            /// The served model's name.
-            pub model: Option<Text>,
-            /// 0..=2.
-            pub temperature: Option<Number>,
-            /// (0, 1].
-            pub top_p: Option<Number>,
-            /// RNG seed.
-            pub seed: Option<Integer>,
-            /// SSE when true.
-            pub stream: Option<Flag>,
-            /// Choices (only 1).
-            pub n: Option<Integer>,
-            /// Only 0 is supported.
-            pub presence_penalty: Option<Number>,
-            /// Only 0 is supported.
-            pub frequency_penalty: Option<Number>,
-            /// Not supported.
-            pub logprobs: Option<Flag>,
-            /// Not supported beyond 0.
-            pub top_logprobs: Option<Integer>,
-            /// Only `{"type": "text"}`.
-            pub response_format: Option<ResponseFormat>,
-            $($(#[$fm])* pub $f: $t,)*
-        }
-
-        impl $name {
-            /// The shared fields.
-            pub fn common(&self) -> Common<'_> {
-                Common {
-                    model: self.model.as_ref(),
-                    temperature: self.temperature.as_ref(),
-                    top_p: self.top_p.as_ref(),
-                    seed: self.seed.as_ref(),
-                    stream: self.stream.as_ref(),
-                    n: self.n.as_ref(),
-                    presence_penalty: self.presence_penalty.as_ref(),
-                    frequency_penalty: self.frequency_penalty.as_ref(),
-                    logprobs: self.logprobs.as_ref(),
-                    top_logprobs: self.top_logprobs.as_ref(),
-                    response_format: self.response_format.as_ref(),
-                }
-            }
-        }
-    };
-}
-
-/// The shared fields of a request, by reference.
-#[derive(Clone, Copy, Debug)]
-pub struct Common<'a> {
-    /// The served model's name.
-    pub model: Option<&'a Text>,
-    /// 0..=2.
-    pub temperature: Option<&'a Number>,
-    /// (0, 1].
-    pub top_p: Option<&'a Number>,
-    /// RNG seed.
-    pub seed: Option<&'a Integer>,
-    /// SSE when true.
-    pub stream: Option<&'a Flag>,
-    /// Choices (only 1).
-    pub n: Option<&'a Integer>,
-    /// Only 0 is supported.
-    pub presence_penalty: Option<&'a Number>,
-    /// Only 0 is supported.
-    pub frequency_penalty: Option<&'a Number>,
-    /// Not supported.
-    pub logprobs: Option<&'a Flag>,
-    /// Not supported beyond 0.
-    pub top_logprobs: Option<&'a Integer>,
-    /// Only `{"type": "text"}`.
-    pub response_format: Option<&'a ResponseFormat>,
-}
-
-/// `response_format`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ResponseFormat {
-    /// `text`, `json_object`, `json_schema`.
-    #[serde(rename = "type")]
-    pub kind: Option<Text>,
-}
-
 /// A function: name, description and JSON-schema parameters (kept as raw JSON text until rendered).
 #[derive(Clone, Debug, Deserialize)]
 pub struct FunctionIn {
@@ -351,6 +280,9 @@ pub struct FunctionIn {
     /// Parameters schema.
     #[serde(default)]
     pub parameters: Option<Box<RawValue>>,
+    /// Arguments must match `parameters` (constrained decoding).
+    #[serde(default)]
+    pub strict: Option<Flag>,
 }
 
 /// A chat tool: `{"type": "function", "function": {...}}`.
@@ -409,32 +341,12 @@ pub struct ChatMessage {
 
 /// `stream_options`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StreamOptions {
     /// A last chunk with usage.
     pub include_usage: Option<Flag>,
-}
-
-request! {
-    /// `POST /v1/chat/completions`.
-    pub struct ChatRequest {
-        /// The conversation.
-        pub messages: Option<List<ChatMessage>>,
-        /// Function tools.
-        pub tools: Option<List<ChatTool>>,
-        /// `auto`, `none`, `required` or a named function (small: kept as JSON).
-        pub tool_choice: Option<serde_json::Value>,
-        /// low, medium, high.
-        pub reasoning_effort: Option<Text>,
-        /// Most new tokens (older name).
-        pub max_tokens: Option<Integer>,
-        /// Most new tokens.
-        pub max_completion_tokens: Option<Integer>,
-        /// Stop strings.
-        pub stop: Option<Stop>,
-        /// Stream options.
-        pub stream_options: Option<StreamOptions>,
-    }
+    /// Usage in every chunk (vLLM): only false is supported.
+    pub continuous_usage_stats: Option<Flag>,
 }
 
 /// `prompt` of a completion: a string or an array of one string.
@@ -465,18 +377,6 @@ impl<'de> Deserialize<'de> for PromptIn {
     }
 }
 
-request! {
-    /// `POST /v1/completions`.
-    pub struct CompletionRequest {
-        /// The raw prompt.
-        pub prompt: Option<PromptIn>,
-        /// Most new tokens (default 16).
-        pub max_tokens: Option<Integer>,
-        /// Stop strings.
-        pub stop: Option<Stop>,
-    }
-}
-
 /// A responses-API tool: `{"type": "function", "name", "description", "parameters"}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -490,6 +390,8 @@ pub struct ResponsesTool {
     pub description: Option<Text>,
     /// Parameters schema.
     pub parameters: Option<Box<RawValue>>,
+    /// Arguments must match `parameters` (constrained decoding).
+    pub strict: Option<Flag>,
 }
 
 /// One item of a responses `input` array (every field optional; which are required depends on `type`).
@@ -556,33 +458,20 @@ impl<'de> Deserialize<'de> for Input {
 
 /// `reasoning` of a responses request.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReasoningIn {
     /// low, medium, high.
     pub effort: Option<Text>,
-}
-
-request! {
-    /// `POST /v1/responses`.
-    pub struct ResponsesRequest {
-        /// The conversation.
-        pub input: Option<Input>,
-        /// Developer instructions.
-        pub instructions: Option<Text>,
-        /// Reasoning effort.
-        pub reasoning: Option<ReasoningIn>,
-        /// Function tools.
-        pub tools: Option<List<ResponsesTool>>,
-        /// Tool choice (small: kept as JSON).
-        pub tool_choice: Option<serde_json::Value>,
-        /// Most new tokens.
-        pub max_output_tokens: Option<Integer>,
-    }
+    /// Reasoning summaries (not produced: only null is accepted).
+    pub summary: Option<Text>,
+    /// The older name of `summary`.
+    pub generate_summary: Option<Text>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bodies::ChatRequest;
 
     #[test]
     fn fields_are_typed_and_errors_name_the_path() {

@@ -1,8 +1,11 @@
 //! `POST /v1/responses`: `input` (a string or message / function_call / function_call_output /
 //! reasoning items), `instructions`, `reasoning.effort`, function `tools`, `tool_choice`,
-//! `max_output_tokens`; output items reasoning / message / function_call, or the typed SSE events
-//! (`response.created`, `response.output_item.added`, `response.output_text.delta`, ...,
-//! `response.completed`) when `stream` is set.
+//! `max_output_tokens`, `text.format` (a JSON schema on the final answer), `top_logprobs`; output
+//! items reasoning / message / function_call, or the typed SSE events (`response.created`,
+//! `response.output_item.added`, `response.output_text.delta`, ..., `response.completed`) when
+//! `stream` is set. Responses are stored (`store`, `store.rs`) so that `previous_response_id`
+//! continues one and `GET /v1/responses/{id}` returns it; the reasoning of a turn that ended in a
+//! tool call is carried into the next turn, and dropped once a final answer was given (Harmony).
 
 use std::sync::Arc;
 
@@ -10,15 +13,23 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::admission::Permit;
+use crate::bodies::ResponsesRequest;
 use crate::chat::{function_tool, tool_choice};
+use crate::choices::Choices;
 use crate::conversation::{call_name, parse_effort, Conversation, Turn};
 use crate::error::{ApiError, ApiResult};
-use crate::generation::{Delta, Finish, GenSpec, Generation, OutputMode, Step, Usage};
-use crate::params::{self, check_model};
-use crate::request::{self, Input, InputItem, ResponsesRequest, Text};
+use crate::generation::{Delta, Finish, GenSpec, OutputMode, Step, Usage};
+use crate::outputs::{answer_schema, chat_logprob, output_schema};
+use crate::params::{self, check_model, only_values, refuse_present, refuse_true};
+use crate::request::{self, Input, InputItem, Text};
+use crate::store::Stored;
 use crate::{sse, AppState};
 
-fn conversation(req: &ResponsesRequest) -> ApiResult<Conversation> {
+/// The conversation (continuing `previous`'s turns) and each tool's `strict` flag.
+fn conversation(
+    req: &ResponsesRequest,
+    previous: Vec<Turn>,
+) -> ApiResult<(Conversation, Vec<bool>)> {
     let effort = req
         .reasoning
         .as_ref()
@@ -28,8 +39,10 @@ fn conversation(req: &ResponsesRequest) -> ApiResult<Conversation> {
         instructions: req.instructions.as_ref().map(|i| i.0.clone()),
         effort: parse_effort(effort, "reasoning.effort")?,
         tool_choice: tool_choice(req.tool_choice.as_ref())?,
+        turns: previous,
         ..Conversation::default()
     };
+    let mut strict = Vec::new();
     for (i, tool) in req.tools.iter().flat_map(|t| &t.0).enumerate() {
         if tool.kind.as_ref().map(|k| k.0.as_str()) != Some("function") {
             return Err(ApiError::param(
@@ -46,6 +59,7 @@ fn conversation(req: &ResponsesRequest) -> ApiResult<Conversation> {
         let description = tool.description.as_ref();
         conv.tools
             .push(function_tool(&field, &name.0, description, params)?);
+        strict.push(tool.strict.as_ref().is_some_and(|f| f.0));
     }
     match &req.input {
         Some(Input::Text(s)) if !s.is_empty() => conv.turns.push(Turn::User(s.clone())),
@@ -62,7 +76,7 @@ fn conversation(req: &ResponsesRequest) -> ApiResult<Conversation> {
             ))
         }
     }
-    Ok(conv)
+    Ok((conv, strict))
 }
 
 fn input_item(conv: &mut Conversation, item: &InputItem, i: usize) -> ApiResult<()> {
@@ -145,7 +159,84 @@ fn message_item(
 /// A responses request ready to generate.
 pub struct ResponsesParams {
     spec: GenSpec,
+    ctx: ResponseContext,
+}
+
+/// What the answer of a responses request needs besides the generation.
+struct ResponseContext {
     stream: bool,
+    /// Keep the response (`store`).
+    store: bool,
+    /// The conversation's turns, to which the output is added when stored.
+    turns: Vec<Turn>,
+    /// `previous_response_id`, echoed in the response.
+    previous: Option<String>,
+    /// `metadata`, echoed in the response.
+    metadata: Value,
+    logprobs: bool,
+}
+
+/// Refuses the responses fields this server does not implement, by name.
+fn refuse_unsupported(req: &ResponsesRequest) -> ApiResult<()> {
+    refuse_present(
+        "prompt",
+        req.prompt.as_deref(),
+        "no stored prompt templates",
+    )?;
+    refuse_present(
+        "conversation",
+        req.conversation.as_deref(),
+        "use `previous_response_id`",
+    )?;
+    refuse_true(
+        "background",
+        req.background.as_ref(),
+        "responses run in the foreground",
+    )?;
+    only_values("truncation", req.truncation.as_ref(), &["disabled"])?;
+    if let Some(n) = &req.max_tool_calls {
+        return Err(ApiError::param(
+            "max_tool_calls",
+            format!(
+                "max_tool_calls: not supported (gpt-oss makes one call per turn), got {}",
+                n.0
+            ),
+        ));
+    }
+    if let Some(r) = &req.reasoning {
+        if let Some(s) = r.summary.as_ref().or(r.generate_summary.as_ref()) {
+            return Err(ApiError::param(
+                "reasoning",
+                format!(
+                    "reasoning.summary: not supported (reasoning is returned as text), got {:?}",
+                    s.0
+                ),
+            ));
+        }
+    }
+    if let Some(v) = req.text.as_ref().and_then(|t| t.verbosity.as_ref()) {
+        return Err(ApiError::param(
+            "text",
+            format!("text.verbosity: not supported, got {:?}", v.0),
+        ));
+    }
+    for (i, inc) in req.include.iter().flat_map(|l| &l.0).enumerate() {
+        if ![
+            "message.output_text.logprobs",
+            "reasoning.encrypted_content",
+        ]
+        .contains(&inc.0.as_str())
+        {
+            return Err(ApiError::param(
+                "include",
+                format!("include[{i}]: not supported: {:?}", inc.0),
+            ));
+        }
+    }
+    if req.metadata.as_ref().is_some_and(|m| m.len() > 16) {
+        return Err(ApiError::param("metadata", "metadata: at most 16 pairs"));
+    }
+    Ok(())
 }
 
 /// Parses, checks and renders a responses body (CPU work: run on the render pool).
@@ -153,12 +244,48 @@ pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ResponsesParams> {
     let req: ResponsesRequest = request::parse(bytes)?;
     let common = req.common();
     check_model(&common, &state.config.model_name)?;
-    let sampling = params::sampling(&common, state.fresh_seed())?;
+    refuse_unsupported(&req)?;
+    let mut sampling = params::sampling(&common, state.fresh_seed(), state.vocab_size())?;
+    let wants_logprobs = req
+        .include
+        .iter()
+        .flat_map(|l| &l.0)
+        .any(|i| i.0 == "message.output_text.logprobs");
+    let top = params::top_logprobs("top_logprobs", req.top_logprobs.as_ref())?;
+    sampling.logits.logprobs = match (wants_logprobs, top) {
+        (false, None) => None,
+        (_, top) => Some(top.unwrap_or(0)),
+    };
     let max_tokens = params::max_tokens(
         &[("max_output_tokens", req.max_output_tokens.as_ref())],
         state.context_tokens(),
     )?;
-    let prompt = conversation(&req)?.render(&state.harmony, state.prompt_cap())?;
+    let previous = match &req.previous_response_id {
+        None => Vec::new(),
+        Some(id) => {
+            state
+                .responses
+                .get(&id.0)
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        format!("previous_response_id: no stored response {:?}", id.0),
+                        "previous_response_not_found",
+                    )
+                })?
+                .turns
+        }
+    };
+    let format = req.text.as_ref().and_then(|t| t.format.as_ref());
+    let answer = answer_schema(
+        format.and_then(|f| f.kind.as_ref()).map(|k| k.0.as_str()),
+        format.and_then(|f| f.schema.as_deref()),
+        "text.format",
+    )?;
+    let (conv, strict) = conversation(&req, previous)?;
+    let schema = output_schema(&conv, &strict, answer);
+    let turns = conv.turns.clone();
+    let prompt = conv.render(&state.harmony, state.prompt_cap())?;
+    sampling.logits.constraint = state.constraint(&schema)?;
     let spec = state.gen_spec(
         prompt,
         sampling,
@@ -166,10 +293,18 @@ pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ResponsesParams> {
         Vec::new(),
         OutputMode::Harmony,
     )?;
-    Ok(ResponsesParams {
-        spec,
+    let metadata = req.metadata.as_ref().map_or(Value::Null, |m| {
+        Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v.0))).collect())
+    });
+    let ctx = ResponseContext {
+        logprobs: spec.logits.logprobs.is_some(),
         stream: params::stream(&common),
-    })
+        store: req.store.as_ref().is_none_or(|f| f.0),
+        turns,
+        previous: req.previous_response_id.as_ref().map(|t| t.0.clone()),
+        metadata,
+    };
+    Ok(ResponsesParams { spec, ctx })
 }
 
 /// Output items built from deltas, with the stream events each delta causes.
@@ -196,10 +331,29 @@ impl Items {
             Delta::Reasoning(_) => "reasoning",
             Delta::Content(_) => "message",
             Delta::ToolStart { .. } | Delta::ToolArgs { .. } => "function_call",
+            Delta::Logprob { .. } => "logprob",
+        }
+    }
+
+    /// Adds a content token's log-probabilities to the open message (`output_text.logprobs`).
+    fn push_logprob(&mut self, entry: Value) {
+        let open_message =
+            self.open && self.items.last().and_then(|i| i["type"].as_str()) == Some("message");
+        if let Some(list) = self
+            .items
+            .last_mut()
+            .filter(|_| open_message)
+            .and_then(|i| i.pointer_mut("/content/0/logprobs"))
+            .and_then(Value::as_array_mut)
+        {
+            list.push(entry);
         }
     }
 
     fn push(&mut self, d: &Delta, events: &mut Vec<Event>) {
+        if matches!(d, Delta::Logprob { .. }) {
+            return;
+        }
         let kind = Self::kind_of(d);
         let same = self.open && self.items.last().and_then(|i| i["type"].as_str()) == Some(kind);
         if !same || matches!(d, Delta::ToolStart { .. }) {
@@ -235,13 +389,13 @@ impl Items {
             }
             Delta::Content(_) => {
                 json!({"type": "message", "id": format!("msg_{}_{n}", self.id), "status": "in_progress",
-                "role": "assistant", "content": [{"type": "output_text", "text": "", "annotations": []}]})
+                "role": "assistant", "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]})
             }
             Delta::ToolStart { id, name, .. } => {
                 json!({"type": "function_call", "id": format!("fc_{}_{n}", self.id),
                 "call_id": id, "name": name, "arguments": "", "status": "in_progress"})
             }
-            Delta::ToolArgs { .. } => {
+            Delta::ToolArgs { .. } | Delta::Logprob { .. } => {
                 json!({"type": "function_call", "id": format!("fc_{}_{n}", self.id),
                 "call_id": format!("call_{}_{n}", self.id), "name": "", "arguments": "", "status": "in_progress"})
             }
@@ -292,8 +446,42 @@ fn delta_text(d: &Delta) -> &str {
     match d {
         Delta::Reasoning(t) | Delta::Content(t) => t,
         Delta::ToolArgs { text, .. } => text,
-        Delta::ToolStart { .. } => "",
+        Delta::ToolStart { .. } | Delta::Logprob { .. } => "",
     }
+}
+
+/// The turns the output items add to the conversation (for `previous_response_id`): reasoning,
+/// the answer (a preamble when a call follows), the calls.
+fn output_turns(items: &[Value]) -> Vec<Turn> {
+    let text = |i: &Value| {
+        i["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let calls_follow = |at: usize| items[at..].iter().any(|i| i["type"] == "function_call");
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(at, i)| match i["type"].as_str() {
+            Some("reasoning") => Some(Turn::Reasoning(text(i))),
+            Some("message") if calls_follow(at) => Some(Turn::Preamble(text(i))),
+            Some("message") => Some(Turn::Answer(text(i))),
+            Some("function_call") => Some(Turn::ToolCall {
+                id: i["call_id"].as_str().unwrap_or_default().to_string(),
+                name: i["name"].as_str().unwrap_or_default().to_string(),
+                arguments: i["arguments"].as_str().unwrap_or_default().to_string(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a response echoes of its request.
+struct Echo<'a> {
+    previous: Option<&'a str>,
+    metadata: &'a Value,
+    store: bool,
 }
 
 fn response_json(
@@ -301,6 +489,7 @@ fn response_json(
     id: &str,
     items: &[Value],
     end: Option<(Finish, Usage)>,
+    echo: &Echo<'_>,
 ) -> Value {
     let (status, incomplete) = match end {
         None => ("in_progress", Value::Null),
@@ -309,10 +498,28 @@ fn response_json(
     };
     let usage = end.map_or(Value::Null, |(_, u)| {
         json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
-               "total_tokens": u.prompt_tokens + u.completion_tokens})
+               "total_tokens": u.prompt_tokens + u.completion_tokens,
+               "input_tokens_details": {"cached_tokens": u.cached_tokens}})
     });
     json!({"id": id, "object": "response", "created_at": state.created(), "status": status,
-           "incomplete_details": incomplete, "model": state.config.model_name, "output": items, "usage": usage})
+           "incomplete_details": incomplete, "model": state.config.model_name, "output": items, "usage": usage,
+           "previous_response_id": echo.previous, "metadata": echo.metadata, "store": echo.store})
+}
+
+/// Stores a finished response with its conversation when `store` was asked.
+fn keep(state: &AppState, params: &ResponseContext, id: &str, items: &[Value], response: &Value) {
+    if !params.store {
+        return;
+    }
+    let mut turns = params.turns.clone();
+    turns.extend(output_turns(items));
+    state.responses.put(
+        id.to_string(),
+        Stored {
+            response: response.clone(),
+            turns,
+        },
+    );
 }
 
 /// Runs a responses request to the end and returns the `response` object.
@@ -321,25 +528,56 @@ pub async fn complete(
     params: ResponsesParams,
     permit: Permit,
 ) -> ApiResult<Value> {
-    run_to_end(state, params.spec, permit).await
+    run_to_end(state, params, permit).await
 }
 
-async fn run_to_end(state: &Arc<AppState>, spec: GenSpec, permit: Permit) -> ApiResult<Value> {
-    let (deltas, finish, usage) = Generation::start(state.clone(), spec, permit)
+async fn run_to_end(
+    state: &Arc<AppState>,
+    params: ResponsesParams,
+    permit: Permit,
+) -> ApiResult<Value> {
+    let ResponsesParams { spec, ctx: params } = params;
+    let mut answers = Choices::start(state.clone(), spec, 1, permit)
         .await?
         .collect()
         .await?;
+    let (deltas, finish, usage) = answers
+        .pop()
+        .ok_or_else(|| ApiError::internal("the response has no answer"))?;
     let id = state.completion_id("resp");
     let mut items = Items::new(id.clone());
     let mut events = Vec::new();
-    deltas.iter().for_each(|d| items.push(d, &mut events));
+    for d in &deltas {
+        push_delta(state, &params, &mut items, d, &mut events);
+    }
     items.close(&mut events);
-    Ok(response_json(
-        state,
-        &id,
-        &items.items,
-        Some((finish, usage)),
-    ))
+    let echo = Echo {
+        previous: params.previous.as_deref(),
+        metadata: &params.metadata,
+        store: params.store,
+    };
+    let response = response_json(state, &id, &items.items, Some((finish, usage)), &echo);
+    keep(state, &params, &id, &items.items, &response);
+    Ok(response)
+}
+
+/// Adds a delta to the items (a log-probability to the open message when asked).
+fn push_delta(
+    state: &AppState,
+    params: &ResponseContext,
+    items: &mut Items,
+    d: &Delta,
+    events: &mut Vec<Event>,
+) {
+    match d {
+        Delta::Logprob {
+            content: true,
+            logprobs,
+        } if params.logprobs => {
+            items.push_logprob(chat_logprob(state.harmony.tokenizer(), logprobs))
+        }
+        d => items.push(d, events),
+    }
 }
 
 /// The HTTP answer: the whole response object, or its typed SSE events.
@@ -348,31 +586,53 @@ pub async fn respond(
     params: ResponsesParams,
     permit: Permit,
 ) -> ApiResult<Response> {
-    if !params.stream {
-        return run_to_end(&state, params.spec, permit)
+    if !params.ctx.stream {
+        return run_to_end(&state, params, permit)
             .await
             .map(|v| axum::Json(v).into_response());
     }
-    let gen = Generation::start(state.clone(), params.spec, permit).await?;
+    let ResponsesParams { spec, ctx } = params;
+    let choices = Choices::start(state.clone(), spec, 1, permit).await?;
     let (tx, response) = sse::channel();
-    tokio::spawn(stream_events(state, gen, tx));
+    tokio::spawn(stream_events(state, ctx, choices, tx));
     Ok(response)
 }
 
-async fn stream_events(state: Arc<AppState>, mut gen: Generation, tx: sse::EventSender) {
+async fn stream_events(
+    state: Arc<AppState>,
+    params: ResponseContext,
+    mut choices: Choices,
+    tx: sse::EventSender,
+) {
     let id = state.completion_id("resp");
     let mut items = Items::new(id.clone());
     let mut seq = 0u64;
+    let echo = Echo {
+        previous: params.previous.as_deref(),
+        metadata: &params.metadata,
+        store: params.store,
+    };
     let mut events: Vec<Event> = vec![(
         "response.created",
-        json!({"response": response_json(&state, &id, &[], None)}),
+        json!({"response": response_json(&state, &id, &[], None, &echo)}),
     )];
-    while let Some(Some(step)) = tx.next_step(&mut gen).await {
+    loop {
+        let next = tokio::select! {
+            next = choices.next() => next,
+            () = tx.closed() => return,
+        };
+        let Some((_, step)) = next else { break };
         match step {
-            Ok(Step::Deltas(deltas)) => deltas.iter().for_each(|d| items.push(d, &mut events)),
+            Ok(Step::Deltas(deltas)) => {
+                for d in &deltas {
+                    push_delta(&state, &params, &mut items, d, &mut events);
+                }
+            }
             Ok(Step::Done(finish, usage)) => {
                 items.close(&mut events);
-                let response = response_json(&state, &id, &items.items, Some((finish, usage)));
+                let response =
+                    response_json(&state, &id, &items.items, Some((finish, usage)), &echo);
+                keep(&state, &params, &id, &items.items, &response);
                 let name = if finish == Finish::Length {
                     "response.incomplete"
                 } else {
@@ -391,4 +651,17 @@ async fn stream_events(state: Arc<AppState>, mut gen: Generation, tx: sse::Event
             }
         }
     }
+}
+
+/// `GET /v1/responses/{id}`: a stored response (404 when unknown or dropped).
+pub fn stored(state: &AppState, id: &str) -> ApiResult<Value> {
+    state.responses.get(id).map(|s| s.response).ok_or_else(|| {
+        ApiError::not_found(
+            format!(
+                "no stored response {id:?} (responses are kept in memory, at most {})",
+                state.responses.capacity()
+            ),
+            "response_not_found",
+        )
+    })
 }

@@ -25,7 +25,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_route))
         .route("/v1/completions", post(completions_route))
         .route("/v1/responses", post(responses_route))
+        .route("/v1/responses/{id}", get(stored_response))
         .route("/v1/models", get(models))
+        // vLLM's paths, behind the API key like /v1/*.
+        .route("/tokenize", post(tokenize_route))
+        .route("/detokenize", post(detokenize_route))
         .route("/v1/models/{id}", get(model));
     let v1 = if state.config.api_key.is_some() {
         v1.route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -81,10 +85,13 @@ async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) 
 
 /// The `/metrics` label of a matched route: one of a fixed set.
 fn route_label(route: &str) -> &'static str {
-    const ROUTES: [&str; 6] = [
+    const ROUTES: [&str; 9] = [
+        "/tokenize",
+        "/detokenize",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/responses",
+        "/v1/responses/{id}",
         "/v1/models",
         "/v1/models/{id}",
         "/metrics",
@@ -128,6 +135,7 @@ async fn read_body(state: &AppState, request: Request) -> ApiResult<Vec<u8>> {
 
 /// A generating endpoint: admitted (counted before the body is read), body read, rendered, answered.
 async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let result = async {
         let ticket = state.admission.admit()?;
         let body = read_body(&state, request).await?;
@@ -135,9 +143,15 @@ async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) ->
     }
     .await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .request(endpoint.path(), response.status().as_u16());
+    let status = response.status().as_u16();
+    state.metrics.request(endpoint.path(), status);
+    // One line per request (a stream's line is written when its headers go out).
+    tracing::info!(
+        endpoint = endpoint.path(),
+        status,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
     response
 }
 
@@ -151,6 +165,46 @@ async fn completions_route(State(state): State<Arc<AppState>>, request: Request)
 
 async fn responses_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
     generate(state, Endpoint::Responses, request).await
+}
+
+/// `/tokenize` and `/detokenize`: small CPU work, done inline under the body limit.
+async fn tokens_route(
+    state: Arc<AppState>,
+    request: Request,
+    route: &'static str,
+    f: fn(&AppState, &[u8]) -> ApiResult<serde_json::Value>,
+) -> Response {
+    let response = match read_body(&state, request).await {
+        Ok(body) => match f(&state, &body) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    };
+    state.metrics.request(route, response.status().as_u16());
+    response
+}
+
+async fn tokenize_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    tokens_route(state, request, "/tokenize", crate::tokenize::tokenize).await
+}
+
+async fn detokenize_route(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    tokens_route(state, request, "/detokenize", crate::tokenize::detokenize).await
+}
+
+async fn stored_response(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let response = match crate::responses::stored(&state, &id) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .request("/v1/responses/{id}", response.status().as_u16());
+    response
 }
 
 fn model_json(state: &AppState) -> serde_json::Value {
@@ -189,6 +243,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let gauges = ServerGauges {
         queued: state.admission.queued(),
         running: state.admission.running(),
+        stored_responses: state.responses.len(),
     };
     let text = state
         .metrics

@@ -1,6 +1,7 @@
 //! Server-sent events: a handler's task sends events into a channel and the response body streams
 //! them. When the client goes away the body (and the receiver) is dropped, the task's next send
-//! fails, and the task drops its generation, which cancels it in the engine.
+//! fails (or its wait on [`EventSender::closed`] ends), and the task drops its generations, which
+//! cancels them in the engine.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -10,9 +11,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-use crate::error::ApiResult;
-use crate::generation::{Generation, Step};
 
 /// The sending side: JSON events, named events and the `[DONE]` marker.
 pub struct EventSender(mpsc::Sender<Event>);
@@ -35,14 +33,6 @@ impl EventSender {
     /// Resolves when the client is gone (the response body was dropped).
     pub async fn closed(&self) {
         self.0.closed().await
-    }
-
-    /// The next step of `gen`, or `None` when the client went away first.
-    pub async fn next_step(&self, gen: &mut Generation) -> Option<Option<ApiResult<Step>>> {
-        tokio::select! {
-            step = gen.next() => Some(step),
-            () = self.closed() => None,
-        }
     }
 
     /// Sends `data: [DONE]`.

@@ -38,9 +38,11 @@ fn scripted(prompt: &[u32]) -> Script {
     } else if last.contains("hold") {
         Script::Hold
     } else if last.contains("required") {
-        Script::Tokens(toks("get_weather <|constrain|>json<|message|>{}<|call|>"))
+        Script::Tokens(toks(
+            "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}<|call|>",
+        ))
     } else if last.contains("forced") {
-        Script::Tokens(toks("{\"x\": 1}<|call|>"))
+        Script::Tokens(toks("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"x\": 1}<|call|>"))
     } else if last.contains("weather") {
         Script::Tokens(toks(TOOL_CALL))
     } else if last.contains("raw") {
@@ -222,7 +224,7 @@ async fn follow_up_renders_reasoning_and_tool_results_the_harmony_way() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn named_tool_choice_forces_the_call_header() {
+async fn named_and_required_tool_choice_are_enforced_by_a_grammar() {
     let (base, prompts) = fake_server(config()).await;
     let mut req = chat("forced");
     req["tools"] = json!([weather_tool()]);
@@ -236,11 +238,12 @@ async fn named_tool_choice_forces_the_call_header() {
         (Some("get_weather"), Some("{\"x\": 1}"))
     );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    // No header is forced (the model may reason first): the output grammar enforces the call.
     let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
-    let forced = toks("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>");
-    assert!(prompt.ends_with(&forced[..]));
+    assert!(prompt.ends_with(&toks("<|start|>assistant")[..]));
+    assert_eq!(prompts.constrained.lock().unwrap().last(), Some(&true));
 
-    // tool_choice "required" forces only the start of the header; the model names the function.
+    // tool_choice "required": any of the tools, also by grammar.
     req["messages"] = json!([{"role": "user", "content": "required"}]);
     req["tool_choice"] = json!("required");
     let (status, body) = post(&format!("{base}/v1/chat/completions"), &req).await;
@@ -251,12 +254,12 @@ async fn named_tool_choice_forces_the_call_header() {
         (call["name"].as_str(), call["arguments"].as_str()),
         (Some("get_weather"), Some("{}"))
     );
-    let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
-    assert!(prompt.ends_with(&toks("<|start|>assistant<|channel|>commentary to=functions.")[..]));
+    assert_eq!(prompts.constrained.lock().unwrap().last(), Some(&true));
 
-    // tool_choice "none" leaves the tools out of the prompt.
+    // tool_choice "none" leaves the tools out of the prompt, and nothing is constrained.
     req["tool_choice"] = json!("none");
     post(&format!("{base}/v1/chat/completions"), &req).await;
+    assert_eq!(prompts.constrained.lock().unwrap().last(), Some(&false));
     let prompt = prompts.prompts.lock().unwrap().last().unwrap().clone();
     let text = String::from_utf8_lossy(&tokenizer().decode_bytes(&prompt).unwrap()).into_owned();
     assert!(!text.contains("get_weather"), "{text}");
@@ -431,12 +434,6 @@ fn bad_requests() -> Vec<(Value, u16, &'static str, &'static str)> {
             "between 1",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 3}),
-            400,
-            "n",
-            "only 1",
-        ),
-        (
             json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
             400,
             "stream",
@@ -486,22 +483,53 @@ fn bad_requests() -> Vec<(Value, u16, &'static str, &'static str)> {
             "context",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}),
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 2.5}),
             400,
             "presence_penalty",
-            "not supported",
+            "out of range",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logprobs": true}),
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}),
             400,
-            "logprobs",
-            "not supported",
+            "top_logprobs",
+            "needs `logprobs: true`",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}}),
             400,
             "response_format",
-            "json_object",
+            "yaml",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}),
+            400,
+            "frobnicate",
+            "not a field this server supports",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 9}),
+            400,
+            "n",
+            "between 1 and 8",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"99999": 5}}),
+            400,
+            "logit_bias",
+            "not a token id",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "audio": {"voice": "x"}}),
+            400,
+            "audio",
+            "not supported",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                   "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "if": {}}}}}),
+            400,
+            "response_format",
+            "cannot be enforced",
         ),
         (json!([1, 2]), 400, "", "JSON object"),
     ]

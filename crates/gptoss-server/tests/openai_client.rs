@@ -39,6 +39,57 @@ fn script(prompt: &[u32]) -> Script {
     }
 }
 
+/// The interpreter, or `None` (with the reason printed) when `modules` cannot be imported.
+fn python_with(modules: &str, test: &str) -> Option<String> {
+    let python = std::env::var("GPTOSS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    let why = probe.map_or_else(
+        |e| e.to_string(),
+        |o| String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    );
+    println!("SKIPPED {test}: `{python} -c 'import {modules}'` failed ({why}); pip install -r tools/fixtures/openai_client/requirements.txt");
+    None
+}
+
+/// Structured outputs, sampling controls, n and the prefix cache through the official client, on
+/// the real tiny engine (random weights): every schema answer validates with `jsonschema`.
+#[tokio::test(flavor = "multi_thread")]
+async fn official_client_structured_outputs() {
+    let Some(python) = python_with("openai, jsonschema", "official_client_structured_outputs")
+    else {
+        return;
+    };
+    let base = serve(real_engine(4, 4096), config()).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/fixtures/openai_client/structured_check.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([&base, MODEL])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "structured check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("structured: 8 passed, 0 failed"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn official_openai_python_client() {
     let python = std::env::var("GPTOSS_PYTHON").unwrap_or_else(|_| "python3".into());

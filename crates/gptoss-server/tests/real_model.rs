@@ -243,6 +243,7 @@ async fn speculative_engine_serves_the_plain_tokens_and_counts_drafts() {
     let w = Arc::new(weights());
     let config_ngram = gptoss_engine::scheduler::EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: Default::default(),
         speculative: Speculative::Ngram(NgramConfig::new(4, 1, 3).unwrap()),
     };
     let base = serve(real_engine_with(4, CTX, config_ngram), config()).await;

@@ -142,6 +142,7 @@ fn run_once(
                 }
             }
             Output::Failed { message, .. } => bail!("{label}: stream {i} failed: {message}"),
+            Output::Logprobs(_) => {}
         }
     }
     Ok(Timeline { submitted, tokens })

@@ -247,6 +247,7 @@ fn plan(args: &BenchArgs) -> Result<Vec<Test>> {
 fn engine_config(speculative: Speculative) -> EngineConfig {
     EngineConfig {
         max_batch_tokens: None,
+        prefix_caching: Default::default(),
         speculative,
     }
 }

@@ -8,7 +8,7 @@ use gptoss_formats::Window;
 
 use crate::backend::{CudaBuf, CudaStep, CudaVector};
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KvType};
 use crate::ops::{cfg, shape_error};
 use crate::vram::DevBuf;
@@ -67,6 +67,55 @@ impl CudaCache {
             kv,
             layout: layout.clone(),
         })
+    }
+
+    /// Copies whole blocks within the pool of `kind` in every layer of it (keys and values), device to
+    /// device on the stream: each `(src, dst)` pair in order.
+    pub fn copy_blocks(&self, dev: &Device, kind: PoolKind, pairs: &[(u32, u32)]) -> Result<()> {
+        let pool = match kind {
+            PoolKind::Full => &self.full,
+            PoolKind::Sliding => &self.sliding,
+        };
+        let Some((k, v)) = &pool.kv else {
+            return match pairs.is_empty() {
+                true => Ok(()),
+                false => Err(shape_error("copy_blocks", format!("no {kind:?} KV pool"))),
+            };
+        };
+        let block_bytes = self.layout.block_elems() * kv_elem_bytes(self.kv);
+        for &(src, dst) in pairs {
+            if src as usize >= pool.blocks || dst as usize >= pool.blocks {
+                return Err(shape_error(
+                    "copy_blocks",
+                    format!(
+                        "block {src} to {dst} outside the {kind:?} pool of {}",
+                        pool.blocks
+                    ),
+                ));
+            }
+            for layer in 0..self.layout.layers_of(kind) {
+                let base = (layer * pool.blocks * block_bytes) as u64;
+                for buf in [k, v] {
+                    let (from, to) = (
+                        buf.ptr() + base + src as u64 * block_bytes as u64,
+                        buf.ptr() + base + dst as u64 * block_bytes as u64,
+                    );
+                    // SAFETY: both ranges lie inside `buf` (block indices checked against the pool,
+                    // layer < layers of the kind), which outlives the copy: the stream is ordered and
+                    // the cache is freed only after a sync.
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtod_async(
+                            to,
+                            from,
+                            block_bytes,
+                            dev.stream.cu_stream(),
+                        )
+                    }
+                    .map_err(|e| CudaError::driver("copying KV blocks", e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Where `layer` lives: its keys' and values' base addresses, the step's tables of its kind, the

@@ -44,6 +44,31 @@ fn table_of(step: &CpuStep, t: usize) -> Result<&BlockTable> {
 }
 
 /// Rotates `q` and `k` of every token and writes `k`, `v` into the block of its position.
+/// Copies blocks within one layer's pool (`(src, dst)` pairs); a source never written copies as
+/// unwritten.
+pub(crate) fn copy_blocks(pool: &mut LayerPool, pairs: &[(u32, u32)]) -> Result<()> {
+    for &(src, dst) in pairs {
+        let (src, dst) = (src as usize, dst as usize);
+        if src >= pool.capacity || dst >= pool.capacity {
+            return Err(Error::Backend {
+                backend: "cpu",
+                message: format!(
+                    "copy of {:?} KV block {src} to {dst} outside the pool of {}",
+                    pool.kind, pool.capacity
+                ),
+            });
+        }
+        let block = pool.blocks.get(src).cloned().unwrap_or_default();
+        if pool.blocks.len() <= dst {
+            pool.blocks.resize_with(dst + 1, KvBlock::default);
+        }
+        if let Some(slot) = pool.blocks.get_mut(dst) {
+            *slot = block;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn rope_store(
     step: &CpuStep,
     shape: &AttnShape,

@@ -454,6 +454,18 @@ impl Backend for CpuBackend {
             .ok_or_else(|| cpu_error("read past the end of the routing"))
     }
 
+    fn copy_blocks(
+        &self,
+        cache: &mut CpuCache,
+        kind: PoolKind,
+        pairs: &[(u32, u32)],
+    ) -> Result<()> {
+        for pool in cache.layers.iter_mut().filter(|l| l.kind == kind) {
+            attention::copy_blocks(pool, pairs)?;
+        }
+        Ok(())
+    }
+
     fn read(&self, buf: &CpuBuf, rows: usize) -> Result<Vec<f32>> {
         buf.data
             .get(..rows * buf.cols)

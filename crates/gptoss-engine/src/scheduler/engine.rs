@@ -2,17 +2,21 @@
 //! `draft.rs`). [`Engine`] drives the [`Model`] through the [`Scheduler`]; requests and
 //! cancellations are applied between steps.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use crate::backend::{Backend, Batch, SamplingParams};
 use crate::error::Result;
+use crate::logits::{HostSample, LogitsState, RowContext, TokenLogprobs};
 use crate::model::Model;
 
 use super::draft::{accepted_len, Speculative};
-use super::kv::KvBlocks;
+use super::kv::{BlockCopy, KvBlocks, PrefixCaching};
 use super::policy::{Limits, Plan, Scheduler};
 use super::sequence::{
-    FailureKind, FinishReason, GenRequest, Output, OutputSink, RequestId, Sequence,
+    FailureKind, FinishReason, GenRequest, Output, OutputSink, RequestId, RequestOptions, Sequence,
 };
 use super::stats::EngineStats;
 
@@ -24,6 +28,8 @@ pub struct EngineConfig {
     /// Speculative decoding: drafts verified in each sequence's step (bounded by the model's
     /// `max_logit_rows`; size it with [`Speculative::logit_rows`]).
     pub speculative: Speculative,
+    /// Keep computed prompts' KV blocks and share them with later prompts that start the same way.
+    pub prefix_caching: PrefixCaching,
 }
 
 /// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
@@ -62,7 +68,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             context_tokens: cap.context_tokens,
             max_draft: config.speculative.draft_tokens(),
         };
-        let kv = KvBlocks::new(model.kv_layout().clone());
+        let kv = KvBlocks::with_caching(model.kv_layout().clone(), config.prefix_caching);
         let engine = Engine {
             model,
             sched: Scheduler::new(limits, kv),
@@ -92,7 +98,19 @@ impl<'m, B: Backend> Engine<'m, B> {
     }
 
     /// Queues a request, or fails it at once through `sink` when it can never run.
-    pub fn submit(&mut self, id: RequestId, request: GenRequest, mut sink: OutputSink) {
+    pub fn submit(&mut self, id: RequestId, request: GenRequest, sink: OutputSink) {
+        self.submit_with(id, request, RequestOptions::default(), sink);
+    }
+
+    /// [`Engine::submit`] with host-side logit processing and a choice group (`options`).
+    pub fn submit_with(
+        &mut self,
+        id: RequestId,
+        request: GenRequest,
+        options: RequestOptions,
+        mut sink: OutputSink,
+    ) {
+        let RequestOptions { logits, fork } = options;
         if let Err(message) = self.check(&request) {
             sink(Output::Failed {
                 kind: FailureKind::Invalid,
@@ -100,9 +118,26 @@ impl<'m, B: Backend> Engine<'m, B> {
             });
             return;
         }
+        // A sequence with host-side processing does not speculate: its drafts would need the
+        // processing of every drafted position.
+        let (logits, proposer) = if logits.is_active() {
+            match LogitsState::new(logits) {
+                Ok(state) => (Some(state), None),
+                Err(message) => {
+                    sink(Output::Failed {
+                        kind: FailureKind::Invalid,
+                        message,
+                    });
+                    return;
+                }
+            }
+        } else {
+            (None, self.speculative.proposer())
+        };
         self.stats.add_prompt_tokens(request.prompt.len());
-        let proposer = self.speculative.proposer();
-        self.sched.add(Sequence::new(id, request, sink, proposer));
+        let mut seq = Sequence::with_logits(id, request, sink, proposer, logits);
+        seq.fork = fork;
+        self.sched.add(seq);
         self.publish();
     }
 
@@ -160,10 +195,12 @@ impl<'m, B: Backend> Engine<'m, B> {
     pub fn try_step(&mut self) -> Result<()> {
         let plan = self.sched.schedule();
         self.stats.add_preemptions(plan.preempted);
+        self.stats
+            .add_prefix_hits(plan.prefix_hits, plan.prefix_tokens);
         if plan.items.is_empty() {
             return Ok(());
         }
-        let ran = self.run(&plan);
+        let ran = copy_blocks(self.model, &plan.copies).and_then(|()| self.run(&plan));
         if let Err(e) = &ran {
             for item in &plan.items {
                 self.fail(item.id, FailureKind::Internal, &e.to_string());
@@ -176,6 +213,8 @@ impl<'m, B: Backend> Engine<'m, B> {
     fn run(&mut self, plan: &Plan) -> Result<()> {
         let mut batch = Batch::default();
         let (mut params, mut counters, mut verify) = (Vec::new(), Vec::new(), Vec::new());
+        // Logit rows sampled on the host, with their sequences.
+        let mut host: Vec<(usize, RequestId)> = Vec::new();
         for item in &plan.items {
             let table = self.sched.kv().table(item.id).cloned().unwrap_or_default();
             let Some(seq) = self.sched.get_mut(item.id) else {
@@ -200,6 +239,9 @@ impl<'m, B: Backend> Engine<'m, B> {
                 // that token, so verification draws exactly what plain decoding would.
                 let rows = 1 + draft.len();
                 let (first, generated) = (batch.tokens.len() - rows, seq.generated() as u64);
+                if seq.logits.is_some() {
+                    host.push((batch.logit_rows.len(), item.id));
+                }
                 for j in 0..rows {
                     batch.logit_rows.push((first + j) as u32);
                     params.push(seq.sampling);
@@ -210,15 +252,96 @@ impl<'m, B: Backend> Engine<'m, B> {
             seq.computed += own_len;
         }
         self.model.forward(&batch)?;
-        let samples = sample(self.model, &params, &counters)?;
+        // Prompts just computed are registered with the prefix cache; their rings are copied now,
+        // before the next step writes them (and before a sequence that ends here frees them).
+        let mut copies = Vec::new();
+        for item in plan.items.iter().filter(|i| i.sample) {
+            copies.extend(self.sched.register_prefix(item.id));
+        }
+        copy_blocks(self.model, &copies)?;
+        let mut samples = sample(self.model, &params, &counters)?;
+        let logprobs = self.sample_on_host(&host, &params, &counters, &mut samples)?;
         self.stats.add_step(batch.tokens.len());
         let mut at = 0;
         for v in verify {
             let rows = samples.get(at..at + v.rows).unwrap_or(&[]);
             at += v.rows;
+            if let Some(lp) = logprobs.get(&v.id) {
+                if let Some(seq) = self.sched.get_mut(v.id) {
+                    if !(seq.sink)(Output::Logprobs(lp.clone())) {
+                        self.end(v.id, FinishReason::Cancelled);
+                        continue;
+                    }
+                }
+            }
             self.verify(v.id, rows);
         }
         Ok(())
+    }
+
+    /// Replaces the samples of `host` rows with tokens drawn on the host from their logits, read
+    /// back, after each sequence's processing (in parallel over the rows); a sequence whose
+    /// processing fails is failed. Returns the log-probabilities of the sequences that asked.
+    fn sample_on_host(
+        &mut self,
+        host: &[(usize, RequestId)],
+        params: &[SamplingParams],
+        counters: &[u64],
+        samples: &mut [u32],
+    ) -> Result<HashMap<RequestId, TokenLogprobs>> {
+        let Some(&(last, _)) = host.last() else {
+            return Ok(HashMap::new());
+        };
+        let mut logits = self.model.logits(last + 1)?;
+        let vocab = (logits.len() / (last + 1)).max(1);
+        // Each job owns its sequence's state (taken out, put back below) and its logit row.
+        let mut states: Vec<(usize, RequestId, LogitsState)> = host
+            .iter()
+            .filter_map(|&(row, id)| {
+                let state = self.sched.get_mut(id)?.logits.take()?;
+                Some((row, id, state))
+            })
+            .collect();
+        let mut rows: Vec<Option<&mut [f32]>> = logits.chunks_mut(vocab).map(Some).collect();
+        let sched = &self.sched;
+        let results: Vec<(usize, RequestId, std::result::Result<HostSample, String>)> = states
+            .iter_mut()
+            .filter_map(|(row, id, state)| {
+                let logits_row = rows.get_mut(*row)?.take()?;
+                let seq = sched.get(*id)?;
+                let cx = RowContext {
+                    params: params.get(*row)?,
+                    counter: counters.get(*row).copied()?,
+                    tokens: &seq.tokens,
+                    prompt_len: seq.prompt_len,
+                    stop_tokens: &seq.stop_tokens,
+                };
+                Some((*row, *id, state, cx, logits_row))
+            })
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(row, id, state, cx, logits_row)| (row, id, state.sample(logits_row, &cx)))
+            .collect();
+        for (_, id, state) in states {
+            if let Some(seq) = self.sched.get_mut(id) {
+                seq.logits = Some(state);
+            }
+        }
+        let mut out = HashMap::new();
+        for (row, id, result) in results {
+            match result {
+                Ok(s) => {
+                    if let Some(slot) = samples.get_mut(row) {
+                        *slot = s.token;
+                    }
+                    if let Some(lp) = s.logprobs {
+                        out.insert(id, lp);
+                    }
+                }
+                Err(message) => self.fail(id, FailureKind::Internal, &message),
+            }
+        }
+        Ok(out)
     }
 
     /// Emits the target's samples up to and including the first that disagrees with the draft
@@ -262,7 +385,8 @@ impl<'m, B: Backend> Engine<'m, B> {
             self.end(id, FinishReason::Cancelled);
             return false;
         }
-        let reason = if seq.stop_tokens.contains(&tok) {
+        let done = seq.logits.as_ref().is_some_and(LogitsState::is_finished);
+        let reason = if seq.stop_tokens.contains(&tok) || done {
             Some(FinishReason::Stop)
         } else if seq.generated() >= seq.max_new_tokens || seq.tokens.len() >= context {
             Some(FinishReason::Length)
@@ -312,6 +436,21 @@ impl<'m, B: Backend> Engine<'m, B> {
             kv_sliding_used_blocks: kv.sliding_used_blocks(),
         });
     }
+}
+
+/// Makes the KV block copies of a plan (prefix-cache restores and ring copies), pool by pool.
+fn copy_blocks<B: Backend>(model: &mut Model<B>, copies: &[BlockCopy]) -> Result<()> {
+    for kind in [crate::kv::PoolKind::Full, crate::kv::PoolKind::Sliding] {
+        let pairs: Vec<(u32, u32)> = copies
+            .iter()
+            .filter(|c| c.0 == kind)
+            .map(|&(_, s, d)| (s, d))
+            .collect();
+        if !pairs.is_empty() {
+            model.copy_kv_blocks(kind, &pairs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Samples every logit row of the step (none: nothing to read back).

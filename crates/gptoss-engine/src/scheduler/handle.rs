@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 
 use super::engine::{DeviceProbe, Engine, EngineConfig};
-use super::sequence::{GenRequest, OutputSink, RequestId};
+use super::sequence::{ForkGroup, GenRequest, OutputSink, RequestId, RequestOptions};
 use super::stats::EngineStats;
 
 /// A message to the engine thread.
@@ -23,6 +23,8 @@ pub enum Command {
         id: RequestId,
         /// What to generate.
         request: GenRequest,
+        /// Logit processing and choice group (default: none).
+        options: RequestOptions,
         /// Where outputs go.
         sink: OutputSink,
     },
@@ -64,9 +66,25 @@ impl EngineHandle {
 
     /// Queues a request. Outputs arrive through `sink`; an error means the engine thread is gone.
     pub fn submit(&self, request: GenRequest, sink: OutputSink) -> Result<RequestId> {
+        self.submit_with(request, RequestOptions::default(), sink)
+    }
+
+    /// [`EngineHandle::submit`] with host-side logit processing (bias, penalties, a constraint,
+    /// log-probabilities) and a choice group.
+    pub fn submit_with(
+        &self,
+        request: GenRequest,
+        options: RequestOptions,
+        sink: OutputSink,
+    ) -> Result<RequestId> {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         self.tx
-            .send(Command::Submit { id, request, sink })
+            .send(Command::Submit {
+                id,
+                request,
+                options,
+                sink,
+            })
             .map_err(|_| Error::invalid("the engine has stopped"))?;
         Ok(id)
     }
@@ -74,6 +92,11 @@ impl EngineHandle {
     /// Cancels a request (ignored when it already ended).
     pub fn cancel(&self, id: RequestId) {
         let _ = self.tx.send(Command::Cancel(id));
+    }
+
+    /// A new choice group for the `n` requests of one API request.
+    pub fn fork_group(&self) -> ForkGroup {
+        ForkGroup(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Live counters.
@@ -200,7 +223,12 @@ fn run_loop<B: Backend>(mut engine: Engine<'_, B>, rx: Receiver<Command>) {
 
 fn apply<B: Backend>(engine: &mut Engine<'_, B>, cmd: Command) {
     match cmd {
-        Command::Submit { id, request, sink } => engine.submit(id, request, sink),
+        Command::Submit {
+            id,
+            request,
+            options,
+            sink,
+        } => engine.submit_with(id, request, options, sink),
         Command::Cancel(id) => engine.cancel(id),
     }
 }

@@ -29,6 +29,7 @@ mod engine;
 mod handle;
 pub mod kv;
 mod policy;
+mod prefix;
 mod sequence;
 mod stats;
 
@@ -37,8 +38,9 @@ pub use engine::{DeviceProbe, Engine, EngineConfig};
 pub use handle::{
     spawn_engine, spawn_engine_with, Command, EngineHandle, EngineInfo, EngineStarter,
 };
-pub use kv::KvBlocks;
+pub use kv::{KvBlocks, PrefixCaching};
 pub use sequence::{
-    channel_sink, FailureKind, Finish, FinishReason, GenRequest, Output, OutputSink, RequestId,
+    channel_sink, FailureKind, Finish, FinishReason, ForkGroup, GenRequest, Output, OutputSink,
+    RequestId, RequestOptions,
 };
 pub use stats::{EngineStats, Gauges, StatsSnapshot};

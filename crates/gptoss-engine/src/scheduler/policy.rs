@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::kv::KvBlocks;
+use super::kv::{BlockCopy, KvBlocks};
 use super::sequence::{RequestId, Sequence};
 
 /// What bounds a step.
@@ -44,11 +44,16 @@ pub(crate) struct Scheduled {
     pub draft: usize,
 }
 
-/// The next step: slices to run, and how many sequences were preempted to make room.
+/// The next step: slices to run, how many sequences were preempted to make room, and the KV block
+/// copies (prefix-cache hits) to make before it runs.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub items: Vec<Scheduled>,
     pub preempted: usize,
+    pub copies: Vec<BlockCopy>,
+    /// Admissions that started from cached prefix blocks, and the positions they reused.
+    pub prefix_hits: usize,
+    pub prefix_tokens: usize,
 }
 
 /// Tokens and logit rows left in the step being planned.
@@ -113,6 +118,24 @@ impl Scheduler {
     pub fn add(&mut self, seq: Sequence) {
         self.waiting.push_back(seq.id);
         self.seqs.insert(seq.id, seq);
+    }
+
+    pub fn get(&self, id: RequestId) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+
+    /// After a step: registers the prompt blocks of `id` once its prompt is computed (prefix
+    /// caching); returns the ring copies to make before the next step.
+    pub fn register_prefix(&mut self, id: RequestId) -> Vec<BlockCopy> {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return Vec::new();
+        };
+        if seq.registered || seq.computed < seq.prompt_len {
+            return Vec::new();
+        }
+        seq.registered = true;
+        let tokens = seq.tokens.get(..seq.computed).unwrap_or(&[]);
+        self.kv.register_prefix(id, tokens)
     }
 
     pub fn get_mut(&mut self, id: RequestId) -> Option<&mut Sequence> {
@@ -225,6 +248,7 @@ impl Scheduler {
         self.kv.free(id);
         if let Some(seq) = self.seqs.get_mut(&id) {
             seq.computed = 0;
+            seq.registered = false;
         }
         self.waiting.push_front(id);
         plan.preempted += 1;
@@ -234,22 +258,69 @@ impl Scheduler {
         );
     }
 
+    /// Whether `id` is a choice of a request whose prompt another running choice is still
+    /// prefilling: it waits, and then starts from that choice's cached blocks.
+    fn waits_for_sibling(&self, id: RequestId) -> bool {
+        let Some(group) = self.seqs.get(&id).and_then(|s| s.fork) else {
+            return false;
+        };
+        self.running.iter().any(|r| {
+            self.seqs
+                .get(r)
+                .is_some_and(|s| s.fork == Some(group) && s.computed < s.prompt_len)
+        })
+    }
+
+    /// Starts a waiting sequence from the prefix cache when its prompt's start is cached; returns the
+    /// block copies that restores.
+    fn adopt_prefix(&mut self, id: RequestId) -> Vec<BlockCopy> {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return Vec::new();
+        };
+        if seq.computed > 0 {
+            return Vec::new();
+        }
+        match self.kv.adopt_prefix(id, &seq.tokens) {
+            Some((hit, copies)) => {
+                seq.computed = hit;
+                if seq.generated() == 0 {
+                    seq.cached_tokens = seq.cached_tokens.max(hit);
+                }
+                copies
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Admits waiting sequences in order while running room, blocks, budget and rows remain.
     fn admit(&mut self, room: &mut Room, plan: &mut Plan) {
         while room.tokens > 0 {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
+            if self.running.len() >= self.limits.max_running || self.waits_for_sibling(id) {
+                break;
+            }
+            let copies = self.adopt_prefix(id);
             let Some(item) = self.slice(id, room.tokens) else {
                 self.waiting.pop_front(); // a stale id: its sequence was removed
                 continue;
             };
-            if self.running.len() >= self.limits.max_running
-                || (item.sample && room.rows == 0)
-                || !self.kv.grow(id, item.start + item.len)
-            {
+            if (item.sample && room.rows == 0) || !self.kv.grow(id, item.start + item.len) {
+                if !copies.is_empty() || item.start > 0 {
+                    // Give the shared blocks back: the sequence starts over when it is admitted.
+                    self.kv.free(id);
+                    if let Some(seq) = self.seqs.get_mut(&id) {
+                        seq.computed = 0;
+                    }
+                }
                 break;
             }
+            if item.start > 0 {
+                plan.prefix_hits += 1;
+                plan.prefix_tokens += item.start;
+            }
+            plan.copies.extend(copies);
             self.waiting.pop_front();
             self.running.push(id);
             room.take(&item);

@@ -2,6 +2,7 @@
 //! [`OutputSink`]; and the engine's own record of a sequence (tokens, how many are in the KV cache).
 
 use crate::backend::SamplingParams;
+use crate::logits::{LogitsOptions, LogitsState, TokenLogprobs};
 
 use super::draft::DraftProposer;
 
@@ -21,6 +22,20 @@ pub struct GenRequest {
     pub max_new_tokens: usize,
     /// Tokens that end generation (the stop token itself is returned).
     pub stop_tokens: Vec<u32>,
+}
+
+/// Requests submitted under one group with the same prompt are choices of one request (`n`): the
+/// first to run prefills the prompt, the others start from a copy of its KV state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForkGroup(pub u64);
+
+/// What a request asks beyond [`GenRequest`] (default: nothing).
+#[derive(Clone, Debug, Default)]
+pub struct RequestOptions {
+    /// Host-side logit processing: bias, penalties, a constraint, log-probabilities.
+    pub logits: LogitsOptions,
+    /// Share the prompt's KV state with the other choices of the same request.
+    pub fork: Option<ForkGroup>,
 }
 
 /// Why a request ended.
@@ -43,6 +58,9 @@ pub struct Finish {
     pub prompt_tokens: usize,
     /// Generated tokens (including a stop token).
     pub generated_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache (or a sibling choice) instead
+    /// of being computed.
+    pub cached_tokens: usize,
 }
 
 /// Whose fault a failed request is.
@@ -59,6 +77,8 @@ pub enum FailureKind {
 pub enum Output {
     /// A new token.
     Token(u32),
+    /// The log-probabilities of the token that follows (only for requests that ask for them).
+    Logprobs(TokenLogprobs),
     /// The request ended normally; nothing follows.
     Finished(Finish),
     /// The request failed; nothing follows.
@@ -95,14 +115,34 @@ pub(crate) struct Sequence {
     pub proposer: Option<Box<dyn DraftProposer>>,
     /// Tokens drafted for the step being run (after `tokens`, not part of them until accepted).
     pub draft: Vec<u32>,
+    /// Host-side logit processing (`None`: the backend samples this sequence).
+    pub logits: Option<LogitsState>,
+    /// Prompt tokens reused from the prefix cache at admission (the most of any admission).
+    pub cached_tokens: usize,
+    /// The request's choice group (`n`).
+    pub fork: Option<ForkGroup>,
+    /// Whether its prompt's blocks were registered with the prefix cache.
+    pub registered: bool,
 }
 
 impl Sequence {
+    #[cfg(test)]
     pub fn new(
         id: RequestId,
         request: GenRequest,
         sink: OutputSink,
         proposer: Option<Box<dyn DraftProposer>>,
+    ) -> Self {
+        Self::with_logits(id, request, sink, proposer, None)
+    }
+
+    /// A sequence whose logits are processed on the host by `logits`.
+    pub fn with_logits(
+        id: RequestId,
+        request: GenRequest,
+        sink: OutputSink,
+        proposer: Option<Box<dyn DraftProposer>>,
+        logits: Option<LogitsState>,
     ) -> Self {
         Sequence {
             id,
@@ -115,6 +155,10 @@ impl Sequence {
             sink,
             proposer,
             draft: Vec::new(),
+            logits,
+            cached_tokens: 0,
+            fork: None,
+            registered: false,
         }
     }
 
@@ -139,6 +183,7 @@ impl Sequence {
             reason,
             prompt_tokens: self.prompt_len,
             generated_tokens: self.generated(),
+            cached_tokens: self.cached_tokens,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct EngineStats {
     device_peak_bytes: AtomicU64,
     drafted_tokens: AtomicU64,
     accepted_tokens: AtomicU64,
+    prefix_hits: AtomicU64,
+    prefix_tokens: AtomicU64,
 }
 
 /// The engine's current queue and cache use.
@@ -57,6 +59,10 @@ pub struct StatsSnapshot {
     pub drafted_tokens: u64,
     /// Draft tokens the target model accepted.
     pub accepted_tokens: u64,
+    /// Admissions that started from prefix-cached KV blocks.
+    pub prefix_hits: u64,
+    /// Prompt positions whose KV came from the prefix cache.
+    pub prefix_cached_tokens: u64,
 }
 
 impl EngineStats {
@@ -69,6 +75,12 @@ impl EngineStats {
             .store(g.kv_total_blocks as u64, Ordering::Relaxed);
         self.kv_sliding_used_blocks
             .store(g.kv_sliding_used_blocks as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_prefix_hits(&self, hits: usize, tokens: usize) {
+        self.prefix_hits.fetch_add(hits as u64, Ordering::Relaxed);
+        self.prefix_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn add_prompt_tokens(&self, n: usize) {
@@ -119,6 +131,8 @@ impl EngineStats {
             device_peak_bytes: get(&self.device_peak_bytes),
             drafted_tokens: get(&self.drafted_tokens),
             accepted_tokens: get(&self.accepted_tokens),
+            prefix_hits: get(&self.prefix_hits),
+            prefix_cached_tokens: get(&self.prefix_tokens),
         }
     }
 }

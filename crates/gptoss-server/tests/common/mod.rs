@@ -83,6 +83,8 @@ pub struct FakeLog {
     pub prompts: Mutex<Vec<Vec<u32>>>,
     /// Cancellations of held requests.
     pub cancelled: Mutex<usize>,
+    /// Whether each submitted request carried an output constraint.
+    pub constrained: Mutex<Vec<bool>>,
 }
 
 /// A fake engine: `script` picks the output from the prompt; every prompt is recorded.
@@ -101,8 +103,13 @@ pub fn fake_engine(
                     id,
                     request,
                     mut sink,
+                    options,
                 } => {
                     seen.prompts.lock().unwrap().push(request.prompt.clone());
+                    seen.constrained
+                        .lock()
+                        .unwrap()
+                        .push(options.logits.constraint.is_some());
                     match script(&request.prompt) {
                         Script::Hold => held.push((id, sink)),
                         Script::TokensThenHold(t) => {
@@ -128,6 +135,7 @@ pub fn fake_engine(
                                 reason,
                                 prompt_tokens: request.prompt.len(),
                                 generated_tokens: n,
+                                cached_tokens: 0,
                             }));
                         }
                     }
@@ -140,6 +148,7 @@ pub fn fake_engine(
                             reason: FinishReason::Cancelled,
                             prompt_tokens: 0,
                             generated_tokens: 0,
+                            cached_tokens: 0,
                         }));
                     }
                 }
