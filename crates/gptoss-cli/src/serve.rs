@@ -191,7 +191,8 @@ struct LimitArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 4 << 20, value_parser = size_in(1, 1 << 30))]
     max_body_bytes: usize,
-    /// Connections open at once (more are answered 503 and closed).
+    /// Connections open at once. At the cap a new connection takes the slot of the one idle the longest;
+    /// when every one has a request in progress, new ones are answered 503 and closed.
     #[arg(long, default_value_t = 512, value_parser = size_in(1, 1 << 16))]
     max_connections: usize,
     /// Seconds a client has to send a request head (also the longest a kept-alive connection waits).

@@ -1,14 +1,17 @@
-//! The accept loop: HTTP/1.1 connections served by hyper with the limits of [`ConnLimits`]. A
-//! connection past `max_connections` gets a 503 with an OpenAI error body and is closed at once; a
+//! The accept loop: HTTP/1.1 connections served by hyper with the limits of [`ConnLimits`]. At
+//! `max_connections`, a new connection takes the slot of the open one idle the longest (no request in
+//! progress), so idle clients cannot lock others out; only when every open connection has a request in
+//! progress does a new one get a 503 with an OpenAI error body and is closed at once; a
 //! request head must arrive within `header_timeout` (hyper's timer, which also runs while a kept-alive
 //! connection waits for its next request); a connection with no request in progress and no byte moved
 //! for `keep_alive_timeout` is shut down. Shutdown stops accepting, asks every connection to finish
 //! its current response and close, and drops whatever is left after `shutdown_timeout`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower_service::Service;
 
@@ -34,6 +37,7 @@ pub async fn serve(
     let limits = state.config.connections.clone();
     let app = crate::router(state.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -51,10 +55,26 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let start = Start {
+                    limits: limits.clone(),
+                    stop: stop_rx.clone(),
+                    registry: registry.clone(),
+                    app: app.clone(),
+                };
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let conn = Conn { limits: limits.clone(), stop: stop_rx.clone(), _slot: slot };
-                        conns.spawn(conn.run(stream, app.clone()));
+                        conns.spawn(start.run(slot, stream));
+                    }
+                    Err(_) if registry.evict_idlest() => {
+                        // The evicted connection has no request in progress and closes at once.
+                        let slots = slots.clone();
+                        conns.spawn(async move {
+                            let waited = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await;
+                            match waited {
+                                Ok(Ok(slot)) => start.run(slot, stream).await,
+                                _ => refuse(&stream, start.limits.max_connections),
+                            }
+                        });
                     }
                     Err(_) => refuse(&stream, limits.max_connections),
                 }
@@ -95,17 +115,89 @@ fn refuse(stream: &TcpStream, max: usize) {
     let _ = stream.try_write(response.as_bytes());
 }
 
+/// How long a new connection at the cap waits for the slot of the idle connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The open connections, so that the one idle the longest can be asked to close when the cap is reached.
+#[derive(Default)]
+struct Registry {
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, (Arc<Activity>, Arc<Notify>)>>,
+}
+
+impl Registry {
+    fn add(&self, activity: Arc<Activity>, evict: Arc<Notify>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(id, (activity, evict));
+        }
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&id);
+        }
+    }
+
+    /// Asks the connection idle the longest (no request in progress) to close, and forgets it so that
+    /// it is not chosen twice; false when every open connection has a request in progress.
+    fn evict_idlest(&self) -> bool {
+        let Ok(mut open) = self.open.lock() else {
+            return false;
+        };
+        let idlest = open
+            .iter()
+            .filter(|(_, (a, _))| a.in_flight.load(Ordering::Acquire) == 0)
+            .min_by_key(|(_, (a, _))| a.last())
+            .map(|(&id, _)| id);
+        match idlest.and_then(|id| open.remove(&id)) {
+            Some((_, evict)) => {
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What a connection needs to start.
+struct Start {
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    registry: Arc<Registry>,
+    app: Router,
+}
+
+impl Start {
+    /// Serves `stream` in the slot `slot`, registered (for eviction) while it is open.
+    async fn run(self, slot: OwnedSemaphorePermit, stream: TcpStream) {
+        let activity = Arc::new(Activity::new());
+        let evict = Arc::new(Notify::new());
+        let id = self.registry.add(activity.clone(), evict.clone());
+        let conn = Conn {
+            limits: self.limits,
+            stop: self.stop,
+            evict,
+            _slot: slot,
+        };
+        conn.run(stream, self.app, activity).await;
+        self.registry.remove(id);
+    }
+}
+
 /// One accepted connection and what it needs.
 struct Conn {
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
+    /// Notified when a new connection at the cap takes this one's slot.
+    evict: Arc<Notify>,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Conn {
-    async fn run(mut self, stream: TcpStream, app: Router) {
+    async fn run(mut self, stream: TcpStream, app: Router, activity: Arc<Activity>) {
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
@@ -135,6 +227,10 @@ impl Conn {
             tokio::select! {
                 _ = conn.as_mut() => break,
                 _ = self.stop.changed(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = self.evict.notified(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -119,6 +119,19 @@ async fn idle_and_half_sent_connections_are_closed() {
     }
 }
 
+/// Sends a chat request that the fake engine holds (it never finishes) and leaves it in progress.
+async fn busy_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = chat_body("hold");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    s
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_cap_get_503_and_are_closed() {
     let limits = ConnLimits {
@@ -128,10 +141,10 @@ async fn connections_past_the_cap_get_503_and_are_closed() {
     let server = start(short(limits), 2048).await;
     let mut open = Vec::new();
     for _ in 0..4 {
-        open.push(TcpStream::connect(server.addr).await.unwrap());
+        open.push(busy_connection(server.addr).await);
     }
-    // The accept loop sees connections in order: give it the first four before the fifth.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The accept loop sees connections in order, and the requests get under way: only then the fifth.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut extra = TcpStream::connect(server.addr).await.unwrap();
     let reply = read_to_close(&mut extra, Duration::from_secs(10))
         .await
@@ -150,6 +163,43 @@ async fn connections_past_the_cap_get_503_and_are_closed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Idle connections cannot lock clients out: at the cap, a new connection takes the slot of the one idle
+/// the longest, so `/health` answers at once (the audit's 1,000 idle connections had it refused until
+/// their header timeout ran out).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_give_way_at_the_cap() {
+    let limits = ConnLimits {
+        max_connections: 4,
+        ..seconds(60, 60, 60)
+    };
+    let server = start(short(limits), 2048).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            reqwest::get(format!("http://{}/health", server.addr)),
+        )
+        .await
+        .expect("/health did not answer within a second at the cap")
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    // The oldest idle connections were closed to make room.
+    let mut closed = 0;
+    for s in &mut idle {
+        if read_to_close(s, Duration::from_millis(500)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection gave way");
 }
 
 #[tokio::test(flavor = "multi_thread")]
