@@ -118,11 +118,14 @@ fn refuse(stream: &TcpStream, max: usize) {
 /// How long a new connection at the cap waits for the slot of the idle connection it evicted.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
+/// An open connection as the registry sees it: its activity, and how to ask it to close.
+type OpenConn = (Arc<Activity>, Arc<Notify>);
+
 /// The open connections, so that the one idle the longest can be asked to close when the cap is reached.
 #[derive(Default)]
 struct Registry {
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, (Arc<Activity>, Arc<Notify>)>>,
+    open: Mutex<HashMap<u64, OpenConn>>,
 }
 
 impl Registry {

@@ -87,7 +87,8 @@ pub struct ConnLimits {
     pub body_timeout: Duration,
     /// A kept-alive connection with no request in progress is closed after this long without a byte.
     pub keep_alive_timeout: Duration,
-    /// Connections open at once; more are answered 503 and closed.
+    /// Connections open at once. At the cap a new connection takes the slot of the one idle the longest;
+    /// when every one has a request in progress, more are answered 503 and closed.
     pub max_connections: usize,
     /// On shutdown, how long requests in progress may finish before their connections are dropped.
     pub shutdown_timeout: Duration,
