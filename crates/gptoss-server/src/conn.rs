@@ -204,6 +204,7 @@ impl Conn {
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
+            pending: None,
         });
         let service = Counting {
             app,
@@ -313,10 +314,50 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Counting {
     }
 }
 
-/// The socket, noting every byte read or written.
+/// The socket, noting every byte read or written. It also gives hyper's own protocol-level error
+/// responses (a malformed request line or header, headers too large: hyper answers them itself, with
+/// an empty body and no hook) an OpenAI error body, so that every error a client sees is one.
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// A rewritten response being written in place of the one hyper handed over.
+    pending: Option<Rewrite>,
+}
+
+/// The bytes written instead of hyper's, how many are out, and the length hyper is told was written.
+struct Rewrite {
+    bytes: Vec<u8>,
+    written: usize,
+    reported: usize,
+}
+
+/// hyper's answer to a request it could not parse (`HTTP/1.1 4xx ...`, `content-length: 0`, nothing
+/// after the head) rewritten with an OpenAI error body; `None` for everything else. The handlers never
+/// send an empty 4xx (every error of theirs has a body), so such a response can only be hyper's.
+fn protocol_error_with_body(buf: &[u8]) -> Option<Vec<u8>> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    if head_end != buf.len() || !buf.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    if !lines.any(|l| l.eq_ignore_ascii_case("content-length: 0")) {
+        return None;
+    }
+    let reason = status_line.get(9..).unwrap_or("4xx");
+    let body = ApiError::invalid(format!(
+        "the request could not be read as HTTP/1.1 ({reason}): check the request line and headers"
+    ))
+    .to_json()
+    .to_string();
+    Some(
+        format!(
+            "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl AsyncRead for Tracked {
@@ -334,12 +375,49 @@ impl AsyncRead for Tracked {
     }
 }
 
+impl Tracked {
+    /// Writes the rest of a rewritten response; once all of it is out, reports hyper's length.
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while let Some(p) = self.pending.as_mut() {
+            if p.written == p.bytes.len() {
+                let reported = p.reported;
+                self.pending = None;
+                return Poll::Ready(Ok(reported));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &p.bytes[p.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    p.written += n;
+                    self.activity.touch();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
 impl AsyncWrite for Tracked {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.pending.is_none() {
+            if let Some(bytes) = protocol_error_with_body(buf) {
+                self.pending = Some(Rewrite {
+                    bytes,
+                    written: 0,
+                    reported: buf.len(),
+                });
+            }
+        }
+        if self.pending.is_some() {
+            return self.write_pending(cx);
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -348,6 +426,7 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A rewrite in progress is finished by hyper's next `poll_write` of the same bytes.
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 

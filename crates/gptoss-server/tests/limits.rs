@@ -322,6 +322,38 @@ async fn rejections_below_the_handlers_get_an_openai_body() {
     assert!(v["error"]["message"].is_string());
 }
 
+/// Requests hyper itself cannot parse (a garbled request line, a header without a colon, headers past
+/// hyper's size limit) get hyper's 4xx with an OpenAI error body, not an empty one, and the connection
+/// closes; a good request on a fresh connection still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_hyper_cannot_parse_get_an_openai_body() {
+    let server = start(config(), 2048).await;
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(600_000)
+    );
+    for raw in [
+        "BLAH\x01 / HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+        "GET /health HTTP/1.1\r\nthis header has no colon\r\n\r\n".to_string(),
+        huge,
+    ] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let _ = s.write_all(raw.as_bytes()).await;
+        let reply = read_to_close(&mut s, Duration::from_secs(10))
+            .await
+            .expect("the connection stayed open");
+        assert!(reply.starts_with("HTTP/1.1 4"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{reply}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("HTTP/1.1"));
+    }
+    let r = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_declared_body_is_refused_before_it_is_read() {
     let server = start(config(), 2048).await;
