@@ -84,6 +84,8 @@ fn json_rows_have_every_test_and_consistent_numbers() {
         assert_eq!(row["batch_tokens"], 2048);
         assert_eq!(row["max_seqs"], 3, "the largest --streams");
         assert_eq!(row["preemptions"], 0, "the default pool holds every test");
+        // Counted runs repeat the warm-up's prompts; a prefix-cache hit would time no prefill at all.
+        assert_eq!(row["prefix_cached_tokens"], 0, "{row}");
         assert!(
             row["peak_device_bytes"].is_null(),
             "the CPU has no device meter"

@@ -71,6 +71,9 @@ struct ExpertParams {
     float limit;
     int n_experts;
     int groups;
+    // The f16 tensor-core path (moe_*_fp4_*): x split by moe_xsplit, and its per-block powers of two.
+    const u32* xs;
+    const float* xscale;
 };
 
 // Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index
@@ -216,6 +219,264 @@ MOE_ENTRY(lut4f32, WF_LUT4_F32)
 MOE_MMA_ENTRY(bf16, WF_BF16, 2)
 MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
 MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
+
+// ---- MXFP4 experts on f16 tensor cores, for 1–16 pairs per expert (decode and batched decode) ----
+// An E2M1 code c is exactly the f16 with bits (c & 7) << 9 | (c & 8) << 12, worth E2M1(c) · 2^-14
+// (subnormals included), so MXFP4 weights go to `mma.sync` f16 unchanged and the E8M0 scale multiplies each
+// 32-element block's partial sum in f32. x is split per (row, 32-element block) by moe_xsplit: scaled by a
+// power of two that puts the block's largest |x| in [2^14, 2^15), then x = hi + lo in two f16 (22 bits; the
+// rounding residual of hi is exact in f32). Each block's 4 MMAs (2 k16 slices × lo, hi) start from a zero
+// accumulator and their sum is added to the running f32 sum with the weight and x scales (the tensor cores
+// truncate long accumulations: issue 16). Weights are read straight from global memory (no reuse to stage).
+//
+// Fragment layout. Thread (g = lane / 4, t = lane % 4) loads 4 bytes at byte 4t of a row's 16-byte block:
+// codes n0..n7 of the block's elements 8t..8t+7. A dot product is free to permute k as long as weights and x
+// agree, so slice s ∈ {0, 1} of the block takes, for the MMA's logical columns (2t, 2t+1) and (2t+8, 2t+9),
+// the elements (8t+2s, 8t+2s+4) and (8t+2s+1, 8t+2s+5): nibbles i and i+4 of a word decode together into one
+// f16x2 register. moe_xsplit writes x in that order, so each thread reads its B fragments with two 16-byte
+// loads per block.
+//
+// moe_xsplit: xs[((r * nkb + kb) * 4 + t) * 8 + j] (u32 of f16x2: j = 0..3 the hi parts of slices 0, 1 as
+//   (b0, b1) each, j = 4..7 the lo parts), xscale[r * nkb + kb] = 2^(e-127), the block's largest |x| in
+//   [2^(e-127), 2^(e-126)). One thread per (row, block, t). Needs k % 32 == 0.
+// moe_{gate_up,down}_fp4_p{8,16}: tiles of 8 or 16 pairs of one expert (grid x = tiles, find_tile), 32
+//   weight rows per block (16·MT; grid y); the 8 warps split the K blocks (warp w takes blocks w, w + 8, ...) and
+//   their sums are added in warp order through shared memory (deterministic). Block: 256.
+
+struct XSplitParams {
+    const float* x;
+    u32* xs;
+    float* xscale;
+    int rows;
+    int k;
+};
+
+// Two f32 as packed f16 (RNE), `lo` in the low half.
+static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+extern "C" __global__ void moe_xsplit(const XSplitParams p) {
+    int nkb = p.k / 32;
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 total = (i64)p.rows * nkb * 4;
+    bool live = idx < total;
+    int t = (int)(idx & 3);
+    i64 rk = idx >> 2;
+    float v[8];
+    #pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = 0.0f;
+    if (live) {
+        i64 row = rk / nkb;
+        int kb = (int)(rk % nkb);
+        const float4* src = (const float4*)(p.x + row * p.k + kb * 32 + 8 * t);
+        float4 a = src[0], b = src[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+    float m = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
+    // Quads are whole (total is a multiple of 4), so every lane of a quad shares the block's maximum.
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // e clamped to [15, 254]: the scale 2^(141-e) and 2^(e-127) stay normal; NaN and inf pass through.
+    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
+    float s = __uint_as_float((u32)(268 - e) << 23);
+    if (!live) return;
+    u32 out[8];
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        // j = 2s + b: slice s, register b holds elements (8t + 2s + b, 8t + 2s + b + 4).
+        int i0 = (j >> 1) * 2 + (j & 1);
+        float x0 = v[i0] * s, x1 = v[i0 + 4] * s;
+        u32 hi = f16x2(x0, x1);
+        out[j] = hi;
+        out[4 + j] = f16x2(x0 - f16_to_f32((u16)(hi & 0xffffu)), x1 - f16_to_f32((u16)(hi >> 16)));
+    }
+    uint4* dst = (uint4*)(p.xs + (rk * 4 + t) * 8);
+    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+    if (t == 0) p.xscale[rk] = __uint_as_float((u32)e << 23);
+}
+
+static __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Nibbles i (low half) and i + 4 (high half) of q as two f16 E2M1 · 2^-14.
+template <int I>
+static __device__ __forceinline__ u32 e2m1x2(u32 q) {
+    u32 mag = (I <= 2 ? q << (9 - 4 * I) : q >> 3) & 0x0E000E00u;
+    u32 sign = (q << (12 - 4 * I)) & 0x80008000u;
+    return mag | sign;
+}
+
+// U K blocks of a warp's loads: codes and scales of its 2·MT rows, x fragments and scales of its pairs.
+template <int NB, int U, int MT>
+struct Fp4Stage {
+    u32 q[U][MT][2];
+    u8 sc[U][MT][2];
+    uint4 xb[U][NB][2];
+    float xsv[U][NB][2];
+};
+
+#define FP4_NO_X 0xffffffffu
+
+struct Fp4Rows {
+    const u8* wbase;
+    const u8* sbase;
+    u32 row_bytes;
+    u32 row_scales;
+    // Offsets into xs (in uint4; FP4_NO_X: a pair slot past the tile's count) and xscale: 32 bits each.
+    const uint4* xs;
+    const float* xscale;
+    u32 xrow[2];
+    u32 xcol[2][2];
+};
+
+template <int NB, int U, int MT>
+static __device__ __forceinline__ void fp4_load(const Fp4Rows& r, const u32 (*rows)[2], int kb0, int nkb,
+                                                Fp4Stage<NB, U, MT>& st) {
+    #pragma unroll
+    for (int u = 0; u < U; u++) {
+        int kb = kb0 + 8 * u;
+        bool ok = kb < nkb;
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int h = 0; h < 2; h++) {
+                st.q[u][mt][h] = ok ? *(const u32*)(r.wbase + rows[mt][h] * r.row_bytes + kb * 16) : 0u;
+                st.sc[u][mt][h] = ok ? r.sbase[rows[mt][h] * r.row_scales + kb] : (u8)0;
+            }
+        #pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+            uint4 z = make_uint4(0u, 0u, 0u, 0u);
+            bool live = ok && r.xrow[nb] != FP4_NO_X;
+            st.xb[u][nb][0] = live ? r.xs[r.xrow[nb] + kb * 8] : z;
+            st.xb[u][nb][1] = live ? r.xs[r.xrow[nb] + kb * 8 + 1] : z;
+            #pragma unroll
+            for (int j = 0; j < 2; j++) st.xsv[u][nb][j] = ok ? r.xscale[r.xcol[nb][j] + kb] : 0.0f;
+        }
+    }
+}
+
+template <int NB, int U, int MT>
+static __device__ __forceinline__ void fp4_compute(const Fp4Stage<NB, U, MT>& st, float (*acc)[NB][4]) {
+    #pragma unroll
+    for (int u = 0; u < U; u++)
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            u32 q0 = st.q[u][mt][0], q1 = st.q[u][mt][1];
+            u32 a00 = e2m1x2<0>(q0), a01 = e2m1x2<0>(q1), a02 = e2m1x2<1>(q0), a03 = e2m1x2<1>(q1);
+            u32 a10 = e2m1x2<2>(q0), a11 = e2m1x2<2>(q1), a12 = e2m1x2<3>(q0), a13 = e2m1x2<3>(q1);
+            float ws0 = e8m0_to_f32(st.sc[u][mt][0]), ws1 = e8m0_to_f32(st.sc[u][mt][1]);
+            #pragma unroll
+            for (int nb = 0; nb < NB; nb++) {
+                const uint4& hi = st.xb[u][nb][0];
+                const uint4& lo = st.xb[u][nb][1];
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_f16(c, a00, a01, a02, a03, lo.x, lo.y);
+                mma_f16(c, a10, a11, a12, a13, lo.z, lo.w);
+                mma_f16(c, a00, a01, a02, a03, hi.x, hi.y);
+                mma_f16(c, a10, a11, a12, a13, hi.z, hi.w);
+                float x0 = st.xsv[u][nb][0], x1 = st.xsv[u][nb][1];
+                acc[mt][nb][0] += c[0] * (ws0 * x0);
+                acc[mt][nb][1] += c[1] * (ws0 * x1);
+                acc[mt][nb][2] += c[2] * (ws1 * x0);
+                acc[mt][nb][3] += c[3] * (ws1 * x1);
+            }
+        }
+}
+
+// NB n8 tiles of pairs, U K blocks per load stage, MT m16 tiles of weight rows per warp. (Measured on the
+// H200 and dropped: 128-byte L2 fetches, a register double buffer of the next stage, MT = 1 or 4.)
+template <int NB, int U, int MT, int GATE_UP>
+static __device__ void expert_fp4_impl(const ExpertParams& p) {
+    const int acc_n = MT * NB * 4;
+    __shared__ float red[8][acc_n][32];
+    __shared__ float outs[16 * MT][8 * NB + 1];
+    int e, start;
+    if (!find_tile(p.counts, p.n_experts, 8 * NB, blockIdx.x, e, start)) return;
+    int count = min(p.counts[e] - start, 8 * NB);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
+    // 32-bit offsets within the expert keep the registers for loads in flight.
+    Fp4Rows r;
+    r.wbase = (const u8*)p.w.data + (i64)e * n_rows * (p.w.ld / 2) + 4 * t;
+    r.sbase = (const u8*)p.w.scales + (i64)e * n_rows * p.w.row_scales;
+    r.row_bytes = (u32)(p.w.ld / 2);
+    r.xs = (const uint4*)p.xs;
+    r.xscale = p.xscale;
+    r.row_scales = (u32)p.w.row_scales;
+    // B fragments: quad g feeds pair slot nb*8 + g; C columns 2t, 2t+1 are pair slots nb*8 + 2t + j.
+    auto x_index = [&](int slot) {
+        int pair = p.list[p.offsets[e] + start + min(slot, count - 1)];
+        return p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
+    };
+    #pragma unroll
+    for (int nb = 0; nb < NB; nb++) {
+        r.xrow[nb] = nb * 8 + g < count ? (u32)(x_index(nb * 8 + g) * nkb * 8 + 2 * t) : FP4_NO_X;
+        #pragma unroll
+        for (int j = 0; j < 2; j++) r.xcol[nb][j] = (u32)(x_index(nb * 8 + 2 * t + j) * nkb);
+    }
+    // Blocks loop over row tiles (grid y may be smaller than the tiles) so the pair lookups above are paid
+    // once per block; the barriers inside keep the shared arrays' reuse ordered.
+    for (int r0 = blockIdx.y * 16 * MT; r0 < n_rows; r0 += gridDim.y * 16 * MT) {
+        u32 rows[MT][2];
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int h = 0; h < 2; h++) rows[mt][h] = (u32)min(r0 + mt * 16 + g + 8 * h, n_rows - 1);
+        float acc[MT][NB][4];
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int nb = 0; nb < NB; nb++)
+                #pragma unroll
+                for (int i = 0; i < 4; i++) acc[mt][nb][i] = 0.0f;
+        for (int kb0 = warp; kb0 < nkb; kb0 += 8 * U) {
+            Fp4Stage<NB, U, MT> st;
+            fp4_load<NB, U, MT>(r, rows, kb0, nkb, st);
+            fp4_compute<NB, U, MT>(st, acc);
+        }
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int nb = 0; nb < NB; nb++)
+                #pragma unroll
+                for (int i = 0; i < 4; i++) red[warp][(mt * NB + nb) * 4 + i][lane] = acc[mt][nb][i];
+        __syncthreads();
+        for (int o = threadIdx.x; o < acc_n * 32; o += blockDim.x) {
+            int i = o >> 5, l = o & 31;
+            float v = 0.0f;
+            #pragma unroll
+            for (int w = 0; w < 8; w++) v += red[w][i][l];
+            int mt = i / (NB * 4), nb = (i / 4) % NB, ci = i & 3;
+            int row = mt * 16 + (l >> 2) + 8 * (ci >> 1), slot = nb * 8 + 2 * (l & 3) + (ci & 1);
+            outs[row][slot] = v;
+        }
+        __syncthreads();
+        int step = GATE_UP ? 2 : 1;
+        for (int o = threadIdx.x; o < 16 * MT / step * 8 * NB; o += blockDim.x) {
+            int ro = o / (8 * NB) * step, slot = o % (8 * NB);
+            if (r0 + ro < n_rows && slot < count)
+                moe_store<GATE_UP>(p, e, start + slot, r0 + ro, outs[ro][slot], GATE_UP ? outs[ro + 1][slot] : 0.0f);
+        }
+    }
+}
+
+// FP4_ENTRY(SUFFIX, NB, U, MT): the gate_up and down kernels of one configuration (2 blocks per SM).
+#define FP4_ENTRY(SUFFIX, NB, U, MT) \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_impl<NB, U, MT, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_impl<NB, U, MT, 0>(p); }
+
+FP4_ENTRY(p8, 1, 4, 2)
+FP4_ENTRY(p16, 2, 2, 2)
 
 struct CombineParams {
     const int* experts;

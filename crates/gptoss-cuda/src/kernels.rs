@@ -191,6 +191,35 @@ impl MmaRows {
     }
 }
 
+/// Pairs per tile of the MXFP4 f16 tensor-core expert kernels (`moe_*_fp4_p{8,16}` in moe.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fp4Pairs {
+    /// 8 (one n8 MMA tile).
+    P8,
+    /// 16 (two).
+    P16,
+}
+
+impl Fp4Pairs {
+    /// Both.
+    pub const ALL: [Fp4Pairs; 2] = [Fp4Pairs::P8, Fp4Pairs::P16];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Fp4Pairs::P8 => "p8",
+            Fp4Pairs::P16 => "p16",
+        }
+    }
+
+    /// Pairs per tile.
+    pub fn pairs(self) -> usize {
+        match self {
+            Fp4Pairs::P8 => 8,
+            Fp4Pairs::P16 => 16,
+        }
+    }
+}
+
 /// Element type of the KV cache as the kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KvType {
@@ -235,6 +264,12 @@ pub enum Func {
     MoeGateUpMma(WeightKind, MmaRows),
     /// `moe_down_mma_<fmt>` / `moe_down_mma32_<fmt>`
     MoeDownMma(WeightKind, MmaRows),
+    /// `moe_xsplit` (x as two f16 parts for the MXFP4 tensor-core experts)
+    MoeXSplit,
+    /// `moe_gate_up_fp4_p{8,16}`
+    MoeGateUpFp4(Fp4Pairs),
+    /// `moe_down_fp4_p{8,16}`
+    MoeDownFp4(Fp4Pairs),
     /// `moe_combine`
     MoeCombine,
     /// `sample_rows`
@@ -256,6 +291,9 @@ impl Func {
             | Func::MoeDown(..)
             | Func::MoeGateUpMma(..)
             | Func::MoeDownMma(..)
+            | Func::MoeXSplit
+            | Func::MoeGateUpFp4(_)
+            | Func::MoeDownFp4(_)
             | Func::MoeCombine => KernelFile::Moe,
             Func::Sample => KernelFile::Sample,
         }
@@ -284,6 +322,9 @@ impl Func {
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
             Func::MoeGateUpMma(w, r) => format!("moe_gate_up_{}_{}", r.infix(), w.suffix()),
             Func::MoeDownMma(w, r) => format!("moe_down_{}_{}", r.infix(), w.suffix()),
+            Func::MoeXSplit => "moe_xsplit".into(),
+            Func::MoeGateUpFp4(n) => format!("moe_gate_up_fp4_{}", n.suffix()),
+            Func::MoeDownFp4(n) => format!("moe_down_fp4_{}", n.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
         }
@@ -299,7 +340,11 @@ impl Func {
             Func::RouteTopk,
             Func::Sample,
             Func::AttentionCombine,
+            Func::MoeXSplit,
         ];
+        for n in Fp4Pairs::ALL {
+            v.extend([Func::MoeGateUpFp4(n), Func::MoeDownFp4(n)]);
+        }
         for k in [KvType::Bf16, KvType::F16, KvType::F32] {
             v.extend([Func::RopeKv(k), Func::Attention(k)]);
         }
@@ -347,6 +392,8 @@ mod tests {
             ("moe_down_mma_", "MOE_MMA_ENTRY", &[""][..]),
             ("moe_gate_up_mma32_", "MOE_MMA_ENTRY", &[""][..]),
             ("moe_down_mma32_", "MOE_MMA_ENTRY", &[""][..]),
+            ("moe_gate_up_fp4_", "FP4_ENTRY", &[""][..]),
+            ("moe_down_fp4_", "FP4_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

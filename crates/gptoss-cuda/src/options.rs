@@ -1,6 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
-//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CACHE_DIR`,
-//! `XDG_CACHE_HOME`, `HOME`).
+//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_MOE_KERNEL`,
+//! `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -28,6 +28,41 @@ pub struct CudaOptions {
     pub lib_dirs: Vec<PathBuf>,
     /// Record small steps as CUDA graphs and replay them (`GPTOSS_CUDA_GRAPHS=0` turns it off).
     pub graphs: bool,
+    /// Which expert kernels run (`GPTOSS_MOE_KERNEL`; benchmarks and diagnosis, default automatic).
+    pub moe_kernel: MoeKernel,
+}
+
+/// The expert kernels a step uses: chosen from the pairs per expert and the weight format, or forced
+/// (where the format allows it; otherwise the automatic choice) to compare them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MoeKernel {
+    /// By the pairs per expert and the format (`auto`).
+    #[default]
+    Auto,
+    /// The split-K CUDA-core GEMV (`split`).
+    Split,
+    /// bf16 tensor-core tiles of 32 or 64 pairs (`mma`).
+    Mma,
+    /// MXFP4 on f16 tensor cores, tiles of 8 pairs (`fp4-8`).
+    Fp4P8,
+    /// Same, tiles of 16 pairs (`fp4-16`).
+    Fp4P16,
+}
+
+impl MoeKernel {
+    /// Parses `GPTOSS_MOE_KERNEL`'s value.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "" | "auto" => Ok(MoeKernel::Auto),
+            "split" => Ok(MoeKernel::Split),
+            "mma" => Ok(MoeKernel::Mma),
+            "fp4-8" => Ok(MoeKernel::Fp4P8),
+            "fp4-16" => Ok(MoeKernel::Fp4P16),
+            _ => Err(CudaError::Config(format!(
+                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8 or fp4-16"
+            ))),
+        }
+    }
 }
 
 impl CudaOptions {
@@ -61,6 +96,10 @@ impl CudaOptions {
             compile_notice: CompileNotice::Stderr,
             lib_dirs,
             graphs: std::env::var("GPTOSS_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0"),
+            moe_kernel: match std::env::var("GPTOSS_MOE_KERNEL") {
+                Ok(v) => MoeKernel::parse(&v)?,
+                Err(_) => MoeKernel::Auto,
+            },
         })
     }
 }
@@ -115,6 +154,14 @@ mod tests {
         assert_eq!(parse_arch("9.0").unwrap(), 90);
         let e = parse_arch("ampere").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_CUDA_ARCH=\"ampere\""), "{e}");
+    }
+
+    #[test]
+    fn moe_kernel_names() {
+        assert_eq!(MoeKernel::parse("fp4-16").unwrap(), MoeKernel::Fp4P16);
+        assert_eq!(MoeKernel::parse("").unwrap(), MoeKernel::Auto);
+        let e = MoeKernel::parse("fast").unwrap_err().to_string();
+        assert!(e.contains("GPTOSS_MOE_KERNEL=\"fast\""), "{e}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct CudaStep {
     pub(crate) ring_blocks: usize,
     pub(crate) rows: usize,
     pub(crate) logit_rows: usize,
+    /// Sequences (block tables) in the step.
+    pub(crate) seqs: usize,
     /// Keys the longest-reaching token of the step attends to in a full layer (its position + 1).
     pub(crate) max_keys: usize,
     pub(crate) inv_freq: DevBuf<f32>,
@@ -63,6 +65,7 @@ impl CudaStep {
             ring_blocks: layout.ring_blocks,
             rows: 0,
             logit_rows: 0,
+            seqs: 0,
             max_keys: 0,
             inv_freq: DevBuf::from_host(&d.stream, &d.meter, &rope.inv_freq, "the RoPE table")?,
             rope_len: rope.inv_freq.len(),
@@ -135,6 +138,7 @@ impl CudaStep {
             .memcpy_htod(&self.staging, &mut dst)
             .map_err(|e| CudaError::driver("copying the step's batch", e))?;
         self.rows = n;
+        self.seqs = batch.tables.len();
         self.logit_rows = batch.logit_rows.len();
         self.max_keys = batch.positions.iter().max().map_or(0, |&p| p as usize + 1);
         Ok(())

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
-use gptoss_cuda::{CudaBackend, CudaOptions};
+use gptoss_cuda::{CudaBackend, CudaOptions, MoeKernel};
 use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, QkvBufs, Rope};
 use gptoss_engine::memory::KvPrecision;
 use gptoss_engine::{Backend, Batch, BlockTable, Capacity, CpuBackend, KvLayout, SamplingParams};
@@ -276,6 +276,110 @@ fn tensor_core_long_dot_products_match_f64() {
     );
     println!("tensor-core moe Mxfp4 T={rows} hidden {hidden}: rel err vs CPU {e:.2e}");
     assert!(e < 2e-6, "moe: rel err {e:.2e}");
+}
+
+/// The MXFP4 experts at 20b's widths through every expert kernel (the automatic choice and each one forced:
+/// split-K GEMV, bf16 tensor-core tiles, f16 tensor-core tiles of 8 and 16 pairs), against an f64 reference
+/// of the same routing (the CPU backend's choices), from one pair per expert (decode) to 16.
+#[test]
+#[ignore = "needs GPU"]
+fn mxfp4_experts_every_kernel_match_f64() {
+    let mut rng = Rng(31);
+    let (n_exp, hidden, inter, top_k) = (8, 2880, 2880, 4);
+    let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
+    let dense: Vec<[Vec<f32>; 2]> = ex
+        .iter()
+        .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
+        .collect();
+    let router = Linear {
+        weight: random_tensor(
+            &mut rng,
+            TestFormat::Dense(gptoss_formats::DType::BF16),
+            n_exp,
+            hidden,
+            0.05,
+        ),
+        bias: None,
+    };
+    for rows in [1usize, 2, 7, 32] {
+        let h = rng.vec(rows * hidden, 1.0);
+        let mut reference: Option<(Vec<f64>, Vec<(u32, f32)>)> = None;
+        for kernel in [
+            MoeKernel::Auto,
+            MoeKernel::Split,
+            MoeKernel::Mma,
+            MoeKernel::Fp4P8,
+            MoeKernel::Fp4P16,
+        ] {
+            let mut o = CudaOptions::from_env().unwrap();
+            o.kv = KvPrecision::F32;
+            o.moe_kernel = kernel;
+            let g = CudaBackend::new(&o).unwrap();
+            let (got, routing) = moe_run_routed(&g, &router, &ex, &h, rows, top_k);
+            // The experts of every kernel are checked on the same routing (the router is not under test).
+            let (want, first) = reference.get_or_insert_with(|| {
+                (
+                    moe_f64(&ex, &dense, &routing, &h, rows, top_k),
+                    routing.clone(),
+                )
+            });
+            assert_eq!(
+                &routing, first,
+                "{kernel:?} T={rows}: routing differs between runs"
+            );
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+                / scale;
+            println!("mxfp4 experts {kernel:?} T={rows} top-{top_k} of {n_exp}: rel err vs f64 {err:.2e}");
+            assert!(err < 1e-6, "{kernel:?} T={rows}: rel err {err:.2e}");
+        }
+    }
+}
+
+/// The experts of `moe_run` in f64 for the given `(expert, weight)` choices.
+fn moe_f64(
+    ex: &[Expert],
+    dense: &[[Vec<f32>; 2]],
+    routing: &[(u32, f32)],
+    h: &[f32],
+    rows: usize,
+    top_k: usize,
+) -> Vec<f64> {
+    let hidden = ex[0].gate_up.weight.row_len();
+    let inter = ex[0].down.weight.row_len();
+    let bias = |l: &Linear, j: usize| l.bias.as_ref().map_or(0.0, |b| b[j] as f64);
+    let mut out = vec![0f64; rows * hidden];
+    for t in 0..rows {
+        let x = &h[t * hidden..(t + 1) * hidden];
+        let mut picks: Vec<(u32, f32)> = routing[t * top_k..(t + 1) * top_k].to_vec();
+        picks.sort_by_key(|p| p.0);
+        for (e, w) in picks {
+            let (gu, dn) = (&dense[e as usize][0], &dense[e as usize][1]);
+            let dot = |m: &[f32], row: usize, v: &[f64]| -> f64 {
+                v.iter()
+                    .enumerate()
+                    .map(|(c, x)| m[row * v.len() + c] as f64 * x)
+                    .sum()
+            };
+            let xd: Vec<f64> = x.iter().map(|v| *v as f64).collect();
+            let act: Vec<f64> = (0..inter)
+                .map(|i| {
+                    let g = (dot(gu, 2 * i, &xd) + bias(&ex[e as usize].gate_up, 2 * i)).min(7.0);
+                    let u = (dot(gu, 2 * i + 1, &xd) + bias(&ex[e as usize].gate_up, 2 * i + 1))
+                        .clamp(-7.0, 7.0);
+                    g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+                })
+                .collect();
+            for j in 0..hidden {
+                out[t * hidden + j] +=
+                    w as f64 * (dot(dn, j, &act) + bias(&ex[e as usize].down, j));
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -588,6 +692,18 @@ fn moe_run<B: Backend>(
     rows: usize,
     top_k: usize,
 ) -> Vec<f32> {
+    moe_run_routed(b, router, ex, h, rows, top_k).0
+}
+
+/// `moe_run`, also returning the router's `(expert, weight)` choices.
+fn moe_run_routed<B: Backend>(
+    b: &B,
+    router: &Linear,
+    ex: &[Expert],
+    h: &[f32],
+    rows: usize,
+    top_k: usize,
+) -> (Vec<f32>, Vec<(u32, f32)>) {
     let hidden = router.weight.row_len();
     let up = b.upload_experts(ex).unwrap();
     let r = b.upload_linear(router).unwrap();
@@ -612,7 +728,8 @@ fn moe_run<B: Backend>(
         &mut out,
     )
     .unwrap();
-    b.read(&out, rows).unwrap()
+    let choices = b.read_routing(&routing, rows, top_k).unwrap();
+    (b.read(&out, rows).unwrap(), choices)
 }
 
 #[test]

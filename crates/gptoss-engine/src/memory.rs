@@ -183,7 +183,10 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let step = 4 * (3 * rows + logit_rows + tables)
         + 4 * (c.head_dim as u64 / 2)
         + 4 * attention_split_floats(config, capacity) as u64;
-    let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h);
+    // The CUDA MXFP4 experts' f16 split of x: up to 16 pairs per expert (`FP4_MAX_PAIRS_PER_EXPERT` in
+    // gptoss-cuda's ops/moe.rs), 4 bytes per value plus a scale per 32.
+    let split_values = (rows * k).min(16 * e) * i.max(h);
+    let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_values + split_values / 8;
     let sampler = logit_rows * (8 * v + 24 + 4);
     activations + routing + logits + step + moe + sampler
 }

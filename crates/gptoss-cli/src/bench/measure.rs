@@ -19,6 +19,8 @@ pub(crate) struct Measured {
     pub seconds: Vec<f64>,
     /// Sequences preempted for lack of KV blocks during the test (warm-up included).
     pub preemptions: u64,
+    /// Prompt tokens served from the prefix cache during the test (0: the bench runs with it off).
+    pub prefix_cached_tokens: u64,
     /// The CUDA backend's peak device memory so far (`None` on the CPU).
     pub peak_device_bytes: Option<u64>,
     /// This process's peak resident memory so far.
@@ -43,7 +45,7 @@ pub(crate) fn measure(
     let prompts: Vec<Vec<u32>> = (0..streams as u64)
         .map(|s| pool.prompt(args.seed, s, prompt_tokens))
         .collect();
-    let before = engine.stats().snapshot().preemptions;
+    let before = engine.stats().snapshot();
     let mut seconds = Vec::with_capacity(args.reps);
     for run in 0..=args.reps {
         let label = match run {
@@ -62,7 +64,8 @@ pub(crate) fn measure(
     let stats = engine.stats().snapshot();
     Ok(Measured {
         seconds,
-        preemptions: stats.preemptions - before,
+        preemptions: stats.preemptions - before.preemptions,
+        prefix_cached_tokens: stats.prefix_cached_tokens - before.prefix_cached_tokens,
         peak_device_bytes: (stats.device_peak_bytes > 0).then_some(stats.device_peak_bytes),
         peak_host_bytes: crate::batch::peak_host_memory_bytes(),
     })

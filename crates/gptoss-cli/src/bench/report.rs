@@ -56,6 +56,8 @@ pub(crate) struct Row {
     pub samples_tokens_per_second: Vec<f64>,
     /// Sequences preempted during the test (0 unless --kv-blocks is too small).
     pub preemptions: u64,
+    /// Prompt tokens served from the prefix cache (0: every run computes its prompt).
+    pub prefix_cached_tokens: u64,
     /// Peak device memory after this test (`null` on the CPU).
     pub peak_device_bytes: Option<u64>,
     /// Peak resident host memory after this test (VmHWM).
@@ -88,6 +90,7 @@ impl Row {
             samples_seconds: m.seconds,
             samples_tokens_per_second: rates,
             preemptions: m.preemptions,
+            prefix_cached_tokens: m.prefix_cached_tokens,
             peak_device_bytes: m.peak_device_bytes,
             peak_host_bytes: m.peak_host_bytes,
             setup: setup.clone(),
@@ -222,6 +225,7 @@ mod tests {
         let m = Measured {
             seconds: vec![1.0, 0.5],
             preemptions: 0,
+            prefix_cached_tokens: 0,
             peak_device_bytes: None,
             peak_host_bytes: Some(1 << 20),
         };

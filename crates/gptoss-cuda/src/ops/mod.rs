@@ -133,6 +133,19 @@ impl DevWeight {
         }
     }
 
+    /// Whether the MXFP4 f16 tensor-core expert kernels (`moe_*_fp4_*` in moe.cu) read it: E2M1 codes
+    /// (each exactly an f16 times 2^14) with one E8M0 scale per 32 elements, unrounded, rows of whole
+    /// blocks and no padding (one expert's codes addressed with 32-bit offsets).
+    pub fn fp4_mma(&self) -> bool {
+        self.kind == WeightKind::Lut4E8m0
+            && self.round == ROUND_NONE
+            && self.table == gptoss_formats::tensor::E2M1_VALUES
+            && self.block == 32
+            && self.ld == self.k
+            && self.k.is_multiple_of(32)
+            && self.rows * self.k / 2 <= u32::MAX as usize
+    }
+
     /// Thread groups per 256-thread block of the split-K kernels (`block_rowdot` in common.cu): groups of
     /// 256, 128, 64 or 32 threads, the largest not above the row's 16-byte chunks, so few threads idle.
     pub fn split_groups(&self) -> i32 {

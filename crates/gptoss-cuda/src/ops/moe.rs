@@ -6,8 +6,9 @@ use gptoss_engine::backend::MoeShape;
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
-use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
+use crate::kernels::{Fp4Pairs, Func, MmaRows, RowTile, WeightKind};
 use crate::ops::{blocks, cfg, linear, shape_error, DevWeight, WeightRef};
+use crate::options::MoeKernel;
 use crate::vram::DevBuf;
 
 /// A layer's experts, stacked: `gate_up` `[E × 2I, H]` (interleaved gate/up rows), `down` `[E × H, I]`.
@@ -71,6 +72,9 @@ pub struct MoeScratch {
     list: DevBuf<i32>,
     act: DevBuf<f32>,
     y: DevBuf<f32>,
+    /// x of the MXFP4 tensor-core path as two f16 parts (`moe_xsplit`), and its per-block scales.
+    xs: DevBuf<u32>,
+    xscale: DevBuf<f32>,
     pairs: usize,
     n_experts: usize,
     inter: usize,
@@ -87,12 +91,15 @@ impl MoeScratch {
         hidden: usize,
     ) -> Result<Self> {
         let (s, m) = (&dev.stream, &dev.meter);
+        let split = fp4_split_rows(pairs, n_experts) * inter.max(hidden);
         Ok(MoeScratch {
             counts: DevBuf::zeros(s, m, n_experts, "MoE scratch")?,
             offsets: DevBuf::zeros(s, m, n_experts + 1, "MoE scratch")?,
             list: DevBuf::zeros(s, m, pairs, "MoE scratch")?,
             act: DevBuf::zeros(s, m, pairs * inter, "MoE scratch")?,
             y: DevBuf::zeros(s, m, pairs * hidden, "MoE scratch")?,
+            xs: DevBuf::zeros(s, m, split, "MoE scratch")?,
+            xscale: DevBuf::zeros(s, m, split / 32, "MoE scratch")?,
             pairs,
             n_experts,
             inter,
@@ -253,6 +260,8 @@ struct ExpertParams {
     limit: f32,
     n_experts: i32,
     groups: i32,
+    xs: u64,
+    xscale: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe.cu.
@@ -273,6 +282,18 @@ struct CombineParams {
 // SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
+#[repr(C)]
+struct XSplitParams {
+    x: u64,
+    xs: u64,
+    xscale: u64,
+    rows: i32,
+    k: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `XSplitParams` in moe.cu.
+unsafe impl cudarc::driver::DeviceRepr for XSplitParams {}
+
 /// How the experts of a step run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoePath {
@@ -280,6 +301,17 @@ pub enum MoePath {
     Split(RowTile),
     /// Tensor-core tiles of 32 or 64 pairs of one expert.
     Mma(MmaRows),
+    /// MXFP4 on f16 tensor cores, tiles of 8 or 16 pairs of one expert.
+    Fp4(Fp4Pairs),
+}
+
+/// Most pairs per expert (on average) the MXFP4 f16 tensor-core path takes; beyond, the bf16 tiles of
+/// 32–64 pairs. `workspace_bytes` in gptoss-engine's memory.rs sizes its scratch with the same bound.
+const FP4_MAX_PAIRS_PER_EXPERT: usize = 16;
+
+/// Rows of x the MXFP4 path splits at most (tokens for gate_up, pairs for down).
+fn fp4_split_rows(pairs: usize, n_experts: usize) -> usize {
+    pairs.min(FP4_MAX_PAIRS_PER_EXPERT * n_experts)
 }
 
 /// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
@@ -290,10 +322,28 @@ const MMA_WEIGHT_ROWS: usize = 128;
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
 /// decode exactly to bf16 (32 pairs while the experts average at most 16, else 64), tiles of 8 pairs otherwise.
-pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts) -> MoePath {
+pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts, forced: MoeKernel) -> MoePath {
+    let fp4 = e.gate_up.fp4_mma() && e.down.fp4_mma();
+    let fp4_fits = fp4 && pairs <= FP4_MAX_PAIRS_PER_EXPERT * n_experts;
+    let mma = e.gate_up.mma_exact() && e.down.mma_exact();
+    match forced {
+        MoeKernel::Split => return MoePath::Split(RowTile::One),
+        MoeKernel::Mma if mma => return MoePath::Mma(MmaRows::R64),
+        MoeKernel::Fp4P8 if fp4_fits => return MoePath::Fp4(Fp4Pairs::P8),
+        MoeKernel::Fp4P16 if fp4_fits => return MoePath::Fp4(Fp4Pairs::P16),
+        _ => {}
+    }
+    if fp4_fits {
+        // Tiles of 8 while the experts average at most 4 pairs, then 16.
+        return MoePath::Fp4(if pairs <= 4 * n_experts {
+            Fp4Pairs::P8
+        } else {
+            Fp4Pairs::P16
+        });
+    }
     if pairs <= 2 * n_experts {
         MoePath::Split(RowTile::One)
-    } else if e.gate_up.mma_exact() && e.down.mma_exact() {
+    } else if mma {
         // Tiles of 32 while the experts average at most 16 pairs (a 64-pair tile would be mostly empty).
         // Measured on the H100, 32 experts top-4: T = 32 and 64 0.75 ms (32-pair tiles) vs 1.01 ms (64);
         // T = 256 (32 pairs per expert) 1.14 ms vs 1.05 ms.
@@ -392,9 +442,17 @@ pub fn moe(
         limit: m.shape.swiglu_limit,
         n_experts: e.n_experts as i32,
         groups: e.gate_up.split_groups(),
+        xs: scratch.xs.ptr(),
+        xscale: scratch.xscale.ptr(),
     };
-    let path = choose_moe(pairs, e.n_experts, e);
+    let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
+    if let MoePath::Fp4(_) = path {
+        split_x(dev, scratch, m.h.buf.ptr(), step.rows, hidden)?;
+    }
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
+    if let MoePath::Fp4(_) = path {
+        split_x(dev, scratch, scratch.act.ptr(), pairs, inter)?;
+    }
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -421,6 +479,45 @@ pub fn moe(
     )
 }
 
+/// Weight rows per block of the MXFP4 f16 kernels (`16 * MT` in moe.cu).
+const FP4_WEIGHT_ROWS: usize = 32;
+
+/// Blocks per tile along the weight rows for the MXFP4 f16 kernels: one per 32 rows while the tiles are few
+/// (decode: every block a short latency chain, as many as possible in flight), fewer once the tiles alone
+/// fill about four waves of two blocks per SM, each block then looping over several 32-row slices so its
+/// pair lookups are paid once (blocks of one slice measured ≈ 4–5 µs, of which ≈ 1.5 µs is start-up).
+fn fp4_row_blocks(dev: &Device, rows: usize, tiles: u32) -> u32 {
+    let all = blocks(rows, FP4_WEIGHT_ROWS);
+    let target = 8 * dev.caps.sm_count.max(1);
+    all.min(target.div_ceil(tiles.max(1))).max(1)
+}
+
+/// `moe_xsplit` of `rows` rows of `k` f32 at `x` into the scratch's f16 parts.
+fn split_x(dev: &Device, scratch: &MoeScratch, x: u64, rows: usize, k: usize) -> Result<()> {
+    // The kernels address xs in 16-byte units with 32-bit offsets.
+    if !k.is_multiple_of(32) || rows * k > scratch.xs.len() || rows * k / 4 >= u32::MAX as usize {
+        return Err(shape_error(
+            "moe_xsplit",
+            format!(
+                "{rows} rows of {k} (a multiple of 32, at most {} values)",
+                scratch.xs.len()
+            ),
+        ));
+    }
+    let p = XSplitParams {
+        x,
+        xs: scratch.xs.ptr(),
+        xscale: scratch.xscale.ptr(),
+        rows: rows as i32,
+        k: k as i32,
+    };
+    dev.launch(
+        Func::MoeXSplit,
+        cfg((blocks(rows * k / 8, 256), 1, 1), 256),
+        &p,
+    )
+}
+
 /// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;
 /// `(w, weight rows per expert, pairs, experts)`.
 fn launch_experts(
@@ -431,6 +528,15 @@ fn launch_experts(
 ) -> Result<()> {
     let gate_up = p.x_per_pair == 0;
     let (func, grid) = match path {
+        MoePath::Fp4(n) => {
+            let f = if gate_up {
+                Func::MoeGateUpFp4(n)
+            } else {
+                Func::MoeDownFp4(n)
+            };
+            let x = tile_rows(pairs, n_experts, n.pairs());
+            (f, (x, fp4_row_blocks(dev, rows, x), 1))
+        }
         MoePath::Mma(r) => {
             let f = if gate_up {
                 Func::MoeGateUpMma(w.kind, r)
