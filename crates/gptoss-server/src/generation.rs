@@ -1,6 +1,9 @@
 //! One request's generation as the API sees it: submit the prompt to the engine, turn sampled tokens
 //! into deltas (Harmony: reasoning / content / tool calls through the streaming parser; raw: text),
 //! apply `stop` strings, and finish with a reason and usage. Dropping a [`Generation`] cancels it.
+//!
+//! Output that does not follow Harmony never fails the request and is never dropped: the parser hands
+//! it back as text, which becomes content, and [`Delta::Malformed`] says so once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -72,6 +75,10 @@ pub enum Delta {
         /// Text.
         text: String,
     },
+    /// The model's output stopped following Harmony: from here on, text it could not place (tokens
+    /// between messages, a header that does not parse and what follows it) comes as [`Delta::Content`],
+    /// as it was generated. Sent once per generation, before that content.
+    Malformed,
     /// The log-probabilities of a sampled token (after the deltas it produced).
     Logprob {
         /// Whether the token is part of the user-visible content (`final` text, preambles, or raw
@@ -149,6 +156,8 @@ pub struct Generation {
     pending_logprobs: Option<TokenLogprobs>,
     /// Whether the last token read was user-visible content.
     in_content: bool,
+    /// Whether [`Delta::Malformed`] was sent.
+    malformed: bool,
     _permit: Arc<Permit>,
 }
 
@@ -208,6 +217,7 @@ impl Generation {
             started,
             pending_logprobs: None,
             in_content: spec.mode == OutputMode::Raw,
+            malformed: false,
             _permit: permit,
         };
         let first =
@@ -327,9 +337,14 @@ impl Generation {
             return Vec::new();
         }
         let events = match &mut self.reader {
+            // A lenient parser does not fail; were it to, the token is still returned as text.
             Reader::Harmony(parser) => parser.push(tok).unwrap_or_else(|e| {
-                tracing::debug!(token = tok, error = %e, "unparsable output token skipped");
-                Vec::new()
+                tracing::debug!(token = tok, error = %e, "output token the parser refused");
+                let tokenizer = self.state.harmony.tokenizer();
+                let bytes = tokenizer.token_bytes(tok).unwrap_or_default();
+                vec![ParseEvent::Unparsed(
+                    String::from_utf8_lossy(bytes).into_owned(),
+                )]
             }),
             Reader::Raw(decoder) => {
                 let tokenizer = self.state.harmony.tokenizer();
@@ -349,7 +364,9 @@ impl Generation {
     /// The deltas of the end of the stream (a message still open, held-back text).
     fn flush(&mut self) -> Vec<Delta> {
         let events = match &mut self.reader {
-            Reader::Harmony(parser) => parser.finish().unwrap_or_default(),
+            Reader::Harmony(parser) => parser
+                .finish()
+                .unwrap_or_else(|_| vec![ParseEvent::Unparsed(String::new())]),
             Reader::Raw(decoder) => vec![ParseEvent::Final(decoder.finish())],
         };
         let mut deltas = self.deltas(events);
@@ -364,13 +381,19 @@ impl Generation {
         let mut out = Vec::new();
         for event in events {
             match &event {
-                ParseEvent::Final(_) | ParseEvent::Preamble(_) => self.in_content = true,
+                ParseEvent::Final(_) | ParseEvent::Preamble(_) | ParseEvent::Unparsed(_) => {
+                    self.in_content = true
+                }
                 _ if self.mode_raw() => {}
                 _ => self.in_content = false,
             }
+            if matches!(event, ParseEvent::Unparsed(_)) && !self.malformed {
+                self.malformed = true;
+                out.push(Delta::Malformed);
+            }
             match event {
                 ParseEvent::Reasoning(t) => out.push(Delta::Reasoning(t)),
-                ParseEvent::Final(t) | ParseEvent::Preamble(t) => {
+                ParseEvent::Final(t) | ParseEvent::Preamble(t) | ParseEvent::Unparsed(t) => {
                     let visible = self.stop.push(&t);
                     if !visible.is_empty() {
                         out.push(Delta::Content(visible));
