@@ -3,7 +3,8 @@
 //! apply `stop` strings, and finish with a reason and usage. Dropping a [`Generation`] cancels it.
 //!
 //! Output that does not follow Harmony never fails the request and is never dropped: the parser hands
-//! it back as text, which becomes content, and [`Delta::Malformed`] says so once.
+//! it back as text, which becomes content, and [`Delta::Malformed`] says so once. Latencies (first
+//! token, between tokens, end to end) go to `/metrics` as the tokens arrive.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -151,14 +152,18 @@ pub struct Generation {
     generated: usize,
     /// The engine has nothing more to say.
     ended: bool,
+    /// When the prompt was submitted to the engine.
     started: Instant,
+    /// When the last token arrived.
+    last_token: Option<Instant>,
     /// Log-probabilities of the next token (they arrive just before it).
     pending_logprobs: Option<TokenLogprobs>,
     /// Whether the last token read was user-visible content.
     in_content: bool,
     /// Whether [`Delta::Malformed`] was sent.
     malformed: bool,
-    _permit: Arc<Permit>,
+    /// The request's place (held until the generation ends), its admission time and log line.
+    permit: Arc<Permit>,
 }
 
 impl Generation {
@@ -215,10 +220,11 @@ impl Generation {
             generated: 0,
             ended: false,
             started,
+            last_token: None,
             pending_logprobs: None,
             in_content: spec.mode == OutputMode::Raw,
             malformed: false,
-            _permit: permit,
+            permit,
         };
         let first =
             g.rx.recv()
@@ -227,9 +233,6 @@ impl Generation {
         if let Output::Failed { kind, message } = first {
             g.ended = true;
             return Err(failure(kind, message));
-        }
-        if matches!(first, Output::Token(_) | Output::Logprobs(_)) {
-            g.state.metrics.first_token(started.elapsed());
         }
         g.apply(first);
         Ok(g)
@@ -276,6 +279,7 @@ impl Generation {
             Output::Logprobs(lp) => self.pending_logprobs = Some(lp),
             Output::Token(tok) => {
                 self.generated += 1;
+                self.time_token();
                 let mut deltas = self.read(tok);
                 if let Some(logprobs) = self.pending_logprobs.take() {
                     let special = self.state.harmony.tokenizer().is_special(tok);
@@ -305,6 +309,30 @@ impl Generation {
         }
     }
 
+    /// Records the time to this token: from admission for the first, from the last token after.
+    fn time_token(&mut self) {
+        let now = Instant::now();
+        match self.last_token {
+            None => {
+                let since = now.saturating_duration_since(self.permit.admitted());
+                self.state.metrics.first_token(since);
+            }
+            Some(last) => self
+                .state
+                .metrics
+                .inter_token(now.saturating_duration_since(last)),
+        }
+        self.last_token = Some(now);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
+        }
+    }
+
     fn push_deltas(&mut self, deltas: Vec<Delta>) {
         if !deltas.is_empty() {
             self.ready.push_back(Step::Deltas(deltas));
@@ -313,13 +341,14 @@ impl Generation {
 
     fn end(&mut self, finish: Finish) {
         self.ended = true;
-        let usage = Usage {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.generated,
-            cached_tokens: self.cached_tokens,
-        };
-        self.state.metrics.finished(usage, self.started.elapsed());
-        tracing::info!(
+        let usage = self.usage();
+        let since_admission = self.permit.admitted().elapsed();
+        self.state
+            .metrics
+            .finished(usage, since_admission, self.started.elapsed());
+        self.permit.add_usage(usage);
+        // The request's own line is written when its response has been sent (`request_log.rs`).
+        tracing::debug!(
             request = self.id.0,
             prompt_tokens = usage.prompt_tokens,
             cached_tokens = usage.cached_tokens,
@@ -429,6 +458,7 @@ impl Drop for Generation {
     fn drop(&mut self) {
         if !self.ended {
             self.state.engine.cancel(self.id);
+            self.permit.add_usage(self.usage());
         }
     }
 }
