@@ -147,7 +147,14 @@ impl<O: Write, E: Write> AnswerPrinter<O, E> {
                     }
                     self.answer.reasoning.push_str(&text);
                 }
-                ParseEvent::Final(text) | ParseEvent::Preamble(text) => {
+                // Output that does not follow Harmony is shown as it was generated, as the server
+                // returns it (it is not a message, so chat keeps it out of the history).
+                ParseEvent::Final(text)
+                | ParseEvent::Preamble(text)
+                | ParseEvent::Unparsed(text) => {
+                    if text.is_empty() {
+                        continue;
+                    }
                     self.enter(Section::Text)?;
                     self.out.write_all(text.as_bytes())?;
                     self.answer.content.push_str(&text);

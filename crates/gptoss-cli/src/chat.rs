@@ -3,20 +3,24 @@
 //! answered through the same scheduler path as `run`; the reasoning is shown dimmed (or hidden), the
 //! answer plain, tool calls as they are parsed. Ctrl-C stops the answer, not the program. Works the
 //! same with stdin piped (no prompt, the reasoning on stderr), for scripts and tests.
+//!
+//! One engine serves the whole conversation ([`gptoss_engine::Session`]): each turn's prompt starts
+//! with the previous turn's, so its KV blocks come from the prefix cache and only the new tokens (the
+//! last answer as Harmony renders it, the new message) are computed. `--stats` shows how many.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gptoss_engine::scheduler::{EngineConfig, GenRequest};
-use gptoss_engine::{generate_until, Capacity, Flow, StopReason};
+use gptoss_engine::scheduler::{EngineConfig, GenRequest, PrefixCaching};
+use gptoss_engine::{Backend, Capacity, Flow, Generation, Session, StopReason};
 use gptoss_server::conversation::{Conversation, Turn};
 use gptoss_tokenizer::harmony::{Effort, Harmony, Message};
 
 use crate::answer::{Answer, AnswerPrinter, Paint, ReasoningTo};
-use crate::device::AnyModel;
 use crate::sampling::{SamplingArgs, TemplateArgs};
 use crate::serve::DEFAULT_BATCH_TOKENS;
 use crate::source::{self, ModelArgs};
@@ -41,6 +45,14 @@ pub struct ChatArgs {
     /// Tokens per prefill step (Ctrl-C is seen between steps).
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     batch_tokens: usize,
+    /// After each answer, print its token counts and speed on stderr (prompt tokens reused from earlier
+    /// turns and computed, tokens generated and run through the model, time to first token, tokens/s).
+    #[arg(long)]
+    stats: bool,
+    /// Compute each turn's whole prompt (by default a turn reuses the KV of the turns before it; the
+    /// answers are the same either way).
+    #[arg(long)]
+    no_prefix_cache: bool,
     #[command(flatten)]
     spec: SpecArgs,
 }
@@ -82,7 +94,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             model.device_name()
         );
     }
-    let mut session = Session {
+    let mut chat = Chat {
         conv: Conversation {
             instructions: args.template.system.clone(),
             effort: args.template.reasoning_effort.into(),
@@ -97,51 +109,81 @@ pub fn run(args: ChatArgs) -> Result<()> {
             stop_tokens: Vec::new(),
         },
     };
+    let config = EngineConfig {
+        max_batch_tokens: None,
+        speculative,
+        prefix_caching: if args.no_prefix_cache {
+            PrefixCaching::Off
+        } else {
+            PrefixCaching::On
+        },
+    };
     let mut input = Input::new(std::io::stdin().lock(), echo);
-    while let Some(text) = input.message()? {
-        stop.clear();
-        match Command::parse(&text) {
-            Command::Say(msg) => session.answer(&mut model, &args, msg, &stop)?,
-            Command::Exit => break,
-            Command::Help => eprintln!("{HELP}"),
-            Command::Reset => {
-                session.conv.turns.clear();
-                eprintln!("[conversation cleared]");
-            }
-            Command::System(s) => {
-                eprintln!(
-                    "[developer instructions {}]",
-                    if s.is_some() { "set" } else { "cleared" }
-                );
-                session.conv.instructions = s;
-            }
-            Command::Effort(Ok(e)) => {
-                session.conv.effort = e;
-                eprintln!("[reasoning effort {}]", e.as_str());
-            }
-            Command::Effort(Err(e)) | Command::Unknown(e) => eprintln!("{e}"),
-        }
-    }
-    Ok(())
+    let controls = Controls {
+        args: &args,
+        stop: &stop,
+    };
+    with_model!(&mut model, m => chat.converse(&mut Session::new(m, config), &mut input, &controls))
+}
+
+/// What every turn of a chat needs besides the conversation: the flags and Ctrl-C.
+struct Controls<'a> {
+    args: &'a ChatArgs,
+    stop: &'a Interrupt,
 }
 
 /// The conversation so far and what each answer is generated with.
-struct Session {
+struct Chat {
     conv: Conversation,
     harmony: Harmony,
     stop_tokens: Vec<u32>,
     request: GenRequest,
 }
 
-impl Session {
-    /// Adds the user's message, streams the answer and adds it to the history.
-    fn answer(
+impl Chat {
+    /// Reads messages and commands until `/exit` or the end of the input, answering each message on
+    /// `engine` (one engine for the whole conversation).
+    fn converse<B: Backend, R: BufRead>(
         &mut self,
-        model: &mut AnyModel,
-        args: &ChatArgs,
-        msg: String,
-        stop: &Interrupt,
+        engine: &mut Session<'_, B>,
+        input: &mut Input<R>,
+        controls: &Controls<'_>,
     ) -> Result<()> {
+        while let Some(text) = input.message()? {
+            controls.stop.clear();
+            match Command::parse(&text) {
+                Command::Say(msg) => self.answer(engine, controls, msg)?,
+                Command::Exit => break,
+                Command::Help => eprintln!("{HELP}"),
+                Command::Reset => {
+                    self.conv.turns.clear();
+                    eprintln!("[conversation cleared]");
+                }
+                Command::System(s) => {
+                    eprintln!(
+                        "[developer instructions {}]",
+                        if s.is_some() { "set" } else { "cleared" }
+                    );
+                    self.conv.instructions = s;
+                }
+                Command::Effort(Ok(e)) => {
+                    self.conv.effort = e;
+                    eprintln!("[reasoning effort {}]", e.as_str());
+                }
+                Command::Effort(Err(e)) | Command::Unknown(e) => eprintln!("{e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the user's message, streams the answer and adds it to the history.
+    fn answer<B: Backend>(
+        &mut self,
+        engine: &mut Session<'_, B>,
+        controls: &Controls<'_>,
+        msg: String,
+    ) -> Result<()> {
+        let (args, stop) = (controls.args, controls.stop);
         self.conv.turns.push(Turn::User(msg));
         let ctx = args.model.ctx;
         // Rendering stops once the conversation passes the context (`ctx` tokens): too long either way.
@@ -177,22 +219,34 @@ impl Session {
         };
         let mut printer = answer_printer(&self.harmony, to);
         let mut shown: Result<()> = Ok(());
-        let config = EngineConfig {
-            max_batch_tokens: None,
-            speculative: args.spec.speculative()?,
-            prefix_caching: Default::default(),
-        };
-        let done = with_model!(model, m => generate_until(m, request, config, |tokens| {
+        let started = Instant::now();
+        let mut first_token = None;
+        let done = engine.generate_until(request, |tokens| {
+            if first_token.is_none() && !tokens.is_empty() {
+                first_token = Some(Instant::now());
+            }
             for &t in tokens {
                 if shown.is_ok() {
                     shown = printer.push(t);
                 }
             }
-            if stop.fired() { Flow::Stop } else { Flow::Continue }
-        }))?;
+            if stop.fired() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })?;
         shown?;
         let answer = printer.finish()?;
         println!();
+        if args.stats {
+            let timing = Timing {
+                started,
+                first_token,
+                ended: Instant::now(),
+            };
+            eprintln!("{}", stats_line(&done, prompt_len, timing));
+        }
         self.conv.turns.extend(history_turns(&answer));
         let generated = done.tokens.len();
         match done.reason {
@@ -205,6 +259,32 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// When a turn started, produced its first token and ended.
+struct Timing {
+    started: Instant,
+    first_token: Option<Instant>,
+    ended: Instant,
+}
+
+/// `--stats`: what a turn computed and how fast, e.g. `[prompt 203 tokens: 192 reused, 11 computed |
+/// 8 generated | 18 run through the model | first token 35.2 ms | 120.5 tokens/s]`.
+fn stats_line(done: &Generation, prompt_len: usize, t: Timing) -> String {
+    let reused = done.cached_tokens;
+    let generated = done.tokens.len();
+    let first = t.first_token.map_or(t.ended, |f| f);
+    let decode_secs = t.ended.duration_since(first).as_secs_f64();
+    let rate = match generated {
+        0 | 1 => String::from("-"),
+        n => format!("{:.1}", (n - 1) as f64 / decode_secs.max(1e-9)),
+    };
+    format!(
+        "[prompt {prompt_len} tokens: {reused} reused, {} computed | {generated} generated | {} run through the model | first token {:.1} ms | {rate} tokens/s]",
+        prompt_len.saturating_sub(reused),
+        done.stats.batch_tokens,
+        first.duration_since(t.started).as_secs_f64() * 1e3,
+    )
 }
 
 /// The answer on stdout, the reasoning where `to` says (dimmed where it lands on a terminal).

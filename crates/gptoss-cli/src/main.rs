@@ -63,14 +63,19 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // `serve` writes its request log (one line per request) unless GPTOSS_LOG says otherwise.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,gptoss_server::request_log=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GPTOSS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),

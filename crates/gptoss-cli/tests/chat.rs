@@ -133,6 +133,68 @@ fn piped_errors_name_the_command_and_the_full_context() {
     );
 }
 
+/// The numbers of each `--stats` line: (prompt, reused, computed, generated, run through the model).
+fn turn_stats(stderr: &str) -> Vec<[usize; 5]> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[prompt "))
+        .map(|l| {
+            let number_before = |word: &str| -> usize {
+                let head = &l[..l.find(word).unwrap_or_else(|| panic!("{word} in {l}"))];
+                head.trim_end()
+                    .rsplit([' ', ':'])
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            [
+                l.split(' ').next().unwrap().parse().unwrap(),
+                number_before(" reused"),
+                number_before(" computed"),
+                number_before(" generated"),
+                number_before(" run through the model"),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn each_turn_reuses_the_kv_of_the_turns_before_it() {
+    let input = "Hello\nSecond message\nThird one\n";
+    let (stdout, stderr) = chat_piped(&["-n", "8", "--stats"], input);
+    let turns = turn_stats(&stderr);
+    assert_eq!(turns.len(), 3, "{stderr}");
+    let [first, second, third] = [turns[0], turns[1], turns[2]];
+    assert_eq!(first[1], 0, "turn 1 has nothing to reuse: {stderr}");
+    for (before, now) in [(first, second), (second, third)] {
+        let [prompt, reused, computed, generated, run] = now;
+        // The turn before's prompt is the start of this one: its whole 16-token blocks are reused (the
+        // last block boundary before its final token, where the sliding window's ring was kept).
+        assert_eq!(reused % 16, 0, "{stderr}");
+        assert!(
+            reused + 16 > before[0] && reused < before[0] + 1,
+            "{stderr}"
+        );
+        assert_eq!(computed, prompt - reused, "{stderr}");
+        // Only the new prompt tokens were prefilled; then each generated token but the last was fed back.
+        assert_eq!(run, computed + generated - 1, "{stderr}");
+    }
+    // Without the prefix cache every turn computes its whole prompt, and the answers are the same.
+    let (plain_out, plain_err) = chat_piped(&["-n", "8", "--stats", "--no-prefix-cache"], input);
+    let plain = turn_stats(&plain_err);
+    assert_eq!(plain.len(), 3, "{plain_err}");
+    for (p, t) in plain.iter().zip(&turns) {
+        assert_eq!(
+            (p[0], p[1], p[2], p[3]),
+            (t[0], 0, t[0], t[3]),
+            "{plain_err}"
+        );
+        assert_eq!(p[4], t[0] + t[3] - 1, "{plain_err}");
+    }
+    assert_eq!(plain_out, stdout);
+}
+
 /// A child on a new pseudo-terminal and everything it wrote there.
 struct Pty {
     master: std::fs::File,

@@ -1,6 +1,8 @@
-//! One request on a caller's model, through the scheduler every command uses ([`Engine`]): chunked
-//! prefill, then decoding (speculative when asked) until a stop token or the token limit. For
-//! `gptoss run`, tests and tools; the server drives the same engine on its own thread.
+//! One request at a time on a caller's model, through the scheduler every command uses ([`Engine`]):
+//! chunked prefill, then decoding (speculative when asked) until a stop token or the token limit. For
+//! `gptoss run`, tests and tools ([`generate`], a fresh engine per request) and `gptoss chat`
+//! ([`Session`], one engine for the whole conversation, so each turn reuses the KV blocks of the turns
+//! before it through the prefix cache). The server drives the same engine on its own thread.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -51,8 +53,12 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Why generation ended.
     pub reason: StopReason,
-    /// The engine's counters for this request alone (steps, drafted and accepted tokens, ...).
+    /// The engine's counters for this request alone (steps, tokens run through the model, drafted
+    /// and accepted tokens, ...); its gauges as the request ended.
     pub stats: StatsSnapshot,
+    /// Prompt tokens whose keys and values came from the prefix cache (computed by an earlier request
+    /// of the same [`Session`]).
+    pub cached_tokens: usize,
 }
 
 /// Generates after `prompt` without speculation, calling `on_token` for each new token. Returns the
@@ -94,12 +100,61 @@ pub fn generate_until<B: Backend>(
     model: &mut Model<B>,
     request: GenRequest,
     config: EngineConfig,
+    on_step: impl FnMut(&[u32]) -> Flow,
+) -> Result<Generation> {
+    Session::new(model, config).generate_until(request, on_step)
+}
+
+/// A model answering one request after another through one engine (an interactive chat): the engine,
+/// and with it the prefix cache, lives as long as the session, so a request whose prompt starts with
+/// an earlier one's (the next turn of a conversation) shares that prompt's KV blocks and computes only
+/// the rest. The output is the same as with a fresh engine per request.
+pub struct Session<'m, B: Backend> {
+    engine: Engine<'m, B>,
+    stats: Arc<EngineStats>,
+    next_id: u64,
+}
+
+impl<'m, B: Backend> Session<'m, B> {
+    /// A session on `model`, its engine configured by `config` (step budget, speculation, prefix
+    /// caching).
+    pub fn new(model: &'m mut Model<B>, config: EngineConfig) -> Self {
+        let stats = Arc::new(EngineStats::default());
+        Session {
+            engine: Engine::new(model, config, stats.clone()),
+            stats,
+            next_id: 0,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model<B> {
+        self.engine.model()
+    }
+
+    /// [`generate_until`] on this session's engine.
+    pub fn generate_until(
+        &mut self,
+        request: GenRequest,
+        on_step: impl FnMut(&[u32]) -> Flow,
+    ) -> Result<Generation> {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let before = self.stats.snapshot();
+        let mut done = drive(&mut self.engine, id, request, on_step)?;
+        done.stats = self.stats.snapshot().since(&before);
+        Ok(done)
+    }
+}
+
+/// Runs request `id` on `engine` until it ends; `stats` of the result are left for the caller.
+fn drive<B: Backend>(
+    engine: &mut Engine<'_, B>,
+    id: RequestId,
+    request: GenRequest,
     mut on_step: impl FnMut(&[u32]) -> Flow,
 ) -> Result<Generation> {
-    let stats = Arc::new(EngineStats::default());
-    let mut engine = Engine::new(model, config, stats.clone());
     let (tx, rx) = mpsc::channel();
-    let id = RequestId(0);
     engine.submit(id, request, channel_sink(tx));
     let mut tokens = Vec::new();
     let mut stop_asked = false;
@@ -109,7 +164,7 @@ pub fn generate_until<B: Backend>(
         for out in rx.try_iter() {
             match out {
                 Output::Token(t) => tokens.push(t),
-                Output::Finished(f) => finished = Some(f.reason),
+                Output::Finished(f) => finished = Some(f),
                 // A backend failure comes back from `try_step` with its own error.
                 Output::Failed {
                     kind: FailureKind::Invalid | FailureKind::Internal,
@@ -119,18 +174,18 @@ pub fn generate_until<B: Backend>(
             }
         }
         let flow = on_step(&tokens[before..]);
-        if let Some(reason) = finished {
-            let reason = match reason {
+        if let Some(f) = finished {
+            let reason = match f.reason {
                 FinishReason::Stop => StopReason::Stop,
                 FinishReason::Length => StopReason::Length,
                 FinishReason::Cancelled if stop_asked => StopReason::Cancelled,
                 FinishReason::Cancelled => return Err(Error::invalid("the request was cancelled")),
             };
-            let stats = stats.snapshot();
             return Ok(Generation {
                 tokens,
                 reason,
-                stats,
+                stats: StatsSnapshot::default(),
+                cached_tokens: f.cached_tokens,
             });
         }
         if flow == Flow::Stop && !stop_asked {

@@ -39,7 +39,7 @@ pub use backend::{
 pub use cpu::{CpuBackend, CpuIsa, CpuKernels};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_until, generate_with, Flow, GenerateOptions, Generation, StopReason,
+    generate, generate_until, generate_with, Flow, GenerateOptions, Generation, Session, StopReason,
 };
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use logits::{ConstraintSpec, LogitsOptions, TokenConstraint, TokenLogprobs};

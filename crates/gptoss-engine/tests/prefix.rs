@@ -213,3 +213,53 @@ fn evicted_prefixes_are_recomputed_and_the_pool_is_never_exceeded() {
     // Request 4 (salt 1 again, right after 3) hits; so does 6 after 5 only if 1's blocks survived.
     assert!(stats.snapshot().prefix_hits >= 1);
 }
+
+/// A [`gptoss_engine::Session`] keeps one engine across requests (an interactive chat): a request
+/// whose prompt extends the previous one's reuses its whole blocks, computes only the rest, and gives
+/// the tokens a fresh engine gives.
+#[test]
+fn a_session_reuses_the_previous_requests_prompt() {
+    let w = weights();
+    let first = prompt(45, 3);
+    let mut second = first.clone();
+    second.extend(prompt(21, 8));
+    let fresh = |p: &[u32]| {
+        let mut m = model(&w);
+        gptoss_engine::generate_until(
+            &mut m,
+            request(p.to_vec(), 7),
+            EngineConfig::default(),
+            |_| gptoss_engine::Flow::Continue,
+        )
+        .unwrap()
+    };
+    let mut m = model(&w);
+    let mut session = gptoss_engine::Session::new(&mut m, EngineConfig::default());
+    let continue_ = |_: &[u32]| gptoss_engine::Flow::Continue;
+    let a = session
+        .generate_until(request(first.clone(), 7), continue_)
+        .unwrap();
+    let b = session
+        .generate_until(request(second.clone(), 7), continue_)
+        .unwrap();
+    assert_eq!(a.cached_tokens, 0);
+    // The first prompt's whole blocks before its last token.
+    assert_eq!(
+        b.cached_tokens,
+        (first.len() - 1) / BLOCK_POSITIONS * BLOCK_POSITIONS
+    );
+    assert_eq!(b.stats.prefix_cached_tokens as usize, b.cached_tokens);
+    // Prefill of the new part only, then each generated token but the last fed back.
+    assert_eq!(
+        b.stats.batch_tokens as usize,
+        second.len() - b.cached_tokens + b.tokens.len() - 1
+    );
+    assert_eq!(a.tokens, fresh(&first).tokens);
+    let alone = fresh(&second);
+    assert_eq!(b.tokens, alone.tokens);
+    assert_eq!(alone.cached_tokens, 0);
+    assert_eq!(
+        alone.stats.batch_tokens as usize,
+        second.len() + alone.tokens.len() - 1
+    );
+}

@@ -7,10 +7,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
+use crate::generation::Usage;
+use crate::request_log::RequestLog;
 
 /// The admission gate.
 #[derive(Debug)]
@@ -26,13 +29,19 @@ pub struct Admission {
 pub struct Ticket {
     counted: Counted,
     slots: Arc<Semaphore>,
+    admitted: Instant,
+    log: Option<Arc<RequestLog>>,
 }
 
-/// A request's place: generating (a permit) and counted until dropped.
+/// A request's place: generating (a permit) and counted until dropped. It carries when the request
+/// was admitted (latencies count from there) and the request's log line, which its generations add
+/// their tokens to.
 #[derive(Debug)]
 pub struct Permit {
     _slot: OwnedSemaphorePermit,
     _counted: Counted,
+    admitted: Instant,
+    log: Option<Arc<RequestLog>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +75,8 @@ impl Admission {
         Ok(Ticket {
             counted,
             slots: self.slots.clone(),
+            admitted: Instant::now(),
+            log: None,
         })
     }
 
@@ -82,6 +93,12 @@ impl Admission {
 }
 
 impl Ticket {
+    /// The request's log line, which its generations add their tokens to.
+    pub fn with_log(mut self, log: Option<Arc<RequestLog>>) -> Self {
+        self.log = log;
+        self
+    }
+
     /// Waits for a generation slot.
     pub async fn turn(self) -> ApiResult<Permit> {
         let slot = self
@@ -92,7 +109,24 @@ impl Ticket {
         Ok(Permit {
             _slot: slot,
             _counted: self.counted,
+            admitted: self.admitted,
+            log: self.log,
         })
+    }
+}
+
+impl Permit {
+    /// When the request was admitted, before its body was read.
+    pub fn admitted(&self) -> Instant {
+        self.admitted
+    }
+
+    /// Adds a generation's tokens to the request's log line (if it has one: the batch runner's
+    /// requests have none).
+    pub fn add_usage(&self, usage: Usage) {
+        if let Some(log) = &self.log {
+            log.add_usage(usage);
+        }
     }
 }
 

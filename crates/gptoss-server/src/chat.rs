@@ -2,7 +2,8 @@
 //! Harmony conversation → `n` generations → per choice a `message` {content, reasoning_content,
 //! tool_calls} and `logprobs`, or SSE `chat.completion.chunk` deltas tagged with the choice index,
 //! with `finish_reason` and `usage`. `response_format` and strict tools constrain the answer
-//! (`structured.rs`).
+//! (`structured.rs`). A choice whose output did not follow Harmony carries `harmony_malformed: true`
+//! (beside `finish_reason`; streamed, in its finishing chunk): what could not be parsed is its content.
 
 use std::sync::Arc;
 
@@ -369,6 +370,7 @@ async fn stream(
         }
     }
     let mut usages = Vec::new();
+    let mut malformed = vec![false; opts.n];
     loop {
         let next = tokio::select! {
             next = choices.next() => next,
@@ -388,6 +390,12 @@ async fn stream(
                             tx.json(&chunk(i, json!({}), lp, None)).await
                         }
                         Delta::Logprob { .. } => true,
+                        Delta::Malformed => {
+                            if let Some(m) = malformed.get_mut(i) {
+                                *m = true;
+                            }
+                            true
+                        }
                         d => tx.json(&chunk(i, delta_json(d), Value::Null, None)).await,
                     };
                     if !sent {
@@ -397,10 +405,11 @@ async fn stream(
             }
             Ok(Step::Done(finish, usage)) => {
                 usages.push(usage);
-                if !tx
-                    .json(&chunk(i, json!({}), Value::Null, Some(finish)))
-                    .await
-                {
+                let mut last = chunk(i, json!({}), Value::Null, Some(finish));
+                if malformed.get(i).copied().unwrap_or(false) {
+                    last["choices"][0][MALFORMED] = json!(true);
+                }
+                if !tx.json(&last).await {
                     return;
                 }
             }
@@ -428,9 +437,13 @@ fn delta_json(d: &Delta) -> Value {
         Delta::ToolArgs { index, text } => {
             json!({ "tool_calls": [{"index": index, "function": {"arguments": text}}] })
         }
-        Delta::Logprob { .. } => json!({}),
+        Delta::Logprob { .. } | Delta::Malformed => json!({}),
     }
 }
+
+/// The field that marks a choice (chat, and the response object of `/v1/responses`) whose output did
+/// not follow Harmony: what could not be parsed was returned as content.
+pub(crate) const MALFORMED: &str = "harmony_malformed";
 
 /// `usage` of chat and completions.
 pub(crate) fn usage_json(u: Usage) -> Value {
@@ -449,6 +462,8 @@ pub(crate) struct Gathered {
     pub content: String,
     /// (id, name, arguments)
     pub calls: Vec<(String, String, String)>,
+    /// The output did not follow Harmony ([`Delta::Malformed`]).
+    pub malformed: bool,
 }
 
 pub(crate) fn gather(deltas: &[Delta]) -> Gathered {
@@ -465,6 +480,7 @@ pub(crate) fn gather(deltas: &[Delta]) -> Gathered {
                     call.2.push_str(text);
                 }
             }
+            Delta::Malformed => g.malformed = true,
             Delta::Logprob { .. } => {}
         }
     }
@@ -503,8 +519,13 @@ fn completion_json(state: &AppState, answers: &[Answer], logprobs: bool) -> Valu
         .iter()
         .enumerate()
         .map(|(i, (deltas, finish, _))| {
-            json!({"index": i, "message": message_json(&gather(deltas)),
-                   "logprobs": chat_logprobs(tok, deltas, logprobs), "finish_reason": finish.as_str()})
+            let gathered = gather(deltas);
+            let mut choice = json!({"index": i, "message": message_json(&gathered),
+                   "logprobs": chat_logprobs(tok, deltas, logprobs), "finish_reason": finish.as_str()});
+            if gathered.malformed {
+                choice[MALFORMED] = json!(true);
+            }
+            choice
         })
         .collect();
     json!({

@@ -1,6 +1,10 @@
 //! One request's generation as the API sees it: submit the prompt to the engine, turn sampled tokens
 //! into deltas (Harmony: reasoning / content / tool calls through the streaming parser; raw: text),
 //! apply `stop` strings, and finish with a reason and usage. Dropping a [`Generation`] cancels it.
+//!
+//! Output that does not follow Harmony never fails the request and is never dropped: the parser hands
+//! it back as text, which becomes content, and [`Delta::Malformed`] says so once. Latencies (first
+//! token, between tokens, end to end) go to `/metrics` as the tokens arrive.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -72,6 +76,10 @@ pub enum Delta {
         /// Text.
         text: String,
     },
+    /// The model's output stopped following Harmony: from here on, text it could not place (tokens
+    /// between messages, a header that does not parse and what follows it) comes as [`Delta::Content`],
+    /// as it was generated. Sent once per generation, before that content.
+    Malformed,
     /// The log-probabilities of a sampled token (after the deltas it produced).
     Logprob {
         /// Whether the token is part of the user-visible content (`final` text, preambles, or raw
@@ -144,12 +152,18 @@ pub struct Generation {
     generated: usize,
     /// The engine has nothing more to say.
     ended: bool,
+    /// When the prompt was submitted to the engine.
     started: Instant,
+    /// When the last token arrived.
+    last_token: Option<Instant>,
     /// Log-probabilities of the next token (they arrive just before it).
     pending_logprobs: Option<TokenLogprobs>,
     /// Whether the last token read was user-visible content.
     in_content: bool,
-    _permit: Arc<Permit>,
+    /// Whether [`Delta::Malformed`] was sent.
+    malformed: bool,
+    /// The request's place (held until the generation ends), its admission time and log line.
+    permit: Arc<Permit>,
 }
 
 impl Generation {
@@ -206,9 +220,11 @@ impl Generation {
             generated: 0,
             ended: false,
             started,
+            last_token: None,
             pending_logprobs: None,
             in_content: spec.mode == OutputMode::Raw,
-            _permit: permit,
+            malformed: false,
+            permit,
         };
         let first =
             g.rx.recv()
@@ -217,9 +233,6 @@ impl Generation {
         if let Output::Failed { kind, message } = first {
             g.ended = true;
             return Err(failure(kind, message));
-        }
-        if matches!(first, Output::Token(_) | Output::Logprobs(_)) {
-            g.state.metrics.first_token(started.elapsed());
         }
         g.apply(first);
         Ok(g)
@@ -266,6 +279,7 @@ impl Generation {
             Output::Logprobs(lp) => self.pending_logprobs = Some(lp),
             Output::Token(tok) => {
                 self.generated += 1;
+                self.time_token();
                 let mut deltas = self.read(tok);
                 if let Some(logprobs) = self.pending_logprobs.take() {
                     let special = self.state.harmony.tokenizer().is_special(tok);
@@ -295,6 +309,30 @@ impl Generation {
         }
     }
 
+    /// Records the time to this token: from admission for the first, from the last token after.
+    fn time_token(&mut self) {
+        let now = Instant::now();
+        match self.last_token {
+            None => {
+                let since = now.saturating_duration_since(self.permit.admitted());
+                self.state.metrics.first_token(since);
+            }
+            Some(last) => self
+                .state
+                .metrics
+                .inter_token(now.saturating_duration_since(last)),
+        }
+        self.last_token = Some(now);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
+        }
+    }
+
     fn push_deltas(&mut self, deltas: Vec<Delta>) {
         if !deltas.is_empty() {
             self.ready.push_back(Step::Deltas(deltas));
@@ -303,13 +341,14 @@ impl Generation {
 
     fn end(&mut self, finish: Finish) {
         self.ended = true;
-        let usage = Usage {
-            prompt_tokens: self.prompt_tokens,
-            completion_tokens: self.generated,
-            cached_tokens: self.cached_tokens,
-        };
-        self.state.metrics.finished(usage, self.started.elapsed());
-        tracing::info!(
+        let usage = self.usage();
+        let since_admission = self.permit.admitted().elapsed();
+        self.state
+            .metrics
+            .finished(usage, since_admission, self.started.elapsed());
+        self.permit.add_usage(usage);
+        // The request's own line is written when its response has been sent (`request_log.rs`).
+        tracing::debug!(
             request = self.id.0,
             prompt_tokens = usage.prompt_tokens,
             cached_tokens = usage.cached_tokens,
@@ -327,9 +366,14 @@ impl Generation {
             return Vec::new();
         }
         let events = match &mut self.reader {
+            // A lenient parser does not fail; were it to, the token is still returned as text.
             Reader::Harmony(parser) => parser.push(tok).unwrap_or_else(|e| {
-                tracing::debug!(token = tok, error = %e, "unparsable output token skipped");
-                Vec::new()
+                tracing::debug!(token = tok, error = %e, "output token the parser refused");
+                let tokenizer = self.state.harmony.tokenizer();
+                let bytes = tokenizer.token_bytes(tok).unwrap_or_default();
+                vec![ParseEvent::Unparsed(
+                    String::from_utf8_lossy(bytes).into_owned(),
+                )]
             }),
             Reader::Raw(decoder) => {
                 let tokenizer = self.state.harmony.tokenizer();
@@ -349,7 +393,9 @@ impl Generation {
     /// The deltas of the end of the stream (a message still open, held-back text).
     fn flush(&mut self) -> Vec<Delta> {
         let events = match &mut self.reader {
-            Reader::Harmony(parser) => parser.finish().unwrap_or_default(),
+            Reader::Harmony(parser) => parser
+                .finish()
+                .unwrap_or_else(|_| vec![ParseEvent::Unparsed(String::new())]),
             Reader::Raw(decoder) => vec![ParseEvent::Final(decoder.finish())],
         };
         let mut deltas = self.deltas(events);
@@ -364,13 +410,19 @@ impl Generation {
         let mut out = Vec::new();
         for event in events {
             match &event {
-                ParseEvent::Final(_) | ParseEvent::Preamble(_) => self.in_content = true,
+                ParseEvent::Final(_) | ParseEvent::Preamble(_) | ParseEvent::Unparsed(_) => {
+                    self.in_content = true
+                }
                 _ if self.mode_raw() => {}
                 _ => self.in_content = false,
             }
+            if matches!(event, ParseEvent::Unparsed(_)) && !self.malformed {
+                self.malformed = true;
+                out.push(Delta::Malformed);
+            }
             match event {
                 ParseEvent::Reasoning(t) => out.push(Delta::Reasoning(t)),
-                ParseEvent::Final(t) | ParseEvent::Preamble(t) => {
+                ParseEvent::Final(t) | ParseEvent::Preamble(t) | ParseEvent::Unparsed(t) => {
                     let visible = self.stop.push(&t);
                     if !visible.is_empty() {
                         out.push(Delta::Content(visible));
@@ -406,6 +458,7 @@ impl Drop for Generation {
     fn drop(&mut self) {
         if !self.ended {
             self.state.engine.cancel(self.id);
+            self.permit.add_usage(self.usage());
         }
     }
 }

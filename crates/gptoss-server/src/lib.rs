@@ -41,6 +41,7 @@ mod outputs;
 pub mod params;
 mod pipeline;
 pub mod request;
+mod request_log;
 pub mod responses;
 mod routes;
 mod sse;
@@ -179,7 +180,7 @@ impl AppState {
             engine,
             harmony,
             config,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(),
             next_id: AtomicU64::new(1),
             grammars: OnceLock::new(),
             responses,

@@ -6,6 +6,8 @@
 //! `stream` is set. Responses are stored (`store`, `store.rs`) so that `previous_response_id`
 //! continues one and `GET /v1/responses/{id}` returns it; the reasoning of a turn that ended in a
 //! tool call is carried into the next turn, and dropped once a final answer was given (Harmony).
+//! A response whose output did not follow Harmony carries `harmony_malformed: true`; what could not be
+//! parsed is the text of its message.
 
 use std::sync::Arc;
 
@@ -312,6 +314,8 @@ struct Items {
     id: String,
     items: Vec<Value>,
     open: bool,
+    /// The output did not follow Harmony ([`Delta::Malformed`]).
+    malformed: bool,
 }
 
 /// A typed event: its name and payload (sequence numbers are added when sent).
@@ -323,6 +327,7 @@ impl Items {
             id,
             items: Vec::new(),
             open: false,
+            malformed: false,
         }
     }
 
@@ -331,7 +336,7 @@ impl Items {
             Delta::Reasoning(_) => "reasoning",
             Delta::Content(_) => "message",
             Delta::ToolStart { .. } | Delta::ToolArgs { .. } => "function_call",
-            Delta::Logprob { .. } => "logprob",
+            Delta::Logprob { .. } | Delta::Malformed => "marker",
         }
     }
 
@@ -352,6 +357,10 @@ impl Items {
 
     fn push(&mut self, d: &Delta, events: &mut Vec<Event>) {
         if matches!(d, Delta::Logprob { .. }) {
+            return;
+        }
+        if matches!(d, Delta::Malformed) {
+            self.malformed = true;
             return;
         }
         let kind = Self::kind_of(d);
@@ -395,7 +404,7 @@ impl Items {
                 json!({"type": "function_call", "id": format!("fc_{}_{n}", self.id),
                 "call_id": id, "name": name, "arguments": "", "status": "in_progress"})
             }
-            Delta::ToolArgs { .. } | Delta::Logprob { .. } => {
+            Delta::ToolArgs { .. } | Delta::Logprob { .. } | Delta::Malformed => {
                 json!({"type": "function_call", "id": format!("fc_{}_{n}", self.id),
                 "call_id": format!("call_{}_{n}", self.id), "name": "", "arguments": "", "status": "in_progress"})
             }
@@ -446,7 +455,7 @@ fn delta_text(d: &Delta) -> &str {
     match d {
         Delta::Reasoning(t) | Delta::Content(t) => t,
         Delta::ToolArgs { text, .. } => text,
-        Delta::ToolStart { .. } | Delta::Logprob { .. } => "",
+        Delta::ToolStart { .. } | Delta::Logprob { .. } | Delta::Malformed => "",
     }
 }
 
@@ -506,6 +515,16 @@ fn response_json(
            "previous_response_id": echo.previous, "metadata": echo.metadata, "store": echo.store})
 }
 
+/// A finished response: its items, and `harmony_malformed: true` when the output did not follow
+/// Harmony (what could not be parsed is in its message's text).
+fn finished_json(state: &AppState, items: &Items, end: (Finish, Usage), echo: &Echo<'_>) -> Value {
+    let mut response = response_json(state, &items.id, &items.items, Some(end), echo);
+    if items.malformed {
+        response[crate::chat::MALFORMED] = json!(true);
+    }
+    response
+}
+
 /// Stores a finished response with its conversation when `store` was asked.
 fn keep(state: &AppState, params: &ResponseContext, id: &str, items: &[Value], response: &Value) {
     if !params.store {
@@ -556,7 +575,7 @@ async fn run_to_end(
         metadata: &params.metadata,
         store: params.store,
     };
-    let response = response_json(state, &id, &items.items, Some((finish, usage)), &echo);
+    let response = finished_json(state, &items, (finish, usage), &echo);
     keep(state, &params, &id, &items.items, &response);
     Ok(response)
 }
@@ -630,8 +649,7 @@ async fn stream_events(
             }
             Ok(Step::Done(finish, usage)) => {
                 items.close(&mut events);
-                let response =
-                    response_json(&state, &id, &items.items, Some((finish, usage)), &echo);
+                let response = finished_json(&state, &items, (finish, usage), &echo);
                 keep(&state, &params, &id, &items.items, &response);
                 let name = if finish == Finish::Length {
                     "response.incomplete"

@@ -1,7 +1,7 @@
 //! The router: endpoints, the API-key check on `/v1/*` (and `/metrics`), reading bodies under the size
 //! limit and the body timeout, OpenAI errors for unknown routes and methods and for any error response
-//! a layer below produced without one, and request counting for `/metrics` by route, never by the path
-//! a client sent.
+//! a layer below produced without one, request counting for `/metrics` by route, never by the path
+//! a client sent, and the request log (`request_log.rs`).
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::ServerGauges;
 use crate::pipeline::{self, Endpoint};
+use crate::request_log::RequestLog;
 use crate::{AppState, MetricsAccess};
 
 /// The API's router over `state`.
@@ -50,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(openai_error_body))
+        // Outermost: the log line gives the status the client got.
+        .layer(middleware::from_fn(crate::request_log::log_requests))
         .with_state(state)
 }
 
@@ -135,9 +138,9 @@ async fn read_body(state: &AppState, request: Request) -> ApiResult<Vec<u8>> {
 
 /// A generating endpoint: admitted (counted before the body is read), body read, rendered, answered.
 async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) -> Response {
-    let started = std::time::Instant::now();
+    let log = request.extensions().get::<Arc<RequestLog>>().cloned();
     let result = async {
-        let ticket = state.admission.admit()?;
+        let ticket = state.admission.admit()?.with_log(log);
         let body = read_body(&state, request).await?;
         pipeline::respond(state.clone(), endpoint, ticket, body).await
     }
@@ -145,13 +148,6 @@ async fn generate(state: Arc<AppState>, endpoint: Endpoint, request: Request) ->
     let response = result.unwrap_or_else(IntoResponse::into_response);
     let status = response.status().as_u16();
     state.metrics.request(endpoint.path(), status);
-    // One line per request (a stream's line is written when its headers go out).
-    tracing::info!(
-        endpoint = endpoint.path(),
-        status,
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "request"
-    );
     response
 }
 

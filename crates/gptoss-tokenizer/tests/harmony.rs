@@ -126,7 +126,7 @@ fn parses_like_openai_harmony() {
                         case["name"]
                     );
                 }
-                ParseEvent::ToolCallStart { .. } => {}
+                ParseEvent::ToolCallStart { .. } | ParseEvent::Unparsed(_) => {}
             }
         }
     }
@@ -279,6 +279,91 @@ fn lenient_skips_ids_outside_the_vocabulary() {
     );
     let results: Vec<bool> = ids.iter().map(|&id| strict.push(id).is_ok()).collect();
     assert!(results.contains(&false));
+}
+
+/// Ids of `text`, where `<|name|>` is a special token.
+fn marked(h: &Harmony, text: &str) -> Vec<u32> {
+    let tok = h.tokenizer();
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("<|") {
+        out.extend(tok.encode(&rest[..at]).unwrap());
+        let end = rest[at..].find("|>").unwrap() + at + 2;
+        out.push(tok.special_id(&rest[at..end]).unwrap());
+        rest = &rest[end..];
+    }
+    out.extend(tok.encode(rest).unwrap());
+    out
+}
+
+/// Lenient parsing of an answer (after `<|start|>assistant`): the concatenated text of each kind
+/// of event (reasoning, final, unparsed) and the messages.
+fn lenient(h: &Harmony, ids: &[u32]) -> (String, String, String, Vec<Message>) {
+    let mut p = StreamParser::new(
+        h.clone(),
+        ParserStart::Header(Role::Assistant),
+        Strictness::Lenient,
+    );
+    let mut events = Vec::new();
+    for &id in ids {
+        events.extend(p.push(id).unwrap());
+    }
+    events.extend(p.finish().unwrap());
+    let (mut reasoning, mut fin, mut unparsed) = (String::new(), String::new(), String::new());
+    for e in events {
+        match e {
+            ParseEvent::Reasoning(t) => reasoning.push_str(&t),
+            ParseEvent::Final(t) => fin.push_str(&t),
+            ParseEvent::Unparsed(t) => unparsed.push_str(&t),
+            _ => {}
+        }
+    }
+    (reasoning, fin, unparsed, p.into_messages())
+}
+
+#[test]
+fn lenient_returns_what_it_cannot_parse_as_unparsed_text() {
+    let h = harmony();
+    // (generated, reasoning, final, unparsed, messages)
+    let cases: [(&str, &str, &str, &str, usize); 6] = [
+        // Well formed: nothing unparsed.
+        ("<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>final<|message|>Hi<|return|>", "think", "Hi", "", 2),
+        // Text between messages (no <|start|>).
+        ("<|channel|>analysis<|message|>think<|end|>hello <|channel|>world<|return|>", "think", "", "hello <|channel|>world", 1),
+        // A first header that cannot be parsed (a channel without a name), and its content.
+        ("<|channel|><|message|>caf\u{e9} ok<|end|>", "", "", "<|channel|><|message|>caf\u{e9} ok", 0),
+        // A later header with an unknown role, then a good message.
+        ("<|channel|>final<|message|>A<|end|><|start|>bogus<|message|>more<|end|><|start|>assistant<|channel|>final<|message|>B<|return|>", "", "AB", "<|start|>bogus<|message|>more", 2),
+        // A later header cut off by the end of the stream.
+        ("<|channel|>final<|message|>A<|end|><|start|>assistant<|channel|>fin", "", "A", "<|start|>assistant<|channel|>fin", 1),
+        // A terminator between messages is not text.
+        ("<|channel|>final<|message|>A<|end|><|end|>", "", "A", "", 1),
+    ];
+    for (i, (text, reasoning, fin, unparsed, messages)) in cases.into_iter().enumerate() {
+        let ids = marked(&h, text);
+        let got = lenient(&h, &ids);
+        assert_eq!(
+            (got.0.as_str(), got.1.as_str(), got.2.as_str(), got.3.len()),
+            (reasoning, fin, unparsed, messages),
+            "{text}"
+        );
+        // Strict parsing refuses every case with unparsed text and takes the well-formed one.
+        let mut strict = StreamParser::new(
+            h.clone(),
+            ParserStart::Header(Role::Assistant),
+            Strictness::Strict,
+        );
+        let ok = ids.iter().all(|&id| strict.push(id).is_ok()) && strict.finish().is_ok();
+        assert!(!ok || unparsed.is_empty(), "{text}");
+        assert!(ok || i > 0, "{text}");
+    }
+    // An id outside the vocabulary has no text but is reported.
+    let mut p = StreamParser::new(h.clone(), ParserStart::ExpectStart, Strictness::Lenient);
+    let outside = h.tokenizer().vocab_size() as u32 + 3;
+    assert_eq!(
+        p.push(outside).unwrap(),
+        [ParseEvent::Unparsed(String::new())]
+    );
 }
 
 /// A tool schema nested deep renders to far more text than its JSON (each level indents every line

@@ -65,6 +65,30 @@ pub struct StatsSnapshot {
     pub prefix_cached_tokens: u64,
 }
 
+impl StatsSnapshot {
+    /// The counters accumulated since `earlier` (a snapshot of the same engine); the gauges and the
+    /// peak device memory are this snapshot's.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            gauges: self.gauges,
+            prompt_tokens: self.prompt_tokens.saturating_sub(earlier.prompt_tokens),
+            generated_tokens: self
+                .generated_tokens
+                .saturating_sub(earlier.generated_tokens),
+            batch_tokens: self.batch_tokens.saturating_sub(earlier.batch_tokens),
+            steps: self.steps.saturating_sub(earlier.steps),
+            preemptions: self.preemptions.saturating_sub(earlier.preemptions),
+            device_peak_bytes: self.device_peak_bytes,
+            drafted_tokens: self.drafted_tokens.saturating_sub(earlier.drafted_tokens),
+            accepted_tokens: self.accepted_tokens.saturating_sub(earlier.accepted_tokens),
+            prefix_hits: self.prefix_hits.saturating_sub(earlier.prefix_hits),
+            prefix_cached_tokens: self
+                .prefix_cached_tokens
+                .saturating_sub(earlier.prefix_cached_tokens),
+        }
+    }
+}
+
 impl EngineStats {
     pub(crate) fn set_gauges(&self, g: Gauges) {
         self.waiting.store(g.waiting as u64, Ordering::Relaxed);

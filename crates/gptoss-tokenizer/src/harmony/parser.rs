@@ -22,9 +22,12 @@ pub enum Strictness {
     /// Any deviation from the grammar is an error (including a terminator inside a header, which
     /// openai-harmony's strict mode folds into the header text instead).
     Strict,
-    /// Tokens outside a message and ids outside the vocabulary are skipped, extra header words become
-    /// content, a terminator or the end of the stream inside the first header yields a message whose
-    /// text is the header remainder.
+    /// Nothing is an error and nothing generated is dropped. Extra header words become content, and a
+    /// terminator or the end of the stream inside the first header yields a message whose text is the
+    /// header remainder (as openai-harmony's non-strict mode does). What has no place in the grammar
+    /// comes out as [`ParseEvent::Unparsed`] text: tokens between messages other than terminators, a
+    /// header that cannot be parsed (with the content after it, up to a terminator), a later header
+    /// cut off by a terminator or the end; ids outside the vocabulary come out as empty `Unparsed`.
     Lenient,
 }
 
@@ -68,6 +71,10 @@ pub enum ParseEvent {
     },
     /// Argument text of the current tool call.
     ToolCallArgs(String),
+    /// Generated text that does not follow the Harmony grammar (lenient parsing only), as it was
+    /// generated: special tokens appear as their names. Empty for an id outside the vocabulary, which
+    /// has no text.
+    Unparsed(String),
     /// A message is complete.
     MessageEnd {
         /// The whole message.
@@ -96,6 +103,8 @@ enum State {
         text: String,
         decoder: StreamDecoder,
     },
+    /// Lenient: the content of a message whose header could not be parsed, up to a terminator.
+    Unparsed,
 }
 
 /// Incremental Harmony parser: feed sampled ids with [`StreamParser::push`], then [`StreamParser::finish`].
@@ -106,6 +115,8 @@ pub struct StreamParser {
     state: State,
     messages: Vec<Message>,
     last_terminator: Option<Terminator>,
+    /// Lenient: decodes the text of tokens outside any message (multi-byte characters may span them).
+    unparsed: StreamDecoder,
 }
 
 impl StreamParser {
@@ -122,6 +133,7 @@ impl StreamParser {
             state,
             messages: Vec::new(),
             last_terminator: None,
+            unparsed: StreamDecoder::new(),
         }
     }
 
@@ -165,10 +177,13 @@ impl StreamParser {
         let terminator = self.terminator(id);
         let strict = self.strictness == Strictness::Strict;
         if !strict && self.harmony.tokenizer().kind(id).is_none() {
-            return Ok(events); // an id outside the vocabulary (e.g. a padded embedding row)
+            // An id outside the vocabulary (e.g. a padded embedding row): no text, but not Harmony.
+            events.push(ParseEvent::Unparsed(String::new()));
+            return Ok(events);
         }
         match std::mem::replace(&mut self.state, State::ExpectStart) {
             State::ExpectStart if id == self.harmony.ids().start => {
+                self.flush_unparsed(&mut events);
                 self.state = State::Header(Vec::new())
             }
             State::ExpectStart if strict => {
@@ -176,7 +191,23 @@ impl StreamParser {
                     "unexpected token {id} while expecting <|start|>"
                 )));
             }
-            State::ExpectStart => {}
+            State::ExpectStart => match terminator {
+                Some(t) => {
+                    self.flush_unparsed(&mut events);
+                    self.last_terminator = Some(t);
+                }
+                None => self.push_unparsed(id, &mut events),
+            },
+            State::Unparsed => match terminator {
+                Some(t) => {
+                    self.flush_unparsed(&mut events);
+                    self.last_terminator = Some(t);
+                }
+                None => {
+                    self.push_unparsed(id, &mut events);
+                    self.state = State::Unparsed;
+                }
+            },
             State::Header(tokens) if id == self.harmony.ids().message => {
                 self.open_content(&tokens, &mut events)?
             }
@@ -223,7 +254,7 @@ impl StreamParser {
     pub fn finish(&mut self) -> Result<Vec<ParseEvent>> {
         let mut events = Vec::new();
         match std::mem::replace(&mut self.state, State::ExpectStart) {
-            State::ExpectStart => {}
+            State::ExpectStart | State::Unparsed => self.flush_unparsed(&mut events),
             State::Header(_) if self.strictness == Strictness::Strict => {
                 return Err(Error::Parse("end of stream inside a message header".into()));
             }
@@ -257,9 +288,20 @@ impl StreamParser {
     }
 
     fn open_content(&mut self, tokens: &[u32], events: &mut Vec<ParseEvent>) -> Result<()> {
-        let header_text = self.harmony.tokenizer().decode(tokens)?;
-        let (header, leftover) =
-            parse_header(&header_text, self.next_role.take(), HeaderMode::Full)?;
+        let after_start = self.next_role.is_none();
+        let parsed = self.harmony.tokenizer().decode(tokens).and_then(|text| {
+            parse_header(&text, self.next_role.take(), HeaderMode::Full).map(|h| (h, text))
+        });
+        let ((header, leftover), header_text) = match parsed {
+            Ok(p) => p,
+            Err(e) if self.strictness == Strictness::Strict => return Err(e),
+            Err(_) => {
+                let text = self.header_as_text(tokens, after_start) + "<|message|>";
+                events.push(ParseEvent::Unparsed(text));
+                self.state = State::Unparsed;
+                return Ok(());
+            }
+        };
         if let (Some(words), Strictness::Strict) = (&leftover, self.strictness) {
             return Err(Error::Parse(format!(
                 "unexpected words in header {header_text:?}: {words:?}"
@@ -284,22 +326,69 @@ impl StreamParser {
         Ok(())
     }
 
-    /// Lenient: a terminator (or the end) inside the first header makes a message of the header text.
+    /// Lenient: a terminator (or the end) inside the first header makes a message of the header text;
+    /// inside a later header (or a first one that cannot be parsed) the header is unparsed text.
     fn close_header_early(
         &mut self,
         tokens: &[u32],
         t: Terminator,
         events: &mut Vec<ParseEvent>,
     ) -> Result<()> {
-        if let (Some(role), false) = (self.next_role.take(), tokens.is_empty()) {
-            let header_text = self.harmony.tokenizer().decode(tokens)?;
-            let (header, rest) = parse_header(&header_text, Some(role), HeaderMode::ChannelOnly)?;
-            let text = rest.unwrap_or_default();
-            if !text.is_empty() {
-                events.push(header.kind().event(text.clone()));
+        let role = self.next_role.take();
+        if let (Some(role), false) = (role, tokens.is_empty()) {
+            let parsed = self
+                .harmony
+                .tokenizer()
+                .decode(tokens)
+                .and_then(|text| parse_header(&text, Some(role), HeaderMode::ChannelOnly));
+            if let Ok((header, rest)) = parsed {
+                let text = rest.unwrap_or_default();
+                if !text.is_empty() {
+                    events.push(header.kind().event(text.clone()));
+                }
+                self.end_message(header.into_message(text), t, events);
+                return Ok(());
             }
-            self.end_message(header.into_message(text), t, events);
         }
+        let text = self.header_as_text(tokens, role.is_none());
+        if !text.is_empty() {
+            events.push(ParseEvent::Unparsed(text));
+        }
+        self.last_terminator = Some(t);
         Ok(())
+    }
+
+    /// A header's tokens as the text that was generated (`<|start|>` first when the model wrote it).
+    fn header_as_text(&self, tokens: &[u32], after_start: bool) -> String {
+        let start = if after_start { "<|start|>" } else { "" };
+        let mut decoder = StreamDecoder::new();
+        let mut text = start.to_string();
+        for &id in tokens {
+            text.push_str(
+                &decoder
+                    .push(self.harmony.tokenizer(), id)
+                    .unwrap_or_default(),
+            );
+        }
+        text + &decoder.finish()
+    }
+
+    /// Lenient: a token that has no place in a message, as text.
+    fn push_unparsed(&mut self, id: u32, events: &mut Vec<ParseEvent>) {
+        let text = self
+            .unparsed
+            .push(self.harmony.tokenizer(), id)
+            .unwrap_or_default();
+        if !text.is_empty() {
+            events.push(ParseEvent::Unparsed(text));
+        }
+    }
+
+    /// Lenient: the unparsed text held back (an incomplete character), at a boundary.
+    fn flush_unparsed(&mut self, events: &mut Vec<ParseEvent>) {
+        let text = self.unparsed.finish();
+        if !text.is_empty() {
+            events.push(ParseEvent::Unparsed(text));
+        }
     }
 }
