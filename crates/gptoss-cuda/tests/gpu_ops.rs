@@ -259,16 +259,7 @@ fn tensor_core_long_dot_products_match_f64() {
     // An MoE of 20b's hidden width: 64 tokens, top-2 of 4 experts, 32 pairs per expert (tensor-core tiles).
     let (n_exp, hidden, inter, top_k) = (4, 2880, 256, 2);
     let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
-    let router = Linear {
-        weight: random_tensor(
-            &mut rng,
-            TestFormat::Dense(gptoss_formats::DType::BF16),
-            n_exp,
-            hidden,
-            0.05,
-        ),
-        bias: None,
-    };
+    let router = bf16_router(&mut rng, (n_exp, hidden), 0.05, None);
     let h = rng.vec(rows * hidden, 1.0);
     let e = rel_err(
         &moe_run(&g, &router, &ex, &h, rows, top_k),
@@ -291,19 +282,10 @@ fn mxfp4_experts_every_kernel_match_f64() {
         .iter()
         .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
         .collect();
-    let router = Linear {
-        weight: random_tensor(
-            &mut rng,
-            TestFormat::Dense(gptoss_formats::DType::BF16),
-            n_exp,
-            hidden,
-            0.05,
-        ),
-        bias: None,
-    };
+    let router = bf16_router(&mut rng, (n_exp, hidden), 0.05, None);
     for rows in [1usize, 2, 7, 32] {
         let h = rng.vec(rows * hidden, 1.0);
-        let mut reference: Option<(Vec<f64>, Vec<(u32, f32)>)> = None;
+        let mut reference: Option<Reference> = None;
         for kernel in [
             MoeKernel::Auto,
             MoeKernel::Split,
@@ -338,6 +320,9 @@ fn mxfp4_experts_every_kernel_match_f64() {
         }
     }
 }
+
+/// An f64 MoE output and the routing it was computed for.
+type Reference = (Vec<f64>, Vec<(u32, f32)>);
 
 /// The experts of `moe_run` in f64 for the given `(expert, weight)` choices.
 fn moe_f64(
@@ -397,16 +382,7 @@ fn moe_tile_edges_every_path() {
         TestFormat::Q8_0,
     ] {
         let ex = experts(&mut rng, format, n_exp, hidden, inter);
-        let router = Linear {
-            weight: random_tensor(
-                &mut rng,
-                TestFormat::Dense(gptoss_formats::DType::BF16),
-                n_exp,
-                hidden,
-                1.0,
-            ),
-            bias: Some(rng.vec(n_exp, 0.5)),
-        };
+        let router = bf16_router(&mut rng, (n_exp, hidden), 1.0, Some(0.5));
         for rows in TILE_EDGES {
             let h = rng.vec(rows * hidden, 1.0);
             let e = rel_err(
@@ -669,6 +645,21 @@ fn paged_attention_every_kv_type_window_and_group() {
     }
 }
 
+/// A router of bf16 weights `[n_exp, hidden]` of scale `scale`, with a bias of scale `bias` if given.
+fn bf16_router(
+    rng: &mut Rng,
+    (n_exp, hidden): (usize, usize),
+    scale: f32,
+    bias: Option<f32>,
+) -> Linear {
+    let dense = TestFormat::Dense(gptoss_formats::DType::BF16);
+    let weight = random_tensor(rng, dense, n_exp, hidden, scale);
+    Linear {
+        weight,
+        bias: bias.map(|b| rng.vec(n_exp, b)),
+    }
+}
+
 fn experts(rng: &mut Rng, format: TestFormat, n: usize, h: usize, i: usize) -> Vec<Expert> {
     (0..n)
         .map(|_| Expert {
@@ -741,16 +732,7 @@ fn router_and_moe_every_format() {
     for format in TestFormat::ALL {
         let ex = experts(&mut rng, format, n_exp, hidden, inter);
         for (rows, top_k) in [(1, 2), (3, 2), (11, 3), (20, 1)] {
-            let router = Linear {
-                weight: random_tensor(
-                    &mut rng,
-                    TestFormat::Dense(gptoss_formats::DType::BF16),
-                    n_exp,
-                    hidden,
-                    1.0,
-                ),
-                bias: Some(rng.vec(n_exp, 0.5)),
-            };
+            let router = bf16_router(&mut rng, (n_exp, hidden), 1.0, Some(0.5));
             let h = rng.vec(rows * hidden, 1.0);
             let e = rel_err(
                 &moe_run(&g, &router, &ex, &h, rows, top_k),
