@@ -374,6 +374,12 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, buf: &CudaBuf, rows: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.read_into(buf, rows, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_into(&self, buf: &CudaBuf, rows: usize, out: &mut Vec<f32>) -> Result<()> {
         if rows > buf.rows {
             return Err(CudaError::Unsupported(format!(
                 "read of {rows} rows from a buffer of {}",
@@ -381,16 +387,21 @@ impl Backend for CudaBackend {
             ))
             .into());
         }
-        let mut out = vec![0.0f32; rows * buf.cols];
-        if out.is_empty() {
-            return Ok(out);
+        let n = rows * buf.cols;
+        // Grows only: the pages of an earlier, longer read stay mapped and are overwritten.
+        if out.len() < n {
+            out.resize(n, 0.0);
+        }
+        out.truncate(n);
+        if n == 0 {
+            return Ok(());
         }
         self.dev
             .stream
-            .memcpy_dtoh(&buf.buf.slice.slice(0..out.len()), &mut out)
+            .memcpy_dtoh(&buf.buf.slice.slice(0..n), out.as_mut_slice())
             .map_err(|e| CudaError::driver("reading a buffer back", e))?;
         self.dev.sync()?;
-        Ok(out)
+        Ok(())
     }
 
     fn write(&self, buf: &mut CudaBuf, rows: usize, values: &[f32]) -> Result<()> {

@@ -236,6 +236,11 @@ impl<B: Backend> Model<B> {
         self.backend.read(&self.ws.logits, rows)
     }
 
+    /// [`Model::logits`] into `out`, reusing its allocation.
+    pub fn logits_into(&self, rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.backend.read_into(&self.ws.logits, rows, out)
+    }
+
     /// Samples one token for each of the last step's logit rows.
     pub fn sample(
         &self,

@@ -466,6 +466,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn read_into(&self, buf: &CpuBuf, rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        let src = buf
+            .data
+            .get(..rows * buf.cols)
+            .ok_or_else(|| cpu_error("read past the end of a buffer"))?;
+        out.clear();
+        out.extend_from_slice(src);
+        Ok(())
+    }
+
     fn read(&self, buf: &CpuBuf, rows: usize) -> Result<Vec<f32>> {
         buf.data
             .get(..rows * buf.cols)
@@ -493,5 +503,27 @@ fn cpu_error(message: &str) -> Error {
     Error::Backend {
         backend: "cpu",
         message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_into_reuses_the_vector_and_reads_what_read_reads() {
+        let b = CpuBackend::default();
+        let mut buf = b.alloc(3, 4).unwrap();
+        let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        b.write(&mut buf, 3, &values).unwrap();
+        let mut out = Vec::with_capacity(64);
+        let before = out.as_ptr();
+        b.read_into(&buf, 3, &mut out).unwrap();
+        assert_eq!(out, b.read(&buf, 3).unwrap());
+        // A shorter read leaves exactly its rows, in the same allocation.
+        b.read_into(&buf, 1, &mut out).unwrap();
+        assert_eq!(out, values[..4]);
+        assert_eq!(out.as_ptr(), before);
+        assert!(b.read_into(&buf, 4, &mut out).is_err());
     }
 }

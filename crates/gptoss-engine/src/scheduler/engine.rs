@@ -43,6 +43,8 @@ pub struct Engine<'m, B: Backend> {
     stats: Arc<EngineStats>,
     probe: Option<DeviceProbe<B>>,
     speculative: Speculative,
+    /// The logit rows read back for host sampling, kept across steps (see [`Backend::read_into`]).
+    host_logits: Vec<f32>,
 }
 
 /// Where each sampled slice's logit rows are in the step's output.
@@ -75,6 +77,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             stats,
             probe: None,
             speculative: config.speculative,
+            host_logits: Vec::new(),
         };
         engine.publish();
         engine
@@ -292,7 +295,12 @@ impl<'m, B: Backend> Engine<'m, B> {
         let Some(&(last, _)) = host.last() else {
             return Ok(HashMap::new());
         };
-        let mut logits = self.model.logits(last + 1)?;
+        let mut logits = std::mem::take(&mut self.host_logits);
+        let read = self.model.logits_into(last + 1, &mut logits);
+        if let Err(e) = read {
+            self.host_logits = logits;
+            return Err(e);
+        }
         let vocab = (logits.len() / (last + 1)).max(1);
         // Each job owns its sequence's state (taken out, put back below) and its logit row.
         let mut states: Vec<(usize, RequestId, LogitsState)> = host
@@ -322,6 +330,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             .into_par_iter()
             .map(|(row, id, state, cx, logits_row)| (row, id, state.sample(logits_row, &cx)))
             .collect();
+        self.host_logits = logits;
         for (_, id, state) in states {
             if let Some(seq) = self.sched.get_mut(id) {
                 seq.logits = Some(state);
