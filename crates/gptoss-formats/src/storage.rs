@@ -253,6 +253,23 @@ impl Storage {
         });
     }
 
+    /// Maps every file page behind these bytes into this process now (`MADV_POPULATE_READ`, reading
+    /// from the file what the page cache lacks), so the first reads of a CPU matmul take no page
+    /// faults (llama.cpp maps its GGUF with `MAP_POPULATE` for the same reason). Best effort: a
+    /// kernel without it (before Linux 5.14) or another OS logs it and the pages fault in on first
+    /// use as before.
+    pub fn populate(&self) {
+        self.for_each_window(&mut |map, start, len| {
+            #[cfg(target_os = "linux")]
+            let r = map.advise_range(memmap2::Advice::PopulateRead, start, len);
+            #[cfg(not(target_os = "linux"))]
+            let r = map.advise_range(memmap2::Advice::WillNeed, start, len);
+            if let Err(e) = r {
+                tracing::debug!("madvise(POPULATE_READ) of {len} mapped bytes failed: {e}");
+            }
+        });
+    }
+
     /// Drops the mapped file pages behind these bytes from this process (`MADV_DONTNEED`), so a
     /// consumer that has copied them elsewhere (a GPU upload) no longer holds them in its resident
     /// set. The bytes stay readable: a later read maps them again from the page cache or the file.

@@ -39,6 +39,14 @@ pub(super) trait Decode: Copy {
     unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
         self.ymm(r, b, tbl_u)
     }
+    /// Blocks `b` to `b + 3` as two [`Decode::zmm_u`] results (blocks `b`, `b + 1`, then `b + 2`,
+    /// `b + 3`). Implementations that override it may need AVX-512 VBMI; only the VBMI kernel calls it.
+    #[inline(always)]
+    unsafe fn zmm4_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> ([__m512i; 2], [__m512; 2]) {
+        let (v0, s0) = self.zmm_u(r, b, tbl_u);
+        let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
+        ([v0, v1], [s0, s1])
+    }
     /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
 }
@@ -121,6 +129,84 @@ unsafe fn nibbles_zmm(q: __m256i, tbl: __m512i) -> __m512i {
     _mm512_shuffle_epi8(tbl, _mm512_and_si512(z, _mm512_set1_epi8(0x0F)))
 }
 
+/// Byte indices of [`ggml_mxfp4_quad`]'s permutes: output byte `i` of a 512-bit register from the
+/// codes of the blocks its 128-bit lane holds (each block's 16 code bytes twice: low nibbles, then high).
+const fn quad_code_index(first: usize) -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        // Block `first + i / 32` of the quad, code byte `i % 16`, one byte past its E8M0 scale.
+        let pos = 17 * (first + i / 32) + 1 + i % 16;
+        // Bytes past 63 come from the second register, loaded at byte 52 (selector bit 6).
+        idx[i] = if pos < 64 {
+            pos as u8
+        } else {
+            64 + (pos - 52) as u8
+        };
+        i += 1;
+    }
+    idx
+}
+
+/// Which bytes hold the 4 E8M0 scales of a quad: 32-bit lane `k` gets scale `k % 4` in its low byte.
+const fn quad_scale_index() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut k = 0;
+    while k < 16 {
+        idx[4 * k] = (17 * (k % 4)) as u8;
+        k += 1;
+    }
+    idx
+}
+
+static QUAD_LO: [u8; 64] = quad_code_index(0);
+static QUAD_HI: [u8; 64] = quad_code_index(2);
+static QUAD_SCALES: [u8; 64] = quad_scale_index();
+
+/// Four ggml MXFP4 blocks (68 bytes at `p`: E8M0 scale then 16 code bytes, low nibble = element `i`,
+/// high = `i + 16`) as two [`Decode::zmm`] results, from one 512-bit and one 128-bit load (no byte read
+/// past the quad). `vpermb` gathers each block's code bytes twice into its 128-bit lane pair, a 16-bit
+/// shift by 0 or 4 per half brings the wanted nibble to bits 0–3, and `vpermb` on the table repeated
+/// in all four 128-bit lanes looks it up (bits 4–5 of the index pick one of the four copies, so they
+/// need no mask). The scales: one masked `vpermb` puts scale `k` in lanes `k`, `k + 4`, ..., then the
+/// same bit assembly as [`e8m0_pair`] and two lane broadcasts.
+#[inline(always)]
+unsafe fn ggml_mxfp4_quad(p: *const u8, tbl: __m512i, unit: f32) -> ([__m512i; 2], [__m512; 2]) {
+    let a = _mm512_loadu_si512(p.cast());
+    let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
+    let shifts = _mm512_set_epi64(
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+    );
+    let lo = _mm512_permutexvar_epi8(_mm512_loadu_si512(QUAD_LO.as_ptr().cast()), a);
+    let hi = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(QUAD_HI.as_ptr().cast()), b);
+    let v0 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(lo, shifts), tbl);
+    let v1 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(hi, shifts), tbl);
+    let e = _mm512_maskz_permutexvar_epi8(
+        0x1111_1111_1111_1111,
+        _mm512_loadu_si512(QUAD_SCALES.as_ptr().cast()),
+        a,
+    );
+    let bits = _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(1 << 22));
+    let s = _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(unit));
+    // (No closure for the two index vectors: a closure would not inherit the target features.)
+    let s0 = _mm512_permutexvar_ps(
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        s,
+    );
+    let s1 = _mm512_permutexvar_ps(
+        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+        s,
+    );
+    ([v0, v1], [s0, s1])
+}
+
 #[derive(Clone, Copy)]
 pub(super) struct Ggml4<'a> {
     blocks: RowBytes<'a>,
@@ -178,6 +264,17 @@ impl Decode for Ggml4<'_> {
             BlockScale::F16 => _mm512_mul_ps(f16_pair(p0, p1), _mm512_set1_ps(self.unit)),
         };
         (nibbles_zmm(q, tbl), s)
+    }
+    #[inline(always)]
+    unsafe fn zmm4_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> ([__m512i; 2], [__m512; 2]) {
+        match self.scale {
+            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit),
+            BlockScale::F16 => {
+                let (v0, s0) = self.zmm_u(r, b, tbl_u);
+                let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
+                ([v0, v1], [s0, s1])
+            }
+        }
     }
 }
 

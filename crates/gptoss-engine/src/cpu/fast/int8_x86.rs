@@ -22,6 +22,19 @@ pub(crate) enum X86Level {
     Avx2,
     /// AVX-512 F/BW/VL + VNNI (plus AVX2, FMA, F16C).
     Avx512Vnni,
+    /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 decoded four blocks per 512-bit load.
+    Avx512Vbmi,
+}
+
+impl X86Level {
+    /// The best AVX-512 level this CPU has (the caller checked VNNI).
+    pub(crate) fn avx512() -> Self {
+        if is_x86_feature_detected!("avx512vbmi") {
+            X86Level::Avx512Vbmi
+        } else {
+            X86Level::Avx512Vnni
+        }
+    }
 }
 
 /// One task: weight rows `rows` against every activation row, results (plus bias) into `out`.
@@ -70,6 +83,7 @@ unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
     match level {
         X86Level::Avx2 => run_avx2(d, job),
         X86Level::Avx512Vnni => run_vnni(d, job),
+        X86Level::Avx512Vbmi => run_vbmi(d, job),
     }
 }
 
@@ -85,6 +99,11 @@ unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_vnni<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, VnniTile, 3>(&d, job);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn run_vbmi<D: Decode>(d: D, job: &Job<'_>) {
+    sweep::<D, VbmiTile, 3>(&d, job);
 }
 
 /// Walks the task's weight rows in groups of `R` for each group of [`TILE_COLS`] activation rows. (No
@@ -240,7 +259,109 @@ impl Tile for Avx2Tile {
 
 struct VnniTile;
 
+/// The unsigned-weight table of the VNNI kernels: the 16 values + 128 in every 128-bit lane.
+#[inline(always)]
+unsafe fn table_u<D: Decode>(d: &D) -> __m512i {
+    _mm512_add_epi8(
+        _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast())),
+        _mm512_set1_epi8(-128),
+    )
+}
+
+/// Blocks `b`, `b + 1` of `R` decoded weight rows (`w`, `sw`) against every activation row, into `acc`.
+///
+/// Weights enter vpdpbusd unsigned (w + 128: the table shifted, or Q8_0 bytes with the top bit
+/// flipped); the activation row carries -128 Σ (256 q + r) per 4 codes, which cancels the shift in
+/// 256 Σ (w + 128) q + Σ (w + 128) r. The q sums start from a zeroed register and the r sums accumulate
+/// onto the shifted q sums plus that correction: no register copies, and no per-row correction.
+#[inline(always)]
+unsafe fn pair_dots<const R: usize, const C: usize>(
+    (w, sw): (&[__m512i; R], &[__m512; R]),
+    xs: &[QuantRef<'_>; C],
+    b: usize,
+    acc: &mut [[__m512; C]; R],
+) {
+    for (c, x) in xs.iter().enumerate() {
+        let q = _mm512_loadu_si512(x.codes.as_ptr().add(BLOCK * b).cast());
+        let rem = _mm512_loadu_si512(x.rems.as_ptr().add(BLOCK * b).cast());
+        let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * b).cast());
+        let sx = halves(*x.scales.get_unchecked(b), *x.scales.get_unchecked(b + 1));
+        for r in 0..R {
+            let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], q);
+            let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), off);
+            let dot = _mm512_dpbusd_epi32(t, w[r], rem);
+            let s = _mm512_mul_ps(sw[r], sx);
+            acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][c]);
+        }
+    }
+}
+
+/// The last pairs (from block `b`) and an odd last block of a VNNI tile, then the lane sums.
+#[inline(always)]
+unsafe fn vnni_finish<D: Decode, const R: usize, const C: usize>(
+    d: &D,
+    (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+    xs: [QuantRef<'_>; C],
+    (mut b, nb): (usize, usize),
+    mut acc: [[__m512; C]; R],
+) -> [[f32; C]; R] {
+    let tbl_u = table_u(d);
+    while b + 2 <= nb {
+        let mut w = [_mm512_setzero_si512(); R];
+        let mut sw = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
+            // this one runs, so no row starts cold.
+            _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+            (w[r], sw[r]) = d.zmm_u(rows[r], b, tbl_u);
+        }
+        pair_dots((&w, &sw), &xs, b, &mut acc);
+        b += 2;
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
+        }
+    }
+    if b < nb {
+        // An odd last block: the 256-bit form of the same sums.
+        let tbl_u = _mm512_castsi512_si256(tbl_u);
+        for r in 0..R {
+            let (v, s) = d.ymm_u(rows[r], b, tbl_u);
+            for (c, x) in xs.iter().enumerate() {
+                let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
+                let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
+                let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
+                let dq = _mm256_dpbusd_epi32(_mm256_setzero_si256(), v, q);
+                let t = _mm256_add_epi32(_mm256_slli_epi32(dq, 8), off);
+                let dot = _mm256_dpbusd_epi32(t, v, rem);
+                let sum = hsum256(_mm256_cvtepi32_ps(dot));
+                out[r][c] += sum * (s * *x.scales.get_unchecked(b));
+            }
+        }
+    }
+    out
+}
+
 impl Tile for VnniTile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        rows_ahead: ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        let acc = [[_mm512_setzero_ps(); C]; R];
+        vnni_finish(d, rows_ahead, xs, (0, nb), acc)
+    }
+}
+
+/// The VNNI tile with weights decoded four blocks at a time ([`Decode::zmm4_u`]); the same sums in the
+/// same order as [`VnniTile`], so the same results bit for bit.
+struct VbmiTile;
+
+impl Tile for VbmiTile {
     #[inline(always)]
     unsafe fn run<D: Decode, const R: usize, const C: usize>(
         d: &D,
@@ -248,65 +369,23 @@ impl Tile for VnniTile {
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
-        // Weights enter vpdpbusd unsigned (w + 128: the table shifted, or Q8_0 bytes with the top bit
-        // flipped); the activation row carries -128 Σ (256 q + r) per 4 codes, which cancels the shift
-        // in 256 Σ (w + 128) q + Σ (w + 128) r. The q sums start from a zeroed register and the r sums
-        // accumulate onto the shifted q sums plus that correction: no register copies, and no
-        // per-row correction.
-        let tbl_u = _mm512_add_epi8(
-            _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast())),
-            _mm512_set1_epi8(-128),
-        );
+        let tbl_u = table_u(d);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let mut b = 0;
-        while b + 2 <= nb {
-            let mut w = [_mm512_setzero_si512(); R];
-            let mut sw = [_mm512_setzero_ps(); R];
+        while b + 4 <= nb {
+            let mut w = [[_mm512_setzero_si512(); R]; 2];
+            let mut sw = [[_mm512_setzero_ps(); R]; 2];
             for r in 0..R {
-                // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
-                // this one runs, so no row starts cold.
                 _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
-                (w[r], sw[r]) = d.zmm_u(rows[r], b, tbl_u);
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b + 2));
+                let (v, s) = d.zmm4_u(rows[r], b, tbl_u);
+                (w[0][r], w[1][r], sw[0][r], sw[1][r]) = (v[0], v[1], s[0], s[1]);
             }
-            for (c, x) in xs.iter().enumerate() {
-                let q = _mm512_loadu_si512(x.codes.as_ptr().add(BLOCK * b).cast());
-                let rem = _mm512_loadu_si512(x.rems.as_ptr().add(BLOCK * b).cast());
-                let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * b).cast());
-                let sx = halves(*x.scales.get_unchecked(b), *x.scales.get_unchecked(b + 1));
-                for r in 0..R {
-                    let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], q);
-                    let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), off);
-                    let dot = _mm512_dpbusd_epi32(t, w[r], rem);
-                    let s = _mm512_mul_ps(sw[r], sx);
-                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][c]);
-                }
-            }
-            b += 2;
+            pair_dots((&w[0], &sw[0]), &xs, b, &mut acc);
+            pair_dots((&w[1], &sw[1]), &xs, b + 2, &mut acc);
+            b += 4;
         }
-        let mut out = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = _mm512_reduce_add_ps(acc[r][c]);
-            }
-        }
-        if b < nb {
-            // An odd last block: the 256-bit form of the same sums.
-            let tbl_u = _mm512_castsi512_si256(tbl_u);
-            for r in 0..R {
-                let (v, s) = d.ymm_u(rows[r], b, tbl_u);
-                for (c, x) in xs.iter().enumerate() {
-                    let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
-                    let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
-                    let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
-                    let dq = _mm256_dpbusd_epi32(_mm256_setzero_si256(), v, q);
-                    let t = _mm256_add_epi32(_mm256_slli_epi32(dq, 8), off);
-                    let dot = _mm256_dpbusd_epi32(t, v, rem);
-                    let sum = hsum256(_mm256_cvtepi32_ps(dot));
-                    out[r][c] += sum * (s * *x.scales.get_unchecked(b));
-                }
-            }
-        }
-        out
+        vnni_finish(d, (rows, ahead), xs, (b, nb), acc)
     }
 }
 
@@ -314,8 +393,9 @@ impl Tile for VnniTile {
 /// them with the scalar decode exactly).
 ///
 /// # Safety
-/// The CPU must support AVX2 + F16C (and AVX-512 F/BW/VL for `level == Avx512Vnni`); `b + 1` must be a
-/// block of the row for the 512-bit decode.
+/// The CPU must support AVX2 + F16C (AVX-512 F/BW/VL for the AVX-512 levels, and VBMI for
+/// `Avx512Vbmi`); `b + 1` (`b + 3` for `Avx512Vbmi`, which decodes four blocks) must be a block of the
+/// row.
 #[cfg(test)]
 pub(crate) unsafe fn decoded(
     level: X86Level,
@@ -327,6 +407,7 @@ pub(crate) unsafe fn decoded(
         match level {
             X86Level::Avx2 => ymm_of(d, j, b),
             X86Level::Avx512Vnni => zmm_of(d, j, b),
+            X86Level::Avx512Vbmi => zmm4_of(d, j, b),
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -345,6 +426,18 @@ pub(crate) unsafe fn decoded(
         _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
         let mut sc = vec![0f32; 16];
         _mm512_storeu_ps(sc.as_mut_ptr(), s);
+        (out, sc)
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn zmm4_of<D: Decode>(d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
+        let (v, s) = d.zmm4_u(d.row(j), b, table_u(&d));
+        let (mut out, mut sc) = (vec![0i8; 128], vec![0f32; 32]);
+        for k in 0..2 {
+            // Back from unsigned: the values were offset by +128.
+            let signed = _mm512_xor_si512(v[k], _mm512_set1_epi8(-128));
+            _mm512_storeu_si512(out[64 * k..].as_mut_ptr().cast(), signed);
+            _mm512_storeu_ps(sc[16 * k..].as_mut_ptr(), s[k]);
+        }
         (out, sc)
     }
     struct Get {

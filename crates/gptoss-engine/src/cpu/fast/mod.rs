@@ -295,7 +295,7 @@ unsafe fn int8_task(
     #[cfg(target_arch = "x86_64")]
     match isa {
         CpuIsa::Avx512 => {
-            return int8_x86::task(int8_x86::X86Level::Avx512Vnni, w, acts, rows, bias, out)
+            return int8_x86::task(int8_x86::X86Level::avx512(), w, acts, rows, bias, out)
         }
         CpuIsa::Avx2 => return int8_x86::task(int8_x86::X86Level::Avx2, w, acts, rows, bias, out),
         CpuIsa::Portable => {}

@@ -57,15 +57,22 @@ fn simd_decode_is_the_scalar_decode() {
     for w in int_weights(6, 128) {
         let iw = IntWeight::of(&w).unwrap();
         let mut codes = [0i8; BLOCK];
-        for (level, isa) in [
-            (X86Level::Avx2, CpuIsa::Avx2),
-            (X86Level::Avx512Vnni, CpuIsa::Avx512),
+        for (level, supported) in [
+            (X86Level::Avx2, CpuIsa::Avx2.supported()),
+            (X86Level::Avx512Vnni, CpuIsa::Avx512.supported()),
+            (X86Level::Avx512Vbmi, vbmi()),
         ] {
-            if !isa.supported() {
+            if !supported {
                 continue;
             }
+            // The VBMI decode reads four blocks: the whole row.
+            let starts: &[usize] = if level == X86Level::Avx512Vbmi {
+                &[0]
+            } else {
+                &[0, 2]
+            };
             for j in 0..6 {
-                for b in [0, 2] {
+                for &b in starts {
                     // SAFETY: the level is supported and blocks b, b + 1 exist (4 per row).
                     let (v, s) = unsafe { decoded(level, &iw, j, b) };
                     let blocks = v.len() / BLOCK;
@@ -76,6 +83,54 @@ fn simd_decode_is_the_scalar_decode() {
                         assert!(s[k * lanes..(k + 1) * lanes].iter().all(|&x| x == want_s));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Whether the CPU has the AVX-512 VBMI kernel's features.
+#[cfg(target_arch = "x86_64")]
+fn vbmi() -> bool {
+    CpuIsa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi")
+}
+
+/// The VBMI kernel (four blocks per decode) gives the VNNI kernel's results bit for bit: the same sums
+/// in the same order. Rows of 3 to 9 blocks cover quads, a pair after them and an odd last block; 1 to
+/// 5 activation rows cover every tile width.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn vbmi_kernel_equals_the_vnni_kernel() {
+    use super::int8_x86::{task, X86Level};
+    if !vbmi() {
+        return;
+    }
+    for n in [96, 128, 192, 224, 288] {
+        for w in int_weights(38, n) {
+            let (n_out, iw) = (38, IntWeight::of(&w).unwrap());
+            let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+            for rows in [1, 2, 3, 5] {
+                let x = inputs(rows, n, rows as u64 * 7 + n as u64);
+                let mut acts = QuantActs::default();
+                acts.quantize(&x, rows, n, iw.layout());
+                let view = acts.view(0..rows);
+                let run = |level| {
+                    let mut out = vec![f32::NAN; rows * n_out];
+                    let sink = OutRows {
+                        ptr: out.as_mut_ptr(),
+                        n_out,
+                    };
+                    // SAFETY: VBMI (and so VNNI) was detected; `out` holds `[rows, n_out]`.
+                    unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
+                    out
+                };
+                let (a, b) = (run(X86Level::Avx512Vnni), run(X86Level::Avx512Vbmi));
+                let what = format!("{} T={rows} n={n}", w.format.describe());
+                assert!(a.iter().all(|v| v.is_finite()), "{what}");
+                assert_eq!(
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{what}"
+                );
             }
         }
     }
