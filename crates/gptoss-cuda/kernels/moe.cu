@@ -102,10 +102,15 @@ static __device__ bool find_tile(const int* counts, int n_experts, int bm, int t
     return false;
 }
 
+// The row of x (a pair's own row, or its token's) of the pair at `idx` of expert e's list.
+static __device__ __forceinline__ i64 pair_row(const ExpertParams& p, int e, int idx) {
+    int pair = p.list[p.offsets[e] + idx];
+    return p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
+}
+
 // The x row of the pair at `idx` of expert e's list.
 static __device__ __forceinline__ const float* pair_x(const ExpertParams& p, int e, int idx) {
-    int pair = p.list[p.offsets[e] + idx];
-    return p.x + (p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k)) * p.k;
+    return p.x + pair_row(p, e, idx) * p.k;
 }
 
 static __device__ __forceinline__ float swiglu_oai(float gate, float up, float alpha, float limit) {
@@ -414,10 +419,7 @@ static __device__ void expert_fp4_impl(const ExpertParams& p) {
     r.xscale = p.xscale;
     r.row_scales = (u32)p.w.row_scales;
     // B fragments: quad g feeds pair slot nb*8 + g; C columns 2t, 2t+1 are pair slots nb*8 + 2t + j.
-    auto x_index = [&](int slot) {
-        int pair = p.list[p.offsets[e] + start + min(slot, count - 1)];
-        return p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
-    };
+    auto x_index = [&](int slot) { return pair_row(p, e, start + min(slot, count - 1)); };
     #pragma unroll
     for (int nb = 0; nb < NB; nb++) {
         r.xrow[nb] = nb * 8 + g < count ? (u32)(x_index(nb * 8 + g) * nkb * 8 + 2 * t) : FP4_NO_X;

@@ -275,18 +275,7 @@ pub fn prepare(state: &AppState, bytes: &[u8]) -> ApiResult<ChatParams> {
     let prompt = conv.render(&state.harmony, state.prompt_cap())?;
     sampling.logits.constraint = state.constraint(&schema)?;
     let spec = state.gen_spec(prompt, sampling, max_tokens, stop, OutputMode::Harmony)?;
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage.as_ref())
-        .is_some_and(|f| f.0);
-    params::refuse_true(
-        "stream_options",
-        req.stream_options
-            .as_ref()
-            .and_then(|o| o.continuous_usage_stats.as_ref()),
-        "stream_options.continuous_usage_stats: usage comes in the last chunk (include_usage)",
-    )?;
+    let include_usage = params::include_usage(req.stream_options.as_ref())?;
     Ok(ChatParams {
         logprobs: spec.logits.logprobs.is_some(),
         spec,

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::bodies::Common;
 use crate::error::{ApiError, ApiResult};
-use crate::request::{Flag, Integer, Text};
+use crate::request::{Flag, Integer, StreamOptions, Text};
 
 /// Most choices per request (`n`).
 pub const MAX_CHOICES: usize = 8;
@@ -53,6 +53,19 @@ pub fn refuse_present(name: &str, value: Option<&RawValue>, why: &str) -> ApiRes
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether a stream ends with a usage chunk (`stream_options.include_usage`); usage in every chunk
+/// (`continuous_usage_stats: true`) is refused.
+pub fn include_usage(options: Option<&StreamOptions>) -> ApiResult<bool> {
+    refuse_true(
+        "stream_options",
+        options.and_then(|o| o.continuous_usage_stats.as_ref()),
+        "stream_options.continuous_usage_stats: usage comes in the last chunk (include_usage)",
+    )?;
+    Ok(options
+        .and_then(|o| o.include_usage.as_ref())
+        .is_some_and(|f| f.0))
 }
 
 /// A flag that is supported only when false.

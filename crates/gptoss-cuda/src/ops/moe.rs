@@ -2,6 +2,7 @@
 //! with the clamped SwiGLU, down with its bias, weighted combine). The scratch is allocated once.
 
 use gptoss_engine::backend::MoeShape;
+use gptoss_engine::memory::FP4_MAX_PAIRS_PER_EXPERT;
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
@@ -305,10 +306,6 @@ pub enum MoePath {
     Fp4(Fp4Pairs),
 }
 
-/// Most pairs per expert (on average) the MXFP4 f16 tensor-core path takes; beyond, the bf16 tiles of
-/// 32–64 pairs. `workspace_bytes` in gptoss-engine's memory.rs sizes its scratch with the same bound.
-const FP4_MAX_PAIRS_PER_EXPERT: usize = 16;
-
 /// Rows of x the MXFP4 path splits at most (tokens for gate_up, pairs for down).
 fn fp4_split_rows(pairs: usize, n_experts: usize) -> usize {
     pairs.min(FP4_MAX_PAIRS_PER_EXPERT * n_experts)
@@ -318,7 +315,9 @@ fn fp4_split_rows(pairs: usize, n_experts: usize) -> usize {
 const MAX_EXPERTS: usize = 256;
 /// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
 const MMA_WEIGHT_ROWS: usize = 128;
-/// One pair per tile while the pairs are at most twice the experts (decode and small batches: each chosen
+/// MXFP4 experts (E2M1 codes, E8M0 scales) take the f16 tensor-core kernels while they average at most
+/// `FP4_MAX_PAIRS_PER_EXPERT` pairs (tiles of 8 pairs up to 4 per expert, then 16). Other formats: one pair
+/// per tile while the pairs are at most twice the experts (decode and small batches: each chosen
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
 /// decode exactly to bf16 (32 pairs while the experts average at most 16, else 64), tiles of 8 pairs otherwise.
@@ -446,11 +445,12 @@ pub fn moe(
         xscale: scratch.xscale.ptr(),
     };
     let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
-    if let MoePath::Fp4(_) = path {
+    let fp4 = matches!(path, MoePath::Fp4(_));
+    if fp4 {
         split_x(dev, scratch, m.h.buf.ptr(), step.rows, hidden)?;
     }
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
-    if let MoePath::Fp4(_) = path {
+    if fp4 {
         split_x(dev, scratch, scratch.act.ptr(), pairs, inter)?;
     }
     p.w = e.down.as_ref();
