@@ -191,23 +191,31 @@ impl MmaRows {
     }
 }
 
-/// Pairs per tile of the MXFP4 f16 tensor-core expert kernels (`moe_*_fp4_p{8,16}` in moe.cu).
+/// Pairs per tile of the MXFP4 f16 tensor-core expert kernels: `moe_*_fp4_p{8,16}` (the weights' 32-row slices
+/// read straight from global memory, for decode and small batches) and `moe_*_fp4_g{32,64}` (128-row GEMM
+/// tiles through a `cp.async` ring, for prefill and large batches), in moe.cu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fp4Pairs {
     /// 8 (one n8 MMA tile).
     P8,
     /// 16 (two).
     P16,
+    /// GEMM tiles of 32 pairs.
+    G32,
+    /// GEMM tiles of 64 pairs.
+    G64,
 }
 
 impl Fp4Pairs {
-    /// Both.
-    pub const ALL: [Fp4Pairs; 2] = [Fp4Pairs::P8, Fp4Pairs::P16];
+    /// Every configuration.
+    pub const ALL: [Fp4Pairs; 4] = [Fp4Pairs::P8, Fp4Pairs::P16, Fp4Pairs::G32, Fp4Pairs::G64];
 
     fn suffix(self) -> &'static str {
         match self {
             Fp4Pairs::P8 => "p8",
             Fp4Pairs::P16 => "p16",
+            Fp4Pairs::G32 => "g32",
+            Fp4Pairs::G64 => "g64",
         }
     }
 
@@ -216,6 +224,17 @@ impl Fp4Pairs {
         match self {
             Fp4Pairs::P8 => 8,
             Fp4Pairs::P16 => 16,
+            Fp4Pairs::G32 => 32,
+            Fp4Pairs::G64 => 64,
+        }
+    }
+
+    /// Weight rows per block (`16 * MT` of `expert_fp4_impl`, `G_ROWS` of `expert_fp4_gemm_impl`); the GEMM
+    /// tiles' blocks own their rows, the others loop over row slices.
+    pub fn weight_rows(self) -> usize {
+        match self {
+            Fp4Pairs::P8 | Fp4Pairs::P16 => 32,
+            Fp4Pairs::G32 | Fp4Pairs::G64 => 128,
         }
     }
 }
@@ -248,6 +267,8 @@ pub enum Func {
     RopeKv(KvType),
     /// `attention_<kv>`
     Attention(KvType),
+    /// `attention_rows_<kv>` (prefill: 8 step rows per CTA)
+    AttentionRows(KvType),
     /// `attention_combine` (merges key splits)
     AttentionCombine,
     /// `route_<fmt>`
@@ -284,7 +305,9 @@ impl Func {
             Func::RmsNorm | Func::Add => KernelFile::Norm,
             Func::Linear(..) | Func::LinearMma(_) => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
-            Func::Attention(_) | Func::AttentionCombine => KernelFile::Attention,
+            Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
+                KernelFile::Attention
+            }
             Func::Route(_) | Func::RouteTopk => KernelFile::Router,
             Func::MoeGroup
             | Func::MoeGateUp(..)
@@ -314,6 +337,7 @@ impl Func {
             Func::LinearMma(w) => format!("linear_mma_{}", w.suffix()),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
+            Func::AttentionRows(k) => format!("attention_rows_{}", kv(k)),
             Func::AttentionCombine => "attention_combine".into(),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::RouteTopk => "route_topk".into(),
@@ -346,7 +370,7 @@ impl Func {
             v.extend([Func::MoeGateUpFp4(n), Func::MoeDownFp4(n)]);
         }
         for k in [KvType::Bf16, KvType::F16, KvType::F32] {
-            v.extend([Func::RopeKv(k), Func::Attention(k)]);
+            v.extend([Func::RopeKv(k), Func::Attention(k), Func::AttentionRows(k)]);
         }
         for w in WeightKind::ALL {
             v.extend([Func::Embed(w), Func::Route(w)]);

@@ -47,6 +47,10 @@ pub enum MoeKernel {
     Fp4P8,
     /// Same, tiles of 16 pairs (`fp4-16`).
     Fp4P16,
+    /// MXFP4 f16 GEMM tiles of 32 pairs × 128 weight rows (`fp4-g32`).
+    Fp4G32,
+    /// Same, 64 pairs (`fp4-g64`).
+    Fp4G64,
 }
 
 impl MoeKernel {
@@ -58,8 +62,10 @@ impl MoeKernel {
             "mma" => Ok(MoeKernel::Mma),
             "fp4-8" => Ok(MoeKernel::Fp4P8),
             "fp4-16" => Ok(MoeKernel::Fp4P16),
+            "fp4-g32" => Ok(MoeKernel::Fp4G32),
+            "fp4-g64" => Ok(MoeKernel::Fp4G64),
             _ => Err(CudaError::Config(format!(
-                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8 or fp4-16"
+                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32 or fp4-g64"
             ))),
         }
     }
@@ -159,6 +165,7 @@ mod tests {
     #[test]
     fn moe_kernel_names() {
         assert_eq!(MoeKernel::parse("fp4-16").unwrap(), MoeKernel::Fp4P16);
+        assert_eq!(MoeKernel::parse("fp4-g64").unwrap(), MoeKernel::Fp4G64);
         assert_eq!(MoeKernel::parse("").unwrap(), MoeKernel::Auto);
         let e = MoeKernel::parse("fast").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_MOE_KERNEL=\"fast\""), "{e}");

@@ -322,7 +322,7 @@ fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
         swiglu_alpha: 1.702,
         swiglu_limit: 7.0,
     };
-    for t in [1usize, 2, 8, 16, 32, 64, 256, 2048] {
+    for t in [1usize, 2, 8, 16, 32, 64, 128, 256, 512, 2048] {
         let h = filled(b, t, hidden, &rng.vec(t * hidden, 1.0));
         let mut routing = b.alloc_routing(t, top_k).unwrap();
         let mut out = b.alloc(t, hidden).unwrap();

@@ -267,9 +267,10 @@ fn tensor_core_long_dot_products_match_f64() {
 }
 
 /// The MXFP4 experts at 20b's widths through every expert kernel (the automatic choice and each one forced:
-/// split-K GEMV, bf16 tensor-core tiles, f16 tensor-core tiles of 8 and 16 pairs), against an f64 reference
-/// of the routing the first run chose (every later run must choose the same), from one pair per expert
-/// (decode) to 16 on average.
+/// split-K GEMV, bf16 tensor-core tiles, f16 tensor-core tiles of 8 and 16 pairs, f16 GEMM tiles of 32 and 64
+/// pairs), against an f64 reference of the routing the first run chose (every later run must choose the
+/// same), from one pair per expert (decode) to 50 on average (several GEMM tiles per expert, the last one
+/// partial; down's 2,880 rows end in a partial 128-row tile).
 #[test]
 #[ignore = "needs GPU"]
 fn mxfp4_experts_every_kernel_match_f64() {
@@ -281,7 +282,7 @@ fn mxfp4_experts_every_kernel_match_f64() {
         .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
         .collect();
     let router = bf16_router(&mut rng, (n_exp, hidden), 0.05, None);
-    for rows in [1usize, 2, 7, 32] {
+    for rows in [1usize, 2, 7, 32, 100] {
         let h = rng.vec(rows * hidden, 1.0);
         let mut reference: Option<Reference> = None;
         for kernel in [
@@ -290,6 +291,8 @@ fn mxfp4_experts_every_kernel_match_f64() {
             MoeKernel::Mma,
             MoeKernel::Fp4P8,
             MoeKernel::Fp4P16,
+            MoeKernel::Fp4G32,
+            MoeKernel::Fp4G64,
         ] {
             let mut o = CudaOptions::from_env().unwrap();
             o.kv = KvPrecision::F32;
@@ -635,6 +638,67 @@ fn paged_attention_every_kv_type_window_and_group() {
                 );
                 assert!(eq < 1e-5, "rope {nq}/{nkv}/{d} {window:?} {kv:?}: {eq}");
                 assert!(e < tol, "attention {nq}/{nkv}/{d} {window:?} {kv:?}: {e}");
+            }
+        }
+    }
+}
+
+/// Prefill-sized steps for the 8-rows-per-CTA kernel (`attention_rows`): sequence 1 in chunks of 64 to
+/// position 300 (the last one partial), a step whose first CTA holds 5 rows of sequence 1 and 3 of sequence
+/// 0 (two passes), a step of 40 + 20 rows of the two, then single-token decodes (the one-row kernel).
+fn rows_case(shape: AttnShape) -> AttnCase {
+    let capacity = Capacity {
+        max_batch_tokens: 64,
+        max_logit_rows: 1,
+        slots: 2,
+        context_tokens: 640,
+        kv_blocks: None,
+    };
+    let layout = KvLayout::new(&attn_config(&shape), &capacity).unwrap();
+    let t = scattered_tables(&layout);
+    let mut steps = Vec::new();
+    let mut p = 0;
+    while p < 300 {
+        let n = (300 - p).min(64);
+        steps.push(attn_step(&t, &[(1, p, n)]));
+        p += n;
+    }
+    steps.push(attn_step(&t, &[(1, 300, 5), (0, 0, 7)]));
+    steps.push(attn_step(&t, &[(0, 7, 40), (1, 305, 20)]));
+    steps.push(attn_step(&t, &[(1, 325, 1), (0, 47, 1)]));
+    AttnCase {
+        shape,
+        capacity,
+        steps,
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn attention_rows_kernel_matches_cpu() {
+    // gpt-oss's heads (64 query, 8 kv, 64 wide) and a group of 4; full, a 128-key window, a 20-key window.
+    for (nq, nkv) in [(64, 8), (8, 2)] {
+        for window in [Window::Full, Window::Sliding(128), Window::Sliding(20)] {
+            let shape = AttnShape {
+                layer: 1,
+                n_q_heads: nq,
+                n_kv_heads: nkv,
+                head_dim: 64,
+                window,
+            };
+            let case = rows_case(shape);
+            let cpu = attention_run(&CpuBackend, &case, 5);
+            for (kv, tol) in [
+                (KvPrecision::F32, 2e-5),
+                (KvPrecision::F16, 3e-3),
+                (KvPrecision::Bf16, 1.5e-2),
+            ] {
+                let (_, out) = attention_run(&cuda(kv), &case, 5);
+                let e = rel_err(&out, &cpu.1);
+                println!(
+                    "attention rows kernel nq={nq} nkv={nkv} {window:?} kv {kv:?}: rel err {e:.2e}"
+                );
+                assert!(e < tol, "attention rows {nq}/{nkv} {window:?} {kv:?}: {e}");
             }
         }
     }

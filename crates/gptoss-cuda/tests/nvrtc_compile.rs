@@ -46,6 +46,10 @@ fn every_kernel_compiles_without_spills_for_every_arch() {
                     continue;
                 }
             };
+            // GPTOSS_NVRTC_LOG=<file name> prints that file's ptxas report (registers per kernel).
+            if std::env::var("GPTOSS_NVRTC_LOG").is_ok_and(|f| f == file.name()) {
+                println!("{}", c.log);
+            }
             let res = parse_resources(&c.log);
             for f in Func::all().into_iter().filter(|f| f.file() == file) {
                 if !res.iter().any(|r| r.function == f.name()) {

@@ -144,9 +144,6 @@ pub fn fit_kv_blocks(
 pub const ATTN_SPLIT_ROWS: usize = 64;
 /// Most key splits of one (token, query head).
 pub const ATTN_MAX_SPLITS: usize = 16;
-/// Most pairs per expert (on average) the CUDA MXFP4 f16 tensor-core experts take; their scratch holds
-/// x split into two f16 parts for that many pairs.
-pub const FP4_MAX_PAIRS_PER_EXPERT: usize = 16;
 
 /// f32 elements of the device attention's split scratch: `(max, sum, acc[head_dim])` per split of each
 /// (token, query head) for up to [`ATTN_SPLIT_ROWS`] tokens.
@@ -186,9 +183,10 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let step = 4 * (3 * rows + logit_rows + tables)
         + 4 * (c.head_dim as u64 / 2)
         + 4 * attention_split_floats(config, capacity) as u64;
-    // The CUDA MXFP4 experts' f16 split of x: 4 bytes per value plus a scale per 32.
-    let split_values = (rows * k).min(FP4_MAX_PAIRS_PER_EXPERT as u64 * e) * i.max(h);
-    let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_values + split_values / 8;
+    // The CUDA MXFP4 experts split x into two f16 parts inside the act and y buffers; their scales, one f32
+    // per 32 values, need room of their own.
+    let split_scales = rows * k * i.max(h) / 32;
+    let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_scales;
     let sampler = logit_rows * (8 * v + 24 + 4);
     activations + routing + logits + step + moe + sampler
 }

@@ -291,6 +291,7 @@ struct AttnParams {
     d: i32,
     window: i32,
     splits: i32,
+    n_tok: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `AttnParams` in attention.cu.
@@ -298,6 +299,28 @@ unsafe impl cudarc::driver::DeviceRepr for AttnParams {}
 
 /// Query heads one attention CTA serves (one warp each; `ATT_WARPS` in attention.cu).
 const HEADS_PER_CTA: usize = 8;
+/// Step rows one `attention_rows` CTA serves (`ATQ` in attention.cu), and the head width it is written for
+/// (`ATD`).
+const ROWS_PER_CTA: usize = 8;
+const ROWS_HEAD_DIM: usize = 64;
+
+/// Whether a step's attention runs `attention_rows` (8 rows per CTA: each staged key tile serves 8 rows)
+/// rather than one CTA per row: prefill-like steps (at least 4 rows per sequence on average, so few tiles
+/// span two sequences) of one unsplit launch, for heads of 64 and groups of at most 8 query heads. Recorded
+/// steps (one row per sequence) never take it, so the CUDA graph keys need not name it.
+pub fn rows_kernel_fits(
+    step_rows: usize,
+    step_seqs: usize,
+    splits: usize,
+    shape: &AttnShape,
+) -> bool {
+    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
+    splits == 1
+        && step_rows >= 4 * step_seqs.max(1)
+        && shape.head_dim == ROWS_HEAD_DIM
+        && group <= HEADS_PER_CTA
+        && group * shape.n_kv_heads == shape.n_q_heads
+}
 /// Keys per split below which splitting does not pay (8 tiles of 32).
 const KEYS_PER_SPLIT: usize = 256;
 
@@ -385,8 +408,17 @@ pub fn attention(
         d: shape.head_dim as i32,
         window: window as i32,
         splits: splits as i32,
+        n_tok: step.rows as i32,
     };
     let threads = 32 * group.min(HEADS_PER_CTA) as u32;
+    if rows_kernel_fits(step.rows, step.seqs, splits, shape) {
+        let grid = (
+            step.rows.div_ceil(ROWS_PER_CTA) as u32,
+            shape.n_kv_heads as u32,
+            1,
+        );
+        return dev.launch(Func::AttentionRows(cache.kv), cfg(grid, threads), &p);
+    }
     let grid = (
         step.rows as u32,
         (shape.n_kv_heads * chunks) as u32,
@@ -403,6 +435,26 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_kernel_only_for_prefill_shaped_steps() {
+        let shape = |nq, nkv, d| AttnShape {
+            layer: 0,
+            n_q_heads: nq,
+            n_kv_heads: nkv,
+            head_dim: d,
+            window: Window::Full,
+        };
+        let oss = shape(64, 8, 64);
+        assert!(rows_kernel_fits(2048, 1, 1, &oss));
+        assert!(rows_kernel_fits(12, 2, 1, &oss));
+        // Decode and mostly-decode steps, split launches, other widths and groups keep one CTA per row.
+        assert!(!rows_kernel_fits(64, 64, 1, &oss));
+        assert!(!rows_kernel_fits(70, 20, 1, &oss));
+        assert!(!rows_kernel_fits(64, 1, 2, &oss));
+        assert!(!rows_kernel_fits(64, 1, 1, &shape(4, 2, 16)));
+        assert!(!rows_kernel_fits(64, 1, 1, &shape(24, 2, 64)));
+    }
 
     #[test]
     fn splits_only_for_few_long_rows() {

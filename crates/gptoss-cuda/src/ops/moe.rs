@@ -2,7 +2,6 @@
 //! with the clamped SwiGLU, down with its bias, weighted combine). The scratch is allocated once.
 
 use gptoss_engine::backend::MoeShape;
-use gptoss_engine::memory::FP4_MAX_PAIRS_PER_EXPERT;
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
@@ -73,8 +72,9 @@ pub struct MoeScratch {
     list: DevBuf<i32>,
     act: DevBuf<f32>,
     y: DevBuf<f32>,
-    /// x of the MXFP4 tensor-core path as two f16 parts (`moe_xsplit`), and its per-block scales.
-    xs: DevBuf<u32>,
+    /// The per-block scales of x split into two f16 parts (`moe_xsplit`) for the MXFP4 tensor-core path. The
+    /// parts themselves need no buffer of their own: gate_up's input is split into `y` (written only later,
+    /// by down) and down's input `act` is split in place (each value's two f16 parts take its 4 bytes).
     xscale: DevBuf<f32>,
     pairs: usize,
     n_experts: usize,
@@ -92,15 +92,14 @@ impl MoeScratch {
         hidden: usize,
     ) -> Result<Self> {
         let (s, m) = (&dev.stream, &dev.meter);
-        let split = fp4_split_rows(pairs, n_experts) * inter.max(hidden);
+        let split_blocks = pairs * inter.max(hidden) / 32;
         Ok(MoeScratch {
             counts: DevBuf::zeros(s, m, n_experts, "MoE scratch")?,
             offsets: DevBuf::zeros(s, m, n_experts + 1, "MoE scratch")?,
             list: DevBuf::zeros(s, m, pairs, "MoE scratch")?,
             act: DevBuf::zeros(s, m, pairs * inter, "MoE scratch")?,
             y: DevBuf::zeros(s, m, pairs * hidden, "MoE scratch")?,
-            xs: DevBuf::zeros(s, m, split, "MoE scratch")?,
-            xscale: DevBuf::zeros(s, m, split / 32, "MoE scratch")?,
+            xscale: DevBuf::zeros(s, m, split_blocks.max(1), "MoE scratch")?,
             pairs,
             n_experts,
             inter,
@@ -302,42 +301,37 @@ pub enum MoePath {
     Split(RowTile),
     /// Tensor-core tiles of 32 or 64 pairs of one expert.
     Mma(MmaRows),
-    /// MXFP4 on f16 tensor cores, tiles of 8 or 16 pairs of one expert.
+    /// MXFP4 on f16 tensor cores, tiles of 8 to 64 pairs of one expert.
     Fp4(Fp4Pairs),
-}
-
-/// Rows of x the MXFP4 path splits at most (tokens for gate_up, pairs for down).
-fn fp4_split_rows(pairs: usize, n_experts: usize) -> usize {
-    pairs.min(FP4_MAX_PAIRS_PER_EXPERT * n_experts)
 }
 
 /// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
 const MAX_EXPERTS: usize = 256;
 /// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
 const MMA_WEIGHT_ROWS: usize = 128;
-/// MXFP4 experts (E2M1 codes, E8M0 scales) take the f16 tensor-core kernels while they average at most
-/// `FP4_MAX_PAIRS_PER_EXPERT` pairs (tiles of 8 pairs up to 4 per expert, then 16). Other formats: one pair
+/// MXFP4 experts (E2M1 codes, E8M0 scales) always take the f16 tensor-core kernels: tiles of 8 pairs while the
+/// experts average at most 4 pairs, 16 up to 16, then the GEMM tiles (32 pairs up to 32, 64 beyond). Other formats: one pair
 /// per tile while the pairs are at most twice the experts (decode and small batches: each chosen
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
 /// decode exactly to bf16 (32 pairs while the experts average at most 16, else 64), tiles of 8 pairs otherwise.
 pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts, forced: MoeKernel) -> MoePath {
     let fp4 = e.gate_up.fp4_mma() && e.down.fp4_mma();
-    let fp4_fits = fp4 && pairs <= FP4_MAX_PAIRS_PER_EXPERT * n_experts;
     let mma = e.gate_up.mma_exact() && e.down.mma_exact();
     match forced {
         MoeKernel::Split => return MoePath::Split(RowTile::One),
         MoeKernel::Mma if mma => return MoePath::Mma(MmaRows::R64),
-        MoeKernel::Fp4P8 if fp4_fits => return MoePath::Fp4(Fp4Pairs::P8),
-        MoeKernel::Fp4P16 if fp4_fits => return MoePath::Fp4(Fp4Pairs::P16),
+        MoeKernel::Fp4P8 if fp4 => return MoePath::Fp4(Fp4Pairs::P8),
+        MoeKernel::Fp4P16 if fp4 => return MoePath::Fp4(Fp4Pairs::P16),
+        MoeKernel::Fp4G32 if fp4 => return MoePath::Fp4(Fp4Pairs::G32),
+        MoeKernel::Fp4G64 if fp4 => return MoePath::Fp4(Fp4Pairs::G64),
         _ => {}
     }
-    if fp4_fits {
-        // Tiles of 8 while the experts average at most 4 pairs, then 16.
-        return MoePath::Fp4(if pairs <= 4 * n_experts {
-            Fp4Pairs::P8
-        } else {
-            Fp4Pairs::P16
+    if fp4 {
+        return MoePath::Fp4(match pairs.div_ceil(n_experts.max(1)) {
+            0..=4 => Fp4Pairs::P8,
+            5..=16 => Fp4Pairs::P16,
+            _ => Fp4Pairs::G64,
         });
     }
     if pairs <= 2 * n_experts {
@@ -441,18 +435,31 @@ pub fn moe(
         limit: m.shape.swiglu_limit,
         n_experts: e.n_experts as i32,
         groups: e.gate_up.split_groups(),
-        xs: scratch.xs.ptr(),
+        xs: scratch.y.ptr(),
         xscale: scratch.xscale.ptr(),
     };
     let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
     let fp4 = matches!(path, MoePath::Fp4(_));
     if fp4 {
-        split_x(dev, scratch, m.h.buf.ptr(), step.rows, hidden)?;
+        split_x(
+            dev,
+            scratch,
+            (m.h.buf.ptr(), scratch.y.ptr()),
+            step.rows,
+            hidden,
+        )?;
     }
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     if fp4 {
-        split_x(dev, scratch, scratch.act.ptr(), pairs, inter)?;
+        split_x(
+            dev,
+            scratch,
+            (scratch.act.ptr(), scratch.act.ptr()),
+            pairs,
+            inter,
+        )?;
     }
+    p.xs = scratch.act.ptr();
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -479,34 +486,41 @@ pub fn moe(
     )
 }
 
-/// Weight rows per block of the MXFP4 f16 kernels (`16 * MT` in moe.cu).
-const FP4_WEIGHT_ROWS: usize = 32;
-
 /// Blocks per tile along the weight rows for the MXFP4 f16 kernels: one per 32 rows while the tiles are few
 /// (decode: every block a short latency chain, as many as possible in flight), fewer once the tiles alone
 /// fill about four waves of two blocks per SM, each block then looping over several 32-row slices so its
 /// pair lookups are paid once (blocks of one slice measured ≈ 4–5 µs, of which ≈ 1.5 µs is start-up).
 fn fp4_row_blocks(dev: &Device, rows: usize, tiles: u32) -> u32 {
-    let all = blocks(rows, FP4_WEIGHT_ROWS);
+    let all = blocks(rows, Fp4Pairs::P8.weight_rows());
     let target = 8 * dev.caps.sm_count.max(1);
     all.min(target.div_ceil(tiles.max(1))).max(1)
 }
 
-/// `moe_xsplit` of `rows` rows of `k` f32 at `x` into the scratch's f16 parts.
-fn split_x(dev: &Device, scratch: &MoeScratch, x: u64, rows: usize, k: usize) -> Result<()> {
+/// `moe_xsplit` of `rows` rows of `k` f32 at `x` into f16 parts at `xs` (a buffer of at least `rows * k`
+/// values; `x` itself is allowed: each thread reads its 8 values before writing their parts in their place).
+fn split_x(
+    dev: &Device,
+    scratch: &MoeScratch,
+    (x, xs): (u64, u64),
+    rows: usize,
+    k: usize,
+) -> Result<()> {
     // The kernels address xs in 16-byte units with 32-bit offsets.
-    if !k.is_multiple_of(32) || rows * k > scratch.xs.len() || rows * k / 4 >= u32::MAX as usize {
+    if !k.is_multiple_of(32)
+        || rows * k > 32 * scratch.xscale.len()
+        || rows * k / 4 >= u32::MAX as usize
+    {
         return Err(shape_error(
             "moe_xsplit",
             format!(
                 "{rows} rows of {k} (a multiple of 32, at most {} values)",
-                scratch.xs.len()
+                32 * scratch.xscale.len()
             ),
         ));
     }
     let p = XSplitParams {
         x,
-        xs: scratch.xs.ptr(),
+        xs,
         xscale: scratch.xscale.ptr(),
         rows: rows as i32,
         k: k as i32,
@@ -535,7 +549,11 @@ fn launch_experts(
                 Func::MoeDownFp4(n)
             };
             let x = tile_rows(pairs, n_experts, n.pairs());
-            (f, (x, fp4_row_blocks(dev, rows, x), 1))
+            let y = match n {
+                Fp4Pairs::P8 | Fp4Pairs::P16 => fp4_row_blocks(dev, rows, x),
+                Fp4Pairs::G32 | Fp4Pairs::G64 => blocks(rows, n.weight_rows()),
+            };
+            (f, (x, y, 1))
         }
         MoePath::Mma(r) => {
             let f = if gate_up {
