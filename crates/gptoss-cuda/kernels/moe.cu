@@ -491,8 +491,8 @@ FP4_ENTRY(p16, 2, 2, 2)
 // ---- MXFP4 experts on f16 tensor cores, 32 or 64 pairs per tile (prefill and large batches) ----
 // The same arithmetic as expert_fp4_impl (codes as f16, x in two f16 parts, a fresh partial sum per 32-element
 // block scaled in f32), laid out as a GEMM: a block owns 128 weight rows × BN pairs of one expert; its 8 warps
-// are 4 (32 rows each, two m16 tiles) × 2 (BN/2 pairs each, NW n8 tiles), so every code a warp decodes feeds
-// NW n8 tiles and every x fragment 2 m16 tiles. Codes (16 bytes per row and block), x parts (128 bytes per
+// each take 16 rows and all BN pairs (BN / 8 n8 tiles), so every code is decoded once per block and feeds
+// BN / 8 n8 tiles. Codes (16 bytes per row and block), x parts (128 bytes per
 // pair and block) and x scales stream through a G_STAGES-deep cp.async ring in shared memory, one barrier
 // per 32-element block; the E8M0 scales (one byte per row and block) are read one block ahead from global.
 // The K order is the one moe_xsplit writes (see above), so a thread reads its B fragments with two 16-byte
@@ -503,10 +503,10 @@ FP4_ENTRY(p16, 2, 2, 2)
 #define G_STAGES 4
 #define G_XSTRIDE 36
 
-template <int NW>
+template <int BN>
 struct Fp4GemmSmem {
-    u32 x[G_STAGES][16 * NW * G_XSTRIDE];
-    float xsc[G_STAGES][16 * NW];
+    u32 x[G_STAGES][BN * G_XSTRIDE];
+    float xsc[G_STAGES][BN];
     u32 w[G_STAGES][G_ROWS * 4];
 };
 
@@ -523,15 +523,17 @@ static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.asyn
 template <int N>
 static __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-template <int NW, int GATE_UP>
+// BN pairs per tile; the 8 warps are WM (along the rows: MT = 128 / (16 WM) m16 tiles each) × 8 / WM (along the
+// pairs: NW = BN / (8 (8 / WM)) n8 tiles each).
+template <int BN, int WM, int GATE_UP>
 static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
-    const int bn = 16 * NW;
-    __shared__ __align__(16) Fp4GemmSmem<NW> sm;
+    const int bn = BN, WN = 8 / WM, MT = G_ROWS / (16 * WM), NW = BN / (8 * WN);
+    __shared__ __align__(16) Fp4GemmSmem<BN> sm;
     int e, start;
     if (!find_tile(p.counts, p.n_experts, bn, blockIdx.x, e, start)) return;
     int count = min(p.counts[e] - start, bn);
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    int wm = warp >> 1, wn = warp & 1;
+    int wm = warp / WN, wn = warp % WN;
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
     int r0 = blockIdx.y * G_ROWS;
     u32 row_bytes = (u32)(p.w.ld / 2);
@@ -574,46 +576,46 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
         cp_async_commit();
     };
     // This thread's weight rows (A fragments): m16 tile mt, half h.
-    u32 rows[2][2];
+    u32 rows[MT][2];
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
-        for (int h = 0; h < 2; h++) rows[mt][h] = (u32)(wm * 32 + mt * 16 + g + 8 * h);
-    const u8* srow[2][2];
+        for (int h = 0; h < 2; h++) rows[mt][h] = (u32)(wm * 16 * MT + mt * 16 + g + 8 * h);
+    const u8* srow[MT][2];
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int h = 0; h < 2; h++) srow[mt][h] = sexp + (i64)min(r0 + (int)rows[mt][h], n_rows - 1) * p.w.row_scales;
-    float acc[2][NW][4];
+    float acc[MT][NW][4];
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nb = 0; nb < NW; nb++)
             #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][nb][i] = 0.0f;
     #pragma unroll
     for (int s = 0; s < G_STAGES - 1; s++) load_stage(s);
-    u8 sc[2][2];
+    u8 sc[MT][2];
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int h = 0; h < 2; h++) sc[mt][h] = srow[mt][h][0];
     for (int kb = 0; kb < nkb; kb++) {
         cp_async_wait<G_STAGES - 2>();
         __syncthreads();
         load_stage(kb + G_STAGES - 1);
-        u8 sc_next[2][2];
+        u8 sc_next[MT][2];
         int kn = min(kb + 1, nkb - 1);
         #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
+        for (int mt = 0; mt < MT; mt++)
             #pragma unroll
             for (int h = 0; h < 2; h++) sc_next[mt][h] = srow[mt][h][kn];
         int s = kb % G_STAGES;
         // Both m16 tiles' A fragments stay live while the n8 tiles' B fragments are read one tile at a time.
-        u32 a[2][8];
-        float ws[2][2];
+        u32 a[MT][8];
+        float ws[MT][2];
         #pragma unroll
-        for (int mt = 0; mt < 2; mt++) {
+        for (int mt = 0; mt < MT; mt++) {
             u32 q0 = sm.w[s][rows[mt][0] * 4 + t], q1 = sm.w[s][rows[mt][1] * 4 + t];
             a[mt][0] = e2m1x2<0>(q0); a[mt][1] = e2m1x2<0>(q1); a[mt][2] = e2m1x2<1>(q0); a[mt][3] = e2m1x2<1>(q1);
             a[mt][4] = e2m1x2<2>(q0); a[mt][5] = e2m1x2<2>(q1); a[mt][6] = e2m1x2<3>(q0); a[mt][7] = e2m1x2<3>(q1);
@@ -626,13 +628,17 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
             uint4 hi = *(const uint4*)xp, lo = *(const uint4*)(xp + 4);
             float x0 = sm.xsc[s][wn * 8 * NW + nb * 8 + 2 * t], x1 = sm.xsc[s][wn * 8 * NW + nb * 8 + 2 * t + 1];
             #pragma unroll
-            for (int mt = 0; mt < 2; mt++) {
+            for (int mt = 0; mt < MT; mt++) {
                 const u32* am = a[mt];
                 float c[4];
                 mma_f16_first(c, am[0], am[1], am[2], am[3], lo.x, lo.y);
                 mma_f16(c, am[4], am[5], am[6], am[7], lo.z, lo.w);
-                mma_f16(c, am[0], am[1], am[2], am[3], hi.x, hi.y);
-                mma_f16(c, am[4], am[5], am[6], am[7], hi.z, hi.w);
+                // The hi parts in a chain of their own (two dependent MMAs instead of four), added in f32.
+                float ch[4];
+                mma_f16_first(ch, am[0], am[1], am[2], am[3], hi.x, hi.y);
+                mma_f16(ch, am[4], am[5], am[6], am[7], hi.z, hi.w);
+                #pragma unroll
+                for (int i = 0; i < 4; i++) c[i] += ch[i];
                 acc[mt][nb][0] += c[0] * (ws[mt][0] * x0);
                 acc[mt][nb][1] += c[1] * (ws[mt][0] * x1);
                 acc[mt][nb][2] += c[2] * (ws[mt][1] * x0);
@@ -640,7 +646,7 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
             }
         }
         #pragma unroll
-        for (int mt = 0; mt < 2; mt++)
+        for (int mt = 0; mt < MT; mt++)
             #pragma unroll
             for (int h = 0; h < 2; h++) sc[mt][h] = sc_next[mt][h];
     }
@@ -648,7 +654,7 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
     // C fragment: rows g (i < 2) and g + 8 of the m16 tile, pair slots 2t, 2t + 1 of the n8 tile. gate_up's
     // rows 2i and 2i + 1 are one output's gate and up: the lane four up (row + 1) hands over its values.
     #pragma unroll
-    for (int mt = 0; mt < 2; mt++)
+    for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nb = 0; nb < NW; nb++)
             #pragma unroll
@@ -670,13 +676,16 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
 }
 
 // FP4_GEMM_ENTRY(SUFFIX, NW): gate_up and down with tiles of 16·NW pairs (2 blocks per SM).
-#define FP4_GEMM_ENTRY(SUFFIX, NW) \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<NW, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<NW, 0>(p); }
+#define FP4_GEMM_ENTRY(SUFFIX, BN, WM) \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 0>(p); }
 
-// (Measured on the H200 and dropped: the weight rows as the grid's fast axis, 4.24 vs 4.30 ms at T = 2048.)
-FP4_GEMM_ENTRY(g32, 2)
-FP4_GEMM_ENTRY(g64, 4)
+// Warps 8 × 1 (each 16 rows × all 64 pairs: every code decoded once per block). Measured on the H200 at
+// T = 2048 / 512 (op bench, ms, lo and hi MMAs as two chains): 8 × 1 4.42 / 1.55, 4 × 2 4.61 / 1.62, 2 × 4
+// 6.01 / 2.10; one chain of four vs two of two (4 × 2): 4.54 vs 4.61 (8 × 1 with one chain spills). Dropped:
+// the weight rows as the grid's fast axis (4.24 vs 4.30).
+FP4_GEMM_ENTRY(g32, 32, 8)
+FP4_GEMM_ENTRY(g64, 64, 8)
 
 struct CombineParams {
     const int* experts;
