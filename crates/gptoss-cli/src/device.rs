@@ -109,6 +109,9 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
     if args.cpu_moe || args.n_cpu_moe.is_some() {
         bail!("--cpu-moe / --n-cpu-moe keep experts on the host beside a GPU; with --device cpu everything runs on the host");
     }
+    if let ExpertCacheSize::Bytes(_) = args.expert_cache {
+        bail!("--expert-cache SIZE holds host experts on the GPU; with --device cpu everything runs on the host");
+    }
     Ok(AnyModel::Cpu(Box::new(Model::new(
         cpu_backend(args),
         weights,
@@ -142,7 +145,8 @@ fn kv_precision(kv: KvCache) -> KvPrecision {
 
 /// How many leading layers keep their experts in host memory: as `--cpu-moe` / `--n-cpu-moe` say, else
 /// none when everything fits beside one sequence's KV cache in the budget, else as few as that needs (the
-/// KV pool then takes what is left: experts on the GPU are worth more than cache for more streams).
+/// KV pool then takes what is left: experts on the GPU are worth more than cache for more streams). A
+/// sized `--expert-cache` is reserved beside the layers kept on the GPU once some must leave.
 fn host_expert_layers(
     args: &ModelArgs,
     weights: &ModelWeights,
@@ -161,18 +165,25 @@ fn host_expert_layers(
         return Ok(n);
     }
     let kv = kv_precision(args.kv_cache);
-    let fits = |n: usize| {
+    let fits = |n: usize, reserve: u64| {
         memory::fit_kv_blocks(
             &weights.config,
-            split.device_bytes(n),
+            split.device_bytes(n) + reserve,
             capacity,
             kv,
             budget_bytes,
         )
         .is_ok()
     };
+    if fits(0, 0) {
+        return Ok(0);
+    }
+    let reserve = match args.expert_cache {
+        ExpertCacheSize::Bytes(b) => b,
+        ExpertCacheSize::Auto | ExpertCacheSize::Off => 0,
+    };
     // None fitting: all on the device, and the plan check below refuses with the numbers.
-    Ok((0..=layers).find(|&n| fits(n)).unwrap_or(0))
+    Ok((1..=layers).find(|&n| fits(n, reserve)).unwrap_or(0))
 }
 
 fn upload_cuda(
