@@ -162,6 +162,20 @@ impl<B: Backend> ExpertCache<B> {
         out: &mut B::Buf,
     ) -> Result<()> {
         let (shape, rows) = (m.io.shape, m.rows);
+        if let Some(slots) = self.layers.get(m.layer).and_then(Option::as_ref) {
+            if slots.holds_all() {
+                // Every expert in the slot of its own index (nothing can move): the router's choices
+                // serve as they are, with nothing read back.
+                self.stats.hits += (rows * shape.top_k) as u64;
+                let args = MoeArgs {
+                    h: m.io.h,
+                    experts: &slots.experts,
+                    routing: m.io.routing,
+                    shape,
+                };
+                return b.moe(m.step, args, out);
+            }
+        }
         let chosen = b.read_routing(m.io.routing, rows, shape.top_k)?;
         let Some(slots) = self.layers.get_mut(m.layer).and_then(Option::as_mut) else {
             self.stats.misses += chosen.len() as u64;
@@ -224,6 +238,16 @@ impl<B: Backend> ExpertCache<B> {
 }
 
 impl<B: Backend> LayerSlots<B> {
+    /// Whether slot `e` holds expert `e` for every expert of the layer.
+    fn holds_all(&self) -> bool {
+        self.resident.len() == self.slot_of.len()
+            && self
+                .resident
+                .iter()
+                .enumerate()
+                .all(|(s, &e)| s as u32 == e)
+    }
+
     /// Moves the hottest non-resident experts into the coldest slots (see [`plan_swaps`]), then decays
     /// the counts; returns the uploads made.
     fn refresh(&mut self, b: &B, host: &[Expert]) -> Result<u64> {
