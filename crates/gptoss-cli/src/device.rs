@@ -248,7 +248,7 @@ fn upload_cuda(
             gptoss_cuda::vram::gib(host_bytes),
             match slots {
                 0 => String::new(),
-                s => format!(" but for the {s} most-routed, cached on the GPU"),
+                s => format!(" except the {s} most-routed, held on the GPU (--expert-cache)"),
             }
         ),
     };

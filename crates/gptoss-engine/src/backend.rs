@@ -338,7 +338,8 @@ pub trait Backend {
     ) -> Result<Vec<(u32, f32)>>;
     /// Writes `(expert, weight)` choices for the first `rows` tokens, `top_k` per token (choices computed
     /// on the host, such as the hot-expert cache's remapping to slots). A pair whose expert is
-    /// [`NO_EXPERT`] adds nothing in [`Backend::moe`].
+    /// [`NO_EXPERT`] adds nothing in [`Backend::moe`]; every other expert must be one of those the MoE
+    /// is given.
     fn write_routing(
         &self,
         routing: &mut Self::Routing,

@@ -3,6 +3,8 @@
 //! the KV cache stay on the model's backend; for a layer whose experts live on the host, the normed hidden
 //! states and the router's choices are read back, the CPU backend runs the experts, and their sum is
 //! written back before the residual add. The math is the CPU backend's, so results match it exactly.
+//! With a hot-expert cache (`expert_cache.rs`) the most-routed of them also sit in device slots, and
+//! their pairs run on the model's backend.
 
 use gptoss_formats::Expert;
 
