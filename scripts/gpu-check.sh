@@ -13,7 +13,7 @@
 # full-size comparison; GPTOSS_RANDOM_20B=DIR reuses a checkpoint already written there; GPTOSS_BENCH=native|none
 # limits the benchmark.
 set -uo pipefail
-tests=(gpu_ops gpu_model gpu_upload gpu_prefix)
+tests=(gpu_ops gpu_model gpu_upload gpu_prefix gpu_expert_cache)
 
 stage() {
     local dest="$1"

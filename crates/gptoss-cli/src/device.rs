@@ -4,11 +4,12 @@
 use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{self, KvPrecision};
-use gptoss_engine::placement::WeightSplit;
-use gptoss_engine::{Capacity, CpuBackend, CpuKernels, ExpertPlacement, Model};
+use gptoss_engine::offload::DEFAULT_REFRESH_STEPS;
+use gptoss_engine::placement::{expert_cache_fit, WeightSplit};
+use gptoss_engine::{Capacity, CpuBackend, CpuKernels, ExpertCacheConfig, ExpertPlacement, Model};
 use gptoss_formats::ModelWeights;
 
-use crate::source::{Device, KvCache, ModelArgs};
+use crate::source::{Device, ExpertCacheSize, KvCache, ModelArgs};
 
 /// A model on whichever backend was chosen.
 pub enum AnyModel {
@@ -108,6 +109,9 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
     if args.cpu_moe || args.n_cpu_moe.is_some() {
         bail!("--cpu-moe / --n-cpu-moe keep experts on the host beside a GPU; with --device cpu everything runs on the host");
     }
+    if let ExpertCacheSize::Bytes(_) = args.expert_cache {
+        bail!("--expert-cache SIZE holds host experts on the GPU; with --device cpu everything runs on the host");
+    }
     Ok(AnyModel::Cpu(Box::new(Model::new(
         cpu_backend(args),
         weights,
@@ -141,7 +145,8 @@ fn kv_precision(kv: KvCache) -> KvPrecision {
 
 /// How many leading layers keep their experts in host memory: as `--cpu-moe` / `--n-cpu-moe` say, else
 /// none when everything fits beside one sequence's KV cache in the budget, else as few as that needs (the
-/// KV pool then takes what is left: experts on the GPU are worth more than cache for more streams).
+/// KV pool then takes what is left: experts on the GPU are worth more than cache for more streams). A
+/// sized `--expert-cache` is reserved beside the layers kept on the GPU once some must leave.
 fn host_expert_layers(
     args: &ModelArgs,
     weights: &ModelWeights,
@@ -160,18 +165,25 @@ fn host_expert_layers(
         return Ok(n);
     }
     let kv = kv_precision(args.kv_cache);
-    let fits = |n: usize| {
+    let fits = |n: usize, reserve: u64| {
         memory::fit_kv_blocks(
             &weights.config,
-            split.device_bytes(n),
+            split.device_bytes(n) + reserve,
             capacity,
             kv,
             budget_bytes,
         )
         .is_ok()
     };
+    if fits(0, 0) {
+        return Ok(0);
+    }
+    let reserve = match args.expert_cache {
+        ExpertCacheSize::Bytes(b) => b,
+        ExpertCacheSize::Auto | ExpertCacheSize::Off => 0,
+    };
     // None fitting: all on the device, and the plan check below refuses with the numbers.
-    Ok((0..=layers).find(|&n| fits(n)).unwrap_or(0))
+    Ok((1..=layers).find(|&n| fits(n, reserve)).unwrap_or(0))
 }
 
 fn upload_cuda(
@@ -190,29 +202,54 @@ fn upload_cuda(
     } else {
         CpuBackend::fast()
     };
-    let placement = ExpertPlacement::first_on_host(weights.config.num_hidden_layers, host_layers)
-        .run_by(host_cpu);
     let device_weights = split.device_bytes(host_layers);
     let host_bytes = split.total_bytes() - device_weights;
+    let config = &weights.config;
+    // A sized cache is taken before the KV pool; `auto` takes what the plan leaves.
+    let (mut slots, mut cache_bytes) = match args.expert_cache {
+        ExpertCacheSize::Bytes(b) => expert_cache_fit(config, &split, &capacity, host_layers, b),
+        ExpertCacheSize::Auto | ExpertCacheSize::Off => (0, 0),
+    };
     let mut capacity = capacity;
     if capacity.kv_blocks.is_none() {
         // The full-attention pool: every slot at full context, or as many blocks as the budget holds.
         let blocks = memory::fit_kv_blocks(
-            &weights.config,
-            device_weights,
+            config,
+            device_weights + cache_bytes,
             &capacity,
             kv_precision(kv),
             budget,
         )?;
         capacity.kv_blocks = Some(blocks);
     }
-    let plan = memory::plan(&weights.config, device_weights, &capacity, kv_precision(kv))?;
+    let plan = memory::plan(config, device_weights, &capacity, kv_precision(kv))?;
+    if args.expert_cache == ExpertCacheSize::Auto {
+        // Without --max-vram the budget is the whole card, part of which the driver, cuBLASLt and the
+        // compiled kernels take outside the meter.
+        let margin = match args.max_vram {
+            Some(_) => 0,
+            None => (cap / 16).max(1 << 30),
+        };
+        let spare = budget.saturating_sub(plan.total_bytes() + margin);
+        (slots, cache_bytes) = expert_cache_fit(config, &split, &capacity, host_layers, spare);
+    }
+    let plan = plan.with_expert_cache(slots, cache_bytes);
+    let placement = ExpertPlacement::first_on_host(config.num_hidden_layers, host_layers)
+        .run_by(host_cpu)
+        .with_cache(ExpertCacheConfig {
+            slots,
+            refresh_steps: DEFAULT_REFRESH_STEPS,
+        });
     let dev = backend.device();
     let offload = match placement.host_layers() {
         0 => String::new(),
         n => format!(
-            "; experts of layers 0..{n} in host memory ({}), run on the CPU",
-            gptoss_cuda::vram::gib(host_bytes)
+            "; experts of layers 0..{n} in host memory ({}), run on the CPU{}",
+            gptoss_cuda::vram::gib(host_bytes),
+            match slots {
+                0 => String::new(),
+                s => format!(" except the {s} most-routed, held on the GPU (--expert-cache)"),
+            }
         ),
     };
     eprintln!(

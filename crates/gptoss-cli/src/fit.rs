@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gptoss_engine::memory::{plan, KvPrecision, MemoryPlan};
 use gptoss_engine::placement::{
-    kv_read_per_token, max_context, max_streams, place_experts, DenseFormat, Placement, WeightSplit,
+    expert_cache_fit, kv_read_per_token, max_context, max_streams, place_experts, DenseFormat,
+    Placement, WeightSplit,
 };
 use gptoss_engine::Capacity;
 use gptoss_formats::ModelConfig;
@@ -144,6 +145,8 @@ struct Fit {
     full: MemoryPlan,
     fits: bool,
     placement: Option<Placement>,
+    /// The hot-expert cache `--expert-cache auto` would make beside that placement: (experts, bytes).
+    expert_cache: (usize, u64),
     max_context: Option<usize>,
     max_streams: Option<usize>,
     decode: Option<Estimate>,
@@ -189,6 +192,10 @@ fn decide(args: &FitArgs, card: &Card, config: &ModelConfig, split: &WeightSplit
     let full = plan(config, split.total_bytes(), &capacity, kv)?;
     let placement = place_experts(config, split, &capacity, kv, cap).ok();
     let ram_ok = |p: &Placement| args.ram.is_none_or(|r| p.host_bytes <= r);
+    let expert_cache = placement.as_ref().map_or((0, 0), |p| {
+        let spare = cap.saturating_sub(p.plan.total_bytes());
+        expert_cache_fit(config, split, &capacity, p.cpu_moe_layers, spare)
+    });
     let fits = full.total_bytes() <= cap;
     let one = Capacity {
         slots: 1,
@@ -243,6 +250,7 @@ fn decide(args: &FitArgs, card: &Card, config: &ModelConfig, split: &WeightSplit
         full,
         fits,
         placement,
+        expert_cache,
         max_context: max_ctx,
         max_streams: max_str,
         decode,
@@ -324,6 +332,8 @@ fn to_json(args: &FitArgs, card: &Card, name: &str, split: &WeightSplit, f: &Fit
         "max_streams": f.max_streams,
         "n_cpu_moe": f.placement.as_ref().map(|p| p.cpu_moe_layers),
         "host_bytes": f.placement.as_ref().map(|p| p.host_bytes),
+        "expert_cache_slots": f.expert_cache.0,
+        "expert_cache_bytes": f.expert_cache.1,
         "ram_bytes": args.ram,
         "decode_tok_s_estimate": f.decode.as_ref().map(|d| (d.tok_s * 10.0).round() / 10.0),
         "decode_device_bytes_per_token": f.decode.as_ref().map(|d| d.device_bytes),
@@ -392,6 +402,13 @@ fn print_text(args: &FitArgs, card: &Card, name: &str, split: &WeightSplit, f: &
             gib(pl.plan.total_bytes()),
             gib(pl.host_bytes)
         );
+        if f.expert_cache.0 > 0 {
+            println!(
+                "  the spare GPU memory holds a hot-expert cache of {} of those experts ({}; --expert-cache auto)",
+                f.expert_cache.0,
+                gib(f.expert_cache.1)
+            );
+        }
     }
     match &f.decode {
         Some(d) => println!(

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gptoss_engine::scheduler::{EngineConfig, GenRequest, StatsSnapshot};
+use gptoss_engine::ExpertCacheStats;
 use gptoss_engine::{generate_with, Capacity, StopReason};
 use gptoss_tokenizer::harmony::Harmony;
 use gptoss_tokenizer::Tokenizer;
@@ -158,7 +159,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         started,
         first: first_token_at,
     };
-    report_speed(prompt_len, tokens.len(), timing, done.reason, spec);
+    report_speed(
+        prompt_len,
+        tokens.len(),
+        timing,
+        done.reason,
+        (spec, done.stats.expert_cache),
+    );
     if done.reason == StopReason::Length && prompt_len + tokens.len() >= ctx {
         eprintln!(
             "[the context is full: {ctx} tokens (prompt {prompt_len} + {} generated); raise -c/--ctx for a longer answer]",
@@ -271,13 +278,14 @@ struct Timing {
 }
 
 /// The stats line on stderr (scripts read it): `[N prompt tokens in Xs (P tok/s); M generated,
-/// D tok/s decode; stop: R]`, with `; drafted X, accepted Y (Z%)` before the `]` when speculating.
+/// D tok/s decode; stop: R]`, with `; drafted X, accepted Y (Z%)` before the `]` when speculating and
+/// `; expert cache hits Z% (H of N pairs, S experts)` with a hot-expert cache.
 fn report_speed(
     prompt: usize,
     generated: usize,
     timing: Timing,
     reason: StopReason,
-    spec: Option<StatsSnapshot>,
+    (spec, cache): (Option<StatsSnapshot>, ExpertCacheStats),
 ) {
     let Some(first) = timing.first else { return };
     let prefill = first.duration_since(timing.started).as_secs_f64();
@@ -302,8 +310,17 @@ fn report_speed(
             s.drafted_tokens, s.accepted_tokens
         )
     });
+    let cached = match cache.slots {
+        0 => String::new(),
+        n => format!(
+            "; expert cache hits {:.1}% ({} of {} pairs, {n} experts)",
+            100.0 * cache.hit_rate(),
+            cache.hits,
+            cache.hits + cache.misses
+        ),
+    };
     eprintln!(
-        "[{prompt} prompt tokens in {prefill:.2}s ({:.1} tok/s); {generated} generated, {decode_rate:.2} tok/s decode; stop: {reason:?}{drafts}]",
+        "[{prompt} prompt tokens in {prefill:.2}s ({:.1} tok/s); {generated} generated, {decode_rate:.2} tok/s decode; stop: {reason:?}{drafts}{cached}]",
         prompt as f64 / prefill.max(1e-9)
     );
 }

@@ -60,11 +60,42 @@ pub struct ModelArgs {
     /// --n-cpu-moe).
     #[arg(long, value_name = "N")]
     pub n_cpu_moe: Option<usize>,
+    /// Hot-expert cache for experts kept in host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too
+    /// small for all): GPU memory that holds the most-routed of them, chosen from routing counts and
+    /// refreshed every 16 steps; pairs routed to a cached expert run on the GPU, the rest on the CPU.
+    /// `auto` takes the GPU memory left after the weights, the KV cache (every slot at full context)
+    /// and the workspace (with no --max-vram, less a margin of 1/16 of the card, at least 1 GiB, for
+    /// what the driver keeps); `off` runs every host expert on the CPU (llama.cpp's --cpu-moe); a SIZE
+    /// (e.g. 4GiB) is taken before the KV cache is sized. The hit rate is in the run's stats line and
+    /// in /metrics.
+    #[arg(long, value_name = "auto|off|SIZE", default_value = "auto", value_parser = parse_expert_cache)]
+    pub expert_cache: ExpertCacheSize,
     /// Run the exact f32 CPU reference (what the GPU is tested against) instead of the fast CPU path
     /// (int8-quantized activations, within 1e-2 of the largest logit). With --device cuda it applies to
     /// the experts kept in host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
     #[arg(long)]
     pub exact: bool,
+}
+
+/// `--expert-cache`: how much GPU memory the hot-expert cache takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertCacheSize {
+    /// What the plan leaves spare.
+    Auto,
+    /// None.
+    Off,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+fn parse_expert_cache(text: &str) -> Result<ExpertCacheSize, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(ExpertCacheSize::Auto),
+        "off" | "0" => Ok(ExpertCacheSize::Off),
+        _ => parse_size(text)
+            .map(ExpertCacheSize::Bytes)
+            .map_err(|e| format!("{e}; or `auto` or `off`")),
+    }
 }
 
 /// How the dense weights (attention projections, embedding, lm_head) are kept.

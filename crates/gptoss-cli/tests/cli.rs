@@ -390,7 +390,7 @@ fn cuda_device_is_a_clear_error() {
 fn bad_inputs_name_the_culprit() {
     let model = fixture("hf-mxfp4");
     let m = model.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["run", "--model", "/no/such/model", "--tokens", "1"],
             "/no/such/model",
@@ -436,6 +436,32 @@ fn bad_inputs_name_the_culprit() {
                 "2",
             ],
             "cannot be used with",
+        ),
+        (
+            &[
+                "run",
+                "--model",
+                m,
+                "--tokens",
+                "1",
+                "--expert-cache",
+                "lots",
+            ],
+            "or `auto` or `off`",
+        ),
+        (
+            &[
+                "run",
+                "--model",
+                m,
+                "--tokens",
+                "1",
+                "--device",
+                "cpu",
+                "--expert-cache",
+                "1GiB",
+            ],
+            "--expert-cache SIZE holds host experts on the GPU",
         ),
     ];
     for (args, needle) in cases {

@@ -87,6 +87,17 @@ fn twenty_b_fits_16_gib_and_needs_offload_at_8() {
     assert!(total(&c, split.device_bytes(14), 8192, 1, KvPrecision::F32) <= 8 * GIB);
     assert!(total(&c, split.device_bytes(13), 8192, 1, KvPrecision::F32) > 8 * GIB);
     assert_eq!(v["host_bytes"], 14 * split.expert_bytes[0]);
+    // What the 14 layers leave of 8 GiB holds a hot-expert cache of whole experts and its buffers.
+    let spare = 8 * GIB - total(&c, split.device_bytes(14), 8192, 1, KvPrecision::F32);
+    let (slots, bytes) = (
+        v["expert_cache_slots"].as_u64().unwrap(),
+        v["expert_cache_bytes"].as_u64().unwrap(),
+    );
+    let each = split.bytes_per_expert();
+    assert!(
+        slots > 0 && bytes <= spare && spare - bytes < each,
+        "{slots} {bytes} {spare}"
+    );
     let s = v["suggestions"].to_string();
     assert!(s.contains("--n-cpu-moe 14"), "{s}");
     // The estimate: device bytes at 448 GB/s, host experts at 30 GB/s, plus 3.44 ms.

@@ -106,14 +106,28 @@ impl CudaBackend {
     /// Uploads tensors of one layout back to back through the staging buffers (made on first use).
     fn upload_weights(&self, parts: &[PackPlan<'_>], what: &str) -> CudaResult<DevWeight> {
         let d = &self.dev;
+        self.with_stager(|stager| DevWeight::upload(&d.stream, &d.meter, stager, parts, what))
+    }
+
+    /// Runs `f` with the staging buffers, made on first use (again after `finish_upload`: the
+    /// hot-expert cache refills slots while the model runs).
+    fn with_stager<T>(&self, f: impl FnOnce(&mut Stager) -> CudaResult<T>) -> CudaResult<T> {
         let mut stager = self.stager.borrow_mut();
         if stager.is_none() {
-            *stager = Some(Stager::new(&d.ctx, SLOT_BYTES, SLOTS)?);
+            *stager = Some(Stager::new(&self.dev.ctx, SLOT_BYTES, SLOTS)?);
         }
         let stager = stager
             .as_mut()
             .ok_or_else(|| CudaError::Unsupported("no staging buffers".into()))?;
-        DevWeight::upload(&d.stream, &d.meter, stager, parts, what)
+        f(stager)
+    }
+
+    /// Notes uploaded experts' sizes for the MoE scratch, keeping the most experts seen: scratch for a
+    /// whole layer serves a smaller slot set too.
+    fn note_expert_dims(&self, e: &CudaExperts) {
+        let mut dims = self.expert_dims.borrow_mut();
+        let most = dims.map_or(0, |d| d.0).max(e.n_experts);
+        *dims = Some((most, e.down.k, e.down.rows));
     }
 
     fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
@@ -218,8 +232,26 @@ impl Backend for CudaBackend {
             down_bias: bias(|e| &e.down, down.first().map_or(0, |p| p.layout.rows))?,
             n_experts: experts.len(),
         };
-        *self.expert_dims.borrow_mut() = Some((ex.n_experts, ex.down.k, ex.down.rows));
+        self.note_expert_dims(&ex);
         Ok(ex)
+    }
+
+    fn alloc_expert_slots(&self, like: &Expert, slots: usize) -> Result<CudaExperts> {
+        let d = &self.dev;
+        let ex = ops::slots::alloc_slots(&d.stream, &d.meter, like, slots)?;
+        self.note_expert_dims(&ex);
+        Ok(ex)
+    }
+
+    fn upload_expert_slot(
+        &self,
+        experts: &mut CudaExperts,
+        slot: usize,
+        expert: &Expert,
+    ) -> Result<()> {
+        let stream = &self.dev.stream;
+        Ok(self
+            .with_stager(|stager| ops::slots::upload_slot(stream, stager, experts, slot, expert))?)
     }
 
     fn finish_upload(&self) -> Result<()> {
@@ -347,8 +379,7 @@ impl Backend for CudaBackend {
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {
-        let e = args.experts;
-        *self.expert_dims.borrow_mut() = Some((e.n_experts, e.down.k, e.down.rows));
+        self.note_expert_dims(args.experts);
         self.ensure_moe_scratch(step.rows * args.shape.top_k)?;
         let scratch = self.moe_scratch.borrow();
         let scratch = scratch
@@ -441,6 +472,16 @@ impl Backend for CudaBackend {
         top_k: usize,
     ) -> Result<Vec<(u32, f32)>> {
         Ok(routing.read(&self.dev, rows, top_k)?)
+    }
+
+    fn write_routing(
+        &self,
+        routing: &mut CudaRouting,
+        rows: usize,
+        top_k: usize,
+        choices: &[(u32, f32)],
+    ) -> Result<()> {
+        Ok(routing.write(&self.dev, rows, top_k, choices)?)
     }
 
     fn sample(

@@ -207,6 +207,18 @@ pub trait Backend {
     fn upload_vector(&self, values: &[f32]) -> Result<Self::Vector>;
     /// Uploads a layer's experts.
     fn upload_experts(&self, experts: &[Expert]) -> Result<Self::Experts>;
+    /// Device storage for `slots` experts laid out like `like` (the hot-expert cache, `expert_cache.rs`):
+    /// each slot is filled by [`Backend::upload_expert_slot`] before any pair is routed to it.
+    fn alloc_expert_slots(&self, like: &Expert, slots: usize) -> Result<Self::Experts>;
+    /// Copies `expert` (laid out like the experts of `experts`) into slot `slot`, replacing what was
+    /// there; the host copy stays as it was (the CPU still runs it when it is evicted). Ops queued
+    /// earlier that read the slot see its old contents.
+    fn upload_expert_slot(
+        &self,
+        experts: &mut Self::Experts,
+        slot: usize,
+        expert: &Expert,
+    ) -> Result<()>;
     /// Called once the model's last weight is uploaded: waits for the uploads and frees what was kept
     /// only for them (the CUDA backend's pinned staging buffers). Uploads after it still work.
     fn finish_upload(&self) -> Result<()> {
@@ -285,7 +297,8 @@ pub trait Backend {
         top_k: usize,
         out: &mut Self::Routing,
     ) -> Result<()>;
-    /// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows.
+    /// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows, the pairs of each token
+    /// added in ascending expert order; pairs of [`NO_EXPERT`] are skipped (a token with none left gets 0).
     fn moe(&self, step: &Self::Step, moe: MoeArgs<'_, Self>, out: &mut Self::Buf) -> Result<()>;
     /// `out[i] = x[logit_rows[i]] Wᵀ` for the step's logit rows (no bias).
     fn logits(
@@ -323,6 +336,17 @@ pub trait Backend {
         rows: usize,
         top_k: usize,
     ) -> Result<Vec<(u32, f32)>>;
+    /// Writes `(expert, weight)` choices for the first `rows` tokens, `top_k` per token (choices computed
+    /// on the host, such as the hot-expert cache's remapping to slots). A pair whose expert is
+    /// [`NO_EXPERT`] adds nothing in [`Backend::moe`]; every other expert must be one of those the MoE
+    /// is given.
+    fn write_routing(
+        &self,
+        routing: &mut Self::Routing,
+        rows: usize,
+        top_k: usize,
+        choices: &[(u32, f32)],
+    ) -> Result<()>;
     /// Samples one token per logit row with that row's parameters; `counters` advances each row's RNG.
     fn sample(
         &self,
@@ -331,6 +355,9 @@ pub trait Backend {
         counters: &[u64],
     ) -> Result<Vec<u32>>;
 }
+
+/// The expert of a routed pair that [`Backend::moe`] skips (written by [`Backend::write_routing`]).
+pub const NO_EXPERT: u32 = u32::MAX;
 
 /// What [`Backend::recording`] decided for a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
+pub mod expert_cache;
 pub mod generate;
 pub mod kv;
 pub mod logits;
@@ -38,11 +39,12 @@ pub use backend::{
 };
 pub use cpu::{CpuBackend, CpuIsa, CpuKernels};
 pub use error::{Error, Result};
+pub use expert_cache::ExpertCacheStats;
 pub use generate::{
     generate, generate_until, generate_with, Flow, GenerateOptions, Generation, Session, StopReason,
 };
 pub use kv::{BlockTable, KvLayout, PoolKind, BLOCK_POSITIONS};
 pub use logits::{ConstraintSpec, LogitsOptions, TokenConstraint, TokenLogprobs};
 pub use model::Model;
-pub use offload::ExpertPlacement;
+pub use offload::{ExpertCacheConfig, ExpertPlacement};
 pub use trace::{TraceRecord, TraceSpec, TRACE_NODES};

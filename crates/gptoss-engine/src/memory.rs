@@ -45,12 +45,25 @@ pub struct MemoryPlan {
     pub kv_blocks: usize,
     /// Activations, routing, logits and kernel scratch of one step.
     pub workspace_bytes: u64,
+    /// The hot-expert cache: its slots and its per-step buffers (0 without one).
+    pub expert_cache_bytes: u64,
+    /// Experts the hot-expert cache holds.
+    pub expert_cache_slots: usize,
 }
 
 impl MemoryPlan {
-    /// Weights + KV + workspace.
+    /// Weights + KV + workspace + expert cache.
     pub fn total_bytes(&self) -> u64 {
-        self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes
+        self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes + self.expert_cache_bytes
+    }
+
+    /// The same plan with a hot-expert cache of `slots` experts in `bytes`.
+    pub fn with_expert_cache(self, slots: usize, bytes: u64) -> Self {
+        MemoryPlan {
+            expert_cache_slots: slots,
+            expert_cache_bytes: bytes,
+            ..self
+        }
     }
 
     /// Fails with every number when the plan does not fit `cap_bytes`.
@@ -70,14 +83,22 @@ impl std::fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "weights {}, KV cache {} ({} blocks = {} tokens of full attention), workspace {}, total {}",
+            "weights {}, KV cache {} ({} blocks = {} tokens of full attention), workspace {}",
             gib(self.weights_bytes),
             gib(self.kv_cache_bytes),
             self.kv_blocks,
             self.kv_blocks * BLOCK_POSITIONS,
             gib(self.workspace_bytes),
-            gib(self.total_bytes())
-        )
+        )?;
+        if self.expert_cache_slots > 0 {
+            write!(
+                f,
+                ", expert cache {} ({} experts)",
+                gib(self.expert_cache_bytes),
+                self.expert_cache_slots
+            )?;
+        }
+        write!(f, ", total {}", gib(self.total_bytes()))
     }
 }
 
@@ -98,6 +119,8 @@ pub fn plan(
         kv_cache_bytes: layout.pool_bytes(kv.size_bytes()),
         kv_blocks: layout.full_blocks,
         workspace_bytes: workspace_bytes(config, capacity),
+        expert_cache_bytes: 0,
+        expert_cache_slots: 0,
     })
 }
 

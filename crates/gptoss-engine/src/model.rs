@@ -7,6 +7,7 @@ use crate::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Recording, Rope,
 };
 use crate::error::{Error, Result};
+use crate::expert_cache::{CachedMoe, ExpertCache, ExpertCacheStats};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
 use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, LayerExperts};
@@ -41,6 +42,8 @@ struct Workspace<B: Backend> {
     trace: Option<Tracer<B>>,
     /// The CPU side of layers whose experts live in host memory (none when all are on the device).
     host: Option<HostMoe>,
+    /// Device slots for the hottest host experts (none without host experts or when not asked for).
+    cache: Option<ExpertCache<B>>,
     /// Tokens of the step being issued.
     rows: usize,
 }
@@ -102,6 +105,10 @@ impl<B: Backend> Model<B> {
                 (config.hidden_size, config.num_experts_per_tok),
             )?),
         };
+        let dims = (config.hidden_size, config.num_experts_per_tok);
+        let experts: Vec<&[gptoss_formats::Expert]> =
+            weights.layers.iter().map(|l| &l.experts[..]).collect();
+        let cache = ExpertCache::new(b, placement, &experts, &capacity, dims)?;
         let rows = capacity.max_batch_tokens;
         let ws = Workspace {
             x: b.alloc(rows, config.hidden_size)?,
@@ -116,6 +123,7 @@ impl<B: Backend> Model<B> {
             step: b.alloc_step(&capacity, &layout, &rope)?,
             trace: None,
             host,
+            cache,
             rows: 0,
         };
         let embed = b.upload_embedding(&weights.embed)?;
@@ -142,6 +150,11 @@ impl<B: Backend> Model<B> {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The hot-expert cache's counters (`None` without one).
+    pub fn expert_cache_stats(&self) -> Option<ExpertCacheStats> {
+        self.ws.cache.as_ref().map(ExpertCache::stats)
     }
 
     /// The backend the model runs on.
@@ -205,6 +218,9 @@ impl<B: Backend> Model<B> {
     fn begin_step(&mut self, batch: &Batch) -> Result<()> {
         self.backend.begin_step(&mut self.ws.step, batch)?;
         self.ws.rows = batch.tokens.len();
+        if let Some(cache) = &mut self.ws.cache {
+            cache.begin_step();
+        }
         match &mut self.ws.host {
             Some(host) => host.begin(batch),
             None => Ok(()),
@@ -489,7 +505,18 @@ fn moe_block<B: Backend>(
                 experts,
                 shape,
             };
-            host.run(b, io, ws.rows, &mut ws.proj)?;
+            match ws.cache.as_mut() {
+                Some(cache) => {
+                    let m = CachedMoe {
+                        io,
+                        step: s,
+                        layer: l,
+                        rows: ws.rows,
+                    };
+                    cache.run(b, host, m, &mut ws.proj)?;
+                }
+                None => host.run(b, io, ws.rows, &mut ws.proj)?,
+            }
         }
         (LayerExperts::Host(_), None) => {
             return Err(Error::invalid("host experts without host buffers"));

@@ -3,6 +3,8 @@
 //! the KV cache stay on the model's backend; for a layer whose experts live on the host, the normed hidden
 //! states and the router's choices are read back, the CPU backend runs the experts, and their sum is
 //! written back before the residual add. The math is the CPU backend's, so results match it exactly.
+//! With a hot-expert cache (`expert_cache.rs`) the most-routed of them also sit in device slots, and
+//! their pairs run on the model's backend.
 
 use gptoss_formats::Expert;
 
@@ -18,6 +20,33 @@ pub struct ExpertPlacement {
     host: Vec<bool>,
     /// The CPU backend that runs them (the exact reference unless [`ExpertPlacement::run_by`] says).
     cpu: CpuBackend,
+    /// Device slots for the hottest host experts (`expert_cache.rs`); none by default.
+    cache: ExpertCacheConfig,
+}
+
+/// The hot-expert cache's size and refresh period (see `expert_cache.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertCacheConfig {
+    /// Device slots, each one expert, spread evenly over the layers whose experts are in host memory
+    /// (at most a layer's experts each); 0: no cache.
+    pub slots: usize,
+    /// Steps between refreshes: the hottest experts not in a slot replace the coldest ones (the first
+    /// refresh follows the first step).
+    pub refresh_steps: usize,
+}
+
+/// Steps between refreshes unless told otherwise: a 20b decode step routes 4 pairs per layer, so 16
+/// steps give 64 counts over 32 experts per layer to rank by, and a refresh's uploads (≈ 13 MB an
+/// expert) stay a small part of 16 CPU-bound steps.
+pub const DEFAULT_REFRESH_STEPS: usize = 16;
+
+impl Default for ExpertCacheConfig {
+    fn default() -> Self {
+        ExpertCacheConfig {
+            slots: 0,
+            refresh_steps: DEFAULT_REFRESH_STEPS,
+        }
+    }
 }
 
 impl ExpertPlacement {
@@ -32,7 +61,23 @@ impl ExpertPlacement {
         ExpertPlacement {
             host: (0..layers).map(|l| l < n).collect(),
             cpu: CpuBackend,
+            cache: ExpertCacheConfig::default(),
         }
+    }
+
+    /// The same placement with a hot-expert cache of `cache.slots` device slots for its host experts.
+    pub fn with_cache(self, cache: ExpertCacheConfig) -> Self {
+        ExpertPlacement { cache, ..self }
+    }
+
+    /// The hot-expert cache asked for.
+    pub fn cache(&self) -> ExpertCacheConfig {
+        self.cache
+    }
+
+    /// The layers whose experts are in host memory, ascending.
+    pub fn host_layer_ids(&self) -> Vec<usize> {
+        (0..self.host.len()).filter(|&l| self.on_host(l)).collect()
     }
 
     /// The same placement, its host experts run by `cpu` (e.g. [`CpuBackend::fast`]).
@@ -114,26 +159,42 @@ impl HostMoe {
         rows: usize,
         out: &mut B::Buf,
     ) -> Result<()> {
-        let cpu = self.cpu;
-        let top_k = io.shape.top_k;
-        let h = b.read(io.h, rows)?;
-        cpu.write(&mut self.h, rows, &h)?;
-        let chosen = b.read_routing(io.routing, rows, top_k)?;
+        self.load_h(b, io.h, rows)?;
+        let chosen = b.read_routing(io.routing, rows, io.shape.top_k)?;
+        let choices = chosen.iter().map(|&(e, w)| (e as usize, w));
+        let y = self.compute(io.experts, io.shape, choices)?;
+        b.write(out, rows, &y)
+    }
+
+    /// Reads the step's normed hidden states `[rows, H]` into the CPU's buffer.
+    pub(crate) fn load_h<B: Backend>(&mut self, b: &B, h: &B::Buf, rows: usize) -> Result<()> {
+        let h = b.read(h, rows)?;
+        self.cpu.write(&mut self.h, rows, &h)
+    }
+
+    /// The MoE of the loaded hidden states over `choices` (`top_k` per token; a pair whose expert is past
+    /// the layer's experts adds nothing), on the host: `[rows, H]`.
+    pub(crate) fn compute(
+        &mut self,
+        experts: &Vec<Expert>,
+        shape: MoeShape,
+        choices: impl ExactSizeIterator<Item = (usize, f32)>,
+    ) -> Result<Vec<f32>> {
+        let rows = choices.len() / shape.top_k.max(1);
         let slots = self
             .routing
-            .get_mut(..chosen.len())
+            .get_mut(..choices.len())
             .ok_or_else(|| Error::invalid("host experts: more routed pairs than the step holds"))?;
-        for (slot, &(e, w)) in slots.iter_mut().zip(&chosen) {
-            *slot = (e as usize, w);
+        for (slot, choice) in slots.iter_mut().zip(choices) {
+            *slot = choice;
         }
         let args = MoeArgs {
             h: &self.h,
-            experts: io.experts,
+            experts,
             routing: &self.routing,
-            shape: io.shape,
+            shape,
         };
-        cpu.moe(&self.step, args, &mut self.out)?;
-        let y = cpu.read(&self.out, rows)?;
-        b.write(out, rows, &y)
+        self.cpu.moe(&self.step, args, &mut self.out)?;
+        self.cpu.read(&self.out, rows)
     }
 }

@@ -108,6 +108,11 @@ impl WeightSplit {
         }
     }
 
+    /// Device bytes of one expert (weights and biases; every expert of these models has one size).
+    pub fn bytes_per_expert(&self) -> u64 {
+        self.expert_bytes.first().copied().unwrap_or(0) / self.n_experts.max(1)
+    }
+
     /// All weight bytes.
     pub fn total_bytes(&self) -> u64 {
         self.shared_bytes + self.expert_bytes.iter().sum::<u64>()
@@ -185,6 +190,32 @@ pub fn place_experts(
         "even with every expert in host memory the device needs {all_host}, over the budget of {:.2} GiB",
         cap_bytes as f64 / (1u64 << 30) as f64
     )))
+}
+
+/// The hot-expert cache that fits `bytes` of device memory when the experts of the first `cpu_moe_layers`
+/// layers are in host memory: `(slots, device bytes)`, its per-step buffers (the remapped routing and the
+/// CPU's partial sum, `[max_batch_tokens, H]`) included, at most every host expert; `(0, 0)` when not even
+/// one expert fits or none is in host memory.
+pub fn expert_cache_fit(
+    config: &ModelConfig,
+    split: &WeightSplit,
+    capacity: &Capacity,
+    cpu_moe_layers: usize,
+    bytes: u64,
+) -> (usize, u64) {
+    let rows = capacity.max_batch_tokens as u64;
+    let buffers =
+        rows * config.num_experts_per_tok as u64 * 8 + rows * config.hidden_size as u64 * 4;
+    let each = split.bytes_per_expert();
+    let most = cpu_moe_layers.min(split.expert_bytes.len()) as u64 * split.n_experts;
+    if each == 0 || bytes <= buffers {
+        return (0, 0);
+    }
+    let slots = ((bytes - buffers) / each).min(most);
+    match slots {
+        0 => (0, 0),
+        n => (n as usize, n * each + buffers),
+    }
 }
 
 /// The largest context (in tokens, at most the model's `max_position_embeddings`) at which `capacity`'s
@@ -347,6 +378,27 @@ mod tests {
         assert!(one_less.total_bytes() > 8 * GIB);
         let e = place_experts(&c, &s, &cap(8192, 1), KvPrecision::F32, 2 * GIB).unwrap_err();
         assert!(e.to_string().contains("every expert in host memory"), "{e}");
+    }
+
+    #[test]
+    fn expert_cache_takes_whole_experts() {
+        let c = ModelConfig::gpt_oss_20b();
+        let s = WeightSplit::mxfp4_checkpoint(&c);
+        let each = (5760 * 2880 + 2880 * 2880) / 32 * 17 + 4 * (5760 + 2880);
+        assert_eq!(s.bytes_per_expert(), each);
+        let buffers = 512 * 4 * 8 + 512 * 2880 * 4;
+        let fit = |layers, bytes| expert_cache_fit(&c, &s, &cap(8192, 1), layers, bytes);
+        assert_eq!(
+            fit(24, GIB),
+            (
+                ((GIB - buffers) / each) as usize,
+                ((GIB - buffers) / each) * each + buffers
+            )
+        );
+        // No host layers, or too little for one expert: no cache. More than every host expert: all of them.
+        assert_eq!(fit(0, GIB), (0, 0));
+        assert_eq!(fit(24, buffers + each - 1), (0, 0));
+        assert_eq!(fit(2, 100 * GIB), (64, 64 * each + buffers));
     }
 
     #[test]

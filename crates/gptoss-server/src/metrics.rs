@@ -1,7 +1,7 @@
 //! `/metrics` in Prometheus text format, through the `metrics` crate and its Prometheus exporter:
 //! requests by endpoint and status, tokens, latency histograms (time to first token, inter-token,
-//! end to end), queue depth, KV block use, preemptions, speculative drafts and prefix-cache hits (the
-//! engine's counters, read at each scrape).
+//! end to end), queue depth, KV block use, preemptions, speculative drafts, prefix-cache hits and the
+//! hot-expert cache's hits (the engine's counters, read at each scrape).
 //!
 //! Each server owns its recorder (none is installed process-wide), so two servers in one process (the
 //! tests) never mix their numbers. Label values come from a fixed set (route templates, status codes),
@@ -59,7 +59,7 @@ const HISTOGRAMS: [(&str, &[f64], &str); 3] = [
 
 /// The series whose values are read at each scrape, in the order of [`Metrics::values`].
 #[rustfmt::skip]
-const SCRAPED: [Series; 15] = [
+const SCRAPED: [Series; 20] = [
     ("gptoss_generation_tokens_per_second", Kind::Gauge, "Generated tokens per second of generation time (submission to end), over finished requests."),
     ("gptoss_queue_depth", Kind::Gauge, "Requests waiting (admission gate and engine queue)."),
     ("gptoss_requests_running", Kind::Gauge, "Requests holding a KV cache slot."),
@@ -75,6 +75,11 @@ const SCRAPED: [Series; 15] = [
     ("gptoss_responses_stored", Kind::Gauge, "Responses held for previous_response_id (--responses-store)."),
     ("gptoss_prefix_cache_hits_total", Kind::Counter, "Requests that started from prefix-cached KV blocks."),
     ("gptoss_prefix_cache_hit_tokens_total", Kind::Counter, "Prompt positions whose KV came from the prefix cache."),
+    ("gptoss_expert_cache_slots", Kind::Gauge, "Experts of host-memory layers held on the GPU by the hot-expert cache (--expert-cache)."),
+    ("gptoss_expert_cache_hits_total", Kind::Counter, "Routed (token, expert) pairs of host-memory layers run on the GPU from the hot-expert cache."),
+    ("gptoss_expert_cache_misses_total", Kind::Counter, "Routed (token, expert) pairs of host-memory layers run on the CPU."),
+    ("gptoss_expert_cache_hit_rate", Kind::Gauge, "Hits over all routed pairs of host-memory layers since start (0 before any)."),
+    ("gptoss_expert_cache_uploads_total", Kind::Counter, "Experts copied into hot-expert cache slots (the initial fill included)."),
 ];
 
 /// The gauges the server itself knows.
@@ -230,7 +235,7 @@ impl Metrics {
     }
 
     /// The value of each of [`SCRAPED`], in order.
-    fn values(&self, engine: &StatsSnapshot, server: ServerGauges) -> [f64; 15] {
+    fn values(&self, engine: &StatsSnapshot, server: ServerGauges) -> [f64; 20] {
         let secs = self.gen_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let tokens = self.gen_tokens.load(Ordering::Relaxed) as f64;
         [
@@ -249,6 +254,11 @@ impl Metrics {
             server.stored_responses as f64,
             engine.prefix_hits as f64,
             engine.prefix_cached_tokens as f64,
+            engine.expert_cache.slots as f64,
+            engine.expert_cache.hits as f64,
+            engine.expert_cache.misses as f64,
+            engine.expert_cache.hit_rate(),
+            engine.expert_cache.uploads as f64,
         ]
     }
 }
@@ -300,6 +310,37 @@ mod tests {
             .find_map(|l| l.strip_prefix("gptoss_time_to_first_token_seconds_sum "))
             .unwrap();
         assert!((sum.parse::<f64>().unwrap() - 0.33).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn expert_cache_series_carry_the_engine_counters() {
+        let m = Metrics::new();
+        let engine = StatsSnapshot {
+            expert_cache: gptoss_engine::ExpertCacheStats {
+                slots: 40,
+                hits: 300,
+                misses: 100,
+                uploads: 52,
+                refreshes: 7,
+            },
+            ..StatsSnapshot::default()
+        };
+        let gauges = ServerGauges {
+            queued: 0,
+            running: 0,
+            stored_responses: 0,
+        };
+        let text = m.render(&engine, gauges);
+        for line in [
+            "gptoss_expert_cache_slots 40",
+            "gptoss_expert_cache_hits_total 300",
+            "gptoss_expert_cache_misses_total 100",
+            "gptoss_expert_cache_hit_rate 0.75",
+            "gptoss_expert_cache_uploads_total 52",
+            "# TYPE gptoss_expert_cache_hits_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

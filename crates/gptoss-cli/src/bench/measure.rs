@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use gptoss_engine::scheduler::{EngineHandle, GenRequest, Output};
-use gptoss_engine::SamplingParams;
+use gptoss_engine::{ExpertCacheStats, SamplingParams};
 use indicatif::ProgressBar;
 
 use super::prompts::TokenPool;
@@ -25,6 +25,8 @@ pub(crate) struct Measured {
     pub peak_device_bytes: Option<u64>,
     /// This process's peak resident memory so far.
     pub peak_host_bytes: Option<u64>,
+    /// The hot-expert cache's counters over the test, warm-up included (zeros without one).
+    pub expert_cache: ExpertCacheStats,
 }
 
 /// When one run's requests were submitted, and when each stream's tokens were sampled.
@@ -68,6 +70,7 @@ pub(crate) fn measure(
         prefix_cached_tokens: stats.prefix_cached_tokens - before.prefix_cached_tokens,
         peak_device_bytes: (stats.device_peak_bytes > 0).then_some(stats.device_peak_bytes),
         peak_host_bytes: crate::batch::peak_host_memory_bytes(),
+        expert_cache: stats.since(&before).expert_cache,
     })
 }
 

@@ -62,6 +62,11 @@ pub(crate) struct Row {
     pub peak_device_bytes: Option<u64>,
     /// Peak resident host memory after this test (VmHWM).
     pub peak_host_bytes: Option<u64>,
+    /// Experts the hot-expert cache holds (0 without one).
+    pub expert_cache_slots: usize,
+    /// Hits over routed pairs of host-expert layers during the test, warm-up included (`null` without
+    /// a cache).
+    pub expert_cache_hit_rate: Option<f64>,
     #[serde(flatten)]
     setup: Setup,
 }
@@ -93,6 +98,8 @@ impl Row {
             prefix_cached_tokens: m.prefix_cached_tokens,
             peak_device_bytes: m.peak_device_bytes,
             peak_host_bytes: m.peak_host_bytes,
+            expert_cache_slots: m.expert_cache.slots,
+            expert_cache_hit_rate: (m.expert_cache.slots > 0).then(|| m.expert_cache.hit_rate()),
             setup: setup.clone(),
         }
     }
@@ -177,6 +184,23 @@ pub(crate) fn print_table(rows: &[Row], setup: &Setup, args: &BenchArgs) {
         memory(last.and_then(|r| r.peak_device_bytes)),
         memory(last.and_then(|r| r.peak_host_bytes)),
     );
+    let cached: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{} {:.1}%",
+                r.test,
+                100.0 * r.expert_cache_hit_rate?
+            ))
+        })
+        .collect();
+    if let (false, Some(r)) = (cached.is_empty(), last) {
+        println!(
+            "expert cache ({} experts) hit rate: {}",
+            r.expert_cache_slots,
+            cached.join(" · ")
+        );
+    }
     let preemptions: u64 = rows.iter().map(|r| r.preemptions).sum();
     println!(
         "{} runs per test after 1 warm-up · kv cache {} · --batch-tokens {} · --max-seqs {} · --kv-blocks {} · --short-prompt {} · --stream-tokens {} · --seed {} · {preemptions} preemptions",
@@ -228,6 +252,7 @@ mod tests {
             prefix_cached_tokens: 0,
             peak_device_bytes: None,
             peak_host_bytes: Some(1 << 20),
+            expert_cache: gptoss_engine::ExpertCacheStats::default(),
         };
         let row = Row::new(&setup, &test, m);
         assert_eq!((row.tokens, row.reps, row.streams), (100, 2, 4));
@@ -238,6 +263,29 @@ mod tests {
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(v["test"], "batch4");
         assert_eq!(v["device"], "cpu");
+        assert_eq!(v["expert_cache_hit_rate"], serde_json::Value::Null);
+        let cached = Measured {
+            seconds: vec![1.0],
+            preemptions: 0,
+            prefix_cached_tokens: 0,
+            peak_device_bytes: None,
+            peak_host_bytes: None,
+            expert_cache: gptoss_engine::ExpertCacheStats {
+                slots: 8,
+                hits: 30,
+                misses: 90,
+                uploads: 9,
+                refreshes: 2,
+            },
+        };
+        let v = serde_json::to_value(Row::new(&setup, &test, cached)).unwrap();
+        assert_eq!(
+            (
+                v["expert_cache_slots"].as_u64(),
+                v["expert_cache_hit_rate"].as_f64()
+            ),
+            (Some(8), Some(0.25))
+        );
         assert!(v["peak_device_bytes"].is_null());
     }
 }

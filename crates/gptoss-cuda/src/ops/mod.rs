@@ -7,6 +7,7 @@ pub mod linear;
 pub mod moe;
 pub mod norm;
 pub mod sample;
+pub mod slots;
 
 use std::sync::Arc;
 

@@ -63,6 +63,41 @@ impl CudaRouting {
             .to_host(&dev.stream, rows * top_k, "the routing")?;
         Ok(experts.into_iter().map(|e| e as u32).zip(weights).collect())
     }
+
+    /// Writes `(expert, weight)` choices for the first `rows` tokens, `top_k` each; `NO_EXPERT`
+    /// (`u32::MAX`) becomes -1, which `moe_group` and `moe_combine` skip.
+    pub fn write(
+        &mut self,
+        dev: &Device,
+        rows: usize,
+        top_k: usize,
+        choices: &[(u32, f32)],
+    ) -> Result<()> {
+        if rows > self.rows || top_k != self.top_k || choices.len() != rows * top_k {
+            return Err(shape_error(
+                "write_routing",
+                format!(
+                    "{} choices as {rows} rows of top-{top_k} into routing of {} rows of top-{}",
+                    choices.len(),
+                    self.rows,
+                    self.top_k
+                ),
+            ));
+        }
+        if choices.is_empty() {
+            return Ok(());
+        }
+        let experts: Vec<i32> = choices.iter().map(|&(e, _)| e as i32).collect();
+        let weights: Vec<f32> = choices.iter().map(|&(_, w)| w).collect();
+        let n = choices.len();
+        let copy = |e| CudaError::driver("writing the routing", e);
+        dev.stream
+            .memcpy_htod(&experts, &mut self.experts.slice.slice_mut(0..n))
+            .map_err(copy)?;
+        dev.stream
+            .memcpy_htod(&weights, &mut self.weights.slice.slice_mut(0..n))
+            .map_err(copy)
+    }
 }
 
 /// The MoE scratch: pair lists and the intermediate activations of every chosen expert.
@@ -113,9 +148,12 @@ impl MoeScratch {
         self.pairs * self.hidden
     }
 
-    /// Whether it serves `pairs` pairs of `(experts, intermediate, hidden)`.
+    /// Whether it serves `pairs` pairs of `(experts, intermediate, hidden)`: scratch sized for more
+    /// experts serves fewer (the hot-expert cache's slot sets beside whole layers).
     pub fn fits_dims(&self, pairs: usize, dims: (usize, usize, usize)) -> bool {
-        pairs <= self.pairs && dims == (self.n_experts, self.inter, self.hidden)
+        pairs <= self.pairs
+            && dims.0 <= self.n_experts
+            && (dims.1, dims.2) == (self.inter, self.hidden)
     }
 
     /// Whether it serves `pairs` pairs of these experts.

@@ -15,7 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use gptoss_formats::{Expert, Linear, QuantTensor};
 use rayon::prelude::*;
 
-use crate::backend::{AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams};
+use crate::backend::{
+    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Rope, SamplingParams, NO_EXPERT,
+};
 use crate::error::{Error, Result};
 use crate::kv::{KvLayout, PoolKind};
 use crate::math::{rms_norm, router_top_k};
@@ -224,6 +226,36 @@ impl Backend for CpuBackend {
             e.down.weight.data.populate();
         }
         Ok(experts.to_vec())
+    }
+
+    fn alloc_expert_slots(&self, like: &Expert, slots: usize) -> Result<Vec<Expert>> {
+        // A slot is a handle on the host expert it holds (no copy): "uploading" swaps handles, so the
+        // CPU standing in for a device runs the cache's bookkeeping with its own exact math.
+        Ok(vec![like.clone(); slots])
+    }
+
+    fn upload_expert_slot(
+        &self,
+        experts: &mut Vec<Expert>,
+        slot: usize,
+        expert: &Expert,
+    ) -> Result<()> {
+        let n = experts.len();
+        let target = experts
+            .get_mut(slot)
+            .ok_or_else(|| cpu_error(&format!("expert slot {slot} of {n}")))?;
+        let shapes = |e: &Expert| (e.gate_up.weight.shape.clone(), e.down.weight.shape.clone());
+        if shapes(target) != shapes(expert) {
+            return Err(cpu_error(&format!(
+                "expert slot {slot}: an expert of shapes {:?} into a slot of {:?}",
+                shapes(expert),
+                shapes(target)
+            )));
+        }
+        expert.gate_up.weight.data.populate();
+        expert.down.weight.data.populate();
+        *target = expert.clone();
+        Ok(())
     }
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CpuBuf> {
@@ -460,6 +492,34 @@ impl Backend for CpuBackend {
             .get(..rows * top_k)
             .map(|c| c.iter().map(|&(e, w)| (e as u32, w)).collect())
             .ok_or_else(|| cpu_error("read past the end of the routing"))
+    }
+
+    fn write_routing(
+        &self,
+        routing: &mut Vec<(usize, f32)>,
+        rows: usize,
+        top_k: usize,
+        choices: &[(u32, f32)],
+    ) -> Result<()> {
+        let n = rows * top_k;
+        if choices.len() != n {
+            return Err(cpu_error("write_routing: choices do not fill the rows"));
+        }
+        let dst = routing
+            .get_mut(..n)
+            .ok_or_else(|| cpu_error("write past the end of the routing"))?;
+        for (d, &(e, w)) in dst.iter_mut().zip(choices) {
+            // NO_EXPERT becomes an index past every layer's experts, which the MoE skips.
+            *d = (
+                if e == NO_EXPERT {
+                    usize::MAX
+                } else {
+                    e as usize
+                },
+                w,
+            );
+        }
+        Ok(())
     }
 
     fn copy_blocks(

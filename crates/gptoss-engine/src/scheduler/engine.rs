@@ -265,6 +265,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         let mut samples = sample(self.model, &params, &counters)?;
         let logprobs = self.sample_on_host(&host, &params, &counters, &mut samples)?;
         self.stats.add_step(batch.tokens.len());
+        if let Some(cache) = self.model.expert_cache_stats() {
+            self.stats.set_expert_cache(cache);
+        }
         let mut at = 0;
         for v in verify {
             let rows = samples.get(at..at + v.rows).unwrap_or(&[]);
@@ -435,6 +438,9 @@ impl<'m, B: Backend> Engine<'m, B> {
     fn publish(&self) {
         if let Some(probe) = self.probe {
             self.stats.observe_device_bytes(probe(self.model));
+        }
+        if let Some(cache) = self.model.expert_cache_stats() {
+            self.stats.set_expert_cache(cache);
         }
         let kv = self.sched.kv();
         self.stats.set_gauges(super::stats::Gauges {

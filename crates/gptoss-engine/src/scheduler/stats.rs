@@ -21,6 +21,11 @@ pub struct EngineStats {
     accepted_tokens: AtomicU64,
     prefix_hits: AtomicU64,
     prefix_tokens: AtomicU64,
+    expert_cache_slots: AtomicU64,
+    expert_cache_hits: AtomicU64,
+    expert_cache_misses: AtomicU64,
+    expert_cache_uploads: AtomicU64,
+    expert_cache_refreshes: AtomicU64,
 }
 
 /// The engine's current queue and cache use.
@@ -63,6 +68,9 @@ pub struct StatsSnapshot {
     pub prefix_hits: u64,
     /// Prompt positions whose KV came from the prefix cache.
     pub prefix_cached_tokens: u64,
+    /// The hot-expert cache (zeros without one): its slots (a gauge), routed pairs of host-expert layers
+    /// run from a slot (hits) and by the CPU (misses), and experts copied into slots.
+    pub expert_cache: crate::ExpertCacheStats,
 }
 
 impl StatsSnapshot {
@@ -85,6 +93,25 @@ impl StatsSnapshot {
             prefix_cached_tokens: self
                 .prefix_cached_tokens
                 .saturating_sub(earlier.prefix_cached_tokens),
+            expert_cache: crate::ExpertCacheStats {
+                slots: self.expert_cache.slots,
+                hits: self
+                    .expert_cache
+                    .hits
+                    .saturating_sub(earlier.expert_cache.hits),
+                misses: self
+                    .expert_cache
+                    .misses
+                    .saturating_sub(earlier.expert_cache.misses),
+                uploads: self
+                    .expert_cache
+                    .uploads
+                    .saturating_sub(earlier.expert_cache.uploads),
+                refreshes: self
+                    .expert_cache
+                    .refreshes
+                    .saturating_sub(earlier.expert_cache.refreshes),
+            },
         }
     }
 }
@@ -132,6 +159,18 @@ impl EngineStats {
         self.preemptions.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Takes the hot-expert cache's counters (the model's, cumulative since it was built).
+    pub(crate) fn set_expert_cache(&self, c: crate::ExpertCacheStats) {
+        self.expert_cache_slots
+            .store(c.slots as u64, Ordering::Relaxed);
+        self.expert_cache_hits.store(c.hits, Ordering::Relaxed);
+        self.expert_cache_misses.store(c.misses, Ordering::Relaxed);
+        self.expert_cache_uploads
+            .store(c.uploads, Ordering::Relaxed);
+        self.expert_cache_refreshes
+            .store(c.refreshes, Ordering::Relaxed);
+    }
+
     pub(crate) fn observe_device_bytes(&self, peak: u64) {
         self.device_peak_bytes.fetch_max(peak, Ordering::Relaxed);
     }
@@ -157,6 +196,13 @@ impl EngineStats {
             accepted_tokens: get(&self.accepted_tokens),
             prefix_hits: get(&self.prefix_hits),
             prefix_cached_tokens: get(&self.prefix_tokens),
+            expert_cache: crate::ExpertCacheStats {
+                slots: get(&self.expert_cache_slots) as usize,
+                hits: get(&self.expert_cache_hits),
+                misses: get(&self.expert_cache_misses),
+                uploads: get(&self.expert_cache_uploads),
+                refreshes: get(&self.expert_cache_refreshes),
+            },
         }
     }
 }
