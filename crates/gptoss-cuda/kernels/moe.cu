@@ -11,7 +11,8 @@
 //   Split-K over tiles of TT pairs (bm = TT): grid x = ceil(rows / (groups*MOE_NR)), y = tiles. Block: 256.
 // moe_gate_up_mma_<fmt>, moe_down_mma_<fmt>: tensor-core tiles (mma.cu) of 64 pairs × 128 weight rows,
 //   bm = 64 (the _mma32_ entries: 32 pairs, bm = 32): grid x = ceil(rows / 128), y = tiles. Block: 256.
-// moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend.
+// moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend (a
+//   token's experts are distinct, as top-k gives them; pairs of expert -1 are skipped).
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // Minimum arch: sm_80. Launched from src/ops/moe.rs.
 // Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
@@ -680,7 +681,9 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
     extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 1>(p); } \
     extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 0>(p); }
 
-// Warps 8 × 1 (each 16 rows × all 64 pairs: every code decoded once per block). Measured on the H200 at
+// (Tiles of 8 and 16 pairs with an 8-deep ring, for decode, measured slower than moe_*_fp4_p{8,16}: T = 1
+// 107 / 118 vs 63 µs, T = 16 324 / 451 vs 270 µs.) Warps 8 × 1 (each 16 rows × all 64 pairs: every code
+// decoded once per block). Measured on the H200 at
 // T = 2048 / 512 (op bench, ms, lo and hi MMAs as two chains): 8 × 1 4.42 / 1.55, 4 × 2 4.61 / 1.62, 2 × 4
 // 6.01 / 2.10; one chain of four vs two of two (4 × 2): 4.54 vs 4.61 (8 × 1 with one chain spills). Dropped:
 // the weight rows as the grid's fast axis (4.24 vs 4.30).

@@ -162,11 +162,12 @@ fn slot_moe<B: Backend>(b: &B, w: &ModelWeights, rows: usize, h: &[f32]) -> Vec<
     let choices: Vec<(u32, f32)> = (0..rows * top_k)
         .map(|i| {
             let (t, k) = (i / top_k, i % top_k);
-            // Every third token has no pair on the device; the others some.
-            let slot = if t % 3 == 2 || (t + k) % 4 == 3 {
+            // Every third token has no pair on the device; the others some, each slot at most once per
+            // token (a router's top-k never repeats an expert, and moe_combine relies on it).
+            let slot = if t % 3 == 2 || (t + k) % 4 == 3 || k >= 3 {
                 NO_EXPERT
             } else {
-                ((t + 2 * k) % 3) as u32
+                ((t + k) % 3) as u32
             };
             (slot, 0.1 + 0.2 * k as f32)
         })
