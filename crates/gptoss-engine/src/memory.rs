@@ -207,8 +207,8 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
         + 4 * (c.head_dim as u64 / 2)
         + 4 * attention_split_floats(config, capacity) as u64;
     // The CUDA MXFP4 experts split x into two f16 parts inside the act and y buffers; their scales, one f32
-    // per 32 values, need room of their own.
-    let split_scales = rows * k * i.max(h) / 32;
+    // per 32 values, need room of their own (two buffers: gate_up's input and act).
+    let split_scales = 2 * rows * k * i.max(h) / 32;
     let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_scales;
     let sampler = logit_rows * (8 * v + 24 + 4);
     activations + routing + logits + step + moe + sampler

@@ -111,6 +111,8 @@ pub struct MoeScratch {
     /// parts themselves need no buffer of their own: gate_up's input is split into `y` (written only later,
     /// by down) and down's input `act` is split in place (each value's two f16 parts take its 4 bytes).
     xscale: DevBuf<f32>,
+    /// The same for act (down's input), apart: gate_up reads `xscale` while it writes these.
+    act_scales: DevBuf<f32>,
     pairs: usize,
     n_experts: usize,
     inter: usize,
@@ -135,6 +137,7 @@ impl MoeScratch {
             act: DevBuf::zeros(s, m, pairs * inter, "MoE scratch")?,
             y: DevBuf::zeros(s, m, pairs * hidden, "MoE scratch")?,
             xscale: DevBuf::zeros(s, m, split_blocks.max(1), "MoE scratch")?,
+            act_scales: DevBuf::zeros(s, m, split_blocks.max(1), "MoE scratch")?,
             pairs,
             n_experts,
             inter,
@@ -276,6 +279,7 @@ struct GroupParams {
     list: u64,
     n_pairs: i32,
     n_experts: i32,
+    split: XSplitParams,
 }
 
 // SAFETY: #[repr(C)] mirror of `GroupParams` in moe.cu.
@@ -300,6 +304,9 @@ struct ExpertParams {
     groups: i32,
     xs: u64,
     xscale: u64,
+    act_split: f32,
+    pad: i32,
+    act_scales: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe.cu.
@@ -321,6 +328,7 @@ struct CombineParams {
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct XSplitParams {
     x: u64,
     xs: u64,
@@ -448,6 +456,20 @@ pub fn moe(
             e.n_experts
         )));
     }
+    let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
+    let fp4 = matches!(path, MoePath::Fp4(_));
+    let h_split = XSplitParams {
+        x: m.h.buf.ptr(),
+        xs: scratch.y.ptr(),
+        xscale: scratch.xscale.ptr(),
+        rows: 0,
+        k: hidden as i32,
+    };
+    if fp4 {
+        check_split(scratch, step.rows, hidden)?;
+        check_split(scratch, pairs, inter)?;
+    }
+    let split_in_group = fp4 && step.rows <= GROUP_SPLIT_MAX_ROWS;
     let g = GroupParams {
         experts: r.experts.ptr(),
         counts: scratch.counts.ptr(),
@@ -455,8 +477,20 @@ pub fn moe(
         list: scratch.list.ptr(),
         n_pairs: pairs as i32,
         n_experts: e.n_experts as i32,
+        split: XSplitParams {
+            rows: if split_in_group { step.rows as i32 } else { 0 },
+            ..h_split
+        },
     };
     dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
+    if fp4 && !split_in_group {
+        split_x(dev, &h_split, step.rows)?;
+    }
+    let act_split = if fp4 {
+        act_split_scale(m.shape.swiglu_limit)
+    } else {
+        None
+    };
     let mut p = ExpertParams {
         w: e.gate_up.as_ref(),
         bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -475,29 +509,24 @@ pub fn moe(
         groups: e.gate_up.split_groups(),
         xs: scratch.y.ptr(),
         xscale: scratch.xscale.ptr(),
+        act_split: act_split.unwrap_or(0.0),
+        pad: 0,
+        act_scales: scratch.act_scales.ptr(),
     };
-    let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
-    let fp4 = matches!(path, MoePath::Fp4(_));
-    if fp4 {
-        split_x(
-            dev,
-            scratch,
-            (m.h.buf.ptr(), scratch.y.ptr()),
-            step.rows,
-            hidden,
-        )?;
-    }
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
-    if fp4 {
-        split_x(
-            dev,
-            scratch,
-            (scratch.act.ptr(), scratch.act.ptr()),
-            pairs,
-            inter,
-        )?;
+    if fp4 && act_split.is_none() {
+        let act = XSplitParams {
+            x: scratch.act.ptr(),
+            xs: scratch.act.ptr(),
+            xscale: scratch.act_scales.ptr(),
+            rows: pairs as i32,
+            k: inter as i32,
+        };
+        split_x(dev, &act, pairs)?;
     }
+    p.act_split = 0.0;
     p.xs = scratch.act.ptr();
+    p.xscale = scratch.act_scales.ptr();
     p.w = e.down.as_ref();
     p.bias = e.down_bias.as_ref().map_or(0, |b| b.ptr());
     p.x = scratch.act.ptr();
@@ -534,16 +563,26 @@ fn fp4_row_blocks(dev: &Device, rows: usize, tiles: u32) -> u32 {
     all.min(target.div_ceil(tiles.max(1))).max(1)
 }
 
-/// `moe_xsplit` of `rows` rows of `k` f32 at `x` into f16 parts at `xs` (a buffer of at least `rows * k`
-/// values; `x` itself is allowed: each thread reads its 8 values before writing their parts in their place).
-fn split_x(
-    dev: &Device,
-    scratch: &MoeScratch,
-    (x, xs): (u64, u64),
-    rows: usize,
-    k: usize,
-) -> Result<()> {
-    // The kernels address xs in 16-byte units with 32-bit offsets.
+/// Most tokens whose hidden states `moe_group` splits itself (its one block is quick for a few rows; more
+/// take a launch of `moe_xsplit` across the GPU).
+const GROUP_SPLIT_MAX_ROWS: usize = 8;
+
+/// The power of two gate_up applies to act when it writes act already split for the MXFP4 down kernels: act is
+/// at most `limit · (limit + 1)` in magnitude (gate clamped above at the limit, up to ±limit; a negative gate
+/// gives at most 0.28 / alpha), so the largest power of two keeping that under 2^15 puts every value in f16's
+/// normal range down to 2^-14 / scale and the lo part's rounding at 2^-25 / scale absolute. None (a separate
+/// `moe_xsplit` with per-block scales) when the limit is not finite or too large for a useful scale.
+fn act_split_scale(limit: f32) -> Option<f32> {
+    let bound = limit * (limit + 1.0);
+    if !bound.is_finite() || !(1.0..=2048.0).contains(&bound) {
+        return None;
+    }
+    Some((32768.0 / bound).log2().floor().exp2())
+}
+
+/// Whether the scratch holds the split of `rows` rows of `k` (the kernels address xs in 16-byte units with
+/// 32-bit offsets; `k` a multiple of 32).
+fn check_split(scratch: &MoeScratch, rows: usize, k: usize) -> Result<()> {
     if !k.is_multiple_of(32)
         || rows * k > 32 * scratch.xscale.len()
         || rows * k / 4 >= u32::MAX as usize
@@ -556,18 +595,14 @@ fn split_x(
             ),
         ));
     }
-    let p = XSplitParams {
-        x,
-        xs,
-        xscale: scratch.xscale.ptr(),
-        rows: rows as i32,
-        k: k as i32,
-    };
-    dev.launch(
-        Func::MoeXSplit,
-        cfg((blocks(rows * k / 8, 256), 1, 1), 256),
-        &p,
-    )
+    Ok(())
+}
+
+/// `moe_xsplit` of `rows` rows (checked by [`check_split`]); `x` may be `xs` (each thread reads its 8 values
+/// before writing their parts in their place).
+fn split_x(dev: &Device, p: &XSplitParams, rows: usize) -> Result<()> {
+    let units = rows * p.k as usize / 8;
+    dev.launch(Func::MoeXSplit, cfg((blocks(units, 256), 1, 1), 256), p)
 }
 
 /// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;
