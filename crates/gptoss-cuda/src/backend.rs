@@ -449,6 +449,38 @@ impl Backend for CudaBackend {
         params: &[SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>> {
+        Ok(self.sample_rows(logits, params, counters, &[])?)
+    }
+
+    /// Masked rows are sampled by `sample.cu` on the device (no logit row is read back); a masked row
+    /// with nothing allowed comes back as [`ops::sample::NO_TOKEN`].
+    fn sample_masked(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>> {
+        let drawn = self.sample_rows(logits, params, counters, masks)?;
+        Ok(drawn
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let masked = masks.get(i).is_some_and(Option::is_some);
+                (!masked || t != ops::sample::NO_TOKEN).then_some(t)
+            })
+            .collect())
+    }
+}
+
+impl CudaBackend {
+    fn sample_rows(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> crate::error::Result<Vec<u32>> {
         let mut s = self.sample_scratch.borrow_mut();
         if !s
             .as_ref()
@@ -464,9 +496,7 @@ impl Backend for CudaBackend {
         let scratch = s
             .as_mut()
             .ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
-        Ok(ops::sample::sample(
-            &self.dev, logits, params, counters, scratch,
-        )?)
+        ops::sample::sample(&self.dev, logits, params, counters, masks, scratch)
     }
 }
 

@@ -330,6 +330,19 @@ pub trait Backend {
         params: &[SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>>;
+    /// [`Backend::sample`] with some rows limited to the tokens of their mask (structured outputs): a
+    /// row whose `masks` entry is `Some` is sampled as if every token outside the bitset (bit `t % 32`
+    /// of word `t / 32`; words past the slice allow nothing) and every NaN logit were −∞, exactly as
+    /// the host's constraint path masks a row before the same sampler ([`crate::logits::apply_mask`]).
+    /// Such a row with no allowed finite logit gives `None`; unmasked rows always give a token. `masks`
+    /// has one entry per row. The logits are left as they are.
+    fn sample_masked(
+        &self,
+        logits: &Self::Buf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>>;
 }
 
 /// What [`Backend::recording`] decided for a step.
