@@ -12,7 +12,7 @@ use gptoss_engine::scheduler::{
     RequestOptions,
 };
 use gptoss_engine::{
-    Backend, ConstraintSpec, LogitsOptions, Model, SamplingParams, TokenConstraint,
+    Backend, ConstraintSpec, LogitsOptions, Model, SamplingParams, TokenConstraint, TokenLogprobs,
 };
 
 /// Which tokens a [`StepConstraint`] allows.
@@ -141,8 +141,40 @@ pub fn constrained(allow: Allow, vocab: usize, len: usize) -> LogitsOptions {
     }
 }
 
-/// What one request gave: its tokens, or the failure message.
-pub type Outcome = Result<Vec<u32>, String>;
+/// What one request gave: its tokens and their log-probabilities (when asked), or the failure message.
+pub type Outcome = Result<Run, String>;
+
+/// A request's output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// The tokens.
+    pub tokens: Vec<u32>,
+    /// One entry per token when log-probabilities were asked.
+    pub logprobs: Vec<TokenLogprobs>,
+}
+
+/// Whether two outcomes agree: the same tokens, failures and top-token ids, log-probabilities within
+/// `tol` (the backend's and the host's log-sum-exp may round apart).
+pub fn agree(a: &[Outcome], b: &[Outcome], tol: f32) -> bool {
+    let close = |x: f32, y: f32| x == y || (x - y).abs() <= tol;
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| match (a, b) {
+            (Ok(a), Ok(b)) => {
+                a.tokens == b.tokens
+                    && a.logprobs.len() == b.logprobs.len()
+                    && a.logprobs.iter().zip(&b.logprobs).all(|(x, y)| {
+                        x.token == y.token
+                            && close(x.logprob, y.logprob)
+                            && x.top.len() == y.top.len()
+                            && x.top
+                                .iter()
+                                .zip(&y.top)
+                                .all(|(p, q)| p.0 == q.0 && close(p.1, q.1))
+                    })
+            }
+            (a, b) => a == b,
+        })
+}
 
 /// Runs all `requests` at once on one engine over `model` with masks sampled per `mode`; returns each
 /// request's outcome, in order.
@@ -174,15 +206,19 @@ pub fn run_all<B: Backend>(
     }
     rxs.into_iter()
         .map(|rx| {
-            let mut toks = Vec::new();
+            let mut run = Run {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+            };
             for o in rx.try_iter() {
                 match o {
-                    Output::Token(t) => toks.push(t),
+                    Output::Token(t) => run.tokens.push(t),
+                    Output::Logprobs(l) => run.logprobs.push(l),
                     Output::Failed { message, .. } => return Err(message),
-                    Output::Finished(_) | Output::Logprobs(_) => {}
+                    Output::Finished(_) => {}
                 }
             }
-            Ok(toks)
+            Ok(run)
         })
         .collect()
 }
@@ -220,9 +256,10 @@ fn sampling(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> SamplingPa
 
 /// On the tiny fixture model `m` (slots and logit rows for 8 sequences): constrained requests, greedy
 /// and seeded, batched with a free request, a `min_tokens` request whose stop token greedy decoding would
-/// pick first, a constrained request with log-probabilities (host-sampled on both paths) and one whose
-/// constraint allows nothing, give the same outcomes with the mask sampled on the backend and on the
-/// host; every constrained token is allowed; `min_tokens` keeps the stop token out.
+/// pick first, a constrained request with log-probabilities, a request with log-probabilities only, and
+/// one whose constraint allows nothing, give the same outcomes with the mask (and the log-probabilities)
+/// taken on the backend and on the host; every constrained token is allowed; `min_tokens` keeps the stop
+/// token out.
 pub fn backend_equals_host<B: Backend>(m: &mut Model<B>) {
     // The stop token of the min_tokens request is the one of the pair greedy decoding picks first, so
     // without min_tokens it would stop at once.
@@ -233,10 +270,11 @@ pub fn backend_equals_host<B: Backend>(m: &mut Model<B>) {
         )
     };
     let first = run_all(m, MaskSampling::Backend, &[pair(vec![])]);
-    let stop = first[0].as_ref().unwrap()[0];
+    let stop = first[0].as_ref().unwrap().tokens[0];
     let other = 601 - stop;
     for mode in [MaskSampling::Backend, MaskSampling::Host] {
-        assert_eq!(run_all(m, mode, &[pair(vec![stop])])[0], Ok(vec![stop]));
+        let run = run_all(m, mode, &[pair(vec![stop])]);
+        assert_eq!(run[0].as_ref().unwrap().tokens, [stop]);
     }
     let varied = |salt| Allow::Varied { salt };
     let (pair_request, pair_options) = pair(vec![stop]);
@@ -279,12 +317,30 @@ pub fn backend_equals_host<B: Backend>(m: &mut Model<B>) {
             request(8, sampling(1.0, 1.0, 0, 9), vec![]),
             constrained(Allow::Nothing, VOCAB, 12),
         ),
+        (
+            request(9, sampling(0.7, 0.9, 0, 10), vec![]),
+            LogitsOptions {
+                logprobs: Some(5),
+                ..LogitsOptions::default()
+            },
+        ),
     ];
     let on_backend = run_all(m, MaskSampling::Backend, &requests);
     let on_host = run_all(m, MaskSampling::Host, &requests);
-    assert_eq!(on_backend, on_host);
+    assert!(
+        agree(&on_backend, &on_host, 1e-5),
+        "{on_backend:?}\n{on_host:?}"
+    );
+    for (i, n) in [(6, 2), (8, 5)] {
+        let run = on_backend[i].as_ref().unwrap();
+        assert_eq!(run.logprobs.len(), run.tokens.len());
+        for (l, &t) in run.logprobs.iter().zip(&run.tokens) {
+            assert_eq!((l.token, l.top.len()), (t, n));
+            assert!(l.logprob <= 0.0 && l.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+    }
     for (i, salt) in [(0, 1), (1, 2), (2, 3), (3, 4), (6, 7)] {
-        let toks = on_backend[i].as_ref().unwrap();
+        let toks = &on_backend[i].as_ref().unwrap().tokens;
         assert_eq!(
             toks.len(),
             12,
@@ -294,7 +350,7 @@ pub fn backend_equals_host<B: Backend>(m: &mut Model<B>) {
     }
     // The seeds draw differently (the constraint leaves a choice at most steps).
     assert_ne!(on_backend[1], on_backend[2]);
-    let pair = on_backend[5].as_ref().unwrap();
+    let pair = &on_backend[5].as_ref().unwrap().tokens;
     assert!(
         pair.len() >= 5 && pair[..4].iter().all(|&t| t == other),
         "{pair:?}"

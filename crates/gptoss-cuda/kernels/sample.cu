@@ -11,6 +11,10 @@
 // masks u32 [masked rows, mask_words] (bit t % 32 of word t / 32).
 // Grid: one block of 1024 threads per row (launch bounds (1024, 1): one block per SM may take 64 registers a
 // thread; ptxas otherwise aims at two and spills the mask path). Entry point: sample_rows. Minimum arch: sm_80.
+// logprob_rows: for each listed row, the log-probabilities of its sampled token and of its top_n most likely
+// tokens from the raw logits, as the engine's sampler::log_softmax_top: max ignoring NaN (f32::max), lse =
+// max + ln(sum of exp in f64 of the f32 (l - max)), the token's f32 l - (float)lse, the top tokens by the
+// same keys (ties to the lower index) with (float)((double)l - lse). One block of 1024 threads per listed row.
 // Launched from src/ops/sample.rs.
 struct SampleRow {
     double u;
@@ -145,4 +149,81 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sample_rows(const SamplePa
     double target = r.u * kept;
     u64 pick = kept > target ? bisect(mass, cut, top, target, 0, scratch) : cut;
     if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu - (u32)(pick & 0xffffffffu);
+}
+
+struct LogprobRow {
+    int row;
+    u32 token;
+    int top_n;
+    int pad_;
+};
+
+struct LogprobParams {
+    const float* logits;
+    const LogprobRow* jobs;
+    u32* out;
+    int vocab;
+    int out_stride;
+};
+
+static __device__ float block_max_f32(float v, double* scratch) {
+    float* s = (float*)scratch;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = s[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) r = fmaxf(r, s[w]);
+    __syncthreads();
+    return r;
+}
+
+// Largest key of the row below `cap` (the next of the ordering after the key `cap`).
+static __device__ u64 max_key_below(const float* l, int vocab, u64 cap, double* scratch) {
+    u64 best = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        u64 k = sort_key(l[i], i);
+        best = k < cap && k > best ? k : best;
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+    }
+    u64* s = (u64*)scratch;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = best;
+    __syncthreads();
+    u64 r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(1024) logprob_rows(const LogprobParams p) {
+    __shared__ double scratch[64];
+    const LogprobRow j = p.jobs[blockIdx.x];
+    const float* l = p.logits + (i64)j.row * p.vocab;
+    u32* o = p.out + (i64)blockIdx.x * p.out_stride;
+    float m = __int_as_float(0xff800000);
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) m = fmaxf(m, l[i]);
+    m = block_max_f32(m, scratch);
+    double s = 0.0;
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) s += exp((double)(l[i] - m));
+    s = block_sum_f64(s, scratch);
+    double lse = (double)m + log(s);
+    if (threadIdx.x == 0) {
+        float lt = j.token < (u32)p.vocab ? l[j.token] - (float)lse : __int_as_float(0xff800000);
+        o[0] = __float_as_uint(lt);
+    }
+    u64 key = 0;
+    for (int k = 0; k < j.top_n; k++) {
+        key = k == 0 ? max_key(l, nullptr, p.vocab, scratch) : max_key_below(l, p.vocab, key, scratch);
+        u32 idx = 0xffffffffu - (u32)(key & 0xffffffffu);
+        if (threadIdx.x == 0) {
+            o[1 + 2 * k] = idx;
+            o[2 + 2 * k] = __float_as_uint((float)((double)l[idx] - lse));
+        }
+    }
 }

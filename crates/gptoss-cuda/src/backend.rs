@@ -471,9 +471,43 @@ impl Backend for CudaBackend {
             })
             .collect())
     }
+
+    /// On the device (`logprob_rows`): only the top tokens and values are read back.
+    fn logprobs(
+        &self,
+        logits: &CudaBuf,
+        rows: &[gptoss_engine::backend::LogprobRow],
+    ) -> Result<Vec<gptoss_engine::TokenLogprobs>> {
+        let mut scratch = self.sample_scratch(logits, rows.len())?;
+        Ok(ops::sample::logprobs(
+            &self.dev,
+            logits,
+            rows,
+            &mut scratch,
+        )?)
+    }
 }
 
 impl CudaBackend {
+    /// The sampler's scratch, made (or remade) for `rows` rows of `logits`.
+    fn sample_scratch(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+    ) -> crate::error::Result<std::cell::RefMut<'_, SampleScratch>> {
+        let mut s = self.sample_scratch.borrow_mut();
+        if !s.as_ref().is_some_and(|s| s.fits(rows, logits.cols)) {
+            *s = None;
+            *s = Some(SampleScratch::new(
+                &self.dev,
+                logits.rows.max(rows),
+                logits.cols,
+            )?);
+        }
+        std::cell::RefMut::filter_map(s, Option::as_mut)
+            .map_err(|_| CudaError::Unsupported("no sampler scratch".into()))
+    }
+
     fn sample_rows(
         &self,
         logits: &CudaBuf,
@@ -481,22 +515,8 @@ impl CudaBackend {
         counters: &[u64],
         masks: &[Option<&[u32]>],
     ) -> crate::error::Result<Vec<u32>> {
-        let mut s = self.sample_scratch.borrow_mut();
-        if !s
-            .as_ref()
-            .is_some_and(|s| s.fits(params.len(), logits.cols))
-        {
-            *s = None;
-            *s = Some(SampleScratch::new(
-                &self.dev,
-                logits.rows.max(params.len()),
-                logits.cols,
-            )?);
-        }
-        let scratch = s
-            .as_mut()
-            .ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
-        ops::sample::sample(&self.dev, logits, params, counters, masks, scratch)
+        let mut scratch = self.sample_scratch(logits, params.len())?;
+        ops::sample::sample(&self.dev, logits, params, counters, masks, &mut scratch)
     }
 }
 

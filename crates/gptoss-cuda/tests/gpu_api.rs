@@ -3,12 +3,12 @@
 //! streamed, as strict tool arguments and as Responses `text.format` (the constraint bites on the final
 //! channel only; the reasoning runs free); top_logprobs agree with the CPU model's logits (what `gptoss
 //! logits` prints) within the CUDA-vs-CPU bar, with the same top tokens; `top_k=1` is greedy; `logit_bias`
-//! +100 forces its token; `n=3` gives three choices; a frequency penalty changes a sampled continuation;
-//! `min_tokens` holds. Constrained rows are sampled on the device under their masks, except where a
-//! request also asks for log-probabilities (the host path). Also a measurement (ignored unless asked by
-//! name): constrained decoding's added time per step with the mask on the device and on the host, at 1 and
-//! 64 streams, on gpt-oss's real vocabulary. Needs a GPU: run by `scripts/gpu-check.sh`
-//! (`cargo test -p gptoss-cuda --test gpu_api -- --ignored`).
+//! +100 forces its token; `n=3` gives three choices; frequency, presence and repetition penalties change a
+//! sampled continuation; `min_tokens` holds. Constrained rows are sampled on the device under their masks
+//! and log-probabilities are taken on the device; bias and penalties take the host path. Also a
+//! measurement (`bench_*`, run with the benchmarks): constrained decoding's added time per step with the
+//! mask on the device and on the host, at 1 and 64 streams, on gpt-oss's real vocabulary. Needs a GPU: run
+//! by `scripts/gpu-check.sh` (`cargo test -p gptoss-cuda --test gpu_api -- --ignored`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -347,7 +347,8 @@ async fn top_logprobs_on_cuda_agree_with_the_cpu_logits() {
     println!(
         "top_logprobs on cuda vs cpu: worst |d logprob| / max |logit| {worst:.2e} over 6 positions"
     );
-    // Chat with a schema and logprobs: the constrained rows go the host path and still validate.
+    // Chat with a schema and logprobs (mask and log-probabilities on the device): the answer validates and
+    // the entries spell it.
     let req = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "seed": 1,
         "logprobs": true, "top_logprobs": 2, "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema()}}});
     let (s, body) = post(&format!("{base}/v1/chat/completions"), &req).await;

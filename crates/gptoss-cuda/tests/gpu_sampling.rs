@@ -2,8 +2,9 @@
 //! device give exactly the tokens of the host path (the row read back, masked and sampled on the host, as
 //! the CPU backend does), greedy and sampled, for every kind of mask (dense, sparse, one token, cut short,
 //! longer than the vocabulary, nothing finite allowed, a NaN logit allowed), at the tiny and the real
-//! vocabulary; and through the engine on the tiny fixture model, `MaskSampling::Backend` gives the tokens
-//! of `MaskSampling::Host`. Needs a GPU: run by `scripts/gpu-check.sh`
+//! vocabulary; log-probabilities taken on the device (`logprob_rows`) match the host's; and through the
+//! engine on the tiny fixture model, `MaskSampling::Backend` gives the tokens and log-probabilities of
+//! `MaskSampling::Host`. Needs a GPU: run by `scripts/gpu-check.sh`
 //! (`cargo test -p gptoss-cuda --test gpu_sampling -- --ignored`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,6 +122,65 @@ fn masked_rows_sample_on_the_device_as_on_the_host() {
             }
         }
         println!("masked sampling, vocab {vocab}: {same} of {draws} draws equal the host path");
+    }
+}
+
+/// `logprob_rows` against the host's `token_logprobs` on the same rows: the same top tokens in the same
+/// order (ties to the lower id), values within 1e-5 (the two log-sum-exps may round apart in the last bit).
+#[test]
+#[ignore = "needs GPU"]
+fn logprobs_on_the_device_match_the_host() {
+    use gptoss_engine::backend::LogprobRow;
+    let g = cuda();
+    let mut rng = Rng(33);
+    for vocab in [1000usize, 201_088] {
+        let rows = 6;
+        let mut logits = rng.vec(rows * vocab, 6.0);
+        // Row 1: ties at the top (lower id first); row 2: -inf logits.
+        for t in [17, 5, 900] {
+            logits[vocab + t] = 9.0;
+        }
+        for t in 0..100 {
+            logits[2 * vocab + t] = f32::NEG_INFINITY;
+        }
+        let gb = write(&g, rows, vocab, &logits);
+        let cb = write(&CpuBackend, rows, vocab, &logits);
+        let jobs: Vec<LogprobRow> = [
+            (0, 3, 5),
+            (1, 900, 20),
+            (2, 50, 1),
+            (3, 7, 0),
+            (5, 999, 20),
+            (1, 5, 3),
+        ]
+        .into_iter()
+        .map(|(row, token, top)| LogprobRow { row, token, top })
+        .collect();
+        let got = g.logprobs(&gb, &jobs).unwrap();
+        let want = CpuBackend.logprobs(&cb, &jobs).unwrap();
+        assert_eq!(
+            want[1].top[..3].iter().map(|t| t.0).collect::<Vec<_>>(),
+            [5, 17, 900]
+        );
+        assert_eq!(want[2].logprob, f32::NEG_INFINITY);
+        let mut worst = 0f32;
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!(a.token, b.token);
+            assert_eq!(
+                a.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+                b.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "vocab {vocab}"
+            );
+            let d = |x: f32, y: f32| if x == y { 0.0 } else { (x - y).abs() };
+            worst = a
+                .top
+                .iter()
+                .zip(&b.top)
+                .fold(d(a.logprob, b.logprob), |m, (p, q)| m.max(d(p.1, q.1)))
+                .max(worst);
+        }
+        println!("logprobs on the device, vocab {vocab}: worst |d| {worst:.1e}");
+        assert!(worst <= 1e-5, "vocab {vocab}: {worst}");
     }
 }
 

@@ -343,6 +343,24 @@ pub trait Backend {
         counters: &[u64],
         masks: &[Option<&[u32]>],
     ) -> Result<Vec<Option<u32>>>;
+    /// For each listed row, the log-probabilities of its sampled token and of its most likely tokens,
+    /// from the raw logits (what [`crate::logits::token_logprobs`] gives for the row), in `rows`' order.
+    fn logprobs(
+        &self,
+        logits: &Self::Buf,
+        rows: &[LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>>;
+}
+
+/// A logit row whose log-probabilities [`Backend::logprobs`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogprobRow {
+    /// The row of the step's logits.
+    pub row: usize,
+    /// The token sampled from it.
+    pub token: u32,
+    /// How many of the most likely tokens (at most [`crate::logits::MAX_TOP_LOGPROBS`]).
+    pub top: usize,
 }
 
 /// What [`Backend::recording`] decided for a step.

@@ -1,11 +1,12 @@
 //! Per-sequence logit processing beyond the device sampler (DESIGN.md "Where the next capabilities
 //! live"): logit bias, presence / frequency / repetition penalties, `min_tokens`, `min_p`, a token
 //! constraint (structured outputs) and log-probabilities. A sequence that asks only for masks (a
-//! constraint, `min_tokens`) is sampled by the backend under its token mask
-//! ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]: on CUDA in the device sampler, no
-//! logit row read back); a sequence that asks for anything else is sampled on the host from its logit
-//! row read back after the step ([`LogitsState::sample`]); every other sequence keeps the backend's
-//! plain sampler. All draw with the same counter RNG and semantics (`sampler.rs`), so a request's
+//! constraint, `min_tokens`) and log-probabilities is sampled by the backend under its token mask
+//! ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]) and gets its log-probabilities from
+//! the backend ([`crate::Backend::logprobs`]): on CUDA both on the device, no logit row read back. A
+//! sequence that asks for bias, penalties or `min_p` is sampled on the host from its logit row read
+//! back after the step ([`LogitsState::sample`]); every other sequence keeps the backend's plain
+//! sampler. All draw with the same counter RNG and semantics (`sampler.rs`), so a request's
 //! tokens do not depend on how it is sampled.
 //!
 //! Order, as vLLM applies them: log-probabilities are taken from the raw logits (the model's own
@@ -159,10 +160,7 @@ impl LogitsState {
         cx: &RowContext<'_>,
     ) -> Result<HostSample, String> {
         // The model's distribution, before any processing changes the row.
-        let raw = self.options.logprobs.map(|n| {
-            let (lse, top) = sampler::log_softmax_top(logits, n.min(MAX_TOP_LOGPROBS));
-            (lse, top, logits.to_vec())
-        });
+        let raw = self.options.logprobs.map(|n| (n, logits.to_vec()));
         self.apply_bias_and_penalties(logits, cx);
         if cx.tokens.len() - cx.prompt_len < self.options.min_tokens {
             for &t in cx.stop_tokens {
@@ -182,21 +180,15 @@ impl LogitsState {
         if let Some(c) = self.constraint.as_mut() {
             c.accept(token)?;
         }
-        let logprobs = raw.map(|(lse, top, row)| TokenLogprobs {
-            token,
-            logprob: row
-                .get(token as usize)
-                .map_or(f32::NEG_INFINITY, |l| l - lse),
-            top,
-        });
+        let logprobs = raw.map(|(n, row)| token_logprobs(&row, token, n));
         Ok(HostSample { token, logprobs })
     }
 
     /// Whether the backend can sample this sequence from its logits where they are, given a mask
-    /// ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]): when only a constraint and
-    /// `min_tokens` are asked, both of which only forbid tokens. Bias and penalties change logit values,
-    /// `min_p` is a cut the device sampler lacks, and log-probabilities are taken from the raw row: those
-    /// sequences are sampled on the host ([`LogitsState::sample`]).
+    /// ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]) and take its log-probabilities
+    /// there ([`crate::Backend::logprobs`]): when only a constraint, `min_tokens` (both only forbid
+    /// tokens) and log-probabilities are asked. Bias and penalties change logit values and `min_p` is a
+    /// cut the device sampler lacks: those sequences are sampled on the host ([`LogitsState::sample`]).
     pub fn backend_samples(&self) -> bool {
         let o = &self.options;
         o.logit_bias.is_empty()
@@ -204,7 +196,11 @@ impl LogitsState {
             && o.frequency_penalty == 0.0
             && (o.repetition_penalty == 1.0 || o.repetition_penalty == 0.0)
             && o.min_p <= 0.0
-            && o.logprobs.is_none()
+    }
+
+    /// How many top log-probabilities each token asks for (`None`: none, not even the token's own).
+    pub fn logprobs(&self) -> Option<usize> {
+        self.options.logprobs
     }
 
     /// The tokens the next sample may take, for a sequence the backend samples: the constraint's mask
@@ -268,6 +264,19 @@ impl LogitsState {
                 }
             }
         }
+    }
+}
+
+/// The log-probabilities of `token` and of the `n` most likely tokens (at most [`MAX_TOP_LOGPROBS`])
+/// under the distribution of the raw logit `row`.
+pub fn token_logprobs(row: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let (lse, top) = sampler::log_softmax_top(row, n.min(MAX_TOP_LOGPROBS));
+    TokenLogprobs {
+        token,
+        logprob: row
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |l| l - lse),
+        top,
     }
 }
 

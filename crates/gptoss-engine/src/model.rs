@@ -261,6 +261,15 @@ impl<B: Backend> Model<B> {
             .sample_masked(&self.ws.logits, params, counters, masks)
     }
 
+    /// The log-probabilities of sampled tokens of the last step's logit rows (see
+    /// [`Backend::logprobs`]).
+    pub fn logprobs(
+        &self,
+        rows: &[crate::backend::LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>> {
+        self.backend.logprobs(&self.ws.logits, rows)
+    }
+
     /// Copies whole KV blocks within a pool (prefix caching; see [`Backend::copy_blocks`]).
     pub fn copy_kv_blocks(
         &mut self,

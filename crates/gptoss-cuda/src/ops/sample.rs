@@ -3,6 +3,8 @@
 //! limited to the tokens of a bitmask (structured outputs: only the masks travel, 25 KB a row on the real
 //! vocabulary, in place of reading the 0.8 MB logit row back).
 
+use gptoss_engine::backend::LogprobRow;
+use gptoss_engine::logits::{TokenLogprobs, MAX_TOP_LOGPROBS};
 use gptoss_engine::sampler::uniform;
 use gptoss_engine::SamplingParams;
 
@@ -43,6 +45,36 @@ struct SampleParams {
 // SAFETY: #[repr(C)] mirror of `SampleParams` in sample.cu.
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LogprobJob {
+    row: i32,
+    token: u32,
+    top_n: i32,
+    pad: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `LogprobRow` in sample.cu.
+unsafe impl cudarc::driver::DeviceRepr for LogprobJob {}
+// SAFETY: plain old data; zero bits are a valid value.
+unsafe impl cudarc::driver::ValidAsZeroBits for LogprobJob {}
+
+#[repr(C)]
+struct LogprobParams {
+    logits: u64,
+    jobs: u64,
+    out: u64,
+    vocab: i32,
+    out_stride: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `LogprobParams` in sample.cu.
+unsafe impl cudarc::driver::DeviceRepr for LogprobParams {}
+
+/// `u32`s per row of `logprob_rows`' output: the token's log-probability, then (id, log-probability)
+/// pairs.
+const LOGPROB_STRIDE: usize = 1 + 2 * MAX_TOP_LOGPROBS;
+
 /// The sampler's buffers, sized for `rows` rows of `vocab`.
 pub struct SampleScratch {
     params: DevBuf<SampleRow>,
@@ -52,6 +84,8 @@ pub struct SampleScratch {
     masks: DevBuf<u32>,
     /// The packed bitsets on the host, kept across steps.
     host_masks: Vec<u32>,
+    lp_jobs: DevBuf<LogprobJob>,
+    lp_out: DevBuf<u32>,
     rows: usize,
     vocab: usize,
 }
@@ -75,6 +109,8 @@ impl SampleScratch {
             out: DevBuf::zeros(s, m, rows, "sampler scratch")?,
             masks: DevBuf::zeros(s, m, rows * vocab.div_ceil(32), "sampler masks")?,
             host_masks: Vec::new(),
+            lp_jobs: DevBuf::zeros(s, m, rows.max(1), "sampler scratch")?,
+            lp_out: DevBuf::zeros(s, m, rows.max(1) * LOGPROB_STRIDE, "sampler scratch")?,
             rows,
             vocab,
         })
@@ -165,6 +201,72 @@ pub fn sample(
         .map_err(|e| CudaError::driver("reading sampled tokens", e))?;
     dev.sync()?;
     Ok(out)
+}
+
+/// The log-probabilities of each listed row's token and of its most likely tokens, from the raw logits
+/// (`gptoss_engine::logits::token_logprobs` on the device; `logprob_rows` in sample.cu).
+pub fn logprobs(
+    dev: &Device,
+    logits: &CudaBuf,
+    rows: &[LogprobRow],
+    scratch: &mut SampleScratch,
+) -> Result<Vec<TokenLogprobs>> {
+    if rows.len() > scratch.rows
+        || logits.cols != scratch.vocab
+        || rows.iter().any(|r| r.row >= logits.rows)
+    {
+        return Err(shape_error(
+            "logprobs",
+            format!(
+                "{} rows (largest index {:?}) of logits [{}, {}]",
+                rows.len(),
+                rows.iter().map(|r| r.row).max(),
+                logits.rows,
+                logits.cols
+            ),
+        ));
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let jobs: Vec<LogprobJob> = rows
+        .iter()
+        .map(|r| LogprobJob {
+            row: r.row as i32,
+            token: r.token,
+            top_n: r.top.min(MAX_TOP_LOGPROBS).min(logits.cols) as i32,
+            pad: 0,
+        })
+        .collect();
+    let mut dst = scratch.lp_jobs.slice.slice_mut(0..rows.len());
+    dev.stream
+        .memcpy_htod(&jobs, &mut dst)
+        .map_err(|e| CudaError::driver("copying log-probability rows", e))?;
+    let p = LogprobParams {
+        logits: logits.buf.ptr(),
+        jobs: scratch.lp_jobs.ptr(),
+        out: scratch.lp_out.ptr(),
+        vocab: logits.cols as i32,
+        out_stride: LOGPROB_STRIDE as i32,
+    };
+    dev.launch(Func::Logprobs, cfg((rows.len() as u32, 1, 1), 1024), &p)?;
+    let mut out = vec![0u32; rows.len() * LOGPROB_STRIDE];
+    dev.stream
+        .memcpy_dtoh(&scratch.lp_out.slice.slice(0..out.len()), &mut out)
+        .map_err(|e| CudaError::driver("reading log-probabilities", e))?;
+    dev.sync()?;
+    Ok(jobs
+        .iter()
+        .zip(out.chunks_exact(LOGPROB_STRIDE))
+        .map(|(j, o)| TokenLogprobs {
+            token: j.token,
+            logprob: f32::from_bits(o[0]),
+            top: o[1..1 + 2 * j.top_n as usize]
+                .chunks_exact(2)
+                .map(|p| (p[0], f32::from_bits(p[1])))
+                .collect(),
+        })
+        .collect())
 }
 
 /// Packs the given masks into `packed`, `words` words each (a shorter mask is padded with zero words:

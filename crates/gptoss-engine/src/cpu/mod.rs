@@ -538,6 +538,23 @@ impl Backend for CpuBackend {
             })
             .collect())
     }
+
+    fn logprobs(
+        &self,
+        logits: &CpuBuf,
+        rows: &[crate::backend::LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>> {
+        let v = logits.cols;
+        rows.par_iter()
+            .map(|r| {
+                let row = logits
+                    .data
+                    .get(r.row * v..(r.row + 1) * v)
+                    .ok_or_else(|| cpu_error("logprobs: a row past the buffer"))?;
+                Ok(crate::logits::token_logprobs(row, r.token, r.top))
+            })
+            .collect()
+    }
 }
 
 fn cpu_error(message: &str) -> Error {

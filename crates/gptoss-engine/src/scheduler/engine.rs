@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, Batch, SamplingParams};
+use crate::backend::{Backend, Batch, LogprobRow, SamplingParams};
 use crate::error::Result;
 use crate::logits::{HostSample, LogitsState, RowContext, TokenLogprobs};
 use crate::model::Model;
@@ -30,16 +30,18 @@ pub struct EngineConfig {
     pub speculative: Speculative,
     /// Keep computed prompts' KV blocks and share them with later prompts that start the same way.
     pub prefix_caching: PrefixCaching,
-    /// Where sequences whose processing is only a token mask (structured outputs) are sampled.
+    /// Where sequences whose processing is only a token mask (structured outputs) and
+    /// log-probabilities are sampled.
     pub mask_sampling: MaskSampling,
 }
 
-/// Where a sequence whose logit processing is only a token mask (a constraint, `min_tokens`) is
-/// sampled; both give the same tokens.
+/// Where a sequence whose logit processing is only a token mask (a constraint, `min_tokens`) and
+/// log-probabilities is sampled; both give the same tokens (and log-probabilities to the last bits of
+/// their log-sum-exp).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MaskSampling {
-    /// By the backend's sampler with the mask ([`Backend::sample_masked`]): on CUDA no logit row is
-    /// read back.
+    /// By the backend's sampler with the mask ([`Backend::sample_masked`]), log-probabilities by
+    /// [`Backend::logprobs`]: on CUDA no logit row is read back.
     #[default]
     Backend,
     /// On the host from the row read back, as sequences with other processing are (for comparison).
@@ -286,8 +288,8 @@ impl<'m, B: Backend> Engine<'m, B> {
             copies.extend(self.sched.register_prefix(item.id));
         }
         copy_blocks(self.model, &copies)?;
-        let mut samples = self.sample_masked(&masked, &params, &counters)?;
-        let logprobs = self.sample_on_host(&host, &params, &counters, &mut samples)?;
+        let (mut samples, mut logprobs) = self.sample_masked(&masked, &params, &counters)?;
+        logprobs.extend(self.sample_on_host(&host, &params, &counters, &mut samples)?);
         self.stats.add_step(batch.tokens.len());
         let mut at = 0;
         for v in verify {
@@ -307,16 +309,17 @@ impl<'m, B: Backend> Engine<'m, B> {
     }
 
     /// Samples every row of the step on the backend, the `masked` rows under their sequences' masks
-    /// (computed here, in parallel over the rows, while the device may still run the step), and
-    /// advances their constraints; a sequence whose mask fails or leaves no token is failed.
+    /// (computed here, in parallel over the rows, while the device may still run the step), advances
+    /// their constraints and takes the log-probabilities of those that ask (on the backend too); a
+    /// sequence whose mask fails or leaves no token is failed.
     fn sample_masked(
         &mut self,
         masked: &[(usize, RequestId)],
         params: &[SamplingParams],
         counters: &[u64],
-    ) -> Result<Vec<u32>> {
+    ) -> Result<(Vec<u32>, HashMap<RequestId, TokenLogprobs>)> {
         if masked.is_empty() {
-            return sample(self.model, params, counters);
+            return Ok((sample(self.model, params, counters)?, HashMap::new()));
         }
         let vocab = self.model.config().vocab_size;
         let mut states = self.take_states(masked);
@@ -358,24 +361,38 @@ impl<'m, B: Backend> Engine<'m, B> {
                 return Err(e);
             }
         };
+        let mut wanted = Vec::new();
         for (row, id, state) in &mut states {
             if failed.iter().any(|(f, _)| f == id) {
                 continue;
             }
             let accepted = match drawn.get(*row).copied().flatten() {
-                Some(token) => state.accept(token),
+                Some(token) => state.accept(token).map(|()| token),
                 None => Err(crate::logits::NOTHING_ALLOWED.to_string()),
             };
-            if let Err(message) = accepted {
-                failed.push((*id, message));
+            match accepted {
+                Ok(token) => {
+                    if let Some(top) = state.logprobs() {
+                        let row = *row;
+                        wanted.push((*id, LogprobRow { row, token, top }));
+                    }
+                }
+                Err(message) => failed.push((*id, message)),
             }
         }
         self.put_states(states);
         for (id, message) in failed {
             self.fail(id, FailureKind::Internal, &message);
         }
+        let mut logprobs = HashMap::new();
+        if !wanted.is_empty() {
+            let rows: Vec<LogprobRow> = wanted.iter().map(|w| w.1).collect();
+            let values = self.model.logprobs(&rows)?;
+            logprobs.extend(wanted.into_iter().map(|w| w.0).zip(values));
+        }
         // A failed row's token is never used: its sequence is gone.
-        Ok(drawn.into_iter().map(|t| t.unwrap_or(0)).collect())
+        let tokens = drawn.into_iter().map(|t| t.unwrap_or(0)).collect();
+        Ok((tokens, logprobs))
     }
 
     /// Takes the logit states of the sequences of `rows` out of the scheduler (put back by
