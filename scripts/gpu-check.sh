@@ -102,7 +102,7 @@ done
 
 echo
 echo "== measured error (native) =="
-grep -hE 'rel err|fixture|dummy tiny|sampling:|masked sampling|tiny model|on cuda' "$logs"/gpu_*-native.log | sed 's/^/  /'
+grep -hE 'rel err|fixture|dummy tiny|sampling:|masked sampling|on the device|tiny model|on cuda' "$logs"/gpu_*-native.log | sed 's/^/  /'
 echo
 echo "== failures =="
 grep -hE "panicked|assertion" "$logs"/*.log | head -n 20 | sed 's/^/  /'
