@@ -111,6 +111,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     };
     let config = EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         speculative,
         prefix_caching: if args.no_prefix_cache {
             PrefixCaching::Off

@@ -113,6 +113,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt_len = request.prompt.len();
     let config = EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: Default::default(),
         speculative,
     };

@@ -76,6 +76,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<Started> {
     let weights = loaded.weights;
     let config = EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: if args.no_prefix_cache {
             PrefixCaching::Off
         } else {

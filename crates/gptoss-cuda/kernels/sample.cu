@@ -4,8 +4,17 @@
 // in order with r = u * kept mass, u drawn on the host from the sequence's seed and counter.
 // Order = descending key, key(i) = (monotone bits of logit i) << 32 | (~i): unique keys, ties to the lower
 // index. Every cut is "keys >= K", found by a 64-step bisection over K with block-wide counts or sums.
-// Layout: logits f32 [rows, vocab]; rows SampleRow [rows]; scratch f64 [rows, vocab]; out u32 [rows].
-// Grid: one block of 1024 threads per row. Entry point: sample_rows. Minimum arch: sm_80.
+// A row with a mask (structured outputs; mask_row >= 0) reads every token outside its bitset, and every NaN
+// logit, as -inf: the row the host's constraint path (engine logits.rs apply_mask) hands the same sampler. The
+// logits themselves are not written. A masked row with no allowed finite logit gets token 0xffffffff.
+// Layout: logits f32 [rows, vocab]; rows SampleRow [rows]; scratch f64 [rows, vocab]; out u32 [rows];
+// masks u32 [masked rows, mask_words] (bit t % 32 of word t / 32).
+// Grid: one block of 1024 threads per row (launch bounds (1024, 1): one block per SM may take 64 registers a
+// thread; ptxas otherwise aims at two and spills the mask path). Entry point: sample_rows. Minimum arch: sm_80.
+// logprob_rows: for each listed row, the log-probabilities of its sampled token and of its top_n most likely
+// tokens from the raw logits, as the engine's sampler::log_softmax_top: max ignoring NaN (f32::max), lse =
+// max + ln(sum of exp in f64 of the f32 (l - max)), the token's f32 l - (float)lse, the top tokens by the
+// same keys (ties to the lower index) with (float)((double)l - lse). One block of 1024 threads per listed row.
 // Launched from src/ops/sample.rs.
 struct SampleRow {
     double u;
@@ -13,6 +22,8 @@ struct SampleRow {
     float top_p;
     int top_k;
     int greedy;
+    int mask_row;
+    int pad_;
 };
 
 struct SampleParams {
@@ -20,9 +31,18 @@ struct SampleParams {
     const SampleRow* rows;
     double* scratch;
     u32* out;
+    const u32* masks;
     int vocab;
-    int pad_;
+    int mask_words;
 };
+
+// The logit the sampler sees for token i (mask null: the row is not masked).
+static __device__ __forceinline__ float row_logit(const float* l, const u32* mask, int i) {
+    float v = l[i];
+    if (mask == nullptr) return v;
+    const float ninf = __int_as_float(0xff800000);
+    return ((mask[i >> 5] >> (i & 31)) & 1u) && v > ninf ? v : ninf;
+}
 
 static __device__ __forceinline__ u64 sort_key(float l, int i) {
     u32 b = __float_as_uint(l);
@@ -44,10 +64,10 @@ static __device__ double block_sum_f64(double v, double* scratch) {
 }
 
 // Largest key of the row (argmax with ties to the lower index).
-static __device__ u64 max_key(const float* l, int vocab, double* scratch) {
+static __device__ u64 max_key(const float* l, const u32* mask, int vocab, double* scratch) {
     u64 best = 0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        u64 k = sort_key(l[i], i);
+        u64 k = sort_key(row_logit(l, mask, i), i);
         best = k > best ? k : best;
     }
     #pragma unroll
@@ -66,50 +86,144 @@ static __device__ u64 max_key(const float* l, int vocab, double* scratch) {
 }
 
 // Σ over keys >= cut of `e` (or of 1 when e is null).
-static __device__ double mass_from(const float* l, const double* e, int vocab, u64 cut, double* scratch) {
+static __device__ double mass_from(const float* l, const u32* mask, const double* e, int vocab, u64 cut,
+                                  double* scratch) {
     double s = 0.0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x)
-        if (sort_key(l[i], i) >= cut) s += e ? e[i] : 1.0;
+        if (sort_key(row_logit(l, mask, i), i) >= cut) s += e ? e[i] : 1.0;
     return block_sum_f64(s, scratch);
 }
 
+struct RowView {
+    const float* l;
+    const u32* mask;
+    const double* e;
+    int vocab;
+};
+
 // Largest K in [lo, hi] with mass_from(K) > target (mass_from(lo) > target must hold), or with
 // mass_from(K) >= target when `inclusive`.
-static __device__ u64 bisect(const float* l, const double* e, int vocab, u64 lo, u64 hi, double target,
-                             int inclusive, double* scratch) {
+static __device__ u64 bisect(const RowView v, u64 lo, u64 hi, double target, int inclusive, double* scratch) {
     for (int it = 0; it < 64 && lo < hi; it++) {
         u64 mid = lo + (hi - lo) / 2 + 1;
-        double m = mass_from(l, e, vocab, mid, scratch);
+        double m = mass_from(v.l, v.mask, v.e, v.vocab, mid, scratch);
         bool ok = inclusive ? m >= target : m > target;
         if (ok) lo = mid; else hi = mid - 1;
     }
     return lo;
 }
 
-extern "C" __global__ void __launch_bounds__(1024) sample_rows(const SampleParams p) {
+extern "C" __global__ void __launch_bounds__(1024, 1) sample_rows(const SampleParams p) {
     __shared__ double scratch[64];
     __shared__ float lmax_s;
     const float* l = p.logits + (i64)blockIdx.x * p.vocab;
     double* e = p.scratch + (i64)blockIdx.x * p.vocab;
     SampleRow r = p.rows[blockIdx.x];
-    u64 top = max_key(l, p.vocab, scratch);
-    if (r.greedy) {
-        if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu - (u32)(top & 0xffffffffu);
+    const u32* mask = r.mask_row >= 0 ? p.masks + (i64)r.mask_row * p.mask_words : nullptr;
+    u64 top = max_key(l, mask, p.vocab, scratch);
+    int best = (int)(0xffffffffu - (u32)(top & 0xffffffffu));
+    float lbest = row_logit(l, mask, best);
+    if (mask != nullptr && !(lbest > __int_as_float(0xff800000))) {
+        if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu;
         return;
     }
-    if (threadIdx.x == 0) lmax_s = l[0xffffffffu - (u32)(top & 0xffffffffu)];
+    if (r.greedy) {
+        if (threadIdx.x == 0) p.out[blockIdx.x] = (u32)best;
+        return;
+    }
+    if (threadIdx.x == 0) lmax_s = lbest;
     __syncthreads();
     float lmax = lmax_s;
-    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) e[i] = exp((double)((l[i] - lmax) / r.temperature));
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x)
+        e[i] = exp((double)((row_logit(l, mask, i) - lmax) / r.temperature));
     __syncthreads();
+    RowView keys = {l, mask, nullptr, p.vocab};
+    RowView mass = {l, mask, e, p.vocab};
     u64 cut = 0;
-    if (r.top_k > 0 && r.top_k < p.vocab) cut = bisect(l, nullptr, p.vocab, 0, top, (double)r.top_k, 1, scratch);
+    if (r.top_k > 0 && r.top_k < p.vocab) cut = bisect(keys, 0, top, (double)r.top_k, 1, scratch);
     if (r.top_p < 1.0f) {
-        double z = mass_from(l, e, p.vocab, cut, scratch);
-        cut = bisect(l, e, p.vocab, cut, top, (double)r.top_p * z, 1, scratch);
+        double z = mass_from(l, mask, e, p.vocab, cut, scratch);
+        cut = bisect(mass, cut, top, (double)r.top_p * z, 1, scratch);
     }
-    double kept = mass_from(l, e, p.vocab, cut, scratch);
+    double kept = mass_from(l, mask, e, p.vocab, cut, scratch);
     double target = r.u * kept;
-    u64 pick = kept > target ? bisect(l, e, p.vocab, cut, top, target, 0, scratch) : cut;
+    u64 pick = kept > target ? bisect(mass, cut, top, target, 0, scratch) : cut;
     if (threadIdx.x == 0) p.out[blockIdx.x] = 0xffffffffu - (u32)(pick & 0xffffffffu);
+}
+
+struct LogprobRow {
+    int row;
+    u32 token;
+    int top_n;
+    int pad_;
+};
+
+struct LogprobParams {
+    const float* logits;
+    const LogprobRow* jobs;
+    u32* out;
+    int vocab;
+    int out_stride;
+};
+
+static __device__ float block_max_f32(float v, double* scratch) {
+    float* s = (float*)scratch;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = s[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) r = fmaxf(r, s[w]);
+    __syncthreads();
+    return r;
+}
+
+// Largest key of the row below `cap` (the next of the ordering after the key `cap`).
+static __device__ u64 max_key_below(const float* l, int vocab, u64 cap, double* scratch) {
+    u64 best = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        u64 k = sort_key(l[i], i);
+        best = k < cap && k > best ? k : best;
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+    }
+    u64* s = (u64*)scratch;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = best;
+    __syncthreads();
+    u64 r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(1024) logprob_rows(const LogprobParams p) {
+    __shared__ double scratch[64];
+    const LogprobRow j = p.jobs[blockIdx.x];
+    const float* l = p.logits + (i64)j.row * p.vocab;
+    u32* o = p.out + (i64)blockIdx.x * p.out_stride;
+    float m = __int_as_float(0xff800000);
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) m = fmaxf(m, l[i]);
+    m = block_max_f32(m, scratch);
+    double s = 0.0;
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) s += exp((double)(l[i] - m));
+    s = block_sum_f64(s, scratch);
+    double lse = (double)m + log(s);
+    if (threadIdx.x == 0) {
+        float lt = j.token < (u32)p.vocab ? l[j.token] - (float)lse : __int_as_float(0xff800000);
+        o[0] = __float_as_uint(lt);
+    }
+    u64 key = 0;
+    for (int k = 0; k < j.top_n; k++) {
+        key = k == 0 ? max_key(l, nullptr, p.vocab, scratch) : max_key_below(l, p.vocab, key, scratch);
+        u32 idx = 0xffffffffu - (u32)(key & 0xffffffffu);
+        if (threadIdx.x == 0) {
+            o[1 + 2 * k] = idx;
+            o[2 + 2 * k] = __float_as_uint((float)((double)l[idx] - lse));
+        }
+    }
 }

@@ -490,24 +490,74 @@ impl Backend for CudaBackend {
         params: &[SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>> {
+        Ok(self.sample_rows(logits, params, counters, &[])?)
+    }
+
+    /// Masked rows are sampled by `sample.cu` on the device (no logit row is read back); a masked row
+    /// with nothing allowed comes back as [`ops::sample::NO_TOKEN`].
+    fn sample_masked(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>> {
+        let drawn = self.sample_rows(logits, params, counters, masks)?;
+        Ok(drawn
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let masked = masks.get(i).is_some_and(Option::is_some);
+                (!masked || t != ops::sample::NO_TOKEN).then_some(t)
+            })
+            .collect())
+    }
+
+    /// On the device (`logprob_rows`): only the top tokens and values are read back.
+    fn logprobs(
+        &self,
+        logits: &CudaBuf,
+        rows: &[gptoss_engine::backend::LogprobRow],
+    ) -> Result<Vec<gptoss_engine::TokenLogprobs>> {
+        let mut scratch = self.sample_scratch(logits, rows.len())?;
+        Ok(ops::sample::logprobs(
+            &self.dev,
+            logits,
+            rows,
+            &mut scratch,
+        )?)
+    }
+}
+
+impl CudaBackend {
+    /// The sampler's scratch, made (or remade) for `rows` rows of `logits`.
+    fn sample_scratch(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+    ) -> crate::error::Result<std::cell::RefMut<'_, SampleScratch>> {
         let mut s = self.sample_scratch.borrow_mut();
-        if !s
-            .as_ref()
-            .is_some_and(|s| s.fits(params.len(), logits.cols))
-        {
+        if !s.as_ref().is_some_and(|s| s.fits(rows, logits.cols)) {
             *s = None;
             *s = Some(SampleScratch::new(
                 &self.dev,
-                logits.rows.max(params.len()),
+                logits.rows.max(rows),
                 logits.cols,
             )?);
         }
-        let scratch = s
-            .as_mut()
-            .ok_or_else(|| CudaError::Unsupported("no sampler scratch".into()))?;
-        Ok(ops::sample::sample(
-            &self.dev, logits, params, counters, scratch,
-        )?)
+        std::cell::RefMut::filter_map(s, Option::as_mut)
+            .map_err(|_| CudaError::Unsupported("no sampler scratch".into()))
+    }
+
+    fn sample_rows(
+        &self,
+        logits: &CudaBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> crate::error::Result<Vec<u32>> {
+        let mut scratch = self.sample_scratch(logits, params.len())?;
+        ops::sample::sample(&self.dev, logits, params, counters, masks, &mut scratch)
     }
 }
 

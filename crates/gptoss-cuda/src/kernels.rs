@@ -295,6 +295,8 @@ pub enum Func {
     MoeCombine,
     /// `sample_rows`
     Sample,
+    /// `logprob_rows`
+    Logprobs,
 }
 
 impl Func {
@@ -318,7 +320,7 @@ impl Func {
             | Func::MoeGateUpFp4(_)
             | Func::MoeDownFp4(_)
             | Func::MoeCombine => KernelFile::Moe,
-            Func::Sample => KernelFile::Sample,
+            Func::Sample | Func::Logprobs => KernelFile::Sample,
         }
     }
 
@@ -351,6 +353,7 @@ impl Func {
             Func::MoeDownFp4(n) => format!("moe_down_fp4_{}", n.suffix()),
             Func::MoeCombine => "moe_combine".into(),
             Func::Sample => "sample_rows".into(),
+            Func::Logprobs => "logprob_rows".into(),
         }
     }
 
@@ -363,6 +366,7 @@ impl Func {
             Func::MoeCombine,
             Func::RouteTopk,
             Func::Sample,
+            Func::Logprobs,
             Func::AttentionCombine,
             Func::MoeXSplit,
         ];

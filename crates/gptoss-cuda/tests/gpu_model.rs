@@ -178,6 +178,7 @@ fn cuda_generate(
     };
     let config = EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: Default::default(),
         speculative: spec,
     };

@@ -354,6 +354,37 @@ pub trait Backend {
         params: &[SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>>;
+    /// [`Backend::sample`] with some rows limited to the tokens of their mask (structured outputs): a
+    /// row whose `masks` entry is `Some` is sampled as if every token outside the bitset (bit `t % 32`
+    /// of word `t / 32`; words past the slice allow nothing) and every NaN logit were −∞, exactly as
+    /// the host's constraint path masks a row before the same sampler ([`crate::logits::apply_mask`]).
+    /// Such a row with no allowed finite logit gives `None`; unmasked rows always give a token. `masks`
+    /// has one entry per row. The logits are left as they are.
+    fn sample_masked(
+        &self,
+        logits: &Self::Buf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>>;
+    /// For each listed row, the log-probabilities of its sampled token and of its most likely tokens,
+    /// from the raw logits (what [`crate::logits::token_logprobs`] gives for the row), in `rows`' order.
+    fn logprobs(
+        &self,
+        logits: &Self::Buf,
+        rows: &[LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>>;
+}
+
+/// A logit row whose log-probabilities [`Backend::logprobs`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogprobRow {
+    /// The row of the step's logits.
+    pub row: usize,
+    /// The token sampled from it.
+    pub token: u32,
+    /// How many of the most likely tokens (at most [`crate::logits::MAX_TOP_LOGPROBS`]).
+    pub top: usize,
 }
 
 /// The expert of a routed pair that [`Backend::moe`] skips (written by [`Backend::write_routing`]).

@@ -1,9 +1,13 @@
 //! Per-sequence logit processing beyond the device sampler (DESIGN.md "Where the next capabilities
 //! live"): logit bias, presence / frequency / repetition penalties, `min_tokens`, `min_p`, a token
-//! constraint (structured outputs) and log-probabilities. A sequence that asks for any of them is
-//! sampled on the host from its logit row read back after the step ([`LogitsState::sample`]); every
-//! other sequence keeps the backend's sampler. Both draw with the same counter RNG and semantics
-//! (`sampler.rs`), so a plain request's tokens do not depend on how it is sampled.
+//! constraint (structured outputs) and log-probabilities. A sequence that asks only for masks (a
+//! constraint, `min_tokens`) and log-probabilities is sampled by the backend under its token mask
+//! ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]) and gets its log-probabilities from
+//! the backend ([`crate::Backend::logprobs`]): on CUDA both on the device, no logit row read back. A
+//! sequence that asks for bias, penalties or `min_p` is sampled on the host from its logit row read
+//! back after the step ([`LogitsState::sample`]); every other sequence keeps the backend's plain
+//! sampler. All draw with the same counter RNG and semantics (`sampler.rs`), so a request's
+//! tokens do not depend on how it is sampled.
 //!
 //! Order, as vLLM applies them: log-probabilities are taken from the raw logits (the model's own
 //! distribution, what `gptoss logits` prints), then the bias is added, the repetition penalty scales
@@ -156,10 +160,7 @@ impl LogitsState {
         cx: &RowContext<'_>,
     ) -> Result<HostSample, String> {
         // The model's distribution, before any processing changes the row.
-        let raw = self.options.logprobs.map(|n| {
-            let (lse, top) = sampler::log_softmax_top(logits, n.min(MAX_TOP_LOGPROBS));
-            (lse, top, logits.to_vec())
-        });
+        let raw = self.options.logprobs.map(|n| (n, logits.to_vec()));
         self.apply_bias_and_penalties(logits, cx);
         if cx.tokens.len() - cx.prompt_len < self.options.min_tokens {
             for &t in cx.stop_tokens {
@@ -170,21 +171,67 @@ impl LogitsState {
         }
         if let Some(c) = self.constraint.as_mut() {
             if let Some(mask) = c.allowed()? {
-                apply_mask(logits, &mask)?;
+                if !apply_mask(logits, &mask) {
+                    return Err(NOTHING_ALLOWED.into());
+                }
             }
         }
         let token = sampler::sample_min_p(logits, cx.params, self.options.min_p, cx.counter);
         if let Some(c) = self.constraint.as_mut() {
             c.accept(token)?;
         }
-        let logprobs = raw.map(|(lse, top, row)| TokenLogprobs {
-            token,
-            logprob: row
-                .get(token as usize)
-                .map_or(f32::NEG_INFINITY, |l| l - lse),
-            top,
-        });
+        let logprobs = raw.map(|(n, row)| token_logprobs(&row, token, n));
         Ok(HostSample { token, logprobs })
+    }
+
+    /// Whether the backend can sample this sequence from its logits where they are, given a mask
+    /// ([`LogitsState::next_mask`], [`crate::Backend::sample_masked`]) and take its log-probabilities
+    /// there ([`crate::Backend::logprobs`]): when only a constraint, `min_tokens` (both only forbid
+    /// tokens) and log-probabilities are asked. Bias and penalties change logit values and `min_p` is a
+    /// cut the device sampler lacks: those sequences are sampled on the host ([`LogitsState::sample`]).
+    pub fn backend_samples(&self) -> bool {
+        let o = &self.options;
+        o.logit_bias.is_empty()
+            && o.presence_penalty == 0.0
+            && o.frequency_penalty == 0.0
+            && (o.repetition_penalty == 1.0 || o.repetition_penalty == 0.0)
+            && o.min_p <= 0.0
+    }
+
+    /// How many top log-probabilities each token asks for (`None`: none, not even the token's own).
+    pub fn logprobs(&self) -> Option<usize> {
+        self.options.logprobs
+    }
+
+    /// The tokens the next sample may take, for a sequence the backend samples: the constraint's mask
+    /// with the stop tokens cleared until `min_tokens` (what [`LogitsState::sample`] sets to −∞), over
+    /// `vocab` tokens; `None` allows every token.
+    pub fn next_mask(
+        &mut self,
+        cx: &RowContext<'_>,
+        vocab: usize,
+    ) -> Result<Option<Vec<u32>>, String> {
+        let mut mask = match self.constraint.as_mut() {
+            Some(c) => c.allowed()?,
+            None => None,
+        };
+        if cx.tokens.len().saturating_sub(cx.prompt_len) < self.options.min_tokens {
+            let m = mask.get_or_insert_with(|| vec![u32::MAX; vocab.div_ceil(32)]);
+            for &t in cx.stop_tokens {
+                if let Some(w) = m.get_mut(t as usize / 32) {
+                    *w &= !(1u32 << (t % 32));
+                }
+            }
+        }
+        Ok(mask)
+    }
+
+    /// Advances the constraint past a token the backend sampled under [`LogitsState::next_mask`].
+    pub fn accept(&mut self, token: u32) -> Result<(), String> {
+        match self.constraint.as_mut() {
+            Some(c) => c.accept(token),
+            None => Ok(()),
+        }
     }
 
     fn apply_bias_and_penalties(&self, logits: &mut [f32], cx: &RowContext<'_>) {
@@ -220,8 +267,25 @@ impl LogitsState {
     }
 }
 
-/// Sets the logits of tokens outside `mask` to −∞; fails when the mask allows no token.
-fn apply_mask(logits: &mut [f32], mask: &[u32]) -> Result<(), String> {
+/// The log-probabilities of `token` and of the `n` most likely tokens (at most [`MAX_TOP_LOGPROBS`])
+/// under the distribution of the raw logit `row`.
+pub fn token_logprobs(row: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let (lse, top) = sampler::log_softmax_top(row, n.min(MAX_TOP_LOGPROBS));
+    TokenLogprobs {
+        token,
+        logprob: row
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |l| l - lse),
+        top,
+    }
+}
+
+/// Why a constrained row cannot be sampled.
+pub const NOTHING_ALLOWED: &str = "the output constraint allows no token of the vocabulary here";
+
+/// Sets the logits of tokens outside `mask` (and NaN logits) to −∞; returns whether any token is left
+/// with a finite logit. [`crate::Backend::sample_masked`] keeps these semantics on the device.
+pub fn apply_mask(logits: &mut [f32], mask: &[u32]) -> bool {
     let mut any = false;
     for (t, l) in logits.iter_mut().enumerate() {
         let allowed = mask.get(t / 32).is_some_and(|w| w >> (t % 32) & 1 == 1);
@@ -231,9 +295,5 @@ fn apply_mask(logits: &mut [f32], mask: &[u32]) -> Result<(), String> {
             *l = f32::NEG_INFINITY;
         }
     }
-    if any {
-        Ok(())
-    } else {
-        Err("the output constraint allows no token of the vocabulary here".into())
-    }
+    any
 }

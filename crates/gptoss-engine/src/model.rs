@@ -266,6 +266,26 @@ impl<B: Backend> Model<B> {
         self.backend.sample(&self.ws.logits, params, counters)
     }
 
+    /// [`Model::sample`] with some rows under a token mask (see [`Backend::sample_masked`]).
+    pub fn sample_masked(
+        &self,
+        params: &[crate::backend::SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>> {
+        self.backend
+            .sample_masked(&self.ws.logits, params, counters, masks)
+    }
+
+    /// The log-probabilities of sampled tokens of the last step's logit rows (see
+    /// [`Backend::logprobs`]).
+    pub fn logprobs(
+        &self,
+        rows: &[crate::backend::LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>> {
+        self.backend.logprobs(&self.ws.logits, rows)
+    }
+
     /// Copies whole KV blocks within a pool (prefix caching; see [`Backend::copy_blocks`]).
     pub fn copy_kv_blocks(
         &mut self,

@@ -36,6 +36,7 @@ fn model(w: &ModelWeights, slots: usize, step_tokens: usize, draft: usize) -> Mo
 fn ngram(draft_tokens: usize) -> EngineConfig {
     EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: Default::default(),
         speculative: Speculative::Ngram(NgramConfig::new(draft_tokens, 1, 3).unwrap()),
     }
@@ -202,6 +203,7 @@ fn sampled_verification_keeps_the_target_distribution() {
     );
     let config = EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: Default::default(),
         speculative: Speculative::Custom {
             draft_tokens: 1,

@@ -243,6 +243,7 @@ async fn speculative_engine_serves_the_plain_tokens_and_counts_drafts() {
     let w = Arc::new(weights());
     let config_ngram = gptoss_engine::scheduler::EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         prefix_caching: Default::default(),
         speculative: Speculative::Ngram(NgramConfig::new(4, 1, 3).unwrap()),
     };

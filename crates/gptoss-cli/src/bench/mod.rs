@@ -247,6 +247,7 @@ fn plan(args: &BenchArgs) -> Result<Vec<Test>> {
 fn engine_config(speculative: Speculative) -> EngineConfig {
     EngineConfig {
         max_batch_tokens: None,
+        mask_sampling: Default::default(),
         // Every counted run repeats its warm-up's prompts: with the prefix cache on, prefill would measure
         // a cache hit (pp512 read 24k tok/s on the H200 where it computes at 6k). llama-bench measures
         // uncached work too.

@@ -565,6 +565,56 @@ impl Backend for CpuBackend {
             .map(|(i, (p, &c))| crate::sampler::sample(&logits.data[i * v..(i + 1) * v], p, c))
             .collect())
     }
+
+    /// Each masked row is copied, masked and sampled (the rows in parallel, as the engine's host path
+    /// does); unmasked rows as [`Backend::sample`].
+    fn sample_masked(
+        &self,
+        logits: &CpuBuf,
+        params: &[SamplingParams],
+        counters: &[u64],
+        masks: &[Option<&[u32]>],
+    ) -> Result<Vec<Option<u32>>> {
+        let v = logits.cols;
+        if masks.len() != params.len() || counters.len() != params.len() {
+            return Err(cpu_error("sample_masked: one mask and counter per row"));
+        }
+        let rows = logits
+            .data
+            .get(..params.len() * v)
+            .ok_or_else(|| cpu_error("sample_masked: more rows than the buffer"))?;
+        Ok(rows
+            .par_chunks(v.max(1))
+            .zip(params)
+            .zip(counters)
+            .zip(masks)
+            .map(|(((row, p), &c), mask)| match mask {
+                None => Some(crate::sampler::sample(row, p, c)),
+                Some(mask) => {
+                    let mut row = row.to_vec();
+                    crate::logits::apply_mask(&mut row, mask)
+                        .then(|| crate::sampler::sample(&row, p, c))
+                }
+            })
+            .collect())
+    }
+
+    fn logprobs(
+        &self,
+        logits: &CpuBuf,
+        rows: &[crate::backend::LogprobRow],
+    ) -> Result<Vec<crate::logits::TokenLogprobs>> {
+        let v = logits.cols;
+        rows.par_iter()
+            .map(|r| {
+                let row = logits
+                    .data
+                    .get(r.row * v..(r.row + 1) * v)
+                    .ok_or_else(|| cpu_error("logprobs: a row past the buffer"))?;
+                Ok(crate::logits::token_logprobs(row, r.token, r.top))
+            })
+            .collect()
+    }
 }
 
 fn cpu_error(message: &str) -> Error {

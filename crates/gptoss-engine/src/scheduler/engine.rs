@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, Batch, SamplingParams};
+use crate::backend::{Backend, Batch, LogprobRow, SamplingParams};
 use crate::error::Result;
 use crate::logits::{HostSample, LogitsState, RowContext, TokenLogprobs};
 use crate::model::Model;
@@ -30,6 +30,22 @@ pub struct EngineConfig {
     pub speculative: Speculative,
     /// Keep computed prompts' KV blocks and share them with later prompts that start the same way.
     pub prefix_caching: PrefixCaching,
+    /// Where sequences whose processing is only a token mask (structured outputs) and
+    /// log-probabilities are sampled.
+    pub mask_sampling: MaskSampling,
+}
+
+/// Where a sequence whose logit processing is only a token mask (a constraint, `min_tokens`) and
+/// log-probabilities is sampled; both give the same tokens (and log-probabilities to the last bits of
+/// their log-sum-exp).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaskSampling {
+    /// By the backend's sampler with the mask ([`Backend::sample_masked`]), log-probabilities by
+    /// [`Backend::logprobs`]: on CUDA no logit row is read back.
+    #[default]
+    Backend,
+    /// On the host from the row read back, as sequences with other processing are (for comparison).
+    Host,
 }
 
 /// Reads a backend's peak device memory in bytes (the CUDA backend's meter).
@@ -43,9 +59,13 @@ pub struct Engine<'m, B: Backend> {
     stats: Arc<EngineStats>,
     probe: Option<DeviceProbe<B>>,
     speculative: Speculative,
+    mask_sampling: MaskSampling,
     /// The logit rows read back for host sampling, kept across steps (see [`Backend::read_into`]).
     host_logits: Vec<f32>,
 }
+
+/// A sequence's next-token mask, or why it has none.
+type MaskResult = std::result::Result<Option<Vec<u32>>, String>;
 
 /// Where each sampled slice's logit rows are in the step's output.
 struct Verify {
@@ -77,6 +97,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             stats,
             probe: None,
             speculative: config.speculative,
+            mask_sampling: config.mask_sampling,
             host_logits: Vec::new(),
         };
         engine.publish();
@@ -216,8 +237,10 @@ impl<'m, B: Backend> Engine<'m, B> {
     fn run(&mut self, plan: &Plan) -> Result<()> {
         let mut batch = Batch::default();
         let (mut params, mut counters, mut verify) = (Vec::new(), Vec::new(), Vec::new());
-        // Logit rows sampled on the host, with their sequences.
+        // Logit rows sampled on the host, and rows the backend samples under a mask, with their
+        // sequences.
         let mut host: Vec<(usize, RequestId)> = Vec::new();
+        let mut masked: Vec<(usize, RequestId)> = Vec::new();
         for item in &plan.items {
             let table = self.sched.kv().table(item.id).cloned().unwrap_or_default();
             let Some(seq) = self.sched.get_mut(item.id) else {
@@ -242,8 +265,11 @@ impl<'m, B: Backend> Engine<'m, B> {
                 // that token, so verification draws exactly what plain decoding would.
                 let rows = 1 + draft.len();
                 let (first, generated) = (batch.tokens.len() - rows, seq.generated() as u64);
-                if seq.logits.is_some() {
-                    host.push((batch.logit_rows.len(), item.id));
+                if let Some(state) = &seq.logits {
+                    let on_backend =
+                        self.mask_sampling == MaskSampling::Backend && state.backend_samples();
+                    let rows = if on_backend { &mut masked } else { &mut host };
+                    rows.push((batch.logit_rows.len(), item.id));
                 }
                 for j in 0..rows {
                     batch.logit_rows.push((first + j) as u32);
@@ -262,8 +288,8 @@ impl<'m, B: Backend> Engine<'m, B> {
             copies.extend(self.sched.register_prefix(item.id));
         }
         copy_blocks(self.model, &copies)?;
-        let mut samples = sample(self.model, &params, &counters)?;
-        let logprobs = self.sample_on_host(&host, &params, &counters, &mut samples)?;
+        let (mut samples, mut logprobs) = self.sample_masked(&masked, &params, &counters)?;
+        logprobs.extend(self.sample_on_host(&host, &params, &counters, &mut samples)?);
         self.stats.add_step(batch.tokens.len());
         if let Some(cache) = self.model.expert_cache_stats() {
             self.stats.set_expert_cache(cache);
@@ -283,6 +309,112 @@ impl<'m, B: Backend> Engine<'m, B> {
             self.verify(v.id, rows);
         }
         Ok(())
+    }
+
+    /// Samples every row of the step on the backend, the `masked` rows under their sequences' masks
+    /// (computed here, in parallel over the rows, while the device may still run the step), advances
+    /// their constraints and takes the log-probabilities of those that ask (on the backend too); a
+    /// sequence whose mask fails or leaves no token is failed.
+    fn sample_masked(
+        &mut self,
+        masked: &[(usize, RequestId)],
+        params: &[SamplingParams],
+        counters: &[u64],
+    ) -> Result<(Vec<u32>, HashMap<RequestId, TokenLogprobs>)> {
+        if masked.is_empty() {
+            return Ok((sample(self.model, params, counters)?, HashMap::new()));
+        }
+        let vocab = self.model.config().vocab_size;
+        let mut states = self.take_states(masked);
+        let sched = &self.sched;
+        let computed: Vec<(usize, RequestId, MaskResult)> = states
+            .iter_mut()
+            .filter_map(|(row, id, state)| {
+                let seq = sched.get(*id)?;
+                let cx = RowContext {
+                    params: params.get(*row)?,
+                    counter: counters.get(*row).copied()?,
+                    tokens: &seq.tokens,
+                    prompt_len: seq.prompt_len,
+                    stop_tokens: &seq.stop_tokens,
+                };
+                Some((*row, *id, state, cx))
+            })
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(row, id, state, cx)| (row, id, state.next_mask(&cx, vocab)))
+            .collect();
+        let mut masks: Vec<Option<&[u32]>> = vec![None; params.len()];
+        let mut failed = Vec::new();
+        for (row, id, mask) in &computed {
+            match mask {
+                Ok(m) => {
+                    if let Some(slot) = masks.get_mut(*row) {
+                        *slot = m.as_deref();
+                    }
+                }
+                // Sampled unmasked below and then dropped: the sequence is failed.
+                Err(message) => failed.push((*id, message.clone())),
+            }
+        }
+        let drawn = match self.model.sample_masked(params, counters, &masks) {
+            Ok(d) => d,
+            Err(e) => {
+                self.put_states(states);
+                return Err(e);
+            }
+        };
+        let mut wanted = Vec::new();
+        for (row, id, state) in &mut states {
+            if failed.iter().any(|(f, _)| f == id) {
+                continue;
+            }
+            let accepted = match drawn.get(*row).copied().flatten() {
+                Some(token) => state.accept(token).map(|()| token),
+                None => Err(crate::logits::NOTHING_ALLOWED.to_string()),
+            };
+            match accepted {
+                Ok(token) => {
+                    if let Some(top) = state.logprobs() {
+                        let row = *row;
+                        wanted.push((*id, LogprobRow { row, token, top }));
+                    }
+                }
+                Err(message) => failed.push((*id, message)),
+            }
+        }
+        self.put_states(states);
+        for (id, message) in failed {
+            self.fail(id, FailureKind::Internal, &message);
+        }
+        let mut logprobs = HashMap::new();
+        if !wanted.is_empty() {
+            let rows: Vec<LogprobRow> = wanted.iter().map(|w| w.1).collect();
+            let values = self.model.logprobs(&rows)?;
+            logprobs.extend(wanted.into_iter().map(|w| w.0).zip(values));
+        }
+        // A failed row's token is never used: its sequence is gone.
+        let tokens = drawn.into_iter().map(|t| t.unwrap_or(0)).collect();
+        Ok((tokens, logprobs))
+    }
+
+    /// Takes the logit states of the sequences of `rows` out of the scheduler (put back by
+    /// [`Engine::put_states`]), so jobs over the rows can own them while reading the sequences.
+    fn take_states(&mut self, rows: &[(usize, RequestId)]) -> Vec<(usize, RequestId, LogitsState)> {
+        rows.iter()
+            .filter_map(|&(row, id)| {
+                let state = self.sched.get_mut(id)?.logits.take()?;
+                Some((row, id, state))
+            })
+            .collect()
+    }
+
+    fn put_states(&mut self, states: Vec<(usize, RequestId, LogitsState)>) {
+        for (_, id, state) in states {
+            if let Some(seq) = self.sched.get_mut(id) {
+                seq.logits = Some(state);
+            }
+        }
     }
 
     /// Replaces the samples of `host` rows with tokens drawn on the host from their logits, read
@@ -306,13 +438,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         let vocab = (logits.len() / (last + 1)).max(1);
         // Each job owns its sequence's state (taken out, put back below) and its logit row.
-        let mut states: Vec<(usize, RequestId, LogitsState)> = host
-            .iter()
-            .filter_map(|&(row, id)| {
-                let state = self.sched.get_mut(id)?.logits.take()?;
-                Some((row, id, state))
-            })
-            .collect();
+        let mut states = self.take_states(host);
         let mut rows: Vec<Option<&mut [f32]>> = logits.chunks_mut(vocab).map(Some).collect();
         let sched = &self.sched;
         let results: Vec<(usize, RequestId, std::result::Result<HostSample, String>)> = states
@@ -334,11 +460,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             .map(|(row, id, state, cx, logits_row)| (row, id, state.sample(logits_row, &cx)))
             .collect();
         self.host_logits = logits;
-        for (_, id, state) in states {
-            if let Some(seq) = self.sched.get_mut(id) {
-                seq.logits = Some(state);
-            }
-        }
+        self.put_states(states);
         let mut out = HashMap::new();
         for (row, id, result) in results {
             match result {

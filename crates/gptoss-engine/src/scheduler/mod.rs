@@ -34,7 +34,7 @@ mod sequence;
 mod stats;
 
 pub use draft::{DraftProposer, NgramConfig, NgramProposer, Speculative};
-pub use engine::{DeviceProbe, Engine, EngineConfig};
+pub use engine::{DeviceProbe, Engine, EngineConfig, MaskSampling};
 pub use handle::{
     spawn_engine, spawn_engine_with, Command, EngineHandle, EngineInfo, EngineStarter,
 };
