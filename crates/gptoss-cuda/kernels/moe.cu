@@ -143,7 +143,7 @@ struct ExpertParams {
     const u32* xs;
     const float* xscale;
     // gate_up of the MXFP4 path: when nonzero, act is written already split for down (moe_xsplit's layout, in
-    // the act buffer) with this power of two as every block's scale, and `act_scales` gets its inverse.
+    // the act buffer) with this power of two as every block's scale, and `act_scales` the matching xscale.
     float act_split;
     float* act_scales;
 };
@@ -213,7 +213,8 @@ static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, i
         u16* halves = (u16*)p.out;
         halves[2 * reg + (w >> 2)] = hi;
         halves[2 * (reg + 4) + (w >> 2)] = lo;
-        if ((i & 31) == 0) p.act_scales[(i64)pair * (p.n_out >> 5) + kb] = 1.0f / p.act_split;
+        // As moe_xsplit's scales, the inverse times 2^14 (the codes are E2M1 values × 2^-14).
+        if ((i & 31) == 0) p.act_scales[(i64)pair * (p.n_out >> 5) + kb] = 16384.0f / p.act_split;
     } else {
         p.out[(i64)pair * p.n_out + row] = a + (p.bias ? p.bias[base + row] : 0.0f);
     }

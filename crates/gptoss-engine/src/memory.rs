@@ -210,7 +210,11 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     // per 32 values, need room of their own (two buffers: gate_up's input and act).
     let split_scales = 2 * rows * k * i.max(h) / 32;
     let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_scales;
-    let sampler = logit_rows * (8 * v + 24 + 4);
+    // Per logit row: the f64 scratch, the parameters (32 bytes), the token, the token mask (a bit per
+    // vocabulary entry, in whole u32 words), the log-probability job (16 bytes) and its output (the token's
+    // value and up to MAX_TOP_LOGPROBS (id, value) pairs).
+    let top = crate::logits::MAX_TOP_LOGPROBS as u64;
+    let sampler = logit_rows * (8 * v + 32 + 4 + 4 * v.div_ceil(32) + 16 + 4 * (1 + 2 * top));
     activations + routing + logits + step + moe + sampler
 }
 

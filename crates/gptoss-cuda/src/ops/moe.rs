@@ -598,11 +598,15 @@ fn check_split(scratch: &MoeScratch, rows: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// `moe_xsplit` of `rows` rows (checked by [`check_split`]); `x` may be `xs` (each thread reads its 8 values
-/// before writing their parts in their place).
+/// `moe_xsplit` of the first `rows` rows of `p` (checked by [`check_split`]); `x` may be `xs` (each thread
+/// reads its 8 values before writing their parts in their place).
 fn split_x(dev: &Device, p: &XSplitParams, rows: usize) -> Result<()> {
     let units = rows * p.k as usize / 8;
-    dev.launch(Func::MoeXSplit, cfg((blocks(units, 256), 1, 1), 256), p)
+    let p = XSplitParams {
+        rows: rows as i32,
+        ..*p
+    };
+    dev.launch(Func::MoeXSplit, cfg((blocks(units, 256), 1, 1), 256), &p)
 }
 
 /// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;

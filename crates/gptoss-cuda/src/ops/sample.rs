@@ -160,7 +160,9 @@ pub fn sample(
         return Ok(Vec::new());
     }
     let words = logits.cols.div_ceil(32);
-    let mask_rows = pack_masks(masks, words, &mut scratch.host_masks);
+    let mut mask_rows = pack_masks(masks, words, &mut scratch.host_masks);
+    // No masks at all: every row unmasked (pack_masks answers one entry per given mask).
+    mask_rows.resize(rows, -1);
     let host: Vec<SampleRow> = params
         .iter()
         .zip(counters)
