@@ -422,6 +422,8 @@ mod tests {
             ("moe_down_mma32_", "MOE_MMA_ENTRY", &[""][..]),
             ("moe_gate_up_fp4_", "FP4_ENTRY", &[""][..]),
             ("moe_down_fp4_", "FP4_ENTRY", &[""][..]),
+            ("moe_gate_up_fp4_", "FP4_GEMM_ENTRY", &[""][..]),
+            ("moe_down_fp4_", "FP4_GEMM_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {
