@@ -35,6 +35,17 @@ pub struct ExpertCacheStats {
 }
 
 impl ExpertCacheStats {
+    /// The counters of two caches together (the stages of a pipeline split).
+    pub fn combined(self, other: Self) -> Self {
+        ExpertCacheStats {
+            slots: self.slots + other.slots,
+            hits: self.hits + other.hits,
+            misses: self.misses + other.misses,
+            uploads: self.uploads + other.uploads,
+            refreshes: self.refreshes.max(other.refreshes),
+        }
+    }
+
     /// Hits over all routed pairs of host-expert layers (0 before any).
     pub fn hit_rate(&self) -> f64 {
         self.hits as f64 / (self.hits + self.misses).max(1) as f64

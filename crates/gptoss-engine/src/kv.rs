@@ -119,6 +119,34 @@ impl KvLayout {
         })
     }
 
+    /// The layout a pipeline stage holding `layers` of the model uses (`pipeline.rs`): only those layers,
+    /// renumbered from 0 within each pool, so the stage allocates their KV cache alone. Every block count
+    /// and table width stays the model's, so one block table serves every stage.
+    pub fn stage(&self, layers: std::ops::Range<usize>) -> Result<Self> {
+        let picked = self.layers.get(layers.clone()).ok_or_else(|| {
+            Error::invalid(format!(
+                "stage layers {layers:?} outside the model's {} layers",
+                self.layers.len()
+            ))
+        })?;
+        let (mut full_layers, mut sliding_layers) = (0, 0);
+        let mut renumbered = Vec::with_capacity(picked.len());
+        for &(kind, _) in picked {
+            let counter = match kind {
+                PoolKind::Full => &mut full_layers,
+                PoolKind::Sliding => &mut sliding_layers,
+            };
+            renumbered.push((kind, *counter));
+            *counter += 1;
+        }
+        Ok(KvLayout {
+            layers: renumbered,
+            full_layers,
+            sliding_layers,
+            ..self.clone()
+        })
+    }
+
     /// Pool and index within the pool of `layer`.
     pub fn place(&self, layer: usize) -> Result<(PoolKind, usize)> {
         self.layers.get(layer).copied().ok_or_else(|| {

@@ -1,5 +1,9 @@
 //! The gpt-oss forward pass, written once against [`Backend`] (spec §1.3): embed, then per layer
-//! attention and MoE (each with its own norm and residual), then the final norm and the logits.
+//! attention and MoE (each with its own norm and residual), then the final norm and the logits. The
+//! layers may be split over several instances of the backend (`pipeline.rs`): each stage runs its layers
+//! on its own instance and hands the hidden state to the next through the host.
+
+use std::ops::Range;
 
 use gptoss_formats::{LayerWeights, ModelConfig, ModelWeights};
 
@@ -11,6 +15,7 @@ use crate::expert_cache::{CachedMoe, ExpertCache, ExpertCacheStats};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
 use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, LayerExperts};
+use crate::pipeline::LayerSplit;
 use crate::trace::{TraceRecord, TraceSpec, Tracer};
 
 /// One layer's weights on the backend.
@@ -26,7 +31,7 @@ pub struct DeviceLayer<B: Backend> {
     experts: LayerExperts<B>,
 }
 
-/// Every activation buffer of a step, allocated once at the step capacity.
+/// Every activation buffer of a stage's step, allocated once at the step capacity.
 struct Workspace<B: Backend> {
     x: B::Buf,
     h: B::Buf,
@@ -36,7 +41,6 @@ struct Workspace<B: Backend> {
     attn: B::Buf,
     proj: B::Buf,
     routing: B::Routing,
-    logits: B::Buf,
     step: B::Step,
     /// Set only during [`Model::forward_traced`].
     trace: Option<Tracer<B>>,
@@ -48,18 +52,41 @@ struct Workspace<B: Backend> {
     rows: usize,
 }
 
-/// A model loaded on a backend, with its KV cache and step buffers.
-pub struct Model<B: Backend> {
+/// The final norm, the lm_head and the logits, on the last stage's backend.
+struct Head<B: Backend> {
+    norm: B::Vector,
+    lm_head: B::Linear,
+    logits: B::Buf,
+}
+
+/// One stage of the pipeline (`pipeline.rs`): a backend instance with a contiguous run of layers, their
+/// KV cache and its own step buffers. The first stage also holds the embedding.
+struct Stage<B: Backend> {
     backend: B,
+    /// The model index of its first layer (traces and windows use model indices; the stage's cache and
+    /// attention ops number its layers from 0).
+    first: usize,
+    layers: Vec<DeviceLayer<B>>,
+    /// Only on the first stage.
+    embed: Option<B::Linear>,
+    cache: B::Cache,
+    ws: Workspace<B>,
+}
+
+/// A model loaded on one backend, or split by layers over several instances of one (a pipeline), with
+/// its KV cache and step buffers.
+pub struct Model<B: Backend> {
     config: ModelConfig,
     capacity: Capacity,
     layout: KvLayout,
-    embed: B::Linear,
-    layers: Vec<DeviceLayer<B>>,
-    norm: B::Vector,
-    lm_head: B::Linear,
-    cache: B::Cache,
-    ws: Workspace<B>,
+    /// Every stage but the last, in order (empty without a split).
+    front: Vec<Stage<B>>,
+    /// The last stage: it holds the head, samples and is read for logits.
+    back: Stage<B>,
+    head: Head<B>,
+    split: LayerSplit,
+    /// The hidden state crossing between stages, through the host.
+    hidden: Vec<f32>,
 }
 
 impl<B: Backend> Model<B> {
@@ -81,69 +108,76 @@ impl<B: Backend> Model<B> {
         capacity: Capacity,
         placement: &ExpertPlacement,
     ) -> Result<Self> {
+        let split = LayerSplit::whole(weights.layers.len());
+        Self::pipeline(vec![backend], &split, weights, capacity, placement)
+    }
+
+    /// The model split by layers over `backends` (one per stage of `split`, in order; see
+    /// `pipeline.rs`): each uploads its layers and allocates their KV cache, the first the embedding, the
+    /// last the final norm, lm_head and logits. The experts `placement` names stay in host memory as
+    /// with one backend, the hot-expert cache's slots shared out over the stages.
+    pub fn pipeline(
+        backends: Vec<B>,
+        split: &LayerSplit,
+        weights: &ModelWeights,
+        capacity: Capacity,
+        placement: &ExpertPlacement,
+    ) -> Result<Self> {
         let config = weights.config.clone();
+        if split.layers() != weights.layers.len() || split.stages() != backends.len() {
+            return Err(Error::invalid(format!(
+                "a split of {} stages over {} layers ({split}) for {} backends and a model of {} layers",
+                split.stages(),
+                split.layers(),
+                backends.len(),
+                weights.layers.len()
+            )));
+        }
         let layout = KvLayout::new(&config, &capacity)?;
-        let b = &backend;
-        let layers = weights
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| upload_layer(b, l, placement.on_host(i)))
-            .collect::<Result<Vec<_>>>()?;
         let (inv_freq, concentration) = yarn_inv_freq(&config);
         let rope = Rope {
             inv_freq,
             concentration,
         };
-        let host = match placement.host_layers() {
-            0 => None,
-            _ => Some(HostMoe::new(
+        let ranges = split.ranges();
+        let placements = placement.stages(&ranges);
+        let mut stages = Vec::with_capacity(backends.len());
+        for ((backend, range), placement) in backends.into_iter().zip(ranges).zip(&placements) {
+            let build = StageBuild {
+                weights,
+                capacity: &capacity,
+                layout: &layout,
+                rope: &rope,
                 placement,
-                &capacity,
-                &layout,
-                &rope,
-                (config.hidden_size, config.num_experts_per_tok),
-            )?),
+            };
+            stages.push(build.stage(backend, range)?);
+        }
+        let Some(mut back) = stages.pop() else {
+            return Err(Error::invalid("a model needs at least one stage"));
         };
-        let dims = (config.hidden_size, config.num_experts_per_tok);
-        let experts: Vec<&[gptoss_formats::Expert]> =
-            weights.layers.iter().map(|l| &l.experts[..]).collect();
-        let cache = ExpertCache::new(b, placement, &experts, &capacity, dims)?;
-        let rows = capacity.max_batch_tokens;
-        let ws = Workspace {
-            x: b.alloc(rows, config.hidden_size)?,
-            h: b.alloc(rows, config.hidden_size)?,
-            q: b.alloc(rows, config.q_width())?,
-            k: b.alloc(rows, config.kv_width())?,
-            v: b.alloc(rows, config.kv_width())?,
-            attn: b.alloc(rows, config.q_width())?,
-            proj: b.alloc(rows, config.hidden_size)?,
-            routing: b.alloc_routing(rows, config.num_experts_per_tok)?,
+        let b = &back.backend;
+        let head = Head {
+            norm: b.upload_vector(&weights.norm)?,
+            lm_head: b.upload_linear(&gptoss_formats::Linear {
+                weight: weights.lm_head.clone(),
+                bias: None,
+            })?,
             logits: b.alloc(capacity.max_logit_rows, config.vocab_size)?,
-            step: b.alloc_step(&capacity, &layout, &rope)?,
-            trace: None,
-            host,
-            cache,
-            rows: 0,
         };
-        let embed = b.upload_embedding(&weights.embed)?;
-        let norm = b.upload_vector(&weights.norm)?;
-        let lm_head = b.upload_linear(&gptoss_formats::Linear {
-            weight: weights.lm_head.clone(),
-            bias: None,
-        })?;
-        b.finish_upload()?;
+        let first = stages.first_mut().unwrap_or(&mut back);
+        first.embed = Some(first.backend.upload_embedding(&weights.embed)?);
+        for stage in stages.iter().chain(std::iter::once(&back)) {
+            stage.backend.finish_upload()?;
+        }
         Ok(Model {
-            embed,
-            norm,
-            lm_head,
-            cache: b.alloc_cache(&layout)?,
+            hidden: Vec::new(),
+            split: split.clone(),
+            front: stages,
+            back,
+            head,
             layout,
-            layers,
-            ws,
             config,
             capacity,
-            backend,
         })
     }
 
@@ -152,14 +186,30 @@ impl<B: Backend> Model<B> {
         &self.config
     }
 
-    /// The hot-expert cache's counters (`None` without one).
-    pub fn expert_cache_stats(&self) -> Option<ExpertCacheStats> {
-        self.ws.cache.as_ref().map(ExpertCache::stats)
+    /// The layers of each stage (one stage without a split).
+    pub fn split(&self) -> &LayerSplit {
+        &self.split
     }
 
-    /// The backend the model runs on.
+    /// The hot-expert cache's counters, summed over the stages (`None` without one).
+    pub fn expert_cache_stats(&self) -> Option<ExpertCacheStats> {
+        self.stages()
+            .filter_map(|s| s.ws.cache.as_ref().map(ExpertCache::stats))
+            .reduce(ExpertCacheStats::combined)
+    }
+
+    /// The backend of the last stage (the only one without a split): it holds the logits and samples.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.back.backend
+    }
+
+    /// Every stage's backend, in order.
+    pub fn backends(&self) -> impl Iterator<Item = &B> {
+        self.stages().map(|s| &s.backend)
+    }
+
+    fn stages(&self) -> impl Iterator<Item = &Stage<B>> {
+        self.front.iter().chain(std::iter::once(&self.back))
     }
 
     /// The step and cache capacity the model was built with.
@@ -170,26 +220,17 @@ impl<B: Backend> Model<B> {
     /// Runs one step; the logits of `batch.logit_rows` are left in the logits buffer (see [`Model::logits`]).
     pub fn forward(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
-        self.begin_step(batch)?;
-        if self.ws.host.is_some() {
-            // Host experts read the device mid-step: nothing to record.
-            return self.issue_ops();
+        let rows = batch.tokens.len();
+        let c = &self.config;
+        for stage in &mut self.front {
+            stage.begin_step(batch, &self.hidden)?;
+            stage.run(c, None)?;
+            stage
+                .backend
+                .read_into(&stage.ws.x, rows, &mut self.hidden)?;
         }
-        match self.backend.recording(&self.ws.step)? {
-            Recording::Replayed => Ok(()),
-            Recording::Off => self.issue_ops(),
-            Recording::Recording => {
-                let issued = self.issue_ops();
-                if self
-                    .backend
-                    .finish_recording(&self.ws.step, issued.is_ok())?
-                {
-                    issued
-                } else {
-                    self.issue_ops()
-                }
-            }
-        }
+        self.back.begin_step(batch, &self.hidden)?;
+        self.back.run(c, Some(&mut self.head))
     }
 
     /// Runs one step like [`Model::forward`], unrecorded, and returns the intermediates `spec` asks for
@@ -201,60 +242,39 @@ impl<B: Backend> Model<B> {
         spec: TraceSpec<'_>,
     ) -> Result<Vec<TraceRecord>> {
         self.check_batch(batch)?;
-        let tracer = Tracer::new(
-            &self.backend,
-            spec,
-            batch.tokens.len(),
-            self.config.num_local_experts,
-        )?;
-        self.begin_step(batch)?;
-        self.ws.trace = Some(tracer);
-        let issued = self.issue_ops();
-        let tracer = self.ws.trace.take();
-        issued?;
-        Ok(tracer.map(Tracer::into_records).unwrap_or_default())
-    }
-
-    fn begin_step(&mut self, batch: &Batch) -> Result<()> {
-        self.backend.begin_step(&mut self.ws.step, batch)?;
-        self.ws.rows = batch.tokens.len();
-        if let Some(cache) = &mut self.ws.cache {
-            cache.begin_step();
+        let rows = batch.tokens.len();
+        let (c, experts) = (&self.config, self.config.num_local_experts);
+        let mut records = Vec::new();
+        let count = self.front.len() + 1;
+        for i in 0..count {
+            let (stage, head) = match self.front.get_mut(i) {
+                Some(stage) => (stage, None),
+                None => (&mut self.back, Some(&mut self.head)),
+            };
+            let tracer = Tracer::new(&stage.backend, spec, rows, experts)?;
+            stage.begin_step(batch, &self.hidden)?;
+            stage.ws.trace = Some(tracer);
+            let issued = stage.issue_ops(c, head);
+            let tracer = stage.ws.trace.take();
+            issued?;
+            records.extend(tracer.map(Tracer::into_records).unwrap_or_default());
+            if i + 1 < count {
+                stage
+                    .backend
+                    .read_into(&stage.ws.x, rows, &mut self.hidden)?;
+            }
         }
-        match &mut self.ws.host {
-            Some(host) => host.begin(batch),
-            None => Ok(()),
-        }
-    }
-
-    /// Queues every op of the step begun by `forward`.
-    fn issue_ops(&mut self) -> Result<()> {
-        let (b, c, ws) = (&self.backend, &self.config, &mut self.ws);
-        b.embed(&ws.step, &self.embed, &mut ws.x)?;
-        tap(b, &mut ws.trace, None, "embed", &ws.x)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            attention_block(b, c, l, layer, ws, &mut self.cache)?;
-            moe_block(b, c, l, layer, ws)?;
-        }
-        b.rms_norm(
-            &ws.step,
-            &ws.x,
-            &self.norm,
-            c.rms_norm_eps as f32,
-            &mut ws.h,
-        )?;
-        tap(b, &mut ws.trace, None, "norm", &ws.h)?;
-        b.logits(&ws.step, &ws.h, &self.lm_head, &mut ws.logits)
+        Ok(records)
     }
 
     /// The logits of the last step's logit rows, `[rows, vocab]` flattened, on the host.
     pub fn logits(&self, rows: usize) -> Result<Vec<f32>> {
-        self.backend.read(&self.ws.logits, rows)
+        self.back.backend.read(&self.head.logits, rows)
     }
 
     /// [`Model::logits`] into `out`, reusing its allocation.
     pub fn logits_into(&self, rows: usize, out: &mut Vec<f32>) -> Result<()> {
-        self.backend.read_into(&self.ws.logits, rows, out)
+        self.back.backend.read_into(&self.head.logits, rows, out)
     }
 
     /// Samples one token for each of the last step's logit rows.
@@ -263,7 +283,9 @@ impl<B: Backend> Model<B> {
         params: &[crate::backend::SamplingParams],
         counters: &[u64],
     ) -> Result<Vec<u32>> {
-        self.backend.sample(&self.ws.logits, params, counters)
+        self.back
+            .backend
+            .sample(&self.head.logits, params, counters)
     }
 
     /// [`Model::sample`] with some rows under a token mask (see [`Backend::sample_masked`]).
@@ -273,8 +295,9 @@ impl<B: Backend> Model<B> {
         counters: &[u64],
         masks: &[Option<&[u32]>],
     ) -> Result<Vec<Option<u32>>> {
-        self.backend
-            .sample_masked(&self.ws.logits, params, counters, masks)
+        self.back
+            .backend
+            .sample_masked(&self.head.logits, params, counters, masks)
     }
 
     /// The log-probabilities of sampled tokens of the last step's logit rows (see
@@ -283,7 +306,7 @@ impl<B: Backend> Model<B> {
         &self,
         rows: &[crate::backend::LogprobRow],
     ) -> Result<Vec<crate::logits::TokenLogprobs>> {
-        self.backend.logprobs(&self.ws.logits, rows)
+        self.back.backend.logprobs(&self.head.logits, rows)
     }
 
     /// Copies whole KV blocks within a pool (prefix caching; see [`Backend::copy_blocks`]).
@@ -298,12 +321,16 @@ impl<B: Backend> Model<B> {
                 "KV block copy {s} -> {d} outside the {kind:?} pool of {pool} blocks"
             )));
         }
-        self.backend.copy_blocks(&mut self.cache, kind, pairs)
+        for stage in self.front.iter_mut().chain(std::iter::once(&mut self.back)) {
+            stage.backend.copy_blocks(&mut stage.cache, kind, pairs)?;
+        }
+        Ok(())
     }
 
-    /// The KV cache (tests look at which blocks were written).
+    /// The KV cache of the last stage, which is all of it without a split (tests look at which blocks
+    /// were written).
     pub fn cache(&self) -> &B::Cache {
-        &self.cache
+        &self.back.cache
     }
 
     /// The paged KV cache's pools and table widths.
@@ -415,6 +442,144 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// What every stage is built from.
+struct StageBuild<'a> {
+    weights: &'a ModelWeights,
+    capacity: &'a Capacity,
+    /// The model's KV layout (each stage keeps its layers of it).
+    layout: &'a KvLayout,
+    rope: &'a Rope,
+    /// The stage's expert placement, its layers numbered from 0.
+    placement: &'a ExpertPlacement,
+}
+
+impl StageBuild<'_> {
+    /// Uploads the layers `range` to `backend` and allocates their KV cache and the stage's step buffers.
+    fn stage<B: Backend>(&self, backend: B, range: Range<usize>) -> Result<Stage<B>> {
+        let (config, capacity, placement) = (&self.weights.config, self.capacity, self.placement);
+        let weights = self.weights.layers.get(range.clone()).ok_or_else(|| {
+            Error::invalid(format!(
+                "stage layers {range:?} outside the model's {} layers",
+                self.weights.layers.len()
+            ))
+        })?;
+        let layout = self.layout.stage(range.clone())?;
+        let b = &backend;
+        let layers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, l)| upload_layer(b, l, placement.on_host(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let dims = (config.hidden_size, config.num_experts_per_tok);
+        let host = match placement.host_layers() {
+            0 => None,
+            _ => Some(HostMoe::new(placement, capacity, &layout, self.rope, dims)?),
+        };
+        let experts: Vec<&[gptoss_formats::Expert]> =
+            weights.iter().map(|l| &l.experts[..]).collect();
+        let cache = ExpertCache::new(b, placement, &experts, capacity, dims)?;
+        let rows = capacity.max_batch_tokens;
+        let ws = Workspace {
+            x: b.alloc(rows, config.hidden_size)?,
+            h: b.alloc(rows, config.hidden_size)?,
+            q: b.alloc(rows, config.q_width())?,
+            k: b.alloc(rows, config.kv_width())?,
+            v: b.alloc(rows, config.kv_width())?,
+            attn: b.alloc(rows, config.q_width())?,
+            proj: b.alloc(rows, config.hidden_size)?,
+            routing: b.alloc_routing(rows, config.num_experts_per_tok)?,
+            step: b.alloc_step(capacity, &layout, self.rope)?,
+            trace: None,
+            host,
+            cache,
+            rows: 0,
+        };
+        Ok(Stage {
+            cache: b.alloc_cache(&layout)?,
+            first: range.start,
+            layers,
+            embed: None,
+            ws,
+            backend,
+        })
+    }
+}
+
+impl<B: Backend> Stage<B> {
+    /// Takes the step's batch; a stage after the first takes the hidden state `x` the one before left.
+    fn begin_step(&mut self, batch: &Batch, x: &[f32]) -> Result<()> {
+        let rows = batch.tokens.len();
+        self.backend.begin_step(&mut self.ws.step, batch)?;
+        self.ws.rows = rows;
+        if let Some(cache) = &mut self.ws.cache {
+            cache.begin_step();
+        }
+        if let Some(host) = &mut self.ws.host {
+            host.begin(batch)?;
+        }
+        match self.embed {
+            Some(_) => Ok(()),
+            // Before any recording: a replayed step reads `x` as the graph's input.
+            None => self.backend.write(&mut self.ws.x, rows, x),
+        }
+    }
+
+    /// Issues the stage's ops, from a recording where the backend has one.
+    fn run(&mut self, c: &ModelConfig, mut head: Option<&mut Head<B>>) -> Result<()> {
+        if self.ws.host.is_some() {
+            // Host experts read the device mid-step: nothing to record.
+            return self.issue_ops(c, head);
+        }
+        match self.backend.recording(&self.ws.step)? {
+            Recording::Replayed => Ok(()),
+            Recording::Off => self.issue_ops(c, head),
+            Recording::Recording => {
+                let issued = self.issue_ops(c, head.as_deref_mut());
+                if self
+                    .backend
+                    .finish_recording(&self.ws.step, issued.is_ok())?
+                {
+                    issued
+                } else {
+                    self.issue_ops(c, head)
+                }
+            }
+        }
+    }
+
+    /// Queues every op of the stage's part of the step begun by `begin_step`: the embedding on the
+    /// first stage, its layers, and the head on the last.
+    fn issue_ops(&mut self, c: &ModelConfig, head: Option<&mut Head<B>>) -> Result<()> {
+        let (b, ws) = (&self.backend, &mut self.ws);
+        if let Some(embed) = &self.embed {
+            b.embed(&ws.step, embed, &mut ws.x)?;
+            tap(b, &mut ws.trace, None, "embed", &ws.x)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = LayerAt {
+                model: self.first + i,
+                stage: i,
+            };
+            attention_block(b, c, at, layer, ws, &mut self.cache)?;
+            moe_block(b, c, at, layer, ws)?;
+        }
+        let Some(head) = head else {
+            return Ok(());
+        };
+        let eps = c.rms_norm_eps as f32;
+        b.rms_norm(&ws.step, &ws.x, &head.norm, eps, &mut ws.h)?;
+        tap(b, &mut ws.trace, None, "norm", &ws.h)?;
+        b.logits(&ws.step, &ws.h, &head.lm_head, &mut head.logits)
+    }
+}
+
+/// A layer's index in the model (traces, its window) and in its stage (its KV cache, its host experts).
+#[derive(Clone, Copy)]
+struct LayerAt {
+    model: usize,
+    stage: usize,
+}
+
 fn upload_layer<B: Backend>(b: &B, l: &LayerWeights, on_host: bool) -> Result<DeviceLayer<B>> {
     Ok(DeviceLayer {
         attn_norm: b.upload_vector(&l.attn_norm)?,
@@ -437,13 +602,13 @@ fn upload_layer<B: Backend>(b: &B, l: &LayerWeights, on_host: bool) -> Result<De
 fn attention_block<B: Backend>(
     b: &B,
     c: &ModelConfig,
-    l: usize,
+    l: LayerAt,
     layer: &DeviceLayer<B>,
     ws: &mut Workspace<B>,
     cache: &mut B::Cache,
 ) -> Result<()> {
     let s = &ws.step;
-    let at = Some(l);
+    let at = Some(l.model);
     b.rms_norm(s, &ws.x, &layer.attn_norm, c.rms_norm_eps as f32, &mut ws.h)?;
     tap(b, &mut ws.trace, at, "attn_norm", &ws.h)?;
     b.linear(s, &ws.h, &layer.q, &mut ws.q)?;
@@ -453,11 +618,11 @@ fn attention_block<B: Backend>(
     tap(b, &mut ws.trace, at, "k", &ws.k)?;
     tap(b, &mut ws.trace, at, "v", &ws.v)?;
     let shape = AttnShape {
-        layer: l,
+        layer: l.stage,
         n_q_heads: c.num_attention_heads,
         n_kv_heads: c.num_key_value_heads,
         head_dim: c.head_dim,
-        window: c.window(l),
+        window: c.window(l.model),
     };
     b.rope_store_kv(
         s,
@@ -483,15 +648,15 @@ fn attention_block<B: Backend>(
 fn moe_block<B: Backend>(
     b: &B,
     c: &ModelConfig,
-    l: usize,
+    at: LayerAt,
     layer: &DeviceLayer<B>,
     ws: &mut Workspace<B>,
 ) -> Result<()> {
     let s = &ws.step;
     b.rms_norm(s, &ws.x, &layer.mlp_norm, c.rms_norm_eps as f32, &mut ws.h)?;
-    tap(b, &mut ws.trace, Some(l), "mlp_norm", &ws.h)?;
+    tap(b, &mut ws.trace, Some(at.model), "mlp_norm", &ws.h)?;
     if let Some(t) = ws.trace.as_mut() {
-        t.tap_router(b, s, l, &ws.h, &layer.router)?;
+        t.tap_router(b, s, at.model, &ws.h, &layer.router)?;
     }
     b.route(
         s,
@@ -501,7 +666,7 @@ fn moe_block<B: Backend>(
         &mut ws.routing,
     )?;
     if let Some(t) = ws.trace.as_mut() {
-        t.tap_routing(b, l, &ws.routing, c.num_experts_per_tok)?;
+        t.tap_routing(b, at.model, &ws.routing, c.num_experts_per_tok)?;
     }
     let shape = MoeShape {
         top_k: c.num_experts_per_tok,
@@ -530,7 +695,7 @@ fn moe_block<B: Backend>(
                     let m = CachedMoe {
                         io,
                         step: s,
-                        layer: l,
+                        layer: at.stage,
                         rows: ws.rows,
                     };
                     cache.run(b, host, m, &mut ws.proj)?;
@@ -542,9 +707,9 @@ fn moe_block<B: Backend>(
             return Err(Error::invalid("host experts without host buffers"));
         }
     }
-    tap(b, &mut ws.trace, Some(l), "moe_out", &ws.proj)?;
+    tap(b, &mut ws.trace, Some(at.model), "moe_out", &ws.proj)?;
     b.add(s, &mut ws.x, &ws.proj)?;
-    tap(b, &mut ws.trace, Some(l), "layer_out", &ws.x)
+    tap(b, &mut ws.trace, Some(at.model), "layer_out", &ws.x)
 }
 
 /// Records `buf` under `node` when the step is traced.

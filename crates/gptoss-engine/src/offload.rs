@@ -90,6 +90,41 @@ impl ExpertPlacement {
         self.host.get(l).copied().unwrap_or(false)
     }
 
+    /// The placement of each stage of a pipeline split (`pipeline.rs`), its layers renumbered from 0;
+    /// the hot-expert cache's slots are shared out in proportion to each stage's host layers (the
+    /// remainder to the first ones), so the stages together hold the slots asked for.
+    pub fn stages(&self, ranges: &[std::ops::Range<usize>]) -> Vec<ExpertPlacement> {
+        let total = self.host_layers();
+        let host_in = |r: &std::ops::Range<usize>| r.clone().filter(|&l| self.on_host(l)).count();
+        let mut slots: Vec<usize> = ranges
+            .iter()
+            .map(|r| {
+                (self.cache.slots * host_in(r))
+                    .checked_div(total)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut left = self.cache.slots - slots.iter().sum::<usize>().min(self.cache.slots);
+        for (s, r) in slots.iter_mut().zip(ranges) {
+            if left > 0 && host_in(r) > 0 {
+                *s += 1;
+                left -= 1;
+            }
+        }
+        ranges
+            .iter()
+            .zip(slots)
+            .map(|(r, slots)| ExpertPlacement {
+                host: r.clone().map(|l| self.on_host(l)).collect(),
+                cpu: self.cpu,
+                cache: ExpertCacheConfig {
+                    slots,
+                    ..self.cache
+                },
+            })
+            .collect()
+    }
+
     /// How many layers keep their experts in host memory.
     pub fn host_layers(&self) -> usize {
         self.host.iter().filter(|&&h| h).count()

@@ -17,6 +17,8 @@ pub struct WeightSplit {
     pub shared_bytes: u64,
     /// The embedding table (a step reads one row per token of it).
     pub embed_bytes: u64,
+    /// The lm_head and the final norm (on the last stage of a pipeline split).
+    pub head_bytes: u64,
     /// Experts (weights and biases) of each layer.
     pub expert_bytes: Vec<u64>,
     /// Rows of the embedding table.
@@ -57,6 +59,7 @@ impl WeightSplit {
         WeightSplit {
             shared_bytes: shared,
             embed_bytes: tensor_bytes(&w.embed),
+            head_bytes: tensor_bytes(&w.lm_head) + vec_bytes(&w.norm),
             expert_bytes,
             vocab: c.vocab_size as u64,
             top_k: c.num_experts_per_tok as u64,
@@ -98,6 +101,7 @@ impl WeightSplit {
         WeightSplit {
             shared_bytes: 2 * matrix(v, h) + 4 * h + layers * (attention + router + 4 * e + small),
             embed_bytes: matrix(v, h),
+            head_bytes: matrix(v, h) + 4 * h,
             expert_bytes: vec![
                 e * (mxfp4(2 * i, h) + 4 * 2 * i + mxfp4(h, i) + 4 * h);
                 c.num_hidden_layers
@@ -111,6 +115,18 @@ impl WeightSplit {
     /// Device bytes of one expert (weights and biases; every expert of these models has one size).
     pub fn bytes_per_expert(&self) -> u64 {
         self.expert_bytes.first().copied().unwrap_or(0) / self.n_experts.max(1)
+    }
+
+    /// Device bytes of layer `l` with its experts: attention, router, norms and sinks (every layer of
+    /// these models has the same shapes, so the shared part is the per-layer share of what is neither
+    /// the embedding nor the head) plus the layer's experts.
+    pub fn layer_bytes(&self, l: usize) -> u64 {
+        let layers = self.expert_bytes.len().max(1) as u64;
+        let dense = self
+            .shared_bytes
+            .saturating_sub(self.embed_bytes + self.head_bytes);
+        let per_layer = dense / layers;
+        per_layer + self.expert_bytes.get(l).copied().unwrap_or(0)
     }
 
     /// All weight bytes.
