@@ -14,7 +14,7 @@
 # limits the benchmark.
 set -uo pipefail
 # The tests' `bench_*` functions (gpu_api's mask measurement) run with the benchmark below, not here.
-tests=(gpu_ops gpu_model gpu_upload gpu_prefix gpu_expert_cache gpu_sampling gpu_api)
+tests=(gpu_ops gpu_model gpu_upload gpu_prefix gpu_expert_cache gpu_sampling gpu_api gpu_pipeline)
 
 stage() {
     local dest="$1"

@@ -50,7 +50,8 @@ impl AnyModel {
     pub fn peak_device_bytes(&self) -> Option<u64> {
         match self {
             AnyModel::Cpu(_) => None,
-            AnyModel::Cuda(m) => Some(m.backend().memory_in_use().1),
+            // With a split: each device's own peak, added up.
+            AnyModel::Cuda(m) => Some(m.backends().map(|b| b.memory_in_use().1).sum()),
         }
     }
 }
@@ -61,7 +62,25 @@ pub fn build_model(
     weights: &ModelWeights,
     capacity: Capacity,
 ) -> Result<AnyModel> {
-    match (args.device, args.exact) {
+    if !args.gpus.is_empty() {
+        if args.device == Device::Cpu {
+            bail!("--gpus picks GPUs; it has no meaning with --device cpu");
+        }
+        if args.gpus.len() > 1 {
+            return Ok(AnyModel::Cuda(Box::new(crate::split::build(
+                args, weights, capacity,
+            )?)));
+        }
+    }
+    if !args.split.is_empty() {
+        bail!("--split cuts the layers over several --gpus; give at least two");
+    }
+    // `--gpus` asks for the GPU: no quiet fall-back to the CPU.
+    let device = match (args.device, args.gpus.is_empty()) {
+        (Device::Auto, false) => Device::Cuda,
+        (d, _) => d,
+    };
+    match (device, args.exact) {
         (Device::Cpu, _) | (Device::Auto, true) => cpu(args, weights, capacity),
         (Device::Cuda, true)
             if !(args.cpu_moe || args.n_cpu_moe.is_some() || args.max_vram.is_some()) =>
@@ -128,14 +147,21 @@ fn cuda(
     upload_cuda(backend, weights, capacity, args)
 }
 
+/// Opens the GPU `--gpus` names (GPU 0 without it) with `--max-vram` and `--kv-cache`.
 fn open_cuda(args: &ModelArgs) -> Result<CudaBackend> {
+    open_gpu(args, args.gpus.first().copied().unwrap_or(0))
+}
+
+/// Opens GPU `ordinal` with `--max-vram` as its budget and `--kv-cache`.
+pub(crate) fn open_gpu(args: &ModelArgs, ordinal: usize) -> Result<CudaBackend> {
     let mut options = CudaOptions::from_env()?;
+    options.device = ordinal;
     options.max_vram_bytes = args.max_vram;
     options.kv = kv_precision(args.kv_cache);
     Ok(CudaBackend::new(&options)?)
 }
 
-fn kv_precision(kv: KvCache) -> KvPrecision {
+pub(crate) fn kv_precision(kv: KvCache) -> KvPrecision {
     match kv {
         KvCache::Bf16 => KvPrecision::Bf16,
         KvCache::F16 => KvPrecision::F16,
@@ -276,7 +302,7 @@ fn upload_cuda(
 
 /// This process's resident memory and the file-backed part of it (`VmRSS`, `RssFile` of
 /// /proc/self/status, Linux only): what the weights' file mapping still holds after the upload.
-fn host_rss() -> Option<(u64, u64)> {
+pub(crate) fn host_rss() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
         let value = status.lines().find_map(|l| l.strip_prefix(name))?;
@@ -286,6 +312,6 @@ fn host_rss() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("RssFile:")?))
 }
 
-fn gib_str(bytes: u64) -> String {
+pub(crate) fn gib_str(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

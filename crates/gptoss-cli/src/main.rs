@@ -19,6 +19,7 @@ mod sampling;
 mod serve;
 mod source;
 mod spec;
+mod split;
 mod synth;
 mod vocab;
 

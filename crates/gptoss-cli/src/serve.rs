@@ -118,7 +118,9 @@ pub fn spawn_on_device(
             let _ = device_tx.send(model.device_name());
             match model {
                 AnyModel::Cpu(m) => starter.run(*m),
-                AnyModel::Cuda(m) => starter.run_with_probe(*m, |m| m.backend().memory_in_use().1),
+                AnyModel::Cuda(m) => {
+                    starter.run_with_probe(*m, |m| m.backends().map(|b| b.memory_in_use().1).sum())
+                }
             }
         },
         config,

@@ -42,9 +42,24 @@ pub struct ModelArgs {
     pub kv_cache: KvCache,
     /// Cap on all GPU memory the engine allocates (e.g. 16GiB, 24GB, 8000MiB). When the weights and one
     /// sequence's KV cache do not fit, the experts of as many layers as needed stay in host memory and run
-    /// on the CPU (the plan printed at start says how many).
+    /// on the CPU (the plan printed at start says how many). With several --gpus, the budget of each.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_vram: Option<u64>,
+    /// The GPUs to run on, by CUDA ordinal (e.g. `1`, or `0,1`). One GPU picks that card. Several split
+    /// the model by layers (a pipeline, what llama.cpp's layer split does): each GPU holds a contiguous run
+    /// of layers with their KV cache, the first also the embedding, the last the final norm and lm_head;
+    /// only the hidden state crosses between them, through host memory, and they run one after another
+    /// (the split is for memory, not speed). An ordinal may repeat: `--gpus 0,0 --max-vram 20GiB` runs two
+    /// "virtual devices" on GPU 0, each with its own budget (for testing the split on one card). With
+    /// several GPUs, --max-vram is each one's budget (required when an ordinal repeats) and experts stay
+    /// on the GPUs (no --cpu-moe, --n-cpu-moe or --expert-cache SIZE yet).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', num_args = 1..)]
+    pub gpus: Vec<usize>,
+    /// With several --gpus: the number of layers of each, in order (e.g. `10,14` for a 24-layer model).
+    /// By default the layers are cut in proportion to each GPU's memory budget; the start-up lines show
+    /// the split.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', num_args = 1.., requires = "gpus")]
+    pub split: Vec<usize>,
     /// Dense weights (attention projections, embedding, lm_head) as stored, or `q8_0`: quantized to
     /// 8 bits at load as the ggml-org GGUFs store them (bit for bit what llama.cpp's converter writes),
     /// half the bytes a decoded token reads. Opt-in: on a full-size random 20b, 128 positions, its logits
