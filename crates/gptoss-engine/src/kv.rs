@@ -253,6 +253,40 @@ mod tests {
     }
 
     #[test]
+    fn a_stage_keeps_its_layers_and_the_model_s_pools() {
+        let whole = KvLayout::new(&ModelConfig::gpt_oss_20b(), &cap(4096, 1, 2)).unwrap();
+        // 20b alternates sliding (even) and full (odd) layers.
+        let s = whole.stage(3..8).unwrap();
+        assert_eq!(s.layers.len(), 5);
+        assert_eq!((s.full_layers, s.sliding_layers), (3, 2));
+        assert_eq!(s.place(0).unwrap(), (PoolKind::Full, 0));
+        assert_eq!(s.place(1).unwrap(), (PoolKind::Sliding, 0));
+        assert_eq!(s.place(4).unwrap(), (PoolKind::Full, 2));
+        assert!(s.place(5).is_err());
+        assert_eq!(
+            (
+                s.full_blocks,
+                s.sliding_blocks,
+                s.table_blocks,
+                s.ring_blocks
+            ),
+            (
+                whole.full_blocks,
+                whole.sliding_blocks,
+                whole.table_blocks,
+                whole.ring_blocks
+            )
+        );
+        // The stages' pools add up to the model's.
+        let parts: u64 = [0..3, 3..8, 8..24]
+            .into_iter()
+            .map(|r| whole.stage(r).unwrap().pool_bytes(2))
+            .sum();
+        assert_eq!(parts, whole.pool_bytes(2));
+        assert!(whole.stage(20..25).is_err());
+    }
+
+    #[test]
     fn gpt_oss_20b_layout() {
         let l = KvLayout::new(&ModelConfig::gpt_oss_20b(), &cap(4096, 1, 2)).unwrap();
         assert_eq!(

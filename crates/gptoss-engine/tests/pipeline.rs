@@ -1,7 +1,8 @@
 //! Pipeline split by layers (`pipeline.rs`) on the tiny fixture model (3 layers, alternating sliding and
 //! full attention): two or three `CpuBackend` stages, evenly or unevenly cut, give bit-identical logits
 //! to one backend (the stages run the same ops on the same f32 values; the hidden state crosses as an
-//! exact f32 copy), through a prefill and greedy decode steps, in traced steps, with host experts, and
+//! exact f32 copy), through a prefill and greedy decode steps, in traced steps, with host experts (and a
+//! hot-expert cache whose slots the stages share out), and
 //! under the scheduler with several sequences and prefix caching (which copies KV blocks in every stage).
 
 use std::path::PathBuf;
@@ -216,4 +217,25 @@ fn the_scheduler_serves_a_split_model_alike() {
     assert!(want.iter().all(|t| t.len() == 20), "{want:?}");
     assert_eq!(serve(&mut split(&w, &[2, 1], CpuBackend)), want);
     assert_eq!(serve(&mut split(&w, &[1, 1, 1], CpuBackend)), want);
+}
+
+#[test]
+fn a_split_shares_the_expert_cache_slots_and_keeps_the_logits() {
+    let w = weights();
+    let want = run(&mut Model::new(CpuBackend, &w, capacity()).unwrap());
+    // Every layer's experts on the host, 5 slots over 3 layers: stages [1, 2] get 2 and 3.
+    let placement =
+        ExpertPlacement::first_on_host(3, 3).with_cache(gptoss_engine::ExpertCacheConfig {
+            slots: 5,
+            refresh_steps: 2,
+        });
+    let per_stage = placement.stages(&[0..1, 1..3]);
+    let slots: Vec<usize> = per_stage.iter().map(|p| p.cache().slots).collect();
+    assert_eq!(slots, [2, 3]);
+    let split = LayerSplit::from_counts(&[1, 2], 3).unwrap();
+    let mut m = Model::pipeline(vec![CpuBackend; 2], &split, &w, capacity(), &placement).unwrap();
+    assert_eq!(run(&mut m), want);
+    let stats = m.expert_cache_stats().unwrap();
+    assert_eq!(stats.slots, 5);
+    assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
 }
