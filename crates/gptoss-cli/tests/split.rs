@@ -36,3 +36,27 @@ fn gpus_and_split_misuse_is_refused_by_name() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
 }
+
+/// Until the pipeline is verified on a GPU, several devices need `GPTOSS_EXPERIMENTAL_PIPELINE=1`; the
+/// refusal comes before any device is opened.
+#[test]
+fn several_gpus_need_the_experimental_switch() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
+    let out = Command::new(env!("CARGO_BIN_EXE_gptoss"))
+        .env_remove("GPTOSS_EXPERIMENTAL_PIPELINE")
+        .args([
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            "1,2,3",
+            "-n",
+            "2",
+        ])
+        .args(["--gpus", "0,1", "--max-vram", "1GiB"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("GPTOSS_EXPERIMENTAL_PIPELINE=1"), "{err}");
+}

@@ -76,8 +76,10 @@ impl CudaCache {
             PoolKind::Full => &self.full,
             PoolKind::Sliding => &self.sliding,
         };
+        // A cache with no layers of this kind (a pipeline stage of only full or only sliding layers) has
+        // nothing to copy, as the CPU backend's.
         let Some((k, v)) = &pool.kv else {
-            return match pairs.is_empty() {
+            return match pairs.is_empty() || self.layout.layers_of(kind) == 0 {
                 true => Ok(()),
                 false => Err(shape_error("copy_blocks", format!("no {kind:?} KV pool"))),
             };
