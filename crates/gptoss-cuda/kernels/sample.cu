@@ -63,6 +63,23 @@ static __device__ double block_sum_f64(double v, double* scratch) {
     return r;
 }
 
+// The block's largest `v` (every thread gets it).
+static __device__ u64 block_max_u64(u64 v, double* scratch) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 other = __shfl_xor_sync(0xffffffffu, v, o);
+        v = other > v ? other : v;
+    }
+    u64* s = (u64*)scratch;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+    __syncthreads();
+    u64 r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
+    __syncthreads();
+    return r;
+}
+
 // Largest key of the row (argmax with ties to the lower index).
 static __device__ u64 max_key(const float* l, const u32* mask, int vocab, double* scratch) {
     u64 best = 0;
@@ -70,19 +87,7 @@ static __device__ u64 max_key(const float* l, const u32* mask, int vocab, double
         u64 k = sort_key(row_logit(l, mask, i), i);
         best = k > best ? k : best;
     }
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        u64 other = __shfl_xor_sync(0xffffffffu, best, o);
-        best = other > best ? other : best;
-    }
-    u64* s = (u64*)scratch;
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = best;
-    __syncthreads();
-    u64 r = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
-    __syncthreads();
-    return r;
+    return block_max_u64(best, scratch);
 }
 
 // Σ over keys >= cut of `e` (or of 1 when e is null).
@@ -186,19 +191,7 @@ static __device__ u64 max_key_below(const float* l, int vocab, u64 cap, double* 
         u64 k = sort_key(l[i], i);
         best = k < cap && k > best ? k : best;
     }
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        u64 other = __shfl_xor_sync(0xffffffffu, best, o);
-        best = other > best ? other : best;
-    }
-    u64* s = (u64*)scratch;
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = best;
-    __syncthreads();
-    u64 r = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) r = s[w] > r ? s[w] : r;
-    __syncthreads();
-    return r;
+    return block_max_u64(best, scratch);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) logprob_rows(const LogprobParams p) {
