@@ -462,7 +462,7 @@ pub fn moe(
         x: m.h.buf.ptr(),
         xs: scratch.y.ptr(),
         xscale: scratch.xscale.ptr(),
-        rows: 0,
+        rows: step.rows as i32,
         k: hidden as i32,
     };
     if fp4 {
@@ -477,14 +477,15 @@ pub fn moe(
         list: scratch.list.ptr(),
         n_pairs: pairs as i32,
         n_experts: e.n_experts as i32,
-        split: XSplitParams {
-            rows: if split_in_group { step.rows as i32 } else { 0 },
-            ..h_split
+        split: if split_in_group {
+            h_split
+        } else {
+            XSplitParams { rows: 0, ..h_split }
         },
     };
     dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
     if fp4 && !split_in_group {
-        split_x(dev, &h_split, step.rows)?;
+        split_x(dev, &h_split)?;
     }
     let act_split = if fp4 {
         act_split_scale(m.shape.swiglu_limit)
@@ -522,7 +523,7 @@ pub fn moe(
             rows: pairs as i32,
             k: inter as i32,
         };
-        split_x(dev, &act, pairs)?;
+        split_x(dev, &act)?;
     }
     p.act_split = 0.0;
     p.xs = scratch.act.ptr();
@@ -598,15 +599,11 @@ fn check_split(scratch: &MoeScratch, rows: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// `moe_xsplit` of the first `rows` rows of `p` (checked by [`check_split`]); `x` may be `xs` (each thread
-/// reads its 8 values before writing their parts in their place).
-fn split_x(dev: &Device, p: &XSplitParams, rows: usize) -> Result<()> {
-    let units = rows * p.k as usize / 8;
-    let p = XSplitParams {
-        rows: rows as i32,
-        ..*p
-    };
-    dev.launch(Func::MoeXSplit, cfg((blocks(units, 256), 1, 1), 256), &p)
+/// `moe_xsplit` of `p`'s rows (checked by [`check_split`]); `x` may be `xs` (each thread reads its 8 values
+/// before writing their parts in their place).
+fn split_x(dev: &Device, p: &XSplitParams) -> Result<()> {
+    let units = p.rows as usize * p.k as usize / 8;
+    dev.launch(Func::MoeXSplit, cfg((blocks(units, 256), 1, 1), 256), p)
 }
 
 /// Launches gate_up (`w` is the stacked gate_up weight) or down over every tile of the step's pairs;
