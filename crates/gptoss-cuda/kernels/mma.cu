@@ -205,12 +205,13 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
             for (int i = 0; i < 4; i++) acc[mt][nt][i] += part[mt][nt][i];
 }
 
-// acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k], row = wm*16*MT + mt*16 + lane/4 (+8 for i >= 2),
+// acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k] over k in [kb, ke) (kb a multiple of MMA_BK, ke ≤ k: a
+// split-K share; the whole row with kb = 0, ke = k), row = wm*16*MT + mt*16 + lane/4 (+8 for i >= 2),
 // col = wn*32 + nt*8 + 2*(lane%4) + (i & 1); weight rows at or past n_valid read as zero. MT = 2: tiles of
 // 64 rows; MT = 1: 32 rows (half the MMAs when most rows would be empty).
 template <int F, int MT>
-static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wrow0, int n_valid, int k,
-                                MmaSmem& sm, float (*acc)[4][4]) {
+static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wrow0, int n_valid, int k, int kb,
+                                int ke, MmaSmem& sm, float (*acc)[4][4]) {
     if (threadIdx.x == 0) {
         #pragma unroll
         for (int i = 0; i < 16; i++) sm.tab[i] = w.table[i];
@@ -221,18 +222,19 @@ static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wro
         for (int nt = 0; nt < 4; nt++)
             #pragma unroll
             for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
-    int nk = (k + MMA_BK - 1) / MMA_BK;
+    int nk = (ke - kb + MMA_BK - 1) / MMA_BK;
+    if (nk <= 0) return;
     MmaStage st;
-    mma_load_x<MT>(xrow, k, 0, st);
-    mma_load_w<F>(w, wrow0, n_valid, 0, st);
+    mma_load_x<MT>(xrow, k, kb, st);
+    mma_load_w<F>(w, wrow0, n_valid, kb, st);
     __syncthreads();
     mma_store<F, MT>(w, st, sm);
     __syncthreads();
     for (int ks = 0; ks < nk; ks++) {
         bool more = ks + 1 < nk;
         if (more) {
-            mma_load_x<MT>(xrow, k, (ks + 1) * MMA_BK, st);
-            mma_load_w<F>(w, wrow0, n_valid, (ks + 1) * MMA_BK, st);
+            mma_load_x<MT>(xrow, k, kb + (ks + 1) * MMA_BK, st);
+            mma_load_w<F>(w, wrow0, n_valid, kb + (ks + 1) * MMA_BK, st);
         }
         mma_compute<MT>(sm, acc);
         __syncthreads();

@@ -15,70 +15,6 @@
 //   token's experts are distinct, as top-k gives them; pairs of expert -1 are skipped).
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // Minimum arch: sm_80. Launched from src/ops/moe.rs.
-// Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
-// tiles of 8 pairs (registers).
-#define MOE_NR(TT) ((TT) == 1 ? 8 : 2)
-#define MOE_MAX_EXPERTS 256
-
-struct XSplitParams {
-    const float* x;
-    u32* xs;
-    float* xscale;
-    int rows;
-    int k;
-};
-
-// Two f32 as packed f16 (RNE), `lo` in the low half.
-static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
-    u32 d;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-}
-
-// One unit (row, block, t) of moe_xsplit, idx = (row * nkb + block) * 4 + t. Every lane of the warp calls it
-// (the quad shares its block's maximum through shuffles); lanes past the end only take part.
-static __device__ __forceinline__ void xsplit_unit(const XSplitParams& p, i64 idx) {
-    int nkb = p.k / 32;
-    i64 total = (i64)p.rows * nkb * 4;
-    bool live = idx < total;
-    int t = (int)(idx & 3);
-    i64 rk = idx >> 2;
-    float v[8];
-    #pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = 0.0f;
-    if (live) {
-        i64 row = rk / nkb;
-        int kb = (int)(rk % nkb);
-        const float4* src = (const float4*)(p.x + row * p.k + kb * 32 + 8 * t);
-        float4 a = src[0], b = src[1];
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-    }
-    float m = 0.0f;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
-    // Quads are whole (total is a multiple of 4), so every lane of a quad shares the block's maximum.
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-    // e clamped to [15, 254]: the scale 2^(141-e) and 2^(e-127) stay normal; NaN and inf pass through.
-    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
-    float s = __uint_as_float((u32)(268 - e) << 23);
-    if (!live) return;
-    u32 out[8];
-    #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        // j = 2s + b: slice s, register b holds elements (8t + 2s + b, 8t + 2s + b + 4).
-        int i0 = (j >> 1) * 2 + (j & 1);
-        float x0 = v[i0] * s, x1 = v[i0 + 4] * s;
-        u32 hi = f16x2(x0, x1);
-        out[j] = hi;
-        out[4 + j] = f16x2(x0 - f16_to_f32((u16)(hi & 0xffffu)), x1 - f16_to_f32((u16)(hi >> 16)));
-    }
-    uint4* dst = (uint4*)(p.xs + (rk * 4 + t) * 8);
-    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
-    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
-    if (t == 0) p.xscale[rk] = __uint_as_float((u32)e << 23);
-}
-
 extern "C" __global__ void moe_xsplit(const XSplitParams p) {
     xsplit_unit(p, (i64)blockIdx.x * blockDim.x + threadIdx.x);
 }
@@ -121,103 +57,6 @@ extern "C" __global__ void __launch_bounds__(1024) moe_group(const GroupParams p
     }
     i64 units = (i64)p.split.rows * (p.split.k / 32) * 4;
     for (i64 base = 0; base < units; base += blockDim.x) xsplit_unit(p.split, base + threadIdx.x);
-}
-
-struct ExpertParams {
-    WRef w;
-    const float* bias;
-    const float* x;
-    const int* counts;
-    const int* offsets;
-    const int* list;
-    float* out;
-    int k;
-    int n_out;
-    int x_per_pair;
-    int top_k;
-    float alpha;
-    float limit;
-    int n_experts;
-    int groups;
-    // The f16 tensor-core path (moe_*_fp4_*): x split by moe_xsplit, and its per-block powers of two.
-    const u32* xs;
-    const float* xscale;
-    // gate_up of the MXFP4 path: when nonzero, act is written already split for down (moe_xsplit's layout, in
-    // the act buffer) with this power of two as every block's scale, and `act_scales` the matching xscale.
-    float act_split;
-    float* act_scales;
-};
-
-// Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index
-// within the expert; false past the last tile. Every lane of every warp must call it (the same answer).
-static __device__ bool find_tile(const int* counts, int n_experts, int bm, int tile, int& expert, int& start) {
-    int lane = threadIdx.x & 31, before = 0;
-    for (int e0 = 0; e0 < n_experts; e0 += 32) {
-        int e = e0 + lane;
-        int n = e < n_experts ? (counts[e] + bm - 1) / bm : 0;
-        int incl = n;
-        #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            int v = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += v;
-        }
-        int excl = incl - n;
-        unsigned hit = __ballot_sync(0xffffffffu, tile >= before + excl && tile < before + incl);
-        if (hit) {
-            int src = __ffs(hit) - 1;
-            expert = e0 + src;
-            start = (tile - before - __shfl_sync(0xffffffffu, excl, src)) * bm;
-            return true;
-        }
-        before += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    return false;
-}
-
-// The row of x (a pair's own row, or its token's) of the pair at `idx` of expert e's list.
-static __device__ __forceinline__ i64 pair_row(const ExpertParams& p, int e, int idx) {
-    int pair = p.list[p.offsets[e] + idx];
-    return p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
-}
-
-// The x row of the pair at `idx` of expert e's list.
-static __device__ __forceinline__ const float* pair_x(const ExpertParams& p, int e, int idx) {
-    return p.x + pair_row(p, e, idx) * p.k;
-}
-
-static __device__ __forceinline__ float swiglu_oai(float gate, float up, float alpha, float limit) {
-    gate = fminf(gate, limit);
-    up = fminf(fmaxf(up, -limit), limit);
-    return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
-}
-
-// Writes one output of rows `row` (and `row + 1` for gate_up) for the pair at `idx` of expert e.
-template <int GATE_UP>
-static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, int idx, int row, float a, float b) {
-    int pair = p.list[p.offsets[e] + idx];
-    i64 base = (i64)e * (GATE_UP ? 2 : 1) * p.n_out;
-    if constexpr (GATE_UP) {
-        float bg = p.bias ? p.bias[base + row] : 0.0f, bu = p.bias ? p.bias[base + row + 1] : 0.0f;
-        float act = swiglu_oai(a + bg, b + bu, p.alpha, p.limit);
-        int i = row / 2;
-        if (p.act_split == 0.0f) {
-            p.out[(i64)pair * p.n_out + i] = act;
-            return;
-        }
-        // Element i = 32 kb + 8 t + w: register j = w mod 4 of (row, kb, t), low half for w < 4 (see moe_xsplit).
-        int kb = i >> 5, t = (i >> 3) & 3, w = i & 7;
-        i64 reg = (((i64)pair * (p.n_out >> 5) + kb) * 4 + t) * 8 + (w & 3);
-        float x = act * p.act_split;
-        u16 hi = f32_to_f16(x);
-        u16 lo = f32_to_f16(x - f16_to_f32(hi));
-        u16* halves = (u16*)p.out;
-        halves[2 * reg + (w >> 2)] = hi;
-        halves[2 * (reg + 4) + (w >> 2)] = lo;
-        // As moe_xsplit's scales, the inverse times 2^14 (the codes are E2M1 values × 2^-14).
-        if ((i & 31) == 0) p.act_scales[(i64)pair * (p.n_out >> 5) + kb] = 16384.0f / p.act_split;
-    } else {
-        p.out[(i64)pair * p.n_out + row] = a + (p.bias ? p.bias[base + row] : 0.0f);
-    }
 }
 
 template <int F, int CE, int TT, int GATE_UP>
@@ -269,7 +108,7 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
     }
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, n0 = blockIdx.x * MMA_BN;
     float acc[MT][4][4];
-    mma_tile<F, MT>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, sm, acc);
+    mma_tile<F, MT>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, 0, p.k, sm, acc);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
     for (int mt = 0; mt < MT; mt++)

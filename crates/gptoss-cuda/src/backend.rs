@@ -321,6 +321,25 @@ impl Backend for CudaBackend {
         Ok(ops::norm::add(&self.dev, step.rows, x, y)?)
     }
 
+    fn add_rms_norm(
+        &self,
+        step: &CudaStep,
+        x: &mut CudaBuf,
+        y: &CudaBuf,
+        weight: &CudaVector,
+        eps: f32,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Ok(ops::norm::add_rms_norm(
+            &self.dev,
+            step.rows,
+            (x, y),
+            weight,
+            eps,
+            out,
+        )?)
+    }
+
     fn linear(
         &self,
         step: &CudaStep,
@@ -329,6 +348,16 @@ impl Backend for CudaBackend {
         out: &mut CudaBuf,
     ) -> Result<()> {
         Ok(ops::linear::linear(&self.dev, step, x, w, out)?)
+    }
+
+    fn linear3(
+        &self,
+        step: &CudaStep,
+        x: &CudaBuf,
+        w: [&CudaLinear; 3],
+        out: [&mut CudaBuf; 3],
+    ) -> Result<()> {
+        Ok(ops::linear::linear3(&self.dev, step, x, w, out)?)
     }
 
     fn rope_store_kv(

@@ -15,7 +15,7 @@ use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KernelFile};
 use crate::libs::{ensure, CudaLib};
 use crate::nvrtc::{self, Target};
-use crate::options::{compile_notice_line, CompileNotice, CudaOptions, MoeKernel};
+use crate::options::{compile_notice_line, CompileNotice, CudaOptions, LinearKernel, MoeKernel};
 use crate::vram::{gib, Meter};
 
 /// What the device is.
@@ -45,6 +45,8 @@ pub struct Device {
     pub meter: Arc<Meter>,
     /// Which expert kernels run.
     pub moe_kernel: MoeKernel,
+    /// Which dense linear kernels run.
+    pub linear_kernel: LinearKernel,
     cache_dir: Option<PathBuf>,
     compile_notice: CompileNotice,
     /// Whether the first compile (a cache miss) was announced.
@@ -103,6 +105,7 @@ impl Device {
             meter: Meter::new(cap),
             cache_dir: opts.cache_dir.clone(),
             moe_kernel: opts.moe_kernel,
+            linear_kernel: opts.linear_kernel,
             compile_notice: opts.compile_notice,
             announced: Cell::new(false),
             modules: RefCell::new(HashMap::new()),

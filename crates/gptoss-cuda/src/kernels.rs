@@ -7,6 +7,8 @@ const COMMON: &str = include_str!("../kernels/common.cu");
 
 /// The tensor-core tile GEMM core, a second prelude of the files that run prefill GEMMs.
 const MMA: &str = include_str!("../kernels/mma.cu");
+/// The prelude the expert kernel files share (after common.cu).
+const MOE_COMMON: &str = include_str!("../kernels/moe_common.cu");
 
 /// One kernel file (one op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,13 +27,15 @@ pub enum KernelFile {
     Router,
     /// `moe.cu`
     Moe,
+    /// `moe_dot.cu`
+    MoeDot,
     /// `sample.cu`
     Sample,
 }
 
 impl KernelFile {
     /// Every file, for the compile check.
-    pub const ALL: [KernelFile; 8] = [
+    pub const ALL: [KernelFile; 9] = [
         KernelFile::Embed,
         KernelFile::Norm,
         KernelFile::Linear,
@@ -39,6 +43,7 @@ impl KernelFile {
         KernelFile::Attention,
         KernelFile::Router,
         KernelFile::Moe,
+        KernelFile::MoeDot,
         KernelFile::Sample,
     ];
 
@@ -52,6 +57,7 @@ impl KernelFile {
             KernelFile::Attention => "attention.cu",
             KernelFile::Router => "router.cu",
             KernelFile::Moe => "moe.cu",
+            KernelFile::MoeDot => "moe_dot.cu",
             KernelFile::Sample => "sample.cu",
         }
     }
@@ -65,6 +71,7 @@ impl KernelFile {
             KernelFile::Attention => include_str!("../kernels/attention.cu"),
             KernelFile::Router => include_str!("../kernels/router.cu"),
             KernelFile::Moe => include_str!("../kernels/moe.cu"),
+            KernelFile::MoeDot => include_str!("../kernels/moe_dot.cu"),
             KernelFile::Sample => include_str!("../kernels/sample.cu"),
         }
     }
@@ -75,8 +82,14 @@ impl KernelFile {
             KernelFile::Linear | KernelFile::Moe => format!("#line 1 \"mma.cu\"\n{MMA}\n"),
             _ => String::new(),
         };
+        let moe = match self {
+            KernelFile::Moe | KernelFile::MoeDot => {
+                format!("#line 1 \"moe_common.cu\"\n{MOE_COMMON}\n")
+            }
+            _ => String::new(),
+        };
         format!(
-            "{COMMON}\n{mma}#line 1 \"{}\"\n{}",
+            "{COMMON}\n{mma}{moe}#line 1 \"{}\"\n{}",
             self.name(),
             self.body()
         )
@@ -259,10 +272,16 @@ pub enum Func {
     RmsNorm,
     /// `add_f32`
     Add,
+    /// `add_rmsnorm_f32`
+    AddRmsNorm,
     /// `linear_<fmt>_t{1,2,4}`
     Linear(WeightKind, RowTile),
-    /// `linear_mma_<fmt>`
-    LinearMma(WeightKind),
+    /// `linear3_<fmt>_t{1,2,4}` (three split-K GEMVs of one input in one grid)
+    LinearGroup(WeightKind, RowTile),
+    /// `linear_mma_<fmt>` / `linear_mma32_<fmt>`
+    LinearMma(WeightKind, MmaRows),
+    /// `linear_reduce` (adds the K splits of the tensor-core linear)
+    LinearReduce,
     /// `rope_kv_<kv>`
     RopeKv(KvType),
     /// `attention_<kv>`
@@ -291,8 +310,14 @@ pub enum Func {
     MoeGateUpFp4(Fp4Pairs),
     /// `moe_down_fp4_p{8,16}`
     MoeDownFp4(Fp4Pairs),
+    /// `moe_gate_up_fp4_dot` (MXFP4, one pair per tile, integer dot products)
+    MoeGateUpFp4Dot,
+    /// `moe_down_fp4_dot`
+    MoeDownFp4Dot,
     /// `moe_combine`
     MoeCombine,
+    /// `row_max_keys` (each row's largest sort key per slice, before `sample_rows`)
+    RowMaxKeys,
     /// `sample_rows`
     Sample,
     /// `logprob_rows`
@@ -304,8 +329,10 @@ impl Func {
     pub fn file(self) -> KernelFile {
         match self {
             Func::Embed(_) => KernelFile::Embed,
-            Func::RmsNorm | Func::Add => KernelFile::Norm,
-            Func::Linear(..) | Func::LinearMma(_) => KernelFile::Linear,
+            Func::RmsNorm | Func::Add | Func::AddRmsNorm => KernelFile::Norm,
+            Func::Linear(..) | Func::LinearGroup(..) | Func::LinearMma(..) | Func::LinearReduce => {
+                KernelFile::Linear
+            }
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
                 KernelFile::Attention
@@ -320,7 +347,8 @@ impl Func {
             | Func::MoeGateUpFp4(_)
             | Func::MoeDownFp4(_)
             | Func::MoeCombine => KernelFile::Moe,
-            Func::Sample | Func::Logprobs => KernelFile::Sample,
+            Func::MoeGateUpFp4Dot | Func::MoeDownFp4Dot => KernelFile::MoeDot,
+            Func::RowMaxKeys | Func::Sample | Func::Logprobs => KernelFile::Sample,
         }
     }
 
@@ -335,8 +363,11 @@ impl Func {
             Func::Embed(w) => format!("embed_{}", w.suffix()),
             Func::RmsNorm => "rmsnorm_f32".into(),
             Func::Add => "add_f32".into(),
+            Func::AddRmsNorm => "add_rmsnorm_f32".into(),
             Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
-            Func::LinearMma(w) => format!("linear_mma_{}", w.suffix()),
+            Func::LinearGroup(w, t) => format!("linear3_{}_{}", w.suffix(), t.suffix()),
+            Func::LinearMma(w, r) => format!("linear_{}_{}", r.infix(), w.suffix()),
+            Func::LinearReduce => "linear_reduce".into(),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::AttentionRows(k) => format!("attention_rows_{}", kv(k)),
@@ -351,7 +382,10 @@ impl Func {
             Func::MoeXSplit => "moe_xsplit".into(),
             Func::MoeGateUpFp4(n) => format!("moe_gate_up_fp4_{}", n.suffix()),
             Func::MoeDownFp4(n) => format!("moe_down_fp4_{}", n.suffix()),
+            Func::MoeGateUpFp4Dot => "moe_gate_up_fp4_dot".into(),
+            Func::MoeDownFp4Dot => "moe_down_fp4_dot".into(),
             Func::MoeCombine => "moe_combine".into(),
+            Func::RowMaxKeys => "row_max_keys".into(),
             Func::Sample => "sample_rows".into(),
             Func::Logprobs => "logprob_rows".into(),
         }
@@ -362,13 +396,18 @@ impl Func {
         let mut v = vec![
             Func::RmsNorm,
             Func::Add,
+            Func::AddRmsNorm,
             Func::MoeGroup,
             Func::MoeCombine,
             Func::RouteTopk,
+            Func::RowMaxKeys,
             Func::Sample,
             Func::Logprobs,
             Func::AttentionCombine,
             Func::MoeXSplit,
+            Func::LinearReduce,
+            Func::MoeGateUpFp4Dot,
+            Func::MoeDownFp4Dot,
         ];
         for n in Fp4Pairs::ALL {
             v.extend([Func::MoeGateUpFp4(n), Func::MoeDownFp4(n)]);
@@ -379,13 +418,14 @@ impl Func {
         for w in WeightKind::ALL {
             v.extend([Func::Embed(w), Func::Route(w)]);
             v.extend(RowTile::LINEAR.map(|t| Func::Linear(w, t)));
+            v.extend(RowTile::LINEAR.map(|t| Func::LinearGroup(w, t)));
             for t in RowTile::EXPERTS {
                 v.extend([Func::MoeGateUp(w, t), Func::MoeDown(w, t)]);
             }
         }
         for w in WeightKind::MMA {
-            v.push(Func::LinearMma(w));
             for r in [MmaRows::R32, MmaRows::R64] {
+                v.push(Func::LinearMma(w, r));
                 v.extend([Func::MoeGateUpMma(w, r), Func::MoeDownMma(w, r)]);
             }
         }
@@ -411,7 +451,9 @@ mod tests {
     fn macro_defines(body: &str, name: &str) -> bool {
         for (prefix, mac, suffixes) in [
             ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_mma32_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
+            ("linear3_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
             ("route_", "ROUTE_ENTRY", &[""][..]),
             ("moe_gate_up_", "MOE_ENTRY", &["_t1", "_t8"][..]),

@@ -38,4 +38,4 @@ pub mod weights;
 
 pub use backend::CudaBackend;
 pub use error::{CudaError, Result};
-pub use options::{CompileNotice, CudaOptions, MoeKernel};
+pub use options::{CompileNotice, CudaOptions, LinearKernel, MoeKernel};

@@ -1,6 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
 //! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_MOE_KERNEL`,
-//! `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
+//! `GPTOSS_LINEAR_KERNEL`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -30,6 +30,38 @@ pub struct CudaOptions {
     pub graphs: bool,
     /// Which expert kernels run (`GPTOSS_MOE_KERNEL`; benchmarks and diagnosis, default automatic).
     pub moe_kernel: MoeKernel,
+    /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
+    pub linear_kernel: LinearKernel,
+}
+
+/// The dense linear kernels a step uses: chosen from its rows, or forced (where the weight format allows
+/// the tensor cores) to compare them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// The split-K GEMV below 5 rows, tensor-core tiles (split along K when they are few) from 5 (`auto`).
+    #[default]
+    Auto,
+    /// The split-K CUDA-core GEMV at every size (`gemv`).
+    Gemv,
+    /// Tensor-core tiles from 16 rows, never split along K (`tiles`: the kernels before K splits).
+    Tiles,
+    /// Tensor-core tiles split along K at every size, 1 row included (`tiles-splitk`).
+    TilesSplitK,
+}
+
+impl LinearKernel {
+    /// Parses `GPTOSS_LINEAR_KERNEL`'s value.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "" | "auto" => Ok(LinearKernel::Auto),
+            "gemv" => Ok(LinearKernel::Gemv),
+            "tiles" => Ok(LinearKernel::Tiles),
+            "tiles-splitk" => Ok(LinearKernel::TilesSplitK),
+            _ => Err(CudaError::Config(format!(
+                "GPTOSS_LINEAR_KERNEL={value:?}: expected auto, gemv, tiles or tiles-splitk"
+            ))),
+        }
+    }
 }
 
 /// The expert kernels a step uses: chosen from the pairs per expert and the weight format, or forced
@@ -51,6 +83,8 @@ pub enum MoeKernel {
     Fp4G32,
     /// Same, 64 pairs (`fp4-g64`).
     Fp4G64,
+    /// MXFP4 on integer dot products, tiles of one pair (`fp4-dot`).
+    Fp4Dot,
 }
 
 impl MoeKernel {
@@ -64,8 +98,9 @@ impl MoeKernel {
             "fp4-16" => Ok(MoeKernel::Fp4P16),
             "fp4-g32" => Ok(MoeKernel::Fp4G32),
             "fp4-g64" => Ok(MoeKernel::Fp4G64),
+            "fp4-dot" => Ok(MoeKernel::Fp4Dot),
             _ => Err(CudaError::Config(format!(
-                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32 or fp4-g64"
+                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32, fp4-g64 or fp4-dot"
             ))),
         }
     }
@@ -105,6 +140,10 @@ impl CudaOptions {
             moe_kernel: match std::env::var("GPTOSS_MOE_KERNEL") {
                 Ok(v) => MoeKernel::parse(&v)?,
                 Err(_) => MoeKernel::Auto,
+            },
+            linear_kernel: match std::env::var("GPTOSS_LINEAR_KERNEL") {
+                Ok(v) => LinearKernel::parse(&v)?,
+                Err(_) => LinearKernel::Auto,
             },
         })
     }
@@ -160,6 +199,18 @@ mod tests {
         assert_eq!(parse_arch("9.0").unwrap(), 90);
         let e = parse_arch("ampere").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_CUDA_ARCH=\"ampere\""), "{e}");
+    }
+
+    #[test]
+    fn linear_kernel_names() {
+        assert_eq!(LinearKernel::parse("gemv").unwrap(), LinearKernel::Gemv);
+        assert_eq!(
+            LinearKernel::parse(" tiles-splitk").unwrap(),
+            LinearKernel::TilesSplitK
+        );
+        assert_eq!(LinearKernel::parse("").unwrap(), LinearKernel::Auto);
+        let e = LinearKernel::parse("fast").unwrap_err().to_string();
+        assert!(e.contains("GPTOSS_LINEAR_KERNEL=\"fast\""), "{e}");
     }
 
     #[test]

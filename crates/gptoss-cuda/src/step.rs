@@ -5,7 +5,7 @@
 
 use cudarc::driver::PinnedHostSlice;
 use gptoss_engine::backend::{Batch, Capacity, Rope};
-use gptoss_engine::memory::{ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS};
+use gptoss_engine::memory::{linear_split_floats, ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS};
 use gptoss_engine::KvLayout;
 
 use crate::device::Device;
@@ -33,6 +33,8 @@ pub struct CudaStep {
     /// `(max, sum, acc[d])` per key split of each (token, q head), for up to `ATTN_SPLIT_ROWS` tokens.
     pub(crate) split_part: DevBuf<f32>,
     pub(crate) split_rows: usize,
+    /// Partial sums of the tensor-core linears' K splits (see `ops/linear.rs`).
+    pub(crate) linear_part: DevBuf<f32>,
     /// Query and key/value heads and the sliding window of the model (what key splits depend on).
     pub(crate) n_q_heads: usize,
     pub(crate) n_kv_heads: usize,
@@ -72,6 +74,12 @@ impl CudaStep {
             concentration: rope.concentration,
             split_part: DevBuf::zeros(&d.stream, &d.meter, split_len, "attention split scratch")?,
             split_rows,
+            linear_part: DevBuf::zeros(
+                &d.stream,
+                &d.meter,
+                linear_split_floats(capacity).max(1),
+                "linear K-split scratch",
+            )?,
             n_q_heads: layout.n_q_heads,
             n_kv_heads: layout.kv_width / layout.head_dim.max(1),
             window_tokens: layout.window_tokens,

@@ -218,8 +218,10 @@ fn filled(
 }
 
 fn step_of(b: &CudaBackend, rows: usize) -> <CudaBackend as Backend>::Step {
+    // At least 16 rows of capacity, so that the linears' K-split scratch exists at every size
+    // (GPTOSS_LINEAR_KERNEL=tiles-splitk compares it with the GEMV below 16 rows).
     let cap = Capacity {
-        max_batch_tokens: rows,
+        max_batch_tokens: rows.max(16),
         max_logit_rows: rows,
         slots: 1,
         context_tokens: rows,
@@ -256,7 +258,16 @@ fn time(b: &CudaBackend, reps: usize, mut f: impl FnMut()) -> f64 {
 
 #[test]
 #[ignore = "needs GPU"]
-fn bench_ops_20b_shapes() {
+fn bench_moe_20b_shapes() {
+    let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    bench_moe(&b, &mut Rng(8));
+}
+
+/// The dense linears of 20b (bf16) at decode, batched-decode and prefill sizes (`GPTOSS_LINEAR_KERNEL`
+/// picks the kernel to compare).
+#[test]
+#[ignore = "needs GPU"]
+fn bench_linear_20b_shapes() {
     let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
     let mut rng = Rng(7);
     let bf16 = TestFormat::Dense(DType::BF16);
@@ -273,15 +284,15 @@ fn bench_ops_20b_shapes() {
             })
             .unwrap();
         let tokens: &[usize] = if name == "lm_head" {
-            &[1]
+            &[1, 16, 64]
         } else {
-            &[1, 2, 4, 8, 2048]
+            &[1, 2, 4, 5, 8, 16, 32, 64, 2048]
         };
         for &t in tokens {
             let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
             let mut out = b.alloc(t, n_out).unwrap();
             let step = step_of(&b, t);
-            let reps = if t > 8 { 10 } else { 50 };
+            let reps = if t > 64 { 10 } else { 50 };
             let s = time(&b, reps, || b.linear(&step, &x, &w, &mut out).unwrap());
             let gbs = (n_out * k * 2) as f64 / s / 1e9;
             let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
@@ -291,7 +302,6 @@ fn bench_ops_20b_shapes() {
             );
         }
     }
-    bench_moe(&b, &mut rng);
 }
 
 fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
@@ -322,7 +332,7 @@ fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
         swiglu_alpha: 1.702,
         swiglu_limit: 7.0,
     };
-    for t in [1usize, 2, 8, 16, 32, 64, 128, 256, 512, 2048] {
+    for t in [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048] {
         let h = filled(b, t, hidden, &rng.vec(t * hidden, 1.0));
         let mut routing = b.alloc_routing(t, top_k).unwrap();
         let mut out = b.alloc(t, hidden).unwrap();

@@ -140,7 +140,7 @@ fn linear_every_format_and_shape() {
 }
 
 /// Token counts that hit every edge of the split-K tiles (1, 2, 4, 8 rows) and of the tensor-core tiles
-/// (16 rows and up, 64 per tile).
+/// (5 rows and up with K splits, 32 or 64 per tile).
 const TILE_EDGES: [usize; 9] = [1, 2, 7, 16, 17, 63, 64, 65, 300];
 
 #[test]
@@ -148,11 +148,14 @@ const TILE_EDGES: [usize; 9] = [1, 2, 7, 16, 17, 63, 64, 65, 300];
 fn linear_tile_edges_every_path() {
     let g = cuda(KvPrecision::Bf16);
     let mut rng = Rng(16);
-    // bf16, MXFP4 and NF4 take the tensor cores from 16 rows; Q8_0 and f32 stay on the split-K kernel.
+    // bf16, MXFP4 and NF4 take the tensor cores from 5 rows; Q8_0 and f32 stay on the split-K kernel.
     // 130 and 67 output rows leave partial 128-row tiles; k = 45 leaves a partial K step and unaligned rows.
+    // k = 1000 and 1024 give the few tiles of up to 300 rows K splits (the last one short for 1000).
     let cases = [
         (TestFormat::Dense(gptoss_formats::DType::BF16), 130, 96),
         (TestFormat::Dense(gptoss_formats::DType::BF16), 67, 45),
+        (TestFormat::Dense(gptoss_formats::DType::BF16), 130, 1000),
+        (TestFormat::Mxfp4, 67, 1024),
         (TestFormat::Mxfp4, 130, 160),
         (TestFormat::BnbNf4, 67, 128),
         (TestFormat::Q8_0, 130, 96),
@@ -293,6 +296,7 @@ fn mxfp4_experts_every_kernel_match_f64() {
             MoeKernel::Fp4P16,
             MoeKernel::Fp4G32,
             MoeKernel::Fp4G64,
+            MoeKernel::Fp4Dot,
         ] {
             let mut o = CudaOptions::from_env().unwrap();
             o.kv = KvPrecision::F32;
@@ -440,6 +444,7 @@ fn embed_logits<B: Backend>(
     )
 }
 
+/// `rms_norm(x + y)` by `add` then `rms_norm`, the same by the fused `add_rms_norm`, and the fused call's x.
 fn norm_add<B: Backend>(b: &B, x: &[f32], y: &[f32], w: &[f32], rows: usize) -> Vec<f32> {
     let n = w.len();
     let (mut xb, yb) = (upload(b, rows, n, x), upload(b, rows, n, y));
@@ -448,7 +453,14 @@ fn norm_add<B: Backend>(b: &B, x: &[f32], y: &[f32], w: &[f32], rows: usize) -> 
     b.add(&step, &mut xb, &yb).unwrap();
     let mut out = b.alloc(rows, n).unwrap();
     b.rms_norm(&step, &xb, &wv, 1e-5, &mut out).unwrap();
-    b.read(&out, rows).unwrap()
+    let mut got = b.read(&out, rows).unwrap();
+    let mut xf = upload(b, rows, n, x);
+    let mut fused = b.alloc(rows, n).unwrap();
+    b.add_rms_norm(&step, &mut xf, &yb, &wv, 1e-5, &mut fused)
+        .unwrap();
+    got.extend(b.read(&fused, rows).unwrap());
+    got.extend(b.read(&xf, rows).unwrap());
+    got
 }
 
 #[test]
@@ -456,7 +468,8 @@ fn norm_add<B: Backend>(b: &B, x: &[f32], y: &[f32], w: &[f32], rows: usize) -> 
 fn rms_norm_and_add() {
     let g = cuda(KvPrecision::Bf16);
     let mut rng = Rng(13);
-    for (rows, n) in [(1, 100), (7, 2880), (3, 37)] {
+    // 100 and 2880 take the vector path (whole float4s, at most 4,096), 37 and 5000 the strided one.
+    for (rows, n) in [(1, 100), (7, 2880), (3, 37), (2, 5000)] {
         let (x, y, w) = (
             rng.vec(rows * n, 2.0),
             rng.vec(rows * n, 1.0),
@@ -466,7 +479,7 @@ fn rms_norm_and_add() {
             &norm_add(&g, &x, &y, &w, rows),
             &norm_add(&CpuBackend, &x, &y, &w, rows),
         );
-        println!("add+rms_norm T={rows} n={n}: rel err {e:.2e}");
+        println!("add+rms_norm, separate and fused, T={rows} n={n}: rel err {e:.2e}");
         assert!(e < 1e-5, "rms_norm T={rows} n={n}: {e}");
     }
 }

@@ -184,12 +184,14 @@ fn serve(m: &mut Model<CudaBackend>) -> Vec<Vec<u32>> {
         prompt(40, vocab, 1),
     ];
     let mut out = Vec::new();
+    let mut next_id = 10;
     for round in [&prompts[..2], &prompts[2..]] {
         let rxs: Vec<_> = round
             .iter()
             .map(|p| {
                 let (tx, rx) = mpsc::channel();
-                let id = out.len() as u64 + 10;
+                next_id += 1;
+                let id = next_id;
                 let req = GenRequest {
                     prompt: p.clone(),
                     sampling: SamplingParams {

@@ -261,6 +261,20 @@ pub trait Backend {
     ) -> Result<()>;
     /// `x += y` over the step's rows.
     fn add(&self, step: &Self::Step, x: &mut Self::Buf, y: &Self::Buf) -> Result<()>;
+    /// `x += y`, then `out = rms_norm(x) * weight`, over the step's rows (the residual add and the next
+    /// norm; a backend may fuse them).
+    fn add_rms_norm(
+        &self,
+        step: &Self::Step,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        weight: &Self::Vector,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.add(step, x, y)?;
+        self.rms_norm(step, x, weight, eps, out)
+    }
     /// `out = x Wᵀ + b` over the step's rows.
     fn linear(
         &self,
@@ -269,6 +283,20 @@ pub trait Backend {
         w: &Self::Linear,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// `out[i] = x w[i]ᵀ + b[i]` over the step's rows for three linears of one input (q, k, v); a backend
+    /// may run them as one launch.
+    fn linear3(
+        &self,
+        step: &Self::Step,
+        x: &Self::Buf,
+        w: [&Self::Linear; 3],
+        out: [&mut Self::Buf; 3],
+    ) -> Result<()> {
+        for (w, out) in w.into_iter().zip(out) {
+            self.linear(step, x, w, out)?;
+        }
+        Ok(())
+    }
     /// Applies RoPE to `q` and `k` in place and stores `k`, `v` in the block of each token's position.
     fn rope_store_kv(
         &self,

@@ -177,6 +177,23 @@ pub fn attention_split_floats(config: &ModelConfig, capacity: &Capacity) -> usiz
         * (config.head_dim + 2)
 }
 
+/// Slices of a logit row in which the CUDA sampler first finds the largest logit (a u64 key each).
+pub const SAMPLER_KEY_SLICES: usize = 128;
+
+/// Most f32 partial sums the CUDA tensor-core linears split along K keep per step (64 rows × 128 weight
+/// rows × 320 blocks; the launcher takes fewer splits where they would not fit).
+pub const LINEAR_SPLIT_FLOATS: usize = 64 * 128 * 320;
+
+/// f32 elements of the CUDA linears' K-split scratch for `capacity`: none when no step reaches the
+/// split tensor-core tiles (5 rows).
+pub fn linear_split_floats(capacity: &Capacity) -> usize {
+    if capacity.max_batch_tokens >= 5 {
+        LINEAR_SPLIT_FLOATS
+    } else {
+        0
+    }
+}
+
 /// One step's buffers: the model's activations, routing and logits, the step metadata, the MoE scratch
 /// (pair lists, activations and outputs of every chosen expert) and the sampler's f64 scratch.
 pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
@@ -205,16 +222,19 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     };
     let step = 4 * (3 * rows + logit_rows + tables)
         + 4 * (c.head_dim as u64 / 2)
-        + 4 * attention_split_floats(config, capacity) as u64;
+        + 4 * attention_split_floats(config, capacity) as u64
+        + 4 * linear_split_floats(capacity) as u64;
     // The CUDA MXFP4 experts split x into two f16 parts inside the act and y buffers; their scales, one f32
     // per 32 values, need room of their own (two buffers: gate_up's input and act).
     let split_scales = 2 * rows * k * i.max(h) / 32;
     let moe = 4 * (2 * e + 1) + 4 * rows * k * (1 + i + h) + 4 * split_scales;
-    // Per logit row: the f64 scratch, the parameters (32 bytes), the token, the token mask (a bit per
-    // vocabulary entry, in whole u32 words), the log-probability job (16 bytes) and its output (the token's
-    // value and up to MAX_TOP_LOGPROBS (id, value) pairs).
+    // Per logit row: the f64 scratch, the parameters (32 bytes), the token, the largest key per slice,
+    // the token mask (a bit per vocabulary entry, in whole u32 words), the log-probability job (16 bytes)
+    // and its output (the token's value and up to MAX_TOP_LOGPROBS (id, value) pairs).
     let top = crate::logits::MAX_TOP_LOGPROBS as u64;
-    let sampler = logit_rows * (8 * v + 32 + 4 + 4 * v.div_ceil(32) + 16 + 4 * (1 + 2 * top));
+    let keys = 8 * SAMPLER_KEY_SLICES as u64;
+    let sampler =
+        logit_rows * (8 * v + 32 + 4 + keys + 4 * v.div_ceil(32) + 16 + 4 * (1 + 2 * top));
     activations + routing + logits + step + moe + sampler
 }
 

@@ -555,21 +555,57 @@ impl<B: Backend> Stage<B> {
             b.embed(&ws.step, embed, &mut ws.x)?;
             tap(b, &mut ws.trace, None, "embed", &ws.x)?;
         }
+        // Each block leaves its output in `proj`; the next norm adds it into x (one launch where the backend
+        // fuses the two).
+        let mut pending = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let at = LayerAt {
                 model: self.first + i,
                 stage: i,
             };
-            attention_block(b, c, at, layer, ws, &mut self.cache)?;
+            attention_block(b, c, at, layer, ws, &mut self.cache, pending)?;
             moe_block(b, c, at, layer, ws)?;
+            pending = Some(Pending {
+                layer: Some(at.model),
+                node: "layer_out",
+            });
         }
         let Some(head) = head else {
+            // The next stage reads x: the last residual goes in now.
+            if let Some(p) = pending {
+                b.add(&ws.step, &mut ws.x, &ws.proj)?;
+                tap(b, &mut ws.trace, p.layer, p.node, &ws.x)?;
+            }
             return Ok(());
         };
-        let eps = c.rms_norm_eps as f32;
-        b.rms_norm(&ws.step, &ws.x, &head.norm, eps, &mut ws.h)?;
+        norm_after(b, ws, pending, &head.norm, c.rms_norm_eps as f32)?;
         tap(b, &mut ws.trace, None, "norm", &ws.h)?;
         b.logits(&ws.step, &ws.h, &head.lm_head, &mut head.logits)
+    }
+}
+
+/// A residual not yet added into x: `proj` of the block before, traced as `node` of `layer` once added.
+#[derive(Clone, Copy)]
+struct Pending {
+    layer: Option<usize>,
+    node: &'static str,
+}
+
+/// `h = rms_norm(x) · w`, after `x += proj` when a residual is pending.
+fn norm_after<B: Backend>(
+    b: &B,
+    ws: &mut Workspace<B>,
+    pending: Option<Pending>,
+    w: &B::Vector,
+    eps: f32,
+) -> Result<()> {
+    let s = &ws.step;
+    match pending {
+        Some(p) => {
+            b.add_rms_norm(s, &mut ws.x, &ws.proj, w, eps, &mut ws.h)?;
+            tap(b, &mut ws.trace, p.layer, p.node, &ws.x)
+        }
+        None => b.rms_norm(s, &ws.x, w, eps, &mut ws.h),
     }
 }
 
@@ -598,7 +634,8 @@ fn upload_layer<B: Backend>(b: &B, l: &LayerWeights, on_host: bool) -> Result<De
     })
 }
 
-/// `x += o(attention(rope(q), rope(k), v))` with `q, k, v` from `rms_norm(x)`.
+/// `proj = o(attention(rope(q), rope(k), v))` with `q, k, v` from `rms_norm(x)` (after adding the pending
+/// residual into x); the caller adds `proj` into x.
 fn attention_block<B: Backend>(
     b: &B,
     c: &ModelConfig,
@@ -606,14 +643,18 @@ fn attention_block<B: Backend>(
     layer: &DeviceLayer<B>,
     ws: &mut Workspace<B>,
     cache: &mut B::Cache,
+    pending: Option<Pending>,
 ) -> Result<()> {
-    let s = &ws.step;
     let at = Some(l.model);
-    b.rms_norm(s, &ws.x, &layer.attn_norm, c.rms_norm_eps as f32, &mut ws.h)?;
+    norm_after(b, ws, pending, &layer.attn_norm, c.rms_norm_eps as f32)?;
+    let s = &ws.step;
     tap(b, &mut ws.trace, at, "attn_norm", &ws.h)?;
-    b.linear(s, &ws.h, &layer.q, &mut ws.q)?;
-    b.linear(s, &ws.h, &layer.k, &mut ws.k)?;
-    b.linear(s, &ws.h, &layer.v, &mut ws.v)?;
+    b.linear3(
+        s,
+        &ws.h,
+        [&layer.q, &layer.k, &layer.v],
+        [&mut ws.q, &mut ws.k, &mut ws.v],
+    )?;
     tap(b, &mut ws.trace, at, "q", &ws.q)?;
     tap(b, &mut ws.trace, at, "k", &ws.k)?;
     tap(b, &mut ws.trace, at, "v", &ws.v)?;
@@ -639,12 +680,10 @@ fn attention_block<B: Backend>(
     b.attention(s, &shape, &ws.q, &layer.sinks, cache, &mut ws.attn)?;
     tap(b, &mut ws.trace, at, "attn_out", &ws.attn)?;
     b.linear(s, &ws.attn, &layer.o, &mut ws.proj)?;
-    tap(b, &mut ws.trace, at, "attn_proj", &ws.proj)?;
-    b.add(s, &mut ws.x, &ws.proj)?;
-    tap(b, &mut ws.trace, at, "attn_resid", &ws.x)
+    tap(b, &mut ws.trace, at, "attn_proj", &ws.proj)
 }
 
-/// `x += moe(rms_norm(x))`.
+/// `x += attention proj`, then `proj = moe(rms_norm(x))`; the caller adds `proj` into x.
 fn moe_block<B: Backend>(
     b: &B,
     c: &ModelConfig,
@@ -652,8 +691,12 @@ fn moe_block<B: Backend>(
     layer: &DeviceLayer<B>,
     ws: &mut Workspace<B>,
 ) -> Result<()> {
+    let resid = Pending {
+        layer: Some(at.model),
+        node: "attn_resid",
+    };
+    norm_after(b, ws, Some(resid), &layer.mlp_norm, c.rms_norm_eps as f32)?;
     let s = &ws.step;
-    b.rms_norm(s, &ws.x, &layer.mlp_norm, c.rms_norm_eps as f32, &mut ws.h)?;
     tap(b, &mut ws.trace, Some(at.model), "mlp_norm", &ws.h)?;
     if let Some(t) = ws.trace.as_mut() {
         t.tap_router(b, s, at.model, &ws.h, &layer.router)?;
@@ -707,9 +750,7 @@ fn moe_block<B: Backend>(
             return Err(Error::invalid("host experts without host buffers"));
         }
     }
-    tap(b, &mut ws.trace, Some(at.model), "moe_out", &ws.proj)?;
-    b.add(s, &mut ws.x, &ws.proj)?;
-    tap(b, &mut ws.trace, Some(at.model), "layer_out", &ws.x)
+    tap(b, &mut ws.trace, Some(at.model), "moe_out", &ws.proj)
 }
 
 /// Records `buf` under `node` when the step is traced.

@@ -284,3 +284,48 @@ fn generate_until_stops_between_steps_and_keeps_the_tokens() {
     let again = generate_until(&mut m, r, EngineConfig::default(), |_| Flow::Continue).unwrap();
     assert_eq!((again.tokens, again.reason), (full, StopReason::Length));
 }
+
+/// A second request under the id of a running one is refused with a message naming the id, and the
+/// first runs on undisturbed (two sequences under one id once shared the scheduler's entry and
+/// underflowed its token count).
+#[test]
+fn a_request_id_in_use_is_refused() {
+    use gptoss_engine::scheduler::{Engine, EngineStats, RequestId, RequestOptions};
+    let w = weights();
+    let mut m = model(&w, 2, 32, 256);
+    let reqs = requests(2);
+    let (want, _) = solo(&w, &reqs[0], 256);
+    let stats = std::sync::Arc::new(EngineStats::default());
+    let mut engine = Engine::new(&mut m, EngineConfig::default(), stats);
+    let (tx1, rx1) = mpsc::channel();
+    let (tx2, rx2) = mpsc::channel();
+    let id = RequestId(10);
+    engine.submit_with(
+        id,
+        reqs[0].clone(),
+        RequestOptions::default(),
+        channel_sink(tx1),
+    );
+    engine.submit_with(
+        id,
+        reqs[1].clone(),
+        RequestOptions::default(),
+        channel_sink(tx2),
+    );
+    while engine.has_work() {
+        engine.try_step().unwrap();
+    }
+    let (tokens, end) = collect(rx1);
+    assert!(matches!(end, Output::Finished(_)), "{end:?}");
+    assert_eq!(tokens, want);
+    let (none, end) = collect(rx2);
+    assert!(none.is_empty());
+    let Output::Failed { kind, message } = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(kind, FailureKind::Invalid);
+    assert!(
+        message.contains("request id 10 is already in use"),
+        "{message}"
+    );
+}

@@ -10,7 +10,7 @@ use crate::backend::{CudaBuf, CudaStep, CudaVector};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KvType};
-use crate::ops::{cfg, shape_error};
+use crate::ops::{blocks, cfg, shape_error};
 use crate::vram::DevBuf;
 
 // The kernels address positions as `block * 16 + position % 16`.
@@ -267,9 +267,10 @@ pub fn rope_store_kv(
         nkv: shape.n_kv_heads as i32,
         d: shape.head_dim as i32,
     };
+    let head_groups = blocks(shape.n_q_heads + shape.n_kv_heads, 4);
     dev.launch(
         Func::RopeKv(cache.kv),
-        cfg((step.rows as u32, 1, 1), 128),
+        cfg((step.rows as u32, head_groups, 1), 128),
         &p,
     )
 }

@@ -1,12 +1,15 @@
 //! Launchers of `linear.cu`: `y = x Wᵀ + b` over a step's rows, and the logits of its selected rows. Few rows
 //! go to the split-K GEMV (one launch reads each weight once per tile of up to 8 rows), many rows of weights
-//! that decode exactly to bf16 to the tensor-core tiles.
+//! that decode exactly to bf16 to the tensor-core tiles; when those tiles are too few to fill the GPU (a
+//! batched decode step of 16–64 rows: a [4096, 2880] weight is 32 tiles of 128 weight rows) they also split
+//! along K, and `linear_reduce` adds the splits in a fixed order.
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::Result;
-use crate::kernels::{Func, RowTile};
+use crate::kernels::{Func, MmaRows, RowTile};
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
+use crate::options::LinearKernel;
 
 #[repr(C)]
 struct LinearParams {
@@ -21,18 +24,60 @@ struct LinearParams {
     x_ld: i32,
     out_ld: i32,
     groups: i32,
+    k_split: i32,
+    partial: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `LinearParams` in linear.cu.
 unsafe impl cudarc::driver::DeviceRepr for LinearParams {}
 
+#[repr(C)]
+struct LinearGroupParams {
+    part: [LinearParams; 3],
+    first: [i32; 4],
+}
+
+// SAFETY: #[repr(C)] mirror of `LinearGroupParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for LinearGroupParams {}
+
+#[repr(C)]
+struct ReduceParams {
+    partial: u64,
+    bias: u64,
+    out: u64,
+    n_tok: i32,
+    n_out: i32,
+    out_ld: i32,
+    splits: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `ReduceParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for ReduceParams {}
+
 /// Weight rows per thread group of the split-K kernel (`LIN_NR` in linear.cu).
 const SPLIT_ROWS: usize = 4;
-/// Rows and weight rows of one tensor-core tile (`MMA_BM`, `MMA_BN` in mma.cu).
-const MMA_TILE: (usize, usize) = (64, 128);
-/// Fewest rows for the tensor-core path: below this a 64-row tile is mostly empty and the GEMV, which is
-/// bound by reading the weights once, is as fast.
+/// Weight rows of one tensor-core tile (`MMA_BN` in mma.cu).
+const MMA_WEIGHT_ROWS: usize = 128;
+/// K elements per step of the tensor-core tiles (`MMA_BK` in mma.cu).
+const MMA_K_STEP: usize = 32;
+/// Fewest K steps a split of the tensor-core tiles takes (fewer, and the pipeline's fill and the partial
+/// sums' writes outweigh the work).
+const MIN_K_STEPS_PER_SPLIT: usize = 4;
+/// Blocks per SM the tensor-core tiles are register-limited to (`LINEAR_MMA_ENTRY`'s MINB).
+const MMA_BLOCKS_PER_SM: usize = 2;
+/// Fewest rows for the tensor-core path without K splits (`GPTOSS_LINEAR_KERNEL=tiles`): below this a
+/// 128-row tile of weights leaves most SMs idle.
 pub const MMA_MIN_ROWS: usize = 16;
+/// Fewest rows for the tensor-core path split along K (the default) for weights of at least
+/// [`NARROW_WEIGHT_ROWS`] rows. Measured on the H200 (bf16, q [4096, 2880]): at 4 rows the GEMV takes 14.8 µs
+/// and the split tiles 21.3; at 5 rows 21.4 µs (tiles); at 8 rows the GEMV, two tiles of 4, 27.0 and the tiles
+/// 21.3; at 16 rows 51.0 and 21.9.
+pub const SPLIT_TILE_MIN_ROWS: usize = 5;
+/// Narrower weights (k and v, [512, 2880]) keep the GEMV up to more rows: measured 5.7 µs (GEMV) vs 10.8
+/// (tiles) at 8 rows, 9.1 vs 9.4–11.5 at 16, 15.7 vs 10.8 at 32.
+pub const NARROW_SPLIT_TILE_MIN_ROWS: usize = 24;
+/// Weights with fewer rows than this are narrow (see [`NARROW_SPLIT_TILE_MIN_ROWS`]).
+pub const NARROW_WEIGHT_ROWS: usize = 2048;
 
 /// How a linear of `n_tok` rows runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +85,12 @@ pub enum LinearPath {
     /// Split-K GEMV, tiles of this many rows.
     Split(RowTile),
     /// Tensor-core tiles.
-    Mma,
+    Mma {
+        /// Step rows per tile.
+        rows: MmaRows,
+        /// K elements per block (K or more: no split).
+        k_split: usize,
+    },
 }
 
 /// The tile of the split-K kernel for `n_tok` rows: 1, 2, or 4 rows (several tiles beyond 4). Measured on
@@ -54,17 +104,58 @@ pub fn split_tile(n_tok: usize) -> RowTile {
     }
 }
 
-/// Tensor cores for many rows when the weight decodes exactly to bf16, the split-K GEMV otherwise.
-pub fn choose_linear(n_tok: usize, w: &DevWeight) -> LinearPath {
-    if n_tok >= MMA_MIN_ROWS && w.mma_exact() {
-        LinearPath::Mma
-    } else {
-        LinearPath::Split(split_tile(n_tok))
+/// What decides a linear's kernel besides its weight.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearShape {
+    /// Step rows.
+    pub n_tok: usize,
+    /// Streaming multiprocessors of the device.
+    pub sms: usize,
+    /// f32 elements of partial-sum room for K splits (0: no splits).
+    pub split_room: usize,
+    /// The kernel choice forced by `GPTOSS_LINEAR_KERNEL`, if any.
+    pub kernel: LinearKernel,
+}
+
+/// Tensor cores for many rows when the weight decodes exactly to bf16 (split along K when the tiles alone
+/// would leave SMs idle and `split_room` holds the partial sums), the split-K GEMV otherwise.
+pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
+    let gemv = LinearPath::Split(split_tile(s.n_tok));
+    let tiles = match s.kernel {
+        LinearKernel::Gemv => false,
+        LinearKernel::TilesSplitK => true,
+        LinearKernel::Auto if w.rows < NARROW_WEIGHT_ROWS => s.n_tok >= NARROW_SPLIT_TILE_MIN_ROWS,
+        LinearKernel::Auto => s.n_tok >= SPLIT_TILE_MIN_ROWS,
+        LinearKernel::Tiles => s.n_tok >= MMA_MIN_ROWS,
+    };
+    if !tiles || !w.mma_exact() {
+        return gemv;
     }
+    let rows = if s.n_tok <= 32 {
+        MmaRows::R32
+    } else {
+        MmaRows::R64
+    };
+    let k_steps = w.k.div_ceil(MMA_K_STEP);
+    let tiles = w.rows.div_ceil(MMA_WEIGHT_ROWS) * s.n_tok.div_ceil(rows.rows());
+    let mut splits = if s.kernel == LinearKernel::Tiles {
+        1
+    } else {
+        (MMA_BLOCKS_PER_SM * s.sms)
+            .div_ceil(tiles)
+            .min(k_steps / MIN_K_STEPS_PER_SPLIT)
+            .max(1)
+    };
+    while splits > 1 && splits * s.n_tok * w.rows > s.split_room {
+        splits -= 1;
+    }
+    let k_split = k_steps.div_ceil(splits) * MMA_K_STEP;
+    LinearPath::Mma { rows, k_split }
 }
 
 /// Device rows a linear reads and writes: `n_tok` rows of `x` (row `t`, or row `x_rows[t]` when `x_rows` is
-/// not 0) of stride `x_ld`, into `out` rows of stride `out_ld`.
+/// not 0) of stride `x_ld`, into `out` rows of stride `out_ld`; `partial` (0 = none) is room for
+/// `split_room` f32 partial sums of K splits.
 pub(crate) struct Rows {
     pub x: u64,
     pub x_ld: usize,
@@ -72,15 +163,14 @@ pub(crate) struct Rows {
     pub n_tok: usize,
     pub out: u64,
     pub out_ld: usize,
+    pub partial: u64,
+    pub split_room: usize,
 }
 
-/// Launches `out = x Wᵀ + b` over `r` (shapes already checked by the caller).
-pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
+/// The kernel parameters of `out = x Wᵀ + b` over `r`, unsplit, one thread group per block.
+fn params(w: &CudaLinear, r: &Rows) -> LinearParams {
     let wt = &w.w;
-    if r.n_tok == 0 {
-        return Ok(());
-    }
-    let mut p = LinearParams {
+    LinearParams {
         w: wt.as_ref(),
         bias: w.bias.as_ref().map_or(0, |b| b.ptr()),
         x: r.x,
@@ -92,11 +182,49 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
         x_ld: r.x_ld as i32,
         out_ld: r.out_ld as i32,
         groups: 1,
+        k_split: wt.k as i32,
+        partial: r.partial,
+    }
+}
+
+/// Launches `out = x Wᵀ + b` over `r` (shapes already checked by the caller).
+pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
+    let wt = &w.w;
+    if r.n_tok == 0 {
+        return Ok(());
+    }
+    let bias = w.bias.as_ref().map_or(0, |b| b.ptr());
+    let mut p = params(w, &r);
+    let shape = LinearShape {
+        n_tok: r.n_tok,
+        sms: dev.caps.sm_count as usize,
+        split_room: if r.partial == 0 { 0 } else { r.split_room },
+        kernel: dev.linear_kernel,
     };
-    match choose_linear(r.n_tok, wt) {
-        LinearPath::Mma => {
-            let grid = (blocks(wt.rows, MMA_TILE.1), blocks(r.n_tok, MMA_TILE.0), 1);
-            dev.launch(Func::LinearMma(wt.kind), cfg(grid, 256), &p)
+    match choose_linear(shape, wt) {
+        LinearPath::Mma { rows, k_split } => {
+            let splits = wt.k.div_ceil(k_split);
+            p.k_split = k_split as i32;
+            let grid = (
+                blocks(wt.rows, MMA_WEIGHT_ROWS),
+                blocks(r.n_tok, rows.rows()),
+                splits as u32,
+            );
+            dev.launch(Func::LinearMma(wt.kind, rows), cfg(grid, 256), &p)?;
+            if splits > 1 {
+                let reduce = ReduceParams {
+                    partial: r.partial,
+                    bias,
+                    out: r.out,
+                    n_tok: r.n_tok as i32,
+                    n_out: wt.rows as i32,
+                    out_ld: r.out_ld as i32,
+                    splits: splits as i32,
+                };
+                let grid = (blocks(r.n_tok * wt.rows, 256), 1, 1);
+                dev.launch(Func::LinearReduce, cfg(grid, 256), &reduce)?;
+            }
+            Ok(())
         }
         LinearPath::Split(tile) => {
             p.groups = wt.split_groups();
@@ -111,15 +239,16 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
     }
 }
 
-/// `out = x Wᵀ + b` for `n_tok` rows of `x` (or the rows listed at device address `x_rows`).
-fn run(
-    dev: &Device,
+/// The checked device rows of `out = x Wᵀ + b` for `n_tok` rows of `x` (or the rows listed at device
+/// address `x_rows`).
+fn rows_of(
+    step: &CudaStep,
     x: &CudaBuf,
     x_rows: u64,
     n_tok: usize,
     w: &CudaLinear,
-    out: &mut CudaBuf,
-) -> Result<()> {
+    out: &CudaBuf,
+) -> Result<Rows> {
     let wt = &w.w;
     if x.cols != wt.k || out.cols != wt.rows || n_tok > out.rows {
         return Err(shape_error(
@@ -130,15 +259,81 @@ fn run(
             ),
         ));
     }
-    let rows = Rows {
+    Ok(Rows {
         x: x.buf.ptr(),
         x_ld: x.cols,
         x_rows,
         n_tok,
         out: out.buf.ptr(),
         out_ld: out.cols,
+        partial: step.linear_part.ptr(),
+        split_room: step.linear_part.len(),
+    })
+}
+
+/// `out = x Wᵀ + b` for `n_tok` rows of `x` (or the rows listed at device address `x_rows`).
+fn run(
+    dev: &Device,
+    step: &CudaStep,
+    x: &CudaBuf,
+    x_rows: u64,
+    n_tok: usize,
+    w: &CudaLinear,
+    out: &mut CudaBuf,
+) -> Result<()> {
+    launch(dev, w, rows_of(step, x, x_rows, n_tok, w, out)?)
+}
+
+/// `out[i] = x W[i]ᵀ + b[i]` over the step's rows for three linears of one input (q, k and v): one launch
+/// when all three take the split-K GEMV with the same format and tile, one launch each otherwise.
+pub fn linear3(
+    dev: &Device,
+    step: &CudaStep,
+    x: &CudaBuf,
+    w: [&CudaLinear; 3],
+    out: [&mut CudaBuf; 3],
+) -> Result<()> {
+    let n_tok = step.rows;
+    if n_tok > x.rows {
+        return Err(shape_error(
+            "linear",
+            format!("{n_tok} rows in a buffer of {}", x.rows),
+        ));
+    }
+    let shape = LinearShape {
+        n_tok,
+        sms: dev.caps.sm_count as usize,
+        split_room: step.linear_part.len(),
+        kernel: dev.linear_kernel,
     };
-    launch(dev, w, rows)
+    let kind = w[0].w.kind;
+    let path = choose_linear(shape, &w[0].w);
+    let shared = w
+        .iter()
+        .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
+    let (LinearPath::Split(tile), true, false) = (path, shared, n_tok == 0) else {
+        for (l, o) in w.into_iter().zip(out) {
+            run(dev, step, x, 0, n_tok, l, o)?;
+        }
+        return Ok(());
+    };
+    let mut first = [0i32; 4];
+    let mut part = Vec::with_capacity(3);
+    for (i, (l, o)) in w.iter().zip(&out).enumerate() {
+        let mut p = params(l, &rows_of(step, x, 0, n_tok, l, o)?);
+        p.groups = l.w.split_groups();
+        first[i + 1] = first[i] + blocks(l.w.rows, p.groups as usize * SPLIT_ROWS) as i32;
+        part.push(p);
+    }
+    let Ok(part) = <[LinearParams; 3]>::try_from(part) else {
+        return Err(shape_error("linear", "three linears expected".into()));
+    };
+    let grid = (first[3] as u32, blocks(n_tok, tile.rows()), 1);
+    dev.launch(
+        Func::LinearGroup(kind, tile),
+        cfg(grid, 256),
+        &LinearGroupParams { part, first },
+    )
 }
 
 /// `out = x Wᵀ + b` over the step's rows.
@@ -155,7 +350,7 @@ pub fn linear(
             format!("{} rows in a buffer of {}", step.rows, x.rows),
         ));
     }
-    run(dev, x, 0, step.rows, w, out)
+    run(dev, step, x, 0, step.rows, w, out)
 }
 
 /// `out[i] = x[logit_rows[i]] Wᵀ` for the step's logit rows.
@@ -166,5 +361,5 @@ pub fn logits(
     w: &CudaLinear,
     out: &mut CudaBuf,
 ) -> Result<()> {
-    run(dev, x, step.logit_rows_ptr(), step.logit_rows, w, out)
+    run(dev, step, x, step.logit_rows_ptr(), step.logit_rows, w, out)
 }

@@ -19,6 +19,19 @@ struct NormParams {
 unsafe impl cudarc::driver::DeviceRepr for NormParams {}
 
 #[repr(C)]
+struct AddNormParams {
+    x: u64,
+    y: u64,
+    w: u64,
+    out: u64,
+    n: i32,
+    eps: f32,
+}
+
+// SAFETY: #[repr(C)] mirror of `AddNormParams` in norm.cu.
+unsafe impl cudarc::driver::DeviceRepr for AddNormParams {}
+
+#[repr(C)]
 struct AddParams {
     x: u64,
     y: u64,
@@ -54,6 +67,41 @@ pub fn rms_norm(
         eps,
     };
     dev.launch(Func::RmsNorm, cfg((rows as u32, 1, 1), 256), &p)
+}
+
+/// `x[r] += y[r]`, then `out[r] = rms_norm(x[r]) * w`, for `rows` rows, in one launch.
+pub fn add_rms_norm(
+    dev: &Device,
+    rows: usize,
+    (x, y): (&mut CudaBuf, &CudaBuf),
+    w: &CudaVector,
+    eps: f32,
+    out: &mut CudaBuf,
+) -> Result<()> {
+    if x.cols != w.len
+        || y.cols != x.cols
+        || out.cols != x.cols
+        || rows > x.rows
+        || rows > y.rows
+        || rows > out.rows
+    {
+        return Err(shape_error(
+            "add_rms_norm",
+            format!(
+                "x [{rows}, {}], y [_, {}], weight [{}], out [_, {}]",
+                x.cols, y.cols, w.len, out.cols
+            ),
+        ));
+    }
+    let p = AddNormParams {
+        x: x.buf.ptr(),
+        y: y.buf.ptr(),
+        w: w.buf.ptr(),
+        out: out.buf.ptr(),
+        n: x.cols as i32,
+        eps,
+    };
+    dev.launch(Func::AddRmsNorm, cfg((rows as u32, 1, 1), 256), &p)
 }
 
 /// `x += y` over `rows` rows.

@@ -38,9 +38,13 @@ struct SampleParams {
     scratch: u64,
     out: u64,
     masks: u64,
+    keys: u64,
     vocab: i32,
     mask_words: i32,
 }
+
+/// Slices each row's largest key is first found in (`KEY_SLICES` in sample.cu).
+const KEY_SLICES: usize = gptoss_engine::memory::SAMPLER_KEY_SLICES;
 
 // SAFETY: #[repr(C)] mirror of `SampleParams` in sample.cu.
 unsafe impl cudarc::driver::DeviceRepr for SampleParams {}
@@ -80,6 +84,8 @@ pub struct SampleScratch {
     params: DevBuf<SampleRow>,
     scratch: DevBuf<f64>,
     out: DevBuf<u32>,
+    /// `[rows, KEY_SLICES]`: the largest key of each slice of each row.
+    keys: DevBuf<u64>,
     /// `[rows, vocab / 32 rounded up]`: the masked rows' bitsets, packed from the first row.
     masks: DevBuf<u32>,
     /// The packed bitsets on the host, kept across steps.
@@ -107,6 +113,7 @@ impl SampleScratch {
             params: DevBuf::from_host(s, m, &vec![zero; rows.max(1)], "sampler scratch")?,
             scratch: DevBuf::zeros(s, m, rows * vocab, "sampler scratch")?,
             out: DevBuf::zeros(s, m, rows, "sampler scratch")?,
+            keys: DevBuf::zeros(s, m, rows * KEY_SLICES, "sampler scratch")?,
             masks: DevBuf::zeros(s, m, rows * vocab.div_ceil(32), "sampler masks")?,
             host_masks: Vec::new(),
             lp_jobs: DevBuf::zeros(s, m, rows.max(1), "sampler scratch")?,
@@ -193,9 +200,15 @@ pub fn sample(
         scratch: scratch.scratch.ptr(),
         out: scratch.out.ptr(),
         masks: scratch.masks.ptr(),
+        keys: scratch.keys.ptr(),
         vocab: logits.cols as i32,
         mask_words: words as i32,
     };
+    dev.launch(
+        Func::RowMaxKeys,
+        cfg((rows as u32, KEY_SLICES as u32, 1), 256),
+        &p,
+    )?;
     dev.launch(Func::Sample, cfg((rows as u32, 1, 1), 1024), &p)?;
     let mut out = vec![0u32; rows];
     dev.stream

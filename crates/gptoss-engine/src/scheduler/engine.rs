@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::backend::{Backend, Batch, LogprobRow, SamplingParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::logits::{HostSample, LogitsState, RowContext, TokenLogprobs};
 use crate::model::Model;
 
@@ -135,6 +135,14 @@ impl<'m, B: Backend> Engine<'m, B> {
         mut sink: OutputSink,
     ) {
         let RequestOptions { logits, fork } = options;
+        if self.sched.get(id).is_some() {
+            // Two live sequences under one id would share (and corrupt) one entry of the scheduler.
+            sink(Output::Failed {
+                kind: FailureKind::Invalid,
+                message: format!("request id {} is already in use by a running request", id.0),
+            });
+            return;
+        }
         if let Err(message) = self.check(&request) {
             sink(Output::Failed {
                 kind: FailureKind::Invalid,
@@ -246,10 +254,19 @@ impl<'m, B: Backend> Engine<'m, B> {
             let Some(seq) = self.sched.get_mut(item.id) else {
                 continue;
             };
-            let own = seq
+            let Some(own) = seq
                 .tokens
                 .get(item.start..item.start + item.len - item.draft)
-                .unwrap_or(&[]);
+            else {
+                return Err(Error::invalid(format!(
+                    "scheduler: request {} was planned tokens {}..{} (+{} drafted) of its {}",
+                    item.id.0,
+                    item.start,
+                    item.start + item.len - item.draft,
+                    item.draft,
+                    seq.tokens.len()
+                )));
+            };
             let draft = seq.draft.get(..item.draft).unwrap_or(&[]);
             let (own_len, n) = (own.len(), own.len() + draft.len());
             batch.tokens.extend_from_slice(own);
@@ -279,6 +296,17 @@ impl<'m, B: Backend> Engine<'m, B> {
                 verify.push(Verify { id: item.id, rows });
             }
             seq.computed += own_len;
+        }
+        if batch.tokens.is_empty() {
+            let items: Vec<String> = plan
+                .items
+                .iter()
+                .map(|i| format!("request {} at {} for {}", i.id.0, i.start, i.len))
+                .collect();
+            return Err(Error::invalid(format!(
+                "scheduler: a step planned with no tokens to compute ({})",
+                items.join(", ")
+            )));
         }
         self.model.forward(&batch)?;
         // Prompts just computed are registered with the prefix cache; their rings are copied now,

@@ -1,0 +1,228 @@
+// moe_common.cu — what the expert kernels of moe.cu and moe_dot.cu share (prelude of both, after common.cu):
+// the x split of the MXFP4 paths (xsplit_unit: two f16 parts for the tensor cores, or three int8 planes for the
+// integer dot products), the expert launch parameters, the tile lookup and the gate_up epilogue (SwiGLU, with
+// act written in the form down reads).
+// Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
+// tiles of 8 pairs (registers).
+#define MOE_NR(TT) ((TT) == 1 ? 8 : 2)
+#define MOE_MAX_EXPERTS 256
+
+struct XSplitParams {
+    const float* x;
+    u32* xs;
+    float* xscale;
+    int rows;
+    int k;
+    // 1: three int8 planes for moe_dot.cu (xs must not alias x); 0: two f16 parts for the tensor cores.
+    int dot;
+    int pad_;
+};
+
+// Two f32 as packed f16 (RNE), `lo` in the low half.
+static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+// The int8-plane form of a 32-element block (moe_dot.cu): q = rint(x · 2^(148-e)), e the biased exponent of the
+// block's largest |x| m, so |q| <= 2^22 (23 bits below the largest value, as exact as the f16 pair's 22), then
+// q = hi · 2^16 + mid · 2^8 + lo with hi signed and mid, lo unsigned bytes. Unit (row, block) rk at xs[rk * 32]
+// (u32): hi bytes 0..31 (the block's elements in order), mid at +8, lo at +16; xscale[rk] = 2^(e-149), the
+// inverse scale times 1/2 (the dot kernels' weights are E2M1 · 2). A block with inf or NaN gets q = 0 and a NaN
+// scale, so its products are NaN as in f32.
+// The plane scale s = 2^(148-e) and the inverse `inv` for a block whose largest |x| is m; false (s = 0, inv NaN)
+// when m is not finite.
+static __device__ __forceinline__ bool plane_scales(float m, float& s, float& inv) {
+    u32 bits = __float_as_uint(m);
+    bool finite = (bits >> 23) < 255u;
+    int e = min(max((int)(bits >> 23), 23), 254);
+    s = finite ? __uint_as_float((u32)(275 - e) << 23) : 0.0f;
+    inv = finite ? __uint_as_float((u32)(e - 22) << 23) : __int_as_float(0x7fffffff);
+    return finite;
+}
+
+static __device__ __forceinline__ void block_planes(const float* v, float m, u32& hi0, u32& hi1, u32& mid0,
+                                                   u32& mid1, u32& lo0, u32& lo1, float& inv) {
+    float s;
+    bool finite = plane_scales(m, s, inv);
+    u32 h[2] = {0u, 0u}, md[2] = {0u, 0u}, l[2] = {0u, 0u};
+    #pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int q = finite ? __float2int_rn(v[i] * s) : 0;
+        int w = i >> 2, sh = 8 * (i & 3);
+        h[w] |= (u32)((q >> 16) & 255) << sh;
+        md[w] |= (u32)((q >> 8) & 255) << sh;
+        l[w] |= (u32)(q & 255) << sh;
+    }
+    hi0 = h[0]; hi1 = h[1]; mid0 = md[0]; mid1 = md[1]; lo0 = l[0]; lo1 = l[1];
+}
+
+// xsplit_unit's int8-plane form: the quad's 8 elements 8t..8t+7 of unit rk, with the block's maximum m.
+static __device__ __forceinline__ void xsplit_dot(const XSplitParams& p, bool live, i64 rk, int t, const float* v,
+                                                  float m) {
+    // fmaxf skipped NaNs in m; the planes need to know (an infinite m marks the block).
+    int nan = 0;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) nan |= v[i] != v[i];
+    nan |= __shfl_xor_sync(0xffffffffu, nan, 1);
+    nan |= __shfl_xor_sync(0xffffffffu, nan, 2);
+    u32 h0, h1, m0, m1, l0, l1;
+    float inv;
+    block_planes(v, nan ? __int_as_float(0x7f800000) : m, h0, h1, m0, m1, l0, l1, inv);
+    if (!live) return;
+    u32* dst = p.xs + rk * 32 + 2 * t;
+    *(uint2*)dst = make_uint2(h0, h1);
+    *(uint2*)(dst + 8) = make_uint2(m0, m1);
+    *(uint2*)(dst + 16) = make_uint2(l0, l1);
+    if (t == 0) p.xscale[rk] = inv;
+}
+
+// One unit (row, block, t) of moe_xsplit, idx = (row * nkb + block) * 4 + t. Every lane of the warp calls it
+// (the quad shares its block's maximum through shuffles); lanes past the end only take part.
+static __device__ __forceinline__ void xsplit_unit(const XSplitParams& p, i64 idx) {
+    int nkb = p.k / 32;
+    i64 total = (i64)p.rows * nkb * 4;
+    bool live = idx < total;
+    int t = (int)(idx & 3);
+    i64 rk = idx >> 2;
+    float v[8];
+    #pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = 0.0f;
+    if (live) {
+        i64 row = rk / nkb;
+        int kb = (int)(rk % nkb);
+        const float4* src = (const float4*)(p.x + row * p.k + kb * 32 + 8 * t);
+        float4 a = src[0], b = src[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+    float m = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
+    // Quads are whole (total is a multiple of 4), so every lane of a quad shares the block's maximum.
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // e clamped to [15, 254]: the scale 2^(141-e) and 2^(e-127) stay normal; NaN and inf pass through.
+    if (p.dot) {
+        xsplit_dot(p, live, rk, t, v, m);
+        return;
+    }
+    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
+    float s = __uint_as_float((u32)(268 - e) << 23);
+    if (!live) return;
+    u32 out[8];
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        // j = 2s + b: slice s, register b holds elements (8t + 2s + b, 8t + 2s + b + 4).
+        int i0 = (j >> 1) * 2 + (j & 1);
+        float x0 = v[i0] * s, x1 = v[i0 + 4] * s;
+        u32 hi = f16x2(x0, x1);
+        out[j] = hi;
+        out[4 + j] = f16x2(x0 - f16_to_f32((u16)(hi & 0xffffu)), x1 - f16_to_f32((u16)(hi >> 16)));
+    }
+    uint4* dst = (uint4*)(p.xs + (rk * 4 + t) * 8);
+    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+    if (t == 0) p.xscale[rk] = __uint_as_float((u32)e << 23);
+}
+
+
+struct ExpertParams {
+    WRef w;
+    const float* bias;
+    const float* x;
+    const int* counts;
+    const int* offsets;
+    const int* list;
+    float* out;
+    int k;
+    int n_out;
+    int x_per_pair;
+    int top_k;
+    float alpha;
+    float limit;
+    int n_experts;
+    int groups;
+    // The f16 tensor-core path (moe_*_fp4_*): x split by moe_xsplit, and its per-block powers of two.
+    const u32* xs;
+    const float* xscale;
+    // gate_up of the MXFP4 path: when nonzero, act is written already split for down (moe_xsplit's layout, in
+    // the act buffer) with this power of two as every block's scale, and `act_scales` the matching xscale.
+    float act_split;
+    // gate_up of moe_dot.cu: act is written as int8 planes (xsplit_dot's layout) with per-block scales.
+    int act_dot;
+    float* act_scales;
+};
+
+// Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index
+// within the expert; false past the last tile. Every lane of every warp must call it (the same answer).
+static __device__ bool find_tile(const int* counts, int n_experts, int bm, int tile, int& expert, int& start) {
+    int lane = threadIdx.x & 31, before = 0;
+    for (int e0 = 0; e0 < n_experts; e0 += 32) {
+        int e = e0 + lane;
+        int n = e < n_experts ? (counts[e] + bm - 1) / bm : 0;
+        int incl = n;
+        #pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+        int excl = incl - n;
+        unsigned hit = __ballot_sync(0xffffffffu, tile >= before + excl && tile < before + incl);
+        if (hit) {
+            int src = __ffs(hit) - 1;
+            expert = e0 + src;
+            start = (tile - before - __shfl_sync(0xffffffffu, excl, src)) * bm;
+            return true;
+        }
+        before += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    return false;
+}
+
+// The row of x (a pair's own row, or its token's) of the pair at `idx` of expert e's list.
+static __device__ __forceinline__ i64 pair_row(const ExpertParams& p, int e, int idx) {
+    int pair = p.list[p.offsets[e] + idx];
+    return p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k);
+}
+
+// The x row of the pair at `idx` of expert e's list.
+static __device__ __forceinline__ const float* pair_x(const ExpertParams& p, int e, int idx) {
+    return p.x + pair_row(p, e, idx) * p.k;
+}
+
+static __device__ __forceinline__ float swiglu_oai(float gate, float up, float alpha, float limit) {
+    gate = fminf(gate, limit);
+    up = fminf(fmaxf(up, -limit), limit);
+    return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
+}
+
+// Writes one output of rows `row` (and `row + 1` for gate_up) for the pair at `idx` of expert e.
+template <int GATE_UP>
+static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, int idx, int row, float a, float b) {
+    int pair = p.list[p.offsets[e] + idx];
+    i64 base = (i64)e * (GATE_UP ? 2 : 1) * p.n_out;
+    if constexpr (GATE_UP) {
+        float bg = p.bias ? p.bias[base + row] : 0.0f, bu = p.bias ? p.bias[base + row + 1] : 0.0f;
+        float act = swiglu_oai(a + bg, b + bu, p.alpha, p.limit);
+        int i = row / 2;
+        if (p.act_split == 0.0f) {
+            p.out[(i64)pair * p.n_out + i] = act;
+            return;
+        }
+        // Element i = 32 kb + 8 t + w: register j = w mod 4 of (row, kb, t), low half for w < 4 (see moe_xsplit).
+        int kb = i >> 5, t = (i >> 3) & 3, w = i & 7;
+        i64 reg = (((i64)pair * (p.n_out >> 5) + kb) * 4 + t) * 8 + (w & 3);
+        float x = act * p.act_split;
+        u16 hi = f32_to_f16(x);
+        u16 lo = f32_to_f16(x - f16_to_f32(hi));
+        u16* halves = (u16*)p.out;
+        halves[2 * reg + (w >> 2)] = hi;
+        halves[2 * (reg + 4) + (w >> 2)] = lo;
+        // As moe_xsplit's scales, the inverse times 2^14 (the codes are E2M1 values × 2^-14).
+        if ((i & 31) == 0) p.act_scales[(i64)pair * (p.n_out >> 5) + kb] = 16384.0f / p.act_split;
+    } else {
+        p.out[(i64)pair * p.n_out + row] = a + (p.bias ? p.bias[base + row] : 0.0f);
+    }
+}
+

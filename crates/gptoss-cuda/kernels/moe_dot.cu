@@ -1,0 +1,148 @@
+// moe_dot.cu — MXFP4 experts for decode, one pair per tile, on integer dot products: an E2M1 code is an exact
+// int8 weight (E2M1 · 2 ∈ {0, ±1, ±2, ±3, ±4, ±6, ±8, ±12}), x an int24 per 32-element block split into three
+// int8 planes (xsplit_unit's dot form, moe_common.cu), and dp4a multiplies four of each into exact int32 sums
+// per plane and block; the E8M0 and x scales multiply each block's sum in f32. As exact as the f16 tensor-core
+// kernels of moe.cu (23 bits of x against their 22), in about a third of their instructions per weight byte at
+// one pair per tile, where the tensor cores' 8 pair columns are 7/8 empty (bench/NOTES.md, session 6).
+// moe_{gate_up,down}_fp4_dot: grid x = pairs (find_tile with tiles of one pair), y = ceil(weight rows / 64);
+// 256 threads = 8 warps × DOT_ROWS weight rows; a warp's lanes take the K blocks lane, lane + 32, ...: a lane
+// reads its block's 16 code bytes of each row (a warp, 512 contiguous bytes of a row), its E8M0 scale and the
+// pair's x planes (96 bytes, once for the warp's rows); each row's lane sums are added by a fixed shuffle tree.
+// gate_up: a block's 64 rows are 32 act values, one 32-element block of act, written as int8 planes for down
+// when act_dot (else through moe_store). Needs k % 32 == 0 (and n_out % 32 == 0 for act_dot).
+// Minimum arch: sm_80 (dp4a itself: sm_61). Launched from src/ops/moe.rs.
+#define DOT_ROWS 8
+
+static __device__ __forceinline__ int dp4a_ss(u32 a, u32 b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// a's bytes unsigned, b's signed.
+static __device__ __forceinline__ int dp4a_us(u32 a, u32 b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// 8 codes (element 2j in the low nibble of byte j) as int8 weights E2M1 · 2, elements 0..3 in w03 and 4..7 in
+// w47: the magnitudes through a byte table, the sign choosing between the positive and negative tables.
+static __device__ __forceinline__ void e2m1_i8(u32 w, u32& w03, u32& w47) {
+    u32 m = w & 0x77777777u;
+    u32 sel = ((w & 0x88888888u) >> 1) | 0x32103210u;
+    const u32 pos0 = 0x03020100u, pos1 = 0x0C080604u, neg0 = 0xFDFEFF00u, neg1 = 0xF4F8FAFCu;
+    w03 = __byte_perm(__byte_perm(pos0, pos1, m), __byte_perm(neg0, neg1, m), sel);
+    w47 = __byte_perm(__byte_perm(pos0, pos1, m >> 16), __byte_perm(neg0, neg1, m >> 16), sel >> 16);
+}
+
+// One code word (8 elements) against the matching x words of the three planes.
+static __device__ __forceinline__ void dot_word(u32 q, u32 h03, u32 h47, u32 m03, u32 m47, u32 l03, u32 l47,
+                                                int& hi, int& mid, int& lo) {
+    u32 a, b;
+    e2m1_i8(q, a, b);
+    hi = dp4a_ss(h03, a, hi);
+    hi = dp4a_ss(h47, b, hi);
+    mid = dp4a_us(m03, a, mid);
+    mid = dp4a_us(m47, b, mid);
+    lo = dp4a_us(l03, a, lo);
+    lo = dp4a_us(l47, b, lo);
+}
+
+// `v` of register r, picked by the warp's lane r without indexing a register array.
+static __device__ __forceinline__ float lane_pick(const float (&v)[DOT_ROWS], int r) {
+    float out = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < DOT_ROWS; i++) out = r == i ? v[i] : out;
+    return out;
+}
+
+template <int GATE_UP>
+static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
+    __shared__ float acts[8 * DOT_ROWS / 2];
+    int e, start;
+    if (!find_tile(p.counts, p.n_experts, 1, blockIdx.x, e, start)) return;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
+    int row0 = (blockIdx.y * 8 + warp) * DOT_ROWS;
+    u32 row_bytes = (u32)(p.w.ld / 2);
+    const u8* wbase = (const u8*)p.w.data + (i64)e * n_rows * row_bytes;
+    const u8* sbase = (const u8*)p.w.scales + (i64)e * n_rows * p.w.row_scales;
+    i64 xr = pair_row(p, e, start);
+    const uint4* xp = (const uint4*)(p.xs + xr * nkb * 32);
+    const float* xsc = p.xscale + xr * nkb;
+    float acc[DOT_ROWS];
+    #pragma unroll
+    for (int r = 0; r < DOT_ROWS; r++) acc[r] = 0.0f;
+    for (int kb = lane; kb < nkb; kb += 32) {
+        uint4 q[DOT_ROWS];
+        float ws[DOT_ROWS];
+        #pragma unroll
+        for (int r = 0; r < DOT_ROWS; r++) {
+            i64 row = min(row0 + r, n_rows - 1);
+            q[r] = *(const uint4*)(wbase + row * row_bytes + kb * 16);
+            ws[r] = e8m0_to_f32(sbase[row * p.w.row_scales + kb]);
+        }
+        const uint4* xb = xp + kb * 8;
+        uint4 h0 = xb[0], h1 = xb[1], m0 = xb[2], m1 = xb[3], l0 = xb[4], l1 = xb[5];
+        float xs = xsc[kb];
+        #pragma unroll
+        for (int r = 0; r < DOT_ROWS; r++) {
+            int hi = 0, mid = 0, lo = 0;
+            dot_word(q[r].x, h0.x, h0.y, m0.x, m0.y, l0.x, l0.y, hi, mid, lo);
+            dot_word(q[r].y, h0.z, h0.w, m0.z, m0.w, l0.z, l0.w, hi, mid, lo);
+            dot_word(q[r].z, h1.x, h1.y, m1.x, m1.y, l1.x, l1.y, hi, mid, lo);
+            dot_word(q[r].w, h1.z, h1.w, m1.z, m1.w, l1.z, l1.w, hi, mid, lo);
+            // |hi| <= 12 · 64 · 32 is exact in f32; mid · 2^8 + lo < 2^25 rounds once, as an f32 sum would.
+            float f = (float)hi * 65536.0f + (float)(mid * 256 + lo);
+            acc[r] += f * (ws[r] * xs);
+        }
+    }
+    #pragma unroll
+    for (int r = 0; r < DOT_ROWS; r++)
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    if constexpr (!GATE_UP) {
+        int row = row0 + lane;
+        if (lane < DOT_ROWS && row < n_rows) moe_store<0>(p, e, start, row, lane_pick(acc, lane), 0.0f);
+        return;
+    } else {
+        // Lane j < DOT_ROWS / 2 holds act (row0 / 2 + j): gate row row0 + 2j, up row row0 + 2j + 1.
+        int j = lane, row = row0 + 2 * j;
+        float gate = lane_pick(acc, 2 * j), up = lane_pick(acc, 2 * j + 1);
+        bool mine = j < DOT_ROWS / 2 && row < n_rows;
+        if (!p.act_dot) {
+            if (mine) moe_store<1>(p, e, start, row, gate, up);
+            return;
+        }
+        i64 base = (i64)e * n_rows;
+        if (mine) {
+            float bg = p.bias ? p.bias[base + row] : 0.0f, bu = p.bias ? p.bias[base + row + 1] : 0.0f;
+            acts[warp * (DOT_ROWS / 2) + j] = swiglu_oai(gate + bg, up + bu, p.alpha, p.limit);
+        }
+        __syncthreads();
+        if (warp != 0) return;
+        int i0 = blockIdx.y * 32;
+        float v = i0 + lane < p.n_out ? acts[lane] : 0.0f;
+        float m = fabsf(v);
+        int nan = v != v;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            nan |= __shfl_xor_sync(0xffffffffu, nan, o);
+        }
+        float s, inv;
+        bool finite = plane_scales(nan ? __int_as_float(0x7f800000) : m, s, inv);
+        int q = finite ? __float2int_rn(v * s) : 0;
+        int pair = p.list[p.offsets[e] + start];
+        i64 unit = (i64)pair * (p.n_out / 32) + blockIdx.y;
+        u8* o = (u8*)((u32*)p.out + unit * 32);
+        o[lane] = (u8)((q >> 16) & 255);
+        o[32 + lane] = (u8)((q >> 8) & 255);
+        o[64 + lane] = (u8)(q & 255);
+        if (lane == 0) p.act_scales[unit] = inv;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_dot(const ExpertParams p) { expert_fp4_dot_impl<1>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_dot(const ExpertParams p) { expert_fp4_dot_impl<0>(p); }
