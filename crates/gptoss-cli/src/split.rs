@@ -57,11 +57,17 @@ pub fn build(
 ) -> Result<Model<CudaBackend>> {
     let config = &weights.config;
     check_args(args, config.num_hidden_layers)?;
-    if std::env::var("GPTOSS_EXPERIMENTAL_PIPELINE").map_or(true, |v| v.trim() != "1") {
+    let distinct = args
+        .gpus
+        .iter()
+        .enumerate()
+        .any(|(i, g)| i > 0 && !args.gpus[..i].contains(g));
+    let switch = std::env::var("GPTOSS_EXPERIMENTAL_PIPELINE").is_ok_and(|v| v.trim() == "1");
+    if distinct && !switch {
         bail!(
-            "--gpus with several devices: the pipeline split is not yet verified on a GPU (its GPU test \
-             gpu_pipeline failed on the H200 at commit 6681d0f; see bench/NOTES.md); set \
-             GPTOSS_EXPERIMENTAL_PIPELINE=1 to run it anyway"
+            "--gpus with several distinct GPUs: the pipeline split is verified on one card only (virtual \
+             devices, a repeated ordinal such as --gpus 0,0: the GPU test gpu_pipeline); no machine with \
+             several GPUs has been available to test it on; set GPTOSS_EXPERIMENTAL_PIPELINE=1 to run it anyway"
         );
     }
     let backends = args

@@ -37,10 +37,11 @@ fn gpus_and_split_misuse_is_refused_by_name() {
     }
 }
 
-/// Until the pipeline is verified on a GPU, several devices need `GPTOSS_EXPERIMENTAL_PIPELINE=1`; the
+/// Until the pipeline is verified on several physical GPUs, distinct devices need
+/// `GPTOSS_EXPERIMENTAL_PIPELINE=1` (virtual devices, a repeated ordinal, do not); the
 /// refusal comes before any device is opened.
 #[test]
-fn several_gpus_need_the_experimental_switch() {
+fn several_distinct_gpus_need_the_experimental_switch() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
     let out = Command::new(env!("CARGO_BIN_EXE_gptoss"))
         .env_remove("GPTOSS_EXPERIMENTAL_PIPELINE")
