@@ -14,7 +14,8 @@
 // moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend (a
 //   token's experts are distinct, as top-k gives them; pairs of expert -1 are skipped).
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
-// Minimum arch: sm_80. Launched from src/ops/moe.rs.
+// The x split, ExpertParams, find_tile and the gate_up epilogue live in moe_common.cu (shared with moe_dot.cu,
+// the integer dot-product kernels decode steps take). Minimum arch: sm_80. Launched from src/ops/moe.rs.
 extern "C" __global__ void moe_xsplit(const XSplitParams p) {
     xsplit_unit(p, (i64)blockIdx.x * blockDim.x + threadIdx.x);
 }
