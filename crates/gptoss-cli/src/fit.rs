@@ -26,11 +26,12 @@ use crate::source::{dummy_config, parse_size, DummyModel, KvCache};
 /// like `--max-vram`).
 const CUDA_CONTEXT_BYTES: u64 = 512 << 20;
 
-/// Per-step time besides reading the bytes, fitted to gptoss's measured decode: 20b on the H200 (4.8
-/// TB/s) runs a step in 4.21 ms (bench/BENCHMARKS.md, gpu_bench, forward + greedy sample) of which
-/// reading 3.71 GB takes 0.77 ms at the spec bandwidth, leaving 3.44 ms. The same model predicts 4.55 ms
-/// on the H100 (3.35 TB/s), where 4.39 ms was measured. It is assumed the same on every card.
-const STEP_OVERHEAD_S: f64 = 3.44e-3;
+/// Per-step time besides reading the bytes, fitted to gptoss's measured decode: 20b (HF layout, bf16 dense)
+/// on the H200 (4.8 TB/s) decodes at 2.525 ms a token (`gptoss bench` tg128, commit 2f2432d,
+/// bench/BENCHMARKS.md session 6), of which reading 3.71 GB takes 0.77 ms at the spec bandwidth, leaving
+/// 1.75 ms. Checked against the 20b GGUF on the same card (2.56 GB): predicted 2.28 ms, measured 2.41 ms.
+/// It is assumed the same on every card.
+const STEP_OVERHEAD_S: f64 = 1.75e-3;
 
 /// Most streams `fit` searches for.
 const MAX_STREAMS: usize = 4096;
