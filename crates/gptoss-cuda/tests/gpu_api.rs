@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::scheduler::{spawn_engine, EngineConfig, EngineHandle, MaskSampling};
@@ -22,7 +21,11 @@ use gptoss_server::{AppState, MetricsAccess, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
-const MODEL: &str = "tiny";
+#[path = "../../../tests/support/api.rs"]
+mod api;
+
+use api::{post, schema, streamed_content, valid, MODEL};
+
 const CTX: usize = 4096;
 
 fn fixture() -> PathBuf {
@@ -89,63 +92,6 @@ async fn tiny_server() -> String {
     serve(engine, tokenizer(), ServerConfig::new(MODEL)).await
 }
 
-async fn post(url: &str, body: &Value) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-fn schema() -> Value {
-    json!({"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 6},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "ok": {"type": "boolean"},
-        "color": {"enum": ["red", "green", "blue"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2}},
-        "required": ["name", "age", "ok", "color", "tags"], "additionalProperties": false})
-}
-
-/// Checks `v` against [`schema`] by hand (the Python client test uses the `jsonschema` package).
-fn valid(v: &Value) -> bool {
-    let Some(o) = v.as_object() else {
-        return false;
-    };
-    o.len() == 5
-        && o["name"].as_str().is_some_and(|s| s.chars().count() <= 6)
-        && o["age"].as_i64().is_some_and(|a| (0..=120).contains(&a))
-        && o["ok"].is_boolean()
-        && ["red", "green", "blue"].contains(&o["color"].as_str().unwrap_or(""))
-        && o["tags"].as_array().is_some_and(|t| {
-            t.len() <= 2
-                && t.iter()
-                    .all(|s| s.as_str().is_some_and(|s| s.chars().count() <= 3))
-        })
-}
-
-/// The content of a chat stream's choice 0 and its finish reason (checks the `[DONE]` end).
-fn streamed_content(body: &str) -> (String, Option<String>) {
-    let (mut content, mut finish) = (String::new(), None);
-    let data: Vec<&str> = body
-        .split("\n\n")
-        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-        .collect();
-    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
-    for d in &data[..data.len() - 1] {
-        let c: Value = serde_json::from_str(d).unwrap();
-        for ch in c["choices"].as_array().into_iter().flatten() {
-            content.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
-            if let Some(f) = ch["finish_reason"].as_str() {
-                finish = Some(f.to_string());
-            }
-        }
-    }
-    (content, finish)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs GPU"]
 async fn json_schema_answers_and_strict_tool_arguments_validate_on_cuda() {
@@ -185,106 +131,15 @@ async fn json_schema_answers_and_strict_tool_arguments_validate_on_cuda() {
             serde_json::from_str(&content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
         assert!(valid(&parsed), "{parsed}");
     }
-    let tool = json!({"type": "function", "function": {"name": "set_person", "strict": true,
-        "parameters": schema()}});
-    for seed in 20..23 {
-        let req = json!({"model": MODEL, "messages": [{"role": "user", "content": "Call it."}], "seed": seed,
-            "max_tokens": 3000, "tools": [tool], "tool_choice": "required"});
-        let (status, body) = post(&url, &req).await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{body}");
-        let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
-        assert_eq!(call["name"], "set_person");
-        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
-        assert!(valid(&args), "{args}");
-    }
-    let req = json!({"model": MODEL, "input": "Describe a person.", "max_output_tokens": 3000, "seed": 5,
-        "text": {"format": {"type": "json_schema", "name": "person", "schema": schema(), "strict": true}}});
-    let (status, body) = post(&format!("{base}/v1/responses"), &req).await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let msg = v["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["type"] == "message")
-        .unwrap();
-    let parsed: Value = serde_json::from_str(msg["content"][0]["text"].as_str().unwrap()).unwrap();
-    assert!(valid(&parsed), "{parsed}");
+    api::strict_tool_arguments_validate(&base).await;
+    api::responses_text_format_validates(&base).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs GPU"]
 async fn sampling_controls_work_on_cuda() {
     let base = tiny_server().await;
-    let url = format!("{base}/v1/completions");
-    let ask = |extra: Value| {
-        let mut req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0});
-        for (k, v) in extra.as_object().unwrap() {
-            req[k] = v.clone();
-        }
-        req
-    };
-    let text = |body: &str, i: usize| {
-        let v: Value = serde_json::from_str(body).unwrap();
-        v["choices"][i]["text"].as_str().unwrap().to_string()
-    };
-    // top_k = 1 is greedy whatever the seed.
-    let (_, greedy) = post(&url, &ask(json!({"temperature": 0}))).await;
-    for seed in 0..3 {
-        let (s, body) = post(&url, &ask(json!({"top_k": 1, "seed": seed}))).await;
-        assert_eq!(s, 200, "{body}");
-        assert_eq!(text(&body, 0), text(&greedy, 0));
-    }
-    // Seeded sampling repeats itself.
-    let (_, a) = post(&url, &ask(json!({"seed": 4}))).await;
-    let (_, b) = post(&url, &ask(json!({"seed": 4}))).await;
-    assert_eq!(text(&a, 0), text(&b, 0));
-    // logit_bias +100 forces its token (the byte 'Q').
-    let q = tokenizer().encode("Q").unwrap()[0];
-    let (s, body) = post(
-        &url,
-        &ask(json!({"logit_bias": {q.to_string(): 100}, "seed": 3})),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
-    assert_eq!(text(&body, 0), "Q".repeat(12));
-    // n = 3: three choices; choice i samples with seed + i.
-    let (s, body) = post(&url, &ask(json!({"n": 3, "seed": 7}))).await;
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
-    assert_eq!(v["usage"]["completion_tokens"], 36);
-    let (_, one) = post(&url, &ask(json!({"seed": 8}))).await;
-    assert_eq!(text(&body, 1), text(&one, 0));
-    // A frequency penalty of 2 changes a sampled continuation.
-    let (_, plain) = post(&url, &ask(json!({"seed": 9, "max_tokens": 40}))).await;
-    let (_, pen) = post(
-        &url,
-        &ask(json!({"seed": 9, "max_tokens": 40, "frequency_penalty": 2.0})),
-    )
-    .await;
-    assert_ne!(text(&plain, 0), text(&pen, 0));
-    // A presence penalty and a repetition penalty are accepted and change it too.
-    let (s, rep) = post(
-        &url,
-        &ask(json!({"seed": 9, "max_tokens": 40, "presence_penalty": -2.0, "repetition_penalty": 1.5})),
-    )
-    .await;
-    assert_eq!(s, 200, "{rep}");
-    assert_ne!(text(&plain, 0), text(&rep, 0));
-    // min_tokens with ignore_eos: exactly max_tokens.
-    let (s, body) = post(&url, &ask(json!({"ignore_eos": true, "min_tokens": 12}))).await;
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (
-            v["usage"]["completion_tokens"].as_u64(),
-            v["choices"][0]["finish_reason"].as_str()
-        ),
-        (Some(12), Some("length"))
-    );
+    api::sampling_controls_work(&base, tokenizer().encode("Q").unwrap()[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,15 +229,6 @@ async fn top_logprobs_on_cuda_agree_with_the_cpu_logits() {
             && e["logprob"].as_f64().unwrap() <= 0.0));
 }
 
-/// A `/metrics` series' value.
-fn scraped(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{series} ")))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Constrained decoding's added time per step, the mask sampled on the device (`MaskSampling::Backend`)
 /// against the host path (`MaskSampling::Host`: each constrained row read back, 0.8 MB, masked and sampled
 /// on the host): `/v1/completions` with a JSON schema (every token masked) and without, greedy, 48 tokens,
@@ -396,10 +242,6 @@ async fn bench_mask_on_device_against_host() {
     config.vocab_size = 201_088;
     let w = gptoss_formats::dummy::dummy_weights(&config, 1);
     let tok = Arc::new(Tokenizer::o200k_harmony().unwrap());
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-        "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["name", "age", "tags"],
-        "additionalProperties": false});
-    let client = reqwest::Client::new();
     for mode in [MaskSampling::Backend, MaskSampling::Host] {
         let cap = Capacity {
             max_batch_tokens: 256,
@@ -412,56 +254,6 @@ async fn bench_mask_on_device_against_host() {
             ..ServerConfig::new("m")
         };
         let base = serve(engine, tok.clone(), server).await;
-        let scrape = || async {
-            let text = client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            (
-                scraped(&text, "gptoss_inter_token_latency_seconds_sum"),
-                scraped(&text, "gptoss_inter_token_latency_seconds_count"),
-            )
-        };
-        for round in 0..3 {
-            for streams in [1usize, 64] {
-                for constrained in [false, true] {
-                    let (sum0, n0) = scrape().await;
-                    let started = Instant::now();
-                    let handles: Vec<_> = (0..streams)
-                        .map(|i| {
-                            let mut body = json!({"model": "m", "prompt": format!("Person {i}:"),
-                                "max_tokens": 48, "temperature": 0, "ignore_eos": true});
-                            if constrained {
-                                body["response_format"] = json!({"type": "json_schema",
-                                    "json_schema": {"name": "p", "schema": schema}});
-                                body["ignore_eos"] = json!(false);
-                            }
-                            let (client, url) = (client.clone(), format!("{base}/v1/completions"));
-                            tokio::spawn(async move {
-                                let r = client.post(url).json(&body).send().await.unwrap();
-                                assert_eq!(r.status(), 200);
-                                let v: Value = r.json().await.unwrap();
-                                v["usage"]["completion_tokens"].as_u64().unwrap()
-                            })
-                        })
-                        .collect();
-                    let mut tokens = 0;
-                    for h in handles {
-                        tokens += h.await.unwrap();
-                    }
-                    let wall = started.elapsed().as_secs_f64();
-                    let (sum1, n1) = scrape().await;
-                    let itl_ms = (sum1 - sum0) / (n1 - n0).max(1.0) * 1e3;
-                    println!(
-                        "BENCH mask {mode:?} round {round}: {streams:>2} stream(s), {}: {tokens} tokens in {wall:.2} s, mean inter-token {itl_ms:.3} ms",
-                        if constrained { "json_schema" } else { "free       " },
-                    );
-                }
-            }
-        }
+        api::measure_constrained_inter_token(&base, &format!("BENCH mask {mode:?} ")).await;
     }
 }

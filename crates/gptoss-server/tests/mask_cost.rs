@@ -5,6 +5,9 @@
 //! tiny model's layers with the real vocabulary. Measurements, ignored by default:
 //! `cargo test -p gptoss-server --test mask_cost -- --ignored --nocapture --test-threads 1`.
 
+#[path = "../../../tests/support/api.rs"]
+mod api;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +19,7 @@ use gptoss_server::structured::{Grammars, OutputSchema};
 use gptoss_server::{AppState, MetricsAccess, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ANSWER: &str = "<|channel|>analysis<|message|>The user wants a person. Let me think about a name and an age for them.<|end|><|start|>assistant<|channel|>final<|message|>{\"name\":\"Ann Smith\",\"age\":30,\"ok\":true,\"color\":\"green\",\"tags\":[\"a\",\"bc\"],\"bio\":\"Ann likes long walks on the beach and writing Rust code.\"}<|return|>";
 
@@ -148,15 +151,6 @@ fn mask_cost_per_token_at_1_and_64_streams() {
     );
 }
 
-/// A `/metrics` series' value.
-fn scraped(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{series} ")))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The tiny fixture's layers (hidden 64, 3 layers, 4 experts) with gpt-oss's vocabulary (201,088
 /// rows of random weights), so each logit row is as wide as the real model's; served on the CPU with
 /// 64 slots and the o200k_harmony tokenizer.
@@ -203,70 +197,5 @@ async fn real_vocab_server() -> String {
 #[ignore = "measurement: prints per-token times, asserts only that every request succeeds"]
 async fn constrained_decoding_through_the_server() {
     let base = real_vocab_server().await;
-    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-        "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["name", "age", "tags"],
-        "additionalProperties": false});
-    let client = reqwest::Client::new();
-    let scrape = || async {
-        let text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (
-            scraped(&text, "gptoss_inter_token_latency_seconds_sum"),
-            scraped(&text, "gptoss_inter_token_latency_seconds_count"),
-        )
-    };
-    for round in 0..3 {
-        for streams in [1usize, 64] {
-            for constrained in [false, true] {
-                let (sum0, n0) = scrape().await;
-                let started = Instant::now();
-                let requests = (0..streams).map(|i| {
-                    let mut body = json!({"model": "m", "prompt": format!("Person {i}:"), "max_tokens": 48,
-                        "temperature": 0, "ignore_eos": true});
-                    if constrained {
-                        body["response_format"] =
-                            json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
-                        body["ignore_eos"] = json!(false);
-                    }
-                    let client = client.clone();
-                    let url = format!("{base}/v1/completions");
-                    async move {
-                        let r = client.post(url).json(&body).send().await.unwrap();
-                        assert_eq!(r.status(), 200);
-                        let v: Value = r.json().await.unwrap();
-                        v["usage"]["completion_tokens"].as_u64().unwrap()
-                    }
-                });
-                let tokens: u64 = futures_join(requests).await.into_iter().sum();
-                let wall = started.elapsed().as_secs_f64();
-                let (sum1, n1) = scrape().await;
-                let itl_ms = (sum1 - sum0) / (n1 - n0).max(1.0) * 1e3;
-                println!(
-                    "round {round}: {streams:>2} stream(s), {}: {tokens} tokens in {wall:.2} s; mean inter-token {itl_ms:.2} ms ({:.3} ms per token per stream)",
-                    if constrained { "json_schema" } else { "free      " },
-                    itl_ms / streams as f64
-                );
-            }
-        }
-    }
-}
-
-/// Runs the futures at once, each on its own task, and returns their outputs in order.
-async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
+    api::measure_constrained_inter_token(&base, "").await;
 }

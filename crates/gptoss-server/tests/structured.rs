@@ -6,38 +6,14 @@
 
 mod common;
 
+use common::api::{
+    choice_text, completion, responses_text_format_validates, sampling_controls_work, schema,
+    streamed_content, strict_tool_arguments_validate, valid,
+};
 use common::*;
 use serde_json::{json, Value};
 
 const CTX: usize = 4096;
-
-fn schema() -> Value {
-    json!({"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 6},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "ok": {"type": "boolean"},
-        "color": {"enum": ["red", "green", "blue"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2}},
-        "required": ["name", "age", "ok", "color", "tags"], "additionalProperties": false})
-}
-
-/// Checks `v` against [`schema`] by hand (the Python client test uses the `jsonschema` package).
-fn valid(v: &Value) -> bool {
-    let o = match v.as_object() {
-        Some(o) => o,
-        None => return false,
-    };
-    o.len() == 5
-        && o["name"].as_str().is_some_and(|s| s.chars().count() <= 6)
-        && o["age"].as_i64().is_some_and(|a| (0..=120).contains(&a))
-        && o["ok"].is_boolean()
-        && ["red", "green", "blue"].contains(&o["color"].as_str().unwrap_or(""))
-        && o["tags"].as_array().is_some_and(|t| {
-            t.len() <= 2
-                && t.iter()
-                    .all(|s| s.as_str().is_some_and(|s| s.chars().count() <= 3))
-        })
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_schema_answers_parse_and_validate() {
@@ -55,20 +31,6 @@ async fn json_schema_answers_parse_and_validate() {
             serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
         assert!(valid(&parsed), "{parsed}");
     }
-}
-
-/// Concatenated content of a chat stream's choice 0, and its finish reason.
-fn streamed_content(body: &str) -> (String, Option<String>) {
-    let (mut content, mut finish) = (String::new(), None);
-    for c in sse_json(body) {
-        for ch in c["choices"].as_array().into_iter().flatten() {
-            content.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
-            if let Some(f) = ch["finish_reason"].as_str() {
-                finish = Some(f.to_string());
-            }
-        }
-    }
-    (content, finish)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,104 +63,21 @@ async fn streamed_json_and_strict_tool_arguments_validate() {
             "{content}"
         );
     }
-    // Strict tool arguments under tool_choice "required" (the model must call; it may reason first).
-    let tool = json!({"type": "function", "function": {"name": "set_person", "strict": true,
-        "parameters": schema()}});
-    for seed in 20..23 {
-        let req = json!({"model": MODEL, "messages": [{"role": "user", "content": "Call it."}], "seed": seed,
-            "max_tokens": 3000, "tools": [tool], "tool_choice": "required"});
-        let (status, body) = post(&url, &req).await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{body}");
-        let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
-        assert_eq!(call["name"], "set_person");
-        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
-        assert!(valid(&args), "{args}");
-    }
-    // Responses text.format.
-    let req = json!({"model": MODEL, "input": "Describe a person.", "max_output_tokens": 3000, "seed": 5,
-        "text": {"format": {"type": "json_schema", "name": "person", "schema": schema(), "strict": true}}});
-    let (status, body) = post(&format!("{base}/v1/responses"), &req).await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let msg = v["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["type"] == "message")
-        .unwrap();
-    let parsed: Value = serde_json::from_str(msg["content"][0]["text"].as_str().unwrap()).unwrap();
-    assert!(valid(&parsed), "{parsed}");
+    strict_tool_arguments_validate(&base).await;
+    responses_text_format_validates(&base).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_controls_do_what_they_say() {
     let base = serve(real_engine(4, CTX), config()).await;
-    let url = format!("{base}/v1/completions");
-    let ask = |extra: Value| {
-        let mut req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0});
-        for (k, v) in extra.as_object().unwrap() {
-            req[k] = v.clone();
-        }
-        req
-    };
-    let text = |body: &str, i: usize| {
-        let v: Value = serde_json::from_str(body).unwrap();
-        v["choices"][i]["text"].as_str().unwrap().to_string()
-    };
-    // top_k = 1 is greedy whatever the seed and temperature.
-    let (_, greedy) = post(&url, &ask(json!({"temperature": 0}))).await;
-    for seed in 0..3 {
-        let (s, body) = post(&url, &ask(json!({"top_k": 1, "seed": seed}))).await;
-        assert_eq!(s, 200, "{body}");
-        assert_eq!(text(&body, 0), text(&greedy, 0));
-    }
-    // logit_bias +100 forces its token (the byte 'Q').
-    let q = tokenizer().encode("Q").unwrap()[0];
-    let (s, body) = post(
-        &url,
-        &ask(json!({"logit_bias": {q.to_string(): 100}, "seed": 3})),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
-    assert_eq!(text(&body, 0), "Q".repeat(12));
-    // n = 3: three choices, different seeds, usage summed.
-    let (s, body) = post(&url, &ask(json!({"n": 3, "seed": 7}))).await;
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
-    assert_eq!(v["usage"]["completion_tokens"], 36);
-    let (_, one) = post(&url, &ask(json!({"seed": 8}))).await;
-    assert_eq!(
-        text(&body, 1),
-        text(&one, 0),
-        "choice i samples with seed + i"
-    );
-    // A frequency penalty of 2 changes a sampled continuation; presence -2 does too.
-    let (_, plain) = post(&url, &ask(json!({"seed": 9, "max_tokens": 40}))).await;
-    let (_, pen) = post(
-        &url,
-        &ask(json!({"seed": 9, "max_tokens": 40, "frequency_penalty": 2.0})),
-    )
-    .await;
-    assert_ne!(text(&plain, 0), text(&pen, 0));
-    // min_tokens with ignore_eos: exactly max_tokens.
-    let (s, body) = post(&url, &ask(json!({"ignore_eos": true, "min_tokens": 12}))).await;
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (
-            v["usage"]["completion_tokens"].as_u64(),
-            v["choices"][0]["finish_reason"].as_str()
-        ),
-        (Some(12), Some("length"))
-    );
+    sampling_controls_work(&base, tokenizer().encode("Q").unwrap()[0]).await;
     // echo puts the prompt first.
-    let (_, body) = post(&url, &ask(json!({"echo": true, "temperature": 0}))).await;
+    let url = format!("{base}/v1/completions");
+    let (_, greedy) = post(&url, &completion(json!({"temperature": 0}))).await;
+    let (_, body) = post(&url, &completion(json!({"echo": true, "temperature": 0}))).await;
     assert_eq!(
-        text(&body, 0),
-        format!("Once upon a time{}", text(&greedy, 0))
+        choice_text(&body, 0),
+        format!("Once upon a time{}", choice_text(&greedy, 0))
     );
 }
 

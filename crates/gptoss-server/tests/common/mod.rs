@@ -16,7 +16,11 @@ use gptoss_server::{AppState, ServerConfig};
 use gptoss_tokenizer::Tokenizer;
 use serde_json::Value;
 
-pub const MODEL: &str = "tiny";
+#[path = "../../../../tests/support/api.rs"]
+pub mod api;
+// Not every test file posts.
+#[allow(unused_imports)]
+pub use api::{post, MODEL};
 
 pub fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4")
@@ -214,14 +218,4 @@ pub fn sse_json(body: &str) -> Vec<Value> {
         .iter()
         .map(|(_, d)| serde_json::from_str(d).unwrap())
         .collect()
-}
-
-pub async fn post(url: &str, body: &Value) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
