@@ -187,21 +187,32 @@ fn params(w: &CudaLinear, r: &Rows) -> LinearParams {
     }
 }
 
+/// The split-K GEMV's parameters over `r`, and its blocks along the weight rows.
+fn gemv_params(w: &CudaLinear, r: &Rows) -> (LinearParams, u32) {
+    let mut p = params(w, r);
+    p.groups = w.w.split_groups();
+    let weight_blocks = blocks(w.w.rows, p.groups as usize * SPLIT_ROWS);
+    (p, weight_blocks)
+}
+
+/// What [`choose_linear`] decides `r` by on `dev`.
+fn shape_of(dev: &Device, r: &Rows) -> LinearShape {
+    LinearShape {
+        n_tok: r.n_tok,
+        sms: dev.caps.sm_count as usize,
+        split_room: if r.partial == 0 { 0 } else { r.split_room },
+        kernel: dev.linear_kernel,
+    }
+}
+
 /// Launches `out = x Wᵀ + b` over `r` (shapes already checked by the caller).
 pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
     let wt = &w.w;
     if r.n_tok == 0 {
         return Ok(());
     }
-    let bias = w.bias.as_ref().map_or(0, |b| b.ptr());
     let mut p = params(w, &r);
-    let shape = LinearShape {
-        n_tok: r.n_tok,
-        sms: dev.caps.sm_count as usize,
-        split_room: if r.partial == 0 { 0 } else { r.split_room },
-        kernel: dev.linear_kernel,
-    };
-    match choose_linear(shape, wt) {
+    match choose_linear(shape_of(dev, &r), wt) {
         LinearPath::Mma { rows, k_split } => {
             let splits = wt.k.div_ceil(k_split);
             p.k_split = k_split as i32;
@@ -214,7 +225,7 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
             if splits > 1 {
                 let reduce = ReduceParams {
                     partial: r.partial,
-                    bias,
+                    bias: p.bias,
                     out: r.out,
                     n_tok: r.n_tok as i32,
                     n_out: wt.rows as i32,
@@ -227,13 +238,8 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
             Ok(())
         }
         LinearPath::Split(tile) => {
-            p.groups = wt.split_groups();
-            let rows_per_block = p.groups as usize * SPLIT_ROWS;
-            let grid = (
-                blocks(wt.rows, rows_per_block),
-                blocks(r.n_tok, tile.rows()),
-                1,
-            );
+            let (p, weight_blocks) = gemv_params(w, &r);
+            let grid = (weight_blocks, blocks(r.n_tok, tile.rows()), 1);
             dev.launch(Func::Linear(wt.kind, tile), cfg(grid, 256), &p)
         }
     }
@@ -293,47 +299,45 @@ pub fn linear3(
     w: [&CudaLinear; 3],
     out: [&mut CudaBuf; 3],
 ) -> Result<()> {
+    check_step_rows(step, x)?;
     let n_tok = step.rows;
-    if n_tok > x.rows {
-        return Err(shape_error(
-            "linear",
-            format!("{n_tok} rows in a buffer of {}", x.rows),
-        ));
-    }
-    let shape = LinearShape {
-        n_tok,
-        sms: dev.caps.sm_count as usize,
-        split_room: step.linear_part.len(),
-        kernel: dev.linear_kernel,
-    };
+    let rows = [
+        rows_of(step, x, 0, n_tok, w[0], out[0])?,
+        rows_of(step, x, 0, n_tok, w[1], out[1])?,
+        rows_of(step, x, 0, n_tok, w[2], out[2])?,
+    ];
+    let shape = shape_of(dev, &rows[0]);
     let kind = w[0].w.kind;
     let path = choose_linear(shape, &w[0].w);
     let shared = w
         .iter()
         .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
     let (LinearPath::Split(tile), true, false) = (path, shared, n_tok == 0) else {
-        for (l, o) in w.into_iter().zip(out) {
-            run(dev, step, x, 0, n_tok, l, o)?;
+        for (l, r) in w.into_iter().zip(rows) {
+            launch(dev, l, r)?;
         }
         return Ok(());
     };
-    let mut first = [0i32; 4];
-    let mut part = Vec::with_capacity(3);
-    for (i, (l, o)) in w.iter().zip(&out).enumerate() {
-        let mut p = params(l, &rows_of(step, x, 0, n_tok, l, o)?);
-        p.groups = l.w.split_groups();
-        first[i + 1] = first[i] + blocks(l.w.rows, p.groups as usize * SPLIT_ROWS) as i32;
-        part.push(p);
-    }
-    let Ok(part) = <[LinearParams; 3]>::try_from(part) else {
-        return Err(shape_error("linear", "three linears expected".into()));
-    };
-    let grid = (first[3] as u32, blocks(n_tok, tile.rows()), 1);
+    let [(p0, b0), (p1, b1), (p2, b2)] = [0, 1, 2].map(|i| gemv_params(w[i], &rows[i]));
+    let first = [0, b0, b0 + b1, b0 + b1 + b2].map(|b| b as i32);
+    let grid = (b0 + b1 + b2, blocks(n_tok, tile.rows()), 1);
+    let part = [p0, p1, p2];
     dev.launch(
         Func::LinearGroup(kind, tile),
         cfg(grid, 256),
         &LinearGroupParams { part, first },
     )
+}
+
+/// Whether `x` holds the step's rows.
+fn check_step_rows(step: &CudaStep, x: &CudaBuf) -> Result<()> {
+    if step.rows > x.rows {
+        return Err(shape_error(
+            "linear",
+            format!("{} rows in a buffer of {}", step.rows, x.rows),
+        ));
+    }
+    Ok(())
 }
 
 /// `out = x Wᵀ + b` over the step's rows.
@@ -344,12 +348,7 @@ pub fn linear(
     w: &CudaLinear,
     out: &mut CudaBuf,
 ) -> Result<()> {
-    if step.rows > x.rows {
-        return Err(shape_error(
-            "linear",
-            format!("{} rows in a buffer of {}", step.rows, x.rows),
-        ));
-    }
+    check_step_rows(step, x)?;
     run(dev, step, x, 0, step.rows, w, out)
 }
 
