@@ -6,49 +6,17 @@
 //! and refilled as the routing counts move (`expert_cache.rs`'s unit tests shift the routing on purpose
 //! and follow the slots).
 
-use std::path::PathBuf;
+mod common;
 
+use common::{greedy_logits, solo_capacity as capacity, tiny_weights as weights};
 use gptoss_engine::{
-    Batch, Capacity, CpuBackend, ExpertCacheConfig, ExpertCacheStats, ExpertPlacement, Model,
-    TraceSpec,
+    Batch, CpuBackend, ExpertCacheConfig, ExpertCacheStats, ExpertPlacement, Model, TraceSpec,
 };
 use gptoss_formats::ModelWeights;
 
-fn weights() -> ModelWeights {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
-    gptoss_formats::load(&dir).unwrap().weights
-}
-
-fn capacity() -> Capacity {
-    Capacity {
-        max_batch_tokens: 16,
-        max_logit_rows: 1,
-        slots: 1,
-        context_tokens: 64,
-        kv_blocks: None,
-    }
-}
-
 /// Logits of a 12-token prefill and 10 greedy decode steps.
 fn run(model: &mut Model<CpuBackend>) -> Vec<Vec<f32>> {
-    let vocab = model.config().vocab_size;
-    let table = model.solo_table();
-    let prompt: Vec<u32> = (0..12).map(|i| (i * 53 % 500) as u32 + 1).collect();
-    model
-        .forward(&Batch::single(&prompt, 0, table.clone()))
-        .unwrap();
-    let mut all = vec![model.logits(1).unwrap()];
-    for pos in 12..22u32 {
-        let last = all.last().unwrap();
-        let next = (0..vocab)
-            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
-            .unwrap() as u32;
-        model
-            .forward(&Batch::single(&[next], pos, table.clone()))
-            .unwrap();
-        all.push(model.logits(1).unwrap());
-    }
-    all
+    greedy_logits(model, 10)
 }
 
 fn cached(layers: usize, slots: usize, refresh_steps: usize) -> ExpertPlacement {

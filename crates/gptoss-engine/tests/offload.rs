@@ -2,46 +2,14 @@
 //! their experts on the host gives bit-identical logits to the all-on-device model, through a prefill and
 //! several decode steps, and a traced step records the same routing.
 
-use std::path::PathBuf;
+mod common;
 
-use gptoss_engine::{Batch, Capacity, CpuBackend, ExpertPlacement, Model, TraceSpec};
-use gptoss_formats::ModelWeights;
-
-fn weights() -> ModelWeights {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/hf-mxfp4");
-    gptoss_formats::load(&dir).unwrap().weights
-}
-
-fn capacity() -> Capacity {
-    Capacity {
-        max_batch_tokens: 16,
-        max_logit_rows: 1,
-        slots: 1,
-        context_tokens: 64,
-        kv_blocks: None,
-    }
-}
+use common::{greedy_logits, solo_capacity as capacity, tiny_weights as weights};
+use gptoss_engine::{Batch, CpuBackend, ExpertPlacement, Model, TraceSpec};
 
 /// Logits of a 12-token prefill and 6 greedy decode steps.
 fn run(model: &mut Model<CpuBackend>) -> Vec<Vec<f32>> {
-    let vocab = model.config().vocab_size;
-    let table = model.solo_table();
-    let prompt: Vec<u32> = (0..12).map(|i| (i * 53 % 500) as u32 + 1).collect();
-    model
-        .forward(&Batch::single(&prompt, 0, table.clone()))
-        .unwrap();
-    let mut all = vec![model.logits(1).unwrap()];
-    for pos in 12..18u32 {
-        let last = all.last().unwrap();
-        let next = (0..vocab)
-            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
-            .unwrap() as u32;
-        model
-            .forward(&Batch::single(&[next], pos, table.clone()))
-            .unwrap();
-        all.push(model.logits(1).unwrap());
-    }
-    all
+    greedy_logits(model, 6)
 }
 
 #[test]
