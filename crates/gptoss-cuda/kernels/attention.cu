@@ -152,9 +152,9 @@ static __device__ void attention_impl(const AttnParams& p) {
         if (lane + 32 * r < d) part[2 + lane + 32 * r] = acc[r];
 }
 
-extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttnParams p) { attention_impl<KV_F32>(p); }
-extern "C" __global__ void __launch_bounds__(256) attention_bf16(const AttnParams p) { attention_impl<KV_BF16>(p); }
-extern "C" __global__ void __launch_bounds__(256) attention_f16(const AttnParams p) { attention_impl<KV_F16>(p); }
+extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttnParams p) { grid_dep_sync(); attention_impl<KV_F32>(p); }
+extern "C" __global__ void __launch_bounds__(256) attention_bf16(const AttnParams p) { grid_dep_sync(); attention_impl<KV_BF16>(p); }
+extern "C" __global__ void __launch_bounds__(256) attention_f16(const AttnParams p) { grid_dep_sync(); attention_impl<KV_F16>(p); }
 
 // ---- Prefill: ATQ step rows per CTA ----
 // The rows of a CTA are taken sequence by sequence (a step lays each sequence's rows out together; a tile
@@ -301,12 +301,13 @@ static __device__ void attention_rows_impl(const AttnParams& p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_f32(const AttnParams p) { attention_rows_impl<KV_F32>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_bf16(const AttnParams p) { attention_rows_impl<KV_BF16>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_f16(const AttnParams p) { attention_rows_impl<KV_F16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_f32(const AttnParams p) { grid_dep_sync(); attention_rows_impl<KV_F32>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_bf16(const AttnParams p) { grid_dep_sync(); attention_rows_impl<KV_BF16>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) attention_rows_f16(const AttnParams p) { grid_dep_sync(); attention_rows_impl<KV_F16>(p); }
 
 // Merges the splits of one (token, q head) per block: out = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
 extern "C" __global__ void __launch_bounds__(128) attention_combine(const AttnParams p) {
+    grid_dep_sync();
     int d = p.d;
     const float* part = p.part + (i64)blockIdx.x * p.splits * (d + 2);
     float big = NEG_INF;

@@ -23,6 +23,17 @@ typedef unsigned long long u64;
 #define ROUND_BF16 1
 #define ROUND_F16 2
 
+// Programmatic dependent launch (src/device.rs launches every kernel so where the code is sm_90 or newer): a
+// kernel may start while the one before it on the stream still runs. Every kernel calls this before it reads
+// anything an earlier kernel wrote or writes anything (before it, only immutable weights may be read), and
+// then lets the next kernel start. A no-op for older arches, whose kernels launch plainly.
+static __device__ __forceinline__ void grid_dep_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 static __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
 // Round-to-nearest-even, NaN kept quiet (as half::bf16::from_f32).
@@ -262,9 +273,16 @@ static __device__ __forceinline__ void decode_sub(const WRef& w, const float* ta
             else { v[2 * i] = f16_to_f32(lo); v[2 * i + 1] = f16_to_f32(hi); }
         }
     } else if constexpr (F == WF_Q8) {
+        // Unscaled codes (sub_dot scales the partial sum). A code flipped to offset binary becomes the low byte
+        // of the float 2^23 + q + 128, and one subtraction leaves q exactly: a byte permute and an add
+        // instead of a quarter-rate int-to-float conversion and a multiply per element.
         #pragma unroll
-        for (int i = 0; i < 8; i++)
-            v[i] = (float)(signed char)((raw_word(r, 2 * s + i / 4) >> (8 * (i % 4))) & 0xffu) * r.s;
+        for (int h = 0; h < 2; h++) {
+            u32 word = raw_word(r, 2 * s + h) ^ 0x80808080u;
+            #pragma unroll
+            for (int i = 0; i < 4; i++)
+                v[4 * h + i] = __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | (u32)i)) - 8388736.0f;
+        }
     } else {
         // Unrounded 4-bit values stay unscaled: sub_dot applies the block's scale to the partial sum.
         u32 q = raw_word(r, s);
@@ -278,10 +296,12 @@ static __device__ __forceinline__ void decode_sub(const WRef& w, const float* ta
     }
 }
 
-// The factor sub_dot applies to a partial sum of decode_sub's values: the 4-bit scale when they are unscaled.
+// The factor sub_dot applies to a partial sum of decode_sub's values: the Q8_0 scale, and the 4-bit scale when
+// those values are unscaled.
 template <int F>
 static __device__ __forceinline__ float sub_scale(const WRef& w, const Raw& r) {
     if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) return w.round == ROUND_NONE ? r.s : 1.0f;
+    else if constexpr (F == WF_Q8) return r.s;
     else return 1.0f;
 }
 

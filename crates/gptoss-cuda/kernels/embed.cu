@@ -29,7 +29,7 @@ static __device__ void embed_impl(const EmbedParams& p) {
 }
 
 #define EMBED_ENTRY(NAME, F) \
-    extern "C" __global__ void embed_##NAME(const EmbedParams p) { embed_impl<F>(p); }
+    extern "C" __global__ void embed_##NAME(const EmbedParams p) { grid_dep_sync(); embed_impl<F>(p); }
 
 EMBED_ENTRY(f32, WF_F32)
 EMBED_ENTRY(bf16, WF_BF16)

@@ -4,7 +4,7 @@
 // linear_<fmt>_t{1,2,4} (few rows: decode): split-K GEMV, block_rowdot in common.cu. Grid: x =
 //   ceil(n_out / (groups * LIN_NR)) (each of the block's `groups` thread groups takes LIN_NR weight rows), y =
 //   ceil(n_tok / TT). Block: 256 threads. linear3_<fmt>_t{1,2,4}: three of them (q, k, v) in one grid.
-// linear_mma_<fmt> / linear_mma32_<fmt> (5 rows or more; bf16 and bf16-exact 4-bit weights): tensor-core
+// linear_mma_<fmt> / linear_mma32_<fmt> (5 rows or more; bf16, Q8_0 and bf16-exact 4-bit weights): tensor-core
 //   tiles of 64 / 32 rows, mma.cu. Grid: x = ceil(n_out / 128), y = ceil(n_tok / rows), z = K splits. With
 //   z > 1 (a step of few rows, whose 128-row tiles alone would leave most SMs idle) each block writes its
 //   K share's sums to `partial` [z][n_tok][n_out] and linear_reduce adds them in split order (so the result
@@ -34,7 +34,10 @@ struct LinearParams {
 template <int F, int CE, int TT>
 static __device__ void linear_rows(const LinearParams& p, int bx, const float* tab, float* scratch, float* res) {
     int t0 = blockIdx.y * TT;
+    // block_rowdot asks for the x rows after issuing its first weight loads: those overlap the previous
+    // kernel's drain, and this is the kernel's grid_dep_sync (the GEMV entries call none before).
     auto xrows = [&](const float** xs) {
+        grid_dep_sync();
         #pragma unroll
         for (int t = 0; t < TT; t++) {
             int tt = min(t0 + t, p.n_tok - 1);
@@ -122,6 +125,7 @@ struct ReduceParams {
 
 // out[m, n] = Σ_z partial[z][m][n] + bias[n], z in order. Grid: ceil(n_tok * n_out / 256). Block: 256 threads.
 extern "C" __global__ void __launch_bounds__(256) linear_reduce(const ReduceParams p) {
+    grid_dep_sync();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x, len = (i64)p.n_tok * p.n_out;
     if (i >= len) return;
     int n = (int)(i % p.n_out);
@@ -141,8 +145,8 @@ extern "C" __global__ void __launch_bounds__(256) linear_reduce(const ReducePara
 // MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
 // X split of mma.cu needs more than the 80 registers of 3 blocks).
 #define LINEAR_MMA_ENTRY(NAME, F, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { linear_mma_impl<F, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma32_##NAME(const LinearParams p) { linear_mma_impl<F, 1>(p); }
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma32_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 1>(p); }
 
 LINEAR_ENTRY(f32, WF_F32)
 LINEAR_ENTRY(bf16, WF_BF16)
@@ -151,5 +155,6 @@ LINEAR_ENTRY(q8, WF_Q8)
 LINEAR_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 LINEAR_ENTRY(lut4f32, WF_LUT4_F32)
 LINEAR_MMA_ENTRY(bf16, WF_BF16, 2)
+LINEAR_MMA_ENTRY(q8, WF_Q8, 2)
 LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
 LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)

@@ -4,7 +4,8 @@
 // through the tensor cores, so the products keep the full 24 mantissa bits of f32; each K step's partial
 // sum is added to the running sum in f32 (mma_compute says why), so the result matches an f32 CUDA-core dot
 // product to rounding (issue 16, bench/NOTES.md). W must decode exactly to bf16 (dense bf16; 4-bit tables ×
-// E8M0 scales; bitsandbytes values rounded to bf16): see DevWeight::mma_exact.
+// E8M0 scales; bitsandbytes values rounded to bf16), or be Q8_0, whose int8 codes are exact in bf16 and whose
+// f16 scale (one per 32 elements: one K step) multiplies the step's partial sum: see DevWeight::mma_exact.
 // Smem: X hi/mid/lo and W tiles, rows padded to 40 bf16 (80 bytes: conflict-free ldmatrix), refilled from
 // registers loaded one K step ahead. Block: 256 threads = 8 warps as 2 (rows) × 4 (weight rows), each warp
 // 32 × 32 outputs. Minimum arch: sm_80.
@@ -19,10 +20,12 @@ struct MmaSmem {
     u16 x[MMA_XPARTS][MMA_BM * MMA_LDS];
     u16 w[MMA_BN * MMA_LDS];
     float tab[16];
+    // Q8_0: each weight row's scale for the K step in `w`.
+    float ws[MMA_BN];
 };
 
-// Registers holding one K step's global loads (X: 2 float4 per thread; W: 2 uint4 for bf16, 8 bytes of
-// 4-bit codes and a scale otherwise).
+// Registers holding one K step's global loads (X: 2 float4 per thread; W: 2 uint4 for bf16, 16 int8 codes
+// and a scale for Q8_0, 8 bytes of 4-bit codes and a scale otherwise).
 struct MmaStage {
     float4 x[2];
     uint4 w[2];
@@ -69,8 +72,8 @@ static __device__ __forceinline__ void mma_load_x(const float* const* xrow, int 
     }
 }
 
-// bf16 W: thread tid loads rows tid/4 and tid/4 + 64, 8 elements at column 8*(tid%4). 4-bit W: row tid/2,
-// 16 codes at column 16*(tid%2) (needs ld and block multiples of 32).
+// bf16 W: thread tid loads rows tid/4 and tid/4 + 64, 8 elements at column 8*(tid%4). Q8_0 and 4-bit W: row
+// tid/2, 16 codes at column 16*(tid%2) (needs ld and block multiples of 32).
 template <int F>
 static __device__ __forceinline__ void mma_load_w(const WRef& w, i64 wrow0, int n_valid, int k0, MmaStage& st) {
     if constexpr (F == WF_BF16) {
@@ -82,6 +85,17 @@ static __device__ __forceinline__ void mma_load_w(const WRef& w, i64 wrow0, int 
             if (r < n_valid && c < w.ld) v = *(const uint4*)((const u16*)w.data + (wrow0 + r) * (i64)w.ld + c);
             st.w[j] = v;
         }
+    } else if constexpr (F == WF_Q8) {
+        int r = threadIdx.x >> 1, c = k0 + (threadIdx.x & 1) * 16;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        float s = 0.0f;
+        if (r < n_valid && c < w.ld) {
+            i64 e0 = (wrow0 + r) * (i64)w.ld + c;
+            v = *(const uint4*)((const u8*)w.data + e0);
+            s = f16_to_f32(((const u16*)w.scales)[e0 / 32]);
+        }
+        st.w[0] = v;
+        st.s = s;
     } else {
         int r = threadIdx.x >> 1, c = k0 + (threadIdx.x & 1) * 16;
         uint2 v = make_uint2(0u, 0u);
@@ -135,6 +149,18 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
             int r = (threadIdx.x >> 2) + 64 * j;
             *(uint4*)&sm.w[r * MMA_LDS + (threadIdx.x & 3) * 8] = st.w[j];
         }
+    } else if constexpr (F == WF_Q8) {
+        // The codes as bf16 (exact: |q| <= 128); the scale applies to the step's partial sums (mma_compute).
+        u32 q[4] = {st.w[0].x, st.w[0].y, st.w[0].z, st.w[0].w}, o[8];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 word = q[i / 2], sh = 16 * (i % 2);
+            o[i] = bf16x2((float)(signed char)((word >> sh) & 0xffu), (float)(signed char)((word >> (sh + 8)) & 0xffu));
+        }
+        int r = threadIdx.x >> 1, c2 = (threadIdx.x & 1) * 16;
+        *(uint4*)&sm.w[r * MMA_LDS + c2] = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4*)&sm.w[r * MMA_LDS + c2 + 8] = make_uint4(o[4], o[5], o[6], o[7]);
+        if ((threadIdx.x & 1) == 0) sm.ws[r] = st.s;
     } else {
         // Exact products (mma_exact): the bf16 conversion is exact.
         u32 o[8];
@@ -158,8 +184,8 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
 // into their accumulator truncated to its exponent (not rounded), so a long chain of MMAs into one running
 // sum drifts by ~2^-23 per step, always towards zero: over K = 2880 that was 1e-5 relative (issue 16). So
 // every K step (6 MMAs) starts a fresh partial sum, smallest X parts first, and adds it to `acc` with an
-// ordinary f32 add.
-template <int MT>
+// ordinary f32 add (times the weight row's scale for the step when SCALED: Q8_0).
+template <int MT, bool SCALED>
 static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*acc)[4][4]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     float part[MT][4][4];
@@ -197,12 +223,20 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem& sm, float (*ac
                 for (int nt = 0; nt < 4; nt++) mma_bf16(part[mt][nt], a[mt], b[nt][0], b[nt][1]);
         }
     }
+    float scale[4][2];
+    #pragma unroll
+    for (int nt = 0; nt < 4; nt++)
+        #pragma unroll
+        for (int j = 0; j < 2; j++) scale[nt][j] = SCALED ? sm.ws[wn * 32 + nt * 8 + 2 * (lane & 3) + j] : 1.0f;
     #pragma unroll
     for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nt = 0; nt < 4; nt++)
             #pragma unroll
-            for (int i = 0; i < 4; i++) acc[mt][nt][i] += part[mt][nt][i];
+            for (int i = 0; i < 4; i++) {
+                if constexpr (SCALED) acc[mt][nt][i] += part[mt][nt][i] * scale[nt][i & 1];
+                else acc[mt][nt][i] += part[mt][nt][i];
+            }
 }
 
 // acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k] over k in [kb, ke) (kb a multiple of MMA_BK, ke ≤ k: a
@@ -236,7 +270,7 @@ static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wro
             mma_load_x<MT>(xrow, k, kb + (ks + 1) * MMA_BK, st);
             mma_load_w<F>(w, wrow0, n_valid, kb + (ks + 1) * MMA_BK, st);
         }
-        mma_compute<MT>(sm, acc);
+        mma_compute<MT, F == WF_Q8>(sm, acc);
         __syncthreads();
         if (more) {
             mma_store<F, MT>(w, st, sm);

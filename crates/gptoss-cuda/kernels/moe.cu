@@ -17,6 +17,7 @@
 // The x split, ExpertParams, find_tile and the gate_up epilogue live in moe_common.cu (shared with moe_dot.cu,
 // the integer dot-product kernels decode steps take). Minimum arch: sm_80. Launched from src/ops/moe.rs.
 extern "C" __global__ void moe_xsplit(const XSplitParams p) {
+    grid_dep_sync();
     xsplit_unit(p, (i64)blockIdx.x * blockDim.x + threadIdx.x);
 }
 
@@ -32,6 +33,7 @@ struct GroupParams {
 };
 
 extern "C" __global__ void __launch_bounds__(1024) moe_group(const GroupParams p) {
+    grid_dep_sync();
     __shared__ int cnt[MOE_MAX_EXPERTS];
     __shared__ int cur[MOE_MAX_EXPERTS];
     for (int e = threadIdx.x; e < p.n_experts; e += blockDim.x) cnt[e] = 0;
@@ -130,18 +132,18 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
 }
 
 #define MOE_ENTRY(NAME, F) \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) moe_gate_up_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t1(const ExpertParams p) { expert_impl<F, 1, 0>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) moe_down_##NAME##_t8(const ExpertParams p) { expert_impl<F, 8, 0>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_##NAME##_t1(const ExpertParams p) { grid_dep_sync(); expert_impl<F, 1, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) moe_gate_up_##NAME##_t8(const ExpertParams p) { grid_dep_sync(); expert_impl<F, 8, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_##NAME##_t1(const ExpertParams p) { grid_dep_sync(); expert_impl<F, 1, 0>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 1) moe_down_##NAME##_t8(const ExpertParams p) { grid_dep_sync(); expert_impl<F, 8, 0>(p); }
 
 // MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
 // X split of mma.cu needs more than the 80 registers of 3 blocks).
 #define MOE_MMA_ENTRY(NAME, F, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 1, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { expert_mma_impl<F, 0, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma32_##NAME(const ExpertParams p) { expert_mma_impl<F, 1, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma32_##NAME(const ExpertParams p) { expert_mma_impl<F, 0, 1>(p); }
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma_##NAME(const ExpertParams p) { grid_dep_sync(); expert_mma_impl<F, 1, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma_##NAME(const ExpertParams p) { grid_dep_sync(); expert_mma_impl<F, 0, 2>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_mma32_##NAME(const ExpertParams p) { grid_dep_sync(); expert_mma_impl<F, 1, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_mma32_##NAME(const ExpertParams p) { grid_dep_sync(); expert_mma_impl<F, 0, 1>(p); }
 
 MOE_ENTRY(f32, WF_F32)
 MOE_ENTRY(bf16, WF_BF16)
@@ -150,6 +152,7 @@ MOE_ENTRY(q8, WF_Q8)
 MOE_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 MOE_ENTRY(lut4f32, WF_LUT4_F32)
 MOE_MMA_ENTRY(bf16, WF_BF16, 2)
+MOE_MMA_ENTRY(q8, WF_Q8, 2)
 MOE_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
 MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
 
@@ -352,8 +355,8 @@ static __device__ void expert_fp4_impl(const ExpertParams& p) {
 
 // FP4_ENTRY(SUFFIX, NB, U, MT): the gate_up and down kernels of one configuration (2 blocks per SM).
 #define FP4_ENTRY(SUFFIX, NB, U, MT) \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_impl<NB, U, MT, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_impl<NB, U, MT, 0>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_impl<NB, U, MT, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_impl<NB, U, MT, 0>(p); }
 
 FP4_ENTRY(p8, 1, 4, 2)
 FP4_ENTRY(p16, 2, 2, 2)
@@ -547,8 +550,8 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
 
 // FP4_GEMM_ENTRY(SUFFIX, NW): gate_up and down with tiles of 16·NW pairs (2 blocks per SM).
 #define FP4_GEMM_ENTRY(SUFFIX, BN, WM) \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { expert_fp4_gemm_impl<BN, WM, 0>(p); }
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_gemm_impl<BN, WM, 1>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_gemm_impl<BN, WM, 0>(p); }
 
 // (Tiles of 8 and 16 pairs with an 8-deep ring, for decode, measured slower than moe_*_fp4_p{8,16}: T = 1
 // 107 / 118 vs 63 µs, T = 16 324 / 451 vs 270 µs.) Warps 8 × 1 (each 16 rows × all 64 pairs: every code
@@ -571,6 +574,7 @@ struct CombineParams {
 };
 
 extern "C" __global__ void moe_combine(const CombineParams p) {
+    grid_dep_sync();
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (i64)p.n_tok * p.h) return;
     int t = (int)(idx / p.h), j = (int)(idx % p.h);

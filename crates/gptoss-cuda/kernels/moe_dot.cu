@@ -144,5 +144,5 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_dot(const ExpertParams p) { expert_fp4_dot_impl<1>(p); }
-extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_dot(const ExpertParams p) { expert_fp4_dot_impl<0>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_dot(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_impl<1>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_dot(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_impl<0>(p); }

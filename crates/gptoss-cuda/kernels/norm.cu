@@ -80,11 +80,12 @@ static __device__ void rmsnorm_row(const AddNormParams& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_f32(const NormParams p) {
+    grid_dep_sync();
     AddNormParams a = {(float*)p.x, nullptr, p.w, p.out, p.n, p.eps};
     rmsnorm_row<0>(a);
 }
 
-extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_f32(const AddNormParams p) { rmsnorm_row<1>(p); }
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_f32(const AddNormParams p) { grid_dep_sync(); rmsnorm_row<1>(p); }
 
 struct AddParams {
     float* x;
@@ -93,6 +94,7 @@ struct AddParams {
 };
 
 extern "C" __global__ void add_f32(const AddParams p) {
+    grid_dep_sync();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < p.n) p.x[i] += p.y[i];
 }

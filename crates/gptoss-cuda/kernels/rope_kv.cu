@@ -78,6 +78,6 @@ static __device__ void rope_kv_impl(const RopeParams& p) {
     }
 }
 
-extern "C" __global__ void rope_kv_f32(const RopeParams p) { rope_kv_impl<KV_F32>(p); }
-extern "C" __global__ void rope_kv_bf16(const RopeParams p) { rope_kv_impl<KV_BF16>(p); }
-extern "C" __global__ void rope_kv_f16(const RopeParams p) { rope_kv_impl<KV_F16>(p); }
+extern "C" __global__ void rope_kv_f32(const RopeParams p) { grid_dep_sync(); rope_kv_impl<KV_F32>(p); }
+extern "C" __global__ void rope_kv_bf16(const RopeParams p) { grid_dep_sync(); rope_kv_impl<KV_BF16>(p); }
+extern "C" __global__ void rope_kv_f16(const RopeParams p) { grid_dep_sync(); rope_kv_impl<KV_F16>(p); }

@@ -73,7 +73,7 @@ static __device__ void route_impl(const RouteParams& p) {
 
 // THREADS: the block size src/ops/moe.rs launches (256 for f32 and 4-bit weights: 512 would spill).
 #define ROUTE_ENTRY(NAME, F, THREADS) \
-    extern "C" __global__ void __launch_bounds__(THREADS) route_##NAME(const RouteParams p) { route_impl<F>(p); }
+    extern "C" __global__ void __launch_bounds__(THREADS) route_##NAME(const RouteParams p) { grid_dep_sync(); route_impl<F>(p); }
 
 ROUTE_ENTRY(f32, WF_F32, 256)
 ROUTE_ENTRY(bf16, WF_BF16, 512)
@@ -93,6 +93,7 @@ struct TopkParams {
 };
 
 extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p) {
+    grid_dep_sync();
     int lane = threadIdx.x & 31, t = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (t >= p.n_tok) return;
     const float* l = p.logits + (i64)t * p.n_experts;

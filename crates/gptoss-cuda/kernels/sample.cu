@@ -126,6 +126,7 @@ static __device__ u64 bisect(const RowView v, u64 lo, u64 hi, double target, int
 
 // keys[row][slice] = the largest key of the row's slice (0 for an empty slice).
 extern "C" __global__ void __launch_bounds__(256) row_max_keys(const SampleParams p) {
+    grid_dep_sync();
     __shared__ double scratch[64];
     const float* l = p.logits + (i64)blockIdx.x * p.vocab;
     SampleRow r = p.rows[blockIdx.x];
@@ -143,6 +144,7 @@ extern "C" __global__ void __launch_bounds__(256) row_max_keys(const SampleParam
 }
 
 extern "C" __global__ void __launch_bounds__(1024, 1) sample_rows(const SampleParams p) {
+    grid_dep_sync();
     __shared__ double scratch[64];
     __shared__ float lmax_s;
     const float* l = p.logits + (i64)blockIdx.x * p.vocab;
@@ -220,6 +222,7 @@ static __device__ u64 max_key_below(const float* l, int vocab, u64 cap, double* 
 }
 
 extern "C" __global__ void __launch_bounds__(1024) logprob_rows(const LogprobParams p) {
+    grid_dep_sync();
     __shared__ double scratch[64];
     const LogprobRow j = p.jobs[blockIdx.x];
     const float* l = p.logits + (i64)j.row * p.vocab;

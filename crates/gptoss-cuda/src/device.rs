@@ -18,6 +18,10 @@ use crate::nvrtc::{self, Target};
 use crate::options::{compile_notice_line, CompileNotice, CudaOptions, LinearKernel, MoeKernel};
 use crate::vram::{gib, Meter};
 
+/// The oldest arch whose kernels wait for their predecessor in `grid_dep_sync` (`griddepcontrol` is sm_90
+/// PTX); older code never starts before the kernel ahead of it ends, so it launches plainly.
+const DEPENDENT_LAUNCH_MIN_ARCH: u32 = 90;
+
 /// What the device is.
 #[derive(Clone, Debug)]
 pub struct Caps {
@@ -47,6 +51,8 @@ pub struct Device {
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run.
     pub linear_kernel: LinearKernel,
+    /// Whether kernels launch as programmatic dependents of the one before (see [`Device::launch`]).
+    pub dependent_launch: bool,
     cache_dir: Option<PathBuf>,
     compile_notice: CompileNotice,
     /// Whether the first compile (a cache miss) was announced.
@@ -106,6 +112,7 @@ impl Device {
             cache_dir: opts.cache_dir.clone(),
             moe_kernel: opts.moe_kernel,
             linear_kernel: opts.linear_kernel,
+            dependent_launch: opts.dependent_launch && target.arch() >= DEPENDENT_LAUNCH_MIN_ARCH,
             compile_notice: opts.compile_notice,
             announced: Cell::new(false),
             modules: RefCell::new(HashMap::new()),
@@ -170,16 +177,66 @@ impl Device {
         }
     }
 
-    /// Launches `f` with one by-value parameter struct.
+    /// Launches `f` with one by-value parameter struct. Where [`Device::dependent_launch`] holds, as a
+    /// programmatic dependent of the kernel before it on the stream: it may start (its blocks resident, its
+    /// weights loading) while that one drains, and waits in `grid_dep_sync` (common.cu) before it reads
+    /// anything an earlier kernel wrote; a decode step is ~300 short kernels, whose drain and ramp-up
+    /// otherwise run back to back.
     pub fn launch<P: DeviceRepr>(&self, f: Func, cfg: LaunchConfig, params: &P) -> Result<()> {
         let func = self.function(f)?;
-        let mut b = self.stream.launch_builder(&func);
-        b.arg(params);
-        // SAFETY: `params` is the #[repr(C)] mirror of the kernel's parameter struct, and every device
-        // address in it points into a live buffer of the size the kernel indexes (checked by the op).
-        unsafe { b.launch(cfg) }
-            .map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))?;
-        Ok(())
+        let launched = if self.dependent_launch {
+            self.launch_dependent(&func, cfg, params)
+        } else {
+            let mut b = self.stream.launch_builder(&func);
+            b.arg(params);
+            // SAFETY: `params` is the #[repr(C)] mirror of the kernel's parameter struct, and every device
+            // address in it points into a live buffer of the size the kernel indexes (checked by the op).
+            unsafe { b.launch(cfg) }.map(|_| ())
+        };
+        launched.map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))
+    }
+
+    fn launch_dependent<P: DeviceRepr>(
+        &self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        params: &P,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: an all-zero launch attribute value is a valid (empty) union value.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut args = [params as *const P as *mut std::ffi::c_void];
+        // SAFETY: as in the plain launch above: `params` is the kernel's one #[repr(C)] parameter struct,
+        // alive for the call (the driver copies it), with device addresses of live buffers; `config` and
+        // `attr` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                func.cu_function(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
     }
 
     /// Waits for all queued work (reads and tests only; never inside a step).

@@ -125,8 +125,14 @@ impl WeightKind {
         }
     }
 
-    /// The kinds with tensor-core (`_mma`) entry points: those whose values can decode exactly to bf16.
-    pub const MMA: [WeightKind; 3] = [WeightKind::Bf16, WeightKind::Lut4E8m0, WeightKind::Lut4F32];
+    /// The kinds with tensor-core (`_mma`) entry points: those whose values can decode exactly to bf16, and Q8_0
+    /// (codes exact in bf16, the scale applied per 32-element K step).
+    pub const MMA: [WeightKind; 4] = [
+        WeightKind::Bf16,
+        WeightKind::Q8,
+        WeightKind::Lut4E8m0,
+        WeightKind::Lut4F32,
+    ];
 
     /// Every kind.
     pub const ALL: [WeightKind; 6] = [
@@ -476,6 +482,33 @@ mod tests {
             }
         }
         false
+    }
+
+    /// Kernels launch as programmatic dependents on sm_90 (device.rs): one that read an earlier kernel's
+    /// output or wrote anything before `grid_dep_sync` would race it. Every entry point syncs first, except
+    /// the split-K GEMVs, which sync in `linear_rows` once their first weight loads are issued.
+    #[test]
+    fn every_kernel_syncs_with_its_predecessor_first() {
+        for f in KernelFile::ALL {
+            let body = f.body();
+            for (at, _) in body.match_indices("__global__") {
+                let open = at + body[at..].find('{').unwrap();
+                let first = body[open + 1..].split(';').next().unwrap().trim();
+                let gemv =
+                    first.starts_with("linear_impl<") || first.starts_with("linear_group_impl<");
+                assert!(
+                    first == "grid_dep_sync()" || gemv,
+                    "{}: a kernel begins with `{first}`, not grid_dep_sync()",
+                    f.name()
+                );
+            }
+        }
+        let linear = KernelFile::Linear.body();
+        let rows = &linear[linear.find("static __device__ void linear_rows").unwrap()..];
+        let lambda = &rows[rows.find("auto xrows").unwrap()..];
+        assert!(lambda[lambda.find('{').unwrap() + 1..]
+            .trim_start()
+            .starts_with("grid_dep_sync();"));
     }
 
     #[test]

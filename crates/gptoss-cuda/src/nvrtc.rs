@@ -20,6 +20,13 @@ pub enum Target {
 }
 
 impl Target {
+    /// The arch as `XY`.
+    pub fn arch(self) -> u32 {
+        match self {
+            Target::Cubin(a) | Target::Ptx(a) => a,
+        }
+    }
+
     /// `sm_80` or `compute_80`.
     pub fn describe(self) -> String {
         match self {

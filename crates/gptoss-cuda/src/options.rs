@@ -1,6 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
-//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_MOE_KERNEL`,
-//! `GPTOSS_LINEAR_KERNEL`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
+//! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CUDA_PDL`,
+//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -28,6 +28,9 @@ pub struct CudaOptions {
     pub lib_dirs: Vec<PathBuf>,
     /// Record small steps as CUDA graphs and replay them (`GPTOSS_CUDA_GRAPHS=0` turns it off).
     pub graphs: bool,
+    /// Launch each kernel as a programmatic dependent of the one before it where the code is sm_90 or
+    /// newer, so it starts while that one drains (`GPTOSS_CUDA_PDL=0` turns it off).
+    pub dependent_launch: bool,
     /// Which expert kernels run (`GPTOSS_MOE_KERNEL`; benchmarks and diagnosis, default automatic).
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
@@ -137,6 +140,7 @@ impl CudaOptions {
             compile_notice: CompileNotice::Stderr,
             lib_dirs,
             graphs: std::env::var("GPTOSS_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0"),
+            dependent_launch: std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
             moe_kernel: match std::env::var("GPTOSS_MOE_KERNEL") {
                 Ok(v) => MoeKernel::parse(&v)?,
                 Err(_) => MoeKernel::Auto,

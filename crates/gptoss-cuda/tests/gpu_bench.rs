@@ -263,43 +263,47 @@ fn bench_moe_20b_shapes() {
     bench_moe(&b, &mut Rng(8));
 }
 
-/// The dense linears of 20b (bf16) at decode, batched-decode and prefill sizes (`GPTOSS_LINEAR_KERNEL`
-/// picks the kernel to compare).
+/// The dense linears of 20b (bf16, and Q8_0 as the GGUF stores them) at decode, batched-decode and prefill
+/// sizes (`GPTOSS_LINEAR_KERNEL` picks the kernel to compare).
 #[test]
 #[ignore = "needs GPU"]
 fn bench_linear_20b_shapes() {
     let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
     let mut rng = Rng(7);
-    let bf16 = TestFormat::Dense(DType::BF16);
-    for (name, n_out, k) in [
-        ("q", 4096, 2880),
-        ("k", 512, 2880),
-        ("o", 2880, 4096),
-        ("lm_head", 201_088, 2880),
+    for (format, label, bytes_per_weight) in [
+        (TestFormat::Dense(DType::BF16), "bf16", 2.0),
+        (TestFormat::Q8_0, "q8_0", 34.0 / 32.0),
     ] {
-        let w = b
-            .upload_linear(&Linear {
-                weight: random_tensor(&mut rng, bf16, n_out, k, 0.05),
-                bias: Some(rng.vec(n_out, 0.1)),
-            })
-            .unwrap();
-        let tokens: &[usize] = if name == "lm_head" {
-            &[1, 16, 64]
-        } else {
-            &[1, 2, 4, 5, 8, 16, 32, 64, 2048]
-        };
-        for &t in tokens {
-            let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
-            let mut out = b.alloc(t, n_out).unwrap();
-            let step = step_of(&b, t);
-            let reps = if t > 64 { 10 } else { 50 };
-            let s = time(&b, reps, || b.linear(&step, &x, &w, &mut out).unwrap());
-            let gbs = (n_out * k * 2) as f64 / s / 1e9;
-            let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
-            println!(
-                "BENCH op linear bf16 {name} [{n_out}, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s, {tflops:.2} TFLOP/s",
-                s * 1e6
-            );
+        for (name, n_out, k) in [
+            ("q", 4096, 2880),
+            ("k", 512, 2880),
+            ("o", 2880, 4096),
+            ("lm_head", 201_088, 2880),
+        ] {
+            let w = b
+                .upload_linear(&Linear {
+                    weight: random_tensor(&mut rng, format, n_out, k, 0.05),
+                    bias: Some(rng.vec(n_out, 0.1)),
+                })
+                .unwrap();
+            let tokens: &[usize] = if name == "lm_head" {
+                &[1, 16, 64]
+            } else {
+                &[1, 2, 4, 5, 8, 16, 32, 64, 2048]
+            };
+            for &t in tokens {
+                let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
+                let mut out = b.alloc(t, n_out).unwrap();
+                let step = step_of(&b, t);
+                let reps = if t > 64 { 10 } else { 50 };
+                let s = time(&b, reps, || b.linear(&step, &x, &w, &mut out).unwrap());
+                let gbs = (n_out * k) as f64 * bytes_per_weight / s / 1e9;
+                let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
+                println!(
+                    "BENCH op linear {label} {name} [{n_out}, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s, {tflops:.2} TFLOP/s",
+                    s * 1e6
+                );
+            }
         }
     }
 }

@@ -148,7 +148,7 @@ const TILE_EDGES: [usize; 9] = [1, 2, 7, 16, 17, 63, 64, 65, 300];
 fn linear_tile_edges_every_path() {
     let g = cuda(KvPrecision::Bf16);
     let mut rng = Rng(16);
-    // bf16, MXFP4 and NF4 take the tensor cores from 5 rows; Q8_0 and f32 stay on the split-K kernel.
+    // bf16, Q8_0, MXFP4 and NF4 take the tensor cores from 5 rows; f32 stays on the split-K kernel.
     // 130 and 67 output rows leave partial 128-row tiles; k = 45 leaves a partial K step and unaligned rows.
     // k = 1000 and 1024 give the few tiles of up to 300 rows K splits (the last one short for 1000).
     let cases = [
@@ -159,6 +159,7 @@ fn linear_tile_edges_every_path() {
         (TestFormat::Mxfp4, 130, 160),
         (TestFormat::BnbNf4, 67, 128),
         (TestFormat::Q8_0, 130, 96),
+        (TestFormat::Q8_0, 67, 1024),
         (TestFormat::Dense(gptoss_formats::DType::F32), 67, 45),
     ];
     for (format, n_out, k) in cases {
@@ -234,6 +235,7 @@ fn tensor_core_long_dot_products_match_f64() {
     for format in [
         TestFormat::Dense(gptoss_formats::DType::BF16),
         TestFormat::Mxfp4,
+        TestFormat::Q8_0,
     ] {
         let lin = Linear {
             weight: random_tensor(&mut rng, format, n_out, k, 1.0 / (k as f32).sqrt()),

@@ -117,7 +117,9 @@ impl DevWeight {
 
     /// Whether every decoded value is exactly a bf16 and rows come in whole 32-element steps: the condition of
     /// the tensor-core (`_mma`) kernels, which feed the weights to the tensor cores as bf16. Dense bf16; 4-bit
-    /// codes whose table values are bf16 times an E8M0 power of two; 4-bit values rounded to bf16 at decode.
+    /// codes whose table values are bf16 times an E8M0 power of two; 4-bit values rounded to bf16 at decode;
+    /// Q8_0 with rows of whole blocks (its int8 codes are exact in bf16, and its f16 scale, one per 32-element
+    /// K step, multiplies the step's partial sum in f32).
     pub fn mma_exact(&self) -> bool {
         let steps = self.ld.is_multiple_of(32) && self.block.is_multiple_of(32);
         let bf16_table = self
@@ -126,6 +128,7 @@ impl DevWeight {
             .all(|v| half::bf16::from_f32(*v).to_f32() == *v);
         match self.kind {
             WeightKind::Bf16 => true,
+            WeightKind::Q8 => self.ld.is_multiple_of(32),
             WeightKind::Lut4E8m0 => {
                 steps && (self.round == ROUND_BF16 || (self.round == ROUND_NONE && bf16_table))
             }
