@@ -162,9 +162,9 @@ impl<B: Backend> ExpertStream<B> {
 
     /// The set holding `experts` (stage layer `layer`) in slots of their own index.
     fn fill(&mut self, b: &B, experts: &[Expert], layer: usize) -> Result<&B::Experts> {
-        let first = experts
-            .first()
-            .ok_or_else(|| Error::invalid(format!("expert streaming: layer {layer} has no experts")))?;
+        let first = experts.first().ok_or_else(|| {
+            Error::invalid(format!("expert streaming: layer {layer} has no experts"))
+        })?;
         let set = match &mut self.set {
             Some(set) => set,
             empty => empty.insert(b.alloc_expert_slots(first, experts.len())?),

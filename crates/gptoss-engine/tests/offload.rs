@@ -8,8 +8,8 @@ mod common;
 
 use common::{greedy_logits, solo_capacity as capacity, tiny_weights as weights};
 use gptoss_engine::{
-    Batch, CpuBackend, ExpertCacheConfig, ExpertPlacement, ExpertStreamStats, ExpertStreaming, Model,
-    TraceSpec,
+    Batch, CpuBackend, ExpertCacheConfig, ExpertPlacement, ExpertStreamStats, ExpertStreaming,
+    Model, TraceSpec,
 };
 
 /// Logits of a 12-token prefill and 6 greedy decode steps.
@@ -88,12 +88,10 @@ fn steps_below_the_threshold_run_on_the_cpu() {
         .with_streaming(ExpertStreaming::FromPairs(PREFILL_PAIRS + 1));
     let mut m = Model::with_placement(CpuBackend, &w, capacity(), &placement).unwrap();
     assert_eq!(run(&mut m), want);
-    assert_eq!(
-        m.expert_stream_stats(),
-        Some(ExpertStreamStats::default())
-    );
+    assert_eq!(m.expert_stream_stats(), Some(ExpertStreamStats::default()));
     // No host layer: nothing to stream, whatever is asked.
-    let none = ExpertPlacement::first_on_host(layers, 0).with_streaming(ExpertStreaming::FromPairs(1));
+    let none =
+        ExpertPlacement::first_on_host(layers, 0).with_streaming(ExpertStreaming::FromPairs(1));
     let mut m = Model::with_placement(CpuBackend, &w, capacity(), &none).unwrap();
     assert_eq!(run(&mut m), want);
     assert_eq!(m.expert_stream_stats(), None);
@@ -126,8 +124,16 @@ fn streaming_beside_the_expert_cache() {
         // 6 one-token decode steps of top_k pairs in each layer; the prefill counted only when no
         // layer streamed (the cache holding every expert).
         let decode_pairs = (6 * top_k * layers) as u64;
-        let prefill_pairs = if whole { (PREFILL_PAIRS * layers) as u64 } else { 0 };
-        assert_eq!(c.hits + c.misses, decode_pairs + prefill_pairs, "{slots} slots: {c:?}");
+        let prefill_pairs = if whole {
+            (PREFILL_PAIRS * layers) as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            c.hits + c.misses,
+            decode_pairs + prefill_pairs,
+            "{slots} slots: {c:?}"
+        );
         let streamed = if whole { 0 } else { layers as u64 };
         assert_eq!(s.streamed_layers, streamed, "{slots} slots: {s:?}");
         assert_eq!(s.streamed_steps, 1, "{slots} slots: {s:?}");
