@@ -5,11 +5,14 @@ use anyhow::{bail, Result};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::memory::{self, KvPrecision};
 use gptoss_engine::offload::DEFAULT_REFRESH_STEPS;
-use gptoss_engine::placement::{expert_cache_fit, WeightSplit};
-use gptoss_engine::{Capacity, CpuBackend, CpuKernels, ExpertCacheConfig, ExpertPlacement, Model};
+use gptoss_engine::placement::{expert_cache_fit, expert_stream_bytes, WeightSplit};
+use gptoss_engine::{
+    Capacity, CpuBackend, CpuKernels, ExpertCacheConfig, ExpertPlacement, ExpertStreaming, Model,
+    StreamCost,
+};
 use gptoss_formats::ModelWeights;
 
-use crate::source::{Device, ExpertCacheSize, KvCache, ModelArgs};
+use crate::source::{Device, ExpertCacheSize, KvCache, ModelArgs, StreamExperts};
 
 /// A model on whichever backend was chosen.
 pub enum AnyModel {
@@ -236,19 +239,25 @@ fn upload_cuda(
         ExpertCacheSize::Bytes(b) => expert_cache_fit(config, &split, &capacity, host_layers, b),
         ExpertCacheSize::Auto | ExpertCacheSize::Off => (0, 0),
     };
+    let stream = Reserved {
+        taken: device_weights + cache_bytes,
+        budget,
+    };
+    let stream_bytes = stream_reserve(args, weights, &split, &capacity, (host_layers, stream));
     let mut capacity = capacity;
     if capacity.kv_blocks.is_none() {
         // The full-attention pool: every slot at full context, or as many blocks as the budget holds.
         let blocks = memory::fit_kv_blocks(
             config,
-            device_weights + cache_bytes,
+            device_weights + cache_bytes + stream_bytes,
             &capacity,
             kv_precision(kv),
             budget,
         )?;
         capacity.kv_blocks = Some(blocks);
     }
-    let plan = memory::plan(config, device_weights, &capacity, kv_precision(kv))?;
+    let plan = memory::plan(config, device_weights, &capacity, kv_precision(kv))?
+        .with_expert_stream(stream_bytes);
     if args.expert_cache == ExpertCacheSize::Auto {
         // Without --max-vram the budget is the whole card, part of which the driver, cuBLASLt and the
         // compiled kernels take outside the meter.
@@ -265,16 +274,27 @@ fn upload_cuda(
         .with_cache(ExpertCacheConfig {
             slots,
             refresh_steps: DEFAULT_REFRESH_STEPS,
+        })
+        .with_streaming(match stream_bytes {
+            0 => ExpertStreaming::Off,
+            _ => ExpertStreaming::FromPairs(stream_min_pairs(config)),
         });
     let dev = backend.device();
     let offload = match placement.host_layers() {
         0 => String::new(),
         n => format!(
-            "; experts of layers 0..{n} in host memory ({}), run on the CPU{}",
+            "; experts of layers 0..{n} in host memory ({}), run on the CPU{}{}",
             gptoss_cuda::vram::gib(host_bytes),
             match slots {
                 0 => String::new(),
                 s => format!(" except the {s} most-routed, held on the GPU (--expert-cache)"),
+            },
+            match placement.streaming() {
+                ExpertStreaming::Off => String::new(),
+                ExpertStreaming::FromPairs(p) => format!(
+                    "; steps of {} tokens or more stream them to the GPU (--stream-experts)",
+                    p.div_ceil(config.num_experts_per_tok.max(1))
+                ),
             }
         ),
     };
@@ -298,6 +318,56 @@ fn upload_cuda(
         None => eprintln!("[weights on the GPU in {took:.2} s]"),
     }
     Ok(model)
+}
+
+/// Device memory already spoken for and the budget, for [`stream_reserve`].
+#[derive(Clone, Copy)]
+struct Reserved {
+    /// Weights and a sized expert cache.
+    taken: u64,
+    budget: u64,
+}
+
+/// The routed pairs per layer from which a step streams its host layers (`StreamCost::H200_HOST`: the
+/// only host where both rates were measured; see bench/NOTES.md, "Streaming host experts for prefill").
+fn stream_min_pairs(config: &gptoss_formats::ModelConfig) -> usize {
+    StreamCost::H200_HOST.min_pairs(config.num_local_experts)
+}
+
+/// The device bytes `--stream-experts` reserves for the streamed set: one host layer's experts when
+/// some are in host memory and they fit beside `r.taken` and one sequence's KV cache (the whole pool
+/// when `--kv-blocks` gives it); 0 (with the reason logged) otherwise.
+fn stream_reserve(
+    args: &ModelArgs,
+    weights: &ModelWeights,
+    split: &WeightSplit,
+    capacity: &Capacity,
+    (host_layers, r): (usize, Reserved),
+) -> u64 {
+    let bytes = expert_stream_bytes(split, host_layers);
+    if args.stream_experts == StreamExperts::Off || bytes == 0 {
+        return 0;
+    }
+    let (config, kv) = (&weights.config, kv_precision(args.kv_cache));
+    let fits = match capacity.kv_blocks {
+        // A pool given by --kv-blocks: the whole plan must fit.
+        Some(_) => memory::plan(config, r.taken + bytes, capacity, kv)
+            .and_then(|p| p.check(r.budget).map(|_| ())),
+        // A pool sized to the budget: one sequence's KV cache at full context must fit beside it.
+        None => memory::fit_kv_blocks(config, r.taken + bytes, capacity, kv, r.budget).map(|_| ()),
+    };
+    match fits {
+        Ok(()) => bytes,
+        Err(e) => {
+            tracing::info!(
+                "--stream-experts auto: off, one layer's experts ({}) do not fit beside the plan ({e}); \
+                 prompts run their host experts on the CPU (more --n-cpu-moe layers or a larger \
+                 --max-vram would leave room)",
+                gib_str(bytes)
+            );
+            0
+        }
+    }
 }
 
 /// This process's resident memory and the file-backed part of it (`VmRSS`, `RssFile` of

@@ -85,11 +85,30 @@ pub struct ModelArgs {
     /// in /metrics.
     #[arg(long, value_name = "auto|off|SIZE", default_value = "auto", value_parser = parse_expert_cache)]
     pub expert_cache: ExpertCacheSize,
+    /// Stream experts kept in host memory to the GPU for big steps (prompts): when a step routes so
+    /// many pairs per layer that the CPU would take longer than copying all of a layer's experts over
+    /// PCIe (20b: from 407 pairs, 102 tokens; the cost model is in bench/NOTES.md), each host layer's
+    /// experts are copied into one layer's worth of GPU memory and its MoE runs there, with the same
+    /// result as the all-GPU model. `auto` reserves that memory (one layer's experts, 0.39 GiB on 20b)
+    /// before the KV cache is sized when the weights, it and one sequence's KV cache fit the budget,
+    /// and says so in the device memory plan; it never moves more experts to the host. `off`: big steps
+    /// run their host experts on the CPU too.
+    #[arg(long, value_enum, default_value_t = StreamExperts::Auto)]
+    pub stream_experts: StreamExperts,
     /// Run the exact f32 CPU reference (what the GPU is tested against) instead of the fast CPU path
     /// (int8-quantized activations, within 1e-2 of the largest logit). With --device cuda it applies to
     /// the experts kept in host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
     #[arg(long)]
     pub exact: bool,
+}
+
+/// `--stream-experts`: whether big steps copy host experts to the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StreamExperts {
+    /// When one layer's experts fit the device memory plan.
+    Auto,
+    /// Never.
+    Off,
 }
 
 /// `--expert-cache`: how much GPU memory the hot-expert cache takes.

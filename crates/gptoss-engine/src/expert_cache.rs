@@ -153,6 +153,14 @@ impl<B: Backend> ExpertCache<B> {
         self.stats
     }
 
+    /// Whether stage layer `layer`'s slots hold every expert of it, each in the slot of its index.
+    pub(crate) fn holds_all(&self, layer: usize) -> bool {
+        self.layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .is_some_and(LayerSlots::holds_all)
+    }
+
     /// Starts a step: decides whether each layer re-ranks its slots after its MoE in this step.
     pub(crate) fn begin_step(&mut self) {
         self.since_refresh += 1;

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod expert_cache;
+pub mod expert_stream;
 pub mod generate;
 pub mod kv;
 pub mod logits;
@@ -41,6 +42,7 @@ pub use backend::{
 pub use cpu::{CpuBackend, CpuIsa, CpuKernels};
 pub use error::{Error, Result};
 pub use expert_cache::ExpertCacheStats;
+pub use expert_stream::{ExpertStreamStats, ExpertStreaming, StreamCost};
 pub use generate::{
     generate, generate_until, generate_with, Flow, GenerateOptions, Generation, Session, StopReason,
 };

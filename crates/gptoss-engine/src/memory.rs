@@ -49,12 +49,27 @@ pub struct MemoryPlan {
     pub expert_cache_bytes: u64,
     /// Experts the hot-expert cache holds.
     pub expert_cache_slots: usize,
+    /// The slot set host layers' experts are streamed into for big steps: one layer's experts (0
+    /// without streaming; `expert_stream.rs`).
+    pub expert_stream_bytes: u64,
 }
 
 impl MemoryPlan {
-    /// Weights + KV + workspace + expert cache.
+    /// Weights + KV + workspace + expert cache + streamed set.
     pub fn total_bytes(&self) -> u64 {
-        self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes + self.expert_cache_bytes
+        self.weights_bytes
+            + self.kv_cache_bytes
+            + self.workspace_bytes
+            + self.expert_cache_bytes
+            + self.expert_stream_bytes
+    }
+
+    /// The same plan with a streamed expert set of `bytes`.
+    pub fn with_expert_stream(self, bytes: u64) -> Self {
+        MemoryPlan {
+            expert_stream_bytes: bytes,
+            ..self
+        }
     }
 
     /// The same plan with a hot-expert cache of `slots` experts in `bytes`.
@@ -98,6 +113,13 @@ impl std::fmt::Display for MemoryPlan {
                 self.expert_cache_slots
             )?;
         }
+        if self.expert_stream_bytes > 0 {
+            write!(
+                f,
+                ", expert streaming {} (one layer's experts)",
+                gib(self.expert_stream_bytes)
+            )?;
+        }
         write!(f, ", total {}", gib(self.total_bytes()))
     }
 }
@@ -121,6 +143,7 @@ pub fn plan(
         workspace_bytes: workspace_bytes(config, capacity),
         expert_cache_bytes: 0,
         expert_cache_slots: 0,
+        expert_stream_bytes: 0,
     })
 }
 

@@ -11,10 +11,11 @@ use crate::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Recording, Rope,
 };
 use crate::error::{Error, Result};
-use crate::expert_cache::{CachedMoe, ExpertCache, ExpertCacheStats};
+use crate::expert_cache::{ExpertCache, ExpertCacheStats};
+use crate::expert_stream::{ExpertStream, ExpertStreamStats};
 use crate::kv::{BlockTable, KvLayout};
 use crate::math::yarn_inv_freq;
-use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, LayerExperts};
+use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, HostSides, LayerExperts};
 use crate::pipeline::LayerSplit;
 use crate::trace::{TraceRecord, TraceSpec, Tracer};
 
@@ -48,6 +49,8 @@ struct Workspace<B: Backend> {
     host: Option<HostMoe>,
     /// Device slots for the hottest host experts (none without host experts or when not asked for).
     cache: Option<ExpertCache<B>>,
+    /// Big steps' host layers streamed to the device (none without host experts or when off).
+    stream: Option<ExpertStream<B>>,
     /// Tokens of the step being issued.
     rows: usize,
 }
@@ -196,6 +199,13 @@ impl<B: Backend> Model<B> {
         self.stages()
             .filter_map(|s| s.ws.cache.as_ref().map(ExpertCache::stats))
             .reduce(ExpertCacheStats::combined)
+    }
+
+    /// Streaming's counters, summed over the stages (`None` when no stage streams).
+    pub fn expert_stream_stats(&self) -> Option<ExpertStreamStats> {
+        self.stages()
+            .filter_map(|s| s.ws.stream.as_ref().map(ExpertStream::stats))
+            .reduce(ExpertStreamStats::combined)
     }
 
     /// The backend of the last stage (the only one without a split): it holds the logits and samples.
@@ -471,9 +481,12 @@ impl StageBuild<'_> {
             .map(|(i, l)| upload_layer(b, l, placement.on_host(i)))
             .collect::<Result<Vec<_>>>()?;
         let dims = (config.hidden_size, config.num_experts_per_tok);
-        let host = match placement.host_layers() {
-            0 => None,
-            _ => Some(HostMoe::new(placement, capacity, &layout, self.rope, dims)?),
+        let (host, stream) = match placement.host_layers() {
+            0 => (None, None),
+            _ => (
+                Some(HostMoe::new(placement, capacity, &layout, self.rope, dims)?),
+                ExpertStream::new(placement.streaming(), dims.1),
+            ),
         };
         let experts: Vec<&[gptoss_formats::Expert]> =
             weights.iter().map(|l| &l.experts[..]).collect();
@@ -492,6 +505,7 @@ impl StageBuild<'_> {
             trace: None,
             host,
             cache,
+            stream,
             rows: 0,
         };
         Ok(Stage {
@@ -511,7 +525,9 @@ impl<B: Backend> Stage<B> {
         let rows = batch.tokens.len();
         self.backend.begin_step(&mut self.ws.step, batch)?;
         self.ws.rows = rows;
-        if let Some(cache) = &mut self.ws.cache {
+        // A streamed step leaves the hot-expert cache as it was (no counts, no refresh).
+        let streamed = self.ws.stream.as_mut().is_some_and(|s| s.begin_step(rows));
+        if let (Some(cache), false) = (&mut self.ws.cache, streamed) {
             cache.begin_step();
         }
         if let Some(host) = &mut self.ws.host {
@@ -733,18 +749,12 @@ fn moe_block<B: Backend>(
                 experts,
                 shape,
             };
-            match ws.cache.as_mut() {
-                Some(cache) => {
-                    let m = CachedMoe {
-                        io,
-                        step: s,
-                        layer: at.stage,
-                        rows: ws.rows,
-                    };
-                    cache.run(b, host, m, &mut ws.proj)?;
-                }
-                None => host.run(b, io, ws.rows, &mut ws.proj)?,
-            }
+            let sides = HostSides {
+                host,
+                cache: ws.cache.as_mut(),
+                stream: ws.stream.as_mut(),
+            };
+            sides.run(b, io, (s, at.stage, ws.rows), &mut ws.proj)?;
         }
         (LayerExperts::Host(_), None) => {
             return Err(Error::invalid("host experts without host buffers"));

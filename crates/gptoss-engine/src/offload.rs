@@ -11,6 +11,8 @@ use gptoss_formats::Expert;
 use crate::backend::{Backend, Batch, Capacity, MoeArgs, MoeShape, Rope};
 use crate::cpu::{CpuBackend, CpuBuf, CpuStep};
 use crate::error::{Error, Result};
+use crate::expert_cache::{CachedMoe, ExpertCache};
+use crate::expert_stream::{ExpertStream, ExpertStreaming};
 use crate::kv::KvLayout;
 
 /// Where each layer's experts live, and which CPU kernels run those kept in host memory.
@@ -22,6 +24,8 @@ pub struct ExpertPlacement {
     cpu: CpuBackend,
     /// Device slots for the hottest host experts (`expert_cache.rs`); none by default.
     cache: ExpertCacheConfig,
+    /// Whether big steps stream host layers' experts to the device (`expert_stream.rs`); off by default.
+    stream: ExpertStreaming,
 }
 
 /// The hot-expert cache's size and refresh period (see `expert_cache.rs`).
@@ -62,12 +66,23 @@ impl ExpertPlacement {
             host: (0..layers).map(|l| l < n).collect(),
             cpu: CpuBackend,
             cache: ExpertCacheConfig::default(),
+            stream: ExpertStreaming::Off,
         }
     }
 
     /// The same placement with a hot-expert cache of `cache.slots` device slots for its host experts.
     pub fn with_cache(self, cache: ExpertCacheConfig) -> Self {
         ExpertPlacement { cache, ..self }
+    }
+
+    /// The same placement, big steps streaming its host experts to the device as `stream` says.
+    pub fn with_streaming(self, stream: ExpertStreaming) -> Self {
+        ExpertPlacement { stream, ..self }
+    }
+
+    /// Whether big steps stream host experts to the device.
+    pub fn streaming(&self) -> ExpertStreaming {
+        self.stream
     }
 
     /// The hot-expert cache asked for.
@@ -117,6 +132,7 @@ impl ExpertPlacement {
             .map(|(r, slots)| ExpertPlacement {
                 host: r.clone().map(|l| self.on_host(l)).collect(),
                 cpu: self.cpu,
+                stream: self.stream,
                 cache: ExpertCacheConfig {
                     slots,
                     ..self.cache
@@ -158,6 +174,44 @@ pub(crate) struct HostMoeIo<'a, B: Backend> {
     pub experts: &'a Vec<Expert>,
     /// Shape and activation constants.
     pub shape: MoeShape,
+}
+
+/// Where a host layer's MoE can run: the CPU, the hot-expert cache's slots, a streamed slot set.
+pub(crate) struct HostSides<'a, B: Backend> {
+    /// The CPU backend's buffers.
+    pub host: &'a mut HostMoe,
+    /// The hot-expert cache, if any.
+    pub cache: Option<&'a mut ExpertCache<B>>,
+    /// Streaming, if enabled.
+    pub stream: Option<&'a mut ExpertStream<B>>,
+}
+
+impl<B: Backend> HostSides<'_, B> {
+    /// `out = moe(h)` for stage layer `layer` of a step of `rows` tokens: streamed when the step
+    /// streams and the cache does not already hold every expert of the layer, else through the cache
+    /// (its hits on the device, its misses on the CPU), else on the CPU.
+    pub(crate) fn run(
+        self,
+        b: &B,
+        io: HostMoeIo<'_, B>,
+        (step, layer, rows): (&B::Step, usize, usize),
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        let held = self.cache.as_deref().is_some_and(|c| c.holds_all(layer));
+        match (self.stream.filter(|s| s.streaming() && !held), self.cache) {
+            (Some(stream), _) => stream.run(b, io, (step, layer), out),
+            (None, Some(cache)) => {
+                let m = CachedMoe {
+                    io,
+                    step,
+                    layer,
+                    rows,
+                };
+                cache.run(b, self.host, m, out)
+            }
+            (None, None) => self.host.run(b, io, rows, out),
+        }
+    }
 }
 
 impl HostMoe {

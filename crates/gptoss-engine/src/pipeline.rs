@@ -278,6 +278,7 @@ pub fn plan_pipeline(req: PipelineRequest<'_>) -> Result<PipelinePlan> {
             workspace_bytes: workspace,
             expert_cache_bytes: 0,
             expert_cache_slots: 0,
+            expert_stream_bytes: 0,
         };
         plan.check(req.budgets[s]).map_err(|e| {
             Error::OutOfMemory(format!(

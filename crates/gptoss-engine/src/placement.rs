@@ -234,6 +234,18 @@ pub fn expert_cache_fit(
     }
 }
 
+/// Device bytes of the slot set big steps stream host layers' experts into (`expert_stream.rs`): the
+/// largest layer's experts among the first `cpu_moe_layers` (0 when none is in host memory).
+pub fn expert_stream_bytes(split: &WeightSplit, cpu_moe_layers: usize) -> u64 {
+    split
+        .expert_bytes
+        .iter()
+        .take(cpu_moe_layers)
+        .copied()
+        .max()
+        .unwrap_or(0)
+}
+
 /// The largest context (in tokens, at most the model's `max_position_embeddings`) at which `capacity`'s
 /// streams, each at that context, fit `cap_bytes` with `weights_bytes` on the device; `None` when not
 /// even one position does.
@@ -415,6 +427,9 @@ mod tests {
         assert_eq!(fit(0, GIB), (0, 0));
         assert_eq!(fit(24, buffers + each - 1), (0, 0));
         assert_eq!(fit(2, 100 * GIB), (64, 64 * each + buffers));
+        // The streamed set: one layer's 32 experts (≈ 422 MB), none without host layers.
+        assert_eq!(expert_stream_bytes(&s, 24), 32 * each);
+        assert_eq!(expert_stream_bytes(&s, 0), 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) struct Measured {
     pub peak_host_bytes: Option<u64>,
     /// The hot-expert cache's counters over the test, warm-up included (zeros without one).
     pub expert_cache: ExpertCacheStats,
+    /// Host layers streamed to the GPU over the test, warm-up included (0 without streaming).
+    pub streamed_layers: u64,
 }
 
 /// When one run's requests were submitted, and when each stream's tokens were sampled.
@@ -71,6 +73,7 @@ pub(crate) fn measure(
         peak_device_bytes: (stats.device_peak_bytes > 0).then_some(stats.device_peak_bytes),
         peak_host_bytes: crate::batch::peak_host_memory_bytes(),
         expert_cache: stats.since(&before).expert_cache,
+        streamed_layers: stats.since(&before).expert_stream.streamed_layers,
     })
 }
 

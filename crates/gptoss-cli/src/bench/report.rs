@@ -67,6 +67,9 @@ pub(crate) struct Row {
     /// Hits over routed pairs of host-expert layers during the test, warm-up included (`null` without
     /// a cache).
     pub expert_cache_hit_rate: Option<f64>,
+    /// Host-expert layers whose experts were streamed to the GPU for the test's big steps, warm-up
+    /// included (0 without streaming or host experts).
+    pub streamed_layers: u64,
     #[serde(flatten)]
     setup: Setup,
 }
@@ -100,6 +103,7 @@ impl Row {
             peak_host_bytes: m.peak_host_bytes,
             expert_cache_slots: m.expert_cache.slots,
             expert_cache_hit_rate: (m.expert_cache.slots > 0).then(|| m.expert_cache.hit_rate()),
+            streamed_layers: m.streamed_layers,
             setup: setup.clone(),
         }
     }
@@ -201,6 +205,17 @@ pub(crate) fn print_table(rows: &[Row], setup: &Setup, args: &BenchArgs) {
             cached.join(" · ")
         );
     }
+    let streamed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.streamed_layers > 0)
+        .map(|r| format!("{} {}", r.test, r.streamed_layers))
+        .collect();
+    if !streamed.is_empty() {
+        println!(
+            "host-expert layers streamed to the GPU (--stream-experts): {}",
+            streamed.join(" · ")
+        );
+    }
     let preemptions: u64 = rows.iter().map(|r| r.preemptions).sum();
     println!(
         "{} runs per test after 1 warm-up · kv cache {} · --batch-tokens {} · --max-seqs {} · --kv-blocks {} · --short-prompt {} · --stream-tokens {} · --seed {} · {preemptions} preemptions",
@@ -253,6 +268,7 @@ mod tests {
             peak_device_bytes: None,
             peak_host_bytes: Some(1 << 20),
             expert_cache: gptoss_engine::ExpertCacheStats::default(),
+            streamed_layers: 0,
         };
         let row = Row::new(&setup, &test, m);
         assert_eq!((row.tokens, row.reps, row.streams), (100, 2, 4));
@@ -277,6 +293,7 @@ mod tests {
                 uploads: 9,
                 refreshes: 2,
             },
+            streamed_layers: 48,
         };
         let v = serde_json::to_value(Row::new(&setup, &test, cached)).unwrap();
         assert_eq!(
@@ -286,6 +303,7 @@ mod tests {
             ),
             (Some(8), Some(0.25))
         );
+        assert_eq!(v["streamed_layers"].as_u64(), Some(48));
         assert!(v["peak_device_bytes"].is_null());
     }
 }

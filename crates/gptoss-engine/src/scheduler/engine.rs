@@ -322,6 +322,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         if let Some(cache) = self.model.expert_cache_stats() {
             self.stats.set_expert_cache(cache);
         }
+        if let Some(stream) = self.model.expert_stream_stats() {
+            self.stats.set_expert_stream(stream);
+        }
         let mut at = 0;
         for v in verify {
             let rows = samples.get(at..at + v.rows).unwrap_or(&[]);
@@ -591,6 +594,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         if let Some(cache) = self.model.expert_cache_stats() {
             self.stats.set_expert_cache(cache);
+        }
+        if let Some(stream) = self.model.expert_stream_stats() {
+            self.stats.set_expert_stream(stream);
         }
         let kv = self.sched.kv();
         self.stats.set_gauges(super::stats::Gauges {

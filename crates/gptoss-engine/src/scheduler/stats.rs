@@ -26,6 +26,9 @@ pub struct EngineStats {
     expert_cache_misses: AtomicU64,
     expert_cache_uploads: AtomicU64,
     expert_cache_refreshes: AtomicU64,
+    expert_stream_steps: AtomicU64,
+    expert_stream_layers: AtomicU64,
+    expert_stream_uploads: AtomicU64,
 }
 
 /// The engine's current queue and cache use.
@@ -71,6 +74,9 @@ pub struct StatsSnapshot {
     /// The hot-expert cache (zeros without one): its slots (a gauge), routed pairs of host-expert layers
     /// run from a slot (hits) and by the CPU (misses), and experts copied into slots.
     pub expert_cache: crate::ExpertCacheStats,
+    /// Host experts streamed to the device for big steps (zeros without streaming): steps, layers
+    /// streamed and experts copied.
+    pub expert_stream: crate::ExpertStreamStats,
 }
 
 impl StatsSnapshot {
@@ -111,6 +117,20 @@ impl StatsSnapshot {
                     .expert_cache
                     .refreshes
                     .saturating_sub(earlier.expert_cache.refreshes),
+            },
+            expert_stream: crate::ExpertStreamStats {
+                streamed_steps: self
+                    .expert_stream
+                    .streamed_steps
+                    .saturating_sub(earlier.expert_stream.streamed_steps),
+                streamed_layers: self
+                    .expert_stream
+                    .streamed_layers
+                    .saturating_sub(earlier.expert_stream.streamed_layers),
+                uploads: self
+                    .expert_stream
+                    .uploads
+                    .saturating_sub(earlier.expert_stream.uploads),
             },
         }
     }
@@ -171,6 +191,16 @@ impl EngineStats {
             .store(c.refreshes, Ordering::Relaxed);
     }
 
+    /// Takes streaming's counters (the model's, cumulative since it was built).
+    pub(crate) fn set_expert_stream(&self, s: crate::ExpertStreamStats) {
+        self.expert_stream_steps
+            .store(s.streamed_steps, Ordering::Relaxed);
+        self.expert_stream_layers
+            .store(s.streamed_layers, Ordering::Relaxed);
+        self.expert_stream_uploads
+            .store(s.uploads, Ordering::Relaxed);
+    }
+
     pub(crate) fn observe_device_bytes(&self, peak: u64) {
         self.device_peak_bytes.fetch_max(peak, Ordering::Relaxed);
     }
@@ -202,6 +232,11 @@ impl EngineStats {
                 misses: get(&self.expert_cache_misses),
                 uploads: get(&self.expert_cache_uploads),
                 refreshes: get(&self.expert_cache_refreshes),
+            },
+            expert_stream: crate::ExpertStreamStats {
+                streamed_steps: get(&self.expert_stream_steps),
+                streamed_layers: get(&self.expert_stream_layers),
+                uploads: get(&self.expert_stream_uploads),
             },
         }
     }
