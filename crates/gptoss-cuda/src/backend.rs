@@ -289,6 +289,7 @@ impl Backend for CudaBackend {
     fn begin_step(&self, step: &mut CudaStep, batch: &Batch) -> Result<()> {
         // The tables go up with the rest of the batch in one copy; a sequence only reads positions it
         // has written, so a reused block's stale keys are never visible.
+        self.dev.begin_step_launches(batch.tokens.len());
         Ok(step.load(&self.dev, batch)?)
     }
 
