@@ -87,7 +87,7 @@ pub struct ModelArgs {
     pub expert_cache: ExpertCacheSize,
     /// Stream experts kept in host memory to the GPU for big steps (prompts): when a step routes so
     /// many pairs per layer that the CPU would take longer than copying all of a layer's experts over
-    /// PCIe (20b: from 407 pairs, 102 tokens; the cost model is in bench/NOTES.md), each host layer's
+    /// PCIe (20b on the H200 host: from 184 pairs, 46 tokens; the cost model is in bench/NOTES.md), each host layer's
     /// experts are copied into one layer's worth of GPU memory and its MoE runs there, with the same
     /// result as the all-GPU model. `auto` reserves that memory (one layer's experts, 0.39 GiB on 20b)
     /// before the KV cache is sized when the weights, it and one sequence's KV cache fit the budget,

@@ -43,18 +43,17 @@ pub struct StreamCost {
 }
 
 impl StreamCost {
-    /// Measured or assumed on the H200 host (16 cores, PCIe 5 x16), bench/NOTES.md "Streaming host
-    /// experts for prefill": the upload at 10 GB/s, the 20b's whole-model HF MXFP4 upload measured at
-    /// 13.7 GB in 1.44 s (below the bus's ~50 GB/s: the staging fill and small tensors count); the CPU
-    /// at 127 GB/s per pair, `--cpu-moe --expert-cache off` pp512 measured at 98.6 tok/s, 96 pairs a
-    /// token: 104 µs a pair of 13.2 MB.
+    /// Measured on the H200 host (16 cores, PCIe 5 x16) by `gpu_expert_cache::streamed_layer_rates`
+    /// (bench/NOTES.md "Streaming host experts for prefill"): one 20b layer's experts (424 MB) uploaded
+    /// through the staging buffers in 22.9 ms (18.5 GB/s), and the fast CPU MoE of 512 tokens (2,048
+    /// pairs) in 255.5 ms, 124.8 µs a pair of 13.25 MB (106.2 GB/s per pair).
     pub const H200_HOST: StreamCost = StreamCost {
-        upload_bytes_per_s: 10e9,
-        cpu_pair_bytes_per_s: 127e9,
+        upload_bytes_per_s: 18.5e9,
+        cpu_pair_bytes_per_s: 106.2e9,
     };
 
     /// The routed pairs per layer from which streaming a layer of `n_experts` costs less than the CPU
-    /// (at least 1; 20b on the H200 host: 32 × 12.7 = 407 pairs, 102 tokens of top-4).
+    /// (at least 1; 20b on the H200 host: 32 × 5.74 = 184 pairs, 46 tokens of top-4).
     pub fn min_pairs(&self, n_experts: usize) -> usize {
         let ratio = self.cpu_pair_bytes_per_s / self.upload_bytes_per_s.max(1.0);
         let pairs = (n_experts as f64 * ratio).ceil();
@@ -188,10 +187,10 @@ mod tests {
 
     #[test]
     fn threshold_from_the_rates() {
-        // 20b on the H200 host: 32 experts × 127 / 10.
-        assert_eq!(StreamCost::H200_HOST.min_pairs(32), 407);
+        // 20b on the H200 host: 32 experts × 106.2 / 18.5.
+        assert_eq!(StreamCost::H200_HOST.min_pairs(32), 184);
         // 120b: 128 experts.
-        assert_eq!(StreamCost::H200_HOST.min_pairs(128), 1626);
+        assert_eq!(StreamCost::H200_HOST.min_pairs(128), 735);
         let even = StreamCost {
             upload_bytes_per_s: 25e9,
             cpu_pair_bytes_per_s: 25e9,
