@@ -35,6 +35,17 @@ pub struct ExpertCacheStats {
 }
 
 impl ExpertCacheStats {
+    /// The counts since `earlier` (a snapshot of the same cache); the slots are the current ones.
+    pub fn since(self, earlier: Self) -> Self {
+        ExpertCacheStats {
+            slots: self.slots,
+            hits: self.hits.saturating_sub(earlier.hits),
+            misses: self.misses.saturating_sub(earlier.misses),
+            uploads: self.uploads.saturating_sub(earlier.uploads),
+            refreshes: self.refreshes.saturating_sub(earlier.refreshes),
+        }
+    }
+
     /// The counters of two caches together (the stages of a pipeline split).
     pub fn combined(self, other: Self) -> Self {
         ExpertCacheStats {

@@ -77,6 +77,15 @@ pub struct ExpertStreamStats {
 }
 
 impl ExpertStreamStats {
+    /// The counts since `earlier` (a snapshot of the same counters).
+    pub fn since(self, earlier: Self) -> Self {
+        ExpertStreamStats {
+            streamed_steps: self.streamed_steps.saturating_sub(earlier.streamed_steps),
+            streamed_layers: self.streamed_layers.saturating_sub(earlier.streamed_layers),
+            uploads: self.uploads.saturating_sub(earlier.uploads),
+        }
+    }
+
     /// The counters of two stages together (a pipeline split).
     pub fn combined(self, other: Self) -> Self {
         ExpertStreamStats {
@@ -184,6 +193,27 @@ impl<B: Backend> ExpertStream<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_counts_the_difference() {
+        let later = ExpertStreamStats {
+            streamed_steps: 5,
+            streamed_layers: 40,
+            uploads: 300,
+        };
+        let earlier = ExpertStreamStats {
+            streamed_steps: 2,
+            streamed_layers: 10,
+            uploads: 100,
+        };
+        let diff = ExpertStreamStats {
+            streamed_steps: 3,
+            streamed_layers: 30,
+            uploads: 200,
+        };
+        assert_eq!(later.since(earlier), diff);
+        assert_eq!(earlier.since(later), ExpertStreamStats::default());
+    }
 
     #[test]
     fn threshold_from_the_rates() {

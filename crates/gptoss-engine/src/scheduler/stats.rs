@@ -99,39 +99,8 @@ impl StatsSnapshot {
             prefix_cached_tokens: self
                 .prefix_cached_tokens
                 .saturating_sub(earlier.prefix_cached_tokens),
-            expert_cache: crate::ExpertCacheStats {
-                slots: self.expert_cache.slots,
-                hits: self
-                    .expert_cache
-                    .hits
-                    .saturating_sub(earlier.expert_cache.hits),
-                misses: self
-                    .expert_cache
-                    .misses
-                    .saturating_sub(earlier.expert_cache.misses),
-                uploads: self
-                    .expert_cache
-                    .uploads
-                    .saturating_sub(earlier.expert_cache.uploads),
-                refreshes: self
-                    .expert_cache
-                    .refreshes
-                    .saturating_sub(earlier.expert_cache.refreshes),
-            },
-            expert_stream: crate::ExpertStreamStats {
-                streamed_steps: self
-                    .expert_stream
-                    .streamed_steps
-                    .saturating_sub(earlier.expert_stream.streamed_steps),
-                streamed_layers: self
-                    .expert_stream
-                    .streamed_layers
-                    .saturating_sub(earlier.expert_stream.streamed_layers),
-                uploads: self
-                    .expert_stream
-                    .uploads
-                    .saturating_sub(earlier.expert_stream.uploads),
-            },
+            expert_cache: self.expert_cache.since(earlier.expert_cache),
+            expert_stream: self.expert_stream.since(earlier.expert_stream),
         }
     }
 }
