@@ -207,6 +207,73 @@ unsafe fn ggml_mxfp4_quad(p: *const u8, tbl: __m512i, unit: f32) -> ([__m512i; 2
     ([v0, v1], [s0, s1])
 }
 
+/// Byte indices of [`q8_0_quad`]'s code permutes: output byte `i` is code `i % 32` of block `first + i / 32`
+/// of the quad (34 bytes a block: the f16 scale, then 32 codes). Blocks 0 and 1 come from the registers
+/// loaded at bytes 0 and 64 (quad bytes 2..68 map to themselves); blocks 2 and 3 from those loaded at 64
+/// and 72 (bytes 70..128 from the first, 128..136 from the second: selector bit 6).
+const fn q8_0_code_index(first: usize) -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let pos = 34 * (first + i / 32) + 2 + i % 32;
+        idx[i] = if first == 0 {
+            pos as u8
+        } else if pos < 128 {
+            (pos - 64) as u8
+        } else {
+            64 + (pos - 72) as u8
+        };
+        i += 1;
+    }
+    idx
+}
+
+/// Which bytes of the registers loaded at quad bytes 0 and 64 hold the four f16 scales (at 0, 34, 68,
+/// 102; a byte's quad offset is its selector): bytes 0..8 of the permute are the four halves in order.
+const fn q8_0_scale_index() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut k = 0;
+    while k < 4 {
+        idx[2 * k] = (34 * k) as u8;
+        idx[2 * k + 1] = (34 * k + 1) as u8;
+        k += 1;
+    }
+    idx
+}
+
+static Q8_0_QUAD_LO: [u8; 64] = q8_0_code_index(0);
+static Q8_0_QUAD_HI: [u8; 64] = q8_0_code_index(2);
+static Q8_0_QUAD_SCALES: [u8; 64] = q8_0_scale_index();
+
+/// Four Q8_0 blocks (136 bytes at `p`) as two [`Decode::zmm_u`] results, from three 512-bit loads (at 0,
+/// 64 and 72: no byte read past the quad): `vpermt2b` gathers blocks 0–1 and 2–3 past their scales, a
+/// third gathers the four f16 scales for one conversion. The two-blocks-at-a-time decode did two
+/// unaligned 256-bit loads, an insert and a scale pair built from two scalar loads per two blocks.
+#[inline(always)]
+unsafe fn q8_0_quad(p: *const u8) -> ([__m512i; 2], [__m512; 2]) {
+    let a = _mm512_loadu_si512(p.cast());
+    let b = _mm512_loadu_si512(p.add(64).cast());
+    let c = _mm512_loadu_si512(p.add(72).cast());
+    let flip = _mm512_set1_epi8(-128);
+    let lo = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(Q8_0_QUAD_LO.as_ptr().cast()), b);
+    let hi = _mm512_permutex2var_epi8(b, _mm512_loadu_si512(Q8_0_QUAD_HI.as_ptr().cast()), c);
+    let halves =
+        _mm512_permutex2var_epi8(a, _mm512_loadu_si512(Q8_0_QUAD_SCALES.as_ptr().cast()), b);
+    let s = _mm512_castps128_ps512(_mm_cvtph_ps(_mm512_castsi512_si128(halves)));
+    let s0 = _mm512_permutexvar_ps(
+        _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        s,
+    );
+    let s1 = _mm512_permutexvar_ps(
+        _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+        s,
+    );
+    (
+        [_mm512_xor_si512(lo, flip), _mm512_xor_si512(hi, flip)],
+        [s0, s1],
+    )
+}
+
 #[derive(Clone, Copy)]
 pub(super) struct Ggml4<'a> {
     blocks: RowBytes<'a>,
@@ -335,6 +402,10 @@ impl Decode for Q8<'_> {
     unsafe fn ymm_u(&self, r: RowPtr, b: usize, tbl_u: __m256i) -> (__m256i, f32) {
         let (v, s) = self.ymm(r, b, tbl_u);
         (_mm256_xor_si256(v, _mm256_set1_epi8(-128)), s)
+    }
+    #[inline(always)]
+    unsafe fn zmm4_u(&self, r: RowPtr, b: usize, _tbl_u: __m512i) -> ([__m512i; 2], [__m512; 2]) {
+        q8_0_quad(r.data.add(b * Q8_0_BLOCK_BYTES))
     }
     #[inline(always)]
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
