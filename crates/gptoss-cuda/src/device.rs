@@ -58,7 +58,7 @@ pub struct Device {
     /// Which dense linear kernels run.
     pub linear_kernel: LinearKernel,
     /// Whether kernels launch as programmatic dependents of the one before (see [`Device::launch`]).
-    pub dependent_launch: bool,
+    dependent_launch: bool,
     /// Whether the current step is short enough for it ([`Device::begin_step_launches`]).
     dependent_step: Cell<bool>,
     cache_dir: Option<PathBuf>,

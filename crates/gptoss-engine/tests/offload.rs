@@ -30,10 +30,11 @@ fn host_experts_give_the_device_logits() {
     }
 }
 
-#[test]
-fn traced_steps_route_alike_with_host_experts() {
+/// The model placed by `place(layers)` traces the experts and MoE outputs of a 4-token step exactly as the
+/// all-resident model does; returned for further checks.
+fn traces_alike_with(place: impl Fn(usize) -> ExpertPlacement) -> Model<CpuBackend> {
     let w = weights();
-    let layers = w.config.num_hidden_layers;
+    let placement = place(w.config.num_hidden_layers);
     let toks = [9u32, 8, 7, 6];
     let spec = TraceSpec {
         rows: &[1, 3],
@@ -42,9 +43,14 @@ fn traced_steps_route_alike_with_host_experts() {
     let mut device = Model::new(CpuBackend, &w, capacity()).unwrap();
     let batch = Batch::single(&toks, 0, device.solo_table());
     let want = device.forward_traced(&batch, spec).unwrap();
-    let placement = ExpertPlacement::first_on_host(layers, 2);
     let mut host = Model::with_placement(CpuBackend, &w, capacity(), &placement).unwrap();
     assert_eq!(host.forward_traced(&batch, spec).unwrap(), want);
+    host
+}
+
+#[test]
+fn traced_steps_route_alike_with_host_experts() {
+    traces_alike_with(|layers| ExpertPlacement::first_on_host(layers, 2));
 }
 
 /// Pairs the 12-token prefill of `greedy_logits` routes per layer (top-2): the streaming threshold the
@@ -142,19 +148,8 @@ fn streaming_beside_the_expert_cache() {
 
 #[test]
 fn traced_streamed_step_routes_alike() {
-    let w = weights();
-    let layers = w.config.num_hidden_layers;
-    let toks = [9u32, 8, 7, 6];
-    let spec = TraceSpec {
-        rows: &[1, 3],
-        nodes: &["experts", "moe_out"],
-    };
-    let mut device = Model::new(CpuBackend, &w, capacity()).unwrap();
-    let batch = Batch::single(&toks, 0, device.solo_table());
-    let want = device.forward_traced(&batch, spec).unwrap();
-    let placement =
-        ExpertPlacement::first_on_host(layers, 2).with_streaming(ExpertStreaming::FromPairs(1));
-    let mut host = Model::with_placement(CpuBackend, &w, capacity(), &placement).unwrap();
-    assert_eq!(host.forward_traced(&batch, spec).unwrap(), want);
+    let host = traces_alike_with(|layers| {
+        ExpertPlacement::first_on_host(layers, 2).with_streaming(ExpertStreaming::FromPairs(1))
+    });
     assert_eq!(host.expert_stream_stats().unwrap().streamed_layers, 2);
 }
