@@ -12,7 +12,7 @@
 // moe_gate_up_mma_<fmt>, moe_down_mma_<fmt>: tensor-core tiles (mma.cu) of 64 pairs × 128 weight rows,
 //   bm = 64 (the _mma32_ entries: 32 pairs, bm = 32): grid x = ceil(rows / 128), y = tiles. Block: 256.
 // moe_combine: out[t, j] = Σ_s w[t, s] y[(t, s), j], added in ascending expert order like the CPU backend (a
-//   token's experts are distinct, as top-k gives them; pairs of expert -1 are skipped).
+//   token's experts are distinct, as top-k gives them; pairs of an expert outside [0, n_experts) are skipped).
 //   Grid: ceil(n_tok*H / 256) blocks of 256.
 // The x split, ExpertParams, find_tile and the gate_up epilogue live in moe_common.cu (shared with moe_dot.cu,
 // the integer dot-product kernels decode steps take). Minimum arch: sm_80. Launched from src/ops/moe.rs.
@@ -34,32 +34,8 @@ struct GroupParams {
 
 extern "C" __global__ void __launch_bounds__(1024) moe_group(const GroupParams p) {
     grid_dep_sync();
-    __shared__ int cnt[MOE_MAX_EXPERTS];
-    __shared__ int cur[MOE_MAX_EXPERTS];
-    for (int e = threadIdx.x; e < p.n_experts; e += blockDim.x) cnt[e] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < p.n_pairs; i += blockDim.x) {
-        int e = p.experts[i];
-        if (e >= 0 && e < p.n_experts) atomicAdd(&cnt[e], 1);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int o = 0;
-        for (int e = 0; e < p.n_experts; e++) {
-            p.offsets[e] = o;
-            p.counts[e] = cnt[e];
-            cur[e] = o;
-            o += cnt[e];
-        }
-        p.offsets[p.n_experts] = o;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < p.n_pairs; i += blockDim.x) {
-        int e = p.experts[i];
-        if (e >= 0 && e < p.n_experts) p.list[atomicAdd(&cur[e], 1)] = i;
-    }
-    i64 units = (i64)p.split.rows * (p.split.k / 32) * 4;
-    for (i64 base = 0; base < units; base += blockDim.x) xsplit_unit(p.split, base + threadIdx.x);
+    group_pairs(p.experts, p.n_pairs, p.n_experts, p.counts, p.offsets, p.list);
+    split_rows(p.split);
 }
 
 template <int F, int CE, int TT, int GATE_UP>
@@ -570,7 +546,7 @@ struct CombineParams {
     int n_tok;
     int top_k;
     int h;
-    int pad_;
+    int n_experts;
 };
 
 extern "C" __global__ void moe_combine(const CombineParams p) {
@@ -579,15 +555,5 @@ extern "C" __global__ void moe_combine(const CombineParams p) {
     if (idx >= (i64)p.n_tok * p.h) return;
     int t = (int)(idx / p.h), j = (int)(idx % p.h);
     const int* ex = p.experts + t * p.top_k;
-    float acc = 0.0f;
-    int last = -1;
-    for (int n = 0; n < p.top_k; n++) {
-        int best = -1;
-        for (int s = 0; s < p.top_k; s++)
-            if (ex[s] > last && (best < 0 || ex[s] < ex[best])) best = s;
-        if (best < 0) break;
-        last = ex[best];
-        acc += p.weights[t * p.top_k + best] * p.y[((i64)t * p.top_k + best) * p.h + j];
-    }
-    p.out[idx] = acc;
+    p.out[idx] = combined_value<0>(ex, p.weights + t * p.top_k, p.y, (i64)t * p.top_k, p.top_k, p.n_experts, p.h, j);
 }

@@ -1,7 +1,9 @@
 // moe_common.cu — what the expert kernels of moe.cu and moe_dot.cu share (prelude of both, after common.cu):
 // the x split of the MXFP4 paths (xsplit_unit: two f16 parts for the tensor cores, or three int8 planes for the
 // integer dot products), the expert launch parameters, the tile lookup and the gate_up epilogue (SwiGLU, with
-// act written in the form down reads).
+// act written in the form down reads), the grouping of pairs by expert (moe_group, and router.cu's route_topk_group
+// for one-token steps) and the weighted sum of a token's expert outputs (moe_combine, and moe_dot.cu's token-major
+// down).
 // Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
 // tiles of 8 pairs (registers).
 #define MOE_NR(TT) ((TT) == 1 ? 8 : 2)
@@ -127,6 +129,64 @@ static __device__ __forceinline__ void xsplit_unit(const XSplitParams& p, i64 id
 }
 
 
+// Every unit of `split` by the threads of one block (a multiple of 32: xsplit_unit shuffles within warps).
+static __device__ void split_rows(const XSplitParams& split) {
+    i64 units = (i64)split.rows * (split.k / 32) * 4;
+    for (i64 base = 0; base < units; base += blockDim.x) xsplit_unit(split, base + threadIdx.x);
+}
+
+// counts[e], offsets[e] (offsets[n_experts] = n_pairs kept) and list (pairs grouped by expert, arbitrary order
+// inside an expert) from experts i32 [n_pairs], by the threads of one block. Pairs whose expert is outside
+// [0, n_experts) (NO_EXPERT is -1) are left out.
+static __device__ void group_pairs(const int* experts, int n_pairs, int n_experts, int* counts, int* offsets,
+                                   int* list) {
+    __shared__ int cnt[MOE_MAX_EXPERTS];
+    __shared__ int cur[MOE_MAX_EXPERTS];
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) {
+        int e = experts[i];
+        if (e >= 0 && e < n_experts) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0;
+        for (int e = 0; e < n_experts; e++) {
+            offsets[e] = o;
+            counts[e] = cnt[e];
+            cur[e] = o;
+            o += cnt[e];
+        }
+        offsets[n_experts] = o;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_pairs; i += blockDim.x) {
+        int e = experts[i];
+        if (e >= 0 && e < n_experts) list[atomicAdd(&cur[e], 1)] = i;
+    }
+}
+
+// Σ_s w[s] · y[(t, s), j] over token t's pairs of an expert in [0, n_experts), added in ascending expert order
+// (as the CPU backend; a token's experts are distinct). `ex` and `w` are the token's top_k choices. L2_ONLY reads
+// y past the L1 (written by other blocks of the running kernel).
+template <int L2_ONLY>
+static __device__ __forceinline__ float combined_value(const int* ex, const float* w, const float* y, i64 pair0,
+                                                      int top_k, int n_experts, int h, int j) {
+    float acc = 0.0f;
+    int last = -1;
+    for (int n = 0; n < top_k; n++) {
+        int best = -1;
+        for (int s = 0; s < top_k; s++)
+            if (ex[s] > last && ex[s] < n_experts && (best < 0 || ex[s] < ex[best])) best = s;
+        if (best < 0) break;
+        last = ex[best];
+        const float* src = y + (pair0 + best) * h + j;
+        acc += w[best] * (L2_ONLY ? __ldcg(src) : *src);
+    }
+    return acc;
+}
+
+
 struct ExpertParams {
     WRef w;
     const float* bias;
@@ -152,6 +212,11 @@ struct ExpertParams {
     // gate_up of moe_dot.cu: act is written as int8 planes (xsplit_dot's layout) with per-block scales.
     int act_dot;
     float* act_scales;
+    // moe_dot.cu for steps of a few tokens: the routing itself in place of the grouped pair lists, and where
+    // the token-major down writes the combined output.
+    const int* route_experts;
+    const float* route_weights;
+    float* combined;
 };
 
 // Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index
@@ -197,10 +262,10 @@ static __device__ __forceinline__ float swiglu_oai(float gate, float up, float a
     return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
 }
 
-// Writes one output of rows `row` (and `row + 1` for gate_up) for the pair at `idx` of expert e.
+// Writes one output of rows `row` (and `row + 1` for gate_up) for `pair`, whose expert is e.
 template <int GATE_UP>
-static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, int idx, int row, float a, float b) {
-    int pair = p.list[p.offsets[e] + idx];
+static __device__ __forceinline__ void moe_store_pair(const ExpertParams& p, int e, int pair, int row, float a,
+                                                      float b) {
     i64 base = (i64)e * (GATE_UP ? 2 : 1) * p.n_out;
     if constexpr (GATE_UP) {
         float bg = p.bias ? p.bias[base + row] : 0.0f, bu = p.bias ? p.bias[base + row + 1] : 0.0f;
@@ -226,3 +291,8 @@ static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, i
     }
 }
 
+// moe_store_pair for the pair at `idx` of expert e's list.
+template <int GATE_UP>
+static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, int idx, int row, float a, float b) {
+    moe_store_pair<GATE_UP>(p, e, p.list[p.offsets[e] + idx], row, a, b);
+}

@@ -10,6 +10,11 @@
 // pair's x planes (96 bytes, once for the warp's rows); each row's lane sums are added by a fixed shuffle tree.
 // gate_up: a block's 64 rows are 32 act values, one 32-element block of act, written as int8 planes for down
 // when act_dot (else through moe_store). Needs k % 32 == 0 (and n_out % 32 == 0 for act_dot).
+// With `route_experts` set (steps of a few tokens) neither kernel reads the grouped pair lists: gate_up's grid x
+// is the pairs themselves (block x = pair t · top_k + s, its expert read from the routing; pairs without one
+// exit), and down runs token-major (moe_down_fp4_dot_tokens: grid x = tokens, y = ceil(rows / (64 / top_k)); the
+// block's warps take its token's top_k pairs × 8 / top_k groups of DOT_ROWS rows) and, holding every pair of its
+// rows, writes the combined output itself (moe_combine's sum, order and arithmetic). top_k must divide 8.
 // Minimum arch: sm_80 (dp4a itself: sm_61). Launched from src/ops/moe.rs.
 #define DOT_ROWS 8
 
@@ -57,21 +62,13 @@ static __device__ __forceinline__ float lane_pick(const float (&v)[DOT_ROWS], in
     return out;
 }
 
-template <int GATE_UP>
-static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
-    __shared__ float acts[8 * DOT_ROWS / 2];
-    int e, start;
-    if (!find_tile(p.counts, p.n_experts, 1, blockIdx.x, e, start)) return;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
-    int row0 = (blockIdx.y * 8 + warp) * DOT_ROWS;
+// One warp's DOT_ROWS rows from row0 of the expert at wbase / sbase against the x planes at xp / xsc: each lane's
+// partial sums (the caller adds the lanes).
+static __device__ __forceinline__ void dot_rows(const ExpertParams& p, const u8* wbase, const u8* sbase,
+                                                const uint4* xp, const float* xsc, int row0, int n_rows,
+                                                float (&acc)[DOT_ROWS]) {
+    int lane = threadIdx.x & 31, nkb = p.k / 32;
     u32 row_bytes = (u32)(p.w.ld / 2);
-    const u8* wbase = (const u8*)p.w.data + (i64)e * n_rows * row_bytes;
-    const u8* sbase = (const u8*)p.w.scales + (i64)e * n_rows * p.w.row_scales;
-    i64 xr = pair_row(p, e, start);
-    const uint4* xp = (const uint4*)(p.xs + xr * nkb * 32);
-    const float* xsc = p.xscale + xr * nkb;
-    float acc[DOT_ROWS];
     #pragma unroll
     for (int r = 0; r < DOT_ROWS; r++) acc[r] = 0.0f;
     for (int kb = lane; kb < nkb; kb += 32) {
@@ -102,9 +99,46 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
     for (int r = 0; r < DOT_ROWS; r++)
         #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+}
+
+// The expert's codes and scales, and the x planes of x row xr.
+struct DotOperands {
+    const u8* w;
+    const u8* s;
+    const uint4* x;
+    const float* xs;
+};
+
+static __device__ __forceinline__ DotOperands dot_operands(const ExpertParams& p, int e, int n_rows, i64 xr) {
+    int nkb = p.k / 32;
+    u32 row_bytes = (u32)(p.w.ld / 2);
+    return DotOperands{(const u8*)p.w.data + (i64)e * n_rows * row_bytes,
+                       (const u8*)p.w.scales + (i64)e * n_rows * p.w.row_scales,
+                       (const uint4*)(p.xs + xr * nkb * 32), p.xscale + xr * nkb};
+}
+
+template <int GATE_UP>
+static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
+    __shared__ float acts[8 * DOT_ROWS / 2];
+    int e, pair;
+    if (p.route_experts) {
+        pair = blockIdx.x;
+        e = p.route_experts[pair];
+        if (e < 0 || e >= p.n_experts) return;
+    } else {
+        int start;
+        if (!find_tile(p.counts, p.n_experts, 1, blockIdx.x, e, start)) return;
+        pair = p.list[p.offsets[e] + start];
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n_rows = GATE_UP ? 2 * p.n_out : p.n_out;
+    int row0 = (blockIdx.y * 8 + warp) * DOT_ROWS;
+    DotOperands d = dot_operands(p, e, n_rows, p.x_per_pair ? (i64)pair : (i64)(pair / p.top_k));
+    float acc[DOT_ROWS];
+    dot_rows(p, d.w, d.s, d.x, d.xs, row0, n_rows, acc);
     if constexpr (!GATE_UP) {
         int row = row0 + lane;
-        if (lane < DOT_ROWS && row < n_rows) moe_store<0>(p, e, start, row, lane_pick(acc, lane), 0.0f);
+        if (lane < DOT_ROWS && row < n_rows) moe_store_pair<0>(p, e, pair, row, lane_pick(acc, lane), 0.0f);
         return;
     } else {
         // Lane j < DOT_ROWS / 2 holds act (row0 / 2 + j): gate row row0 + 2j, up row row0 + 2j + 1.
@@ -112,7 +146,7 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
         float gate = lane_pick(acc, 2 * j), up = lane_pick(acc, 2 * j + 1);
         bool mine = j < DOT_ROWS / 2 && row < n_rows;
         if (!p.act_dot) {
-            if (mine) moe_store<1>(p, e, start, row, gate, up);
+            if (mine) moe_store_pair<1>(p, e, pair, row, gate, up);
             return;
         }
         i64 base = (i64)e * n_rows;
@@ -134,7 +168,6 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
         float s, inv;
         bool finite = plane_scales(nan ? __int_as_float(0x7f800000) : m, s, inv);
         int q = finite ? __float2int_rn(v * s) : 0;
-        int pair = p.list[p.offsets[e] + start];
         i64 unit = (i64)pair * (p.n_out / 32) + blockIdx.y;
         u8* o = (u8*)((u32*)p.out + unit * 32);
         o[lane] = (u8)((q >> 16) & 255);
@@ -144,5 +177,34 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
     }
 }
 
+// down, token-major, combining (see the top): warp w takes choice s = w / (8 / top_k) of token blockIdx.x and
+// rows (w mod (8 / top_k)) · DOT_ROWS.. of the block's 64 / top_k; y (with the expert's bias) meets in shared
+// memory, and threads j < 64 / top_k add row j's choices in ascending expert order into `combined`.
+static __device__ void expert_fp4_dot_down_tokens(const ExpertParams& p) {
+    __shared__ float ys[8 * DOT_ROWS];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int t = blockIdx.x, groups = 8 / p.top_k, block_rows = groups * DOT_ROWS;
+    int s = warp / groups, n_rows = p.n_out;
+    int row0 = blockIdx.y * block_rows + (warp % groups) * DOT_ROWS;
+    const int* ex = p.route_experts + (i64)t * p.top_k;
+    int e = ex[s];
+    if (e >= 0 && e < p.n_experts) {
+        int pair = t * p.top_k + s;
+        DotOperands d = dot_operands(p, e, n_rows, (i64)pair);
+        float acc[DOT_ROWS];
+        dot_rows(p, d.w, d.s, d.x, d.xs, row0, n_rows, acc);
+        int row = row0 + lane;
+        if (lane < DOT_ROWS && row < n_rows)
+            ys[warp * DOT_ROWS + lane] = lane_pick(acc, lane) + (p.bias ? p.bias[(i64)e * n_rows + row] : 0.0f);
+    }
+    __syncthreads();
+    int j = threadIdx.x, row = blockIdx.y * block_rows + j;
+    if (j >= block_rows || row >= n_rows) return;
+    // Row j of choice s sits at ys[(s · groups + j / DOT_ROWS) · DOT_ROWS + j mod DOT_ROWS] = ys[s · block_rows + j].
+    p.combined[(i64)t * n_rows + row] =
+        combined_value<0>(ex, p.route_weights + (i64)t * p.top_k, ys + j, 0, p.top_k, p.n_experts, block_rows, 0);
+}
+
 extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_dot(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_impl<1>(p); }
 extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_dot(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_impl<0>(p); }
+extern "C" __global__ void __launch_bounds__(256, 2) moe_down_fp4_dot_tokens(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_down_tokens(p); }

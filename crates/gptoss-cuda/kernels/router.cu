@@ -6,7 +6,9 @@
 // route_topk: the same selection from logits already computed (f32 [n_tok, n_experts], bias included; the
 //   split-K linear computes them over many blocks for small steps). Grid: ceil(n_tok / 8) blocks of 256, one
 //   warp per token; n_experts <= 256.
-// Entry points: route_<fmt>, route_topk. Minimum arch: sm_80. Launched from src/ops/moe.rs.
+// route_topk_group: route_topk for at most 8 tokens in one block, then moe_group's grouping and x split
+//   (moe_common.cu) of its choices, for one-token steps: one launch instead of two.
+// Entry points: route_<fmt>, route_topk, route_topk_group. Minimum arch: sm_80. Launched from src/ops/moe.rs.
 // The logits' split-K dot (block_rowdot) runs groups of 128 threads, 4 experts each per pass; at most 4 groups.
 #define ROUTE_GROUP_THREADS 128
 #define ROUTE_MAX_GROUPS 4
@@ -92,10 +94,9 @@ struct TopkParams {
     int pad_;
 };
 
-extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p) {
-    grid_dep_sync();
-    int lane = threadIdx.x & 31, t = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (t >= p.n_tok) return;
+// Token t's selection by one warp: top_k of the logits (ties to the lower expert), softmax over them.
+static __device__ void topk_warp(const TopkParams& p, int t) {
+    int lane = threadIdx.x & 31;
     const float* l = p.logits + (i64)t * p.n_experts;
     const float ninf = -__int_as_float(0x7f800000);
     float v[8];
@@ -131,4 +132,30 @@ extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p)
         p.experts[t * p.top_k + lane] = my_e;
         p.weights[t * p.top_k + lane] = ex / sum;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) route_topk(const TopkParams p) {
+    grid_dep_sync();
+    int t = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (t < p.n_tok) topk_warp(p, t);
+}
+
+struct TopkGroupParams {
+    TopkParams topk;
+    int* counts;
+    int* offsets;
+    int* list;
+    // The hidden states' split for the MXFP4 experts (split.rows = 0: none).
+    XSplitParams split;
+};
+
+// route_topk, then moe_group's work on the choices (and its split of the hidden states) in the same block, so a
+// one-token step routes and groups in one launch. Grid: 1 block of 256; n_tok <= 8.
+extern "C" __global__ void __launch_bounds__(256) route_topk_group(const TopkGroupParams p) {
+    grid_dep_sync();
+    int t = threadIdx.x >> 5;
+    if (t < p.topk.n_tok) topk_warp(p.topk, t);
+    __syncthreads();
+    group_pairs(p.topk.experts, p.topk.n_tok * p.topk.top_k, p.topk.n_experts, p.counts, p.offsets, p.list);
+    split_rows(p.split);
 }

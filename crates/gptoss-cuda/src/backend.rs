@@ -2,7 +2,7 @@
 //! buffer is counted against the `--max-vram` budget, and ops only queue work on the one stream: nothing in
 //! a forward step waits for the device (reads and sampling do, after the step).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use gptoss_engine::backend::{
     AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Recording, Rope, SamplingParams,
@@ -16,7 +16,10 @@ use crate::error::{CudaError, Result as CudaResult};
 use crate::graphs::Graphs;
 use crate::kernels::KvType;
 use crate::ops::attention::{CudaCache, Qkv};
-use crate::ops::moe::{experts_error, CudaExperts, CudaRouting, MoeInputs, MoeScratch};
+use crate::ops::moe::{
+    experts_error, CudaExperts, CudaRouting, ExpertTraits, Grouped, MoeInputs, MoeScratch,
+    RouteWith,
+};
 use crate::ops::sample::SampleScratch;
 use crate::ops::{self, upload_opt, DevWeight};
 use crate::options::CudaOptions;
@@ -52,6 +55,10 @@ pub struct CudaBackend {
     kv: KvPrecision,
     /// `(experts, intermediate, hidden)` of the last uploaded experts, to size the MoE scratch at load.
     expert_dims: RefCell<Option<(usize, usize, usize)>>,
+    /// The format of the experts last uploaded (every layer's, in practice): lets `route` group for `moe`.
+    expert_traits: Cell<Option<ExpertTraits>>,
+    /// What the last `route` did for the `moe` after it; taken by that `moe`.
+    grouped: Cell<Option<Grouped>>,
     moe_scratch: RefCell<Option<MoeScratch>>,
     sample_scratch: RefCell<Option<SampleScratch>>,
     graphs: RefCell<Graphs>,
@@ -66,6 +73,8 @@ impl CudaBackend {
             dev: Device::open(options)?,
             kv: options.kv,
             expert_dims: RefCell::new(None),
+            expert_traits: Cell::new(None),
+            grouped: Cell::new(None),
             moe_scratch: RefCell::new(None),
             sample_scratch: RefCell::new(None),
             graphs: RefCell::new(Graphs::new(options.graphs)),
@@ -128,6 +137,7 @@ impl CudaBackend {
         let mut dims = self.expert_dims.borrow_mut();
         let most = dims.map_or(0, |d| d.0).max(e.n_experts);
         *dims = Some((most, e.down.k, e.down.rows));
+        self.expert_traits.set(Some(ExpertTraits::of(e)));
     }
 
     fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
@@ -404,8 +414,14 @@ impl Backend for CudaBackend {
             self.ensure_moe_scratch(step.rows * top_k)?;
         }
         let scratch = self.moe_scratch.borrow();
-        let with = (top_k, scratch.as_ref());
-        Ok(ops::moe::route(&self.dev, step, h, router, with, out)?)
+        let with = RouteWith {
+            top_k,
+            scratch: scratch.as_ref(),
+            experts: self.expert_traits.get(),
+        };
+        let grouped = ops::moe::route(&self.dev, step, h, router, with, out)?;
+        self.grouped.set(grouped);
+        Ok(())
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {
@@ -420,6 +436,7 @@ impl Backend for CudaBackend {
             experts: args.experts,
             routing: args.routing,
             shape: args.shape,
+            grouped: self.grouped.take(),
         };
         Ok(ops::moe::moe(&self.dev, step, inputs, scratch, out)?)
     }

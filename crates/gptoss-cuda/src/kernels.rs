@@ -83,7 +83,7 @@ impl KernelFile {
             _ => String::new(),
         };
         let moe = match self {
-            KernelFile::Moe | KernelFile::MoeDot => {
+            KernelFile::Moe | KernelFile::MoeDot | KernelFile::Router => {
                 format!("#line 1 \"moe_common.cu\"\n{MOE_COMMON}\n")
             }
             _ => String::new(),
@@ -300,6 +300,8 @@ pub enum Func {
     Route(WeightKind),
     /// `route_topk`
     RouteTopk,
+    /// `route_topk_group`: route_topk and moe_group in one block (one-token steps).
+    RouteTopkGroup,
     /// `moe_group`
     MoeGroup,
     /// `moe_gate_up_<fmt>_t{1,8}`
@@ -320,6 +322,8 @@ pub enum Func {
     MoeGateUpFp4Dot,
     /// `moe_down_fp4_dot`
     MoeDownFp4Dot,
+    /// `moe_down_fp4_dot_tokens` (token-major, writes the combined output)
+    MoeDownFp4DotTokens,
     /// `moe_combine`
     MoeCombine,
     /// `row_max_keys` (each row's largest sort key per slice, before `sample_rows`)
@@ -343,7 +347,7 @@ impl Func {
             Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
                 KernelFile::Attention
             }
-            Func::Route(_) | Func::RouteTopk => KernelFile::Router,
+            Func::Route(_) | Func::RouteTopk | Func::RouteTopkGroup => KernelFile::Router,
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)
@@ -353,7 +357,9 @@ impl Func {
             | Func::MoeGateUpFp4(_)
             | Func::MoeDownFp4(_)
             | Func::MoeCombine => KernelFile::Moe,
-            Func::MoeGateUpFp4Dot | Func::MoeDownFp4Dot => KernelFile::MoeDot,
+            Func::MoeGateUpFp4Dot | Func::MoeDownFp4Dot | Func::MoeDownFp4DotTokens => {
+                KernelFile::MoeDot
+            }
             Func::RowMaxKeys | Func::Sample | Func::Logprobs => KernelFile::Sample,
         }
     }
@@ -380,6 +386,7 @@ impl Func {
             Func::AttentionCombine => "attention_combine".into(),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::RouteTopk => "route_topk".into(),
+            Func::RouteTopkGroup => "route_topk_group".into(),
             Func::MoeGroup => "moe_group".into(),
             Func::MoeGateUp(w, t) => format!("moe_gate_up_{}_{}", w.suffix(), t.suffix()),
             Func::MoeDown(w, t) => format!("moe_down_{}_{}", w.suffix(), t.suffix()),
@@ -390,6 +397,7 @@ impl Func {
             Func::MoeDownFp4(n) => format!("moe_down_fp4_{}", n.suffix()),
             Func::MoeGateUpFp4Dot => "moe_gate_up_fp4_dot".into(),
             Func::MoeDownFp4Dot => "moe_down_fp4_dot".into(),
+            Func::MoeDownFp4DotTokens => "moe_down_fp4_dot_tokens".into(),
             Func::MoeCombine => "moe_combine".into(),
             Func::RowMaxKeys => "row_max_keys".into(),
             Func::Sample => "sample_rows".into(),
@@ -406,6 +414,7 @@ impl Func {
             Func::MoeGroup,
             Func::MoeCombine,
             Func::RouteTopk,
+            Func::RouteTopkGroup,
             Func::RowMaxKeys,
             Func::Sample,
             Func::Logprobs,
@@ -414,6 +423,7 @@ impl Func {
             Func::LinearReduce,
             Func::MoeGateUpFp4Dot,
             Func::MoeDownFp4Dot,
+            Func::MoeDownFp4DotTokens,
         ];
         for n in Fp4Pairs::ALL {
             v.extend([Func::MoeGateUpFp4(n), Func::MoeDownFp4(n)]);

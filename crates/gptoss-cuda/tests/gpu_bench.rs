@@ -354,13 +354,25 @@ fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
             };
             b.moe(&step, args, &mut out).unwrap()
         });
+        // Routed and run back to back, as a layer does (a one-token step groups its choices while routing).
+        let layer_s = time(b, reps, || {
+            b.route(&step, &h, &router, top_k, &mut routing).unwrap();
+            let args = MoeArgs {
+                h: &h,
+                experts: &ex,
+                routing: &routing,
+                shape,
+            };
+            b.moe(&step, args, &mut out).unwrap()
+        });
         let used = (t * top_k).min(n_exp) as f64;
         let tflops = 2.0 * (t * top_k * 3 * hidden * inter) as f64 / s / 1e12;
         println!(
-            "BENCH op moe mxfp4 32 experts top-4 T={t}: route {:.1} us, experts {:.1} us, \
+            "BENCH op moe mxfp4 32 experts top-4 T={t}: route {:.1} us, experts {:.1} us, both {:.1} us, \
              weights of <= {used} experts {:.0} GB/s, {tflops:.2} TFLOP/s",
             route_s * 1e6,
             s * 1e6,
+            layer_s * 1e6,
             used * expert_bytes / s / 1e9
         );
     }

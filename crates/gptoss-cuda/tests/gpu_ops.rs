@@ -328,6 +328,89 @@ fn mxfp4_experts_every_kernel_match_f64() {
     }
 }
 
+/// Choices naming no expert (the hot-expert cache's misses) are skipped by every kernel, and a token left with
+/// none gets zeros: including the dot kernels, which read the routing directly and whose token-major down
+/// combines by itself.
+#[test]
+#[ignore = "needs GPU"]
+fn moe_skips_missing_experts_in_every_kernel() {
+    use gptoss_engine::backend::NO_EXPERT;
+    let mut rng = Rng(41);
+    let (n_exp, hidden, inter, top_k) = (8, 160, 96, 4);
+    let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
+    let choices: Vec<(u32, f32)> = vec![
+        (2, 0.4),
+        (NO_EXPERT, 0.3),
+        (5, 0.2),
+        (NO_EXPERT, 0.1),
+        (NO_EXPERT, 0.5),
+        (NO_EXPERT, 0.2),
+        (NO_EXPERT, 0.2),
+        (NO_EXPERT, 0.1),
+        (7, 0.25),
+        (0, 0.25),
+        (3, 0.3),
+        (1, 0.2),
+    ];
+    let rows = choices.len() / top_k;
+    let h = rng.vec(rows * hidden, 1.0);
+    let want = moe_written(&CpuBackend, &ex, &h, &choices, (rows, top_k));
+    assert!(want[hidden..2 * hidden].iter().all(|v| *v == 0.0));
+    for kernel in [
+        MoeKernel::Auto,
+        MoeKernel::Fp4Dot,
+        MoeKernel::Fp4P8,
+        MoeKernel::Split,
+    ] {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.kv = KvPrecision::F32;
+        o.moe_kernel = kernel;
+        let g = CudaBackend::new(&o).unwrap();
+        // Twice: a second MoE on the same scratch.
+        for round in 0..2 {
+            let got = moe_written(&g, &ex, &h, &choices, (rows, top_k));
+            let e = rel_err(&got, &want);
+            println!("moe with missing experts {kernel:?} round {round}: rel err {e:.2e}");
+            assert!(e < 1e-5, "{kernel:?} round {round}: rel err {e:.2e}");
+            assert!(
+                got[hidden..2 * hidden].iter().all(|v| *v == 0.0),
+                "{kernel:?}: the token without experts is not zero"
+            );
+        }
+    }
+}
+
+/// The MoE of `ex` on `h` for choices written directly (no router).
+fn moe_written<B: Backend>(
+    b: &B,
+    ex: &[Expert],
+    h: &[f32],
+    choices: &[(u32, f32)],
+    (rows, top_k): (usize, usize),
+) -> Vec<f32> {
+    let hidden = ex[0].gate_up.weight.row_len();
+    let up = b.upload_experts(ex).unwrap();
+    let mut routing = b.alloc_routing(rows, top_k).unwrap();
+    b.write_routing(&mut routing, rows, top_k, choices).unwrap();
+    let hb = upload(b, rows, hidden, h);
+    let step = step_of(b, &plain_batch(rows));
+    // Poisoned, so that a row the MoE leaves unwritten shows.
+    let mut out = upload(b, rows, hidden, &vec![f32::NAN; rows * hidden]);
+    let shape = MoeShape {
+        top_k,
+        swiglu_alpha: 1.702,
+        swiglu_limit: 7.0,
+    };
+    let args = MoeArgs {
+        h: &hb,
+        experts: &up,
+        routing: &routing,
+        shape,
+    };
+    b.moe(&step, args, &mut out).unwrap();
+    b.read(&out, rows).unwrap()
+}
+
 /// An f64 MoE output and the routing it was computed for.
 type Reference = (Vec<f64>, Vec<(u32, f32)>);
 

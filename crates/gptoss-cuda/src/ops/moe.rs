@@ -195,23 +195,48 @@ struct TopkParams {
 // SAFETY: #[repr(C)] mirror of `TopkParams` in router.cu.
 unsafe impl cudarc::driver::DeviceRepr for TopkParams {}
 
+#[repr(C)]
+struct TopkGroupParams {
+    topk: TopkParams,
+    counts: u64,
+    offsets: u64,
+    list: u64,
+    split: XSplitParams,
+}
+
+// SAFETY: #[repr(C)] mirror of `TopkGroupParams` in router.cu.
+unsafe impl cudarc::driver::DeviceRepr for TopkGroupParams {}
+
 /// Most rows routed in two launches (logits by the split-K linear over many blocks, then a top-k kernel);
 /// more rows fill the GPU with the one-block-per-token kernel. Measured on the H100 with 20b's 32 × 2880
 /// router: T = 1 8.7 µs in two launches vs 14.1 µs in one block (which reads the router from one SM); at
 /// T = 2 and 8 the one-block kernel is as fast or faster (13.7 µs vs 20.3 and 14.7 µs).
 const SPLIT_ROUTE_MAX_ROWS: usize = 1;
 
-/// Router logits, top-k, softmax over the selected. `scratch` (the MoE scratch, when allocated) holds the
-/// logits of small steps.
+/// What [`route`] reads besides the hidden states and the router.
+#[derive(Clone, Copy)]
+pub struct RouteWith<'a> {
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// The MoE scratch, when allocated: small steps' logits go there, and their grouping.
+    pub scratch: Option<&'a MoeScratch>,
+    /// The format of the layers' experts, once known: a one-token step then also groups its choices for
+    /// [`moe`] (one launch instead of two).
+    pub experts: Option<ExpertTraits>,
+}
+
+/// Router logits, top-k, softmax over the selected. Returns what it also did for the [`moe`] that follows
+/// (see [`Grouped`]).
 pub fn route(
     dev: &Device,
     step: &CudaStep,
     h: &CudaBuf,
     router: &CudaLinear,
-    (top_k, scratch): (usize, Option<&MoeScratch>),
+    with: RouteWith<'_>,
     out: &mut CudaRouting,
-) -> Result<()> {
+) -> Result<Option<Grouped>> {
     let w = &router.w;
+    let top_k = with.top_k;
     if h.cols != w.k
         || top_k != out.top_k
         || top_k == 0
@@ -228,7 +253,9 @@ pub fn route(
             ),
         ));
     }
-    let room = scratch.filter(|s| s.logits_room() >= step.rows * w.rows);
+    let room = with
+        .scratch
+        .filter(|s| s.logits_room() >= step.rows * w.rows);
     if let (Some(s), true) = (room, step.rows <= SPLIT_ROUTE_MAX_ROWS) {
         let rows = linear::Rows {
             x: h.buf.ptr(),
@@ -241,7 +268,7 @@ pub fn route(
             split_room: 0,
         };
         linear::launch(dev, router, rows)?;
-        let p = TopkParams {
+        let topk = TopkParams {
             logits: s.y.ptr(),
             experts: out.experts.ptr(),
             weights: out.weights.ptr(),
@@ -250,7 +277,37 @@ pub fn route(
             top_k: top_k as i32,
             pad: 0,
         };
-        return dev.launch(Func::RouteTopk, cfg((blocks(step.rows, 8), 1, 1), 256), &p);
+        let pairs = step.rows * top_k;
+        let grouped = with.experts.and_then(|traits| {
+            let split = group_split(choose_moe(pairs, w.rows, traits, dev.moe_kernel), step.rows);
+            let fits = s.fits_dims(pairs, (w.rows, s.inter, h.cols))
+                && (split == GroupSplit::None || check_split(s, step.rows, h.cols).is_ok());
+            fits.then_some(Grouped {
+                scratch: s.counts.ptr(),
+                routing: out.experts.ptr(),
+                h: h.buf.ptr(),
+                rows: step.rows,
+                n_experts: w.rows,
+                split,
+            })
+        });
+        let Some(g) = grouped else {
+            dev.launch(
+                Func::RouteTopk,
+                cfg((blocks(step.rows, 8), 1, 1), 256),
+                &topk,
+            )?;
+            return Ok(None);
+        };
+        let p = TopkGroupParams {
+            topk,
+            counts: s.counts.ptr(),
+            offsets: s.offsets.ptr(),
+            list: s.list.ptr(),
+            split: g.split.params(h, s, step.rows),
+        };
+        dev.launch(Func::RouteTopkGroup, cfg((1, 1, 1), 256), &p)?;
+        return Ok(Some(g));
     }
     let p = RouteParams {
         w: w.as_ref(),
@@ -270,7 +327,62 @@ pub fn route(
     };
     let mut c = cfg((step.rows as u32, 1, 1), threads);
     c.shared_mem_bytes = (w.rows * 5) as u32;
-    dev.launch(Func::Route(w.kind), c, &p)
+    dev.launch(Func::Route(w.kind), c, &p)?;
+    Ok(None)
+}
+
+/// What [`route`] did for the [`moe`] that follows it: it grouped `routing`'s choices into the MoE scratch
+/// (and split `h` as `split` says), which [`moe`] then skips when it is handed the same routing, hidden states,
+/// rows and number of experts and needs the same split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grouped {
+    /// The scratch's `counts` (the scratch it grouped into: a reallocated one holds nothing).
+    scratch: u64,
+    routing: u64,
+    h: u64,
+    rows: usize,
+    n_experts: usize,
+    split: GroupSplit,
+}
+
+/// How the grouping kernel splits the hidden states for the MXFP4 kernels (`xsplit_unit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupSplit {
+    /// Not there (another format, or a step too large: `moe_xsplit` then does it).
+    None,
+    /// Two f16 parts (the tensor-core kernels).
+    Halves,
+    /// Three int8 planes (the dot-product kernels).
+    Planes,
+}
+
+impl GroupSplit {
+    /// The split `moe_group` does for a step of `rows` tokens on `path`.
+    fn params(self, h: &CudaBuf, s: &MoeScratch, rows: usize) -> XSplitParams {
+        XSplitParams {
+            x: h.buf.ptr(),
+            xs: s.y.ptr(),
+            xscale: s.xscale.ptr(),
+            rows: if self == GroupSplit::None {
+                0
+            } else {
+                rows as i32
+            },
+            k: h.cols as i32,
+            dot: (self == GroupSplit::Planes) as i32,
+            pad: 0,
+        }
+    }
+}
+
+/// The split the grouping kernel does for a step of `rows` tokens whose experts run on `path`.
+fn group_split(path: MoePath, rows: usize) -> GroupSplit {
+    match path {
+        _ if rows > GROUP_SPLIT_MAX_ROWS => GroupSplit::None,
+        MoePath::Fp4Dot => GroupSplit::Planes,
+        MoePath::Fp4(_) => GroupSplit::Halves,
+        _ => GroupSplit::None,
+    }
 }
 
 #[repr(C)]
@@ -309,6 +421,9 @@ struct ExpertParams {
     act_split: f32,
     act_dot: i32,
     act_scales: u64,
+    route_experts: u64,
+    route_weights: u64,
+    combined: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe_common.cu.
@@ -323,7 +438,7 @@ struct CombineParams {
     n_tok: i32,
     top_k: i32,
     h: i32,
-    pad: i32,
+    n_experts: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `CombineParams` in moe.cu.
@@ -345,6 +460,25 @@ struct XSplitParams {
 // SAFETY: #[repr(C)] mirror of `XSplitParams` in moe_common.cu.
 unsafe impl cudarc::driver::DeviceRepr for XSplitParams {}
 
+/// What of the experts' format decides their kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertTraits {
+    /// MXFP4 (E2M1 codes, E8M0 scales): the f16 tensor-core and the integer dot-product kernels.
+    pub fp4: bool,
+    /// Weights that decode exactly to bf16: the bf16 tensor-core tiles.
+    pub mma: bool,
+}
+
+impl ExpertTraits {
+    /// The traits of `e`'s gate_up and down weights together.
+    pub fn of(e: &CudaExperts) -> Self {
+        ExpertTraits {
+            fp4: e.gate_up.fp4_mma() && e.down.fp4_mma(),
+            mma: e.gate_up.mma_exact() && e.down.mma_exact(),
+        }
+    }
+}
+
 /// How the experts of a step run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoePath {
@@ -365,6 +499,9 @@ pub enum MoePath {
 pub const FP4_DOT_MAX_PAIRS: usize = 32;
 /// Weight rows per block of the dot-product kernels (8 warps × `DOT_ROWS` in moe_dot.cu).
 const FP4_DOT_ROWS: usize = 64;
+/// Warps of a dot-product block, and weight rows per warp (`DOT_ROWS` in moe_dot.cu).
+const DOT_BLOCK_WARPS: usize = 8;
+const DOT_ROWS: usize = 8;
 
 /// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
 const MAX_EXPERTS: usize = 256;
@@ -376,9 +513,13 @@ const MMA_WEIGHT_ROWS: usize = 128;
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
 /// decode exactly to bf16 (32 pairs while the experts average at most 16, else 64), tiles of 8 pairs otherwise.
-pub fn choose_moe(pairs: usize, n_experts: usize, e: &CudaExperts, forced: MoeKernel) -> MoePath {
-    let fp4 = e.gate_up.fp4_mma() && e.down.fp4_mma();
-    let mma = e.gate_up.mma_exact() && e.down.mma_exact();
+pub fn choose_moe(
+    pairs: usize,
+    n_experts: usize,
+    traits: ExpertTraits,
+    forced: MoeKernel,
+) -> MoePath {
+    let ExpertTraits { fp4, mma } = traits;
     match forced {
         MoeKernel::Split => return MoePath::Split(RowTile::One),
         MoeKernel::Mma if mma => return MoePath::Mma(MmaRows::R64),
@@ -441,6 +582,8 @@ pub struct MoeInputs<'a> {
     pub routing: &'a CudaRouting,
     /// Activation constants.
     pub shape: MoeShape,
+    /// What the [`route`] before did for this step, if anything.
+    pub grouped: Option<Grouped>,
 }
 
 /// `out = Σ_e g_e · down_e(swiglu(gate_up_e(h)))` over the step's rows.
@@ -475,7 +618,7 @@ pub fn moe(
             e.n_experts
         )));
     }
-    let path = choose_moe(pairs, e.n_experts, e, dev.moe_kernel);
+    let path = choose_moe(pairs, e.n_experts, ExpertTraits::of(e), dev.moe_kernel);
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
     let h_split = XSplitParams {
@@ -491,22 +634,28 @@ pub fn moe(
         check_split(scratch, step.rows, hidden)?;
         check_split(scratch, pairs, inter)?;
     }
-    let split_in_group = fp4 && step.rows <= GROUP_SPLIT_MAX_ROWS;
-    let g = GroupParams {
-        experts: r.experts.ptr(),
-        counts: scratch.counts.ptr(),
-        offsets: scratch.offsets.ptr(),
-        list: scratch.list.ptr(),
-        n_pairs: pairs as i32,
-        n_experts: e.n_experts as i32,
-        split: if split_in_group {
-            h_split
-        } else {
-            XSplitParams { rows: 0, ..h_split }
-        },
+    let split = group_split(path, step.rows);
+    let wanted = Grouped {
+        scratch: scratch.counts.ptr(),
+        routing: r.experts.ptr(),
+        h: m.h.buf.ptr(),
+        rows: step.rows,
+        n_experts: e.n_experts,
+        split,
     };
-    dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
-    if fp4 && !split_in_group {
+    if m.grouped != Some(wanted) {
+        let g = GroupParams {
+            experts: r.experts.ptr(),
+            counts: scratch.counts.ptr(),
+            offsets: scratch.offsets.ptr(),
+            list: scratch.list.ptr(),
+            n_pairs: pairs as i32,
+            n_experts: e.n_experts as i32,
+            split: split.params(m.h, scratch, step.rows),
+        };
+        dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
+    }
+    if fp4 && split == GroupSplit::None {
         split_x(dev, &h_split)?;
     }
     // The dot kernels write act as int8 planes themselves; the tensor-core ones pre-split it when they can.
@@ -536,6 +685,10 @@ pub fn moe(
         act_split: act_split.unwrap_or(0.0),
         act_dot: dot as i32,
         act_scales: scratch.act_scales.ptr(),
+        // The dot kernels read the routing itself (their tiles are single pairs: no lists needed).
+        route_experts: if dot { r.experts.ptr() } else { 0 },
+        route_weights: if dot { r.weights.ptr() } else { 0 },
+        combined: 0,
     };
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     if fp4 && !dot && act_split.is_none() {
@@ -562,6 +715,13 @@ pub fn moe(
     p.n_out = hidden as i32;
     p.x_per_pair = 1;
     p.groups = e.down.split_groups();
+    if dot && DOT_BLOCK_WARPS.is_multiple_of(r.top_k) {
+        // Token-major: each block holds every choice of its rows and combines them (no moe_combine launch).
+        p.combined = out.buf.ptr();
+        let rows_per_block = DOT_BLOCK_WARPS / r.top_k * DOT_ROWS;
+        let grid = (step.rows as u32, blocks(hidden, rows_per_block), 1);
+        return dev.launch(Func::MoeDownFp4DotTokens, cfg(grid, 256), &p);
+    }
     launch_experts(dev, path, (&e.down, hidden, pairs, e.n_experts), &p)?;
     let c = CombineParams {
         experts: r.experts.ptr(),
@@ -571,7 +731,7 @@ pub fn moe(
         n_tok: step.rows as i32,
         top_k: r.top_k as i32,
         h: hidden as i32,
-        pad: 0,
+        n_experts: e.n_experts as i32,
     };
     dev.launch(
         Func::MoeCombine,
