@@ -4,7 +4,9 @@
 # "[weights on the GPU in ...; host memory after upload ...]" line of `run`), for the 20b GGUF (MXFP4 experts,
 # Q8_0 dense) and the HF MXFP4 checkpoint it is converted from, each with the file evicted from the page cache
 # (cold) and then again (warm). The first run uses an empty cubin cache, so it also shows the one-time NVRTC
-# compile ("compiling CUDA kernels for sm_XX (once; cached in DIR)"); the others use the warm cache.
+# compile ("compiling CUDA kernels for sm_XX (once; cached in DIR)"); the others use the warm cache. The GGUF's
+# block formats are repacked on the GPU; one more warm GGUF run repacks them on the host (GPTOSS_REPACK=host), the
+# way before, for comparison.
 # Run from the repo root on the GPU machine; needs ~25 GB of disk in WORKDIR and python3.
 #
 #   scripts/startup-check.sh [GPTOSS_BINARY] [WORKDIR]     (defaults: .carry/gptoss-cuda/gptoss, /tmp/gptoss-startup)
@@ -70,6 +72,7 @@ run_case gguf-first-nvrtc "$work/20b.gguf" warm "GPTOSS_CACHE_DIR=$fresh"
 run_case gguf-cold "$work/20b.gguf" cold "GPTOSS_CACHE_DIR=$fresh"
 run_case gguf-warm "$work/20b.gguf" warm "GPTOSS_CACHE_DIR=$fresh"
 run_case gguf-warm-2 "$work/20b.gguf" warm "GPTOSS_CACHE_DIR=$fresh"
+run_case gguf-warm-host-repack "$work/20b.gguf" warm "GPTOSS_CACHE_DIR=$fresh" GPTOSS_REPACK=host
 run_case hf-mxfp4-cold "$work/hf20b" cold "GPTOSS_CACHE_DIR=$fresh"
 run_case hf-mxfp4-warm "$work/hf20b" warm "GPTOSS_CACHE_DIR=$fresh"
 run_case hf-mxfp4-warm-2 "$work/hf20b" warm "GPTOSS_CACHE_DIR=$fresh"

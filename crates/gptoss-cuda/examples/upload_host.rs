@@ -1,10 +1,13 @@
 //! The host side of a CUDA weight upload, timed on a machine without a GPU: loads a checkpoint and
-//! repacks every weight the backend uploads, either the way `CudaBackend` does it (each tensor's
-//! arrays built in parallel into a 32 MiB buffer standing in for a pinned staging slot, then its
-//! mapped pages released) or on one thread into whole arrays (`weights::pack`). Prints the time and
-//! the process's resident memory after each phase.
+//! prepares every weight the backend uploads, one of three ways: `raw`, what `CudaBackend` does by
+//! default (ggml block formats copied as raw blocks into a 32 MiB buffer standing in for a pinned
+//! staging slot, a parallel memcpy, for `kernels/repack.cu` to rewrite on the device; the rest repacked
+//! as `staged` does); `staged`, the host repack (`GPTOSS_REPACK=host`: each tensor's arrays built in
+//! parallel into the buffer); or `serial`, on one thread into whole arrays (`weights::pack`). Mapped pages
+//! are released after each tensor in `raw` and `staged`. Prints the time and the process's resident
+//! memory after each phase.
 //!
-//! `cargo run --release -p gptoss-cuda --example upload_host -- MODEL [staged|serial] [LAYERS]`
+//! `cargo run --release -p gptoss-cuda --example upload_host -- MODEL [raw|staged|serial] [LAYERS]`
 //! (`LAYERS`: only the first so many layers, so the part of the file read fits a small page cache).
 
 use std::time::Instant;
@@ -53,44 +56,76 @@ fn tensors(w: &ModelWeights, layers: usize) -> Vec<&QuantTensor> {
     out
 }
 
-fn staged(ts: &[&QuantTensor]) -> Result<usize, Box<dyn std::error::Error>> {
-    let mut slot = vec![0u8; SLOT_BYTES];
+/// Output bytes made, and the source bytes of them copied raw for the device.
+type Made = Result<(usize, usize), Box<dyn std::error::Error>>;
+
+/// Builds `plan`'s arrays on the host, a slot at a time (the stager's fill).
+fn host_repack(plan: &PackPlan<'_>, slot: &mut [u8]) -> Result<usize, Box<dyn std::error::Error>> {
     let mut bytes = 0;
-    for t in ts {
-        let plan = PackPlan::new(t)?;
-        for m in std::iter::once(&plan.data).chain(plan.scales.as_ref()) {
-            let per_slot = (SLOT_BYTES / m.unit_bytes().max(1)).max(1);
-            let mut first = 0;
-            while first < m.units() {
-                let n = per_slot.min(m.units() - first);
-                let out = &mut slot[..n * m.unit_bytes()];
-                m.fill_par(first, out, TASK_BYTES)?;
-                std::hint::black_box(&out[0]);
-                first += n;
-            }
-            bytes += m.len_bytes();
+    for m in std::iter::once(&plan.data).chain(plan.scales.as_ref()) {
+        let per_slot = (SLOT_BYTES / m.unit_bytes().max(1)).max(1);
+        let mut first = 0;
+        while first < m.units() {
+            let n = per_slot.min(m.units() - first);
+            let out = &mut slot[..n * m.unit_bytes()];
+            m.fill_par(first, out, TASK_BYTES)?;
+            std::hint::black_box(&out[0]);
+            first += n;
         }
-        plan.release_pages();
+        bytes += m.len_bytes();
     }
     Ok(bytes)
 }
 
-fn serial(ts: &[&QuantTensor]) -> Result<usize, Box<dyn std::error::Error>> {
+fn staged(ts: &[&QuantTensor], raw: Site) -> Made {
+    let mut slot = vec![0u8; SLOT_BYTES];
+    let (mut bytes, mut raw_bytes) = (0, 0);
+    for t in ts {
+        let plan = PackPlan::new(t)?;
+        let chunks = match raw {
+            Site::Device => plan.raw.as_ref().and_then(|r| r.chunks(SLOT_BYTES)),
+            Site::Host => None,
+        };
+        match chunks {
+            Some(chunks) => {
+                for c in chunks {
+                    let out = &mut slot[..c.src_bytes()];
+                    c.fill(out)?;
+                    std::hint::black_box(&out[0]);
+                    raw_bytes += c.src_bytes();
+                }
+                bytes += plan.size_bytes();
+            }
+            None => bytes += host_repack(&plan, &mut slot)?,
+        }
+        plan.release_pages();
+    }
+    Ok((bytes, raw_bytes))
+}
+
+/// Where the ggml block formats are repacked.
+#[derive(Clone, Copy)]
+enum Site {
+    Device,
+    Host,
+}
+
+fn serial(ts: &[&QuantTensor]) -> Made {
     let mut bytes = 0;
     for t in ts {
         let p = pack(t)?;
         std::hint::black_box(p.data.first());
         bytes += p.size_bytes();
     }
-    Ok(bytes)
+    Ok((bytes, 0))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: upload_host MODEL [staged|serial]")?;
-    let mode = args.next().unwrap_or_else(|| "staged".into());
+        .ok_or("usage: upload_host MODEL [raw|staged|serial] [LAYERS]")?;
+    let mode = args.next().unwrap_or_else(|| "raw".into());
     let layers = match args.next() {
         Some(n) => n
             .parse()
@@ -102,15 +137,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("load {:.2} s  [{}]", t0.elapsed().as_secs_f64(), rss());
     let ts = tensors(&ckpt.weights, layers);
     let (t1, cpu1) = (Instant::now(), cpu_seconds());
-    let bytes = match mode.as_str() {
-        "staged" => staged(&ts)?,
+    let (bytes, raw_bytes) = match mode.as_str() {
+        "raw" => staged(&ts, Site::Device)?,
+        "staged" => staged(&ts, Site::Host)?,
         "serial" => serial(&ts)?,
-        other => return Err(format!("mode `{other}`: expected staged or serial").into()),
+        other => return Err(format!("mode `{other}`: expected raw, staged or serial").into()),
     };
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     println!(
-        "{mode} repack of {} tensors, {:.2} GiB: {:.2} s ({:.2} CPU s) on {} threads  [{}]",
+        "{mode} upload of {} tensors, {:.2} GiB ({:.2} GiB of it from raw blocks copied for the device): {:.2} s ({:.2} CPU s) on {} threads  [{}]",
         ts.len(),
-        bytes as f64 / (1u64 << 30) as f64,
+        gib(bytes),
+        gib(raw_bytes),
         t1.elapsed().as_secs_f64(),
         cpu_seconds() - cpu1,
         rayon::current_num_threads(),

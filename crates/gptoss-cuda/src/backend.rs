@@ -64,6 +64,8 @@ pub struct CudaBackend {
     graphs: RefCell<Graphs>,
     /// Pinned buffers weights are staged through; made at the first upload, freed by `finish_upload`.
     stager: RefCell<Option<Stager>>,
+    /// Raw bytes repacked on the device by stagers already freed.
+    raw_bytes_done: Cell<u64>,
 }
 
 impl CudaBackend {
@@ -79,6 +81,7 @@ impl CudaBackend {
             sample_scratch: RefCell::new(None),
             graphs: RefCell::new(Graphs::new(options.graphs)),
             stager: RefCell::new(None),
+            raw_bytes_done: Cell::new(0),
         })
     }
 
@@ -103,6 +106,13 @@ impl CudaBackend {
         self.graphs.borrow().counts()
     }
 
+    /// Source bytes uploaded as raw ggml blocks and repacked on the device so far (0 with
+    /// `GPTOSS_REPACK=host`); the rest of the weights were repacked on the host.
+    pub fn device_repacked_bytes(&self) -> u64 {
+        let staging = self.stager.borrow().as_ref().map_or(0, Stager::raw_bytes);
+        self.raw_bytes_done.get() + staging
+    }
+
     /// Waits for queued work (benchmarks and tests).
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.dev.sync()?)
@@ -114,8 +124,7 @@ impl CudaBackend {
 
     /// Uploads tensors of one layout back to back through the staging buffers (made on first use).
     fn upload_weights(&self, parts: &[PackPlan<'_>], what: &str) -> CudaResult<DevWeight> {
-        let d = &self.dev;
-        self.with_stager(|stager| DevWeight::upload(&d.stream, &d.meter, stager, parts, what))
+        self.with_stager(|stager| DevWeight::upload(&self.dev, stager, parts, what))
     }
 
     /// Runs `f` with the staging buffers, made on first use (again after `finish_upload`: the
@@ -268,6 +277,8 @@ impl Backend for CudaBackend {
         // Dropping the stager waits for its last copies, then frees the pinned memory.
         if let Some(stager) = self.stager.borrow_mut().take() {
             stager.finish()?;
+            self.raw_bytes_done
+                .set(self.raw_bytes_done.get() + stager.raw_bytes());
         }
         Ok(())
     }

@@ -15,7 +15,9 @@ use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KernelFile};
 use crate::libs::{ensure, CudaLib};
 use crate::nvrtc::{self, Target};
-use crate::options::{compile_notice_line, CompileNotice, CudaOptions, LinearKernel, MoeKernel};
+use crate::options::{
+    compile_notice_line, CompileNotice, CudaOptions, LinearKernel, MoeKernel, RepackSite,
+};
 use crate::vram::{gib, Meter};
 
 /// The oldest arch whose kernels wait for their predecessor in `grid_dep_sync` (`griddepcontrol` is sm_90
@@ -57,6 +59,8 @@ pub struct Device {
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run.
     pub linear_kernel: LinearKernel,
+    /// Where ggml block formats are repacked at upload.
+    pub repack: RepackSite,
     /// Whether kernels launch as programmatic dependents of the one before (see [`Device::launch`]).
     dependent_launch: bool,
     /// Whether the current step is short enough for it ([`Device::begin_step_launches`]).
@@ -120,6 +124,7 @@ impl Device {
             cache_dir: opts.cache_dir.clone(),
             moe_kernel: opts.moe_kernel,
             linear_kernel: opts.linear_kernel,
+            repack: opts.repack,
             dependent_launch: opts.dependent_launch && target.arch() >= DEPENDENT_LAUNCH_MIN_ARCH,
             dependent_step: Cell::new(true),
             compile_notice: opts.compile_notice,

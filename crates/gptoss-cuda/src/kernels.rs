@@ -31,11 +31,13 @@ pub enum KernelFile {
     MoeDot,
     /// `sample.cu`
     Sample,
+    /// `repack.cu`
+    Repack,
 }
 
 impl KernelFile {
     /// Every file, for the compile check.
-    pub const ALL: [KernelFile; 9] = [
+    pub const ALL: [KernelFile; 10] = [
         KernelFile::Embed,
         KernelFile::Norm,
         KernelFile::Linear,
@@ -45,6 +47,7 @@ impl KernelFile {
         KernelFile::Moe,
         KernelFile::MoeDot,
         KernelFile::Sample,
+        KernelFile::Repack,
     ];
 
     /// The file name.
@@ -59,6 +62,7 @@ impl KernelFile {
             KernelFile::Moe => "moe.cu",
             KernelFile::MoeDot => "moe_dot.cu",
             KernelFile::Sample => "sample.cu",
+            KernelFile::Repack => "repack.cu",
         }
     }
 
@@ -73,6 +77,7 @@ impl KernelFile {
             KernelFile::Moe => include_str!("../kernels/moe.cu"),
             KernelFile::MoeDot => include_str!("../kernels/moe_dot.cu"),
             KernelFile::Sample => include_str!("../kernels/sample.cu"),
+            KernelFile::Repack => include_str!("../kernels/repack.cu"),
         }
     }
 
@@ -332,6 +337,12 @@ pub enum Func {
     Sample,
     /// `logprob_rows`
     Logprobs,
+    /// `repack_q8_0` (raw Q8_0 blocks → codes + scales, at upload)
+    RepackQ8_0,
+    /// `repack_lut4_e8m0` (raw ggml MXFP4 blocks)
+    RepackLut4E8m0,
+    /// `repack_lut4_f16` (raw Q4_0 / IQ4_NL blocks)
+    RepackLut4F16,
 }
 
 impl Func {
@@ -361,6 +372,7 @@ impl Func {
                 KernelFile::MoeDot
             }
             Func::RowMaxKeys | Func::Sample | Func::Logprobs => KernelFile::Sample,
+            Func::RepackQ8_0 | Func::RepackLut4E8m0 | Func::RepackLut4F16 => KernelFile::Repack,
         }
     }
 
@@ -402,6 +414,9 @@ impl Func {
             Func::RowMaxKeys => "row_max_keys".into(),
             Func::Sample => "sample_rows".into(),
             Func::Logprobs => "logprob_rows".into(),
+            Func::RepackQ8_0 => "repack_q8_0".into(),
+            Func::RepackLut4E8m0 => "repack_lut4_e8m0".into(),
+            Func::RepackLut4F16 => "repack_lut4_f16".into(),
         }
     }
 
@@ -424,6 +439,9 @@ impl Func {
             Func::MoeGateUpFp4Dot,
             Func::MoeDownFp4Dot,
             Func::MoeDownFp4DotTokens,
+            Func::RepackQ8_0,
+            Func::RepackLut4E8m0,
+            Func::RepackLut4F16,
         ];
         for n in Fp4Pairs::ALL {
             v.extend([Func::MoeGateUpFp4(n), Func::MoeDownFp4(n)]);

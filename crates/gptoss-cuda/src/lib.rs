@@ -4,8 +4,9 @@
 //! GPU fails `--device cuda` with a clear message (libraries are found and checked before cudarc touches
 //! them, see [`libs`]); header-free `.cu` kernels compiled at first use by NVRTC to a cubin for the exact
 //! device (or PTX for a forced older arch: `GPTOSS_CUDA_ARCH=sm_80`) and cached on disk; weights repacked at
-//! upload into one layout per kind ([`weights`]), on all cores, into pinned buffers copied while the next is
-//! filled ([`repack`], [`staging`]); every allocation counted against `--max-vram`.
+//! upload into one layout per kind ([`weights`]): ggml block formats on the device from their raw blocks
+//! ([`device_repack`]), the rest on all cores, into pinned buffers copied while the next is filled
+//! ([`repack`], [`staging`]); every allocation counted against `--max-vram`.
 //! This crate knows nothing of file formats beyond the canonical [`gptoss_formats::QuantTensor`].
 //!
 //! ```no_run
@@ -22,6 +23,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod device_repack;
 pub mod error;
 mod graphs;
 pub mod kernels;
@@ -38,4 +40,4 @@ pub mod weights;
 
 pub use backend::CudaBackend;
 pub use error::{CudaError, Result};
-pub use options::{CompileNotice, CudaOptions, LinearKernel, MoeKernel};
+pub use options::{CompileNotice, CudaOptions, LinearKernel, MoeKernel, RepackSite};

@@ -1,6 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
 //! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CUDA_PDL`,
-//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
+//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_REPACK`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -35,6 +35,34 @@ pub struct CudaOptions {
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
     pub linear_kernel: LinearKernel,
+    /// Where weights stored in ggml block formats are repacked at upload (`GPTOSS_REPACK`; A/B measurements,
+    /// default on the device).
+    pub repack: RepackSite,
+}
+
+/// Where the upload rewrites weights stored in ggml block formats (Q8_0, ggml MXFP4, Q4_0, IQ4_NL) into the
+/// kernels' layout. The result is byte-identical either way (`tests/gpu_upload.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RepackSite {
+    /// The file's raw blocks are copied up and rewritten by `kernels/repack.cu` (`device`, the default); other
+    /// formats, and rows too long for a staging buffer, are repacked on the host.
+    #[default]
+    Device,
+    /// Every weight is repacked on the host while the staging buffers are filled (`host`).
+    Host,
+}
+
+impl RepackSite {
+    /// Parses `GPTOSS_REPACK`'s value.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "" | "device" => Ok(RepackSite::Device),
+            "host" => Ok(RepackSite::Host),
+            _ => Err(CudaError::Config(format!(
+                "GPTOSS_REPACK={value:?}: expected device or host"
+            ))),
+        }
+    }
 }
 
 /// The dense linear kernels a step uses: chosen from its rows, or forced (where the weight format allows
@@ -149,6 +177,10 @@ impl CudaOptions {
                 Ok(v) => LinearKernel::parse(&v)?,
                 Err(_) => LinearKernel::Auto,
             },
+            repack: match std::env::var("GPTOSS_REPACK") {
+                Ok(v) => RepackSite::parse(&v)?,
+                Err(_) => RepackSite::Device,
+            },
         })
     }
 }
@@ -215,6 +247,18 @@ mod tests {
         assert_eq!(LinearKernel::parse("").unwrap(), LinearKernel::Auto);
         let e = LinearKernel::parse("fast").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_LINEAR_KERNEL=\"fast\""), "{e}");
+    }
+
+    #[test]
+    fn repack_sites() {
+        assert_eq!(RepackSite::parse("host").unwrap(), RepackSite::Host);
+        assert_eq!(RepackSite::parse(" device").unwrap(), RepackSite::Device);
+        assert_eq!(RepackSite::parse("").unwrap(), RepackSite::Device);
+        let e = RepackSite::parse("gpu").unwrap_err().to_string();
+        assert!(
+            e.contains("GPTOSS_REPACK=\"gpu\": expected device or host"),
+            "{e}"
+        );
     }
 
     #[test]

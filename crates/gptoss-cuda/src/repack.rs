@@ -3,7 +3,8 @@
 //! can be built on its own, so an upload builds them in parallel (rayon), straight into pinned staging
 //! buffers, while the previous buffer is being copied to the device (`staging.rs`); [`crate::weights::pack`]
 //! builds whole arrays from the same maps. The layouts are the ones `kernels/common.cu` reads
-//! (described in `weights.rs`).
+//! (described in `weights.rs`). A plan also says when the device can build the same arrays from the raw
+//! blocks ([`PackPlan::raw`], `device_repack.rs`), which uploads then do instead (unless `GPTOSS_REPACK=host`).
 
 use std::borrow::Cow;
 
@@ -13,6 +14,7 @@ use gptoss_formats::{
 };
 use rayon::prelude::*;
 
+use crate::device_repack::RawPlan;
 use crate::error::{CudaError, Result};
 use crate::kernels::WeightKind;
 use crate::weights::{WeightLayout, ROUND_BF16, ROUND_F16, ROUND_NONE};
@@ -235,6 +237,9 @@ pub struct PackPlan<'a> {
     pub data: UnitMap<'a>,
     /// Scales (Q8 and 4-bit kinds).
     pub scales: Option<UnitMap<'a>>,
+    /// The same arrays made on the device from the raw blocks, where the format allows
+    /// (`device_repack.rs`).
+    pub raw: Option<RawPlan<'a>>,
 }
 
 impl<'a> PackPlan<'a> {
@@ -254,7 +259,7 @@ impl<'a> PackPlan<'a> {
             table: [0.0; 16],
         };
         let src = source(&t.data);
-        Ok(match &t.format {
+        let mut plan = match &t.format {
             TensorFormat::Dense(d) => {
                 let kind = match d {
                     DType::F32 => WeightKind::F32,
@@ -267,6 +272,7 @@ impl<'a> PackPlan<'a> {
                     layout: layout(kind, ld),
                     data: UnitMap::with_op(src, rows, (k * size, ld * size), op),
                     scales: None,
+                    raw: None,
                 }
             }
             TensorFormat::Q8_0 => {
@@ -279,6 +285,7 @@ impl<'a> PackPlan<'a> {
                     layout: layout(WeightKind::Q8, k),
                     data: take(2, Q8_0_BLOCK),
                     scales: Some(take(0, 2)),
+                    raw: None,
                 }
             }
             TensorFormat::Lut4(l)
@@ -302,9 +309,12 @@ impl<'a> PackPlan<'a> {
                     layout: layout(WeightKind::F32, ld),
                     data: UnitMap::new(Cow::Owned(Storage::owned(data)), rows, (ld * 4, ld * 4)),
                     scales: None,
+                    raw: None,
                 }
             }
-        })
+        };
+        plan.raw = RawPlan::new(t);
+        Ok(plan)
     }
 
     /// Device bytes (must equal `gptoss_engine::memory::tensor_bytes`).
@@ -398,6 +408,7 @@ fn lut4_plan<'a>(codes: Cow<'a, Storage>, l: &'a Lut4, base: WeightLayout) -> Pa
         },
         data,
         scales: Some(scales),
+        raw: None,
     }
 }
 

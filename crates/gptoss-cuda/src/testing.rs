@@ -198,3 +198,19 @@ pub fn random_tensor(
         data: Storage::owned(data),
     }
 }
+
+/// A `[rows, cols]` tensor laid out as `format` whose stored bytes are all random, scales included (NaN,
+/// infinite and subnormal f16 scales, every E8M0 byte), for tests of byte-exact repacks. Its values are
+/// not meant to be computed with.
+pub fn random_bytes_tensor(
+    rng: &mut Rng,
+    format: TestFormat,
+    rows: usize,
+    cols: usize,
+) -> QuantTensor {
+    let t = random_tensor(rng, format, rows, cols, 1.0);
+    QuantTensor {
+        data: Storage::owned(rng.bytes(t.data.len())),
+        ..t
+    }
+}

@@ -2,7 +2,8 @@
 //! codes and f16 scales; every 4-bit format (HF MXFP4, bitsandbytes NF4/FP4, ggml Q4_0/IQ4_NL/MXFP4) as
 //! low-nibble-first codes with one E8M0 or f32 scale per block, its 16-entry table and its rounding
 //! (bitsandbytes rounds each decoded weight). `repack.rs` says how each stored format becomes them (an
-//! upload streams that through pinned buffers, `staging.rs`); [`pack`] builds a whole tensor on the host
+//! upload streams that through pinned buffers, `staging.rs`, or has `kernels/repack.cu` do it on the device
+//! from the raw ggml blocks, `device_repack.rs`); [`pack`] builds a whole tensor on the host
 //! and [`decode`] reads one element back, the host reference of the kernels' decoder.
 
 use std::borrow::Cow;

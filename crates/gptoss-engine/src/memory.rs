@@ -217,8 +217,14 @@ pub fn linear_split_floats(capacity: &Capacity) -> usize {
     }
 }
 
+/// Bytes of the CUDA backend's upload scratch: one staging buffer, where the raw blocks of a ggml-format
+/// weight land to be repacked on the device. It lives only while weights load, but the last ones (lm_head,
+/// the embedding) load after the KV pool is allocated, so the workspace counts it.
+pub const UPLOAD_SCRATCH_BYTES: u64 = 32 << 20;
+
 /// One step's buffers: the model's activations, routing and logits, the step metadata, the MoE scratch
-/// (pair lists, activations and outputs of every chosen expert) and the sampler's f64 scratch.
+/// (pair lists, activations and outputs of every chosen expert) and the sampler's f64 scratch; and the
+/// upload scratch ([`UPLOAD_SCRATCH_BYTES`]).
 pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let c = config;
     let (rows, logit_rows) = (
@@ -258,7 +264,7 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
     let keys = 8 * SAMPLER_KEY_SLICES as u64;
     let sampler =
         logit_rows * (8 * v + 32 + 4 + keys + 4 * v.div_ceil(32) + 16 + 4 * (1 + 2 * top));
-    activations + routing + logits + step + moe + sampler
+    activations + routing + logits + step + moe + sampler + UPLOAD_SCRATCH_BYTES
 }
 
 /// Device bytes of one packed weight tensor: rows padded to 8 elements for dense types; 4-bit codes with

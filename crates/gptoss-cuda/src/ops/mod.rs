@@ -6,6 +6,7 @@ pub mod embed;
 pub mod linear;
 pub mod moe;
 pub mod norm;
+pub mod repack;
 pub mod sample;
 pub mod slots;
 
@@ -13,11 +14,12 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
 
+use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::kernels::WeightKind;
 use crate::staging::Stager;
 use crate::vram::{DevBuf, Meter};
-use crate::weights::{PackPlan, ROUND_BF16, ROUND_NONE};
+use crate::weights::{PackPlan, UnitMap, ROUND_BF16, ROUND_NONE};
 
 /// A packed weight as the kernels see it (mirror of `WRef` in common.cu).
 #[repr(C)]
@@ -54,12 +56,12 @@ pub struct DevWeight {
 
 impl DevWeight {
     /// Builds one or more tensors of one layout back to back on the device (experts stack this way),
-    /// through `stager`'s pinned buffers. Each tensor's mapped file pages are dropped from this process
-    /// once its bytes are staged (see [`PackPlan::release_pages`]), so host memory does not keep a copy
-    /// of what is now on the GPU.
+    /// through `stager`'s pinned buffers: ggml block formats as raw blocks rewritten by `repack.cu` (unless
+    /// `dev.repack` says host), the rest repacked on the host while each buffer is filled. Each tensor's
+    /// mapped file pages are dropped from this process once its bytes are staged (see
+    /// [`PackPlan::release_pages`]), so host memory does not keep a copy of what is now on the GPU.
     pub fn upload(
-        stream: &Arc<CudaStream>,
-        meter: &Arc<Meter>,
+        dev: &Device,
         stager: &mut Stager,
         parts: &[PackPlan<'_>],
         what: &str,
@@ -75,6 +77,7 @@ impl DevWeight {
             )));
         }
         parts.iter().for_each(PackPlan::prefetch);
+        let (stream, meter) = (&dev.stream, &dev.meter);
         let total = |m: fn(&PackPlan<'_>) -> usize| parts.iter().map(m).sum::<usize>();
         let data_bytes = total(|p| p.data.len_bytes());
         let scale_bytes = total(|p| p.scales.as_ref().map_or(0, |s| s.len_bytes()));
@@ -85,10 +88,24 @@ impl DevWeight {
         };
         let (mut at_data, mut at_scales) = (0, 0);
         for p in parts {
-            at_data = stager.copy(stream, &p.data, &mut data.slice, at_data)?;
-            if let (Some(map), Some(buf)) = (&p.scales, scales.as_mut()) {
-                at_scales = stager.copy(stream, map, &mut buf.slice, at_scales)?;
+            let target = repack::RawTarget {
+                data: &data,
+                data_at: at_data,
+                scales: scales.as_ref(),
+                scales_at: at_scales,
+            };
+            let on_device = match &p.raw {
+                Some(raw) => repack::upload_raw(dev, stager, raw, target)?,
+                None => false,
+            };
+            if !on_device {
+                stager.copy(stream, &p.data, &mut data.slice, at_data)?;
+                if let (Some(map), Some(buf)) = (&p.scales, scales.as_mut()) {
+                    stager.copy(stream, map, &mut buf.slice, at_scales)?;
+                }
             }
+            at_data += p.data.len_bytes();
+            at_scales += p.scales.as_ref().map_or(0, UnitMap::len_bytes);
             p.release_pages();
         }
         let l = first.layout;
