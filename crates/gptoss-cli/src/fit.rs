@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gptoss_engine::memory::{plan, KvPrecision, MemoryPlan};
 use gptoss_engine::placement::{
-    expert_cache_fit, kv_read_per_token, max_context, max_streams, place_experts, DenseFormat,
-    Placement, WeightSplit,
+    expert_cache_fit, expert_stream_bytes, kv_read_per_token, max_context, max_streams,
+    place_experts, DenseFormat, Placement, WeightSplit,
 };
-use gptoss_engine::Capacity;
+use gptoss_engine::{Capacity, StreamCost};
 use gptoss_formats::ModelConfig;
 use serde_json::{json, Value};
 
@@ -148,10 +148,63 @@ struct Fit {
     placement: Option<Placement>,
     /// The hot-expert cache `--expert-cache auto` would make beside that placement: (experts, bytes).
     expert_cache: (usize, u64),
+    /// Streaming of host experts for long prompts beside that placement.
+    stream: Stream,
     max_context: Option<usize>,
     max_streams: Option<usize>,
     decode: Option<Estimate>,
     suggestions: Vec<String>,
+}
+
+/// What `--stream-experts auto` would do with a placement's host layers: long prompts copy one host layer's
+/// experts at a time into a device set of that size and run them on the GPU, when the set fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    /// No experts in host memory.
+    NoHostExperts,
+    /// The set fits: its bytes, and the prompt tokens from which a step streams.
+    On { bytes: u64, from_tokens: usize },
+    /// The set does not fit beside the plan; `more_layers`: the fewest extra `--n-cpu-moe` layers that
+    /// would leave room (none within the model's layers).
+    NoRoom {
+        bytes: u64,
+        more_layers: Option<usize>,
+    },
+}
+
+/// Streaming for `placement` under `cap` (as `run` reserves it, before the expert cache).
+fn stream_for(
+    config: &ModelConfig,
+    split: &WeightSplit,
+    (capacity, kv): (&Capacity, KvPrecision),
+    placement: &Placement,
+    cap: u64,
+) -> Result<Stream> {
+    let layers = placement.cpu_moe_layers;
+    let bytes = expert_stream_bytes(split, layers);
+    if layers == 0 || bytes == 0 {
+        return Ok(Stream::NoHostExperts);
+    }
+    let fits = |host_layers: usize| -> Result<bool> {
+        let set = expert_stream_bytes(split, host_layers);
+        let p = plan(config, split.device_bytes(host_layers) + set, capacity, kv)?;
+        Ok(p.total_bytes() <= cap)
+    };
+    if fits(layers)? {
+        let pairs = StreamCost::H200_HOST.min_pairs(config.num_local_experts);
+        return Ok(Stream::On {
+            bytes,
+            from_tokens: pairs.div_ceil(config.num_experts_per_tok.max(1)),
+        });
+    }
+    let mut more_layers = None;
+    for extra in 1..=config.num_hidden_layers - layers {
+        if fits(layers + extra)? {
+            more_layers = Some(extra);
+            break;
+        }
+    }
+    Ok(Stream::NoRoom { bytes, more_layers })
 }
 
 /// A decode-speed estimate.
@@ -193,8 +246,16 @@ fn decide(args: &FitArgs, card: &Card, config: &ModelConfig, split: &WeightSplit
     let full = plan(config, split.total_bytes(), &capacity, kv)?;
     let placement = place_experts(config, split, &capacity, kv, cap).ok();
     let ram_ok = |p: &Placement| args.ram.is_none_or(|r| p.host_bytes <= r);
+    let stream = match &placement {
+        Some(p) => stream_for(config, split, (&capacity, kv), p, cap)?,
+        None => Stream::NoHostExperts,
+    };
+    let stream_set = match stream {
+        Stream::On { bytes, .. } => bytes,
+        _ => 0,
+    };
     let expert_cache = placement.as_ref().map_or((0, 0), |p| {
-        let spare = cap.saturating_sub(p.plan.total_bytes());
+        let spare = cap.saturating_sub(p.plan.total_bytes() + stream_set);
         expert_cache_fit(config, split, &capacity, p.cpu_moe_layers, spare)
     });
     let fits = full.total_bytes() <= cap;
@@ -252,6 +313,7 @@ fn decide(args: &FitArgs, card: &Card, config: &ModelConfig, split: &WeightSplit
         fits,
         placement,
         expert_cache,
+        stream,
         max_context: max_ctx,
         max_streams: max_str,
         decode,
@@ -335,6 +397,16 @@ fn to_json(args: &FitArgs, card: &Card, name: &str, split: &WeightSplit, f: &Fit
         "host_bytes": f.placement.as_ref().map(|p| p.host_bytes),
         "expert_cache_slots": f.expert_cache.0,
         "expert_cache_bytes": f.expert_cache.1,
+        "stream_experts": match f.stream {
+            Stream::NoHostExperts => Value::Null,
+            Stream::On { bytes, from_tokens } => json!({
+                "fits": true, "set_bytes": bytes, "from_prompt_tokens": from_tokens
+            }),
+            Stream::NoRoom { bytes, more_layers } => json!({
+                "fits": false, "set_bytes": bytes, "n_cpu_moe_for_room": more_layers
+                    .zip(f.placement.as_ref()).map(|(m, p)| p.cpu_moe_layers + m)
+            }),
+        },
         "ram_bytes": args.ram,
         "decode_tok_s_estimate": f.decode.as_ref().map(|d| (d.tok_s * 10.0).round() / 10.0),
         "decode_device_bytes_per_token": f.decode.as_ref().map(|d| d.device_bytes),
@@ -409,6 +481,21 @@ fn print_text(args: &FitArgs, card: &Card, name: &str, split: &WeightSplit, f: &
                 f.expert_cache.0,
                 gib(f.expert_cache.1)
             );
+        }
+        match f.stream {
+            Stream::NoHostExperts => {}
+            Stream::On { bytes, from_tokens } => println!(
+                "  prompt steps of {from_tokens} tokens or more copy them to the GPU a layer at a time ({} set; --stream-experts auto)",
+                gib(bytes)
+            ),
+            Stream::NoRoom { bytes, more_layers } => println!(
+                "  no room for a one-layer set ({}) to stream them to the GPU for long prompts{}",
+                gib(bytes),
+                match more_layers {
+                    Some(m) => format!(" (--n-cpu-moe {} would leave room)", pl.cpu_moe_layers + m),
+                    None => String::new(),
+                }
+            ),
         }
     }
     match &f.decode {

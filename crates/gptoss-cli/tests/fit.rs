@@ -62,6 +62,7 @@ fn twenty_b_fits_16_gib_and_needs_offload_at_8() {
         (12 * 8192 + 12 * (41 + 4 * 8) * 16) * 2 * 512 * 4u64
     );
     assert_eq!(v["n_cpu_moe"], 0);
+    assert_eq!(v["stream_experts"], serde_json::Value::Null);
     let ctx = v["max_context_tokens"].as_u64().unwrap() as usize;
     assert!(total(&c, w, ctx, 1, KvPrecision::F32) <= 16 * GIB);
     assert!(total(&c, w, ctx + 1, 1, KvPrecision::F32) > 16 * GIB);
@@ -100,6 +101,14 @@ fn twenty_b_fits_16_gib_and_needs_offload_at_8() {
     );
     let s = v["suggestions"].to_string();
     assert!(s.contains("--n-cpu-moe 14"), "{s}");
+    // Streaming host experts for long prompts needs a set of one layer's experts beside the plan: 14 layers
+    // leave less than that, 15 leave room (one layer fewer on the GPU frees exactly one layer's experts).
+    let set = split.expert_bytes[0];
+    assert!(spare < set, "{spare} {set}");
+    assert!(total(&c, split.device_bytes(15) + set, 8192, 1, KvPrecision::F32) <= 8 * GIB);
+    assert_eq!(v["stream_experts"]["fits"], false);
+    assert_eq!(v["stream_experts"]["set_bytes"], set);
+    assert_eq!(v["stream_experts"]["n_cpu_moe_for_room"], 15);
     // The estimate: device bytes at 448 GB/s, host experts at 30 GB/s, plus 1.75 ms.
     let (dev, host) = (
         v["decode_device_bytes_per_token"].as_f64().unwrap(),

@@ -345,25 +345,20 @@ fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
         let route_s = time(b, reps, || {
             b.route(&step, &h, &router, top_k, &mut routing).unwrap()
         });
-        let s = time(b, reps, || {
+        let moe = |routing: &_, out: &mut _| {
             let args = MoeArgs {
                 h: &h,
                 experts: &ex,
-                routing: &routing,
+                routing,
                 shape,
             };
-            b.moe(&step, args, &mut out).unwrap()
-        });
+            b.moe(&step, args, out).unwrap()
+        };
+        let s = time(b, reps, || moe(&routing, &mut out));
         // Routed and run back to back, as a layer does (a one-token step groups its choices while routing).
         let layer_s = time(b, reps, || {
             b.route(&step, &h, &router, top_k, &mut routing).unwrap();
-            let args = MoeArgs {
-                h: &h,
-                experts: &ex,
-                routing: &routing,
-                shape,
-            };
-            b.moe(&step, args, &mut out).unwrap()
+            moe(&routing, &mut out)
         });
         let used = (t * top_k).min(n_exp) as f64;
         let tflops = 2.0 * (t * top_k * 3 * hidden * inter) as f64 / s / 1e12;
