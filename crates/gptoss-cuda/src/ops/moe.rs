@@ -497,11 +497,11 @@ pub enum MoePath {
 /// 32 experts top-4, µs (dot vs f16 tensor cores, 8 pairs a tile): T = 1 42.7 vs 57.7, T = 2 64.9 vs 85.1,
 /// T = 4 106.7 vs 126.7, T = 8 189.0 vs 214.3, T = 16 345.6 vs 252.9.
 pub const FP4_DOT_MAX_PAIRS: usize = 32;
-/// Weight rows per block of the dot-product kernels (8 warps × `DOT_ROWS` in moe_dot.cu).
-const FP4_DOT_ROWS: usize = 64;
 /// Warps of a dot-product block, and weight rows per warp (`DOT_ROWS` in moe_dot.cu).
 const DOT_BLOCK_WARPS: usize = 8;
 const DOT_ROWS: usize = 8;
+/// Weight rows per block of the pair-major dot-product kernels.
+const FP4_DOT_ROWS: usize = DOT_BLOCK_WARPS * DOT_ROWS;
 
 /// Most experts of a layer `moe_group` handles (`MOE_MAX_EXPERTS` in moe.cu).
 const MAX_EXPERTS: usize = 256;
