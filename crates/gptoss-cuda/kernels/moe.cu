@@ -153,7 +153,8 @@ MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
 //   [2^(e-127), 2^(e-126)). One thread per (row, block, t). Needs k % 32 == 0.
 // moe_{gate_up,down}_fp4_p{8,16}: tiles of 8 or 16 pairs of one expert (grid x = tiles, find_tile), 32
 //   weight rows per block (16·MT; grid y); the 8 warps split the K blocks (warp w takes blocks w, w + 8, ...) and
-//   their sums are added in warp order through shared memory (deterministic). Block: 256.
+//   their sums are added in warp order through shared memory (deterministic). A p16 tile of at most 8 pairs
+//   runs p8's code. Block: 256.
 
 static __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -255,16 +256,13 @@ static __device__ __forceinline__ void fp4_compute(const Fp4Stage<NB, U, MT>& st
         }
 }
 
-// NB n8 tiles of pairs, U K blocks per load stage, MT m16 tiles of weight rows per warp. (Measured on the
-// H200 and dropped: 128-byte L2 fetches, a register double buffer of the next stage, MT = 1 or 4.)
+// NB n8 tiles of pairs, U K blocks per load stage, MT m16 tiles of weight rows per warp, for one tile of
+// `count` pairs of expert e from `start`. `red` holds 8 × MT·NB·4 × 32 floats, `outs` 16·MT rows of 8·NB + 1.
+// (Measured on the H200 and dropped: 128-byte L2 fetches, a register double buffer of the next stage, MT = 1
+// or 4.)
 template <int NB, int U, int MT, int GATE_UP>
-static __device__ void expert_fp4_impl(const ExpertParams& p) {
-    const int acc_n = MT * NB * 4;
-    __shared__ float red[8][acc_n][32];
-    __shared__ float outs[16 * MT][8 * NB + 1];
-    int e, start;
-    if (!find_tile(p.counts, p.n_experts, 8 * NB, blockIdx.x, e, start)) return;
-    int count = min(p.counts[e] - start, 8 * NB);
+static __device__ void fp4_tile_rows(const ExpertParams& p, int e, int start, int count, float* red, float* outs) {
+    const int acc_n = MT * NB * 4, outs_ld = 8 * NB + 1;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
     // 32-bit offsets within the expert keep the registers for loads in flight.
@@ -308,25 +306,40 @@ static __device__ void expert_fp4_impl(const ExpertParams& p) {
             #pragma unroll
             for (int nb = 0; nb < NB; nb++)
                 #pragma unroll
-                for (int i = 0; i < 4; i++) red[warp][(mt * NB + nb) * 4 + i][lane] = acc[mt][nb][i];
+                for (int i = 0; i < 4; i++) red[(warp * acc_n + (mt * NB + nb) * 4 + i) * 32 + lane] = acc[mt][nb][i];
         __syncthreads();
         for (int o = threadIdx.x; o < acc_n * 32; o += blockDim.x) {
             int i = o >> 5, l = o & 31;
             float v = 0.0f;
             #pragma unroll
-            for (int w = 0; w < 8; w++) v += red[w][i][l];
+            for (int w = 0; w < 8; w++) v += red[(w * acc_n + i) * 32 + l];
             int mt = i / (NB * 4), nb = (i / 4) % NB, ci = i & 3;
             int row = mt * 16 + (l >> 2) + 8 * (ci >> 1), slot = nb * 8 + 2 * (l & 3) + (ci & 1);
-            outs[row][slot] = v;
+            outs[row * outs_ld + slot] = v;
         }
         __syncthreads();
         int step = GATE_UP ? 2 : 1;
         for (int o = threadIdx.x; o < 16 * MT / step * 8 * NB; o += blockDim.x) {
             int ro = o / (8 * NB) * step, slot = o % (8 * NB);
             if (r0 + ro < n_rows && slot < count)
-                moe_store<GATE_UP>(p, e, start + slot, r0 + ro, outs[ro][slot], GATE_UP ? outs[ro + 1][slot] : 0.0f);
+                moe_store<GATE_UP>(p, e, start + slot, r0 + ro, outs[ro * outs_ld + slot],
+                                   GATE_UP ? outs[(ro + 1) * outs_ld + slot] : 0.0f);
         }
     }
+}
+
+// A tile of up to 8·NB pairs. A tile of 16 holding at most 8 (an expert's only tile, in a batched step where
+// most experts have a few pairs) runs the 8-pair code: the empty n8 tile's MMAs, x loads and scaling would
+// otherwise cost as much as the weights' decode.
+template <int NB, int U, int MT, int GATE_UP>
+static __device__ void expert_fp4_impl(const ExpertParams& p) {
+    __shared__ float red[8 * MT * NB * 4 * 32];
+    __shared__ float outs[16 * MT * (8 * NB + 1)];
+    int e, start;
+    if (!find_tile(p.counts, p.n_experts, 8 * NB, blockIdx.x, e, start)) return;
+    int count = min(p.counts[e] - start, 8 * NB);
+    if (NB == 2 && count <= 8) fp4_tile_rows<1, 4, MT, GATE_UP>(p, e, start, count, red, outs);
+    else fp4_tile_rows<NB, U, MT, GATE_UP>(p, e, start, count, red, outs);
 }
 
 // FP4_ENTRY(SUFFIX, NB, U, MT): the gate_up and down kernels of one configuration (2 blocks per SM).
@@ -374,13 +387,10 @@ static __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.
 
 // BN pairs per tile; the 8 warps are WM (along the rows: MT = 128 / (16 WM) m16 tiles each) × 8 / WM (along the
 // pairs: NW = BN / (8 (8 / WM)) n8 tiles each).
-template <int BN, int WM, int GATE_UP>
-static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
+// One tile of `count` <= BN pairs of expert e from `start`, in shared memory laid out for SBN >= BN pairs.
+template <int BN, int SBN, int WM, int GATE_UP>
+static __device__ void fp4_gemm_tile(const ExpertParams& p, int e, int start, int count, Fp4GemmSmem<SBN>& sm) {
     const int bn = BN, WN = 8 / WM, MT = G_ROWS / (16 * WM), NW = BN / (8 * WN);
-    __shared__ __align__(16) Fp4GemmSmem<BN> sm;
-    int e, start;
-    if (!find_tile(p.counts, p.n_experts, bn, blockIdx.x, e, start)) return;
-    int count = min(p.counts[e] - start, bn);
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     int wm = warp / WN, wn = warp % WN;
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32;
@@ -524,6 +534,19 @@ static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
             }
 }
 
+// A tile of up to BN pairs. A 64-pair tile holding at most 32 (an expert's last, when its count is a little
+// over a multiple of 64: about half the experts of a 512-token prefill) runs the 32-pair code: half the MMAs,
+// x loads and scaling, for the same weight decode.
+template <int BN, int WM, int GATE_UP>
+static __device__ void expert_fp4_gemm_impl(const ExpertParams& p) {
+    __shared__ __align__(16) Fp4GemmSmem<BN> sm;
+    int e, start;
+    if (!find_tile(p.counts, p.n_experts, BN, blockIdx.x, e, start)) return;
+    int count = min(p.counts[e] - start, BN);
+    if (BN == 64 && count <= 32) fp4_gemm_tile<32, BN, WM, GATE_UP>(p, e, start, count, sm);
+    else fp4_gemm_tile<BN, BN, WM, GATE_UP>(p, e, start, count, sm);
+}
+
 // FP4_GEMM_ENTRY(SUFFIX, NW): gate_up and down with tiles of 16·NW pairs (2 blocks per SM).
 #define FP4_GEMM_ENTRY(SUFFIX, BN, WM) \
     extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_gemm_impl<BN, WM, 1>(p); } \
@@ -555,5 +578,5 @@ extern "C" __global__ void moe_combine(const CombineParams p) {
     if (idx >= (i64)p.n_tok * p.h) return;
     int t = (int)(idx / p.h), j = (int)(idx % p.h);
     const int* ex = p.experts + t * p.top_k;
-    p.out[idx] = combined_value<0>(ex, p.weights + t * p.top_k, p.y, (i64)t * p.top_k, p.top_k, p.n_experts, p.h, j);
+    p.out[idx] = combined_value(ex, p.weights + t * p.top_k, p.y, (i64)t * p.top_k, p.top_k, p.n_experts, p.h, j);
 }

@@ -167,9 +167,7 @@ static __device__ void group_pairs(const int* experts, int n_pairs, int n_expert
 }
 
 // Σ_s w[s] · y[(t, s), j] over token t's pairs of an expert in [0, n_experts), added in ascending expert order
-// (as the CPU backend; a token's experts are distinct). `ex` and `w` are the token's top_k choices. L2_ONLY reads
-// y past the L1 (written by other blocks of the running kernel).
-template <int L2_ONLY>
+// (as the CPU backend; a token's experts are distinct). `ex` and `w` are the token's top_k choices.
 static __device__ __forceinline__ float combined_value(const int* ex, const float* w, const float* y, i64 pair0,
                                                       int top_k, int n_experts, int h, int j) {
     float acc = 0.0f;
@@ -181,7 +179,7 @@ static __device__ __forceinline__ float combined_value(const int* ex, const floa
         if (best < 0) break;
         last = ex[best];
         const float* src = y + (pair0 + best) * h + j;
-        acc += w[best] * (L2_ONLY ? __ldcg(src) : *src);
+        acc += w[best] * *src;
     }
     return acc;
 }

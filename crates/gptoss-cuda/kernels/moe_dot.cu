@@ -202,7 +202,7 @@ static __device__ void expert_fp4_dot_down_tokens(const ExpertParams& p) {
     if (j >= block_rows || row >= n_rows) return;
     // Row j of choice s sits at ys[(s · groups + j / DOT_ROWS) · DOT_ROWS + j mod DOT_ROWS] = ys[s · block_rows + j].
     p.combined[(i64)t * n_rows + row] =
-        combined_value<0>(ex, p.route_weights + (i64)t * p.top_k, ys + j, 0, p.top_k, p.n_experts, block_rows, 0);
+        combined_value(ex, p.route_weights + (i64)t * p.top_k, ys + j, 0, p.top_k, p.n_experts, block_rows, 0);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_fp4_dot(const ExpertParams p) { grid_dep_sync(); expert_fp4_dot_impl<1>(p); }

@@ -534,6 +534,8 @@ pub fn choose_moe(
         return MoePath::Fp4Dot;
     }
     if fp4 {
+        // Up to 4 pairs per expert on average, tiles of 8; up to 16, one tile of 16 per expert, which runs the
+        // 8-pair code when it holds at most 8 (measured: bench/NOTES.md, session 9).
         return MoePath::Fp4(match pairs.div_ceil(n_experts.max(1)) {
             0..=4 => Fp4Pairs::P8,
             5..=16 => Fp4Pairs::P16,
@@ -621,15 +623,12 @@ pub fn moe(
     let path = choose_moe(pairs, e.n_experts, ExpertTraits::of(e), dev.moe_kernel);
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
-    let h_split = XSplitParams {
-        x: m.h.buf.ptr(),
-        xs: scratch.y.ptr(),
-        xscale: scratch.xscale.ptr(),
-        rows: step.rows as i32,
-        k: hidden as i32,
-        dot: dot as i32,
-        pad: 0,
-    };
+    let h_split = if dot {
+        GroupSplit::Planes
+    } else {
+        GroupSplit::Halves
+    }
+    .params(m.h, scratch, step.rows);
     if fp4 {
         check_split(scratch, step.rows, hidden)?;
         check_split(scratch, pairs, inter)?;
