@@ -125,18 +125,25 @@ pub(crate) fn pair_words(codes: &[i8], rems: &[i8], out: &mut [i16]) {
     let word = |p: usize| 256 * i16::from(codes[p]) + i16::from(rems[p]);
     let nb = codes.len() / BLOCK;
     for b in 0..nb {
-        let (pair, second) = (b / 2, b % 2);
-        // A paired block's halves sit 32 words apart (the other block's between them).
-        let (start, gap) = if pair * 2 + 1 < nb {
-            (64 * pair + 16 * second, 32)
-        } else {
-            (64 * pair, 16)
-        };
+        let (a, bh) = block_words(b, nb);
         for k in 0..16 {
             let p = b * BLOCK + pair_position(k);
-            out[start + k] = word(p);
-            out[start + gap + k] = word(p + 2);
+            out[a + k] = word(p);
+            out[bh + k] = word(p + 2);
         }
+    }
+}
+
+/// Where block `b` (of `nb` in the row) has its halves `A` and `B` in [`pair_words`]' order: a paired
+/// block's halves sit 32 words apart (the other block's between them), a last unpaired block's 16.
+#[inline(always)]
+pub(crate) fn block_words(b: usize, nb: usize) -> (usize, usize) {
+    let (pair, second) = (b / 2, b % 2);
+    if pair * 2 + 1 < nb {
+        let a = 64 * pair + 16 * second;
+        (a, a + 32)
+    } else {
+        (64 * pair, 64 * pair + 16)
     }
 }
 

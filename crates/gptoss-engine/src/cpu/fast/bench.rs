@@ -118,7 +118,8 @@ fn kernel_throughput() {
 /// The int16 tile against the VBMI tile it stands in for, at T = 1 on a random ggml MXFP4 [5760, 2880]
 /// weight: the two levels alternate (the order flips every round) so that other processes on a shared
 /// machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the
-/// figure is then bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6).
+/// figure is then bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6);
+/// `KL=avx2` compares the AVX2 tiles instead.
 /// Run with `cargo test --release -p gptoss-engine --lib int16_tile_throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, run by hand"]
@@ -129,8 +130,17 @@ fn int16_tile_throughput() {
     use super::weights::IntWeight;
     use super::OutRows;
 
-    if !CpuIsa::Avx512.supported() || !is_x86_feature_detected!("avx512vbmi") {
-        eprintln!("no AVX-512 VBMI: nothing to compare");
+    let (old, new) = if std::env::var("KL").is_ok_and(|v| v == "avx2") {
+        (X86Level::Avx2, X86Level::Avx2Int16)
+    } else {
+        (X86Level::Avx512Vbmi, X86Level::Avx512Int16)
+    };
+    let can = match old {
+        X86Level::Avx2 => CpuIsa::Avx2.supported(),
+        _ => CpuIsa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi"),
+    };
+    if !can {
+        eprintln!("this CPU lacks {old:?}: nothing to compare");
         return;
     }
     let (rows, n) = (5760usize, 2880usize);
@@ -178,14 +188,14 @@ fn int16_tile_throughput() {
             for t in 0..threads {
                 let (iw, view) = (&iw, &view);
                 let r = t * per..((t + 1) * per).min(rows);
-                // SAFETY: VBMI was detected; `out` holds `[1, rows]` and the threads' rows are disjoint.
+                // SAFETY: the level's features were detected; `out` holds `[1, rows]` and the threads' rows are disjoint.
                 s.spawn(move || unsafe { task(level, iw, view, r, None, sink) });
             }
         });
     };
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let mut order = [X86Level::Avx512Vbmi, X86Level::Avx512Int16];
+        let mut order = [old, new];
         if round % 2 == 1 {
             order.reverse();
         }
@@ -204,14 +214,14 @@ fn int16_tile_throughput() {
                 start.elapsed().as_secs_f64()
             };
             let gbs = w.data.len() as f64 * reps as f64 / secs / 1e9;
-            rate[usize::from(level == X86Level::Avx512Int16)] = gbs;
+            rate[usize::from(level == new)] = gbs;
             eprintln!("round {round} {level:?} threads={threads}: {gbs:.1} GB/s");
         }
         ratios.push(rate[1] / rate[0]);
     }
     ratios.sort_by(f64::total_cmp);
     eprintln!(
-        "int16 / vbmi per round, sorted: {:?}",
+        "{new:?} / {old:?} per round, sorted: {:?}",
         ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
     );
 }

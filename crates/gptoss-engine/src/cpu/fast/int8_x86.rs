@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::acts::{QuantRef, QuantView};
+use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
 use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
@@ -22,6 +22,11 @@ use super::{OutRows, TILE_COLS};
 pub(crate) enum X86Level {
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// [`X86Level::Avx2`] with the int16 tile for one activation row ([`Avx2Int16Tile`]). Not the
+    /// default: on this Zen 5 machine it measured within the noise of [`X86Level::Avx2`]
+    /// (bench/NOTES.md); the tests and `int16_tile_throughput` keep it checked and measurable.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2Int16,
     /// AVX-512 F/BW/VL + VNNI (plus AVX2, FMA, F16C).
     Avx512Vnni,
     /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 decoded four blocks per 512-bit load. (Only the
@@ -88,6 +93,7 @@ struct Job<'a> {
 unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
     match level {
         X86Level::Avx2 => run_avx2(d, job),
+        X86Level::Avx2Int16 => run_avx2_int16(d, job),
         X86Level::Avx512Vnni => run_vnni(d, job),
         X86Level::Avx512Vbmi => run_vbmi(d, job),
         X86Level::Avx512Int16 => run_int16(d, job),
@@ -101,6 +107,11 @@ unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, Avx2Tile, 2>(&d, job);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2_int16<D: Decode>(d: D, job: &Job<'_>) {
+    sweep::<D, Avx2Int16Tile, 2>(&d, job);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -268,6 +279,72 @@ impl Tile for Avx2Tile {
             for c in 0..C {
                 out[r][c] = hsum256(acc[r][c]);
             }
+        }
+        out
+    }
+}
+
+/// The [`Avx2Tile`] for one activation row in one int16 pass per block: the weights decoded unsigned
+/// (+128), their bytes reordered within each 128-bit lane by [`PAIR_BYTE_ORDER`] (one `vpshufb`) and
+/// unpacked with zeros into two registers of int16 lanes; two `vpmaddwd` with the activation's
+/// `256 q + r` words plus the `-128 Σ (256 q + r)` correction give each int32 lane the sum the
+/// [`Avx2Tile`] lane had (the same four products, exactly), and the f32 work is the same. Per block and
+/// weight row that is a shuffle and two unpacks (and no `vpabsb`) in the decode, and 2 `vpmaddwd` + 2
+/// adds in place of 2 `vpsignb` + 2 `vpmaddubsw` + 2 `vpmaddwd` + an add. More rows take [`Avx2Tile`].
+struct Avx2Int16Tile;
+
+impl Tile for Avx2Int16Tile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        if C != 1 {
+            return Avx2Tile::run::<D, R, C>(d, (rows, ahead), xs, nb);
+        }
+        let tbl_u = _mm256_add_epi8(
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast())),
+            _mm256_set1_epi8(-128),
+        );
+        let order = _mm256_broadcastsi128_si256(_mm_loadu_si128(PAIR_BYTE_ORDER.as_ptr().cast()));
+        let zero = _mm256_setzero_si256();
+        let x = xs[0];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wa = [zero; R];
+            let mut wb = [zero; R];
+            let mut sw = [0.0f32; R];
+            for r in 0..R {
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                }
+                let (v, s) = d.ymm_u(rows[r], b, tbl_u);
+                let v = _mm256_shuffle_epi8(v, order);
+                (wa[r], wb[r], sw[r]) = (
+                    _mm256_unpacklo_epi8(v, zero),
+                    _mm256_unpackhi_epi8(v, zero),
+                    s,
+                );
+            }
+            let (a_at, b_at) = block_words(b, nb);
+            let xa = _mm256_loadu_si256(x.words.as_ptr().add(a_at).cast());
+            let xb = _mm256_loadu_si256(x.words.as_ptr().add(b_at).cast());
+            let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
+            let dx = *x.scales.get_unchecked(b);
+            for r in 0..R {
+                let p32 = _mm256_add_epi32(
+                    _mm256_add_epi32(off, _mm256_madd_epi16(wa[r], xa)),
+                    _mm256_madd_epi16(wb[r], xb),
+                );
+                let s = _mm256_set1_ps(sw[r] * dx);
+                acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc[r][0]);
+            }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            out[r][0] = hsum256(acc[r][0]);
         }
         out
     }
@@ -498,7 +575,7 @@ pub(crate) unsafe fn decoded(
 ) -> (Vec<i8>, Vec<f32>) {
     unsafe fn get<D: Decode>(level: X86Level, d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
         match level {
-            X86Level::Avx2 => ymm_of(d, j, b),
+            X86Level::Avx2 | X86Level::Avx2Int16 => ymm_of(d, j, b),
             X86Level::Avx512Vnni => zmm_of(d, j, b),
             X86Level::Avx512Vbmi | X86Level::Avx512Int16 => zmm4_of(d, j, b),
         }

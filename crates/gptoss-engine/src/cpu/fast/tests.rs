@@ -260,6 +260,54 @@ fn int16_kernel_equals_the_vbmi_kernel() {
     }
 }
 
+/// The AVX2 int16 tile gives the AVX2 tile's results bit for bit, every format, random and edge blocks,
+/// odd and even block counts, every tile width.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_int16_kernel_equals_the_avx2_kernel() {
+    use super::int8_x86::{task, X86Level};
+    if !CpuIsa::Avx2.supported() {
+        return;
+    }
+    let n_out = 37;
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+    for n in [96, 128, 160] {
+        let mut weights = int_weights(n_out + 1, n);
+        weights.push(edge_mxfp4(n_out + 1, n));
+        for w in &weights {
+            let iw = IntWeight::of(w).unwrap();
+            for rows in [1, 2, 5] {
+                for x in [
+                    inputs(rows, n, rows as u64 * 3 + n as u64),
+                    edge_inputs(rows, n),
+                ] {
+                    let mut acts = QuantActs::default();
+                    acts.quantize(&x, rows, n, iw.layout());
+                    let view = acts.view(0..rows);
+                    let run = |level| {
+                        let mut out = vec![f32::NAN; rows * n_out];
+                        let sink = OutRows {
+                            ptr: out.as_mut_ptr(),
+                            n_out,
+                        };
+                        // SAFETY: AVX2 was detected; `out` holds `[rows, n_out]`.
+                        unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
+                        out
+                    };
+                    let (a, b) = (run(X86Level::Avx2), run(X86Level::Avx2Int16));
+                    let what = format!("{} T={rows} n={n}", w.format.describe());
+                    assert!(a.iter().all(|v| v.is_finite()), "{what}");
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every format, flat and woven, on every instruction set: T = 1..=9 input rows (partial tiles),
 /// 37 output rows (a partial 4-row tile and task), 96 and 128 columns (an odd and an even block count).
 #[test]
