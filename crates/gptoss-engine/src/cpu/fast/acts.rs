@@ -115,7 +115,7 @@ pub(crate) const fn pair_position(k: usize) -> usize {
     16 * (k / 8) + 4 * (k % 8 / 2) + k % 2
 }
 
-/// Within each 128-bit lane of a decoded weight register, which of the old order's bytes the int16
+/// Within each 128-bit lane of a decoded weight register, which byte of the plain decode the int16
 /// kernel wants at byte `j`: the `A` positions of that lane's 16 (bytes 0..8), then the `B` positions.
 pub(crate) const PAIR_BYTE_ORDER: [u8; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15];
 
