@@ -2,8 +2,9 @@
 //! meets. A block is two int8 codes per element and one f32 unit: `x ≈ unit × (256 q + r)` with
 //! `q = round(127 x / max |x|)` and `r` the rounded remainder in 1/256 steps, so the error is at most
 //! `max |x| / 65024` (16-bit precision: plain int8 codes move the tiny fixtures' logits by up to 8% of
-//! the largest, see bench/NOTES.md). bf16 weights get their activations split into two bf16 parts
-//! instead. The buffers are reused from call to call.
+//! the largest, see bench/NOTES.md). The same value also lives as one int16 `256 q + r` per element, in the
+//! order the int16 kernel (`vpdpwssd`) reads it ([`pair_words`]). bf16 weights get their activations
+//! split into two bf16 parts instead. The buffers are reused from call to call.
 
 use rayon::prelude::*;
 
@@ -30,6 +31,8 @@ pub(crate) struct QuantActs {
     /// `-128 · Σ (256 q + r)` over each group of 4 codes, `n / 4` per row: what offsetting the weights
     /// by +128 (to enter `vpdpbusd` unsigned) adds to each lane of a dot product.
     pub offsets: Vec<i32>,
+    /// `256 q + r` per element, `n` per row, each pair of blocks in [`pair_words`]' order.
+    pub words: Vec<i16>,
     /// Row length.
     pub n: usize,
     /// Rows held.
@@ -44,6 +47,7 @@ impl QuantActs {
         self.rems.resize(rows * n, 0);
         self.scales.resize(rows * nb, 0.0);
         self.offsets.resize(rows * n / 4, 0);
+        self.words.resize(rows * n, 0);
         (self.n, self.rows) = (n, rows);
         let work = |((((codes, rems), scales), offsets), row): RowJob<'_>| {
             let out = QuantRow {
@@ -78,6 +82,14 @@ impl QuantActs {
                 .zip(x.chunks(n))
                 .for_each(work);
         }
+        let words = &mut self.words[..rows * n];
+        for ((w, c), r) in words
+            .chunks_mut(n)
+            .zip(self.codes.chunks(n))
+            .zip(self.rems.chunks(n))
+        {
+            pair_words(c, r, w);
+        }
     }
 
     /// Rows `rows` of what was quantized.
@@ -88,9 +100,50 @@ impl QuantActs {
             rems: &self.rems[rows.start * n..rows.end * n],
             scales: &self.scales[rows.start * nb..rows.end * nb],
             offsets: &self.offsets[rows.start * n / 4..rows.end * n / 4],
+            words: &self.words[rows.start * n..rows.end * n],
             n,
             rows: rows.len(),
         }
+    }
+}
+
+/// Element `k` (0..16) of a block's half `A` in the int16 kernel's order: positions `4m, 4m + 1` of each
+/// group `m` of four, low half (positions 0..16) then high half. Half `B` is the same plus 2. A 512-bit
+/// `vpunpcklbw` / `vpunpckhbw` of weights decoded in this order ([`PAIR_BYTE_ORDER`]) meets these words
+/// so that each int32 lane of `vpdpwssd` sums the very group of four its `vpdpbusd` lane summed.
+pub(crate) const fn pair_position(k: usize) -> usize {
+    16 * (k / 8) + 4 * (k % 8 / 2) + k % 2
+}
+
+/// Within each 128-bit lane of a decoded weight register, which byte of the plain decode the int16
+/// kernel wants at byte `j`: the `A` positions of that lane's 16 (bytes 0..8), then the `B` positions.
+pub(crate) const PAIR_BYTE_ORDER: [u8; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15];
+
+/// One row's `256 q + r` in the int16 kernel's order: per pair of blocks `(b, b + 1)`, 64 words `A(b)`,
+/// `A(b + 1)`, `B(b)`, `B(b + 1)` (see [`pair_position`]); a last unpaired block as `A(b)`, `B(b)`.
+pub(crate) fn pair_words(codes: &[i8], rems: &[i8], out: &mut [i16]) {
+    let word = |p: usize| 256 * i16::from(codes[p]) + i16::from(rems[p]);
+    let nb = codes.len() / BLOCK;
+    for b in 0..nb {
+        let (a, bh) = block_words(b, nb);
+        for k in 0..16 {
+            let p = b * BLOCK + pair_position(k);
+            out[a + k] = word(p);
+            out[bh + k] = word(p + 2);
+        }
+    }
+}
+
+/// Where block `b` (of `nb` in the row) has its halves `A` and `B` in [`pair_words`]' order: a paired
+/// block's halves sit 32 words apart (the other block's between them), a last unpaired block's 16.
+#[inline(always)]
+pub(crate) fn block_words(b: usize, nb: usize) -> (usize, usize) {
+    let (pair, second) = (b / 2, b % 2);
+    if pair * 2 + 1 < nb {
+        let a = 64 * pair + 16 * second;
+        (a, a + 32)
+    } else {
+        (64 * pair, 64 * pair + 16)
     }
 }
 
@@ -101,6 +154,7 @@ pub(crate) struct QuantView<'a> {
     rems: &'a [i8],
     scales: &'a [f32],
     offsets: &'a [i32],
+    words: &'a [i16],
     /// Row length.
     pub n: usize,
     /// Rows.
@@ -117,6 +171,7 @@ impl<'a> QuantView<'a> {
             rems: &self.rems[t * self.n..(t + 1) * self.n],
             scales: &self.scales[t * nb..(t + 1) * nb],
             offsets: &self.offsets[t * self.n / 4..(t + 1) * self.n / 4],
+            words: &self.words[t * self.n..(t + 1) * self.n],
         }
     }
 }
@@ -132,6 +187,8 @@ pub(crate) struct QuantRef<'a> {
     pub scales: &'a [f32],
     /// Offset corrections, one per 4 codes.
     pub offsets: &'a [i32],
+    /// `256 q + r` in [`pair_words`]' order.
+    pub words: &'a [i16],
 }
 
 /// One quantized row, written.
@@ -273,6 +330,26 @@ mod tests {
                     .any(|&c| c.unsigned_abs() == 127));
             }
         }
+        // One int16 per element, `256 q + r`, a pair of blocks as A(0) A(1) B(0) B(1) and the odd
+        // last block as A(2) B(2).
+        let x: Vec<f32> = (0..96).map(|i| ((i * 53) % 31) as f32 - 15.2).collect();
+        q.quantize(&x, 1, 96, ActLayout::Natural);
+        let r = q.view(0..1).row(0);
+        let word = |p: usize| 256 * i16::from(r.codes[p]) + i16::from(r.rems[p]);
+        for k in 0..16 {
+            let p = pair_position(k);
+            for (b, base) in [(0, 0), (1, 16), (2, 64)] {
+                let gap = if b < 2 { 32 } else { 16 };
+                assert_eq!(r.words[base + k], word(32 * b + p), "A({b}) {k}");
+                assert_eq!(r.words[base + gap + k], word(32 * b + p + 2), "B({b}) {k}");
+            }
+        }
+        // Each position once per block.
+        let mut seen: Vec<usize> = (0..16)
+            .flat_map(|k| [pair_position(k), pair_position(k) + 2])
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..32).collect::<Vec<_>>());
         // An all-zero block quantizes to zeros with a zero unit.
         q.quantize(&[0.0; 32], 1, 32, ActLayout::Natural);
         let r = q.view(0..1).row(0);

@@ -114,3 +114,114 @@ fn kernel_throughput() {
         }
     }
 }
+
+/// The int16 tile against the VBMI tile it stands in for, at T = 1 on a random ggml MXFP4 [5760, 2880]
+/// weight: the two levels alternate (the order flips every round) so that other processes on a shared
+/// machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the
+/// figure is then bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6);
+/// `KL=avx2` compares the AVX2 tiles instead.
+/// Run with `cargo test --release -p gptoss-engine --lib int16_tile_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+#[cfg(target_arch = "x86_64")]
+fn int16_tile_throughput() {
+    use super::acts::QuantActs;
+    use super::int8_x86::{task, X86Level};
+    use super::weights::IntWeight;
+    use super::OutRows;
+
+    let (old, new) = if std::env::var("KL").is_ok_and(|v| v == "avx2") {
+        (X86Level::Avx2, X86Level::Avx2Int16)
+    } else {
+        (X86Level::Avx512Vbmi, X86Level::Avx512Int16)
+    };
+    let can = match old {
+        X86Level::Avx2 => CpuIsa::Avx2.supported(),
+        _ => CpuIsa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi"),
+    };
+    if !can {
+        eprintln!("this CPU lacks {old:?}: nothing to compare");
+        return;
+    }
+    let (rows, n) = (5760usize, 2880usize);
+    let mut mx = super::testing::bytes(rows * n / 32 * 17, 5);
+    for (i, blk) in mx.chunks_exact_mut(17).enumerate() {
+        blk[0] = 120 + (i % 3) as u8;
+    }
+    let w = QuantTensor {
+        shape: vec![rows, n],
+        format: TensorFormat::Lut4(Lut4 {
+            table: E2M1_VALUES,
+            block_elems: 32,
+            nibbles: NibbleOrder::SplitHalves,
+            scales: Lut4Scales::Inline {
+                format: ScaleFormat::E8M0,
+            },
+            round_to: DType::F32,
+        }),
+        data: Storage::owned(mx),
+    };
+    let Some(iw) = IntWeight::of(&w) else {
+        eprintln!("the weight has no int8 view");
+        return;
+    };
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 29) as f32 - 14.3).collect();
+    let mut acts = QuantActs::default();
+    acts.quantize(&x, 1, n, iw.layout());
+    let view = acts.view(0..1);
+    let threads: usize = std::env::var("KTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let rounds: usize = std::env::var("KR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut out = vec![0f32; rows];
+    let sink = OutRows {
+        ptr: out.as_mut_ptr(),
+        n_out: rows,
+    };
+    let pass = |level: X86Level| {
+        let per = rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (iw, view) = (&iw, &view);
+                let r = t * per..((t + 1) * per).min(rows);
+                // SAFETY: the level's features were detected; `out` holds `[1, rows]` and the threads' rows are disjoint.
+                s.spawn(move || unsafe { task(level, iw, view, r, None, sink) });
+            }
+        });
+    };
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let mut order = [old, new];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut rate = [0f64; 2];
+        for level in order {
+            pass(level);
+            let (start, cpu0) = (Instant::now(), cpu_seconds());
+            let mut reps = 0;
+            while start.elapsed().as_secs_f64() < 1.0 {
+                pass(level);
+                reps += 1;
+            }
+            let secs = if threads == 1 {
+                cpu_seconds() - cpu0
+            } else {
+                start.elapsed().as_secs_f64()
+            };
+            let gbs = w.data.len() as f64 * reps as f64 / secs / 1e9;
+            rate[usize::from(level == new)] = gbs;
+            eprintln!("round {round} {level:?} threads={threads}: {gbs:.1} GB/s");
+        }
+        ratios.push(rate[1] / rate[0]);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "{new:?} / {old:?} per round, sorted: {:?}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    );
+}

@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 
 use gptoss_formats::tensor::Q8_0_BLOCK_BYTES;
 
+use super::acts::PAIR_BYTE_ORDER;
 use super::weights::{scale_bytes, BlockScale, IntWeight, RowBytes};
 
 /// One weight row's bytes: inline blocks, or codes plus separate scales.
@@ -47,6 +48,24 @@ pub(super) trait Decode: Copy {
         let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
         ([v0, v1], [s0, s1])
     }
+    /// [`Decode::zmm4_u`] with each 128-bit lane's bytes in [`PAIR_BYTE_ORDER`], as the int16 kernel
+    /// unpacks them. This default shuffles the bytes; [`Decode::pairs_free`] says whether an override
+    /// gets that order at no cost. Needs AVX-512 VBMI where `zmm4_u` does.
+    #[inline(always)]
+    unsafe fn zmm4_u_paired(
+        &self,
+        r: RowPtr,
+        b: usize,
+        tbl_u: __m512i,
+    ) -> ([__m512i; 2], [__m512; 2]) {
+        let (v, s) = self.zmm4_u(r, b, tbl_u);
+        (to_pair_order(v), s)
+    }
+    /// Whether [`Decode::zmm4_u_paired`] costs no more than [`Decode::zmm4_u`] (so the int16 kernel is
+    /// worth running on this format).
+    fn pairs_free(&self) -> bool {
+        false
+    }
     /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
 }
@@ -65,6 +84,16 @@ static E8M0: [f32; 256] = {
     }
     t
 };
+
+/// Decoded registers reordered within each 128-bit lane by [`PAIR_BYTE_ORDER`] (one byte shuffle each).
+#[inline(always)]
+unsafe fn to_pair_order(v: [__m512i; 2]) -> [__m512i; 2] {
+    let order = _mm512_broadcast_i32x4(_mm_loadu_si128(PAIR_BYTE_ORDER.as_ptr().cast()));
+    [
+        _mm512_shuffle_epi8(v[0], order),
+        _mm512_shuffle_epi8(v[1], order),
+    ]
+}
 
 /// An IEEE half to f32 (F16C).
 #[inline(always)]
@@ -159,8 +188,32 @@ const fn quad_scale_index() -> [u8; 64] {
     idx
 }
 
-static QUAD_LO: [u8; 64] = quad_code_index(0);
-static QUAD_HI: [u8; 64] = quad_code_index(2);
+/// `idx` with each 128-bit lane's bytes reordered by [`PAIR_BYTE_ORDER`] (the int16 kernel's order).
+const fn paired(idx: [u8; 64]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        out[i] = idx[i / 16 * 16 + PAIR_BYTE_ORDER[i % 16] as usize];
+        i += 1;
+    }
+    out
+}
+
+/// The code gathers of a ggml MXFP4 quad: blocks 0–1 and 2–3.
+struct QuadIndex {
+    lo: [u8; 64],
+    hi: [u8; 64],
+}
+
+static QUAD: QuadIndex = QuadIndex {
+    lo: quad_code_index(0),
+    hi: quad_code_index(2),
+};
+/// [`QUAD`] in the int16 kernel's byte order: the same gathers with other indices, so free.
+static QUAD_PAIRED: QuadIndex = QuadIndex {
+    lo: paired(quad_code_index(0)),
+    hi: paired(quad_code_index(2)),
+};
 static QUAD_SCALES: [u8; 64] = quad_scale_index();
 
 /// Four ggml MXFP4 blocks (68 bytes at `p`: E8M0 scale then 16 code bytes, low nibble = element `i`,
@@ -169,9 +222,15 @@ static QUAD_SCALES: [u8; 64] = quad_scale_index();
 /// shift by 0 or 4 per half brings the wanted nibble to bits 0–3, and `vpermb` on the table repeated
 /// in all four 128-bit lanes looks it up (bits 4–5 of the index pick one of the four copies, so they
 /// need no mask). The scales: one masked `vpermb` puts scale `k` in lanes `k`, `k + 4`, ..., then the
-/// same bit assembly as [`e8m0_pair`] and two lane broadcasts.
+/// same bit assembly as [`e8m0_pair`] and two lane broadcasts. `order` chooses where each code lands
+/// within its 128-bit lane ([`QUAD`] or [`QUAD_PAIRED`]).
 #[inline(always)]
-unsafe fn ggml_mxfp4_quad(p: *const u8, tbl: __m512i, unit: f32) -> ([__m512i; 2], [__m512; 2]) {
+unsafe fn ggml_mxfp4_quad(
+    p: *const u8,
+    tbl: __m512i,
+    unit: f32,
+    order: &QuadIndex,
+) -> ([__m512i; 2], [__m512; 2]) {
     let a = _mm512_loadu_si512(p.cast());
     let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
     let shifts = _mm512_set_epi64(
@@ -184,8 +243,8 @@ unsafe fn ggml_mxfp4_quad(p: *const u8, tbl: __m512i, unit: f32) -> ([__m512i; 2
         0,
         0,
     );
-    let lo = _mm512_permutexvar_epi8(_mm512_loadu_si512(QUAD_LO.as_ptr().cast()), a);
-    let hi = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(QUAD_HI.as_ptr().cast()), b);
+    let lo = _mm512_permutexvar_epi8(_mm512_loadu_si512(order.lo.as_ptr().cast()), a);
+    let hi = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(order.hi.as_ptr().cast()), b);
     let v0 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(lo, shifts), tbl);
     let v1 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(hi, shifts), tbl);
     let e = _mm512_maskz_permutexvar_epi8(
@@ -335,13 +394,31 @@ impl Decode for Ggml4<'_> {
     #[inline(always)]
     unsafe fn zmm4_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> ([__m512i; 2], [__m512; 2]) {
         match self.scale {
-            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit),
+            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit, &QUAD),
             BlockScale::F16 => {
                 let (v0, s0) = self.zmm_u(r, b, tbl_u);
                 let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
                 ([v0, v1], [s0, s1])
             }
         }
+    }
+    #[inline(always)]
+    unsafe fn zmm4_u_paired(
+        &self,
+        r: RowPtr,
+        b: usize,
+        tbl_u: __m512i,
+    ) -> ([__m512i; 2], [__m512; 2]) {
+        match self.scale {
+            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit, &QUAD_PAIRED),
+            BlockScale::F16 => {
+                let (v, s) = self.zmm4_u(r, b, tbl_u);
+                (to_pair_order(v), s)
+            }
+        }
+    }
+    fn pairs_free(&self) -> bool {
+        self.scale == BlockScale::E8M0
     }
 }
 

@@ -4,13 +4,15 @@
 //! exact) is scaled by the weight's scale × the activation's unit into f32 lanes. AVX-512 VNNI
 //! (`vpdpbusd`, two blocks per 512-bit op, activations offset to unsigned with the offset cancelled in
 //! the accumulator's initial value) where present, else AVX2 (`vpmaddubsw` on |w| and sign(x, w), as
-//! llama.cpp does). Both give exactly the integer block dots of the scalar path (`portable.rs`).
+//! llama.cpp does). With one activation row and ggml MXFP4, the int16 tile dots the activation's
+//! `256 q + r` as one int16 against the weights unpacked to int16 lanes (`vpdpwssd`), one pass instead
+//! of two. All give exactly the integer block dots of the scalar path (`portable.rs`).
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use super::acts::{QuantRef, QuantView};
+use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
 use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
@@ -20,17 +22,26 @@ use super::{OutRows, TILE_COLS};
 pub(crate) enum X86Level {
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// [`X86Level::Avx2`] with the int16 tile for one activation row ([`Avx2Int16Tile`]). Not the
+    /// default: on this Zen 5 machine it measured within the noise of [`X86Level::Avx2`]
+    /// (bench/NOTES.md); the tests and `int16_tile_throughput` keep it checked and measurable.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2Int16,
     /// AVX-512 F/BW/VL + VNNI (plus AVX2, FMA, F16C).
     Avx512Vnni,
-    /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 decoded four blocks per 512-bit load.
+    /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 decoded four blocks per 512-bit load. (Only the
+    /// tests and the measurement pick it now: it is what the int16 tile is checked and timed against.)
+    #[cfg_attr(not(test), allow(dead_code))]
     Avx512Vbmi,
+    /// [`X86Level::Avx512Vbmi`] with the int16 tile for one activation row of ggml MXFP4.
+    Avx512Int16,
 }
 
 impl X86Level {
     /// The best AVX-512 level this CPU has (the caller checked VNNI).
     pub(crate) fn avx512() -> Self {
         if is_x86_feature_detected!("avx512vbmi") {
-            X86Level::Avx512Vbmi
+            X86Level::Avx512Int16
         } else {
             X86Level::Avx512Vnni
         }
@@ -82,8 +93,10 @@ struct Job<'a> {
 unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
     match level {
         X86Level::Avx2 => run_avx2(d, job),
+        X86Level::Avx2Int16 => run_avx2_int16(d, job),
         X86Level::Avx512Vnni => run_vnni(d, job),
         X86Level::Avx512Vbmi => run_vbmi(d, job),
+        X86Level::Avx512Int16 => run_int16(d, job),
     }
 }
 
@@ -96,6 +109,11 @@ unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, Avx2Tile, 2>(&d, job);
 }
 
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2_int16<D: Decode>(d: D, job: &Job<'_>) {
+    sweep::<D, Avx2Int16Tile, 2>(&d, job);
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_vnni<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, VnniTile, 3>(&d, job);
@@ -104,6 +122,15 @@ unsafe fn run_vnni<D: Decode>(d: D, job: &Job<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn run_vbmi<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, VbmiTile, 3>(&d, job);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn run_int16<D: Decode>(d: D, job: &Job<'_>) {
+    if d.pairs_free() {
+        sweep::<D, Int16Tile, 3>(&d, job);
+    } else {
+        sweep::<D, VbmiTile, 3>(&d, job);
+    }
 }
 
 /// Walks the task's weight rows in groups of `R` for each group of [`TILE_COLS`] activation rows. (No
@@ -257,6 +284,72 @@ impl Tile for Avx2Tile {
     }
 }
 
+/// The [`Avx2Tile`] for one activation row in one int16 pass per block: the weights decoded unsigned
+/// (+128), their bytes reordered within each 128-bit lane by [`PAIR_BYTE_ORDER`] (one `vpshufb`) and
+/// unpacked with zeros into two registers of int16 lanes; two `vpmaddwd` with the activation's
+/// `256 q + r` words plus the `-128 Σ (256 q + r)` correction give each int32 lane the sum the
+/// [`Avx2Tile`] lane had (the same four products, exactly), and the f32 work is the same. Per block and
+/// weight row that is a shuffle and two unpacks (and no `vpabsb`) in the decode, and 2 `vpmaddwd` + 2
+/// adds in place of 2 `vpsignb` + 2 `vpmaddubsw` + 2 `vpmaddwd` + an add. More rows take [`Avx2Tile`].
+struct Avx2Int16Tile;
+
+impl Tile for Avx2Int16Tile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        if C != 1 {
+            return Avx2Tile::run::<D, R, C>(d, (rows, ahead), xs, nb);
+        }
+        let tbl_u = _mm256_add_epi8(
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast())),
+            _mm256_set1_epi8(-128),
+        );
+        let order = _mm256_broadcastsi128_si256(_mm_loadu_si128(PAIR_BYTE_ORDER.as_ptr().cast()));
+        let zero = _mm256_setzero_si256();
+        let x = xs[0];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wa = [zero; R];
+            let mut wb = [zero; R];
+            let mut sw = [0.0f32; R];
+            for r in 0..R {
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                }
+                let (v, s) = d.ymm_u(rows[r], b, tbl_u);
+                let v = _mm256_shuffle_epi8(v, order);
+                (wa[r], wb[r], sw[r]) = (
+                    _mm256_unpacklo_epi8(v, zero),
+                    _mm256_unpackhi_epi8(v, zero),
+                    s,
+                );
+            }
+            let (a_at, b_at) = block_words(b, nb);
+            let xa = _mm256_loadu_si256(x.words.as_ptr().add(a_at).cast());
+            let xb = _mm256_loadu_si256(x.words.as_ptr().add(b_at).cast());
+            let off = _mm256_loadu_si256(x.offsets.as_ptr().add(8 * b).cast());
+            let dx = *x.scales.get_unchecked(b);
+            for r in 0..R {
+                let p32 = _mm256_add_epi32(
+                    _mm256_add_epi32(off, _mm256_madd_epi16(wa[r], xa)),
+                    _mm256_madd_epi16(wb[r], xb),
+                );
+                let s = _mm256_set1_ps(sw[r] * dx);
+                acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc[r][0]);
+            }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            out[r][0] = hsum256(acc[r][0]);
+        }
+        out
+    }
+}
+
 struct VnniTile;
 
 /// The unsigned-weight table of the VNNI kernels: the 16 values + 128 in every 128-bit lane.
@@ -389,6 +482,83 @@ impl Tile for VbmiTile {
     }
 }
 
+/// `acc + Σ a₀ b₀ + Σ a₁ b₁` by two `vpdpwssd`. Written in assembly because LLVM turns the intrinsic
+/// into `vpmaddwd` + `vpaddd` (and did not fuse it back here), which costs the two ops the int16 tile
+/// exists to save.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpwssd2(
+    mut acc: __m512i,
+    (a0, b0): (__m512i, __m512i),
+    (a1, b1): (__m512i, __m512i),
+) -> __m512i {
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a0}, {b0}",
+        "vpdpwssd {acc}, {a1}, {b1}",
+        acc = inout(zmm_reg) acc,
+        a0 = in(zmm_reg) a0,
+        b0 = in(zmm_reg) b0,
+        a1 = in(zmm_reg) a1,
+        b1 = in(zmm_reg) b1,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// The [`VbmiTile`] for one activation row, each pair of blocks in one int16 pass: the weights' bytes
+/// (unsigned, +128, decoded in [`PAIR_BYTE_ORDER`](super::acts::PAIR_BYTE_ORDER)) unpacked with zeros
+/// into two registers of int16 lanes, dotted by two `vpdpwssd` with the activation's `256 q + r` (in
+/// [`pair_words`](super::acts::pair_words)' order) onto the same -128 Σ (256 q + r) correction. Each
+/// int32 lane sums the same four products as the VBMI tile's lane, exactly, and the f32 work after it
+/// is the same ops in the same order, so the results are the same bit for bit; per pair and weight row
+/// the shift and add of the two-pass dot become two unpacks. More activation rows take [`VbmiTile`]
+/// (there the decode, paid once per weight row, would cost more than the dots save).
+struct Int16Tile;
+
+impl Tile for Int16Tile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        if C != 1 {
+            return VbmiTile::run::<D, R, C>(d, (rows, ahead), xs, nb);
+        }
+        let (tbl_u, zero) = (table_u(d), _mm512_setzero_si512());
+        let x = xs[0];
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut b = 0;
+        while b + 4 <= nb {
+            let mut w = [[zero; R]; 2];
+            let mut sw = [[_mm512_setzero_ps(); R]; 2];
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
+                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b + 2));
+                let (v, s) = d.zmm4_u_paired(rows[r], b, tbl_u);
+                (w[0][r], w[1][r], sw[0][r], sw[1][r]) = (v[0], v[1], s[0], s[1]);
+            }
+            for k in 0..2 {
+                let bk = b + 2 * k;
+                let xa = _mm512_loadu_si512(x.words.as_ptr().add(BLOCK * bk).cast());
+                let xb = _mm512_loadu_si512(x.words.as_ptr().add(BLOCK * bk + 32).cast());
+                let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * bk).cast());
+                let sx = halves(*x.scales.get_unchecked(bk), *x.scales.get_unchecked(bk + 1));
+                for r in 0..R {
+                    let wa = _mm512_unpacklo_epi8(w[k][r], zero);
+                    let wb = _mm512_unpackhi_epi8(w[k][r], zero);
+                    let dot = dpwssd2(off, (wa, xa), (wb, xb));
+                    let s = _mm512_mul_ps(sw[k][r], sx);
+                    acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][0]);
+                }
+            }
+            b += 4;
+        }
+        vnni_finish(d, (rows, ahead), xs, (b, nb), acc)
+    }
+}
+
 /// The int8 block values and scales the SIMD decode gives for block `b` of row `j` (tests compare
 /// them with the scalar decode exactly).
 ///
@@ -405,9 +575,9 @@ pub(crate) unsafe fn decoded(
 ) -> (Vec<i8>, Vec<f32>) {
     unsafe fn get<D: Decode>(level: X86Level, d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
         match level {
-            X86Level::Avx2 => ymm_of(d, j, b),
+            X86Level::Avx2 | X86Level::Avx2Int16 => ymm_of(d, j, b),
             X86Level::Avx512Vnni => zmm_of(d, j, b),
-            X86Level::Avx512Vbmi => zmm4_of(d, j, b),
+            X86Level::Avx512Vbmi | X86Level::Avx512Int16 => zmm4_of(d, j, b),
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -452,4 +622,34 @@ pub(crate) unsafe fn decoded(
         }
     }
     with_decoder(w, Get { level, j, b })
+}
+
+/// The bytes of [`Decode::zmm4_u_paired`] for blocks `b..b + 4` of row `j`, back from unsigned (tests
+/// compare them with [`decoded`] reordered by `PAIR_BYTE_ORDER`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and VBMI; `b + 3` must be a block of the row.
+#[cfg(test)]
+pub(crate) unsafe fn decoded_paired(w: &IntWeight<'_>, j: usize, b: usize) -> Vec<i8> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn get<D: Decode>(d: D, j: usize, b: usize) -> Vec<i8> {
+        let (v, _) = d.zmm4_u_paired(d.row(j), b, table_u(&d));
+        let mut out = vec![0i8; 128];
+        for k in 0..2 {
+            let signed = _mm512_xor_si512(v[k], _mm512_set1_epi8(-128));
+            _mm512_storeu_si512(out[64 * k..].as_mut_ptr().cast(), signed);
+        }
+        out
+    }
+    struct Get {
+        j: usize,
+        b: usize,
+    }
+    impl WithDecoder for Get {
+        type Out = Vec<i8>;
+        unsafe fn with<D: Decode>(self, d: D) -> Self::Out {
+            get(d, self.j, self.b)
+        }
+    }
+    with_decoder(w, Get { j, b })
 }

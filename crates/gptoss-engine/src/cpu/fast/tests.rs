@@ -136,6 +136,178 @@ fn vbmi_kernel_equals_the_vnni_kernel() {
     }
 }
 
+/// The VBMI decode in the int16 kernel's byte order holds the same bytes, each 128-bit lane reordered by
+/// `PAIR_BYTE_ORDER` (ggml MXFP4 by other gather indices, every other format by a shuffle).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn paired_decode_is_the_decode_reordered() {
+    use super::acts::PAIR_BYTE_ORDER;
+    use super::int8_x86::{decoded, decoded_paired, X86Level};
+    if !vbmi() {
+        return;
+    }
+    for w in int_weights(6, 128) {
+        let iw = IntWeight::of(&w).unwrap();
+        for j in 0..6 {
+            // SAFETY: VBMI was detected and the rows have 4 blocks.
+            let (plain, paired) = unsafe {
+                (
+                    decoded(X86Level::Avx512Vbmi, &iw, j, 0).0,
+                    decoded_paired(&iw, j, 0),
+                )
+            };
+            let want: Vec<i8> = (0..128)
+                .map(|i| plain[i / 16 * 16 + usize::from(PAIR_BYTE_ORDER[i % 16])])
+                .collect();
+            assert_eq!(paired, want, "{} row {j}", w.format.describe());
+        }
+    }
+}
+
+/// A ggml MXFP4 `[rows, n]` weight whose blocks run through every code byte (all 16 × 16 nibble pairs
+/// of E2M1 codes, both signs, in each 16 consecutive blocks) and E8M0 scales from the subnormal 2^-127 up.
+fn edge_mxfp4(rows: usize, n: usize) -> gptoss_formats::QuantTensor {
+    const SCALES: [u8; 8] = [0, 1, 2, 100, 127, 128, 140, 150];
+    let blocks = rows * n / BLOCK;
+    let mut data = Vec::with_capacity(blocks * 17);
+    for i in 0..blocks {
+        data.push(SCALES[i % SCALES.len()]);
+        data.extend((0..16).map(|k| (16 * i + k) as u8));
+    }
+    let mut w = int_weights(2, 32).swap_remove(1);
+    w.shape = vec![rows, n];
+    w.data = Storage::owned(data);
+    w
+}
+
+/// Activations at the quantizer's edges, a different pattern per block: every element at ±max (`q` =
+/// ±127), remainders at the ±127 clamp, an all-zero block, a negative maximum, subnormal-unit blocks.
+fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
+    let noise = inputs(rows, n, 77);
+    (0..rows * n)
+        .map(|i| {
+            let (blk, k) = (i / BLOCK, (i % BLOCK) as f32);
+            let a = 1000.0;
+            match blk % 7 {
+                0 => a,
+                1 => {
+                    if i % 2 == 0 {
+                        a
+                    } else {
+                        -a
+                    }
+                }
+                // (q ± 0.498) / 127 of the max: remainders round to ±127.5, clamped to ±127.
+                2 if i % BLOCK == 0 => a,
+                2 => a * ((k - 16.0) * 7.0 + if i % 2 == 0 { 0.498 } else { -0.498 }) / 127.0,
+                3 => 0.0,
+                4 if i % BLOCK == 3 => -a,
+                4 => noise[i] * 10.0,
+                5 => noise[i] * 1e-36,
+                _ => noise[i],
+            }
+        })
+        .collect()
+}
+
+/// The int16 tile (one activation row of ggml MXFP4) gives the VBMI kernel's results bit for bit, on
+/// random blocks and on the edge weights and activations above; rows of 3 to 9 blocks cover quads, a
+/// pair after them and an odd last block, 1 to 5 activation rows every tile width (wider tiles and
+/// the other formats take the VBMI tile inside the same level).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn int16_kernel_equals_the_vbmi_kernel() {
+    use super::int8_x86::{task, X86Level};
+    if !vbmi() {
+        return;
+    }
+    let n_out = 38;
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+    for n in [96, 128, 192, 224, 288] {
+        let mut weights = int_weights(n_out, n);
+        weights.push(edge_mxfp4(n_out, n));
+        for w in &weights {
+            let iw = IntWeight::of(w).unwrap();
+            for rows in [1, 2, 3, 5] {
+                for x in [
+                    inputs(rows, n, rows as u64 * 5 + n as u64),
+                    edge_inputs(rows, n),
+                ] {
+                    let mut acts = QuantActs::default();
+                    acts.quantize(&x, rows, n, iw.layout());
+                    let view = acts.view(0..rows);
+                    let run = |level| {
+                        let mut out = vec![f32::NAN; rows * n_out];
+                        let sink = OutRows {
+                            ptr: out.as_mut_ptr(),
+                            n_out,
+                        };
+                        // SAFETY: VBMI (and so VNNI) was detected; `out` holds `[rows, n_out]`.
+                        unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
+                        out
+                    };
+                    let (a, b) = (run(X86Level::Avx512Vbmi), run(X86Level::Avx512Int16));
+                    let what = format!("{} T={rows} n={n}", w.format.describe());
+                    assert!(a.iter().all(|v| v.is_finite()), "{what}");
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 int16 tile gives the AVX2 tile's results bit for bit, every format, random and edge blocks,
+/// odd and even block counts, every tile width.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_int16_kernel_equals_the_avx2_kernel() {
+    use super::int8_x86::{task, X86Level};
+    if !CpuIsa::Avx2.supported() {
+        return;
+    }
+    let n_out = 37;
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+    for n in [96, 128, 160] {
+        let mut weights = int_weights(n_out + 1, n);
+        weights.push(edge_mxfp4(n_out + 1, n));
+        for w in &weights {
+            let iw = IntWeight::of(w).unwrap();
+            for rows in [1, 2, 5] {
+                for x in [
+                    inputs(rows, n, rows as u64 * 3 + n as u64),
+                    edge_inputs(rows, n),
+                ] {
+                    let mut acts = QuantActs::default();
+                    acts.quantize(&x, rows, n, iw.layout());
+                    let view = acts.view(0..rows);
+                    let run = |level| {
+                        let mut out = vec![f32::NAN; rows * n_out];
+                        let sink = OutRows {
+                            ptr: out.as_mut_ptr(),
+                            n_out,
+                        };
+                        // SAFETY: AVX2 was detected; `out` holds `[rows, n_out]`.
+                        unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
+                        out
+                    };
+                    let (a, b) = (run(X86Level::Avx2), run(X86Level::Avx2Int16));
+                    let what = format!("{} T={rows} n={n}", w.format.describe());
+                    assert!(a.iter().all(|v| v.is_finite()), "{what}");
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every format, flat and woven, on every instruction set: T = 1..=9 input rows (partial tiles),
 /// 37 output rows (a partial 4-row tile and task), 96 and 128 columns (an odd and an even block count).
 #[test]
