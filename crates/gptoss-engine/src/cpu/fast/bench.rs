@@ -28,6 +28,19 @@ fn cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// MXFP4 as a GGUF stores it (split nibble halves, an inline E8M0 scale per 32 elements).
+fn ggml_mxfp4() -> TensorFormat {
+    TensorFormat::Lut4(Lut4 {
+        table: E2M1_VALUES,
+        block_elems: 32,
+        nibbles: NibbleOrder::SplitHalves,
+        scales: Lut4Scales::Inline {
+            format: ScaleFormat::E8M0,
+        },
+        round_to: DType::F32,
+    })
+}
+
 fn skip(var: &str, value: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v != value)
 }
@@ -47,19 +60,7 @@ fn kernel_throughput() {
         blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
     }
     let weights = [
-        (
-            "mxfp4",
-            TensorFormat::Lut4(Lut4 {
-                table: E2M1_VALUES,
-                block_elems: 32,
-                nibbles: NibbleOrder::SplitHalves,
-                scales: Lut4Scales::Inline {
-                    format: ScaleFormat::E8M0,
-                },
-                round_to: DType::F32,
-            }),
-            mx,
-        ),
+        ("mxfp4", ggml_mxfp4(), mx),
         ("q8_0", TensorFormat::Q8_0, q8),
         (
             "bf16",
@@ -150,15 +151,7 @@ fn int16_tile_throughput() {
     }
     let w = QuantTensor {
         shape: vec![rows, n],
-        format: TensorFormat::Lut4(Lut4 {
-            table: E2M1_VALUES,
-            block_elems: 32,
-            nibbles: NibbleOrder::SplitHalves,
-            scales: Lut4Scales::Inline {
-                format: ScaleFormat::E8M0,
-            },
-            round_to: DType::F32,
-        }),
+        format: ggml_mxfp4(),
         data: Storage::owned(mx),
     };
     let Some(iw) = IntWeight::of(&w) else {

@@ -96,44 +96,23 @@ fn vbmi() -> bool {
 
 /// The VBMI kernel (four blocks per decode) gives the VNNI kernel's results bit for bit: the same sums
 /// in the same order. Rows of 3 to 9 blocks cover quads, a pair after them and an odd last block; 1 to
-/// 5 activation rows cover every tile width.
+/// 5 activation rows cover every tile width; random and edge blocks.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn vbmi_kernel_equals_the_vnni_kernel() {
-    use super::int8_x86::{task, X86Level};
+    use super::int8_x86::X86Level;
     if !vbmi() {
         return;
     }
-    for n in [96, 128, 192, 224, 288] {
-        for w in int_weights(38, n) {
-            let (n_out, iw) = (38, IntWeight::of(&w).unwrap());
-            let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
-            for rows in [1, 2, 3, 5] {
-                let x = inputs(rows, n, rows as u64 * 7 + n as u64);
-                let mut acts = QuantActs::default();
-                acts.quantize(&x, rows, n, iw.layout());
-                let view = acts.view(0..rows);
-                let run = |level| {
-                    let mut out = vec![f32::NAN; rows * n_out];
-                    let sink = OutRows {
-                        ptr: out.as_mut_ptr(),
-                        n_out,
-                    };
-                    // SAFETY: VBMI (and so VNNI) was detected; `out` holds `[rows, n_out]`.
-                    unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
-                    out
-                };
-                let (a, b) = (run(X86Level::Avx512Vnni), run(X86Level::Avx512Vbmi));
-                let what = format!("{} T={rows} n={n}", w.format.describe());
-                assert!(a.iter().all(|v| v.is_finite()), "{what}");
-                assert_eq!(
-                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "{what}"
-                );
-            }
-        }
-    }
+    let cases = LevelCases {
+        n_out: 38,
+        weight_rows: 38,
+        widths: &[96, 128, 192, 224, 288],
+        rows: &[1, 2, 3, 5],
+        seed_per_row: 7,
+    };
+    // SAFETY: VBMI (and so VNNI) was detected.
+    unsafe { levels_agree_bit_for_bit((X86Level::Avx512Vnni, X86Level::Avx512Vbmi), &cases) };
 }
 
 /// The VBMI decode in the int16 kernel's byte order holds the same bytes, each 128-bit lane reordered by
@@ -217,47 +196,19 @@ fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn int16_kernel_equals_the_vbmi_kernel() {
-    use super::int8_x86::{task, X86Level};
+    use super::int8_x86::X86Level;
     if !vbmi() {
         return;
     }
-    let n_out = 38;
-    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
-    for n in [96, 128, 192, 224, 288] {
-        let mut weights = int_weights(n_out, n);
-        weights.push(edge_mxfp4(n_out, n));
-        for w in &weights {
-            let iw = IntWeight::of(w).unwrap();
-            for rows in [1, 2, 3, 5] {
-                for x in [
-                    inputs(rows, n, rows as u64 * 5 + n as u64),
-                    edge_inputs(rows, n),
-                ] {
-                    let mut acts = QuantActs::default();
-                    acts.quantize(&x, rows, n, iw.layout());
-                    let view = acts.view(0..rows);
-                    let run = |level| {
-                        let mut out = vec![f32::NAN; rows * n_out];
-                        let sink = OutRows {
-                            ptr: out.as_mut_ptr(),
-                            n_out,
-                        };
-                        // SAFETY: VBMI (and so VNNI) was detected; `out` holds `[rows, n_out]`.
-                        unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
-                        out
-                    };
-                    let (a, b) = (run(X86Level::Avx512Vbmi), run(X86Level::Avx512Int16));
-                    let what = format!("{} T={rows} n={n}", w.format.describe());
-                    assert!(a.iter().all(|v| v.is_finite()), "{what}");
-                    assert_eq!(
-                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        "{what}"
-                    );
-                }
-            }
-        }
-    }
+    let cases = LevelCases {
+        n_out: 38,
+        weight_rows: 38,
+        widths: &[96, 128, 192, 224, 288],
+        rows: &[1, 2, 3, 5],
+        seed_per_row: 5,
+    };
+    // SAFETY: VBMI (and so VNNI) was detected.
+    unsafe { levels_agree_bit_for_bit((X86Level::Avx512Vbmi, X86Level::Avx512Int16), &cases) };
 }
 
 /// The AVX2 int16 tile gives the AVX2 tile's results bit for bit, every format, random and edge blocks,
@@ -265,20 +216,53 @@ fn int16_kernel_equals_the_vbmi_kernel() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_int16_kernel_equals_the_avx2_kernel() {
-    use super::int8_x86::{task, X86Level};
+    use super::int8_x86::X86Level;
     if !CpuIsa::Avx2.supported() {
         return;
     }
-    let n_out = 37;
+    let cases = LevelCases {
+        n_out: 37,
+        weight_rows: 38,
+        widths: &[96, 128, 160],
+        rows: &[1, 2, 5],
+        seed_per_row: 3,
+    };
+    // SAFETY: AVX2 was detected.
+    unsafe { levels_agree_bit_for_bit((X86Level::Avx2, X86Level::Avx2Int16), &cases) };
+}
+
+/// The shapes two instruction-set levels are compared on: `n_out` outputs of weights with
+/// `weight_rows` rows, each width in `widths` (columns), each activation row count in `rows`.
+#[cfg(target_arch = "x86_64")]
+struct LevelCases {
+    n_out: usize,
+    weight_rows: usize,
+    widths: &'static [usize],
+    rows: &'static [usize],
+    seed_per_row: u64,
+}
+
+/// Runs every integer weight format (and the MXFP4 edge blocks) at both levels on random and edge
+/// activations and asserts finite, bit-identical outputs.
+///
+/// # Safety
+/// The CPU must support both levels.
+#[cfg(target_arch = "x86_64")]
+unsafe fn levels_agree_bit_for_bit(
+    (base, new): (super::int8_x86::X86Level, super::int8_x86::X86Level),
+    cases: &LevelCases,
+) {
+    use super::int8_x86::task;
+    let n_out = cases.n_out;
     let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
-    for n in [96, 128, 160] {
-        let mut weights = int_weights(n_out + 1, n);
-        weights.push(edge_mxfp4(n_out + 1, n));
+    for &n in cases.widths {
+        let mut weights = int_weights(cases.weight_rows, n);
+        weights.push(edge_mxfp4(cases.weight_rows, n));
         for w in &weights {
             let iw = IntWeight::of(w).unwrap();
-            for rows in [1, 2, 5] {
+            for &rows in cases.rows {
                 for x in [
-                    inputs(rows, n, rows as u64 * 3 + n as u64),
+                    inputs(rows, n, rows as u64 * cases.seed_per_row + n as u64),
                     edge_inputs(rows, n),
                 ] {
                     let mut acts = QuantActs::default();
@@ -290,11 +274,11 @@ fn avx2_int16_kernel_equals_the_avx2_kernel() {
                             ptr: out.as_mut_ptr(),
                             n_out,
                         };
-                        // SAFETY: AVX2 was detected; `out` holds `[rows, n_out]`.
+                        // SAFETY: the caller checked the levels; `out` holds `[rows, n_out]`.
                         unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
                         out
                     };
-                    let (a, b) = (run(X86Level::Avx2), run(X86Level::Avx2Int16));
+                    let (a, b) = (run(base), run(new));
                     let what = format!("{} T={rows} n={n}", w.format.describe());
                     assert!(a.iter().all(|v| v.is_finite()), "{what}");
                     assert_eq!(
