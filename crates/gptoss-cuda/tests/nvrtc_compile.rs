@@ -54,6 +54,13 @@ fn every_kernel_compiles_without_spills_for_every_arch() {
             if std::env::var("GPTOSS_NVRTC_LOG").is_ok_and(|f| f == file.name()) {
                 println!("{}", c.log);
             }
+            // GPTOSS_NVRTC_DUMP=<dir> writes every cubin there as <file>.sm_<arch>.cubin (for nvdisasm / cuobjdump).
+            if let Some(dir) = std::env::var_os("GPTOSS_NVRTC_DUMP") {
+                let path =
+                    std::path::Path::new(&dir).join(format!("{}.sm_{arch}.cubin", file.name()));
+                std::fs::write(&path, &c.image)
+                    .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            }
             let res = parse_resources(&c.log);
             for f in Func::all().into_iter().filter(|f| f.file() == file) {
                 if !res.iter().any(|r| r.function == f.name()) {
