@@ -268,9 +268,9 @@ impl Backend for CudaBackend {
         slot: usize,
         expert: &Expert,
     ) -> Result<()> {
-        let stream = &self.dev.stream;
-        Ok(self
-            .with_stager(|stager| ops::slots::upload_slot(stream, stager, experts, slot, expert))?)
+        Ok(self.with_stager(|stager| {
+            ops::slots::upload_slot(&self.dev, stager, experts, slot, expert)
+        })?)
     }
 
     fn finish_upload(&self) -> Result<()> {

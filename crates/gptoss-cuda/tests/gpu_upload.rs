@@ -3,18 +3,20 @@
 //! buffer take the unstaged path) and read back, must give exactly the bytes of the serial host packer;
 //! the ggml block formats repacked on the device from their raw blocks give the same bytes as the host
 //! repack (plain tensors of awkward shapes, stacked gate_up experts, many chunks), and the tiny GGUF
-//! fixtures the same logits either way; after the upload the mapped pages of a file-backed tensor are no
+//! fixtures the same logits either way; experts copied into expert slots (the hot-expert cache, streamed
+//! layers) take the device repack too, with the host packer's bytes; after the upload the mapped pages of a file-backed tensor are no
 //! longer resident in the process. Needs a GPU: run by `scripts/gpu-check.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gptoss_cuda::device::Device;
+use gptoss_cuda::ops::slots::{alloc_slots, upload_slot};
 use gptoss_cuda::ops::DevWeight;
 use gptoss_cuda::staging::{Stager, SLOTS, SLOT_BYTES};
 use gptoss_cuda::testing::{random_bytes_tensor, random_tensor, Rng, TestFormat};
 use gptoss_cuda::weights::{pack, PackPlan};
 use gptoss_cuda::{CudaBackend, CudaOptions, RepackSite};
 use gptoss_engine::{Batch, Capacity, Model};
-use gptoss_formats::{QuantTensor, Storage};
+use gptoss_formats::{Expert, Linear, QuantTensor, Storage};
 
 fn device() -> Device {
     Device::open(&CudaOptions::from_env().unwrap()).unwrap()
@@ -196,6 +198,70 @@ fn device_repack_equals_the_host_repack() {
         &mut stager,
         &experts,
         "ggml MXFP4 gate_up 2 x 5760x2880",
+    );
+}
+
+/// Experts in a ggml block format copied into expert slots (what the hot-expert cache and streamed layers
+/// do) go up as raw blocks and are repacked on the device: the slots then hold the host packer's bytes,
+/// the same as with `GPTOSS_REPACK=host`, each expert in its own slot (filled out of order), with the raw
+/// bytes counted once per expert.
+#[test]
+#[ignore = "needs GPU"]
+fn expert_slots_take_the_device_repack() {
+    let mut dev = device();
+    let mut rng = Rng(43);
+    let (n, half, cols) = (3, 45, 2880);
+    let gate_up = stacked_gate_up(&mut rng, TestFormat::GgmlMxfp4, n, half, cols);
+    let experts: Vec<Expert> = gate_up
+        .into_iter()
+        .map(|g| Expert {
+            gate_up: Linear {
+                weight: g,
+                bias: Some((0..2 * half).map(|i| i as f32).collect()),
+            },
+            down: Linear {
+                weight: random_bytes_tensor(&mut rng, TestFormat::GgmlMxfp4, 96, 2 * half * 32),
+                bias: None,
+            },
+        })
+        .collect();
+    let mut fill = |site| {
+        dev.repack = site;
+        let mut stager = Stager::new(&dev.ctx, SLOT_BYTES, SLOTS).unwrap();
+        let mut slots = alloc_slots(&dev.stream, &dev.meter, &experts[0], n).unwrap();
+        for (slot, e) in experts.iter().enumerate().rev() {
+            upload_slot(&dev, &mut stager, &mut slots, slot, e).unwrap();
+        }
+        stager.finish().unwrap();
+        let read = |w: &DevWeight| w.to_host(&dev.stream).unwrap();
+        (read(&slots.gate_up), read(&slots.down), stager.raw_bytes())
+    };
+    let (dev_gate_up, dev_down, raw) = fill(RepackSite::Device);
+    let (host_gate_up, host_down, none) = fill(RepackSite::Host);
+    let stored: usize = experts
+        .iter()
+        .map(|e| e.gate_up.weight.data.len() + e.down.weight.data.len())
+        .sum();
+    assert_eq!(raw, stored as u64, "raw bytes sent for the device repack");
+    assert_eq!(none, 0, "GPTOSS_REPACK=host sent raw bytes");
+    assert!(dev_gate_up == host_gate_up, "gate_up slots differ");
+    assert!(dev_down == host_down, "down slots differ");
+    let want = |w: fn(&Expert) -> &QuantTensor| {
+        let (mut data, mut scales) = (Vec::new(), Vec::new());
+        for e in &experts {
+            let p = pack(w(e)).unwrap();
+            data.extend_from_slice(&p.data);
+            scales.extend_from_slice(&p.scales);
+        }
+        (data, scales)
+    };
+    assert!(
+        dev_gate_up == want(|e| &e.gate_up.weight),
+        "gate_up: not the host packer's bytes"
+    );
+    assert!(
+        dev_down == want(|e| &e.down.weight),
+        "down: not the host packer's bytes"
     );
 }
 

@@ -162,6 +162,39 @@ pub(crate) struct HostMoe {
     h: CpuBuf,
     routing: Vec<(usize, f32)>,
     out: CpuBuf,
+    times: HostMoeTimes,
+}
+
+/// Where the host-side MoEs' wall time went, logged (debug) when the model is dropped: a decode token with
+/// every expert on the CPU waits on the device once per layer, so this says how much of it is the CPU's.
+#[derive(Default)]
+struct HostMoeTimes {
+    calls: u64,
+    /// Reading h back: waits for the device's queued work of the layer, then copies.
+    read_h: std::time::Duration,
+    /// Reading the router's choices back.
+    read_routing: std::time::Duration,
+    /// The MoE on the CPU.
+    compute: std::time::Duration,
+    /// Writing the result to the device.
+    write: std::time::Duration,
+}
+
+impl Drop for HostMoe {
+    fn drop(&mut self) {
+        let t = &self.times;
+        if t.calls > 0 {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            tracing::debug!(
+                "host experts: {} MoEs; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms, writing {:.1} ms",
+                t.calls,
+                ms(t.read_h),
+                ms(t.read_routing),
+                ms(t.compute),
+                ms(t.write)
+            );
+        }
+    }
 }
 
 /// What one host-side MoE reads and writes on the model's backend.
@@ -232,6 +265,7 @@ impl HostMoe {
             h: cpu.alloc(rows, hidden)?,
             routing: cpu.alloc_routing(rows, top_k)?,
             out: cpu.alloc(rows, hidden)?,
+            times: HostMoeTimes::default(),
         })
     }
 
@@ -248,11 +282,22 @@ impl HostMoe {
         rows: usize,
         out: &mut B::Buf,
     ) -> Result<()> {
+        let t0 = std::time::Instant::now();
         self.load_h(b, io.h, rows)?;
+        let t1 = std::time::Instant::now();
         let chosen = b.read_routing(io.routing, rows, io.shape.top_k)?;
         let choices = chosen.iter().map(|&(e, w)| (e as usize, w));
+        let t2 = std::time::Instant::now();
         let y = self.compute(io.experts, io.shape, choices)?;
-        b.write(out, rows, &y)
+        let t3 = std::time::Instant::now();
+        b.write(out, rows, &y)?;
+        let t = &mut self.times;
+        t.calls += 1;
+        t.read_h += t1 - t0;
+        t.read_routing += t2 - t1;
+        t.compute += t3 - t2;
+        t.write += t3.elapsed();
+        Ok(())
     }
 
     /// Reads the step's normed hidden states `[rows, H]` into the CPU's buffer.

@@ -1,15 +1,19 @@
 //! Expert slots for the engine's hot-expert cache (`gptoss-engine` `expert_cache.rs`): a [`CudaExperts`]
 //! of `S` experts allocated empty in one layout, and one expert's packed weights and biases copied into a
-//! slot in place, through the pinned staging buffers, after the ops already queued on the stream. The
-//! MoE kernels read a slot set exactly as they read a layer's experts; no kernel is launched here.
+//! slot in place, through the pinned staging buffers, after the ops already queued on the stream. An expert
+//! stored in a ggml block format (GGUF MXFP4) goes up as its raw blocks and is rewritten into the slot by
+//! the device repack (`ops/repack.rs`), as the model's upload does; anything else is packed on the host while
+//! the staging buffers fill. The MoE kernels read a slot set exactly as they read a layer's experts.
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 use gptoss_formats::{Expert, Linear};
 
+use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::ops::moe::{experts_error, CudaExperts};
+use crate::ops::repack::{self, RawTarget};
 use crate::ops::DevWeight;
 use crate::staging::Stager;
 use crate::vram::{DevBuf, Meter};
@@ -58,7 +62,7 @@ pub fn alloc_slots(
 /// Copies `expert` into slot `slot` of `experts` (packed as the slots are, or an error naming both
 /// layouts). The host tensors keep their pages: the CPU runs this expert again once it is evicted.
 pub fn upload_slot(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     stager: &mut Stager,
     experts: &mut CudaExperts,
     slot: usize,
@@ -70,8 +74,9 @@ pub fn upload_slot(
             experts.n_experts
         )));
     }
-    write_weight(stream, stager, &mut experts.gate_up, slot, &expert.gate_up)?;
-    write_weight(stream, stager, &mut experts.down, slot, &expert.down)?;
+    write_weight(dev, stager, &mut experts.gate_up, slot, &expert.gate_up)?;
+    write_weight(dev, stager, &mut experts.down, slot, &expert.down)?;
+    let stream = &dev.stream;
     let gate_up_rows = experts.gate_up.rows;
     let down_rows = experts.down.rows;
     write_bias(
@@ -89,7 +94,7 @@ pub fn upload_slot(
 }
 
 fn write_weight(
-    stream: &Arc<CudaStream>,
+    dev: &Device,
     stager: &mut Stager,
     w: &mut DevWeight,
     slot: usize,
@@ -111,6 +116,18 @@ fn write_weight(
             l.kind, l.rows, l.k, w.kind, w.rows, w.k
         )));
     }
+    if let Some(raw) = &p.raw {
+        let target = RawTarget {
+            data: &w.data,
+            data_at: slot * data_bytes,
+            scales: w.scales.as_ref(),
+            scales_at: slot * scale_bytes.unwrap_or(0),
+        };
+        if repack::upload_raw(dev, stager, raw, target)? {
+            return Ok(());
+        }
+    }
+    let stream = &dev.stream;
     stager.copy(stream, &p.data, &mut w.data.slice, slot * data_bytes)?;
     if let (Some(map), Some(buf), Some(b)) = (&p.scales, w.scales.as_mut(), scale_bytes) {
         stager.copy(stream, map, &mut buf.slice, slot * b)?;
