@@ -8,7 +8,7 @@ use gptoss_formats::Expert;
 
 use crate::backend::{Backend, Capacity, MoeArgs, NO_EXPERT};
 use crate::error::{Error, Result};
-use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo};
+use crate::offload::{ExpertPlacement, HostMoe, HostMoeIo, WarmWorkers};
 
 /// Routing counts halve at each refresh, so the ranking follows the last few refresh periods.
 const HEAT_DECAY: f64 = 0.5;
@@ -206,10 +206,12 @@ impl<B: Backend> ExpertCache<B> {
                 return b.moe(m.step, args, out);
             }
         }
+        let warm = WarmWorkers::start();
         let chosen = b.read_routing(m.io.routing, rows, shape.top_k)?;
         let Some(slots) = self.layers.get_mut(m.layer).and_then(Option::as_mut) else {
             self.stats.misses += chosen.len() as u64;
             host.load_h(b, m.io.h, rows)?;
+            drop(warm);
             let y = host.compute(
                 m.io.experts,
                 shape,
@@ -241,6 +243,8 @@ impl<B: Backend> ExpertCache<B> {
             // Read before the device's share is queued, so the CPU's share overlaps it.
             host.load_h(b, m.io.h, rows)?;
         }
+        // Before any op that may itself use the pool (a CPU backend standing in for the device).
+        drop(warm);
         if hits > 0 {
             b.write_routing(&mut self.routing, rows, shape.top_k, dev)?;
             let args = MoeArgs {
