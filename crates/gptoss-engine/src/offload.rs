@@ -369,3 +369,70 @@ impl HostMoe {
         self.cpu.read(&self.out, rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rayon::prelude::*;
+
+    use super::WarmWorkers;
+
+    /// A parallel region of `per_thread` small tasks per pool thread.
+    fn region(per_thread: usize) -> u64 {
+        (0..per_thread * rayon::current_num_threads())
+            .into_par_iter()
+            .map(|i| (0..200u64).fold(i as u64, |s, k| s.wrapping_mul(6364136223846793005) ^ k))
+            .sum()
+    }
+
+    fn busy_wait(d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn regions_run_while_and_after_workers_are_kept_warm() {
+        let want = region(8);
+        let warm = WarmWorkers::start();
+        busy_wait(Duration::from_micros(200));
+        drop(warm);
+        assert_eq!(region(8), want);
+        // Started from inside the pool it does nothing (a worker could wait on its own spinning job).
+        let inside = rayon::scope(|_| WarmWorkers::start().0.is_none());
+        assert!(inside);
+        // Dropped without a region in between, the spinners still stop: a later region completes.
+        for _ in 0..100 {
+            drop(WarmWorkers::start());
+        }
+        assert_eq!(region(8), want);
+    }
+
+    /// Not a test (ignored; nothing asserted): a 64-task region's wall time back to back, after an idle gap
+    /// (what a host MoE sees after waiting on the device), and after the same gap with the workers kept
+    /// warm. `cargo test --release -p gptoss-engine --lib warm_workers_region_latency -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn warm_workers_region_latency() {
+        for warm in [false, true] {
+            for gap_us in [0u64, 20, 100, 1000] {
+                let (reps, mut total) = (2000, Duration::ZERO);
+                for _ in 0..reps {
+                    let w = warm.then(WarmWorkers::start);
+                    busy_wait(Duration::from_micros(gap_us));
+                    drop(w);
+                    let t = Instant::now();
+                    std::hint::black_box(region(64));
+                    total += t.elapsed();
+                }
+                println!(
+                    "threads {} warm {warm} gap {gap_us} us: region {:.1} us",
+                    rayon::current_num_threads(),
+                    total.as_secs_f64() * 1e6 / reps as f64
+                );
+            }
+        }
+    }
+}
