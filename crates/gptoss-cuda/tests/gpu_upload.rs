@@ -4,8 +4,8 @@
 //! the ggml block formats repacked on the device from their raw blocks give the same bytes as the host
 //! repack (plain tensors of awkward shapes, stacked gate_up experts, many chunks), and the tiny GGUF
 //! fixtures the same logits either way; experts copied into expert slots (the hot-expert cache, streamed
-//! layers) take the device repack too, with the host packer's bytes; after the upload the mapped pages of a file-backed tensor are no
-//! longer resident in the process. Needs a GPU: run by `scripts/gpu-check.sh`.
+//! layers) take the device repack too, with the host packer's bytes; after the upload the mapped pages of a
+//! file-backed tensor are no longer resident in the process. Needs a GPU: run by `scripts/gpu-check.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gptoss_cuda::device::Device;

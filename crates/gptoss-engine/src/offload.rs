@@ -182,11 +182,12 @@ struct HostMoeTimes {
 
 /// Keeps the CPU's worker threads spinning while the host waits for the device's part of the layer (its
 /// reads of h and the routing block until the device gets there), so the MoE's first parallel region finds
-/// them awake: after an idle gap of 100 µs a pool that had gone to sleep took ≈ 60 µs longer to run a
-/// 17 µs region (2 cores, bench/NOTES.md), and a decode token with every expert on the CPU has two regions
-/// a layer. The spinning starts as the wait does, so waking them overlaps the device's work; it stops
-/// (on drop) before the MoE's regions are issued. Not from inside the pool: a worker blocked in a region
-/// could pick up its own spinning job and wait on itself.
+/// them awake: a 64-task region of 21–35 µs took 76–91 µs after an idle gap of 100 µs and 26–43 µs with
+/// the workers kept spinning (2 cores, `tests::warm_workers_region_latency`, bench/NOTES.md session 10),
+/// and a decode token with every expert on the CPU has two regions a layer. The spinning starts as the
+/// wait does, so waking them overlaps the device's work; it stops (on drop) before the MoE's regions are
+/// issued. Not from inside the pool: a worker blocked in a region could pick up its own spinning job and
+/// wait on itself.
 pub(crate) struct WarmWorkers(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
 
 impl WarmWorkers {

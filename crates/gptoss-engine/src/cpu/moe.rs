@@ -1,7 +1,8 @@
 //! Mixture of experts on the CPU (spec §1.3): the (token, expert) pairs are sorted by expert, every
 //! chosen expert's gate_up runs over its tokens (one parallel region for all experts), then the clamped
-//! SwiGLU (in parallel once it is a few thousand values), then every expert's down, and the results are added with the router's weights. The matmuls
-//! run in the backend's arithmetic; buffers are reused from step to step.
+//! SwiGLU (in parallel once it is a few thousand values), then every expert's down, and the results are
+//! added with the router's weights. The matmuls run in the backend's arithmetic; buffers are reused from
+//! step to step.
 
 use gptoss_formats::Expert;
 use rayon::prelude::*;
