@@ -384,7 +384,7 @@ mod tests {
         (0..per_thread * rayon::current_num_threads())
             .into_par_iter()
             .map(|i| (0..200u64).fold(i as u64, |s, k| s.wrapping_mul(6364136223846793005) ^ k))
-            .sum()
+            .reduce(|| 0, u64::wrapping_add)
     }
 
     fn busy_wait(d: Duration) {
