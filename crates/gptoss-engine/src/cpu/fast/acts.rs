@@ -15,7 +15,10 @@ const PARALLEL_ROWS: usize = 16;
 
 /// One row's outputs (codes, remainders, units) and input, as the row iterators zip them.
 type RowJob<'a> = (
-    (((&'a mut [i8], &'a mut [i8]), &'a mut [f32]), &'a mut [i32]),
+    (
+        (((&'a mut [i8], &'a mut [i8]), &'a mut [f32]), &'a mut [i32]),
+        &'a mut [i16],
+    ),
     &'a [f32],
 );
 
@@ -49,20 +52,22 @@ impl QuantActs {
         self.offsets.resize(rows * n / 4, 0);
         self.words.resize(rows * n, 0);
         (self.n, self.rows) = (n, rows);
-        let work = |((((codes, rems), scales), offsets), row): RowJob<'_>| {
+        let work = |(((((codes, rems), scales), offsets), words), row): RowJob<'_>| {
             let out = QuantRow {
-                codes,
-                rems,
+                codes: &mut *codes,
+                rems: &mut *rems,
                 scales,
                 offsets,
             };
             quantize_row(row, layout, out);
+            pair_words(codes, rems, words);
         };
-        let (codes, rems, scales, offsets, x) = (
+        let (codes, rems, scales, offsets, words, x) = (
             &mut self.codes[..rows * n],
             &mut self.rems[..rows * n],
             &mut self.scales[..rows * nb],
             &mut self.offsets[..rows * n / 4],
+            &mut self.words[..rows * n],
             &x[..rows * n],
         );
         if rows >= PARALLEL_ROWS {
@@ -71,6 +76,7 @@ impl QuantActs {
                 .zip(rems.par_chunks_mut(n))
                 .zip(scales.par_chunks_mut(nb))
                 .zip(offsets.par_chunks_mut(n / 4))
+                .zip(words.par_chunks_mut(n))
                 .zip(x.par_chunks(n))
                 .for_each(work);
         } else {
@@ -79,16 +85,9 @@ impl QuantActs {
                 .zip(rems.chunks_mut(n))
                 .zip(scales.chunks_mut(nb))
                 .zip(offsets.chunks_mut(n / 4))
+                .zip(words.chunks_mut(n))
                 .zip(x.chunks(n))
                 .for_each(work);
-        }
-        let words = &mut self.words[..rows * n];
-        for ((w, c), r) in words
-            .chunks_mut(n)
-            .zip(self.codes.chunks(n))
-            .zip(self.rems.chunks(n))
-        {
-            pair_words(c, r, w);
         }
     }
 
