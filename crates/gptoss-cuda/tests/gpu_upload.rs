@@ -22,17 +22,23 @@ fn device() -> Device {
     Device::open(&CudaOptions::from_env().unwrap()).unwrap()
 }
 
+/// The serial host packer's codes and scales of `parts`, one after another.
+fn packed<'a>(parts: impl IntoIterator<Item = &'a QuantTensor>) -> (Vec<u8>, Vec<u8>) {
+    let (mut data, mut scales) = (Vec::new(), Vec::new());
+    for t in parts {
+        let p = pack(t).unwrap();
+        data.extend_from_slice(&p.data);
+        scales.extend_from_slice(&p.scales);
+    }
+    (data, scales)
+}
+
 /// Uploads `parts` (one layout) through `stager`, reads them back and compares with `pack`'s bytes.
 fn check(dev: &Device, stager: &mut Stager, parts: &[QuantTensor], what: &str) {
     let plans: Vec<PackPlan<'_>> = parts.iter().map(|t| PackPlan::new(t).unwrap()).collect();
     let w = DevWeight::upload(dev, stager, &plans, what).unwrap();
     let (data, scales) = w.to_host(&dev.stream).unwrap();
-    let (mut want_data, mut want_scales) = (Vec::new(), Vec::new());
-    for t in parts {
-        let p = pack(t).unwrap();
-        want_data.extend_from_slice(&p.data);
-        want_scales.extend_from_slice(&p.scales);
-    }
+    let (want_data, want_scales) = packed(parts);
     // Empty arrays still get a one-byte buffer (every buffer has an address).
     assert_eq!(&data[..want_data.len()], &want_data[..], "{what}: data");
     if !want_scales.is_empty() {
@@ -115,12 +121,7 @@ fn device_and_host(dev: &mut Device, stager: &mut Stager, parts: &[QuantTensor],
         "{what}: scales differ {:?}",
         at(&dev_scales, &host_scales)
     );
-    let (mut want_data, mut want_scales) = (Vec::new(), Vec::new());
-    for t in parts {
-        let p = pack(t).unwrap();
-        want_data.extend_from_slice(&p.data);
-        want_scales.extend_from_slice(&p.scales);
-    }
+    let (want_data, want_scales) = packed(parts);
     assert!(
         dev_data == want_data && dev_scales == want_scales,
         "{what}: not the host packer's bytes"
@@ -246,15 +247,7 @@ fn expert_slots_take_the_device_repack() {
     assert_eq!(none, 0, "GPTOSS_REPACK=host sent raw bytes");
     assert!(dev_gate_up == host_gate_up, "gate_up slots differ");
     assert!(dev_down == host_down, "down slots differ");
-    let want = |w: fn(&Expert) -> &QuantTensor| {
-        let (mut data, mut scales) = (Vec::new(), Vec::new());
-        for e in &experts {
-            let p = pack(w(e)).unwrap();
-            data.extend_from_slice(&p.data);
-            scales.extend_from_slice(&p.scales);
-        }
-        (data, scales)
-    };
+    let want = |w: fn(&Expert) -> &QuantTensor| packed(experts.iter().map(w));
     assert!(
         dev_gate_up == want(|e| &e.gate_up.weight),
         "gate_up: not the host packer's bytes"
