@@ -375,13 +375,21 @@ impl GroupSplit {
     }
 }
 
-/// The split the grouping kernel does for a step of `rows` tokens whose experts run on `path`.
-fn group_split(path: MoePath, rows: usize) -> GroupSplit {
+/// The split the experts of `path` read (None: they read x itself).
+fn path_split(path: MoePath) -> GroupSplit {
     match path {
-        _ if rows > GROUP_SPLIT_MAX_ROWS => GroupSplit::None,
         MoePath::Fp4Dot => GroupSplit::Planes,
         MoePath::Fp4(_) => GroupSplit::Halves,
         _ => GroupSplit::None,
+    }
+}
+
+/// The split the grouping kernel does for a step of `rows` tokens whose experts run on `path`.
+fn group_split(path: MoePath, rows: usize) -> GroupSplit {
+    if rows > GROUP_SPLIT_MAX_ROWS {
+        GroupSplit::None
+    } else {
+        path_split(path)
     }
 }
 
@@ -623,12 +631,6 @@ pub fn moe(
     let path = choose_moe(pairs, e.n_experts, ExpertTraits::of(e), dev.moe_kernel);
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
-    let h_split = if dot {
-        GroupSplit::Planes
-    } else {
-        GroupSplit::Halves
-    }
-    .params(m.h, scratch, step.rows);
     if fp4 {
         check_split(scratch, step.rows, hidden)?;
         check_split(scratch, pairs, inter)?;
@@ -655,7 +657,7 @@ pub fn moe(
         dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
     }
     if fp4 && split == GroupSplit::None {
-        split_x(dev, &h_split)?;
+        split_x(dev, &path_split(path).params(m.h, scratch, step.rows))?;
     }
     // The dot kernels write act as int8 planes themselves; the tensor-core ones pre-split it when they can.
     let act_split = if fp4 && !dot {
