@@ -45,6 +45,14 @@ fn skip(var: &str, value: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v != value)
 }
 
+/// The count in `var`, or `default` when it is unset or not a number.
+fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn kernel_throughput() {
@@ -162,14 +170,7 @@ fn int16_tile_throughput() {
     let mut acts = QuantActs::default();
     acts.quantize(&x, 1, n, iw.layout());
     let view = acts.view(0..1);
-    let threads: usize = std::env::var("KTH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let rounds: usize = std::env::var("KR")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let (threads, rounds) = (env_count("KTH", 1), env_count("KR", 6));
     let mut out = vec![0f32; rows];
     let sink = OutRows {
         ptr: out.as_mut_ptr(),
