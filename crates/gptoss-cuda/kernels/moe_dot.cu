@@ -12,11 +12,15 @@
 // when act_dot (else through moe_store). Needs k % 32 == 0 (and n_out % 32 == 0 for act_dot).
 // With `route_experts` set (steps of a few tokens) neither kernel reads the grouped pair lists: gate_up's grid x
 // is the pairs themselves (block x = pair t · top_k + s, its expert read from the routing; pairs without one
-// exit), and down runs token-major (moe_down_fp4_dot_tokens: grid x = tokens, y = ceil(rows / (64 / top_k)); the
-// block's warps take its token's top_k pairs × 8 / top_k groups of DOT_ROWS rows) and, holding every pair of its
-// rows, writes the combined output itself (moe_combine's sum, order and arithmetic). top_k must divide 8.
+// exit), and down runs token-major (moe_down_fp4_dot_tokens: grid x = tokens, y = ceil(rows / (8 / top_k ·
+// DOT_TOKEN_ROWS)); the block's warps take its token's top_k pairs × 8 / top_k groups of DOT_TOKEN_ROWS rows)
+// and, holding every pair of its rows, writes the combined output itself (moe_combine's sum, order and
+// arithmetic). top_k must divide 8.
 // Minimum arch: sm_80 (dp4a itself: sm_61). Launched from src/ops/moe.rs.
 #define DOT_ROWS 8
+// Rows per warp of the token-major down: 6 makes 20b's 2,880 rows 240 blocks (0.91 waves of 2 per SM on 132
+// SMs) where 8 made 180 (0.68).
+#define DOT_TOKEN_ROWS 6
 
 static __device__ __forceinline__ int dp4a_ss(u32 a, u32 b, int c) {
     int d;
@@ -55,27 +59,29 @@ static __device__ __forceinline__ void dot_word(u32 q, u32 h03, u32 h47, u32 m03
 }
 
 // `v` of register r, picked by the warp's lane r without indexing a register array.
-static __device__ __forceinline__ float lane_pick(const float (&v)[DOT_ROWS], int r) {
+template <int NR>
+static __device__ __forceinline__ float lane_pick(const float (&v)[NR], int r) {
     float out = 0.0f;
     #pragma unroll
-    for (int i = 0; i < DOT_ROWS; i++) out = r == i ? v[i] : out;
+    for (int i = 0; i < NR; i++) out = r == i ? v[i] : out;
     return out;
 }
 
-// One warp's DOT_ROWS rows from row0 of the expert at wbase / sbase against the x planes at xp / xsc: each lane's
+// One warp's NR rows from row0 of the expert at wbase / sbase against the x planes at xp / xsc: each lane's
 // partial sums (the caller adds the lanes).
+template <int NR>
 static __device__ __forceinline__ void dot_rows(const ExpertParams& p, const u8* wbase, const u8* sbase,
                                                 const uint4* xp, const float* xsc, int row0, int n_rows,
-                                                float (&acc)[DOT_ROWS]) {
+                                                float (&acc)[NR]) {
     int lane = threadIdx.x & 31, nkb = p.k / 32;
     u32 row_bytes = (u32)(p.w.ld / 2);
     #pragma unroll
-    for (int r = 0; r < DOT_ROWS; r++) acc[r] = 0.0f;
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
     for (int kb = lane; kb < nkb; kb += 32) {
-        uint4 q[DOT_ROWS];
-        float ws[DOT_ROWS];
+        uint4 q[NR];
+        float ws[NR];
         #pragma unroll
-        for (int r = 0; r < DOT_ROWS; r++) {
+        for (int r = 0; r < NR; r++) {
             i64 row = min(row0 + r, n_rows - 1);
             q[r] = *(const uint4*)(wbase + row * row_bytes + kb * 16);
             ws[r] = e8m0_to_f32(sbase[row * p.w.row_scales + kb]);
@@ -84,7 +90,7 @@ static __device__ __forceinline__ void dot_rows(const ExpertParams& p, const u8*
         uint4 h0 = xb[0], h1 = xb[1], m0 = xb[2], m1 = xb[3], l0 = xb[4], l1 = xb[5];
         float xs = xsc[kb];
         #pragma unroll
-        for (int r = 0; r < DOT_ROWS; r++) {
+        for (int r = 0; r < NR; r++) {
             int hi = 0, mid = 0, lo = 0;
             dot_word(q[r].x, h0.x, h0.y, m0.x, m0.y, l0.x, l0.y, hi, mid, lo);
             dot_word(q[r].y, h0.z, h0.w, m0.z, m0.w, l0.z, l0.w, hi, mid, lo);
@@ -96,7 +102,7 @@ static __device__ __forceinline__ void dot_rows(const ExpertParams& p, const u8*
         }
     }
     #pragma unroll
-    for (int r = 0; r < DOT_ROWS; r++)
+    for (int r = 0; r < NR; r++)
         #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
 }
@@ -178,29 +184,31 @@ static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
 }
 
 // down, token-major, combining (see the top): warp w takes choice s = w / (8 / top_k) of token blockIdx.x and
-// rows (w mod (8 / top_k)) · DOT_ROWS.. of the block's 64 / top_k; y (with the expert's bias) meets in shared
-// memory, and threads j < 64 / top_k add row j's choices in ascending expert order into `combined`.
+// rows (w mod (8 / top_k)) · DOT_TOKEN_ROWS.. of the block's block_rows = 8 / top_k · DOT_TOKEN_ROWS; y (with the
+// expert's bias) meets in shared memory, and threads j < block_rows add row j's choices in ascending expert order
+// into `combined`.
 static __device__ void expert_fp4_dot_down_tokens(const ExpertParams& p) {
-    __shared__ float ys[8 * DOT_ROWS];
+    __shared__ float ys[8 * DOT_TOKEN_ROWS];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int t = blockIdx.x, groups = 8 / p.top_k, block_rows = groups * DOT_ROWS;
+    int t = blockIdx.x, groups = 8 / p.top_k, block_rows = groups * DOT_TOKEN_ROWS;
     int s = warp / groups, n_rows = p.n_out;
-    int row0 = blockIdx.y * block_rows + (warp % groups) * DOT_ROWS;
+    int row0 = blockIdx.y * block_rows + (warp % groups) * DOT_TOKEN_ROWS;
     const int* ex = p.route_experts + (i64)t * p.top_k;
     int e = ex[s];
     if (e >= 0 && e < p.n_experts) {
         int pair = t * p.top_k + s;
         DotOperands d = dot_operands(p, e, n_rows, (i64)pair);
-        float acc[DOT_ROWS];
+        float acc[DOT_TOKEN_ROWS];
         dot_rows(p, d.w, d.s, d.x, d.xs, row0, n_rows, acc);
         int row = row0 + lane;
-        if (lane < DOT_ROWS && row < n_rows)
-            ys[warp * DOT_ROWS + lane] = lane_pick(acc, lane) + (p.bias ? p.bias[(i64)e * n_rows + row] : 0.0f);
+        if (lane < DOT_TOKEN_ROWS && row < n_rows)
+            ys[warp * DOT_TOKEN_ROWS + lane] = lane_pick(acc, lane) + (p.bias ? p.bias[(i64)e * n_rows + row] : 0.0f);
     }
     __syncthreads();
     int j = threadIdx.x, row = blockIdx.y * block_rows + j;
     if (j >= block_rows || row >= n_rows) return;
-    // Row j of choice s sits at ys[(s · groups + j / DOT_ROWS) · DOT_ROWS + j mod DOT_ROWS] = ys[s · block_rows + j].
+    // Row j of choice s sits at ys[(s · groups + j / NR) · NR + j mod NR] = ys[s · block_rows + j]
+    // (NR = DOT_TOKEN_ROWS).
     p.combined[(i64)t * n_rows + row] =
         combined_value(ex, p.route_weights + (i64)t * p.top_k, ys + j, 0, p.top_k, p.n_experts, block_rows, 0);
 }

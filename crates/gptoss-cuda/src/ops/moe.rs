@@ -508,6 +508,8 @@ pub const FP4_DOT_MAX_PAIRS: usize = 32;
 /// Warps of a dot-product block, and weight rows per warp (`DOT_ROWS` in moe_dot.cu).
 const DOT_BLOCK_WARPS: usize = 8;
 const DOT_ROWS: usize = 8;
+/// Weight rows per warp of the token-major down (`DOT_TOKEN_ROWS` in moe_dot.cu).
+const DOT_TOKEN_ROWS: usize = 6;
 /// Weight rows per block of the pair-major dot-product kernels.
 const FP4_DOT_ROWS: usize = DOT_BLOCK_WARPS * DOT_ROWS;
 
@@ -719,7 +721,7 @@ pub fn moe(
     if dot && DOT_BLOCK_WARPS.is_multiple_of(r.top_k) {
         // Token-major: each block holds every choice of its rows and combines them (no moe_combine launch).
         p.combined = out.buf.ptr();
-        let rows_per_block = DOT_BLOCK_WARPS / r.top_k * DOT_ROWS;
+        let rows_per_block = DOT_BLOCK_WARPS / r.top_k * DOT_TOKEN_ROWS;
         let grid = (step.rows as u32, blocks(hidden, rows_per_block), 1);
         return dev.launch(Func::MoeDownFp4DotTokens, cfg(grid, 256), &p);
     }
