@@ -219,3 +219,75 @@ fn int16_tile_throughput() {
         ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
     );
 }
+
+/// The fast matmul at T = 1 streaming from DRAM, as a decode token does: `KS` MiB (1,024) of distinct
+/// [5760, 2880] weights (ggml MXFP4 and Q8_0, `KB` picks one), run one after another through
+/// [`FastMatmul::run`] on rayon's pool; bytes per wall second over `KR` sweeps (4).
+/// Run with `cargo test --release -p gptoss-engine --lib stream_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn stream_throughput() {
+    let (rows, n) = (5760usize, 2880usize);
+    let nb = rows * n / 32;
+    let total = env_count("KS", 1024) << 20;
+    let isa = if CpuIsa::Avx512.supported() && !skip("KI", "avx512") {
+        CpuIsa::Avx512
+    } else {
+        CpuIsa::Avx2
+    };
+    for (name, format, block) in [
+        ("mxfp4", ggml_mxfp4(), 17usize),
+        ("q8_0", TensorFormat::Q8_0, 34),
+    ] {
+        if skip("KB", name) {
+            continue;
+        }
+        let count = total / (nb * block);
+        let ws: Vec<QuantTensor> = (0..count)
+            .map(|k| {
+                let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
+                for blk in bytes.chunks_exact_mut(block) {
+                    if block == 17 {
+                        blk[0] = 120 + blk[1] % 8;
+                    } else {
+                        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                    }
+                }
+                QuantTensor {
+                    shape: vec![rows, n],
+                    format: format.clone(),
+                    data: Storage::owned(bytes),
+                }
+            })
+            .collect();
+        let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
+        let mut out = vec![0f32; rows];
+        let mut scratch = Scratch::default();
+        let mut mm = FastMatmul {
+            isa,
+            scratch: &mut scratch,
+        };
+        let sweep = |mm: &mut FastMatmul<'_>, out: &mut Vec<f32>| {
+            for w in &ws {
+                mm.run(&x, 1, w, None, out);
+            }
+        };
+        sweep(&mut mm, &mut out);
+        let mut rates = Vec::new();
+        for _ in 0..env_count("KR", 4) {
+            let start = Instant::now();
+            sweep(&mut mm, &mut out);
+            let secs = start.elapsed().as_secs_f64();
+            rates.push((count * nb * block) as f64 / secs / 1e9);
+        }
+        eprintln!(
+            "{isa:?} {name} T=1 streaming {count} weights ({:.2} GB): {} GB/s",
+            (count * nb * block) as f64 / 1e9,
+            rates
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}
