@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use gptoss_formats::tensor::{Lut4Scales, NibbleOrder, ScaleFormat, E2M1_VALUES};
+use gptoss_formats::tensor::{Lut4Scales, NibbleOrder, ScaleFormat, E2M1_VALUES, Q8_0_BLOCK_BYTES};
 use gptoss_formats::{DType, Lut4, QuantTensor, Storage, TensorFormat};
 
 use super::{CpuIsa, FastMatmul, Scratch};
@@ -237,12 +237,13 @@ fn stream_throughput() {
     };
     for (name, format, block) in [
         ("mxfp4", ggml_mxfp4(), 17usize),
-        ("q8_0", TensorFormat::Q8_0, 34),
+        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES),
     ] {
         if skip("KB", name) {
             continue;
         }
         let count = total / (nb * block);
+        let swept = count * nb * block;
         let ws: Vec<QuantTensor> = (0..count)
             .map(|k| {
                 let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
@@ -278,11 +279,11 @@ fn stream_throughput() {
             let start = Instant::now();
             sweep(&mut mm, &mut out);
             let secs = start.elapsed().as_secs_f64();
-            rates.push((count * nb * block) as f64 / secs / 1e9);
+            rates.push(swept as f64 / secs / 1e9);
         }
         eprintln!(
             "{isa:?} {name} T=1 streaming {count} weights ({:.2} GB): {} GB/s",
-            (count * nb * block) as f64 / 1e9,
+            swept as f64 / 1e9,
             rates
                 .iter()
                 .map(|r| format!("{r:.1}"))
