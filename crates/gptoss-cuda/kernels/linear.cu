@@ -9,6 +9,16 @@
 //   z > 1 (a step of few rows, whose 128-row tiles alone would leave most SMs idle) each block writes its
 //   K share's sums to `partial` [z][n_tok][n_out] and linear_reduce adds them in split order (so the result
 //   does not depend on which block finishes first) with the bias. Block: 256 threads.
+// linear_warp_<fmt> (bf16, f16) and linear_dot_q8 (Q8_0, k % 32 == 0): one step row against a weight of many rows
+//   (decode). A warp takes WARP_ROWS (DOT_Q8_ROWS) weight rows over the whole K; its lanes take chunks (16 bytes;
+//   Q8_0: 32-element blocks) lane, lane + 32, ... through a ring of WARP_CHUNKS (DOT_Q8_BLOCKS) per row, each slot
+//   reloaded as soon as it is used, so every lane keeps that many loads per row in flight to the row's end; a
+//   shuffle tree adds the lanes.
+//   linear_dot_q8 multiplies the int8 codes with dp4a against x as three int8 planes per 32-element block
+//   (block_planes, common.cu), which each block writes to shared memory once (dynamic shared memory of
+//   k / 32 · (96 + 4) bytes, plane-major so a lane's 16-byte reads do not collide): about one instruction per
+//   code where decoding to f32 took three. Grid: x = ceil(n_out / (8 · rows per warp)). Block: 256 threads.
+//   linear3_warp_<fmt> / linear3_dot_q8: three of them (q, k, v) in one grid, as linear3_<fmt>_t*.
 // Minimum arch: sm_80. Launched from src/ops/linear.rs.
 // Weight rows per thread group of the split-K kernel.
 #define LIN_NR 4
@@ -133,6 +143,202 @@ extern "C" __global__ void __launch_bounds__(256) linear_reduce(const ReducePara
     for (int z = 0; z < p.splits; z++) s += p.partial[z * len + i];
     p.out[(i / p.n_out) * p.out_ld + n] = s + (p.bias ? p.bias[n] : 0.0f);
 }
+
+// ---- One step row, one warp per few weight rows (see the top) ----
+#define WARP_ROWS 2
+#define WARP_CHUNKS 4
+#define DOT_Q8_ROWS 4
+#define DOT_Q8_BLOCKS 2
+
+// The step's one x row (the logits' selected row when x_rows is set). Call after grid_dep_sync.
+static __device__ __forceinline__ const float* one_row_x(const LinearParams& p) {
+    return p.x + (p.x_rows ? (i64)p.x_rows[0] : (i64)0) * p.x_ld;
+}
+
+// Lane 0 writes the warp's NR row sums (plus bias) for rows row0.. below n_out.
+template <int NR>
+static __device__ __forceinline__ void store_warp_rows(const LinearParams& p, i64 row0, float (&acc)[NR]) {
+    #pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float v = warp_sum(acc[r]);
+        if ((threadIdx.x & 31) == 0 && row0 + r < p.n_out) p.out[row0 + r] = v + (p.bias ? p.bias[row0 + r] : 0.0f);
+    }
+}
+
+template <int F>
+static __device__ void linear_warp_impl(const LinearParams& p, int bx) {
+    int lane = threadIdx.x & 31;
+    i64 row0 = ((i64)bx * (blockDim.x >> 5) + (threadIdx.x >> 5)) * WARP_ROWS;
+    i64 rows[WARP_ROWS];
+    #pragma unroll
+    for (int r = 0; r < WARP_ROWS; r++) rows[r] = min(row0 + r, (i64)p.n_out - 1);
+    int nch = (p.k + 7) / 8;
+    float acc[WARP_ROWS][1];
+    #pragma unroll
+    for (int r = 0; r < WARP_ROWS; r++) acc[r][0] = 0.0f;
+    // A ring of WARP_CHUNKS chunks per row: chunk c's slot is refilled with chunk c + 32 · WARP_CHUNKS as soon
+    // as c is used, so every lane keeps WARP_CHUNKS · WARP_ROWS loads in flight until the row's end.
+    Raw ring[WARP_CHUNKS][WARP_ROWS];
+    #pragma unroll
+    for (int j = 0; j < WARP_CHUNKS; j++) {
+        int c = lane + 32 * j;
+        if (c < nch) {
+            #pragma unroll
+            for (int r = 0; r < WARP_ROWS; r++) load_raw<F, 8>(p.w, rows[r], c, ring[j][r]);
+        }
+    }
+    grid_dep_sync();
+    const float* xs[1] = {one_row_x(p)};
+    for (int c0 = 0; c0 < nch; c0 += 32 * WARP_CHUNKS) {
+        #pragma unroll
+        for (int j = 0; j < WARP_CHUNKS; j++) {
+            int c = c0 + lane + 32 * j, next = c + 32 * WARP_CHUNKS;
+            if (c < nch) sub_dot<F, 1, WARP_ROWS>(p.w, nullptr, ring[j], c * 8, xs, p.k, acc);
+            if (next < nch) {
+                #pragma unroll
+                for (int r = 0; r < WARP_ROWS; r++) load_raw<F, 8>(p.w, rows[r], next, ring[j][r]);
+            }
+        }
+    }
+    float sums[WARP_ROWS];
+    #pragma unroll
+    for (int r = 0; r < WARP_ROWS; r++) sums[r] = acc[r][0];
+    store_warp_rows<WARP_ROWS>(p, row0, sums);
+}
+
+// x (k / 32 blocks of 32 f32) as int8 planes in shared memory, by the whole block: quad q (0, 1 hi; 2, 3 mid;
+// 4, 5 lo; each 16 of the block's 32 bytes) of block kb at planes[q · nkb + kb], its scale (block_planes' inv) at
+// scales[kb]. Ends with a barrier.
+static __device__ void split_x_planes(const float* x, int nkb, uint4* planes, float* scales) {
+    u32* words = (u32*)planes;
+    for (int base = 0; base < nkb * 4; base += blockDim.x) {
+        int u = base + threadIdx.x, kb = u >> 2, t = u & 3;
+        bool live = u < nkb * 4;
+        float v[8];
+        #pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = 0.0f;
+        if (live) {
+            const float4* src = (const float4*)(x + kb * 32 + 8 * t);
+            float4 a = src[0], b = src[1];
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        }
+        float m = 0.0f;
+        int nan = 0;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            m = fmaxf(m, fabsf(v[i]));
+            nan |= v[i] != v[i];
+        }
+        // Quads are whole (blockDim.x is a multiple of 4): a quad's lanes share the block's maximum.
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        nan |= __shfl_xor_sync(0xffffffffu, nan, 1);
+        nan |= __shfl_xor_sync(0xffffffffu, nan, 2);
+        u32 h0, h1, m0, m1, l0, l1;
+        float inv;
+        block_planes(v, nan ? __int_as_float(0x7f800000) : m, h0, h1, m0, m1, l0, l1, inv);
+        if (live) {
+            // Elements 8t..8t+7 are plane words 2t, 2t + 1: quad t / 2, word 2t mod 4 of it.
+            int q = t >> 1, w = (2 * t) & 3;
+            *(uint2*)(words + ((i64)(q * nkb + kb) * 4 + w)) = make_uint2(h0, h1);
+            *(uint2*)(words + ((i64)((2 + q) * nkb + kb) * 4 + w)) = make_uint2(m0, m1);
+            *(uint2*)(words + ((i64)((4 + q) * nkb + kb) * 4 + w)) = make_uint2(l0, l1);
+            if (t == 0) scales[kb] = inv;
+        }
+    }
+    __syncthreads();
+}
+
+// The ring of linear_dot_q8: DOT_Q8_BLOCKS 32-element blocks of Q8_0 codes of the warp's rows per lane, and their
+// scales.
+struct Q8Ring {
+    uint4 lo[DOT_Q8_BLOCKS][DOT_Q8_ROWS];
+    uint4 hi[DOT_Q8_BLOCKS][DOT_Q8_ROWS];
+    float d[DOT_Q8_BLOCKS][DOT_Q8_ROWS];
+};
+
+// Block kb (if below nkb) of the warp's rows into slot j.
+static __device__ __forceinline__ void load_q8_block(const WRef& w, const i64 (&rows)[DOT_Q8_ROWS], int kb, int nkb,
+                                                     Q8Ring& q, int j) {
+    if (kb >= nkb) return;
+    #pragma unroll
+    for (int r = 0; r < DOT_Q8_ROWS; r++) {
+        i64 e0 = rows[r] * (i64)w.ld + (i64)kb * 32;
+        const uint4* c = (const uint4*)((const u8*)w.data + e0);
+        q.lo[j][r] = c[0];
+        q.hi[j][r] = c[1];
+        q.d[j][r] = f16_to_f32(((const u16*)w.scales)[e0 / 32]);
+    }
+}
+
+static __device__ void linear_dot_q8_impl(const LinearParams& p, int bx) {
+    extern __shared__ uint4 dyn_planes[];
+    int lane = threadIdx.x & 31, nkb = p.k / 32;
+    i64 row0 = ((i64)bx * (blockDim.x >> 5) + (threadIdx.x >> 5)) * DOT_Q8_ROWS;
+    i64 rows[DOT_Q8_ROWS];
+    #pragma unroll
+    for (int r = 0; r < DOT_Q8_ROWS; r++) rows[r] = min(row0 + r, (i64)p.n_out - 1);
+    float* plane_scale = (float*)(dyn_planes + 6 * nkb);
+    float acc[DOT_Q8_ROWS];
+    #pragma unroll
+    for (int r = 0; r < DOT_Q8_ROWS; r++) acc[r] = 0.0f;
+    // A ring of DOT_Q8_BLOCKS blocks per row (as linear_warp_impl's): block kb's slot is refilled with block
+    // kb + 32 · DOT_Q8_BLOCKS once kb is used. The first loads overlap the x split.
+    Q8Ring q;
+    #pragma unroll
+    for (int j = 0; j < DOT_Q8_BLOCKS; j++) load_q8_block(p.w, rows, lane + 32 * j, nkb, q, j);
+    grid_dep_sync();
+    split_x_planes(one_row_x(p), nkb, dyn_planes, plane_scale);
+    for (int kb0 = 0; kb0 < nkb; kb0 += 32 * DOT_Q8_BLOCKS) {
+        #pragma unroll
+        for (int j = 0; j < DOT_Q8_BLOCKS; j++) {
+            int kb = kb0 + lane + 32 * j;
+            if (kb < nkb) {
+                uint4 h0 = dyn_planes[kb], h1 = dyn_planes[nkb + kb];
+                uint4 m0 = dyn_planes[2 * nkb + kb], m1 = dyn_planes[3 * nkb + kb];
+                uint4 l0 = dyn_planes[4 * nkb + kb], l1 = dyn_planes[5 * nkb + kb];
+                // block_planes' inv is half the plane unit (moe_dot.cu's weights are E2M1 · 2).
+                float xs = 2.0f * plane_scale[kb];
+                #pragma unroll
+                for (int r = 0; r < DOT_Q8_ROWS; r++) {
+                    uint4 a = q.lo[j][r], b = q.hi[j][r];
+                    int hi = 0, mid = 0, lo = 0;
+                    hi = dp4a_ss(h0.x, a.x, hi); hi = dp4a_ss(h0.y, a.y, hi); hi = dp4a_ss(h0.z, a.z, hi); hi = dp4a_ss(h0.w, a.w, hi);
+                    hi = dp4a_ss(h1.x, b.x, hi); hi = dp4a_ss(h1.y, b.y, hi); hi = dp4a_ss(h1.z, b.z, hi); hi = dp4a_ss(h1.w, b.w, hi);
+                    mid = dp4a_us(m0.x, a.x, mid); mid = dp4a_us(m0.y, a.y, mid); mid = dp4a_us(m0.z, a.z, mid); mid = dp4a_us(m0.w, a.w, mid);
+                    mid = dp4a_us(m1.x, b.x, mid); mid = dp4a_us(m1.y, b.y, mid); mid = dp4a_us(m1.z, b.z, mid); mid = dp4a_us(m1.w, b.w, mid);
+                    lo = dp4a_us(l0.x, a.x, lo); lo = dp4a_us(l0.y, a.y, lo); lo = dp4a_us(l0.z, a.z, lo); lo = dp4a_us(l0.w, a.w, lo);
+                    lo = dp4a_us(l1.x, b.x, lo); lo = dp4a_us(l1.y, b.y, lo); lo = dp4a_us(l1.z, b.z, lo); lo = dp4a_us(l1.w, b.w, lo);
+                    // |hi| <= 127 · 64 · 32 is exact in f32; mid · 2^8 + lo < 2^29 rounds once, as an f32 sum would.
+                    float f = (float)hi * 65536.0f + (float)(mid * 256 + lo);
+                    acc[r] += f * (q.d[j][r] * xs);
+                }
+            }
+            load_q8_block(p.w, rows, kb + 32 * DOT_Q8_BLOCKS, nkb, q, j);
+        }
+    }
+    store_warp_rows<DOT_Q8_ROWS>(p, row0, acc);
+}
+
+template <int F>
+static __device__ void linear3_warp_impl(const LinearGroupParams& g) {
+    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    linear_warp_impl<F>(g.part[i], blockIdx.x - g.first[i]);
+}
+
+static __device__ void linear3_dot_q8_impl(const LinearGroupParams& g) {
+    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    linear_dot_q8_impl(g.part[i], blockIdx.x - g.first[i]);
+}
+
+#define LINEAR_WARP_ENTRY(NAME, F) \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_warp_##NAME(const LinearParams p) { linear_warp_impl<F>(p, blockIdx.x); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear3_warp_##NAME(const LinearGroupParams g) { linear3_warp_impl<F>(g); }
+
+LINEAR_WARP_ENTRY(bf16, WF_BF16)
+LINEAR_WARP_ENTRY(f16, WF_F16)
+extern "C" __global__ void __launch_bounds__(256, 2) linear_dot_q8(const LinearParams p) { linear_dot_q8_impl(p, blockIdx.x); }
+extern "C" __global__ void __launch_bounds__(256, 2) linear3_dot_q8(const LinearGroupParams g) { linear3_dot_q8_impl(g); }
 
 #define LINEAR_ENTRY(NAME, F) \
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p, blockIdx.x); } \

@@ -27,39 +27,7 @@ static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
     return d;
 }
 
-// The int8-plane form of a 32-element block (moe_dot.cu): q = rint(x · 2^(148-e)), e the biased exponent of the
-// block's largest |x| m, so |q| <= 2^22 (23 bits below the largest value, as exact as the f16 pair's 22), then
-// q = hi · 2^16 + mid · 2^8 + lo with hi signed and mid, lo unsigned bytes. Unit (row, block) rk at xs[rk * 32]
-// (u32): hi bytes 0..31 (the block's elements in order), mid at +8, lo at +16; xscale[rk] = 2^(e-149), the
-// inverse scale times 1/2 (the dot kernels' weights are E2M1 · 2). A block with inf or NaN gets q = 0 and a NaN
-// scale, so its products are NaN as in f32.
-// The plane scale s = 2^(148-e) and the inverse `inv` for a block whose largest |x| is m; false (s = 0, inv NaN)
-// when m is not finite.
-static __device__ __forceinline__ bool plane_scales(float m, float& s, float& inv) {
-    u32 bits = __float_as_uint(m);
-    bool finite = (bits >> 23) < 255u;
-    int e = min(max((int)(bits >> 23), 23), 254);
-    s = finite ? __uint_as_float((u32)(275 - e) << 23) : 0.0f;
-    inv = finite ? __uint_as_float((u32)(e - 22) << 23) : __int_as_float(0x7fffffff);
-    return finite;
-}
-
-static __device__ __forceinline__ void block_planes(const float* v, float m, u32& hi0, u32& hi1, u32& mid0,
-                                                   u32& mid1, u32& lo0, u32& lo1, float& inv) {
-    float s;
-    bool finite = plane_scales(m, s, inv);
-    u32 h[2] = {0u, 0u}, md[2] = {0u, 0u}, l[2] = {0u, 0u};
-    #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        int q = finite ? __float2int_rn(v[i] * s) : 0;
-        int w = i >> 2, sh = 8 * (i & 3);
-        h[w] |= (u32)((q >> 16) & 255) << sh;
-        md[w] |= (u32)((q >> 8) & 255) << sh;
-        l[w] |= (u32)(q & 255) << sh;
-    }
-    hi0 = h[0]; hi1 = h[1]; mid0 = md[0]; mid1 = md[1]; lo0 = l[0]; lo1 = l[1];
-}
-
+// The int8-plane form of a 32-element block (plane_scales, block_planes) is in common.cu.
 // xsplit_unit's int8-plane form: the quad's 8 elements 8t..8t+7 of unit rk, with the block's maximum m.
 static __device__ __forceinline__ void xsplit_dot(const XSplitParams& p, bool live, i64 rk, int t, const float* v,
                                                   float m) {

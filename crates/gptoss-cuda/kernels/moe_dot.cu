@@ -22,19 +22,6 @@
 // SMs) where 8 made 180 (0.68).
 #define DOT_TOKEN_ROWS 6
 
-static __device__ __forceinline__ int dp4a_ss(u32 a, u32 b, int c) {
-    int d;
-    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
-// a's bytes unsigned, b's signed.
-static __device__ __forceinline__ int dp4a_us(u32 a, u32 b, int c) {
-    int d;
-    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
 // 8 codes (element 2j in the low nibble of byte j) as int8 weights E2M1 · 2, elements 0..3 in w03 and 4..7 in
 // w47: the magnitudes through a byte table, the sign choosing between the positive and negative tables.
 static __device__ __forceinline__ void e2m1_i8(u32 w, u32& w03, u32& w47) {

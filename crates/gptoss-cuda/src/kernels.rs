@@ -130,6 +130,9 @@ impl WeightKind {
         }
     }
 
+    /// The kinds with one-row warp GEMV (`linear_warp_<fmt>`) entry points.
+    pub const WARP: [WeightKind; 2] = [WeightKind::Bf16, WeightKind::F16];
+
     /// The kinds with tensor-core (`_mma`) entry points: those whose values can decode exactly to bf16, and Q8_0
     /// (codes exact in bf16, the scale applied per 32-element K step).
     pub const MMA: [WeightKind; 4] = [
@@ -293,6 +296,14 @@ pub enum Func {
     LinearMma(WeightKind, MmaRows),
     /// `linear_reduce` (adds the K splits of the tensor-core linear)
     LinearReduce,
+    /// `linear_warp_<fmt>` (one step row, a warp per 2 weight rows; bf16 and f16)
+    LinearWarp(WeightKind),
+    /// `linear3_warp_<fmt>` (three of them of one input in one grid)
+    LinearWarpGroup(WeightKind),
+    /// `linear_dot_q8` (one step row, Q8_0 codes on dp4a against x as int8 planes)
+    LinearDotQ8,
+    /// `linear3_dot_q8`
+    LinearDotQ8Group,
     /// `rope_kv_<kv>`
     RopeKv(KvType),
     /// `attention_<kv>`
@@ -351,9 +362,14 @@ impl Func {
         match self {
             Func::Embed(_) => KernelFile::Embed,
             Func::RmsNorm | Func::Add | Func::AddRmsNorm => KernelFile::Norm,
-            Func::Linear(..) | Func::LinearGroup(..) | Func::LinearMma(..) | Func::LinearReduce => {
-                KernelFile::Linear
-            }
+            Func::Linear(..)
+            | Func::LinearGroup(..)
+            | Func::LinearMma(..)
+            | Func::LinearReduce
+            | Func::LinearWarp(_)
+            | Func::LinearWarpGroup(_)
+            | Func::LinearDotQ8
+            | Func::LinearDotQ8Group => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
                 KernelFile::Attention
@@ -392,6 +408,10 @@ impl Func {
             Func::LinearGroup(w, t) => format!("linear3_{}_{}", w.suffix(), t.suffix()),
             Func::LinearMma(w, r) => format!("linear_{}_{}", r.infix(), w.suffix()),
             Func::LinearReduce => "linear_reduce".into(),
+            Func::LinearWarp(w) => format!("linear_warp_{}", w.suffix()),
+            Func::LinearWarpGroup(w) => format!("linear3_warp_{}", w.suffix()),
+            Func::LinearDotQ8 => "linear_dot_q8".into(),
+            Func::LinearDotQ8Group => "linear3_dot_q8".into(),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::AttentionRows(k) => format!("attention_rows_{}", kv(k)),
@@ -436,6 +456,8 @@ impl Func {
             Func::AttentionCombine,
             Func::MoeXSplit,
             Func::LinearReduce,
+            Func::LinearDotQ8,
+            Func::LinearDotQ8Group,
             Func::MoeGateUpFp4Dot,
             Func::MoeDownFp4Dot,
             Func::MoeDownFp4DotTokens,
@@ -456,6 +478,9 @@ impl Func {
             for t in RowTile::EXPERTS {
                 v.extend([Func::MoeGateUp(w, t), Func::MoeDown(w, t)]);
             }
+        }
+        for w in WeightKind::WARP {
+            v.extend([Func::LinearWarp(w), Func::LinearWarpGroup(w)]);
         }
         for w in WeightKind::MMA {
             for r in [MmaRows::R32, MmaRows::R64] {
@@ -486,6 +511,8 @@ mod tests {
         for (prefix, mac, suffixes) in [
             ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_mma32_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
+            ("linear3_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("linear3_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
@@ -514,16 +541,24 @@ mod tests {
 
     /// Kernels launch as programmatic dependents on sm_90 (device.rs): one that read an earlier kernel's
     /// output or wrote anything before `grid_dep_sync` would race it. Every entry point syncs first, except
-    /// the split-K GEMVs, which sync in `linear_rows` once their first weight loads are issued.
+    /// the GEMVs, which sync once their first weight loads are issued: the split-K ones in `linear_rows`,
+    /// the one-row ones before they read x (`one_row_x`).
     #[test]
     fn every_kernel_syncs_with_its_predecessor_first() {
+        const GEMVS: [&str; 6] = [
+            "linear_impl<",
+            "linear_group_impl<",
+            "linear_warp_impl<",
+            "linear3_warp_impl<",
+            "linear_dot_q8_impl(",
+            "linear3_dot_q8_impl(",
+        ];
         for f in KernelFile::ALL {
             let body = f.body();
             for (at, _) in body.match_indices("__global__") {
                 let open = at + body[at..].find('{').unwrap();
                 let first = body[open + 1..].split(';').next().unwrap().trim();
-                let gemv =
-                    first.starts_with("linear_impl<") || first.starts_with("linear_group_impl<");
+                let gemv = GEMVS.iter().any(|g| first.starts_with(g));
                 assert!(
                     first == "grid_dep_sync()" || gemv,
                     "{}: a kernel begins with `{first}`, not grid_dep_sync()",
@@ -537,6 +572,16 @@ mod tests {
         assert!(lambda[lambda.find('{').unwrap() + 1..]
             .trim_start()
             .starts_with("grid_dep_sync();"));
+        for one_row in [
+            "static __device__ void linear_warp_impl",
+            "static __device__ void linear_dot_q8_impl",
+        ] {
+            let body = &linear[linear.find(one_row).unwrap()..];
+            let body = &body[..body.find("\n}\n").unwrap()];
+            let sync = body.find("grid_dep_sync();").unwrap();
+            let x = body.find("one_row_x(p)").unwrap();
+            assert!(sync < x, "{one_row} reads x before grid_dep_sync");
+        }
     }
 
     #[test]

@@ -182,6 +182,101 @@ fn linear_tile_edges_every_path() {
     }
 }
 
+/// The one-row GEMVs (`linear_warp_<fmt>` for bf16 / f16, `linear_dot_q8` for Q8_0) at full model widths:
+/// K of several passes per lane (2,080, 4,096) and an unaligned K (2,883: bf16 / f16 only, Q8_0 needs whole
+/// blocks); weight rows that leave a partial block (257, 300); `linear3`'s grouped launch with parts of
+/// different heights; the logits of one selected row (`x_rows`); and x with a huge and a tiny block, which
+/// the int8 planes of the Q8_0 kernel scale per 32 elements.
+#[test]
+#[ignore = "needs GPU"]
+fn linear_one_row_kernels_full_width() {
+    let g = cuda(KvPrecision::Bf16);
+    let mut rng = Rng(29);
+    let formats = [
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+        TestFormat::Dense(gptoss_formats::DType::F16),
+        TestFormat::Q8_0,
+    ];
+    for format in formats {
+        for k in [2080, 4096, 2883] {
+            if k % 32 != 0 && format == TestFormat::Q8_0 {
+                continue;
+            }
+            let mut x = rng.vec(k, 1.0);
+            x[..32].iter_mut().for_each(|v| *v *= 1e4);
+            x[64..96].iter_mut().for_each(|v| *v *= 1e-4);
+            let lins: Vec<Linear> = [257, 300, 256]
+                .map(|n_out| Linear {
+                    weight: random_tensor(&mut rng, format, n_out, k, 0.2),
+                    bias: Some(rng.vec(n_out, 0.5)),
+                })
+                .into();
+            for lin in &lins {
+                let n_out = lin.weight.n_rows();
+                let e = rel_err(
+                    &linear_out(&g, lin, &x, 1),
+                    &linear_out(&CpuBackend, lin, &x, 1),
+                );
+                println!("one-row linear {format:?} [{n_out}, {k}]: rel err {e:.2e}");
+                assert!(e < 1e-5, "one-row linear {format:?} [{n_out}, {k}]: {e}");
+            }
+            let (gpu, cpu) = (linear3_out(&g, &lins, &x), linear3_out(&CpuBackend, &lins, &x));
+            for (i, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
+                let e = rel_err(a, b);
+                println!("one-row linear3 {format:?} part {i}, K = {k}: rel err {e:.2e}");
+                assert!(e < 1e-5, "one-row linear3 {format:?} part {i}, K = {k}: {e}");
+            }
+            let e = rel_err(
+                &logits_of_row(&g, &lins[0], &x),
+                &logits_of_row(&CpuBackend, &lins[0], &x),
+            );
+            println!("one-row logits {format:?}, K = {k}: rel err {e:.2e}");
+            assert!(e < 1e-5, "one-row logits {format:?}, K = {k}: {e}");
+        }
+    }
+}
+
+/// `linear3` of one x row through three linears.
+fn linear3_out<B: Backend>(b: &B, lins: &[Linear], x: &[f32]) -> Vec<Vec<f32>> {
+    let w: Vec<B::Linear> = lins.iter().map(|l| b.upload_linear(l).unwrap()).collect();
+    let xb = upload(b, 1, x.len(), x);
+    let mut out: Vec<B::Buf> = lins
+        .iter()
+        .map(|l| b.alloc(1, l.weight.n_rows()).unwrap())
+        .collect();
+    let [o0, o1, o2] = &mut out[..] else {
+        unreachable!("three linears")
+    };
+    b.linear3(
+        &step_of(b, &plain_batch(1)),
+        &xb,
+        [&w[0], &w[1], &w[2]],
+        [o0, o1, o2],
+    )
+    .unwrap();
+    out.iter().map(|o| b.read(o, 1).unwrap()).collect()
+}
+
+/// The logits of row 2 of three x rows (row 2 is `x`; rows 0 and 1 are its negation), bias dropped.
+fn logits_of_row<B: Backend>(b: &B, lin: &Linear, x: &[f32]) -> Vec<f32> {
+    let head = b
+        .upload_linear(&Linear {
+            weight: lin.weight.clone(),
+            bias: None,
+        })
+        .unwrap();
+    let neg: Vec<f32> = x.iter().map(|v| -v).collect();
+    let rows = [neg.as_slice(), neg.as_slice(), x].concat();
+    let xb = upload(b, 3, x.len(), &rows);
+    let batch = Batch {
+        logit_rows: vec![2],
+        ..plain_batch(3)
+    };
+    let mut l = b.alloc(1, lin.weight.n_rows()).unwrap();
+    b.logits(&step_of(b, &batch), &xb, &head, &mut l).unwrap();
+    b.read(&l, 1).unwrap()
+}
+
 /// The tensor-core path keeps every bit of an f32 activation: with a bf16 permutation matrix as the weight,
 /// each output is one product `x · 1.0`, so it must come back as `x` itself (to one rounding of the f32
 /// accumulator). Splitting x into two bf16 parts kept 16 mantissa bits (errors up to 2^-18 ≈ 3.8e-6), which

@@ -1,5 +1,7 @@
-//! Launchers of `linear.cu`: `y = x Wᵀ + b` over a step's rows, and the logits of its selected rows. Few rows
-//! go to the split-K GEMV (one launch reads each weight once per tile of up to 8 rows), many rows of weights
+//! Launchers of `linear.cu`: `y = x Wᵀ + b` over a step's rows, and the logits of its selected rows. One row
+//! against a weight of many rows (decode) goes to a one-row GEMV (bf16 / f16: a warp per 2 weight rows; Q8_0:
+//! int8 dot products against x as int8 planes), other few rows to the split-K GEMV (one launch reads each
+//! weight once per tile of up to 8 rows), many rows of weights
 //! that decode exactly to bf16 to the tensor-core tiles; when those tiles are too few to fill the GPU (a
 //! batched decode step of 16–64 rows: a [4096, 2880] weight is 32 tiles of 128 weight rows) they also split
 //! along K, and `linear_reduce` adds the splits in a fixed order.
@@ -7,8 +9,9 @@
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
 use crate::error::Result;
-use crate::kernels::{Func, MmaRows, RowTile};
+use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
+use cudarc::driver::LaunchConfig;
 use crate::options::LinearKernel;
 
 #[repr(C)]
@@ -79,9 +82,71 @@ pub const NARROW_SPLIT_TILE_MIN_ROWS: usize = 24;
 /// Weights with fewer rows than this are narrow (see [`NARROW_SPLIT_TILE_MIN_ROWS`]).
 pub const NARROW_WEIGHT_ROWS: usize = 2048;
 
+/// Fewest weight rows for the one-row GEMVs: below this their warps are too few to fill the GPU.
+pub const ONE_ROW_MIN_ROWS: usize = 256;
+/// Longest K of `linear_dot_q8`, whose block holds x's planes in shared memory (K / 32 · 100 bytes).
+pub const DOT_Q8_MAX_K: usize = 8192;
+/// Weight rows per 256-thread block of `linear_warp_<fmt>` (8 warps × `WARP_ROWS`).
+const WARP_BLOCK_ROWS: usize = 16;
+/// Weight rows per 256-thread block of `linear_dot_q8` (8 warps × `DOT_Q8_ROWS`).
+const DOT_Q8_BLOCK_ROWS: usize = 32;
+/// Bytes of x planes and scale per 32-element block in `linear_dot_q8`'s shared memory.
+const DOT_Q8_SMEM_PER_BLOCK: usize = 100;
+
+/// The one-row GEMVs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneRow {
+    /// `linear_warp_<fmt>`: bf16 / f16 decoded to f32.
+    Warp,
+    /// `linear_dot_q8`: Q8_0 codes on dp4a.
+    DotQ8,
+}
+
+impl OneRow {
+    /// Weight rows per block.
+    fn block_rows(self) -> usize {
+        match self {
+            OneRow::Warp => WARP_BLOCK_ROWS,
+            OneRow::DotQ8 => DOT_Q8_BLOCK_ROWS,
+        }
+    }
+
+    /// Dynamic shared memory of a launch over K = `k`.
+    fn smem(self, k: usize) -> u32 {
+        match self {
+            OneRow::Warp => 0,
+            OneRow::DotQ8 => (k / 32 * DOT_Q8_SMEM_PER_BLOCK) as u32,
+        }
+    }
+
+    fn func(self, kind: WeightKind, group: bool) -> Func {
+        match (self, group) {
+            (OneRow::Warp, false) => Func::LinearWarp(kind),
+            (OneRow::Warp, true) => Func::LinearWarpGroup(kind),
+            (OneRow::DotQ8, false) => Func::LinearDotQ8,
+            (OneRow::DotQ8, true) => Func::LinearDotQ8Group,
+        }
+    }
+}
+
+/// The one-row GEMV for weight `w` at one step row, if any: weights of [`ONE_ROW_MIN_ROWS`] rows or more,
+/// bf16 / f16, or Q8_0 with whole 32-element blocks up to [`DOT_Q8_MAX_K`].
+fn one_row(w: &DevWeight) -> Option<OneRow> {
+    if w.rows < ONE_ROW_MIN_ROWS {
+        return None;
+    }
+    match w.kind {
+        WeightKind::Bf16 | WeightKind::F16 => Some(OneRow::Warp),
+        WeightKind::Q8 if w.k.is_multiple_of(32) && w.k <= DOT_Q8_MAX_K => Some(OneRow::DotQ8),
+        _ => None,
+    }
+}
+
 /// How a linear of `n_tok` rows runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearPath {
+    /// A one-row GEMV (one step row, `auto`).
+    OneRow(OneRow),
     /// Split-K GEMV, tiles of this many rows.
     Split(RowTile),
     /// Tensor-core tiles.
@@ -117,9 +182,12 @@ pub struct LinearShape {
     pub kernel: LinearKernel,
 }
 
-/// Tensor cores for many rows when the weight decodes exactly to bf16 (split along K when the tiles alone
+/// A one-row GEMV for one row (`auto`, see [`one_row`]); tensor cores for many rows when the weight decodes exactly to bf16 (split along K when the tiles alone
 /// would leave SMs idle and `split_room` holds the partial sums), the split-K GEMV otherwise.
 pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
+    if let (1, LinearKernel::Auto, Some(kernel)) = (s.n_tok, s.kernel, one_row(w)) {
+        return LinearPath::OneRow(kernel);
+    }
     let gemv = LinearPath::Split(split_tile(s.n_tok));
     let tiles = match s.kernel {
         LinearKernel::Gemv => false,
@@ -237,11 +305,27 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
             }
             Ok(())
         }
+        LinearPath::OneRow(kernel) => {
+            let grid = (blocks(wt.rows, kernel.block_rows()), 1, 1);
+            dev.launch(
+                kernel.func(wt.kind, false),
+                one_row_cfg(grid, kernel.smem(wt.k)),
+                &p,
+            )
+        }
         LinearPath::Split(tile) => {
             let (p, weight_blocks) = gemv_params(w, &r);
             let grid = (weight_blocks, blocks(r.n_tok, tile.rows()), 1);
             dev.launch(Func::Linear(wt.kind, tile), cfg(grid, 256), &p)
         }
+    }
+}
+
+/// `grid` blocks of 256 threads with `smem` bytes of dynamic shared memory.
+fn one_row_cfg(grid: (u32, u32, u32), smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        shared_mem_bytes: smem,
+        ..cfg(grid, 256)
     }
 }
 
@@ -291,7 +375,8 @@ fn run(
 }
 
 /// `out[i] = x W[i]ᵀ + b[i]` over the step's rows for three linears of one input (q, k and v): one launch
-/// when all three take the split-K GEMV with the same format and tile, one launch each otherwise.
+/// when all three take the same one-row GEMV, or the split-K GEMV with the same format and tile; one launch
+/// each otherwise.
 pub fn linear3(
     dev: &Device,
     step: &CudaStep,
@@ -312,6 +397,16 @@ pub fn linear3(
     let shared = w
         .iter()
         .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
+    if let (LinearPath::OneRow(kernel), true) = (path, shared) {
+        let b = w.map(|l| blocks(l.w.rows, kernel.block_rows()));
+        let part = [0, 1, 2].map(|i| params(w[i], &rows[i]));
+        let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
+        return dev.launch(
+            kernel.func(kind, true),
+            one_row_cfg((b[0] + b[1] + b[2], 1, 1), kernel.smem(w[0].w.k)),
+            &LinearGroupParams { part, first },
+        );
+    }
     let (LinearPath::Split(tile), true, false) = (path, shared, n_tok == 0) else {
         for (l, r) in w.into_iter().zip(rows) {
             launch(dev, l, r)?;
