@@ -69,10 +69,12 @@ impl RepackSite {
 /// the tensor cores) to compare them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LinearKernel {
-    /// The split-K GEMV below 5 rows, tensor-core tiles (split along K when they are few) from 5 (`auto`).
+    /// At one row the one-row GEMVs (bf16 / f16 warp rows, Q8_0 on dp4a) where the weight has them, else the
+    /// split-K GEMV below 5 rows; tensor-core tiles (split along K when they are few) from 5 (`auto`).
     #[default]
     Auto,
-    /// The split-K CUDA-core GEMV at every size (`gemv`).
+    /// The split-K CUDA-core GEMV at every size, one row included (`gemv`: the kernels before the one-row
+    /// GEMVs).
     Gemv,
     /// Tensor-core tiles from 16 rows, never split along K (`tiles`: the kernels before K splits).
     Tiles,

@@ -220,11 +220,17 @@ fn linear_one_row_kernels_full_width() {
                 println!("one-row linear {format:?} [{n_out}, {k}]: rel err {e:.2e}");
                 assert!(e < 1e-5, "one-row linear {format:?} [{n_out}, {k}]: {e}");
             }
-            let (gpu, cpu) = (linear3_out(&g, &lins, &x), linear3_out(&CpuBackend, &lins, &x));
+            let (gpu, cpu) = (
+                linear3_out(&g, &lins, &x),
+                linear3_out(&CpuBackend, &lins, &x),
+            );
             for (i, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
                 let e = rel_err(a, b);
                 println!("one-row linear3 {format:?} part {i}, K = {k}: rel err {e:.2e}");
-                assert!(e < 1e-5, "one-row linear3 {format:?} part {i}, K = {k}: {e}");
+                assert!(
+                    e < 1e-5,
+                    "one-row linear3 {format:?} part {i}, K = {k}: {e}"
+                );
             }
             let e = rel_err(
                 &logits_of_row(&g, &lins[0], &x),

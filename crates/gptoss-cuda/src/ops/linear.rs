@@ -11,8 +11,8 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
-use cudarc::driver::LaunchConfig;
 use crate::options::LinearKernel;
+use cudarc::driver::LaunchConfig;
 
 #[repr(C)]
 struct LinearParams {
