@@ -1,10 +1,10 @@
 //! Launchers of `linear.cu`: `y = x Wᵀ + b` over a step's rows, and the logits of its selected rows. One row
 //! against a weight of many rows (decode) goes to a one-row GEMV (bf16 / f16: a warp per 2 weight rows; Q8_0:
 //! int8 dot products against x as int8 planes), other few rows to the split-K GEMV (one launch reads each
-//! weight once per tile of up to 8 rows), many rows of weights
-//! that decode exactly to bf16 to the tensor-core tiles; when those tiles are too few to fill the GPU (a
-//! batched decode step of 16–64 rows: a [4096, 2880] weight is 32 tiles of 128 weight rows) they also split
-//! along K, and `linear_reduce` adds the splits in a fixed order.
+//! weight once per tile of up to 8 rows), many rows of weights that decode exactly to bf16 to the tensor-core
+//! tiles; when those tiles are too few to fill the GPU (a batched decode step of 16–64 rows: a [4096, 2880]
+//! weight is 32 tiles of 128 weight rows) they also split along K, and `linear_reduce` adds the splits in a
+//! fixed order.
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep};
 use crate::device::Device;
@@ -182,8 +182,9 @@ pub struct LinearShape {
     pub kernel: LinearKernel,
 }
 
-/// A one-row GEMV for one row (`auto`, see [`one_row`]); tensor cores for many rows when the weight decodes exactly to bf16 (split along K when the tiles alone
-/// would leave SMs idle and `split_room` holds the partial sums), the split-K GEMV otherwise.
+/// A one-row GEMV for one row (`auto`, see [`one_row`]); tensor cores for many rows when the weight decodes
+/// exactly to bf16 (split along K when the tiles alone would leave SMs idle and `split_room` holds the partial
+/// sums); the split-K GEMV otherwise.
 pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
     if let (1, LinearKernel::Auto, Some(kernel)) = (s.n_tok, s.kernel, one_row(w)) {
         return LinearPath::OneRow(kernel);
