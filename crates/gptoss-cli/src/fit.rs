@@ -27,11 +27,11 @@ use crate::source::{dummy_config, parse_size, DummyModel, KvCache};
 const CUDA_CONTEXT_BYTES: u64 = 512 << 20;
 
 /// Per-step time besides reading the bytes, fitted to gptoss's measured decode: 20b (HF layout, bf16 dense)
-/// on the H200 (4.8 TB/s) decodes at 2.525 ms a token (`gptoss bench` tg128, commit 2f2432d,
-/// bench/BENCHMARKS.md session 6), of which reading 3.71 GB takes 0.77 ms at the spec bandwidth, leaving
-/// 1.75 ms. Checked against the 20b GGUF on the same card (2.56 GB): predicted 2.28 ms, measured 2.41 ms.
-/// It is assumed the same on every card.
-const STEP_OVERHEAD_S: f64 = 1.75e-3;
+/// on the H200 (4.8 TB/s) decodes at 2.241 ms a token (`gptoss bench` tg128 446.2 tok/s, commit 969dc3c,
+/// bench/BENCHMARKS.md session 12), of which reading 3.71 GB takes 0.77 ms at the spec bandwidth, leaving
+/// 1.47 ms. Checked against Q8_0 dense weights on the same card (2.56 GB a token, `--dense q8_0`): predicted
+/// 2.00 ms, measured 1.92 ms. It is assumed the same on every card.
+const STEP_OVERHEAD_S: f64 = 1.47e-3;
 
 /// Most streams `fit` searches for.
 const MAX_STREAMS: usize = 4096;
