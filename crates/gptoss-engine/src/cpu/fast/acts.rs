@@ -3,8 +3,9 @@
 //! `q = round(127 x / max |x|)` and `r` the rounded remainder in 1/256 steps, so the error is at most
 //! `max |x| / 65024` (16-bit precision: plain int8 codes move the tiny fixtures' logits by up to 8% of
 //! the largest, see bench/NOTES.md). The same value also lives as one int16 `256 q + r` per element, in the
-//! order the int16 kernel (`vpdpwssd`) reads it ([`pair_words`]). bf16 weights get their activations
-//! split into two bf16 parts instead. The buffers are reused from call to call.
+//! order the int16 kernels (`vpdpwssd`) read it ([`pair_words`], and [`quad_words`] with its
+//! per-lane corrections and units for the one-row quad tile). bf16 weights get their activations split
+//! into two bf16 parts instead. The buffers are reused from call to call.
 
 use rayon::prelude::*;
 
@@ -22,6 +23,12 @@ type RowJob<'a> = (
     &'a [f32],
 );
 
+/// One row's [`quad_words`] outputs and inputs (codes, remainders, units), as the row iterators zip them.
+type QuadJob<'a> = (
+    ((&'a mut [i16], &'a mut [i32]), &'a mut [f32]),
+    ((&'a [i8], &'a [i8]), &'a [f32]),
+);
+
 /// Quantized activation rows `[rows, n]`, reused across calls.
 #[derive(Default)]
 pub(crate) struct QuantActs {
@@ -36,6 +43,12 @@ pub(crate) struct QuantActs {
     pub offsets: Vec<i32>,
     /// `256 q + r` per element, `n` per row, each pair of blocks in [`pair_words`]' order.
     pub words: Vec<i16>,
+    /// `256 q + r` of each whole quad of blocks in [`quad_words`]' order, `128 (n / 128)` per row.
+    pub quad_words: Vec<i16>,
+    /// `-128 Σ (256 q + r)` of each int32 lane of the quad tile, 16 per quad.
+    pub quad_offsets: Vec<i32>,
+    /// Each quad tile lane's unit (its block's), 16 per quad.
+    pub quad_units: Vec<f32>,
     /// Row length.
     pub n: usize,
     /// Rows held.
@@ -89,17 +102,76 @@ impl QuantActs {
                 .zip(x.chunks(n))
                 .for_each(work);
         }
+        self.fill_quads();
+    }
+
+    /// [`quad_words`] of every row quantized (nothing for rows shorter than a quad).
+    fn fill_quads(&mut self) {
+        let (n, rows, nq) = (self.n, self.rows, self.n / QUAD_ELEMS);
+        self.quad_words.resize(rows * nq * QUAD_ELEMS, 0);
+        self.quad_offsets.resize(rows * nq * QUAD_LANES, 0);
+        self.quad_units.resize(rows * nq * QUAD_LANES, 0.0);
+        if nq == 0 {
+            return;
+        }
+        let work = |(((words, offsets), units), ((codes, rems), scales)): QuadJob<'_>| {
+            let out = QuadRow {
+                words,
+                offsets,
+                units,
+            };
+            quad_words(codes, rems, scales, out);
+        };
+        let (words, offsets, units) = (
+            &mut self.quad_words[..rows * nq * QUAD_ELEMS],
+            &mut self.quad_offsets[..rows * nq * QUAD_LANES],
+            &mut self.quad_units[..rows * nq * QUAD_LANES],
+        );
+        let (codes, rems, scales) = (
+            &self.codes[..rows * n],
+            &self.rems[..rows * n],
+            &self.scales[..rows * n / BLOCK],
+        );
+        if rows >= PARALLEL_ROWS {
+            words
+                .par_chunks_mut(nq * QUAD_ELEMS)
+                .zip(offsets.par_chunks_mut(nq * QUAD_LANES))
+                .zip(units.par_chunks_mut(nq * QUAD_LANES))
+                .zip(
+                    codes
+                        .par_chunks(n)
+                        .zip(rems.par_chunks(n))
+                        .zip(scales.par_chunks(n / BLOCK)),
+                )
+                .for_each(work);
+        } else {
+            words
+                .chunks_mut(nq * QUAD_ELEMS)
+                .zip(offsets.chunks_mut(nq * QUAD_LANES))
+                .zip(units.chunks_mut(nq * QUAD_LANES))
+                .zip(
+                    codes
+                        .chunks(n)
+                        .zip(rems.chunks(n))
+                        .zip(scales.chunks(n / BLOCK)),
+                )
+                .for_each(work);
+        }
     }
 
     /// Rows `rows` of what was quantized.
     pub(crate) fn view(&self, rows: std::ops::Range<usize>) -> QuantView<'_> {
-        let (n, nb) = (self.n, self.n / BLOCK);
+        let (n, nb, nq) = (self.n, self.n / BLOCK, self.n / QUAD_ELEMS);
         QuantView {
             codes: &self.codes[rows.start * n..rows.end * n],
             rems: &self.rems[rows.start * n..rows.end * n],
             scales: &self.scales[rows.start * nb..rows.end * nb],
             offsets: &self.offsets[rows.start * n / 4..rows.end * n / 4],
             words: &self.words[rows.start * n..rows.end * n],
+            quad_words: &self.quad_words[rows.start * nq * QUAD_ELEMS..rows.end * nq * QUAD_ELEMS],
+            quad_offsets: &self.quad_offsets
+                [rows.start * nq * QUAD_LANES..rows.end * nq * QUAD_LANES],
+            quad_units: &self.quad_units[rows.start * nq * QUAD_LANES..rows.end * nq * QUAD_LANES],
             n,
             rows: rows.len(),
         }
@@ -146,6 +218,66 @@ pub(crate) fn block_words(b: usize, nb: usize) -> (usize, usize) {
     }
 }
 
+/// Elements of a quad: four blocks, the unit of the one-row quad tile.
+pub(crate) const QUAD_ELEMS: usize = 4 * BLOCK;
+
+/// int32 lanes of a quad tile's dot: four per block.
+pub(crate) const QUAD_LANES: usize = 16;
+
+/// Which 8 positions of its block register `j` of a quad holds: `8 QUAD_GROUPS[j] + t`, `t` < 8. Register
+/// 0 is the low nibbles of code bytes 0..8 of a ggml 4-bit block (positions 0..8), 1 their high nibbles
+/// (16..24), 2 and 3 the same of bytes 8..16 (8..16, 24..32).
+pub(crate) const QUAD_GROUPS: [usize; 4] = [0, 2, 1, 3];
+
+/// The block position held by word `t` (0..8) of 128-bit lane `lane` in register `j` of a quad: each
+/// 128-bit lane is one block (`lane`), so the quad tile's int32 lane `4 lane + m` sums the words `2m`,
+/// `2m + 1` of all four registers: eight products of one block.
+pub(crate) const fn quad_position(j: usize, t: usize) -> usize {
+    8 * QUAD_GROUPS[j] + t
+}
+
+/// One row's int16 activations for the quad tile, written.
+pub(crate) struct QuadRow<'a> {
+    /// Per quad of blocks `4k..4k + 4`, four registers of 32 words: word `32 j + 8 L + t` is `256 q + r`
+    /// of position [`quad_position`]`(j, t)` of block `4k + L`.
+    pub words: &'a mut [i16],
+    /// Per quad, 16 int32 lanes: `-128 ×` the sum of the 8 words lane `4 L + m` meets (what offsetting
+    /// the weights by +128 adds to it).
+    pub offsets: &'a mut [i32],
+    /// Per quad, 16 lanes: the unit of lane `4 L + m`'s block.
+    pub units: &'a mut [f32],
+}
+
+/// One row's whole quads of blocks in the quad tile's order (codes and remainders in layout order, one
+/// unit per block); blocks past the last whole quad are left to the pair kernels.
+pub(crate) fn quad_words(codes: &[i8], rems: &[i8], scales: &[f32], out: QuadRow<'_>) {
+    let word = |p: usize| 256 * i16::from(codes[p]) + i16::from(rems[p]);
+    for (k, ((words, offsets), units)) in out
+        .words
+        .chunks_exact_mut(QUAD_ELEMS)
+        .zip(out.offsets.chunks_exact_mut(QUAD_LANES))
+        .zip(out.units.chunks_exact_mut(QUAD_LANES))
+        .enumerate()
+    {
+        for lane in 0..4 {
+            let blk = (4 * k + lane) * BLOCK;
+            for j in 0..4 {
+                for t in 0..8 {
+                    words[32 * j + 8 * lane + t] = word(blk + quad_position(j, t));
+                }
+            }
+            for m in 0..4 {
+                let sum: i32 = (0..4)
+                    .flat_map(|j| [2 * m, 2 * m + 1].map(|t| word(blk + quad_position(j, t))))
+                    .map(i32::from)
+                    .sum();
+                offsets[4 * lane + m] = -128 * sum;
+                units[4 * lane + m] = scales[4 * k + lane];
+            }
+        }
+    }
+}
+
 /// Some consecutive quantized rows.
 #[derive(Clone, Copy)]
 pub(crate) struct QuantView<'a> {
@@ -154,6 +286,9 @@ pub(crate) struct QuantView<'a> {
     scales: &'a [f32],
     offsets: &'a [i32],
     words: &'a [i16],
+    quad_words: &'a [i16],
+    quad_offsets: &'a [i32],
+    quad_units: &'a [f32],
     /// Row length.
     pub n: usize,
     /// Rows.
@@ -164,13 +299,17 @@ impl<'a> QuantView<'a> {
     /// Row `t`'s codes, remainders and units.
     #[inline(always)]
     pub(crate) fn row(&self, t: usize) -> QuantRef<'a> {
-        let nb = self.n / BLOCK;
+        let (nb, nq) = (self.n / BLOCK, self.n / QUAD_ELEMS);
+        let (qw, ql) = (nq * QUAD_ELEMS, nq * QUAD_LANES);
         QuantRef {
             codes: &self.codes[t * self.n..(t + 1) * self.n],
             rems: &self.rems[t * self.n..(t + 1) * self.n],
             scales: &self.scales[t * nb..(t + 1) * nb],
             offsets: &self.offsets[t * self.n / 4..(t + 1) * self.n / 4],
             words: &self.words[t * self.n..(t + 1) * self.n],
+            quad_words: &self.quad_words[t * qw..(t + 1) * qw],
+            quad_offsets: &self.quad_offsets[t * ql..(t + 1) * ql],
+            quad_units: &self.quad_units[t * ql..(t + 1) * ql],
         }
     }
 }
@@ -188,6 +327,12 @@ pub(crate) struct QuantRef<'a> {
     pub offsets: &'a [i32],
     /// `256 q + r` in [`pair_words`]' order.
     pub words: &'a [i16],
+    /// `256 q + r` of the whole quads in [`quad_words`]' order.
+    pub quad_words: &'a [i16],
+    /// The quads' lane corrections ([`QuadRow::offsets`]).
+    pub quad_offsets: &'a [i32],
+    /// The quads' lane units ([`QuadRow::units`]).
+    pub quad_units: &'a [f32],
 }
 
 /// One quantized row, written.

@@ -124,11 +124,12 @@ fn kernel_throughput() {
     }
 }
 
-/// The int16 tile against the VBMI tile it stands in for, at T = 1 on a random ggml MXFP4 [5760, 2880]
-/// weight: the two levels alternate (the order flips every round) so that other processes on a shared
-/// machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the
-/// figure is then bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6);
-/// `KL=avx2` compares the AVX2 tiles instead.
+/// The one-row int16 tile (the quad tile of `quad_x86.rs`) against the VBMI pair tile it stands in for,
+/// at T = 1 on a random ggml MXFP4 [`KROWS` (5760), 2880] weight (8.8 MB: in L3 here, not in L2): the
+/// two levels alternate (the order flips every round) so that other processes on a shared machine hit
+/// both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the figure is then
+/// bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6); `KL=avx2` compares
+/// the AVX2 tiles instead (`Avx2Int16` against `Avx2`).
 /// Run with `cargo test --release -p gptoss-engine --lib int16_tile_throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, run by hand"]
@@ -139,10 +140,9 @@ fn int16_tile_throughput() {
     use super::weights::IntWeight;
     use super::OutRows;
 
-    let (old, new) = if std::env::var("KL").is_ok_and(|v| v == "avx2") {
-        (X86Level::Avx2, X86Level::Avx2Int16)
-    } else {
-        (X86Level::Avx512Vbmi, X86Level::Avx512Int16)
+    let (old, new) = match std::env::var("KL").as_deref() {
+        Ok("avx2") => (X86Level::Avx2, X86Level::Avx2Int16),
+        _ => (X86Level::Avx512Vbmi, X86Level::Avx512Quad),
     };
     let can = match old {
         X86Level::Avx2 => CpuIsa::Avx2.supported(),
@@ -152,7 +152,7 @@ fn int16_tile_throughput() {
         eprintln!("this CPU lacks {old:?}: nothing to compare");
         return;
     }
-    let (rows, n) = (5760usize, 2880usize);
+    let (rows, n) = (env_count("KROWS", 5760), 2880usize);
     let mut mx = super::testing::bytes(rows * n / 32 * 17, 5);
     for (i, blk) in mx.chunks_exact_mut(17).enumerate() {
         blk[0] = 120 + (i % 3) as u8;
@@ -291,4 +291,130 @@ fn stream_throughput() {
                 .join(" ")
         );
     }
+}
+
+/// Two x86 levels at T = 1 streaming from DRAM, as a decode token reads its weights: `KS` MiB (1,024)
+/// of distinct [5760, 2880] weights (`KB=mxfp4|q8_0`, MXFP4 by default) swept one after another, each
+/// split into tasks over rayon's pool as [`FastMatmul::run`] splits it, the levels alternated for `KR`
+/// rounds (6; the order flips every round) so that other processes hit both alike: `Avx512Quad`
+/// against `Avx512Vbmi`. `KREAD=1` first times a plain two-thread AVX-512 read of the same bytes (the
+/// machine's streaming rate of the moment).
+/// Run with `cargo test --release -p gptoss-engine --lib stream_levels -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+#[cfg(target_arch = "x86_64")]
+fn stream_levels() {
+    use super::acts::QuantActs;
+    use super::int8_x86::{task, X86Level};
+    use super::weights::IntWeight;
+    use super::{OutRows, TASK_ROWS};
+    use rayon::prelude::*;
+
+    if !(CpuIsa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi")) {
+        eprintln!("this CPU lacks AVX-512 VBMI: nothing to compare");
+        return;
+    }
+    let (old, new) = (X86Level::Avx512Vbmi, X86Level::Avx512Quad);
+    let (rows, n) = (5760usize, 2880usize);
+    let nb = rows * n / 32;
+    let (name, format, block) = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
+        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES)
+    } else {
+        ("mxfp4", ggml_mxfp4(), 17usize)
+    };
+    let count = (env_count("KS", 1024) << 20) / (nb * block);
+    let ws: Vec<QuantTensor> = (0..count)
+        .map(|k| {
+            let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
+            for blk in bytes.chunks_exact_mut(block) {
+                if block == 17 {
+                    blk[0] = 120 + blk[1] % 8;
+                } else {
+                    blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            QuantTensor {
+                shape: vec![rows, n],
+                format: format.clone(),
+                data: Storage::owned(bytes),
+            }
+        })
+        .collect();
+    let views: Vec<IntWeight<'_>> = ws.iter().filter_map(IntWeight::of).collect();
+    let Some(layout) = views.first().map(IntWeight::layout) else {
+        return;
+    };
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 29) as f32 - 14.3).collect();
+    let mut acts = QuantActs::default();
+    acts.quantize(&x, 1, n, layout);
+    let view = acts.view(0..1);
+    let mut out = vec![0f32; rows];
+    let sink = OutRows {
+        ptr: out.as_mut_ptr(),
+        n_out: rows,
+    };
+    let swept = (count * nb * block) as f64;
+    let sweep = |level: X86Level| {
+        let start = Instant::now();
+        for iw in &views {
+            (0..rows.div_ceil(TASK_ROWS)).into_par_iter().for_each(|i| {
+                let r = i * TASK_ROWS..((i + 1) * TASK_ROWS).min(rows);
+                // SAFETY: VBMI was detected; `out` holds `[1, rows]` and tasks own disjoint rows.
+                unsafe { task(level, iw, &view, r, None, sink) }
+            });
+        }
+        swept / start.elapsed().as_secs_f64() / 1e9
+    };
+    sweep(old);
+    if std::env::var("KREAD").is_ok() {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn read(b: &[u8]) -> u64 {
+            use std::arch::x86_64::*;
+            let mut acc = _mm512_setzero_si512();
+            for c in b.chunks_exact(64) {
+                acc = _mm512_xor_si512(acc, _mm512_loadu_si512(c.as_ptr().cast()));
+            }
+            _mm512_reduce_add_epi64(acc) as u64
+        }
+        for _ in 0..3 {
+            let start = Instant::now();
+            let per = nb * block / rows * TASK_ROWS;
+            let t: u64 = ws
+                .iter()
+                .map(|w| {
+                    w.data
+                        .bytes()
+                        .par_chunks(per)
+                        .map(|c| {
+                            // SAFETY: AVX-512 F was detected (VBMI above implies it).
+                            unsafe { read(c) }
+                        })
+                        .sum::<u64>()
+                })
+                .sum();
+            eprintln!(
+                "plain read {:.1} GB/s ({t})",
+                swept / start.elapsed().as_secs_f64() / 1e9
+            );
+        }
+    }
+    let mut ratios = Vec::new();
+    for round in 0..env_count("KR", 6) {
+        let mut order = [old, new];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut rate = [0f64; 2];
+        for level in order {
+            let gbs = sweep(level);
+            rate[usize::from(level == new)] = gbs;
+            eprintln!("round {round} {name} {level:?}: {gbs:.1} GB/s");
+        }
+        ratios.push(rate[1] / rate[0]);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "{new:?} / {old:?} streaming {name}, per round, sorted: {:?}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    );
 }

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use gptoss_formats::tensor::Q8_0_BLOCK_BYTES;
 
-use super::acts::PAIR_BYTE_ORDER;
+use super::quad_x86::{Quads, QUAD_TABLE_MAX};
 use super::weights::{scale_bytes, BlockScale, IntWeight, RowBytes};
 
 /// One weight row's bytes: inline blocks, or codes plus separate scales.
@@ -48,26 +48,12 @@ pub(super) trait Decode: Copy {
         let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
         ([v0, v1], [s0, s1])
     }
-    /// [`Decode::zmm4_u`] with each 128-bit lane's bytes in [`PAIR_BYTE_ORDER`], as the int16 kernel
-    /// unpacks them. This default shuffles the bytes; [`Decode::pairs_free`] says whether an override
-    /// gets that order at no cost. Needs AVX-512 VBMI where `zmm4_u` does.
-    #[inline(always)]
-    unsafe fn zmm4_u_paired(
-        &self,
-        r: RowPtr,
-        b: usize,
-        tbl_u: __m512i,
-    ) -> ([__m512i; 2], [__m512; 2]) {
-        let (v, s) = self.zmm4_u(r, b, tbl_u);
-        (to_pair_order(v), s)
-    }
-    /// Whether [`Decode::zmm4_u_paired`] costs no more than [`Decode::zmm4_u`] (so the int16 kernel is
-    /// worth running on this format).
-    fn pairs_free(&self) -> bool {
-        false
-    }
-    /// The address of block `b` of a row (prefetch only: it may lie past the row's end).
+    /// The address of block `b` of a row (for prefetches it may lie past the row's end).
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8;
+    /// The quad decode of this format, if it has one (the quad tile runs only then).
+    fn quads(&self) -> Option<Quads> {
+        None
+    }
 }
 
 /// `2^(e - 127)` for every E8M0 byte (a load instead of the branch-free bit assembly per block).
@@ -84,16 +70,6 @@ static E8M0: [f32; 256] = {
     }
     t
 };
-
-/// Decoded registers reordered within each 128-bit lane by [`PAIR_BYTE_ORDER`] (one byte shuffle each).
-#[inline(always)]
-unsafe fn to_pair_order(v: [__m512i; 2]) -> [__m512i; 2] {
-    let order = _mm512_broadcast_i32x4(_mm_loadu_si128(PAIR_BYTE_ORDER.as_ptr().cast()));
-    [
-        _mm512_shuffle_epi8(v[0], order),
-        _mm512_shuffle_epi8(v[1], order),
-    ]
-}
 
 /// An IEEE half to f32 (F16C).
 #[inline(always)]
@@ -188,17 +164,6 @@ const fn quad_scale_index() -> [u8; 64] {
     idx
 }
 
-/// `idx` with each 128-bit lane's bytes reordered by [`PAIR_BYTE_ORDER`] (the int16 kernel's order).
-const fn paired(idx: [u8; 64]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    let mut i = 0;
-    while i < 64 {
-        out[i] = idx[i / 16 * 16 + PAIR_BYTE_ORDER[i % 16] as usize];
-        i += 1;
-    }
-    out
-}
-
 /// The code gathers of a ggml MXFP4 quad: blocks 0–1 and 2–3.
 struct QuadIndex {
     lo: [u8; 64],
@@ -209,11 +174,6 @@ static QUAD: QuadIndex = QuadIndex {
     lo: quad_code_index(0),
     hi: quad_code_index(2),
 };
-/// [`QUAD`] in the int16 kernel's byte order: the same gathers with other indices, so free.
-static QUAD_PAIRED: QuadIndex = QuadIndex {
-    lo: paired(quad_code_index(0)),
-    hi: paired(quad_code_index(2)),
-};
 static QUAD_SCALES: [u8; 64] = quad_scale_index();
 
 /// Four ggml MXFP4 blocks (68 bytes at `p`: E8M0 scale then 16 code bytes, low nibble = element `i`,
@@ -222,15 +182,9 @@ static QUAD_SCALES: [u8; 64] = quad_scale_index();
 /// shift by 0 or 4 per half brings the wanted nibble to bits 0–3, and `vpermb` on the table repeated
 /// in all four 128-bit lanes looks it up (bits 4–5 of the index pick one of the four copies, so they
 /// need no mask). The scales: one masked `vpermb` puts scale `k` in lanes `k`, `k + 4`, ..., then the
-/// same bit assembly as [`e8m0_pair`] and two lane broadcasts. `order` chooses where each code lands
-/// within its 128-bit lane ([`QUAD`] or [`QUAD_PAIRED`]).
+/// same bit assembly as [`e8m0_pair`] and two lane broadcasts.
 #[inline(always)]
-unsafe fn ggml_mxfp4_quad(
-    p: *const u8,
-    tbl: __m512i,
-    unit: f32,
-    order: &QuadIndex,
-) -> ([__m512i; 2], [__m512; 2]) {
+unsafe fn ggml_mxfp4_quad(p: *const u8, tbl: __m512i, unit: f32) -> ([__m512i; 2], [__m512; 2]) {
     let a = _mm512_loadu_si512(p.cast());
     let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
     let shifts = _mm512_set_epi64(
@@ -243,8 +197,8 @@ unsafe fn ggml_mxfp4_quad(
         0,
         0,
     );
-    let lo = _mm512_permutexvar_epi8(_mm512_loadu_si512(order.lo.as_ptr().cast()), a);
-    let hi = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(order.hi.as_ptr().cast()), b);
+    let lo = _mm512_permutexvar_epi8(_mm512_loadu_si512(QUAD.lo.as_ptr().cast()), a);
+    let hi = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(QUAD.hi.as_ptr().cast()), b);
     let v0 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(lo, shifts), tbl);
     let v1 = _mm512_permutexvar_epi8(_mm512_srlv_epi16(hi, shifts), tbl);
     let e = _mm512_maskz_permutexvar_epi8(
@@ -394,7 +348,7 @@ impl Decode for Ggml4<'_> {
     #[inline(always)]
     unsafe fn zmm4_u(&self, r: RowPtr, b: usize, tbl_u: __m512i) -> ([__m512i; 2], [__m512; 2]) {
         match self.scale {
-            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit, &QUAD),
+            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit),
             BlockScale::F16 => {
                 let (v0, s0) = self.zmm_u(r, b, tbl_u);
                 let (v1, s1) = self.zmm_u(r, b + 2, tbl_u);
@@ -402,23 +356,12 @@ impl Decode for Ggml4<'_> {
             }
         }
     }
-    #[inline(always)]
-    unsafe fn zmm4_u_paired(
-        &self,
-        r: RowPtr,
-        b: usize,
-        tbl_u: __m512i,
-    ) -> ([__m512i; 2], [__m512; 2]) {
-        match self.scale {
-            BlockScale::E8M0 => ggml_mxfp4_quad(r.data.add(b * 17), tbl_u, self.unit, &QUAD_PAIRED),
-            BlockScale::F16 => {
-                let (v, s) = self.zmm4_u(r, b, tbl_u);
-                (to_pair_order(v), s)
-            }
-        }
-    }
-    fn pairs_free(&self) -> bool {
-        self.scale == BlockScale::E8M0
+    fn quads(&self) -> Option<Quads> {
+        let small = self
+            .table
+            .iter()
+            .all(|v| v.unsigned_abs() <= QUAD_TABLE_MAX.unsigned_abs());
+        (self.scale == BlockScale::E8M0 && small).then_some(Quads::Mxfp4 { unit: self.unit })
     }
 }
 
@@ -487,6 +430,9 @@ impl Decode for Q8<'_> {
     #[inline(always)]
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
         r.data.wrapping_add(b * Q8_0_BLOCK_BYTES).cast()
+    }
+    fn quads(&self) -> Option<Quads> {
+        Some(Quads::Q8_0)
     }
     #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {

@@ -4,9 +4,8 @@
 //! exact) is scaled by the weight's scale × the activation's unit into f32 lanes. AVX-512 VNNI
 //! (`vpdpbusd`, two blocks per 512-bit op, activations offset to unsigned with the offset cancelled in
 //! the accumulator's initial value) where present, else AVX2 (`vpmaddubsw` on |w| and sign(x, w), as
-//! llama.cpp does). With one activation row and ggml MXFP4, the int16 tile dots the activation's
-//! `256 q + r` as one int16 against the weights unpacked to int16 lanes (`vpdpwssd`), one pass instead
-//! of two. All give exactly the integer block dots of the scalar path (`portable.rs`).
+//! llama.cpp does). With one activation row, ggml MXFP4 and Q8_0 take the quad tile of `quad_x86.rs`
+//! on AVX-512 VBMI. All give exactly the integer block dots of the scalar path (`portable.rs`).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -14,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
 use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
+use super::quad_x86::{Mxfp4Quad, Q8Quad, QuadTile, Quads};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
 
@@ -29,19 +29,20 @@ pub(crate) enum X86Level {
     Avx2Int16,
     /// AVX-512 F/BW/VL + VNNI (plus AVX2, FMA, F16C).
     Avx512Vnni,
-    /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 decoded four blocks per 512-bit load. (Only the
-    /// tests and the measurement pick it now: it is what the int16 tile is checked and timed against.)
+    /// [`X86Level::Avx512Vnni`] plus VBMI: ggml MXFP4 and Q8_0 decoded four blocks per 512-bit load.
+    /// (Only the tests and the measurements pick it alone: it is what the quad tile is timed against.)
     #[cfg_attr(not(test), allow(dead_code))]
     Avx512Vbmi,
-    /// [`X86Level::Avx512Vbmi`] with the int16 tile for one activation row of ggml MXFP4.
-    Avx512Int16,
+    /// [`X86Level::Avx512Vbmi`] with the quad tile ([`QuadTile`]) for one activation row of ggml MXFP4
+    /// and Q8_0.
+    Avx512Quad,
 }
 
 impl X86Level {
     /// The best AVX-512 level this CPU has (the caller checked VNNI).
     pub(crate) fn avx512() -> Self {
         if is_x86_feature_detected!("avx512vbmi") {
-            X86Level::Avx512Int16
+            X86Level::Avx512Quad
         } else {
             X86Level::Avx512Vnni
         }
@@ -96,7 +97,7 @@ unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
         X86Level::Avx2Int16 => run_avx2_int16(d, job),
         X86Level::Avx512Vnni => run_vnni(d, job),
         X86Level::Avx512Vbmi => run_vbmi(d, job),
-        X86Level::Avx512Int16 => run_int16(d, job),
+        X86Level::Avx512Quad => run_quad(d, job),
     }
 }
 
@@ -125,11 +126,11 @@ unsafe fn run_vbmi<D: Decode>(d: D, job: &Job<'_>) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn run_int16<D: Decode>(d: D, job: &Job<'_>) {
-    if d.pairs_free() {
-        sweep::<D, Int16Tile, 3>(&d, job);
-    } else {
-        sweep::<D, VbmiTile, 3>(&d, job);
+unsafe fn run_quad<D: Decode>(d: D, job: &Job<'_>) {
+    match d.quads() {
+        Some(Quads::Mxfp4 { .. }) => sweep::<D, QuadTile<Mxfp4Quad>, 3>(&d, job),
+        Some(Quads::Q8_0) => sweep::<D, QuadTile<Q8Quad>, 3>(&d, job),
+        None => sweep::<D, VbmiTile, 3>(&d, job),
     }
 }
 
@@ -151,7 +152,7 @@ unsafe fn sweep<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>) {
 }
 
 /// A tile kernel over `R` weight rows × `C` activation rows.
-trait Tile {
+pub(super) trait Tile {
     /// `rows` with every activation row of `xs`; `ahead` are the next tile's rows (to prefetch).
     unsafe fn run<D: Decode, const R: usize, const C: usize>(
         d: &D,
@@ -354,7 +355,7 @@ struct VnniTile;
 
 /// The unsigned-weight table of the VNNI kernels: the 16 values + 128 in every 128-bit lane.
 #[inline(always)]
-unsafe fn table_u<D: Decode>(d: &D) -> __m512i {
+pub(super) unsafe fn table_u<D: Decode>(d: &D) -> __m512i {
     _mm512_add_epi8(
         _mm512_broadcast_i32x4(_mm_loadu_si128(d.table().as_ptr().cast())),
         _mm512_set1_epi8(-128),
@@ -391,7 +392,7 @@ unsafe fn pair_dots<const R: usize, const C: usize>(
 
 /// The last pairs (from block `b`) and an odd last block of a VNNI tile, then the lane sums.
 #[inline(always)]
-unsafe fn vnni_finish<D: Decode, const R: usize, const C: usize>(
+pub(super) unsafe fn vnni_finish<D: Decode, const R: usize, const C: usize>(
     d: &D,
     (rows, ahead): ([RowPtr; R], [RowPtr; R]),
     xs: [QuantRef<'_>; C],
@@ -452,7 +453,7 @@ impl Tile for VnniTile {
 
 /// The VNNI tile with weights decoded four blocks at a time ([`Decode::zmm4_u`]); the same sums in the
 /// same order as [`VnniTile`], so the same results bit for bit.
-struct VbmiTile;
+pub(super) struct VbmiTile;
 
 impl Tile for VbmiTile {
     #[inline(always)]
@@ -483,11 +484,11 @@ impl Tile for VbmiTile {
 }
 
 /// `acc + Σ a₀ b₀ + Σ a₁ b₁` by two `vpdpwssd`. Written in assembly because LLVM turns the intrinsic
-/// into `vpmaddwd` + `vpaddd` (and did not fuse it back here), which costs the two ops the int16 tile
-/// exists to save.
+/// into `vpmaddwd` + `vpaddd` (and did not fuse it back here), two more ops per dot (bench/NOTES.md,
+/// session 9).
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[inline]
-unsafe fn dpwssd2(
+pub(super) unsafe fn dpwssd2(
     mut acc: __m512i,
     (a0, b0): (__m512i, __m512i),
     (a1, b1): (__m512i, __m512i),
@@ -503,60 +504,6 @@ unsafe fn dpwssd2(
         options(pure, nomem, nostack, preserves_flags),
     );
     acc
-}
-
-/// The [`VbmiTile`] for one activation row, each pair of blocks in one int16 pass: the weights' bytes
-/// (unsigned, +128, decoded in [`PAIR_BYTE_ORDER`](super::acts::PAIR_BYTE_ORDER)) unpacked with zeros
-/// into two registers of int16 lanes, dotted by two `vpdpwssd` with the activation's `256 q + r` (in
-/// [`pair_words`](super::acts::pair_words)' order) onto the same -128 Σ (256 q + r) correction. Each
-/// int32 lane sums the same four products as the VBMI tile's lane, exactly, and the f32 work after it
-/// is the same ops in the same order, so the results are the same bit for bit; per pair and weight row
-/// the shift and add of the two-pass dot become two unpacks. More activation rows take [`VbmiTile`]
-/// (there the decode, paid once per weight row, would cost more than the dots save).
-struct Int16Tile;
-
-impl Tile for Int16Tile {
-    #[inline(always)]
-    unsafe fn run<D: Decode, const R: usize, const C: usize>(
-        d: &D,
-        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
-        xs: [QuantRef<'_>; C],
-        nb: usize,
-    ) -> [[f32; C]; R] {
-        if C != 1 {
-            return VbmiTile::run::<D, R, C>(d, (rows, ahead), xs, nb);
-        }
-        let (tbl_u, zero) = (table_u(d), _mm512_setzero_si512());
-        let x = xs[0];
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let mut b = 0;
-        while b + 4 <= nb {
-            let mut w = [[zero; R]; 2];
-            let mut sw = [[_mm512_setzero_ps(); R]; 2];
-            for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b));
-                _mm_prefetch::<_MM_HINT_T0>(d.block_addr(ahead[r], b + 2));
-                let (v, s) = d.zmm4_u_paired(rows[r], b, tbl_u);
-                (w[0][r], w[1][r], sw[0][r], sw[1][r]) = (v[0], v[1], s[0], s[1]);
-            }
-            for k in 0..2 {
-                let bk = b + 2 * k;
-                let xa = _mm512_loadu_si512(x.words.as_ptr().add(BLOCK * bk).cast());
-                let xb = _mm512_loadu_si512(x.words.as_ptr().add(BLOCK * bk + 32).cast());
-                let off = _mm512_loadu_si512(x.offsets.as_ptr().add(8 * bk).cast());
-                let sx = halves(*x.scales.get_unchecked(bk), *x.scales.get_unchecked(bk + 1));
-                for r in 0..R {
-                    let wa = _mm512_unpacklo_epi8(w[k][r], zero);
-                    let wb = _mm512_unpackhi_epi8(w[k][r], zero);
-                    let dot = dpwssd2(off, (wa, xa), (wb, xb));
-                    let s = _mm512_mul_ps(sw[k][r], sx);
-                    acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[r][0]);
-                }
-            }
-            b += 4;
-        }
-        vnni_finish(d, (rows, ahead), xs, (b, nb), acc)
-    }
 }
 
 /// The int8 block values and scales the SIMD decode gives for block `b` of row `j` (tests compare
@@ -577,7 +524,7 @@ pub(crate) unsafe fn decoded(
         match level {
             X86Level::Avx2 | X86Level::Avx2Int16 => ymm_of(d, j, b),
             X86Level::Avx512Vnni => zmm_of(d, j, b),
-            X86Level::Avx512Vbmi | X86Level::Avx512Int16 => zmm4_of(d, j, b),
+            X86Level::Avx512Vbmi | X86Level::Avx512Quad => zmm4_of(d, j, b),
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -622,34 +569,4 @@ pub(crate) unsafe fn decoded(
         }
     }
     with_decoder(w, Get { level, j, b })
-}
-
-/// The bytes of [`Decode::zmm4_u_paired`] for blocks `b..b + 4` of row `j`, back from unsigned (tests
-/// compare them with [`decoded`] reordered by `PAIR_BYTE_ORDER`).
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/VL and VBMI; `b + 3` must be a block of the row.
-#[cfg(test)]
-pub(crate) unsafe fn decoded_paired(w: &IntWeight<'_>, j: usize, b: usize) -> Vec<i8> {
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn get<D: Decode>(d: D, j: usize, b: usize) -> Vec<i8> {
-        let (v, _) = d.zmm4_u_paired(d.row(j), b, table_u(&d));
-        let mut out = vec![0i8; 128];
-        for k in 0..2 {
-            let signed = _mm512_xor_si512(v[k], _mm512_set1_epi8(-128));
-            _mm512_storeu_si512(out[64 * k..].as_mut_ptr().cast(), signed);
-        }
-        out
-    }
-    struct Get {
-        j: usize,
-        b: usize,
-    }
-    impl WithDecoder for Get {
-        type Out = Vec<i8>;
-        unsafe fn with<D: Decode>(self, d: D) -> Self::Out {
-            get(d, self.j, self.b)
-        }
-    }
-    with_decoder(w, Get { j, b })
 }

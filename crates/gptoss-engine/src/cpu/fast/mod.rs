@@ -13,6 +13,7 @@ mod bf16_x86;
 mod decode_x86;
 mod int8_x86;
 mod portable;
+mod quad_x86;
 #[cfg(test)]
 mod testing;
 mod weights;

@@ -115,34 +115,6 @@ fn vbmi_kernel_equals_the_vnni_kernel() {
     unsafe { levels_agree_bit_for_bit((X86Level::Avx512Vnni, X86Level::Avx512Vbmi), &cases) };
 }
 
-/// The VBMI decode in the int16 kernel's byte order holds the same bytes, each 128-bit lane reordered by
-/// `PAIR_BYTE_ORDER` (ggml MXFP4 by other gather indices, every other format by a shuffle).
-#[test]
-#[cfg(target_arch = "x86_64")]
-fn paired_decode_is_the_decode_reordered() {
-    use super::acts::PAIR_BYTE_ORDER;
-    use super::int8_x86::{decoded, decoded_paired, X86Level};
-    if !vbmi() {
-        return;
-    }
-    for w in int_weights(6, 128) {
-        let iw = IntWeight::of(&w).unwrap();
-        for j in 0..6 {
-            // SAFETY: VBMI was detected and the rows have 4 blocks.
-            let (plain, paired) = unsafe {
-                (
-                    decoded(X86Level::Avx512Vbmi, &iw, j, 0).0,
-                    decoded_paired(&iw, j, 0),
-                )
-            };
-            let want: Vec<i8> = (0..128)
-                .map(|i| plain[i / 16 * 16 + usize::from(PAIR_BYTE_ORDER[i % 16])])
-                .collect();
-            assert_eq!(paired, want, "{} row {j}", w.format.describe());
-        }
-    }
-}
-
 /// A ggml MXFP4 `[rows, n]` weight whose blocks run through every code byte (all 16 × 16 nibble pairs
 /// of E2M1 codes, both signs, in each 16 consecutive blocks) and E8M0 scales from the subnormal 2^-127 up.
 fn edge_mxfp4(rows: usize, n: usize) -> gptoss_formats::QuantTensor {
@@ -189,26 +161,83 @@ fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The int16 tile (one activation row of ggml MXFP4) gives the VBMI kernel's results bit for bit, on
-/// random blocks and on the edge weights and activations above; rows of 3 to 9 blocks cover quads, a
-/// pair after them and an odd last block, 1 to 5 activation rows every tile width (wider tiles and
-/// the other formats take the VBMI tile inside the same level).
+/// The quad tile (one activation row of ggml MXFP4 and Q8_0, four blocks a step) gives the sums of the
+/// exact integer block dots (to f32 summation order), on random and edge blocks and activations; rows of
+/// 3 to 10 blocks cover no quad, quads with a pair, an odd block or both after them; 1 to 5 activation
+/// rows cover the tile widths that fall back to the VBMI tile.
 #[test]
 #[cfg(target_arch = "x86_64")]
-fn int16_kernel_equals_the_vbmi_kernel() {
-    use super::int8_x86::X86Level;
+fn quad_kernel_matches_the_integer_reference() {
+    use super::int8_x86::{task, X86Level};
     if !vbmi() {
         return;
     }
-    let cases = LevelCases {
-        n_out: 38,
-        weight_rows: 38,
-        widths: &[96, 128, 192, 224, 288],
-        rows: &[1, 2, 3, 5],
-        seed_per_row: 5,
-    };
-    // SAFETY: VBMI (and so VNNI) was detected.
-    unsafe { levels_agree_bit_for_bit((X86Level::Avx512Vbmi, X86Level::Avx512Int16), &cases) };
+    let n_out = 38;
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+    for n in [96, 128, 224, 288, 320] {
+        let mut weights = int_weights(n_out, n);
+        weights.push(edge_mxfp4(n_out, n));
+        weights.push(edge_q8_0(n_out, n));
+        for w in &weights {
+            let iw = IntWeight::of(w).unwrap();
+            for rows in [1, 2, 5] {
+                for x in [
+                    inputs(rows, n, rows as u64 + n as u64),
+                    edge_inputs(rows, n),
+                ] {
+                    let mut acts = QuantActs::default();
+                    acts.quantize(&x, rows, n, iw.layout());
+                    let mut out = vec![f32::NAN; rows * n_out];
+                    let sink = OutRows {
+                        ptr: out.as_mut_ptr(),
+                        n_out,
+                    };
+                    // SAFETY: VBMI was detected; `out` holds `[rows, n_out]`.
+                    unsafe {
+                        task(
+                            X86Level::Avx512Quad,
+                            &iw,
+                            &acts.view(0..rows),
+                            0..n_out,
+                            Some(&bias),
+                            sink,
+                        )
+                    };
+                    for t in 0..rows {
+                        let want: Vec<f64> = (0..n_out)
+                            .map(|j| reference(&iw, &acts, j, t, bias[j]))
+                            .collect();
+                        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                        for (j, want) in want.iter().enumerate() {
+                            let got = f64::from(out[t * n_out + j]);
+                            assert!(
+                                (got - want).abs() <= 1e-6 * scale,
+                                "{} T={rows} n={n} [{t},{j}]: {got} vs {want}",
+                                w.format.describe()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A Q8_0 `[rows, n]` weight whose codes run through every byte (-128 and 127 included) and whose
+/// scales are a few f16 values of either sign, subnormal and large ones among them.
+fn edge_q8_0(rows: usize, n: usize) -> gptoss_formats::QuantTensor {
+    const SCALES: [f32; 6] = [0.01, -0.02, 6.0e-8, 1.0, 300.0, 0.0];
+    let blocks = rows * n / BLOCK;
+    let mut data = Vec::with_capacity(blocks * 34);
+    for i in 0..blocks {
+        data.extend(half::f16::from_f32(SCALES[i % SCALES.len()]).to_le_bytes());
+        data.extend((0..32).map(|k| (32 * i + k) as u8));
+    }
+    gptoss_formats::QuantTensor {
+        shape: vec![rows, n],
+        format: TensorFormat::Q8_0,
+        data: Storage::owned(data),
+    }
 }
 
 /// The AVX2 int16 tile gives the AVX2 tile's results bit for bit, every format, random and edge blocks,
