@@ -400,14 +400,14 @@ fn stream_levels() {
     }
     let mut ratios = Vec::new();
     for round in 0..env_count("KR", 6) {
-        let mut order = [old, new];
+        let mut order = [(0usize, old), (1, new)];
         if round % 2 == 1 {
             order.reverse();
         }
         let mut rate = [0f64; 2];
-        for level in order {
+        for (which, level) in order {
             let gbs = sweep(level);
-            rate[usize::from(level == new)] = gbs;
+            rate[which] = gbs;
             eprintln!("round {round} {name} {level:?}: {gbs:.1} GB/s");
         }
         ratios.push(rate[1] / rate[0]);

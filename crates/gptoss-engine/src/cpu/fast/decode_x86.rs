@@ -25,6 +25,8 @@ pub(super) trait Decode: Copy {
     fn table(&self) -> [i8; 16];
     /// Row `j`'s pointers.
     fn row(&self, j: usize) -> RowPtr;
+    /// The weight's row count.
+    fn rows(&self) -> usize;
     /// Block `b` of a row as 32 int8 (layout order) and its scale. Needs AVX2 + F16C.
     unsafe fn ymm(&self, r: RowPtr, b: usize, tbl: __m256i) -> (__m256i, f32);
     /// Blocks `b` and `b + 1` (128-bit lanes 0–1 and 2–3) and their scales in 8-lane halves. Needs
@@ -320,6 +322,10 @@ impl Decode for Ggml4<'_> {
         r.data.wrapping_add(b * self.block_bytes()).cast()
     }
     #[inline(always)]
+    fn rows(&self) -> usize {
+        self.blocks.rows()
+    }
+    #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {
         RowPtr {
             data: self.blocks.row(j).as_ptr(),
@@ -382,6 +388,10 @@ impl Decode for Hf4<'_> {
         r.data.wrapping_add(16 * b).cast()
     }
     #[inline(always)]
+    fn rows(&self) -> usize {
+        self.codes.rows()
+    }
+    #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {
         RowPtr {
             data: self.codes.row(j).as_ptr(),
@@ -433,6 +443,10 @@ impl Decode for Q8<'_> {
     }
     fn quads(&self) -> Option<Quads> {
         Some(Quads::Q8_0)
+    }
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.blocks.rows()
     }
     #[inline(always)]
     fn row(&self, j: usize) -> RowPtr {

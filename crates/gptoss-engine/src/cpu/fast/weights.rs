@@ -48,6 +48,16 @@ impl<'a> RowBytes<'a> {
         })
     }
 
+    /// The row count given to `new`.
+    #[inline(always)]
+    pub(crate) fn rows(&self) -> usize {
+        let per_part = self.parts[0].len() / self.stride.max(1);
+        match self.woven {
+            Weave::Flat => per_part,
+            Weave::Woven => 2 * per_part,
+        }
+    }
+
     /// Row `j` (`j` < the row count given to `new`).
     #[inline(always)]
     pub(crate) fn row(&self, j: usize) -> &'a [u8] {
