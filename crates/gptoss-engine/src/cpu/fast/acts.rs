@@ -25,7 +25,13 @@ type RowJob<'a> = (
 
 /// One row's [`quad_words`] outputs and inputs (codes, remainders, units), as the row iterators zip them.
 type QuadJob<'a> = (
-    ((&'a mut [i16], &'a mut [i32]), &'a mut [f32]),
+    (
+        (
+            ((&'a mut [i16], &'a mut [i32]), &'a mut [f32]),
+            &'a mut [i8],
+        ),
+        &'a mut [i8],
+    ),
     ((&'a [i8], &'a [i8]), &'a [f32]),
 );
 
@@ -49,6 +55,10 @@ pub(crate) struct QuantActs {
     pub quad_offsets: Vec<i32>,
     /// Each quad tile lane's unit (its block's), 16 per quad.
     pub quad_units: Vec<f32>,
+    /// The codes `q` of each whole quad as the int8 quad tile reads them ([`QuadRow::codes`]).
+    pub quad_codes: Vec<i8>,
+    /// The remainders `r` likewise.
+    pub quad_rems: Vec<i8>,
     /// Row length.
     pub n: usize,
     /// Rows held.
@@ -111,21 +121,28 @@ impl QuantActs {
         self.quad_words.resize(rows * nq * QUAD_ELEMS, 0);
         self.quad_offsets.resize(rows * nq * QUAD_LANES, 0);
         self.quad_units.resize(rows * nq * QUAD_LANES, 0.0);
+        self.quad_codes.resize(rows * nq * QUAD_ELEMS, 0);
+        self.quad_rems.resize(rows * nq * QUAD_ELEMS, 0);
         if nq == 0 {
             return;
         }
-        let work = |(((words, offsets), units), ((codes, rems), scales)): QuadJob<'_>| {
-            let out = QuadRow {
-                words,
-                offsets,
-                units,
+        let work =
+            |(((((words, offsets), units), qc), qr), ((codes, rems), scales)): QuadJob<'_>| {
+                let out = QuadRow {
+                    words,
+                    offsets,
+                    units,
+                    codes: qc,
+                    rems: qr,
+                };
+                quad_words(codes, rems, scales, out);
             };
-            quad_words(codes, rems, scales, out);
-        };
-        let (words, offsets, units) = (
+        let (words, offsets, units, qc, qr) = (
             &mut self.quad_words[..rows * nq * QUAD_ELEMS],
             &mut self.quad_offsets[..rows * nq * QUAD_LANES],
             &mut self.quad_units[..rows * nq * QUAD_LANES],
+            &mut self.quad_codes[..rows * nq * QUAD_ELEMS],
+            &mut self.quad_rems[..rows * nq * QUAD_ELEMS],
         );
         let (codes, rems, scales) = (
             &self.codes[..rows * n],
@@ -137,6 +154,8 @@ impl QuantActs {
                 .par_chunks_mut(nq * QUAD_ELEMS)
                 .zip(offsets.par_chunks_mut(nq * QUAD_LANES))
                 .zip(units.par_chunks_mut(nq * QUAD_LANES))
+                .zip(qc.par_chunks_mut(nq * QUAD_ELEMS))
+                .zip(qr.par_chunks_mut(nq * QUAD_ELEMS))
                 .zip(
                     codes
                         .par_chunks(n)
@@ -149,6 +168,8 @@ impl QuantActs {
                 .chunks_mut(nq * QUAD_ELEMS)
                 .zip(offsets.chunks_mut(nq * QUAD_LANES))
                 .zip(units.chunks_mut(nq * QUAD_LANES))
+                .zip(qc.chunks_mut(nq * QUAD_ELEMS))
+                .zip(qr.chunks_mut(nq * QUAD_ELEMS))
                 .zip(
                     codes
                         .chunks(n)
@@ -172,6 +193,8 @@ impl QuantActs {
             quad_offsets: &self.quad_offsets
                 [rows.start * nq * QUAD_LANES..rows.end * nq * QUAD_LANES],
             quad_units: &self.quad_units[rows.start * nq * QUAD_LANES..rows.end * nq * QUAD_LANES],
+            quad_codes: &self.quad_codes[rows.start * nq * QUAD_ELEMS..rows.end * nq * QUAD_ELEMS],
+            quad_rems: &self.quad_rems[rows.start * nq * QUAD_ELEMS..rows.end * nq * QUAD_ELEMS],
             n,
             rows: rows.len(),
         }
@@ -224,16 +247,14 @@ pub(crate) const QUAD_ELEMS: usize = 4 * BLOCK;
 /// int32 lanes of a quad tile's dot: four per block.
 pub(crate) const QUAD_LANES: usize = 16;
 
-/// Which 8 positions of its block register `j` of a quad holds: `8 QUAD_GROUPS[j] + t`, `t` < 8. Register
-/// 0 is the low nibbles of code bytes 0..8 of a ggml 4-bit block (positions 0..8), 1 their high nibbles
-/// (16..24), 2 and 3 the same of bytes 8..16 (8..16, 24..32).
-pub(crate) const QUAD_GROUPS: [usize; 4] = [0, 2, 1, 3];
-
-/// The block position held by word `t` (0..8) of 128-bit lane `lane` in register `j` of a quad: each
-/// 128-bit lane is one block (`lane`), so the quad tile's int32 lane `4 lane + m` sums the words `2m`,
-/// `2m + 1` of all four registers: eight products of one block.
+/// The block position held by word `t` (0..8) of each 128-bit lane in register `j` of a quad (each
+/// 128-bit lane is one block): positions `4i, 4i + 1` (`i = t / 2`) in register 0, `4i + 2, 4i + 3` in
+/// register 2, and 16 more in registers 1 and 3. The quad tile's int32 lane `4 L + m` sums words `2m`,
+/// `2m + 1` of all four registers, so it holds positions `4m..4m + 4` and `16 + 4m..16 + 4m + 4` of block
+/// `L`: the same eight products as the int8 quad's lane (`vpdpbusd` on [`QuadRow::codes`]), so the two
+/// share the corrections. For ggml 4-bit blocks, registers 0 and 2 are low nibbles and 1 and 3 high ones.
 pub(crate) const fn quad_position(j: usize, t: usize) -> usize {
-    8 * QUAD_GROUPS[j] + t
+    16 * (j % 2) + 2 * (j / 2) + 4 * (t / 2) + t % 2
 }
 
 /// One row's int16 activations for the quad tile, written.
@@ -246,6 +267,11 @@ pub(crate) struct QuadRow<'a> {
     pub offsets: &'a mut [i32],
     /// Per quad, 16 lanes: the unit of lane `4 L + m`'s block.
     pub units: &'a mut [f32],
+    /// Per quad, two registers of 64 codes `q`: byte `64 h + 16 L + t` is position `16 h + t` of block
+    /// `4k + L`, so `vpdpbusd` lane `4 L + m` meets positions `4m..4m + 4` and `16 + 4m..16 + 4m + 4`.
+    pub codes: &'a mut [i8],
+    /// The remainders `r` likewise.
+    pub rems: &'a mut [i8],
 }
 
 /// One row's whole quads of blocks in the quad tile's order (codes and remainders in layout order, one
@@ -261,6 +287,13 @@ pub(crate) fn quad_words(codes: &[i8], rems: &[i8], scales: &[f32], out: QuadRow
     {
         for lane in 0..4 {
             let blk = (4 * k + lane) * BLOCK;
+            for h in 0..2 {
+                for t in 0..16 {
+                    let at = QUAD_ELEMS * k + 64 * h + 16 * lane + t;
+                    out.codes[at] = codes[blk + 16 * h + t];
+                    out.rems[at] = rems[blk + 16 * h + t];
+                }
+            }
             for j in 0..4 {
                 for t in 0..8 {
                     words[32 * j + 8 * lane + t] = word(blk + quad_position(j, t));
@@ -289,6 +322,8 @@ pub(crate) struct QuantView<'a> {
     quad_words: &'a [i16],
     quad_offsets: &'a [i32],
     quad_units: &'a [f32],
+    quad_codes: &'a [i8],
+    quad_rems: &'a [i8],
     /// Row length.
     pub n: usize,
     /// Rows.
@@ -310,6 +345,8 @@ impl<'a> QuantView<'a> {
             quad_words: &self.quad_words[t * qw..(t + 1) * qw],
             quad_offsets: &self.quad_offsets[t * ql..(t + 1) * ql],
             quad_units: &self.quad_units[t * ql..(t + 1) * ql],
+            quad_codes: &self.quad_codes[t * qw..(t + 1) * qw],
+            quad_rems: &self.quad_rems[t * qw..(t + 1) * qw],
         }
     }
 }
@@ -333,6 +370,10 @@ pub(crate) struct QuantRef<'a> {
     pub quad_offsets: &'a [i32],
     /// The quads' lane units ([`QuadRow::units`]).
     pub quad_units: &'a [f32],
+    /// The quads' codes for the int8 quad tile ([`QuadRow::codes`]).
+    pub quad_codes: &'a [i8],
+    /// The quads' remainders likewise.
+    pub quad_rems: &'a [i8],
 }
 
 /// One quantized row, written.

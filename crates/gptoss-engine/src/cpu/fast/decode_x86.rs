@@ -362,6 +362,7 @@ impl Decode for Ggml4<'_> {
             }
         }
     }
+    #[inline(always)]
     fn quads(&self) -> Option<Quads> {
         let small = self
             .table
@@ -441,6 +442,7 @@ impl Decode for Q8<'_> {
     fn block_addr(&self, r: RowPtr, b: usize) -> *const i8 {
         r.data.wrapping_add(b * Q8_0_BLOCK_BYTES).cast()
     }
+    #[inline(always)]
     fn quads(&self) -> Option<Quads> {
         Some(Quads::Q8_0)
     }

@@ -1,17 +1,19 @@
 //! The one-activation-row (decode) tile for ggml MXFP4 and Q8_0 on AVX-512 VBMI: four blocks a step, each
 //! 128-bit lane of the int32 dot one block, so that the weights' scales need no broadcasts and the f32
-//! work (convert, scale, FMA) is done once per four blocks instead of once per two. The weights are
-//! gathered straight into int16 lanes (`vpermb` with zeroing of every other byte) and dotted by
-//! `vpdpwssd` with the activation's `256 q + r` in [`quad_words`](super::acts::quad_words)' order. Every
-//! int32 lane is an exact partial sum of one block's integer dot (below 2^24, so its f32 is exact too);
-//! the lanes group the block's products differently from the pair tiles, so the f32 sums can differ from
+//! work (convert, scale, FMA) is done once per four blocks instead of once per two. MXFP4 is dotted in
+//! two int8 passes (`vpdpbusd` on the activation's codes `q`, then remainders `r`), each block's 16 code
+//! bytes gathered into its lane and looked up once per nibble; Q8_0 is gathered straight into signed
+//! int16 lanes and dotted by `vpdpwssd` with `256 q + r` (its ±128 codes would take a lane of eight
+//! products past 2^24). The activation planes are laid out per quad by `acts::quad_words`. Every int32
+//! lane is an exact partial sum of one block's integer dot (below 2^24, so its f32 is exact too); the
+//! lanes group a block's products differently from the pair tiles, so the f32 sums can differ from
 //! theirs in the last bits. Blocks past the last whole quad go through the pair kernel.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use super::acts::{quad_position, QuantRef, QUAD_ELEMS, QUAD_GROUPS, QUAD_LANES};
+use super::acts::{quad_position, QuantRef, QUAD_ELEMS, QUAD_LANES};
 use super::decode_x86::{Decode, RowPtr};
 use super::int8_x86::{dpwssd2, table_u, vnni_finish, Tile, VbmiTile};
 use super::weights::BLOCK;
@@ -26,20 +28,22 @@ pub(super) enum Quads {
     Q8_0,
 }
 
-/// The largest 4-bit table value (in magnitude) the one-accumulator MXFP4 quad takes: 8 × 64 × 32,639
-/// (the largest `|256 q + r|`) is below 2^24.
+/// The largest 4-bit table value (in magnitude) the MXFP4 quad takes: 8 × 64 × 32,639 (the largest
+/// `|256 q + r|`) is below 2^24.
 pub(super) const QUAD_TABLE_MAX: i8 = 64;
 
-/// The activation side of one quad: the four word registers, the lane corrections and the lane units
-/// times the weight table's unit.
+/// The activation side of one quad: four registers of the format's planes, the lane corrections (for
+/// weights offset to unsigned) and the lane units times the weight table's unit.
 pub(super) struct QuadX {
-    words: [__m512i; 4],
+    planes: [__m512i; 4],
     offsets: __m512i,
     units: __m512,
 }
 
 /// A format's quad step: decode four blocks of one weight row and add their scaled dots to `acc`.
 pub(super) trait QuadFormat {
+    /// The four activation registers of quad `k` of row `x` and the lane corrections the step needs.
+    unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i);
     /// `acc + Σ_lanes dot × w_scale × x_unit` for the quad at `p`.
     unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512;
     /// Prefetches the quad at `p` (which may lie past the row): every cache line it touches that the
@@ -53,20 +57,13 @@ pub(super) struct Mxfp4Quad;
 /// ggml Q8_0 quads.
 pub(super) struct Q8Quad;
 
-/// Even bytes of a 512-bit register: the low bytes of its int16 lanes.
-const EVEN: u64 = 0x5555_5555_5555_5555;
-/// Odd bytes: the high bytes of its int16 lanes.
-const ODD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
-
-/// The gather of MXFP4 code bytes `8 half..8 half + 8` of each block of a quad into the even bytes of
-/// its 128-bit lane (the block's), from the registers loaded at quad bytes 0 and 52 (selector bit 6).
-/// Odd bytes repeat their even neighbour: they only feed bits the table lookup ignores.
-const fn mxfp4_code_index(half: usize) -> [u8; 64] {
+/// The gather of an MXFP4 quad's code bytes: block `L`'s 16 in 128-bit lane `L`, from the registers
+/// loaded at quad bytes 0 and 52 (selector bit 6).
+const fn mxfp4_code_index() -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut i = 0;
     while i < 64 {
-        let (lane, t) = (i / 16, i % 16 / 2);
-        let pos = 17 * lane + 1 + 8 * half + t;
+        let pos = 17 * (i / 16) + 1 + i % 16;
         idx[i] = if pos < 64 {
             pos as u8
         } else {
@@ -88,29 +85,51 @@ const fn mxfp4_scale_index() -> [u8; 64] {
     idx
 }
 
-static MXFP4_CODES: [[u8; 64]; 2] = [mxfp4_code_index(0), mxfp4_code_index(1)];
+static MXFP4_CODES: [u8; 64] = mxfp4_code_index();
 static MXFP4_SCALES: [u8; 64] = mxfp4_scale_index();
 
+/// Odd bytes of a 512-bit register: the high bytes of its int16 lanes.
+const ODD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
+
 impl QuadFormat for Mxfp4Quad {
-    /// One 512-bit and one 128-bit load (no byte past the quad); two gathers put each block's code bytes
-    /// 0..8 and 8..16 in the even bytes of its lane; four zeroing table lookups (low nibbles, then the
-    /// high nibbles after a 16-bit shift by 4) give the weights + 128 as int16 lanes in
-    /// [`QUAD_GROUPS`]' order; four `vpdpwssd` onto the -128 Σ correction give each lane its exact
-    /// signed sum. The scales: one zeroing gather puts block `L`'s E8M0 byte in lanes `4L..4L + 4`, the
-    /// bit assembly of `e8m0_pair` (the maximum with 2^-127's bits covers `e = 0`) makes `2^(e - 127)`.
+    /// The codes `q` and remainders `r` (`acts::QuadRow::codes`: positions `0..16` of each block, then
+    /// `16..32`) and the `-128 Σ (256 q + r)` corrections.
+    #[inline(always)]
+    unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i) {
+        let (c, r) = (
+            x.quad_codes.as_ptr().add(k * QUAD_ELEMS),
+            x.quad_rems.as_ptr().add(k * QUAD_ELEMS),
+        );
+        let planes = [
+            _mm512_loadu_si512(c.cast()),
+            _mm512_loadu_si512(c.add(64).cast()),
+            _mm512_loadu_si512(r.cast()),
+            _mm512_loadu_si512(r.add(64).cast()),
+        ];
+        let offsets = _mm512_loadu_si512(x.quad_offsets.as_ptr().add(k * QUAD_LANES).cast());
+        (planes, offsets)
+    }
+
+    /// One 512-bit and one 128-bit load (no byte past the quad); one gather puts each block's 16 code
+    /// bytes in its lane; two table lookups (`vpermb` on the table repeated in all four 128-bit lanes,
+    /// so bits 4–5 of an index do not matter; the high nibbles after a 16-bit shift by 4) give positions
+    /// `0..16` and `16..32` + 128, unsigned. Then, as in the pair kernel, `vpdpbusd` on `q`, a shift by
+    /// 8 and the correction, `vpdpbusd` on `r`: 6 ops where the int16 form needed 8 (two gathers, two
+    /// shifts, four zeroing lookups) and 4 `vpdpwssd` (in L3, one thread: +6–21%, median +18%). The
+    /// scales: one zeroing gather puts block `L`'s E8M0 byte in lanes `4L..4L + 4`, the bit assembly of
+    /// `e8m0_pair` (the maximum with 2^-127's bits covers `e = 0`) makes `2^(e - 127)`.
     #[inline(always)]
     unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512 {
         let a = _mm512_loadu_si512(p.cast());
         let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
-        let g0 = _mm512_permutexvar_epi8(_mm512_loadu_si512(MXFP4_CODES[0].as_ptr().cast()), a);
-        let g1 = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(MXFP4_CODES[1].as_ptr().cast()), b);
-        let w = [
-            permb_z(EVEN, g0, tbl_u),
-            permb_z(EVEN, _mm512_srli_epi16(g0, 4), tbl_u),
-            permb_z(EVEN, g1, tbl_u),
-            permb_z(EVEN, _mm512_srli_epi16(g1, 4), tbl_u),
-        ];
-        let dot = dpwssd4(x.offsets, w, x.words);
+        let g = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(MXFP4_CODES.as_ptr().cast()), b);
+        let w0 = _mm512_permutexvar_epi8(g, tbl_u);
+        let w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(g, 4), tbl_u);
+        let [q0, q1, r0, r1] = x.planes;
+        let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, q0);
+        let dq = _mm512_dpbusd_epi32(dq, w1, q1);
+        let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), x.offsets);
+        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(t, w0, r0), w1, r1);
         let e = permb_z(
             0x1111_1111_1111_1111,
             _mm512_loadu_si512(MXFP4_SCALES.as_ptr().cast()),
@@ -130,10 +149,11 @@ impl QuadFormat for Mxfp4Quad {
 
 /// The gather of a Q8_0 quad's codes for word register `j`: position [`quad_position`]`(j, t)` of
 /// block `L` into the odd byte of word `t` of lane `L` (the even bytes are zeroed, so a 16-bit
-/// arithmetic shift by 8 makes the signed word). Registers 0–2 read the registers loaded at quad bytes
-/// 0 and 64, register 3 (positions 24..32) those loaded at 8 and 72, so nothing past the quad is read.
+/// arithmetic shift by 8 makes the signed word). Registers 0 and 2 (positions below 16) read the
+/// registers loaded at quad bytes 0 and 64, registers 1 and 3 those loaded at 8 and 72, so nothing past
+/// the quad is read.
 const fn q8_0_code_index(j: usize) -> [u8; 64] {
-    let base = if QUAD_GROUPS[j] == 3 { 8 } else { 0 };
+    let base = 8 * (j % 2);
     let mut idx = [0u8; 64];
     let mut i = 1;
     while i < 64 {
@@ -165,6 +185,20 @@ static Q8_0_CODES: [[u8; 64]; 4] = [
 static Q8_0_SCALES: [u8; 64] = q8_0_scale_index();
 
 impl QuadFormat for Q8Quad {
+    /// The activation's `256 q + r` words in [`quad_position`]'s order (no correction: the words and
+    /// weights are both signed).
+    #[inline(always)]
+    unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i) {
+        let w = x.quad_words.as_ptr().add(k * QUAD_ELEMS);
+        let planes = [
+            _mm512_loadu_si512(w.cast()),
+            _mm512_loadu_si512(w.add(32).cast()),
+            _mm512_loadu_si512(w.add(64).cast()),
+            _mm512_loadu_si512(w.add(96).cast()),
+        ];
+        (planes, _mm512_setzero_si512())
+    }
+
     /// Four 512-bit loads (at quad bytes 0, 64, 8 and 72: nothing past the quad), four zeroing gathers
     /// of the codes into the high bytes of int16 lanes and four shifts make signed words (no correction
     /// needed); two accumulators of two `vpdpwssd` each keep every lane at four products (|w| ≤ 128,
@@ -184,13 +218,13 @@ impl QuadFormat for Q8Quad {
         ];
         let w = [
             _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a, idx[0], b), 8),
-            _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a, idx[1], b), 8),
+            _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a8, idx[1], b8), 8),
             _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a, idx[2], b), 8),
             _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a8, idx[3], b8), 8),
         ];
-        let zero = _mm512_setzero_si512();
-        let lo = dpwssd2(zero, (w[0], x.words[0]), (w[1], x.words[1]));
-        let hi = dpwssd2(zero, (w[2], x.words[2]), (w[3], x.words[3]));
+        let (zero, xw) = (_mm512_setzero_si512(), &x.planes);
+        let lo = dpwssd2(zero, (w[0], xw[0]), (w[1], xw[1]));
+        let hi = dpwssd2(zero, (w[2], xw[2]), (w[3], xw[3]));
         let halves =
             _mm512_permutex2var_epi8(a, _mm512_loadu_si512(Q8_0_SCALES.as_ptr().cast()), b);
         let scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(halves)), x.units);
@@ -208,7 +242,7 @@ impl QuadFormat for Q8Quad {
 
 /// `vpermb` with zeroing: byte `i` is `tbl[idx[i] & 63]` where bit `i` of `mask` is set, else 0. In
 /// assembly because LLVM splits `_mm512_maskz_permutexvar_epi8` into a permute and an AND (one more op
-/// per lookup, five per MXFP4 quad and weight row).
+/// per quad and weight row).
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 #[inline]
 unsafe fn permb_z(mask: u64, idx: __m512i, tbl: __m512i) -> __m512i {
@@ -222,13 +256,6 @@ unsafe fn permb_z(mask: u64, idx: __m512i, tbl: __m512i) -> __m512i {
         options(pure, nomem, nostack, preserves_flags),
     );
     out
-}
-
-/// `acc + Σ_j Σ w_j x_j` by four `vpdpwssd`.
-#[inline(always)]
-unsafe fn dpwssd4(acc: __m512i, w: [__m512i; 4], x: [__m512i; 4]) -> __m512i {
-    let acc = dpwssd2(acc, (w[0], x[0]), (w[1], x[1]));
-    dpwssd2(acc, (w[2], x[2]), (w[3], x[3]))
 }
 
 /// The quad tile: at one activation row, the whole quads of `R` weight rows by [`QuadFormat`] `F`, then
@@ -255,16 +282,11 @@ impl<F: QuadFormat> Tile for QuadTile<F> {
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let quads = nb * BLOCK / QUAD_ELEMS;
         for k in 0..quads {
-            let words = x.quad_words.as_ptr().add(k * QUAD_ELEMS);
             let lanes = k * QUAD_LANES;
+            let (planes, offsets) = F::activations(&x, k);
             let xq = QuadX {
-                words: [
-                    _mm512_loadu_si512(words.cast()),
-                    _mm512_loadu_si512(words.add(32).cast()),
-                    _mm512_loadu_si512(words.add(64).cast()),
-                    _mm512_loadu_si512(words.add(96).cast()),
-                ],
-                offsets: _mm512_loadu_si512(x.quad_offsets.as_ptr().add(lanes).cast()),
+                planes,
+                offsets,
                 units: _mm512_mul_ps(_mm512_loadu_ps(x.quad_units.as_ptr().add(lanes)), unit),
             };
             for r in 0..R {

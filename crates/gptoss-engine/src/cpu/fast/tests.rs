@@ -192,12 +192,13 @@ fn quad_kernel_matches_the_integer_reference() {
                         ptr: out.as_mut_ptr(),
                         n_out,
                     };
+                    let view = acts.view(0..rows);
                     // SAFETY: VBMI was detected; `out` holds `[rows, n_out]`.
                     unsafe {
                         task(
                             X86Level::Avx512Quad,
                             &iw,
-                            &acts.view(0..rows),
+                            &view,
                             0..n_out,
                             Some(&bias),
                             sink,
