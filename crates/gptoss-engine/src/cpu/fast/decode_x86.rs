@@ -142,17 +142,22 @@ const fn quad_code_index(first: usize) -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut i = 0;
     while i < 64 {
-        // Block `first + i / 32` of the quad, code byte `i % 16`, one byte past its E8M0 scale.
-        let pos = 17 * (first + i / 32) + 1 + i % 16;
-        // Bytes past 63 come from the second register, loaded at byte 52 (selector bit 6).
-        idx[i] = if pos < 64 {
-            pos as u8
-        } else {
-            64 + (pos - 52) as u8
-        };
+        idx[i] = quad_code_byte(first + i / 32, i % 16);
         i += 1;
     }
     idx
+}
+
+/// The two-register permute selector of code byte `byte` of block `block` of an MXFP4 quad (68 bytes: each
+/// block an E8M0 scale, then its 16 code bytes), the quad loaded as two registers at bytes 0 and 52: bytes
+/// past 63 come from the second one (selector bit 6).
+pub(super) const fn quad_code_byte(block: usize, byte: usize) -> u8 {
+    let pos = 17 * block + 1 + byte;
+    if pos < 64 {
+        pos as u8
+    } else {
+        64 + (pos - 52) as u8
+    }
 }
 
 /// Which bytes hold the 4 E8M0 scales of a quad: 32-bit lane `k` gets scale `k % 4` in its low byte.

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::{quad_position, QuantRef, QUAD_ELEMS, QUAD_LANES};
-use super::decode_x86::{Decode, RowPtr};
+use super::decode_x86::{quad_code_byte, Decode, RowPtr};
 use super::int8_x86::{dpwssd2, table_u, vnni_finish, Tile, VbmiTile};
 use super::weights::BLOCK;
 
@@ -63,12 +63,7 @@ const fn mxfp4_code_index() -> [u8; 64] {
     let mut idx = [0u8; 64];
     let mut i = 0;
     while i < 64 {
-        let pos = 17 * (i / 16) + 1 + i % 16;
-        idx[i] = if pos < 64 {
-            pos as u8
-        } else {
-            64 + (pos - 52) as u8
-        };
+        idx[i] = quad_code_byte(i / 16, i % 16);
         i += 1;
     }
     idx
