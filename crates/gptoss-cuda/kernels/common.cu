@@ -442,3 +442,83 @@ static __device__ void block_rowdot(const WRef& w, const float* tab, i64 rows0, 
     }
     __syncthreads();
 }
+
+// ---- The residual add and RMSNorm of one row, shared by norm.cu and the GEMVs that fuse it ----
+// Float4s per thread of a 256-thread block: rows of up to RMS_VEC · 4 · 256 = 4,096 floats.
+#define RMS_VEC 4
+
+// x (+ y) and w of one row of n floats (n % 4 == 0, n <= 4 · RMS_VEC · 256, 16-byte aligned) by a block of 256
+// threads, thread t holding float4s t, t + 256, ... in xv and wv (zero past the row); returns
+// 1 / sqrt(mean(x²) + eps). Every load is issued before the first use (one memory latency), and every block
+// that calls it on the same row gets the same bits. The norm is then rms_scale(xv[j], wv[j], inv).
+template <int ADD>
+static __device__ float rms_row_vec(const float* x, const float* y, const float* w, int n, float eps,
+                                    float4 (&xv)[RMS_VEC], float4 (&wv)[RMS_VEC], float* scratch) {
+    int nv = n >> 2;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    #pragma unroll
+    for (int j = 0; j < RMS_VEC; j++) {
+        int i = threadIdx.x + j * 256;
+        xv[j] = i < nv ? ((const float4*)x)[i] : zero;
+        wv[j] = i < nv ? ((const float4*)w)[i] : zero;
+        if (ADD) {
+            float4 yv = i < nv ? ((const float4*)y)[i] : zero;
+            xv[j] = make_float4(xv[j].x + yv.x, xv[j].y + yv.y, xv[j].z + yv.z, xv[j].w + yv.w);
+        }
+    }
+    float s = 0.0f;
+    #pragma unroll
+    for (int j = 0; j < RMS_VEC; j++) s += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
+    s = block_sum(s, scratch);
+    return 1.0f / sqrtf(s / (float)n + eps);
+}
+
+static __device__ __forceinline__ float4 rms_scale(float4 x, float4 w, float inv) {
+    return make_float4(w.x * (x.x * inv), w.y * (x.y * inv), w.z * (x.z * inv), w.w * (x.w * inv));
+}
+
+// The norm a one-row GEMV applies to its input itself (the launch that add_rmsnorm_f32 was before it).
+struct NormIn {
+    float* resid;        // the residual row x
+    const float* delta;  // y, added into x first; null: none (and x is not written)
+    const float* w;      // the norm's weight
+    float* h;            // out: rms_norm(x) · w, written by block 0
+    int* ticket;         // blocks done reading x; zero between launches
+    int n;
+    float eps;
+};
+
+// By every block of a fused GEMV (256 threads, after grid_dep_sync): xn (shared, n floats) = rms_norm(x + y) · w,
+// bit for bit what add_rmsnorm_f32 writes; block 0 also writes it to h, and the last block to have read x
+// writes x + y back (before then, another block may still be reading x). Ends with a barrier.
+static __device__ void norm_prologue(const NormIn& f, float* xn) {
+    __shared__ float scratch[32];
+    __shared__ int last;
+    int nv = f.n >> 2;
+    float4 xv[RMS_VEC], wv[RMS_VEC];
+    float inv = f.delta ? rms_row_vec<1>(f.resid, f.delta, f.w, f.n, f.eps, xv, wv, scratch)
+                        : rms_row_vec<0>(f.resid, nullptr, f.w, f.n, f.eps, xv, wv, scratch);
+    #pragma unroll
+    for (int j = 0; j < RMS_VEC; j++) {
+        int i = threadIdx.x + j * 256;
+        if (i < nv) {
+            float4 v = rms_scale(xv[j], wv[j], inv);
+            ((float4*)xn)[i] = v;
+            if (blockIdx.x == 0) ((float4*)f.h)[i] = v;
+        }
+    }
+    if (f.delta) {
+        // block_sum's barriers put every thread's loads of x before this ticket.
+        if (threadIdx.x == 0) last = atomicAdd(f.ticket, 1) == (int)gridDim.x - 1;
+        __syncthreads();
+        if (last) {
+            #pragma unroll
+            for (int j = 0; j < RMS_VEC; j++) {
+                int i = threadIdx.x + j * 256;
+                if (i < nv) ((float4*)f.resid)[i] = xv[j];
+            }
+            if (threadIdx.x == 0) *f.ticket = 0;
+        }
+    }
+    __syncthreads();
+}

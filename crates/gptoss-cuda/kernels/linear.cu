@@ -19,6 +19,11 @@
 //   k / 32 · (96 + 4) bytes, plane-major so a lane's 16-byte reads do not collide): about one instruction per
 //   code where decoding to f32 took three. Grid: x = ceil(n_out / (8 · rows per warp)). Block: 256 threads.
 //   linear3_warp_<fmt> / linear3_dot_q8: three of them (q, k, v) in one grid, as linear3_<fmt>_t*.
+// linear3_norm_dot_q8 / linear_norm_<fmt> (the split-K GEMV at one row): x is rms_norm(resid + delta) · w,
+//   which every block computes itself into shared memory (norm_prologue in common.cu, bit for bit
+//   add_rmsnorm_f32) while its first weight loads are in flight, so the norm before q/k/v (Q8_0) and the one
+//   before the router cost no launch of their own. Dynamic shared memory: k floats more. (The bf16 / f16 warp
+//   GEMVs lost with it: 96 registers put q/k/v's 320 blocks in two waves; bench/NOTES.md, session 13.)
 // Minimum arch: sm_80. Launched from src/ops/linear.rs.
 // Weight rows per thread group of the split-K kernel.
 #define LIN_NR 4
@@ -40,14 +45,22 @@ struct LinearParams {
     float* partial;
 };
 
-// bx: the block's index within its linear (blockIdx.x, or less in a group launch).
-template <int F, int CE, int TT>
-static __device__ void linear_rows(const LinearParams& p, int bx, const float* tab, float* scratch, float* res) {
+// bx: the block's index within its linear (blockIdx.x, or less in a group launch). NORM (TT = 1): x is
+// rms_norm(f's rows), which each block computes into dynamic shared memory (norm_prologue).
+template <int F, int CE, int TT, int NORM>
+static __device__ void linear_rows(const LinearParams& p, int bx, const float* tab, float* scratch, float* res,
+                                   const NormIn* f) {
+    extern __shared__ float dyn_x[];
     int t0 = blockIdx.y * TT;
     // block_rowdot asks for the x rows after issuing its first weight loads: those overlap the previous
     // kernel's drain, and this is the kernel's grid_dep_sync (the GEMV entries call none before).
     auto xrows = [&](const float** xs) {
         grid_dep_sync();
+        if (NORM) {
+            norm_prologue(*f, dyn_x);
+            xs[0] = dyn_x;
+            return;
+        }
         #pragma unroll
         for (int t = 0; t < TT; t++) {
             int tt = min(t0 + t, p.n_tok - 1);
@@ -65,19 +78,25 @@ static __device__ void linear_rows(const LinearParams& p, int bx, const float* t
     }
 }
 
-template <int F, int TT>
-static __device__ void linear_impl(const LinearParams& p, int bx) {
+template <int F, int TT, int NORM = 0>
+static __device__ void linear_impl(const LinearParams& p, int bx, const NormIn* f = nullptr) {
     __shared__ float tab[16];
     __shared__ float scratch[8 * LIN_NR * TT];
     __shared__ float res[8 * LIN_NR * TT];
     load_table(p.w, tab);
     if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) {
-        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT>(p, bx, tab, scratch, res);
-        else linear_rows<F, 8, TT>(p, bx, tab, scratch, res);
+        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT, NORM>(p, bx, tab, scratch, res, f);
+        else linear_rows<F, 8, TT, NORM>(p, bx, tab, scratch, res, f);
     } else {
-        linear_rows<F, F == WF_Q8 ? 16 : 8, TT>(p, bx, tab, scratch, res);
+        linear_rows<F, F == WF_Q8 ? 16 : 8, TT, NORM>(p, bx, tab, scratch, res, f);
     }
 }
+
+// A GEMV whose x is the norm of a residual row, computed by each block (norm_prologue).
+struct LinearNormParams {
+    LinearParams p;
+    NormIn norm;
+};
 
 // Three linears of one input and format in one launch (q, k and v: their separate launches left most of the
 // GPU idle for the 512-row k and v, 4.6 µs each at one row on the H200). Blocks [first[i], first[i + 1]) of
@@ -271,9 +290,13 @@ static __device__ __forceinline__ void load_q8_block(const WRef& w, const i64 (&
     }
 }
 
-static __device__ void linear_dot_q8_impl(const LinearParams& p, int bx) {
-    extern __shared__ uint4 dyn_planes[];
+// NORM: x is rms_norm(f's rows), computed by each block into the first k floats of the dynamic shared memory
+// (norm_prologue), the planes after them.
+template <int NORM = 0>
+static __device__ void linear_dot_q8_impl(const LinearParams& p, int bx, const NormIn* f = nullptr) {
+    extern __shared__ uint4 dyn_smem[];
     int lane = threadIdx.x & 31, nkb = p.k / 32;
+    uint4* dyn_planes = NORM ? dyn_smem + p.k / 4 : dyn_smem;
     i64 row0 = ((i64)bx * (blockDim.x >> 5) + (threadIdx.x >> 5)) * DOT_Q8_ROWS;
     i64 rows[DOT_Q8_ROWS];
     #pragma unroll
@@ -288,7 +311,8 @@ static __device__ void linear_dot_q8_impl(const LinearParams& p, int bx) {
     #pragma unroll
     for (int j = 0; j < DOT_Q8_BLOCKS; j++) load_q8_block(p.w, rows, lane + 32 * j, nkb, q, j);
     grid_dep_sync();
-    split_x_planes(one_row_x(p), nkb, dyn_planes, plane_scale);
+    if (NORM) norm_prologue(*f, (float*)dyn_smem);
+    split_x_planes(NORM ? (const float*)dyn_smem : one_row_x(p), nkb, dyn_planes, plane_scale);
     for (int kb0 = 0; kb0 < nkb; kb0 += 32 * DOT_Q8_BLOCKS) {
         #pragma unroll
         for (int j = 0; j < DOT_Q8_BLOCKS; j++) {
@@ -320,15 +344,22 @@ static __device__ void linear_dot_q8_impl(const LinearParams& p, int bx) {
     store_warp_rows<DOT_Q8_ROWS>(p, row0, acc);
 }
 
+// q, k and v of one input whose x is the norm of a residual row (norm_prologue; Q8_0).
+struct LinearGroupNormParams {
+    LinearGroupParams g;
+    NormIn norm;
+};
+
 template <int F>
 static __device__ void linear3_warp_impl(const LinearGroupParams& g) {
     int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
     linear_warp_impl<F>(g.part[i], blockIdx.x - g.first[i]);
 }
 
-static __device__ void linear3_dot_q8_impl(const LinearGroupParams& g) {
+template <int NORM = 0>
+static __device__ void linear3_dot_q8_impl(const LinearGroupParams& g, const NormIn* f = nullptr) {
     int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
-    linear_dot_q8_impl(g.part[i], blockIdx.x - g.first[i]);
+    linear_dot_q8_impl<NORM>(g.part[i], blockIdx.x - g.first[i], f);
 }
 
 #define LINEAR_WARP_ENTRY(NAME, F) \
@@ -339,6 +370,7 @@ LINEAR_WARP_ENTRY(bf16, WF_BF16)
 LINEAR_WARP_ENTRY(f16, WF_F16)
 extern "C" __global__ void __launch_bounds__(256, 2) linear_dot_q8(const LinearParams p) { linear_dot_q8_impl(p, blockIdx.x); }
 extern "C" __global__ void __launch_bounds__(256, 2) linear3_dot_q8(const LinearGroupParams g) { linear3_dot_q8_impl(g); }
+extern "C" __global__ void __launch_bounds__(256, 2) linear3_norm_dot_q8(const LinearGroupNormParams n) { linear3_dot_q8_impl<1>(n.g, &n.norm); }
 
 #define LINEAR_ENTRY(NAME, F) \
     extern "C" __global__ void __launch_bounds__(256, 2) linear_##NAME##_t1(const LinearParams p) { linear_impl<F, 1>(p, blockIdx.x); } \
@@ -346,7 +378,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) linear3_dot_q8(const Linear
     extern "C" __global__ void __launch_bounds__(256, 1) linear_##NAME##_t4(const LinearParams p) { linear_impl<F, 4>(p, blockIdx.x); } \
     extern "C" __global__ void __launch_bounds__(256, 2) linear3_##NAME##_t1(const LinearGroupParams g) { linear_group_impl<F, 1>(g); } \
     extern "C" __global__ void __launch_bounds__(256, 2) linear3_##NAME##_t2(const LinearGroupParams g) { linear_group_impl<F, 2>(g); } \
-    extern "C" __global__ void __launch_bounds__(256, 1) linear3_##NAME##_t4(const LinearGroupParams g) { linear_group_impl<F, 4>(g); }
+    extern "C" __global__ void __launch_bounds__(256, 1) linear3_##NAME##_t4(const LinearGroupParams g) { linear_group_impl<F, 4>(g); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_norm_##NAME(const LinearNormParams n) { linear_impl<F, 1, 1>(n.p, blockIdx.x, &n.norm); }
 
 // MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
 // X split of mma.cu needs more than the 80 registers of 3 blocks).

@@ -13,9 +13,6 @@ struct NormParams {
     float eps;
 };
 
-// Values per thread kept in registers by the vector path (rows of up to 4 × 4 × 256 = 4,096 floats).
-#define RMS_VEC 4
-
 struct AddNormParams {
     float* x;
     const float* y;
@@ -37,31 +34,16 @@ static __device__ void rmsnorm_row(const AddNormParams& p) {
     unsigned long long addr = (unsigned long long)x | (unsigned long long)p.w | (unsigned long long)o;
     if (ADD) addr |= (unsigned long long)y;
     if ((addr & 15) == 0 && (p.n & 3) == 0 && p.n <= RMS_VEC * 4 * 256) {
-        int nv = p.n >> 2;
         float4 xv[RMS_VEC], wv[RMS_VEC];
-        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float inv = rms_row_vec<ADD>(x, y, p.w, p.n, p.eps, xv, wv, scratch);
+        int nv = p.n >> 2;
         #pragma unroll
         for (int j = 0; j < RMS_VEC; j++) {
             int i = threadIdx.x + j * 256;
-            xv[j] = i < nv ? ((const float4*)x)[i] : zero;
-            wv[j] = i < nv ? ((const float4*)p.w)[i] : zero;
-            if (ADD) {
-                float4 yv = i < nv ? ((const float4*)y)[i] : zero;
-                xv[j] = make_float4(xv[j].x + yv.x, xv[j].y + yv.y, xv[j].z + yv.z, xv[j].w + yv.w);
-                if (i < nv) ((float4*)x)[i] = xv[j];
+            if (i < nv) {
+                if (ADD) ((float4*)x)[i] = xv[j];
+                ((float4*)o)[i] = rms_scale(xv[j], wv[j], inv);
             }
-        }
-        float s = 0.0f;
-        #pragma unroll
-        for (int j = 0; j < RMS_VEC; j++) s += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
-        s = block_sum(s, scratch);
-        float inv = 1.0f / sqrtf(s / (float)p.n + p.eps);
-        #pragma unroll
-        for (int j = 0; j < RMS_VEC; j++) {
-            int i = threadIdx.x + j * 256;
-            if (i < nv)
-                ((float4*)o)[i] = make_float4(wv[j].x * (xv[j].x * inv), wv[j].y * (xv[j].y * inv),
-                                              wv[j].z * (xv[j].z * inv), wv[j].w * (xv[j].w * inv));
         }
         return;
     }

@@ -5,7 +5,8 @@
 use std::cell::{Cell, RefCell};
 
 use gptoss_engine::backend::{
-    AttnShape, Backend, Batch, Capacity, MoeArgs, QkvBufs, Recording, Rope, SamplingParams,
+    AttnShape, Backend, Batch, Capacity, MoeArgs, NormInput, QkvBufs, Recording, Rope,
+    SamplingParams,
 };
 use gptoss_engine::memory::{KvPrecision, MemoryPlan};
 use gptoss_engine::{KvLayout, PoolKind};
@@ -170,6 +171,17 @@ impl CudaBackend {
             *s = Some(MoeScratch::new(&self.dev, pairs, e, i, h)?);
         }
         Ok(())
+    }
+}
+
+/// The engine's norm input as the CUDA launchers take it.
+fn norm_args(n: NormInput<'_, CudaBackend>) -> ops::linear::NormArgs<'_> {
+    ops::linear::NormArgs {
+        x: n.x,
+        y: n.y,
+        weight: n.weight,
+        eps: n.eps,
+        h: n.h,
     }
 }
 
@@ -380,6 +392,40 @@ impl Backend for CudaBackend {
         out: [&mut CudaBuf; 3],
     ) -> Result<()> {
         Ok(ops::linear::linear3(&self.dev, step, x, w, out)?)
+    }
+
+    fn norm_linear3(
+        &self,
+        step: &CudaStep,
+        norm: NormInput<'_, Self>,
+        w: [&CudaLinear; 3],
+        out: [&mut CudaBuf; 3],
+    ) -> Result<()> {
+        let norm = norm_args(norm);
+        Ok(ops::linear::norm_linear3(&self.dev, step, norm, w, out)?)
+    }
+
+    fn norm_route(
+        &self,
+        step: &CudaStep,
+        norm: NormInput<'_, Self>,
+        router: &CudaLinear,
+        top_k: usize,
+        out: &mut CudaRouting,
+    ) -> Result<()> {
+        if self.expert_dims.borrow().is_some() {
+            self.ensure_moe_scratch(step.rows * top_k)?;
+        }
+        let scratch = self.moe_scratch.borrow();
+        let with = RouteWith {
+            top_k,
+            scratch: scratch.as_ref(),
+            experts: self.expert_traits.get(),
+        };
+        let norm = norm_args(norm);
+        let grouped = ops::moe::norm_route(&self.dev, step, norm, router, with, out)?;
+        self.grouped.set(grouped);
+        Ok(())
     }
 
     fn rope_store_kv(

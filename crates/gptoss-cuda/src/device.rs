@@ -59,6 +59,8 @@ pub struct Device {
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run.
     pub linear_kernel: LinearKernel,
+    /// Whether one-row GEMVs fuse the RMSNorm before them.
+    pub fuse_norm: bool,
     /// Where ggml block formats are repacked at upload.
     pub repack: RepackSite,
     /// Whether kernels launch as programmatic dependents of the one before (see [`Device::launch`]).
@@ -124,6 +126,7 @@ impl Device {
             cache_dir: opts.cache_dir.clone(),
             moe_kernel: opts.moe_kernel,
             linear_kernel: opts.linear_kernel,
+            fuse_norm: opts.fuse_norm,
             repack: opts.repack,
             dependent_launch: opts.dependent_launch && target.arch() >= DEPENDENT_LAUNCH_MIN_ARCH,
             dependent_step: Cell::new(true),

@@ -304,6 +304,10 @@ pub enum Func {
     LinearDotQ8,
     /// `linear3_dot_q8`
     LinearDotQ8Group,
+    /// `linear_norm_<fmt>` (the split-K GEMV at one row of a norm it computes itself: the router)
+    LinearNorm(WeightKind),
+    /// `linear3_norm_dot_q8`
+    LinearDotQ8NormGroup,
     /// `rope_kv_<kv>`
     RopeKv(KvType),
     /// `attention_<kv>`
@@ -369,7 +373,9 @@ impl Func {
             | Func::LinearWarp(_)
             | Func::LinearWarpGroup(_)
             | Func::LinearDotQ8
-            | Func::LinearDotQ8Group => KernelFile::Linear,
+            | Func::LinearDotQ8Group
+            | Func::LinearNorm(_)
+            | Func::LinearDotQ8NormGroup => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
             Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
                 KernelFile::Attention
@@ -412,6 +418,8 @@ impl Func {
             Func::LinearWarpGroup(w) => format!("linear3_warp_{}", w.suffix()),
             Func::LinearDotQ8 => "linear_dot_q8".into(),
             Func::LinearDotQ8Group => "linear3_dot_q8".into(),
+            Func::LinearNorm(w) => format!("linear_norm_{}", w.suffix()),
+            Func::LinearDotQ8NormGroup => "linear3_norm_dot_q8".into(),
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::AttentionRows(k) => format!("attention_rows_{}", kv(k)),
@@ -458,6 +466,7 @@ impl Func {
             Func::LinearReduce,
             Func::LinearDotQ8,
             Func::LinearDotQ8Group,
+            Func::LinearDotQ8NormGroup,
             Func::MoeGateUpFp4Dot,
             Func::MoeDownFp4Dot,
             Func::MoeDownFp4DotTokens,
@@ -472,7 +481,7 @@ impl Func {
             v.extend([Func::RopeKv(k), Func::Attention(k), Func::AttentionRows(k)]);
         }
         for w in WeightKind::ALL {
-            v.extend([Func::Embed(w), Func::Route(w)]);
+            v.extend([Func::Embed(w), Func::Route(w), Func::LinearNorm(w)]);
             v.extend(RowTile::LINEAR.map(|t| Func::Linear(w, t)));
             v.extend(RowTile::LINEAR.map(|t| Func::LinearGroup(w, t)));
             for t in RowTile::EXPERTS {
@@ -513,6 +522,7 @@ mod tests {
             ("linear_mma32_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear3_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
+            ("linear_norm_", "LINEAR_ENTRY", &[""][..]),
             ("linear_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("linear3_", "LINEAR_ENTRY", &["_t1", "_t2", "_t4"][..]),
             ("embed_", "EMBED_ENTRY", &[""][..]),
@@ -545,13 +555,14 @@ mod tests {
     /// the one-row ones before they read x (`one_row_x`).
     #[test]
     fn every_kernel_syncs_with_its_predecessor_first() {
-        const GEMVS: [&str; 6] = [
+        const GEMVS: [&str; 7] = [
             "linear_impl<",
             "linear_group_impl<",
             "linear_warp_impl<",
             "linear3_warp_impl<",
             "linear_dot_q8_impl(",
             "linear3_dot_q8_impl(",
+            "linear3_dot_q8_impl<",
         ];
         for f in KernelFile::ALL {
             let body = f.body();
@@ -572,15 +583,24 @@ mod tests {
         assert!(lambda[lambda.find('{').unwrap() + 1..]
             .trim_start()
             .starts_with("grid_dep_sync();"));
-        for one_row in [
-            "static __device__ void linear_warp_impl",
-            "static __device__ void linear_dot_q8_impl",
+        assert!(lambda.find("norm_prologue(").unwrap() > lambda.find("grid_dep_sync();").unwrap());
+        for (one_row, reads) in [
+            (
+                "static __device__ void linear_warp_impl",
+                &["one_row_x(p)"][..],
+            ),
+            (
+                "static __device__ void linear_dot_q8_impl",
+                &["one_row_x(p)", "norm_prologue("][..],
+            ),
         ] {
             let body = &linear[linear.find(one_row).unwrap()..];
             let body = &body[..body.find("\n}\n").unwrap()];
             let sync = body.find("grid_dep_sync();").unwrap();
-            let x = body.find("one_row_x(p)").unwrap();
-            assert!(sync < x, "{one_row} reads x before grid_dep_sync");
+            for read in reads {
+                let x = body.find(read).unwrap();
+                assert!(sync < x, "{one_row} reads x before grid_dep_sync");
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
 //! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CUDA_PDL`,
-//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_REPACK`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
+//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_FUSE_NORM`, `GPTOSS_REPACK`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ pub struct CudaOptions {
     pub moe_kernel: MoeKernel,
     /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
     pub linear_kernel: LinearKernel,
+    /// Whether one-row GEMVs compute the RMSNorm before them themselves (the norms before q/k/v and before
+    /// the router, at one step row) instead of a launch of their own (`GPTOSS_FUSE_NORM=0` turns it off;
+    /// the results are bit-identical either way).
+    pub fuse_norm: bool,
     /// Where weights stored in ggml block formats are repacked at upload (`GPTOSS_REPACK`; A/B measurements,
     /// default on the device).
     pub repack: RepackSite,
@@ -179,6 +183,7 @@ impl CudaOptions {
                 Ok(v) => LinearKernel::parse(&v)?,
                 Err(_) => LinearKernel::Auto,
             },
+            fuse_norm: std::env::var("GPTOSS_FUSE_NORM").map_or(true, |v| v.trim() != "0"),
             repack: match std::env::var("GPTOSS_REPACK") {
                 Ok(v) => RepackSite::parse(&v)?,
                 Err(_) => RepackSite::Device,

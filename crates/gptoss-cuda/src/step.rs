@@ -35,6 +35,9 @@ pub struct CudaStep {
     pub(crate) split_rows: usize,
     /// Partial sums of the tensor-core linears' K splits (see `ops/linear.rs`).
     pub(crate) linear_part: DevBuf<f32>,
+    /// The blocks of a GEMV with a fused norm that have read the residual (`NormIn::ticket` in common.cu);
+    /// zero between launches.
+    pub(crate) norm_ticket: DevBuf<i32>,
     /// Query and key/value heads and the sliding window of the model (what key splits depend on).
     pub(crate) n_q_heads: usize,
     pub(crate) n_kv_heads: usize,
@@ -80,6 +83,7 @@ impl CudaStep {
                 linear_split_floats(capacity).max(1),
                 "linear K-split scratch",
             )?,
+            norm_ticket: DevBuf::zeros(&d.stream, &d.meter, 1, "fused norm ticket")?,
             n_q_heads: layout.n_q_heads,
             n_kv_heads: layout.kv_width / layout.head_dim.max(1),
             window_tokens: layout.window_tokens,

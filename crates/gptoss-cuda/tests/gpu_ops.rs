@@ -6,7 +6,7 @@
 
 use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
 use gptoss_cuda::{CudaBackend, CudaOptions, MoeKernel};
-use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, QkvBufs, Rope};
+use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, NormInput, QkvBufs, Rope};
 use gptoss_engine::memory::KvPrecision;
 use gptoss_engine::{Backend, Batch, BlockTable, Capacity, CpuBackend, KvLayout, SamplingParams};
 use gptoss_formats::{Expert, Linear, ModelConfig, Window};
@@ -240,6 +240,194 @@ fn linear_one_row_kernels_full_width() {
             assert!(e < 1e-5, "one-row logits {format:?}, K = {k}: {e}");
         }
     }
+}
+
+/// The norms that one-row GEMVs compute themselves (before q/k/v, before the router) give what the norm's
+/// own launch gives, bit for bit: the projections, the routing and the experts after it, h and the residual;
+/// with and without a residual to add, twice in a row (the ticket that picks the block writing the residual
+/// back is reset); and within the CPU's precision of the CPU backend. (q/k/v fuse the norm for Q8_0 only; the
+/// bf16 / f16 cases check that their fallback stays exact.)
+#[test]
+#[ignore = "needs GPU"]
+fn fused_norms_match_their_own_launch_bit_for_bit() {
+    let backend = |fuse_norm| {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.fuse_norm = fuse_norm;
+        CudaBackend::new(&o).unwrap()
+    };
+    let (fused, plain) = (backend(true), backend(false));
+    let mut rng = Rng(31);
+    let hidden = 2880;
+    let mut x = rng.vec(hidden, 1.0);
+    x[..32].iter_mut().for_each(|v| *v *= 1e3);
+    let y = rng.vec(hidden, 1.0);
+    let weight: Vec<f32> = rng.vec(hidden, 0.5).iter().map(|v| 1.0 + v).collect();
+    let formats = [
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+        TestFormat::Dense(gptoss_formats::DType::F16),
+        TestFormat::Q8_0,
+    ];
+    for format in formats {
+        let lins = [4096, 512, 512].map(|n_out| Linear {
+            weight: random_tensor(&mut rng, format, n_out, hidden, 0.2),
+            bias: Some(rng.vec(n_out, 0.5)),
+        });
+        for add in [true, false] {
+            let input = NormCase {
+                x: &x,
+                y: add.then_some(&y[..]),
+                weight: &weight,
+            };
+            let (a, b) = (
+                norm_qkv_run(&fused, &lins, &input),
+                norm_qkv_run(&plain, &lins, &input),
+            );
+            assert_same_bits(&a, &b, &format!("norm + q/k/v {format:?}, add {add}"));
+            let cpu = norm_qkv_run(&CpuBackend, &lins, &input);
+            let e = a
+                .iter()
+                .zip(&cpu)
+                .map(|(g, c)| rel_err(g, c))
+                .fold(0f32, f32::max);
+            println!(
+                "fused norm + q/k/v {format:?}, add {add}: bit-identical, rel err vs CPU {e:.2e}"
+            );
+            assert!(e < 1e-5, "fused norm + q/k/v {format:?} vs CPU: {e}");
+        }
+    }
+    let ex = experts(&mut rng, TestFormat::Mxfp4, 32, hidden, 64);
+    for format in [
+        TestFormat::Dense(gptoss_formats::DType::F32),
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+    ] {
+        let router = Linear {
+            weight: random_tensor(&mut rng, format, 32, hidden, 0.5),
+            bias: Some(rng.vec(32, 0.5)),
+        };
+        let input = NormCase {
+            x: &x,
+            y: Some(&y),
+            weight: &weight,
+        };
+        let (a, b) = (
+            norm_route_run(&fused, &router, &ex, &input),
+            norm_route_run(&plain, &router, &ex, &input),
+        );
+        assert_same_bits(&a, &b, &format!("norm + router {format:?}"));
+        let cpu = norm_route_run(&CpuBackend, &router, &ex, &input);
+        let e = a
+            .iter()
+            .zip(&cpu)
+            .map(|(g, c)| rel_err(g, c))
+            .fold(0f32, f32::max);
+        println!("fused norm + router {format:?}: bit-identical, rel err vs CPU {e:.2e}");
+        assert!(e < 1e-5, "fused norm + router {format:?} vs CPU: {e}");
+    }
+}
+
+/// One row's norm input: the residual, the output to add into it (if any), the norm's weight.
+struct NormCase<'a> {
+    x: &'a [f32],
+    y: Option<&'a [f32]>,
+    weight: &'a [f32],
+}
+
+fn assert_same_bits(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        let same = a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: output {i} differs from the unfused launch");
+    }
+}
+
+/// `norm_linear3` twice on one row (the second on the residual the first wrote): q, k, v, h and x after each.
+fn norm_qkv_run<B: Backend>(b: &B, lins: &[Linear; 3], c: &NormCase<'_>) -> Vec<Vec<f32>> {
+    let n = c.x.len();
+    let w: Vec<B::Linear> = lins.iter().map(|l| b.upload_linear(l).unwrap()).collect();
+    let mut xb = upload(b, 1, n, c.x);
+    let yb = c.y.map(|y| upload(b, 1, n, y));
+    let weight = b.upload_vector(c.weight).unwrap();
+    let mut h = b.alloc(1, n).unwrap();
+    let mut out: Vec<B::Buf> = lins
+        .iter()
+        .map(|l| b.alloc(1, l.weight.n_rows()).unwrap())
+        .collect();
+    let step = step_of(b, &plain_batch(1));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let norm = NormInput {
+            x: &mut xb,
+            y: yb.as_ref(),
+            weight: &weight,
+            eps: 1e-5,
+            h: &mut h,
+        };
+        let [o0, o1, o2] = &mut out[..] else {
+            unreachable!("three linears")
+        };
+        b.norm_linear3(&step, norm, [&w[0], &w[1], &w[2]], [o0, o1, o2])
+            .unwrap();
+        got.extend(out.iter().map(|o| b.read(o, 1).unwrap()));
+        got.push(b.read(&h, 1).unwrap());
+        got.push(b.read(&xb, 1).unwrap());
+    }
+    got
+}
+
+/// A plain route and MoE of the row first (which sizes the MoE scratch, as a model's first step does), then
+/// `norm_route` + MoE twice: the routing's choices and weights, the MoE output, h and x after each.
+fn norm_route_run<B: Backend>(
+    b: &B,
+    router: &Linear,
+    ex: &[Expert],
+    c: &NormCase<'_>,
+) -> Vec<Vec<f32>> {
+    let n = c.x.len();
+    let top_k = 4;
+    let up = b.upload_experts(ex).unwrap();
+    let r = b.upload_linear(router).unwrap();
+    let mut routing = b.alloc_routing(1, top_k).unwrap();
+    let mut xb = upload(b, 1, n, c.x);
+    let yb = c.y.map(|y| upload(b, 1, n, y));
+    let weight = b.upload_vector(c.weight).unwrap();
+    let mut h = b.alloc(1, n).unwrap();
+    let mut out = b.alloc(1, n).unwrap();
+    let step = step_of(b, &plain_batch(1));
+    let shape = MoeShape {
+        top_k,
+        swiglu_alpha: 1.702,
+        swiglu_limit: 7.0,
+    };
+    let moe = |h: &B::Buf, routing: &B::Routing, out: &mut B::Buf| {
+        let args = MoeArgs {
+            h,
+            experts: &up,
+            routing,
+            shape,
+        };
+        b.moe(&step, args, out).unwrap();
+    };
+    b.route(&step, &xb, &r, top_k, &mut routing).unwrap();
+    moe(&xb, &routing, &mut out);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let norm = NormInput {
+            x: &mut xb,
+            y: yb.as_ref(),
+            weight: &weight,
+            eps: 1e-5,
+            h: &mut h,
+        };
+        b.norm_route(&step, norm, &r, top_k, &mut routing).unwrap();
+        moe(&h, &routing, &mut out);
+        let choices = b.read_routing(&routing, 1, top_k).unwrap();
+        got.push(choices.iter().map(|&(e, _)| e as f32).collect());
+        got.push(choices.iter().map(|&(_, w)| w).collect());
+        got.push(b.read(&out, 1).unwrap());
+        got.push(b.read(&h, 1).unwrap());
+        got.push(b.read(&xb, 1).unwrap());
+    }
+    got
 }
 
 /// `linear3` of one x row through three linears.

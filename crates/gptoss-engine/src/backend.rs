@@ -316,6 +316,31 @@ pub trait Backend {
         cache: &Self::Cache,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// The norm before attention, then q, k and v of it: [`NormInput::run`], then [`Backend::linear3`] of its
+    /// `h` (a backend may compute the norm inside the projections).
+    fn norm_linear3(
+        &self,
+        step: &Self::Step,
+        mut norm: NormInput<'_, Self>,
+        w: [&Self::Linear; 3],
+        out: [&mut Self::Buf; 3],
+    ) -> Result<()> {
+        norm.run(self, step)?;
+        self.linear3(step, norm.h, w, out)
+    }
+    /// The norm before the MoE, then the routing of its `h`: [`NormInput::run`], then [`Backend::route`] (a
+    /// backend may compute the norm inside the router).
+    fn norm_route(
+        &self,
+        step: &Self::Step,
+        mut norm: NormInput<'_, Self>,
+        router: &Self::Linear,
+        top_k: usize,
+        out: &mut Self::Routing,
+    ) -> Result<()> {
+        norm.run(self, step)?;
+        self.route(step, norm.h, router, top_k, out)
+    }
     /// Router logits → top-k → softmax over the selected.
     fn route(
         &self,
@@ -427,6 +452,31 @@ pub enum Recording {
     Replayed,
     /// Issue the ops; they are recorded (not run) until [`Backend::finish_recording`].
     Recording,
+}
+
+/// The norm before a block, handed to [`Backend::norm_linear3`] and [`Backend::norm_route`]: `x += y` when `y`
+/// is given (the previous block's output), then `h = rms_norm(x) · weight`.
+pub struct NormInput<'a, B: Backend + ?Sized> {
+    /// The residual stream `[rows, H]`.
+    pub x: &'a mut B::Buf,
+    /// The output to add into it first, if any.
+    pub y: Option<&'a B::Buf>,
+    /// The norm's weight.
+    pub weight: &'a B::Vector,
+    /// The norm's epsilon.
+    pub eps: f32,
+    /// The normed rows `[rows, H]` (what the block reads).
+    pub h: &'a mut B::Buf,
+}
+
+impl<B: Backend + ?Sized> NormInput<'_, B> {
+    /// The norm on its own: [`Backend::add_rms_norm`], or [`Backend::rms_norm`] without `y`.
+    pub fn run(&mut self, b: &B, step: &B::Step) -> Result<()> {
+        match self.y {
+            Some(y) => b.add_rms_norm(step, self.x, y, self.weight, self.eps, self.h),
+            None => b.rms_norm(step, self.x, self.weight, self.eps, self.h),
+        }
+    }
 }
 
 /// The three projections handed to [`Backend::rope_store_kv`].

@@ -249,8 +249,10 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
         Ok(l) => capacity.max_step_seqs() as u64 * (l.table_blocks + l.ring_blocks) as u64,
         Err(_) => 0,
     };
+    // The last 4: the CUDA GEMVs' fused-norm ticket.
     let step = 4 * (3 * rows + logit_rows + tables)
         + 4 * (c.head_dim as u64 / 2)
+        + 4
         + 4 * attention_split_floats(config, capacity) as u64
         + 4 * linear_split_floats(capacity) as u64;
     // The CUDA MXFP4 experts split x into two f16 parts inside the act and y buffers; their scales, one f32

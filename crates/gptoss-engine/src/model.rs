@@ -8,7 +8,7 @@ use std::ops::Range;
 use gptoss_formats::{LayerWeights, ModelConfig, ModelWeights};
 
 use crate::backend::{
-    AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, QkvBufs, Recording, Rope,
+    AttnShape, Backend, Batch, Capacity, MoeArgs, MoeShape, NormInput, QkvBufs, Recording, Rope,
 };
 use crate::error::{Error, Result};
 use crate::expert_cache::{ExpertCache, ExpertCacheStats};
@@ -662,15 +662,22 @@ fn attention_block<B: Backend>(
     pending: Option<Pending>,
 ) -> Result<()> {
     let at = Some(l.model);
-    norm_after(b, ws, pending, &layer.attn_norm, c.rms_norm_eps as f32)?;
+    let qkv = [&layer.q, &layer.k, &layer.v];
+    if ws.trace.is_none() {
+        let norm = NormInput {
+            x: &mut ws.x,
+            y: pending.map(|_| &ws.proj),
+            weight: &layer.attn_norm,
+            eps: c.rms_norm_eps as f32,
+            h: &mut ws.h,
+        };
+        b.norm_linear3(&ws.step, norm, qkv, [&mut ws.q, &mut ws.k, &mut ws.v])?;
+    } else {
+        norm_after(b, ws, pending, &layer.attn_norm, c.rms_norm_eps as f32)?;
+        tap(b, &mut ws.trace, at, "attn_norm", &ws.h)?;
+        b.linear3(&ws.step, &ws.h, qkv, [&mut ws.q, &mut ws.k, &mut ws.v])?;
+    }
     let s = &ws.step;
-    tap(b, &mut ws.trace, at, "attn_norm", &ws.h)?;
-    b.linear3(
-        s,
-        &ws.h,
-        [&layer.q, &layer.k, &layer.v],
-        [&mut ws.q, &mut ws.k, &mut ws.v],
-    )?;
     tap(b, &mut ws.trace, at, "q", &ws.q)?;
     tap(b, &mut ws.trace, at, "k", &ws.k)?;
     tap(b, &mut ws.trace, at, "v", &ws.v)?;
@@ -711,22 +718,29 @@ fn moe_block<B: Backend>(
         layer: Some(at.model),
         node: "attn_resid",
     };
-    norm_after(b, ws, Some(resid), &layer.mlp_norm, c.rms_norm_eps as f32)?;
+    let top_k = c.num_experts_per_tok;
+    if ws.trace.is_none() {
+        let norm = NormInput {
+            x: &mut ws.x,
+            y: Some(&ws.proj),
+            weight: &layer.mlp_norm,
+            eps: c.rms_norm_eps as f32,
+            h: &mut ws.h,
+        };
+        b.norm_route(&ws.step, norm, &layer.router, top_k, &mut ws.routing)?;
+    } else {
+        norm_after(b, ws, Some(resid), &layer.mlp_norm, c.rms_norm_eps as f32)?;
+        let s = &ws.step;
+        tap(b, &mut ws.trace, Some(at.model), "mlp_norm", &ws.h)?;
+        if let Some(t) = ws.trace.as_mut() {
+            t.tap_router(b, s, at.model, &ws.h, &layer.router)?;
+        }
+        b.route(s, &ws.h, &layer.router, top_k, &mut ws.routing)?;
+        if let Some(t) = ws.trace.as_mut() {
+            t.tap_routing(b, at.model, &ws.routing, top_k)?;
+        }
+    }
     let s = &ws.step;
-    tap(b, &mut ws.trace, Some(at.model), "mlp_norm", &ws.h)?;
-    if let Some(t) = ws.trace.as_mut() {
-        t.tap_router(b, s, at.model, &ws.h, &layer.router)?;
-    }
-    b.route(
-        s,
-        &ws.h,
-        &layer.router,
-        c.num_experts_per_tok,
-        &mut ws.routing,
-    )?;
-    if let Some(t) = ws.trace.as_mut() {
-        t.tap_routing(b, at.model, &ws.routing, c.num_experts_per_tok)?;
-    }
     let shape = MoeShape {
         top_k: c.num_experts_per_tok,
         swiglu_alpha: c.swiglu_alpha as f32,

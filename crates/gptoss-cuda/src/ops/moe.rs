@@ -235,6 +235,43 @@ pub fn route(
     with: RouteWith<'_>,
     out: &mut CudaRouting,
 ) -> Result<Option<Grouped>> {
+    route_of(dev, step, h, (router, None), with, out)
+}
+
+/// [`route`] of `h = rms_norm(x (+= y)) · weight` (`norm`): at one step row the router's GEMV computes the
+/// norm itself (each block; block 0 writes h for the experts); otherwise the norm runs in a launch of its own
+/// first.
+pub fn norm_route(
+    dev: &Device,
+    step: &CudaStep,
+    mut norm: linear::NormArgs<'_>,
+    router: &CudaLinear,
+    with: RouteWith<'_>,
+    out: &mut CudaRouting,
+) -> Result<Option<Grouped>> {
+    let split_route = step.rows <= SPLIT_ROUTE_MAX_ROWS
+        && with
+            .scratch
+            .is_some_and(|s| s.logits_room() >= step.rows * router.w.rows);
+    let fused = norm
+        .fused(dev, step)
+        .filter(|_| split_route && linear::takes_fused_norm(dev, router, step.rows));
+    if fused.is_none() {
+        norm.launch(dev, step)?;
+    }
+    route_of(dev, step, norm.h, (router, fused), with, out)
+}
+
+/// [`route`], with the router's GEMV computing `h` itself when `router.1` is given (the caller checked that
+/// the step takes the split route and the GEMV takes the norm).
+fn route_of(
+    dev: &Device,
+    step: &CudaStep,
+    h: &CudaBuf,
+    (router, norm): (&CudaLinear, Option<linear::NormIn>),
+    with: RouteWith<'_>,
+    out: &mut CudaRouting,
+) -> Result<Option<Grouped>> {
     let w = &router.w;
     let top_k = with.top_k;
     if h.cols != w.k
@@ -267,7 +304,10 @@ pub fn route(
             partial: 0,
             split_room: 0,
         };
-        linear::launch(dev, router, rows)?;
+        match norm {
+            Some(norm) => linear::launch_fused_norm(dev, router, rows, norm)?,
+            None => linear::launch(dev, router, rows)?,
+        }
         let topk = TopkParams {
             logits: s.y.ptr(),
             experts: out.experts.ptr(),
