@@ -85,11 +85,6 @@ pub fn build_model(
     };
     match (device, args.exact) {
         (Device::Cpu, _) | (Device::Auto, true) => cpu(args, weights, capacity),
-        (Device::Cuda, true)
-            if !(args.cpu_moe || args.n_cpu_moe.is_some() || args.max_vram.is_some()) =>
-        {
-            bail!("--exact runs the exact CPU reference: with --device cuda it only applies to experts kept in host memory (--cpu-moe, --n-cpu-moe, --max-vram); the GPU always runs exact math")
-        }
         (Device::Cuda, _) => Ok(AnyModel::Cuda(Box::new(cuda(args, weights, capacity)?))),
         (Device::Auto, false) => match open_cuda(args) {
             Ok(backend) => Ok(AnyModel::Cuda(Box::new(upload_cuda(
@@ -161,6 +156,7 @@ pub(crate) fn open_gpu(args: &ModelArgs, ordinal: usize) -> Result<CudaBackend> 
     options.device = ordinal;
     options.max_vram_bytes = args.max_vram;
     options.kv = kv_precision(args.kv_cache);
+    options.exact_experts = args.exact;
     Ok(CudaBackend::new(&options)?)
 }
 

@@ -95,9 +95,11 @@ pub struct ModelArgs {
     /// run their host experts on the CPU too.
     #[arg(long, value_enum, default_value_t = StreamExperts::Auto)]
     pub stream_experts: StreamExperts,
-    /// Run the exact f32 CPU reference (what the GPU is tested against) instead of the fast CPU path
-    /// (int8-quantized activations, within 1e-2 of the largest logit). With --device cuda it applies to
-    /// the experts kept in host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
+    /// Exact math everywhere: on the CPU the f32 reference (what the GPU is tested against) instead of the
+    /// fast path (int8-quantized activations, within 1e-2 of the largest logit); with --device cuda the
+    /// exact MXFP4 expert kernels for prompts too (x in two f16 parts) instead of the f16-activation GEMM
+    /// (slower prefill; speed and KL in bench/BENCHMARKS.md), and the CPU reference for experts kept in
+    /// host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
     #[arg(long)]
     pub exact: bool,
 }

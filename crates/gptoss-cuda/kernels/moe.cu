@@ -156,27 +156,12 @@ MOE_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
 //   their sums are added in warp order through shared memory (deterministic). A p16 tile of at most 8 pairs
 //   runs p8's code. Block: 256.
 
-static __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // c = A·B from a zero accumulator (no register moves to clear c first).
 static __device__ __forceinline__ void mma_f16_first(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%10,%10,%10,%10};"
         : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
-}
-
-// Nibbles i (low half) and i + 4 (high half) of q as two f16 E2M1 · 2^-14.
-template <int I>
-static __device__ __forceinline__ u32 e2m1x2(u32 q) {
-    u32 mag = (I <= 2 ? q << (9 - 4 * I) : q >> 3) & 0x0E000E00u;
-    u32 sign = (q << (12 - 4 * I)) & 0x80008000u;
-    return mag | sign;
 }
 
 // U K blocks of a warp's loads: codes and scales of its 2·MT rows, x fragments and scales of its pairs.
@@ -371,19 +356,6 @@ struct Fp4GemmSmem {
     float xsc[G_STAGES][BN];
     u32 w[G_STAGES][G_ROWS * 4];
 };
-
-static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-
-static __device__ __forceinline__ void cp_async4(u32 dst, const void* src, int bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-static __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 // BN pairs per tile; the 8 warps are WM (along the rows: MT = 128 / (16 WM) m16 tiles each) × 8 / WM (along the
 // pairs: NW = BN / (8 (8 / WM)) n8 tiles each).

@@ -183,6 +183,10 @@ struct ExpertParams {
     const int* route_experts;
     const float* route_weights;
     float* combined;
+    // gate_up of the f16-activation GEMM (moe.cu, moe_*_fp4_h64): with act_split nonzero, act is written as
+    // one f16 per element in moe_xhalf's order, and act_scales[pair] = 1 / act_split.
+    int act_half;
+    int pad_;
 };
 
 // Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index
@@ -241,6 +245,14 @@ static __device__ __forceinline__ void moe_store_pair(const ExpertParams& p, int
             p.out[(i64)pair * p.n_out + i] = act;
             return;
         }
+        if (p.act_half) {
+            int w = i & 31, t = w >> 3, r = w & 7;
+            // Where element w goes (the inverse of moe_half.cu's half_order_element): slice, half, 2t, member.
+            int l = ((r >> 1) & 1) * 16 + (r & 1) * 8 + 2 * t + (r >> 2);
+            ((u16*)p.out)[(i64)pair * p.n_out + (i & ~31) + l] = f32_to_f16(act * p.act_split);
+            if (i == 0) p.act_scales[pair] = 1.0f / p.act_split;
+            return;
+        }
         // Element i = 32 kb + 8 t + w: register j = w mod 4 of (row, kb, t), low half for w < 4 (see moe_xsplit).
         int kb = i >> 5, t = (i >> 3) & 3, w = i & 7;
         i64 reg = (((i64)pair * (p.n_out >> 5) + kb) * 4 + t) * 8 + (w & 3);
@@ -262,3 +274,33 @@ template <int GATE_UP>
 static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, int idx, int row, float a, float b) {
     moe_store_pair<GATE_UP>(p, e, p.list[p.offsets[e] + idx], row, a, b);
 }
+
+// ---- Shared by the f16 tensor-core expert kernels (moe.cu, moe_half.cu) ----
+
+static __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Nibbles i (low half) and i + 4 (high half) of q as two f16 E2M1 · 2^-14.
+template <int I>
+static __device__ __forceinline__ u32 e2m1x2(u32 q) {
+    u32 mag = (I <= 2 ? q << (9 - 4 * I) : q >> 3) & 0x0E000E00u;
+    u32 sign = (q << (12 - 4 * I)) & 0x80008000u;
+    return mag | sign;
+}
+
+static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async4(u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

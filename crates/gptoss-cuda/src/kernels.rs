@@ -29,6 +29,8 @@ pub enum KernelFile {
     Moe,
     /// `moe_dot.cu`
     MoeDot,
+    /// `moe_half.cu`
+    MoeHalf,
     /// `sample.cu`
     Sample,
     /// `repack.cu`
@@ -37,7 +39,7 @@ pub enum KernelFile {
 
 impl KernelFile {
     /// Every file, for the compile check.
-    pub const ALL: [KernelFile; 10] = [
+    pub const ALL: [KernelFile; 11] = [
         KernelFile::Embed,
         KernelFile::Norm,
         KernelFile::Linear,
@@ -46,6 +48,7 @@ impl KernelFile {
         KernelFile::Router,
         KernelFile::Moe,
         KernelFile::MoeDot,
+        KernelFile::MoeHalf,
         KernelFile::Sample,
         KernelFile::Repack,
     ];
@@ -61,6 +64,7 @@ impl KernelFile {
             KernelFile::Router => "router.cu",
             KernelFile::Moe => "moe.cu",
             KernelFile::MoeDot => "moe_dot.cu",
+            KernelFile::MoeHalf => "moe_half.cu",
             KernelFile::Sample => "sample.cu",
             KernelFile::Repack => "repack.cu",
         }
@@ -76,6 +80,7 @@ impl KernelFile {
             KernelFile::Router => include_str!("../kernels/router.cu"),
             KernelFile::Moe => include_str!("../kernels/moe.cu"),
             KernelFile::MoeDot => include_str!("../kernels/moe_dot.cu"),
+            KernelFile::MoeHalf => include_str!("../kernels/moe_half.cu"),
             KernelFile::Sample => include_str!("../kernels/sample.cu"),
             KernelFile::Repack => include_str!("../kernels/repack.cu"),
         }
@@ -84,11 +89,13 @@ impl KernelFile {
     /// The full source NVRTC compiles: the prelude, then the file.
     pub fn source(self) -> String {
         let mma = match self {
-            KernelFile::Linear | KernelFile::Moe => format!("#line 1 \"mma.cu\"\n{MMA}\n"),
+            KernelFile::Linear | KernelFile::Moe | KernelFile::MoeHalf => {
+                format!("#line 1 \"mma.cu\"\n{MMA}\n")
+            }
             _ => String::new(),
         };
         let moe = match self {
-            KernelFile::Moe | KernelFile::MoeDot | KernelFile::Router => {
+            KernelFile::Moe | KernelFile::MoeDot | KernelFile::MoeHalf | KernelFile::Router => {
                 format!("#line 1 \"moe_common.cu\"\n{MOE_COMMON}\n")
             }
             _ => String::new(),
@@ -231,11 +238,19 @@ pub enum Fp4Pairs {
     G32,
     /// GEMM tiles of 64 pairs.
     G64,
+    /// f16-activation GEMM tiles of 64 pairs (one accumulator over K; not exact: moe.cu).
+    H64,
 }
 
 impl Fp4Pairs {
     /// Every configuration.
-    pub const ALL: [Fp4Pairs; 4] = [Fp4Pairs::P8, Fp4Pairs::P16, Fp4Pairs::G32, Fp4Pairs::G64];
+    pub const ALL: [Fp4Pairs; 5] = [
+        Fp4Pairs::P8,
+        Fp4Pairs::P16,
+        Fp4Pairs::G32,
+        Fp4Pairs::G64,
+        Fp4Pairs::H64,
+    ];
 
     fn suffix(self) -> &'static str {
         match self {
@@ -243,6 +258,7 @@ impl Fp4Pairs {
             Fp4Pairs::P16 => "p16",
             Fp4Pairs::G32 => "g32",
             Fp4Pairs::G64 => "g64",
+            Fp4Pairs::H64 => "h64",
         }
     }
 
@@ -252,7 +268,7 @@ impl Fp4Pairs {
             Fp4Pairs::P8 => 8,
             Fp4Pairs::P16 => 16,
             Fp4Pairs::G32 => 32,
-            Fp4Pairs::G64 => 64,
+            Fp4Pairs::G64 | Fp4Pairs::H64 => 64,
         }
     }
 
@@ -261,7 +277,7 @@ impl Fp4Pairs {
     pub fn weight_rows(self) -> usize {
         match self {
             Fp4Pairs::P8 | Fp4Pairs::P16 => 32,
-            Fp4Pairs::G32 | Fp4Pairs::G64 => 128,
+            Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 => 128,
         }
     }
 }
@@ -334,6 +350,8 @@ pub enum Func {
     MoeDownMma(WeightKind, MmaRows),
     /// `moe_xsplit` (x as two f16 parts for the MXFP4 tensor-core experts)
     MoeXSplit,
+    /// `moe_xhalf` (x as one f16 per element, rows scaled by powers of two, for `moe_*_fp4_h64`)
+    MoeXHalf,
     /// `moe_gate_up_fp4_p{8,16}`
     MoeGateUpFp4(Fp4Pairs),
     /// `moe_down_fp4_p{8,16}`
@@ -381,6 +399,9 @@ impl Func {
                 KernelFile::Attention
             }
             Func::Route(_) | Func::RouteTopk | Func::RouteTopkGroup => KernelFile::Router,
+            Func::MoeXHalf
+            | Func::MoeGateUpFp4(Fp4Pairs::H64)
+            | Func::MoeDownFp4(Fp4Pairs::H64) => KernelFile::MoeHalf,
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)
@@ -433,6 +454,7 @@ impl Func {
             Func::MoeGateUpMma(w, r) => format!("moe_gate_up_{}_{}", r.infix(), w.suffix()),
             Func::MoeDownMma(w, r) => format!("moe_down_{}_{}", r.infix(), w.suffix()),
             Func::MoeXSplit => "moe_xsplit".into(),
+            Func::MoeXHalf => "moe_xhalf".into(),
             Func::MoeGateUpFp4(n) => format!("moe_gate_up_fp4_{}", n.suffix()),
             Func::MoeDownFp4(n) => format!("moe_down_fp4_{}", n.suffix()),
             Func::MoeGateUpFp4Dot => "moe_gate_up_fp4_dot".into(),
@@ -463,6 +485,7 @@ impl Func {
             Func::Logprobs,
             Func::AttentionCombine,
             Func::MoeXSplit,
+            Func::MoeXHalf,
             Func::LinearReduce,
             Func::LinearDotQ8,
             Func::LinearDotQ8Group,
@@ -537,6 +560,8 @@ mod tests {
             ("moe_down_fp4_", "FP4_ENTRY", &[""][..]),
             ("moe_gate_up_fp4_", "FP4_GEMM_ENTRY", &[""][..]),
             ("moe_down_fp4_", "FP4_GEMM_ENTRY", &[""][..]),
+            ("moe_gate_up_fp4_", "FP4_HALF_ENTRY", &[""][..]),
+            ("moe_down_fp4_", "FP4_HALF_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {

@@ -33,6 +33,10 @@ pub struct CudaOptions {
     pub dependent_launch: bool,
     /// Which expert kernels run (`GPTOSS_MOE_KERNEL`; benchmarks and diagnosis, default automatic).
     pub moe_kernel: MoeKernel,
+    /// Large steps' MXFP4 experts on the exact kernels (x in two f16 parts, f32 sums per 32-element block)
+    /// instead of the f16-activation GEMM (`--exact`); steps of at most 8 pairs per expert on average (decode,
+    /// and batched decode of up to 64 streams on 20b) are exact either way.
+    pub exact_experts: bool,
     /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
     pub linear_kernel: LinearKernel,
     /// Whether one-row GEMVs compute the RMSNorm before them themselves (the norms before q/k/v and before
@@ -118,8 +122,10 @@ pub enum MoeKernel {
     Fp4P16,
     /// MXFP4 f16 GEMM tiles of 32 pairs × 128 weight rows (`fp4-g32`).
     Fp4G32,
-    /// Same, 64 pairs (`fp4-g64`).
+    /// Same, 64 pairs (`fp4-g64`): the exact kernel for large steps.
     Fp4G64,
+    /// MXFP4 f16 GEMM with f16 activations, tiles of 64 pairs (`fp4-h64`): the fast kernel for large steps.
+    Fp4H64,
     /// MXFP4 on integer dot products, tiles of one pair (`fp4-dot`).
     Fp4Dot,
 }
@@ -135,9 +141,10 @@ impl MoeKernel {
             "fp4-16" => Ok(MoeKernel::Fp4P16),
             "fp4-g32" => Ok(MoeKernel::Fp4G32),
             "fp4-g64" => Ok(MoeKernel::Fp4G64),
+            "fp4-h64" => Ok(MoeKernel::Fp4H64),
             "fp4-dot" => Ok(MoeKernel::Fp4Dot),
             _ => Err(CudaError::Config(format!(
-                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32, fp4-g64 or fp4-dot"
+                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32, fp4-g64, fp4-h64 or fp4-dot"
             ))),
         }
     }
@@ -179,6 +186,7 @@ impl CudaOptions {
                 Ok(v) => MoeKernel::parse(&v)?,
                 Err(_) => MoeKernel::Auto,
             },
+            exact_experts: false,
             linear_kernel: match std::env::var("GPTOSS_LINEAR_KERNEL") {
                 Ok(v) => LinearKernel::parse(&v)?,
                 Err(_) => LinearKernel::Auto,

@@ -199,6 +199,34 @@ pub fn random_tensor(
     }
 }
 
+/// An MXFP4 tensor as [`random_tensor`] makes it, with its E8M0 scales spread over `spread` + 1 powers of two:
+/// from 2^spread below the top block's to the top (the first block has the largest, the last the smallest),
+/// for kernels that fold every scale into f16 relative to the largest of a tile (`moe_*_fp4_h64`).
+pub fn random_mxfp4_spread(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    spread: u8,
+) -> QuantTensor {
+    let mut t = random_tensor(rng, TestFormat::Mxfp4, rows, cols, scale);
+    let top = (scale.log2().round() as i32 + 128).clamp(spread as i32 + 1, 254) as u8;
+    if let TensorFormat::Lut4(Lut4 {
+        scales: Lut4Scales::Separate { data, .. },
+        ..
+    }) = &mut t.format
+    {
+        let n = data.len();
+        let mut v: Vec<u8> = (0..n)
+            .map(|_| top - (rng.next_u64() % (spread as u64 + 1)) as u8)
+            .collect();
+        v[0] = top;
+        v[n - 1] = top - spread;
+        *data = Storage::owned(v);
+    }
+    t
+}
+
 /// A `[rows, cols]` tensor laid out as `format` whose stored bytes are all random, scales included (NaN,
 /// infinite and subnormal f16 scales, every E8M0 byte), for tests of byte-exact repacks. Its values are
 /// not meant to be computed with.

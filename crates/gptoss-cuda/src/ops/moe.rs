@@ -319,7 +319,8 @@ fn route_of(
         };
         let pairs = step.rows * top_k;
         let grouped = with.experts.and_then(|traits| {
-            let split = group_split(choose_moe(pairs, w.rows, traits, dev.moe_kernel), step.rows);
+            let path = choose_moe(pairs, w.rows, traits, dev.moe_kernel, dev.exact_experts);
+            let split = group_split(path, step.rows);
             let fits = s.fits_dims(pairs, (w.rows, s.inter, h.cols))
                 && (split == GroupSplit::None || check_split(s, step.rows, h.cols).is_ok());
             fits.then_some(Grouped {
@@ -415,10 +416,11 @@ impl GroupSplit {
     }
 }
 
-/// The split the experts of `path` read (None: they read x itself).
+/// The split the experts of `path` read (None: they read x itself, or its f16 form from `moe_xhalf`).
 fn path_split(path: MoePath) -> GroupSplit {
     match path {
         MoePath::Fp4Dot => GroupSplit::Planes,
+        MoePath::Fp4(Fp4Pairs::H64) => GroupSplit::None,
         MoePath::Fp4(_) => GroupSplit::Halves,
         _ => GroupSplit::None,
     }
@@ -472,6 +474,8 @@ struct ExpertParams {
     route_experts: u64,
     route_weights: u64,
     combined: u64,
+    act_half: i32,
+    pad: i32,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe_common.cu.
@@ -507,6 +511,18 @@ struct XSplitParams {
 
 // SAFETY: #[repr(C)] mirror of `XSplitParams` in moe_common.cu.
 unsafe impl cudarc::driver::DeviceRepr for XSplitParams {}
+
+#[repr(C)]
+struct XHalfParams {
+    x: u64,
+    xh: u64,
+    xinv: u64,
+    rows: i32,
+    k: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `XHalfParams` in moe.cu.
+unsafe impl cudarc::driver::DeviceRepr for XHalfParams {}
 
 /// What of the experts' format decides their kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,7 +574,9 @@ const MAX_EXPERTS: usize = 256;
 /// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
 const MMA_WEIGHT_ROWS: usize = 128;
 /// MXFP4 experts (E2M1 codes, E8M0 scales) always take the f16 tensor-core kernels: tiles of 8 pairs while the
-/// experts average at most 4 pairs, 16 up to 16, then the GEMM tiles (32 pairs up to 32, 64 beyond). Other formats: one pair
+/// experts average at most 4 pairs, 16 up to 8, then the f16-activation GEMM of 64-pair tiles; when `exact`, 16 up
+/// to 16, then the exact GEMM (which the caller also falls back to where gate_up cannot write act as f16). Other
+/// formats: one pair
 /// per tile while the pairs are at most twice the experts (decode and small batches: each chosen
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
 /// 4.4 ms for tiles of 8 at T=16 on the H100); beyond, tensor-core tiles of 64 pairs when the weights
@@ -568,6 +586,7 @@ pub fn choose_moe(
     n_experts: usize,
     traits: ExpertTraits,
     forced: MoeKernel,
+    exact: bool,
 ) -> MoePath {
     let ExpertTraits { fp4, mma } = traits;
     match forced {
@@ -577,6 +596,7 @@ pub fn choose_moe(
         MoeKernel::Fp4P16 if fp4 => return MoePath::Fp4(Fp4Pairs::P16),
         MoeKernel::Fp4G32 if fp4 => return MoePath::Fp4(Fp4Pairs::G32),
         MoeKernel::Fp4G64 if fp4 => return MoePath::Fp4(Fp4Pairs::G64),
+        MoeKernel::Fp4H64 if fp4 => return MoePath::Fp4(Fp4Pairs::H64),
         MoeKernel::Fp4Dot if fp4 => return MoePath::Fp4Dot,
         _ => {}
     }
@@ -584,12 +604,16 @@ pub fn choose_moe(
         return MoePath::Fp4Dot;
     }
     if fp4 {
-        // Up to 4 pairs per expert on average, tiles of 8; up to 16, one tile of 16 per expert, which runs the
-        // 8-pair code when it holds at most 8 (measured: bench/NOTES.md, session 9).
+        // Up to 4 pairs per expert on average, tiles of 8; up to 16 (8 unless exact), one tile of 16 per expert,
+        // which runs the 8-pair code when it holds at most 8 (measured: bench/NOTES.md, session 9); beyond, the
+        // f16-activation GEMM (one 20b layer on the H200, T = 128, 16 pairs an expert: 397 µs vs 602 µs for
+        // tiles of 16; T = 64: 378 vs 409, left exact so that batched decode of 64 streams is).
         return MoePath::Fp4(match pairs.div_ceil(n_experts.max(1)) {
             0..=4 => Fp4Pairs::P8,
-            5..=16 => Fp4Pairs::P16,
-            _ => Fp4Pairs::G64,
+            5..=8 => Fp4Pairs::P16,
+            9..=16 if exact => Fp4Pairs::P16,
+            _ if exact => Fp4Pairs::G64,
+            _ => Fp4Pairs::H64,
         });
     }
     if pairs <= 2 * n_experts {
@@ -670,7 +694,21 @@ pub fn moe(
             e.n_experts
         )));
     }
-    let path = choose_moe(pairs, e.n_experts, ExpertTraits::of(e), dev.moe_kernel);
+    let mut path = choose_moe(
+        pairs,
+        e.n_experts,
+        ExpertTraits::of(e),
+        dev.moe_kernel,
+        dev.exact_experts,
+    );
+    let act_split = act_split_scale(m.shape.swiglu_limit);
+    // The f16-activation GEMM needs act written as f16 by gate_up (a finite SwiGLU limit) and x offsets of 32
+    // bits; else the exact GEMM.
+    let fits_half = act_split.is_some() && pairs * hidden.max(inter) < u32::MAX as usize;
+    if path == MoePath::Fp4(Fp4Pairs::H64) && !fits_half {
+        path = MoePath::Fp4(Fp4Pairs::G64);
+    }
+    let half = path == MoePath::Fp4(Fp4Pairs::H64);
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
     if fp4 {
@@ -698,15 +736,20 @@ pub fn moe(
         };
         dev.launch(Func::MoeGroup, cfg((1, 1, 1), 1024), &g)?;
     }
-    if fp4 && split == GroupSplit::None {
+    if half {
+        let x = XHalfParams {
+            x: m.h.buf.ptr(),
+            xh: scratch.y.ptr(),
+            xinv: scratch.xscale.ptr(),
+            rows: step.rows as i32,
+            k: hidden as i32,
+        };
+        dev.launch(Func::MoeXHalf, cfg((blocks(step.rows, 8), 1, 1), 256), &x)?;
+    } else if fp4 && split == GroupSplit::None {
         split_x(dev, &path_split(path).params(m.h, scratch, step.rows))?;
     }
     // The dot kernels write act as int8 planes themselves; the tensor-core ones pre-split it when they can.
-    let act_split = if fp4 && !dot {
-        act_split_scale(m.shape.swiglu_limit)
-    } else {
-        None
-    };
+    let act_split = if fp4 && !dot { act_split } else { None };
     let mut p = ExpertParams {
         w: e.gate_up.as_ref(),
         bias: e.gate_up_bias.as_ref().map_or(0, |b| b.ptr()),
@@ -732,6 +775,8 @@ pub fn moe(
         route_experts: if dot { r.experts.ptr() } else { 0 },
         route_weights: if dot { r.weights.ptr() } else { 0 },
         combined: 0,
+        act_half: half as i32,
+        pad: 0,
     };
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     if fp4 && !dot && act_split.is_none() {
@@ -748,6 +793,7 @@ pub fn moe(
     }
     p.act_split = 0.0;
     p.act_dot = 0;
+    p.act_half = 0;
     p.xs = scratch.act.ptr();
     p.xscale = scratch.act_scales.ptr();
     p.w = e.down.as_ref();
@@ -862,7 +908,7 @@ fn launch_experts(
             let x = tile_rows(pairs, n_experts, n.pairs());
             let y = match n {
                 Fp4Pairs::P8 | Fp4Pairs::P16 => fp4_row_blocks(dev, rows, x),
-                Fp4Pairs::G32 | Fp4Pairs::G64 => blocks(rows, n.weight_rows()),
+                Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 => blocks(rows, n.weight_rows()),
             };
             (f, (x, y, 1))
         }
