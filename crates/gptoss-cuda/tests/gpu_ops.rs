@@ -17,6 +17,16 @@ fn cuda(kv: KvPrecision) -> CudaBackend {
     CudaBackend::new(&o).unwrap()
 }
 
+/// max |a - b| / max |b| against an f64 reference.
+fn rel_err_f64(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()))
+        / scale
+}
+
 /// max |a - b| / max |b| (b is the CPU reference).
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -541,12 +551,7 @@ fn tensor_core_long_dot_products_match_f64() {
                     .sum()
             })
             .collect();
-        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
-            / scale;
+        let err = rel_err_f64(&got, &want);
         println!("tensor-core linear {format:?} T={rows} [{n_out}, {k}] vs f64: rel err {err:.2e}");
         assert!(err < 1e-6, "linear {format:?}: rel err {err:.2e}");
     }
@@ -621,12 +626,7 @@ fn mxfp4_experts_every_kernel_match_f64() {
                 &routing, first,
                 "{kernel:?} T={rows}: routing differs between runs"
             );
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(want.iter())
-                .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
-                / scale;
+            let err = rel_err_f64(&got, want);
             println!(
                 "mxfp4 experts {kernel:?} exact={exact} T={rows} top-{top_k} of {n_exp}: rel err vs f64 {err:.2e}"
             );
@@ -681,16 +681,11 @@ fn fast_experts_fold_spread_scales() {
                 )
             });
             assert_eq!(&routing, first, "{kernel:?}: routing differs between runs");
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             assert!(
                 got.iter().all(|v| v.is_finite()),
                 "{kernel:?}: non-finite output"
             );
-            let err = got
-                .iter()
-                .zip(want.iter())
-                .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
-                / scale;
+            let err = rel_err_f64(&got, want);
             println!(
                 "spread scales, top 2^{}: {kernel:?} rel err vs f64 {err:.2e}",
                 top.log2()
