@@ -150,6 +150,27 @@ impl CudaBackend {
         self.expert_traits.set(Some(ExpertTraits::of(e)));
     }
 
+    /// Routes a step of `rows` rows with `route` (given the MoE scratch and expert traits it may group the
+    /// choices with) and keeps what it grouped for the MoE that follows.
+    fn routed(
+        &self,
+        rows: usize,
+        top_k: usize,
+        route: impl FnOnce(RouteWith<'_>) -> CudaResult<Option<Grouped>>,
+    ) -> CudaResult<()> {
+        if self.expert_dims.borrow().is_some() {
+            self.ensure_moe_scratch(rows * top_k)?;
+        }
+        let scratch = self.moe_scratch.borrow();
+        let with = RouteWith {
+            top_k,
+            scratch: scratch.as_ref(),
+            experts: self.expert_traits.get(),
+        };
+        self.grouped.set(route(with)?);
+        Ok(())
+    }
+
     fn ensure_moe_scratch(&self, pairs: usize) -> CudaResult<()> {
         let Some((e, i, h)) = *self.expert_dims.borrow() else {
             return Err(experts_error(
@@ -413,19 +434,9 @@ impl Backend for CudaBackend {
         top_k: usize,
         out: &mut CudaRouting,
     ) -> Result<()> {
-        if self.expert_dims.borrow().is_some() {
-            self.ensure_moe_scratch(step.rows * top_k)?;
-        }
-        let scratch = self.moe_scratch.borrow();
-        let with = RouteWith {
-            top_k,
-            scratch: scratch.as_ref(),
-            experts: self.expert_traits.get(),
-        };
-        let norm = norm_args(norm);
-        let grouped = ops::moe::norm_route(&self.dev, step, norm, router, with, out)?;
-        self.grouped.set(grouped);
-        Ok(())
+        Ok(self.routed(step.rows, top_k, |with| {
+            ops::moe::norm_route(&self.dev, step, norm_args(norm), router, with, out)
+        })?)
     }
 
     fn rope_store_kv(
@@ -467,18 +478,9 @@ impl Backend for CudaBackend {
         top_k: usize,
         out: &mut CudaRouting,
     ) -> Result<()> {
-        if self.expert_dims.borrow().is_some() {
-            self.ensure_moe_scratch(step.rows * top_k)?;
-        }
-        let scratch = self.moe_scratch.borrow();
-        let with = RouteWith {
-            top_k,
-            scratch: scratch.as_ref(),
-            experts: self.expert_traits.get(),
-        };
-        let grouped = ops::moe::route(&self.dev, step, h, router, with, out)?;
-        self.grouped.set(grouped);
-        Ok(())
+        Ok(self.routed(step.rows, top_k, |with| {
+            ops::moe::route(&self.dev, step, h, router, with, out)
+        })?)
     }
 
     fn moe(&self, step: &CudaStep, args: MoeArgs<'_, Self>, out: &mut CudaBuf) -> Result<()> {

@@ -293,12 +293,7 @@ fn fused_norms_match_their_own_launch_bit_for_bit() {
                 norm_qkv_run(&plain, &lins, &input),
             );
             assert_same_bits(&a, &b, &format!("norm + q/k/v {format:?}, add {add}"));
-            let cpu = norm_qkv_run(&CpuBackend, &lins, &input);
-            let e = a
-                .iter()
-                .zip(&cpu)
-                .map(|(g, c)| rel_err(g, c))
-                .fold(0f32, f32::max);
+            let e = worst_rel_err(&a, &norm_qkv_run(&CpuBackend, &lins, &input));
             println!(
                 "fused norm + q/k/v {format:?}, add {add}: bit-identical, rel err vs CPU {e:.2e}"
             );
@@ -324,12 +319,7 @@ fn fused_norms_match_their_own_launch_bit_for_bit() {
             norm_route_run(&plain, &router, &ex, &input),
         );
         assert_same_bits(&a, &b, &format!("norm + router {format:?}"));
-        let cpu = norm_route_run(&CpuBackend, &router, &ex, &input);
-        let e = a
-            .iter()
-            .zip(&cpu)
-            .map(|(g, c)| rel_err(g, c))
-            .fold(0f32, f32::max);
+        let e = worst_rel_err(&a, &norm_route_run(&CpuBackend, &router, &ex, &input));
         println!("fused norm + router {format:?}: bit-identical, rel err vs CPU {e:.2e}");
         assert!(e < 1e-5, "fused norm + router {format:?} vs CPU: {e}");
     }
@@ -342,6 +332,46 @@ struct NormCase<'a> {
     weight: &'a [f32],
 }
 
+/// A [`NormCase`] on a backend, with the h it writes.
+struct NormBufs<B: Backend> {
+    x: B::Buf,
+    y: Option<B::Buf>,
+    weight: B::Vector,
+    h: B::Buf,
+}
+
+impl NormCase<'_> {
+    fn upload<B: Backend>(&self, b: &B) -> NormBufs<B> {
+        let n = self.x.len();
+        NormBufs {
+            x: upload(b, 1, n, self.x),
+            y: self.y.map(|y| upload(b, 1, n, y)),
+            weight: b.upload_vector(self.weight).unwrap(),
+            h: b.alloc(1, n).unwrap(),
+        }
+    }
+}
+
+impl<B: Backend> NormBufs<B> {
+    fn input(&mut self) -> NormInput<'_, B> {
+        NormInput {
+            x: &mut self.x,
+            y: self.y.as_ref(),
+            weight: &self.weight,
+            eps: 1e-5,
+            h: &mut self.h,
+        }
+    }
+}
+
+/// The largest [`rel_err`] of the outputs `a` against the CPU's `cpu`.
+fn worst_rel_err(a: &[Vec<f32>], cpu: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(cpu)
+        .map(|(g, c)| rel_err(g, c))
+        .fold(0f32, f32::max)
+}
+
 fn assert_same_bits(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
     assert_eq!(a.len(), b.len());
     for (i, (a, b)) in a.iter().zip(b).enumerate() {
@@ -352,12 +382,8 @@ fn assert_same_bits(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
 
 /// `norm_linear3` twice on one row (the second on the residual the first wrote): q, k, v, h and x after each.
 fn norm_qkv_run<B: Backend>(b: &B, lins: &[Linear; 3], c: &NormCase<'_>) -> Vec<Vec<f32>> {
-    let n = c.x.len();
     let w: Vec<B::Linear> = lins.iter().map(|l| b.upload_linear(l).unwrap()).collect();
-    let mut xb = upload(b, 1, n, c.x);
-    let yb = c.y.map(|y| upload(b, 1, n, y));
-    let weight = b.upload_vector(c.weight).unwrap();
-    let mut h = b.alloc(1, n).unwrap();
+    let mut bufs = c.upload(b);
     let mut out: Vec<B::Buf> = lins
         .iter()
         .map(|l| b.alloc(1, l.weight.n_rows()).unwrap())
@@ -365,21 +391,14 @@ fn norm_qkv_run<B: Backend>(b: &B, lins: &[Linear; 3], c: &NormCase<'_>) -> Vec<
     let step = step_of(b, &plain_batch(1));
     let mut got = Vec::new();
     for _ in 0..2 {
-        let norm = NormInput {
-            x: &mut xb,
-            y: yb.as_ref(),
-            weight: &weight,
-            eps: 1e-5,
-            h: &mut h,
-        };
         let [o0, o1, o2] = &mut out[..] else {
             unreachable!("three linears")
         };
-        b.norm_linear3(&step, norm, [&w[0], &w[1], &w[2]], [o0, o1, o2])
+        b.norm_linear3(&step, bufs.input(), [&w[0], &w[1], &w[2]], [o0, o1, o2])
             .unwrap();
         got.extend(out.iter().map(|o| b.read(o, 1).unwrap()));
-        got.push(b.read(&h, 1).unwrap());
-        got.push(b.read(&xb, 1).unwrap());
+        got.push(b.read(&bufs.h, 1).unwrap());
+        got.push(b.read(&bufs.x, 1).unwrap());
     }
     got
 }
@@ -397,10 +416,7 @@ fn norm_route_run<B: Backend>(
     let up = b.upload_experts(ex).unwrap();
     let r = b.upload_linear(router).unwrap();
     let mut routing = b.alloc_routing(1, top_k).unwrap();
-    let mut xb = upload(b, 1, n, c.x);
-    let yb = c.y.map(|y| upload(b, 1, n, y));
-    let weight = b.upload_vector(c.weight).unwrap();
-    let mut h = b.alloc(1, n).unwrap();
+    let mut bufs = c.upload(b);
     let mut out = b.alloc(1, n).unwrap();
     let step = step_of(b, &plain_batch(1));
     let shape = MoeShape {
@@ -417,25 +433,19 @@ fn norm_route_run<B: Backend>(
         };
         b.moe(&step, args, out).unwrap();
     };
-    b.route(&step, &xb, &r, top_k, &mut routing).unwrap();
-    moe(&xb, &routing, &mut out);
+    b.route(&step, &bufs.x, &r, top_k, &mut routing).unwrap();
+    moe(&bufs.x, &routing, &mut out);
     let mut got = Vec::new();
     for _ in 0..2 {
-        let norm = NormInput {
-            x: &mut xb,
-            y: yb.as_ref(),
-            weight: &weight,
-            eps: 1e-5,
-            h: &mut h,
-        };
-        b.norm_route(&step, norm, &r, top_k, &mut routing).unwrap();
-        moe(&h, &routing, &mut out);
+        b.norm_route(&step, bufs.input(), &r, top_k, &mut routing)
+            .unwrap();
+        moe(&bufs.h, &routing, &mut out);
         let choices = b.read_routing(&routing, 1, top_k).unwrap();
         got.push(choices.iter().map(|&(e, _)| e as f32).collect());
         got.push(choices.iter().map(|&(_, w)| w).collect());
         got.push(b.read(&out, 1).unwrap());
-        got.push(b.read(&h, 1).unwrap());
-        got.push(b.read(&xb, 1).unwrap());
+        got.push(b.read(&bufs.h, 1).unwrap());
+        got.push(b.read(&bufs.x, 1).unwrap());
     }
     got
 }

@@ -615,13 +615,17 @@ fn norm_after<B: Backend>(
     w: &B::Vector,
     eps: f32,
 ) -> Result<()> {
-    let s = &ws.step;
+    let mut norm = NormInput {
+        x: &mut ws.x,
+        y: pending.map(|_| &ws.proj),
+        weight: w,
+        eps,
+        h: &mut ws.h,
+    };
+    norm.run(b, &ws.step)?;
     match pending {
-        Some(p) => {
-            b.add_rms_norm(s, &mut ws.x, &ws.proj, w, eps, &mut ws.h)?;
-            tap(b, &mut ws.trace, p.layer, p.node, &ws.x)
-        }
-        None => b.rms_norm(s, &ws.x, w, eps, &mut ws.h),
+        Some(p) => tap(b, &mut ws.trace, p.layer, p.node, &ws.x),
+        None => Ok(()),
     }
 }
 

@@ -479,6 +479,42 @@ fn run(
     launch(dev, w, rows_of(step, x, x_rows, n_tok, w, out)?)
 }
 
+/// The checked rows of three linears of one input at `n_tok` rows, and the path all three take when they share
+/// one (same format, same path; `None`: they go one launch each).
+fn rows3(
+    dev: &Device,
+    step: &CudaStep,
+    x: &CudaBuf,
+    n_tok: usize,
+    w: [&CudaLinear; 3],
+    out: &[&mut CudaBuf; 3],
+) -> Result<([Rows; 3], Option<LinearPath>)> {
+    let rows = [
+        rows_of(step, x, 0, n_tok, w[0], out[0])?,
+        rows_of(step, x, 0, n_tok, w[1], out[1])?,
+        rows_of(step, x, 0, n_tok, w[2], out[2])?,
+    ];
+    let shape = shape_of(dev, &rows[0]);
+    let kind = w[0].w.kind;
+    let path = choose_linear(shape, &w[0].w);
+    let shared = w
+        .iter()
+        .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
+    Ok((rows, shared.then_some(path)))
+}
+
+/// The grouped launch of three linears on one-row GEMV `kernel`: its parameters and the blocks of all three.
+fn one_row_group(
+    kernel: OneRow,
+    w: [&CudaLinear; 3],
+    rows: &[Rows; 3],
+) -> (LinearGroupParams, u32) {
+    let b = w.map(|l| blocks(l.w.rows, kernel.block_rows()));
+    let part = [0, 1, 2].map(|i| params(w[i], &rows[i]));
+    let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
+    (LinearGroupParams { part, first }, b[0] + b[1] + b[2])
+}
+
 /// `out[i] = x W[i]ᵀ + b[i]` over the step's rows for three linears of one input (q, k and v): one launch
 /// when all three take the same one-row GEMV, or the split-K GEMV with the same format and tile; one launch
 /// each otherwise.
@@ -491,28 +527,14 @@ pub fn linear3(
 ) -> Result<()> {
     check_step_rows(step, x)?;
     let n_tok = step.rows;
-    let rows = [
-        rows_of(step, x, 0, n_tok, w[0], out[0])?,
-        rows_of(step, x, 0, n_tok, w[1], out[1])?,
-        rows_of(step, x, 0, n_tok, w[2], out[2])?,
-    ];
-    let shape = shape_of(dev, &rows[0]);
+    let (rows, shared) = rows3(dev, step, x, n_tok, w, &out)?;
     let kind = w[0].w.kind;
-    let path = choose_linear(shape, &w[0].w);
-    let shared = w
-        .iter()
-        .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
-    if let (LinearPath::OneRow(kernel), true) = (path, shared) {
-        let b = w.map(|l| blocks(l.w.rows, kernel.block_rows()));
-        let part = [0, 1, 2].map(|i| params(w[i], &rows[i]));
-        let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
-        return dev.launch(
-            kernel.func(kind, true),
-            one_row_cfg((b[0] + b[1] + b[2], 1, 1), kernel.smem(w[0].w.k)),
-            &LinearGroupParams { part, first },
-        );
+    if let Some(LinearPath::OneRow(kernel)) = shared {
+        let (g, b) = one_row_group(kernel, w, &rows);
+        let c = one_row_cfg((b, 1, 1), kernel.smem(w[0].w.k));
+        return dev.launch(kernel.func(kind, true), c, &g);
     }
-    let (LinearPath::Split(tile), true, false) = (path, shared, n_tok == 0) else {
+    let (Some(LinearPath::Split(tile)), false) = (shared, n_tok == 0) else {
         for (l, r) in w.into_iter().zip(rows) {
             launch(dev, l, r)?;
         }
@@ -541,24 +563,11 @@ pub fn norm_linear3(
     out: [&mut CudaBuf; 3],
 ) -> Result<()> {
     if let Some(fused) = norm.fused(dev, step) {
-        let rows = [
-            rows_of(step, norm.h, 0, 1, w[0], out[0])?,
-            rows_of(step, norm.h, 0, 1, w[1], out[1])?,
-            rows_of(step, norm.h, 0, 1, w[2], out[2])?,
-        ];
-        let shape = shape_of(dev, &rows[0]);
-        let kind = w[0].w.kind;
-        let path = choose_linear(shape, &w[0].w);
-        let shared = w
-            .iter()
-            .all(|l| l.w.kind == kind && choose_linear(shape, &l.w) == path);
-        if let (LinearPath::OneRow(kernel @ OneRow::DotQ8), true) = (path, shared) {
-            let b = w.map(|l| blocks(l.w.rows, kernel.block_rows()));
-            let part = [0, 1, 2].map(|i| params(w[i], &rows[i]));
-            let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
+        let (rows, shared) = rows3(dev, step, norm.h, 1, w, &out)?;
+        if let Some(LinearPath::OneRow(kernel @ OneRow::DotQ8)) = shared {
+            let (g, b) = one_row_group(kernel, w, &rows);
             let k = w[0].w.k;
-            let c = one_row_cfg((b[0] + b[1] + b[2], 1, 1), kernel.smem(k) + 4 * k as u32);
-            let g = LinearGroupParams { part, first };
+            let c = one_row_cfg((b, 1, 1), kernel.smem(k) + 4 * k as u32);
             let p = LinearGroupNormParams { g, norm: fused };
             return dev.launch(Func::LinearDotQ8NormGroup, c, &p);
         }

@@ -521,7 +521,7 @@ struct XHalfParams {
     k: i32,
 }
 
-// SAFETY: #[repr(C)] mirror of `XHalfParams` in moe.cu.
+// SAFETY: #[repr(C)] mirror of `XHalfParams` in moe_half.cu.
 unsafe impl cudarc::driver::DeviceRepr for XHalfParams {}
 
 /// What of the experts' format decides their kernels.
