@@ -156,7 +156,7 @@ pub(crate) fn open_gpu(args: &ModelArgs, ordinal: usize) -> Result<CudaBackend> 
     options.device = ordinal;
     options.max_vram_bytes = args.max_vram;
     options.kv = kv_precision(args.kv_cache);
-    options.exact_experts = args.exact;
+    options.exact = args.exact;
     Ok(CudaBackend::new(&options)?)
 }
 

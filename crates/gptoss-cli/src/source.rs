@@ -97,9 +97,11 @@ pub struct ModelArgs {
     pub stream_experts: StreamExperts,
     /// Exact math everywhere: on the CPU the f32 reference (what the GPU is tested against) instead of the
     /// fast path (int8-quantized activations, within 1e-2 of the largest logit); with --device cuda the
-    /// exact MXFP4 expert kernels for prompts too (x in two f16 parts) instead of the f16-activation GEMM
-    /// (slower prefill; speed and KL in bench/BENCHMARKS.md), and the CPU reference for experts kept in
-    /// host memory (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
+    /// exact kernels for prompts too: attention in f32 instead of on f16 tensor cores (steps of 4 or more
+    /// tokens per sequence), and past 64 tokens MXFP4 experts with x in two f16 parts instead of the
+    /// f16-activation GEMM and dense projections with x in three bf16 parts instead of two (slower prefill;
+    /// speed and KL in bench/BENCHMARKS.md), and the CPU reference for experts kept in host memory
+    /// (--cpu-moe, --n-cpu-moe, or a --max-vram too small for all).
     #[arg(long)]
     pub exact: bool,
 }

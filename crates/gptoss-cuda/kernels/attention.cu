@@ -14,8 +14,9 @@
 //   the group (group <= 8, d = 64): every staged K/V tile serves 8 rows × the group's heads instead of one row
 //   (see attention_rows_impl).
 // Entry points: attention_f32, attention_bf16, attention_f16 (the cache type), attention_rows_f32,
-//   attention_rows_bf16, attention_rows_f16, attention_combine.
-// Minimum arch: sm_80. Launched from src/ops/attention.rs.
+//   attention_rows_bf16, attention_rows_f16, attention_combine, and the f16 tensor-core prefill of prompts
+//   (unless --exact) attention_flash_<f32|bf16|f16>_d<16|64> (see its section).
+// Prelude: common.cu, mma.cu. Minimum arch: sm_80. Launched from src/ops/attention.rs.
 struct AttnParams {
     const float* q;
     const void* kc;
@@ -320,3 +321,297 @@ extern "C" __global__ void __launch_bounds__(128) attention_combine(const AttnPa
         p.out[(i64)blockIdx.x * d + i] = o / sum;
     }
 }
+
+// ---- Prefill on f16 tensor cores (attention_flash_<kv>_d<D>): prompts unless --exact ----
+// A CTA serves FL_ROWS query rows of kv head g: FT = FL_ROWS / G consecutive step rows × the G query heads of the
+// group (row r: step row t0 + r / G, head g·G + r % G; G divides 16), one warp per 16 rows as the A operand of
+// mma.sync m16n8k16. Keys go in tiles of FL_KEYS through shared memory as f16: S = Q·Kᵀ, the online softmax
+// in registers (base 2, the running max starting at the row's sink, which joins the denominator once), then
+// O += P·V with P as f16 straight from S's accumulators (the C fragments of two n8 tiles are the A fragment of
+// one k16 step). Every operand is scaled by a power of two that puts its block's largest |x| in [2^14, 2^15)
+// (f16_range_exponent): q per warp, k per key row (both undone in the score's factor), v by the running
+// maximum of the tiles' exponents (the O accumulators live in that unit; a larger exponent rescales them by a
+// power of two with the softmax correction), so f16's range never clips. q and k are kept as two f16 parts
+// (x = hi + lo + O(2^-22 |x|)) and S = q_hi·k_hi + q_hi·k_lo + q_lo·k_hi: the scores carry about 22 bits, since
+// exp() turns a score's absolute error into the probability's relative one (one f16 part each cost the tiny
+// fixtures 2e-2 of their largest logit). P and v are one f16 part each (11 bits, relative 2^-12 per term of
+// an average). The rows of a CTA are taken by runs of one sequence, as attention_rows does;
+// rows of other runs see every key masked. d = D (16 or 64); the host checks G and D.
+#define FL_ROWS 128
+#define FL_KEYS 64
+#define FL_SUB 32
+#define FL_LOG2E 1.4426950408889634f
+
+template <int D>
+struct FlashTile {
+    u16 k[2][FL_KEYS][D + 8];  // hi, lo; +8 halves: ldmatrix's 8 rows at a stride of 2D + 16 bytes hit distinct banks
+    u16 v[FL_KEYS][D + 8];
+    u16 qlo[8][16][D + 8];     // each warp's q_lo (q_hi stays in registers)
+    float kinv[FL_KEYS];       // each key row's 2^(e - 141): its scale undone in the scores
+    float red[8];
+};
+
+// x = hi + lo for the packed f16 pair hi = f16x2(a, b): lo = f16x2(a - hi.a, b - hi.b), the differences exact.
+static __device__ __forceinline__ u32 f16x2_rest(float a, float b, u32 hi) {
+    return f16x2(a - f16_to_f32((u16)(hi & 0xffffu)), b - f16_to_f32((u16)(hi >> 16)));
+}
+
+// Four elements at element `i` of a pool, as f32.
+template <int KV>
+static __device__ __forceinline__ void load4(const void* base, i64 i, float dst[4]) {
+    if constexpr (KV == KV_F32) {
+        float4 v = *(const float4*)((const float*)base + i);
+        dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
+    } else {
+        uint2 q = *(const uint2*)((const u16*)base + i);
+        u32 r[2] = {q.x, q.y};
+        #pragma unroll
+        for (int k = 0; k < 2; k++) {
+            u16 lo = (u16)(r[k] & 0xffffu), hi = (u16)(r[k] >> 16);
+            if constexpr (KV == KV_BF16) { dst[2 * k] = bf16_to_f32(lo); dst[2 * k + 1] = bf16_to_f32(hi); }
+            else { dst[2 * k] = f16_to_f32(lo); dst[2 * k + 1] = f16_to_f32(hi); }
+        }
+    }
+}
+
+template <int KV, int D>
+static __device__ void attention_flash_impl(const AttnParams& p) {
+    constexpr int CH = D / 16;  // 4-element chunks of K (and of V) per thread and tile
+    constexpr int NS = FL_SUB / 8, ND = D / 8;
+    __shared__ __align__(16) FlashTile<D> s;
+    int g = blockIdx.y, group = p.nq / p.nkv, ft = FL_ROWS / group;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
+    int t0 = blockIdx.x * ft, t_end = min(t0 + ft, p.n_tok), kvw = p.nkv * D;
+    // This thread's two rows (C fragment rows gr and gr + 8 of the warp's m16 tile).
+    // (Recomputed where used: registers.)
+    auto tok = [&](int h) { return t0 + (warp * 16 + gr + 8 * h) / group; };
+    auto head = [&](int h) { return g * group + (warp * 16 + gr + 8 * h) % group; };
+    // q as A fragments (k16 step kk: a0 (row gr, dims 16kk + 2t), a1 (row gr + 8), a2 / a3 the same at + 8).
+    float qf[CH][4][2];
+    float qmax = 0.0f;
+    #pragma unroll
+    for (int kk = 0; kk < CH; kk++)
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int h = i & 1, dim = 16 * kk + 2 * t + 8 * (i >> 1);
+            float2 v = tok(h) < p.n_tok ? *(const float2*)(p.q + ((i64)tok(h) * p.nq + head(h)) * D + dim)
+                                        : make_float2(0.0f, 0.0f);
+            qf[kk][i][0] = v.x;
+            qf[kk][i][1] = v.y;
+            qmax = fmaxf(qmax, fmaxf(fabsf(v.x), fabsf(v.y)));
+        }
+    int eq = f16_range_exponent(warp_max(qmax));
+    float qs = pow2_biased(268 - eq);
+    u32 qa[CH][4];
+    #pragma unroll
+    for (int kk = 0; kk < CH; kk++)
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float a = qf[kk][i][0] * qs, b = qf[kk][i][1] * qs;
+            qa[kk][i] = f16x2(a, b);
+            *(u32*)&s.qlo[warp][gr + 8 * (i & 1)][16 * kk + 2 * t + 8 * (i >> 1)] = f16x2_rest(a, b, qa[kk][i]);
+        }
+    __syncwarp();
+    // Scores in base 2: s = (q'·k') · 2^(eq - 141) · 2^(ek - 141) · scale · log2 e (ek the key row's).
+    float score_unit = p.scale * FL_LOG2E * pow2_biased(eq - 14);
+    float m[2], l[2], acc[ND][4];
+    #pragma unroll
+    for (int h = 0; h < 2; h++) {
+        m[h] = tok(h) < p.n_tok ? p.sinks[head(h)] * FL_LOG2E : 0.0f;
+        l[h] = t == 0 ? 1.0f : 0.0f;
+    }
+    #pragma unroll
+    for (int nd = 0; nd < ND; nd++)
+        #pragma unroll
+        for (int i = 0; i < 4; i++) acc[nd][i] = 0.0f;
+    int ev_run = 15;
+    // ldmatrix lanes: K (non-transposed) rows key 8·nt + (lane & 7) + 8·(lane >> 4), dims + 8·((lane >> 3) & 1);
+    // V (transposed) rows key 16·kc + (lane & 7) + 8·((lane >> 3) & 1), dims + 8·(lane >> 4).
+    u32 kaddr = smem_addr(&s.k[0][(lane & 7) + ((lane >> 4) << 3)][((lane >> 3) & 1) * 8]);
+    // q_lo as A fragments: rows lane & 15, dims + 8·(lane >> 4).
+    u32 qaddr = smem_addr(&s.qlo[warp][lane & 15][(lane >> 4) * 8]);
+    u32 vaddr = smem_addr(&s.v[(lane & 7) + (((lane >> 3) & 1) << 3)][(lane >> 4) * 8]);
+    constexpr u32 ROW_BYTES = (D + 8) * 2, K_PART_BYTES = FL_KEYS * ROW_BYTES;
+    for (int ta = t0; ta < t_end;) {
+        int seq = p.seqs[ta], tb = ta, lo = 0x7fffffff, hi = -1;
+        for (; tb < t_end && p.seqs[tb] == seq; tb++) {
+            int pos = p.pos[tb];
+            lo = min(lo, p.window > 0 ? max(0, pos + 1 - p.window) : 0);
+            hi = max(hi, pos);
+        }
+        const int* table = p.table + (i64)seq * p.table_stride;
+        int first[2], last[2];
+        #pragma unroll
+        for (int h = 0; h < 2; h++) {
+            bool mine = tok(h) >= ta && tok(h) < tb;
+            int pos = mine ? p.pos[tok(h)] : -1;
+            last[h] = pos;
+            first[h] = mine ? (p.window > 0 ? max(0, pos + 1 - p.window) : 0) : 0;
+        }
+        for (int j0 = lo / FL_KEYS * FL_KEYS; j0 <= hi; j0 += FL_KEYS) {
+            // The tile's chunks: chunk c of this thread is key jj = w / (D / 4), dims 4 · (w % (D / 4)), so the D / 4
+            // lanes of a key row are neighbours (one shuffle group).
+            auto chunk_row = [&](int c, int& jj, int& part) -> i64 {
+                int w = threadIdx.x + 256 * c, j = j0 + w / (D / 4);
+                jj = w / (D / 4);
+                part = w % (D / 4);
+                if (j < lo || j > hi) return -1;
+                int logical = j / 16;
+                int block = table[p.ring > 0 ? logical % p.ring : logical];
+                return ((i64)block * 16 + (j & 15)) * kvw + (i64)g * D + part * 4;
+            };
+            __syncthreads();  // the previous tile is consumed
+            float vf[CH][4];
+            float vmax = 0.0f;
+            #pragma unroll
+            for (int c = 0; c < CH; c++) {
+                int jj, part;
+                i64 row = chunk_row(c, jj, part);
+                if (row < 0) {
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) vf[c][i] = 0.0f;
+                } else {
+                    load4<KV>(p.vc, row, vf[c]);
+                }
+                #pragma unroll
+                for (int i = 0; i < 4; i++) vmax = fmaxf(vmax, fabsf(vf[c][i]));
+            }
+            vmax = warp_max(vmax);
+            if (lane == 0) s.red[warp] = vmax;
+            // k: one scale per key row (its lanes' maximum), stored as its inverse for the scores.
+            #pragma unroll
+            for (int c = 0; c < CH; c++) {
+                int jj, part;
+                i64 row = chunk_row(c, jj, part);
+                float kf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (row >= 0) load4<KV>(p.kc, row, kf);
+                float kmax = fmaxf(fmaxf(fabsf(kf[0]), fabsf(kf[1])), fmaxf(fabsf(kf[2]), fabsf(kf[3])));
+                #pragma unroll
+                for (int o = 1; o < D / 4; o <<= 1) kmax = fmaxf(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+                int ek = f16_range_exponent(kmax);
+                float ks = pow2_biased(268 - ek);
+                float k0 = kf[0] * ks, k1 = kf[1] * ks, k2 = kf[2] * ks, k3 = kf[3] * ks;
+                u32 h01 = f16x2(k0, k1), h23 = f16x2(k2, k3);
+                *(uint2*)&s.k[0][jj][part * 4] = make_uint2(h01, h23);
+                *(uint2*)&s.k[1][jj][part * 4] = make_uint2(f16x2_rest(k0, k1, h01), f16x2_rest(k2, k3, h23));
+                if (part == 0) s.kinv[jj] = pow2_biased(ek - 14);
+            }
+            __syncthreads();  // v's maxima are in
+            #pragma unroll
+            for (int w = 0; w < 8; w++) vmax = fmaxf(vmax, s.red[w]);
+            int ev = max(ev_run, f16_range_exponent(vmax));
+            float vs = pow2_biased(268 - ev);
+            #pragma unroll
+            for (int c = 0; c < CH; c++) {
+                int w = threadIdx.x + 256 * c, jj = w / (D / 4), part = w % (D / 4);
+                *(uint2*)&s.v[jj][part * 4] = make_uint2(f16x2(vf[c][0] * vs, vf[c][1] * vs),
+                                                         f16x2(vf[c][2] * vs, vf[c][3] * vs));
+            }
+            __syncthreads();
+            // O's unit follows v's: a larger exponent scales the sums so far down by a power of two.
+            float vrescale = exp2f((float)(ev_run - ev));  // <= 1; underflows to 0 past 2^-149
+            ev_run = ev;
+            // The tile in halves of FL_SUB keys (a half's scores in registers, not the tile's: 128 registers).
+            #pragma unroll 1
+            for (int sub = 0; sub < FL_KEYS / FL_SUB; sub++) {
+                u32 key_off = sub * FL_SUB * ROW_BYTES;
+                // S = Q·Kᵀ for the half's n8 tiles of keys.
+                float sc[NS][4];
+                #pragma unroll
+                for (int nt = 0; nt < NS; nt++)
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) sc[nt][i] = 0.0f;
+                #pragma unroll
+                for (int kk = 0; kk < CH; kk++) {
+                    u32 ql[4];
+                    ldsm_x4(qaddr + kk * 32, ql);
+                    #pragma unroll
+                    for (int np = 0; np < NS / 2; np++) {
+                        u32 b[4], bl[4];
+                        ldsm_x4(kaddr + key_off + np * 16 * ROW_BYTES + kk * 32, b);
+                        ldsm_x4(kaddr + K_PART_BYTES + key_off + np * 16 * ROW_BYTES + kk * 32, bl);
+                        // Smallest products first.
+                        mma_f16(sc[2 * np], ql[0], ql[1], ql[2], ql[3], b[0], b[1]);
+                        mma_f16(sc[2 * np + 1], ql[0], ql[1], ql[2], ql[3], b[2], b[3]);
+                        mma_f16(sc[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], bl[0], bl[1]);
+                        mma_f16(sc[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], bl[2], bl[3]);
+                        mma_f16(sc[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b[0], b[1]);
+                        mma_f16(sc[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b[2], b[3]);
+                    }
+                }
+                float tmax[2] = {NEG_INF, NEG_INF};
+                #pragma unroll
+                for (int nt = 0; nt < NS; nt++)
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        int h = i >> 1, jj = sub * FL_SUB + 8 * nt + 2 * t + (i & 1), j = j0 + jj;
+                        bool valid = j >= first[h] && j <= last[h];
+                        sc[nt][i] = valid ? sc[nt][i] * (score_unit * s.kinv[jj]) : NEG_INF;
+                        tmax[h] = fmaxf(tmax[h], sc[nt][i]);
+                    }
+                float corr[2];
+                #pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+                    tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+                    float m_new = fmaxf(m[h], tmax[h]);
+                    corr[h] = exp2f(m[h] - m_new);
+                    m[h] = m_new;
+                    l[h] *= corr[h];
+                    corr[h] *= vrescale;
+                }
+                vrescale = 1.0f;
+                #pragma unroll
+                for (int nt = 0; nt < NS; nt++)
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float e = exp2f(sc[nt][i] - m[i >> 1]);  // masked: exp2(-inf) = 0
+                        sc[nt][i] = e;
+                        l[i >> 1] += e;
+                    }
+                #pragma unroll
+                for (int nd = 0; nd < ND; nd++)
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) acc[nd][i] *= corr[i >> 1];
+                // O += P·V', keys in k16 steps.
+                #pragma unroll
+                for (int kc = 0; kc < NS / 2; kc++) {
+                    u32 a0 = f16x2(sc[2 * kc][0], sc[2 * kc][1]), a1 = f16x2(sc[2 * kc][2], sc[2 * kc][3]);
+                    u32 a2 = f16x2(sc[2 * kc + 1][0], sc[2 * kc + 1][1]);
+                    u32 a3 = f16x2(sc[2 * kc + 1][2], sc[2 * kc + 1][3]);
+                    #pragma unroll
+                    for (int dp = 0; dp < ND / 2; dp++) {
+                        u32 b[4];
+                        ldsm_x4_trans(vaddr + key_off + kc * 16 * ROW_BYTES + dp * 32, b);
+                        mma_f16(acc[2 * dp], a0, a1, a2, a3, b[0], b[1]);
+                        mma_f16(acc[2 * dp + 1], a0, a1, a2, a3, b[2], b[3]);
+                    }
+                }
+            }
+        }
+        ta = tb;
+    }
+    // Rows: the quad's denominators summed; O back from the V unit 2^(141 - ev_run).
+    float vunit = pow2_biased(ev_run - 14);
+    #pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float total = l[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        if (tok(h) >= t_end) continue;
+        float f = vunit / total;
+        float* o = p.out + ((i64)tok(h) * p.nq + head(h)) * D + 2 * t;
+        #pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+            *(float2*)(o + 8 * nd) = make_float2(acc[nd][2 * h] * f, acc[nd][2 * h + 1] * f);
+    }
+}
+
+#define FLASH_ENTRY(KVNAME, KV, D) \
+    extern "C" __global__ void __launch_bounds__(256, 2) attention_flash_##KVNAME##_d##D(const AttnParams p) { grid_dep_sync(); attention_flash_impl<KV, D>(p); }
+FLASH_ENTRY(f32, KV_F32, 64)
+FLASH_ENTRY(bf16, KV_BF16, 64)
+FLASH_ENTRY(f16, KV_F16, 64)
+FLASH_ENTRY(f32, KV_F32, 16)
+FLASH_ENTRY(bf16, KV_BF16, 16)
+FLASH_ENTRY(f16, KV_F16, 16)

@@ -56,6 +56,23 @@ static __device__ __forceinline__ u16 f32_to_f16(float f) {
     return h;
 }
 
+// Two f32 as packed f16 (RNE), `lo` in the low half.
+static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+// The biased exponent e of m = max |x| (m >= 0), clamped to [15, 254]: scaling x by 2^(141 - e) (biased 268 - e)
+// puts m in [2^14, 2^15), f16's top binade, and both that factor and its inverse 2^(e - 141) (biased e - 14)
+// stay normal f32. NaN and inf give 254 and pass through the scaling.
+static __device__ __forceinline__ int f16_range_exponent(float m) {
+    return min(max((int)(__float_as_uint(m) >> 23), 15), 254);
+}
+
+// 2^(b - 127) for a biased exponent b in [1, 254].
+static __device__ __forceinline__ float pow2_biased(int b) { return __uint_as_float((u32)b << 23); }
+
 // 2^(e-127), exact for e = 0 (subnormal 2^-127) too.
 static __device__ __forceinline__ float e8m0_to_f32(u8 e) {
     return e == 0 ? __uint_as_float(1u << 22) : __uint_as_float(((u32)e) << 23);

@@ -9,6 +9,7 @@
 //   z > 1 (a step of few rows, whose 128-row tiles alone would leave most SMs idle) each block writes its
 //   K share's sums to `partial` [z][n_tok][n_out] and linear_reduce adds them in split order (so the result
 //   does not depend on which block finishes first) with the bias. Block: 256 threads.
+//   linear_mmafast_<fmt>: the same tiles of 64 rows with x as two bf16 parts (prompts unless --exact; mma.cu).
 // linear_warp_<fmt> (bf16, f16) and linear_dot_q8 (Q8_0, k % 32 == 0): one step row against a weight of many rows
 //   (decode). A warp takes WARP_ROWS (DOT_Q8_ROWS) weight rows over the whole K; its lanes take chunks (16 bytes;
 //   Q8_0: 32-element blocks) lane, lane + 32, ... through a ring of WARP_CHUNKS (DOT_Q8_BLOCKS) per row, each slot
@@ -112,9 +113,9 @@ static __device__ void linear_group_impl(const LinearGroupParams& g) {
     linear_impl<F, TT>(g.part[i], blockIdx.x - g.first[i]);
 }
 
-template <int F, int MT>
+template <int F, int MT, int XP>
 static __device__ void linear_mma_impl(const LinearParams& p) {
-    __shared__ MmaSmem sm;
+    __shared__ MmaSmem<XP> sm;
     int m0 = blockIdx.y * 32 * MT, n0 = blockIdx.x * MMA_BN;
     const float* xrow[MT];
     #pragma unroll
@@ -124,7 +125,7 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
     }
     int kb = blockIdx.z * p.k_split, ke = min(p.k, kb + p.k_split);
     float acc[MT][4][4];
-    mma_tile<F, MT>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, kb, ke, sm, acc);
+    mma_tile<F, MT, XP>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, kb, ke, sm, acc);
     bool split = gridDim.z > 1;
     float* out = split ? p.partial + (i64)blockIdx.z * p.n_tok * p.n_out : p.out;
     i64 ld = split ? p.n_out : p.out_ld;
@@ -382,10 +383,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) linear3_norm_dot_q8(const L
     extern "C" __global__ void __launch_bounds__(256, 2) linear_norm_##NAME(const LinearNormParams n) { linear_impl<F, 1, 1>(n.p, blockIdx.x, &n.norm); }
 
 // MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
-// X split of mma.cu needs more than the 80 registers of 3 blocks).
-#define LINEAR_MMA_ENTRY(NAME, F, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 2>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma32_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 1>(p); }
+// X split of mma.cu needs more than the 80 registers of 3 blocks). linear_mmafast_<fmt>: the fast tiles of
+// prompts (x as two bf16 parts, mma.cu), 64 rows, FAST_MINB blocks per SM.
+#define LINEAR_MMA_ENTRY(NAME, F, MINB, FAST_MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 2, MMA_XPARTS>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) linear_mma32_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 1, MMA_XPARTS>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, FAST_MINB) linear_mmafast_##NAME(const LinearParams p) { grid_dep_sync(); linear_mma_impl<F, 2, 2>(p); }
 
 LINEAR_ENTRY(f32, WF_F32)
 LINEAR_ENTRY(bf16, WF_BF16)
@@ -393,7 +396,7 @@ LINEAR_ENTRY(f16, WF_F16)
 LINEAR_ENTRY(q8, WF_Q8)
 LINEAR_ENTRY(lut4e8m0, WF_LUT4_E8M0)
 LINEAR_ENTRY(lut4f32, WF_LUT4_F32)
-LINEAR_MMA_ENTRY(bf16, WF_BF16, 2)
-LINEAR_MMA_ENTRY(q8, WF_Q8, 2)
-LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2)
-LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2)
+LINEAR_MMA_ENTRY(bf16, WF_BF16, 2, 3)
+LINEAR_MMA_ENTRY(q8, WF_Q8, 2, 2)
+LINEAR_MMA_ENTRY(lut4e8m0, WF_LUT4_E8M0, 2, 2)
+LINEAR_MMA_ENTRY(lut4f32, WF_LUT4_F32, 2, 2)

@@ -74,7 +74,7 @@ static __device__ void expert_impl(const ExpertParams& p) {
 
 template <int F, int GATE_UP, int MT>
 static __device__ void expert_mma_impl(const ExpertParams& p) {
-    __shared__ MmaSmem sm;
+    __shared__ MmaSmem<MMA_XPARTS> sm;
     const int bm = 32 * MT;
     int e, start;
     if (!find_tile(p.counts, p.n_experts, bm, blockIdx.y, e, start)) return;
@@ -87,7 +87,7 @@ static __device__ void expert_mma_impl(const ExpertParams& p) {
     }
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, n0 = blockIdx.x * MMA_BN;
     float acc[MT][4][4];
-    mma_tile<F, MT>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, 0, p.k, sm, acc);
+    mma_tile<F, MT, MMA_XPARTS>(p.w, xrow, (i64)e * n_rows + n0, n_rows - n0, p.k, 0, p.k, sm, acc);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
     #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -482,8 +482,7 @@ static __device__ void fp4_gemm_tile(const ExpertParams& p, int e, int start, in
             for (int h = 0; h < 2; h++) sc[mt][h] = sc_next[mt][h];
     }
     cp_async_wait<0>();
-    // C fragment: rows g (i < 2) and g + 8 of the m16 tile, pair slots 2t, 2t + 1 of the n8 tile. gate_up's
-    // rows 2i and 2i + 1 are one output's gate and up: the lane four up (row + 1) hands over its values.
+    // C fragment: rows g (i < 2) and g + 8 of the m16 tile, pair slots 2t, 2t + 1 of the n8 tile.
     #pragma unroll
     for (int mt = 0; mt < MT; mt++)
         #pragma unroll
@@ -493,16 +492,7 @@ static __device__ void fp4_gemm_tile(const ExpertParams& p, int e, int start, in
                 int row = r0 + (int)rows[mt][h];
                 float v0 = acc[mt][nb][2 * h], v1 = acc[mt][nb][2 * h + 1];
                 int slot = wn * 8 * NW + nb * 8 + 2 * t;
-                if constexpr (GATE_UP) {
-                    float u0 = __shfl_down_sync(0xffffffffu, v0, 4), u1 = __shfl_down_sync(0xffffffffu, v1, 4);
-                    if ((g & 1) == 0 && row < n_rows) {
-                        if (slot < count) moe_store<1>(p, e, start + slot, row, v0, u0);
-                        if (slot + 1 < count) moe_store<1>(p, e, start + slot + 1, row, v1, u1);
-                    }
-                } else if (row < n_rows) {
-                    if (slot < count) moe_store<0>(p, e, start + slot, row, v0, 0.0f);
-                    if (slot + 1 < count) moe_store<0>(p, e, start + slot + 1, row, v1, 0.0f);
-                }
+                moe_store_fragment<GATE_UP>(p, e, start, count, n_rows, row, slot, v0, v1);
             }
 }
 

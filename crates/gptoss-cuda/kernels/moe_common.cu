@@ -20,13 +20,6 @@ struct XSplitParams {
     int pad_;
 };
 
-// Two f32 as packed f16 (RNE), `lo` in the low half.
-static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
-    u32 d;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-}
-
 // The int8-plane form of a 32-element block (plane_scales, block_planes) is in common.cu.
 // xsplit_unit's int8-plane form: the quad's 8 elements 8t..8t+7 of unit rk, with the block's maximum m.
 static __device__ __forceinline__ void xsplit_dot(const XSplitParams& p, bool live, i64 rk, int t, const float* v,
@@ -275,14 +268,25 @@ static __device__ __forceinline__ void moe_store(const ExpertParams& p, int e, i
     moe_store_pair<GATE_UP>(p, e, p.list[p.offsets[e] + idx], row, a, b);
 }
 
-// ---- Shared by the f16 tensor-core expert kernels (moe.cu, moe_half.cu) ----
-
-static __device__ __forceinline__ void mma_f16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+// Stores one C-fragment half of an m16n8 tile: v0, v1 at weight row `row` (r0 + the fragment's row g or g + 8)
+// for pair slots `slot`, `slot` + 1 of the tile starting at `start` (count pairs). gate_up's rows 2i and 2i + 1
+// are one output's gate and up: the lane four up (row + 1) hands over its values, so every lane must call this.
+template <int GATE_UP>
+static __device__ __forceinline__ void moe_store_fragment(const ExpertParams& p, int e, int start, int count,
+                                                          int n_rows, int row, int slot, float v0, float v1) {
+    if constexpr (GATE_UP) {
+        float u0 = __shfl_down_sync(0xffffffffu, v0, 4), u1 = __shfl_down_sync(0xffffffffu, v1, 4);
+        if (((threadIdx.x >> 2) & 1) == 0 && row < n_rows) {
+            if (slot < count) moe_store<1>(p, e, start + slot, row, v0, u0);
+            if (slot + 1 < count) moe_store<1>(p, e, start + slot + 1, row, v1, u1);
+        }
+    } else if (row < n_rows) {
+        if (slot < count) moe_store<0>(p, e, start + slot, row, v0, 0.0f);
+        if (slot + 1 < count) moe_store<0>(p, e, start + slot + 1, row, v1, 0.0f);
+    }
 }
+
+// ---- Shared by the f16 tensor-core expert kernels (moe.cu, moe_half.cu) ----
 
 // Nibbles i (low half) and i + 4 (high half) of q as two f16 E2M1 · 2^-14.
 template <int I>

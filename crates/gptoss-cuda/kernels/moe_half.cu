@@ -57,14 +57,14 @@ extern "C" __global__ void moe_xhalf(const XHalfParams p) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     // As moe_xsplit: e clamped to [15, 254] keeps both powers of two normal; NaN and inf pass through.
-    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
-    float s = __uint_as_float((u32)(268 - e) << 23);
+    int e = f16_range_exponent(m);
+    float s = pow2_biased(268 - e);
     u32* out = (u32*)(p.xh + row * p.k);
     for (int u = lane; u < p.k / 2; u += 32) {
         int base = (2 * u) & ~31, e0 = base + half_order_element((2 * u) & 31);
         out[u] = f16x2(x[e0] * s, x[e0 + 4] * s);
     }
-    if (lane == 0) p.xinv[row] = __uint_as_float((u32)(e - 14) << 23);
+    if (lane == 0) p.xinv[row] = pow2_biased(e - 14);
 }
 
 template <int BN>
@@ -243,8 +243,7 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
             int slot = wn * NT * 8 + nt * 8 + 2 * t + j;
             xsv[nt][j] = slot < count ? wsc * p.xscale[pair_row(p, e, start + slot)] : 0.0f;
         }
-    // C fragment: rows g (i < 2) and g + 8 of the m16 tile, pair slots 2t, 2t + 1 of the n8 tile. gate_up's
-    // rows 2i and 2i + 1 are one output's gate and up: the lane four up (row + 1) hands over its values.
+    // C fragment: rows g (i < 2) and g + 8 of the m16 tile, pair slots 2t, 2t + 1 of the n8 tile.
     #pragma unroll
     for (int mt = 0; mt < MT; mt++)
         #pragma unroll
@@ -254,16 +253,7 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
                 int row = r0 + rows[mt][h];
                 float v0 = acc[mt][nt][2 * h] * xsv[nt][0], v1 = acc[mt][nt][2 * h + 1] * xsv[nt][1];
                 int slot = wn * NT * 8 + nt * 8 + 2 * t;
-                if constexpr (GATE_UP) {
-                    float u0 = __shfl_down_sync(0xffffffffu, v0, 4), u1 = __shfl_down_sync(0xffffffffu, v1, 4);
-                    if ((g & 1) == 0 && row < n_rows) {
-                        if (slot < count) moe_store<1>(p, e, start + slot, row, v0, u0);
-                        if (slot + 1 < count) moe_store<1>(p, e, start + slot + 1, row, v1, u1);
-                    }
-                } else if (row < n_rows) {
-                    if (slot < count) moe_store<0>(p, e, start + slot, row, v0, 0.0f);
-                    if (slot + 1 < count) moe_store<0>(p, e, start + slot + 1, row, v1, 0.0f);
-                }
+                moe_store_fragment<GATE_UP>(p, e, start, count, n_rows, row, slot, v0, v1);
             }
 }
 

@@ -57,8 +57,8 @@ pub struct Device {
     pub meter: Arc<Meter>,
     /// Which expert kernels run.
     pub moe_kernel: MoeKernel,
-    /// Whether large steps' MXFP4 experts stay on the exact kernels.
-    pub exact_experts: bool,
+    /// Whether large steps stay on the exact kernels (experts and dense linears).
+    pub exact: bool,
     /// Which dense linear kernels run.
     pub linear_kernel: LinearKernel,
     /// Whether one-row GEMVs fuse the RMSNorm before them.
@@ -127,7 +127,7 @@ impl Device {
             meter: Meter::new(cap),
             cache_dir: opts.cache_dir.clone(),
             moe_kernel: opts.moe_kernel,
-            exact_experts: opts.exact_experts,
+            exact: opts.exact,
             linear_kernel: opts.linear_kernel,
             fuse_norm: opts.fuse_norm,
             repack: opts.repack,

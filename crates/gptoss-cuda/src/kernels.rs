@@ -89,7 +89,7 @@ impl KernelFile {
     /// The full source NVRTC compiles: the prelude, then the file.
     pub fn source(self) -> String {
         let mma = match self {
-            KernelFile::Linear | KernelFile::Moe | KernelFile::MoeHalf => {
+            KernelFile::Linear | KernelFile::Moe | KernelFile::MoeHalf | KernelFile::Attention => {
                 format!("#line 1 \"mma.cu\"\n{MMA}\n")
             }
             _ => String::new(),
@@ -293,6 +293,10 @@ pub enum KvType {
     F32,
 }
 
+/// Head widths `attention_flash_<kv>_d<D>` is built for: gpt-oss's 64, and the tiny fixtures' 16 (so the
+/// CUDA-against-CPU checks of every fixture run it).
+pub const FLASH_HEAD_DIMS: [usize; 2] = [16, 64];
+
 /// One kernel entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Func {
@@ -310,6 +314,8 @@ pub enum Func {
     LinearGroup(WeightKind, RowTile),
     /// `linear_mma_<fmt>` / `linear_mma32_<fmt>`
     LinearMma(WeightKind, MmaRows),
+    /// `linear_mmafast_<fmt>` (tiles of 64 rows, x as two bf16 parts: prompts unless exact)
+    LinearMmaFast(WeightKind),
     /// `linear_reduce` (adds the K splits of the tensor-core linear)
     LinearReduce,
     /// `linear_warp_<fmt>` (one step row, a warp per 2 weight rows; bf16 and f16)
@@ -330,6 +336,9 @@ pub enum Func {
     Attention(KvType),
     /// `attention_rows_<kv>` (prefill: 8 step rows per CTA)
     AttentionRows(KvType),
+    /// `attention_flash_<kv>_d<head_dim>` (prefill on f16 tensor cores unless exact; a width of
+    /// [`FLASH_HEAD_DIMS`])
+    AttentionFlash(KvType, usize),
     /// `attention_combine` (merges key splits)
     AttentionCombine,
     /// `route_<fmt>`
@@ -387,6 +396,7 @@ impl Func {
             Func::Linear(..)
             | Func::LinearGroup(..)
             | Func::LinearMma(..)
+            | Func::LinearMmaFast(_)
             | Func::LinearReduce
             | Func::LinearWarp(_)
             | Func::LinearWarpGroup(_)
@@ -395,9 +405,10 @@ impl Func {
             | Func::LinearNorm(_)
             | Func::LinearDotQ8NormGroup => KernelFile::Linear,
             Func::RopeKv(_) => KernelFile::RopeKv,
-            Func::Attention(_) | Func::AttentionRows(_) | Func::AttentionCombine => {
-                KernelFile::Attention
-            }
+            Func::Attention(_)
+            | Func::AttentionRows(_)
+            | Func::AttentionFlash(..)
+            | Func::AttentionCombine => KernelFile::Attention,
             Func::Route(_) | Func::RouteTopk | Func::RouteTopkGroup => KernelFile::Router,
             Func::MoeXHalf
             | Func::MoeGateUpFp4(Fp4Pairs::H64)
@@ -434,6 +445,7 @@ impl Func {
             Func::Linear(w, t) => format!("linear_{}_{}", w.suffix(), t.suffix()),
             Func::LinearGroup(w, t) => format!("linear3_{}_{}", w.suffix(), t.suffix()),
             Func::LinearMma(w, r) => format!("linear_{}_{}", r.infix(), w.suffix()),
+            Func::LinearMmaFast(w) => format!("linear_mmafast_{}", w.suffix()),
             Func::LinearReduce => "linear_reduce".into(),
             Func::LinearWarp(w) => format!("linear_warp_{}", w.suffix()),
             Func::LinearWarpGroup(w) => format!("linear3_warp_{}", w.suffix()),
@@ -444,6 +456,7 @@ impl Func {
             Func::RopeKv(k) => format!("rope_kv_{}", kv(k)),
             Func::Attention(k) => format!("attention_{}", kv(k)),
             Func::AttentionRows(k) => format!("attention_rows_{}", kv(k)),
+            Func::AttentionFlash(k, d) => format!("attention_flash_{}_d{d}", kv(k)),
             Func::AttentionCombine => "attention_combine".into(),
             Func::Route(w) => format!("route_{}", w.suffix()),
             Func::RouteTopk => "route_topk".into(),
@@ -502,6 +515,7 @@ impl Func {
         }
         for k in [KvType::Bf16, KvType::F16, KvType::F32] {
             v.extend([Func::RopeKv(k), Func::Attention(k), Func::AttentionRows(k)]);
+            v.extend(FLASH_HEAD_DIMS.map(|d| Func::AttentionFlash(k, d)));
         }
         for w in WeightKind::ALL {
             v.extend([Func::Embed(w), Func::Route(w), Func::LinearNorm(w)]);
@@ -515,6 +529,7 @@ impl Func {
             v.extend([Func::LinearWarp(w), Func::LinearWarpGroup(w)]);
         }
         for w in WeightKind::MMA {
+            v.push(Func::LinearMmaFast(w));
             for r in [MmaRows::R32, MmaRows::R64] {
                 v.push(Func::LinearMma(w, r));
                 v.extend([Func::MoeGateUpMma(w, r), Func::MoeDownMma(w, r)]);

@@ -33,10 +33,15 @@ pub struct CudaOptions {
     pub dependent_launch: bool,
     /// Which expert kernels run (`GPTOSS_MOE_KERNEL`; benchmarks and diagnosis, default automatic).
     pub moe_kernel: MoeKernel,
-    /// Large steps' MXFP4 experts on the exact kernels (x in two f16 parts, f32 sums per 32-element block)
-    /// instead of the f16-activation GEMM (`--exact`); steps of at most 8 pairs per expert on average (decode,
-    /// and batched decode of up to 64 streams on 20b) are exact either way.
-    pub exact_experts: bool,
+    /// Prompt steps on the exact kernels (`--exact`): attention in f32 on the CUDA cores instead of f16
+    /// tensor cores (`attention_flash`: steps of at least 4 rows per sequence), MXFP4 experts with x in two
+    /// f16 parts and f32 sums per 32-element block instead of the f16-activation GEMM, dense linears with x
+    /// in three bf16 parts instead of two. Steps of one row per sequence, at most 8 pairs per expert on
+    /// average and at most [`FAST_LINEAR_MIN_ROWS`] - 1 rows (decode, and batched decode of up to 64
+    /// streams on 20b) are exact either way.
+    ///
+    /// [`FAST_LINEAR_MIN_ROWS`]: crate::ops::linear::FAST_LINEAR_MIN_ROWS
+    pub exact: bool,
     /// Which dense linear kernels run (`GPTOSS_LINEAR_KERNEL`; benchmarks and diagnosis, default automatic).
     pub linear_kernel: LinearKernel,
     /// Whether one-row GEMVs compute the RMSNorm before them themselves (the norms before q/k/v and before
@@ -186,7 +191,7 @@ impl CudaOptions {
                 Ok(v) => MoeKernel::parse(&v)?,
                 Err(_) => MoeKernel::Auto,
             },
-            exact_experts: false,
+            exact: false,
             linear_kernel: match std::env::var("GPTOSS_LINEAR_KERNEL") {
                 Ok(v) => LinearKernel::parse(&v)?,
                 Err(_) => LinearKernel::Auto,

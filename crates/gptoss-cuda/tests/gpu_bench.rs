@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use gptoss_cuda::ops::linear::FAST_LINEAR_MIN_ROWS;
 use gptoss_cuda::testing::{random_tensor, Rng, TestFormat};
 use gptoss_cuda::{CudaBackend, CudaOptions};
 use gptoss_engine::backend::{MoeArgs, MoeShape, Rope};
@@ -264,11 +265,17 @@ fn bench_moe_20b_shapes() {
 }
 
 /// The dense linears of 20b (bf16, and Q8_0 as the GGUF stores them) at decode, batched-decode and prefill
-/// sizes (`GPTOSS_LINEAR_KERNEL` picks the kernel to compare).
+/// sizes (`GPTOSS_LINEAR_KERNEL` picks the kernel to compare); prompt sizes on the default (fast) tiles and
+/// on the exact ones (`--exact`).
 #[test]
 #[ignore = "needs GPU"]
 fn bench_linear_20b_shapes() {
     let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let exact = {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.exact = true;
+        CudaBackend::new(&o).unwrap()
+    };
     let mut rng = Rng(7);
     for (format, label, bytes_per_weight) in [
         (TestFormat::Dense(DType::BF16), "bf16", 2.0),
@@ -280,29 +287,38 @@ fn bench_linear_20b_shapes() {
             ("o", 2880, 4096),
             ("lm_head", 201_088, 2880),
         ] {
-            let w = b
-                .upload_linear(&Linear {
-                    weight: random_tensor(&mut rng, format, n_out, k, 0.05),
-                    bias: Some(rng.vec(n_out, 0.1)),
-                })
-                .unwrap();
+            let lin = Linear {
+                weight: random_tensor(&mut rng, format, n_out, k, 0.05),
+                bias: Some(rng.vec(n_out, 0.1)),
+            };
             let tokens: &[usize] = if name == "lm_head" {
                 &[1, 16, 64]
             } else {
-                &[1, 2, 4, 5, 8, 16, 32, 64, 2048]
+                &[1, 2, 4, 5, 8, 16, 32, 64, 512, 2048]
             };
-            for &t in tokens {
-                let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
-                let mut out = b.alloc(t, n_out).unwrap();
-                let step = step_of(&b, t);
-                let reps = if t > 64 { 10 } else { 50 };
-                let s = time(&b, reps, || b.linear(&step, &x, &w, &mut out).unwrap());
-                let gbs = (n_out * k) as f64 * bytes_per_weight / s / 1e9;
-                let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
-                println!(
-                    "BENCH op linear {label} {name} [{n_out}, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s, {tflops:.2} TFLOP/s",
-                    s * 1e6
-                );
+            let backends: &[(&CudaBackend, &str)] = if name == "lm_head" {
+                &[(&b, "")]
+            } else {
+                &[(&b, ""), (&exact, " exact")]
+            };
+            for &(be, mode) in backends {
+                let w = be.upload_linear(&lin).unwrap();
+                for &t in tokens {
+                    if !mode.is_empty() && t < FAST_LINEAR_MIN_ROWS {
+                        continue;
+                    }
+                    let x = filled(be, t, k, &rng.vec(t * k, 1.0));
+                    let mut out = be.alloc(t, n_out).unwrap();
+                    let step = step_of(be, t);
+                    let reps = if t > 64 { 10 } else { 50 };
+                    let s = time(be, reps, || be.linear(&step, &x, &w, &mut out).unwrap());
+                    let gbs = (n_out * k) as f64 * bytes_per_weight / s / 1e9;
+                    let tflops = 2.0 * (t * n_out * k) as f64 / s / 1e12;
+                    println!(
+                        "BENCH op linear {label}{mode} {name} [{n_out}, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s, {tflops:.2} TFLOP/s",
+                        s * 1e6
+                    );
+                }
             }
         }
     }

@@ -9,7 +9,7 @@ use gptoss_formats::Window;
 use crate::backend::{CudaBuf, CudaStep, CudaVector};
 use crate::device::Device;
 use crate::error::{CudaError, Result};
-use crate::kernels::{Func, KvType};
+use crate::kernels::{Func, KvType, FLASH_HEAD_DIMS};
 use crate::ops::{blocks, cfg, shape_error};
 use crate::vram::DevBuf;
 
@@ -324,6 +324,28 @@ pub fn rows_kernel_fits(
         && group <= HEADS_PER_CTA
         && group * shape.n_kv_heads == shape.n_q_heads
 }
+
+/// Query rows (step rows × the group's query heads) one `attention_flash` CTA serves (`FL_ROWS`).
+const FLASH_ROWS: usize = 128;
+
+/// Whether a step's attention runs `attention_flash` (f16 tensor cores, 128 query rows per CTA) when not
+/// exact: the prefill-shaped steps `attention_rows` takes (see [`rows_kernel_fits`]), for heads of a width
+/// of [`FLASH_HEAD_DIMS`] and groups that divide 16 (one m16 tile holds whole step rows).
+pub fn flash_kernel_fits(
+    step_rows: usize,
+    step_seqs: usize,
+    splits: usize,
+    shape: &AttnShape,
+) -> bool {
+    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
+    splits == 1
+        && step_rows >= 4 * step_seqs.max(1)
+        && FLASH_HEAD_DIMS.contains(&shape.head_dim)
+        && group > 0
+        && 16 % group == 0
+        && group * shape.n_kv_heads == shape.n_q_heads
+}
+
 /// Keys per split below which splitting does not pay (8 tiles of 32).
 const KEYS_PER_SPLIT: usize = 256;
 
@@ -413,6 +435,15 @@ pub fn attention(
         splits: splits as i32,
         n_tok: step.rows as i32,
     };
+    if !dev.exact && flash_kernel_fits(step.rows, step.seqs, splits, shape) {
+        let grid = (
+            step.rows.div_ceil(FLASH_ROWS / group) as u32,
+            shape.n_kv_heads as u32,
+            1,
+        );
+        let func = Func::AttentionFlash(cache.kv, shape.head_dim);
+        return dev.launch(func, cfg(grid, 256), &p);
+    }
     let threads = 32 * group.min(HEADS_PER_CTA) as u32;
     if rows_kernel_fits(step.rows, step.seqs, splits, shape) {
         let grid = (
@@ -457,6 +488,27 @@ mod tests {
         assert!(!rows_kernel_fits(64, 1, 2, &oss));
         assert!(!rows_kernel_fits(64, 1, 1, &shape(4, 2, 16)));
         assert!(!rows_kernel_fits(64, 1, 1, &shape(24, 2, 64)));
+    }
+
+    #[test]
+    fn flash_kernel_for_prefill_of_whole_groups() {
+        let shape = |nq, nkv, d| AttnShape {
+            layer: 0,
+            n_q_heads: nq,
+            n_kv_heads: nkv,
+            head_dim: d,
+            window: Window::Full,
+        };
+        let oss = shape(64, 8, 64);
+        assert!(flash_kernel_fits(2048, 1, 1, &oss));
+        assert!(flash_kernel_fits(24, 1, 1, &shape(4, 2, 16)));
+        assert!(flash_kernel_fits(64, 1, 1, &shape(8, 2, 64)));
+        // Decode steps, split launches, widths without a build, groups that do not divide 16.
+        assert!(!flash_kernel_fits(64, 64, 1, &oss));
+        assert!(!flash_kernel_fits(64, 1, 2, &oss));
+        assert!(!flash_kernel_fits(64, 1, 1, &shape(64, 8, 128)));
+        assert!(!flash_kernel_fits(64, 1, 1, &shape(24, 2, 64)));
+        assert!(!flash_kernel_fits(64, 1, 1, &shape(64, 2, 64)));
     }
 
     #[test]

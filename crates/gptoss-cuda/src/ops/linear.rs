@@ -165,6 +165,11 @@ pub const SPLIT_TILE_MIN_ROWS: usize = 5;
 pub const NARROW_SPLIT_TILE_MIN_ROWS: usize = 24;
 /// Weights with fewer rows than this are narrow (see [`NARROW_SPLIT_TILE_MIN_ROWS`]).
 pub const NARROW_WEIGHT_ROWS: usize = 2048;
+/// Fewest step rows whose tensor-core linears take the fast tiles (x as two bf16 parts, `linear_mmafast_<fmt>`)
+/// unless exact: prompts of more than 64 tokens, where the experts take their f16 GEMM too (more than 8 pairs
+/// per expert on 20b); decode and batched decode stay exact. (The router of such steps is not a linear: its
+/// own kernel, `route_<fmt>`, keeps f32.)
+pub const FAST_LINEAR_MIN_ROWS: usize = 65;
 
 /// Fewest weight rows for the one-row GEMVs: below this their warps are too few to fill the GPU.
 pub const ONE_ROW_MIN_ROWS: usize = 256;
@@ -239,6 +244,8 @@ pub enum LinearPath {
         rows: MmaRows,
         /// K elements per block (K or more: no split).
         k_split: usize,
+        /// x as two bf16 parts (`linear_mmafast_<fmt>`, 64 rows, the whole K in the tensor cores) instead of three.
+        fast: bool,
     },
 }
 
@@ -264,11 +271,13 @@ pub struct LinearShape {
     pub split_room: usize,
     /// The kernel choice forced by `GPTOSS_LINEAR_KERNEL`, if any.
     pub kernel: LinearKernel,
+    /// Exact kernels only (`--exact`: no fast tiles).
+    pub exact: bool,
 }
 
 /// A one-row GEMV for one row (`auto`, see [`one_row`]); tensor cores for many rows when the weight decodes
 /// exactly to bf16 (split along K when the tiles alone would leave SMs idle and `split_room` holds the partial
-/// sums); the split-K GEMV otherwise.
+/// sums; the fast tiles from [`FAST_LINEAR_MIN_ROWS`] unless exact); the split-K GEMV otherwise.
 pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
     if let (1, LinearKernel::Auto, Some(kernel)) = (s.n_tok, s.kernel, one_row(w)) {
         return LinearPath::OneRow(kernel);
@@ -284,17 +293,26 @@ pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
     if !tiles || !w.mma_exact() {
         return gemv;
     }
+    let k_steps = w.k.div_ceil(MMA_K_STEP);
+    let fast = !s.exact && s.kernel == LinearKernel::Auto && s.n_tok >= FAST_LINEAR_MIN_ROWS;
     let rows = if s.n_tok <= 32 {
         MmaRows::R32
     } else {
         MmaRows::R64
     };
-    let k_steps = w.k.div_ceil(MMA_K_STEP);
     let tiles = w.rows.div_ceil(MMA_WEIGHT_ROWS) * s.n_tok.div_ceil(rows.rows());
+    // The fast tiles are cheap enough per K step that splitting only pays where the tiles leave SMs idle
+    // (k and v: 4 weight tiles wide): their partial sums and the reduce cost more than a second block per SM
+    // gains.
+    let target_blocks = if fast {
+        s.sms
+    } else {
+        MMA_BLOCKS_PER_SM * s.sms
+    };
     let mut splits = if s.kernel == LinearKernel::Tiles {
         1
     } else {
-        (MMA_BLOCKS_PER_SM * s.sms)
+        target_blocks
             .div_ceil(tiles)
             .min(k_steps / MIN_K_STEPS_PER_SPLIT)
             .max(1)
@@ -303,7 +321,11 @@ pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
         splits -= 1;
     }
     let k_split = k_steps.div_ceil(splits) * MMA_K_STEP;
-    LinearPath::Mma { rows, k_split }
+    LinearPath::Mma {
+        rows,
+        k_split,
+        fast,
+    }
 }
 
 /// Device rows a linear reads and writes: `n_tok` rows of `x` (row `t`, or row `x_rows[t]` when `x_rows` is
@@ -355,6 +377,7 @@ fn shape_of(dev: &Device, r: &Rows) -> LinearShape {
         sms: dev.caps.sm_count as usize,
         split_room: if r.partial == 0 { 0 } else { r.split_room },
         kernel: dev.linear_kernel,
+        exact: dev.exact,
     }
 }
 
@@ -366,6 +389,7 @@ pub(crate) fn takes_fused_norm(dev: &Device, w: &CudaLinear, n_tok: usize) -> bo
         sms: dev.caps.sm_count as usize,
         split_room: 0,
         kernel: dev.linear_kernel,
+        exact: dev.exact,
     };
     n_tok == 1 && choose_linear(shape, &w.w) == LinearPath::Split(RowTile::One)
 }
@@ -386,7 +410,11 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
     }
     let mut p = params(w, &r);
     match choose_linear(shape_of(dev, &r), wt) {
-        LinearPath::Mma { rows, k_split } => {
+        LinearPath::Mma {
+            rows,
+            k_split,
+            fast,
+        } => {
             let splits = wt.k.div_ceil(k_split);
             p.k_split = k_split as i32;
             let grid = (
@@ -394,7 +422,12 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
                 blocks(r.n_tok, rows.rows()),
                 splits as u32,
             );
-            dev.launch(Func::LinearMma(wt.kind, rows), cfg(grid, 256), &p)?;
+            let func = if fast {
+                Func::LinearMmaFast(wt.kind)
+            } else {
+                Func::LinearMma(wt.kind, rows)
+            };
+            dev.launch(func, cfg(grid, 256), &p)?;
             if splits > 1 {
                 let reduce = ReduceParams {
                     partial: r.partial,

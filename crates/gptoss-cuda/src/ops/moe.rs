@@ -319,7 +319,7 @@ fn route_of(
         };
         let pairs = step.rows * top_k;
         let grouped = with.experts.and_then(|traits| {
-            let path = choose_moe(pairs, w.rows, traits, dev.moe_kernel, dev.exact_experts);
+            let path = choose_moe(pairs, w.rows, traits, dev.moe_kernel, dev.exact);
             let split = group_split(path, step.rows);
             let fits = s.fits_dims(pairs, (w.rows, s.inter, h.cols))
                 && (split == GroupSplit::None || check_split(s, step.rows, h.cols).is_ok());
@@ -699,7 +699,7 @@ pub fn moe(
         e.n_experts,
         ExpertTraits::of(e),
         dev.moe_kernel,
-        dev.exact_experts,
+        dev.exact,
     );
     let act_split = act_split_scale(m.shape.swiglu_limit);
     // The f16-activation GEMM needs act written as f16 by gate_up (a finite SwiGLU limit) and x offsets of 32
