@@ -12,18 +12,19 @@
 // 2^-28 of the tile's largest) round to f16 subnormals or zero. The tensor cores then accumulate all of K, and
 // the epilogue multiplies by 2^(max_s - 128) and the row's x scale. Results differ from the exact path by the
 // f16 rounding of x (relative 2^-12 per element); bench/BENCHMARKS.md has its KL against the exact path.
-// Block: 128 weight rows × 64 pairs of one expert (a tile holding at most 32 runs the 32-pair code), 8 warps
-// as WM (rows) × 8 / WM (pairs), WM = 8: each warp one m16 tile of rows (each code decoded once) and NT n8 tiles. K steps of 64 (two scale blocks) through an
-// H_STAGES-deep cp.async ring: codes as [block][row][16 bytes] (a warp's 4-byte reads hit 32 banks), x as
+// Block: 128 weight rows × 64 (h64) or 128 (h128) pairs of one expert (a tile holding at most 32 runs the
+// 32-pair code, at most 64 the 64-pair code), 8 warps as WM (rows) × 8 / WM (pairs), WM = 8: each warp one
+// m16 tile of rows (each code decoded once) and NT n8 tiles. K steps of 64 (two scale blocks) through an
+// STAGES-deep cp.async ring: codes as [block][row][16 bytes] (a warp's 4-byte reads hit 32 banks), x as
 // rows of H_XLD halves (ldmatrix's 8 rows at a stride of 144 bytes hit distinct banks). x is stored in the
 // K order of moe_xsplit's slices (moe.cu's f16 kernels), so one ldmatrix.x4 gives two n8 tiles' B
 // fragments for the codes' A fragments.
 // moe_xhalf: xh[r * k + L] (f16, L in that order) and xinv[r] = the row's scale inverse. One warp per row.
-// moe_{gate_up,down}_fp4_h64: grid x = tiles of 64 pairs (find_tile), y = ceil(rows / 128). Block: 256.
+// moe_{gate_up,down}_fp4_h{64,128}: grid x = tiles of 64 / 128 pairs (find_tile), y = ceil(rows / 128).
+//   Block: 256.
 //   gate_up writes act as f16 in the same order (act_half), scaled by act_split, and act_scales[pair] =
 //   1 / act_split: what down reads.
 #define H_ROWS 128
-#define H_STAGES 3
 #define H_XLD 72
 // A loader's x chunk past the tile's count (read as zeros).
 #define H_NO_X 0xffffffffu
@@ -67,10 +68,10 @@ extern "C" __global__ void moe_xhalf(const XHalfParams p) {
     if (lane == 0) p.xinv[row] = pow2_biased(e - 14);
 }
 
-template <int BN>
+template <int BN, int STAGES>
 struct Fp4HalfSmem {
-    u16 x[H_STAGES][BN * H_XLD];
-    u32 w[H_STAGES][2][H_ROWS * 4];
+    u16 x[STAGES][BN * H_XLD];
+    u32 w[STAGES][2][H_ROWS * 4];
     u32 red[8];
 };
 
@@ -109,9 +110,10 @@ static __device__ __forceinline__ u32 half_factor(u32 s, int off) {
     return d > 0 ? (u32)d * 0x04000400u : 0u;
 }
 
-// One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for 64 pairs.
-template <int WM, int NT, int GATE_UP>
-static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count, Fp4HalfSmem<64>& sm) {
+// One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs.
+template <int WM, int NT, int GATE_UP, int BN, int STAGES>
+static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count,
+                                     Fp4HalfSmem<BN, STAGES>& sm) {
     const int WN = 8 / WM, MT = 8 / WM, XC = NT * 8 * WN * 8 / 256;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     int wm = warp / WN, wn = warp % WN;
@@ -138,7 +140,7 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
     const u32 x_stage = sizeof(sm.x[0]), w_stage = sizeof(sm.w[0]);
     auto load_stage = [&](int ks) {
         if (ks < nks) {
-            int st = ks % H_STAGES;
+            int st = ks % STAGES;
             #pragma unroll
             for (int j = 0; j < XC; j++) {
                 bool live = xoff[j] != H_NO_X && ks * 64 + (tid & 7) * 8 < p.k;
@@ -151,7 +153,7 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
         cp_async_commit();
     };
     #pragma unroll
-    for (int s = 0; s < H_STAGES - 1; s++) load_stage(s);
+    for (int s = 0; s < STAGES - 1; s++) load_stage(s);
     int max_s = tile_max_scale(p, sexp, r0, min(r0 + H_ROWS, n_rows), nkb, sm.red);
     int off = 30 - max_s;
     // This thread's weight rows (A fragments and C rows): m16 tile mt, half h.
@@ -186,12 +188,12 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
     // (8-15, 0-7), (8-15, 8-15) of a 16-pair group: the B fragments (b0, b1) of two n8 tiles.
     int ld_pair = wn * NT * 8 + (lane & 7) + ((lane >> 4) << 3), ld_k = ((lane >> 3) & 1) * 8;
     for (int ks = 0; ks < nks; ks++) {
-        cp_async_wait<H_STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         __syncthreads();
-        load_stage(ks + H_STAGES - 1);
+        load_stage(ks + STAGES - 1);
         u32 sc_next[MT][2];
         load_scales(min(ks + 1, nks - 1), sc_next);
-        int st = ks % H_STAGES;
+        int st = ks % STAGES;
         u32 xbase = smem_addr(&sm.x[st][ld_pair * H_XLD + ld_k]);
         #pragma unroll
         for (int kk = 0; kk < 2; kk++) {
@@ -257,23 +259,26 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
             }
 }
 
-// A tile of up to 64 pairs; one holding at most 32 runs the 32-pair code (half the MMAs and x loads).
-// Measured on the H200 (op bench, one 20b layer, experts µs at T = 512 / 2048): warps 8 (rows) × 1 at two
-// blocks per SM 927 / 2,719; 4 × 2 (each code decoded by two warps) 1,046 / 3,004; 8 × 1 at three blocks per SM
-// (80 registers) 838 / 2,407, kept.
-template <int GATE_UP>
+// A tile of up to BN pairs; one holding at most 32 runs the 32-pair code (half the MMAs and x loads), one of at
+// most 64 the 64-pair code. Measured on the H200 (op bench, one 20b layer, experts µs at T = 512 / 2048): warps
+// 8 (rows) × 1 at two blocks per SM 927 / 2,719; 4 × 2 (each code decoded by two warps) 1,046 / 3,004; 8 × 1
+// at three blocks per SM (80 registers) 838 / 2,407, kept. BN = 128 (two stages: 45 KB of shared memory)
+// decodes each code once per 128 pairs instead of 64, for long prompts.
+template <int GATE_UP, int BN, int STAGES>
 static __device__ void expert_fp4_half_impl(const ExpertParams& p) {
-    __shared__ __align__(16) Fp4HalfSmem<64> sm;
+    __shared__ __align__(16) Fp4HalfSmem<BN, STAGES> sm;
     int e, start;
-    if (!find_tile(p.counts, p.n_experts, 64, blockIdx.x, e, start)) return;
-    int count = min(p.counts[e] - start, 64);
-    if (count <= 32) fp4_half_tile<8, 4, GATE_UP>(p, e, start, count, sm);
-    else fp4_half_tile<8, 8, GATE_UP>(p, e, start, count, sm);
+    if (!find_tile(p.counts, p.n_experts, BN, blockIdx.x, e, start)) return;
+    int count = min(p.counts[e] - start, BN);
+    if (count <= 32) fp4_half_tile<8, 4, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+    else if (BN == 64 || count <= 64) fp4_half_tile<8, 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+    else fp4_half_tile<8, BN / 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
 }
 
-// FP4_HALF_ENTRY(SUFFIX, MINB): gate_up and down of the f16-activation GEMM (MINB blocks per SM).
-#define FP4_HALF_ENTRY(SUFFIX, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<1>(p); } \
-    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<0>(p); }
+// FP4_HALF_ENTRY(SUFFIX, BN, STAGES, MINB): gate_up and down of the f16-activation GEMM (MINB blocks per SM).
+#define FP4_HALF_ENTRY(SUFFIX, BN, STAGES, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<1, BN, STAGES>(p); } \
+    extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<0, BN, STAGES>(p); }
 
-FP4_HALF_ENTRY(h64, 3)
+FP4_HALF_ENTRY(h64, 64, 3, 3)
+FP4_HALF_ENTRY(h128, 128, 2, 2)

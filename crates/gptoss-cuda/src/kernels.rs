@@ -238,18 +238,21 @@ pub enum Fp4Pairs {
     G32,
     /// GEMM tiles of 64 pairs.
     G64,
-    /// f16-activation GEMM tiles of 64 pairs (one accumulator over K; not exact: moe.cu).
+    /// f16-activation GEMM tiles of 64 pairs (one accumulator over K; not exact: moe_half.cu).
     H64,
+    /// The same, 128 pairs (long prompts).
+    H128,
 }
 
 impl Fp4Pairs {
     /// Every configuration.
-    pub const ALL: [Fp4Pairs; 5] = [
+    pub const ALL: [Fp4Pairs; 6] = [
         Fp4Pairs::P8,
         Fp4Pairs::P16,
         Fp4Pairs::G32,
         Fp4Pairs::G64,
         Fp4Pairs::H64,
+        Fp4Pairs::H128,
     ];
 
     fn suffix(self) -> &'static str {
@@ -259,6 +262,7 @@ impl Fp4Pairs {
             Fp4Pairs::G32 => "g32",
             Fp4Pairs::G64 => "g64",
             Fp4Pairs::H64 => "h64",
+            Fp4Pairs::H128 => "h128",
         }
     }
 
@@ -269,6 +273,7 @@ impl Fp4Pairs {
             Fp4Pairs::P16 => 16,
             Fp4Pairs::G32 => 32,
             Fp4Pairs::G64 | Fp4Pairs::H64 => 64,
+            Fp4Pairs::H128 => 128,
         }
     }
 
@@ -277,7 +282,7 @@ impl Fp4Pairs {
     pub fn weight_rows(self) -> usize {
         match self {
             Fp4Pairs::P8 | Fp4Pairs::P16 => 32,
-            Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 => 128,
+            Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 | Fp4Pairs::H128 => 128,
         }
     }
 }
@@ -411,8 +416,8 @@ impl Func {
             | Func::AttentionCombine => KernelFile::Attention,
             Func::Route(_) | Func::RouteTopk | Func::RouteTopkGroup => KernelFile::Router,
             Func::MoeXHalf
-            | Func::MoeGateUpFp4(Fp4Pairs::H64)
-            | Func::MoeDownFp4(Fp4Pairs::H64) => KernelFile::MoeHalf,
+            | Func::MoeGateUpFp4(Fp4Pairs::H64 | Fp4Pairs::H128)
+            | Func::MoeDownFp4(Fp4Pairs::H64 | Fp4Pairs::H128) => KernelFile::MoeHalf,
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)

@@ -420,7 +420,7 @@ impl GroupSplit {
 fn path_split(path: MoePath) -> GroupSplit {
     match path {
         MoePath::Fp4Dot => GroupSplit::Planes,
-        MoePath::Fp4(Fp4Pairs::H64) => GroupSplit::None,
+        MoePath::Fp4(Fp4Pairs::H64 | Fp4Pairs::H128) => GroupSplit::None,
         MoePath::Fp4(_) => GroupSplit::Halves,
         _ => GroupSplit::None,
     }
@@ -573,6 +573,10 @@ const FP4_DOT_ROWS: usize = DOT_BLOCK_WARPS * DOT_ROWS;
 const MAX_EXPERTS: usize = 256;
 /// Weight rows per tensor-core tile (`MMA_BN` in mma.cu).
 const MMA_WEIGHT_ROWS: usize = 128;
+/// Average pairs per expert from which the f16-activation GEMM takes tiles of 128 pairs (each code decoded once
+/// per 128 pairs): prompts of 1,280 tokens and more on 20b.
+pub const H128_MIN_PAIRS: usize = 160;
+
 /// MXFP4 experts (E2M1 codes, E8M0 scales) always take the f16 tensor-core kernels: tiles of 8 pairs while the
 /// experts average at most 4 pairs, 16 up to 8, then the f16-activation GEMM of 64-pair tiles; when `exact`, 16 up
 /// to 16, then the exact GEMM (which the caller also falls back to where gate_up cannot write act as f16). Other
@@ -597,6 +601,7 @@ pub fn choose_moe(
         MoeKernel::Fp4G32 if fp4 => return MoePath::Fp4(Fp4Pairs::G32),
         MoeKernel::Fp4G64 if fp4 => return MoePath::Fp4(Fp4Pairs::G64),
         MoeKernel::Fp4H64 if fp4 => return MoePath::Fp4(Fp4Pairs::H64),
+        MoeKernel::Fp4H128 if fp4 => return MoePath::Fp4(Fp4Pairs::H128),
         MoeKernel::Fp4Dot if fp4 => return MoePath::Fp4Dot,
         _ => {}
     }
@@ -607,12 +612,14 @@ pub fn choose_moe(
         // Up to 4 pairs per expert on average, tiles of 8; up to 16 (8 unless exact), one tile of 16 per expert,
         // which runs the 8-pair code when it holds at most 8 (measured: bench/NOTES.md, session 9); beyond, the
         // f16-activation GEMM (one 20b layer on the H200, T = 128, 16 pairs an expert: 397 µs vs 602 µs for
-        // tiles of 16; T = 64: 378 vs 409, left exact so that batched decode of 64 streams is).
+        // tiles of 16; T = 64: 378 vs 409, left exact so that batched decode of 64 streams is), in tiles of 128
+        // pairs from H128_MIN_PAIRS an expert.
         return MoePath::Fp4(match pairs.div_ceil(n_experts.max(1)) {
             0..=4 => Fp4Pairs::P8,
             5..=8 => Fp4Pairs::P16,
             9..=16 if exact => Fp4Pairs::P16,
             _ if exact => Fp4Pairs::G64,
+            n if n >= H128_MIN_PAIRS => Fp4Pairs::H128,
             _ => Fp4Pairs::H64,
         });
     }
@@ -705,10 +712,11 @@ pub fn moe(
     // The f16-activation GEMM needs act written as f16 by gate_up (a finite SwiGLU limit) and x offsets of 32
     // bits; else the exact GEMM.
     let fits_half = act_split.is_some() && pairs * hidden.max(inter) < u32::MAX as usize;
-    if path == MoePath::Fp4(Fp4Pairs::H64) && !fits_half {
+    let wants_half = matches!(path, MoePath::Fp4(Fp4Pairs::H64 | Fp4Pairs::H128));
+    if wants_half && !fits_half {
         path = MoePath::Fp4(Fp4Pairs::G64);
     }
-    let half = path == MoePath::Fp4(Fp4Pairs::H64);
+    let half = wants_half && fits_half;
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
     if fp4 {
@@ -908,7 +916,9 @@ fn launch_experts(
             let x = tile_rows(pairs, n_experts, n.pairs());
             let y = match n {
                 Fp4Pairs::P8 | Fp4Pairs::P16 => fp4_row_blocks(dev, rows, x),
-                Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 => blocks(rows, n.weight_rows()),
+                Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 | Fp4Pairs::H128 => {
+                    blocks(rows, n.weight_rows())
+                }
             };
             (f, (x, y, 1))
         }
