@@ -697,41 +697,63 @@ fn mxfp4_experts_every_kernel_match_f64() {
 /// The f16-activation GEMM's tiles of 128 pairs (long prompts): 200 pairs on each of two experts make a full
 /// tile (the 128-pair code) and one of 72 (the same code, partly empty); 40 pairs an expert the 64-pair code.
 /// Against f64 within the fast bound, as the 64-pair tiles, and the exact kernel on the same routing.
+/// Runs `ex` on each forced kernel over the routing of `h` and checks it against the f64 result of the first
+/// run's routing (every run must route alike) within the kernel's bound; `what` labels the printed errors.
+fn experts_within_bounds(
+    ex: &[Expert],
+    router: &Linear,
+    h: &[f32],
+    (rows, top_k): (usize, usize),
+    kernels: &[(MoeKernel, f64)],
+    what: &str,
+) {
+    let dense: Vec<[Vec<f32>; 2]> = ex
+        .iter()
+        .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
+        .collect();
+    let mut reference: Option<Reference> = None;
+    for &(kernel, bound) in kernels {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.kv = KvPrecision::F32;
+        o.moe_kernel = kernel;
+        let g = CudaBackend::new(&o).unwrap();
+        let (got, routing) = moe_run_routed(&g, router, ex, h, rows, top_k);
+        let (want, first) = reference.get_or_insert_with(|| {
+            (
+                moe_f64(ex, &dense, &routing, h, rows, top_k),
+                routing.clone(),
+            )
+        });
+        assert_eq!(
+            &routing, first,
+            "{what} {kernel:?}: routing differs between runs"
+        );
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{what} {kernel:?}: non-finite output"
+        );
+        let err = rel_err_f64(&got, want);
+        println!("{what}: {kernel:?} rel err vs f64 {err:.2e}");
+        assert!(err < bound, "{what} {kernel:?}: rel err {err:.2e}");
+    }
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn fast_experts_128_pair_tiles() {
     let mut rng = Rng(41);
     let (n_exp, hidden, inter, top_k) = (2, 256, 320, 2);
     let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
-    let dense: Vec<[Vec<f32>; 2]> = ex
-        .iter()
-        .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
-        .collect();
     let router = bf16_router(&mut rng, (n_exp, hidden), 0.05, None);
     for rows in [200usize, 40] {
         let h = rng.vec(rows * hidden, 1.0);
-        let mut reference: Option<Reference> = None;
-        for (kernel, bound) in [
+        let kernels = [
             (MoeKernel::Fp4G64, 1e-6),
             (MoeKernel::Fp4H64, 2e-3),
             (MoeKernel::Fp4H128, 2e-3),
-        ] {
-            let mut o = CudaOptions::from_env().unwrap();
-            o.kv = KvPrecision::F32;
-            o.moe_kernel = kernel;
-            let g = CudaBackend::new(&o).unwrap();
-            let (got, routing) = moe_run_routed(&g, &router, &ex, &h, rows, top_k);
-            let (want, first) = reference.get_or_insert_with(|| {
-                (
-                    moe_f64(&ex, &dense, &routing, &h, rows, top_k),
-                    routing.clone(),
-                )
-            });
-            assert_eq!(&routing, first, "{kernel:?}: routing differs between runs");
-            let err = rel_err_f64(&got, want);
-            println!("mxfp4 experts {kernel:?} T={rows} top-{top_k} of {n_exp}: rel err vs f64 {err:.2e}");
-            assert!(err < bound, "{kernel:?} T={rows}: rel err {err:.2e}");
-        }
+        ];
+        let what = format!("mxfp4 experts T={rows} top-{top_k} of {n_exp}");
+        experts_within_bounds(&ex, &router, &h, (rows, top_k), &kernels, &what);
     }
 }
 
@@ -758,37 +780,11 @@ fn fast_experts_fold_spread_scales() {
                 },
             })
             .collect();
-        let dense: Vec<[Vec<f32>; 2]> = ex
-            .iter()
-            .map(|e| [e.gate_up.weight.to_f32_vec(), e.down.weight.to_f32_vec()])
-            .collect();
         // x scaled so that gate_up's outputs are of order one whatever the weights' scale.
         let h = rng.vec(rows * hidden, 0.05 / top);
-        let mut reference: Option<Reference> = None;
-        for (kernel, bound) in [(MoeKernel::Fp4G64, 1e-6), (MoeKernel::Fp4H64, 2e-3)] {
-            let mut o = CudaOptions::from_env().unwrap();
-            o.kv = KvPrecision::F32;
-            o.moe_kernel = kernel;
-            let g = CudaBackend::new(&o).unwrap();
-            let (got, routing) = moe_run_routed(&g, &router, &ex, &h, rows, top_k);
-            let (want, first) = reference.get_or_insert_with(|| {
-                (
-                    moe_f64(&ex, &dense, &routing, &h, rows, top_k),
-                    routing.clone(),
-                )
-            });
-            assert_eq!(&routing, first, "{kernel:?}: routing differs between runs");
-            assert!(
-                got.iter().all(|v| v.is_finite()),
-                "{kernel:?}: non-finite output"
-            );
-            let err = rel_err_f64(&got, want);
-            println!(
-                "spread scales, top 2^{}: {kernel:?} rel err vs f64 {err:.2e}",
-                top.log2()
-            );
-            assert!(err < bound, "{kernel:?} top {top}: rel err {err:.2e}");
-        }
+        let kernels = [(MoeKernel::Fp4G64, 1e-6), (MoeKernel::Fp4H64, 2e-3)];
+        let what = format!("spread scales, top 2^{}", top.log2());
+        experts_within_bounds(&ex, &router, &h, (rows, top_k), &kernels, &what);
     }
 }
 
