@@ -607,11 +607,12 @@ static __device__ void attention_flash_impl(const AttnParams& p) {
     }
 }
 
-#define FLASH_ENTRY(KVNAME, KV, D) \
-    extern "C" __global__ void __launch_bounds__(256, 2) attention_flash_##KVNAME##_d##D(const AttnParams p) { grid_dep_sync(); attention_flash_impl<KV, D>(p); }
-FLASH_ENTRY(f32, KV_F32, 64)
-FLASH_ENTRY(bf16, KV_BF16, 64)
-FLASH_ENTRY(f16, KV_F16, 64)
-FLASH_ENTRY(f32, KV_F32, 16)
-FLASH_ENTRY(bf16, KV_BF16, 16)
-FLASH_ENTRY(f16, KV_F16, 16)
+// FLASH_ENTRY(NAME, KV, D) defines attention_flash_NAME (NAME = <kv>_d<D>).
+#define FLASH_ENTRY(NAME, KV, D) \
+    extern "C" __global__ void __launch_bounds__(256, 2) attention_flash_##NAME(const AttnParams p) { grid_dep_sync(); attention_flash_impl<KV, D>(p); }
+FLASH_ENTRY(f32_d64, KV_F32, 64)
+FLASH_ENTRY(bf16_d64, KV_BF16, 64)
+FLASH_ENTRY(f16_d64, KV_F16, 64)
+FLASH_ENTRY(f32_d16, KV_F32, 16)
+FLASH_ENTRY(bf16_d16, KV_BF16, 16)
+FLASH_ENTRY(f16_d16, KV_F16, 16)

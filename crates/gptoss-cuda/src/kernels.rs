@@ -563,6 +563,7 @@ mod tests {
         for (prefix, mac, suffixes) in [
             ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_mma32_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_mmafast_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear3_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear_norm_", "LINEAR_ENTRY", &[""][..]),
@@ -582,6 +583,7 @@ mod tests {
             ("moe_down_fp4_", "FP4_GEMM_ENTRY", &[""][..]),
             ("moe_gate_up_fp4_", "FP4_HALF_ENTRY", &[""][..]),
             ("moe_down_fp4_", "FP4_HALF_ENTRY", &[""][..]),
+            ("attention_flash_", "FLASH_ENTRY", &[""][..]),
         ] {
             for s in suffixes {
                 if let Some(fmt) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(s)) {
