@@ -46,6 +46,17 @@ struct AttnParams {
 #define ATT_WARPS 8
 #define NEG_INF (-__int_as_float(0x7f800000))
 
+// N words of a bf16 or f16 pool (2N elements, low half first) as f32 at `dst`.
+template <int KV, int N>
+static __device__ __forceinline__ void halves_to_f32(const u32 (&r)[N], float* dst) {
+    #pragma unroll
+    for (int k = 0; k < N; k++) {
+        u16 lo = (u16)(r[k] & 0xffffu), hi = (u16)(r[k] >> 16);
+        if constexpr (KV == KV_BF16) { dst[2 * k] = bf16_to_f32(lo); dst[2 * k + 1] = bf16_to_f32(hi); }
+        else { dst[2 * k] = f16_to_f32(lo); dst[2 * k + 1] = f16_to_f32(hi); }
+    }
+}
+
 // Loads the 16 bytes at element `i` of a pool and stores them as f32 at `dst` (4 or 8 elements).
 template <int KV>
 static __device__ __forceinline__ void load16(const void* base, i64 i, float* dst) {
@@ -55,12 +66,7 @@ static __device__ __forceinline__ void load16(const void* base, i64 i, float* ds
     } else {
         uint4 q = *(const uint4*)((const u16*)base + i);
         u32 r[4] = {q.x, q.y, q.z, q.w};
-        #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u16 lo = (u16)(r[k] & 0xffffu), hi = (u16)(r[k] >> 16);
-            if constexpr (KV == KV_BF16) { dst[2 * k] = bf16_to_f32(lo); dst[2 * k + 1] = bf16_to_f32(hi); }
-            else { dst[2 * k] = f16_to_f32(lo); dst[2 * k + 1] = f16_to_f32(hi); }
-        }
+        halves_to_f32<KV>(r, dst);
     }
 }
 
@@ -365,12 +371,7 @@ static __device__ __forceinline__ void load4(const void* base, i64 i, float dst[
     } else {
         uint2 q = *(const uint2*)((const u16*)base + i);
         u32 r[2] = {q.x, q.y};
-        #pragma unroll
-        for (int k = 0; k < 2; k++) {
-            u16 lo = (u16)(r[k] & 0xffffu), hi = (u16)(r[k] >> 16);
-            if constexpr (KV == KV_BF16) { dst[2 * k] = bf16_to_f32(lo); dst[2 * k + 1] = bf16_to_f32(hi); }
-            else { dst[2 * k] = f16_to_f32(lo); dst[2 * k + 1] = f16_to_f32(hi); }
-        }
+        halves_to_f32<KV>(r, dst);
     }
 }
 
@@ -450,7 +451,8 @@ static __device__ void attention_flash_impl(const AttnParams& p) {
         }
         for (int j0 = lo / FL_KEYS * FL_KEYS; j0 <= hi; j0 += FL_KEYS) {
             // The tile's chunks: chunk c of this thread is key jj = w / (D / 4), dims 4 · (w % (D / 4)), so the D / 4
-            // lanes of a key row are neighbours (one shuffle group).
+            // lanes of a key row are neighbours (one shuffle group). Its row is found again for k rather than held
+            // from v's loop (registers: the kernel sits at 128).
             auto chunk_row = [&](int c, int& jj, int& part) -> i64 {
                 int w = threadIdx.x + 256 * c, j = j0 + w / (D / 4);
                 jj = w / (D / 4);

@@ -307,43 +307,50 @@ const HEADS_PER_CTA: usize = 8;
 const ROWS_PER_CTA: usize = 8;
 const ROWS_HEAD_DIM: usize = 64;
 
+/// The query heads each kv head serves, for a prefill-shaped step of one unsplit launch (at least 4 rows per
+/// sequence on average, so few tiles span two sequences) whose query heads split evenly over the kv heads.
+fn prompt_group(
+    step_rows: usize,
+    step_seqs: usize,
+    splits: usize,
+    shape: &AttnShape,
+) -> Option<usize> {
+    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
+    (splits == 1
+        && step_rows >= 4 * step_seqs.max(1)
+        && group * shape.n_kv_heads == shape.n_q_heads)
+        .then_some(group)
+}
+
 /// Whether a step's attention runs `attention_rows` (8 rows per CTA: each staged key tile serves 8 rows)
-/// rather than one CTA per row: prefill-like steps (at least 4 rows per sequence on average, so few tiles
-/// span two sequences) of one unsplit launch, for heads of 64 and groups of at most 8 query heads. Recorded
-/// steps (one row per sequence) never take it, so the CUDA graph keys need not name it.
+/// rather than one CTA per row: prefill-shaped steps ([`prompt_group`]) for heads of 64 and groups of at most
+/// 8 query heads. Recorded steps (one row per sequence) never take it, so the CUDA graph keys need not name
+/// it.
 pub fn rows_kernel_fits(
     step_rows: usize,
     step_seqs: usize,
     splits: usize,
     shape: &AttnShape,
 ) -> bool {
-    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
-    splits == 1
-        && step_rows >= 4 * step_seqs.max(1)
-        && shape.head_dim == ROWS_HEAD_DIM
-        && group <= HEADS_PER_CTA
-        && group * shape.n_kv_heads == shape.n_q_heads
+    prompt_group(step_rows, step_seqs, splits, shape)
+        .is_some_and(|group| shape.head_dim == ROWS_HEAD_DIM && group <= HEADS_PER_CTA)
 }
 
 /// Query rows (step rows × the group's query heads) one `attention_flash` CTA serves (`FL_ROWS`).
 const FLASH_ROWS: usize = 128;
 
 /// Whether a step's attention runs `attention_flash` (f16 tensor cores, 128 query rows per CTA) when not
-/// exact: the prefill-shaped steps `attention_rows` takes (see [`rows_kernel_fits`]), for heads of a width
-/// of [`FLASH_HEAD_DIMS`] and groups that divide 16 (one m16 tile holds whole step rows).
+/// exact: prefill-shaped steps ([`prompt_group`]) for heads of a width of [`FLASH_HEAD_DIMS`] and groups that
+/// divide 16 (one m16 tile holds whole step rows).
 pub fn flash_kernel_fits(
     step_rows: usize,
     step_seqs: usize,
     splits: usize,
     shape: &AttnShape,
 ) -> bool {
-    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
-    splits == 1
-        && step_rows >= 4 * step_seqs.max(1)
-        && FLASH_HEAD_DIMS.contains(&shape.head_dim)
-        && group > 0
-        && 16 % group == 0
-        && group * shape.n_kv_heads == shape.n_q_heads
+    prompt_group(step_rows, step_seqs, splits, shape).is_some_and(|group| {
+        FLASH_HEAD_DIMS.contains(&shape.head_dim) && group > 0 && 16 % group == 0
+    })
 }
 
 /// Keys per split below which splitting does not pay (8 tiles of 32).
@@ -470,15 +477,19 @@ pub fn attention(
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_kernel_only_for_prefill_shaped_steps() {
-        let shape = |nq, nkv, d| AttnShape {
+    /// Full-attention heads: `nq` query, `nkv` kv, `d` wide.
+    fn shape(nq: usize, nkv: usize, d: usize) -> AttnShape {
+        AttnShape {
             layer: 0,
             n_q_heads: nq,
             n_kv_heads: nkv,
             head_dim: d,
             window: Window::Full,
-        };
+        }
+    }
+
+    #[test]
+    fn rows_kernel_only_for_prefill_shaped_steps() {
         let oss = shape(64, 8, 64);
         assert!(rows_kernel_fits(2048, 1, 1, &oss));
         assert!(rows_kernel_fits(12, 2, 1, &oss));
@@ -492,13 +503,6 @@ mod tests {
 
     #[test]
     fn flash_kernel_for_prefill_of_whole_groups() {
-        let shape = |nq, nkv, d| AttnShape {
-            layer: 0,
-            n_q_heads: nq,
-            n_kv_heads: nkv,
-            head_dim: d,
-            window: Window::Full,
-        };
         let oss = shape(64, 8, 64);
         assert!(flash_kernel_fits(2048, 1, 1, &oss));
         assert!(flash_kernel_fits(24, 1, 1, &shape(4, 2, 16)));

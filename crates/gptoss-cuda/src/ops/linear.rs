@@ -301,9 +301,9 @@ pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
         MmaRows::R64
     };
     let tiles = w.rows.div_ceil(MMA_WEIGHT_ROWS) * s.n_tok.div_ceil(rows.rows());
-    // The fast tiles are cheap enough per K step that splitting only pays where the tiles leave SMs idle
-    // (k and v: 4 weight tiles wide): their partial sums and the reduce cost more than a second block per SM
-    // gains.
+    // The fast tiles split only until every SM has a block (k and v, 4 weight tiles wide: 56.5 → 27.7 µs at
+    // T = 512 with x in one part, bench/BENCHMARKS.md session 15); two blocks per SM, as the exact tiles aim
+    // for, was not measured for them.
     let target_blocks = if fast {
         s.sms
     } else {
