@@ -8,8 +8,9 @@
 // = 2) keep x as two bf16 parts (relative 2^-17 per element; one part, as transformers runs the model, cost
 // the tiny fixtures up to 0.9 of their largest logit) and let the tensor cores accumulate all of K: two
 // thirds of the MMAs and no f32 work per step (bench/BENCHMARKS.md has their KL). W must decode exactly to
-// bf16 (dense bf16; 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16), or be Q8_0, whose int8 codes are exact in bf16 and whose
-// f16 scale (one per 32 elements: one K step) multiplies the step's partial sum: see DevWeight::mma_exact.
+// bf16 (dense bf16; 4-bit tables × E8M0 scales; bitsandbytes values rounded to bf16), or be Q8_0, whose int8
+// codes are exact in bf16 and whose f16 scale (one per 32 elements: one K step) multiplies the step's partial
+// sum: see DevWeight::mma_exact.
 // Smem: X hi/mid/lo and W tiles, rows padded to 40 bf16 (80 bytes: conflict-free ldmatrix), refilled from
 // registers loaded one K step ahead. Block: 256 threads = 8 warps as 2 (rows) × 4 (weight rows), each warp
 // 32 × 32 outputs. Minimum arch: sm_80.
@@ -47,6 +48,11 @@ static __device__ __forceinline__ u32 smem_addr(const void* p) {
 static __device__ __forceinline__ void ldsm_x4(u32 addr, u32 r[4]) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+
+// As ldsm_x4 with two matrices (lanes 0-15 give the row addresses).
+static __device__ __forceinline__ void ldsm_x2(u32 addr, u32 r[2]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
 }
 
 static __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {
@@ -205,8 +211,8 @@ static __device__ __forceinline__ void mma_store(const WRef& w, const MmaStage& 
 // sum drifts by ~2^-23 per step, always towards zero: over K = 2880 that was 1e-5 relative (issue 16). So
 // the exact tiles (XP = 3) start a fresh partial sum every K step (6 MMAs), smallest X parts first, and add
 // it to `acc` with an ordinary f32 add (times the weight row's scale for the step when SCALED: Q8_0). The
-// fast tiles (XP = 2) accumulate in the tensor cores, unless SCALED: their drift (~1e-5 relative over 20b's
-// K) is below what dropping the third part costs (2^-17 relative per element).
+// fast tiles (XP = 2) accumulate in the tensor cores, unless SCALED: drift and the two-part rounding together
+// measured 2.1e-6 … 2.2e-6 of the largest output at K = 2,880 (gpu_ops, against 2e-7 exact).
 template <int MT, bool SCALED, int XP>
 static __device__ __forceinline__ void mma_compute(const MmaSmem<XP>& sm, float (*acc)[4][4]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
@@ -271,7 +277,7 @@ static __device__ __forceinline__ void mma_compute(const MmaSmem<XP>& sm, float 
 // acc[mt][nt][i] = Σ_k X[row, k] W[wrow0 + col, k] over k in [kb, ke) (kb a multiple of MMA_BK, ke ≤ k: a
 // split-K share; the whole row with kb = 0, ke = k), row = wm*16*MT + mt*16 + lane/4 (+8 for i >= 2),
 // col = wn*32 + nt*8 + 2*(lane%4) + (i & 1); weight rows at or past n_valid read as zero. MT = 2: tiles of
-// 64 rows; MT = 1: 32 rows (half the MMAs when most rows would be empty). XP: bf16 parts of x (3 exact, 1 fast).
+// 64 rows; MT = 1: 32 rows (half the MMAs when most rows would be empty). XP: bf16 parts of x (3 exact, 2 fast).
 template <int F, int MT, int XP>
 static __device__ void mma_tile(const WRef& w, const float* const* xrow, i64 wrow0, int n_valid, int k, int kb,
                                 int ke, MmaSmem<XP>& sm, float (*acc)[4][4]) {

@@ -12,15 +12,15 @@
 // 2^-28 of the tile's largest) round to f16 subnormals or zero. The tensor cores then accumulate all of K, and
 // the epilogue multiplies by 2^(max_s - 128) and the row's x scale. Results differ from the exact path by the
 // f16 rounding of x (relative 2^-12 per element); bench/BENCHMARKS.md has its KL against the exact path.
-// Block: 128 weight rows × 64 (h64) or 128 (h128) pairs of one expert (a tile holding at most 32 runs the
-// 32-pair code, at most 64 the 64-pair code), 8 warps as WM (rows) × 8 / WM (pairs), WM = 8: each warp one
+// Block: 128 weight rows × 16 (h16), 64 (h64) or 128 (h128) pairs of one expert (a tile holding at most 8 runs
+// the 8-pair code, at most 32 the 32-pair code, at most 64 the 64-pair code), 8 warps as WM (rows) × 8 / WM (pairs), WM = 8: each warp one
 // m16 tile of rows (each code decoded once) and NT n8 tiles. K steps of 64 (two scale blocks) through an
 // STAGES-deep cp.async ring: codes as [block][row][16 bytes] (a warp's 4-byte reads hit 32 banks), x as
 // rows of H_XLD halves (ldmatrix's 8 rows at a stride of 144 bytes hit distinct banks). x is stored in the
 // K order of moe_xsplit's slices (moe.cu's f16 kernels), so one ldmatrix.x4 gives two n8 tiles' B
 // fragments for the codes' A fragments.
 // moe_xhalf: xh[r * k + L] (f16, L in that order) and xinv[r] = the row's scale inverse. One warp per row.
-// moe_{gate_up,down}_fp4_h{64,128}: grid x = tiles of 64 / 128 pairs (find_tile), y = ceil(rows / 128).
+// moe_{gate_up,down}_fp4_h{16,64,128}: grid x = tiles of 16 / 64 / 128 pairs (find_tile), y = ceil(rows / 128).
 //   Block: 256.
 //   gate_up writes act as f16 in the same order (act_half), scaled by act_split, and act_scales[pair] =
 //   1 / act_split: what down reads.
@@ -112,9 +112,10 @@ static __device__ __forceinline__ u32 half_factor(u32 s, int off) {
 
 // One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs.
 template <int WM, int NT, int GATE_UP, int BN, int STAGES>
-static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count,
+static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count,
                                      Fp4HalfSmem<BN, STAGES>& sm) {
-    const int WN = 8 / WM, MT = 8 / WM, XC = NT * 8 * WN * 8 / 256;
+    // XC: 16-byte x chunks per thread and stage (8 per pair slot the code reads; threads past those load zeros).
+    const int WN = 8 / WM, MT = 8 / WM, XC = (NT * 8 * WN * 8 + 255) / 256;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     int wm = warp / WN, wn = warp % WN;
     int n_rows = GATE_UP ? 2 * p.n_out : p.n_out, nkb = p.k / 32, nks = (nkb + 1) / 2;
@@ -143,6 +144,8 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
             int st = ks % STAGES;
             #pragma unroll
             for (int j = 0; j < XC; j++) {
+                // Tiles of 16 pairs have fewer x chunks than threads.
+                if (BN * 8 < 256 && tid + 256 * j >= BN * 8) break;
                 bool live = xoff[j] != H_NO_X && ks * 64 + (tid & 7) * 8 < p.k;
                 u32 dst = xdst0 + st * x_stage + j * 32 * H_XLD * 2;
                 cp_async16(dst, live ? xh + xoff[j] + ks * 64 : xh, live ? 16 : 0);
@@ -215,6 +218,13 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
                     a[mt][2] = hmul2(s ? e2m1x2<3>(q[mt][0]) : e2m1x2<1>(q[mt][0]), f[mt][0]);
                     a[mt][3] = hmul2(s ? e2m1x2<3>(q[mt][1]) : e2m1x2<1>(q[mt][1]), f[mt][1]);
                 }
+                if (NT == 1) {
+                    u32 b[2];
+                    ldsm_x2(xbase + (kk * 2 + s) * 16 * 2, b);
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+                        mma_f16(acc[mt][0], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[0], b[1]);
+                }
                 #pragma unroll
                 for (int np = 0; np < NT / 2; np++) {
                     u32 b[4];
@@ -263,14 +273,21 @@ static __device__ void fp4_half_tile(const ExpertParams& p, int e, int start, in
 // most 64 the 64-pair code. Measured on the H200 (op bench, one 20b layer, experts µs at T = 512 / 2048): warps
 // 8 (rows) × 1 at two blocks per SM 927 / 2,719; 4 × 2 (each code decoded by two warps) 1,046 / 3,004; 8 × 1
 // at three blocks per SM (80 registers) 838 / 2,407, kept. BN = 128 (two stages: 45 KB of shared memory)
-// decodes each code once per 128 pairs instead of 64, for long prompts.
+// decodes each code once per 128 pairs instead of 64, for long prompts. BN = 16 (batched decode, ≈ 8 pairs an
+// expert at 64 streams) reads each expert's weights once for up to 16 pairs and runs one n8 tile when the tile
+// holds at most 8: T = 64 306 µs against 362 for h64 and 408 for the exact 8-pair tiles; its 64 registers let
+// four blocks share an SM (four stages measured equal to six). ncu at T = 64 (gate_up): 0.72 issued per
+// scheduler, SM 66% busy, DRAM 24%: the E2M1 decode and scale multiply (≈ 2 instructions a code) bound it.
 template <int GATE_UP, int BN, int STAGES>
 static __device__ void expert_fp4_half_impl(const ExpertParams& p) {
     __shared__ __align__(16) Fp4HalfSmem<BN, STAGES> sm;
     int e, start;
     if (!find_tile(p.counts, p.n_experts, BN, blockIdx.x, e, start)) return;
     int count = min(p.counts[e] - start, BN);
-    if (count <= 32) fp4_half_tile<8, 4, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+    if (BN == 16) {
+        if (count <= 8) fp4_half_tile<8, 1, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+        else fp4_half_tile<8, 2, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+    } else if (count <= 32) fp4_half_tile<8, 4, GATE_UP, BN, STAGES>(p, e, start, count, sm);
     else if (BN == 64 || count <= 64) fp4_half_tile<8, 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
     else fp4_half_tile<8, BN / 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
 }
@@ -280,5 +297,6 @@ static __device__ void expert_fp4_half_impl(const ExpertParams& p) {
     extern "C" __global__ void __launch_bounds__(256, MINB) moe_gate_up_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<1, BN, STAGES>(p); } \
     extern "C" __global__ void __launch_bounds__(256, MINB) moe_down_fp4_##SUFFIX(const ExpertParams p) { grid_dep_sync(); expert_fp4_half_impl<0, BN, STAGES>(p); }
 
+FP4_HALF_ENTRY(h16, 16, 4, 4)
 FP4_HALF_ENTRY(h64, 64, 3, 3)
 FP4_HALF_ENTRY(h128, 128, 2, 2)

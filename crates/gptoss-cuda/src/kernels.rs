@@ -238,6 +238,9 @@ pub enum Fp4Pairs {
     G32,
     /// GEMM tiles of 64 pairs.
     G64,
+    /// f16-activation GEMM tiles of 16 pairs, running the 8-pair code for tiles holding at most 8 (batched
+    /// decode).
+    H16,
     /// f16-activation GEMM tiles of 64 pairs (one accumulator over K; not exact: moe_half.cu).
     H64,
     /// The same, 128 pairs (long prompts).
@@ -246,11 +249,12 @@ pub enum Fp4Pairs {
 
 impl Fp4Pairs {
     /// Every configuration.
-    pub const ALL: [Fp4Pairs; 6] = [
+    pub const ALL: [Fp4Pairs; 7] = [
         Fp4Pairs::P8,
         Fp4Pairs::P16,
         Fp4Pairs::G32,
         Fp4Pairs::G64,
+        Fp4Pairs::H16,
         Fp4Pairs::H64,
         Fp4Pairs::H128,
     ];
@@ -261,6 +265,7 @@ impl Fp4Pairs {
             Fp4Pairs::P16 => "p16",
             Fp4Pairs::G32 => "g32",
             Fp4Pairs::G64 => "g64",
+            Fp4Pairs::H16 => "h16",
             Fp4Pairs::H64 => "h64",
             Fp4Pairs::H128 => "h128",
         }
@@ -271,6 +276,7 @@ impl Fp4Pairs {
         match self {
             Fp4Pairs::P8 => 8,
             Fp4Pairs::P16 => 16,
+            Fp4Pairs::H16 => 16,
             Fp4Pairs::G32 => 32,
             Fp4Pairs::G64 | Fp4Pairs::H64 => 64,
             Fp4Pairs::H128 => 128,
@@ -282,7 +288,7 @@ impl Fp4Pairs {
     pub fn weight_rows(self) -> usize {
         match self {
             Fp4Pairs::P8 | Fp4Pairs::P16 => 32,
-            Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 | Fp4Pairs::H128 => 128,
+            Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H16 | Fp4Pairs::H64 | Fp4Pairs::H128 => 128,
         }
     }
 }
@@ -416,8 +422,10 @@ impl Func {
             | Func::AttentionCombine => KernelFile::Attention,
             Func::Route(_) | Func::RouteTopk | Func::RouteTopkGroup => KernelFile::Router,
             Func::MoeXHalf
-            | Func::MoeGateUpFp4(Fp4Pairs::H64 | Fp4Pairs::H128)
-            | Func::MoeDownFp4(Fp4Pairs::H64 | Fp4Pairs::H128) => KernelFile::MoeHalf,
+            | Func::MoeGateUpFp4(Fp4Pairs::H16 | Fp4Pairs::H64 | Fp4Pairs::H128)
+            | Func::MoeDownFp4(Fp4Pairs::H16 | Fp4Pairs::H64 | Fp4Pairs::H128) => {
+                KernelFile::MoeHalf
+            }
             Func::MoeGroup
             | Func::MoeGateUp(..)
             | Func::MoeDown(..)

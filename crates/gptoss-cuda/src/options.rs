@@ -129,6 +129,8 @@ pub enum MoeKernel {
     Fp4G32,
     /// Same, 64 pairs (`fp4-g64`): the exact kernel for large steps.
     Fp4G64,
+    /// MXFP4 f16 GEMM with f16 activations, tiles of 16 pairs (`fp4-h16`): batched decode.
+    Fp4H16,
     /// MXFP4 f16 GEMM with f16 activations, tiles of 64 pairs (`fp4-h64`): the fast kernel for large steps.
     Fp4H64,
     /// Same, tiles of 128 pairs (`fp4-h128`): long prompts.
@@ -148,11 +150,12 @@ impl MoeKernel {
             "fp4-16" => Ok(MoeKernel::Fp4P16),
             "fp4-g32" => Ok(MoeKernel::Fp4G32),
             "fp4-g64" => Ok(MoeKernel::Fp4G64),
+            "fp4-h16" => Ok(MoeKernel::Fp4H16),
             "fp4-h64" => Ok(MoeKernel::Fp4H64),
             "fp4-h128" => Ok(MoeKernel::Fp4H128),
             "fp4-dot" => Ok(MoeKernel::Fp4Dot),
             _ => Err(CudaError::Config(format!(
-                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32, fp4-g64, fp4-h64, fp4-h128 or fp4-dot"
+                "GPTOSS_MOE_KERNEL={value:?}: expected auto, split, mma, fp4-8, fp4-16, fp4-g32, fp4-g64, fp4-h16, fp4-h64, fp4-h128 or fp4-dot"
             ))),
         }
     }

@@ -420,7 +420,7 @@ impl GroupSplit {
 fn path_split(path: MoePath) -> GroupSplit {
     match path {
         MoePath::Fp4Dot => GroupSplit::Planes,
-        MoePath::Fp4(Fp4Pairs::H64 | Fp4Pairs::H128) => GroupSplit::None,
+        p if p.rounds_x_to_f16() => GroupSplit::None,
         MoePath::Fp4(_) => GroupSplit::Halves,
         _ => GroupSplit::None,
     }
@@ -556,6 +556,16 @@ pub enum MoePath {
     Fp4Dot,
 }
 
+impl MoePath {
+    /// Whether the path rounds x to one f16 per element (the f16-activation GEMM; not exact).
+    pub fn rounds_x_to_f16(self) -> bool {
+        matches!(
+            self,
+            MoePath::Fp4(Fp4Pairs::H16 | Fp4Pairs::H64 | Fp4Pairs::H128)
+        )
+    }
+}
+
 /// Most pairs in a step whose MXFP4 experts take the integer dot-product kernels (tiles of one pair: a pair
 /// reads its expert's weights itself, so only while the pairs are few). Measured on the H200, one 20b layer,
 /// 32 experts top-4, µs (dot vs f16 tensor cores, 8 pairs a tile): T = 1 42.7 vs 57.7, T = 2 64.9 vs 85.1,
@@ -577,9 +587,10 @@ const MMA_WEIGHT_ROWS: usize = 128;
 /// per 128 pairs): prompts of 1,280 tokens and more on 20b.
 pub const H128_MIN_PAIRS: usize = 160;
 
-/// MXFP4 experts (E2M1 codes, E8M0 scales) always take the f16 tensor-core kernels: tiles of 8 pairs while the
-/// experts average at most 4 pairs, 16 up to 8, then the f16-activation GEMM of 64-pair tiles; when `exact`, 16 up
-/// to 16, then the exact GEMM (which the caller also falls back to where gate_up cannot write act as f16). Other
+/// MXFP4 experts (E2M1 codes, E8M0 scales) take the integer dot products up to [`FP4_DOT_MAX_PAIRS`] pairs, then
+/// the f16-activation GEMM: tiles of 16 pairs while the experts average at most 8 (batched decode), 64 beyond,
+/// 128 from [`H128_MIN_PAIRS`]. When `exact`: the exact f16 tiles of 8 pairs up to 4 an expert, 16 up to 16,
+/// then the exact GEMM (which the caller also falls back to where gate_up cannot write act as f16). Other
 /// formats: one pair
 /// per tile while the pairs are at most twice the experts (decode and small batches: each chosen
 /// expert is read once or twice, the measured fastest up to 16 tokens of 32 experts top-4: T=8 0.58 ms vs
@@ -600,6 +611,7 @@ pub fn choose_moe(
         MoeKernel::Fp4P16 if fp4 => return MoePath::Fp4(Fp4Pairs::P16),
         MoeKernel::Fp4G32 if fp4 => return MoePath::Fp4(Fp4Pairs::G32),
         MoeKernel::Fp4G64 if fp4 => return MoePath::Fp4(Fp4Pairs::G64),
+        MoeKernel::Fp4H16 if fp4 => return MoePath::Fp4(Fp4Pairs::H16),
         MoeKernel::Fp4H64 if fp4 => return MoePath::Fp4(Fp4Pairs::H64),
         MoeKernel::Fp4H128 if fp4 => return MoePath::Fp4(Fp4Pairs::H128),
         MoeKernel::Fp4Dot if fp4 => return MoePath::Fp4Dot,
@@ -609,15 +621,14 @@ pub fn choose_moe(
         return MoePath::Fp4Dot;
     }
     if fp4 {
-        // Up to 4 pairs per expert on average, tiles of 8; up to 16 (8 unless exact), one tile of 16 per expert,
-        // which runs the 8-pair code when it holds at most 8 (measured: bench/NOTES.md, session 9); beyond, the
-        // f16-activation GEMM (one 20b layer on the H200, T = 128, 16 pairs an expert: 397 µs vs 602 µs for
-        // tiles of 16; T = 64: 378 vs 409, left exact so that batched decode of 64 streams is), in tiles of 128
-        // pairs from H128_MIN_PAIRS an expert.
+        // One 20b layer on the H200 (op bench, µs, session 16): T = 16 h16 239 vs exact 8-pair tiles 253;
+        // T = 64 h16 306, h64 362, exact 16-pair tiles 408; T = 128 h16 418, h64 381. Exact: up to 4 pairs per
+        // expert tiles of 8, up to 16 one tile of 16 per expert, which runs the 8-pair code when it holds at most
+        // 8 (bench/NOTES.md, session 9), then the exact GEMM.
         return MoePath::Fp4(match pairs.div_ceil(n_experts.max(1)) {
+            0..=8 if !exact => Fp4Pairs::H16,
             0..=4 => Fp4Pairs::P8,
-            5..=8 => Fp4Pairs::P16,
-            9..=16 if exact => Fp4Pairs::P16,
+            5..=16 if exact => Fp4Pairs::P16,
             _ if exact => Fp4Pairs::G64,
             n if n >= H128_MIN_PAIRS => Fp4Pairs::H128,
             _ => Fp4Pairs::H64,
@@ -712,7 +723,7 @@ pub fn moe(
     // The f16-activation GEMM needs act written as f16 by gate_up (a finite SwiGLU limit) and x offsets of 32
     // bits; else the exact GEMM.
     let fits_half = act_split.is_some() && pairs * hidden.max(inter) < u32::MAX as usize;
-    let wants_half = matches!(path, MoePath::Fp4(Fp4Pairs::H64 | Fp4Pairs::H128));
+    let wants_half = path.rounds_x_to_f16();
     if wants_half && !fits_half {
         path = MoePath::Fp4(Fp4Pairs::G64);
     }
@@ -916,7 +927,7 @@ fn launch_experts(
             let x = tile_rows(pairs, n_experts, n.pairs());
             let y = match n {
                 Fp4Pairs::P8 | Fp4Pairs::P16 => fp4_row_blocks(dev, rows, x),
-                Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H64 | Fp4Pairs::H128 => {
+                Fp4Pairs::G32 | Fp4Pairs::G64 | Fp4Pairs::H16 | Fp4Pairs::H64 | Fp4Pairs::H128 => {
                     blocks(rows, n.weight_rows())
                 }
             };
@@ -948,4 +959,50 @@ fn launch_experts(
 /// An error for experts that cannot be stacked.
 pub fn experts_error(detail: String) -> CudaError {
     CudaError::Unsupported(format!("experts: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MXFP4 kernel of a step of `tokens` tokens of 20b (32 experts, top-4) by default and when exact.
+    fn mxfp4_20b(tokens: usize, exact: bool) -> MoePath {
+        let traits = ExpertTraits {
+            fp4: true,
+            mma: false,
+        };
+        choose_moe(4 * tokens, 32, traits, MoeKernel::Auto, exact)
+    }
+
+    #[test]
+    fn mxfp4_kernels_by_step_size() {
+        use Fp4Pairs::*;
+        let fp4 = MoePath::Fp4;
+        let default: [(usize, MoePath); 9] = [
+            (1, MoePath::Fp4Dot),
+            (8, MoePath::Fp4Dot),
+            (9, fp4(H16)),
+            (64, fp4(H16)),
+            (65, fp4(H64)),
+            (128, fp4(H64)),
+            (512, fp4(H64)),
+            (1272, fp4(H64)),
+            (1273, fp4(H128)),
+        ];
+        for (tokens, want) in default {
+            assert_eq!(mxfp4_20b(tokens, false), want, "T = {tokens}");
+        }
+        let exact: [(usize, MoePath); 6] = [
+            (8, MoePath::Fp4Dot),
+            (9, fp4(P8)),
+            (32, fp4(P8)),
+            (33, fp4(P16)),
+            (128, fp4(P16)),
+            (129, fp4(G64)),
+        ];
+        for (tokens, want) in exact {
+            assert_eq!(mxfp4_20b(tokens, true), want, "T = {tokens}, exact");
+            assert!(!want.rounds_x_to_f16());
+        }
+    }
 }
