@@ -52,7 +52,8 @@ static __device__ __forceinline__ void ldsm_x4(u32 addr, u32 r[4]) {
 
 // As ldsm_x4 with two matrices (lanes 0-15 give the row addresses).
 static __device__ __forceinline__ void ldsm_x2(u32 addr, u32 r[2]) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
 }
 
 static __device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], u32 b0, u32 b1) {

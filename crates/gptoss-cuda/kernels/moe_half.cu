@@ -12,13 +12,13 @@
 // 2^-28 of the tile's largest) round to f16 subnormals or zero. The tensor cores then accumulate all of K, and
 // the epilogue multiplies by 2^(max_s - 128) and the row's x scale. Results differ from the exact path by the
 // f16 rounding of x (relative 2^-12 per element); bench/BENCHMARKS.md has its KL against the exact path.
-// Block: 128 weight rows × 16 (h16), 64 (h64) or 128 (h128) pairs of one expert (a tile holding at most 8 runs
-// the 8-pair code, at most 32 the 32-pair code, at most 64 the 64-pair code), 8 warps as WM (rows) × 8 / WM (pairs), WM = 8: each warp one
-// m16 tile of rows (each code decoded once) and NT n8 tiles. K steps of 64 (two scale blocks) through an
-// STAGES-deep cp.async ring: codes as [block][row][16 bytes] (a warp's 4-byte reads hit 32 banks), x as
-// rows of H_XLD halves (ldmatrix's 8 rows at a stride of 144 bytes hit distinct banks). x is stored in the
-// K order of moe_xsplit's slices (moe.cu's f16 kernels), so one ldmatrix.x4 gives two n8 tiles' B
-// fragments for the codes' A fragments.
+// Block: 128 weight rows × 16 (h16), 64 (h64) or 128 (h128) pairs of one expert (an h16 tile holding at most 8
+// runs the 8-pair code, else the 16-pair code; the others' tiles holding at most 32 the 32-pair code, at most 64
+// the 64-pair code), 8 warps as WM (rows) × 8 / WM (pairs), WM = 8: each warp one m16 tile of rows (each code
+// decoded once) and NT n8 tiles. K steps of 64 (two scale blocks) through an STAGES-deep cp.async ring: codes
+// as [block][row][16 bytes] (a warp's 4-byte reads hit 32 banks), x as rows of H_XLD halves (ldmatrix's 8 rows
+// at a stride of 144 bytes hit distinct banks). x is stored in the K order of moe_xsplit's slices (moe.cu's f16
+// kernels), so one ldmatrix.x4 gives two n8 tiles' B fragments for the codes' A fragments (ldmatrix.x2 one).
 // moe_xhalf: xh[r * k + L] (f16, L in that order) and xinv[r] = the row's scale inverse. One warp per row.
 // moe_{gate_up,down}_fp4_h{16,64,128}: grid x = tiles of 16 / 64 / 128 pairs (find_tile), y = ceil(rows / 128).
 //   Block: 256.
