@@ -46,8 +46,8 @@ pub(super) trait QuadFormat {
     unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i);
     /// `acc + Σ_lanes dot × w_scale × x_unit` for the quad at `p`.
     unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512;
-    /// Prefetches the quad at `p` (which may lie past the row): every cache line it touches that the
-    /// quads before it did not (68 bytes for MXFP4, 136 for Q8_0).
+    /// Prefetches the quad at `p` (which may lie past the row) into L2 (why not L1: `int8_x86::one`):
+    /// every cache line it touches that the quads before it did not (68 bytes for MXFP4, 136 for Q8_0).
     unsafe fn prefetch(p: *const i8);
 }
 
@@ -137,8 +137,8 @@ impl QuadFormat for Mxfp4Quad {
 
     #[inline(always)]
     unsafe fn prefetch(p: *const i8) {
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T1>(p);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
     }
 }
 
@@ -229,9 +229,9 @@ impl QuadFormat for Q8Quad {
 
     #[inline(always)]
     unsafe fn prefetch(p: *const i8) {
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+        _mm_prefetch::<_MM_HINT_T1>(p);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(128));
     }
 }
 
