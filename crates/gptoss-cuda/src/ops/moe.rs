@@ -723,11 +723,10 @@ pub fn moe(
     // The f16-activation GEMM needs act written as f16 by gate_up (a finite SwiGLU limit) and x offsets of 32
     // bits; else the exact GEMM.
     let fits_half = act_split.is_some() && pairs * hidden.max(inter) < u32::MAX as usize;
-    let wants_half = path.rounds_x_to_f16();
-    if wants_half && !fits_half {
+    if path.rounds_x_to_f16() && !fits_half {
         path = MoePath::Fp4(Fp4Pairs::G64);
     }
-    let half = wants_half && fits_half;
+    let half = path.rounds_x_to_f16();
     let dot = path == MoePath::Fp4Dot;
     let fp4 = dot || matches!(path, MoePath::Fp4(_));
     if fp4 {

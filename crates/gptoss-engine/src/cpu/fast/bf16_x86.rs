@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::Bf16Acts;
+use super::decode_x86::prefetch_ahead;
 use super::weights::Bf16Weight;
 use super::{OutRows, TILE_COLS};
 
@@ -108,8 +109,8 @@ unsafe fn tile<const R: usize, const C: usize>(
             wv[r] = load32(wp[r].add(k), len);
         }
         for p in ahead {
-            // As the int8 tiles do: the next tile's rows into L2 while this one runs.
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(k).cast());
+            // As the int8 tiles do: the next tile's rows while this one runs.
+            prefetch_ahead(p.wrapping_add(k).cast());
         }
         for c in 0..C {
             let hi = load32(xp[c].0.add(k), len);

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
-use super::decode_x86::{halves, with_decoder, Decode, RowPtr, WithDecoder};
+use super::decode_x86::{halves, prefetch_ahead, with_decoder, Decode, RowPtr, WithDecoder};
 use super::quad_x86::{Mxfp4Quad, Q8Quad, QuadTile, Quads};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
@@ -209,10 +209,7 @@ unsafe fn one<D: Decode, T: Tile, const R: usize, const C: usize>(
     // The rows of the next tile, prefetched block by block while this one runs. Past the task's last
     // tile they are the next task's first rows (what the same thread most often runs next), up to the
     // weight's last row: streaming from DRAM 4–10% faster (MXFP4) and ~4% (Q8_0) than stopping at the
-    // task's end, where the next tile started cold (stream_levels, session 12). Into L2 (`_MM_HINT_T1`),
-    // not L1: on a 2-core Zen 4 VM two threads streamed MXFP4 at 27 GB/s and Q8_0 at 31 against 19 and 21
-    // with `_MM_HINT_T0` (stream_throughput, session 16; decode of the 20b GGUF 7.4 → 10.5 tok/s), the L1
-    // filling with lines of rows a tile ahead while this tile's loads wait for room.
+    // task's end, where the next tile started cold (stream_levels, session 12). Into L2: `prefetch_ahead`.
     let mut ahead = ptrs;
     for (r, p) in ahead.iter_mut().enumerate() {
         *p = d.row((rows.start + R + r).min(d.rows() - 1));
@@ -264,7 +261,7 @@ impl Tile for Avx2Tile {
             let mut sw = [0.0f32; R];
             for r in 0..R {
                 if b % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T1>(d.block_addr(ahead[r], b));
+                    prefetch_ahead(d.block_addr(ahead[r], b));
                 }
                 let (v, s) = d.ymm(rows[r], b, tbl);
                 (w[r], aw[r], sw[r]) = (v, _mm256_abs_epi8(v), s);
@@ -327,7 +324,7 @@ impl Tile for Avx2Int16Tile {
             let mut sw = [0.0f32; R];
             for r in 0..R {
                 if b % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T1>(d.block_addr(ahead[r], b));
+                    prefetch_ahead(d.block_addr(ahead[r], b));
                 }
                 let (v, s) = d.ymm_u(rows[r], b, tbl_u);
                 let v = _mm256_shuffle_epi8(v, order);
@@ -414,7 +411,7 @@ pub(super) unsafe fn vnni_finish<D: Decode, const R: usize, const C: usize>(
         for r in 0..R {
             // Rows are short (1.5–3 KB) and read R at a time: fetch the next tile's rows while
             // this one runs, so no row starts cold.
-            _mm_prefetch::<_MM_HINT_T1>(d.block_addr(ahead[r], b));
+            prefetch_ahead(d.block_addr(ahead[r], b));
             (w[r], sw[r]) = d.zmm_u(rows[r], b, tbl_u);
         }
         pair_dots((&w, &sw), &xs, b, &mut acc);
@@ -478,8 +475,8 @@ impl Tile for VbmiTile {
             let mut w = [[_mm512_setzero_si512(); R]; 2];
             let mut sw = [[_mm512_setzero_ps(); R]; 2];
             for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T1>(d.block_addr(ahead[r], b));
-                _mm_prefetch::<_MM_HINT_T1>(d.block_addr(ahead[r], b + 2));
+                prefetch_ahead(d.block_addr(ahead[r], b));
+                prefetch_ahead(d.block_addr(ahead[r], b + 2));
                 let (v, s) = d.zmm4_u(rows[r], b, tbl_u);
                 (w[0][r], w[1][r], sw[0][r], sw[1][r]) = (v[0], v[1], s[0], s[1]);
             }

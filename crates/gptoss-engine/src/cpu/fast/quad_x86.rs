@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::acts::{quad_position, QuantRef, QUAD_ELEMS, QUAD_LANES};
-use super::decode_x86::{quad_code_byte, Decode, RowPtr};
+use super::decode_x86::{prefetch_ahead, quad_code_byte, Decode, RowPtr};
 use super::int8_x86::{dpwssd2, table_u, vnni_finish, Tile, VbmiTile};
 use super::weights::BLOCK;
 
@@ -46,7 +46,7 @@ pub(super) trait QuadFormat {
     unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i);
     /// `acc + Σ_lanes dot × w_scale × x_unit` for the quad at `p`.
     unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512;
-    /// Prefetches the quad at `p` (which may lie past the row) into L2 (why not L1: `int8_x86::one`):
+    /// Prefetches the quad at `p` (which may lie past the row) into L2 (`prefetch_ahead`):
     /// every cache line it touches that the quads before it did not (68 bytes for MXFP4, 136 for Q8_0).
     unsafe fn prefetch(p: *const i8);
 }
@@ -137,8 +137,8 @@ impl QuadFormat for Mxfp4Quad {
 
     #[inline(always)]
     unsafe fn prefetch(p: *const i8) {
-        _mm_prefetch::<_MM_HINT_T1>(p);
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+        prefetch_ahead(p);
+        prefetch_ahead(p.wrapping_add(64));
     }
 }
 
@@ -229,9 +229,9 @@ impl QuadFormat for Q8Quad {
 
     #[inline(always)]
     unsafe fn prefetch(p: *const i8) {
-        _mm_prefetch::<_MM_HINT_T1>(p);
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(128));
+        prefetch_ahead(p);
+        prefetch_ahead(p.wrapping_add(64));
+        prefetch_ahead(p.wrapping_add(128));
     }
 }
 
