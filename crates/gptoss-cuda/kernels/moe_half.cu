@@ -110,8 +110,12 @@ static __device__ __forceinline__ u32 half_factor(u32 s, int off) {
     return d > 0 ? (u32)d * 0x04000400u : 0u;
 }
 
-// One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs.
-template <int WM, int NT, int GATE_UP, int BN, int STAGES>
+// One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs. PAIRED:
+// every row's scales start at an even byte and hold an even number of blocks, so a K step's two scale bytes
+// are one 16-bit load (the 20b shapes; else two byte loads). The loaders advance pointers and count down
+// what is left of their column instead of recomputing addresses and bounds every step (the loop was 214
+// instructions a warp per K step of 64 at NT = 2, 75 of them loads and their addresses: bench/NOTES.md).
+template <int WM, int NT, int GATE_UP, int BN, int STAGES, bool PAIRED>
 static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count,
                                      Fp4HalfSmem<BN, STAGES>& sm) {
     // XC: 16-byte x chunks per thread and stage (8 per pair slot the code reads; threads past those load zeros).
@@ -125,20 +129,37 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
     const u8* sexp = (const u8*)p.w.scales + (i64)e * n_rows * p.w.row_scales;
     const u16* xh = (const u16*)p.xs;
     // Loader roles: x chunk c = tid + 256 j (pair slot c / 8, 16-byte part c % 8; slots past the count read
-    // zeros), and the 16 code bytes of row tid / 2, scale block tid % 2 of the step.
-    // Element offsets into xh (32 bits: rows * k < 2^32, checked by the host) keep registers for the loop.
+    // zeros), and the 16 code bytes of row tid / 2, scale block tid % 2 of the step. Element offsets into xh
+    // (32 bits: rows * k < 2^32, checked by the host) keep registers for the loop. STREAM (h16): each loader
+    // advances its offset and counts down what is left of its column (x: elements from part tid % 8 on, the
+    // same for every j; codes: blocks) instead of recomputing addresses and bounds each step; the larger tiles
+    // recompute them (two more registers made h64 spill on sm_80).
+    constexpr bool STREAM = BN == 16;
     u32 xoff[XC];
     #pragma unroll
     for (int j = 0; j < XC; j++) {
         int c = tid + 256 * j, slot = c >> 3, part = c & 7;
         xoff[j] = slot < count ? (u32)(pair_row(p, e, start + slot) * p.k + part * 8) : H_NO_X;
     }
+    // STREAM: which chunks are live (bit j), and the dead ones read from xh's start with size 0.
+    u32 x_live = 0;
+    int x_left = 0, c_left = 0;
+    if constexpr (STREAM) {
+        #pragma unroll
+        for (int j = 0; j < XC; j++) {
+            x_live |= (u32)(xoff[j] != H_NO_X) << j;
+            if (xoff[j] == H_NO_X) xoff[j] = 0;
+        }
+        x_left = p.k - (tid & 7) * 8;
+    }
     u32 xdst0 = smem_addr(&sm.x[0][(tid >> 3) * H_XLD + (tid & 7) * 8]);
     int crow = tid >> 1, ckk = tid & 1;
     bool clive = r0 + crow < n_rows;
     const u8* csrc = wexp + (i64)min(r0 + crow, n_rows - 1) * row_bytes + ckk * 16;
+    if constexpr (STREAM) c_left = clive ? nkb - ckk : 0;
     u32 cdst = smem_addr(&sm.w[0][ckk][crow * 4]);
     const u32 x_stage = sizeof(sm.x[0]), w_stage = sizeof(sm.w[0]);
+    // Stage ks % STAGES of the ring gets K step ks (called for ks = 0, 1, 2, ... in order).
     auto load_stage = [&](int ks) {
         if (ks < nks) {
             int st = ks % STAGES;
@@ -146,12 +167,27 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
             for (int j = 0; j < XC; j++) {
                 // Tiles of 16 pairs have fewer x chunks than threads.
                 if (BN * 8 < 256 && tid + 256 * j >= BN * 8) break;
-                bool live = xoff[j] != H_NO_X && ks * 64 + (tid & 7) * 8 < p.k;
-                u32 dst = xdst0 + st * x_stage + j * 32 * H_XLD * 2;
-                cp_async16(dst, live ? xh + xoff[j] + ks * 64 : xh, live ? 16 : 0);
+                if constexpr (STREAM) {
+                    bool live = (x_live >> j & 1) && x_left > 0;
+                    u32 dst = xdst0 + st * x_stage + j * 32 * H_XLD * 2;
+                    cp_async16(dst, xh + xoff[j], live ? 16 : 0);
+                    xoff[j] += 64;
+                } else {
+                    bool live = xoff[j] != H_NO_X && ks * 64 + (tid & 7) * 8 < p.k;
+                    u32 dst = xdst0 + st * x_stage + j * 32 * H_XLD * 2;
+                    cp_async16(dst, live ? xh + xoff[j] + ks * 64 : xh, live ? 16 : 0);
+                }
             }
-            bool in_k = 2 * ks + ckk < nkb;
-            cp_async16(cdst + st * w_stage, in_k ? csrc + ks * 32 : csrc, clive && in_k ? 16 : 0);
+            if constexpr (STREAM) {
+                x_left -= 64;
+                bool live = c_left > 0;
+                cp_async16(cdst + st * w_stage, live ? csrc : wexp, live ? 16 : 0);
+                csrc += 32;
+                c_left -= 2;
+            } else {
+                bool in_k = 2 * ks + ckk < nkb;
+                cp_async16(cdst + st * w_stage, in_k ? csrc + ks * 32 : csrc, clive && in_k ? 16 : 0);
+            }
         }
         cp_async_commit();
     };
@@ -174,9 +210,11 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
         #pragma unroll
         for (int mt = 0; mt < MT; mt++)
             #pragma unroll
-            for (int h = 0; h < 2; h++)
-                sc[mt][h] = (u32)sexp[srow[mt][h] + min(2 * ks, nkb - 1)] |
-                            (u32)sexp[srow[mt][h] + min(2 * ks + 1, nkb - 1)] << 8;
+            for (int h = 0; h < 2; h++) {
+                if constexpr (PAIRED) sc[mt][h] = ((const u16*)(sexp + srow[mt][h]))[ks];
+                else sc[mt][h] = (u32)sexp[srow[mt][h] + min(2 * ks, nkb - 1)] |
+                                 (u32)sexp[srow[mt][h] + min(2 * ks + 1, nkb - 1)] << 8;
+            }
     };
     u32 sc[MT][2];
     load_scales(0, sc);
@@ -206,7 +244,10 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
                 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     q[mt][h] = sm.w[st][kk][rows[mt][h] * 4 + t];
-                    f[mt][h] = half_factor((sc[mt][h] >> (8 * kk)) & 0xffu, off);
+                    // (h16: max(s + off, 0) is one VIADDMNMX on sm_90; the larger tiles keep the form they
+                    // were register-allocated with.)
+                    if constexpr (STREAM) f[mt][h] = (u32)max((int)((sc[mt][h] >> (8 * kk)) & 0xffu) + off, 0) * 0x04000400u;
+                    else f[mt][h] = half_factor((sc[mt][h] >> (8 * kk)) & 0xffu, off);
                 }
             #pragma unroll
             for (int s = 0; s < 2; s++) {
@@ -285,11 +326,15 @@ static __device__ void expert_fp4_half_impl(const ExpertParams& p) {
     if (!find_tile(p.counts, p.n_experts, BN, blockIdx.x, e, start)) return;
     int count = min(p.counts[e] - start, BN);
     if (BN == 16) {
-        if (count <= 8) fp4_half_tile<8, 1, GATE_UP, BN, STAGES>(p, e, start, count, sm);
-        else fp4_half_tile<8, 2, GATE_UP, BN, STAGES>(p, e, start, count, sm);
-    } else if (count <= 32) fp4_half_tile<8, 4, GATE_UP, BN, STAGES>(p, e, start, count, sm);
-    else if (BN == 64 || count <= 64) fp4_half_tile<8, 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
-    else fp4_half_tile<8, BN / 8, GATE_UP, BN, STAGES>(p, e, start, count, sm);
+        // A uniform choice per block (a choice per load made h64 / h128 spill on sm_80): the 20b shapes pair.
+        bool paired = ((p.w.row_scales | (p.k / 32) | (int)(u64)p.w.scales) & 1) == 0;
+        if (paired && count <= 8) fp4_half_tile<8, 1, GATE_UP, BN, STAGES, true>(p, e, start, count, sm);
+        else if (paired) fp4_half_tile<8, 2, GATE_UP, BN, STAGES, true>(p, e, start, count, sm);
+        else if (count <= 8) fp4_half_tile<8, 1, GATE_UP, BN, STAGES, false>(p, e, start, count, sm);
+        else fp4_half_tile<8, 2, GATE_UP, BN, STAGES, false>(p, e, start, count, sm);
+    } else if (count <= 32) fp4_half_tile<8, 4, GATE_UP, BN, STAGES, false>(p, e, start, count, sm);
+    else if (BN == 64 || count <= 64) fp4_half_tile<8, 8, GATE_UP, BN, STAGES, false>(p, e, start, count, sm);
+    else fp4_half_tile<8, BN / 8, GATE_UP, BN, STAGES, false>(p, e, start, count, sm);
 }
 
 // FP4_HALF_ENTRY(SUFFIX, BN, STAGES, MINB): gate_up and down of the f16-activation GEMM (MINB blocks per SM).

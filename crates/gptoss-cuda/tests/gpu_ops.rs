@@ -742,6 +742,24 @@ fn experts_within_bounds(
     }
 }
 
+/// The 16-pair tiles on widths whose rows hold an odd number of scale blocks (160 and 96: the scale bytes
+/// one at a time, not as the 16-bit pairs of the 20b shapes) and whose K ends inside a step of 64, at up to 8
+/// and at 9–16 pairs an expert.
+#[test]
+#[ignore = "needs GPU"]
+fn fast_experts_16_pair_tiles_odd_widths() {
+    let mut rng = Rng(43);
+    let (n_exp, hidden, inter, top_k) = (4, 160, 96, 2);
+    let ex = experts(&mut rng, TestFormat::Mxfp4, n_exp, hidden, inter);
+    let router = bf16_router(&mut rng, (n_exp, hidden), 0.05, None);
+    for rows in [5usize, 24] {
+        let h = rng.vec(rows * hidden, 1.0);
+        let kernels = [(MoeKernel::Fp4G64, 1e-6), (MoeKernel::Fp4H16, 2e-3)];
+        let what = format!("mxfp4 experts T={rows} top-{top_k} of {n_exp}");
+        experts_within_bounds(&ex, &router, &h, (rows, top_k), &kernels, &what);
+    }
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn fast_experts_128_pair_tiles() {
