@@ -318,7 +318,9 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
 // expert at 64 streams) reads each expert's weights once for up to 16 pairs and runs one n8 tile when the tile
 // holds at most 8: T = 64 306 µs against 362 for h64 and 408 for the exact 8-pair tiles; its 64 registers let
 // four blocks share an SM (four stages measured equal to six). ncu at T = 64 (gate_up): 0.72 issued per
-// scheduler, SM 66% busy, DRAM 24%: the E2M1 decode and scale multiply (≈ 2 instructions a code) bound it.
+// scheduler, SM 66% busy, DRAM 24%. Its streaming loaders and paired scale loads took the loop from 214 to 156
+// SASS instructions a warp per K step (8-pair code 204 → 150; 80 of them the E2M1 decode and scale multiply):
+// T = 64 282 µs, batch64 +5% (bench/NOTES.md, session 17), less than the instructions saved.
 template <int GATE_UP, int BN, int STAGES>
 static __device__ void expert_fp4_half_impl(const ExpertParams& p) {
     __shared__ __align__(16) Fp4HalfSmem<BN, STAGES> sm;
