@@ -220,6 +220,34 @@ fn int16_tile_throughput() {
     );
 }
 
+/// `count` distinct `[rows, n]` weights of a ggml block format (`block` bytes a block: MXFP4's 17 or
+/// Q8_0's 34) with random codes and sane scales (E8M0 2^-7..2^0, f16 0.01), for the streaming harnesses.
+fn stream_weights(
+    format: &TensorFormat,
+    block: usize,
+    (rows, n): (usize, usize),
+    count: usize,
+) -> Vec<QuantTensor> {
+    let nb = rows * n / 32;
+    (0..count)
+        .map(|k| {
+            let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
+            for blk in bytes.chunks_exact_mut(block) {
+                if block == 17 {
+                    blk[0] = 120 + blk[1] % 8;
+                } else {
+                    blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            QuantTensor {
+                shape: vec![rows, n],
+                format: format.clone(),
+                data: Storage::owned(bytes),
+            }
+        })
+        .collect()
+}
+
 /// The fast matmul at T = 1 streaming from DRAM, as a decode token does: `KS` MiB (1,024) of distinct
 /// [5760, 2880] weights (ggml MXFP4 and Q8_0, `KB` picks one), run one after another through
 /// [`FastMatmul::run`] on rayon's pool; bytes per wall second over `KR` sweeps (4).
@@ -244,23 +272,7 @@ fn stream_throughput() {
         }
         let count = total / (nb * block);
         let swept = count * nb * block;
-        let ws: Vec<QuantTensor> = (0..count)
-            .map(|k| {
-                let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
-                for blk in bytes.chunks_exact_mut(block) {
-                    if block == 17 {
-                        blk[0] = 120 + blk[1] % 8;
-                    } else {
-                        blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-                    }
-                }
-                QuantTensor {
-                    shape: vec![rows, n],
-                    format: format.clone(),
-                    data: Storage::owned(bytes),
-                }
-            })
-            .collect();
+        let ws = stream_weights(&format, block, (rows, n), count);
         let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
         let mut out = vec![0f32; rows];
         let mut scratch = Scratch::default();
@@ -323,23 +335,7 @@ fn stream_levels() {
         ("mxfp4", ggml_mxfp4(), 17usize)
     };
     let count = (env_count("KS", 1024) << 20) / (nb * block);
-    let ws: Vec<QuantTensor> = (0..count)
-        .map(|k| {
-            let mut bytes = super::testing::bytes(nb * block, k as u64 + 1);
-            for blk in bytes.chunks_exact_mut(block) {
-                if block == 17 {
-                    blk[0] = 120 + blk[1] % 8;
-                } else {
-                    blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-                }
-            }
-            QuantTensor {
-                shape: vec![rows, n],
-                format: format.clone(),
-                data: Storage::owned(bytes),
-            }
-        })
-        .collect();
+    let ws = stream_weights(&format, block, (rows, n), count);
     let views: Vec<IntWeight<'_>> = ws.iter().filter_map(IntWeight::of).collect();
     let Some(layout) = views.first().map(IntWeight::layout) else {
         return;
@@ -417,4 +413,91 @@ fn stream_levels() {
         "{new:?} / {old:?} streaming {name}, per round, sorted: {:?}",
         ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
     );
+}
+
+/// Where `FastMatmul::run` loses against its own tiles at T = 1 (on the H200 host, one thread in L3, 8.4
+/// GB/s through `stream_throughput` against 15.2 through `stream_levels`, bench/NOTES.md session 17): the
+/// same MXFP4 weights (`KS` MiB, 1,024; `KB=q8_0` for Q8_0) and x swept, in alternating order for `KR`
+/// rounds (6), (a) through `FastMatmul::run` (x quantized per call, then the tasks), (b) the same tasks
+/// after one quantization, (c) the quantization alone, per call. GB/s per wall second.
+/// Run with `cargo test --release -p gptoss-engine --lib stream_paths -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn stream_paths() {
+    use super::weights::IntWeight;
+    use super::{for_tasks, int8_task, OutRows};
+
+    let (rows, n) = (5760usize, 2880usize);
+    let nb = rows * n / 32;
+    let (name, format, block) = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
+        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES)
+    } else {
+        ("mxfp4", ggml_mxfp4(), 17usize)
+    };
+    let count = (env_count("KS", 1024) << 20) / (nb * block);
+    let ws = stream_weights(&format, block, (rows, n), count);
+    let swept = (count * nb * block) as f64;
+    let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
+    let mut out = vec![0f32; rows];
+    let isa = if CpuIsa::Avx512.supported() {
+        CpuIsa::Avx512
+    } else {
+        CpuIsa::Avx2
+    };
+    let mut scratch = Scratch::default();
+    let Some(layout) = ws.first().and_then(IntWeight::of).map(|w| w.layout()) else {
+        return;
+    };
+    let mut through_run = |out: &mut Vec<f32>| {
+        let start = Instant::now();
+        let mut mm = FastMatmul {
+            isa,
+            scratch: &mut scratch,
+        };
+        for w in &ws {
+            mm.run(&x, 1, w, None, out);
+        }
+        swept / start.elapsed().as_secs_f64() / 1e9
+    };
+    let mut acts = super::acts::QuantActs::default();
+    acts.quantize(&x, 1, n, layout);
+    let through_tasks = |out: &mut Vec<f32>| {
+        let view = acts.view(0..1);
+        let sink = OutRows {
+            ptr: out.as_mut_ptr(),
+            n_out: rows,
+        };
+        let start = Instant::now();
+        for w in &ws {
+            let Some(iw) = IntWeight::of(w) else { continue };
+            for_tasks(rows, |r| {
+                // SAFETY: `isa` is supported; `out` holds `[1, rows]` and each task owns its rows.
+                unsafe { int8_task(isa, &iw, &view, r, None, sink) }
+            });
+        }
+        swept / start.elapsed().as_secs_f64() / 1e9
+    };
+    through_run(&mut out);
+    through_tasks(&mut out);
+    let mut quant = super::acts::QuantActs::default();
+    let start = Instant::now();
+    let reps = 1000;
+    for _ in 0..reps {
+        quant.quantize(&x, 1, n, layout);
+    }
+    let quant_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    for round in 0..env_count("KR", 6) {
+        let (run, tasks) = if round % 2 == 0 {
+            let a = through_run(&mut out);
+            (a, through_tasks(&mut out))
+        } else {
+            let b = through_tasks(&mut out);
+            (through_run(&mut out), b)
+        };
+        eprintln!(
+            "round {round} {name} {} threads: FastMatmul::run {run:.1} GB/s, tasks alone {tasks:.1} GB/s",
+            rayon::current_num_threads()
+        );
+    }
+    eprintln!("{name}: quantizing one row of {n} takes {quant_us:.1} us");
 }
