@@ -112,8 +112,8 @@ static __device__ __forceinline__ u32 half_factor(u32 s, int off) {
 
 // One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs. PAIRED:
 // every row's scales start at an even byte and hold an even number of blocks, so a K step's two scale bytes
-// are one 16-bit load (the 20b shapes; else two byte loads). The loaders advance pointers and count down
-// what is left of their column instead of recomputing addresses and bounds every step (the loop was 214
+// are one 16-bit load (the 20b shapes; else two byte loads). The h16 loaders advance their sources and count
+// down what is left of their column instead of recomputing addresses and bounds every step (the loop was 214
 // instructions a warp per K step of 64 at NT = 2, 75 of them loads and their addresses: bench/NOTES.md).
 template <int WM, int NT, int GATE_UP, int BN, int STAGES, bool PAIRED>
 static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int e, int start, int count,
@@ -141,7 +141,8 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
         int c = tid + 256 * j, slot = c >> 3, part = c & 7;
         xoff[j] = slot < count ? (u32)(pair_row(p, e, start + slot) * p.k + part * 8) : H_NO_X;
     }
-    // STREAM: which chunks are live (bit j), and the dead ones read from xh's start with size 0.
+    // STREAM: which chunks hold a pair (bit j). A chunk without one, or past K, asks cp.async for 0 source
+    // bytes (PTX: the 16 destination bytes are zero-filled); its advanced address may then point past the row.
     u32 x_live = 0;
     int x_left = 0, c_left = 0;
     if constexpr (STREAM) {
