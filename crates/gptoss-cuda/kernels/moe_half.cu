@@ -110,6 +110,12 @@ static __device__ __forceinline__ u32 half_factor(u32 s, int off) {
     return d > 0 ? (u32)d * 0x04000400u : 0u;
 }
 
+// half_factor as max(s + off, 0) · 0x04000400: the same value, one VIADDMNMX on sm_90 (the h16 loop; the larger
+// tiles keep half_factor, the form they were register-allocated with).
+static __device__ __forceinline__ u32 half_factor_max(u32 s, int off) {
+    return (u32)max((int)s + off, 0) * 0x04000400u;
+}
+
 // One tile of `count` <= 16·NT pairs of expert e from `start`, in shared memory laid out for BN pairs. PAIRED:
 // every row's scales start at an even byte and hold an even number of blocks, so a K step's two scale bytes
 // are one 16-bit load (the 20b shapes; else two byte loads). The h16 loaders advance their sources and count
@@ -245,9 +251,7 @@ static __device__ __forceinline__ void fp4_half_tile(const ExpertParams& p, int 
                 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     q[mt][h] = sm.w[st][kk][rows[mt][h] * 4 + t];
-                    // (h16: max(s + off, 0) is one VIADDMNMX on sm_90; the larger tiles keep the form they
-                    // were register-allocated with.)
-                    if constexpr (STREAM) f[mt][h] = (u32)max((int)((sc[mt][h] >> (8 * kk)) & 0xffu) + off, 0) * 0x04000400u;
+                    if constexpr (STREAM) f[mt][h] = half_factor_max((sc[mt][h] >> (8 * kk)) & 0xffu, off);
                     else f[mt][h] = half_factor((sc[mt][h] >> (8 * kk)) & 0xffu, off);
                 }
             #pragma unroll
