@@ -248,6 +248,20 @@ fn stream_weights(
         .collect()
 }
 
+/// `KS` MiB (1,024) of [`stream_weights`] in the format `KB` picks (`q8_0`, else MXFP4): its name, the
+/// weights and their bytes.
+fn picked_stream_weights((rows, n): (usize, usize)) -> (&'static str, Vec<QuantTensor>, f64) {
+    let (name, format, block) = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
+        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES)
+    } else {
+        ("mxfp4", ggml_mxfp4(), 17usize)
+    };
+    let bytes = rows * n / 32 * block;
+    let count = (env_count("KS", 1024) << 20) / bytes;
+    let ws = stream_weights(&format, block, (rows, n), count);
+    (name, ws, (count * bytes) as f64)
+}
+
 /// The fast matmul at T = 1 streaming from DRAM, as a decode token does: `KS` MiB (1,024) of distinct
 /// [5760, 2880] weights (ggml MXFP4 and Q8_0, `KB` picks one), run one after another through
 /// [`FastMatmul::run`] on rayon's pool; bytes per wall second over `KR` sweeps (4).
@@ -328,14 +342,7 @@ fn stream_levels() {
     }
     let (old, new) = (X86Level::Avx512Vbmi, X86Level::Avx512Quad);
     let (rows, n) = (5760usize, 2880usize);
-    let nb = rows * n / 32;
-    let (name, format, block) = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
-        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES)
-    } else {
-        ("mxfp4", ggml_mxfp4(), 17usize)
-    };
-    let count = (env_count("KS", 1024) << 20) / (nb * block);
-    let ws = stream_weights(&format, block, (rows, n), count);
+    let (name, ws, swept) = picked_stream_weights((rows, n));
     let views: Vec<IntWeight<'_>> = ws.iter().filter_map(IntWeight::of).collect();
     let Some(layout) = views.first().map(IntWeight::layout) else {
         return;
@@ -349,7 +356,6 @@ fn stream_levels() {
         ptr: out.as_mut_ptr(),
         n_out: rows,
     };
-    let swept = (count * nb * block) as f64;
     let sweep = |level: X86Level| {
         let start = Instant::now();
         for iw in &views {
@@ -374,13 +380,12 @@ fn stream_levels() {
         }
         for _ in 0..3 {
             let start = Instant::now();
-            let per = nb * block / rows * TASK_ROWS;
             let t: u64 = ws
                 .iter()
                 .map(|w| {
-                    w.data
-                        .bytes()
-                        .par_chunks(per)
+                    let bytes = w.data.bytes();
+                    bytes
+                        .par_chunks(bytes.len() / rows * TASK_ROWS)
                         .map(|c| {
                             // SAFETY: AVX-512 F was detected (VBMI above implies it).
                             unsafe { read(c) }
@@ -428,15 +433,7 @@ fn stream_paths() {
     use super::{for_tasks, int8_task, OutRows};
 
     let (rows, n) = (5760usize, 2880usize);
-    let nb = rows * n / 32;
-    let (name, format, block) = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
-        ("q8_0", TensorFormat::Q8_0, Q8_0_BLOCK_BYTES)
-    } else {
-        ("mxfp4", ggml_mxfp4(), 17usize)
-    };
-    let count = (env_count("KS", 1024) << 20) / (nb * block);
-    let ws = stream_weights(&format, block, (rows, n), count);
-    let swept = (count * nb * block) as f64;
+    let (name, ws, swept) = picked_stream_weights((rows, n));
     let x: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
     let mut out = vec![0f32; rows];
     let isa = if CpuIsa::Avx512.supported() {
