@@ -153,16 +153,301 @@ struct ReduceParams {
     int splits;
 };
 
-// out[m, n] = Σ_z partial[z][m][n] + bias[n], z in order. Grid: ceil(n_tok * n_out / 256). Block: 256 threads.
-extern "C" __global__ void __launch_bounds__(256) linear_reduce(const ReduceParams p) {
-    grid_dep_sync();
-    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x, len = (i64)p.n_tok * p.n_out;
+// out[m, n] = Σ_z partial[z][m][n] + bias[n], z in order, for output element i = m · n_out + n.
+static __device__ __forceinline__ void reduce_element(const ReduceParams& p, i64 i) {
+    i64 len = (i64)p.n_tok * p.n_out;
     if (i >= len) return;
     int n = (int)(i % p.n_out);
     float s = 0.0f;
     for (int z = 0; z < p.splits; z++) s += p.partial[z * len + i];
     p.out[(i / p.n_out) * p.out_ld + n] = s + (p.bias ? p.bias[n] : 0.0f);
 }
+
+// reduce_element over every output. Grid: ceil(n_tok * n_out / 256). Block: 256 threads.
+extern "C" __global__ void __launch_bounds__(256) linear_reduce(const ReduceParams p) {
+    grid_dep_sync();
+    reduce_element(p, (i64)blockIdx.x * blockDim.x + threadIdx.x);
+}
+
+// Three reduces in one grid (linear3_pipe_<fmt>'s q, k and v): blocks [first[i], first[i + 1]) are part i's.
+struct ReduceGroupParams {
+    ReduceParams part[3];
+    int first[4];
+};
+
+extern "C" __global__ void __launch_bounds__(256) linear3_reduce(const ReduceGroupParams g) {
+    grid_dep_sync();
+    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    reduce_element(g.part[i], (i64)(blockIdx.x - g.first[i]) * blockDim.x + threadIdx.x);
+}
+
+// ---- Pipelined exact tiles (batched decode: 5-64 rows, bf16 and Q8_0) ----
+// The tiles above refill shared memory from registers one K step ahead and split each x value into its three
+// bf16 parts in every block; at 16-64 rows that left the weights streaming at 0.6-1.1 TB/s (bench/NOTES.md,
+// session 18). Here linear_xparts writes x's three parts once, as planes [part][row][kp] of bf16 (kp: K rounded up
+// to MMA_BK, zeros past K), and linear_pipe_<fmt> streams x planes and weight tiles through a cp.async ring of
+// PipeStage::STAGES (4 for tiles of 64 rows, 6 for 32: what keeps enough weight bytes in flight), with
+// mma_compute's arithmetic: a fresh partial sum every K step of 32, smallest part first,
+// added in f32 (times the Q8_0 scale of the step). Rows in shared memory are unpadded (64 bytes of bf16, 32 of
+// Q8_0 codes) with their 16-byte chunks XOR-swizzled (pipe_chunk) so that ldmatrix's 8 rows hit distinct banks.
+// Q8_0 codes go to shared memory as they are stored and are widened to bf16 per fragment: ldmatrix hands thread t codes 4t..4t+3 of a
+// 16-code chunk where the MMA's B fragment wants k = 2t, 2t+1 and 2t+8, 2t+9, so the Q8_0 planes store each
+// 16-element chunk in that order (pipe_q8_word), which the dot product does not see.
+
+struct XPartsParams {
+    const float* x;
+    const int* x_rows;
+    u16* planes;
+    int n_tok;
+    int k;
+    int kp;
+    int x_ld;
+    int q8_order;
+};
+
+// The x word (two elements) that logical word w of a 16-element chunk holds in the Q8_0 order: logical k 2t + 8h
+// and 2t + 8h + 1 (w = t + 4h) are the codes 4t + 2h and 4t + 2h + 1 that thread t's ldmatrix word holds.
+static __device__ __forceinline__ int pipe_q8_word(int w) {
+    return 2 * (w & 3) + (w >> 2);
+}
+
+// planes[j][row][2u, 2u + 1] = part j of x's elements of word u (see pipe_q8_word). Grid: ceil(n_tok * kp / 2 /
+// 256). Block: 256 threads.
+extern "C" __global__ void __launch_bounds__(256) linear_xparts(const XPartsParams p) {
+    grid_dep_sync();
+    int words = p.kp / 2;
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x, n = (i64)p.n_tok * words;
+    if (i >= n) return;
+    int row = (int)(i / words), lw = (int)(i % words);
+    int pw = p.q8_order ? (lw & ~7) + pipe_q8_word(lw & 7) : lw, k0 = 2 * pw;
+    const float* xr = p.x + (p.x_rows ? (i64)p.x_rows[row] : (i64)row) * p.x_ld;
+    float a = k0 < p.k ? xr[k0] : 0.0f, b = k0 + 1 < p.k ? xr[k0 + 1] : 0.0f;
+    u32 part[MMA_XPARTS];
+    split_bf16x2<MMA_XPARTS>(a, b, part);
+    u32* out = (u32*)p.planes;
+    #pragma unroll
+    for (int j = 0; j < MMA_XPARTS; j++) out[j * n + i] = part[j];
+}
+
+struct PipeParams {
+    LinearParams p;
+    const u16* planes;
+    int kp;
+};
+
+// Shared memory of one ring stage: x planes (32 · MT rows each of 4 chunks), then the weights (bf16: 128 rows of 4
+// chunks; Q8_0: 128 rows of 2 chunks of codes, then for each row the 32-bit word holding its f16 scale).
+template <int F, int MT>
+struct PipeStage {
+    static constexpr int STAGES = MT == 2 ? 4 : 6;
+    static constexpr int X_ROWS = 32 * MT;
+    static constexpr int X_BYTES = MMA_XPARTS * X_ROWS * 64;
+    static constexpr int W_CODES = F == WF_Q8 ? MMA_BN * 32 : MMA_BN * 64;
+    static constexpr int BYTES = X_BYTES + W_CODES + (F == WF_Q8 ? MMA_BN * 4 : 0);
+};
+
+// Byte offset of 16-byte chunk c of row r in rows of 64 bytes (x planes, bf16 weights: rows r and r + 2 would share
+// banks) or of 32 (Q8_0 codes: r and r + 4 would).
+static __device__ __forceinline__ u32 pipe_chunk64(int r, int c) {
+    return (u32)(r * 4 + (c ^ ((r >> 1) & 3))) * 16;
+}
+
+static __device__ __forceinline__ u32 pipe_chunk32(int r, int c) {
+    return (u32)(r * 2 + (c ^ ((r >> 2) & 1))) * 16;
+}
+
+// Four Q8_0 codes (bytes of r, lowest first) as two bf16x2, exactly: each byte, biased by 128, becomes the low
+// mantissa byte of 2^23 and the bias comes off in one f32 subtraction.
+static __device__ __forceinline__ void q8x4_bf16(u32 r, u32& lo, u32& hi) {
+    u32 u = r ^ 0x80808080u;
+    const float off = 8388736.0f;  // 2^23 + 128
+    float f0 = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7650)) - off;
+    float f1 = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7651)) - off;
+    float f2 = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7652)) - off;
+    float f3 = __uint_as_float(__byte_perm(u, 0x4b000000u, 0x7653)) - off;
+    lo = bf16x2(f0, f1);
+    hi = bf16x2(f2, f3);
+}
+
+// acc as mma_tile's (rows m0 + ..., weight rows n0 + ..., K share [kb, kb + k_split) of kp), from q.planes.
+// Needs k % 32 == 0 (kp == k), ld % 8 == 0 and 16-byte aligned rows (bf16), and STAGES · BYTES of PipeStage in
+// dynamic shared memory.
+template <int F, int MT>
+static __device__ void linear_pipe_impl(const PipeParams& q, int bx) {
+    using S = PipeStage<F, MT>;
+    extern __shared__ __align__(16) unsigned char pipe_smem[];
+    const LinearParams& p = q.p;
+    const WRef& w = p.w;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
+    int m0 = blockIdx.y * S::X_ROWS, n0 = bx * MMA_BN;
+    int kb = blockIdx.z * p.k_split, nk = (min(q.kp, kb + p.k_split) - kb) / MMA_BK;
+    u32 base = smem_addr(pipe_smem);
+    i64 plane = (i64)p.n_tok * q.kp;
+    // Q8_0 scales: row r's for the step is f16 number (n0 + r) · ld / 32 + k0 / 32 of the weight's; its stage holds
+    // the aligned 32-bit word around it (the consumer picks the half by the index's parity).
+    int row_blocks = w.ld / 32;
+    auto load_stage = [&](int j) {
+        if (j < nk) {
+            int k0 = kb + j * MMA_BK;
+            u32 st = base + (j % S::STAGES) * S::BYTES;
+            constexpr int X_CHUNKS = MMA_XPARTS * S::X_ROWS * 4;
+            #pragma unroll
+            for (int j0 = 0; j0 < X_CHUNKS; j0 += 256) {
+                int c = tid + j0;
+                if (X_CHUNKS % 256 != 0 && c >= X_CHUNKS) break;
+                int part = c / (S::X_ROWS * 4), row = (c >> 2) % S::X_ROWS, piece = c & 3;
+                bool live = m0 + row < p.n_tok;
+                const u16* src = q.planes + part * plane + (i64)(m0 + row) * q.kp + k0 + piece * 8;
+                cp_async16(st + pipe_chunk64(part * S::X_ROWS + row, piece), live ? src : q.planes, live ? 16 : 0);
+            }
+            u32 wst = st + S::X_BYTES;
+            if constexpr (F == WF_Q8) {
+                int row = tid >> 1, piece = tid & 1;
+                bool live = n0 + row < p.n_out;
+                i64 e0 = (i64)(n0 + row) * w.ld + k0;
+                cp_async16(wst + pipe_chunk32(row, piece), live ? (const u8*)w.data + e0 + piece * 16 : w.data,
+                           live ? 16 : 0);
+                if (tid < MMA_BN) {
+                    bool has = n0 + tid < p.n_out;
+                    i64 idx = (i64)(n0 + tid) * row_blocks + k0 / 32;
+                    // The last scale of the weight, at an even index, has no neighbour to read.
+                    bool last = (idx & 1) == 0 && idx + 1 == (i64)p.n_out * row_blocks;
+                    cp_async4(wst + S::W_CODES + tid * 4, has ? (const u16*)w.scales + (idx & ~(i64)1) : w.scales,
+                              has ? (last ? 2 : 4) : 0);
+                }
+            } else {
+                #pragma unroll
+                for (int j0 = 0; j0 < MMA_BN * 4; j0 += 256) {
+                    int c = tid + j0, row = c >> 2, piece = c & 3;
+                    bool live = n0 + row < p.n_out;
+                    const u16* src = (const u16*)w.data + (i64)(n0 + row) * w.ld + k0 + piece * 8;
+                    cp_async16(wst + pipe_chunk64(row, piece), live ? src : w.data, live ? 16 : 0);
+                }
+            }
+        }
+        cp_async_commit();
+    };
+    float acc[MT][4][4];
+    #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
+    #pragma unroll
+    for (int s = 0; s < S::STAGES - 1; s++) load_stage(s);
+    for (int ks = 0; ks < nk; ks++) {
+        cp_async_wait<S::STAGES - 2>();
+        __syncthreads();
+        load_stage(ks + S::STAGES - 1);
+        u32 xs = base + (ks % S::STAGES) * S::BYTES, wsm = xs + S::X_BYTES;
+        float part[MT][4][4];
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+                #pragma unroll
+                for (int i = 0; i < 4; i++) part[mt][nt][i] = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            u32 b[4][2];
+            if constexpr (F == WF_Q8) {
+                u32 r[4];
+                ldsm_x4(wsm + pipe_chunk32(wn * 32 + lane, kk / 16), r);
+                #pragma unroll
+                for (int nt = 0; nt < 4; nt++) q8x4_bf16(r[nt], b[nt][0], b[nt][1]);
+            } else {
+                #pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    int row = wn * 32 + np * 16 + (lane & 7) + (lane >> 4) * 8;
+                    u32 r[4];
+                    ldsm_x4(wsm + pipe_chunk64(row, kk / 8 + ((lane >> 3) & 1)), r);
+                    b[2 * np][0] = r[0];
+                    b[2 * np][1] = r[1];
+                    b[2 * np + 1][0] = r[2];
+                    b[2 * np + 1][1] = r[3];
+                }
+            }
+            #pragma unroll 1
+            for (int xp = MMA_XPARTS - 1; xp >= 0; xp--) {
+                u32 a[MT][4];
+                #pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    int row = xp * S::X_ROWS + wm * 16 * MT + mt * 16 + (lane & 15);
+                    ldsm_x4(xs + pipe_chunk64(row, kk / 8 + (lane >> 4)), a[mt]);
+                }
+                #pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                    #pragma unroll
+                    for (int nt = 0; nt < 4; nt++) mma_bf16(part[mt][nt], a[mt], b[nt][0], b[nt][1]);
+            }
+        }
+        float sc[4][2];
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int j = 0; j < 2; j++) {
+                if constexpr (F == WF_Q8) {
+                    const u32* ws = (const u32*)(pipe_smem + (ks % S::STAGES) * S::BYTES + S::X_BYTES + S::W_CODES);
+                    int r = wn * 32 + nt * 8 + 2 * (lane & 3) + j;
+                    u32 odd = (u32)((n0 + r) * row_blocks + kb / 32 + ks) & 1u;
+                    sc[nt][j] = f16_to_f32((u16)(ws[r] >> (16 * odd)));
+                } else {
+                    sc[nt][j] = 1.0f;
+                }
+            }
+        #pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            #pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+                #pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    if constexpr (F == WF_Q8) acc[mt][nt][i] += part[mt][nt][i] * sc[nt][i & 1];
+                    else acc[mt][nt][i] += part[mt][nt][i];
+                }
+    }
+    cp_async_wait<0>();
+    bool split = gridDim.z > 1;
+    float* out = split ? p.partial + (i64)blockIdx.z * p.n_tok * p.n_out : p.out;
+    i64 ld = split ? p.n_out : p.out_ld;
+    #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        #pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            #pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int m = m0 + wm * 16 * MT + mt * 16 + (lane >> 2) + (i >> 1) * 8;
+                int n = n0 + wn * 32 + nt * 8 + 2 * (lane & 3) + (i & 1);
+                if (m < p.n_tok && n < p.n_out)
+                    out[(i64)m * ld + n] = acc[mt][nt][i] + (!split && p.bias ? p.bias[n] : 0.0f);
+            }
+}
+
+// q, k and v of one input (one set of x planes) in one grid, split alike: blocks [first[i], first[i + 1]) of grid x
+// are part i's weight tiles (k and v alone, 4 tiles wide, left most SMs idle: 15.5 µs each at 64 rows against
+// q's 32).
+struct PipeGroupParams {
+    PipeParams part[3];
+    int first[4];
+};
+
+template <int F, int MT>
+static __device__ void linear3_pipe_impl(const PipeGroupParams& g) {
+    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    linear_pipe_impl<F, MT>(g.part[i], blockIdx.x - g.first[i]);
+}
+
+// linear_pipe_<fmt> (64 rows a tile), linear_pipe32_<fmt> (32) and their q/k/v groups linear3_pipe{,32}_<fmt>. Grid
+// as linear_mma_<fmt>. Block: 256 threads, PipeStage's STAGES · BYTES of dynamic shared memory (src/kernels.rs:
+// pipe_smem_bytes).
+#define LINEAR_PIPE_ENTRY(NAME, F) \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_pipe_##NAME(const PipeParams q) { grid_dep_sync(); linear_pipe_impl<F, 2>(q, blockIdx.x); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_pipe32_##NAME(const PipeParams q) { grid_dep_sync(); linear_pipe_impl<F, 1>(q, blockIdx.x); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear3_pipe_##NAME(const PipeGroupParams g) { grid_dep_sync(); linear3_pipe_impl<F, 2>(g); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear3_pipe32_##NAME(const PipeGroupParams g) { grid_dep_sync(); linear3_pipe_impl<F, 1>(g); }
+
+LINEAR_PIPE_ENTRY(bf16, WF_BF16)
+LINEAR_PIPE_ENTRY(q8, WF_Q8)
 
 // ---- One step row, one warp per few weight rows (see the top) ----
 #define WARP_ROWS 2

@@ -50,6 +50,21 @@ static __device__ __forceinline__ void ldsm_x4(u32 addr, u32 r[4]) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
 }
 
+// cp.async of 16 (4) bytes (`bytes` fewer: the rest zero-filled, 0 reads nothing), its commit and its wait (shared by
+// linear.cu's pipelined tiles and the expert tiles of moe.cu / moe_half.cu).
+static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async4(u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
 // As ldsm_x4 with two matrices (lanes 0-15 give the row addresses).
 static __device__ __forceinline__ void ldsm_x2(u32 addr, u32 r[2]) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"

@@ -41,6 +41,10 @@ pub struct Caps {
     pub sm_count: u32,
     /// Device memory.
     pub total_bytes: u64,
+    /// Most shared memory one block can opt in to.
+    pub smem_per_block: u32,
+    /// Shared memory of one SM.
+    pub smem_per_sm: u32,
 }
 
 /// An opened device.
@@ -150,6 +154,16 @@ impl Device {
         let func = module.load_function(&name).map_err(|e| {
             CudaError::driver(format!("loading kernel {name} from {}", f.file().name()), e)
         })?;
+        if let Some(bytes) = f.large_smem() {
+            use cudarc::driver::sys::CUfunction_attribute as FA;
+            let attr = FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            func.set_attribute(attr, bytes as i32).map_err(|e| {
+                CudaError::driver(
+                    format!("letting {name} use {bytes} bytes of shared memory"),
+                    e,
+                )
+            })?;
+        }
         self.functions.borrow_mut().insert(f, func.clone());
         Ok(func)
     }
@@ -281,7 +295,20 @@ fn read_caps(ctx: &Arc<CudaContext>) -> Result<Caps> {
     let sm = ctx
         .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_err(|e| CudaError::driver("reading the SM count", e))?;
+    let smem = |a, what: &str| {
+        ctx.attribute(a)
+            .map(|v| v as u32)
+            .map_err(|e| CudaError::driver(format!("reading the {what}"), e))
+    };
     Ok(Caps {
+        smem_per_block: smem(
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            "shared memory a block can opt in to",
+        )?,
+        smem_per_sm: smem(
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            "shared memory per SM",
+        )?,
         name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
         compute: (major * 10 + minor) as u32,
         sm_count: sm as u32,

@@ -149,6 +149,9 @@ impl WeightKind {
         WeightKind::Lut4F32,
     ];
 
+    /// The kinds with pipelined exact tiles (`linear_pipe_<fmt>`): the dense formats of the gpt-oss checkpoints.
+    pub const PIPE: [WeightKind; 2] = [WeightKind::Bf16, WeightKind::Q8];
+
     /// Every kind.
     pub const ALL: [WeightKind; 6] = [
         WeightKind::F32,
@@ -223,6 +226,28 @@ impl MmaRows {
             MmaRows::R64 => 64,
         }
     }
+}
+
+/// Bytes of one x plane row or bf16 weight row of `linear_pipe_<fmt>`'s shared memory (32 bf16, unpadded).
+const PIPE_ROW_BYTES: u32 = 64;
+/// Bytes of one Q8_0 weight row of codes there, and of its scale (f32).
+const PIPE_Q8_ROW_BYTES: u32 = 32 + 4;
+/// Weight rows of one tile (`MMA_BN`).
+const PIPE_WEIGHT_ROWS: u32 = 128;
+
+/// Dynamic shared memory of `linear_pipe_<fmt>` with tiles of `rows` (`STAGES` · `BYTES` of `PipeStage` in
+/// linear.cu): three x planes and the weight tile a stage, 4 stages for tiles of 64 rows and 6 for 32.
+pub fn pipe_smem_bytes(kind: WeightKind, rows: MmaRows) -> u32 {
+    let stages = match rows {
+        MmaRows::R64 => 4,
+        MmaRows::R32 => 6,
+    };
+    let x = 3 * rows.rows() as u32 * PIPE_ROW_BYTES;
+    let w = match kind {
+        WeightKind::Q8 => PIPE_WEIGHT_ROWS * PIPE_Q8_ROW_BYTES,
+        _ => PIPE_WEIGHT_ROWS * PIPE_ROW_BYTES,
+    };
+    stages * (x + w)
 }
 
 /// Pairs per tile of the MXFP4 f16 tensor-core expert kernels: `moe_*_fp4_p{8,16}` (the weights' 32-row slices
@@ -327,8 +352,17 @@ pub enum Func {
     LinearMma(WeightKind, MmaRows),
     /// `linear_mmafast_<fmt>` (tiles of 64 rows, x as two bf16 parts: prompts unless exact)
     LinearMmaFast(WeightKind),
+    /// `linear_pipe_<fmt>` / `linear_pipe32_<fmt>` (exact tiles of 64 / 32 rows through a cp.async ring,
+    /// x from `linear_xparts`' planes: batched decode)
+    LinearPipe(WeightKind, MmaRows),
+    /// `linear3_pipe_<fmt>` / `linear3_pipe32_<fmt>` (q, k and v of one input in one grid)
+    LinearPipeGroup(WeightKind, MmaRows),
+    /// `linear_xparts` (x as three bf16 planes for `linear_pipe_<fmt>`)
+    LinearXParts,
     /// `linear_reduce` (adds the K splits of the tensor-core linear)
     LinearReduce,
+    /// `linear3_reduce` (three of them in one grid)
+    LinearReduceGroup,
     /// `linear_warp_<fmt>` (one step row, a warp per 2 weight rows; bf16 and f16)
     LinearWarp(WeightKind),
     /// `linear3_warp_<fmt>` (three of them of one input in one grid)
@@ -408,7 +442,11 @@ impl Func {
             | Func::LinearGroup(..)
             | Func::LinearMma(..)
             | Func::LinearMmaFast(_)
+            | Func::LinearPipe(..)
+            | Func::LinearPipeGroup(..)
+            | Func::LinearXParts
             | Func::LinearReduce
+            | Func::LinearReduceGroup
             | Func::LinearWarp(_)
             | Func::LinearWarpGroup(_)
             | Func::LinearDotQ8
@@ -443,6 +481,17 @@ impl Func {
         }
     }
 
+    /// Dynamic shared memory beyond the default 48 KB that the kernel is launched with, which the driver must
+    /// be told of once (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`).
+    pub fn large_smem(self) -> Option<u32> {
+        match self {
+            Func::LinearPipe(w, r) | Func::LinearPipeGroup(w, r) => {
+                Some(pipe_smem_bytes(w, r)).filter(|&b| b > 48 << 10)
+            }
+            _ => None,
+        }
+    }
+
     /// The `extern "C"` name.
     pub fn name(self) -> String {
         let kv = |k: KvType| match k {
@@ -459,7 +508,17 @@ impl Func {
             Func::LinearGroup(w, t) => format!("linear3_{}_{}", w.suffix(), t.suffix()),
             Func::LinearMma(w, r) => format!("linear_{}_{}", r.infix(), w.suffix()),
             Func::LinearMmaFast(w) => format!("linear_mmafast_{}", w.suffix()),
+            Func::LinearPipe(w, r) => {
+                let tile = if r == MmaRows::R32 { "pipe32" } else { "pipe" };
+                format!("linear_{tile}_{}", w.suffix())
+            }
+            Func::LinearPipeGroup(w, r) => {
+                let tile = if r == MmaRows::R32 { "pipe32" } else { "pipe" };
+                format!("linear3_{tile}_{}", w.suffix())
+            }
+            Func::LinearXParts => "linear_xparts".into(),
             Func::LinearReduce => "linear_reduce".into(),
+            Func::LinearReduceGroup => "linear3_reduce".into(),
             Func::LinearWarp(w) => format!("linear_warp_{}", w.suffix()),
             Func::LinearWarpGroup(w) => format!("linear3_warp_{}", w.suffix()),
             Func::LinearDotQ8 => "linear_dot_q8".into(),
@@ -513,6 +572,8 @@ impl Func {
             Func::MoeXSplit,
             Func::MoeXHalf,
             Func::LinearReduce,
+            Func::LinearReduceGroup,
+            Func::LinearXParts,
             Func::LinearDotQ8,
             Func::LinearDotQ8Group,
             Func::LinearDotQ8NormGroup,
@@ -540,6 +601,11 @@ impl Func {
         }
         for w in WeightKind::WARP {
             v.extend([Func::LinearWarp(w), Func::LinearWarpGroup(w)]);
+        }
+        for w in WeightKind::PIPE {
+            for r in [MmaRows::R32, MmaRows::R64] {
+                v.extend([Func::LinearPipe(w, r), Func::LinearPipeGroup(w, r)]);
+            }
         }
         for w in WeightKind::MMA {
             v.push(Func::LinearMmaFast(w));
@@ -572,6 +638,10 @@ mod tests {
             ("linear_mma_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_mma32_", "LINEAR_MMA_ENTRY", &[""][..]),
             ("linear_mmafast_", "LINEAR_MMA_ENTRY", &[""][..]),
+            ("linear_pipe_", "LINEAR_PIPE_ENTRY", &[""][..]),
+            ("linear_pipe32_", "LINEAR_PIPE_ENTRY", &[""][..]),
+            ("linear3_pipe_", "LINEAR_PIPE_ENTRY", &[""][..]),
+            ("linear3_pipe32_", "LINEAR_PIPE_ENTRY", &[""][..]),
             ("linear_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear3_warp_", "LINEAR_WARP_ENTRY", &[""][..]),
             ("linear_norm_", "LINEAR_ENTRY", &[""][..]),

@@ -83,7 +83,8 @@ impl RepackSite {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LinearKernel {
     /// At one row the one-row GEMVs (bf16 / f16 warp rows, Q8_0 on dp4a) where the weight has them, else the
-    /// split-K GEMV below 5 rows; tensor-core tiles (split along K when they are few) from 5 (`auto`).
+    /// split-K GEMV below 5 rows; tensor-core tiles (split along K when they are few) from 5, pipelined up to 64
+    /// rows for bf16 and Q8_0 (`auto`).
     #[default]
     Auto,
     /// The split-K CUDA-core GEMV at every size, one row included (`gemv`: the kernels before the one-row
@@ -91,8 +92,12 @@ pub enum LinearKernel {
     Gemv,
     /// Tensor-core tiles from 16 rows, never split along K (`tiles`: the kernels before K splits).
     Tiles,
-    /// Tensor-core tiles split along K at every size, 1 row included (`tiles-splitk`).
+    /// Tensor-core tiles split along K at every size, 1 row included (`tiles-splitk`): at 5–64 rows, the tiles
+    /// before the pipelined ones.
     TilesSplitK,
+    /// The pipelined tiles (`linear_pipe_<fmt>`) wherever they take the weight and the rows (up to 64), 1 row
+    /// included; the split tiles elsewhere (`pipe`).
+    Pipe,
 }
 
 impl LinearKernel {
@@ -103,8 +108,9 @@ impl LinearKernel {
             "gemv" => Ok(LinearKernel::Gemv),
             "tiles" => Ok(LinearKernel::Tiles),
             "tiles-splitk" => Ok(LinearKernel::TilesSplitK),
+            "pipe" => Ok(LinearKernel::Pipe),
             _ => Err(CudaError::Config(format!(
-                "GPTOSS_LINEAR_KERNEL={value:?}: expected auto, gemv, tiles or tiles-splitk"
+                "GPTOSS_LINEAR_KERNEL={value:?}: expected auto, gemv, tiles, tiles-splitk or pipe"
             ))),
         }
     }
@@ -271,6 +277,7 @@ mod tests {
             LinearKernel::TilesSplitK
         );
         assert_eq!(LinearKernel::parse("").unwrap(), LinearKernel::Auto);
+        assert_eq!(LinearKernel::parse("pipe").unwrap(), LinearKernel::Pipe);
         let e = LinearKernel::parse("fast").unwrap_err().to_string();
         assert!(e.contains("GPTOSS_LINEAR_KERNEL=\"fast\""), "{e}");
     }

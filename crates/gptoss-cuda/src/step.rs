@@ -5,7 +5,9 @@
 
 use cudarc::driver::PinnedHostSlice;
 use gptoss_engine::backend::{Batch, Capacity, Rope};
-use gptoss_engine::memory::{linear_split_floats, ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS};
+use gptoss_engine::memory::{
+    linear_split_floats, linear_xparts_halves, ATTN_MAX_SPLITS, ATTN_SPLIT_ROWS,
+};
 use gptoss_engine::KvLayout;
 
 use crate::device::Device;
@@ -35,6 +37,8 @@ pub struct CudaStep {
     pub(crate) split_rows: usize,
     /// Partial sums of the tensor-core linears' K splits (see `ops/linear.rs`).
     pub(crate) linear_part: DevBuf<f32>,
+    /// x as three bf16 planes for the pipelined tensor-core linears (see `ops/linear.rs`).
+    pub(crate) linear_xparts: DevBuf<u16>,
     /// The blocks of a GEMV with a fused norm that have read the residual (`NormIn::ticket` in common.cu);
     /// zero between launches.
     pub(crate) norm_ticket: DevBuf<i32>,
@@ -82,6 +86,12 @@ impl CudaStep {
                 &d.meter,
                 linear_split_floats(capacity).max(1),
                 "linear K-split scratch",
+            )?,
+            linear_xparts: DevBuf::zeros(
+                &d.stream,
+                &d.meter,
+                linear_xparts_halves(capacity).max(1),
+                "linear x planes",
             )?,
             norm_ticket: DevBuf::zeros(&d.stream, &d.meter, 1, "fused norm ticket")?,
             n_q_heads: layout.n_q_heads,

@@ -324,6 +324,41 @@ fn bench_linear_20b_shapes() {
     }
 }
 
+/// q, k and v of one 20b layer through `linear3` at batched-decode sizes (one grid for the three on the
+/// pipelined tiles; `GPTOSS_LINEAR_KERNEL=tiles-splitk` gives the launches before them).
+#[test]
+#[ignore = "needs GPU"]
+fn bench_qkv_20b_shapes() {
+    let b = CudaBackend::new(&CudaOptions::from_env().unwrap()).unwrap();
+    let mut rng = Rng(11);
+    let k = 2880;
+    for (format, label, bytes_per_weight) in [
+        (TestFormat::Dense(DType::BF16), "bf16", 2.0),
+        (TestFormat::Q8_0, "q8_0", 34.0 / 32.0),
+    ] {
+        let lins = [4096, 512, 512].map(|n_out| Linear {
+            weight: random_tensor(&mut rng, format, n_out, k, 0.05),
+            bias: Some(rng.vec(n_out, 0.1)),
+        });
+        let w = lins.each_ref().map(|l| b.upload_linear(l).unwrap());
+        for t in [5, 16, 32, 64] {
+            let x = filled(&b, t, k, &rng.vec(t * k, 1.0));
+            let mut out = [4096, 512, 512].map(|n| b.alloc(t, n).unwrap());
+            let step = step_of(&b, t);
+            let s = time(&b, 50, || {
+                let [o0, o1, o2] = &mut out;
+                b.linear3(&step, &x, [&w[0], &w[1], &w[2]], [o0, o1, o2])
+                    .unwrap()
+            });
+            let gbs = (5120 * k) as f64 * bytes_per_weight / s / 1e9;
+            println!(
+                "BENCH op linear3 {label} qkv [5120, {k}] T={t}: {:.1} us, weights {gbs:.0} GB/s",
+                s * 1e6
+            );
+        }
+    }
+}
+
 fn bench_moe(b: &CudaBackend, rng: &mut Rng) {
     let (n_exp, hidden, inter, top_k) = (32, 2880, 2880, 4);
     let experts: Vec<Expert> = (0..n_exp)

@@ -7,7 +7,7 @@
 use gptoss_cuda::ops::linear::FAST_LINEAR_MIN_ROWS;
 use gptoss_cuda::ops::moe::{choose_moe, ExpertTraits};
 use gptoss_cuda::testing::{random_mxfp4_spread, random_tensor, Rng, TestFormat};
-use gptoss_cuda::{CudaBackend, CudaOptions, MoeKernel};
+use gptoss_cuda::{CudaBackend, CudaOptions, LinearKernel, MoeKernel};
 use gptoss_engine::backend::{AttnShape, MoeArgs, MoeShape, NormInput, QkvBufs, Rope};
 use gptoss_engine::memory::KvPrecision;
 use gptoss_engine::{Backend, Batch, BlockTable, Capacity, CpuBackend, KvLayout, SamplingParams};
@@ -217,6 +217,143 @@ fn linear_tile_edges_every_path() {
             );
         }
     }
+}
+
+/// A step of `rows` rows in a capacity of 64 (room for the pipelined tiles' x planes at any row count).
+fn step_in_64<B: Backend>(b: &B, batch: &Batch) -> B::Step {
+    let mut s = b
+        .alloc_step(
+            &cap(64),
+            &plain_layout(64),
+            &Rope {
+                inv_freq: vec![1.0],
+                concentration: 1.0,
+            },
+        )
+        .unwrap();
+    b.begin_step(&mut s, batch).unwrap();
+    s
+}
+
+/// The pipelined tiles (`linear_pipe_<fmt>`: batched decode's bf16 and Q8_0 linears), forced from one row, against
+/// the CPU within 1e-5: partial 128-row tiles, a K of three steps (shorter than the ring; with 67 rows the last
+/// Q8_0 scale sits at an even index, the end of its buffer), 20b's K split across
+/// blocks (2,880 and 4,096), x with a huge and a tiny 32-element block; `linear3`'s one set of x planes for parts
+/// of different heights; the logits of selected rows (`x_rows`). Each case asserts that the pipelined path ran.
+#[test]
+#[ignore = "needs GPU"]
+fn pipelined_tiles_every_edge() {
+    use gptoss_cuda::ops::linear::{path_of, LinearPath};
+    let pipe = {
+        let mut o = CudaOptions::from_env().unwrap();
+        o.linear_kernel = LinearKernel::Pipe;
+        CudaBackend::new(&o).unwrap()
+    };
+    let is_pipe = |w: &<CudaBackend as Backend>::Linear, rows: usize| {
+        let step = step_in_64(&pipe, &plain_batch(rows));
+        matches!(
+            path_of(pipe.device(), &step, w, rows),
+            LinearPath::Pipe { .. }
+        )
+    };
+    let mut rng = Rng(41);
+    let x_of = |rng: &mut Rng, rows: usize, k: usize| {
+        let mut x = rng.vec(rows * k, 1.0);
+        x[..32].iter_mut().for_each(|v| *v *= 1e4);
+        x[64..96].iter_mut().for_each(|v| *v *= 1e-4);
+        x
+    };
+    for format in [
+        TestFormat::Dense(gptoss_formats::DType::BF16),
+        TestFormat::Q8_0,
+    ] {
+        for (n_out, k) in [(130, 96), (67, 96), (300, 2880), (67, 4096)] {
+            let lin = Linear {
+                weight: random_tensor(&mut rng, format, n_out, k, 0.2),
+                bias: Some(rng.vec(n_out, 0.5)),
+            };
+            let w = pipe.upload_linear(&lin).unwrap();
+            for rows in [1, 5, 8, 31, 32, 33, 64] {
+                assert!(
+                    is_pipe(&w, rows),
+                    "{format:?} [{n_out}, {k}] T={rows} not pipelined"
+                );
+                let x = x_of(&mut rng, rows, k);
+                let xb = upload(&pipe, rows, k, &x);
+                let mut out = pipe.alloc(rows, n_out).unwrap();
+                pipe.linear(&step_in_64(&pipe, &plain_batch(rows)), &xb, &w, &mut out)
+                    .unwrap();
+                let got = pipe.read(&out, rows).unwrap();
+                let e = rel_err(&got, &linear_out(&CpuBackend, &lin, &x, rows));
+                println!("pipelined linear {format:?} T={rows} [{n_out}, {k}]: rel err {e:.2e}");
+                assert!(
+                    e < 1e-5,
+                    "pipelined linear {format:?} T={rows} [{n_out}, {k}]: {e}"
+                );
+            }
+        }
+        // q, k and v of 20 rows: one set of planes, three launches with different splits.
+        let (rows, k) = (20, 2880);
+        let lins: Vec<Linear> = [640, 128, 200]
+            .map(|n_out| Linear {
+                weight: random_tensor(&mut rng, format, n_out, k, 0.2),
+                bias: Some(rng.vec(n_out, 0.5)),
+            })
+            .into();
+        let x = x_of(&mut rng, rows, k);
+        let e = worst_rel_err(
+            &linear3_rows(&pipe, &lins, &x, rows),
+            &linear3_rows(&CpuBackend, &lins, &x, rows),
+        );
+        println!("pipelined linear3 {format:?} T={rows}: rel err {e:.2e}");
+        assert!(e < 1e-5, "pipelined linear3 {format:?}: {e}");
+        // The logits of 9 of 40 rows (x_rows), from a weight of 1,000 rows.
+        let head = Linear {
+            weight: random_tensor(&mut rng, format, 1000, k, 0.2),
+            bias: None,
+        };
+        let x = x_of(&mut rng, 40, k);
+        let picked: Vec<u32> = vec![39, 0, 7, 8, 20, 21, 22, 3, 11];
+        let e = rel_err(
+            &logits_rows(&pipe, &head, &x, &picked),
+            &logits_rows(&CpuBackend, &head, &x, &picked),
+        );
+        println!("pipelined logits {format:?}, 9 of 40 rows: rel err {e:.2e}");
+        assert!(e < 1e-5, "pipelined logits {format:?}: {e}");
+    }
+}
+
+/// `linear3` over `rows` rows of x.
+fn linear3_rows<B: Backend>(b: &B, lins: &[Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
+    let w: Vec<B::Linear> = lins.iter().map(|l| b.upload_linear(l).unwrap()).collect();
+    let xb = upload(b, rows, x.len() / rows, x);
+    let mut out: Vec<B::Buf> = lins
+        .iter()
+        .map(|l| b.alloc(rows, l.weight.n_rows()).unwrap())
+        .collect();
+    let [o0, o1, o2] = &mut out[..] else {
+        unreachable!("three linears")
+    };
+    let step = step_in_64(b, &plain_batch(rows));
+    b.linear3(&step, &xb, [&w[0], &w[1], &w[2]], [o0, o1, o2])
+        .unwrap();
+    out.iter().map(|o| b.read(o, rows).unwrap()).collect()
+}
+
+/// The logits of x's rows `picked` (bias dropped), all in one step.
+fn logits_rows<B: Backend>(b: &B, lin: &Linear, x: &[f32], picked: &[u32]) -> Vec<f32> {
+    let k = lin.weight.row_len();
+    let rows = x.len() / k;
+    let head = b.upload_linear(lin).unwrap();
+    let xb = upload(b, rows, k, x);
+    let batch = Batch {
+        logit_rows: picked.to_vec(),
+        ..plain_batch(rows)
+    };
+    let mut l = b.alloc(picked.len(), lin.weight.n_rows()).unwrap();
+    b.logits(&step_in_64(b, &batch), &xb, &head, &mut l)
+        .unwrap();
+    b.read(&l, picked.len()).unwrap()
 }
 
 /// The one-row GEMVs (`linear_warp_<fmt>` for bf16 / f16, `linear_dot_q8` for Q8_0) at full model widths:

@@ -217,6 +217,21 @@ pub fn linear_split_floats(capacity: &Capacity) -> usize {
     }
 }
 
+/// Longest K (x row) of a linear that the CUDA pipelined tiles take; longer ones keep the older tiles.
+pub const PIPE_MAX_K: usize = 8192;
+/// Most step rows the CUDA pipelined tiles take (batched decode; larger steps are prompts).
+pub const PIPE_MAX_ROWS: usize = 64;
+
+/// bf16 elements of the CUDA pipelined tiles' x planes for `capacity` (x in three bf16 parts, up to
+/// [`PIPE_MAX_ROWS`] rows of [`PIPE_MAX_K`]): none when no step reaches the tensor-core tiles (5 rows).
+pub fn linear_xparts_halves(capacity: &Capacity) -> usize {
+    if capacity.max_batch_tokens >= 5 {
+        3 * capacity.max_batch_tokens.min(PIPE_MAX_ROWS) * PIPE_MAX_K
+    } else {
+        0
+    }
+}
+
 /// Bytes of the CUDA backend's upload scratch: one staging buffer, where the raw blocks of a ggml-format
 /// weight land to be repacked on the device. It lives only while weights load, but the last ones (lm_head,
 /// the embedding) load after the KV pool is allocated, so the workspace counts it.
@@ -254,7 +269,8 @@ pub fn workspace_bytes(config: &ModelConfig, capacity: &Capacity) -> u64 {
         + 4 * (c.head_dim as u64 / 2)
         + 4
         + 4 * attention_split_floats(config, capacity) as u64
-        + 4 * linear_split_floats(capacity) as u64;
+        + 4 * linear_split_floats(capacity) as u64
+        + 2 * linear_xparts_halves(capacity) as u64;
     // The CUDA MXFP4 experts split x into two f16 parts inside the act and y buffers; their scales, one f32
     // per 32 values, need room of their own (two buffers: gate_up's input and act).
     let split_scales = 2 * rows * k * i.max(h) / 32;

@@ -4,18 +4,22 @@
 //! weight once per tile of up to 8 rows), many rows of weights that decode exactly to bf16 to the tensor-core
 //! tiles; when those tiles are too few to fill the GPU (a batched decode step of 16–64 rows: a [4096, 2880]
 //! weight is 32 tiles of 128 weight rows) they also split along K, and `linear_reduce` adds the splits in a
-//! fixed order. At one step row the norm before q/k/v (and before the router, `ops/moe.rs`) runs inside the
+//! fixed order. Steps of 5–64 rows (batched decode) of bf16 and Q8_0 weights take the pipelined tiles instead
+//! (`linear_pipe_<fmt>`: x split once into three bf16 planes by `linear_xparts`, then x and weights streamed
+//! through a cp.async ring, the same exact arithmetic). At one step row the norm before q/k/v (and before the router, `ops/moe.rs`) runs inside the
 //! GEMV: each block computes it itself (`norm_prologue` in common.cu), so it costs no launch of its own.
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep, CudaVector};
 use crate::device::Device;
 use crate::error::Result;
-use crate::kernels::{Func, MmaRows, RowTile, WeightKind};
+use crate::kernels::{pipe_smem_bytes, Func, MmaRows, RowTile, WeightKind};
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
 use crate::options::LinearKernel;
 use cudarc::driver::LaunchConfig;
+use gptoss_engine::memory::{PIPE_MAX_K, PIPE_MAX_ROWS};
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct LinearParams {
     w: WeightRef,
     bias: u64,
@@ -45,6 +49,51 @@ struct LinearGroupParams {
 unsafe impl cudarc::driver::DeviceRepr for LinearGroupParams {}
 
 #[repr(C)]
+struct XPartsParams {
+    x: u64,
+    x_rows: u64,
+    planes: u64,
+    n_tok: i32,
+    k: i32,
+    kp: i32,
+    x_ld: i32,
+    q8_order: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `XPartsParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for XPartsParams {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PipeParams {
+    p: LinearParams,
+    planes: u64,
+    kp: i32,
+}
+
+// SAFETY: #[repr(C)] mirror of `PipeParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for PipeParams {}
+
+#[repr(C)]
+struct PipeGroupParams {
+    part: [PipeParams; 3],
+    first: [i32; 4],
+}
+
+// SAFETY: #[repr(C)] mirror of `PipeGroupParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for PipeGroupParams {}
+
+#[repr(C)]
+struct ReduceGroupParams {
+    part: [ReduceParams; 3],
+    first: [i32; 4],
+}
+
+// SAFETY: #[repr(C)] mirror of `ReduceGroupParams` in linear.cu.
+unsafe impl cudarc::driver::DeviceRepr for ReduceGroupParams {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct ReduceParams {
     partial: u64,
     bias: u64,
@@ -238,6 +287,13 @@ pub enum LinearPath {
     OneRow(OneRow),
     /// Split-K GEMV, tiles of this many rows.
     Split(RowTile),
+    /// Pipelined exact tensor-core tiles (`linear_pipe_<fmt>`, x from `linear_xparts`' planes).
+    Pipe {
+        /// Step rows per tile.
+        rows: MmaRows,
+        /// K elements per block (K or more: no split).
+        k_split: usize,
+    },
     /// Tensor-core tiles.
     Mma {
         /// Step rows per tile.
@@ -273,6 +329,89 @@ pub struct LinearShape {
     pub kernel: LinearKernel,
     /// Exact kernels only (`--exact`: no fast tiles).
     pub exact: bool,
+    /// bf16 elements of room for the pipelined tiles' x planes (0: none, so no pipelined tiles).
+    pub xparts_room: usize,
+    /// Shared memory one block may opt in to.
+    pub smem_per_block: usize,
+    /// Shared memory of one SM.
+    pub smem_per_sm: usize,
+}
+
+/// Most blocks of the pipelined tiles an SM runs at once (`LINEAR_PIPE_ENTRY`'s MINB: 128 registers).
+const PIPE_BLOCKS_PER_SM: usize = 2;
+/// Shared memory the driver reserves per block.
+const SMEM_RESERVED_PER_BLOCK: usize = 1024;
+
+/// Whether the pipelined tiles take `w` at `s.n_tok` rows in tiles of `rows`: bf16 / Q8_0 weights of whole K steps
+/// ([`DevWeight::pipe_ready`]), up to [`PIPE_MAX_ROWS`] rows and [`PIPE_MAX_K`], room for the x planes and the
+/// ring's shared memory.
+fn pipe_fits(s: &LinearShape, w: &DevWeight, rows: MmaRows) -> bool {
+    matches!(s.kernel, LinearKernel::Auto | LinearKernel::Pipe)
+        && w.pipe_ready()
+        && s.n_tok <= PIPE_MAX_ROWS
+        && w.k <= PIPE_MAX_K
+        && 3 * s.n_tok * w.k <= s.xparts_room
+        && pipe_smem_bytes(w.kind, rows) as usize <= s.smem_per_block
+}
+
+/// K elements per block of a pipelined launch of `tiles` blocks (weight tiles × row tiles) over `out_rows` weight
+/// rows of K = `k`: as many splits as keep every block slot of one wave busy and no more, since a second, partial
+/// wave costs as much as a full one (the older tiles round up: q at 64 rows took 288 blocks for 264 slots).
+fn pipe_k_split(
+    s: &LinearShape,
+    kind: WeightKind,
+    rows: MmaRows,
+    k: usize,
+    tiles: usize,
+    out_rows: usize,
+) -> usize {
+    let smem = pipe_smem_bytes(kind, rows) as usize;
+    let per_sm = (s.smem_per_sm / (smem + SMEM_RESERVED_PER_BLOCK)).clamp(1, PIPE_BLOCKS_PER_SM);
+    let k_steps = k / MMA_K_STEP;
+    let mut splits = (per_sm * s.sms / tiles.max(1))
+        .min(k_steps / MIN_K_STEPS_PER_SPLIT)
+        .max(1);
+    while splits > 1 && splits * s.n_tok * out_rows > s.split_room {
+        splits -= 1;
+    }
+    k_steps.div_ceil(splits) * MMA_K_STEP
+}
+
+/// The pipelined tiles for `w` at `s.n_tok` rows in tiles of `rows`, if they take it ([`pipe_fits`]).
+fn pipe_path(s: LinearShape, w: &DevWeight, rows: MmaRows) -> Option<LinearPath> {
+    if !pipe_fits(&s, w, rows) {
+        return None;
+    }
+    let tiles = w.rows.div_ceil(MMA_WEIGHT_ROWS) * s.n_tok.div_ceil(rows.rows());
+    Some(LinearPath::Pipe {
+        rows,
+        k_split: pipe_k_split(&s, w.kind, rows, w.k, tiles, w.rows),
+    })
+}
+
+/// One pipelined launch for three linears of one input (`linear3_pipe_<fmt>`): when the first takes the
+/// pipelined tiles and the other two (k and v, narrow enough that alone they would take the GEMV or leave most
+/// SMs idle) fit them in the same format; the tile rows and the K split of the whole group.
+fn pipe_group(s: LinearShape, w: [&DevWeight; 3]) -> Option<(MmaRows, usize)> {
+    let LinearPath::Pipe { rows, .. } = choose_linear(s, w[0]) else {
+        return None;
+    };
+    if !w
+        .iter()
+        .all(|l| l.kind == w[0].kind && l.k == w[0].k && pipe_fits(&s, l, rows))
+    {
+        return None;
+    }
+    let row_tiles = s.n_tok.div_ceil(rows.rows());
+    let tiles = w
+        .iter()
+        .map(|l| l.rows.div_ceil(MMA_WEIGHT_ROWS) * row_tiles)
+        .sum();
+    let out_rows = w.iter().map(|l| l.rows).sum();
+    Some((
+        rows,
+        pipe_k_split(&s, w[0].kind, rows, w[0].k, tiles, out_rows),
+    ))
 }
 
 /// A one-row GEMV for one row (`auto`, see [`one_row`]); tensor cores for many rows when the weight decodes
@@ -285,7 +424,7 @@ pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
     let gemv = LinearPath::Split(split_tile(s.n_tok));
     let tiles = match s.kernel {
         LinearKernel::Gemv => false,
-        LinearKernel::TilesSplitK => true,
+        LinearKernel::TilesSplitK | LinearKernel::Pipe => true,
         LinearKernel::Auto if w.rows < NARROW_WEIGHT_ROWS => s.n_tok >= NARROW_SPLIT_TILE_MIN_ROWS,
         LinearKernel::Auto => s.n_tok >= SPLIT_TILE_MIN_ROWS,
         LinearKernel::Tiles => s.n_tok >= MMA_MIN_ROWS,
@@ -300,6 +439,9 @@ pub fn choose_linear(s: LinearShape, w: &DevWeight) -> LinearPath {
     } else {
         MmaRows::R64
     };
+    if let (false, Some(pipe)) = (fast, pipe_path(s, w, rows)) {
+        return pipe;
+    }
     let tiles = w.rows.div_ceil(MMA_WEIGHT_ROWS) * s.n_tok.div_ceil(rows.rows());
     // The fast tiles split only until every SM has a block (k and v, 4 weight tiles wide: 56.5 → 27.7 µs at
     // T = 512 with x in one part, bench/BENCHMARKS.md session 15); two blocks per SM, as the exact tiles aim
@@ -340,6 +482,9 @@ pub(crate) struct Rows {
     pub out_ld: usize,
     pub partial: u64,
     pub split_room: usize,
+    /// Room for the pipelined tiles' x planes (bf16 elements; 0 = none).
+    pub xparts: u64,
+    pub xparts_room: usize,
 }
 
 /// The kernel parameters of `out = x Wᵀ + b` over `r`, unsplit, one thread group per block.
@@ -378,7 +523,27 @@ fn shape_of(dev: &Device, r: &Rows) -> LinearShape {
         split_room: if r.partial == 0 { 0 } else { r.split_room },
         kernel: dev.linear_kernel,
         exact: dev.exact,
+        xparts_room: if r.xparts == 0 { 0 } else { r.xparts_room },
+        smem_per_block: dev.caps.smem_per_block as usize,
+        smem_per_sm: dev.caps.smem_per_sm as usize,
     }
+}
+
+/// The path `out = x Wᵀ + b` over `n_tok` rows of `step` takes (tests check that the path they mean to cover ran).
+pub fn path_of(dev: &Device, step: &CudaStep, w: &CudaLinear, n_tok: usize) -> LinearPath {
+    let r = Rows {
+        x: 0,
+        x_ld: w.w.k,
+        x_rows: 0,
+        n_tok,
+        out: 0,
+        out_ld: w.w.rows,
+        partial: step.linear_part.ptr(),
+        split_room: step.linear_part.len(),
+        xparts: step.linear_xparts.ptr(),
+        xparts_room: step.linear_xparts.len(),
+    };
+    choose_linear(shape_of(dev, &r), &w.w)
 }
 
 /// Whether `w` at `n_tok` step rows takes the split-K GEMV of one row, the one with a fused-norm entry
@@ -390,6 +555,9 @@ pub(crate) fn takes_fused_norm(dev: &Device, w: &CudaLinear, n_tok: usize) -> bo
         split_room: 0,
         kernel: dev.linear_kernel,
         exact: dev.exact,
+        xparts_room: 0,
+        smem_per_block: dev.caps.smem_per_block as usize,
+        smem_per_sm: dev.caps.smem_per_sm as usize,
     };
     n_tok == 1 && choose_linear(shape, &w.w) == LinearPath::Split(RowTile::One)
 }
@@ -428,20 +596,11 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
                 Func::LinearMma(wt.kind, rows)
             };
             dev.launch(func, cfg(grid, 256), &p)?;
-            if splits > 1 {
-                let reduce = ReduceParams {
-                    partial: r.partial,
-                    bias: p.bias,
-                    out: r.out,
-                    n_tok: r.n_tok as i32,
-                    n_out: wt.rows as i32,
-                    out_ld: r.out_ld as i32,
-                    splits: splits as i32,
-                };
-                let grid = (blocks(r.n_tok * wt.rows, 256), 1, 1);
-                dev.launch(Func::LinearReduce, cfg(grid, 256), &reduce)?;
-            }
-            Ok(())
+            launch_reduce(dev, &r, &p, splits)
+        }
+        LinearPath::Pipe { rows, k_split } => {
+            launch_xparts(dev, w, &r)?;
+            launch_pipe(dev, w, &r, rows, k_split)
         }
         LinearPath::OneRow(kernel) => {
             let grid = (blocks(wt.rows, kernel.block_rows()), 1, 1);
@@ -457,6 +616,139 @@ pub(crate) fn launch(dev: &Device, w: &CudaLinear, r: Rows) -> Result<()> {
             dev.launch(Func::Linear(wt.kind, tile), cfg(grid, 256), &p)
         }
     }
+}
+
+/// Adds the `splits` K splits of a tensor-core launch with parameters `p` over `r` into `r.out` (nothing to do for
+/// one: the tiles wrote `out` themselves).
+fn launch_reduce(dev: &Device, r: &Rows, p: &LinearParams, splits: usize) -> Result<()> {
+    if splits <= 1 {
+        return Ok(());
+    }
+    let reduce = ReduceParams {
+        partial: r.partial,
+        bias: p.bias,
+        out: r.out,
+        n_tok: r.n_tok as i32,
+        n_out: p.n_out,
+        out_ld: r.out_ld as i32,
+        splits: splits as i32,
+    };
+    let grid = (blocks(r.n_tok * p.n_out as usize, 256), 1, 1);
+    dev.launch(Func::LinearReduce, cfg(grid, 256), &reduce)
+}
+
+/// Writes `r`'s x rows as the three bf16 planes that `linear_pipe_<fmt>` of `w`'s format reads.
+fn launch_xparts(dev: &Device, w: &CudaLinear, r: &Rows) -> Result<()> {
+    let k = w.w.k;
+    let p = XPartsParams {
+        x: r.x,
+        x_rows: r.x_rows,
+        planes: r.xparts,
+        n_tok: r.n_tok as i32,
+        k: k as i32,
+        kp: k as i32,
+        x_ld: r.x_ld as i32,
+        q8_order: (w.w.kind == WeightKind::Q8) as i32,
+    };
+    let grid = (blocks(r.n_tok * k / 2, 256), 1, 1);
+    dev.launch(Func::LinearXParts, cfg(grid, 256), &p)
+}
+
+/// Launches the pipelined tiles of `w` over `r` (its x planes written), then the reduce of their K splits.
+fn launch_pipe(
+    dev: &Device,
+    w: &CudaLinear,
+    r: &Rows,
+    rows: MmaRows,
+    k_split: usize,
+) -> Result<()> {
+    let wt = &w.w;
+    let splits = wt.k.div_ceil(k_split);
+    let mut p = params(w, r);
+    p.k_split = k_split as i32;
+    let grid = (
+        blocks(wt.rows, MMA_WEIGHT_ROWS),
+        blocks(r.n_tok, rows.rows()),
+        splits as u32,
+    );
+    let c = LaunchConfig {
+        shared_mem_bytes: pipe_smem_bytes(wt.kind, rows),
+        ..cfg(grid, 256)
+    };
+    let planes = r.xparts;
+    let pipe = PipeParams {
+        p,
+        planes,
+        kp: wt.k as i32,
+    };
+    dev.launch(Func::LinearPipe(wt.kind, rows), c, &pipe)?;
+    launch_reduce(dev, r, &pipe.p, splits)
+}
+
+/// Launches q, k and v's pipelined tiles as one grid (their x planes written), K split alike, each part's partial
+/// sums after the previous part's, then one reduce for the three.
+fn launch_pipe_group(
+    dev: &Device,
+    w: [&CudaLinear; 3],
+    rows: &[Rows; 3],
+    tile: MmaRows,
+    k_split: usize,
+) -> Result<()> {
+    let (kind, k, n_tok) = (w[0].w.kind, w[0].w.k, rows[0].n_tok);
+    let splits = k.div_ceil(k_split);
+    let mut before = 0;
+    let part = [0, 1, 2].map(|i| {
+        let mut p = params(w[i], &rows[i]);
+        p.k_split = k_split as i32;
+        p.partial = rows[i].partial + (4 * splits * n_tok * before) as u64;
+        before += w[i].w.rows;
+        PipeParams {
+            p,
+            planes: rows[i].xparts,
+            kp: k as i32,
+        }
+    });
+    let tiles = w.map(|l| blocks(l.w.rows, MMA_WEIGHT_ROWS));
+    let first = [
+        0,
+        tiles[0],
+        tiles[0] + tiles[1],
+        tiles[0] + tiles[1] + tiles[2],
+    ]
+    .map(|b| b as i32);
+    let grid = (first[3] as u32, blocks(n_tok, tile.rows()), splits as u32);
+    let c = LaunchConfig {
+        shared_mem_bytes: pipe_smem_bytes(kind, tile),
+        ..cfg(grid, 256)
+    };
+    dev.launch(
+        Func::LinearPipeGroup(kind, tile),
+        c,
+        &PipeGroupParams { part, first },
+    )?;
+    if splits <= 1 {
+        return Ok(());
+    }
+    let reduce = [0, 1, 2].map(|i| ReduceParams {
+        partial: part[i].p.partial,
+        bias: part[i].p.bias,
+        out: rows[i].out,
+        n_tok: n_tok as i32,
+        n_out: part[i].p.n_out,
+        out_ld: rows[i].out_ld as i32,
+        splits: splits as i32,
+    });
+    let b = w.map(|l| blocks(n_tok * l.w.rows, 256));
+    let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
+    let g = ReduceGroupParams {
+        part: reduce,
+        first,
+    };
+    dev.launch(
+        Func::LinearReduceGroup,
+        cfg((first[3] as u32, 1, 1), 256),
+        &g,
+    )
 }
 
 /// `grid` blocks of 256 threads with `smem` bytes of dynamic shared memory.
@@ -496,6 +788,8 @@ fn rows_of(
         out_ld: out.cols,
         partial: step.linear_part.ptr(),
         split_room: step.linear_part.len(),
+        xparts: step.linear_xparts.ptr(),
+        xparts_room: step.linear_xparts.len(),
     })
 }
 
@@ -566,6 +860,13 @@ pub fn linear3(
         let (g, b) = one_row_group(kernel, w, &rows);
         let c = one_row_cfg((b, 1, 1), kernel.smem(w[0].w.k));
         return dev.launch(kernel.func(kind, true), c, &g);
+    }
+    if let (Some((tile, k_split)), true) = (
+        pipe_group(shape_of(dev, &rows[0]), w.map(|l| &l.w)),
+        n_tok > 0,
+    ) {
+        launch_xparts(dev, w[0], &rows[0])?;
+        return launch_pipe_group(dev, w, &rows, tile, k_split);
     }
     let (Some(LinearPath::Split(tile)), false) = (shared, n_tok == 0) else {
         for (l, r) in w.into_iter().zip(rows) {

@@ -132,6 +132,14 @@ impl DevWeight {
         Ok((data, scales))
     }
 
+    /// Whether the pipelined tiles (`linear_pipe_<fmt>`) take this weight: bf16 or Q8_0 whose rows are whole K
+    /// steps of 32 (16-byte aligned cp.async chunks, no K tail).
+    pub fn pipe_ready(&self) -> bool {
+        matches!(self.kind, WeightKind::Bf16 | WeightKind::Q8)
+            && self.k.is_multiple_of(32)
+            && self.ld.is_multiple_of(32)
+    }
+
     /// Whether every decoded value is exactly a bf16 and rows come in whole 32-element steps: the condition of
     /// the tensor-core (`_mma`) kernels, which feed the weights to the tensor cores as bf16. Dense bf16; 4-bit
     /// codes whose table values are bf16 times an E8M0 power of two; 4-bit values rounded to bf16 at decode;

@@ -303,6 +303,8 @@ fn route_of(
             out_ld: w.rows,
             partial: 0,
             split_room: 0,
+            xparts: 0,
+            xparts_room: 0,
         };
         match norm {
             Some(norm) => linear::launch_fused_norm(dev, router, rows, norm)?,
