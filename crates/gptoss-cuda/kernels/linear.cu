@@ -113,19 +113,10 @@ static __device__ void linear_group_impl(const LinearGroupParams& g) {
     linear_impl<F, TT>(g.part[i], blockIdx.x - g.first[i]);
 }
 
-template <int F, int MT, int XP>
-static __device__ void linear_mma_impl(const LinearParams& p) {
-    __shared__ MmaSmem<XP> sm;
-    int m0 = blockIdx.y * 32 * MT, n0 = blockIdx.x * MMA_BN;
-    const float* xrow[MT];
-    #pragma unroll
-    for (int j = 0; j < MT; j++) {
-        int m = m0 + (threadIdx.x >> 3) + 32 * j;
-        xrow[j] = m < p.n_tok ? p.x + (p.x_rows ? (i64)p.x_rows[m] : (i64)m) * p.x_ld : nullptr;
-    }
-    int kb = blockIdx.z * p.k_split, ke = min(p.k, kb + p.k_split);
-    float acc[MT][4][4];
-    mma_tile<F, MT, XP>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, kb, ke, sm, acc);
+// Writes a tensor-core tile's outputs (mma_tile's acc layout: rows from m0, weight rows from n0): the outputs plus
+// the bias, or with K splits (grid z > 1) the split's partial sums, which linear_reduce adds.
+template <int MT>
+static __device__ __forceinline__ void store_tile(const LinearParams& p, int m0, int n0, const float (*acc)[4][4]) {
     bool split = gridDim.z > 1;
     float* out = split ? p.partial + (i64)blockIdx.z * p.n_tok * p.n_out : p.out;
     i64 ld = split ? p.n_out : p.out_ld;
@@ -141,6 +132,22 @@ static __device__ void linear_mma_impl(const LinearParams& p) {
                 if (m < p.n_tok && n < p.n_out)
                     out[(i64)m * ld + n] = acc[mt][nt][i] + (!split && p.bias ? p.bias[n] : 0.0f);
             }
+}
+
+template <int F, int MT, int XP>
+static __device__ void linear_mma_impl(const LinearParams& p) {
+    __shared__ MmaSmem<XP> sm;
+    int m0 = blockIdx.y * 32 * MT, n0 = blockIdx.x * MMA_BN;
+    const float* xrow[MT];
+    #pragma unroll
+    for (int j = 0; j < MT; j++) {
+        int m = m0 + (threadIdx.x >> 3) + 32 * j;
+        xrow[j] = m < p.n_tok ? p.x + (p.x_rows ? (i64)p.x_rows[m] : (i64)m) * p.x_ld : nullptr;
+    }
+    int kb = blockIdx.z * p.k_split, ke = min(p.k, kb + p.k_split);
+    float acc[MT][4][4];
+    mma_tile<F, MT, XP>(p.w, xrow, (i64)n0, p.n_out - n0, p.k, kb, ke, sm, acc);
+    store_tile<MT>(p, m0, n0, acc);
 }
 
 struct ReduceParams {
@@ -407,20 +414,7 @@ static __device__ void linear_pipe_impl(const PipeParams& q, int bx) {
                 }
     }
     cp_async_wait<0>();
-    bool split = gridDim.z > 1;
-    float* out = split ? p.partial + (i64)blockIdx.z * p.n_tok * p.n_out : p.out;
-    i64 ld = split ? p.n_out : p.out_ld;
-    #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-        #pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-            #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int m = m0 + wm * 16 * MT + mt * 16 + (lane >> 2) + (i >> 1) * 8;
-                int n = n0 + wn * 32 + nt * 8 + 2 * (lane & 3) + (i & 1);
-                if (m < p.n_tok && n < p.n_out)
-                    out[(i64)m * ld + n] = acc[mt][nt][i] + (!split && p.bias ? p.bias[n] : 0.0f);
-            }
+    store_tile<MT>(p, m0, n0, acc);
 }
 
 // q, k and v of one input (one set of x planes) in one grid, split alike: blocks [first[i], first[i + 1]) of grid x
