@@ -191,15 +191,15 @@ extern "C" __global__ void __launch_bounds__(256) linear3_reduce(const ReduceGro
 // ---- Pipelined exact tiles (batched decode: 5-64 rows, bf16 and Q8_0) ----
 // The tiles above refill shared memory from registers one K step ahead and split each x value into its three
 // bf16 parts in every block; at 16-64 rows that left the weights streaming at 0.6-1.1 TB/s (bench/NOTES.md,
-// session 18). Here linear_xparts writes x's three parts once, as planes [part][row][kp] of bf16 (kp: K rounded up
-// to MMA_BK, zeros past K), and linear_pipe_<fmt> streams x planes and weight tiles through a cp.async ring of
+// session 18). Here linear_xparts writes x's three parts once, as planes [part][row][kp] of bf16 (kp: K rounded
+// up to MMA_BK, zeros past K), and linear_pipe_<fmt> streams x planes and weight tiles through a cp.async ring of
 // PipeStage::STAGES (4 for tiles of 64 rows, 6 for 32: what keeps enough weight bytes in flight), with
-// mma_compute's arithmetic: a fresh partial sum every K step of 32, smallest part first,
-// added in f32 (times the Q8_0 scale of the step). Rows in shared memory are unpadded (64 bytes of bf16, 32 of
-// Q8_0 codes) with their 16-byte chunks XOR-swizzled (pipe_chunk) so that ldmatrix's 8 rows hit distinct banks.
-// Q8_0 codes go to shared memory as they are stored and are widened to bf16 per fragment: ldmatrix hands thread t codes 4t..4t+3 of a
-// 16-code chunk where the MMA's B fragment wants k = 2t, 2t+1 and 2t+8, 2t+9, so the Q8_0 planes store each
-// 16-element chunk in that order (pipe_q8_word), which the dot product does not see.
+// mma_compute's arithmetic: a fresh partial sum every K step of 32, smallest part first, added in f32 (times the
+// Q8_0 scale of the step). Rows in shared memory are unpadded (64 bytes of bf16, 32 of Q8_0 codes) with their
+// 16-byte chunks XOR-swizzled (pipe_chunk64 / pipe_chunk32) so that ldmatrix's 8 rows hit distinct banks. Q8_0
+// codes go to shared memory as they are stored and are widened to bf16 per fragment: ldmatrix hands thread t
+// codes 4t..4t+3 of a 16-code chunk where the MMA's B fragment wants k = 2t, 2t+1 and 2t+8, 2t+9, so the Q8_0
+// planes store each 16-element chunk in that order (pipe_q8_word), which the dot product does not see.
 
 struct XPartsParams {
     const float* x;

@@ -6,8 +6,9 @@
 //! weight is 32 tiles of 128 weight rows) they also split along K, and `linear_reduce` adds the splits in a
 //! fixed order. Steps of 5–64 rows (batched decode) of bf16 and Q8_0 weights take the pipelined tiles instead
 //! (`linear_pipe_<fmt>`: x split once into three bf16 planes by `linear_xparts`, then x and weights streamed
-//! through a cp.async ring, the same exact arithmetic). At one step row the norm before q/k/v (and before the router, `ops/moe.rs`) runs inside the
-//! GEMV: each block computes it itself (`norm_prologue` in common.cu), so it costs no launch of its own.
+//! through a cp.async ring, the same exact arithmetic; q, k and v as one grid). At one step row the norm before
+//! q/k/v (and before the router, `ops/moe.rs`) runs inside the GEMV: each block computes it itself
+//! (`norm_prologue` in common.cu), so it costs no launch of its own.
 
 use crate::backend::{CudaBuf, CudaLinear, CudaStep, CudaVector};
 use crate::device::Device;
@@ -675,10 +676,9 @@ fn launch_pipe(
         shared_mem_bytes: pipe_smem_bytes(wt.kind, rows),
         ..cfg(grid, 256)
     };
-    let planes = r.xparts;
     let pipe = PipeParams {
         p,
-        planes,
+        planes: r.xparts,
         kp: wt.k as i32,
     };
     dev.launch(Func::LinearPipe(wt.kind, rows), c, &pipe)?;
