@@ -424,7 +424,8 @@ fn stream_levels() {
 /// GB/s through `stream_throughput` against 15.2 through `stream_levels`, bench/NOTES.md session 17): the
 /// same MXFP4 weights (`KS` MiB, 1,024; `KB=q8_0` for Q8_0) and x swept, in alternating order for `KR`
 /// rounds (6), (a) through `FastMatmul::run` (x quantized per call, then the tasks), (b) the same tasks
-/// after one quantization, (c) the quantization alone, per call. GB/s per wall second.
+/// after one quantization, (c) the quantization alone, per call, as `FastMatmul::run` asks for it. GB/s per
+/// wall second.
 /// Run with `cargo test --release -p gptoss-engine --lib stream_paths -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, run by hand"]
@@ -480,7 +481,7 @@ fn stream_paths() {
     let start = Instant::now();
     let reps = 1000;
     for _ in 0..reps {
-        quant.quantize(&x, 1, n, layout);
+        quant.quantize_for(&x, 1, n, layout, false);
     }
     let quant_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
     for round in 0..env_count("KR", 6) {

@@ -112,6 +112,11 @@ unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2_int16<D: Decode>(d: D, job: &Job<'_>) {
+    // Its activations are the pair words, which a quantization writes only when asked.
+    assert!(
+        job.acts.has_words(),
+        "the int16 AVX2 tile needs the pair words (QuantActs::quantize_for with words)"
+    );
     sweep::<D, Avx2Int16Tile, 2>(&d, job);
 }
 

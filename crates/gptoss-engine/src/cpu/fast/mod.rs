@@ -178,7 +178,9 @@ impl FastMatmul<'_> {
             n_out,
         };
         if let Some(iw) = IntWeight::of(w) {
-            self.scratch.quant.quantize(x, rows, n, iw.layout());
+            self.scratch
+                .quant
+                .quantize_for(x, rows, n, iw.layout(), false);
             let acts = &self.scratch.quant.view(0..rows);
             let isa = self.isa;
             for_tasks(n_out, |r| {
@@ -252,7 +254,7 @@ impl FastMatmul<'_> {
             .first()
             .map(IntWeight::layout)
             .unwrap_or(weights::ActLayout::Natural);
-        self.scratch.quant.quantize(x, rows, n, layout);
+        self.scratch.quant.quantize_for(x, rows, n, layout, false);
         let quant = &self.scratch.quant;
         let base = OutRows {
             ptr: out.as_mut_ptr(),
