@@ -99,6 +99,12 @@ struct LinearNormParams {
     NormIn norm;
 };
 
+// The part (0, 1 or 2) of a three-linear group launch that this block belongs to: blocks [first[i], first[i + 1])
+// of grid x are part i's (first[0] = 0).
+static __device__ __forceinline__ int group_part(int first1, int first2) {
+    return blockIdx.x >= first2 ? 2 : blockIdx.x >= first1 ? 1 : 0;
+}
+
 // Three linears of one input and format in one launch (q, k and v: their separate launches left most of the
 // GPU idle for the 512-row k and v, 4.6 µs each at one row on the H200). Blocks [first[i], first[i + 1]) of
 // grid x belong to part i.
@@ -109,7 +115,7 @@ struct LinearGroupParams {
 
 template <int F, int TT>
 static __device__ void linear_group_impl(const LinearGroupParams& g) {
-    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    int i = group_part(g.first[1], g.first[2]);
     linear_impl<F, TT>(g.part[i], blockIdx.x - g.first[i]);
 }
 
@@ -184,7 +190,7 @@ struct ReduceGroupParams {
 
 extern "C" __global__ void __launch_bounds__(256) linear3_reduce(const ReduceGroupParams g) {
     grid_dep_sync();
-    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    int i = group_part(g.first[1], g.first[2]);
     reduce_element(g.part[i], (i64)(blockIdx.x - g.first[i]) * blockDim.x + threadIdx.x);
 }
 
@@ -427,7 +433,7 @@ struct PipeGroupParams {
 
 template <int F, int MT>
 static __device__ void linear3_pipe_impl(const PipeGroupParams& g) {
-    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    int i = group_part(g.first[1], g.first[2]);
     linear_pipe_impl<F, MT>(g.part[i], blockIdx.x - g.first[i]);
 }
 
@@ -632,13 +638,13 @@ struct LinearGroupNormParams {
 
 template <int F>
 static __device__ void linear3_warp_impl(const LinearGroupParams& g) {
-    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    int i = group_part(g.first[1], g.first[2]);
     linear_warp_impl<F>(g.part[i], blockIdx.x - g.first[i]);
 }
 
 template <int NORM = 0>
 static __device__ void linear3_dot_q8_impl(const LinearGroupParams& g, const NormIn* f = nullptr) {
-    int i = blockIdx.x >= g.first[2] ? 2 : blockIdx.x >= g.first[1] ? 1 : 0;
+    int i = group_part(g.first[1], g.first[2]);
     linear_dot_q8_impl<NORM>(g.part[i], blockIdx.x - g.first[i], f);
 }
 
