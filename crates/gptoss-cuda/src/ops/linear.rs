@@ -708,14 +708,7 @@ fn launch_pipe_group(
             kp: k as i32,
         }
     });
-    let tiles = w.map(|l| blocks(l.w.rows, MMA_WEIGHT_ROWS));
-    let first = [
-        0,
-        tiles[0],
-        tiles[0] + tiles[1],
-        tiles[0] + tiles[1] + tiles[2],
-    ]
-    .map(|b| b as i32);
+    let first = group_starts(w.map(|l| blocks(l.w.rows, MMA_WEIGHT_ROWS)));
     let grid = (first[3] as u32, blocks(n_tok, tile.rows()), splits as u32);
     let c = LaunchConfig {
         shared_mem_bytes: pipe_smem_bytes(kind, tile),
@@ -738,8 +731,7 @@ fn launch_pipe_group(
         out_ld: rows[i].out_ld as i32,
         splits: splits as i32,
     });
-    let b = w.map(|l| blocks(n_tok * l.w.rows, 256));
-    let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
+    let first = group_starts(w.map(|l| blocks(n_tok * l.w.rows, 256)));
     let g = ReduceGroupParams {
         part: reduce,
         first,
@@ -830,16 +822,22 @@ fn rows3(
     Ok((rows, shared.then_some(path)))
 }
 
+/// Where each part of a three-part group launch of `blocks` blocks each begins in its grid (`first` of the
+/// kernels' group parameters; `group_part` in linear.cu), and the total last.
+fn group_starts(blocks: [u32; 3]) -> [i32; 4] {
+    let [a, b, c] = blocks.map(|n| n as i32);
+    [0, a, a + b, a + b + c]
+}
+
 /// The grouped launch of three linears on one-row GEMV `kernel`: its parameters and the blocks of all three.
 fn one_row_group(
     kernel: OneRow,
     w: [&CudaLinear; 3],
     rows: &[Rows; 3],
 ) -> (LinearGroupParams, u32) {
-    let b = w.map(|l| blocks(l.w.rows, kernel.block_rows()));
     let part = [0, 1, 2].map(|i| params(w[i], &rows[i]));
-    let first = [0, b[0], b[0] + b[1], b[0] + b[1] + b[2]].map(|b| b as i32);
-    (LinearGroupParams { part, first }, b[0] + b[1] + b[2])
+    let first = group_starts(w.map(|l| blocks(l.w.rows, kernel.block_rows())));
+    (LinearGroupParams { part, first }, first[3] as u32)
 }
 
 /// `out[i] = x W[i]ᵀ + b[i]` over the step's rows for three linears of one input (q, k and v): one launch
@@ -875,8 +873,8 @@ pub fn linear3(
         return Ok(());
     };
     let [(p0, b0), (p1, b1), (p2, b2)] = [0, 1, 2].map(|i| gemv_params(w[i], &rows[i]));
-    let first = [0, b0, b0 + b1, b0 + b1 + b2].map(|b| b as i32);
-    let grid = (b0 + b1 + b2, blocks(n_tok, tile.rows()), 1);
+    let first = group_starts([b0, b1, b2]);
+    let grid = (first[3] as u32, blocks(n_tok, tile.rows()), 1);
     let part = [p0, p1, p2];
     dev.launch(
         Func::LinearGroup(kind, tile),
