@@ -1,7 +1,8 @@
 // attention.cu — attention with learned sinks and an optional sliding window over the paged KV cache, prefill
 // and decode alike (spec §1.3 "Attention with learned sinks", "Masks"): out = Σ_j softmax_with_sink(q·k_j/√d)_j v_j
 // over the keys first..=pos of the token's sequence, first = pos+1-window for sliding layers (0 for full ones).
-// Layout: q [n_tok, nq*d] f32 (already rotated); pool (this layer) [blocks, 16, nkv*d] of f32, bf16 or f16;
+// Layout: q [n_tok, nq*d] f32 (already rotated, except in attention_<kv>'s fused decode form: AttnParams.rope);
+//   pool (this layer) [blocks, 16, nkv*d] of f32, bf16 or f16;
 //   key j of sequence s is row j % 16 of block table[s][j/16] (full, ring = 0) or table[s][(j/16) % ring]
 //   (sliding); sinks f32 [nq]; out [n_tok, nq*d] f32; pos, seqs i32 [n_tok]. GQA: q head h reads kv head h/(nq/nkv).
 // Grid: x = token, y = (kv head, chunk of up to 8 of its query heads), z = key split. One warp per query head;
@@ -36,11 +37,17 @@ struct AttnParams {
     int window;
     int splits;
     int n_tok;
+    // The fused decode form of attention_<kv> (rope = 1; every sequence one token of the step, one CTA per kv
+    // head and split): q is not yet rotated, and the CTA whose split holds the token's position rotates the
+    // step's k and stores it and v at that position before reading its tiles (rope_kv.cu's work, one launch
+    // fewer). k_new, v_new [n_tok, nkv*d] f32; inv_freq [d/2]; conc the YaRN concentration.
+    int rope;
+    float conc;
+    const float* k_new;
+    const float* v_new;
+    const float* inv_freq;
 };
 
-#define KV_F32 0
-#define KV_BF16 1
-#define KV_F16 2
 #define ATT_KEYS 32
 #define ATT_DMAX 128
 #define ATT_WARPS 8
@@ -109,8 +116,37 @@ static __device__ void attention_impl(const AttnParams& p) {
     int tile0 = first / ATT_KEYS, tiles = pos / ATT_KEYS - tile0 + 1;
     int per = (tiles + p.splits - 1) / p.splits;
     int my0 = tile0 + blockIdx.z * per, my1 = min(tile0 + tiles, my0 + per);
-    if (active)
+    if (p.rope) {
+        int half = d >> 1, kvw = p.nkv * d;
+        float fpos = (float)pos;
+        if (active) {
+            const float* qh = p.q + ((i64)t * p.nq + h) * d;
+            for (int i = lane; i < half; i += 32) {
+                float2 r = rope_pair(qh[i], qh[i + half], fpos * p.inv_freq[i], p.conc);
+                s.q[warp][i] = r.x;
+                s.q[warp][i + half] = r.y;
+            }
+        }
+        // The key at `pos` is read only by the split holding its tile; that CTA writes it (the barrier before
+        // the first tile makes the stores visible to its threads).
+        int own = pos / ATT_KEYS;
+        if (warp == 0 && own >= my0 && own < my1) {
+            int logical = pos / 16;
+            int block = table[p.ring > 0 ? logical % p.ring : logical];
+            i64 at = ((i64)block * 16 + (pos & 15)) * kvw + (i64)g * d;
+            const float* kh = p.k_new + (i64)t * kvw + (i64)g * d;
+            const float* vh = p.v_new + (i64)t * kvw + (i64)g * d;
+            for (int i = lane; i < half; i += 32) {
+                float2 r = rope_pair(kh[i], kh[i + half], fpos * p.inv_freq[i], p.conc);
+                kv_store<KV>((void*)p.kc, at + i, r.x);
+                kv_store<KV>((void*)p.kc, at + i + half, r.y);
+                kv_store<KV>((void*)p.vc, at + i, vh[i]);
+                kv_store<KV>((void*)p.vc, at + i + half, vh[i + half]);
+            }
+        }
+    } else if (active) {
         for (int i = lane; i < d; i += 32) s.q[warp][i] = p.q[((i64)t * p.nq + h) * d + i];
+    }
     float m = blockIdx.z == 0 && active ? p.sinks[h] : NEG_INF;
     float l = blockIdx.z == 0 ? 1.0f : 0.0f;
     float acc[ATT_DMAX / 32] = {0.0f, 0.0f, 0.0f, 0.0f};

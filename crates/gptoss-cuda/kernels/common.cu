@@ -56,6 +56,27 @@ static __device__ __forceinline__ u16 f32_to_f16(float f) {
     return h;
 }
 
+// Element types of the paged KV pools (rope_kv.cu stores keys and values, attention.cu reads them and, in its
+// fused decode form, stores the step's own).
+#define KV_F32 0
+#define KV_BF16 1
+#define KV_F16 2
+
+// Element i of a KV pool of type KV := v (rounded to nearest-even for the 16-bit types).
+template <int KV>
+static __device__ __forceinline__ void kv_store(void* base, i64 i, float v) {
+    if constexpr (KV == KV_F32) ((float*)base)[i] = v;
+    else if constexpr (KV == KV_BF16) ((u16*)base)[i] = f32_to_bf16(v);
+    else ((u16*)base)[i] = f32_to_f16(v);
+}
+
+// RoPE of one (i, i + half) pair at `angle` = position · inv_freq[i], cos and sin scaled by the YaRN
+// concentration (math::apply_rope).
+static __device__ __forceinline__ float2 rope_pair(float x1, float x2, float angle, float conc) {
+    float c = cosf(angle) * conc, s = sinf(angle) * conc;
+    return make_float2(x1 * c - x2 * s, x2 * c + x1 * s);
+}
+
 // Two f32 as packed f16 (RNE), `lo` in the low half.
 static __device__ __forceinline__ u32 f16x2(float lo, float hi) {
     u32 d;
@@ -538,4 +559,86 @@ static __device__ void norm_prologue(const NormIn& f, float* xn) {
         }
     }
     __syncthreads();
+}
+
+// The x split of the MXFP4 expert paths (moe_common.cu, moe.cu, moe_dot.cu), here because the router's fused-norm
+// GEMV (linear.cu) also writes it: two f16 parts per element for the tensor cores, or three int8 planes per
+// 32-element block for the integer dot products.
+struct XSplitParams {
+    const float* x;
+    u32* xs;
+    float* xscale;
+    int rows;
+    int k;
+    // 1: three int8 planes for moe_dot.cu (xs must not alias x); 0: two f16 parts for the tensor cores.
+    int dot;
+    int pad_;
+};
+
+// xsplit_unit's int8-plane form: the quad's 8 elements 8t..8t+7 of unit rk, with the block's maximum m.
+static __device__ __forceinline__ void xsplit_dot(const XSplitParams& p, bool live, i64 rk, int t, const float* v,
+                                                  float m) {
+    // fmaxf skipped NaNs in m; the planes need to know (an infinite m marks the block).
+    int nan = 0;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) nan |= v[i] != v[i];
+    nan |= __shfl_xor_sync(0xffffffffu, nan, 1);
+    nan |= __shfl_xor_sync(0xffffffffu, nan, 2);
+    u32 h0, h1, m0, m1, l0, l1;
+    float inv;
+    block_planes(v, nan ? __int_as_float(0x7f800000) : m, h0, h1, m0, m1, l0, l1, inv);
+    if (!live) return;
+    u32* dst = p.xs + rk * 32 + 2 * t;
+    *(uint2*)dst = make_uint2(h0, h1);
+    *(uint2*)(dst + 8) = make_uint2(m0, m1);
+    *(uint2*)(dst + 16) = make_uint2(l0, l1);
+    if (t == 0) p.xscale[rk] = inv;
+}
+
+// One unit (row, block, t) of moe_xsplit, idx = (row * nkb + block) * 4 + t. Every lane of the warp calls it
+// (the quad shares its block's maximum through shuffles); lanes past the end only take part.
+static __device__ __forceinline__ void xsplit_unit(const XSplitParams& p, i64 idx) {
+    int nkb = p.k / 32;
+    i64 total = (i64)p.rows * nkb * 4;
+    bool live = idx < total;
+    int t = (int)(idx & 3);
+    i64 rk = idx >> 2;
+    float v[8];
+    #pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = 0.0f;
+    if (live) {
+        i64 row = rk / nkb;
+        int kb = (int)(rk % nkb);
+        const float4* src = (const float4*)(p.x + row * p.k + kb * 32 + 8 * t);
+        float4 a = src[0], b = src[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+    float m = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
+    // Quads are whole (total is a multiple of 4), so every lane of a quad shares the block's maximum.
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // e clamped to [15, 254]: the scale 2^(141-e) and 2^(e-127) stay normal; NaN and inf pass through.
+    if (p.dot) {
+        xsplit_dot(p, live, rk, t, v, m);
+        return;
+    }
+    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
+    float s = __uint_as_float((u32)(268 - e) << 23);
+    if (!live) return;
+    u32 out[8];
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        // j = 2s + b: slice s, register b holds elements (8t + 2s + b, 8t + 2s + b + 4).
+        int i0 = (j >> 1) * 2 + (j & 1);
+        float x0 = v[i0] * s, x1 = v[i0 + 4] * s;
+        u32 hi = f16x2(x0, x1);
+        out[j] = hi;
+        out[4 + j] = f16x2(x0 - f16_to_f32((u16)(hi & 0xffffu)), x1 - f16_to_f32((u16)(hi >> 16)));
+    }
+    uint4* dst = (uint4*)(p.xs + (rk * 4 + t) * 8);
+    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+    if (t == 0) p.xscale[rk] = __uint_as_float((u32)e << 23);
 }

@@ -50,7 +50,7 @@ struct LinearParams {
 // rms_norm(f's rows), which each block computes into dynamic shared memory (norm_prologue).
 template <int F, int CE, int TT, int NORM>
 static __device__ void linear_rows(const LinearParams& p, int bx, const float* tab, float* scratch, float* res,
-                                   const NormIn* f) {
+                                   const NormIn* f, const XSplitParams* split) {
     extern __shared__ float dyn_x[];
     int t0 = blockIdx.y * TT;
     // block_rowdot asks for the x rows after issuing its first weight loads: those overlap the previous
@@ -77,26 +77,40 @@ static __device__ void linear_rows(const LinearParams& p, int bx, const float* t
         if (row < p.n_out && t < p.n_tok)
             p.out[(i64)t * p.out_ld + row] = res[o] + (p.bias ? p.bias[row] : 0.0f);
     }
+    if constexpr (NORM) {
+        // The router's GEMV also splits its x (the norm's output, in shared memory) for the MXFP4 dot-product
+        // experts, each block its share of the units: no launch of its own for the split.
+        if (split && split->rows) {
+            XSplitParams sp = *split;
+            sp.x = dyn_x;
+            i64 units = (i64)(sp.k / 32) * 4;
+            for (i64 base = (i64)bx * blockDim.x; base < units; base += (i64)gridDim.x * blockDim.x)
+                xsplit_unit(sp, base + threadIdx.x);
+        }
+    }
 }
 
 template <int F, int TT, int NORM = 0>
-static __device__ void linear_impl(const LinearParams& p, int bx, const NormIn* f = nullptr) {
+static __device__ void linear_impl(const LinearParams& p, int bx, const NormIn* f = nullptr,
+                                   const XSplitParams* split = nullptr) {
     __shared__ float tab[16];
     __shared__ float scratch[8 * LIN_NR * TT];
     __shared__ float res[8 * LIN_NR * TT];
     load_table(p.w, tab);
     if constexpr (F == WF_LUT4_E8M0 || F == WF_LUT4_F32) {
-        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT, NORM>(p, bx, tab, scratch, res, f);
-        else linear_rows<F, 8, TT, NORM>(p, bx, tab, scratch, res, f);
+        if (p.w.ld % 32 == 0 && p.w.block % 32 == 0) linear_rows<F, 32, TT, NORM>(p, bx, tab, scratch, res, f, split);
+        else linear_rows<F, 8, TT, NORM>(p, bx, tab, scratch, res, f, split);
     } else {
-        linear_rows<F, F == WF_Q8 ? 16 : 8, TT, NORM>(p, bx, tab, scratch, res, f);
+        linear_rows<F, F == WF_Q8 ? 16 : 8, TT, NORM>(p, bx, tab, scratch, res, f, split);
     }
 }
 
-// A GEMV whose x is the norm of a residual row, computed by each block (norm_prologue).
+// A GEMV whose x is the norm of a residual row, computed by each block (norm_prologue); with split.rows = 1 the
+// blocks also write that row's split (split.x is ignored: the row is the norm's output).
 struct LinearNormParams {
     LinearParams p;
     NormIn norm;
+    XSplitParams split;
 };
 
 // The part (0, 1 or 2) of a three-linear group launch that this block belongs to: blocks [first[i], first[i + 1])
@@ -665,7 +679,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) linear3_norm_dot_q8(const L
     extern "C" __global__ void __launch_bounds__(256, 2) linear3_##NAME##_t1(const LinearGroupParams g) { linear_group_impl<F, 1>(g); } \
     extern "C" __global__ void __launch_bounds__(256, 2) linear3_##NAME##_t2(const LinearGroupParams g) { linear_group_impl<F, 2>(g); } \
     extern "C" __global__ void __launch_bounds__(256, 1) linear3_##NAME##_t4(const LinearGroupParams g) { linear_group_impl<F, 4>(g); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) linear_norm_##NAME(const LinearNormParams n) { linear_impl<F, 1, 1>(n.p, blockIdx.x, &n.norm); }
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_norm_##NAME(const LinearNormParams n) { linear_impl<F, 1, 1>(n.p, blockIdx.x, &n.norm, &n.split); }
 
 // MINB: blocks per SM the tensor-core kernel is register-limited for (2 = 128 registers; the three-part
 // X split of mma.cu needs more than the 80 registers of 3 blocks). linear_mmafast_<fmt>: the fast tiles of

@@ -1,94 +1,50 @@
 // moe_common.cu — what the expert kernels of moe.cu and moe_dot.cu share (prelude of both, after common.cu):
-// the x split of the MXFP4 paths (xsplit_unit: two f16 parts for the tensor cores, or three int8 planes for the
-// integer dot products), the expert launch parameters, the tile lookup and the gate_up epilogue (SwiGLU, with
-// act written in the form down reads), the grouping of pairs by expert (moe_group, and router.cu's route_topk_group
-// for one-token steps) and the weighted sum of a token's expert outputs (moe_combine, and moe_dot.cu's token-major
-// down).
+// the x split of the MXFP4 paths by one block (split_rows, of common.cu's xsplit_unit), the expert launch
+// parameters, the tile lookup and the gate_up epilogue (SwiGLU, with act written in the form down reads), a token's
+// top-k by one warp (topk_select: router.cu, and moe_dot.cu's gate_up when it routes one-token steps itself), the
+// grouping of pairs by expert (moe_group, and router.cu's route_topk_group for one-token steps) and the weighted
+// sum of a token's expert outputs (moe_combine, and moe_dot.cu's token-major down).
 // Weight rows per thread group of the split-K kernels: 8 for one pair (more bytes in flight per block), 2 for
 // tiles of 8 pairs (registers).
 #define MOE_NR(TT) ((TT) == 1 ? 8 : 2)
 #define MOE_MAX_EXPERTS 256
 
-struct XSplitParams {
-    const float* x;
-    u32* xs;
-    float* xscale;
-    int rows;
-    int k;
-    // 1: three int8 planes for moe_dot.cu (xs must not alias x); 0: two f16 parts for the tensor cores.
-    int dot;
-    int pad_;
-};
-
-// The int8-plane form of a 32-element block (plane_scales, block_planes) is in common.cu.
-// xsplit_unit's int8-plane form: the quad's 8 elements 8t..8t+7 of unit rk, with the block's maximum m.
-static __device__ __forceinline__ void xsplit_dot(const XSplitParams& p, bool live, i64 rk, int t, const float* v,
-                                                  float m) {
-    // fmaxf skipped NaNs in m; the planes need to know (an infinite m marks the block).
-    int nan = 0;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) nan |= v[i] != v[i];
-    nan |= __shfl_xor_sync(0xffffffffu, nan, 1);
-    nan |= __shfl_xor_sync(0xffffffffu, nan, 2);
-    u32 h0, h1, m0, m1, l0, l1;
-    float inv;
-    block_planes(v, nan ? __int_as_float(0x7f800000) : m, h0, h1, m0, m1, l0, l1, inv);
-    if (!live) return;
-    u32* dst = p.xs + rk * 32 + 2 * t;
-    *(uint2*)dst = make_uint2(h0, h1);
-    *(uint2*)(dst + 8) = make_uint2(m0, m1);
-    *(uint2*)(dst + 16) = make_uint2(l0, l1);
-    if (t == 0) p.xscale[rk] = inv;
-}
-
-// One unit (row, block, t) of moe_xsplit, idx = (row * nkb + block) * 4 + t. Every lane of the warp calls it
-// (the quad shares its block's maximum through shuffles); lanes past the end only take part.
-static __device__ __forceinline__ void xsplit_unit(const XSplitParams& p, i64 idx) {
-    int nkb = p.k / 32;
-    i64 total = (i64)p.rows * nkb * 4;
-    bool live = idx < total;
-    int t = (int)(idx & 3);
-    i64 rk = idx >> 2;
+// A token's top_k of its logits `l` (ties to the lower expert) by one warp, softmax over them: lane s < top_k
+// gets choice s's expert and weight. top_k <= 32, n_experts <= 256.
+static __device__ __forceinline__ void topk_select(const float* l, int n_experts, int top_k, int& my_e, float& my_w) {
+    int lane = threadIdx.x & 31;
+    const float ninf = -__int_as_float(0x7f800000);
     float v[8];
     #pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = 0.0f;
-    if (live) {
-        i64 row = rk / nkb;
-        int kb = (int)(rk % nkb);
-        const float4* src = (const float4*)(p.x + row * p.k + kb * 32 + 8 * t);
-        float4 a = src[0], b = src[1];
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    for (int j = 0; j < 8; j++) v[j] = lane + 32 * j < n_experts ? l[lane + 32 * j] : ninf;
+    u32 taken = 0;
+    my_e = 0;
+    float my_v = 0.0f;
+    for (int s = 0; s < top_k; s++) {
+        float bv = ninf;
+        int be = n_experts;
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int e = lane + 32 * j;
+            if (e < n_experts && !((taken >> j) & 1u) && (be == n_experts || v[j] > bv)) { bv = v[j]; be = e; }
+        }
+        // The larger logit wins, ties go to the lower expert (as the CPU backend).
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (oe < n_experts && (be == n_experts || ov > bv || (ov == bv && oe < be))) { bv = ov; be = oe; }
+        }
+        be = be < n_experts ? be : 0;
+        if ((be & 31) == lane) taken |= 1u << (be >> 5);
+        if (lane == s) { my_e = be; my_v = bv; }
     }
-    float m = 0.0f;
-    #pragma unroll
-    for (int i = 0; i < 8; i++) m = fmaxf(m, fabsf(v[i]));
-    // Quads are whole (total is a multiple of 4), so every lane of a quad shares the block's maximum.
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-    // e clamped to [15, 254]: the scale 2^(141-e) and 2^(e-127) stay normal; NaN and inf pass through.
-    if (p.dot) {
-        xsplit_dot(p, live, rk, t, v, m);
-        return;
-    }
-    int e = min(max((int)(__float_as_uint(m) >> 23), 15), 254);
-    float s = __uint_as_float((u32)(268 - e) << 23);
-    if (!live) return;
-    u32 out[8];
-    #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        // j = 2s + b: slice s, register b holds elements (8t + 2s + b, 8t + 2s + b + 4).
-        int i0 = (j >> 1) * 2 + (j & 1);
-        float x0 = v[i0] * s, x1 = v[i0 + 4] * s;
-        u32 hi = f16x2(x0, x1);
-        out[j] = hi;
-        out[4 + j] = f16x2(x0 - f16_to_f32((u16)(hi & 0xffffu)), x1 - f16_to_f32((u16)(hi >> 16)));
-    }
-    uint4* dst = (uint4*)(p.xs + (rk * 4 + t) * 8);
-    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
-    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
-    if (t == 0) p.xscale[rk] = __uint_as_float((u32)e << 23);
+    float mx = __shfl_sync(0xffffffffu, my_v, 0);
+    float ex = lane < top_k ? expf(my_v - mx) : 0.0f;
+    float sum = 0.0f;
+    for (int s = 0; s < top_k; s++) sum += __shfl_sync(0xffffffffu, ex, s);
+    my_w = lane < top_k ? ex / sum : 0.0f;
 }
-
 
 // Every unit of `split` by the threads of one block (a multiple of 32: xsplit_unit shuffles within warps).
 static __device__ void split_rows(const XSplitParams& split) {
@@ -180,6 +136,10 @@ struct ExpertParams {
     // one f16 per element in moe_xhalf's order, and act_scales[pair] = 1 / act_split.
     int act_half;
     int pad_;
+    // moe_dot.cu's gate_up of a one-token step when set: the router's logits [n_tok, n_experts], from which every
+    // block selects the token's top_k itself (topk_select) and the pair-0 block of row slice 0 writes the
+    // routing (route_experts, route_weights) for down and whoever reads it after; no launch of its own.
+    const float* route_logits;
 };
 
 // Tile `tile` of the tiles of bm pairs of each expert (experts ascending): its expert and first pair index

@@ -11,7 +11,8 @@
 // gate_up: a block's 64 rows are 32 act values, one 32-element block of act, written as int8 planes for down
 // when act_dot (else through moe_store). Needs k % 32 == 0 (and n_out % 32 == 0 for act_dot).
 // With `route_experts` set (steps of a few tokens) neither kernel reads the grouped pair lists: gate_up's grid x
-// is the pairs themselves (block x = pair t · top_k + s, its expert read from the routing; pairs without one
+// is the pairs themselves (block x = pair t · top_k + s, its expert read from the routing, or with `route_logits`
+// selected by each warp from the router's logits and written to the routing by one block; pairs without one
 // exit), and down runs token-major (moe_down_fp4_dot_tokens: grid x = tokens, y = ceil(rows / (8 / top_k ·
 // DOT_TOKEN_ROWS)); the block's warps take its token's top_k pairs × 8 / top_k groups of DOT_TOKEN_ROWS rows)
 // and, holding every pair of its rows, writes the combined output itself (moe_combine's sum, order and
@@ -114,7 +115,17 @@ template <int GATE_UP>
 static __device__ void expert_fp4_dot_impl(const ExpertParams& p) {
     __shared__ float acts[8 * DOT_ROWS / 2];
     int e, pair;
-    if (p.route_experts) {
+    if (p.route_logits) {
+        pair = blockIdx.x;
+        int t = pair / p.top_k, s = pair % p.top_k, my_e;
+        float my_w;
+        topk_select(p.route_logits + (i64)t * p.n_experts, p.n_experts, p.top_k, my_e, my_w);
+        e = __shfl_sync(0xffffffffu, my_e, s);
+        if (s == 0 && blockIdx.y == 0 && threadIdx.x < p.top_k) {
+            ((int*)p.route_experts)[(i64)t * p.top_k + threadIdx.x] = my_e;
+            ((float*)p.route_weights)[(i64)t * p.top_k + threadIdx.x] = my_w;
+        }
+    } else if (p.route_experts) {
         pair = blockIdx.x;
         e = p.route_experts[pair];
         if (e < 0 || e >= p.n_experts) return;

@@ -28,23 +28,9 @@ struct RopeParams {
     int d;
 };
 
-#define KV_F32 0
-#define KV_BF16 1
-#define KV_F16 2
-
-template <int KV>
-static __device__ __forceinline__ void kv_store(void* base, i64 i, float v) {
-    if constexpr (KV == KV_F32) ((float*)base)[i] = v;
-    else if constexpr (KV == KV_BF16) ((u16*)base)[i] = f32_to_bf16(v);
-    else ((u16*)base)[i] = f32_to_f16(v);
-}
-
 // Rotates pair (i, i + half) of `head` in place; returns the rotated pair.
 static __device__ __forceinline__ float2 rotate(float* head, int i, int half, float pos, const RopeParams& p) {
-    float angle = pos * p.inv_freq[i];
-    float c = cosf(angle) * p.conc, s = sinf(angle) * p.conc;
-    float x1 = head[i], x2 = head[i + half];
-    float2 r = make_float2(x1 * c - x2 * s, x2 * c + x1 * s);
+    float2 r = rope_pair(head[i], head[i + half], pos * p.inv_freq[i], p.conc);
     head[i] = r.x;
     head[i + half] = r.y;
     return r;

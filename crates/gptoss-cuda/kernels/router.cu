@@ -94,43 +94,14 @@ struct TopkParams {
     int pad_;
 };
 
-// Token t's selection by one warp: top_k of the logits (ties to the lower expert), softmax over them.
+// Token t's selection by one warp (topk_select, moe_common.cu), written to the routing.
 static __device__ void topk_warp(const TopkParams& p, int t) {
-    int lane = threadIdx.x & 31;
-    const float* l = p.logits + (i64)t * p.n_experts;
-    const float ninf = -__int_as_float(0x7f800000);
-    float v[8];
-    #pragma unroll
-    for (int j = 0; j < 8; j++) v[j] = lane + 32 * j < p.n_experts ? l[lane + 32 * j] : ninf;
-    u32 taken = 0;
-    int my_e = 0;
-    float my_v = 0.0f;
-    for (int s = 0; s < p.top_k; s++) {
-        float bv = ninf;
-        int be = p.n_experts;
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int e = lane + 32 * j;
-            if (e < p.n_experts && !((taken >> j) & 1u) && (be == p.n_experts || v[j] > bv)) { bv = v[j]; be = e; }
-        }
-        // The larger logit wins, ties go to the lower expert (as the CPU backend).
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (oe < p.n_experts && (be == p.n_experts || ov > bv || (ov == bv && oe < be))) { bv = ov; be = oe; }
-        }
-        be = be < p.n_experts ? be : 0;
-        if ((be & 31) == lane) taken |= 1u << (be >> 5);
-        if (lane == s) { my_e = be; my_v = bv; }
-    }
-    float mx = __shfl_sync(0xffffffffu, my_v, 0);
-    float ex = lane < p.top_k ? expf(my_v - mx) : 0.0f;
-    float sum = 0.0f;
-    for (int s = 0; s < p.top_k; s++) sum += __shfl_sync(0xffffffffu, ex, s);
+    int lane = threadIdx.x & 31, e;
+    float w;
+    topk_select(p.logits + (i64)t * p.n_experts, p.n_experts, p.top_k, e, w);
     if (lane < p.top_k) {
-        p.experts[t * p.top_k + lane] = my_e;
-        p.weights[t * p.top_k + lane] = ex / sum;
+        p.experts[t * p.top_k + lane] = e;
+        p.weights[t * p.top_k + lane] = w;
     }
 }
 

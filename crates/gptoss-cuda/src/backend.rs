@@ -166,6 +166,7 @@ impl CudaBackend {
             top_k,
             scratch: scratch.as_ref(),
             experts: self.expert_traits.get(),
+            moe_follows: false,
         };
         self.grouped.set(route(with)?);
         Ok(())
@@ -431,10 +432,11 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         norm: NormInput<'_, Self>,
         router: &CudaLinear,
-        top_k: usize,
+        (top_k, moe_follows): (usize, bool),
         out: &mut CudaRouting,
     ) -> Result<()> {
-        Ok(self.routed(step.rows, top_k, |with| {
+        Ok(self.routed(step.rows, top_k, |mut with| {
+            with.moe_follows = moe_follows;
             ops::moe::norm_route(&self.dev, step, norm_args(norm), router, with, out)
         })?)
     }
@@ -453,6 +455,29 @@ impl Backend for CudaBackend {
         };
         Ok(ops::attention::rope_store_kv(
             &self.dev, step, shape, qkv, cache,
+        )?)
+    }
+
+    fn rope_attention(
+        &self,
+        step: &CudaStep,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        sinks_cache: (&CudaVector, &mut CudaCache),
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let qkv = Qkv {
+            q: qkv.q,
+            k: qkv.k,
+            v: qkv.v,
+        };
+        Ok(ops::attention::rope_attention(
+            &self.dev,
+            step,
+            shape,
+            qkv,
+            sinks_cache,
+            out,
         )?)
     }
 

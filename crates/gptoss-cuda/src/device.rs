@@ -16,7 +16,7 @@ use crate::kernels::{Func, KernelFile};
 use crate::libs::{ensure, CudaLib};
 use crate::nvrtc::{self, Target};
 use crate::options::{
-    compile_notice_line, CompileNotice, CudaOptions, LinearKernel, MoeKernel, RepackSite,
+    compile_notice_line, CompileNotice, CudaOptions, FuseRope, LinearKernel, MoeKernel, RepackSite,
 };
 use crate::vram::{gib, Meter};
 
@@ -67,6 +67,10 @@ pub struct Device {
     pub linear_kernel: LinearKernel,
     /// Whether one-row GEMVs fuse the RMSNorm before them.
     pub fuse_norm: bool,
+    /// RoPE inside decode attention (`CudaOptions::fuse_rope`).
+    pub fuse_rope: FuseRope,
+    /// One-token top-k inside gate_up (`CudaOptions::defer_topk`).
+    pub defer_topk: bool,
     /// Where ggml block formats are repacked at upload.
     pub repack: RepackSite,
     /// Whether kernels launch as programmatic dependents of the one before (see [`Device::launch`]).
@@ -134,6 +138,8 @@ impl Device {
             exact: opts.exact,
             linear_kernel: opts.linear_kernel,
             fuse_norm: opts.fuse_norm,
+            fuse_rope: opts.fuse_rope,
+            defer_topk: opts.defer_topk,
             repack: opts.repack,
             dependent_launch: opts.dependent_launch && target.arch() >= DEPENDENT_LAUNCH_MIN_ARCH,
             dependent_step: Cell::new(true),
@@ -218,7 +224,7 @@ impl Device {
     /// otherwise run back to back.
     pub fn launch<P: DeviceRepr>(&self, f: Func, cfg: LaunchConfig, params: &P) -> Result<()> {
         let func = self.function(f)?;
-        let launched = if self.dependent_launch && self.dependent_step.get() {
+        let launched = if self.launches_dependent() {
             self.launch_dependent(&func, cfg, params)
         } else {
             let mut b = self.stream.launch_builder(&func);
@@ -228,6 +234,11 @@ impl Device {
             unsafe { b.launch(cfg) }.map(|_| ())
         };
         launched.map_err(|e| CudaError::driver(format!("launching {}", f.name()), e))
+    }
+
+    /// Whether the launches of the current step go as programmatic dependents ([`Device::launch`]).
+    pub fn launches_dependent(&self) -> bool {
+        self.dependent_launch && self.dependent_step.get()
     }
 
     /// Sets how the launches of a step of `rows` rows go (and of the sampling after it): as programmatic

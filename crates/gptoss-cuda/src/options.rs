@@ -1,6 +1,7 @@
 //! Start-up settings of the CUDA backend. [`CudaOptions::from_env`] is the one place that reads the
 //! environment (`GPTOSS_CUDA_ARCH`, `GPTOSS_CUDA_LIB_DIRS`, `GPTOSS_CUDA_GRAPHS`, `GPTOSS_CUDA_PDL`,
-//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_FUSE_NORM`, `GPTOSS_REPACK`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
+//! `GPTOSS_MOE_KERNEL`, `GPTOSS_LINEAR_KERNEL`, `GPTOSS_FUSE_NORM`, `GPTOSS_FUSE_ROPE`,
+//! `GPTOSS_DEFER_TOPK`, `GPTOSS_REPACK`, `GPTOSS_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME`).
 
 use std::path::PathBuf;
 
@@ -48,9 +49,44 @@ pub struct CudaOptions {
     /// the router, at one step row) instead of a launch of their own (`GPTOSS_FUSE_NORM=0` turns it off;
     /// the results are bit-identical either way).
     pub fuse_norm: bool,
+    /// Where decode steps rotate q and store the step's keys and values inside the attention kernel instead
+    /// of a RoPE launch of their own (`GPTOSS_FUSE_ROPE=auto|1|0`; bit-identical either way).
+    pub fuse_rope: FuseRope,
+    /// Whether a one-token step's top-k is selected by its first MXFP4 expert kernel from the router's
+    /// logits, the router also splitting h, instead of a routing launch of its own (`GPTOSS_DEFER_TOPK=0`
+    /// turns it off; bit-identical either way).
+    pub defer_topk: bool,
     /// Where weights stored in ggml block formats are repacked at upload (`GPTOSS_REPACK`; A/B measurements,
     /// default on the device).
     pub repack: RepackSite,
+}
+
+/// When a decode step's RoPE and KV store run inside its attention kernel ([`CudaOptions::fuse_rope`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FuseRope {
+    /// Where the step's kernels do not launch as programmatic dependents (GPUs before Hopper, and steps of
+    /// more than 8 rows). Measured on the H200 (bench/NOTES.md, session 19): without dependent launch, tg128
+    /// with bf16 dense weights +2.3%; as a dependent, bf16 −11% and batch4 −8% (Q8_0 dense +1.3%).
+    #[default]
+    Auto,
+    /// Every step of one row per sequence (tests, measurements).
+    Always,
+    /// Never: RoPE in its own launch.
+    Never,
+}
+
+impl FuseRope {
+    /// `auto`, `1` (always) or `0` (never).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "" | "auto" => Ok(FuseRope::Auto),
+            "1" => Ok(FuseRope::Always),
+            "0" => Ok(FuseRope::Never),
+            _ => Err(CudaError::Config(format!(
+                "GPTOSS_FUSE_ROPE={value:?}: expected auto, 1 or 0"
+            ))),
+        }
+    }
 }
 
 /// Where the upload rewrites weights stored in ggml block formats (Q8_0, ggml MXFP4, Q4_0, IQ4_NL) into the
@@ -209,6 +245,11 @@ impl CudaOptions {
                 Err(_) => LinearKernel::Auto,
             },
             fuse_norm: std::env::var("GPTOSS_FUSE_NORM").map_or(true, |v| v.trim() != "0"),
+            fuse_rope: match std::env::var("GPTOSS_FUSE_ROPE") {
+                Ok(v) => FuseRope::parse(&v)?,
+                Err(_) => FuseRope::Auto,
+            },
+            defer_topk: std::env::var("GPTOSS_DEFER_TOPK").map_or(true, |v| v.trim() != "0"),
             repack: match std::env::var("GPTOSS_REPACK") {
                 Ok(v) => RepackSite::parse(&v)?,
                 Err(_) => RepackSite::Device,

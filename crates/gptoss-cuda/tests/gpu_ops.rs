@@ -478,13 +478,22 @@ fn fused_norms_match_their_own_launch_bit_for_bit() {
             y: Some(&y),
             weight: &weight,
         };
-        let (a, b) = (
+        let ((a, fused_ready), (b, plain_ready)) = (
             norm_route_run(&fused, &router, &ex, &input),
             norm_route_run(&plain, &router, &ex, &input),
         );
+        // The fused router left the one-token step's top-k to gate_up (the routing appears only once the
+        // experts ran); the plain one routed in a launch of its own.
+        assert!(
+            !fused_ready && plain_ready,
+            "norm + router {format:?}: top-k deferred {}",
+            !fused_ready
+        );
         assert_same_bits(&a, &b, &format!("norm + router {format:?}"));
-        let e = worst_rel_err(&a, &norm_route_run(&CpuBackend, &router, &ex, &input));
-        println!("fused norm + router {format:?}: bit-identical, rel err vs CPU {e:.2e}");
+        let e = worst_rel_err(&a, &norm_route_run(&CpuBackend, &router, &ex, &input).0);
+        println!(
+            "fused norm + router {format:?} (top-k in gate_up, x split by the router): bit-identical, rel err vs CPU {e:.2e}"
+        );
         assert!(e < 1e-5, "fused norm + router {format:?} vs CPU: {e}");
     }
 }
@@ -569,12 +578,14 @@ fn norm_qkv_run<B: Backend>(b: &B, lins: &[Linear; 3], c: &NormCase<'_>) -> Vec<
 
 /// A plain route and MoE of the row first (which sizes the MoE scratch, as a model's first step does), then
 /// `norm_route` + MoE twice: the routing's choices and weights, the MoE output, h and x after each.
+/// The outputs of two norm + route + moe rounds (after a plain route + moe), and whether the routing of the
+/// first round could be read before its moe ran (false where the backend left the top-k to the experts).
 fn norm_route_run<B: Backend>(
     b: &B,
     router: &Linear,
     ex: &[Expert],
     c: &NormCase<'_>,
-) -> Vec<Vec<f32>> {
+) -> (Vec<Vec<f32>>, bool) {
     let n = c.x.len();
     let top_k = 4;
     let up = b.upload_experts(ex).unwrap();
@@ -600,18 +611,21 @@ fn norm_route_run<B: Backend>(
     b.route(&step, &bufs.x, &r, top_k, &mut routing).unwrap();
     moe(&bufs.x, &routing, &mut out);
     let mut got = Vec::new();
+    let mut ready = Vec::new();
     for _ in 0..2 {
-        b.norm_route(&step, bufs.input(), &r, top_k, &mut routing)
+        b.norm_route(&step, bufs.input(), &r, (top_k, true), &mut routing)
             .unwrap();
+        let before = b.read_routing(&routing, 1, top_k).unwrap();
         moe(&bufs.h, &routing, &mut out);
         let choices = b.read_routing(&routing, 1, top_k).unwrap();
+        ready.push(before == choices);
         got.push(choices.iter().map(|&(e, _)| e as f32).collect());
         got.push(choices.iter().map(|&(_, w)| w).collect());
         got.push(b.read(&out, 1).unwrap());
         got.push(b.read(&bufs.h, 1).unwrap());
         got.push(b.read(&bufs.x, 1).unwrap());
     }
-    got
+    (got, ready[0])
 }
 
 /// `linear3` of one x row through three linears.
@@ -1266,6 +1280,17 @@ fn attn_step(tables: &[BlockTable; 2], parts: &[(usize, u32, u32)]) -> Batch {
 
 /// Runs each step's rope+store then attention; returns the rotated q and the attention outputs of every step.
 fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> (Vec<f32>, Vec<f32>) {
+    attention_run_as(b, case, rng_seed, false)
+}
+
+/// [`attention_run`], through `Backend::rope_attention` when `fused` (q is then not returned: the fused form
+/// leaves it unrotated).
+fn attention_run_as<B: Backend>(
+    b: &B,
+    case: &AttnCase,
+    rng_seed: u64,
+    fused: bool,
+) -> (Vec<f32>, Vec<f32>) {
     let s = &case.shape;
     let mut rng = Rng(rng_seed);
     let cfg = attn_config(s);
@@ -1286,20 +1311,20 @@ fn attention_run<B: Backend>(b: &B, case: &AttnCase, rng_seed: u64) -> (Vec<f32>
         let mut q = upload(b, t, qw, &rng.vec(t * qw, 1.0));
         let mut k = upload(b, t, kvw, &rng.vec(t * kvw, 1.0));
         let v = upload(b, t, kvw, &rng.vec(t * kvw, 1.0));
-        b.rope_store_kv(
-            &step,
-            s,
-            QkvBufs {
-                q: &mut q,
-                k: &mut k,
-                v: &v,
-            },
-            &mut cache,
-        )
-        .unwrap();
+        let qkv = QkvBufs {
+            q: &mut q,
+            k: &mut k,
+            v: &v,
+        };
         let mut out = b.alloc(t, qw).unwrap();
-        b.attention(&step, s, &q, &sinks, &cache, &mut out).unwrap();
-        qs.extend(b.read(&q, t).unwrap());
+        if fused {
+            b.rope_attention(&step, s, qkv, (&sinks, &mut cache), &mut out)
+                .unwrap();
+        } else {
+            b.rope_store_kv(&step, s, qkv, &mut cache).unwrap();
+            b.attention(&step, s, &q, &sinks, &cache, &mut out).unwrap();
+            qs.extend(b.read(&q, t).unwrap());
+        }
         outs.extend(b.read(&out, t).unwrap());
     }
     (qs, outs)
@@ -1378,6 +1403,64 @@ fn paged_attention_every_kv_type_window_and_group() {
                 );
                 assert!(eq < 1e-5, "rope {nq}/{nkv}/{d} {window:?} {kv:?}: {eq}");
                 assert!(e < tol, "attention {nq}/{nkv}/{d} {window:?} {kv:?}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn fused_rope_attention_matches_two_launches() {
+    // gpt-oss's heads (one CTA per kv head: the decode steps fuse), the tiny fixtures' heads, and a group of
+    // 12 (two CTAs per kv head: never fused). attn_case's decode steps include one sequence at 598 and 599
+    // keys (full layers split them over CTAs: the key's writer is the last split) and two sequences at once;
+    // its later steps read the keys the fused steps stored.
+    for (nq, nkv, d) in [(64, 8, 64), (4, 2, 16), (24, 2, 64)] {
+        for window in [Window::Full, Window::Sliding(8)] {
+            let shape = AttnShape {
+                layer: 1,
+                n_q_heads: nq,
+                n_kv_heads: nkv,
+                head_dim: d,
+                window,
+            };
+            let (case, _) = attn_case(shape);
+            let fused_steps = case
+                .steps
+                .iter()
+                .filter(|b| {
+                    gptoss_cuda::ops::attention::fuses_rope(b.tokens.len(), b.tables.len(), &shape)
+                })
+                .count();
+            assert_eq!(
+                fused_steps > 0,
+                nq / nkv <= 8,
+                "{nq}/{nkv}: {fused_steps} fused steps"
+            );
+            for kv in [KvPrecision::F32, KvPrecision::Bf16] {
+                // Always fused where it can be (auto leaves it to steps that do not launch as dependents).
+                let mut o = CudaOptions::from_env().unwrap();
+                o.kv = kv;
+                o.fuse_rope = gptoss_cuda::options::FuseRope::Always;
+                let mut exact = o.clone();
+                exact.exact = true;
+                for backend in [o, exact].map(|o| CudaBackend::new(&o).unwrap()) {
+                    let (_, two) = attention_run_as(&backend, &case, 33, false);
+                    let (_, one) = attention_run_as(&backend, &case, 33, true);
+                    let differ = two
+                        .iter()
+                        .zip(&one)
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    println!(
+                        "rope+attention fused vs two launches nq={nq} nkv={nkv} d={d} {window:?} {kv:?}: \
+                         {fused_steps} of {} steps fused, {differ} of {} outputs differ, rel err {:.2e}",
+                        case.steps.len(),
+                        two.len(),
+                        rel_err(&one, &two)
+                    );
+                    assert_eq!(differ, 0, "{nq}/{nkv}/{d} {window:?} {kv:?}");
+                }
             }
         }
     }

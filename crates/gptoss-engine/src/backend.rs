@@ -316,6 +316,20 @@ pub trait Backend {
         cache: &Self::Cache,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::rope_store_kv`], then [`Backend::attention`] of the rotated `q` (a backend may do both in
+    /// one pass, leaving `q` and `k` unrotated: callers read only `out` afterwards).
+    fn rope_attention(
+        &self,
+        step: &Self::Step,
+        shape: &AttnShape,
+        qkv: QkvBufs<'_, Self>,
+        (sinks, cache): (&Self::Vector, &mut Self::Cache),
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let QkvBufs { q, k, v } = qkv;
+        self.rope_store_kv(step, shape, QkvBufs { q: &mut *q, k, v }, cache)?;
+        self.attention(step, shape, q, sinks, cache, out)
+    }
     /// The norm before attention, then q, k and v of it: [`NormInput::run`], then [`Backend::linear3`] of its
     /// `h` (a backend may compute the norm inside the projections).
     fn norm_linear3(
@@ -329,13 +343,16 @@ pub trait Backend {
         self.linear3(step, norm.h, w, out)
     }
     /// The norm before the MoE, then the routing of its `h`: [`NormInput::run`], then [`Backend::route`] (a
-    /// backend may compute the norm inside the router).
+    /// backend may compute the norm inside the router). `moe_follows`: the next reader of `out` is
+    /// [`Backend::moe`] of this step on device experts, which a backend may let finish the routing (the CUDA
+    /// one selects a one-token step's top-k inside its first expert kernel); false when anything else reads
+    /// `out` first.
     fn norm_route(
         &self,
         step: &Self::Step,
         mut norm: NormInput<'_, Self>,
         router: &Self::Linear,
-        top_k: usize,
+        (top_k, _moe_follows): (usize, bool),
         out: &mut Self::Routing,
     ) -> Result<()> {
         norm.run(self, step)?;

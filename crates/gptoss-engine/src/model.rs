@@ -692,19 +692,19 @@ fn attention_block<B: Backend>(
         head_dim: c.head_dim,
         window: c.window(l.model),
     };
-    b.rope_store_kv(
-        s,
-        &shape,
-        QkvBufs {
-            q: &mut ws.q,
-            k: &mut ws.k,
-            v: &ws.v,
-        },
-        cache,
-    )?;
-    tap(b, &mut ws.trace, at, "q_rope", &ws.q)?;
-    tap(b, &mut ws.trace, at, "k_rope", &ws.k)?;
-    b.attention(s, &shape, &ws.q, &layer.sinks, cache, &mut ws.attn)?;
+    let qkv = QkvBufs {
+        q: &mut ws.q,
+        k: &mut ws.k,
+        v: &ws.v,
+    };
+    if ws.trace.is_none() {
+        b.rope_attention(s, &shape, qkv, (&layer.sinks, cache), &mut ws.attn)?;
+    } else {
+        b.rope_store_kv(s, &shape, qkv, cache)?;
+        tap(b, &mut ws.trace, at, "q_rope", &ws.q)?;
+        tap(b, &mut ws.trace, at, "k_rope", &ws.k)?;
+        b.attention(s, &shape, &ws.q, &layer.sinks, cache, &mut ws.attn)?;
+    }
     tap(b, &mut ws.trace, at, "attn_out", &ws.attn)?;
     b.linear(s, &ws.attn, &layer.o, &mut ws.proj)?;
     tap(b, &mut ws.trace, at, "attn_proj", &ws.proj)
@@ -731,7 +731,9 @@ fn moe_block<B: Backend>(
             eps: c.rms_norm_eps as f32,
             h: &mut ws.h,
         };
-        b.norm_route(&ws.step, norm, &layer.router, top_k, &mut ws.routing)?;
+        let moe_follows = matches!(layer.experts, LayerExperts::Device(_));
+        let select = (top_k, moe_follows);
+        b.norm_route(&ws.step, norm, &layer.router, select, &mut ws.routing)?;
     } else {
         norm_after(b, ws, Some(resid), &layer.mlp_norm, c.rms_norm_eps as f32)?;
         let s = &ws.step;

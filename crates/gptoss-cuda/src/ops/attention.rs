@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::{CudaError, Result};
 use crate::kernels::{Func, KvType, FLASH_HEAD_DIMS};
 use crate::ops::{blocks, cfg, shape_error};
+use crate::options::FuseRope;
 use crate::vram::DevBuf;
 
 // The kernels address positions as `block * 16 + position % 16`.
@@ -232,23 +233,7 @@ pub fn rope_store_kv(
     cache: &mut CudaCache,
 ) -> Result<()> {
     cache.check("rope_store_kv", shape)?;
-    let (qw, kvw) = (
-        shape.n_q_heads * shape.head_dim,
-        shape.n_kv_heads * shape.head_dim,
-    );
-    if qkv.q.cols != qw
-        || qkv.k.cols != kvw
-        || qkv.v.cols != kvw
-        || step.rope_len * 2 != shape.head_dim
-    {
-        return Err(shape_error(
-            "rope_store_kv",
-            format!(
-                "q [_, {}], k [_, {}], v [_, {}] for widths {qw}/{kvw}",
-                qkv.q.cols, qkv.k.cols, qkv.v.cols
-            ),
-        ));
-    }
+    check_qkv(step, shape, &qkv)?;
     let view = cache.layer(shape.layer, step)?;
     let p = RopeParams {
         q: qkv.q.buf.ptr(),
@@ -275,6 +260,28 @@ pub fn rope_store_kv(
     )
 }
 
+/// The widths of q, k and v against the heads, and the step's RoPE table against the head width.
+fn check_qkv(step: &CudaStep, shape: &AttnShape, qkv: &Qkv<'_>) -> Result<()> {
+    let (qw, kvw) = (
+        shape.n_q_heads * shape.head_dim,
+        shape.n_kv_heads * shape.head_dim,
+    );
+    if qkv.q.cols != qw
+        || qkv.k.cols != kvw
+        || qkv.v.cols != kvw
+        || step.rope_len * 2 != shape.head_dim
+    {
+        return Err(shape_error(
+            "rope_store_kv",
+            format!(
+                "q [_, {}], k [_, {}], v [_, {}] for widths {qw}/{kvw}",
+                qkv.q.cols, qkv.k.cols, qkv.v.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[repr(C)]
 struct AttnParams {
     q: u64,
@@ -295,6 +302,11 @@ struct AttnParams {
     window: i32,
     splits: i32,
     n_tok: i32,
+    rope: i32,
+    conc: f32,
+    k_new: u64,
+    v_new: u64,
+    inv_freq: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `AttnParams` in attention.cu.
@@ -388,6 +400,53 @@ pub fn choose_attention_splits(rows: usize, ctas: usize, keys: usize, sms: usize
     by_keys.min(by_sms).clamp(1, ATTN_MAX_SPLITS)
 }
 
+/// Whether a step's [`rope_attention`] runs as one launch (`attention_<kv>` rotating q and storing the step's
+/// keys and values itself): every sequence has one row in the step (decode; so no row reads a key another row
+/// of the step stores) and one CTA serves each kv head's whole group (a single writer of each new key).
+pub fn fuses_rope(step_rows: usize, step_seqs: usize, shape: &AttnShape) -> bool {
+    let group = shape.n_q_heads / shape.n_kv_heads.max(1);
+    step_rows > 0 && step_rows == step_seqs && group.div_ceil(HEADS_PER_CTA) == 1
+}
+
+/// [`rope_store_kv`] then [`attention`]: in one launch where [`fuses_rope`] and the device's [`FuseRope`]
+/// allow (decode: one launch of a layer's chain fewer), else the two. `q` and `k` are left unrotated by the
+/// one launch.
+pub fn rope_attention(
+    dev: &Device,
+    step: &CudaStep,
+    shape: &AttnShape,
+    qkv: Qkv<'_>,
+    (sinks, cache): (&CudaVector, &mut CudaCache),
+    out: &mut CudaBuf,
+) -> Result<()> {
+    let wanted = match dev.fuse_rope {
+        FuseRope::Always => true,
+        FuseRope::Never => false,
+        FuseRope::Auto => !dev.launches_dependent(),
+    };
+    if !wanted || !fuses_rope(step.rows, step.seqs, shape) {
+        let Qkv { q, k, v } = qkv;
+        rope_store_kv(dev, step, shape, Qkv { q: &mut *q, k, v }, cache)?;
+        return attention(dev, step, shape, q, sinks, cache, out);
+    }
+    check_qkv(step, shape, &qkv)?;
+    let rope = RopeIn {
+        k: qkv.k.buf.ptr(),
+        v: qkv.v.buf.ptr(),
+        inv_freq: step.inv_freq.ptr(),
+        conc: step.concentration,
+    };
+    launch_attention(dev, step, shape, (qkv.q, sinks, cache), out, Some(rope))
+}
+
+/// The step's keys and values that the fused form rotates and stores (see [`rope_attention`]).
+struct RopeIn {
+    k: u64,
+    v: u64,
+    inv_freq: u64,
+    conc: f32,
+}
+
 /// Attention with sinks over each token's window, read through its block table.
 pub fn attention(
     dev: &Device,
@@ -397,6 +456,17 @@ pub fn attention(
     sinks: &CudaVector,
     cache: &CudaCache,
     out: &mut CudaBuf,
+) -> Result<()> {
+    launch_attention(dev, step, shape, (q, sinks, cache), out, None)
+}
+
+fn launch_attention(
+    dev: &Device,
+    step: &CudaStep,
+    shape: &AttnShape,
+    (q, sinks, cache): (&CudaBuf, &CudaVector, &CudaCache),
+    out: &mut CudaBuf,
+    rope: Option<RopeIn>,
 ) -> Result<()> {
     cache.check("attention", shape)?;
     let qw = shape.n_q_heads * shape.head_dim;
@@ -441,8 +511,13 @@ pub fn attention(
         window: window as i32,
         splits: splits as i32,
         n_tok: step.rows as i32,
+        rope: rope.is_some() as i32,
+        conc: rope.as_ref().map_or(1.0, |r| r.conc),
+        k_new: rope.as_ref().map_or(0, |r| r.k),
+        v_new: rope.as_ref().map_or(0, |r| r.v),
+        inv_freq: rope.as_ref().map_or(0, |r| r.inv_freq),
     };
-    if !dev.exact && flash_kernel_fits(step.rows, step.seqs, splits, shape) {
+    if rope.is_none() && !dev.exact && flash_kernel_fits(step.rows, step.seqs, splits, shape) {
         let grid = (
             step.rows.div_ceil(FLASH_ROWS / group) as u32,
             shape.n_kv_heads as u32,
@@ -452,7 +527,7 @@ pub fn attention(
         return dev.launch(func, cfg(grid, 256), &p);
     }
     let threads = 32 * group.min(HEADS_PER_CTA) as u32;
-    if rows_kernel_fits(step.rows, step.seqs, splits, shape) {
+    if rope.is_none() && rows_kernel_fits(step.rows, step.seqs, splits, shape) {
         let grid = (
             step.rows.div_ceil(ROWS_PER_CTA) as u32,
             shape.n_kv_heads as u32,

@@ -14,6 +14,7 @@ use crate::backend::{CudaBuf, CudaLinear, CudaStep, CudaVector};
 use crate::device::Device;
 use crate::error::Result;
 use crate::kernels::{pipe_smem_bytes, Func, MmaRows, RowTile, WeightKind};
+use crate::ops::moe::XSplitParams;
 use crate::ops::{blocks, cfg, shape_error, DevWeight, WeightRef};
 use crate::options::LinearKernel;
 use cudarc::driver::LaunchConfig;
@@ -124,6 +125,7 @@ pub(crate) struct NormIn {
 struct LinearNormParams {
     p: LinearParams,
     norm: NormIn,
+    split: XSplitParams,
 }
 
 // SAFETY: #[repr(C)] mirror of `LinearNormParams` in linear.cu.
@@ -564,11 +566,19 @@ pub(crate) fn takes_fused_norm(dev: &Device, w: &CudaLinear, n_tok: usize) -> bo
 }
 
 /// Launches `out = h Wᵀ + b` at one step row, `h` being the norm `norm` that each block of the split-K GEMV
-/// computes itself (the caller checked [`takes_fused_norm`]).
-pub(crate) fn launch_fused_norm(dev: &Device, w: &CudaLinear, r: Rows, norm: NormIn) -> Result<()> {
+/// computes itself (the caller checked [`takes_fused_norm`]); the blocks also write h's `split` when its
+/// rows are 1 (the MXFP4 experts' x, for a router).
+pub(crate) fn launch_fused_norm(
+    dev: &Device,
+    w: &CudaLinear,
+    r: Rows,
+    norm: NormIn,
+    split: XSplitParams,
+) -> Result<()> {
     let (p, weight_blocks) = gemv_params(w, &r);
     let c = one_row_cfg((weight_blocks, 1, 1), 4 * w.w.k as u32);
-    dev.launch(Func::LinearNorm(w.w.kind), c, &LinearNormParams { p, norm })
+    let params = LinearNormParams { p, norm, split };
+    dev.launch(Func::LinearNorm(w.w.kind), c, &params)
 }
 
 /// Launches `out = x Wᵀ + b` over `r` (shapes already checked by the caller).

@@ -223,6 +223,9 @@ pub struct RouteWith<'a> {
     /// The format of the layers' experts, once known: a one-token step then also groups its choices for
     /// [`moe`] (one launch instead of two).
     pub experts: Option<ExpertTraits>,
+    /// The routing's next reader is [`moe`] on device experts of this step: a one-token step whose router
+    /// computes the norm and whose experts take the dot-product kernels then leaves the top-k to gate_up.
+    pub moe_follows: bool,
 }
 
 /// Router logits, top-k, softmax over the selected. Returns what it also did for the [`moe`] that follows
@@ -294,31 +297,6 @@ fn route_of(
         .scratch
         .filter(|s| s.logits_room() >= step.rows * w.rows);
     if let (Some(s), true) = (room, step.rows <= SPLIT_ROUTE_MAX_ROWS) {
-        let rows = linear::Rows {
-            x: h.buf.ptr(),
-            x_ld: h.cols,
-            x_rows: 0,
-            n_tok: step.rows,
-            out: s.y.ptr(),
-            out_ld: w.rows,
-            partial: 0,
-            split_room: 0,
-            xparts: 0,
-            xparts_room: 0,
-        };
-        match norm {
-            Some(norm) => linear::launch_fused_norm(dev, router, rows, norm)?,
-            None => linear::launch(dev, router, rows)?,
-        }
-        let topk = TopkParams {
-            logits: s.y.ptr(),
-            experts: out.experts.ptr(),
-            weights: out.weights.ptr(),
-            n_tok: step.rows as i32,
-            n_experts: w.rows as i32,
-            top_k: top_k as i32,
-            pad: 0,
-        };
         let pairs = step.rows * top_k;
         let grouped = with.experts.and_then(|traits| {
             let path = choose_moe(pairs, w.rows, traits, dev.moe_kernel, dev.exact);
@@ -332,8 +310,58 @@ fn route_of(
                 rows: step.rows,
                 n_experts: w.rows,
                 split,
+                topk_from: 0,
             })
         });
+        // The router's GEMV splits h itself (into `y`, the logits after it) and gate_up selects the top-k:
+        // the route launch of a one-token step goes (bench/NOTES.md, session 19).
+        let deferred = grouped.filter(|g| {
+            dev.defer_topk
+                && with.moe_follows
+                && norm.is_some()
+                && step.rows == 1
+                && g.split == GroupSplit::Planes
+                && s.logits_room() >= step.rows * (h.cols + w.rows)
+        });
+        let logits = match deferred {
+            Some(_) => s.y.ptr() + 4 * (step.rows * h.cols) as u64,
+            None => s.y.ptr(),
+        };
+        let rows = linear::Rows {
+            x: h.buf.ptr(),
+            x_ld: h.cols,
+            x_rows: 0,
+            n_tok: step.rows,
+            out: logits,
+            out_ld: w.rows,
+            partial: 0,
+            split_room: 0,
+            xparts: 0,
+            xparts_room: 0,
+        };
+        match norm {
+            Some(norm) => {
+                let split =
+                    deferred.map_or(XSplitParams::default(), |g| g.split.params(h, s, step.rows));
+                linear::launch_fused_norm(dev, router, rows, norm, split)?
+            }
+            None => linear::launch(dev, router, rows)?,
+        }
+        if let Some(g) = deferred {
+            return Ok(Some(Grouped {
+                topk_from: logits,
+                ..g
+            }));
+        }
+        let topk = TopkParams {
+            logits,
+            experts: out.experts.ptr(),
+            weights: out.weights.ptr(),
+            n_tok: step.rows as i32,
+            n_experts: w.rows as i32,
+            top_k: top_k as i32,
+            pad: 0,
+        };
         let Some(g) = grouped else {
             dev.launch(
                 Func::RouteTopk,
@@ -386,6 +414,9 @@ pub struct Grouped {
     rows: usize,
     n_experts: usize,
     split: GroupSplit,
+    /// Nonzero: the top-k is not selected yet; these are the router's logits, from which [`moe`]'s gate_up
+    /// selects it (and writes the routing).
+    topk_from: u64,
 }
 
 /// How the grouping kernel splits the hidden states for the MXFP4 kernels (`xsplit_unit`).
@@ -478,6 +509,7 @@ struct ExpertParams {
     combined: u64,
     act_half: i32,
     pad: i32,
+    route_logits: u64,
 }
 
 // SAFETY: #[repr(C)] mirror of `ExpertParams` in moe_common.cu.
@@ -499,11 +531,12 @@ struct CombineParams {
 unsafe impl cudarc::driver::DeviceRepr for CombineParams {}
 
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct XSplitParams {
+#[derive(Clone, Copy, Default)]
+pub(crate) struct XSplitParams {
     x: u64,
     xs: u64,
     xscale: u64,
+    /// 0: no split.
     rows: i32,
     k: i32,
     /// 1: the int8 planes of moe_dot.cu (xs not aliasing x); 0: two f16 parts.
@@ -511,7 +544,7 @@ struct XSplitParams {
     pad: i32,
 }
 
-// SAFETY: #[repr(C)] mirror of `XSplitParams` in moe_common.cu.
+// SAFETY: #[repr(C)] mirror of `XSplitParams` in common.cu.
 unsafe impl cudarc::driver::DeviceRepr for XSplitParams {}
 
 #[repr(C)]
@@ -743,8 +776,28 @@ pub fn moe(
         rows: step.rows,
         n_experts: e.n_experts,
         split,
+        topk_from: 0,
     };
-    if m.grouped != Some(wanted) {
+    let topk_from = m.grouped.map_or(0, |g| g.topk_from);
+    let grouped = m.grouped.map(|g| Grouped { topk_from: 0, ..g }) == Some(wanted);
+    if !grouped && topk_from != 0 {
+        // The route left the top-k to a gate_up that is not this one: select it here first.
+        let topk = TopkParams {
+            logits: topk_from,
+            experts: r.experts.ptr(),
+            weights: r.weights.ptr(),
+            n_tok: step.rows as i32,
+            n_experts: e.n_experts as i32,
+            top_k: r.top_k as i32,
+            pad: 0,
+        };
+        dev.launch(
+            Func::RouteTopk,
+            cfg((blocks(step.rows, 8), 1, 1), 256),
+            &topk,
+        )?;
+    }
+    if !grouped {
         let g = GroupParams {
             experts: r.experts.ptr(),
             counts: scratch.counts.ptr(),
@@ -797,6 +850,7 @@ pub fn moe(
         combined: 0,
         act_half: half as i32,
         pad: 0,
+        route_logits: if dot && grouped { topk_from } else { 0 },
     };
     launch_experts(dev, path, (&e.gate_up, 2 * inter, pairs, e.n_experts), &p)?;
     if fp4 && !dot && act_split.is_none() {
