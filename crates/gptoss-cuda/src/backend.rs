@@ -196,6 +196,15 @@ impl CudaBackend {
     }
 }
 
+/// The engine's q/k/v buffers as the attention ops take them.
+fn qkv_of<'a>(qkv: QkvBufs<'a, CudaBackend>) -> Qkv<'a> {
+    Qkv {
+        q: qkv.q,
+        k: qkv.k,
+        v: qkv.v,
+    }
+}
+
 /// The engine's norm input as the CUDA launchers take it.
 fn norm_args(n: NormInput<'_, CudaBackend>) -> ops::linear::NormArgs<'_> {
     ops::linear::NormArgs {
@@ -448,13 +457,12 @@ impl Backend for CudaBackend {
         qkv: QkvBufs<'_, Self>,
         cache: &mut CudaCache,
     ) -> Result<()> {
-        let qkv = Qkv {
-            q: qkv.q,
-            k: qkv.k,
-            v: qkv.v,
-        };
         Ok(ops::attention::rope_store_kv(
-            &self.dev, step, shape, qkv, cache,
+            &self.dev,
+            step,
+            shape,
+            qkv_of(qkv),
+            cache,
         )?)
     }
 
@@ -466,16 +474,11 @@ impl Backend for CudaBackend {
         sinks_cache: (&CudaVector, &mut CudaCache),
         out: &mut CudaBuf,
     ) -> Result<()> {
-        let qkv = Qkv {
-            q: qkv.q,
-            k: qkv.k,
-            v: qkv.v,
-        };
         Ok(ops::attention::rope_attention(
             &self.dev,
             step,
             shape,
-            qkv,
+            qkv_of(qkv),
             sinks_cache,
             out,
         )?)

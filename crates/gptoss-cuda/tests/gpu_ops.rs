@@ -1233,6 +1233,18 @@ struct AttnCase {
     steps: Vec<Batch>,
 }
 
+/// Layer 1 of [`attn_config`]'s two layers (the sliding one when `window` is), `nq` query heads over `nkv` kv
+/// heads `d` wide.
+fn layer1_shape(nq: usize, nkv: usize, d: usize, window: Window) -> AttnShape {
+    AttnShape {
+        layer: 1,
+        n_q_heads: nq,
+        n_kv_heads: nkv,
+        head_dim: d,
+        window,
+    }
+}
+
 fn attn_config(s: &AttnShape) -> ModelConfig {
     let mut cfg = ModelConfig::gpt_oss_20b();
     cfg.num_hidden_layers = 2;
@@ -1376,13 +1388,7 @@ fn paged_attention_every_kv_type_window_and_group() {
     // of 12 (two CTAs of 8 and 4 query heads per kv head).
     for (nq, nkv, d) in [(4, 2, 16), (24, 2, 64)] {
         for window in [Window::Sliding(4), Window::Full, Window::Sliding(8)] {
-            let shape = AttnShape {
-                layer: 1,
-                n_q_heads: nq,
-                n_kv_heads: nkv,
-                head_dim: d,
-                window,
-            };
+            let shape = layer1_shape(nq, nkv, d, window);
             let (case, layout) = attn_case(shape);
             let want_ring = if window == Window::Full { 0 } else { 2 };
             assert_eq!(layout.ring_blocks, want_ring);
@@ -1417,13 +1423,7 @@ fn fused_rope_attention_matches_two_launches() {
     // its later steps read the keys the fused steps stored.
     for (nq, nkv, d) in [(64, 8, 64), (4, 2, 16), (24, 2, 64)] {
         for window in [Window::Full, Window::Sliding(8)] {
-            let shape = AttnShape {
-                layer: 1,
-                n_q_heads: nq,
-                n_kv_heads: nkv,
-                head_dim: d,
-                window,
-            };
+            let shape = layer1_shape(nq, nkv, d, window);
             let (case, _) = attn_case(shape);
             let fused_steps = case
                 .steps
@@ -1505,13 +1505,7 @@ fn attention_rows_kernel_matches_cpu() {
     // visibly not the exact kernel.
     for (nq, nkv, d) in [(64, 8, 64), (8, 2, 64), (4, 2, 16)] {
         for window in [Window::Full, Window::Sliding(128), Window::Sliding(20)] {
-            let shape = AttnShape {
-                layer: 1,
-                n_q_heads: nq,
-                n_kv_heads: nkv,
-                head_dim: d,
-                window,
-            };
+            let shape = layer1_shape(nq, nkv, d, window);
             let case = rows_case(shape);
             let cpu = attention_run(&CpuBackend, &case, 5);
             for (kv, tol, fast_tol) in [
