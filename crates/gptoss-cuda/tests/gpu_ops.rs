@@ -498,6 +498,75 @@ fn fused_norms_match_their_own_launch_bit_for_bit() {
     }
 }
 
+/// A one-token route that left its top-k to gate_up, followed by a MoE of another input (so not the gate_up the
+/// route planned for): the MoE first selects the top-k from the router's logits, and routing and output are
+/// those of a route that selected it itself.
+#[test]
+#[ignore = "needs GPU"]
+fn deferred_topk_is_completed_for_another_input() {
+    let mut rng = Rng(41);
+    let hidden = 2880;
+    let (x, y) = (rng.vec(hidden, 1.0), rng.vec(hidden, 1.0));
+    let weight: Vec<f32> = rng.vec(hidden, 0.5).iter().map(|v| 1.0 + v).collect();
+    let ex = experts(&mut rng, TestFormat::Mxfp4, 32, hidden, 64);
+    let router = Linear {
+        weight: random_tensor(
+            &mut rng,
+            TestFormat::Dense(gptoss_formats::DType::BF16),
+            32,
+            hidden,
+            0.5,
+        ),
+        bias: Some(rng.vec(32, 0.5)),
+    };
+    let input = NormCase {
+        x: &x,
+        y: Some(&y),
+        weight: &weight,
+    };
+    let top_k = 4;
+    let run = |moe_follows: bool| {
+        let b = cuda(KvPrecision::F32);
+        let up = b.upload_experts(&ex).unwrap();
+        let r = b.upload_linear(&router).unwrap();
+        let mut routing = b.alloc_routing(1, top_k).unwrap();
+        let mut bufs = input.upload(&b);
+        let other = upload(&b, 1, hidden, &y);
+        let mut out = b.alloc(1, hidden).unwrap();
+        let step = step_of(&b, &plain_batch(1));
+        b.norm_route(&step, bufs.input(), &r, (top_k, moe_follows), &mut routing)
+            .unwrap();
+        let before = b.read_routing(&routing, 1, top_k).unwrap();
+        let args = MoeArgs {
+            h: &other,
+            experts: &up,
+            routing: &routing,
+            shape: MoeShape {
+                top_k,
+                swiglu_alpha: 1.702,
+                swiglu_limit: 7.0,
+            },
+        };
+        b.moe(&step, args, &mut out).unwrap();
+        let after = b.read_routing(&routing, 1, top_k).unwrap();
+        (before == after, after, b.read(&out, 1).unwrap())
+    };
+    let ((deferred_ready, deferred, deferred_out), (plain_ready, plain, plain_out)) =
+        (run(true), run(false));
+    assert!(
+        !deferred_ready && plain_ready,
+        "the route left its top-k: {}",
+        !deferred_ready
+    );
+    assert_eq!(deferred, plain, "routing completed by the MoE");
+    let same = deferred_out
+        .iter()
+        .zip(&plain_out)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    println!("deferred top-k completed for another input: routing {deferred:?}, output bit-identical {same}");
+    assert!(same, "MoE output");
+}
+
 /// One row's norm input: the residual, the output to add into it (if any), the norm's weight.
 struct NormCase<'a> {
     x: &'a [f32],

@@ -306,6 +306,7 @@ fn route_of(
             fits.then_some(Grouped {
                 scratch: s.counts.ptr(),
                 routing: out.experts.ptr(),
+                weights: out.weights.ptr(),
                 h: h.buf.ptr(),
                 rows: step.rows,
                 n_experts: w.rows,
@@ -409,7 +410,9 @@ fn route_of(
 pub struct Grouped {
     /// The scratch's `counts` (the scratch it grouped into: a reallocated one holds nothing).
     scratch: u64,
+    /// The routing's experts and weights.
     routing: u64,
+    weights: u64,
     h: u64,
     rows: usize,
     n_experts: usize,
@@ -772,6 +775,7 @@ pub fn moe(
     let wanted = Grouped {
         scratch: scratch.counts.ptr(),
         routing: r.experts.ptr(),
+        weights: r.weights.ptr(),
         h: m.h.buf.ptr(),
         rows: step.rows,
         n_experts: e.n_experts,
@@ -780,22 +784,19 @@ pub fn moe(
     };
     let topk_from = m.grouped.map_or(0, |g| g.topk_from);
     let grouped = m.grouped.map(|g| Grouped { topk_from: 0, ..g }) == Some(wanted);
-    if !grouped && topk_from != 0 {
-        // The route left the top-k to a gate_up that is not this one: select it here first.
+    if let Some(g) = m.grouped.filter(|g| !grouped && g.topk_from != 0) {
+        // The route left the top-k to a gate_up that is not this one: select it here first, over the
+        // router's logits as the route left them.
         let topk = TopkParams {
-            logits: topk_from,
-            experts: r.experts.ptr(),
-            weights: r.weights.ptr(),
-            n_tok: step.rows as i32,
-            n_experts: e.n_experts as i32,
+            logits: g.topk_from,
+            experts: g.routing,
+            weights: g.weights,
+            n_tok: g.rows as i32,
+            n_experts: g.n_experts as i32,
             top_k: r.top_k as i32,
             pad: 0,
         };
-        dev.launch(
-            Func::RouteTopk,
-            cfg((blocks(step.rows, 8), 1, 1), 256),
-            &topk,
-        )?;
+        dev.launch(Func::RouteTopk, cfg((blocks(g.rows, 8), 1, 1), 256), &topk)?;
     }
     if !grouped {
         let g = GroupParams {
