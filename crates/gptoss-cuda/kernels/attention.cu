@@ -92,9 +92,7 @@ static __device__ __forceinline__ void load_tile(const AttnParams& p, Tile& s, c
     for (int w = threadIdx.x; w < ATT_KEYS * vpr; w += blockDim.x) {
         int jj = w / vpr, c = w % vpr, j = j0 + jj;
         if (j < first || j > pos) continue;
-        int logical = j / 16;
-        int block = table[p.ring > 0 ? logical % p.ring : logical];
-        i64 row = ((i64)block * 16 + (j & 15)) * kvw + (i64)g * p.d + c * VEC;
+        i64 row = kv_pool_row(table, p.ring, j) * kvw + (i64)g * p.d + c * VEC;
         load16<KV>(p.kc, row, &s.k[jj][c * VEC]);
         load16<KV>(p.vc, row, &s.v[jj][c * VEC]);
     }
@@ -131,9 +129,7 @@ static __device__ void attention_impl(const AttnParams& p) {
         // the first tile makes the stores visible to its threads).
         int own = pos / ATT_KEYS;
         if (warp == 0 && own >= my0 && own < my1) {
-            int logical = pos / 16;
-            int block = table[p.ring > 0 ? logical % p.ring : logical];
-            i64 at = ((i64)block * 16 + (pos & 15)) * kvw + (i64)g * d;
+            i64 at = kv_pool_row(table, p.ring, pos) * kvw + (i64)g * d;
             const float* kh = p.k_new + (i64)t * kvw + (i64)g * d;
             const float* vh = p.v_new + (i64)t * kvw + (i64)g * d;
             for (int i = lane; i < half; i += 32) {
@@ -235,9 +231,7 @@ static __device__ __forceinline__ void load_rows_tile(const AttnParams& p, RowsT
             }
             continue;
         }
-        int logical = j / 16;
-        int block = table[p.ring > 0 ? logical % p.ring : logical];
-        i64 row = ((i64)block * 16 + (j & 15)) * kvw + (i64)g * ATD + c * VEC;
+        i64 row = kv_pool_row(table, p.ring, j) * kvw + (i64)g * ATD + c * VEC;
         load16<KV>(p.kc, row, &s.k[jj][c * VEC]);
         load16<KV>(p.vc, row, &s.v[jj][c * VEC]);
     }
@@ -494,9 +488,7 @@ static __device__ void attention_flash_impl(const AttnParams& p) {
                 jj = w / (D / 4);
                 part = w % (D / 4);
                 if (j < lo || j > hi) return -1;
-                int logical = j / 16;
-                int block = table[p.ring > 0 ? logical % p.ring : logical];
-                return ((i64)block * 16 + (j & 15)) * kvw + (i64)g * D + part * 4;
+                return kv_pool_row(table, p.ring, j) * kvw + (i64)g * D + part * 4;
             };
             __syncthreads();  // the previous tile is consumed
             float vf[CH][4];

@@ -62,6 +62,14 @@ static __device__ __forceinline__ u16 f32_to_f16(float f) {
 #define KV_BF16 1
 #define KV_F16 2
 
+// The pool row (block · 16 + pos mod 16) that holds position `pos` of a sequence, through its block table: entry
+// pos / 16 for full layers (ring = 0), (pos / 16) mod ring for sliding ones. (rope_kv.cu spells it out over the
+// whole table: the same address.)
+static __device__ __forceinline__ i64 kv_pool_row(const int* table, int ring, int pos) {
+    int logical = pos / 16;
+    return (i64)table[ring > 0 ? logical % ring : logical] * 16 + (pos & 15);
+}
+
 // Element i of a KV pool of type KV := v (rounded to nearest-even for the 16-bit types).
 template <int KV>
 static __device__ __forceinline__ void kv_store(void* base, i64 i, float v) {
