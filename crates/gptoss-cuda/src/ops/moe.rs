@@ -195,6 +195,36 @@ struct TopkParams {
 // SAFETY: #[repr(C)] mirror of `TopkParams` in router.cu.
 unsafe impl cudarc::driver::DeviceRepr for TopkParams {}
 
+impl TopkParams {
+    /// The top-k of `rows` tokens from `logits` `[rows, n_experts]` into the routing at `(experts, weights)`.
+    fn new(
+        logits: u64,
+        (experts, weights): (u64, u64),
+        rows: usize,
+        n_experts: usize,
+        top_k: usize,
+    ) -> Self {
+        TopkParams {
+            logits,
+            experts,
+            weights,
+            n_tok: rows as i32,
+            n_experts: n_experts as i32,
+            top_k: top_k as i32,
+            pad: 0,
+        }
+    }
+
+    /// `route_topk`: a warp per token, 8 tokens a block.
+    fn launch(&self, dev: &Device) -> Result<()> {
+        dev.launch(
+            Func::RouteTopk,
+            cfg((blocks(self.n_tok as usize, 8), 1, 1), 256),
+            self,
+        )
+    }
+}
+
 #[repr(C)]
 struct TopkGroupParams {
     topk: TopkParams,
@@ -354,21 +384,10 @@ fn route_of(
                 ..g
             }));
         }
-        let topk = TopkParams {
-            logits,
-            experts: out.experts.ptr(),
-            weights: out.weights.ptr(),
-            n_tok: step.rows as i32,
-            n_experts: w.rows as i32,
-            top_k: top_k as i32,
-            pad: 0,
-        };
+        let routing = (out.experts.ptr(), out.weights.ptr());
+        let topk = TopkParams::new(logits, routing, step.rows, w.rows, top_k);
         let Some(g) = grouped else {
-            dev.launch(
-                Func::RouteTopk,
-                cfg((blocks(step.rows, 8), 1, 1), 256),
-                &topk,
-            )?;
+            topk.launch(dev)?;
             return Ok(None);
         };
         let p = TopkGroupParams {
@@ -787,16 +806,8 @@ pub fn moe(
     if let Some(g) = m.grouped.filter(|g| !grouped && g.topk_from != 0) {
         // The route left the top-k to a gate_up that is not this one: select it here first, over the
         // router's logits as the route left them.
-        let topk = TopkParams {
-            logits: g.topk_from,
-            experts: g.routing,
-            weights: g.weights,
-            n_tok: g.rows as i32,
-            n_experts: g.n_experts as i32,
-            top_k: r.top_k as i32,
-            pad: 0,
-        };
-        dev.launch(Func::RouteTopk, cfg((blocks(g.rows, 8), 1, 1), 256), &topk)?;
+        let routing = (g.routing, g.weights);
+        TopkParams::new(g.topk_from, routing, g.rows, g.n_experts, r.top_k).launch(dev)?;
     }
     if !grouped {
         let g = GroupParams {
