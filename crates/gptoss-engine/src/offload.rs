@@ -216,19 +216,36 @@ impl Drop for WarmWorkers {
     }
 }
 
+impl HostMoe {
+    /// Logs (debug) where the host-side MoEs' wall time went so far.
+    fn log_times(&self) {
+        let t = &self.times;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let p = self.step.moe_times();
+        tracing::debug!(
+            "host experts: {} MoEs; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms (gather {:.1}, gate_up \
+             and SwiGLU {:.1}, down {:.1}, combine {:.1}), writing {:.1} ms",
+            t.calls,
+            ms(t.read_h),
+            ms(t.read_routing),
+            ms(t.compute),
+            ms(p.gather),
+            ms(p.gate_up),
+            ms(p.down),
+            ms(p.combine),
+            ms(t.write)
+        );
+    }
+}
+
+/// MoEs between two of the host experts' debug lines (the engine may never drop the model before the process
+/// exits, e.g. in `bench`).
+const LOG_TIMES_EVERY: u64 = 1024;
+
 impl Drop for HostMoe {
     fn drop(&mut self) {
-        let t = &self.times;
-        if t.calls > 0 {
-            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-            tracing::debug!(
-                "host experts: {} MoEs; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms, writing {:.1} ms",
-                t.calls,
-                ms(t.read_h),
-                ms(t.read_routing),
-                ms(t.compute),
-                ms(t.write)
-            );
+        if self.times.calls > 0 {
+            self.log_times();
         }
     }
 }
@@ -335,6 +352,9 @@ impl HostMoe {
         t.read_routing += t2 - t1;
         t.compute += t3 - t2;
         t.write += t3.elapsed();
+        if t.calls.is_multiple_of(LOG_TIMES_EVERY) {
+            self.log_times();
+        }
         Ok(())
     }
 

@@ -113,16 +113,28 @@ impl Matmul<'_> {
         }
     }
 
-    /// Each segment's weight on its rows of `x` (`[rows, in]`) into the same rows of `out`.
-    pub(crate) fn run_segments(&mut self, x: &[f32], segs: &[fast::Segment<'_>], out: &mut [f32]) {
+    /// Each segment's weight on its rows of `x` (`[rows, in]`) into the same rows of `out`; `done` sees
+    /// every piece of `out` once it is final ([`fast::RowsDone`]).
+    pub(crate) fn run_segments(
+        &mut self,
+        x: &[f32],
+        segs: &[fast::Segment<'_>],
+        out: &mut [f32],
+        done: fast::RowsDone<'_>,
+    ) {
         match self {
-            Matmul::Fast(f) => f.run_segments(x, segs, out),
+            Matmul::Fast(f) => f.run_segments(x, segs, out, done),
             Matmul::Exact => {
                 for s in segs {
                     let (n, n_out) = (s.w.row_len(), s.w.n_rows());
                     let (a, b) = (s.rows.start, s.rows.end);
                     let (xs, os) = (&x[a * n..b * n], &mut out[a * n_out..b * n_out]);
                     matmul::matmul(xs, b - a, s.w, s.bias, os);
+                    if let Some(done) = done {
+                        for (t, row) in (a..b).zip(os.chunks_exact(n_out)) {
+                            done(t, 0, row);
+                        }
+                    }
                 }
             }
         }
@@ -135,6 +147,13 @@ pub(crate) struct StepScratch {
     matmul: fast::Scratch,
     router: Vec<f32>,
     moe: moe::MoeBufs,
+}
+
+impl CpuStep {
+    /// The MoE phases' wall time summed over this step buffer's MoEs (zero if its lock is poisoned).
+    pub(crate) fn moe_times(&self) -> moe::MoePhaseTimes {
+        self.scratch.lock().map(|s| s.moe.times).unwrap_or_default()
+    }
 }
 
 /// A row-major f32 buffer.

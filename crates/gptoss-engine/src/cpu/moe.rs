@@ -1,20 +1,16 @@
 //! Mixture of experts on the CPU (spec §1.3): the (token, expert) pairs are sorted by expert, every
-//! chosen expert's gate_up runs over its tokens (one parallel region for all experts), then the clamped
-//! SwiGLU (in parallel once it is a few thousand values), then every expert's down, and the results are
+//! chosen expert's gate_up runs over its tokens (one parallel region for all experts, each task applying
+//! the clamped SwiGLU to the values it computed), then every expert's down, and the results are
 //! added with the router's weights. The matmuls run in the backend's arithmetic; buffers are reused from
 //! step to step.
 
 use gptoss_formats::Expert;
-use rayon::prelude::*;
 
 use crate::backend::MoeShape;
 use crate::math::swiglu_oai;
 
 use super::fast::Segment;
 use super::Matmul;
-
-/// SwiGLU outputs per parallel task.
-const SWIGLU_CHUNK: usize = 1024;
 
 /// The inputs of one MoE op.
 pub(crate) struct MoeInput<'a> {
@@ -47,6 +43,22 @@ pub(crate) struct MoeBufs {
     act: Vec<f32>,
     /// down output `[pairs, H]`.
     y: Vec<f32>,
+    /// Where the MoEs' wall time went, summed over every call (read by the host experts' debug log).
+    pub times: MoePhaseTimes,
+}
+
+/// Wall time of a MoE's phases, summed over calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MoePhaseTimes {
+    /// Sorting the pairs and gathering their hidden states.
+    pub gather: std::time::Duration,
+    /// gate_up of every chosen expert with the clamped SwiGLU (the input's quantization and one parallel
+    /// region).
+    pub gate_up: std::time::Duration,
+    /// down of every chosen expert.
+    pub down: std::time::Duration,
+    /// Adding the pairs' outputs with the router's weights.
+    pub combine: std::time::Duration,
 }
 
 impl MoeBufs {
@@ -76,6 +88,31 @@ impl MoeBufs {
     }
 }
 
+/// act `[pairs, I]` written by gate_up's tasks, each its own (pair, column) pieces.
+struct ActSink {
+    ptr: *mut f32,
+    len: usize,
+    i: usize,
+}
+
+// SAFETY: the tasks write disjoint elements of a buffer that outlives them.
+unsafe impl Sync for ActSink {}
+
+impl ActSink {
+    /// `act[t, j] = v`.
+    ///
+    /// # Safety
+    /// No other thread writes or reads `(t, j)` meanwhile.
+    unsafe fn set(&self, t: usize, j: usize, v: f32) {
+        let at = t * self.i + j;
+        assert!(
+            j < self.i && at < self.len,
+            "SwiGLU output ({t}, {j}) outside act"
+        );
+        *self.ptr.add(at) = v;
+    }
+}
+
 /// `out[t] = Σ_(e, g) in routing[t]  g · (down_e(swiglu(gate_up_e(h[t]))) + b_e)`.
 pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs, out: &mut [f32]) {
     let Some(first) = input.experts.first() else {
@@ -83,6 +120,7 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
     };
     let hidden = first.down.weight.n_rows();
     let i2 = first.gate_up.weight.n_rows();
+    let t0 = std::time::Instant::now();
     out[..input.rows * hidden].fill(0.0);
     bufs.sort_pairs(input);
     let n = bufs.pairs.len();
@@ -107,26 +145,34 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
     let gate_up = segments(|e| &e.gate_up);
     let down = segments(|e| &e.down);
     bufs.z.resize(n * i2, 0.0);
-    mm.run_segments(&bufs.x, &gate_up, &mut bufs.z);
-    let s = input.shape;
     bufs.act.resize(n * i2 / 2, 0.0);
-    let swiglu = |(act, z): (&mut [f32], &[f32])| {
-        for (a, p) in act.iter_mut().zip(z.chunks_exact(2)) {
-            *a = swiglu_oai(p[0], p[1], s.swiglu_alpha, s.swiglu_limit);
+    let s = input.shape;
+    let act = ActSink {
+        ptr: bufs.act.as_mut_ptr(),
+        len: n * i2 / 2,
+        i: i2 / 2,
+    };
+    // Each gate_up task applies the clamped SwiGLU to the (gate, up) pairs it just computed, on its own
+    // worker: as a pass of its own it was a parallel region (≈ 76 µs a layer for one token on 16 cores, ≈ 5%
+    // of a `--cpu-moe` decode token's CPU time; a 512-token prefill's ≈ 25 ms serially).
+    let swiglu = |t: usize, j0: usize, z: &[f32]| {
+        for (k, p) in z.chunks_exact(2).enumerate() {
+            // SAFETY: the pieces the matmul hands out are disjoint, so act[t, j0 / 2 + k] is this call's alone.
+            unsafe {
+                act.set(
+                    t,
+                    j0 / 2 + k,
+                    swiglu_oai(p[0], p[1], s.swiglu_alpha, s.swiglu_limit),
+                )
+            };
         }
     };
-    let (act, z) = (&mut bufs.act[..n * i2 / 2], &bufs.z[..n * i2]);
-    // Serial, the SwiGLU of one decode token's 4 experts of 20b took ≈ 50 µs (a 512-token prefill's
-    // ≈ 25 ms), as much as a parallel matmul region on 16 cores.
-    if act.len() >= 2 * SWIGLU_CHUNK {
-        act.par_chunks_mut(SWIGLU_CHUNK)
-            .zip(z.par_chunks(2 * SWIGLU_CHUNK))
-            .for_each(swiglu);
-    } else {
-        swiglu((act, z));
-    }
+    let t1 = std::time::Instant::now();
+    mm.run_segments(&bufs.x, &gate_up, &mut bufs.z, Some(&swiglu));
+    let t2 = std::time::Instant::now();
     bufs.y.resize(n * hidden, 0.0);
-    mm.run_segments(&bufs.act, &down, &mut bufs.y);
+    mm.run_segments(&bufs.act, &down, &mut bufs.y, None);
+    let t4 = std::time::Instant::now();
     for (k, &(t, g)) in bufs.pairs.iter().enumerate() {
         for (o, v) in out[t * hidden..(t + 1) * hidden]
             .iter_mut()
@@ -135,4 +181,9 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
             *o += g * v;
         }
     }
+    let t = &mut bufs.times;
+    t.gather += t1 - t0;
+    t.gate_up += t2 - t1;
+    t.down += t4 - t2;
+    t.combine += t4.elapsed();
 }

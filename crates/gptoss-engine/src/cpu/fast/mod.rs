@@ -125,6 +125,15 @@ impl OutRows {
         *self.ptr.add(t * self.n_out + j) = v;
     }
 
+    /// `out[t, cols]` to read.
+    ///
+    /// # Safety
+    /// The piece is inside the buffer and no thread writes it while the slice lives.
+    #[inline(always)]
+    pub(crate) unsafe fn piece(&self, t: usize, cols: std::ops::Range<usize>) -> &[f32] {
+        std::slice::from_raw_parts(self.ptr.add(t * self.n_out + cols.start), cols.len())
+    }
+
     /// The same buffer starting at row `t`.
     ///
     /// # Safety
@@ -207,6 +216,16 @@ impl FastMatmul<'_> {
     }
 }
 
+/// Output values of a segment below which [`RowsDone`] is called on its rows serially (segments whose
+/// weights take no int8 tasks).
+const DONE_PARALLEL_MIN: usize = 4096;
+
+/// What a segment run calls on each piece of output as soon as it is final: `(t, j0, out[t, j0..j0 + len])`,
+/// a task's weight rows (`j0` a multiple of [`TASK_ROWS`], even) or a whole row, so every piece has an even
+/// length where rows do. Called from the worker that wrote the piece, so work that reads it (the MoE's
+/// SwiGLU over (gate, up) pairs) needs no pass of its own.
+pub(crate) type RowsDone<'a> = Option<&'a (dyn Fn(usize, usize, &[f32]) + Sync)>;
+
 /// One weight applied to a run of rows of a shared input and output (one expert of a MoE layer).
 pub(crate) struct Segment<'a> {
     /// Rows of the input and of the output.
@@ -222,7 +241,14 @@ impl FastMatmul<'_> {
     /// and one parallel region for all segments when every weight has an int8 view in one layout (fewer
     /// joins than a call per segment: a MoE decode step has 8 expert matmuls per layer); segment by
     /// segment otherwise. `x` is `[rows, n_in]`, `out` `[rows, n_out]`.
-    pub(crate) fn run_segments(&mut self, x: &[f32], segs: &[Segment<'_>], out: &mut [f32]) {
+    /// `done`, if given, sees every piece of `out` once it is final ([`RowsDone`]).
+    pub(crate) fn run_segments(
+        &mut self,
+        x: &[f32],
+        segs: &[Segment<'_>],
+        out: &mut [f32],
+        done: RowsDone<'_>,
+    ) {
         let Some(first) = segs.first() else { return };
         let (n, n_out) = (first.w.row_len(), first.w.n_rows());
         let rows = segs.iter().map(|s| s.rows.end).max().unwrap_or(0);
@@ -240,13 +266,20 @@ impl FastMatmul<'_> {
         let (Some(views), true) = (views, sized) else {
             for s in segs {
                 let (a, b) = (s.rows.start, s.rows.end);
-                self.run(
-                    &x[a * n..b * n],
-                    b - a,
-                    s.w,
-                    s.bias,
-                    &mut out[a * n_out..b * n_out],
-                );
+                let part = &mut out[a * n_out..b * n_out];
+                self.run(&x[a * n..b * n], b - a, s.w, s.bias, part);
+                if let Some(done) = done {
+                    // In parallel once it is worth a region (a prompt's rows), as the SwiGLU pass was.
+                    if part.len() >= DONE_PARALLEL_MIN {
+                        part.par_chunks_exact(n_out)
+                            .enumerate()
+                            .for_each(|(i, row)| done(a + i, 0, row));
+                    } else {
+                        for (t, row) in (a..b).zip(part.chunks_exact(n_out)) {
+                            done(t, 0, row);
+                        }
+                    }
+                }
             }
             return;
         };
@@ -271,7 +304,14 @@ impl FastMatmul<'_> {
             let sink = unsafe { base.at_row(seg.rows.start) };
             // SAFETY: `isa` is supported; each (segment, task) owns its rows × columns of `out`
             // (segments' rows do not overlap).
-            unsafe { int8_task(isa, iw, &acts, r, seg.bias, sink) }
+            unsafe { int8_task(isa, iw, &acts, r.clone(), seg.bias, sink) }
+            if let Some(done) = done {
+                for t in seg.rows.clone() {
+                    // SAFETY: this task wrote out[t, r] just now and no other task touches it.
+                    let piece = unsafe { base.piece(t, r.clone()) };
+                    done(t, r.start, piece);
+                }
+            }
         });
     }
 }

@@ -492,7 +492,8 @@ fn rows_that_are_not_whole_blocks_take_the_exact_path() {
 }
 
 /// Segments (the experts of a MoE step) in one call give bit for bit what one call per segment gives,
-/// int8 formats in one region and anything else segment by segment.
+/// int8 formats in one region and anything else segment by segment; the pieces a call reports as done
+/// cover its output once, with the values it wrote.
 #[test]
 fn segments_equal_separate_calls() {
     let (n_out, n) = (29, 64);
@@ -524,7 +525,30 @@ fn segments_equal_separate_calls() {
                 isa,
                 scratch: &mut s,
             }
-            .run_segments(&x, &segs, &mut together);
+            .run_segments(&x, &segs, &mut together, None);
+            // The same call reporting its pieces: every output element in exactly one piece, as written.
+            let pieces = std::sync::Mutex::new(Vec::new());
+            let record = |t: usize, j0: usize, piece: &[f32]| {
+                pieces.lock().unwrap().push((t, j0, piece.to_vec()));
+            };
+            let mut reported = vec![0.0; 7 * n_out];
+            FastMatmul {
+                isa,
+                scratch: &mut s,
+            }
+            .run_segments(&x, &segs, &mut reported, Some(&record));
+            let mut seen = vec![0u32; 7 * n_out];
+            for (t, j0, piece) in pieces.into_inner().unwrap() {
+                for (j, v) in (j0..).zip(piece) {
+                    seen[t * n_out + j] += 1;
+                    assert_eq!(
+                        v.to_bits(),
+                        together[t * n_out + j].to_bits(),
+                        "{isa:?} ({t}, {j})"
+                    );
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{isa:?}: pieces {seen:?}");
             for seg in &segs {
                 let (a, b) = (seg.rows.start, seg.rows.end);
                 let mut alone = vec![0.0; (b - a) * n_out];
@@ -536,5 +560,38 @@ fn segments_equal_separate_calls() {
                 assert_eq!(&together[a * n_out..b * n_out], &alone[..], "{isa:?}");
             }
         }
+    }
+}
+
+/// A segment without int8 tasks (an f32 weight) and enough rows to report its rows in parallel: every
+/// element is reported once, with the value written.
+#[test]
+fn pieces_of_a_long_segment_without_int8_tasks_cover_its_output() {
+    let (n_out, n, rows) = (30, 64, 150);
+    assert!(rows * n_out >= super::DONE_PARALLEL_MIN);
+    let w = gptoss_formats::QuantTensor::from_f32(vec![n_out, n], &inputs(n_out, n, 5));
+    let x = inputs(rows, n, 6);
+    let segs = [Segment {
+        rows: 0..rows,
+        w: &w,
+        bias: None,
+    }];
+    let mut s = Scratch::default();
+    let mut out = vec![0.0; rows * n_out];
+    let seen = std::sync::Mutex::new(vec![(0u32, 0f32); rows * n_out]);
+    let record = |t: usize, j0: usize, piece: &[f32]| {
+        let mut seen = seen.lock().unwrap();
+        for (j, &v) in (j0..).zip(piece) {
+            let slot = &mut seen[t * n_out + j];
+            *slot = (slot.0 + 1, v);
+        }
+    };
+    FastMatmul {
+        isa: isas()[0],
+        scratch: &mut s,
+    }
+    .run_segments(&x, &segs, &mut out, Some(&record));
+    for (i, &(count, v)) in seen.into_inner().unwrap().iter().enumerate() {
+        assert_eq!((count, v.to_bits()), (1, out[i].to_bits()), "element {i}");
     }
 }
