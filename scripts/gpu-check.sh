@@ -60,6 +60,8 @@ for arch in native sm_80; do
         rc=$?
         summary="$(grep -E '^test result' "$log" | tail -n 1 | sed 's/test result: //; s/; finished.*//')"
         result["$t/$arch"]="$([ $rc = 0 ] && echo PASS || echo FAIL) ${summary:-no result (rc $rc)}"
+        # As it goes, too: a run cut short by the device's time limit still says what finished.
+        echo "$t $arch: ${result[$t/$arch]} (${SECONDS}s)"
         [ $rc = 0 ] || status=1
     done
 done
