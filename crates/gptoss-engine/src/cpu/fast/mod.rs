@@ -268,7 +268,7 @@ impl FastMatmul<'_> {
                 let (a, b) = (s.rows.start, s.rows.end);
                 let part = &mut out[a * n_out..b * n_out];
                 self.run(&x[a * n..b * n], b - a, s.w, s.bias, part);
-                if let Some(done) = done {
+                if let Some(done) = done.filter(|_| n_out > 0) {
                     // In parallel once it is worth a region (a prompt's rows), as the SwiGLU pass was.
                     if part.len() >= DONE_PARALLEL_MIN {
                         part.par_chunks_exact(n_out)
