@@ -162,12 +162,14 @@ pub(crate) struct HostMoe {
     h: CpuBuf,
     routing: Vec<(usize, f32)>,
     out: CpuBuf,
-    times: HostMoeTimes,
+    /// `[one-token MoEs (decode), MoEs of more rows]`.
+    times: [HostMoeTimes; 2],
 }
 
-/// Where the host-side MoEs' wall time went, logged (debug) when the model is dropped: a decode token with
-/// every expert on the CPU waits on the device once per layer, so this says how much of it is the CPU's.
-#[derive(Default)]
+/// Where the host-side MoEs' wall time went, logged (debug) every [`LOG_TIMES_EVERY`] MoEs and when the model is
+/// dropped: a decode token with every expert on the CPU waits on the device once per layer, so this says how
+/// much of it is the CPU's.
+#[derive(Clone, Copy, Default)]
 struct HostMoeTimes {
     calls: u64,
     /// Reading h back: waits for the device's queued work of the layer, then copies.
@@ -217,24 +219,39 @@ impl Drop for WarmWorkers {
 }
 
 impl HostMoe {
-    /// Logs (debug) where the host-side MoEs' wall time went so far.
+    /// Logs (debug) where the host-side MoEs' wall time went so far, one-token MoEs (decode) apart from those
+    /// of more rows (prompts).
     fn log_times(&self) {
-        let t = &self.times;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let p = self.step.moe_times();
-        tracing::debug!(
-            "host experts: {} MoEs; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms (gather {:.1}, gate_up \
-             and SwiGLU {:.1}, down {:.1}, combine {:.1}), writing {:.1} ms",
-            t.calls,
+        let phases = self.step.moe_times();
+        for ((t, p), kind) in self
+            .times
+            .iter()
+            .zip(phases)
+            .zip(["one-token", "many-token"])
+        {
+            if t.calls == 0 {
+                continue;
+            }
+            tracing::debug!(
+                "host experts, {kind} MoEs: {}; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms (gather {:.1}, \
+                 gate_up and SwiGLU {:.1}, down {:.1}, combine {:.1}), writing {:.1} ms",
+                t.calls,
             ms(t.read_h),
             ms(t.read_routing),
             ms(t.compute),
             ms(p.gather),
             ms(p.gate_up),
             ms(p.down),
-            ms(p.combine),
-            ms(t.write)
-        );
+                ms(p.combine),
+                ms(t.write)
+            );
+        }
+    }
+
+    /// MoEs run so far.
+    fn calls(&self) -> u64 {
+        self.times.iter().map(|t| t.calls).sum()
     }
 }
 
@@ -244,7 +261,7 @@ const LOG_TIMES_EVERY: u64 = 1024;
 
 impl Drop for HostMoe {
     fn drop(&mut self) {
-        if self.times.calls > 0 {
+        if self.calls() > 0 {
             self.log_times();
         }
     }
@@ -318,7 +335,7 @@ impl HostMoe {
             h: cpu.alloc(rows, hidden)?,
             routing: cpu.alloc_routing(rows, top_k)?,
             out: cpu.alloc(rows, hidden)?,
-            times: HostMoeTimes::default(),
+            times: Default::default(),
         })
     }
 
@@ -346,13 +363,13 @@ impl HostMoe {
         let y = self.compute(io.experts, io.shape, choices)?;
         let t3 = std::time::Instant::now();
         b.write(out, rows, &y)?;
-        let t = &mut self.times;
+        let t = &mut self.times[usize::from(rows > 1)];
         t.calls += 1;
         t.read_h += t1 - t0;
         t.read_routing += t2 - t1;
         t.compute += t3 - t2;
         t.write += t3.elapsed();
-        if t.calls.is_multiple_of(LOG_TIMES_EVERY) {
+        if self.calls().is_multiple_of(LOG_TIMES_EVERY) {
             self.log_times();
         }
         Ok(())

@@ -150,8 +150,9 @@ pub(crate) struct StepScratch {
 }
 
 impl CpuStep {
-    /// The MoE phases' wall time summed over this step buffer's MoEs (zero if its lock is poisoned).
-    pub(crate) fn moe_times(&self) -> moe::MoePhaseTimes {
+    /// The MoE phases' wall time summed over this step buffer's MoEs, `[one-token, more rows]` (zero if its
+    /// lock is poisoned).
+    pub(crate) fn moe_times(&self) -> [moe::MoePhaseTimes; 2] {
         self.scratch.lock().map(|s| s.moe.times).unwrap_or_default()
     }
 }

@@ -43,8 +43,9 @@ pub(crate) struct MoeBufs {
     act: Vec<f32>,
     /// down output `[pairs, H]`.
     y: Vec<f32>,
-    /// Where the MoEs' wall time went, summed over every call (read by the host experts' debug log).
-    pub times: MoePhaseTimes,
+    /// Where the MoEs' wall time went, summed over every call (read by the host experts' debug log):
+    /// `[one-token MoEs, MoEs of more rows]`.
+    pub times: [MoePhaseTimes; 2],
 }
 
 /// Wall time of a MoE's phases, summed over calls.
@@ -181,7 +182,7 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
             *o += g * v;
         }
     }
-    let t = &mut bufs.times;
+    let t = &mut bufs.times[usize::from(input.rows > 1)];
     t.gather += t1 - t0;
     t.gate_up += t2 - t1;
     t.down += t4 - t2;
