@@ -237,12 +237,12 @@ impl HostMoe {
                 "host experts, {kind} MoEs: {}; reading h {:.1} ms, routing {:.1} ms, CPU {:.1} ms (gather {:.1}, \
                  gate_up and SwiGLU {:.1}, down {:.1}, combine {:.1}), writing {:.1} ms",
                 t.calls,
-            ms(t.read_h),
-            ms(t.read_routing),
-            ms(t.compute),
-            ms(p.gather),
-            ms(p.gate_up),
-            ms(p.down),
+                ms(t.read_h),
+                ms(t.read_routing),
+                ms(t.compute),
+                ms(p.gather),
+                ms(p.gate_up),
+                ms(p.down),
                 ms(p.combine),
                 ms(t.write)
             );

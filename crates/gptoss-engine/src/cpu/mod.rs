@@ -130,11 +130,7 @@ impl Matmul<'_> {
                     let (a, b) = (s.rows.start, s.rows.end);
                     let (xs, os) = (&x[a * n..b * n], &mut out[a * n_out..b * n_out]);
                     matmul::matmul(xs, b - a, s.w, s.bias, os);
-                    if let Some(done) = done.filter(|_| n_out > 0) {
-                        for (t, row) in (a..b).zip(os.chunks_exact(n_out)) {
-                            done(t, 0, row);
-                        }
-                    }
+                    fast::report_rows(done, a, os, n_out);
                 }
             }
         }

@@ -173,7 +173,7 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
     let t2 = std::time::Instant::now();
     bufs.y.resize(n * hidden, 0.0);
     mm.run_segments(&bufs.act, &down, &mut bufs.y, None);
-    let t4 = std::time::Instant::now();
+    let t3 = std::time::Instant::now();
     for (k, &(t, g)) in bufs.pairs.iter().enumerate() {
         for (o, v) in out[t * hidden..(t + 1) * hidden]
             .iter_mut()
@@ -185,6 +185,6 @@ pub(crate) fn moe(input: &MoeInput<'_>, mm: &mut Matmul<'_>, bufs: &mut MoeBufs,
     let t = &mut bufs.times[usize::from(input.rows > 1)];
     t.gather += t1 - t0;
     t.gate_up += t2 - t1;
-    t.down += t4 - t2;
-    t.combine += t4.elapsed();
+    t.down += t3 - t2;
+    t.combine += t3.elapsed();
 }

@@ -226,6 +226,24 @@ const DONE_PARALLEL_MIN: usize = 4096;
 /// SwiGLU over (gate, up) pairs) needs no pass of its own.
 pub(crate) type RowsDone<'a> = Option<&'a (dyn Fn(usize, usize, &[f32]) + Sync)>;
 
+/// Hands `done` the whole rows of `part` (`out` rows from `first_row` on, `n_out` each) once they are final: the
+/// pieces of a segment computed without int8 tasks. In parallel once it is worth a region (a prompt's rows),
+/// as the MoE's SwiGLU pass was.
+pub(crate) fn report_rows(done: RowsDone<'_>, first_row: usize, part: &[f32], n_out: usize) {
+    let Some(done) = done.filter(|_| n_out > 0) else {
+        return;
+    };
+    if part.len() >= DONE_PARALLEL_MIN {
+        part.par_chunks_exact(n_out)
+            .enumerate()
+            .for_each(|(i, row)| done(first_row + i, 0, row));
+    } else {
+        for (i, row) in part.chunks_exact(n_out).enumerate() {
+            done(first_row + i, 0, row);
+        }
+    }
+}
+
 /// One weight applied to a run of rows of a shared input and output (one expert of a MoE layer).
 pub(crate) struct Segment<'a> {
     /// Rows of the input and of the output.
@@ -268,18 +286,7 @@ impl FastMatmul<'_> {
                 let (a, b) = (s.rows.start, s.rows.end);
                 let part = &mut out[a * n_out..b * n_out];
                 self.run(&x[a * n..b * n], b - a, s.w, s.bias, part);
-                if let Some(done) = done.filter(|_| n_out > 0) {
-                    // In parallel once it is worth a region (a prompt's rows), as the SwiGLU pass was.
-                    if part.len() >= DONE_PARALLEL_MIN {
-                        part.par_chunks_exact(n_out)
-                            .enumerate()
-                            .for_each(|(i, row)| done(a + i, 0, row));
-                    } else {
-                        for (t, row) in (a..b).zip(part.chunks_exact(n_out)) {
-                            done(t, 0, row);
-                        }
-                    }
-                }
+                report_rows(done, a, part, n_out);
             }
             return;
         };
