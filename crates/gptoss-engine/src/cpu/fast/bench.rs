@@ -124,10 +124,10 @@ fn kernel_throughput() {
     }
 }
 
-/// The one-row int16 tile (the quad tile of `quad_x86.rs`) against the VBMI pair tile it stands in for,
-/// at T = 1 on a random ggml MXFP4 [`KROWS` (5760), 2880] weight (8.8 MB: in L3 here, not in L2): the
-/// two levels alternate (the order flips every round) so that other processes on a shared machine hit
-/// both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the figure is then
+/// The quad tile of `quad_x86.rs` against the VBMI pair tile it stands in for, at `KT` activation rows
+/// (1) on a random ggml MXFP4 (`KB=q8_0`: Q8_0) [`KROWS` (5760), 2880] weight (8.8 MB of MXFP4: in L3
+/// here, not in L2): the two levels alternate (the order flips every round) so that other processes on a
+/// shared machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the figure is then
 /// bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6); `KL=avx2` compares
 /// the AVX2 tiles instead (`Avx2Int16` against `Avx2`).
 /// Run with `cargo test --release -p gptoss-engine --lib int16_tile_throughput -- --ignored --nocapture`.
@@ -152,26 +152,38 @@ fn int16_tile_throughput() {
         eprintln!("this CPU lacks {old:?}: nothing to compare");
         return;
     }
-    let (rows, n) = (env_count("KROWS", 5760), 2880usize);
-    let mut mx = super::testing::bytes(rows * n / 32 * 17, 5);
-    for (i, blk) in mx.chunks_exact_mut(17).enumerate() {
-        blk[0] = 120 + (i % 3) as u8;
-    }
-    let w = QuantTensor {
-        shape: vec![rows, n],
-        format: ggml_mxfp4(),
-        data: Storage::owned(mx),
+    let (rows, n, t) = (env_count("KROWS", 5760), 2880usize, env_count("KT", 1));
+    let w = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
+        let mut q8 = super::testing::bytes(rows * n / 32 * 34, 5);
+        for blk in q8.chunks_exact_mut(34) {
+            blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+        QuantTensor {
+            shape: vec![rows, n],
+            format: TensorFormat::Q8_0,
+            data: Storage::owned(q8),
+        }
+    } else {
+        let mut mx = super::testing::bytes(rows * n / 32 * 17, 5);
+        for (i, blk) in mx.chunks_exact_mut(17).enumerate() {
+            blk[0] = 120 + (i % 3) as u8;
+        }
+        QuantTensor {
+            shape: vec![rows, n],
+            format: ggml_mxfp4(),
+            data: Storage::owned(mx),
+        }
     };
     let Some(iw) = IntWeight::of(&w) else {
         eprintln!("the weight has no int8 view");
         return;
     };
-    let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 29) as f32 - 14.3).collect();
+    let x: Vec<f32> = (0..t * n).map(|i| ((i * 7) % 29) as f32 - 14.3).collect();
     let mut acts = QuantActs::default();
-    acts.quantize(&x, 1, n, iw.layout());
-    let view = acts.view(0..1);
+    acts.quantize(&x, t, n, iw.layout());
+    let view = acts.view(0..t);
     let (threads, rounds) = (env_count("KTH", 1), env_count("KR", 6));
-    let mut out = vec![0f32; rows];
+    let mut out = vec![0f32; t * rows];
     let sink = OutRows {
         ptr: out.as_mut_ptr(),
         n_out: rows,
@@ -208,8 +220,11 @@ fn int16_tile_throughput() {
                 start.elapsed().as_secs_f64()
             };
             let gbs = w.data.len() as f64 * reps as f64 / secs / 1e9;
+            let gmacs = (rows * n * t) as f64 * reps as f64 / secs / 1e9;
             rate[usize::from(level == new)] = gbs;
-            eprintln!("round {round} {level:?} threads={threads}: {gbs:.1} GB/s");
+            eprintln!(
+                "round {round} {level:?} threads={threads} T={t}: {gbs:.1} GB/s, {gmacs:.1} GMAC/s"
+            );
         }
         ratios.push(rate[1] / rate[0]);
     }

@@ -4,8 +4,8 @@
 //! exact) is scaled by the weight's scale × the activation's unit into f32 lanes. AVX-512 VNNI
 //! (`vpdpbusd`, two blocks per 512-bit op, activations offset to unsigned with the offset cancelled in
 //! the accumulator's initial value) where present, else AVX2 (`vpmaddubsw` on |w| and sign(x, w), as
-//! llama.cpp does). With one activation row, ggml MXFP4 and Q8_0 take the quad tile of `quad_x86.rs`
-//! on AVX-512 VBMI. All give exactly the integer block dots of the scalar path (`portable.rs`).
+//! llama.cpp does). On AVX-512 VBMI, ggml MXFP4 and Q8_0 take the quad tile of `quad_x86.rs` (four
+//! blocks a step, one per 128-bit lane) at any number of activation rows. All give exactly the integer block dots of the scalar path (`portable.rs`).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -132,11 +132,13 @@ unsafe fn run_vbmi<D: Decode>(d: D, job: &Job<'_>) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn run_quad<D: Decode>(d: D, job: &Job<'_>) {
-    // 4 weight rows a tile: streaming from DRAM 1–3% faster than 3 for both formats, 2 was 5–10%
-    // slower and 6 no better (stream_levels, session 12). The wider tiles (C > 1) keep 3 rows.
+    // One activation row: 4 weight rows a tile, streaming from DRAM 1–3% faster than 3 for both
+    // formats, 2 was 5–10% slower and 6 no better (stream_levels, session 12). More activation rows:
+    // as many weight rows as keep the decoded quads, the accumulators and one activation row's
+    // registers in the 32 (MXFP4 3 decoded registers a row, Q8_0 5).
     match d.quads() {
-        Some(Quads::Mxfp4 { .. }) => sweep::<D, QuadTile<Mxfp4Quad>, 4>(&d, job),
-        Some(Quads::Q8_0) => sweep::<D, QuadTile<Q8Quad>, 4>(&d, job),
+        Some(Quads::Mxfp4 { .. }) => sweep_quads::<D, QuadTile<Mxfp4Quad>, 3>(&d, job),
+        Some(Quads::Q8_0) => sweep_quads::<D, QuadTile<Q8Quad>, 2>(&d, job),
         None => sweep::<D, VbmiTile, 3>(&d, job),
     }
 }
@@ -148,13 +150,33 @@ unsafe fn run_quad<D: Decode>(d: D, job: &Job<'_>) {
 unsafe fn sweep<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>) {
     let mut c0 = 0;
     while c0 < job.acts.rows {
-        let mut r0 = job.rows.start;
-        while r0 < job.rows.end {
-            let r1 = (r0 + R).min(job.rows.end);
-            tiles::<D, T, R>(d, job, r0..r1, c0);
-            r0 = r1;
+        weight_rows::<D, T, R>(d, job, c0);
+        c0 += TILE_COLS;
+    }
+}
+
+/// [`sweep`] for the quad tile: groups of 4 weight rows for a lone activation row, of `RW` for more.
+#[inline(always)]
+unsafe fn sweep_quads<D: Decode, T: Tile, const RW: usize>(d: &D, job: &Job<'_>) {
+    let mut c0 = 0;
+    while c0 < job.acts.rows {
+        if job.acts.rows - c0 == 1 {
+            weight_rows::<D, T, 4>(d, job, c0);
+        } else {
+            weight_rows::<D, T, RW>(d, job, c0);
         }
         c0 += TILE_COLS;
+    }
+}
+
+/// The task's weight rows in groups of `R` against activation rows `c0..` (up to [`TILE_COLS`]).
+#[inline(always)]
+unsafe fn weight_rows<D: Decode, T: Tile, const R: usize>(d: &D, job: &Job<'_>, c0: usize) {
+    let mut r0 = job.rows.start;
+    while r0 < job.rows.end {
+        let r1 = (r0 + R).min(job.rows.end);
+        tiles::<D, T, R>(d, job, r0..r1, c0);
+        r0 = r1;
     }
 }
 

@@ -1,6 +1,7 @@
-//! The one-activation-row (decode) tile for ggml MXFP4 and Q8_0 on AVX-512 VBMI: four blocks a step, each
-//! 128-bit lane of the int32 dot one block, so that the weights' scales need no broadcasts and the f32
-//! work (convert, scale, FMA) is done once per four blocks instead of once per two. MXFP4 is dotted in
+//! The tile for ggml MXFP4 and Q8_0 on AVX-512 VBMI: four blocks a step, each 128-bit lane of the int32
+//! dot one block, so that the weights' scales need no broadcasts and the f32 work (convert, scale, FMA)
+//! is done once per four blocks instead of once per two. A weight row's quad is decoded once and dotted
+//! with every activation row of the tile (one for decode, up to four for prompts). MXFP4 is dotted in
 //! two int8 passes (`vpdpbusd` on the activation's codes `q`, then remainders `r`), each block's 16 code
 //! bytes gathered into its lane and looked up once per nibble; Q8_0 is gathered straight into signed
 //! int16 lanes and dotted by `vpdpwssd` with `256 q + r` (its ±128 codes would take a lane of eight
@@ -15,7 +16,7 @@ use std::arch::x86_64::*;
 
 use super::acts::{quad_position, QuantRef, QUAD_ELEMS, QUAD_LANES};
 use super::decode_x86::{prefetch_ahead, quad_code_byte, Decode, RowPtr};
-use super::int8_x86::{dpwssd2, table_u, vnni_finish, Tile, VbmiTile};
+use super::int8_x86::{dpwssd2, table_u, vnni_finish, Tile};
 use super::weights::BLOCK;
 
 /// Which quad decode a weight format has.
@@ -40,12 +41,17 @@ pub(super) struct QuadX {
     units: __m512,
 }
 
-/// A format's quad step: decode four blocks of one weight row and add their scaled dots to `acc`.
+/// A format's quad step: decode four blocks of one weight row, then add their scaled dots with an
+/// activation row to `acc` (once per activation row the decoded quad meets).
 pub(super) trait QuadFormat {
+    /// One weight row's quad as decoded: vector registers only, so all-zero bits are a valid value.
+    type Row: Copy;
     /// The four activation registers of quad `k` of row `x` and the lane corrections the step needs.
     unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i);
-    /// `acc + Σ_lanes dot × w_scale × x_unit` for the quad at `p`.
-    unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512;
+    /// The quad at `p`, decoded.
+    unsafe fn decode(p: *const u8, tbl_u: __m512i) -> Self::Row;
+    /// `acc + Σ_lanes dot × w_scale × x_unit` for a decoded quad and one activation row.
+    unsafe fn dot(w: &Self::Row, x: &QuadX, acc: __m512) -> __m512;
     /// Prefetches the quad at `p` (which may lie past the row) into L2 (`prefetch_ahead`):
     /// every cache line it touches that the quads before it did not (68 bytes for MXFP4, 136 for Q8_0).
     unsafe fn prefetch(p: *const i8);
@@ -54,8 +60,25 @@ pub(super) trait QuadFormat {
 /// ggml MXFP4 quads ([`Quads::Mxfp4`]).
 pub(super) struct Mxfp4Quad;
 
+/// A decoded ggml MXFP4 quad of one weight row: positions `0..16` (`w0`) and `16..32` (`w1`) of block `L`
+/// in 128-bit lane `L`, unsigned (+128), and each int32 lane's `2^(e - 127)`.
+#[derive(Clone, Copy)]
+pub(super) struct Mxfp4Row {
+    w0: __m512i,
+    w1: __m512i,
+    scale: __m512,
+}
+
 /// ggml Q8_0 quads.
 pub(super) struct Q8Quad;
+
+/// A decoded Q8_0 quad of one weight row: four registers of signed int16 codes in [`quad_position`]'s
+/// order and each int32 lane's f16 scale.
+#[derive(Clone, Copy)]
+pub(super) struct Q8Row {
+    w: [__m512i; 4],
+    scale: __m512,
+}
 
 /// The gather of an MXFP4 quad's code bytes: block `L`'s 16 in 128-bit lane `L`, from the registers
 /// loaded at quad bytes 0 and 52 (selector bit 6).
@@ -87,6 +110,8 @@ static MXFP4_SCALES: [u8; 64] = mxfp4_scale_index();
 const ODD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
 
 impl QuadFormat for Mxfp4Quad {
+    type Row = Mxfp4Row;
+
     /// The codes `q` and remainders `r` (`acts::QuadRow::codes`: positions `0..16` of each block, then
     /// `16..32`) and the `-128 Σ (256 q + r)` corrections.
     #[inline(always)]
@@ -114,24 +139,33 @@ impl QuadFormat for Mxfp4Quad {
     /// scales: one zeroing gather puts block `L`'s E8M0 byte in lanes `4L..4L + 4`, the bit assembly of
     /// `e8m0_pair` (the maximum with 2^-127's bits covers `e = 0`) makes `2^(e - 127)`.
     #[inline(always)]
-    unsafe fn fma(p: *const u8, x: &QuadX, tbl_u: __m512i, acc: __m512) -> __m512 {
+    unsafe fn decode(p: *const u8, tbl_u: __m512i) -> Mxfp4Row {
         let a = _mm512_loadu_si512(p.cast());
         let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
         let g = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(MXFP4_CODES.as_ptr().cast()), b);
-        let w0 = _mm512_permutexvar_epi8(g, tbl_u);
-        let w1 = _mm512_permutexvar_epi8(_mm512_srli_epi16(g, 4), tbl_u);
-        let [q0, q1, r0, r1] = x.planes;
-        let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, q0);
-        let dq = _mm512_dpbusd_epi32(dq, w1, q1);
-        let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), x.offsets);
-        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(t, w0, r0), w1, r1);
         let e = permb_z(
             0x1111_1111_1111_1111,
             _mm512_loadu_si512(MXFP4_SCALES.as_ptr().cast()),
             a,
         );
-        let bits = _mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(1 << 22));
-        let scale = _mm512_mul_ps(_mm512_castsi512_ps(bits), x.units);
+        Mxfp4Row {
+            w0: _mm512_permutexvar_epi8(g, tbl_u),
+            w1: _mm512_permutexvar_epi8(_mm512_srli_epi16(g, 4), tbl_u),
+            scale: _mm512_castsi512_ps(_mm512_max_epu32(
+                _mm512_slli_epi32(e, 23),
+                _mm512_set1_epi32(1 << 22),
+            )),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: &Mxfp4Row, x: &QuadX, acc: __m512) -> __m512 {
+        let [q0, q1, r0, r1] = x.planes;
+        let dq = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.w0, q0);
+        let dq = _mm512_dpbusd_epi32(dq, w.w1, q1);
+        let t = _mm512_add_epi32(_mm512_slli_epi32(dq, 8), x.offsets);
+        let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(t, w.w0, r0), w.w1, r1);
+        let scale = _mm512_mul_ps(w.scale, x.units);
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc)
     }
 
@@ -180,6 +214,8 @@ static Q8_0_CODES: [[u8; 64]; 4] = [
 static Q8_0_SCALES: [u8; 64] = q8_0_scale_index();
 
 impl QuadFormat for Q8Quad {
+    type Row = Q8Row;
+
     /// The activation's `256 q + r` words in [`quad_position`]'s order (no correction: the words and
     /// weights are both signed).
     #[inline(always)]
@@ -199,7 +235,7 @@ impl QuadFormat for Q8Quad {
     /// needed); two accumulators of two `vpdpwssd` each keep every lane at four products (|w| ≤ 128,
     /// so below 2^24). One gather and one conversion give every lane its block's f16 scale.
     #[inline(always)]
-    unsafe fn fma(p: *const u8, x: &QuadX, _tbl_u: __m512i, acc: __m512) -> __m512 {
+    unsafe fn decode(p: *const u8, _tbl_u: __m512i) -> Q8Row {
         let a = _mm512_loadu_si512(p.cast());
         let b = _mm512_loadu_si512(p.add(64).cast());
         let a8 = _mm512_loadu_si512(p.add(8).cast());
@@ -217,12 +253,20 @@ impl QuadFormat for Q8Quad {
             _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a, idx[2], b), 8),
             _mm512_srai_epi16(_mm512_maskz_permutex2var_epi8(ODD, a8, idx[3], b8), 8),
         ];
-        let (zero, xw) = (_mm512_setzero_si512(), &x.planes);
-        let lo = dpwssd2(zero, (w[0], xw[0]), (w[1], xw[1]));
-        let hi = dpwssd2(zero, (w[2], xw[2]), (w[3], xw[3]));
         let halves =
             _mm512_permutex2var_epi8(a, _mm512_loadu_si512(Q8_0_SCALES.as_ptr().cast()), b);
-        let scale = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(halves)), x.units);
+        Q8Row {
+            w,
+            scale: _mm512_cvtph_ps(_mm512_castsi512_si256(halves)),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: &Q8Row, x: &QuadX, acc: __m512) -> __m512 {
+        let (zero, xw, ww) = (_mm512_setzero_si512(), &x.planes, &w.w);
+        let lo = dpwssd2(zero, (ww[0], xw[0]), (ww[1], xw[1]));
+        let hi = dpwssd2(zero, (ww[2], xw[2]), (ww[3], xw[3]));
+        let scale = _mm512_mul_ps(w.scale, x.units);
         let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), scale, acc);
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), scale, acc)
     }
@@ -253,8 +297,10 @@ unsafe fn permb_z(mask: u64, idx: __m512i, tbl: __m512i) -> __m512i {
     out
 }
 
-/// The quad tile: at one activation row, the whole quads of `R` weight rows by [`QuadFormat`] `F`, then
-/// the last pairs and odd block by the VNNI pair kernel; more activation rows take [`VbmiTile`].
+/// The quad tile: the whole quads of `R` weight rows × `C` activation rows by [`QuadFormat`] `F` (each
+/// quad of a weight row decoded once and dotted with every activation row), then the last pairs and odd
+/// block by the VNNI pair kernel. Every (weight row, activation row) result is the same ops in the same
+/// order whatever the tile's shape, so a row's outputs do not depend on which rows share its step.
 pub(super) struct QuadTile<F>(std::marker::PhantomData<F>);
 
 impl<F: QuadFormat> Tile for QuadTile<F> {
@@ -265,32 +311,53 @@ impl<F: QuadFormat> Tile for QuadTile<F> {
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
-        if C != 1 {
-            return VbmiTile::run::<D, R, C>(d, (rows, ahead), xs, nb);
-        }
         let unit = match d.quads() {
             Some(Quads::Mxfp4 { unit }) => unit,
             _ => 1.0,
         };
         let (tbl_u, unit) = (table_u(d), _mm512_set1_ps(unit));
-        let x = xs[0];
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         let quads = nb * BLOCK / QUAD_ELEMS;
         for k in 0..quads {
-            let lanes = k * QUAD_LANES;
-            let (planes, offsets) = F::activations(&x, k);
-            let xq = QuadX {
-                planes,
-                offsets,
-                units: _mm512_mul_ps(_mm512_loadu_ps(x.quad_units.as_ptr().add(lanes)), unit),
-            };
-            for r in 0..R {
-                // The next tile's rows, while this one runs (rows are short: no row starts cold).
-                F::prefetch(d.block_addr(ahead[r], 4 * k));
-                let p = d.block_addr(rows[r], 4 * k).cast::<u8>();
-                acc[r][0] = F::fma(p, &xq, tbl_u, acc[r][0]);
+            if C == 1 {
+                // One activation row: each weight row decoded and dotted in turn (decode, the streaming
+                // case, keeps the 4-row interleave it was tuned with).
+                let xq = quad_x::<F>(&xs[0], k, unit);
+                for r in 0..R {
+                    // The next tile's rows, while this one runs (rows are short: no row starts cold).
+                    F::prefetch(d.block_addr(ahead[r], 4 * k));
+                    let p = d.block_addr(rows[r], 4 * k).cast::<u8>();
+                    acc[r][0] = F::dot(&F::decode(p, tbl_u), &xq, acc[r][0]);
+                }
+            } else {
+                // SAFETY: `F::Row` is vector registers only, for which zero bits are a value.
+                let mut w: [F::Row; R] = std::mem::zeroed();
+                for r in 0..R {
+                    F::prefetch(d.block_addr(ahead[r], 4 * k));
+                    w[r] = F::decode(d.block_addr(rows[r], 4 * k).cast::<u8>(), tbl_u);
+                }
+                for c in 0..C {
+                    let xq = quad_x::<F>(&xs[c], k, unit);
+                    for r in 0..R {
+                        acc[r][c] = F::dot(&w[r], &xq, acc[r][c]);
+                    }
+                }
             }
         }
         vnni_finish(d, (rows, ahead), xs, (4 * quads, nb), acc)
+    }
+}
+
+/// Quad `k` of activation row `x` as `F` reads it, its lane units times the weight table's `unit`.
+#[inline(always)]
+unsafe fn quad_x<F: QuadFormat>(x: &QuantRef<'_>, k: usize, unit: __m512) -> QuadX {
+    let (planes, offsets) = F::activations(x, k);
+    QuadX {
+        planes,
+        offsets,
+        units: _mm512_mul_ps(
+            _mm512_loadu_ps(x.quad_units.as_ptr().add(k * QUAD_LANES)),
+            unit,
+        ),
     }
 }

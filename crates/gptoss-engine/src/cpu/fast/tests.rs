@@ -163,8 +163,8 @@ fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
 
 /// The quad tile (one activation row of ggml MXFP4 and Q8_0, four blocks a step) gives the sums of the
 /// exact integer block dots (to f32 summation order), on random and edge blocks and activations; rows of
-/// 3 to 10 blocks cover no quad, quads with a pair, an odd block or both after them; 1 to 5 activation
-/// rows cover the tile widths that fall back to the VBMI tile.
+/// 3 to 10 blocks cover no quad, quads with a pair, an odd block or both after them; 1, 2 and 5
+/// activation rows cover tiles of one, two and four activation rows and a lone last one.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn quad_kernel_matches_the_integer_reference() {
@@ -217,6 +217,62 @@ fn quad_kernel_matches_the_integer_reference() {
                                 w.format.describe()
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The quad tile gives each activation row the outputs it gets alone (one activation row, the decode
+/// tile), bit for bit, whatever rows share its step: every format, random and edge blocks and inputs,
+/// widths with and without a tail after the quads, 2 to 9 activation rows (tiles of 2, 3 and 4 rows and
+/// a lone last row), 38 weight rows (partial weight-row groups of both tile heights).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn quad_tile_rows_do_not_depend_on_their_neighbours() {
+    use super::int8_x86::{task, X86Level};
+    if !vbmi() {
+        return;
+    }
+    let n_out = 38;
+    let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
+    let run = |iw: &IntWeight<'_>, acts: &QuantActs, rows: usize| {
+        let mut out = vec![f32::NAN; rows * n_out];
+        let sink = OutRows {
+            ptr: out.as_mut_ptr(),
+            n_out,
+        };
+        let view = acts.view(0..rows);
+        // SAFETY: VBMI was detected; `out` holds `[rows, n_out]`.
+        unsafe { task(X86Level::Avx512Quad, iw, &view, 0..n_out, Some(&bias), sink) };
+        out
+    };
+    for n in [128, 224, 288] {
+        let mut weights = int_weights(n_out, n);
+        weights.push(edge_mxfp4(n_out, n));
+        weights.push(edge_q8_0(n_out, n));
+        for w in &weights {
+            let iw = IntWeight::of(w).unwrap();
+            for rows in [2, 3, 4, 5, 9] {
+                for x in [inputs(rows, n, 7 * rows as u64 + n as u64), edge_inputs(rows, n)] {
+                    let mut acts = QuantActs::default();
+                    acts.quantize(&x, rows, n, iw.layout());
+                    let together = run(&iw, &acts, rows);
+                    for t in 0..rows {
+                        let mut one = QuantActs::default();
+                        one.quantize(&x[t * n..(t + 1) * n], 1, n, iw.layout());
+                        let alone = run(&iw, &one, 1);
+                        let what = format!("{} T={rows} n={n} row {t}", w.format.describe());
+                        assert!(alone.iter().all(|v| v.is_finite()), "{what}");
+                        assert_eq!(
+                            alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            together[t * n_out..(t + 1) * n_out]
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect::<Vec<_>>(),
+                            "{what}"
+                        );
                     }
                 }
             }
