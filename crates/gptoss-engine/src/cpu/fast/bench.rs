@@ -125,7 +125,7 @@ fn kernel_throughput() {
 }
 
 /// The quad tile of `quad_x86.rs` against the VBMI pair tile it stands in for, at `KT` activation rows
-/// (1) on a random ggml MXFP4 (`KB=q8_0`: Q8_0) [`KROWS` (5760), 2880] weight (8.8 MB of MXFP4: in L3
+/// (1) on a random ggml MXFP4 (`KB=q8_0`: Q8_0, `KB=hf`: HF MXFP4) [`KROWS` (5760), 2880] weight (8.8 MB of MXFP4: in L3
 /// here, not in L2): the two levels alternate (the order flips every round) so that other processes on a
 /// shared machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the figure is then
 /// bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6); `KL=avx2` compares
@@ -153,7 +153,15 @@ fn int16_tile_throughput() {
         return;
     }
     let (rows, n, t) = (env_count("KROWS", 5760), 2880usize, env_count("KT", 1));
-    let w = if std::env::var("KB").is_ok_and(|v| v == "q8_0") {
+    let kb = std::env::var("KB").unwrap_or_default();
+    let w = if kb == "hf" {
+        let scales: Vec<u8> = (0..rows * n / 32).map(|i| 120 + (i % 3) as u8).collect();
+        QuantTensor::hf_mxfp4(
+            vec![rows, n],
+            Storage::owned(super::testing::bytes(rows * n / 2, 5)),
+            Storage::owned(scales),
+        )
+    } else if kb == "q8_0" {
         let mut q8 = super::testing::bytes(rows * n / 32 * 34, 5);
         for blk in q8.chunks_exact_mut(34) {
             blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());

@@ -428,6 +428,14 @@ impl Decode for Hf4<'_> {
         let s = e8m0_pair(*r.scales.add(b), *r.scales.add(b + 1), self.unit);
         (nibbles_zmm(q, tbl), s)
     }
+    #[inline(always)]
+    fn quads(&self) -> Option<Quads> {
+        let small = self
+            .table
+            .iter()
+            .all(|v| v.unsigned_abs() <= QUAD_TABLE_MAX.unsigned_abs());
+        small.then_some(Quads::HfMxfp4 { unit: self.unit })
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
 use super::decode_x86::{halves, prefetch_ahead, with_decoder, Decode, RowPtr, WithDecoder};
-use super::quad_x86::{Mxfp4Quad, Q8Quad, QuadTile, Quads};
+use super::quad_x86::{HfMxfp4Quad, Mxfp4Quad, Q8Quad, QuadTile, Quads};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
 
@@ -138,6 +138,7 @@ unsafe fn run_quad<D: Decode>(d: D, job: &Job<'_>) {
     // registers in the 32 (MXFP4 3 decoded registers a row, Q8_0 5).
     match d.quads() {
         Some(Quads::Mxfp4 { .. }) => sweep_quads::<D, QuadTile<Mxfp4Quad>, 3>(&d, job),
+        Some(Quads::HfMxfp4 { .. }) => sweep_quads::<D, QuadTile<HfMxfp4Quad>, 3>(&d, job),
         Some(Quads::Q8_0) => sweep_quads::<D, QuadTile<Q8Quad>, 2>(&d, job),
         None => sweep::<D, VbmiTile, 3>(&d, job),
     }

@@ -25,6 +25,8 @@ pub(super) enum Quads {
     /// ggml 4-bit blocks with an E8M0 scale (MXFP4) whose table values are at most 64 in magnitude, so
     /// that a lane's eight products stay below 2^24; `unit` is the table's.
     Mxfp4 { unit: f32 },
+    /// HF / OpenAI MXFP4 (codes apart from their E8M0 scales), under the same bound.
+    HfMxfp4 { unit: f32 },
     /// ggml Q8_0.
     Q8_0,
 }
@@ -48,25 +50,99 @@ pub(super) trait QuadFormat {
     type Row: Copy;
     /// The four activation registers of quad `k` of row `x` and the lane corrections the step needs.
     unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i);
-    /// The quad at `p`, decoded.
-    unsafe fn decode(p: *const u8, tbl_u: __m512i) -> Self::Row;
+    /// The quad of blocks `b..b + 4` of row `r`, decoded.
+    unsafe fn decode<D: Decode>(d: &D, r: RowPtr, b: usize, tbl_u: __m512i) -> Self::Row;
     /// `acc + Σ_lanes dot × w_scale × x_unit` for a decoded quad and one activation row.
     unsafe fn dot(w: &Self::Row, x: &QuadX, acc: __m512) -> __m512;
-    /// Prefetches the quad at `p` (which may lie past the row) into L2 (`prefetch_ahead`):
-    /// every cache line it touches that the quads before it did not (68 bytes for MXFP4, 136 for Q8_0).
-    unsafe fn prefetch(p: *const i8);
+    /// Prefetches the quad of blocks `b..b + 4` of row `r` (which may lie past the weight) into L2
+    /// (`prefetch_ahead`): every cache line it touches that the quads before it did not (68 bytes for
+    /// ggml MXFP4, 136 for Q8_0, 64 and 4 for HF MXFP4).
+    unsafe fn prefetch<D: Decode>(d: &D, r: RowPtr, b: usize);
 }
 
 /// ggml MXFP4 quads ([`Quads::Mxfp4`]).
 pub(super) struct Mxfp4Quad;
 
-/// A decoded ggml MXFP4 quad of one weight row: positions `0..16` (`w0`) and `16..32` (`w1`) of block `L`
+/// A decoded MXFP4 quad of one weight row: positions `0..16` (`w0`) and `16..32` (`w1`) of block `L`
 /// in 128-bit lane `L`, unsigned (+128), and each int32 lane's `2^(e - 127)`.
 #[derive(Clone, Copy)]
 pub(super) struct Mxfp4Row {
     w0: __m512i,
     w1: __m512i,
     scale: __m512,
+}
+
+impl Mxfp4Row {
+    /// From `codes` (block `L`'s 16 code bytes in 128-bit lane `L`) and `e` (block `L`'s E8M0 byte in
+    /// the low byte of int32 lanes `4L..4L + 4`, zeros above): two table lookups (`vpermb` on the table
+    /// repeated in all four 128-bit lanes, so bits 4–5 of an index do not matter; the high nibbles after
+    /// a 16-bit shift by 4) and the bit assembly of `e8m0_pair` (the maximum with 2^-127's bits covers
+    /// `e = 0`).
+    #[inline(always)]
+    unsafe fn of(codes: __m512i, e: __m512i, tbl_u: __m512i) -> Self {
+        Mxfp4Row {
+            w0: _mm512_permutexvar_epi8(codes, tbl_u),
+            w1: _mm512_permutexvar_epi8(_mm512_srli_epi16(codes, 4), tbl_u),
+            scale: _mm512_castsi512_ps(_mm512_max_epu32(
+                _mm512_slli_epi32(e, 23),
+                _mm512_set1_epi32(1 << 22),
+            )),
+        }
+    }
+}
+
+/// HF MXFP4 quads ([`Quads::HfMxfp4`]): the same registers and dot as [`Mxfp4Quad`] (block `L`'s codes,
+/// low nibbles positions `0..16` of the evens-then-odds layout, high nibbles `16..32`), read from the
+/// row's 64 contiguous code bytes and its 4 scale bytes.
+pub(super) struct HfMxfp4Quad;
+
+/// Byte 0 of int32 lane `i` gets byte `i / 4` (the E8M0 scale of block `i / 4` of an HF quad).
+const fn hf_scale_index() -> [u8; 64] {
+    let mut idx = [0u8; 64];
+    let mut i = 0;
+    while i < 16 {
+        idx[4 * i] = (i / 4) as u8;
+        i += 1;
+    }
+    idx
+}
+
+static HF_SCALES: [u8; 64] = hf_scale_index();
+
+impl QuadFormat for HfMxfp4Quad {
+    type Row = Mxfp4Row;
+
+    #[inline(always)]
+    unsafe fn activations(x: &QuantRef<'_>, k: usize) -> ([__m512i; 4], __m512i) {
+        Mxfp4Quad::activations(x, k)
+    }
+
+    /// One 512-bit load holds the four blocks' codes, each block already in its 128-bit lane; the four
+    /// scale bytes come as one 32-bit load and one zeroing `vpermb`.
+    #[inline(always)]
+    unsafe fn decode<D: Decode>(_d: &D, r: RowPtr, b: usize, tbl_u: __m512i) -> Mxfp4Row {
+        let codes = _mm512_loadu_si512(r.data.add(16 * b).cast());
+        let four = r.scales.add(b).cast::<i32>().read_unaligned();
+        let e = permb_z(
+            0x1111_1111_1111_1111,
+            _mm512_loadu_si512(HF_SCALES.as_ptr().cast()),
+            _mm512_castsi128_si512(_mm_cvtsi32_si128(four)),
+        );
+        Mxfp4Row::of(codes, e, tbl_u)
+    }
+
+    #[inline(always)]
+    unsafe fn dot(w: &Mxfp4Row, x: &QuadX, acc: __m512) -> __m512 {
+        Mxfp4Quad::dot(w, x, acc)
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch<D: Decode>(_d: &D, r: RowPtr, b: usize) {
+        let codes = r.data.wrapping_add(16 * b).cast::<i8>();
+        prefetch_ahead(codes);
+        prefetch_ahead(codes.wrapping_add(63));
+        prefetch_ahead(r.scales.wrapping_add(b).cast());
+    }
 }
 
 /// ggml Q8_0 quads.
@@ -139,7 +215,8 @@ impl QuadFormat for Mxfp4Quad {
     /// scales: one zeroing gather puts block `L`'s E8M0 byte in lanes `4L..4L + 4`, the bit assembly of
     /// `e8m0_pair` (the maximum with 2^-127's bits covers `e = 0`) makes `2^(e - 127)`.
     #[inline(always)]
-    unsafe fn decode(p: *const u8, tbl_u: __m512i) -> Mxfp4Row {
+    unsafe fn decode<D: Decode>(d: &D, r: RowPtr, b: usize, tbl_u: __m512i) -> Mxfp4Row {
+        let p = d.block_addr(r, b).cast::<u8>();
         let a = _mm512_loadu_si512(p.cast());
         let b = _mm512_castsi128_si512(_mm_loadu_si128(p.add(52).cast()));
         let g = _mm512_permutex2var_epi8(a, _mm512_loadu_si512(MXFP4_CODES.as_ptr().cast()), b);
@@ -148,14 +225,7 @@ impl QuadFormat for Mxfp4Quad {
             _mm512_loadu_si512(MXFP4_SCALES.as_ptr().cast()),
             a,
         );
-        Mxfp4Row {
-            w0: _mm512_permutexvar_epi8(g, tbl_u),
-            w1: _mm512_permutexvar_epi8(_mm512_srli_epi16(g, 4), tbl_u),
-            scale: _mm512_castsi512_ps(_mm512_max_epu32(
-                _mm512_slli_epi32(e, 23),
-                _mm512_set1_epi32(1 << 22),
-            )),
-        }
+        Mxfp4Row::of(g, e, tbl_u)
     }
 
     #[inline(always)]
@@ -170,7 +240,8 @@ impl QuadFormat for Mxfp4Quad {
     }
 
     #[inline(always)]
-    unsafe fn prefetch(p: *const i8) {
+    unsafe fn prefetch<D: Decode>(d: &D, r: RowPtr, b: usize) {
+        let p = d.block_addr(r, b);
         prefetch_ahead(p);
         prefetch_ahead(p.wrapping_add(64));
     }
@@ -235,7 +306,8 @@ impl QuadFormat for Q8Quad {
     /// needed); two accumulators of two `vpdpwssd` each keep every lane at four products (|w| ≤ 128,
     /// so below 2^24). One gather and one conversion give every lane its block's f16 scale.
     #[inline(always)]
-    unsafe fn decode(p: *const u8, _tbl_u: __m512i) -> Q8Row {
+    unsafe fn decode<D: Decode>(d: &D, r: RowPtr, b: usize, _tbl_u: __m512i) -> Q8Row {
+        let p = d.block_addr(r, b).cast::<u8>();
         let a = _mm512_loadu_si512(p.cast());
         let b = _mm512_loadu_si512(p.add(64).cast());
         let a8 = _mm512_loadu_si512(p.add(8).cast());
@@ -272,7 +344,8 @@ impl QuadFormat for Q8Quad {
     }
 
     #[inline(always)]
-    unsafe fn prefetch(p: *const i8) {
+    unsafe fn prefetch<D: Decode>(d: &D, r: RowPtr, b: usize) {
+        let p = d.block_addr(r, b);
         prefetch_ahead(p);
         prefetch_ahead(p.wrapping_add(64));
         prefetch_ahead(p.wrapping_add(128));
@@ -312,7 +385,7 @@ impl<F: QuadFormat> Tile for QuadTile<F> {
         nb: usize,
     ) -> [[f32; C]; R] {
         let unit = match d.quads() {
-            Some(Quads::Mxfp4 { unit }) => unit,
+            Some(Quads::Mxfp4 { unit } | Quads::HfMxfp4 { unit }) => unit,
             _ => 1.0,
         };
         let (tbl_u, unit) = (table_u(d), _mm512_set1_ps(unit));
@@ -325,16 +398,15 @@ impl<F: QuadFormat> Tile for QuadTile<F> {
                 let xq = quad_x::<F>(&xs[0], k, unit);
                 for r in 0..R {
                     // The next tile's rows, while this one runs (rows are short: no row starts cold).
-                    F::prefetch(d.block_addr(ahead[r], 4 * k));
-                    let p = d.block_addr(rows[r], 4 * k).cast::<u8>();
-                    acc[r][0] = F::dot(&F::decode(p, tbl_u), &xq, acc[r][0]);
+                    F::prefetch(d, ahead[r], 4 * k);
+                    acc[r][0] = F::dot(&F::decode(d, rows[r], 4 * k, tbl_u), &xq, acc[r][0]);
                 }
             } else {
                 // SAFETY: `F::Row` is vector registers only, for which zero bits are a value.
                 let mut w: [F::Row; R] = std::mem::zeroed();
                 for r in 0..R {
-                    F::prefetch(d.block_addr(ahead[r], 4 * k));
-                    w[r] = F::decode(d.block_addr(rows[r], 4 * k).cast::<u8>(), tbl_u);
+                    F::prefetch(d, ahead[r], 4 * k);
+                    w[r] = F::decode(d, rows[r], 4 * k, tbl_u);
                 }
                 for c in 0..C {
                     let xq = quad_x::<F>(&xs[c], k, unit);

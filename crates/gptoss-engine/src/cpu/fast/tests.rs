@@ -255,7 +255,10 @@ fn quad_tile_rows_do_not_depend_on_their_neighbours() {
         for w in &weights {
             let iw = IntWeight::of(w).unwrap();
             for rows in [2, 3, 4, 5, 9] {
-                for x in [inputs(rows, n, 7 * rows as u64 + n as u64), edge_inputs(rows, n)] {
+                for x in [
+                    inputs(rows, n, 7 * rows as u64 + n as u64),
+                    edge_inputs(rows, n),
+                ] {
                     let mut acts = QuantActs::default();
                     acts.quantize(&x, rows, n, iw.layout());
                     let together = run(&iw, &acts, rows);
