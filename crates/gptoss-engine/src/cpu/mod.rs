@@ -403,7 +403,11 @@ impl Backend for CpuBackend {
             .layers
             .get(shape.layer)
             .ok_or_else(|| cpu_error("cache has no such layer"))?;
-        attention::attend(step, shape, &q.data, sinks, pool, &mut out.data)
+        let sums = match self.kernels {
+            CpuKernels::Exact => attention::AttnSums::InOrder,
+            CpuKernels::Fast(isa) => attention::AttnSums::Lanes(isa),
+        };
+        attention::attend(step, shape, (&q.data, sinks), pool, &mut out.data, sums)
     }
 
     fn route(
