@@ -304,6 +304,14 @@ unsafe fn q8_0_quad(p: *const u8) -> ([__m512i; 2], [__m512; 2]) {
     )
 }
 
+/// Whether a 4-bit table's values are small enough for the MXFP4 quad tile (at most
+/// [`QUAD_TABLE_MAX`] in magnitude, so a lane's eight products stay exact).
+fn quad_table(table: &[i8; 16]) -> bool {
+    table
+        .iter()
+        .all(|v| v.unsigned_abs() <= QUAD_TABLE_MAX.unsigned_abs())
+}
+
 #[derive(Clone, Copy)]
 pub(super) struct Ggml4<'a> {
     blocks: RowBytes<'a>,
@@ -379,11 +387,8 @@ impl Decode for Ggml4<'_> {
     }
     #[inline(always)]
     fn quads(&self) -> Option<Quads> {
-        let small = self
-            .table
-            .iter()
-            .all(|v| v.unsigned_abs() <= QUAD_TABLE_MAX.unsigned_abs());
-        (self.scale == BlockScale::E8M0 && small).then_some(Quads::Mxfp4 { unit: self.unit })
+        (self.scale == BlockScale::E8M0 && quad_table(&self.table))
+            .then_some(Quads::Mxfp4 { unit: self.unit })
     }
 }
 
@@ -430,11 +435,7 @@ impl Decode for Hf4<'_> {
     }
     #[inline(always)]
     fn quads(&self) -> Option<Quads> {
-        let small = self
-            .table
-            .iter()
-            .all(|v| v.unsigned_abs() <= QUAD_TABLE_MAX.unsigned_abs());
-        small.then_some(Quads::HfMxfp4 { unit: self.unit })
+        quad_table(&self.table).then_some(Quads::HfMxfp4 { unit: self.unit })
     }
 }
 
