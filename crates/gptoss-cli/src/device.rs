@@ -7,8 +7,8 @@ use gptoss_engine::memory::{self, KvPrecision};
 use gptoss_engine::offload::DEFAULT_REFRESH_STEPS;
 use gptoss_engine::placement::{expert_cache_fit, expert_stream_bytes, WeightSplit};
 use gptoss_engine::{
-    Capacity, CpuBackend, CpuKernels, ExpertCacheConfig, ExpertPlacement, ExpertStreaming, Model,
-    StreamCost,
+    Capacity, CpuBackend, CpuIsa, CpuKernels, ExpertCacheConfig, ExpertPlacement, ExpertStreaming,
+    Model, StreamCost,
 };
 use gptoss_formats::ModelWeights;
 
@@ -96,7 +96,7 @@ pub fn build_model(
                     eprintln!("warning: --max-vram ignored: running on the CPU ({e:#})");
                 }
                 Ok(AnyModel::Cpu(Box::new(Model::new(
-                    cpu_backend(args),
+                    cpu_backend(args)?,
                     weights,
                     capacity,
                 )?)))
@@ -106,17 +106,33 @@ pub fn build_model(
 }
 
 /// The CPU backend `args` asks for: the fast path unless `--exact`.
-fn cpu_backend(args: &ModelArgs) -> CpuBackend {
+fn cpu_backend(args: &ModelArgs) -> Result<CpuBackend> {
     let backend = if args.exact {
         CpuBackend::exact()
     } else {
-        CpuBackend::fast()
+        fast_cpu_backend()?
     };
     match backend.kernels() {
         CpuKernels::Exact => tracing::info!("CPU: exact f32 reference"),
         CpuKernels::Fast(isa) => tracing::info!("CPU: fast int8 kernels ({})", isa.name()),
     }
-    backend
+    Ok(backend)
+}
+
+/// The fast CPU backend on the best instruction set this CPU has, or on the one `GPTOSS_CPU_ISA` names
+/// (`avx512`, `avx2` or `portable`: to measure or work around a set, e.g. the AVX2 kernels on an AVX-512
+/// machine).
+fn fast_cpu_backend() -> Result<CpuBackend> {
+    const VAR: &str = "GPTOSS_CPU_ISA";
+    let Ok(name) = std::env::var(VAR) else {
+        return Ok(CpuBackend::fast());
+    };
+    let isa = [CpuIsa::Avx512, CpuIsa::Avx2, CpuIsa::Portable]
+        .into_iter()
+        .find(|i| i.name() == name)
+        .ok_or_else(|| anyhow::anyhow!("{VAR}={name:?}: expected avx512, avx2 or portable"))?;
+    CpuBackend::with_kernels(CpuKernels::Fast(isa))
+        .map_err(|e| anyhow::anyhow!("{VAR}={name}: {e}"))
 }
 
 fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<AnyModel> {
@@ -130,7 +146,7 @@ fn cpu(args: &ModelArgs, weights: &ModelWeights, capacity: Capacity) -> Result<A
         bail!("--expert-cache SIZE holds host experts on the GPU; with --device cpu everything runs on the host");
     }
     Ok(AnyModel::Cpu(Box::new(Model::new(
-        cpu_backend(args),
+        cpu_backend(args)?,
         weights,
         capacity,
     )?)))
@@ -225,7 +241,7 @@ fn upload_cuda(
     let host_cpu = if args.exact {
         CpuBackend::exact()
     } else {
-        CpuBackend::fast()
+        fast_cpu_backend()?
     };
     let device_weights = split.device_bytes(host_layers);
     let host_bytes = split.total_bytes() - device_weights;
