@@ -129,7 +129,7 @@ fn kernel_throughput() {
 /// here, not in L2): the two levels alternate (the order flips every round) so that other processes on a
 /// shared machine hit both alike. `KTH=2` splits the rows over two threads (the 2-core decode's shape; the figure is then
 /// bytes per wall second), else one thread and bytes per CPU-second. `KR` rounds (6); `KL=avx2` compares
-/// the AVX2 tiles instead (`Avx2Int16` against `Avx2`).
+/// the AVX2 tiles instead (`Avx2Int16` against `Avx2`), `KL=avx2pair` the AVX2 pair tile against `Avx2`.
 /// Run with `cargo test --release -p gptoss-engine --lib int16_tile_throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, run by hand"]
@@ -142,6 +142,7 @@ fn int16_tile_throughput() {
 
     let (old, new) = match std::env::var("KL").as_deref() {
         Ok("avx2") => (X86Level::Avx2, X86Level::Avx2Int16),
+        Ok("avx2pair") => (X86Level::Avx2, X86Level::Avx2Pair),
         _ => (X86Level::Avx512Vbmi, X86Level::Avx512Quad),
     };
     let can = match old {

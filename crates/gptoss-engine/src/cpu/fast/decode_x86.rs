@@ -83,6 +83,12 @@ static E8M0: [f32; 256] = {
     t
 };
 
+/// `2^(e - 127)` of an E8M0 byte (`2^-127` for `e = 0`), as every decode here gives it.
+#[inline(always)]
+pub(super) fn e8m0(e: u8) -> f32 {
+    E8M0[usize::from(e)]
+}
+
 /// An IEEE half to f32 (F16C).
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {

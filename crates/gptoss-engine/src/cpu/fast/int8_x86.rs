@@ -11,8 +11,8 @@
 
 use std::arch::x86_64::*;
 
-use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER};
-use super::decode_x86::{halves, prefetch_ahead, with_decoder, Decode, RowPtr, WithDecoder};
+use super::acts::{block_words, QuantRef, QuantView, PAIR_BYTE_ORDER, QUAD_ELEMS, QUAD_LANES};
+use super::decode_x86::{e8m0, halves, prefetch_ahead, with_decoder, Decode, RowPtr, WithDecoder};
 use super::quad_x86::{HfMxfp4Quad, Mxfp4Quad, Q8Quad, QuadTile, Quads};
 use super::weights::{IntWeight, BLOCK};
 use super::{OutRows, TILE_COLS};
@@ -20,8 +20,13 @@ use super::{OutRows, TILE_COLS};
 /// Which instruction set a task runs with.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum X86Level {
-    /// AVX2 + FMA + F16C.
+    /// AVX2 + FMA + F16C, one block a step. (Only the tests and the measurements pick it alone: it is
+    /// what [`X86Level::Avx2Pair`] and [`X86Level::Avx2Int16`] are checked and timed against.)
+    #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
+    /// [`X86Level::Avx2`] with MXFP4 (ggml and HF) at one activation row two blocks a step, one per
+    /// 128-bit lane ([`Avx2PairTile`]): what AVX2 machines run.
+    Avx2Pair,
     /// [`X86Level::Avx2`] with the int16 tile for one activation row ([`Avx2Int16Tile`]). Not the
     /// default: on this Zen 5 machine it measured within the noise of [`X86Level::Avx2`]
     /// (bench/NOTES.md); the tests and `int16_tile_throughput` keep it checked and measurable.
@@ -94,6 +99,7 @@ struct Job<'a> {
 unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
     match level {
         X86Level::Avx2 => run_avx2(d, job),
+        X86Level::Avx2Pair => run_avx2_pair(d, job),
         X86Level::Avx2Int16 => run_avx2_int16(d, job),
         X86Level::Avx512Vnni => run_vnni(d, job),
         X86Level::Avx512Vbmi => run_vbmi(d, job),
@@ -108,6 +114,14 @@ unsafe fn run<D: Decode>(level: X86Level, d: D, job: &Job<'_>) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<D: Decode>(d: D, job: &Job<'_>) {
     sweep::<D, Avx2Tile, 2>(&d, job);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2_pair<D: Decode>(d: D, job: &Job<'_>) {
+    match d.quads() {
+        Some(Quads::Mxfp4 { .. } | Quads::HfMxfp4 { .. }) => sweep::<D, Avx2PairTile, 2>(&d, job),
+        _ => sweep::<D, Avx2Tile, 2>(&d, job),
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -280,10 +294,31 @@ impl Tile for Avx2Tile {
         xs: [QuantRef<'_>; C],
         nb: usize,
     ) -> [[f32; C]; R] {
-        let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
-        let (ones, k256) = (_mm256_set1_epi16(1), _mm256_set1_epi16(256));
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..nb {
+        avx2_blocks(d, (rows, ahead), &xs, (0, nb), &mut acc);
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum256(acc[r][c]);
+            }
+        }
+        out
+    }
+}
+
+/// Blocks `b0..nb` of the [`Avx2Tile`], one block a step, into `acc`.
+#[inline(always)]
+unsafe fn avx2_blocks<D: Decode, const R: usize, const C: usize>(
+    d: &D,
+    (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+    xs: &[QuantRef<'_>; C],
+    (b0, nb): (usize, usize),
+    acc: &mut [[__m256; C]; R],
+) {
+    let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
+    let (ones, k256) = (_mm256_set1_epi16(1), _mm256_set1_epi16(256));
+    {
+        for b in b0..nb {
             let mut w = [_mm256_setzero_si256(); R];
             let mut aw = [_mm256_setzero_si256(); R];
             let mut sw = [0.0f32; R];
@@ -308,6 +343,90 @@ impl Tile for Avx2Tile {
                 }
             }
         }
+    }
+}
+
+/// The [`Avx2Tile`] for one activation row of MXFP4 (ggml or HF, tables within [`QUAD_TABLE_MAX`]): two
+/// blocks a step, each 128-bit lane one block (codes `0..16` of both blocks in one register, `16..32` in
+/// another, as the quad layouts of the activations already hold them), so the f32 work (convert, scale,
+/// FMA) runs once per two blocks and the two blocks' scales need no broadcast per block. Each int32 lane
+/// sums eight products exactly (|w| ≤ 64 keeps the int16 pair sums and the lane below 2^24), the same
+/// eight the AVX-512 quad tile's lane sums. Blocks past the last whole quad take the block-a-step loop.
+struct Avx2PairTile;
+
+impl Tile for Avx2PairTile {
+    #[inline(always)]
+    unsafe fn run<D: Decode, const R: usize, const C: usize>(
+        d: &D,
+        (rows, ahead): ([RowPtr; R], [RowPtr; R]),
+        xs: [QuantRef<'_>; C],
+        nb: usize,
+    ) -> [[f32; C]; R] {
+        let (unit, hf) = match d.quads() {
+            Some(Quads::Mxfp4 { unit }) => (unit, false),
+            Some(Quads::HfMxfp4 { unit }) => (unit, true),
+            _ => return Avx2Tile::run::<D, R, C>(d, (rows, ahead), xs, nb),
+        };
+        if C != 1 {
+            return Avx2Tile::run::<D, R, C>(d, (rows, ahead), xs, nb);
+        }
+        let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
+        let (ones, k256, m4) = (
+            _mm256_set1_epi16(1),
+            _mm256_set1_epi16(256),
+            _mm256_set1_epi8(0x0F),
+        );
+        let x = &xs[0];
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let pairs = 2 * (nb * BLOCK / QUAD_ELEMS);
+        for p in 0..pairs {
+            let b = 2 * p;
+            let at = QUAD_ELEMS * (p / 2) + 32 * (p % 2);
+            let q0 = _mm256_loadu_si256(x.quad_codes.as_ptr().add(at).cast());
+            let q1 = _mm256_loadu_si256(x.quad_codes.as_ptr().add(at + 64).cast());
+            let r0 = _mm256_loadu_si256(x.quad_rems.as_ptr().add(at).cast());
+            let r1 = _mm256_loadu_si256(x.quad_rems.as_ptr().add(at + 64).cast());
+            let units = _mm256_loadu_ps(
+                x.quad_units
+                    .as_ptr()
+                    .add(QUAD_LANES * (p / 2) + 8 * (p % 2)),
+            );
+            for r in 0..R {
+                prefetch_ahead(d.block_addr(ahead[r], b));
+                let (codes, e) = if hf {
+                    let row = rows[r];
+                    (
+                        _mm256_loadu_si256(row.data.add(16 * b).cast()),
+                        (*row.scales.add(b), *row.scales.add(b + 1)),
+                    )
+                } else {
+                    let blk = d.block_addr(rows[r], b).cast::<u8>();
+                    (
+                        _mm256_loadu2_m128i(blk.add(18).cast(), blk.add(1).cast()),
+                        (*blk, *blk.add(17)),
+                    )
+                };
+                let ws =
+                    _mm256_set_m128(_mm_set1_ps(e8m0(e.1) * unit), _mm_set1_ps(e8m0(e.0) * unit));
+                let w0 = _mm256_shuffle_epi8(tbl, _mm256_and_si256(codes, m4));
+                let w1 =
+                    _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(codes, 4), m4));
+                let (a0, a1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+                let pq = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(a0, _mm256_sign_epi8(q0, w0)),
+                    _mm256_maddubs_epi16(a1, _mm256_sign_epi8(q1, w1)),
+                );
+                let pr = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(a0, _mm256_sign_epi8(r0, w0)),
+                    _mm256_maddubs_epi16(a1, _mm256_sign_epi8(r1, w1)),
+                );
+                let p32 =
+                    _mm256_add_epi32(_mm256_madd_epi16(pq, k256), _mm256_madd_epi16(pr, ones));
+                acc[r][0] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(ws, units), acc[r][0]);
+            }
+        }
+        avx2_blocks(d, (rows, ahead), &xs, (2 * pairs, nb), &mut acc);
         let mut out = [[0.0f32; C]; R];
         for r in 0..R {
             for c in 0..C {
@@ -555,7 +674,7 @@ pub(crate) unsafe fn decoded(
 ) -> (Vec<i8>, Vec<f32>) {
     unsafe fn get<D: Decode>(level: X86Level, d: D, j: usize, b: usize) -> (Vec<i8>, Vec<f32>) {
         match level {
-            X86Level::Avx2 | X86Level::Avx2Int16 => ymm_of(d, j, b),
+            X86Level::Avx2 | X86Level::Avx2Pair | X86Level::Avx2Int16 => ymm_of(d, j, b),
             X86Level::Avx512Vnni => zmm_of(d, j, b),
             X86Level::Avx512Vbmi | X86Level::Avx512Quad => zmm4_of(d, j, b),
         }

@@ -347,7 +347,9 @@ unsafe fn int8_task(
         CpuIsa::Avx512 => {
             return int8_x86::task(int8_x86::X86Level::avx512(), w, acts, rows, bias, out)
         }
-        CpuIsa::Avx2 => return int8_x86::task(int8_x86::X86Level::Avx2, w, acts, rows, bias, out),
+        CpuIsa::Avx2 => {
+            return int8_x86::task(int8_x86::X86Level::Avx2Pair, w, acts, rows, bias, out)
+        }
         CpuIsa::Portable => {}
     }
     let _ = isa;

@@ -161,17 +161,28 @@ fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The quad tile (one activation row of ggml MXFP4 and Q8_0, four blocks a step) gives the sums of the
-/// exact integer block dots (to f32 summation order), on random and edge blocks and activations; rows of
-/// 3 to 10 blocks cover no quad, quads with a pair, an odd block or both after them; 1, 2 and 5
-/// activation rows cover tiles of one, two and four activation rows and a lone last one.
+/// The quad tile (ggml and HF MXFP4 and Q8_0 on AVX-512 VBMI, four blocks a step) and the AVX2 pair tile
+/// (MXFP4, one activation row, two blocks a step) give the sums of the exact integer block dots (to f32
+/// summation order), on random and edge blocks and activations; rows of 3 to 10 blocks cover no quad,
+/// quads with a pair, an odd block or both after them; 1, 2 and 5 activation rows cover tiles of one,
+/// two and four activation rows and a lone last one.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn quad_kernel_matches_the_integer_reference() {
-    use super::int8_x86::{task, X86Level};
-    if !vbmi() {
-        return;
+    use super::int8_x86::X86Level;
+    let levels = [
+        (X86Level::Avx512Quad, vbmi()),
+        (X86Level::Avx2Pair, CpuIsa::Avx2.supported()),
+    ];
+    for level in levels.into_iter().filter_map(|(l, ok)| ok.then_some(l)) {
+        quad_levels_match_the_integer_reference(level);
     }
+}
+
+/// [`quad_kernel_matches_the_integer_reference`] at one level.
+#[cfg(target_arch = "x86_64")]
+fn quad_levels_match_the_integer_reference(level: super::int8_x86::X86Level) {
+    use super::int8_x86::task;
     let n_out = 38;
     let bias: Vec<f32> = (0..n_out).map(|j| j as f32 * 0.01 - 0.2).collect();
     for n in [96, 128, 224, 288, 320] {
@@ -193,17 +204,8 @@ fn quad_kernel_matches_the_integer_reference() {
                         n_out,
                     };
                     let view = acts.view(0..rows);
-                    // SAFETY: VBMI was detected; `out` holds `[rows, n_out]`.
-                    unsafe {
-                        task(
-                            X86Level::Avx512Quad,
-                            &iw,
-                            &view,
-                            0..n_out,
-                            Some(&bias),
-                            sink,
-                        )
-                    };
+                    // SAFETY: the caller detected the level; `out` holds `[rows, n_out]`.
+                    unsafe { task(level, &iw, &view, 0..n_out, Some(&bias), sink) };
                     for t in 0..rows {
                         let want: Vec<f64> = (0..n_out)
                             .map(|j| reference(&iw, &acts, j, t, bias[j]))
@@ -213,7 +215,7 @@ fn quad_kernel_matches_the_integer_reference() {
                             let got = f64::from(out[t * n_out + j]);
                             assert!(
                                 (got - want).abs() <= 1e-6 * scale,
-                                "{} T={rows} n={n} [{t},{j}]: {got} vs {want}",
+                                "{level:?} {} T={rows} n={n} [{t},{j}]: {got} vs {want}",
                                 w.format.describe()
                             );
                         }
