@@ -4,8 +4,10 @@
 //! exact) is scaled by the weight's scale × the activation's unit into f32 lanes. AVX-512 VNNI
 //! (`vpdpbusd`, two blocks per 512-bit op, activations offset to unsigned with the offset cancelled in
 //! the accumulator's initial value) where present, else AVX2 (`vpmaddubsw` on |w| and sign(x, w), as
-//! llama.cpp does). On AVX-512 VBMI, ggml MXFP4 and Q8_0 take the quad tile of `quad_x86.rs` (four
-//! blocks a step, one per 128-bit lane) at any number of activation rows. All give exactly the integer block dots of the scalar path (`portable.rs`).
+//! llama.cpp does). On AVX-512 VBMI, MXFP4 and Q8_0 take the quad tile of `quad_x86.rs` (four blocks a
+//! step, one per 128-bit lane) at any number of activation rows; on AVX2, MXFP4 takes the pair tile (two
+//! blocks a step, one per 128-bit lane). All give exactly the integer block dots of the scalar path
+//! (`portable.rs`).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -24,8 +26,8 @@ pub(crate) enum X86Level {
     /// what [`X86Level::Avx2Pair`] and [`X86Level::Avx2Int16`] are checked and timed against.)
     #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
-    /// [`X86Level::Avx2`] with MXFP4 (ggml and HF) at one activation row two blocks a step, one per
-    /// 128-bit lane ([`Avx2PairTile`]): what AVX2 machines run.
+    /// [`X86Level::Avx2`] with MXFP4 (ggml and HF) two blocks a step, one per 128-bit lane
+    /// ([`Avx2PairTile`]): what AVX2 machines run.
     Avx2Pair,
     /// [`X86Level::Avx2`] with the int16 tile for one activation row ([`Avx2Int16Tile`]). Not the
     /// default: on this Zen 5 machine it measured within the noise of [`X86Level::Avx2`]
@@ -302,14 +304,20 @@ impl Tile for Avx2Tile {
     ) -> [[f32; C]; R] {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         avx2_blocks(d, (rows, ahead), &xs, (0, nb), &mut acc);
-        let mut out = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = hsum256(acc[r][c]);
-            }
-        }
-        out
+        lane_sums(&acc)
     }
+}
+
+/// Each accumulator's eight lanes summed.
+#[inline(always)]
+unsafe fn lane_sums<const R: usize, const C: usize>(acc: &[[__m256; C]; R]) -> [[f32; C]; R] {
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = hsum256(acc[r][c]);
+        }
+    }
+    out
 }
 
 /// Blocks `b0..nb` of the [`Avx2Tile`], one block a step, into `acc`.
@@ -323,30 +331,28 @@ unsafe fn avx2_blocks<D: Decode, const R: usize, const C: usize>(
 ) {
     let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(d.table().as_ptr().cast()));
     let (ones, k256) = (_mm256_set1_epi16(1), _mm256_set1_epi16(256));
-    {
-        for b in b0..nb {
-            let mut w = [_mm256_setzero_si256(); R];
-            let mut aw = [_mm256_setzero_si256(); R];
-            let mut sw = [0.0f32; R];
-            for r in 0..R {
-                if b % 2 == 0 {
-                    prefetch_ahead(d.block_addr(ahead[r], b));
-                }
-                let (v, s) = d.ymm(rows[r], b, tbl);
-                (w[r], aw[r], sw[r]) = (v, _mm256_abs_epi8(v), s);
+    for b in b0..nb {
+        let mut w = [_mm256_setzero_si256(); R];
+        let mut aw = [_mm256_setzero_si256(); R];
+        let mut sw = [0.0f32; R];
+        for r in 0..R {
+            if b % 2 == 0 {
+                prefetch_ahead(d.block_addr(ahead[r], b));
             }
-            for (c, x) in xs.iter().enumerate() {
-                let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
-                let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
-                let dx = *x.scales.get_unchecked(b);
-                for r in 0..R {
-                    let pq = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, w[r]));
-                    let pr = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(rem, w[r]));
-                    let p32 =
-                        _mm256_add_epi32(_mm256_madd_epi16(pq, k256), _mm256_madd_epi16(pr, ones));
-                    let s = _mm256_set1_ps(sw[r] * dx);
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc[r][c]);
-                }
+            let (v, s) = d.ymm(rows[r], b, tbl);
+            (w[r], aw[r], sw[r]) = (v, _mm256_abs_epi8(v), s);
+        }
+        for (c, x) in xs.iter().enumerate() {
+            let q = _mm256_loadu_si256(x.codes.as_ptr().add(BLOCK * b).cast());
+            let rem = _mm256_loadu_si256(x.rems.as_ptr().add(BLOCK * b).cast());
+            let dx = *x.scales.get_unchecked(b);
+            for r in 0..R {
+                let pq = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(q, w[r]));
+                let pr = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(rem, w[r]));
+                let p32 =
+                    _mm256_add_epi32(_mm256_madd_epi16(pq, k256), _mm256_madd_epi16(pr, ones));
+                let s = _mm256_set1_ps(sw[r] * dx);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), s, acc[r][c]);
             }
         }
     }
@@ -356,9 +362,9 @@ unsafe fn avx2_blocks<D: Decode, const R: usize, const C: usize>(
 /// 128-bit lane one block (codes `0..16` of both blocks in one register, `16..32` in another, as the quad
 /// layouts of the activations already hold them), each weight row's pair decoded once for every
 /// activation row of the tile, so the f32 work (convert, scale, FMA) runs once per two blocks and the two
-/// blocks' scales need no broadcast per block. Each int32 lane
-/// sums eight products exactly (|w| ≤ 64 keeps the int16 pair sums and the lane below 2^24), the same
-/// eight the AVX-512 quad tile's lane sums. Blocks past the last whole quad take the block-a-step loop.
+/// blocks' scales need no broadcast per block. Each int32 lane sums eight products exactly (|w| ≤ 64
+/// keeps the int16 pair sums and the lane below 2^24), the same eight the AVX-512 quad tile's lane sums.
+/// Blocks past the last whole quad take the block-a-step loop.
 struct Avx2PairTile;
 
 impl Tile for Avx2PairTile {
@@ -398,13 +404,7 @@ impl Tile for Avx2PairTile {
             }
         }
         avx2_blocks(d, (rows, ahead), &xs, (2 * pairs, nb), &mut acc);
-        let mut out = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = hsum256(acc[r][c]);
-            }
-        }
-        out
+        lane_sums(&acc)
     }
 }
 

@@ -162,10 +162,10 @@ fn edge_inputs(rows: usize, n: usize) -> Vec<f32> {
 }
 
 /// The quad tile (ggml and HF MXFP4 and Q8_0 on AVX-512 VBMI, four blocks a step) and the AVX2 pair tile
-/// (MXFP4, one activation row, two blocks a step) give the sums of the exact integer block dots (to f32
-/// summation order), on random and edge blocks and activations; rows of 3 to 10 blocks cover no quad,
-/// quads with a pair, an odd block or both after them; 1, 2 and 5 activation rows cover tiles of one,
-/// two and four activation rows and a lone last one.
+/// (MXFP4, two blocks a step) give the sums of the exact integer block dots (to f32 summation order), on
+/// random and edge blocks and activations; rows of 3 to 10 blocks cover no quad, quads with a pair, an
+/// odd block or both after them; 1, 2 and 5 activation rows cover tiles of one, two and four activation
+/// rows and a lone last one.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn quad_kernel_matches_the_integer_reference() {
